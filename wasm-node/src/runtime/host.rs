@@ -1,0 +1,80 @@
+//! The per-instance host state, and the one function that makes a fresh
+//! store for an instance.
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::limits::{HasMemoryLimiter, Limits, MemoryLimiter};
+use super::outbound::OutboundHooks;
+use super::sandbox::Sandbox;
+
+/// Host-side resources (open streams, headers, bodies) one instance may hold
+/// at once. They live outside linear memory, so the memory limit does not
+/// bound them; this does.
+const MAX_HOST_RESOURCES: usize = 10_000;
+
+pub(crate) struct Host {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    outbound: OutboundHooks,
+    memory: MemoryLimiter,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+impl HasMemoryLimiter for Host {
+    fn memory_limiter(&mut self) -> &mut MemoryLimiter {
+        &mut self.memory
+    }
+}
+
+/// Who an instance is for: decides whether it may read the host's stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InstanceRole {
+    /// Serves one HTTP request; never reads stdin.
+    Request,
+    /// Runs a command to completion.
+    Command,
+}
+
+/// A fresh store for one instance: the sandbox's grants and every limit.
+pub(crate) fn new_store(
+    engine: &Engine,
+    sandbox: &Sandbox,
+    limits: &Limits,
+    argv0: &str,
+    role: InstanceRole,
+) -> wasmtime::Result<Store<Host>> {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_HOST_RESOURCES);
+    let host = Host {
+        wasi: sandbox.wasi_ctx(argv0, role == InstanceRole::Command)?,
+        http: WasiHttpCtx::new(),
+        table,
+        outbound: OutboundHooks::new(sandbox.outbound.clone()),
+        memory: MemoryLimiter::default(),
+    };
+    let mut store = Store::new(engine, host);
+    limits.apply(&mut store)?;
+    Ok(store)
+}

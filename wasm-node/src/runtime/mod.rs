@@ -1,0 +1,417 @@
+//! The Wasm runtime shared by `wasmctl run` and the node agent.
+//!
+//! Expensive work happens once: one [`Runtime`] (engine with the pooling
+//! allocator and epoch interruption, linker, compilation cache) per process,
+//! one compile per component (skipped when the cache has it), one
+//! `InstancePre` per component. Cheap work happens per instance: a fresh
+//! store with its limits for every HTTP request or command run, so no state
+//! survives from one request to the next.
+
+mod cache;
+mod command;
+mod error;
+mod host;
+mod http;
+pub mod limits;
+mod outbound;
+pub mod quantity;
+mod sandbox;
+mod serve;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy};
+
+pub use cache::{ArtifactCache, CacheOutcome, Digest};
+use cache::CompileError;
+pub use command::CommandApp;
+pub use error::{GuestFailure, LoadError};
+pub use http::{HttpApp, HttpBody};
+pub use limits::{Limits, LimitsError, MemoryLimitExceeded};
+pub use outbound::{AllowList, AllowRule, AllowRuleError};
+pub use sandbox::{DirGrant, DirGrantError, Sandbox, Stdio};
+pub use serve::serve;
+
+use error::one_line;
+use host::Host;
+use limits::EPOCH_TICK;
+
+/// Engine-wide settings: what every component run by this runtime may at
+/// most ask for.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Largest memory limit a component may be given.
+    pub max_memory: u64,
+    /// Instances of all components together that may exist at once.
+    pub max_instances: u32,
+    /// Whether fuel is metered. Metering costs some speed and changes the
+    /// generated code, so it is an engine-wide choice.
+    pub fuel_metering: bool,
+    /// Where compiled components are kept; `None` compiles on every start.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl RuntimeConfig {
+    /// A runtime sized for exactly one component with `limits`, as
+    /// `wasmctl run` uses.
+    pub fn for_limits(limits: &Limits, cache_dir: Option<PathBuf>) -> Self {
+        Self {
+            max_memory: limits.memory,
+            max_instances: limits.max_instances,
+            fuel_metering: limits.fuel.is_some(),
+            cache_dir,
+        }
+    }
+}
+
+/// The runtime could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot create the Wasm engine: {0}")]
+    Engine(String),
+    #[error("cannot open the compilation cache {}: {reason}", dir.display())]
+    Cache { dir: PathBuf, reason: String },
+}
+
+/// A component that cannot be prepared with the limits asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{name}: {source}")]
+    Limits { name: String, source: LimitsError },
+}
+
+/// One engine, linker and cache per process.
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<Host>>,
+    cache: Option<ArtifactCache>,
+    config: RuntimeConfig,
+    _epoch: EpochTicker,
+}
+
+/// What a component does when run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComponentKind {
+    /// Exports `wasi:http/incoming-handler`: served, one instance per request.
+    Http,
+    /// Exports `wasi:cli/run`: runs to completion.
+    Command,
+}
+
+/// A compiled component, ready to be prepared for running.
+pub struct LoadedComponent {
+    name: String,
+    digest: Digest,
+    kind: ComponentKind,
+    component: Component,
+    cache: CacheOutcome,
+    ready_in: Duration,
+}
+
+impl LoadedComponent {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+    pub fn kind(&self) -> ComponentKind {
+        self.kind
+    }
+    /// Whether the compiled code came from the cache or was compiled now.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache
+    }
+    /// How long compiling (or loading from the cache) took.
+    pub fn ready_in(&self) -> Duration {
+        self.ready_in
+    }
+}
+
+/// A component prepared to run with its limits and grants.
+pub enum App {
+    Http(HttpApp),
+    Command(CommandApp),
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let engine = new_engine(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+            .map_err(|e| RuntimeError::Engine(one_line(&e)))?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(ArtifactCache::open(dir, &engine).map_err(|e| {
+                RuntimeError::Cache {
+                    dir: dir.clone(),
+                    reason: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
+        let epoch = EpochTicker::start(engine.clone());
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            cache,
+            config,
+            _epoch: epoch,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn cache(&self) -> Option<&ArtifactCache> {
+        self.cache.as_ref()
+    }
+
+    /// Reads and loads a component file; its path names it in errors.
+    pub fn load_file(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
+            name: name.clone(),
+            reason: e.to_string(),
+        })?;
+        self.load(&name, &bytes)
+    }
+
+    /// Checks, compiles (or fetches from the cache) and classifies a
+    /// component.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<LoadedComponent, LoadError> {
+        check_encoding(name, bytes)?;
+        let started = Instant::now();
+        let digest = Digest::of(bytes);
+        let invalid = |e: wasmtime::Error| LoadError::Invalid {
+            name: name.to_owned(),
+            reason: one_line(&e),
+        };
+        let (component, cache) = match &self.cache {
+            Some(cache) => cache
+                .get_or_compile(&self.engine, &digest, bytes)
+                .map_err(|e| match e {
+                    CompileError::Invalid(e) => invalid(e),
+                    CompileError::Cache(reason) => LoadError::Cache {
+                        name: name.to_owned(),
+                        reason,
+                    },
+                })?,
+            None => (
+                Component::new(&self.engine, bytes).map_err(invalid)?,
+                CacheOutcome::CompiledUncached,
+            ),
+        };
+        let kind = entry_point(&self.engine, &component).ok_or_else(|| LoadError::NoEntryPoint {
+            name: name.to_owned(),
+        })?;
+        Ok(LoadedComponent {
+            name: name.to_owned(),
+            digest,
+            kind,
+            component,
+            cache,
+            ready_in: started.elapsed(),
+        })
+    }
+
+    /// Links a loaded component and prepares it to run under `limits` with
+    /// the grants of `sandbox`. HTTP components are instantiated once here as
+    /// a probe, so that a component that cannot start fails now, not on its
+    /// first request.
+    pub async fn prepare(
+        &self,
+        loaded: &LoadedComponent,
+        limits: Limits,
+        sandbox: Sandbox,
+    ) -> Result<App, PrepareError> {
+        let limits_error = |source| PrepareError::Limits {
+            name: loaded.name.clone(),
+            source,
+        };
+        limits.validate().map_err(limits_error)?;
+        self.check_fits(&limits).map_err(limits_error)?;
+        let unlinkable = |e: wasmtime::Error| LoadError::Unlinkable {
+            name: loaded.name.clone(),
+            reason: one_line(&e),
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&loaded.component)
+            .map_err(unlinkable)?;
+        let argv0 = program_name(&loaded.name);
+        Ok(match loaded.kind {
+            ComponentKind::Http => {
+                let app = HttpApp::new(argv0, pre, limits, sandbox).map_err(unlinkable)?;
+                app.probe().await.map_err(|failure| LoadError::Instantiate {
+                    name: loaded.name.clone(),
+                    reason: failure.to_string(),
+                })?;
+                App::Http(app)
+            }
+            ComponentKind::Command => {
+                App::Command(CommandApp::new(argv0, pre, limits, sandbox).map_err(unlinkable)?)
+            }
+        })
+    }
+
+    /// Whether `limits` fit within what this runtime's engine was built for.
+    fn check_fits(&self, limits: &Limits) -> Result<(), LimitsError> {
+        if limits.memory > self.config.max_memory {
+            return Err(LimitsError::AboveRuntime {
+                what: "memory limit",
+                asked: quantity::format_bytes(limits.memory),
+                max: quantity::format_bytes(self.config.max_memory),
+            });
+        }
+        if limits.max_instances > self.config.max_instances {
+            return Err(LimitsError::AboveRuntime {
+                what: "max instances",
+                asked: limits.max_instances.to_string(),
+                max: self.config.max_instances.to_string(),
+            });
+        }
+        if limits.fuel.is_some() && !self.config.fuel_metering {
+            return Err(LimitsError::FuelMeteringOff);
+        }
+        Ok(())
+    }
+}
+
+fn new_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true)
+        .epoch_interruption(true)
+        .consume_fuel(config.fuel_metering)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(
+            limits::pooling_config(config.max_memory, config.max_instances),
+        ));
+    match Engine::new(&wasm) {
+        Ok(engine) => Ok(engine),
+        Err(pool_error) => {
+            // The pool reserves virtual address space for every slot up
+            // front; where the address space is too small for that, run with
+            // on-demand allocation rather than not at all.
+            tracing::warn!(
+                "pooling allocator unavailable ({}); allocating instances on demand",
+                one_line(&pool_error)
+            );
+            wasm.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            Engine::new(&wasm).map_err(|e| RuntimeError::Engine(one_line(&e)))
+        }
+    }
+}
+
+/// Rejects what is not a component before the compiler sees it, so each kind
+/// of wrong file gets its own precise message.
+fn check_encoding(name: &str, bytes: &[u8]) -> Result<(), LoadError> {
+    let name = name.to_owned();
+    if Engine::detect_precompiled(bytes).is_some() || bytes.starts_with(b"\x7fELF") {
+        return Err(LoadError::Precompiled { name });
+    }
+    if bytes.len() < 8 || !bytes.starts_with(b"\0asm") {
+        return Err(LoadError::NotWasm { name });
+    }
+    const CORE_MODULE: u32 = 1;
+    // Version 0x0d, layer 1: the component encoding.
+    const COMPONENT: u32 = 0x0001_000d;
+    match u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) {
+        COMPONENT => Ok(()),
+        CORE_MODULE => Err(LoadError::CoreModule { name }),
+        version => Err(LoadError::UnknownVersion { name, version }),
+    }
+}
+
+/// Which world a component implements, from its exports. A component that
+/// exports both is served: serving is what nodes do with it.
+fn entry_point(engine: &Engine, component: &Component) -> Option<ComponentKind> {
+    let ty = component.component_type();
+    let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    let exports_any = |prefix: &str| exports.iter().any(|name| name.starts_with(prefix));
+    if exports_any("wasi:http/incoming-handler@0.2.") {
+        Some(ComponentKind::Http)
+    } else if exports_any("wasi:cli/run@0.2.") {
+        Some(ComponentKind::Command)
+    } else {
+        None
+    }
+}
+
+/// `argv[0]` for a component: its file name.
+fn program_name(name: &str) -> String {
+    Path::new(name)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| name.to_owned())
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`], which is what makes
+/// wall-clock deadlines fire inside running guest code.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                }
+            })
+            .expect("spawning the epoch ticker thread");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_error(bytes: &[u8]) -> String {
+        check_encoding("x.wasm", bytes).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn wrong_kinds_of_file_are_named() {
+        assert!(load_error(b"hello world").contains("not a WebAssembly file"));
+        assert!(load_error(b"\0as").contains("not a WebAssembly file"));
+        assert!(load_error(b"\x7fELF\x02\x01\x01\0").contains("compiled native code"));
+        assert!(load_error(b"\0asm\x01\0\0\0").contains("core WebAssembly module"));
+        assert!(load_error(b"\0asm\x0e\0\x01\0").contains("version 0x0001000e"));
+        assert!(check_encoding("x.wasm", b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn program_name_is_the_file_name() {
+        assert_eq!(program_name("target/x/hello.wasm"), "hello.wasm");
+        assert_eq!(program_name("hello.wasm"), "hello.wasm");
+    }
+}

@@ -1,0 +1,244 @@
+//! `wasmctl run`: run a component on this machine with the semantics a
+//! cluster gives it: the same runtime, limits and deny-by-default sandbox.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use wasm_node::runtime::quantity::{self, format_bytes, format_duration};
+use wasm_node::runtime::{
+    AllowList, AllowRule, App, CacheOutcome, CommandApp, DirGrant, GuestFailure, HttpApp, Limits,
+    LoadedComponent, Runtime, RuntimeConfig, Sandbox, Stdio, limits,
+};
+
+use crate::{BadInput, cargo_project};
+
+/// Exit code when a command guest traps or exceeds its fuel or memory, as a
+/// process killed by SIGABRT would report it.
+const EXIT_GUEST_TRAPPED: u8 = 134;
+/// Exit code when a command guest exceeds its timeout, as `timeout(1)` does.
+const EXIT_GUEST_TIMED_OUT: u8 = 124;
+/// How long in-flight requests may take to finish after Ctrl-C or SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Run a component locally: serve a wasi:http component, or run a wasi:cli
+/// command to completion (its exit code becomes wasmctl's).
+#[derive(clap::Args)]
+#[command(after_help = "Guests get no files, environment or network unless granted with \
+--dir, --env and --allow-outbound.")]
+pub struct RunArgs {
+    /// A component (.wasm), or a Cargo project (a directory or its
+    /// Cargo.toml) to build for wasm32-wasip2 in release mode and run.
+    target: PathBuf,
+
+    /// Arguments for a command component.
+    #[arg(last = true, value_name = "ARGS")]
+    args: Vec<String>,
+
+    /// Address to serve an HTTP component on (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Set an environment variable in the guest; KEY alone passes this
+    /// shell's value. Repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+
+    /// Preopen a host directory for the guest, at GUEST (default: the same
+    /// path), read-only with `:ro`. Repeatable.
+    #[arg(long = "dir", value_name = "HOST[::GUEST][:ro]", value_parser = DirGrant::parse)]
+    dirs: Vec<DirGrant>,
+
+    /// Allow outbound HTTP to a destination; everything else is denied.
+    /// HOST may be `*.domain` or `*`; PORT may be `*`. Repeatable.
+    #[arg(
+        long = "allow-outbound",
+        value_name = "[SCHEME://]HOST[:PORT]",
+        value_parser = AllowRule::parse
+    )]
+    allow_outbound: Vec<AllowRule>,
+
+    /// Linear memory per instance (e.g. 64Mi, 1Gi).
+    #[arg(long, value_name = "SIZE", default_value = "128Mi", value_parser = quantity::parse_bytes)]
+    memory: u64,
+
+    /// Fuel per request or run (e.g. 50M); off unless given.
+    #[arg(long, value_name = "AMOUNT", value_parser = quantity::parse_fuel)]
+    fuel: Option<u64>,
+
+    /// Wall-clock limit per request or run (e.g. 500ms, 30s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = quantity::parse_duration)]
+    timeout: Duration,
+
+    /// Instances that may run at once; further requests wait their turn.
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_INSTANCES)]
+    max_instances: u32,
+
+    /// Where compiled components are cached [default: $XDG_CACHE_HOME/wasmctl
+    /// or ~/.cache/wasmctl].
+    #[arg(long, value_name = "DIR", env = "WASMCTL_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile the component afresh and do not cache it.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let component_path = match cargo_project::manifest_of(&args.target) {
+        Some(manifest) => cargo_project::build(&manifest)?,
+        None => args.target.clone(),
+    };
+    let limits = Limits {
+        memory: args.memory,
+        fuel: args.fuel,
+        timeout: args.timeout,
+        max_instances: args.max_instances,
+    };
+    limits.validate().map_err(|e| BadInput(e.to_string()))?;
+
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        args.cache_dir.clone().or_else(default_cache_dir)
+    };
+    let runtime = Runtime::new(RuntimeConfig::for_limits(&limits, cache_dir))?;
+    let loaded = runtime
+        .load_file(&component_path)
+        .map_err(|e| BadInput(e.to_string()))?;
+    report_loaded(&loaded);
+
+    let sandbox = Sandbox {
+        env: args.env.clone(),
+        args: args.args.clone(),
+        dirs: args.dirs.clone(),
+        outbound: Arc::new(AllowList::new(args.allow_outbound.clone())),
+        stdio: Stdio::Inherit,
+    };
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    tokio.block_on(async {
+        let app = runtime
+            .prepare(&loaded, limits, sandbox)
+            .await
+            .map_err(|e| BadInput(e.to_string()))?;
+        match app {
+            App::Http(app) => serve(app, &args).await,
+            App::Command(app) => Ok(run_command(&app, loaded.name()).await),
+        }
+    })
+}
+
+async fn serve(app: HttpApp, args: &RunArgs) -> Result<ExitCode> {
+    if !args.args.is_empty() {
+        tracing::warn!("arguments after `--` are for command components; an HTTP component gets none");
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| BadInput(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener.local_addr()?;
+    let limits = app.limits();
+    eprintln!(
+        "Serving http://{addr}/ (memory {}, timeout {}, fuel {}, max {} instances)",
+        format_bytes(limits.memory),
+        format_duration(limits.timeout),
+        limits.fuel.map_or("unlimited".into(), |f| f.to_string()),
+        limits.max_instances,
+    );
+    eprintln!("Try: curl http://{addr}/    (Ctrl-C stops)");
+    wasm_node::runtime::serve(app, listener, shutdown_signal(), SHUTDOWN_GRACE).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_command(app: &CommandApp, name: &str) -> ExitCode {
+    match app.run().await {
+        // Unix keeps the low 8 bits of an exit status; so does this.
+        Ok(code) => ExitCode::from(code as u8),
+        Err(failure) => {
+            eprintln!("error: {name}: {failure}");
+            match failure {
+                GuestFailure::Timeout(_) => ExitCode::from(EXIT_GUEST_TIMED_OUT),
+                _ => ExitCode::from(EXIT_GUEST_TRAPPED),
+            }
+        }
+    }
+}
+
+fn report_loaded(loaded: &LoadedComponent) {
+    let took = loaded.ready_in();
+    match loaded.cache_outcome() {
+        CacheOutcome::Hit => tracing::info!(
+            "loaded {} from the compilation cache in {took:.1?}",
+            loaded.name()
+        ),
+        CacheOutcome::Compiled => tracing::info!(
+            "compiled {} in {took:.1?} (cached for the next start)",
+            loaded.name()
+        ),
+        CacheOutcome::CompiledUncached => {
+            tracing::info!("compiled {} in {took:.1?}", loaded.name())
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    eprintln!("Shutting down: finishing requests in flight");
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?;
+    Some(base.join("wasmctl"))
+}
+
+/// `KEY=VALUE`, or `KEY` to pass this process's value through.
+fn parse_env(input: &str) -> Result<(String, String), String> {
+    let (key, value) = match input.split_once('=') {
+        Some((key, value)) => (key, value.to_owned()),
+        None => (
+            input,
+            std::env::var(input).map_err(|_| {
+                format!("`{input}` is not set in this shell; give a value with {input}=VALUE")
+            })?,
+        ),
+    };
+    if key.is_empty() || key.contains('\0') || value.contains('\0') {
+        return Err(format!("`{input}` is not KEY=VALUE with a non-empty KEY"));
+    }
+    Ok((key.to_owned(), value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_takes_key_value_or_passes_a_key_through() {
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(parse_env("A="), Ok(("A".into(), String::new())));
+        assert!(parse_env("=x").is_err());
+        let err = parse_env("WASMCTL_SURELY_UNSET_VARIABLE").unwrap_err();
+        assert!(err.contains("is not set"), "{err}");
+        // PATH is set wherever tests run.
+        assert_eq!(parse_env("PATH").unwrap().0, "PATH");
+    }
+}
