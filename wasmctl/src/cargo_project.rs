@@ -140,11 +140,17 @@ mod tests {
             Some(vec![PathBuf::from("/t/app.wasm")])
         );
         assert_eq!(
-            artifacts_of(&artifact("/src/dep/Cargo.toml", r#""/t/dep.wasm""#), manifest),
+            artifacts_of(
+                &artifact("/src/dep/Cargo.toml", r#""/t/dep.wasm""#),
+                manifest
+            ),
             None
         );
         assert_eq!(
-            artifacts_of(&artifact("/src/app/Cargo.toml", r#""/t/libapp.rlib""#), manifest),
+            artifacts_of(
+                &artifact("/src/app/Cargo.toml", r#""/t/libapp.rlib""#),
+                manifest
+            ),
             None
         );
         assert_eq!(

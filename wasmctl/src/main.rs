@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 pub const EXIT_BAD_INPUT: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "wasmctl", version, about = "Run and manage WebAssembly components with Skiff")]
+#[command(
+    name = "wasmctl",
+    version,
+    about = "Run and manage WebAssembly components with Skiff"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,6 +67,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

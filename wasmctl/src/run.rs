@@ -27,8 +27,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Run a component locally: serve a wasi:http component, or run a wasi:cli
 /// command to completion (its exit code becomes wasmctl's).
 #[derive(clap::Args)]
-#[command(after_help = "Guests get no files, environment or network unless granted with \
---dir, --env and --allow-outbound.")]
+#[command(
+    after_help = "Guests get no files, environment or network unless granted with \
+--dir, --env and --allow-outbound."
+)]
 pub struct RunArgs {
     /// A component (.wasm), or a Cargo project (a directory or its
     /// Cargo.toml) to build for wasm32-wasip2 in release mode and run.
@@ -136,7 +138,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
 async fn serve(app: HttpApp, args: &RunArgs) -> Result<ExitCode> {
     if !args.args.is_empty() {
-        tracing::warn!("arguments after `--` are for command components; an HTTP component gets none");
+        tracing::warn!(
+            "arguments after `--` are for command components; an HTTP component gets none"
+        );
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

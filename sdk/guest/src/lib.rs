@@ -60,8 +60,9 @@ pub mod __private {
     ) {
         match Request::read(incoming) {
             Ok(request) => handler(request).send(response_out),
-            Err(reason) => Response::text(400, format!("cannot read request: {reason}\n"))
-                .send(response_out),
+            Err(reason) => {
+                Response::text(400, format!("cannot read request: {reason}\n")).send(response_out)
+            }
         }
     }
 }

@@ -147,7 +147,10 @@ mod tests {
     fn urls_split_into_scheme_authority_and_path() {
         let t = Target::parse("http://127.0.0.1:8080/a/b?c=d").unwrap();
         assert!(matches!(t.scheme, Scheme::Http));
-        assert_eq!((t.authority, t.path_with_query), ("127.0.0.1:8080", "/a/b?c=d"));
+        assert_eq!(
+            (t.authority, t.path_with_query),
+            ("127.0.0.1:8080", "/a/b?c=d")
+        );
 
         let t = Target::parse("https://example.com").unwrap();
         assert!(matches!(t.scheme, Scheme::Https));

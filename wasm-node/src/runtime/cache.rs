@@ -99,7 +99,9 @@ impl ArtifactCache {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
                 // A truncated or stale entry is not an error for the caller:
                 // compile again and replace it.
-                Err(e) => tracing::warn!(path = %path.display(), "discarding unusable cache entry: {e}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "discarding unusable cache entry: {e}")
+                }
             }
         }
         let compiled = engine
@@ -129,9 +131,7 @@ fn load(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
     // module writes the cache directory (private to the user, written via
     // rename so no reader sees a partial file), and Wasmtime itself checks
     // that the artifact matches this engine's version and configuration.
-    unsafe {
-        Component::deserialize_file(engine, path)
-    }
+    unsafe { Component::deserialize_file(engine, path) }
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

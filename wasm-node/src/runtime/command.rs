@@ -4,7 +4,7 @@ use wasmtime::component::InstancePre;
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
-use super::error::GuestFailure;
+use super::error::{GuestFailure, log_detail};
 use super::host::{Host, InstanceRole, new_store};
 use super::limits::Limits;
 use super::sandbox::Sandbox;
@@ -59,7 +59,11 @@ impl CommandApp {
                 Some(exit) => Ok(exit.0),
                 None => {
                     let failure = classify(&error);
-                    tracing::warn!(component = %self.name, "command failed: {failure}\n{error:?}");
+                    tracing::warn!(
+                        "{}: command failed: {failure}\n{}",
+                        self.name,
+                        log_detail(&error)
+                    );
                     Err(failure)
                 }
             },

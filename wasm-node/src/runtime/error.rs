@@ -71,7 +71,10 @@ impl GuestFailure {
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => Self::OutOfFuel(fuel.unwrap_or_default()),
             Some(Trap::Interrupt) => Self::Timeout(timeout),
-            Some(trap) => Self::Trap(trap.to_string()),
+            Some(trap) => {
+                let text = trap.to_string();
+                Self::Trap(text.trim_start_matches("wasm trap: ").to_owned())
+            }
             None => Self::Other(one_line(error)),
         }
     }
@@ -102,4 +105,15 @@ pub(crate) fn one_line(error: &wasmtime::Error) -> String {
         line.push_str(&text);
     }
     line
+}
+
+/// An error chain for the log: every cause on its own line, including the
+/// guest's wasm backtrace, but not the host's native backtrace, which says
+/// nothing about the guest.
+pub(crate) fn log_detail(error: &wasmtime::Error) -> String {
+    error
+        .chain()
+        .map(|cause| cause.to_string())
+        .collect::<Vec<_>>()
+        .join("\ncaused by: ")
 }

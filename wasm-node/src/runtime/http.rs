@@ -13,7 +13,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::error::GuestFailure;
+use super::error::{GuestFailure, log_detail};
 use super::host::{Host, InstanceRole, new_store};
 use super::limits::Limits;
 use super::sandbox::Sandbox;
@@ -95,18 +95,17 @@ impl HttpApp {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let inner = &self.inner;
-        let permit = match tokio::time::timeout(
-            inner.limits.timeout,
-            inner.permits.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            _ => return failure_response(&GuestFailure::Busy(inner.limits.max_instances)),
-        };
+        let permit =
+            match tokio::time::timeout(inner.limits.timeout, inner.permits.clone().acquire_owned())
+                .await
+            {
+                Ok(Ok(permit)) => permit,
+                _ => return failure_response(&GuestFailure::Busy(inner.limits.max_instances)),
+            };
 
         // HTTP/1.0 clients may send no Host; wasi:http requires an authority.
-        if request.uri().authority().is_none() && !request.headers().contains_key(http::header::HOST)
+        if request.uri().authority().is_none()
+            && !request.headers().contains_key(http::header::HOST)
         {
             request
                 .headers_mut()
@@ -119,14 +118,17 @@ impl HttpApp {
         let task = match self.start(request, sender, permit) {
             Ok(task) => task,
             Err(failure) => {
-                tracing::error!(component = %inner.name, %method, %path, "{failure}");
+                tracing::error!("{}: {method} {path} failed: {failure}", inner.name);
                 return failure_response(&failure);
             }
         };
         match receiver.await {
             Ok(Ok(response)) => response,
             Ok(Err(code)) => {
-                tracing::warn!(component = %inner.name, %method, %path, "guest answered with error {code:?}");
+                tracing::warn!(
+                    "{}: {method} {path} failed: guest set error {code:?}",
+                    inner.name
+                );
                 text_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("guest failed the request: {code:?}\n"),
@@ -156,8 +158,9 @@ impl HttpApp {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let inner = self.inner.clone();
-        let classify =
-            |e: &wasmtime::Error| GuestFailure::classify(e, inner.limits.fuel, inner.limits.timeout);
+        let classify = |e: &wasmtime::Error| {
+            GuestFailure::classify(e, inner.limits.fuel, inner.limits.timeout)
+        };
         let mut store = new_store(
             inner.pre.engine(),
             &inner.sandbox,
@@ -195,7 +198,7 @@ impl HttpApp {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(error)) => (
                     GuestFailure::classify(&error, inner.limits.fuel, inner.limits.timeout),
-                    format!("{error:?}"),
+                    log_detail(&error),
                 ),
                 Err(_) => {
                     let failure = GuestFailure::Timeout(inner.limits.timeout);
@@ -204,7 +207,10 @@ impl HttpApp {
                 }
             };
             let (failure, detail) = outcome;
-            tracing::warn!(component = %inner.name, %method, %path, "request failed: {failure}\n{detail}");
+            tracing::warn!(
+                "{}: {method} {path} failed: {failure}\n{detail}",
+                inner.name
+            );
             Err(failure)
         }))
     }

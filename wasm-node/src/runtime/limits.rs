@@ -180,7 +180,9 @@ impl ResourceLimiter for MemoryLimiter {
     ) -> wasmtime::Result<bool> {
         let others = self.in_use.saturating_sub(current);
         if others.saturating_add(desired) > self.limit {
-            return Err(wasmtime::Error::new(MemoryLimitExceeded { limit: self.limit }));
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                limit: self.limit,
+            }));
         }
         self.in_use = others + desired;
         Ok(true)
@@ -216,8 +218,20 @@ mod tests {
         let ok = Limits::default();
         let cases = [
             (Limits { memory: 1000, ..ok }, "memory limit 1000B"),
-            (Limits { memory: 8 << 30, ..ok }, "memory limit 8Gi"),
-            (Limits { fuel: Some(0), ..ok }, "fuel limit"),
+            (
+                Limits {
+                    memory: 8 << 30,
+                    ..ok
+                },
+                "memory limit 8Gi",
+            ),
+            (
+                Limits {
+                    fuel: Some(0),
+                    ..ok
+                },
+                "fuel limit",
+            ),
             (
                 Limits {
                     timeout: Duration::ZERO,

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy};
 
-pub use cache::{ArtifactCache, CacheOutcome, Digest};
 use cache::CompileError;
+pub use cache::{ArtifactCache, CacheOutcome, Digest};
 pub use command::CommandApp;
 pub use error::{GuestFailure, LoadError};
 pub use http::{HttpApp, HttpBody};
@@ -149,12 +149,14 @@ impl Runtime {
             .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
             .map_err(|e| RuntimeError::Engine(one_line(&e)))?;
         let cache = match &config.cache_dir {
-            Some(dir) => Some(ArtifactCache::open(dir, &engine).map_err(|e| {
-                RuntimeError::Cache {
-                    dir: dir.clone(),
-                    reason: e.to_string(),
-                }
-            })?),
+            Some(dir) => {
+                Some(
+                    ArtifactCache::open(dir, &engine).map_err(|e| RuntimeError::Cache {
+                        dir: dir.clone(),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
             None => None,
         };
         let epoch = EpochTicker::start(engine.clone());
@@ -195,24 +197,26 @@ impl Runtime {
             name: name.to_owned(),
             reason: one_line(&e),
         };
-        let (component, cache) = match &self.cache {
-            Some(cache) => cache
-                .get_or_compile(&self.engine, &digest, bytes)
-                .map_err(|e| match e {
-                    CompileError::Invalid(e) => invalid(e),
-                    CompileError::Cache(reason) => LoadError::Cache {
-                        name: name.to_owned(),
-                        reason,
-                    },
-                })?,
-            None => (
-                Component::new(&self.engine, bytes).map_err(invalid)?,
-                CacheOutcome::CompiledUncached,
-            ),
-        };
-        let kind = entry_point(&self.engine, &component).ok_or_else(|| LoadError::NoEntryPoint {
-            name: name.to_owned(),
-        })?;
+        let (component, cache) =
+            match &self.cache {
+                Some(cache) => cache
+                    .get_or_compile(&self.engine, &digest, bytes)
+                    .map_err(|e| match e {
+                        CompileError::Invalid(e) => invalid(e),
+                        CompileError::Cache(reason) => LoadError::Cache {
+                            name: name.to_owned(),
+                            reason,
+                        },
+                    })?,
+                None => (
+                    Component::new(&self.engine, bytes).map_err(invalid)?,
+                    CacheOutcome::CompiledUncached,
+                ),
+            };
+        let kind =
+            entry_point(&self.engine, &component).ok_or_else(|| LoadError::NoEntryPoint {
+                name: name.to_owned(),
+            })?;
         Ok(LoadedComponent {
             name: name.to_owned(),
             digest,
@@ -251,10 +255,12 @@ impl Runtime {
         Ok(match loaded.kind {
             ComponentKind::Http => {
                 let app = HttpApp::new(argv0, pre, limits, sandbox).map_err(unlinkable)?;
-                app.probe().await.map_err(|failure| LoadError::Instantiate {
-                    name: loaded.name.clone(),
-                    reason: failure.to_string(),
-                })?;
+                app.probe()
+                    .await
+                    .map_err(|failure| LoadError::Instantiate {
+                        name: loaded.name.clone(),
+                        reason: failure.to_string(),
+                    })?;
                 App::Http(app)
             }
             ComponentKind::Command => {
@@ -291,9 +297,10 @@ fn new_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
     wasm.wasm_component_model(true)
         .epoch_interruption(true)
         .consume_fuel(config.fuel_metering)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(
-            limits::pooling_config(config.max_memory, config.max_instances),
-        ));
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(limits::pooling_config(
+            config.max_memory,
+            config.max_instances,
+        )));
     match Engine::new(&wasm) {
         Ok(engine) => Ok(engine),
         Err(pool_error) => {

@@ -74,7 +74,10 @@ impl AllowRule {
                 HostPattern::Subdomains(h[1..].to_owned())
             }
             h if h.contains('*') => return Err(fail("`*` may only be a whole host or `*.domain`")),
-            h if !h.chars().all(|c| c.is_ascii_alphanumeric() || "-.:_".contains(c)) => {
+            h if !h
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.:_".contains(c)) =>
+            {
                 return Err(fail("host has characters a host name cannot have"));
             }
             h => HostPattern::Exact(h.to_owned()),

@@ -1,0 +1,69 @@
+//! An HTTP component that misbehaves on request, so tests can check that
+//! each kind of misbehaviour fails only the request that caused it.
+
+use std::hint::black_box;
+
+use skiff_sdk::{Request, Response, outbound};
+
+fn handle(request: Request) -> Response {
+    let param = |name: &str| request.query_param(name);
+    match request.path() {
+        "/" => Response::text(200, "ok\n"),
+        // Spins forever: only the wall-clock deadline stops it.
+        "/loop" => {
+            let mut n = 0u64;
+            loop {
+                n = black_box(n.wrapping_add(1));
+            }
+        }
+        // Allocates and touches `mb` MiB (forever when absent).
+        "/alloc" => {
+            let limit: usize = param("mb")
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(usize::MAX);
+            let mut blocks = Vec::new();
+            while blocks.len() < limit {
+                blocks.push(black_box(vec![1u8; 1 << 20]));
+            }
+            Response::text(200, format!("allocated {} MiB\n", blocks.len()))
+        }
+        // Burns `n` iterations of arithmetic: fuel runs out on big `n`.
+        "/burn" => {
+            let n: u64 = param("n").and_then(|n| n.parse().ok()).unwrap_or(1_000);
+            let mut acc = 0u64;
+            for i in 0..n {
+                acc = black_box(acc.wrapping_mul(31).wrapping_add(i));
+            }
+            Response::text(200, format!("burned {n}: {acc}\n"))
+        }
+        "/trap" => panic!("asked to trap"),
+        // Waits in the host (a monotonic-clock sleep), not in guest code.
+        "/sleep" => {
+            let ms: u64 = param("ms").and_then(|m| m.parse().ok()).unwrap_or(0);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Response::text(200, format!("slept {ms}ms\n"))
+        }
+        "/read" => {
+            let path = param("path").unwrap_or_default();
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Response::text(200, text),
+                Err(e) => Response::text(404, format!("cannot read {path}: {e}\n")),
+            }
+        }
+        "/env" => {
+            let name = param("name").unwrap_or_default();
+            match std::env::var(&name) {
+                Ok(value) => Response::text(200, value),
+                Err(_) => Response::text(404, format!("{name} is not set\n")),
+            }
+        }
+        "/fetch" => match outbound::get(&param("url").unwrap_or_default()) {
+            Ok(upstream) => Response::new(upstream.status()).with_body(upstream.body().to_vec()),
+            Err(e) if e.is_denied() => Response::text(403, format!("{e}\n")),
+            Err(e) => Response::text(502, format!("{e}\n")),
+        },
+        _ => Response::text(404, "no such misbehaviour\n"),
+    }
+}
+
+skiff_sdk::http_handler!(handle);

@@ -1,0 +1,10 @@
+//! Integration tests of `wasmctl`, run as a real process against real
+//! components built from `examples/`, `tests/guests/` and Python.
+//! One test binary of many modules, so everything is linked once.
+
+mod bad_input;
+mod cache;
+mod run_command;
+mod serve_http;
+mod support;
+mod toolchains;
