@@ -127,10 +127,26 @@ impl Limits {
     }
 }
 
+/// How the pooling allocator readies a slot for its next instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotReset {
+    /// Reset just the pages the last instance dirtied, in place, found with
+    /// the `PAGEMAP_SCAN` ioctl (Linux 6.7+). Engine creation fails where the
+    /// ioctl is missing.
+    InPlace,
+    /// Release the slot's pages to the kernel (`madvise`), as stock Wasmtime
+    /// does: a TLB shootdown now and page faults on the next instance.
+    Release,
+}
+
 /// Engine-wide sizing of the pooling allocator: enough slots for
 /// `max_instances` instances of components of any common toolchain, each
 /// memory capped at `max_memory` bytes.
-pub fn pooling_config(max_memory: u64, max_instances: u32) -> PoolingAllocationConfig {
+pub fn pooling_config(
+    max_memory: u64,
+    max_instances: u32,
+    reset: SlotReset,
+) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(max_instances)
         .total_core_instances(max_instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
@@ -140,14 +156,16 @@ pub fn pooling_config(max_memory: u64, max_instances: u32) -> PoolingAllocationC
         .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
         .max_memories_per_component(MEMORIES_PER_COMPONENT)
         .max_tables_per_component(TABLES_PER_COMPONENT)
-        .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
-        // Resetting a slot for reuse with madvise costs a TLB shootdown and
-        // page faults on the next request; with PAGEMAP_SCAN (Linux 6.7+)
-        // only the pages a request dirtied are reset, in place, up to these
-        // sizes. This halves the per-request cost of a small component.
-        .pagemap_scan(Enabled::Auto)
-        .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
-        .table_keep_resident(KEEP_RESIDENT_TABLES);
+        .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX));
+    if reset == SlotReset::InPlace {
+        // Without the ioctl, keeping pages resident would mean a memset of
+        // the whole kept size per instance, slower than releasing them; so
+        // this is all or nothing. With it, a small component's per-request
+        // cost halves.
+        pool.pagemap_scan(Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+            .table_keep_resident(KEEP_RESIDENT_TABLES);
+    }
     pool
 }
 
@@ -302,7 +320,7 @@ mod tests {
 
     #[test]
     fn pool_has_room_for_max_instances() {
-        let pool = pooling_config(64 << 20, 50);
+        let pool = pooling_config(64 << 20, 50, SlotReset::Release);
         let mut config = wasmtime::Config::new();
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         // The engine accepts the pool as sized.

@@ -39,7 +39,7 @@ pub use serve::serve;
 
 use error::one_line;
 use host::Host;
-use limits::EPOCH_TICK;
+use limits::{EPOCH_TICK, SlotReset};
 
 /// Engine-wide settings: what every component run by this runtime may at
 /// most ask for.
@@ -292,29 +292,37 @@ impl Runtime {
     }
 }
 
+/// The engine, with the best instance allocation this machine supports:
+/// pooled slots reset in place, else pooled slots released to the kernel,
+/// else (too little address space for a pool) allocation on demand.
 fn new_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
     let mut wasm = Config::new();
     wasm.wasm_component_model(true)
         .epoch_interruption(true)
-        .consume_fuel(config.fuel_metering)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(limits::pooling_config(
+        .consume_fuel(config.fuel_metering);
+    let pool = |reset| {
+        InstanceAllocationStrategy::Pooling(limits::pooling_config(
             config.max_memory,
             config.max_instances,
-        )));
-    match Engine::new(&wasm) {
-        Ok(engine) => Ok(engine),
-        Err(pool_error) => {
-            // The pool reserves virtual address space for every slot up
-            // front; where the address space is too small for that, run with
-            // on-demand allocation rather than not at all.
-            tracing::warn!(
-                "pooling allocator unavailable ({}); allocating instances on demand",
-                one_line(&pool_error)
-            );
-            wasm.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-            Engine::new(&wasm).map_err(|e| RuntimeError::Engine(one_line(&e)))
+            reset,
+        ))
+    };
+    let mut last_error = String::new();
+    for reset in [SlotReset::InPlace, SlotReset::Release] {
+        wasm.allocation_strategy(pool(reset));
+        match Engine::new(&wasm) {
+            Ok(engine) => return Ok(engine),
+            Err(e) => {
+                last_error = one_line(&e);
+                tracing::debug!("pool with {reset:?} slot reset unavailable: {last_error}");
+            }
         }
     }
+    // The pool reserves address space for every slot up front; where there
+    // is too little, run with on-demand allocation rather than not at all.
+    tracing::warn!("pooling allocator unavailable ({last_error}); allocating instances on demand");
+    wasm.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+    Engine::new(&wasm).map_err(|e| RuntimeError::Engine(one_line(&e)))
 }
 
 /// Rejects what is not a component before the compiler sees it, so each kind

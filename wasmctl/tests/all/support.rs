@@ -112,7 +112,8 @@ pub fn example(file_stem: &str) -> PathBuf {
 }
 
 /// The Python HTTP component from `tests/guests/python`, built with
-/// componentize-py in a virtualenv of its own.
+/// componentize-py in a virtualenv of its own, for the `http` world of
+/// `sdk/wit`.
 pub fn python_guest() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(build_python_guest).clone()
@@ -138,7 +139,15 @@ fn build_python_guest() -> PathBuf {
         Command::new(&tool)
             .arg("-d")
             .arg(wasi_http_wit_dir())
-            .args(["-w", "wasi:http/proxy@0.2.12", "componentize", "app", "-o"])
+            .arg("-d")
+            .arg(repo_root().join("sdk/wit"))
+            .args([
+                "-w",
+                "skiff:platform/http@0.1.0",
+                "componentize",
+                "app",
+                "-o",
+            ])
             .arg(&out)
             .current_dir(repo_root().join("tests/guests/python")),
         "building the Python component",
@@ -146,9 +155,9 @@ fn build_python_guest() -> PathBuf {
     out
 }
 
-/// The `wasi:http` WIT files that ship with the wasmtime-wasi-http crate
-/// this workspace builds against, so the Python guest targets exactly the
-/// interface version the runtime serves.
+/// The WASI WIT files that ship with the wasmtime-wasi-http crate this
+/// workspace builds against: the packages `sdk/wit` includes, at exactly the
+/// version the runtime serves.
 fn wasi_http_wit_dir() -> PathBuf {
     let output = checked(
         cargo()

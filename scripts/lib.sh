@@ -1,0 +1,51 @@
+# Helpers shared by the scripts: install what is missing, say what cannot be.
+# Sourced, not run.
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+apt_updated=
+# ensure_packages PKG...: installs the Debian packages that are not installed
+# (as root), or says how to install them.
+ensure_packages() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    die "missing Debian packages: ${missing[*]}; install them with: sudo apt-get install ${missing[*]}"
+  fi
+  say "installing ${missing[*]}"
+  if [ -z "$apt_updated" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# A C compiler and linker: Rust needs one to link, and ring to build.
+ensure_cc() {
+  command -v cc >/dev/null 2>&1 || ensure_packages build-essential
+}
+
+# The wasm32-wasip2 target, which builds the guests.
+ensure_wasm_target() {
+  command -v rustup >/dev/null 2>&1 || return 0
+  rustup target list --installed | grep -qx wasm32-wasip2 && return 0
+  say "adding the wasm32-wasip2 target"
+  rustup target add wasm32-wasip2 >&2
+}
+
+# rustfmt and clippy, which the test script runs.
+ensure_rust_components() {
+  command -v rustup >/dev/null 2>&1 || return 0
+  cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt >&2
+  cargo clippy --version >/dev/null 2>&1 || rustup component add clippy >&2
+}
+
+# Python with venv and ensurepip, for the componentize-py toolchain test.
+ensure_python_venv() {
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 && return 0
+  ensure_packages python3 python3-venv
+}
