@@ -92,6 +92,13 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let component_path = match cargo_project::manifest_of(&args.target) {
         Some(manifest) => cargo_project::build(&manifest)?,
+        None if args.target.is_dir() => {
+            return Err(BadInput(format!(
+                "{}: is a directory without a Cargo.toml; give a component (.wasm) or a Cargo project",
+                args.target.display()
+            ))
+            .into());
+        }
         None => args.target.clone(),
     };
     let limits = Limits {

@@ -26,6 +26,14 @@ pub use request::Request;
 pub use response::Response;
 pub use wasip2;
 
+/// The first value of header `name` (case-insensitive) that is text.
+fn first_header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
 /// Exports `handler`, a `fn(Request) -> Response`, as the component's
 /// `wasi:http/incoming-handler`.
 #[macro_export]

@@ -75,10 +75,7 @@ impl Request {
     /// The first value of a header (names are case-insensitive), if it is
     /// text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        crate::first_header(&self.headers, name)
     }
 
     pub fn headers(&self) -> &[(String, Vec<u8>)] {

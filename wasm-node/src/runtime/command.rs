@@ -5,30 +5,19 @@ use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 use super::error::{GuestFailure, log_detail};
-use super::host::{Host, InstanceRole, new_store};
-use super::limits::Limits;
-use super::sandbox::Sandbox;
+use super::host::{Host, InstanceRole, InstanceSpec};
 
 /// A command component ready to run.
 pub struct CommandApp {
-    name: String,
+    spec: InstanceSpec,
     pre: CommandPre<Host>,
-    limits: Limits,
-    sandbox: Sandbox,
 }
 
 impl CommandApp {
-    pub(crate) fn new(
-        name: String,
-        pre: InstancePre<Host>,
-        limits: Limits,
-        sandbox: Sandbox,
-    ) -> wasmtime::Result<Self> {
+    pub(crate) fn new(spec: InstanceSpec, pre: InstancePre<Host>) -> wasmtime::Result<Self> {
         Ok(Self {
-            name,
+            spec,
             pre: CommandPre::new(pre)?,
-            limits,
-            sandbox,
         })
     }
 
@@ -36,38 +25,32 @@ impl CommandApp {
     /// 0 on success, 1 when `run` returns an error, or the code the guest
     /// passed to `exit`. A trap or an exceeded limit is a [`GuestFailure`].
     pub async fn run(&self) -> Result<i32, GuestFailure> {
-        let limits = &self.limits;
-        let classify = |e: &wasmtime::Error| GuestFailure::classify(e, limits.fuel, limits.timeout);
-        let mut store = new_store(
-            self.pre.engine(),
-            &self.sandbox,
-            limits,
-            &self.name,
-            InstanceRole::Command,
-        )
-        .map_err(|e| classify(&e))?;
+        let spec = &self.spec;
+        let mut store = spec
+            .new_store(self.pre.engine(), InstanceRole::Command)
+            .map_err(|e| spec.failure(&e))?;
         let run = async {
             let command = self.pre.instantiate_async(&mut store).await?;
             command.wasi_cli_run().call_run(&mut store).await
         };
         // The epoch deadline stops guest code; this stops a guest blocked in
         // the host (reading stdin, sleeping) past its deadline too.
-        match tokio::time::timeout(limits.timeout, run).await {
+        match tokio::time::timeout(spec.limits.timeout, run).await {
             Ok(Ok(Ok(()))) => Ok(0),
             Ok(Ok(Err(()))) => Ok(1),
             Ok(Err(error)) => match error.downcast_ref::<I32Exit>() {
                 Some(exit) => Ok(exit.0),
                 None => {
-                    let failure = classify(&error);
+                    let failure = spec.failure(&error);
                     tracing::warn!(
                         "{}: command failed: {failure}\n{}",
-                        self.name,
+                        spec.name,
                         log_detail(&error)
                     );
                     Err(failure)
                 }
             },
-            Err(_) => Err(GuestFailure::Timeout(limits.timeout)),
+            Err(_) => Err(GuestFailure::Timeout(spec.limits.timeout)),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use wasmtime::Trap;
 
-use super::limits::MemoryLimitExceeded;
+use super::limits::{Limits, MemoryLimitExceeded};
 use super::quantity::format_duration;
 
 /// Why a component cannot run here. Every message starts with the
@@ -61,16 +61,15 @@ pub enum GuestFailure {
 }
 
 impl GuestFailure {
-    /// Sorts a Wasmtime error from running a guest into what users act on.
-    /// `fuel` and `timeout` are the limits the instance ran under, quoted in
-    /// the message.
-    pub fn classify(error: &wasmtime::Error, fuel: Option<u64>, timeout: Duration) -> Self {
+    /// Sorts a Wasmtime error from running a guest into what users act on,
+    /// quoting the `limits` the instance ran under.
+    pub fn classify(error: &wasmtime::Error, limits: &Limits) -> Self {
         if let Some(limit) = error.downcast_ref::<MemoryLimitExceeded>() {
             return Self::MemoryLimit(limit.clone());
         }
         match error.downcast_ref::<Trap>() {
-            Some(Trap::OutOfFuel) => Self::OutOfFuel(fuel.unwrap_or_default()),
-            Some(Trap::Interrupt) => Self::Timeout(timeout),
+            Some(Trap::OutOfFuel) => Self::OutOfFuel(limits.fuel.unwrap_or_default()),
+            Some(Trap::Interrupt) => Self::Timeout(limits.timeout),
             Some(trap) => {
                 let text = trap.to_string();
                 Self::Trap(text.trim_start_matches("wasm trap: ").to_owned())

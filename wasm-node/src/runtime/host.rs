@@ -6,6 +6,7 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::error::GuestFailure;
 use super::limits::{HasMemoryLimiter, Limits, MemoryLimiter};
 use super::outbound::OutboundHooks;
 use super::sandbox::Sandbox;
@@ -57,24 +58,39 @@ pub(crate) enum InstanceRole {
     Command,
 }
 
-/// A fresh store for one instance: the sandbox's grants and every limit.
-pub(crate) fn new_store(
-    engine: &Engine,
-    sandbox: &Sandbox,
-    limits: &Limits,
-    argv0: &str,
-    role: InstanceRole,
-) -> wasmtime::Result<Store<Host>> {
-    let mut table = ResourceTable::new();
-    table.set_max_capacity(MAX_HOST_RESOURCES);
-    let host = Host {
-        wasi: sandbox.wasi_ctx(argv0, role == InstanceRole::Command)?,
-        http: WasiHttpCtx::new(),
-        table,
-        outbound: OutboundHooks::new(sandbox.outbound.clone()),
-        memory: MemoryLimiter::default(),
-    };
-    let mut store = Store::new(engine, host);
-    limits.apply(&mut store)?;
-    Ok(store)
+/// What every instance of one component is made from: its name (`argv[0]`
+/// and the name in logs), its grants and its limits.
+pub(crate) struct InstanceSpec {
+    pub name: String,
+    pub sandbox: Sandbox,
+    pub limits: Limits,
+}
+
+impl InstanceSpec {
+    /// A fresh store for one instance: the sandbox's grants and every limit.
+    pub(crate) fn new_store(
+        &self,
+        engine: &Engine,
+        role: InstanceRole,
+    ) -> wasmtime::Result<Store<Host>> {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HOST_RESOURCES);
+        let host = Host {
+            wasi: self
+                .sandbox
+                .wasi_ctx(&self.name, role == InstanceRole::Command)?,
+            http: WasiHttpCtx::new(),
+            table,
+            outbound: OutboundHooks::new(self.sandbox.outbound.clone()),
+            memory: MemoryLimiter::default(),
+        };
+        let mut store = Store::new(engine, host);
+        self.limits.apply(&mut store)?;
+        Ok(store)
+    }
+
+    /// How an instance of this component failed, in the terms of its limits.
+    pub(crate) fn failure(&self, error: &wasmtime::Error) -> GuestFailure {
+        GuestFailure::classify(error, &self.limits)
+    }
 }

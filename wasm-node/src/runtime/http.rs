@@ -14,9 +14,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::error::{GuestFailure, log_detail};
-use super::host::{Host, InstanceRole, new_store};
+use super::host::{Host, InstanceRole, InstanceSpec};
 use super::limits::Limits;
-use super::sandbox::Sandbox;
 
 /// The body of every response the runtime produces.
 pub type HttpBody = HyperOutgoingBody;
@@ -29,61 +28,38 @@ pub struct HttpApp {
 }
 
 struct Inner {
-    name: String,
+    spec: InstanceSpec,
     pre: ProxyPre<Host>,
-    limits: Limits,
-    sandbox: Sandbox,
     permits: Arc<Semaphore>,
 }
 
 type GuestResponse = Result<http::Response<HyperOutgoingBody>, ErrorCode>;
 
 impl HttpApp {
-    pub(crate) fn new(
-        name: String,
-        pre: InstancePre<Host>,
-        limits: Limits,
-        sandbox: Sandbox,
-    ) -> wasmtime::Result<Self> {
+    pub(crate) fn new(spec: InstanceSpec, pre: InstancePre<Host>) -> wasmtime::Result<Self> {
         let pre = ProxyPre::new(pre)?;
-        let permits = Arc::new(Semaphore::new(limits.max_instances as usize));
+        let permits = Arc::new(Semaphore::new(spec.limits.max_instances as usize));
         Ok(Self {
-            inner: Arc::new(Inner {
-                name,
-                pre,
-                limits,
-                sandbox,
-                permits,
-            }),
+            inner: Arc::new(Inner { spec, pre, permits }),
         })
     }
 
     pub fn limits(&self) -> &Limits {
-        &self.inner.limits
+        &self.inner.spec.limits
     }
 
     /// Instantiates the component once without calling it, to surface
     /// start-up failures (initial memory above the limit, a trapping start
     /// function, a pool too small) before any request arrives.
     pub(crate) async fn probe(&self) -> Result<(), GuestFailure> {
-        let inner = &self.inner;
-        let classify = |e: wasmtime::Error| {
-            GuestFailure::classify(&e, inner.limits.fuel, inner.limits.timeout)
-        };
-        let mut store = new_store(
-            inner.pre.engine(),
-            &inner.sandbox,
-            &inner.limits,
-            &inner.name,
-            InstanceRole::Request,
-        )
-        .map_err(classify)?;
-        inner
-            .pre
-            .instantiate_async(&mut store)
+        let Inner { spec, pre, .. } = &*self.inner;
+        let mut store = spec
+            .new_store(pre.engine(), InstanceRole::Request)
+            .map_err(|e| spec.failure(&e))?;
+        pre.instantiate_async(&mut store)
             .await
             .map(drop)
-            .map_err(classify)
+            .map_err(|e| spec.failure(&e))
     }
 
     /// Handles one request in a fresh instance. Never fails: a guest failure
@@ -94,14 +70,12 @@ impl HttpApp {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let inner = &self.inner;
+        let limits = self.limits();
         let permit =
-            match tokio::time::timeout(inner.limits.timeout, inner.permits.clone().acquire_owned())
-                .await
-            {
-                Ok(Ok(permit)) => permit,
-                _ => return failure_response(&GuestFailure::Busy(inner.limits.max_instances)),
-            };
+            tokio::time::timeout(limits.timeout, self.inner.permits.clone().acquire_owned()).await;
+        let Ok(Ok(permit)) = permit else {
+            return failure_response(&GuestFailure::Busy(limits.max_instances));
+        };
 
         // HTTP/1.0 clients may send no Host; wasi:http requires an authority.
         if request.uri().authority().is_none()
@@ -111,24 +85,21 @@ impl HttpApp {
                 .headers_mut()
                 .insert(http::header::HOST, HeaderValue::from_static("localhost"));
         }
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
+        let what = RequestName::of(&request);
+        let name = &self.inner.spec.name;
 
         let (sender, receiver) = oneshot::channel();
-        let task = match self.start(request, sender, permit) {
+        let task = match self.start(request, sender, permit, what.clone()) {
             Ok(task) => task,
             Err(failure) => {
-                tracing::error!("{}: {method} {path} failed: {failure}", inner.name);
+                tracing::error!("{name}: {what} failed: {failure}");
                 return failure_response(&failure);
             }
         };
         match receiver.await {
             Ok(Ok(response)) => response,
             Ok(Err(code)) => {
-                tracing::warn!(
-                    "{}: {method} {path} failed: guest set error {code:?}",
-                    inner.name
-                );
+                tracing::warn!("{name}: {what} failed: guest set error {code:?}");
                 text_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("guest failed the request: {code:?}\n"),
@@ -152,38 +123,28 @@ impl HttpApp {
         request: http::Request<B>,
         sender: oneshot::Sender<GuestResponse>,
         permit: OwnedSemaphorePermit,
+        what: RequestName,
     ) -> Result<tokio::task::JoinHandle<Result<(), GuestFailure>>, GuestFailure>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let inner = self.inner.clone();
-        let classify = |e: &wasmtime::Error| {
-            GuestFailure::classify(e, inner.limits.fuel, inner.limits.timeout)
-        };
-        let mut store = new_store(
-            inner.pre.engine(),
-            &inner.sandbox,
-            &inner.limits,
-            &inner.name,
-            InstanceRole::Request,
-        )
-        .map_err(|e| classify(&e))?;
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let request = store
-            .data_mut()
-            .http()
+        let spec = &inner.spec;
+        let mut store = spec
+            .new_store(inner.pre.engine(), InstanceRole::Request)
+            .map_err(|e| spec.failure(&e))?;
+        let mut http = store.data_mut().http();
+        let request = http
             .new_incoming_request(Scheme::Http, request)
-            .map_err(|e| classify(&e))?;
-        let response_out = store
-            .data_mut()
-            .http()
+            .map_err(|e| spec.failure(&e))?;
+        let response_out = http
             .new_response_outparam(sender)
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| spec.failure(&e))?;
 
         Ok(tokio::spawn(async move {
             let _permit = permit;
+            let spec = &inner.spec;
             let run = async {
                 let proxy = inner.pre.instantiate_async(&mut store).await?;
                 proxy
@@ -194,25 +155,41 @@ impl HttpApp {
             // The epoch deadline stops guest code that runs too long; this
             // also stops a guest that waits too long in the host (a slow
             // outbound request, a sleep).
-            let outcome = match tokio::time::timeout(inner.limits.timeout, run).await {
+            let (failure, detail) = match tokio::time::timeout(spec.limits.timeout, run).await {
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(error)) => (
-                    GuestFailure::classify(&error, inner.limits.fuel, inner.limits.timeout),
-                    log_detail(&error),
-                ),
+                Ok(Err(error)) => (spec.failure(&error), log_detail(&error)),
                 Err(_) => {
-                    let failure = GuestFailure::Timeout(inner.limits.timeout);
+                    let failure = GuestFailure::Timeout(spec.limits.timeout);
                     let detail = failure.to_string();
                     (failure, detail)
                 }
             };
-            let (failure, detail) = outcome;
-            tracing::warn!(
-                "{}: {method} {path} failed: {failure}\n{detail}",
-                inner.name
-            );
+            tracing::warn!("{}: {what} failed: {failure}\n{detail}", spec.name);
             Err(failure)
         }))
+    }
+}
+
+/// `METHOD /path` of a request, for log lines; cloning it costs no
+/// allocation on the request path.
+#[derive(Clone)]
+struct RequestName {
+    method: http::Method,
+    uri: http::Uri,
+}
+
+impl RequestName {
+    fn of<B>(request: &http::Request<B>) -> Self {
+        Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for RequestName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.uri.path())
     }
 }
 

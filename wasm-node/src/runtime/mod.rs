@@ -38,7 +38,7 @@ pub use sandbox::{DirGrant, DirGrantError, Sandbox, Stdio};
 pub use serve::serve;
 
 use error::one_line;
-use host::Host;
+use host::{Host, InstanceSpec};
 use limits::{EPOCH_TICK, SlotReset};
 
 /// Engine-wide settings: what every component run by this runtime may at
@@ -251,10 +251,14 @@ impl Runtime {
             .linker
             .instantiate_pre(&loaded.component)
             .map_err(unlinkable)?;
-        let argv0 = program_name(&loaded.name);
+        let spec = InstanceSpec {
+            name: program_name(&loaded.name),
+            sandbox,
+            limits,
+        };
         Ok(match loaded.kind {
             ComponentKind::Http => {
-                let app = HttpApp::new(argv0, pre, limits, sandbox).map_err(unlinkable)?;
+                let app = HttpApp::new(spec, pre).map_err(unlinkable)?;
                 app.probe()
                     .await
                     .map_err(|failure| LoadError::Instantiate {
@@ -263,9 +267,7 @@ impl Runtime {
                     })?;
                 App::Http(app)
             }
-            ComponentKind::Command => {
-                App::Command(CommandApp::new(argv0, pre, limits, sandbox).map_err(unlinkable)?)
-            }
+            ComponentKind::Command => App::Command(CommandApp::new(spec, pre).map_err(unlinkable)?),
         })
     }
 

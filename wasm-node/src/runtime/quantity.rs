@@ -25,71 +25,91 @@ impl QuantityError {
     }
 }
 
-/// Splits `123Mi` into (`123`, `Mi`).
-fn split_number(input: &str) -> (&str, &str) {
-    let at = input
+/// Parses a whole number followed by one of `units` (suffix, multiplier).
+fn parse_scaled(
+    input: &str,
+    kind: &'static str,
+    expected: &'static str,
+    units: &[(&str, u64)],
+) -> Result<u64, QuantityError> {
+    let err = || QuantityError::new(kind, input, expected);
+    let trimmed = input.trim();
+    let at = trimmed
         .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(input.len());
-    input.split_at(at)
+        .unwrap_or(trimmed.len());
+    let (number, suffix) = trimmed.split_at(at);
+    let value: u64 = number.parse().map_err(|_| err())?;
+    let (_, multiplier) = units
+        .iter()
+        .find(|(unit, _)| *unit == suffix)
+        .ok_or_else(err)?;
+    value.checked_mul(*multiplier).ok_or_else(err)
 }
 
 /// Parses a byte size: a whole number with an optional binary (`Ki`, `Mi`,
 /// `Gi`, also written `KiB`, `MiB`, `GiB`) or decimal (`k`, `K`, `M`, `G`)
 /// suffix.
 pub fn parse_bytes(input: &str) -> Result<u64, QuantityError> {
-    const EXPECTED: &str =
-        "expected a whole number of bytes with an optional suffix Ki, Mi, Gi, K, M or G";
-    let err = || QuantityError::new("memory size", input, EXPECTED);
-    let (number, suffix) = split_number(input.trim());
-    let value: u64 = number.parse().map_err(|_| err())?;
-    let multiplier: u64 = match suffix {
-        "" | "B" => 1,
-        "Ki" | "KiB" => 1 << 10,
-        "Mi" | "MiB" => 1 << 20,
-        "Gi" | "GiB" => 1 << 30,
-        "k" | "K" | "KB" => 1_000,
-        "M" | "MB" => 1_000_000,
-        "G" | "GB" => 1_000_000_000,
-        _ => return Err(err()),
-    };
-    value.checked_mul(multiplier).ok_or_else(err)
+    const UNITS: &[(&str, u64)] = &[
+        ("", 1),
+        ("B", 1),
+        ("Ki", 1 << 10),
+        ("KiB", 1 << 10),
+        ("Mi", 1 << 20),
+        ("MiB", 1 << 20),
+        ("Gi", 1 << 30),
+        ("GiB", 1 << 30),
+        ("k", 1_000),
+        ("K", 1_000),
+        ("KB", 1_000),
+        ("M", 1_000_000),
+        ("MB", 1_000_000),
+        ("G", 1_000_000_000),
+        ("GB", 1_000_000_000),
+    ];
+    parse_scaled(
+        input,
+        "memory size",
+        "expected a whole number of bytes with an optional suffix Ki, Mi, Gi, K, M or G",
+        UNITS,
+    )
 }
 
 /// Parses an amount of fuel: a whole number with an optional decimal suffix
 /// (`K`, `M`, `G`), so `50M` is fifty million units.
 pub fn parse_fuel(input: &str) -> Result<u64, QuantityError> {
-    const EXPECTED: &str = "expected a whole number with an optional suffix K, M or G";
-    let err = || QuantityError::new("fuel amount", input, EXPECTED);
-    let (number, suffix) = split_number(input.trim());
-    let value: u64 = number.parse().map_err(|_| err())?;
-    let multiplier: u64 = match suffix {
-        "" => 1,
-        "k" | "K" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        _ => return Err(err()),
-    };
-    value.checked_mul(multiplier).ok_or_else(err)
+    const UNITS: &[(&str, u64)] = &[
+        ("", 1),
+        ("k", 1_000),
+        ("K", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+    ];
+    parse_scaled(
+        input,
+        "fuel amount",
+        "expected a whole number with an optional suffix K, M or G",
+        UNITS,
+    )
 }
 
 /// Parses a duration: a whole number followed by `ms`, `s`, `m` or `h`; a bare
 /// number means seconds.
 pub fn parse_duration(input: &str) -> Result<Duration, QuantityError> {
-    const EXPECTED: &str = "expected a whole number followed by ms, s, m or h (e.g. 500ms, 30s)";
-    let err = || QuantityError::new("duration", input, EXPECTED);
-    let (number, unit) = split_number(input.trim());
-    let value: u64 = number.parse().map_err(|_| err())?;
-    let millis_per_unit: u64 = match unit {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(err()),
-    };
-    value
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(err)
+    const MILLIS: &[(&str, u64)] = &[
+        ("ms", 1),
+        ("", 1_000),
+        ("s", 1_000),
+        ("m", 60_000),
+        ("h", 3_600_000),
+    ];
+    parse_scaled(
+        input,
+        "duration",
+        "expected a whole number followed by ms, s, m or h (e.g. 500ms, 30s)",
+        MILLIS,
+    )
+    .map(Duration::from_millis)
 }
 
 /// Formats a byte size the way users write it (`128Mi`), exact where the

@@ -74,6 +74,18 @@ fn a_missing_file_is_reported() {
 }
 
 #[test]
+fn a_directory_that_is_not_a_cargo_project_is_named() {
+    let dir = temp_dir("bad-dir");
+    let dir = path_str(&dir);
+    assert_eq!(
+        single_error_line(&[dir]),
+        format!(
+            "error: {dir}: is a directory without a Cargo.toml; give a component (.wasm) or a Cargo project"
+        )
+    );
+}
+
+#[test]
 fn a_component_with_no_entry_point_is_refused() {
     let dir = temp_dir("bad-empty");
     let empty = write(&dir, "empty.wasm", &wat::parse_str("(component)").unwrap());
