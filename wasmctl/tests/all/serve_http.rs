@@ -42,6 +42,14 @@ fn answers_200_concurrent_requests() {
 }
 
 #[test]
+fn every_request_gets_a_fresh_instance() {
+    let server = Served::start(&[path_str(&test_guest("misbehave"))]);
+    for _ in 0..3 {
+        assert_eq!(server.get("/count").body, "1\n");
+    }
+}
+
+#[test]
 fn an_endless_loop_hits_the_timeout_and_the_next_request_works() {
     let server = Served::start(&[path_str(&test_guest("misbehave")), "--timeout", "500ms"]);
     let response = server.get("/loop");

@@ -2,6 +2,7 @@
 //! each kind of misbehaviour fails only the request that caused it.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use skiff_sdk::{Request, Response, outbound};
 
@@ -9,6 +10,15 @@ fn handle(request: Request) -> Response {
     let param = |name: &str| request.query_param(name);
     match request.path() {
         "/" => Response::text(200, "ok\n"),
+        // Counts the requests this instance has seen: always 1 when every
+        // request gets a fresh instance.
+        "/count" => {
+            static SEEN: AtomicU32 = AtomicU32::new(0);
+            Response::text(
+                200,
+                format!("{}\n", SEEN.fetch_add(1, Ordering::SeqCst) + 1),
+            )
+        }
         // Spins forever: only the wall-clock deadline stops it.
         "/loop" => {
             let mut n = 0u64;
