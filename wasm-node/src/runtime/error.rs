@@ -7,7 +7,7 @@ use std::time::Duration;
 use wasmtime::Trap;
 
 use super::limits::{Limits, MemoryLimitExceeded};
-use super::quantity::format_duration;
+use skiff_api::quantity::format_duration;
 
 /// Why a component cannot run here. Every message starts with the
 /// component's name (usually its file path).

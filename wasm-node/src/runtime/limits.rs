@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use wasmtime::{Enabled, PoolingAllocationConfig, ResourceLimiter, Store};
 
-use super::quantity::{format_bytes, format_duration};
+use skiff_api::quantity::{format_bytes, format_duration};
 
 /// Linear memory an instance may use unless told otherwise.
 pub const DEFAULT_MEMORY: u64 = 128 << 20;

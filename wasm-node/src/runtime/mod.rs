@@ -14,7 +14,6 @@ mod host;
 mod http;
 pub mod limits;
 mod outbound;
-pub mod quantity;
 mod sandbox;
 mod serve;
 
@@ -33,9 +32,10 @@ pub use command::CommandApp;
 pub use error::{GuestFailure, LoadError};
 pub use http::{HttpApp, HttpBody};
 pub use limits::{Limits, LimitsError, MemoryLimitExceeded};
-pub use outbound::{AllowList, AllowRule, AllowRuleError};
 pub use sandbox::{DirGrant, DirGrantError, Sandbox, Stdio};
 pub use serve::serve;
+pub use skiff_api::outbound::{AllowList, AllowRule, AllowRuleError};
+pub use skiff_api::quantity;
 
 use error::one_line;
 use host::{Host, InstanceSpec};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
-use super::outbound::AllowList;
+use skiff_api::outbound::AllowList;
 
 /// The grants of one component.
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,120 @@
+//! Cluster-scoped kinds: Namespace (the tenant boundary) and Node (a
+//! wasm-node agent and what it offers).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Object;
+use super::pod::{Condition, TaintEffect};
+use crate::quantity::parse_bytes;
+use crate::validate::{Validator, label_key, label_value};
+
+pub type Namespace = Object<NamespaceSpec, NamespaceStatus>;
+pub type Node = Object<NodeSpec, NodeStatus>;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespaceSpec {}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespaceStatus {
+    /// `Active`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Cordoned: no new pods are scheduled here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unschedulable: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Taint {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    pub effect: TaintEffect,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<NodeResources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocatable: Option<NodeResources>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<NodeAddress>,
+    /// Runtimes and versions the node reports (e.g. `wasmtime`, `containerd`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_info: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeResources {
+    /// Memory for instances, e.g. `8Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// Concurrent instance slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+    /// CPU in cores or millicores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeAddress {
+    /// `InternalIP`, `Hostname`, or `Ingress` (host:port of its ingress).
+    #[serde(rename = "type")]
+    pub address_type: String,
+    pub address: String,
+}
+
+impl NodeSpec {
+    pub fn validate(&self, v: &mut Validator) {
+        for (i, taint) in self.taints.iter().enumerate() {
+            let field = format!("spec.taints[{i}]");
+            if let Err(reason) = label_key(&taint.key).and_then(|()| label_value(&taint.value)) {
+                v.error(field, reason);
+            }
+        }
+    }
+}
+
+impl NodeStatus {
+    pub fn validate(&self, v: &mut Validator) {
+        for (name, resources) in [
+            ("capacity", &self.capacity),
+            ("allocatable", &self.allocatable),
+        ] {
+            let Some(r) = resources else { continue };
+            if let Some(memory) = &r.memory
+                && let Err(e) = parse_bytes(memory)
+            {
+                v.error(format!("status.{name}.memory"), e.to_string());
+            }
+            if let Some(cpu) = &r.cpu
+                && super::pod::parse_millicores(cpu).is_none()
+            {
+                v.error(
+                    format!("status.{name}.cpu"),
+                    format!("invalid CPU quantity `{cpu}`"),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Deployment: replicas of a pod template, rolled out revision by revision.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Object;
+use super::pod::{Condition, PodSpec};
+use crate::selector::LabelSelector;
+use crate::validate::{Validator, validate_labels};
+
+pub type Deployment = Object<DeploymentSpec, DeploymentStatus>;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentSpec {
+    /// Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// Must match the template's labels.
+    #[serde(default)]
+    pub selector: LabelSelector,
+    #[serde(default)]
+    pub template: PodTemplate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Old revisions kept for rollback (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_history_limit: Option<u32>,
+    /// A rollout that makes no progress for this long fails (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_seconds: Option<u32>,
+    /// Roll back to the last good revision when a rollout fails (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<bool>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodTemplate {
+    #[serde(default)]
+    pub metadata: TemplateMeta,
+    #[serde(default)]
+    pub spec: PodSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateMeta {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Strategy {
+    #[serde(rename = "type", default)]
+    pub strategy_type: StrategyType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StrategyType {
+    #[default]
+    RollingUpdate,
+    Recreate,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollingUpdate {
+    /// Pods above `replicas` during a rollout: a count or a percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<IntOrPercent>,
+    /// Pods below `replicas` during a rollout: a count or a percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrPercent>,
+}
+
+/// `3` or `"25%"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum IntOrPercent {
+    Int(u32),
+    Percent(String),
+}
+
+impl IntOrPercent {
+    /// The absolute number for `total` replicas, rounding percentages up
+    /// (`round_up`, for surge) or down (for unavailability).
+    pub fn resolve(&self, total: u32, round_up: bool) -> Option<u32> {
+        match self {
+            Self::Int(n) => Some(*n),
+            Self::Percent(p) => {
+                let percent: u32 = p.strip_suffix('%')?.parse().ok().filter(|p| *p <= 100)?;
+                let scaled = total * percent;
+                Some(if round_up {
+                    scaled.div_ceil(100)
+                } else {
+                    scaled / 100
+                })
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub replicas: u32,
+    #[serde(default)]
+    pub updated_replicas: u32,
+    #[serde(default)]
+    pub ready_replicas: u32,
+    #[serde(default)]
+    pub available_replicas: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+impl DeploymentSpec {
+    pub fn set_defaults(&mut self) {
+        self.replicas.get_or_insert(1);
+        self.revision_history_limit.get_or_insert(10);
+        self.progress_deadline_seconds.get_or_insert(600);
+        self.auto_rollback.get_or_insert(true);
+        let strategy = self.strategy.get_or_insert(Strategy {
+            strategy_type: StrategyType::RollingUpdate,
+            rolling_update: None,
+        });
+        if strategy.strategy_type == StrategyType::RollingUpdate {
+            let rolling = strategy.rolling_update.get_or_insert(RollingUpdate {
+                max_surge: None,
+                max_unavailable: None,
+            });
+            rolling
+                .max_surge
+                .get_or_insert_with(|| IntOrPercent::Percent("25%".into()));
+            rolling
+                .max_unavailable
+                .get_or_insert_with(|| IntOrPercent::Percent("25%".into()));
+        }
+        self.template.spec.set_defaults();
+    }
+
+    pub fn validate(&self, v: &mut Validator) {
+        if self.selector.is_empty() {
+            v.error("spec.selector", "is required");
+        } else {
+            self.selector.validate(v, "spec.selector");
+            if !self.selector.matches(&self.template.metadata.labels) {
+                v.error("spec.template.metadata.labels", "must match spec.selector");
+            }
+        }
+        validate_labels(
+            v,
+            "spec.template.metadata.labels",
+            &self.template.metadata.labels,
+        );
+        self.template.spec.validate(v, "spec.template.spec");
+        if !self.template.spec.node_name.is_empty() {
+            v.error(
+                "spec.template.spec.nodeName",
+                "must be empty: the scheduler places pods",
+            );
+        }
+        if self.progress_deadline_seconds == Some(0) {
+            v.error("spec.progressDeadlineSeconds", "must be at least 1");
+        }
+        if let Some(rolling) = self
+            .strategy
+            .as_ref()
+            .and_then(|s| s.rolling_update.as_ref())
+        {
+            let check = |v: &mut Validator, name: &str, value: &Option<IntOrPercent>| {
+                if let Some(value) = value
+                    && value.resolve(100, true).is_none()
+                {
+                    v.error(
+                        format!("spec.strategy.rollingUpdate.{name}"),
+                        "must be a whole number or a percentage from 0% to 100%",
+                    );
+                }
+            };
+            check(v, "maxSurge", &rolling.max_surge);
+            check(v, "maxUnavailable", &rolling.max_unavailable);
+            let zero = |value: &Option<IntOrPercent>| {
+                value.as_ref().and_then(|x| x.resolve(100, true)) == Some(0)
+            };
+            if zero(&rolling.max_surge) && zero(&rolling.max_unavailable) {
+                v.error(
+                    "spec.strategy.rollingUpdate",
+                    "maxSurge and maxUnavailable cannot both be 0",
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Service (a stable name over pods selected by labels) and Route (host and
+//! path to a Service, served by every node's ingress).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Object;
+use super::pod::Protocol;
+use crate::validate::{
+    Validator, dns_label, dns_subdomain, label_key, label_value, validate_dns_label,
+};
+
+pub type Service = Object<ServiceSpec, ServiceStatus>;
+pub type Route = Object<RouteSpec, RouteStatus>;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Pods with all these labels are the Service's endpoints.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ServicePort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub port: u32,
+    /// The pod port requests go to; defaults to `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u32>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceStatus {}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Host the route answers for (`Host` header); any host when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    /// Path prefix; default `/`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    /// The Service (same namespace) requests go to.
+    #[serde(default)]
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteStatus {}
+
+impl ServiceSpec {
+    pub fn validate(&self, v: &mut Validator) {
+        for (key, value) in &self.selector {
+            if let Err(reason) = label_key(key).and_then(|()| label_value(value)) {
+                v.error(format!("spec.selector[{key}]"), reason);
+            }
+        }
+        let mut names = Vec::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            let field = format!("spec.ports[{i}]");
+            for (name, value) in [("port", Some(port.port)), ("targetPort", port.target_port)] {
+                if let Some(value) = value
+                    && !(1..=65535).contains(&value)
+                {
+                    v.error(format!("{field}.{name}"), "must be between 1 and 65535");
+                }
+            }
+            if !port.name.is_empty() {
+                if let Err(reason) = dns_label(&port.name) {
+                    v.error(format!("{field}.name"), reason);
+                }
+                if names.contains(&&port.name) {
+                    v.error(format!("{field}.name"), "must be unique");
+                }
+                names.push(&port.name);
+            }
+        }
+    }
+}
+
+impl RouteSpec {
+    pub fn set_defaults(&mut self) {
+        if self.path.is_empty() {
+            self.path = "/".into();
+        }
+    }
+
+    pub fn validate(&self, v: &mut Validator) {
+        validate_dns_label(v, "spec.service", &self.service);
+        if !self.host.is_empty() {
+            let host = self.host.strip_prefix("*.").unwrap_or(&self.host);
+            if let Err(reason) = dns_subdomain(host) {
+                v.error("spec.host", reason);
+            }
+        }
+        if !self.path.starts_with('/') {
+            v.error("spec.path", "must start with '/'");
+        }
+        if let Some(port) = self.port
+            && !(1..=65535).contains(&port)
+        {
+            v.error("spec.port", "must be between 1 and 65535");
+        }
+    }
+}
