@@ -8,6 +8,7 @@ pub mod meta;
 pub mod outbound;
 pub mod quantity;
 pub mod selector;
+pub mod tokens;
 pub mod validate;
 
 pub use kinds::{AdmitError, Kind, Object, admit, admit_status};

@@ -1,0 +1,140 @@
+//! API errors: one enum, turned into a `Status` body and an HTTP status in
+//! one place.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use skiff_api::meta::{StatusCause, StatusDetails};
+use skiff_api::{AdmitError, Status};
+
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    Unauthorized,
+    Forbidden(String),
+    NotFound(String),
+    BadRequest(String),
+    MethodNotAllowed(String),
+    UnsupportedMediaType(String),
+    Invalid {
+        message: String,
+        causes: Vec<StatusCause>,
+    },
+    AlreadyExists(String),
+    Conflict(String),
+    Gone(String),
+    TooLarge(String),
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// A single invalid field.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        ApiError::Invalid {
+            message: format!("{field}: {message}"),
+            causes: vec![StatusCause {
+                field: field.to_owned(),
+                message,
+            }],
+        }
+    }
+}
+
+impl From<AdmitError> for ApiError {
+    fn from(error: AdmitError) -> Self {
+        ApiError::Invalid {
+            message: error.to_string(),
+            causes: error
+                .causes()
+                .into_iter()
+                .map(|c| StatusCause {
+                    field: c.field,
+                    message: c.message,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        let message = error.to_string();
+        match error {
+            StoreError::NotFound(_) | StoreError::NamespaceNotFound(_) => {
+                ApiError::NotFound(message)
+            }
+            StoreError::AlreadyExists(_) => ApiError::AlreadyExists(message),
+            StoreError::Conflict { .. } | StoreError::UidMismatch(_) => ApiError::Conflict(message),
+            StoreError::Invalid { field, message } => ApiError::invalid(&field, message),
+            StoreError::Compacted { .. } => ApiError::Gone(message),
+            StoreError::Unavailable(_) => ApiError::Unavailable(message),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, reason, message, causes) = match self {
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "a valid bearer token is required".to_owned(),
+                vec![],
+            ),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "Forbidden", m, vec![]),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "NotFound", m, vec![]),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "BadRequest", m, vec![]),
+            ApiError::MethodNotAllowed(m) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                m,
+                vec![],
+            ),
+            ApiError::UnsupportedMediaType(m) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                m,
+                vec![],
+            ),
+            ApiError::Invalid { message, causes } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message, causes)
+            }
+            ApiError::AlreadyExists(m) => (StatusCode::CONFLICT, "AlreadyExists", m, vec![]),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "Conflict", m, vec![]),
+            ApiError::Gone(m) => (StatusCode::GONE, "Gone", m, vec![]),
+            ApiError::TooLarge(m) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                m,
+                vec![],
+            ),
+            ApiError::Unavailable(m) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                m,
+                vec![],
+            ),
+        };
+        let mut status = Status::failure(code.as_u16(), reason, message);
+        if !causes.is_empty() {
+            status.details = Some(StatusDetails {
+                causes,
+                ..Default::default()
+            });
+        }
+        let mut response = (code, Json(status)).into_response();
+        if code == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if code == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

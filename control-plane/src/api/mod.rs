@@ -1,0 +1,377 @@
+//! The REST API, in Kubernetes' conventions:
+//! `/apis/skiff.dev/v1/[namespaces/{ns}/]{plural}[/{name}[/status]]`.
+
+mod error;
+mod objects;
+pub mod openapi;
+mod tokens;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use skiff_api::Kind;
+
+pub use error::ApiError;
+
+use crate::auth::{Authenticator, Principal};
+use crate::store::Store;
+use crate::watch::WatchHub;
+
+/// Largest object (and request body) the API accepts.
+pub const MAX_OBJECT_BYTES: usize = 1 << 20;
+
+/// Settings of the API server.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// How often a watch sends a BOOKMARK.
+    pub bookmark_interval: Duration,
+    /// Longest a watch runs before the client must resume it.
+    pub max_watch: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            bookmark_interval: Duration::from_secs(10),
+            max_watch: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub hub: WatchHub,
+    pub auth: Arc<Authenticator>,
+    pub config: ApiConfig,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::serve))
+        .route(
+            "/apis/skiff.dev/v1/{*path}",
+            axum::routing::any(objects_or_tokens),
+        )
+        .fallback(|| async {
+            ApiError::NotFound("the server could not find the requested resource".into())
+        })
+        .with_state(state)
+}
+
+/// Ready when the database answers.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.store.ping().await {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+    }
+}
+
+/// Establishes the caller from `Authorization: Bearer`, or fails with 401.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+        .ok_or(ApiError::Unauthorized);
+    state
+        .auth
+        .principal(&token?)
+        .await?
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// What a path under `/apis/skiff.dev/v1/` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Collection {
+        kind: Kind,
+        namespace: Option<String>,
+    },
+    Item {
+        kind: Kind,
+        namespace: Option<String>,
+        name: String,
+        status: bool,
+    },
+    /// `tokens` of a namespace, or of the cluster when `namespace` is None.
+    Tokens {
+        namespace: Option<String>,
+        id: Option<String>,
+    },
+}
+
+pub fn parse_target(path: &str) -> Result<Target, ApiError> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "the server could not find the requested resource: {path}"
+        ))
+    };
+    let kind_of = |plural: &str| Kind::from_plural(plural).ok_or_else(not_found);
+    let scoped = |kind: Kind, namespace: Option<&str>| -> Result<Option<String>, ApiError> {
+        match (kind.namespaced(), namespace) {
+            (true, Some(ns)) => Ok(Some(ns.to_owned())),
+            (false, None) => Ok(None),
+            (true, None) => Err(ApiError::NotFound(format!(
+                "{} live in namespaces: use /apis/skiff.dev/v1/namespaces/{{namespace}}/{}",
+                kind.plural(),
+                kind.plural()
+            ))),
+            (false, Some(_)) => Err(ApiError::NotFound(format!(
+                "{} are not namespaced",
+                kind.plural()
+            ))),
+        }
+    };
+    let item = |kind, namespace, name: &str, status| -> Result<Target, ApiError> {
+        Ok(Target::Item {
+            kind,
+            namespace,
+            name: name.to_owned(),
+            status,
+        })
+    };
+    match segments.as_slice() {
+        ["tokens"] => Ok(Target::Tokens {
+            namespace: None,
+            id: None,
+        }),
+        ["tokens", id] => Ok(Target::Tokens {
+            namespace: None,
+            id: Some((*id).to_owned()),
+        }),
+        ["namespaces", ns, "tokens"] => Ok(Target::Tokens {
+            namespace: Some((*ns).to_owned()),
+            id: None,
+        }),
+        ["namespaces", ns, "tokens", id] => Ok(Target::Tokens {
+            namespace: Some((*ns).to_owned()),
+            id: Some((*id).to_owned()),
+        }),
+        [plural] => {
+            let kind = kind_of(plural)?;
+            Ok(Target::Collection {
+                kind,
+                namespace: None,
+            })
+        }
+        [plural, name] => {
+            let kind = kind_of(plural)?;
+            item(kind, scoped(kind, None)?, name, false)
+        }
+        [plural, name, "status"] => {
+            let kind = kind_of(plural)?;
+            item(kind, scoped(kind, None)?, name, true)
+        }
+        ["namespaces", ns, plural] => {
+            let kind = kind_of(plural)?;
+            Ok(Target::Collection {
+                kind,
+                namespace: scoped(kind, Some(ns))?,
+            })
+        }
+        ["namespaces", ns, plural, name] => {
+            let kind = kind_of(plural)?;
+            item(kind, scoped(kind, Some(ns))?, name, false)
+        }
+        ["namespaces", ns, plural, name, "status"] => {
+            let kind = kind_of(plural)?;
+            item(kind, scoped(kind, Some(ns))?, name, true)
+        }
+        _ => Err(not_found()),
+    }
+}
+
+async fn objects_or_tokens(State(state): State<AppState>, request: Request) -> Response {
+    match dispatch(&state, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {
+    let principal = authenticate(state, request.headers()).await?;
+    let path = request
+        .uri()
+        .path()
+        .strip_prefix("/apis/skiff.dev/v1/")
+        .unwrap_or_default()
+        .to_owned();
+    let target = parse_target(&path)?;
+    let params: HashMap<String, String> = Query::try_from_uri(request.uri())
+        .map(|Query(params)| params)
+        .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
+    let method = request.method().clone();
+    let body = read_body(request).await?;
+    let call = objects::Call {
+        state,
+        principal: &principal,
+        params: &params,
+        body: &body,
+    };
+    match (target, method) {
+        (Target::Tokens { namespace, id }, method) => {
+            tokens::handle(state, &principal, namespace, id, method, &body).await
+        }
+        (Target::Collection { kind, namespace }, Method::GET) => {
+            call.list_or_watch(kind, namespace).await
+        }
+        (Target::Collection { kind, namespace }, Method::POST) => {
+            call.create(kind, namespace).await
+        }
+        (
+            Target::Item {
+                kind,
+                namespace,
+                name,
+                status,
+            },
+            method,
+        ) => {
+            let key = crate::store::ObjectKey::new(kind, namespace.as_deref().unwrap_or(""), &name);
+            match method {
+                Method::GET => call.get(&key).await,
+                Method::PUT => call.replace(&key, status).await,
+                Method::PATCH => call.patch(&key, status).await,
+                Method::DELETE if !status => call.delete(&key).await,
+                other => Err(method_not_allowed(&other)),
+            }
+        }
+        (_, other) => Err(method_not_allowed(&other)),
+    }
+}
+
+fn method_not_allowed(method: &Method) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on this resource"))
+}
+
+/// The request body, refused beyond [`MAX_OBJECT_BYTES`].
+async fn read_body(request: Request) -> Result<bytes::Bytes, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_owned());
+    let body: Body = request.into_body();
+    let bytes = axum::body::to_bytes(body, MAX_OBJECT_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::TooLarge("request body is larger than 1Mi; objects are limited to 1Mi".into())
+        })?;
+    if !bytes.is_empty()
+        && let Some(content_type) = content_type
+        && !matches!(
+            content_type.as_str(),
+            "application/json" | "application/merge-patch+json" | ""
+        )
+    {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "content type {content_type} is not supported; send application/json"
+        )));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(kind: Kind, namespace: Option<&str>, name: &str, status: bool) -> Target {
+        Target::Item {
+            kind,
+            namespace: namespace.map(str::to_owned),
+            name: name.into(),
+            status,
+        }
+    }
+
+    #[test]
+    fn paths_name_collections_items_and_subresources() {
+        let cases = [
+            (
+                "pods",
+                Target::Collection {
+                    kind: Kind::Pod,
+                    namespace: None,
+                },
+            ),
+            ("nodes/n1", item(Kind::Node, None, "n1", false)),
+            ("nodes/n1/status", item(Kind::Node, None, "n1", true)),
+            (
+                "namespaces",
+                Target::Collection {
+                    kind: Kind::Namespace,
+                    namespace: None,
+                },
+            ),
+            (
+                "namespaces/shop",
+                item(Kind::Namespace, None, "shop", false),
+            ),
+            (
+                "namespaces/shop/status",
+                item(Kind::Namespace, None, "shop", true),
+            ),
+            (
+                "namespaces/shop/pods",
+                Target::Collection {
+                    kind: Kind::Pod,
+                    namespace: Some("shop".into()),
+                },
+            ),
+            (
+                "namespaces/shop/pods/web",
+                item(Kind::Pod, Some("shop"), "web", false),
+            ),
+            (
+                "namespaces/shop/deployments/web/status",
+                item(Kind::Deployment, Some("shop"), "web", true),
+            ),
+            (
+                "namespaces/shop/tokens",
+                Target::Tokens {
+                    namespace: Some("shop".into()),
+                    id: None,
+                },
+            ),
+            (
+                "tokens",
+                Target::Tokens {
+                    namespace: None,
+                    id: None,
+                },
+            ),
+        ];
+        for (path, want) in cases {
+            assert_eq!(parse_target(path).unwrap(), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn wrong_scopes_and_unknown_kinds_are_not_found() {
+        for path in [
+            "gizmos",
+            "pods/web",
+            "namespaces/shop/nodes",
+            "namespaces/shop/pods/web/logs",
+            "a/b/c/d/e/f",
+        ] {
+            assert!(
+                matches!(parse_target(path), Err(ApiError::NotFound(_))),
+                "{path}"
+            );
+        }
+    }
+}

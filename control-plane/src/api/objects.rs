@@ -1,0 +1,545 @@
+//! Object handlers: list, watch, get, create, replace, patch, delete, and
+//! the `/status` subresource. Every handler authorizes before it reads.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use skiff_api::meta::{DeleteOptions, ListMeta};
+use skiff_api::selector::{FieldSelector, Selector};
+use skiff_api::{API_VERSION, Kind, admit, admit_status};
+
+use super::{ApiError, AppState, MAX_OBJECT_BYTES};
+use crate::auth::{Access, Decision, Principal, Verb, authorize};
+use crate::store::{Continue, ListQuery, ObjectKey, Part, StoreError, Write};
+use crate::watch::{self, WatchRequest};
+
+/// Retries of a patch that names no resourceVersion and loses a race.
+const PATCH_RETRIES: usize = 5;
+
+/// One API call: who makes it, with what parameters and body.
+pub struct Call<'a> {
+    pub state: &'a AppState,
+    pub principal: &'a Principal,
+    pub params: &'a HashMap<String, String>,
+    pub body: &'a [u8],
+}
+
+impl Call<'_> {
+    /// Checks the caller may make `access`; for a node agent's access to a
+    /// pod, also that the pod is bound to it (refused alike when it does
+    /// not exist, so a refusal reveals nothing).
+    async fn authorize(&self, access: Access<'_>) -> Result<(), ApiError> {
+        let forbidden = || {
+            let scope = access
+                .namespace
+                .map(|ns| format!(" in namespace {ns}"))
+                .unwrap_or_default();
+            ApiError::Forbidden(format!(
+                "this token may not {:?} {}{scope}",
+                access.verb,
+                access.kind.plural()
+            ))
+        };
+        match authorize(self.principal, &access) {
+            Decision::Allow => Ok(()),
+            Decision::Deny => Err(forbidden()),
+            Decision::AllowIfBoundTo(node) => {
+                let key = ObjectKey::new(
+                    access.kind,
+                    access.namespace.unwrap_or(""),
+                    access.name.unwrap_or(""),
+                );
+                let object = self.state.store.get(&key).await?;
+                let bound = object
+                    .as_ref()
+                    .and_then(|o| o["spec"]["nodeName"].as_str())
+                    .is_some_and(|n| n == node);
+                if bound { Ok(()) } else { Err(forbidden()) }
+            }
+        }
+    }
+
+    fn access<'k>(&self, verb: Verb, key: &'k ObjectKey, status: bool) -> Access<'k> {
+        Access {
+            verb,
+            kind: key.kind,
+            namespace: key.kind.namespaced().then_some(key.namespace.as_str()),
+            name: Some(&key.name),
+            status,
+            node_selector: None,
+        }
+    }
+
+    pub async fn get(&self, key: &ObjectKey) -> Result<Response, ApiError> {
+        self.authorize(self.access(Verb::Get, key, false)).await?;
+        match self.state.store.get(key).await? {
+            Some(object) => Ok(Json(object).into_response()),
+            None => Err(StoreError::NotFound(key.clone()).into()),
+        }
+    }
+
+    pub async fn list_or_watch(
+        &self,
+        kind: Kind,
+        namespace: Option<String>,
+    ) -> Result<Response, ApiError> {
+        let watching = matches!(
+            self.params.get("watch").map(String::as_str),
+            Some("true" | "1")
+        );
+        let labels = match self.params.get("labelSelector") {
+            Some(s) => Selector::parse(s)
+                .map_err(|e| ApiError::BadRequest(format!("labelSelector: {e}")))?,
+            None => Selector::everything(),
+        };
+        let fields = match self.params.get("fieldSelector") {
+            Some(s) => FieldSelector::parse(s, kind.selectable_fields())
+                .map_err(|e| ApiError::BadRequest(format!("fieldSelector: {e}")))?,
+            None => FieldSelector::default(),
+        };
+        let node_selector = fields
+            .terms()
+            .find(|(field, equal, _)| *field == "spec.nodeName" && *equal)
+            .map(|(_, _, value)| value.to_owned());
+        self.authorize(Access {
+            verb: if watching { Verb::Watch } else { Verb::List },
+            kind,
+            namespace: namespace.as_deref(),
+            name: None,
+            status: false,
+            node_selector: node_selector.as_deref(),
+        })
+        .await?;
+
+        if watching {
+            return self.watch(kind, namespace, labels, fields).await;
+        }
+        let limit = match self.params.get("limit") {
+            Some(l) => Some(l.parse::<i64>().ok().filter(|l| *l > 0).ok_or_else(|| {
+                ApiError::BadRequest(format!("limit: `{l}` is not a positive number"))
+            })?),
+            None => None,
+        };
+        let after = match self.params.get("continue") {
+            Some(token) => Some(Continue::decode(token).ok_or_else(|| {
+                ApiError::BadRequest("continue: not a token this server issued".into())
+            })?),
+            None => None,
+        };
+        let page = self
+            .state
+            .store
+            .list(
+                kind,
+                ListQuery {
+                    namespace: namespace.as_deref(),
+                    labels: Some(&labels),
+                    fields: Some(&fields),
+                    limit,
+                    after,
+                },
+            )
+            .await?;
+        Ok(Json(skiff_api::List {
+            api_version: API_VERSION.into(),
+            kind: format!("{}List", kind.name()),
+            metadata: ListMeta {
+                resource_version: page.revision.to_string(),
+                continue_token: page.next.map(|c| c.encode()),
+            },
+            items: page.items,
+        })
+        .into_response())
+    }
+
+    async fn watch(
+        &self,
+        kind: Kind,
+        namespace: Option<String>,
+        labels: Selector,
+        fields: FieldSelector,
+    ) -> Result<Response, ApiError> {
+        let from = match self.params.get("resourceVersion").map(String::as_str) {
+            None | Some("") => None,
+            Some(rv) => Some(parse_revision("resourceVersion", rv)?),
+        };
+        if let Some(from) = from {
+            let compacted = self.state.store.compacted_revision().await?;
+            if from < compacted {
+                return Err(StoreError::Compacted {
+                    requested: from,
+                    compacted,
+                }
+                .into());
+            }
+        }
+        let config = &self.state.config;
+        let timeout = match self.params.get("timeoutSeconds") {
+            Some(t) => Duration::from_secs(t.parse().map_err(|_| {
+                ApiError::BadRequest(format!("timeoutSeconds: `{t}` is not a number"))
+            })?)
+            .min(config.max_watch),
+            None => config.max_watch,
+        };
+        let lines = watch::start(
+            self.state.store.clone(),
+            &self.state.hub,
+            WatchRequest {
+                kind,
+                namespace,
+                labels,
+                fields,
+                from,
+                bookmark_interval: config.bookmark_interval,
+                timeout,
+            },
+        );
+        let stream = futures::stream::unfold(lines, |mut lines| async move {
+            lines
+                .recv()
+                .await
+                .map(|line| (Ok::<_, std::io::Error>(line), lines))
+        });
+        Ok((
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            Body::from_stream(stream),
+        )
+            .into_response())
+    }
+
+    pub async fn create(
+        &self,
+        kind: Kind,
+        namespace: Option<String>,
+    ) -> Result<Response, ApiError> {
+        let mut object = parse_json(self.body)?;
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let key = ObjectKey::new(kind, namespace.as_deref().unwrap_or(""), &name);
+        self.authorize(self.access(Verb::Create, &key, false))
+            .await?;
+        if let Some(ns) = &namespace {
+            claim_namespace(&mut object, ns)?;
+        }
+        if object["metadata"]
+            .get("resourceVersion")
+            .is_some_and(|rv| !rv.is_null())
+        {
+            return Err(ApiError::invalid(
+                "metadata.resourceVersion",
+                "must not be set when creating an object",
+            ));
+        }
+        let object = admit(kind, object)?;
+        check_size(&object)?;
+        let stored = self
+            .state
+            .store
+            .write(Write::Create { key, object })
+            .await?;
+        Ok((StatusCode::CREATED, Json(stored)).into_response())
+    }
+
+    /// PUT: replaces the object (or, on `/status`, its status).
+    pub async fn replace(&self, key: &ObjectKey, status: bool) -> Result<Response, ApiError> {
+        self.authorize(self.access(Verb::Update, key, status))
+            .await?;
+        let mut object = parse_json(self.body)?;
+        check_identity(&mut object, key)?;
+        let expected_revision = stated_revision(&object)?;
+        let (object, part) = if status {
+            let status = object.get("status").cloned().unwrap_or_else(|| json!({}));
+            (admit_status(key.kind, status)?, Part::Status)
+        } else {
+            (admit(key.kind, object)?, Part::Main)
+        };
+        check_size(&object)?;
+        let stored = self
+            .state
+            .store
+            .write(Write::Update {
+                key: key.clone(),
+                object,
+                part,
+                expected_revision,
+            })
+            .await?;
+        Ok(Json(stored).into_response())
+    }
+
+    /// PATCH with a JSON merge patch (RFC 7386). Without a resourceVersion
+    /// in the patch, a lost race is retried against the fresh object.
+    pub async fn patch(&self, key: &ObjectKey, status: bool) -> Result<Response, ApiError> {
+        self.authorize(self.access(Verb::Patch, key, status))
+            .await?;
+        let patch = parse_json(self.body)?;
+        if !patch.is_object() {
+            return Err(ApiError::BadRequest(
+                "a merge patch must be a JSON object".into(),
+            ));
+        }
+        let named_revision = stated_revision(&patch)?;
+        for _ in 0..PATCH_RETRIES {
+            let Some(current) = self.state.store.get(key).await? else {
+                return Err(StoreError::NotFound(key.clone()).into());
+            };
+            let mut patched = current.clone();
+            merge_patch(&mut patched, &patch);
+            check_identity(&mut patched, key)?;
+            let (object, part) = if status {
+                (
+                    admit_status(key.kind, patched["status"].clone())?,
+                    Part::Status,
+                )
+            } else {
+                (admit(key.kind, patched)?, Part::Main)
+            };
+            check_size(&object)?;
+            let expected_revision =
+                named_revision.or_else(|| stated_revision(&current).ok().flatten());
+            match self
+                .state
+                .store
+                .write(Write::Update {
+                    key: key.clone(),
+                    object,
+                    part,
+                    expected_revision,
+                })
+                .await
+            {
+                Err(StoreError::Conflict { .. }) if named_revision.is_none() => continue,
+                result => return Ok(Json(result?).into_response()),
+            }
+        }
+        Err(ApiError::Conflict(format!(
+            "{key} kept changing; the patch was not applied after {PATCH_RETRIES} attempts"
+        )))
+    }
+
+    pub async fn delete(&self, key: &ObjectKey) -> Result<Response, ApiError> {
+        self.authorize(self.access(Verb::Delete, key, false))
+            .await?;
+        let options: DeleteOptions = if self.body.is_empty() {
+            DeleteOptions::default()
+        } else {
+            serde_json::from_slice(self.body)
+                .map_err(|e| ApiError::BadRequest(format!("delete options: {e}")))?
+        };
+        let preconditions = options.preconditions.unwrap_or_default();
+        let expected_revision = preconditions
+            .resource_version
+            .as_deref()
+            .map(|rv| parse_revision("preconditions.resourceVersion", rv))
+            .transpose()?;
+        let deleted = self
+            .state
+            .store
+            .write(Write::Delete {
+                key: key.clone(),
+                expected_revision,
+                expected_uid: preconditions.uid,
+            })
+            .await?;
+        Ok(Json(deleted).into_response())
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::BadRequest(
+            "request body is empty; send the object as JSON".into(),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))
+}
+
+fn parse_revision(field: &str, text: &str) -> Result<i64, ApiError> {
+    text.parse::<i64>()
+        .ok()
+        .filter(|rv| *rv >= 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("{field}: `{text}` is not a resourceVersion")))
+}
+
+/// The resourceVersion a body names, if any.
+fn stated_revision(object: &Value) -> Result<Option<i64>, ApiError> {
+    match object["metadata"].get("resourceVersion") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(rv)) if rv.is_empty() => Ok(None),
+        Some(Value::String(rv)) => parse_revision("metadata.resourceVersion", rv).map(Some),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "metadata.resourceVersion: must be a string, not {other}"
+        ))),
+    }
+}
+
+/// Puts a namespaced object in the namespace of the URL; a different one
+/// in the body is an error, not something to silently override.
+fn claim_namespace(object: &mut Value, namespace: &str) -> Result<(), ApiError> {
+    match object["metadata"].get("namespace").and_then(Value::as_str) {
+        Some(ns) if !ns.is_empty() && ns != namespace => Err(ApiError::BadRequest(format!(
+            "metadata.namespace: {ns} does not match the namespace of the request ({namespace})"
+        ))),
+        _ => {
+            if object.get("metadata").is_some_and(Value::is_object) {
+                object["metadata"]["namespace"] = json!(namespace);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The body of an update must name the object of its URL.
+fn check_identity(object: &mut Value, key: &ObjectKey) -> Result<(), ApiError> {
+    if !object.is_object() {
+        return Err(ApiError::BadRequest(
+            "request body must be a JSON object".into(),
+        ));
+    }
+    match object["metadata"].get("name").and_then(Value::as_str) {
+        Some(name) if name == key.name => {}
+        Some(name) => {
+            return Err(ApiError::BadRequest(format!(
+                "metadata.name: {name} does not match the name of the request ({})",
+                key.name
+            )));
+        }
+        None => {
+            if !object.get("metadata").is_some_and(Value::is_object) {
+                object["metadata"] = json!({});
+            }
+            object["metadata"]["name"] = json!(key.name);
+        }
+    }
+    if key.kind.namespaced() {
+        claim_namespace(object, &key.namespace)?;
+    }
+    Ok(())
+}
+
+fn check_size(object: &Value) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(object)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_OBJECT_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "the object is {size} bytes; objects are limited to 1Mi"
+        )));
+    }
+    Ok(())
+}
+
+/// Applies a JSON merge patch (RFC 7386): objects merge, `null` removes,
+/// anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch_fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target_fields = target.as_object_mut().expect("made an object above");
+    for (key, value) in patch_fields {
+        if value.is_null() {
+            target_fields.remove(key);
+        } else {
+            merge_patch(
+                target_fields.entry(key.clone()).or_insert(Value::Null),
+                value,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        // The examples of RFC 7386, section 3.
+        let cases = [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (
+                json!({"a": "b"}),
+                json!({"b": "c"}),
+                json!({"a": "b", "b": "c"}),
+            ),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (
+                json!({"a": "b", "b": "c"}),
+                json!({"a": null}),
+                json!({"b": "c"}),
+            ),
+            (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
+            (
+                json!({"a": {"b": "c"}}),
+                json!({"a": {"b": "d", "c": null}}),
+                json!({"a": {"b": "d"}}),
+            ),
+            (
+                json!({"a": [{"b": "c"}]}),
+                json!({"a": [1]}),
+                json!({"a": [1]}),
+            ),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
+            (json!({"a": "b"}), json!(["c"]), json!(["c"])),
+            (
+                json!({"e": null}),
+                json!({"a": 1}),
+                json!({"e": null, "a": 1}),
+            ),
+            (
+                json!([1, 2]),
+                json!({"a": "b", "c": null}),
+                json!({"a": "b"}),
+            ),
+        ];
+        for (mut target, patch, want) in cases {
+            merge_patch(&mut target, &patch);
+            assert_eq!(target, want, "patch {patch}");
+        }
+    }
+
+    #[test]
+    fn bodies_must_name_their_own_object() {
+        let key = ObjectKey::new(Kind::Pod, "shop", "web");
+        let mut other = json!({"metadata": {"name": "api"}});
+        assert!(matches!(
+            check_identity(&mut other, &key),
+            Err(ApiError::BadRequest(_))
+        ));
+        let mut elsewhere = json!({"metadata": {"name": "web", "namespace": "other"}});
+        assert!(matches!(
+            check_identity(&mut elsewhere, &key),
+            Err(ApiError::BadRequest(_))
+        ));
+        let mut unnamed = json!({"spec": {}});
+        check_identity(&mut unnamed, &key).unwrap();
+        assert_eq!(
+            unnamed["metadata"],
+            json!({"name": "web", "namespace": "shop"})
+        );
+    }
+
+    #[test]
+    fn resource_versions_must_be_numbers_in_strings() {
+        assert_eq!(stated_revision(&json!({"metadata": {}})).unwrap(), None);
+        assert_eq!(
+            stated_revision(&json!({"metadata": {"resourceVersion": "12"}})).unwrap(),
+            Some(12)
+        );
+        assert!(stated_revision(&json!({"metadata": {"resourceVersion": 12}})).is_err());
+        assert!(stated_revision(&json!({"metadata": {"resourceVersion": "x"}})).is_err());
+    }
+}

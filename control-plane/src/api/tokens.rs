@@ -1,0 +1,159 @@
+//! Token endpoints: a namespace's admins manage its tokens; cluster admins
+//! manage every token, including cluster-admin and node tokens.
+
+use axum::Json;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use skiff_api::tokens::{TokenInfo, TokenRequest};
+use skiff_api::validate::dns_label;
+
+use super::{ApiError, AppState};
+use crate::auth::{Principal, Role, may_manage_tokens, new_token};
+use crate::store::{ObjectKey, TokenGrant, TokenRecord};
+
+pub async fn handle(
+    state: &AppState,
+    principal: &Principal,
+    namespace: Option<String>,
+    id: Option<String>,
+    method: Method,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let allowed = match &namespace {
+        Some(ns) => may_manage_tokens(principal, ns),
+        None => *principal == Principal::ClusterAdmin,
+    };
+    if !allowed {
+        let scope = namespace
+            .as_deref()
+            .map(|ns| format!("of namespace {ns}"))
+            .unwrap_or_else(|| "of the cluster".into());
+        return Err(ApiError::Forbidden(format!(
+            "this token may not manage the tokens {scope}"
+        )));
+    }
+    match (method, id) {
+        (Method::POST, None) => create(state, namespace, body).await,
+        (Method::GET, None) => {
+            let records = match &namespace {
+                Some(ns) => state.store.namespace_tokens(ns).await?,
+                None => state.store.all_tokens().await?,
+            };
+            let items: Vec<TokenInfo> = records
+                .iter()
+                .map(|r| info(r, namespace.as_deref()))
+                .collect();
+            Ok(Json(serde_json::json!({"items": items})).into_response())
+        }
+        (Method::DELETE, Some(id)) => {
+            let id = uuid::Uuid::parse_str(&id)
+                .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a token id")))?;
+            let deleted = match &namespace {
+                Some(ns) => state.store.delete_namespace_token(id, ns).await?,
+                None => state.store.delete_token(id).await?,
+            };
+            if deleted {
+                Ok(StatusCode::NO_CONTENT.into_response())
+            } else {
+                Err(ApiError::NotFound(format!("token {id} not found")))
+            }
+        }
+        (method, _) => Err(ApiError::MethodNotAllowed(format!(
+            "{method} is not allowed on tokens"
+        ))),
+    }
+}
+
+async fn create(
+    state: &AppState,
+    namespace: Option<String>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let request: TokenRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("token request: {e}")))?;
+    let grant = match &namespace {
+        Some(ns) => {
+            let role = Role::parse(&request.role).ok_or_else(|| {
+                ApiError::invalid(
+                    "role",
+                    format!("must be admin, edit or view, not `{}`", request.role),
+                )
+            })?;
+            if state.store.get(&ObjectKey::namespace(ns)).await?.is_none() {
+                return Err(ApiError::NotFound(format!("namespaces \"{ns}\" not found")));
+            }
+            TokenGrant::Namespace {
+                namespace: ns.clone(),
+                role: role.as_str().to_owned(),
+            }
+        }
+        None => match (request.role.as_str(), &request.node_name) {
+            ("cluster-admin", None) => TokenGrant::ClusterAdmin,
+            ("node", Some(node)) => {
+                dns_label(node).map_err(|reason| ApiError::invalid("nodeName", reason))?;
+                TokenGrant::Node(node.clone())
+            }
+            ("node", None) => {
+                return Err(ApiError::invalid(
+                    "nodeName",
+                    "is required for a node token",
+                ));
+            }
+            (role, _) => {
+                return Err(ApiError::invalid(
+                    "role",
+                    format!(
+                        "must be cluster-admin or node here, not `{role}` (namespace roles are granted under namespaces/{{ns}}/tokens)"
+                    ),
+                ));
+            }
+        },
+    };
+    let (token, hash) = new_token();
+    let id = state
+        .store
+        .create_token(&hash, &grant, &request.description)
+        .await?;
+    let record = TokenRecord {
+        id,
+        description: request.description,
+        cluster_admin: matches!(grant, TokenGrant::ClusterAdmin),
+        node_name: match &grant {
+            TokenGrant::Node(node) => Some(node.clone()),
+            _ => None,
+        },
+        roles: match &grant {
+            TokenGrant::Namespace { namespace, role } => vec![(namespace.clone(), role.clone())],
+            _ => vec![],
+        },
+        created_at: crate::store::now_rfc3339(),
+    };
+    let mut body = info(&record, namespace.as_deref());
+    body.token = Some(token);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub fn info(record: &TokenRecord, namespace: Option<&str>) -> TokenInfo {
+    let (role, token_namespace) = if record.cluster_admin {
+        ("cluster-admin".to_owned(), None)
+    } else if record.node_name.is_some() {
+        ("node".to_owned(), None)
+    } else {
+        let (ns, role) = record
+            .roles
+            .iter()
+            .find(|(ns, _)| namespace.is_none_or(|want| want == ns))
+            .cloned()
+            .unwrap_or_default();
+        (role, Some(ns))
+    };
+    TokenInfo {
+        id: record.id.to_string(),
+        role,
+        namespace: token_namespace,
+        node_name: record.node_name.clone(),
+        description: record.description.clone(),
+        created_at: record.created_at.clone(),
+        token: None,
+    }
+}

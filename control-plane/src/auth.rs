@@ -1,0 +1,381 @@
+//! Who is calling and what they may do. Tokens are random 256-bit secrets,
+//! stored only as their SHA-256 (they are not passwords, so a slow hash
+//! buys nothing). Authorization is a pure decision over the principal and
+//! the request, made before anything is read, so a refusal never depends
+//! on whether the object exists.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use skiff_api::Kind;
+
+use crate::store::{Store, StoreError, TokenRecord};
+
+/// Prefix of every token, so they are recognisable (and greppable by
+/// secret scanners).
+const TOKEN_PREFIX: &str = "skf_";
+
+/// How long a looked-up token is trusted before it is looked up again; the
+/// longest a deleted token keeps working.
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// A role within one namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Read everything but Secrets.
+    View,
+    /// Read and write everything, Secrets included.
+    Edit,
+    /// Edit, plus the namespace's tokens.
+    Admin,
+}
+
+impl Role {
+    pub fn parse(role: &str) -> Option<Role> {
+        match role {
+            "view" => Some(Role::View),
+            "edit" => Some(Role::Edit),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::View => "view",
+            Role::Edit => "edit",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The caller, as established by its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    ClusterAdmin,
+    /// Roles per namespace.
+    Namespaced(BTreeMap<String, Role>),
+    /// A node agent: its own Node, and the pods bound to it.
+    Node(String),
+}
+
+impl Principal {
+    fn from_record(record: &TokenRecord) -> Principal {
+        if record.cluster_admin {
+            Principal::ClusterAdmin
+        } else if let Some(node) = &record.node_name {
+            Principal::Node(node.clone())
+        } else {
+            Principal::Namespaced(
+                record
+                    .roles
+                    .iter()
+                    .filter_map(|(ns, role)| Some((ns.clone(), Role::parse(role)?)))
+                    .collect(),
+            )
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    List,
+    Watch,
+    Create,
+    Update,
+    Patch,
+    Delete,
+}
+
+impl Verb {
+    fn reads(self) -> bool {
+        matches!(self, Verb::Get | Verb::List | Verb::Watch)
+    }
+}
+
+/// What a request touches.
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    pub verb: Verb,
+    pub kind: Kind,
+    /// `None` for cluster-scoped kinds and for lists across namespaces.
+    pub namespace: Option<&'a str>,
+    pub name: Option<&'a str>,
+    /// Writes to `/status` only.
+    pub status: bool,
+    /// A `spec.nodeName=X` field selector on a list or watch, if any.
+    pub node_selector: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny,
+    /// Allowed only if the object turns out to be a pod bound to this
+    /// node; otherwise (even if it does not exist) denied.
+    AllowIfBoundTo(String),
+}
+
+/// Decides whether `principal` may make the `access`.
+pub fn authorize(principal: &Principal, access: &Access<'_>) -> Decision {
+    match principal {
+        Principal::ClusterAdmin => Decision::Allow,
+        Principal::Namespaced(roles) => namespaced(roles, access),
+        Principal::Node(node) => node_agent(node, access),
+    }
+}
+
+fn allow_if(condition: bool) -> Decision {
+    if condition {
+        Decision::Allow
+    } else {
+        Decision::Deny
+    }
+}
+
+fn namespaced(roles: &BTreeMap<String, Role>, access: &Access<'_>) -> Decision {
+    if access.kind == Kind::Namespace {
+        // A namespace's members may read the namespace itself.
+        let own = access.name.is_some_and(|name| roles.contains_key(name));
+        return allow_if(access.verb == Verb::Get && own);
+    }
+    let Some(role) = access
+        .kind
+        .namespaced()
+        .then_some(access.namespace)
+        .flatten()
+        .and_then(|ns| roles.get(ns))
+    else {
+        return Decision::Deny;
+    };
+    match role {
+        Role::View => allow_if(access.verb.reads() && access.kind != Kind::Secret),
+        Role::Edit | Role::Admin => Decision::Allow,
+    }
+}
+
+fn node_agent(node: &str, access: &Access<'_>) -> Decision {
+    match access.kind {
+        Kind::Node => match access.verb {
+            Verb::Get | Verb::List | Verb::Watch => Decision::Allow,
+            Verb::Create | Verb::Update | Verb::Patch => allow_if(access.name == Some(node)),
+            Verb::Delete => Decision::Deny,
+        },
+        Kind::Pod => match access.verb {
+            Verb::List | Verb::Watch => allow_if(access.node_selector == Some(node)),
+            Verb::Get => Decision::AllowIfBoundTo(node.to_owned()),
+            Verb::Update | Verb::Patch if access.status => {
+                Decision::AllowIfBoundTo(node.to_owned())
+            }
+            _ => Decision::Deny,
+        },
+        _ => Decision::Deny,
+    }
+}
+
+/// May `principal` manage the tokens of `namespace`, granting `role`?
+pub fn may_manage_tokens(principal: &Principal, namespace: &str) -> bool {
+    match principal {
+        Principal::ClusterAdmin => true,
+        Principal::Namespaced(roles) => roles.get(namespace) == Some(&Role::Admin),
+        Principal::Node(_) => false,
+    }
+}
+
+/// A new token: the secret to hand out once, and the hash to store.
+pub fn new_token() -> (String, [u8; 32]) {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).expect("the operating system's random source works");
+    let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret));
+    let hash = token_hash(&token);
+    (token, hash)
+}
+
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Resolves bearer tokens to principals, with a short cache so that the
+/// database is not asked on every request.
+pub struct Authenticator {
+    store: Store,
+    cache: Mutex<HashMap<[u8; 32], CachedLookup>>,
+}
+
+/// A token lookup (unknown tokens too) and when it was made.
+type CachedLookup = (Option<Principal>, Instant);
+
+impl Authenticator {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The principal of `token`; `Ok(None)` for an unknown token.
+    pub async fn principal(&self, token: &str) -> Result<Option<Principal>, StoreError> {
+        if !token.starts_with(TOKEN_PREFIX) {
+            return Ok(None);
+        }
+        let hash = token_hash(token);
+        let now = Instant::now();
+        if let Some((principal, fetched)) = self.cache.lock().expect("cache lock").get(&hash)
+            && now.duration_since(*fetched) < TOKEN_CACHE_TTL
+        {
+            return Ok(principal.clone());
+        }
+        let principal = self
+            .store
+            .find_token(&hash)
+            .await?
+            .map(|record| Principal::from_record(&record));
+        let mut cache = self.cache.lock().expect("cache lock");
+        cache.retain(|_, (_, fetched)| now.duration_since(*fetched) < TOKEN_CACHE_TTL);
+        cache.insert(hash, (principal.clone(), now));
+        Ok(principal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(verb: Verb, kind: Kind, namespace: Option<&'static str>) -> Access<'static> {
+        Access {
+            verb,
+            kind,
+            namespace,
+            name: Some("x"),
+            status: false,
+            node_selector: None,
+        }
+    }
+
+    fn roles(pairs: &[(&str, Role)]) -> Principal {
+        Principal::Namespaced(pairs.iter().map(|(n, r)| (n.to_string(), *r)).collect())
+    }
+
+    #[test]
+    fn namespace_roles() {
+        use Decision::{Allow, Deny};
+        let viewer = roles(&[("shop", Role::View)]);
+        let editor = roles(&[("shop", Role::Edit)]);
+        let table = [
+            (&viewer, access(Verb::Get, Kind::Pod, Some("shop")), Allow),
+            (
+                &viewer,
+                access(Verb::List, Kind::Deployment, Some("shop")),
+                Allow,
+            ),
+            (&viewer, access(Verb::Create, Kind::Pod, Some("shop")), Deny),
+            (&viewer, access(Verb::Get, Kind::Secret, Some("shop")), Deny),
+            (&viewer, access(Verb::Get, Kind::Pod, Some("other")), Deny),
+            (&viewer, access(Verb::List, Kind::Pod, None), Deny),
+            (
+                &editor,
+                access(Verb::Create, Kind::Pod, Some("shop")),
+                Allow,
+            ),
+            (
+                &editor,
+                access(Verb::Delete, Kind::Secret, Some("shop")),
+                Allow,
+            ),
+            (
+                &editor,
+                access(Verb::Create, Kind::Pod, Some("other")),
+                Deny,
+            ),
+            (&editor, access(Verb::Get, Kind::Node, None), Deny),
+            (&editor, access(Verb::Create, Kind::Namespace, None), Deny),
+            (&editor, access(Verb::Delete, Kind::Namespace, None), Deny),
+        ];
+        for (i, (principal, access, want)) in table.into_iter().enumerate() {
+            assert_eq!(authorize(principal, &access), want, "row {i}: {access:?}");
+        }
+    }
+
+    #[test]
+    fn members_may_read_their_own_namespace_only() {
+        let viewer = roles(&[("shop", Role::View)]);
+        let get = |name| Access {
+            name: Some(name),
+            ..access(Verb::Get, Kind::Namespace, None)
+        };
+        assert_eq!(authorize(&viewer, &get("shop")), Decision::Allow);
+        assert_eq!(authorize(&viewer, &get("other")), Decision::Deny);
+    }
+
+    #[test]
+    fn nodes_touch_only_their_node_and_pods() {
+        let node = Principal::Node("n1".into());
+        let named = |verb, kind, name| Access {
+            name: Some(name),
+            ..access(verb, kind, None)
+        };
+        assert_eq!(
+            authorize(&node, &named(Verb::Update, Kind::Node, "n1")),
+            Decision::Allow
+        );
+        assert_eq!(
+            authorize(&node, &named(Verb::Update, Kind::Node, "n2")),
+            Decision::Deny
+        );
+        assert_eq!(
+            authorize(&node, &named(Verb::Delete, Kind::Node, "n1")),
+            Decision::Deny
+        );
+        let bound = Decision::AllowIfBoundTo("n1".into());
+        assert_eq!(
+            authorize(&node, &access(Verb::Get, Kind::Pod, Some("shop"))),
+            bound
+        );
+        let status = Access {
+            status: true,
+            ..access(Verb::Update, Kind::Pod, Some("shop"))
+        };
+        assert_eq!(authorize(&node, &status), bound);
+        assert_eq!(
+            authorize(&node, &access(Verb::Update, Kind::Pod, Some("shop"))),
+            Decision::Deny
+        );
+        let watch = |selector| Access {
+            node_selector: selector,
+            ..access(Verb::Watch, Kind::Pod, None)
+        };
+        assert_eq!(authorize(&node, &watch(Some("n1"))), Decision::Allow);
+        assert_eq!(authorize(&node, &watch(Some("n2"))), Decision::Deny);
+        assert_eq!(authorize(&node, &watch(None)), Decision::Deny);
+        assert_eq!(
+            authorize(&node, &access(Verb::Get, Kind::Secret, Some("shop"))),
+            Decision::Deny
+        );
+    }
+
+    #[test]
+    fn tokens_are_random_and_stored_by_hash() {
+        let (a, hash_a) = new_token();
+        let (b, _) = new_token();
+        assert_ne!(a, b);
+        assert!(a.starts_with("skf_") && a.len() > 40);
+        assert_eq!(token_hash(&a), hash_a);
+    }
+
+    #[test]
+    fn token_admins() {
+        assert!(may_manage_tokens(&Principal::ClusterAdmin, "shop"));
+        assert!(may_manage_tokens(&roles(&[("shop", Role::Admin)]), "shop"));
+        assert!(!may_manage_tokens(&roles(&[("shop", Role::Edit)]), "shop"));
+        assert!(!may_manage_tokens(
+            &roles(&[("shop", Role::Admin)]),
+            "other"
+        ));
+        assert!(!may_manage_tokens(&Principal::Node("n".into()), "shop"));
+    }
+}

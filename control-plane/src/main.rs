@@ -1,0 +1,196 @@
+//! `control-plane`: set up a cluster's database (`init`) and serve its API
+//! (`serve`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use control_plane::api::ApiConfig;
+use control_plane::auth::new_token;
+use control_plane::server::{self, ServerConfig};
+use control_plane::store::{ObjectKey, PoolSettings, TokenGrant, Write};
+use serde_json::json;
+use skiff_api::Kind;
+use skiff_api::quantity::parse_duration;
+
+#[derive(Parser)]
+#[command(name = "control-plane", version, about = "The Skiff control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the schema in an empty database, the `default` namespace and
+    /// a cluster-admin token (printed once); optionally a self-signed CA and
+    /// server certificate.
+    Init(InitArgs),
+    /// Serve the API.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// postgres://user:password@host:port/database
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Write ca.crt, server.crt and server.key for TLS into this directory.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Extra host names or IP addresses for the server certificate
+    /// (localhost and loopback are always in). Repeatable.
+    #[arg(long = "tls-san", value_name = "NAME")]
+    tls_sans: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Address to serve on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Certificate chain (PEM) for HTTPS; needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for HTTPS; needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Database connections in the pool.
+    #[arg(long, default_value_t = 16)]
+    max_connections: u32,
+    /// Revisions of change history kept for watches to resume from; a
+    /// watch from an older revision gets 410 Gone.
+    #[arg(long, default_value_t = 100_000)]
+    retain_changes: i64,
+    /// How often old change history is dropped.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    compaction_interval: Duration,
+    /// How often a watch sends a BOOKMARK.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    bookmark_interval: Duration,
+    /// How long to wait for the database at start.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    database_wait: Duration,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    control_plane::tls::install_crypto_provider();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Init(args) => init(args).await,
+            Command::Serve(args) => serve(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("control_plane=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn init(args: InitArgs) -> Result<()> {
+    let store = server::open_store(
+        &args.database_url,
+        &PoolSettings::default(),
+        Duration::from_secs(30),
+    )
+    .await?;
+    if store.initialized().await? {
+        bail!(
+            "the database is already initialized; create more tokens with `wasmctl create token`"
+        );
+    }
+    store
+        .write(Write::Create {
+            key: ObjectKey::namespace("default"),
+            object: skiff_api::admit(
+                Kind::Namespace,
+                json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace", "metadata": {"name": "default"}}),
+            )?,
+        })
+        .await
+        .context("creating the default namespace")?;
+    let (token, hash) = new_token();
+    store
+        .create_token(
+            &hash,
+            &TokenGrant::ClusterAdmin,
+            "created by control-plane init",
+        )
+        .await?;
+    store.mark_initialized().await?;
+    println!("Cluster initialized.");
+    println!("Cluster-admin token (shown once; store it safely):\n  {token}");
+    if let Some(dir) = args.tls_dir {
+        let files = control_plane::tls::generate(&dir, &args.tls_sans)?;
+        println!(
+            "TLS: serve with --tls-cert {} --tls-key {}\n     clients trust {}",
+            files.server_cert.display(),
+            files.server_key.display(),
+            files.ca_cert.display()
+        );
+    }
+    println!(
+        "Then: wasmctl config set-context NAME --server URL --token TOKEN [--certificate-authority CA]"
+    );
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let config = ServerConfig {
+        database_url: args.database_url,
+        listen: args.listen,
+        tls: args.tls_cert.zip(args.tls_key),
+        pool: PoolSettings {
+            max_connections: args.max_connections,
+            ..PoolSettings::default()
+        },
+        retain_changes: args.retain_changes,
+        compaction_interval: args.compaction_interval,
+        database_wait: args.database_wait,
+        api: ApiConfig {
+            bookmark_interval: args.bookmark_interval,
+            ..ApiConfig::default()
+        },
+    };
+    server::run(config, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,379 @@
+//! The write path. Every write of this process goes through one task that
+//! commits them in batches: each batch is one transaction that first locks
+//! the `revision` row, so revisions are handed out in commit order across
+//! every control-plane process on the database, and a watcher that has seen
+//! revision N has seen everything before it. Batching is what keeps this
+//! fast: concurrent writers share one lock acquisition and one commit
+//! (fsync) instead of queueing for one each.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use skiff_api::Kind;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::objects::{self, Part};
+use super::{ObjectKey, StoreError, db_unavailable, now_rfc3339};
+
+/// Writes taken into one transaction at most; bounds how long the revision
+/// lock is held.
+const MAX_BATCH: usize = 128;
+
+/// A write, with its preconditions.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Create {
+        key: ObjectKey,
+        object: Value,
+    },
+    Update {
+        key: ObjectKey,
+        object: Value,
+        part: Part,
+        /// The resourceVersion the client read; `None` updates whatever is
+        /// stored.
+        expected_revision: Option<i64>,
+    },
+    Delete {
+        key: ObjectKey,
+        expected_revision: Option<i64>,
+        expected_uid: Option<String>,
+    },
+}
+
+pub(super) struct Pending {
+    pub write: Write,
+    pub reply: oneshot::Sender<Result<Value, StoreError>>,
+}
+
+/// How a batch went wrong as a whole.
+enum BatchError {
+    /// Before COMMIT was sent: nothing was written; safe to retry.
+    BeforeCommit(sqlx::Error),
+    /// During COMMIT: the outcome is unknown.
+    AtCommit(sqlx::Error),
+}
+
+pub(super) fn spawn(pool: PgPool) -> mpsc::Sender<Pending> {
+    let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
+    tokio::spawn(run(Arc::new(pool), receiver));
+    sender
+}
+
+async fn run(pool: Arc<PgPool>, mut receiver: mpsc::Receiver<Pending>) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
+        let results = commit_with_retry(&pool, &writes).await;
+        for (pending, result) in batch.into_iter().zip(results) {
+            let _ = pending.reply.send(result);
+        }
+    }
+}
+
+/// Commits a batch. A batch that fails before committing is retried once
+/// (a connection may have gone stale, e.g. after a database restart), then
+/// its writes are committed one by one, so that one poisonous write fails
+/// alone.
+async fn commit_with_retry(pool: &PgPool, writes: &[&Write]) -> Vec<Result<Value, StoreError>> {
+    let first = match commit(pool, writes).await {
+        Ok(results) => return results,
+        Err(BatchError::AtCommit(e)) => return unknown_outcome(writes.len(), &e),
+        Err(BatchError::BeforeCommit(e)) => e,
+    };
+    tracing::warn!("write batch of {} failed, retrying: {first}", writes.len());
+    match commit(pool, writes).await {
+        Ok(results) => results,
+        Err(BatchError::AtCommit(e)) => unknown_outcome(writes.len(), &e),
+        Err(BatchError::BeforeCommit(e)) if writes.len() == 1 => vec![Err(db_unavailable(&e))],
+        Err(BatchError::BeforeCommit(_)) => {
+            let mut results = Vec::with_capacity(writes.len());
+            for write in writes {
+                results.push(match commit(pool, &[write]).await {
+                    Ok(mut one) => one.remove(0),
+                    Err(BatchError::BeforeCommit(e) | BatchError::AtCommit(e)) => {
+                        Err(db_unavailable(&e))
+                    }
+                });
+            }
+            results
+        }
+    }
+}
+
+fn unknown_outcome(n: usize, error: &sqlx::Error) -> Vec<Result<Value, StoreError>> {
+    tracing::error!("commit failed, outcome unknown: {error}");
+    (0..n)
+        .map(|_| {
+            Err(StoreError::Unavailable(
+                "the write's outcome is unknown; read before retrying".into(),
+            ))
+        })
+        .collect()
+}
+
+async fn commit(
+    pool: &PgPool,
+    writes: &[&Write],
+) -> Result<Vec<Result<Value, StoreError>>, BatchError> {
+    let before = BatchError::BeforeCommit;
+    let mut tx = pool.begin().await.map_err(before)?;
+    let start: i64 = sqlx::query_scalar("SELECT value FROM revision FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(before)?;
+    let mut revision = start;
+    let now = now_rfc3339();
+    let mut results = Vec::with_capacity(writes.len());
+    for write in writes {
+        results.push(
+            apply(&mut tx, write, &mut revision, &now)
+                .await
+                .map_err(before)?,
+        );
+    }
+    if revision != start {
+        sqlx::query("UPDATE revision SET value = $1")
+            .bind(revision)
+            .execute(&mut *tx)
+            .await
+            .map_err(before)?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(super::CHANGES_CHANNEL)
+            .bind(revision.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(before)?;
+    }
+    tx.commit().await.map_err(BatchError::AtCommit)?;
+    Ok(results)
+}
+
+/// Applies one write inside the batch transaction. Outcomes the client must
+/// hear about (not found, conflict...) are the inner `Err`; the outer `Err`
+/// is a database failure that aborts the batch.
+async fn apply(
+    tx: &mut Transaction<'_, Postgres>,
+    write: &Write,
+    revision: &mut i64,
+    now: &str,
+) -> Result<Result<Value, StoreError>, sqlx::Error> {
+    match write {
+        Write::Create { key, object } => create(tx, key, object.clone(), revision, now).await,
+        Write::Update {
+            key,
+            object,
+            part,
+            expected_revision,
+        } => update(tx, key, object.clone(), *part, *expected_revision, revision).await,
+        Write::Delete {
+            key,
+            expected_revision,
+            expected_uid,
+        } => {
+            delete(
+                tx,
+                key,
+                *expected_revision,
+                expected_uid.as_deref(),
+                revision,
+                now,
+            )
+            .await
+        }
+    }
+}
+
+async fn create(
+    tx: &mut Transaction<'_, Postgres>,
+    key: &ObjectKey,
+    object: Value,
+    revision: &mut i64,
+    now: &str,
+) -> Result<Result<Value, StoreError>, sqlx::Error> {
+    if key.kind.namespaced()
+        && load(tx, &ObjectKey::namespace(&key.namespace))
+            .await?
+            .is_none()
+    {
+        return Ok(Err(StoreError::NamespaceNotFound(key.namespace.clone())));
+    }
+    let uid = uuid::Uuid::new_v4();
+    let next = *revision + 1;
+    let object = objects::created(key.kind, object, &uid.to_string(), next, now);
+    let inserted = sqlx::query(
+        "INSERT INTO objects (kind, namespace, name, uid, resource_version, labels, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(key.kind.name())
+    .bind(&key.namespace)
+    .bind(&key.name)
+    .bind(uid)
+    .bind(next)
+    .bind(labels_of(&object))
+    .bind(&object)
+    .execute(&mut **tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(Err(StoreError::AlreadyExists(key.clone())));
+    }
+    record_change(tx, next, key, "ADDED", &object, None).await?;
+    *revision = next;
+    Ok(Ok(object))
+}
+
+async fn update(
+    tx: &mut Transaction<'_, Postgres>,
+    key: &ObjectKey,
+    incoming: Value,
+    part: Part,
+    expected: Option<i64>,
+    revision: &mut i64,
+) -> Result<Result<Value, StoreError>, sqlx::Error> {
+    let Some(existing) = load(tx, key).await? else {
+        return Ok(Err(StoreError::NotFound(key.clone())));
+    };
+    if let Err(conflict) = check_revision(key, &existing, expected) {
+        return Ok(Err(conflict));
+    }
+    let next = *revision + 1;
+    let object = match objects::updated(key.kind, &existing, incoming, part, next) {
+        Ok(Some(object)) => object,
+        Ok(None) => return Ok(Ok(existing)),
+        Err(invalid) => return Ok(Err(invalid)),
+    };
+    sqlx::query(
+        "UPDATE objects SET resource_version = $4, labels = $5, body = $6
+         WHERE kind = $1 AND namespace = $2 AND name = $3",
+    )
+    .bind(key.kind.name())
+    .bind(&key.namespace)
+    .bind(&key.name)
+    .bind(next)
+    .bind(labels_of(&object))
+    .bind(&object)
+    .execute(&mut **tx)
+    .await?;
+    record_change(tx, next, key, "MODIFIED", &object, Some(&existing)).await?;
+    *revision = next;
+    Ok(Ok(object))
+}
+
+async fn delete(
+    tx: &mut Transaction<'_, Postgres>,
+    key: &ObjectKey,
+    expected: Option<i64>,
+    expected_uid: Option<&str>,
+    revision: &mut i64,
+    now: &str,
+) -> Result<Result<Value, StoreError>, sqlx::Error> {
+    let Some(existing) = load(tx, key).await? else {
+        return Ok(Err(StoreError::NotFound(key.clone())));
+    };
+    if let Err(conflict) = check_revision(key, &existing, expected) {
+        return Ok(Err(conflict));
+    }
+    if let Some(uid) = expected_uid
+        && existing["metadata"]["uid"].as_str() != Some(uid)
+    {
+        return Ok(Err(StoreError::UidMismatch(key.clone())));
+    }
+    if key.kind == Kind::Namespace {
+        // A namespace takes everything in it along.
+        let members =
+            sqlx::query("DELETE FROM objects WHERE namespace = $1 RETURNING kind, name, body")
+                .bind(&key.name)
+                .fetch_all(&mut **tx)
+                .await?;
+        for row in members {
+            let kind = Kind::from_name(row.get::<&str, _>("kind")).unwrap_or(Kind::Pod);
+            let member = ObjectKey::new(kind, &key.name, row.get::<&str, _>("name"));
+            *revision += 1;
+            let object = objects::deleted(&row.get::<Value, _>("body"), *revision, now);
+            record_change(tx, *revision, &member, "DELETED", &object, None).await?;
+        }
+    }
+    sqlx::query("DELETE FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
+        .bind(key.kind.name())
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .execute(&mut **tx)
+        .await?;
+    *revision += 1;
+    let object = objects::deleted(&existing, *revision, now);
+    record_change(tx, *revision, key, "DELETED", &object, None).await?;
+    Ok(Ok(object))
+}
+
+fn check_revision(
+    key: &ObjectKey,
+    existing: &Value,
+    expected: Option<i64>,
+) -> Result<(), StoreError> {
+    let current = stored_revision(existing);
+    match expected {
+        Some(expected) if expected != current => Err(StoreError::Conflict {
+            key: key.clone(),
+            expected,
+            current,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn stored_revision(object: &Value) -> i64 {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or_default()
+}
+
+async fn load(
+    tx: &mut Transaction<'_, Postgres>,
+    key: &ObjectKey,
+) -> Result<Option<Value>, sqlx::Error> {
+    sqlx::query_scalar("SELECT body FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
+        .bind(key.kind.name())
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+async fn record_change(
+    tx: &mut Transaction<'_, Postgres>,
+    revision: i64,
+    key: &ObjectKey,
+    event_type: &str,
+    object: &Value,
+    previous: Option<&Value>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO changes (revision, kind, namespace, name, type, object, previous)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(revision)
+    .bind(key.kind.name())
+    .bind(&key.namespace)
+    .bind(&key.name)
+    .bind(event_type)
+    .bind(object)
+    .bind(previous)
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+}
+
+fn labels_of(object: &Value) -> Value {
+    object["metadata"]
+        .get("labels")
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Default::default()))
+}

@@ -1,0 +1,295 @@
+//! Watches. One hub per process follows the change log (woken by
+//! `LISTEN/NOTIFY`, with a periodic poll as a safety net for notifications
+//! lost while reconnecting) and fans changes out in memory. Each watch reads
+//! its backlog from the database, then follows the hub, falling back to the
+//! database whenever it falls behind. Revisions are gapless and in commit
+//! order (see `store::writer`), so "everything after N, in order, once" is
+//! just reading forward from N, whichever process serves the watch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use skiff_api::selector::{FieldSelector, Selector};
+use skiff_api::{EventType, Kind, Status};
+use sqlx::postgres::PgListener;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::store::{CHANGES_CHANNEL, Change, ListQuery, Store, StoreError};
+
+/// Changes read from the database per query.
+const PAGE: i64 = 500;
+/// Changes the hub buffers for slow watches before they must re-read from
+/// the database.
+const HUB_BUFFER: usize = 16 * 1024;
+/// How often the hub polls even without a notification.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause before reconnecting a lost `LISTEN` connection.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
+/// The in-process fan-out of the change log.
+#[derive(Clone)]
+pub struct WatchHub {
+    events: broadcast::Sender<Arc<Change>>,
+}
+
+impl WatchHub {
+    /// Starts following the change log from its current end.
+    pub fn start(store: Store) -> Self {
+        let (events, _) = broadcast::channel(HUB_BUFFER);
+        tokio::spawn(follow(store, events.clone()));
+        Self { events }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.events.subscribe()
+    }
+}
+
+async fn follow(store: Store, events: broadcast::Sender<Arc<Change>>) {
+    let mut cursor = loop {
+        match store.current_revision().await {
+            Ok(revision) => break revision,
+            Err(_) => tokio::time::sleep(RECONNECT_PAUSE).await,
+        }
+    };
+    loop {
+        let mut listener = match PgListener::connect_with(store.pool()).await {
+            Ok(mut listener) => match listener.listen(CHANGES_CHANNEL).await {
+                Ok(()) => listener,
+                Err(e) => {
+                    tracing::warn!("cannot listen for changes: {e}");
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                    continue;
+                }
+            },
+            Err(e) => {
+                tracing::warn!("cannot connect to listen for changes: {e}");
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+                continue;
+            }
+        };
+        loop {
+            cursor = catch_up(&store, cursor, &events).await;
+            tokio::select! {
+                notification = listener.try_recv() => match notification {
+                    Ok(Some(_)) => {}
+                    // The connection was lost; reconnect (and poll, since
+                    // notifications in the gap are gone).
+                    Ok(None) | Err(_) => break,
+                },
+                () = tokio::time::sleep(POLL_INTERVAL) => {}
+            }
+        }
+    }
+}
+
+/// Broadcasts every change after `cursor`; returns the new cursor.
+async fn catch_up(store: &Store, mut cursor: i64, events: &broadcast::Sender<Arc<Change>>) -> i64 {
+    loop {
+        match store.changes_after(cursor, PAGE).await {
+            Ok(changes) => {
+                let full = changes.len() as i64 == PAGE;
+                for change in changes {
+                    cursor = change.revision;
+                    // No subscribers is fine: nobody is watching.
+                    let _ = events.send(Arc::new(change));
+                }
+                if !full {
+                    return cursor;
+                }
+            }
+            Err(StoreError::Compacted { compacted, .. }) => {
+                // The hub itself fell behind the retained log (the process
+                // was stalled for long); watches detect their own gaps.
+                tracing::warn!("change log compacted past the hub; skipping to {compacted}");
+                cursor = compacted;
+            }
+            Err(_) => return cursor,
+        }
+    }
+}
+
+/// What a watch follows.
+#[derive(Debug, Clone)]
+pub struct WatchRequest {
+    pub kind: Kind,
+    /// `None` watches every namespace.
+    pub namespace: Option<String>,
+    pub labels: Selector,
+    pub fields: FieldSelector,
+    /// Resume after this revision; `None` starts with the current objects
+    /// (as ADDED events) and continues from there.
+    pub from: Option<i64>,
+    pub bookmark_interval: Duration,
+    pub timeout: Duration,
+}
+
+/// Starts a watch and returns its newline-delimited JSON lines. The watch
+/// ends when the client goes away, at the timeout, or with an ERROR event.
+pub fn start(store: Store, hub: &WatchHub, request: WatchRequest) -> mpsc::Receiver<Bytes> {
+    let (lines, receiver) = mpsc::channel(256);
+    // Subscribe before reading the backlog so that nothing committed in
+    // between is missed (duplicates are skipped by revision).
+    let live = hub.subscribe();
+    tokio::spawn(async move {
+        let mut watch = Watch {
+            store,
+            request,
+            lines,
+            cursor: 0,
+        };
+        let deadline = tokio::time::sleep(watch.request.timeout);
+        tokio::pin!(deadline);
+        tokio::select! {
+            _ = watch.run(live) => {}
+            () = &mut deadline => {}
+        }
+    });
+    receiver
+}
+
+/// The client went away or the watch must end.
+struct Ended;
+
+struct Watch {
+    store: Store,
+    request: WatchRequest,
+    lines: mpsc::Sender<Bytes>,
+    /// Every change up to here has been considered.
+    cursor: i64,
+}
+
+impl Watch {
+    async fn run(&mut self, mut live: broadcast::Receiver<Arc<Change>>) -> Result<(), Ended> {
+        self.cursor = match self.request.from {
+            Some(revision) => revision,
+            None => self.send_current_objects().await?,
+        };
+        let mut bookmarks = tokio::time::interval(self.request.bookmark_interval);
+        bookmarks.tick().await;
+        loop {
+            self.catch_up_from_database().await?;
+            loop {
+                tokio::select! {
+                    received = live.recv() => match received {
+                        Ok(change) if change.revision <= self.cursor => {}
+                        Ok(change) if change.revision == self.cursor + 1 => self.consider(&change).await?,
+                        // A gap (should not happen) or a lagging receiver:
+                        // re-read from the database.
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return Err(Ended),
+                    },
+                    _ = bookmarks.tick() => self.send_bookmark().await?,
+                }
+            }
+        }
+    }
+
+    async fn send_current_objects(&mut self) -> Result<i64, Ended> {
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list(
+                    self.request.kind,
+                    ListQuery {
+                        namespace: self.request.namespace.as_deref(),
+                        labels: Some(&self.request.labels),
+                        fields: Some(&self.request.fields),
+                        limit: Some(PAGE),
+                        after,
+                    },
+                )
+                .await;
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => return Err(self.fail(503, "ServiceUnavailable", &e.to_string()).await),
+            };
+            for object in page.items {
+                self.send(EventType::Added, object).await?;
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(page.revision),
+            }
+        }
+    }
+
+    async fn catch_up_from_database(&mut self) -> Result<(), Ended> {
+        loop {
+            let changes = match self.store.changes_after(self.cursor, PAGE).await {
+                Ok(changes) => changes,
+                Err(e @ StoreError::Compacted { .. }) => {
+                    return Err(self.fail(410, "Gone", &e.to_string()).await);
+                }
+                Err(e) => return Err(self.fail(503, "ServiceUnavailable", &e.to_string()).await),
+            };
+            let full = changes.len() as i64 == PAGE;
+            for change in &changes {
+                self.consider(change).await?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends the change if it concerns this watch, as the event a client
+    /// following the selectors should see: an object entering the selection
+    /// is ADDED, one leaving it DELETED.
+    async fn consider(&mut self, change: &Change) -> Result<(), Ended> {
+        self.cursor = change.revision;
+        if change.kind != self.request.kind {
+            return Ok(());
+        }
+        if let Some(namespace) = &self.request.namespace
+            && &change.namespace != namespace
+        {
+            return Ok(());
+        }
+        let selected = |object: &Value| {
+            let labels = object["metadata"]
+                .get("labels")
+                .and_then(|l| serde_json::from_value(l.clone()).ok())
+                .unwrap_or_default();
+            self.request.labels.matches(&labels) && self.request.fields.matches(object)
+        };
+        let now = selected(&change.object);
+        let before = change.previous.as_ref().is_some_and(selected);
+        let event = match (change.event_type, before, now) {
+            (EventType::Modified, true, true) => EventType::Modified,
+            (EventType::Modified, false, true) => EventType::Added,
+            (EventType::Modified, true, false) => EventType::Deleted,
+            (EventType::Added, _, true) => EventType::Added,
+            (EventType::Deleted, _, true) => EventType::Deleted,
+            _ => return Ok(()),
+        };
+        self.send(event, change.object.clone()).await
+    }
+
+    async fn send_bookmark(&mut self) -> Result<(), Ended> {
+        let object = json!({
+            "apiVersion": skiff_api::API_VERSION,
+            "kind": self.request.kind.name(),
+            "metadata": {"resourceVersion": self.cursor.to_string()},
+        });
+        self.send(EventType::Bookmark, object).await
+    }
+
+    async fn send(&self, event_type: EventType, object: Value) -> Result<(), Ended> {
+        let mut line = serde_json::to_vec(&skiff_api::WatchEvent { event_type, object })
+            .expect("events serialise");
+        line.push(b'\n');
+        self.lines.send(Bytes::from(line)).await.map_err(|_| Ended)
+    }
+
+    /// Sends an ERROR event and ends the watch.
+    async fn fail(&self, code: u16, reason: &str, message: &str) -> Ended {
+        let status =
+            serde_json::to_value(Status::failure(code, reason, message)).expect("serialises");
+        let _ = self.send(EventType::Error, status).await;
+        Ended
+    }
+}
