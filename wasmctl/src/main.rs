@@ -1,7 +1,16 @@
 //! `wasmctl`, the Skiff command line. One module per verb.
 
+mod apply;
 mod cargo_project;
+mod cluster;
+mod config;
+mod create;
+mod delete;
+mod describe;
+mod get;
+mod manifests;
 mod run;
+mod table;
 
 use std::process::ExitCode;
 
@@ -26,6 +35,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(run::RunArgs),
+    /// Create or update objects from manifests (YAML or JSON).
+    Apply(apply::ApplyArgs),
+    /// List objects, or show some, as a table, YAML or JSON.
+    Get(get::GetArgs),
+    /// Show objects in detail.
+    Describe(describe::DescribeArgs),
+    /// Delete objects by name or by manifest.
+    Delete(delete::DeleteArgs),
+    /// Create a namespace or a token.
+    #[command(subcommand)]
+    Create(create::CreateCommand),
+    /// Manage contexts: which cluster, token and namespace to use.
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCommand,
+        /// Config file [default: $WASMCTL_CONFIG or ~/.config/wasmctl/config.yaml].
+        #[arg(long, global = true, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
+    },
 }
 
 /// An error caused by the user's input rather than by the system: reported
@@ -46,6 +74,14 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Apply(args) => apply::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Get(args) => get::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Describe(args) => describe::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Delete(args) => delete::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Create(command) => create::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Config { command, config } => {
+            config::run(command, config.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

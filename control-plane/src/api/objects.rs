@@ -261,6 +261,11 @@ impl Call<'_> {
             (admit(key.kind, object)?, Part::Main)
         };
         check_size(&object)?;
+        if self.dry_run()? {
+            return self
+                .check_update(key, object, part, expected_revision)
+                .await;
+        }
         let stored = self
             .state
             .store
@@ -272,6 +277,44 @@ impl Call<'_> {
             })
             .await?;
         Ok(Json(stored).into_response())
+    }
+
+    /// `dryRun=All` asks for every check of a write without the write.
+    fn dry_run(&self) -> Result<bool, ApiError> {
+        match self.params.get("dryRun").map(String::as_str) {
+            None => Ok(false),
+            Some("All") => Ok(true),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "dryRun: `{other}` is not supported; use All"
+            ))),
+        }
+    }
+
+    /// What an update would store, checked like the real one.
+    async fn check_update(
+        &self,
+        key: &ObjectKey,
+        object: Value,
+        part: Part,
+        expected_revision: Option<i64>,
+    ) -> Result<Response, ApiError> {
+        let Some(existing) = self.state.store.get(key).await? else {
+            return Err(StoreError::NotFound(key.clone()).into());
+        };
+        let current = stated_revision(&existing)?.unwrap_or_default();
+        if let Some(expected) = expected_revision
+            && expected != current
+        {
+            return Err(StoreError::Conflict {
+                key: key.clone(),
+                expected,
+                current,
+            }
+            .into());
+        }
+        // A would-be write shows as a new revision, a no-op as the same one.
+        let next = crate::store::objects::updated(key.kind, &existing, object, part, current + 1)?;
+        Ok(Json(next.unwrap_or(existing)).into_response())
     }
 
     /// PATCH with a JSON merge patch (RFC 7386). Without a resourceVersion
