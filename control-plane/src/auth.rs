@@ -19,9 +19,9 @@ use crate::store::{Store, StoreError, TokenRecord};
 /// secret scanners).
 const TOKEN_PREFIX: &str = "skf_";
 
-/// How long a looked-up token is trusted before it is looked up again; the
-/// longest a deleted token keeps working.
-const TOKEN_CACHE_TTL: Duration = Duration::from_secs(10);
+/// How long a looked-up token is trusted before it is looked up again by
+/// default; the longest a deleted token keeps working.
+pub const DEFAULT_TOKEN_CACHE_TTL: Duration = Duration::from_secs(10);
 
 /// A role within one namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -204,6 +204,7 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 /// database is not asked on every request.
 pub struct Authenticator {
     store: Store,
+    ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], CachedLookup>>,
 }
 
@@ -211,9 +212,10 @@ pub struct Authenticator {
 type CachedLookup = (Option<Principal>, Instant);
 
 impl Authenticator {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, ttl: Duration) -> Self {
         Self {
             store,
+            ttl,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -226,7 +228,7 @@ impl Authenticator {
         let hash = token_hash(token);
         let now = Instant::now();
         if let Some((principal, fetched)) = self.cache.lock().expect("cache lock").get(&hash)
-            && now.duration_since(*fetched) < TOKEN_CACHE_TTL
+            && now.duration_since(*fetched) < self.ttl
         {
             return Ok(principal.clone());
         }
@@ -236,7 +238,7 @@ impl Authenticator {
             .await?
             .map(|record| Principal::from_record(&record));
         let mut cache = self.cache.lock().expect("cache lock");
-        cache.retain(|_, (_, fetched)| now.duration_since(*fetched) < TOKEN_CACHE_TTL);
+        cache.retain(|_, (_, fetched)| now.duration_since(*fetched) < self.ttl);
         cache.insert(hash, (principal.clone(), now));
         Ok(principal)
     }

@@ -72,6 +72,10 @@ struct ServeArgs {
     /// How often a watch sends a BOOKMARK.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     bookmark_interval: Duration,
+    /// How long token lookups are cached; a deleted token keeps working at
+    /// most this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    token_cache_ttl: Duration,
     /// How long to wait for the database at start.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     database_wait: Duration,
@@ -177,6 +181,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         retain_changes: args.retain_changes,
         compaction_interval: args.compaction_interval,
         database_wait: args.database_wait,
+        token_cache_ttl: args.token_cache_ttl,
         api: ApiConfig {
             bookmark_interval: args.bookmark_interval,
             ..ApiConfig::default()

@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub compaction_interval: Duration,
     /// How long to keep retrying an unreachable database at start.
     pub database_wait: Duration,
+    /// How long token lookups are cached (the delay before a deleted token
+    /// stops working).
+    pub token_cache_ttl: Duration,
     pub api: ApiConfig,
 }
 
@@ -72,7 +75,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         config.compaction_interval,
     ));
     let state = AppState {
-        auth: Arc::new(Authenticator::new(store.clone())),
+        auth: Arc::new(Authenticator::new(store.clone(), config.token_cache_ttl)),
         store,
         hub,
         config: config.api.clone(),

@@ -29,7 +29,7 @@ pub struct ClientConfig {
 pub enum ClientError {
     /// The API answered with an error `Status`.
     #[error("{}", .0.message)]
-    Api(Status),
+    Api(Box<Status>),
     #[error("cannot reach {server}: {reason}")]
     Connect { server: String, reason: String },
     #[error("unexpected response from the server: {0}")]
@@ -456,15 +456,15 @@ impl Client {
 
 fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     match serde_json::from_slice::<Status>(body) {
-        Ok(status) => ClientError::Api(status),
-        Err(_) => ClientError::Api(Status::failure(
+        Ok(status) => ClientError::Api(Box::new(status)),
+        Err(_) => ClientError::Api(Box::new(Status::failure(
             status.as_u16(),
             status.canonical_reason().unwrap_or("Error"),
             format!(
                 "the server answered {status}: {}",
                 String::from_utf8_lossy(body).trim()
             ),
-        )),
+        ))),
     }
 }
 

@@ -1,0 +1,12 @@
+//! Integration tests of the control plane: real `control-plane` processes
+//! on a real Postgres (started by the harness unless `DATABASE_URL` is set),
+//! driven over HTTP by the real client.
+
+mod auth;
+mod bad_input;
+mod concurrency;
+mod crud;
+mod restart;
+mod support;
+mod tls;
+mod watch;

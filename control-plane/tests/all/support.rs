@@ -1,0 +1,89 @@
+//! A cluster for one test: its own database, `init` run on it, and any
+//! number of control-plane processes serving it.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use skiff_api::Kind;
+use skiff_client::{Client, ClientConfig};
+use testkit::{ControlPlane, Postgres};
+
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_control-plane"))
+}
+
+pub struct Cluster {
+    pub database_url: String,
+    pub admin_token: String,
+}
+
+impl Cluster {
+    /// A fresh database on the shared Postgres, initialized.
+    pub fn new() -> Cluster {
+        Self::on(Postgres::shared())
+    }
+
+    pub fn on(postgres: &Postgres) -> Cluster {
+        let database_url = postgres.create_database();
+        let admin_token = testkit::init_cluster(binary(), &database_url, &[]);
+        Cluster {
+            database_url,
+            admin_token,
+        }
+    }
+
+    /// Starts a control plane on this cluster's database.
+    pub fn serve(&self, extra: &[&str]) -> ControlPlane {
+        ControlPlane::start(binary(), &self.database_url, extra)
+    }
+}
+
+pub fn client(plane: &ControlPlane, token: &str) -> Client {
+    Client::new(&ClientConfig {
+        server: plane.url.clone(),
+        token: token.to_owned(),
+        ..Default::default()
+    })
+    .expect("client")
+}
+
+/// A valid object of `kind` named `name` (in namespace `default` when
+/// namespaced).
+pub fn object(kind: Kind, name: &str) -> Value {
+    let mut object = json!({
+        "apiVersion": skiff_api::API_VERSION,
+        "kind": kind.name(),
+        "metadata": {"name": name, "labels": {"app": name}},
+    });
+    let body = match kind {
+        Kind::Namespace => json!({"spec": {}}),
+        Kind::Node => json!({"spec": {"taints": [{"key": "gpu", "effect": "NoSchedule"}]}}),
+        Kind::Pod => json!({"spec": {"image": "127.0.0.1:5000/hello:v1"}}),
+        Kind::Deployment => json!({"spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"image": "127.0.0.1:5000/hello:v1"}},
+        }}),
+        Kind::Service => json!({"spec": {"selector": {"app": name}, "ports": [{"port": 80}]}}),
+        Kind::Route => {
+            json!({"spec": {"host": "shop.example.com", "path": "/api", "service": name}})
+        }
+        Kind::Secret => json!({"stringData": {"password": "hunter2"}}),
+        Kind::ConfigMap => json!({"data": {"greeting": "hi"}}),
+    };
+    for (key, value) in body.as_object().expect("object") {
+        object[key] = value.clone();
+    }
+    object
+}
+
+pub fn namespace_of(kind: Kind) -> Option<&'static str> {
+    kind.namespaced().then_some("default")
+}
+
+pub fn revision_of(object: &Value) -> i64 {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|rv| rv.parse().ok())
+        .expect("objects carry a numeric resourceVersion")
+}

@@ -1,0 +1,355 @@
+//! The real parts tests run against, started by the tests themselves:
+//! throwaway Postgres clusters (the installed Postgres binaries, or the
+//! server at `DATABASE_URL`), the workspace's own binaries, and
+//! control-plane processes. Nothing here is a fake.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// How long a control plane may take to start serving.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn unique(prefix: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A command of the Postgres installation, run as the `postgres` user when
+/// we are root (initdb and postgres refuse to run as root).
+fn postgres_command(program: &str) -> Command {
+    let path = Path::new(POSTGRES_BIN).join(program);
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(path);
+        command
+    } else {
+        Command::new(path)
+    }
+}
+
+fn run_checked(command: &mut Command, what: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A Postgres server tests may create databases in.
+pub struct Postgres {
+    /// `postgres://user@host:port` without a database.
+    server_url: String,
+    /// Set for clusters this harness runs (and may restart).
+    managed: Option<Managed>,
+}
+
+struct Managed {
+    data: PathBuf,
+    port: u16,
+    /// Closing this pipe (when the test process exits) makes the watchdog
+    /// stop the server and remove its files; the watchdog outlives us.
+    _watchdog: Mutex<(Child, ChildStdin)>,
+}
+
+impl Postgres {
+    /// The Postgres every test of this binary shares: `DATABASE_URL` if
+    /// set, else a throwaway cluster started once.
+    pub fn shared() -> &'static Postgres {
+        static SHARED: OnceLock<Postgres> = OnceLock::new();
+        SHARED.get_or_init(|| match std::env::var("DATABASE_URL") {
+            Ok(url) => {
+                let server_url = match url.rsplit_once('/') {
+                    Some((server, _db))
+                        if server.contains("://") && server.len() > "postgres://".len() =>
+                    {
+                        server.to_owned()
+                    }
+                    _ => url,
+                };
+                Postgres {
+                    server_url,
+                    managed: None,
+                }
+            }
+            Err(_) => Postgres::start(),
+        })
+    }
+
+    /// Starts a throwaway cluster of its own (for tests that restart it).
+    pub fn start() -> Postgres {
+        let data = std::env::temp_dir().join(unique("skiff-pg"));
+        std::fs::create_dir_all(&data).expect("creating the Postgres directory");
+        if is_root() {
+            run_checked(Command::new("chown").arg("postgres:").arg(&data), "chown");
+        }
+        run_checked(
+            postgres_command("initdb").arg("-D").arg(&data).args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]),
+            "initdb",
+        );
+        let port = free_port();
+        let config = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nmax_connections = 300\nshared_buffers = 128MB\n",
+            data.display()
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut f| f.write_all(config.as_bytes()))
+            .expect("configuring Postgres");
+        let managed_start = |data: &Path| {
+            run_checked(
+                postgres_command("pg_ctl")
+                    .arg("-D")
+                    .arg(data)
+                    .arg("-l")
+                    .arg(data.join("server.log"))
+                    .args(["-w", "start"]),
+                "pg_ctl start",
+            )
+        };
+        managed_start(&data);
+        let pg_ctl = Path::new(POSTGRES_BIN).join("pg_ctl");
+        let stop = if is_root() {
+            format!(
+                "runuser -u postgres -- {} -D {} stop -m immediate",
+                pg_ctl.display(),
+                data.display()
+            )
+        } else {
+            format!(
+                "{} -D {} stop -m immediate",
+                pg_ctl.display(),
+                data.display()
+            )
+        };
+        let mut watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "read _; {stop} >/dev/null 2>&1; rm -rf '{}'",
+                data.display()
+            ))
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("starting the Postgres watchdog");
+        let stdin = watchdog.stdin.take().expect("piped");
+        let watchdog = (watchdog, stdin);
+        Postgres {
+            server_url: format!("postgres://postgres@127.0.0.1:{port}"),
+            managed: Some(Managed {
+                data,
+                port,
+                _watchdog: Mutex::new(watchdog),
+            }),
+        }
+    }
+
+    /// Creates an empty database and returns its URL.
+    pub fn create_database(&self) -> String {
+        let name = unique("skiff");
+        run_checked(
+            Command::new(Path::new(POSTGRES_BIN).join("psql"))
+                .arg(format!("{}/postgres", self.server_url))
+                .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
+                .arg(format!("CREATE DATABASE {name}")),
+            "CREATE DATABASE",
+        );
+        format!("{}/{name}", self.server_url)
+    }
+
+    /// Restarts the server (fast shutdown: connections are cut).
+    pub fn restart(&self) {
+        let managed = self
+            .managed
+            .as_ref()
+            .expect("only a harness-managed Postgres can restart");
+        run_checked(
+            postgres_command("pg_ctl")
+                .arg("-D")
+                .arg(&managed.data)
+                .arg("-l")
+                .arg(managed.data.join("server.log"))
+                .args(["-w", "-m", "fast", "restart"]),
+            "pg_ctl restart",
+        );
+    }
+
+    pub fn port(&self) -> Option<u16> {
+        self.managed.as_ref().map(|m| m.port)
+    }
+}
+
+/// Builds a binary of this workspace (once per test process) and returns
+/// its path, for tests of one crate that need another crate's binary.
+pub fn binary(package: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().expect("lock");
+    if let Some(path) = built.get(package) {
+        return path.clone();
+    }
+    let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args([
+            "build",
+            "-p",
+            package,
+            "--bin",
+            package,
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo runs");
+    assert!(output.status.success(), "building {package} failed");
+    let path = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .find(|p| p.file_name().is_some_and(|f| f == package))
+        .unwrap_or_else(|| panic!("cargo built no {package} binary"));
+    built.insert(package.to_owned(), path.clone());
+    path
+}
+
+/// A `control-plane serve` process; killed (SIGKILL) when dropped.
+pub struct ControlPlane {
+    child: Child,
+    pub url: String,
+    log: Arc<Mutex<String>>,
+}
+
+/// Runs `control-plane init` on a database and returns the admin token.
+pub fn init_cluster(binary: &Path, database_url: &str, extra: &[&str]) -> String {
+    let output = Command::new(binary)
+        .args(["init", "--database-url", database_url])
+        .args(extra)
+        .output()
+        .expect("control-plane init runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "control-plane init failed:\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("skf_"))
+        .expect("init prints the admin token")
+        .to_owned()
+}
+
+impl ControlPlane {
+    /// Starts `control-plane serve` on a free port and waits until it says
+    /// where it listens.
+    pub fn start(binary: &Path, database_url: &str, extra: &[&str]) -> ControlPlane {
+        let mut child = Command::new(binary)
+            .args([
+                "serve",
+                "--database-url",
+                database_url,
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "control_plane=debug,warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("control-plane starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (found, listening) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped");
+        std::thread::spawn({
+            let log = log.clone();
+            move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(url) = line.strip_prefix("listening on ") {
+                        let _ = found.send(url.to_owned());
+                    }
+                    let mut log = log.lock().expect("log");
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        match listening.recv_timeout(START_TIMEOUT) {
+            Ok(url) => ControlPlane { child, url, log },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("control plane did not start:\n{}", log.lock().expect("log"));
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `condition` holds, checking every 20 ms, for at most
+/// `timeout`; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
