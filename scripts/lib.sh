@@ -49,3 +49,9 @@ ensure_python_venv() {
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 && return 0
   ensure_packages python3 python3-venv
 }
+
+# Postgres 15's server binaries: the tests start throwaway clusters with them.
+ensure_postgres() {
+  [ -x /usr/lib/postgresql/15/bin/initdb ] && [ -x /usr/lib/postgresql/15/bin/psql ] && return 0
+  ensure_packages postgresql-15
+}

@@ -93,6 +93,18 @@ pub enum Verb {
 }
 
 impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::List => "list",
+            Verb::Watch => "watch",
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Patch => "patch",
+            Verb::Delete => "delete",
+        }
+    }
+
     fn reads(self) -> bool {
         matches!(self, Verb::Get | Verb::List | Verb::Watch)
     }

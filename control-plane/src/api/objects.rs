@@ -40,8 +40,8 @@ impl Call<'_> {
                 .map(|ns| format!(" in namespace {ns}"))
                 .unwrap_or_default();
             ApiError::Forbidden(format!(
-                "this token may not {:?} {}{scope}",
-                access.verb,
+                "this token may not {} {}{scope}",
+                access.verb.as_str(),
                 access.kind.plural()
             ))
         };

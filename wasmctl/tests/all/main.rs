@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cache;
+mod cluster;
 mod run_command;
 mod serve_http;
 mod support;

@@ -1,0 +1,400 @@
+//! wasmctl's cluster verbs against a real control plane on a real Postgres.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use testkit::{ControlPlane, Postgres};
+
+use crate::support::{stderr_of, stdout_of, temp_dir};
+
+struct Cluster {
+    plane: ControlPlane,
+    config: PathBuf,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    /// A fresh cluster and a config whose current context is its admin.
+    fn start() -> Cluster {
+        let binary = testkit::binary("control-plane");
+        let database = Postgres::shared().create_database();
+        let token = testkit::init_cluster(&binary, &database, &[]);
+        let plane = ControlPlane::start(&binary, &database, &[]);
+        let dir = temp_dir("cluster");
+        let cluster = Cluster {
+            config: dir.join("config.yaml"),
+            dir,
+            plane,
+        };
+        cluster.ok(&[
+            "config",
+            "set-context",
+            "admin",
+            "--server",
+            &cluster.plane.url.clone(),
+            "--token",
+            &token,
+        ]);
+        cluster
+    }
+
+    fn wasmctl(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmctl"));
+        command
+            .args(args)
+            .env("WASMCTL_CONFIG", &self.config)
+            .env("RUST_LOG", "warn");
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.wasmctl(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("wasmctl runs")
+    }
+
+    /// Runs and asserts success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "wasmctl {args:?} failed: {}",
+            stderr_of(&output)
+        );
+        stdout_of(&output)
+    }
+
+    /// Runs and asserts failure with `code`; returns the single stderr line.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let output = self.run(args);
+        let stderr = stderr_of(&output);
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "wasmctl {args:?}: {stderr}"
+        );
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "one error line from wasmctl {args:?}, got:\n{stderr}"
+        );
+        lines[0].to_owned()
+    }
+
+    fn manifest(&self, name: &str, text: &str) -> String {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+}
+
+const APP: &str = "\
+apiVersion: skiff.dev/v1
+kind: Deployment
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      image: 127.0.0.1:5000/web:v1
+      resources: {memory: 64Mi, fuel: 50M, timeout: 5s}
+---
+apiVersion: skiff.dev/v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: skiff.dev/v1
+kind: Namespace
+metadata: {name: shop}
+";
+
+#[test]
+fn apply_creates_then_leaves_unchanged_then_configures() {
+    let cluster = Cluster::start();
+    let app = cluster.manifest("app.yaml", APP);
+    assert_eq!(
+        cluster.ok(&["apply", "-f", &app]),
+        "namespace/shop created\ndeployment/web created\nservice/web created\n"
+    );
+    assert_eq!(
+        cluster.ok(&["apply", "-f", &app]),
+        "namespace/shop unchanged\ndeployment/web unchanged\nservice/web unchanged\n"
+    );
+    let scaled = cluster.manifest("app.yaml", &APP.replace("replicas: 3", "replicas: 5"));
+    assert_eq!(
+        cluster.ok(&["apply", "-f", &scaled]),
+        "namespace/shop unchanged\ndeployment/web configured\nservice/web unchanged\n"
+    );
+    let json = cluster.ok(&["get", "deployment", "web", "-n", "shop", "-o", "json"]);
+    let deployment: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 5);
+    assert_eq!(deployment["metadata"]["generation"], 2);
+}
+
+#[test]
+fn get_prints_tables_and_documents() {
+    let cluster = Cluster::start();
+    cluster.ok(&["apply", "-f", &cluster.manifest("app.yaml", APP)]);
+
+    let table = cluster.ok(&["get", "deployments", "-n", "shop"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0], "NAME   READY   UP-TO-DATE   AVAILABLE   AGE");
+    assert!(
+        lines[1].starts_with("web    0/3     0            0           "),
+        "{table}"
+    );
+
+    let wide = cluster.ok(&["get", "deploy", "-n", "shop", "-o", "wide"]);
+    assert!(
+        wide.lines()
+            .next()
+            .unwrap()
+            .ends_with("AGE   IMAGE                   SELECTOR"),
+        "{wide}"
+    );
+    assert!(wide.contains("127.0.0.1:5000/web:v1   app=web"), "{wide}");
+
+    let all = cluster.ok(&["get", "svc", "-A"]);
+    assert!(
+        all.starts_with(
+            "NAMESPACE   NAME   SELECTOR   PORTS     AGE\nshop        web    app=web    80/HTTP   "
+        ),
+        "{all}"
+    );
+
+    let names = cluster.ok(&["get", "ns", "-o", "name"]);
+    assert_eq!(names, "namespace/default\nnamespace/shop\n");
+
+    let yaml = cluster.ok(&["get", "svc", "web", "-n", "shop", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: Service\n") && yaml.contains("resourceVersion:"),
+        "{yaml}"
+    );
+
+    let list = cluster.ok(&["get", "services", "-n", "shop", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list["kind"], "ServiceList");
+    assert_eq!(list["items"][0]["metadata"]["name"], "web");
+
+    let described = cluster.ok(&["describe", "deployment", "web", "-n", "shop"]);
+    assert!(
+        described.starts_with("Name:         web\nNamespace:    shop\nKind:         Deployment\n"),
+        "{described}"
+    );
+    assert!(described.contains("  replicas: 3\n"), "{described}");
+
+    assert_eq!(
+        cluster.fails(&["get", "deployment", "nope", "-n", "shop"], 1),
+        "error: deployments \"nope\" not found"
+    );
+    assert_eq!(
+        cluster.fails(&["get", "gizmos"], 2),
+        "error: unknown kind `gizmos`; known kinds: namespaces, nodes, pods, deployments, services, routes, secrets, configmaps"
+    );
+}
+
+#[test]
+fn bad_manifests_change_nothing() {
+    let cluster = Cluster::start();
+    let good_namespace =
+        "apiVersion: skiff.dev/v1\nkind: Namespace\nmetadata: {name: first}\n---\n";
+    let cases = [
+        (
+            "broken.yaml",
+            format!("{good_namespace}kind: [unclosed\n"),
+            "invalid YAML or JSON",
+        ),
+        (
+            "gizmo.yaml",
+            format!(
+                "{good_namespace}apiVersion: skiff.dev/v1\nkind: Gizmo\nmetadata: {{name: g}}\n"
+            ),
+            "unknown kind `Gizmo`",
+        ),
+        (
+            "version.yaml",
+            format!("{good_namespace}apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n"),
+            "apiVersion: must be skiff.dev/v1, not v1",
+        ),
+        (
+            "field.yaml",
+            format!(
+                "{good_namespace}apiVersion: skiff.dev/v1\nkind: Pod\nmetadata: {{name: p}}\nspec: {{image: x, replicas: 2}}\n"
+            ),
+            "spec.replicas: unknown field `replicas`",
+        ),
+        (
+            "value.yaml",
+            format!(
+                "{good_namespace}apiVersion: skiff.dev/v1\nkind: Pod\nmetadata: {{name: p}}\nspec: {{image: x, resources: {{memory: 10Ki}}}}\n"
+            ),
+            "spec.resources.memory: must be at least 1Mi",
+        ),
+    ];
+    for (file, text, want) in cases {
+        let path = cluster.manifest(file, &text);
+        let line = cluster.fails(&["apply", "-f", &path], 2);
+        assert!(line.starts_with(&format!("error: {path}")), "{line}");
+        assert!(line.contains(want), "{file}: {line}");
+    }
+    // Not even the valid first document was applied.
+    assert_eq!(
+        cluster.fails(&["get", "ns", "first"], 1),
+        "error: namespaces \"first\" not found"
+    );
+}
+
+#[test]
+fn delete_by_manifest_and_by_name() {
+    let cluster = Cluster::start();
+    let app = cluster.manifest("app.yaml", APP);
+    cluster.ok(&["apply", "-f", &app]);
+    assert_eq!(
+        cluster.ok(&["delete", "service", "web", "-n", "shop"]),
+        "service \"web\" deleted\n"
+    );
+    assert_eq!(
+        cluster.fails(&["delete", "service", "web", "-n", "shop"], 1),
+        "error: services \"web\" not found"
+    );
+    cluster.ok(&["delete", "svc", "web", "-n", "shop", "--ignore-not-found"]);
+    let deleted = cluster.ok(&["delete", "-f", &app, "--ignore-not-found"]);
+    assert_eq!(
+        deleted,
+        "deployment \"web\" deleted\nnamespace \"shop\" deleted\n"
+    );
+    assert_eq!(
+        cluster.fails(&["get", "ns", "shop"], 1),
+        "error: namespaces \"shop\" not found"
+    );
+}
+
+#[test]
+fn tokens_made_with_wasmctl_carry_their_role() {
+    let cluster = Cluster::start();
+    cluster.ok(&["create", "namespace", "shop"]);
+    let token = cluster.ok(&["create", "token", "--namespace", "shop", "--role", "view"]);
+    let token = token.trim();
+    assert!(token.starts_with("skf_"), "{token}");
+    cluster.ok(&[
+        "config",
+        "set-context",
+        "viewer",
+        "--server",
+        &cluster.plane.url.clone(),
+        "--token",
+        token,
+        "--namespace",
+        "shop",
+    ]);
+
+    cluster.ok(&["get", "pods", "--context", "viewer"]);
+    let refused = cluster.fails(&["create", "namespace", "mine", "--context", "viewer"], 1);
+    assert_eq!(refused, "error: this token may not create namespaces");
+    let refused = cluster.fails(&["get", "pods", "-n", "default", "--context", "viewer"], 1);
+    assert_eq!(
+        refused,
+        "error: this token may not list pods in namespace default"
+    );
+
+    let bad_role = cluster.fails(
+        &["create", "token", "--namespace", "shop", "--role", "owner"],
+        1,
+    );
+    assert_eq!(
+        bad_role,
+        "error: role: must be admin, edit or view, not `owner`"
+    );
+}
+
+#[test]
+fn contexts_live_in_a_private_config() {
+    let cluster = Cluster::start();
+    cluster.ok(&[
+        "config",
+        "set-context",
+        "other",
+        "--server",
+        "http://127.0.0.1:1",
+        "--token",
+        "skf_x",
+        "--namespace",
+        "team",
+    ]);
+    let contexts = cluster.ok(&["config", "get-contexts"]);
+    assert!(
+        contexts.starts_with("CURRENT   NAME    SERVER"),
+        "{contexts}"
+    );
+    assert!(contexts.contains("*         admin"), "{contexts}");
+    assert_eq!(cluster.ok(&["config", "current-context"]), "admin\n");
+    cluster.ok(&["config", "use-context", "other"]);
+    assert_eq!(cluster.ok(&["config", "current-context"]), "other\n");
+    let view = cluster.ok(&["config", "view"]);
+    assert!(
+        view.contains("token: REDACTED") && !view.contains("skf_x"),
+        "{view}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&cluster.config).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    let unreachable = cluster.fails(&["get", "pods"], 1);
+    assert!(
+        unreachable.starts_with("error: cannot reach http://127.0.0.1:1: "),
+        "{unreachable}"
+    );
+    assert_eq!(
+        cluster.fails(&["get", "pods", "--context", "nope"], 2),
+        "error: no context named `nope` in the config"
+    );
+}
+
+#[test]
+fn get_watch_prints_changes_as_they_happen() {
+    let cluster = Cluster::start();
+    let mut watch = cluster
+        .wasmctl(&["get", "configmaps", "--watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    // The header comes first; then each change prints a row.
+    let manifest = cluster.manifest(
+        "cm.yaml",
+        "apiVersion: skiff.dev/v1\nkind: ConfigMap\nmetadata: {name: fresh}\ndata: {a: b}\n",
+    );
+    let (sender, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.by_ref().map_while(Result::ok) {
+            if line.starts_with("NAME ") {
+                continue;
+            }
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The watch may start after the apply; retry the change until it shows.
+    let row = loop {
+        cluster.ok(&["apply", "-f", &manifest]);
+        match received.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) => break line,
+            Err(_) => {
+                cluster.ok(&["delete", "-f", &manifest]);
+            }
+        }
+    };
+    assert!(row.starts_with("fresh "), "{row}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
