@@ -6,6 +6,7 @@
 //! fast: concurrent writers share one lock acquisition and one commit
 //! (fsync) instead of queueing for one each.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -119,6 +120,17 @@ fn unknown_outcome(n: usize, error: &sqlx::Error) -> Vec<Result<Value, StoreErro
         .collect()
 }
 
+/// State of one batch transaction.
+struct Batch {
+    /// The last revision handed out.
+    revision: i64,
+    /// Timestamp for everything written in the batch.
+    now: String,
+    /// Namespaces seen to exist in this transaction, so a batch of creates
+    /// in one namespace checks it once.
+    namespaces: HashSet<String>,
+}
+
 async fn commit(
     pool: &PgPool,
     writes: &[&Write],
@@ -129,28 +141,27 @@ async fn commit(
         .fetch_one(&mut *tx)
         .await
         .map_err(before)?;
-    let mut revision = start;
-    let now = now_rfc3339();
+    let mut batch = Batch {
+        revision: start,
+        now: now_rfc3339(),
+        namespaces: HashSet::new(),
+    };
     let mut results = Vec::with_capacity(writes.len());
     for write in writes {
-        results.push(
-            apply(&mut tx, write, &mut revision, &now)
-                .await
-                .map_err(before)?,
-        );
+        results.push(apply(&mut tx, write, &mut batch).await.map_err(before)?);
     }
-    if revision != start {
-        sqlx::query("UPDATE revision SET value = $1")
-            .bind(revision)
-            .execute(&mut *tx)
-            .await
-            .map_err(before)?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(super::CHANGES_CHANNEL)
-            .bind(revision.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(before)?;
+    if batch.revision != start {
+        // NOTIFY is delivered at commit, so listeners never see a revision
+        // before its changes are readable.
+        sqlx::query(
+            "WITH r AS (UPDATE revision SET value = $1 RETURNING value)
+             SELECT pg_notify($2, value::text) FROM r",
+        )
+        .bind(batch.revision)
+        .bind(super::CHANGES_CHANNEL)
+        .execute(&mut *tx)
+        .await
+        .map_err(before)?;
     }
     tx.commit().await.map_err(BatchError::AtCommit)?;
     Ok(results)
@@ -162,32 +173,21 @@ async fn commit(
 async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     write: &Write,
-    revision: &mut i64,
-    now: &str,
+    batch: &mut Batch,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
     match write {
-        Write::Create { key, object } => create(tx, key, object.clone(), revision, now).await,
+        Write::Create { key, object } => create(tx, key, object.clone(), batch).await,
         Write::Update {
             key,
             object,
             part,
             expected_revision,
-        } => update(tx, key, object.clone(), *part, *expected_revision, revision).await,
+        } => update(tx, key, object.clone(), *part, *expected_revision, batch).await,
         Write::Delete {
             key,
             expected_revision,
             expected_uid,
-        } => {
-            delete(
-                tx,
-                key,
-                *expected_revision,
-                expected_uid.as_deref(),
-                revision,
-                now,
-            )
-            .await
-        }
+        } => delete(tx, key, *expected_revision, expected_uid.as_deref(), batch).await,
     }
 }
 
@@ -195,22 +195,26 @@ async fn create(
     tx: &mut Transaction<'_, Postgres>,
     key: &ObjectKey,
     object: Value,
-    revision: &mut i64,
-    now: &str,
+    batch: &mut Batch,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
-    if key.kind.namespaced()
-        && load(tx, &ObjectKey::namespace(&key.namespace))
-            .await?
-            .is_none()
-    {
-        return Ok(Err(StoreError::NamespaceNotFound(key.namespace.clone())));
+    if key.kind.namespaced() && !batch.namespaces.contains(&key.namespace) {
+        if load(tx, &ObjectKey::namespace(&key.namespace)).await?.is_none() {
+            return Ok(Err(StoreError::NamespaceNotFound(key.namespace.clone())));
+        }
+        batch.namespaces.insert(key.namespace.clone());
     }
     let uid = uuid::Uuid::new_v4();
-    let next = *revision + 1;
-    let object = objects::created(key.kind, object, &uid.to_string(), next, now);
+    let next = batch.revision + 1;
+    let object = objects::created(key.kind, object, &uid.to_string(), next, &batch.now);
+    // The object and its change in one round trip; no row means the name
+    // is taken.
     let inserted = sqlx::query(
-        "INSERT INTO objects (kind, namespace, name, uid, resource_version, labels, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        "WITH o AS (
+             INSERT INTO objects (kind, namespace, name, uid, resource_version, labels, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING 1
+         )
+         INSERT INTO changes (revision, kind, namespace, name, type, object)
+         SELECT $5, $1, $2, $3, 'ADDED', $7 FROM o",
     )
     .bind(key.kind.name())
     .bind(&key.namespace)
@@ -224,8 +228,7 @@ async fn create(
     if inserted.rows_affected() == 0 {
         return Ok(Err(StoreError::AlreadyExists(key.clone())));
     }
-    record_change(tx, next, key, "ADDED", &object, None).await?;
-    *revision = next;
+    batch.revision = next;
     Ok(Ok(object))
 }
 
@@ -235,7 +238,7 @@ async fn update(
     incoming: Value,
     part: Part,
     expected: Option<i64>,
-    revision: &mut i64,
+    batch: &mut Batch,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
     let Some(existing) = load(tx, key).await? else {
         return Ok(Err(StoreError::NotFound(key.clone())));
@@ -243,15 +246,19 @@ async fn update(
     if let Err(conflict) = check_revision(key, &existing, expected) {
         return Ok(Err(conflict));
     }
-    let next = *revision + 1;
+    let next = batch.revision + 1;
     let object = match objects::updated(key.kind, &existing, incoming, part, next) {
         Ok(Some(object)) => object,
         Ok(None) => return Ok(Ok(existing)),
         Err(invalid) => return Ok(Err(invalid)),
     };
     sqlx::query(
-        "UPDATE objects SET resource_version = $4, labels = $5, body = $6
-         WHERE kind = $1 AND namespace = $2 AND name = $3",
+        "WITH o AS (
+             UPDATE objects SET resource_version = $4, labels = $5, body = $6
+             WHERE kind = $1 AND namespace = $2 AND name = $3 RETURNING 1
+         )
+         INSERT INTO changes (revision, kind, namespace, name, type, object, previous)
+         SELECT $4, $1, $2, $3, 'MODIFIED', $6, $7 FROM o",
     )
     .bind(key.kind.name())
     .bind(&key.namespace)
@@ -259,10 +266,10 @@ async fn update(
     .bind(next)
     .bind(labels_of(&object))
     .bind(&object)
+    .bind(&existing)
     .execute(&mut **tx)
     .await?;
-    record_change(tx, next, key, "MODIFIED", &object, Some(&existing)).await?;
-    *revision = next;
+    batch.revision = next;
     Ok(Ok(object))
 }
 
@@ -271,8 +278,7 @@ async fn delete(
     key: &ObjectKey,
     expected: Option<i64>,
     expected_uid: Option<&str>,
-    revision: &mut i64,
-    now: &str,
+    batch: &mut Batch,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
     let Some(existing) = load(tx, key).await? else {
         return Ok(Err(StoreError::NotFound(key.clone())));
@@ -286,18 +292,18 @@ async fn delete(
         return Ok(Err(StoreError::UidMismatch(key.clone())));
     }
     if key.kind == Kind::Namespace {
+        batch.namespaces.remove(&key.name);
         // A namespace takes everything in it along.
-        let members =
-            sqlx::query("DELETE FROM objects WHERE namespace = $1 RETURNING kind, name, body")
-                .bind(&key.name)
-                .fetch_all(&mut **tx)
-                .await?;
+        let members = sqlx::query("DELETE FROM objects WHERE namespace = $1 RETURNING kind, name, body")
+            .bind(&key.name)
+            .fetch_all(&mut **tx)
+            .await?;
         for row in members {
             let kind = Kind::from_name(row.get::<&str, _>("kind")).unwrap_or(Kind::Pod);
             let member = ObjectKey::new(kind, &key.name, row.get::<&str, _>("name"));
-            *revision += 1;
-            let object = objects::deleted(&row.get::<Value, _>("body"), *revision, now);
-            record_change(tx, *revision, &member, "DELETED", &object, None).await?;
+            batch.revision += 1;
+            let object = objects::deleted(&row.get::<Value, _>("body"), batch.revision, &batch.now);
+            record_change(tx, batch.revision, &member, "DELETED", &object).await?;
         }
     }
     sqlx::query("DELETE FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
@@ -306,9 +312,9 @@ async fn delete(
         .bind(&key.name)
         .execute(&mut **tx)
         .await?;
-    *revision += 1;
-    let object = objects::deleted(&existing, *revision, now);
-    record_change(tx, *revision, key, "DELETED", &object, None).await?;
+    batch.revision += 1;
+    let object = objects::deleted(&existing, batch.revision, &batch.now);
+    record_change(tx, batch.revision, key, "DELETED", &object).await?;
     Ok(Ok(object))
 }
 
@@ -353,11 +359,10 @@ async fn record_change(
     key: &ObjectKey,
     event_type: &str,
     object: &Value,
-    previous: Option<&Value>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO changes (revision, kind, namespace, name, type, object, previous)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO changes (revision, kind, namespace, name, type, object)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(revision)
     .bind(key.kind.name())
@@ -365,7 +370,6 @@ async fn record_change(
     .bind(&key.name)
     .bind(event_type)
     .bind(object)
-    .bind(previous)
     .execute(&mut **tx)
     .await
     .map(drop)

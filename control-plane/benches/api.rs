@@ -1,0 +1,337 @@
+//! API benchmark: durable writes through a real control plane on a real
+//! Postgres (fsync on, loopback), and watch fan-out; each next to what
+//! Postgres itself does on this machine in the same run.
+//!
+//! `cargo bench -p control-plane --bench api [-- SCALE]` (SCALE 1.0 is the
+//! full run: 64 clients, 100 watchers x 10,000 changes).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use serde_json::json;
+use skiff_api::{EventType, Kind};
+use skiff_client::{Client, ClientConfig, WatchOptions};
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use testkit::{ControlPlane, Postgres};
+
+const CLIENTS: usize = 64;
+const WATCHERS: usize = 100;
+
+struct Figures {
+    label: String,
+    writes_per_second: f64,
+    latencies: Vec<Duration>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
+}
+
+impl Figures {
+    fn new(label: &str, count: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Self {
+        latencies.sort();
+        Self {
+            label: label.to_owned(),
+            writes_per_second: count as f64 / elapsed.as_secs_f64(),
+            latencies,
+        }
+    }
+    fn p50(&self) -> f64 {
+        percentile(&self.latencies, 0.5)
+    }
+    fn p99(&self) -> f64 {
+        percentile(&self.latencies, 0.99)
+    }
+}
+
+/// A label as a DNS-label-safe name prefix.
+fn dns_safe(label: &str) -> String {
+    label
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == ' ')
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join("-")
+        .to_ascii_lowercase()
+}
+
+fn configmap(name: &str, data: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "skiff.dev/v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data})
+}
+
+/// Runs `per_client` writes on each of `clients` tasks; `write(client, i)`.
+async fn load<F, Fut>(clients: usize, per_client: usize, write: F) -> (usize, Duration, Vec<Duration>)
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let write = Arc::new(write);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let write = write.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_client);
+                for i in 0..per_client {
+                    let t = Instant::now();
+                    write(c, i).await;
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    (clients * per_client, started.elapsed(), latencies)
+}
+
+async fn api_writes(api: &Client, label: &str, clients: usize, per_client: usize) -> Figures {
+    let prefix = dns_safe(label);
+    let api = api.clone();
+    let (count, elapsed, latencies) = load(clients, per_client, move |c, i| {
+        let api = api.clone();
+        let name = format!("{prefix}-{c}-{i}");
+        async move {
+            api.create(Kind::ConfigMap, Some("default"), &configmap(&name, json!({"v": "1"})))
+                .await
+                .expect("create");
+        }
+    })
+    .await;
+    Figures::new(label, count, elapsed, latencies)
+}
+
+async fn api_updates(api: &Client, clients: usize, per_client: usize) -> Figures {
+    let mut objects = Vec::new();
+    for c in 0..clients {
+        let created = api
+            .create(Kind::ConfigMap, Some("default"), &configmap(&format!("upd-{c}"), json!({"v": "0"})))
+            .await
+            .unwrap();
+        objects.push(tokio::sync::Mutex::new(created));
+    }
+    // Each client owns one object and replaces it with the version it last
+    // wrote: a conditional write, one request each.
+    let objects = Arc::new(objects);
+    let api = api.clone();
+    let (count, elapsed, latencies) = load(clients, per_client, move |c, i| {
+        let (api, objects) = (api.clone(), objects.clone());
+        async move {
+            let mut object = objects[c].lock().await;
+            object["data"] = json!({"v": i.to_string()});
+            let name = format!("upd-{c}");
+            *object = api.replace(Kind::ConfigMap, Some("default"), &name, &object).await.expect("update");
+        }
+    })
+    .await;
+    Figures::new(&format!("update, {clients} clients"), count, elapsed, latencies)
+}
+
+/// Postgres alone: one INSERT committed per write, same durability.
+async fn raw_writes(url: &str, label: &str, clients: usize, per_client: usize) -> Figures {
+    let pool = PgPoolOptions::new().max_connections(clients as u32).connect(url).await.unwrap();
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_raw (name text PRIMARY KEY, body jsonb)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let prefix = dns_safe(label);
+    let (count, elapsed, latencies) = load(clients, per_client, move |c, i| {
+        let pool = pool.clone();
+        let name = format!("{prefix}-{c}-{i}");
+        async move {
+            sqlx::query("INSERT INTO bench_raw VALUES ($1, $2)")
+                .bind(name)
+                .bind(configmap("x", json!({"v": "1"})))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    Figures::new(label, count, elapsed, latencies)
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+/// `watchers` watches of one namespace while `changes` creates land there;
+/// returns (events delivered, expected, delivery latencies from the moment
+/// each write was sent).
+async fn fan_out(api: &Client, watchers: usize, changes: usize) -> (usize, usize, Vec<Duration>) {
+    api.create(Kind::Namespace, None, &json!({"apiVersion": "skiff.dev/v1", "kind": "Namespace", "metadata": {"name": "fan"}}))
+        .await
+        .unwrap();
+    let start = api.list(Kind::ConfigMap, Some("fan"), &Default::default()).await.unwrap();
+    let writers = 16;
+    let per_writer = changes / writers;
+    let expected_per_watcher = per_writer * writers;
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let mut streams = Vec::new();
+    for _ in 0..watchers {
+        let events = api
+            .watch(Kind::ConfigMap, Some("fan"), &WatchOptions {
+                resource_version: Some(start.metadata.resource_version.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let delivered = delivered.clone();
+        streams.push(tokio::spawn(async move {
+            let mut events = Box::pin(events);
+            let mut latencies = Vec::with_capacity(changes);
+            while latencies.len() < expected_per_watcher {
+                let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(60), events.next()).await else {
+                    break;
+                };
+                let event = event.unwrap();
+                if event.event_type != EventType::Added {
+                    continue;
+                }
+                let sent: u64 = event.object["data"]["sent"].as_str().unwrap().parse().unwrap();
+                latencies.push(Duration::from_micros(now_micros().saturating_sub(sent)));
+                delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            latencies
+        }));
+    }
+    let api_writer = api.clone();
+    load(writers, per_writer, move |w, i| {
+        let api = api_writer.clone();
+        async move {
+            let object = configmap(&format!("c-{w}-{i}"), json!({"sent": now_micros().to_string()}));
+            api.create(Kind::ConfigMap, Some("fan"), &object).await.expect("create");
+        }
+    })
+    .await;
+    let mut latencies = Vec::new();
+    for stream in streams {
+        latencies.extend(stream.await.unwrap());
+    }
+    latencies.sort();
+    (delivered.load(Ordering::Relaxed), watchers * expected_per_watcher, latencies)
+}
+
+/// Postgres alone: NOTIFY to a LISTENing connection, one at a time.
+async fn raw_notify(url: &str, count: usize) -> Vec<Duration> {
+    let pool = PgPoolOptions::new().max_connections(2).connect(url).await.unwrap();
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener.listen("bench").await.unwrap();
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        sqlx::query("SELECT pg_notify('bench', 'x')").execute(&pool).await.unwrap();
+        listener.recv().await.unwrap();
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    latencies
+}
+
+fn main() {
+    let scale: f64 = std::env::args()
+        .skip(1)
+        .find(|a| a != "--bench")
+        .map_or(1.0, |s| s.parse().expect("SCALE is a number"));
+    let scaled = |n: usize| ((n as f64 * scale).round() as usize).max(1);
+
+    let postgres = Postgres::start();
+    let database = postgres.create_database();
+    let baseline_database = postgres.create_database();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_control-plane"));
+    let token = testkit::init_cluster(binary, &database, &[]);
+    let plane = ControlPlane::start(binary, &database, &["--max-connections", "32"]);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = Client::new(&ClientConfig {
+        server: plane.url.clone(),
+        token,
+        ..Default::default()
+    })
+    .unwrap();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let sequential_n = scaled(1000);
+        let concurrent_per = scaled(100);
+        eprintln!("measuring API writes");
+        let api_rows = [
+            api_writes(&api, "create, 1 client", 1, sequential_n).await,
+            api_writes(&api, &format!("create, {CLIENTS} clients"), CLIENTS, concurrent_per).await,
+            api_updates(&api, CLIENTS, scaled(50)).await,
+        ];
+        eprintln!("measuring raw Postgres writes");
+        let raw_rows = [
+            raw_writes(&baseline_database, "raw 1", 1, sequential_n).await,
+            raw_writes(&baseline_database, "raw 64", CLIENTS, concurrent_per).await,
+            raw_writes(&baseline_database, "raw 64 again", CLIENTS, scaled(50)).await,
+        ];
+        eprintln!("measuring watch fan-out");
+        let (delivered, expected, watch_latencies) = fan_out(&api, WATCHERS, scaled(10_000)).await;
+        eprintln!("measuring raw LISTEN/NOTIFY");
+        let notify = raw_notify(&baseline_database, scaled(1000)).await;
+
+        println!();
+        println!(
+            "Machine: {} cores, {}; Postgres 15 on loopback, fsync on; client, control plane and Postgres share it",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu_model()
+        );
+        println!("Baseline: the same number of single-row INSERTs, each its own commit, on the same Postgres");
+        println!();
+        println!(
+            "{:<34} {:>9} {:>8} {:>8} | {:>11} {:>8} {:>8} | {:>6}",
+            "API writes", "writes/s", "p50 ms", "p99 ms", "raw PG w/s", "p50 ms", "p99 ms", "ratio"
+        );
+        for (api, raw) in api_rows.iter().zip(&raw_rows) {
+            println!(
+                "{:<34} {:>9.0} {:>8.2} {:>8.2} | {:>11.0} {:>8.2} {:>8.2} | {:>6.2}",
+                api.label,
+                api.writes_per_second,
+                api.p50(),
+                api.p99(),
+                raw.writes_per_second,
+                raw.p50(),
+                raw.p99(),
+                api.writes_per_second / raw.writes_per_second
+            );
+        }
+        println!();
+        println!(
+            "Watch fan-out: {WATCHERS} watchers x {} changes: {delivered} of {expected} events delivered",
+            expected / WATCHERS
+        );
+        println!(
+            "  delivery latency from sending the write: p50 {:.2} ms, p99 {:.2} ms",
+            percentile(&watch_latencies, 0.5),
+            percentile(&watch_latencies, 0.99)
+        );
+        println!(
+            "  baseline, Postgres NOTIFY to LISTEN round trip: p50 {:.2} ms, p99 {:.2} ms (ratio at p99 {:.1})",
+            percentile(&notify, 0.5),
+            percentile(&notify, 0.99),
+            percentile(&watch_latencies, 0.99) / percentile(&notify, 0.99)
+        );
+    });
+    drop(plane);
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
