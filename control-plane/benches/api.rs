@@ -66,7 +66,11 @@ fn configmap(name: &str, data: serde_json::Value) -> serde_json::Value {
 }
 
 /// Runs `per_client` writes on each of `clients` tasks; `write(client, i)`.
-async fn load<F, Fut>(clients: usize, per_client: usize, write: F) -> (usize, Duration, Vec<Duration>)
+async fn load<F, Fut>(
+    clients: usize,
+    per_client: usize,
+    write: F,
+) -> (usize, Duration, Vec<Duration>)
 where
     F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
@@ -101,9 +105,13 @@ async fn api_writes(api: &Client, label: &str, clients: usize, per_client: usize
         let api = api.clone();
         let name = format!("{prefix}-{c}-{i}");
         async move {
-            api.create(Kind::ConfigMap, Some("default"), &configmap(&name, json!({"v": "1"})))
-                .await
-                .expect("create");
+            api.create(
+                Kind::ConfigMap,
+                Some("default"),
+                &configmap(&name, json!({"v": "1"})),
+            )
+            .await
+            .expect("create");
         }
     })
     .await;
@@ -114,7 +122,11 @@ async fn api_updates(api: &Client, clients: usize, per_client: usize) -> Figures
     let mut objects = Vec::new();
     for c in 0..clients {
         let created = api
-            .create(Kind::ConfigMap, Some("default"), &configmap(&format!("upd-{c}"), json!({"v": "0"})))
+            .create(
+                Kind::ConfigMap,
+                Some("default"),
+                &configmap(&format!("upd-{c}"), json!({"v": "0"})),
+            )
             .await
             .unwrap();
         objects.push(tokio::sync::Mutex::new(created));
@@ -129,16 +141,28 @@ async fn api_updates(api: &Client, clients: usize, per_client: usize) -> Figures
             let mut object = objects[c].lock().await;
             object["data"] = json!({"v": i.to_string()});
             let name = format!("upd-{c}");
-            *object = api.replace(Kind::ConfigMap, Some("default"), &name, &object).await.expect("update");
+            *object = api
+                .replace(Kind::ConfigMap, Some("default"), &name, &object)
+                .await
+                .expect("update");
         }
     })
     .await;
-    Figures::new(&format!("update, {clients} clients"), count, elapsed, latencies)
+    Figures::new(
+        &format!("update, {clients} clients"),
+        count,
+        elapsed,
+        latencies,
+    )
 }
 
 /// Postgres alone: one INSERT committed per write, same durability.
 async fn raw_writes(url: &str, label: &str, clients: usize, per_client: usize) -> Figures {
-    let pool = PgPoolOptions::new().max_connections(clients as u32).connect(url).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(clients as u32)
+        .connect(url)
+        .await
+        .unwrap();
     sqlx::query("CREATE TABLE IF NOT EXISTS bench_raw (name text PRIMARY KEY, body jsonb)")
         .execute(&pool)
         .await
@@ -161,17 +185,27 @@ async fn raw_writes(url: &str, label: &str, clients: usize, per_client: usize) -
 }
 
 fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 /// `watchers` watches of one namespace while `changes` creates land there;
 /// returns (events delivered, expected, delivery latencies from the moment
 /// each write was sent).
 async fn fan_out(api: &Client, watchers: usize, changes: usize) -> (usize, usize, Vec<Duration>) {
-    api.create(Kind::Namespace, None, &json!({"apiVersion": "skiff.dev/v1", "kind": "Namespace", "metadata": {"name": "fan"}}))
+    api.create(
+        Kind::Namespace,
+        None,
+        &json!({"apiVersion": "skiff.dev/v1", "kind": "Namespace", "metadata": {"name": "fan"}}),
+    )
+    .await
+    .unwrap();
+    let start = api
+        .list(Kind::ConfigMap, Some("fan"), &Default::default())
         .await
         .unwrap();
-    let start = api.list(Kind::ConfigMap, Some("fan"), &Default::default()).await.unwrap();
     let writers = 16;
     let per_writer = changes / writers;
     let expected_per_watcher = per_writer * writers;
@@ -179,10 +213,14 @@ async fn fan_out(api: &Client, watchers: usize, changes: usize) -> (usize, usize
     let mut streams = Vec::new();
     for _ in 0..watchers {
         let events = api
-            .watch(Kind::ConfigMap, Some("fan"), &WatchOptions {
-                resource_version: Some(start.metadata.resource_version.clone()),
-                ..Default::default()
-            })
+            .watch(
+                Kind::ConfigMap,
+                Some("fan"),
+                &WatchOptions {
+                    resource_version: Some(start.metadata.resource_version.clone()),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         let delivered = delivered.clone();
@@ -190,14 +228,20 @@ async fn fan_out(api: &Client, watchers: usize, changes: usize) -> (usize, usize
             let mut events = Box::pin(events);
             let mut latencies = Vec::with_capacity(changes);
             while latencies.len() < expected_per_watcher {
-                let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(60), events.next()).await else {
+                let Ok(Some(event)) =
+                    tokio::time::timeout(Duration::from_secs(60), events.next()).await
+                else {
                     break;
                 };
                 let event = event.unwrap();
                 if event.event_type != EventType::Added {
                     continue;
                 }
-                let sent: u64 = event.object["data"]["sent"].as_str().unwrap().parse().unwrap();
+                let sent: u64 = event.object["data"]["sent"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 latencies.push(Duration::from_micros(now_micros().saturating_sub(sent)));
                 delivered.fetch_add(1, Ordering::Relaxed);
             }
@@ -208,8 +252,13 @@ async fn fan_out(api: &Client, watchers: usize, changes: usize) -> (usize, usize
     load(writers, per_writer, move |w, i| {
         let api = api_writer.clone();
         async move {
-            let object = configmap(&format!("c-{w}-{i}"), json!({"sent": now_micros().to_string()}));
-            api.create(Kind::ConfigMap, Some("fan"), &object).await.expect("create");
+            let object = configmap(
+                &format!("c-{w}-{i}"),
+                json!({"sent": now_micros().to_string()}),
+            );
+            api.create(Kind::ConfigMap, Some("fan"), &object)
+                .await
+                .expect("create");
         }
     })
     .await;
@@ -218,18 +267,29 @@ async fn fan_out(api: &Client, watchers: usize, changes: usize) -> (usize, usize
         latencies.extend(stream.await.unwrap());
     }
     latencies.sort();
-    (delivered.load(Ordering::Relaxed), watchers * expected_per_watcher, latencies)
+    (
+        delivered.load(Ordering::Relaxed),
+        watchers * expected_per_watcher,
+        latencies,
+    )
 }
 
 /// Postgres alone: NOTIFY to a LISTENing connection, one at a time.
 async fn raw_notify(url: &str, count: usize) -> Vec<Duration> {
-    let pool = PgPoolOptions::new().max_connections(2).connect(url).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .unwrap();
     let mut listener = PgListener::connect_with(&pool).await.unwrap();
     listener.listen("bench").await.unwrap();
     let mut latencies = Vec::with_capacity(count);
     for _ in 0..count {
         let t = Instant::now();
-        sqlx::query("SELECT pg_notify('bench', 'x')").execute(&pool).await.unwrap();
+        sqlx::query("SELECT pg_notify('bench', 'x')")
+            .execute(&pool)
+            .await
+            .unwrap();
         listener.recv().await.unwrap();
         latencies.push(t.elapsed());
     }
@@ -258,7 +318,10 @@ fn main() {
     })
     .unwrap();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let sequential_n = scaled(1000);
         let concurrent_per = scaled(100);

@@ -198,7 +198,10 @@ async fn create(
     batch: &mut Batch,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
     if key.kind.namespaced() && !batch.namespaces.contains(&key.namespace) {
-        if load(tx, &ObjectKey::namespace(&key.namespace)).await?.is_none() {
+        if load(tx, &ObjectKey::namespace(&key.namespace))
+            .await?
+            .is_none()
+        {
             return Ok(Err(StoreError::NamespaceNotFound(key.namespace.clone())));
         }
         batch.namespaces.insert(key.namespace.clone());
@@ -294,10 +297,11 @@ async fn delete(
     if key.kind == Kind::Namespace {
         batch.namespaces.remove(&key.name);
         // A namespace takes everything in it along.
-        let members = sqlx::query("DELETE FROM objects WHERE namespace = $1 RETURNING kind, name, body")
-            .bind(&key.name)
-            .fetch_all(&mut **tx)
-            .await?;
+        let members =
+            sqlx::query("DELETE FROM objects WHERE namespace = $1 RETURNING kind, name, body")
+                .bind(&key.name)
+                .fetch_all(&mut **tx)
+                .await?;
         for row in members {
             let kind = Kind::from_name(row.get::<&str, _>("kind")).unwrap_or(Kind::Pod);
             let member = ObjectKey::new(kind, &key.name, row.get::<&str, _>("name"));
