@@ -158,7 +158,7 @@ mod tests {
             "Annotations:  <none>\n",
             "Spec:\n  image: reg/web:v1\n",
             "Status:\n  phase: Running\n",
-            "Conditions:\n  TYPE    STATUS\n  Ready   True\n",
+            "Conditions:\n  TYPE    STATUS   REASON   MESSAGE\n  Ready   True\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }

@@ -104,15 +104,7 @@ pub fn row(kind: Kind, object: &Value, wide: bool, all_namespaces: bool) -> Vec<
             ]
         }
         Kind::Service => {
-            let selector = object["spec"]["selector"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", plain(v)))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
+            let selector = key_values(&object["spec"]["selector"]);
             let ports = object["spec"]["ports"]
                 .as_array()
                 .map(|ports| {
@@ -165,20 +157,24 @@ pub fn row(kind: Kind, object: &Value, wide: bool, all_namespaces: bool) -> Vec<
             Kind::Pod => vec![or_dash(text("/spec/nodeName")), text("/spec/image")],
             Kind::Deployment => vec![
                 text("/spec/template/spec/image"),
-                object["spec"]["selector"]["matchLabels"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| format!("{k}={}", plain(v)))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default(),
+                key_values(&object["spec"]["selector"]["matchLabels"]),
             ],
             _ => vec![],
         });
     }
     row
+}
+
+/// A map as `k=v,k2=v2`.
+fn key_values(map: &Value) -> String {
+    map.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", plain(v)))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
 }
 
 fn or_dash(s: String) -> String {

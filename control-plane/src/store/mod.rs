@@ -261,11 +261,7 @@ impl Store {
     /// request; the revision reported stays that of the first page.
     pub async fn list(&self, kind: Kind, query: ListQuery<'_>) -> Result<Page, StoreError> {
         let unavailable = |e: sqlx::Error| db_unavailable(&e);
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
+        let mut tx = self.snapshot().await?;
         let revision: i64 = match &query.after {
             Some(after) => after.revision,
             None => sqlx::query_scalar("SELECT value FROM revision")
@@ -320,6 +316,17 @@ impl Store {
         })
     }
 
+    /// A read-only transaction whose reads all see one moment.
+    async fn snapshot(&self) -> Result<sqlx::Transaction<'_, Postgres>, StoreError> {
+        let unavailable = |e: sqlx::Error| db_unavailable(&e);
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        Ok(tx)
+    }
+
     /// Changes after `revision`, oldest first, at most `limit`. Fails with
     /// `Compacted` when changes after `revision` may already be gone.
     pub async fn changes_after(
@@ -328,11 +335,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Change>, StoreError> {
         let unavailable = |e: sqlx::Error| db_unavailable(&e);
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
+        let mut tx = self.snapshot().await?;
         let compacted: i64 = sqlx::query_scalar("SELECT revision FROM compaction")
             .fetch_one(&mut *tx)
             .await

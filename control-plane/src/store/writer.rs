@@ -243,12 +243,10 @@ async fn update(
     expected: Option<i64>,
     batch: &mut Batch,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
-    let Some(existing) = load(tx, key).await? else {
-        return Ok(Err(StoreError::NotFound(key.clone())));
+    let existing = match load_expected(tx, key, expected).await? {
+        Ok(existing) => existing,
+        Err(refused) => return Ok(Err(refused)),
     };
-    if let Err(conflict) = check_revision(key, &existing, expected) {
-        return Ok(Err(conflict));
-    }
     let next = batch.revision + 1;
     let object = match objects::updated(key.kind, &existing, incoming, part, next) {
         Ok(Some(object)) => object,
@@ -283,12 +281,10 @@ async fn delete(
     expected_uid: Option<&str>,
     batch: &mut Batch,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
-    let Some(existing) = load(tx, key).await? else {
-        return Ok(Err(StoreError::NotFound(key.clone())));
+    let existing = match load_expected(tx, key, expected).await? {
+        Ok(existing) => existing,
+        Err(refused) => return Ok(Err(refused)),
     };
-    if let Err(conflict) = check_revision(key, &existing, expected) {
-        return Ok(Err(conflict));
-    }
     if let Some(uid) = expected_uid
         && existing["metadata"]["uid"].as_str() != Some(uid)
     {
@@ -320,6 +316,18 @@ async fn delete(
     let object = objects::deleted(&existing, batch.revision, &batch.now);
     record_change(tx, batch.revision, key, "DELETED", &object).await?;
     Ok(Ok(object))
+}
+
+/// The stored object, refused when missing or not at `expected`.
+async fn load_expected(
+    tx: &mut Transaction<'_, Postgres>,
+    key: &ObjectKey,
+    expected: Option<i64>,
+) -> Result<Result<Value, StoreError>, sqlx::Error> {
+    let Some(existing) = load(tx, key).await? else {
+        return Ok(Err(StoreError::NotFound(key.clone())));
+    };
+    Ok(check_revision(key, &existing, expected).map(|()| existing))
 }
 
 fn check_revision(

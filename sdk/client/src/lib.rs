@@ -249,13 +249,10 @@ impl Client {
         object: &Value,
         dry_run: bool,
     ) -> Result<Value> {
-        let mut request = self
+        let request = self
             .request(Method::POST, &self.url(kind, namespace, None, false))
             .json(object);
-        if dry_run {
-            request = request.query(&[("dryRun", "All")]);
-        }
-        self.send(request).await
+        self.send(with_dry_run(request, dry_run)).await
     }
 
     /// Replaces an object; a `metadata.resourceVersion` in it makes the
@@ -279,13 +276,10 @@ impl Client {
         object: &Value,
         dry_run: bool,
     ) -> Result<Value> {
-        let mut request = self
+        let request = self
             .request(Method::PUT, &self.url(kind, namespace, Some(name), false))
             .json(object);
-        if dry_run {
-            request = request.query(&[("dryRun", "All")]);
-        }
-        self.send(request).await
+        self.send(with_dry_run(request, dry_run)).await
     }
 
     pub async fn replace_status(
@@ -451,6 +445,15 @@ impl Client {
     pub async fn openapi(&self) -> Result<Value> {
         self.send(self.request(Method::GET, &format!("{}/openapi.json", self.base)))
             .await
+    }
+}
+
+/// Asks the server to check the write without making it.
+fn with_dry_run(request: RequestBuilder, dry_run: bool) -> RequestBuilder {
+    if dry_run {
+        request.query(&[("dryRun", "All")])
+    } else {
+        request
     }
 }
 
