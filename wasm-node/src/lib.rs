@@ -1,4 +1,7 @@
-//! The Skiff node agent. Today it holds the Wasm runtime ([`runtime`]) that
-//! `wasmctl run` uses and that the node agent will serve pods with.
+//! The Skiff node agent ([`agent`]): joins a cluster, runs the pods bound
+//! to it with the Wasm runtime ([`runtime`], which `wasmctl run` uses too),
+//! pulling their components from OCI registries ([`oci`]).
 
+pub mod agent;
+pub mod oci;
 pub mod runtime;

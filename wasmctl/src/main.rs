@@ -9,6 +9,7 @@ mod delete;
 mod describe;
 mod get;
 mod manifests;
+mod registry;
 mod run;
 mod table;
 
@@ -35,6 +36,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(run::RunArgs),
+    /// Push a component to an OCI registry.
+    Push(registry::PushArgs),
+    /// Pull a component from an OCI registry.
+    Pull(registry::PullArgs),
     /// Create or update objects from manifests (YAML or JSON).
     Apply(apply::ApplyArgs),
     /// List objects, or show some, as a table, YAML or JSON.
@@ -74,6 +79,8 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Push(args) => registry::push(args).map(|()| ExitCode::SUCCESS),
+        Command::Pull(args) => registry::pull(args).map(|()| ExitCode::SUCCESS),
         Command::Apply(args) => apply::run(args).map(|()| ExitCode::SUCCESS),
         Command::Get(args) => get::run(args).map(|()| ExitCode::SUCCESS),
         Command::Describe(args) => describe::run(args).map(|()| ExitCode::SUCCESS),

@@ -32,8 +32,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 --dir, --env and --allow-outbound."
 )]
 pub struct RunArgs {
-    /// A component (.wasm), or a Cargo project (a directory or its
-    /// Cargo.toml) to build for wasm32-wasip2 in release mode and run.
+    /// A component (.wasm); a Cargo project (a directory or its Cargo.toml)
+    /// to build for wasm32-wasip2 in release mode; or a registry reference
+    /// (REGISTRY/REPOSITORY:TAG) to pull.
     target: PathBuf,
 
     /// Arguments for a command component.
@@ -87,11 +88,15 @@ pub struct RunArgs {
     /// Compile the component afresh and do not cache it.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+
+    #[command(flatten)]
+    registry: crate::registry::RegistryArgs,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let component_path = match cargo_project::manifest_of(&args.target) {
         Some(manifest) => cargo_project::build(&manifest)?,
+        None if crate::registry::is_reference(&args.target) => pull_to_cache(&args)?,
         None if args.target.is_dir() => {
             return Err(BadInput(format!(
                 "{}: is a directory without a Cargo.toml; give a component (.wasm) or a Cargo project",
@@ -178,6 +183,25 @@ async fn run_command(app: &CommandApp, name: &str) -> ExitCode {
             }
         }
     }
+}
+
+/// Pulls a registry reference into the local cache and returns the file.
+fn pull_to_cache(args: &RunArgs) -> Result<PathBuf> {
+    let text = args.target.to_string_lossy();
+    let reference = wasm_node::oci::parse_reference(&text).map_err(|e| BadInput(e.to_string()))?;
+    let pulled = crate::registry::pull_component(&args.registry, &reference)?;
+    let dir = args
+        .cache_dir
+        .clone()
+        .or_else(default_cache_dir)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("pulled");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{}.wasm", pulled.layer_digest.replace(':', "-")));
+    std::fs::write(&path, &pulled.component)
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!("pulled {} ({})", reference.whole(), pulled.manifest_digest);
+    Ok(path)
 }
 
 fn report_loaded(loaded: &LoadedComponent) {

@@ -105,6 +105,8 @@ pub enum Target {
         name: String,
         status: bool,
     },
+    /// A node's lease.
+    Lease { node: String },
     /// `tokens` of a namespace, or of the cluster when `namespace` is None.
     Tokens {
         namespace: Option<String>,
@@ -171,6 +173,9 @@ pub fn parse_target(path: &str) -> Result<Target, ApiError> {
             let kind = kind_of(plural)?;
             item(kind, scoped(kind, None)?, name, false)
         }
+        ["nodes", name, "lease"] => Ok(Target::Lease {
+            node: (*name).to_owned(),
+        }),
         [plural, name, "status"] => {
             let kind = kind_of(plural)?;
             item(kind, scoped(kind, None)?, name, true)
@@ -222,6 +227,7 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         body: &body,
     };
     match (target, method) {
+        (Target::Lease { node }, method) => call.lease(&node, method).await,
         (Target::Tokens { namespace, id }, method) => {
             tokens::handle(state, &principal, namespace, id, method, &body).await
         }

@@ -279,6 +279,63 @@ impl Call<'_> {
         Ok(Json(stored).into_response())
     }
 
+    /// `PUT nodes/{name}/lease` renews a node's lease (`{"durationMillis":
+    /// N}`, default 6000); `GET` reads it. A lease is not a revision of the
+    /// Node: renewals write one small row and wake no watch.
+    pub async fn lease(
+        &self,
+        node: &str,
+        method: axum::http::Method,
+    ) -> Result<Response, ApiError> {
+        let key = ObjectKey::new(Kind::Node, "", node);
+        let verb = if method == axum::http::Method::GET {
+            Verb::Get
+        } else {
+            Verb::Update
+        };
+        self.authorize(self.access(verb, &key, false)).await?;
+        let lease = match method {
+            axum::http::Method::PUT => {
+                let duration_ms = if self.body.is_empty() {
+                    6000
+                } else {
+                    let body: Value = parse_json(self.body)?;
+                    match body.get("durationMillis") {
+                        None => 6000,
+                        Some(v) => v
+                            .as_i64()
+                            .filter(|ms| (1..=3_600_000).contains(ms))
+                            .ok_or_else(|| {
+                                ApiError::invalid(
+                                    "durationMillis",
+                                    "must be a whole number from 1 to 3600000",
+                                )
+                            })? as i32,
+                    }
+                };
+                self.state.store.renew_lease(node, duration_ms).await?
+            }
+            axum::http::Method::GET => {
+                let (_, leases) = self.state.store.leases().await?;
+                leases
+                    .into_iter()
+                    .find(|l| l.node == node)
+                    .ok_or_else(|| ApiError::NotFound(format!("no lease for node {node}")))?
+            }
+            other => {
+                return Err(ApiError::MethodNotAllowed(format!(
+                    "{other} is not allowed on a lease"
+                )));
+            }
+        };
+        Ok(Json(json!({
+            "node": lease.node,
+            "renewedAt": lease.renewed_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "durationMillis": lease.duration_ms,
+        }))
+        .into_response())
+    }
+
     /// `dryRun=All` asks for every check of a write without the write.
     fn dry_run(&self) -> Result<bool, ApiError> {
         match self.params.get("dryRun").map(String::as_str) {

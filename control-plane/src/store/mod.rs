@@ -160,6 +160,20 @@ pub struct TokenRecord {
     pub created_at: String,
 }
 
+/// A node's lease: it is alive while `renewed_at + duration` is ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub node: String,
+    pub renewed_at: chrono::DateTime<chrono::Utc>,
+    pub duration_ms: i32,
+}
+
+impl Lease {
+    pub fn valid_at(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        now < self.renewed_at + chrono::Duration::milliseconds(i64::from(self.duration_ms))
+    }
+}
+
 /// Whom a new token is for.
 #[derive(Debug, Clone)]
 pub enum TokenGrant {
@@ -409,6 +423,51 @@ impl Store {
             .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
         Ok(compacted)
+    }
+
+    /// Renews (or takes) the lease of `node` for `duration_ms` from now.
+    pub async fn renew_lease(&self, node: &str, duration_ms: i32) -> Result<Lease, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO leases (node, renewed_at, duration_ms) VALUES ($1, now(), $2)
+             ON CONFLICT (node) DO UPDATE SET renewed_at = now(), duration_ms = EXCLUDED.duration_ms
+             RETURNING renewed_at, duration_ms",
+        )
+        .bind(node)
+        .bind(duration_ms)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_unavailable(&e))?;
+        Ok(Lease {
+            node: node.to_owned(),
+            renewed_at: row.get("renewed_at"),
+            duration_ms: row.get("duration_ms"),
+        })
+    }
+
+    /// Every node's lease, with the database's clock, so freshness does not
+    /// depend on this process's clock.
+    pub async fn leases(&self) -> Result<(chrono::DateTime<chrono::Utc>, Vec<Lease>), StoreError> {
+        let unavailable = |e: sqlx::Error| db_unavailable(&e);
+        let mut tx = self.snapshot().await?;
+        let now: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let rows = sqlx::query("SELECT node, renewed_at, duration_ms FROM leases")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok((
+            now,
+            rows.into_iter()
+                .map(|row| Lease {
+                    node: row.get("node"),
+                    renewed_at: row.get("renewed_at"),
+                    duration_ms: row.get("duration_ms"),
+                })
+                .collect(),
+        ))
     }
 
     /// Whether the database answers.

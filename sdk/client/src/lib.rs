@@ -17,8 +17,8 @@ pub struct ClientConfig {
     /// `http://host:port` or `https://host:port`.
     pub server: String,
     pub token: String,
-    /// PEM of the CA that signed the server's certificate, trusted in
-    /// addition to the public roots.
+    /// PEM of the CA that signed the server's certificate; when given, it is
+    /// the only CA trusted.
     pub ca_pem: Option<Vec<u8>>,
     /// Accept any server certificate (for experiments only).
     pub insecure_skip_tls_verify: bool,
@@ -93,7 +93,7 @@ impl Client {
                 "server `{server}` must start with http:// or https://"
             )));
         }
-        let mut builder = reqwest::Client::builder().use_rustls_tls();
+        let mut builder = reqwest::Client::builder();
         if let Some(timeout) = config.timeout {
             builder = builder.connect_timeout(timeout);
         }
@@ -105,9 +105,9 @@ impl Client {
                     "certificate authority: no certificate in the PEM".into(),
                 ));
             }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+            // A cluster's CA is trusted instead of the public roots, as
+            // kubectl does with certificate-authority.
+            builder = builder.tls_certs_only(certs);
         }
         if config.insecure_skip_tls_verify {
             builder = builder.danger_accept_invalid_certs(true);
@@ -439,6 +439,16 @@ impl Client {
             url.push_str(id);
         }
         url
+    }
+
+    /// Renews a node's lease for `duration` from now.
+    pub async fn renew_lease(&self, node: &str, duration: Duration) -> Result<Value> {
+        let url = format!("{}/apis/skiff.dev/v1/nodes/{node}/lease", self.base);
+        self.send(
+            self.request(Method::PUT, &url)
+                .json(&serde_json::json!({"durationMillis": duration.as_millis() as u64})),
+        )
+        .await
     }
 
     /// The OpenAPI document.

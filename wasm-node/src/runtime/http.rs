@@ -48,6 +48,11 @@ impl HttpApp {
         &self.inner.spec.limits
     }
 
+    /// Requests being handled right now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.spec.limits.max_instances as usize - self.inner.permits.available_permits()
+    }
+
     /// Instantiates the component once without calling it, to surface
     /// start-up failures (initial memory above the limit, a trapping start
     /// function, a pool too small) before any request arrives.
@@ -203,7 +208,8 @@ fn failure_response(failure: &GuestFailure) -> http::Response<HttpBody> {
     response
 }
 
-fn text_response(status: StatusCode, body: String) -> http::Response<HttpBody> {
+/// A plain-text response of the runtime's body type.
+pub fn text_response(status: StatusCode, body: String) -> http::Response<HttpBody> {
     let mut response = http::Response::new(
         Full::new(Bytes::from(body))
             .map_err(|never| match never {})

@@ -30,10 +30,10 @@ use cache::CompileError;
 pub use cache::{ArtifactCache, CacheOutcome, Digest};
 pub use command::CommandApp;
 pub use error::{GuestFailure, LoadError};
-pub use http::{HttpApp, HttpBody};
+pub use http::{HttpApp, HttpBody, text_response};
 pub use limits::{Limits, LimitsError, MemoryLimitExceeded};
 pub use sandbox::{DirGrant, DirGrantError, Sandbox, Stdio};
-pub use serve::serve;
+pub use serve::{serve, serve_with};
 pub use skiff_api::outbound::{AllowList, AllowRule, AllowRuleError};
 pub use skiff_api::quantity;
 

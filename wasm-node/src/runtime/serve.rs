@@ -1,5 +1,5 @@
-//! The HTTP/1.1 front of an [`HttpApp`]: accepts connections and hands each
-//! request to the app, with graceful shutdown.
+//! The HTTP/1.1 front of a component (or of a node's ingress): accepts
+//! connections and hands each request to a handler, with graceful shutdown.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use wasmtime_wasi_http::io::TokioIo;
 
-use super::http::HttpApp;
+use super::http::{HttpApp, HttpBody};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so a
 /// persistent failure does not spin a core.
@@ -25,6 +25,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    serve_with(
+        listener,
+        move |request| {
+            let app = app.clone();
+            async move { app.handle(request).await }
+        },
+        shutdown,
+        grace,
+    )
+    .await
+}
+
+/// Serves `handler` on `listener`, as [`serve`] does for one component.
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) where
+    H: Fn(http::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = http::Response<HttpBody>> + Send + 'static,
+{
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -42,12 +64,12 @@ pub async fn serve(
         };
         // Guests often write small chunks; Nagle's algorithm would hold them.
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
+        let handler = handler.clone();
         let mut stopping = stopping.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(app.handle(request).await) }
+                let response = handler(request);
+                async move { Ok::<_, Infallible>(response.await) }
             });
             let connection = http1::Builder::new()
                 .keep_alive(true)

@@ -27,6 +27,10 @@ pub struct PodSpec {
     /// or `registry/repo@sha256:...`.
     #[serde(default)]
     pub image: String,
+    /// A Secret in the pod's namespace with the registry's credentials:
+    /// `username` and `password`, or `token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<String>,
     #[serde(default)]
     pub resources: Resources,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -52,6 +56,10 @@ pub struct PodSpec {
     /// Higher runs first and may preempt lower when nothing fits.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// How the scheduler picks among nodes that fit: `BinPack` (the fullest,
+    /// for density; default) or `Spread` (the emptiest).
+    #[serde(default, skip_serializing_if = "Placement::is_default")]
+    pub placement: Placement,
     /// The node the pod is bound to; set once, by the scheduler.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_name: String,
@@ -75,9 +83,14 @@ pub struct Resources {
     /// Wall-clock limit per request or run, e.g. `5s` (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
-    /// Concurrent instances (default 100).
+    /// Concurrent instances (default 100): the most the pod may burst to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_instances: Option<u32>,
+    /// Instances the scheduler reserves room for on the node, each with
+    /// `memory` (default 1). Instances start per request, so an idle pod
+    /// holds none; this is what the node must keep available for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_instances: Option<u32>,
     /// CPU, in cores or millicores (`500m`); for Linux pods and scheduling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<String>,
@@ -162,6 +175,19 @@ pub enum Protocol {
     #[default]
     Http,
     Tcp,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Placement {
+    #[default]
+    BinPack,
+    Spread,
+}
+
+impl Placement {
+    fn is_default(&self) -> bool {
+        *self == Placement::BinPack
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -322,6 +348,7 @@ impl PodSpec {
         r.memory.get_or_insert_with(|| DEFAULT_MEMORY.into());
         r.timeout.get_or_insert_with(|| DEFAULT_TIMEOUT.into());
         r.max_instances.get_or_insert(DEFAULT_MAX_INSTANCES);
+        r.reserved_instances.get_or_insert(1);
     }
 
     /// Validates a pod spec found at `at` (`spec`, or
@@ -331,6 +358,9 @@ impl PodSpec {
             v.error(format!("{at}.image"), "is required");
         } else if let Err(reason) = image_reference(&self.image) {
             v.error(format!("{at}.image"), reason);
+        }
+        if let Some(secret) = &self.image_pull_secret {
+            validate_dns_label(v, &format!("{at}.imagePullSecret"), secret);
         }
         self.resources.validate(v, &format!("{at}.resources"));
         validate_env(v, at, &self.env);
@@ -416,6 +446,14 @@ impl Resources {
             && !(1..=10_000).contains(&n)
         {
             v.error(format!("{at}.maxInstances"), "must be between 1 and 10000");
+        }
+        if let Some(reserved) = self.reserved_instances
+            && reserved > self.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES)
+        {
+            v.error(
+                format!("{at}.reservedInstances"),
+                "must not exceed maxInstances",
+            );
         }
         if let Some(cpu) = &self.cpu
             && parse_millicores(cpu).is_none()

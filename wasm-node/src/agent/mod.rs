@@ -1,0 +1,405 @@
+//! The node agent: registers this machine as a Node, renews its lease,
+//! follows the pods bound to it and runs each through its lifecycle, and
+//! serves HTTP pods on its ingress. It keeps running what it runs while the
+//! control plane is unreachable and reconciles when it comes back.
+
+pub mod ingress;
+pub mod lifecycle;
+pub mod pod;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use skiff_api::kinds::cluster::Taint;
+use skiff_api::kinds::pod::Pod;
+use skiff_api::{EventType, Kind};
+use skiff_client::{Client, ListOptions, WatchOptions};
+
+use crate::oci::{BlobCache, Registry};
+use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
+use ingress::{PodName, Routes};
+use pod::PodHandle;
+
+/// Pause between attempts to reach an unreachable control plane.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Everything the agent is configured with.
+#[derive(Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    pub client: Client,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    /// Memory the node offers instances, e.g. `8Gi`.
+    pub memory: String,
+    /// Instance slots the node offers.
+    pub instances: u32,
+    /// CPU in cores or millicores.
+    pub cpu: String,
+    /// Where the ingress listens.
+    pub ingress: SocketAddr,
+    /// The address other nodes and clients reach the ingress at; the bound
+    /// address when absent.
+    pub advertise: Option<String>,
+    pub lease_interval: Duration,
+    pub lease_duration: Duration,
+    pub data_dir: PathBuf,
+    pub blob_cache_bytes: u64,
+    pub insecure_registries: Vec<String>,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// How long a stopping pod's requests in flight may take.
+    pub grace: Duration,
+    /// Largest memory limit a pod may ask for, and instances that may run at
+    /// once on the node (the engine's pool).
+    pub max_instance_memory: u64,
+    pub max_concurrent_instances: u32,
+}
+
+/// What every pod worker of this node shares.
+pub struct NodeContext {
+    pub node: String,
+    pub client: Client,
+    pub registry: Registry,
+    pub blobs: BlobCache,
+    pub runtimes: Runtimes,
+    pub routes: Routes,
+    pub data_dir: PathBuf,
+    /// The ingress address pods are reached at.
+    pub endpoint: String,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub grace: Duration,
+}
+
+/// The node's Wasm runtimes: one engine without fuel metering and, made
+/// when a pod first asks for fuel, one with (metering changes generated
+/// code, so it is an engine-wide choice).
+pub struct Runtimes {
+    config: RuntimeConfig,
+    plain: Mutex<Option<Arc<Runtime>>>,
+    metered: Mutex<Option<Arc<Runtime>>>,
+}
+
+impl Runtimes {
+    pub fn new(config: RuntimeConfig) -> Self {
+        Self {
+            config,
+            plain: Mutex::new(None),
+            metered: Mutex::new(None),
+        }
+    }
+
+    pub fn get(&self, fuel: bool) -> Result<Arc<Runtime>, RuntimeError> {
+        let slot = if fuel { &self.metered } else { &self.plain };
+        let mut slot = slot.lock().expect("runtime lock");
+        if let Some(runtime) = slot.as_ref() {
+            return Ok(runtime.clone());
+        }
+        let runtime = Arc::new(Runtime::new(RuntimeConfig {
+            fuel_metering: fuel,
+            ..self.config.clone()
+        })?);
+        *slot = Some(runtime.clone());
+        Ok(runtime)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("cannot register node {name}: {reason}")]
+    Register { name: String, reason: String },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A running agent.
+pub struct Agent {
+    pub endpoint: String,
+    context: Arc<NodeContext>,
+    pods: Arc<tokio::sync::Mutex<HashMap<PodName, PodHandle>>>,
+}
+
+impl Agent {
+    /// Registers the node, starts its ingress, lease and pod loops, and
+    /// returns once it serves.
+    pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        let listener = tokio::net::TcpListener::bind(config.ingress)
+            .await
+            .map_err(|e| AgentError::Listen(config.ingress, e))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| AgentError::Listen(config.ingress, e))?;
+        let endpoint = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| bound.to_string());
+        let setup = |e: &dyn std::fmt::Display| AgentError::Setup(e.to_string());
+        let context = Arc::new(NodeContext {
+            node: config.name.clone(),
+            client: config.client.clone(),
+            registry: Registry::new(&config.insecure_registries),
+            blobs: BlobCache::open(config.data_dir.join("blobs"), config.blob_cache_bytes)
+                .map_err(|e| setup(&e))?,
+            runtimes: Runtimes::new(RuntimeConfig {
+                max_memory: config.max_instance_memory,
+                max_instances: config.max_concurrent_instances,
+                fuel_metering: false,
+                cache_dir: Some(config.data_dir.join("compiled")),
+            }),
+            routes: Routes::default(),
+            data_dir: config.data_dir.clone(),
+            endpoint: endpoint.clone(),
+            backoff_base: config.backoff_base,
+            backoff_cap: config.backoff_cap,
+            grace: config.grace,
+        });
+        register(&config, &endpoint).await?;
+        let routes = context.routes.clone();
+        tokio::spawn(crate::runtime::serve_with(
+            listener,
+            move |request| {
+                let routes = routes.clone();
+                async move { routes.handle(request).await }
+            },
+            std::future::pending(),
+            config.grace,
+        ));
+        tokio::spawn(renew_lease(config.clone()));
+        let agent = Agent {
+            endpoint,
+            context: context.clone(),
+            pods: Arc::default(),
+        };
+        tokio::spawn(follow_pods(context, agent.pods.clone()));
+        Ok(agent)
+    }
+
+    /// HTTP pods currently served.
+    pub fn serving(&self) -> usize {
+        self.context.routes.len()
+    }
+
+    /// Stops every pod (each with the grace period).
+    pub async fn shutdown(self) {
+        let mut pods = self.pods.lock().await;
+        for (_, handle) in pods.drain() {
+            handle.stop().await;
+        }
+    }
+}
+
+/// Creates the Node, or brings an existing one up to date, with this
+/// agent's labels, taints, capacity and address.
+async fn register(config: &AgentConfig, endpoint: &str) -> Result<(), AgentError> {
+    let error = |e: skiff_client::ClientError| AgentError::Register {
+        name: config.name.clone(),
+        reason: e.to_string(),
+    };
+    let mut labels = config.labels.clone();
+    labels.insert("skiff.dev/hostname".into(), config.name.clone());
+    labels.insert("skiff.dev/runtime-wasm".into(), "true".into());
+    let node = json!({
+        "apiVersion": skiff_api::API_VERSION,
+        "kind": "Node",
+        "metadata": {"name": config.name, "labels": labels},
+        "spec": {"taints": config.taints},
+    });
+    match config.client.create(Kind::Node, None, &node).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(409) => {
+            let patch = json!({"metadata": {"labels": labels}, "spec": {"taints": config.taints}});
+            config
+                .client
+                .patch(Kind::Node, None, &config.name, &patch, false)
+                .await
+                .map_err(error)?;
+        }
+        Err(e) => return Err(error(e)),
+    }
+    let resources =
+        json!({"memory": config.memory, "instances": config.instances, "cpu": config.cpu});
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let status = json!({"status": {
+        "capacity": resources,
+        "allocatable": resources,
+        "addresses": [{"type": "Ingress", "address": endpoint}, {"type": "Hostname", "address": config.name}],
+        "nodeInfo": {"wasmtime": "48.0.8", "agent": env!("CARGO_PKG_VERSION")},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "AgentRunning", "lastTransitionTime": now}],
+    }});
+    config
+        .client
+        .patch(Kind::Node, None, &config.name, &status, true)
+        .await
+        .map_err(error)?;
+    Ok(())
+}
+
+/// Renews the node's lease every interval: one small row per renewal, not
+/// a Node write.
+async fn renew_lease(config: AgentConfig) {
+    let mut ticks = tokio::time::interval(config.lease_interval);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = config
+            .client
+            .renew_lease(&config.name, config.lease_duration)
+            .await
+        {
+            tracing::debug!("lease not renewed: {e}");
+        }
+    }
+}
+
+/// Follows the pods bound to this node: lists them, then watches for
+/// changes, resuming where it left off after a disconnect and re-listing
+/// when its revision is gone. Pods keep running through any of this.
+async fn follow_pods(
+    context: Arc<NodeContext>,
+    pods: Arc<tokio::sync::Mutex<HashMap<PodName, PodHandle>>>,
+) {
+    let selector = format!("spec.nodeName={}", context.node);
+    let mut revision: Option<String> = None;
+    loop {
+        if revision.is_none() {
+            let options = ListOptions {
+                field_selector: Some(selector.clone()),
+                ..Default::default()
+            };
+            match context.client.list_all(Kind::Pod, None, &options).await {
+                Ok(list) => {
+                    let current: Vec<Pod> = list
+                        .items
+                        .into_iter()
+                        .filter_map(|p| serde_json::from_value(p).ok())
+                        .collect();
+                    reconcile(&context, &pods, current).await;
+                    revision = Some(list.metadata.resource_version);
+                }
+                Err(e) => {
+                    tracing::debug!("cannot list pods: {e}");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+            }
+        }
+        let options = WatchOptions {
+            resource_version: revision.clone(),
+            field_selector: Some(selector.clone()),
+            ..Default::default()
+        };
+        let events = match context.client.watch(Kind::Pod, None, &options).await {
+            Ok(events) => events,
+            Err(e) => {
+                if e.code() == Some(410) {
+                    revision = None;
+                }
+                tracing::debug!("cannot watch pods: {e}");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        let mut events = Box::pin(events);
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else { break };
+            if let Some(rv) = event.object["metadata"]["resourceVersion"].as_str() {
+                revision = Some(rv.to_owned());
+            }
+            match event.event_type {
+                EventType::Added | EventType::Modified => {
+                    if let Ok(pod) = serde_json::from_value::<Pod>(event.object) {
+                        ensure(&context, &pods, pod).await;
+                    }
+                }
+                EventType::Deleted => {
+                    let key = name_of(&event.object);
+                    if let Some(handle) = pods.lock().await.remove(&key) {
+                        tokio::spawn(handle.stop());
+                    }
+                }
+                EventType::Error => {
+                    revision = None;
+                    break;
+                }
+                EventType::Bookmark => {}
+            }
+        }
+    }
+}
+
+fn name_of(object: &Value) -> PodName {
+    (
+        object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+/// Runs a worker for `pod` unless one runs for this very pod already (a
+/// pod recreated under the same name replaces the old one's worker).
+async fn ensure(
+    context: &Arc<NodeContext>,
+    pods: &tokio::sync::Mutex<HashMap<PodName, PodHandle>>,
+    pod: Pod,
+) {
+    if pod.spec.node_name != context.node {
+        return;
+    }
+    let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let mut pods = pods.lock().await;
+    if pods.get(&key).is_some_and(|h| h.uid == uid) {
+        return;
+    }
+    if let Some(old) = pods.remove(&key) {
+        old.stop().await;
+    }
+    pods.insert(key, pod::spawn(context.clone(), pod));
+}
+
+/// Brings the workers in line with the full list of pods bound here.
+async fn reconcile(
+    context: &Arc<NodeContext>,
+    pods: &tokio::sync::Mutex<HashMap<PodName, PodHandle>>,
+    current: Vec<Pod>,
+) {
+    let wanted: HashMap<PodName, String> = current
+        .iter()
+        .map(|p| {
+            (
+                (p.metadata.namespace.clone(), p.metadata.name.clone()),
+                p.metadata.uid.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let gone: Vec<PodHandle> = {
+        let mut pods = pods.lock().await;
+        let stale: Vec<PodName> = pods
+            .iter()
+            .filter(|(key, handle)| wanted.get(*key) != Some(&handle.uid))
+            .map(|(key, _)| key.clone())
+            .collect();
+        stale
+            .into_iter()
+            .filter_map(|key| pods.remove(&key))
+            .collect()
+    };
+    for handle in gone {
+        tokio::spawn(handle.stop());
+    }
+    for pod in current {
+        ensure(context, pods, pod).await;
+    }
+}

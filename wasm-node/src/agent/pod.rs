@@ -1,0 +1,576 @@
+//! One pod on this node: a task that drives the pod through its lifecycle
+//! (pull, start, run, back off, stop) and reports each step to the API.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use skiff_api::Kind;
+use skiff_api::kinds::pod::{Pod, PodSpec, Volume};
+use skiff_api::outbound::AllowList;
+use skiff_api::quantity::{parse_bytes, parse_duration, parse_fuel};
+use tokio::sync::watch;
+
+use super::NodeContext;
+use super::lifecycle::{Backoff, Event, State, next};
+use crate::oci::{self, Credentials, OciError};
+use crate::runtime::{App, DirGrant, Limits, Sandbox, Stdio};
+
+/// A running pod worker.
+pub struct PodHandle {
+    pub uid: String,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PodHandle {
+    /// Asks the worker to stop and waits until it has (in-flight requests
+    /// get the node's grace period).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+pub fn spawn(context: Arc<NodeContext>, pod: Pod) -> PodHandle {
+    let (stop, stopping) = watch::channel(false);
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let task = tokio::spawn(Worker::new(context, pod).run(stopping));
+    PodHandle { uid, stop, task }
+}
+
+/// Why getting a pod ready failed: worth retrying, or not.
+enum Failure {
+    Retry {
+        reason: &'static str,
+        message: String,
+    },
+    Fatal {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+struct Worker {
+    context: Arc<NodeContext>,
+    namespace: String,
+    name: String,
+    spec: PodSpec,
+    state: State,
+    status: Reported,
+    reporter: watch::Sender<Value>,
+}
+
+/// What the worker tells the API about the pod.
+#[derive(Default, Clone)]
+struct Reported {
+    reason: Option<String>,
+    message: Option<String>,
+    restarts: u32,
+    digest: Option<String>,
+    endpoint: Option<String>,
+    started: Option<String>,
+    exit_code: Option<i32>,
+    ready: bool,
+}
+
+impl Worker {
+    fn new(context: Arc<NodeContext>, pod: Pod) -> Self {
+        let (reporter, latest) = watch::channel(Value::Null);
+        let namespace = pod.metadata.namespace.clone();
+        let name = pod.metadata.name.clone();
+        tokio::spawn(report_statuses(
+            context.clone(),
+            namespace.clone(),
+            name.clone(),
+            latest,
+        ));
+        Self {
+            context,
+            namespace,
+            name,
+            spec: pod.spec,
+            state: State::Pending,
+            status: Reported {
+                restarts: pod.status.map(|s| s.restart_count).unwrap_or(0),
+                ..Default::default()
+            },
+            reporter,
+        }
+    }
+
+    fn move_on(&mut self, event: Event) {
+        match next(self.state, &event, self.spec.restart_policy) {
+            Some(state) => self.state = state,
+            None => tracing::error!(
+                "{}/{}: no transition from {:?} on {event:?}",
+                self.namespace,
+                self.name,
+                self.state
+            ),
+        }
+    }
+
+    fn report(&self) {
+        let s = &self.status;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let status = json!({
+            "phase": self.state.phase(),
+            "reason": s.reason,
+            "message": s.message,
+            "restartCount": s.restarts,
+            "imageDigest": s.digest,
+            "endpoint": s.endpoint,
+            "startTime": s.started,
+            "exitCode": s.exit_code,
+            "conditions": [{
+                "type": "Ready",
+                "status": if s.ready { "True" } else { "False" },
+                "lastTransitionTime": now,
+            }],
+        });
+        let _ = self.reporter.send(status);
+    }
+
+    fn set(&mut self, reason: Option<&str>, message: Option<String>) {
+        self.status.reason = reason.map(str::to_owned);
+        self.status.message = message;
+        self.report();
+    }
+
+    async fn run(mut self, mut stopping: watch::Receiver<bool>) {
+        let pod = format!("{}/{}", self.namespace, self.name);
+        let mut backoff = Backoff::new(self.context.backoff_base, self.context.backoff_cap);
+        let mut pull_backoff = Backoff::new(self.context.backoff_base, self.context.backoff_cap);
+        let mut artifact: Option<(String, Vec<u8>)> = None;
+        let mut app: Option<App> = None;
+        let mut ran_for = Duration::ZERO;
+        let mut pull_failed = false;
+        self.move_on(Event::Begin);
+        loop {
+            match self.state {
+                State::Pulling => {
+                    self.set(Some("Pulling"), None);
+                    let fetched = tokio::select! {
+                        fetched = self.fetch() => fetched,
+                        _ = stopping.changed() => { self.move_on(Event::Stop); continue; }
+                    };
+                    match fetched {
+                        Ok(fetched) => {
+                            artifact = Some(fetched);
+                            pull_failed = false;
+                            self.move_on(Event::Pulled);
+                        }
+                        Err(Failure::Retry { reason, message }) => {
+                            tracing::warn!("{pod}: {message}");
+                            self.set(Some(reason), Some(message));
+                            pull_failed = true;
+                            self.move_on(Event::PullFailed);
+                        }
+                        Err(Failure::Fatal { reason, message }) => {
+                            tracing::warn!("{pod}: {message}");
+                            self.set(Some(reason), Some(message));
+                            self.move_on(Event::Invalid);
+                        }
+                    }
+                }
+                State::Starting => {
+                    self.set(Some("Starting"), None);
+                    let (digest, bytes) = artifact.as_ref().expect("pulled before starting");
+                    match self.prepare(digest, bytes).await {
+                        Ok(prepared) => {
+                            app = Some(prepared);
+                            self.move_on(Event::Started);
+                        }
+                        Err(Failure::Retry { reason, message }) => {
+                            self.set(Some(reason), Some(message));
+                            pull_failed = true;
+                            self.move_on(Event::PullFailed);
+                        }
+                        Err(Failure::Fatal { reason, message }) => {
+                            tracing::warn!("{pod}: {message}");
+                            self.set(Some(reason), Some(message));
+                            self.move_on(Event::Invalid);
+                        }
+                    }
+                }
+                State::Running => {
+                    let started = Instant::now();
+                    self.status.started =
+                        Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                    self.status.exit_code = None;
+                    match app.take().expect("prepared before running") {
+                        App::Http(http) => {
+                            let key = (self.namespace.clone(), self.name.clone());
+                            self.context.routes.add(key.clone(), http.clone());
+                            self.status.ready = true;
+                            self.status.endpoint = Some(self.context.endpoint.clone());
+                            self.set(None, None);
+                            let _ = stopping.changed().await;
+                            self.context.routes.remove(&key);
+                            self.drain(&http).await;
+                            self.move_on(Event::Stop);
+                        }
+                        App::Command(command) => {
+                            self.status.ready = true;
+                            self.set(None, None);
+                            let exited = tokio::select! {
+                                exited = command.run() => exited,
+                                _ = stopping.changed() => { self.move_on(Event::Stop); continue; }
+                            };
+                            ran_for = started.elapsed();
+                            self.status.ready = false;
+                            let (success, message) = match exited {
+                                Ok(code) => {
+                                    self.status.exit_code = Some(code);
+                                    (
+                                        code == 0,
+                                        (code != 0).then(|| format!("exited with code {code}")),
+                                    )
+                                }
+                                Err(failure) => (false, Some(failure.to_string())),
+                            };
+                            self.status.message = message;
+                            self.move_on(Event::Exited { success });
+                        }
+                    }
+                }
+                State::BackOff => {
+                    let (reason, delay) = if pull_failed {
+                        ("ImagePullBackOff", pull_backoff.next_delay(Duration::ZERO))
+                    } else {
+                        ("CrashLoopBackOff", backoff.next_delay(ran_for))
+                    };
+                    if !pull_failed {
+                        self.status.restarts += 1;
+                    }
+                    let message = self.status.message.clone();
+                    self.set(Some(reason), message);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => self.move_on(Event::BackOffElapsed),
+                        _ = stopping.changed() => self.move_on(Event::Stop),
+                    }
+                }
+                State::Succeeded | State::Failed => {
+                    self.status.ready = false;
+                    self.report();
+                    let _ = stopping.changed().await;
+                    break;
+                }
+                State::Stopped => break,
+                State::Pending => self.move_on(Event::Begin),
+            }
+        }
+        self.cleanup();
+    }
+
+    /// Lets requests in flight finish, up to the grace period.
+    async fn drain(&self, http: &crate::runtime::HttpApp) {
+        let deadline = Instant::now() + self.context.grace;
+        while http.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn cleanup(&self) {
+        let _ = std::fs::remove_dir_all(self.pod_dir());
+    }
+
+    fn pod_dir(&self) -> PathBuf {
+        self.context
+            .data_dir
+            .join("pods")
+            .join(format!("{}_{}", self.namespace, self.name))
+    }
+
+    /// Resolves the image to a digest (recorded in the status) and gets the
+    /// component, from the node's cache or the registry.
+    async fn fetch(&mut self) -> Result<(String, Vec<u8>), Failure> {
+        let reference = oci::parse_reference(&self.spec.image).map_err(|e| Failure::Fatal {
+            reason: "InvalidImageName",
+            message: e.to_string(),
+        })?;
+        let credentials = self.credentials().await?;
+        let pull_error = |e: OciError| match e {
+            e
+            @ (OciError::NotWasm { .. } | OciError::TooLarge { .. } | OciError::Reference(..)) => {
+                Failure::Fatal {
+                    reason: "InvalidImage",
+                    message: e.to_string(),
+                }
+            }
+            e @ OciError::DigestMismatch { .. } => Failure::Retry {
+                reason: "ImageDigestMismatch",
+                message: e.to_string(),
+            },
+            e => Failure::Retry {
+                reason: "ErrImagePull",
+                message: e.to_string(),
+            },
+        };
+        let digest = self
+            .context
+            .registry
+            .resolve(&reference, &credentials)
+            .await
+            .map_err(pull_error)?;
+        self.status.digest = Some(digest.clone());
+        self.report();
+        let pinned = oci::parse_reference(&format!(
+            "{}/{}@{digest}",
+            reference.resolve_registry(),
+            reference.repository()
+        ))
+        .map_err(pull_error)?;
+        let registry = self.context.registry.clone();
+        let component = self
+            .context
+            .blobs
+            .get_or_fetch(&digest, || async move {
+                registry.pull(&pinned, &credentials).await
+            })
+            .await
+            .map_err(|e| match e {
+                crate::oci::CacheError::Pull(e) => pull_error(e),
+                other => Failure::Retry {
+                    reason: "ErrImagePull",
+                    message: other.to_string(),
+                },
+            })?;
+        Ok((digest, component.to_vec()))
+    }
+
+    /// Registry credentials from the pod's pull secret, if it names one.
+    async fn credentials(&self) -> Result<Credentials, Failure> {
+        let Some(secret) = self
+            .spec
+            .image_pull_secret
+            .as_deref()
+            .filter(|s| !s.is_empty())
+        else {
+            return Ok(Credentials::Anonymous);
+        };
+        let data = self.secret_data(secret).await?;
+        let text = |key: &str| {
+            data.get(key)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        match (text("username"), text("password"), text("token")) {
+            (Some(username), Some(password), _) => Ok(Credentials::Basic { username, password }),
+            (_, _, Some(token)) => Ok(Credentials::Bearer(token)),
+            _ => Err(Failure::Retry {
+                reason: "ErrImagePull",
+                message: format!("secret {secret} has neither username and password nor token"),
+            }),
+        }
+    }
+
+    async fn secret_data(
+        &self,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Failure> {
+        let secret = self
+            .context
+            .client
+            .get(Kind::Secret, Some(&self.namespace), name)
+            .await
+            .map_err(|e| Failure::Retry {
+                reason: "CreateContainerConfigError",
+                message: format!("secret {name}: {e}"),
+            })?;
+        Ok(secret["data"]
+            .as_object()
+            .map(|data| {
+                data.iter()
+                    .filter_map(|(k, v)| {
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(v.as_str()?)
+                            .ok()?;
+                        Some((k.clone(), bytes))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn config_map_data(
+        &self,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Failure> {
+        let config_map = self
+            .context
+            .client
+            .get(Kind::ConfigMap, Some(&self.namespace), name)
+            .await
+            .map_err(|e| Failure::Retry {
+                reason: "CreateContainerConfigError",
+                message: format!("config map {name}: {e}"),
+            })?;
+        Ok(config_map["data"]
+            .as_object()
+            .map(|data| {
+                data.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.as_bytes().to_vec())))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Compiles (or loads) the component and prepares it with the pod's
+    /// limits and grants.
+    async fn prepare(&self, digest: &str, bytes: &[u8]) -> Result<App, Failure> {
+        let fatal =
+            |reason: &'static str| move |message: String| Failure::Fatal { reason, message };
+        let limits = limits_of(&self.spec).map_err(fatal("InvalidLimits"))?;
+        let sandbox = self.sandbox().await?;
+        let runtime = self
+            .context
+            .runtimes
+            .get(limits.fuel.is_some())
+            .map_err(|e| fatal("RuntimeUnavailable")(e.to_string()))?;
+        let loaded = runtime
+            .load(&format!("{}@{digest}", self.spec.image), bytes)
+            .map_err(|e| fatal("InvalidComponent")(e.to_string()))?;
+        runtime
+            .prepare(&loaded, limits, sandbox)
+            .await
+            .map_err(|e| fatal("InvalidComponent")(e.to_string()))
+    }
+
+    async fn sandbox(&self) -> Result<Sandbox, Failure> {
+        let mut env = Vec::new();
+        for var in &self.spec.env {
+            let value = match (&var.value, &var.value_from) {
+                (Some(value), _) => value.clone(),
+                (None, Some(from)) => {
+                    let (data, reference, what) =
+                        match (&from.secret_key_ref, &from.config_map_key_ref) {
+                            (Some(r), _) => (self.secret_data(&r.name).await?, r, "secret"),
+                            (None, Some(r)) => {
+                                (self.config_map_data(&r.name).await?, r, "config map")
+                            }
+                            (None, None) => continue,
+                        };
+                    let bytes = data.get(&reference.key).ok_or_else(|| Failure::Retry {
+                        reason: "CreateContainerConfigError",
+                        message: format!("{what} {} has no key {}", reference.name, reference.key),
+                    })?;
+                    String::from_utf8_lossy(bytes).into_owned()
+                }
+                (None, None) => String::new(),
+            };
+            env.push((var.name.clone(), value));
+        }
+        let mut dirs = Vec::new();
+        for volume in &self.spec.volumes {
+            dirs.push(self.volume(volume).await?);
+        }
+        let outbound = AllowList::parse(&self.spec.allow_outbound).map_err(|e| Failure::Fatal {
+            reason: "InvalidSpec",
+            message: e.to_string(),
+        })?;
+        Ok(Sandbox {
+            env,
+            args: self.spec.args.clone(),
+            dirs,
+            outbound: Arc::new(outbound),
+            stdio: Stdio::Null,
+        })
+    }
+
+    /// Materialises a volume as a host directory the guest is granted.
+    async fn volume(&self, volume: &Volume) -> Result<DirGrant, Failure> {
+        let local = self.pod_dir().join(&volume.name);
+        let io = |e: std::io::Error| Failure::Retry {
+            reason: "CreateContainerConfigError",
+            message: format!("volume {}: {e}", volume.name),
+        };
+        let files = if let Some(host) = &volume.host_path {
+            return Ok(DirGrant {
+                host: PathBuf::from(&host.path),
+                guest: volume.mount_path.clone(),
+                read_only: volume.read_only,
+            });
+        } else if let Some(source) = &volume.secret {
+            Some(self.secret_data(&source.name).await?)
+        } else if let Some(source) = &volume.config_map {
+            Some(self.config_map_data(&source.name).await?)
+        } else {
+            None
+        };
+        std::fs::create_dir_all(&local).map_err(io)?;
+        let read_only = volume.read_only || files.is_some();
+        for (key, bytes) in files.unwrap_or_default() {
+            std::fs::write(local.join(key), bytes).map_err(io)?;
+        }
+        Ok(DirGrant {
+            host: local,
+            guest: volume.mount_path.clone(),
+            read_only,
+        })
+    }
+}
+
+/// The runtime limits a pod spec asks for.
+pub fn limits_of(spec: &PodSpec) -> Result<Limits, String> {
+    let defaults = Limits::default();
+    let r = &spec.resources;
+    Ok(Limits {
+        memory: r
+            .memory
+            .as_deref()
+            .map(parse_bytes)
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .unwrap_or(defaults.memory),
+        fuel: r
+            .fuel
+            .as_deref()
+            .map(parse_fuel)
+            .transpose()
+            .map_err(|e| e.to_string())?,
+        timeout: r
+            .timeout
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .unwrap_or(defaults.timeout),
+        max_instances: r.max_instances.unwrap_or(defaults.max_instances),
+    })
+}
+
+/// Sends the latest status to the API whenever it changes, retrying while
+/// the control plane is unreachable (the pod keeps running meanwhile).
+async fn report_statuses(
+    context: Arc<NodeContext>,
+    namespace: String,
+    name: String,
+    mut latest: watch::Receiver<Value>,
+) {
+    let mut sent = Value::Null;
+    loop {
+        let status = latest.borrow_and_update().clone();
+        if !status.is_null() && status != sent {
+            let patch = json!({"status": status});
+            match context
+                .client
+                .patch(Kind::Pod, Some(&namespace), &name, &patch, true)
+                .await
+            {
+                Ok(_) => sent = status,
+                Err(e) if e.is_not_found() => return,
+                Err(e) => {
+                    tracing::debug!("{namespace}/{name}: status not reported yet: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        if latest.changed().await.is_err() {
+            return;
+        }
+    }
+}

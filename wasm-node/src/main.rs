@@ -1,0 +1,259 @@
+//! `wasm-node join`: make this machine a node of a Skiff cluster.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use skiff_api::kinds::cluster::Taint;
+use skiff_api::kinds::pod::TaintEffect;
+use skiff_api::quantity::{parse_bytes, parse_duration};
+use skiff_client::{Client, ClientConfig};
+use wasm_node::agent::{Agent, AgentConfig};
+
+#[derive(Parser)]
+#[command(name = "wasm-node", version, about = "The Skiff node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Register this machine as a node and run the pods bound to it.
+    Join(JoinArgs),
+}
+
+#[derive(clap::Args)]
+struct JoinArgs {
+    /// The control plane, e.g. https://cp.example.com:6443.
+    #[arg(long, env = "SKIFF_SERVER")]
+    server: String,
+    /// A node token (`wasmctl create token --node NAME`).
+    #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
+    token: String,
+    /// PEM file of the cluster's CA.
+    #[arg(long, value_name = "FILE")]
+    certificate_authority: Option<PathBuf>,
+    /// Node name [default: the host name]; must match the token's node.
+    #[arg(long)]
+    name: Option<String>,
+    /// Label of the node, KEY=VALUE. Repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Taint of the node, KEY[=VALUE]:NoSchedule|PreferNoSchedule|NoExecute.
+    /// Repeatable.
+    #[arg(long = "taint", value_name = "KEY[=VALUE]:EFFECT", value_parser = parse_taint)]
+    taints: Vec<Taint>,
+    /// Memory offered to instances [default: three quarters of this
+    /// machine's].
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Instance slots offered to pods.
+    #[arg(long, default_value_t = 1000)]
+    instances: u32,
+    /// CPU offered, in cores or millicores [default: this machine's cores].
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Where the ingress serves pods.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    ingress: SocketAddr,
+    /// Address others reach the ingress at [default: the bound address].
+    #[arg(long)]
+    advertise: Option<String>,
+    /// How often the lease is renewed.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    lease_interval: Duration,
+    /// How long a renewal keeps the node alive.
+    #[arg(long, default_value = "6s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// Where components, compiled code and pod files are kept.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Size limit of the component cache.
+    #[arg(long, default_value = "2Gi", value_parser = parse_bytes)]
+    cache_size: u64,
+    /// A registry (host:port) to reach over plain HTTP. Repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+    /// First crash-loop (and image pull) backoff; it doubles up to
+    /// --backoff-max.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    backoff: Duration,
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    backoff_max: Duration,
+    /// How long a stopping pod's requests in flight may take.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    grace: Duration,
+    /// Largest memory limit a pod may ask for.
+    #[arg(long, default_value = "4Gi", value_parser = parse_bytes)]
+    max_instance_memory: u64,
+    /// Instances that may run at once on this node, over all pods.
+    #[arg(long, default_value_t = 1000)]
+    max_concurrency: u32,
+}
+
+fn parse_label(input: &str) -> Result<(String, String), String> {
+    let (key, value) = input
+        .split_once('=')
+        .ok_or_else(|| format!("`{input}` is not KEY=VALUE"))?;
+    skiff_api::validate::label_key(key).map_err(|e| format!("`{input}`: {e}"))?;
+    skiff_api::validate::label_value(value).map_err(|e| format!("`{input}`: {e}"))?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+fn parse_taint(input: &str) -> Result<Taint, String> {
+    let (pair, effect) = input
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{input}` is not KEY[=VALUE]:EFFECT"))?;
+    let effect = match effect {
+        "NoSchedule" => TaintEffect::NoSchedule,
+        "PreferNoSchedule" => TaintEffect::PreferNoSchedule,
+        "NoExecute" => TaintEffect::NoExecute,
+        other => {
+            return Err(format!(
+                "`{input}`: effect `{other}` is not NoSchedule, PreferNoSchedule or NoExecute"
+            ));
+        }
+    };
+    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    skiff_api::validate::label_key(key).map_err(|e| format!("`{input}`: {e}"))?;
+    Ok(Taint {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        effect,
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("wasm_node=info,warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let Command::Join(args) = cli.command;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(join(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn join(args: JoinArgs) -> Result<()> {
+    let name = match args.name {
+        Some(name) => name,
+        None => hostname()?,
+    };
+    skiff_api::validate::dns_label(&name)
+        .map_err(|e| anyhow::anyhow!("node name `{name}`: {e}"))?;
+    let ca_pem = match &args.certificate_authority {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let client = Client::new(&ClientConfig {
+        server: args.server.clone(),
+        token: args.token,
+        ca_pem,
+        insecure_skip_tls_verify: false,
+        timeout: Some(Duration::from_secs(10)),
+    })?;
+    let memory = match args.memory {
+        Some(memory) => {
+            parse_bytes(&memory)?;
+            memory
+        }
+        None => format!("{}Mi", (machine_memory()? * 3 / 4) >> 20),
+    };
+    let cpu = args.cpu.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .to_string()
+    });
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => default_data_dir()?,
+    };
+    let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
+    if args.lease_duration <= args.lease_interval {
+        bail!("--lease-duration must be longer than --lease-interval");
+    }
+    let agent = Agent::start(AgentConfig {
+        name: name.clone(),
+        client,
+        labels,
+        taints: args.taints,
+        memory,
+        instances: args.instances,
+        cpu,
+        ingress: args.ingress,
+        advertise: args.advertise,
+        lease_interval: args.lease_interval,
+        lease_duration: args.lease_duration,
+        data_dir,
+        blob_cache_bytes: args.cache_size,
+        insecure_registries: args.insecure_registries,
+        backoff_base: args.backoff,
+        backoff_cap: args.backoff_max,
+        grace: args.grace,
+        max_instance_memory: args.max_instance_memory,
+        max_concurrent_instances: args.max_concurrency,
+    })
+    .await?;
+    eprintln!(
+        "node {name} joined {}; ingress on {}",
+        args.server, agent.endpoint
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("stopping pods");
+    agent.shutdown().await;
+    Ok(())
+}
+
+fn hostname() -> Result<String> {
+    let name =
+        std::fs::read_to_string("/etc/hostname").context("reading /etc/hostname; give --name")?;
+    Ok(name.trim().to_ascii_lowercase())
+}
+
+fn machine_memory() -> Result<u64> {
+    let meminfo =
+        std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo; give --memory")?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no MemTotal in /proc/meminfo; give --memory")?;
+    Ok(kib << 10)
+}
+
+fn default_data_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(dir).join("wasm-node"));
+    }
+    let home = std::env::var_os("HOME").context("no HOME; give --data-dir")?;
+    Ok(PathBuf::from(home).join(".local/share/wasm-node"))
+}
