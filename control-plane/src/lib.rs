@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -79,6 +79,9 @@ struct ServeArgs {
     /// How long to wait for the database at start.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     database_wait: Duration,
+    /// Do not schedule pods in this process (another one does).
+    #[arg(long)]
+    no_scheduler: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -182,6 +185,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         compaction_interval: args.compaction_interval,
         database_wait: args.database_wait,
         token_cache_ttl: args.token_cache_ttl,
+        scheduler: !args.no_scheduler,
         api: ApiConfig {
             bookmark_interval: args.bookmark_interval,
             ..ApiConfig::default()

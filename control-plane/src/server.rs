@@ -36,6 +36,8 @@ pub struct ServerConfig {
     /// How long token lookups are cached (the delay before a deleted token
     /// stops working).
     pub token_cache_ttl: Duration,
+    /// Whether this process may schedule (when it holds the lock).
+    pub scheduler: bool,
     pub api: ApiConfig,
 }
 
@@ -69,6 +71,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let store = open_store(&config.database_url, &config.pool, config.database_wait).await?;
     let hub = WatchHub::start(store.clone());
+    if config.scheduler {
+        crate::scheduler::spawn(store.clone(), hub.clone(), Default::default());
+    }
     tokio::spawn(compact_periodically(
         store.clone(),
         config.retain_changes,

@@ -9,10 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::{Value, json};
 use skiff_api::selector::{FieldSelector, Selector};
-use skiff_api::{EventType, Kind, Status};
+use skiff_api::{EventType, Kind, Status, WatchEvent};
 use sqlx::postgres::PgListener;
 use tokio::sync::{broadcast, mpsc};
 
@@ -126,9 +125,13 @@ pub struct WatchRequest {
     pub timeout: Duration,
 }
 
-/// Starts a watch and returns its newline-delimited JSON lines. The watch
-/// ends when the client goes away, at the timeout, or with an ERROR event.
-pub fn start(store: Store, hub: &WatchHub, request: WatchRequest) -> mpsc::Receiver<Bytes> {
+/// Starts a watch and returns its events. The watch ends when the receiver
+/// is dropped, at the timeout, or after an ERROR event.
+pub fn start(
+    store: Store,
+    hub: &WatchHub,
+    request: WatchRequest,
+) -> mpsc::Receiver<WatchEvent<Value>> {
     let (lines, receiver) = mpsc::channel(256);
     // Subscribe before reading the backlog so that nothing committed in
     // between is missed (duplicates are skipped by revision).
@@ -156,7 +159,7 @@ struct Ended;
 struct Watch {
     store: Store,
     request: WatchRequest,
-    lines: mpsc::Sender<Bytes>,
+    lines: mpsc::Sender<WatchEvent<Value>>,
     /// Every change up to here has been considered.
     cursor: i64,
 }
@@ -279,10 +282,10 @@ impl Watch {
     }
 
     async fn send(&self, event_type: EventType, object: Value) -> Result<(), Ended> {
-        let mut line = serde_json::to_vec(&skiff_api::WatchEvent { event_type, object })
-            .expect("events serialise");
-        line.push(b'\n');
-        self.lines.send(Bytes::from(line)).await.map_err(|_| Ended)
+        self.lines
+            .send(WatchEvent { event_type, object })
+            .await
+            .map_err(|_| Ended)
     }
 
     /// Sends an ERROR event and ends the watch.

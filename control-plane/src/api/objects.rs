@@ -200,10 +200,10 @@ impl Call<'_> {
             },
         );
         let stream = futures::stream::unfold(lines, |mut lines| async move {
-            lines
-                .recv()
-                .await
-                .map(|line| (Ok::<_, std::io::Error>(line), lines))
+            let event = lines.recv().await?;
+            let mut line = serde_json::to_vec(&event).expect("events serialise");
+            line.push(b'\n');
+            Some((Ok::<_, std::io::Error>(bytes::Bytes::from(line)), lines))
         });
         Ok((
             [(header::CONTENT_TYPE, "application/x-ndjson")],

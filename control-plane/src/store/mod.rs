@@ -160,6 +160,28 @@ pub struct TokenRecord {
     pub created_at: String,
 }
 
+/// Leadership held through an advisory lock on a dedicated connection;
+/// dropping it (or losing the connection) gives the lock up.
+pub struct LeaderLock {
+    connection: sqlx::PgConnection,
+}
+
+impl LeaderLock {
+    /// Completes when the lock's connection stops answering.
+    pub async fn lost(mut self) {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if sqlx::query("SELECT 1")
+                .execute(&mut self.connection)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
 /// A node's lease: it is alive while `renewed_at + duration` is ahead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -468,6 +490,25 @@ impl Store {
                 })
                 .collect(),
         ))
+    }
+
+    /// Takes the advisory lock `key` on a connection of its own, if no one
+    /// holds it: leadership for whoever has it, until its connection goes.
+    pub async fn try_lead(&self, key: i64) -> Result<Option<LeaderLock>, StoreError> {
+        let unavailable = |e: sqlx::Error| db_unavailable(&e);
+        let mut connection = self.pool.acquire().await.map_err(unavailable)?.detach();
+        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        if held {
+            Ok(Some(LeaderLock { connection }))
+        } else {
+            use sqlx::Connection;
+            let _ = connection.close().await;
+            Ok(None)
+        }
     }
 
     /// Whether the database answers.
