@@ -32,9 +32,12 @@ impl Cluster {
         }
     }
 
-    /// Starts a control plane on this cluster's database.
+    /// Starts a control plane on this cluster's database. Its scheduler is
+    /// off: these tests write pods by hand and must not race it.
     pub fn serve(&self, extra: &[&str]) -> ControlPlane {
-        ControlPlane::start(binary(), &self.database_url, extra)
+        let mut args = vec!["--no-scheduler"];
+        args.extend_from_slice(extra);
+        ControlPlane::start(binary(), &self.database_url, &args)
     }
 }
 
