@@ -131,6 +131,9 @@ pub enum Decision {
     /// Allowed only if the object turns out to be a pod bound to this
     /// node; otherwise (even if it does not exist) denied.
     AllowIfBoundTo(String),
+    /// Allowed only if a pod bound to this node references the object (a
+    /// Secret or ConfigMap it needs to start); otherwise denied.
+    AllowIfUsedOn(String),
 }
 
 /// Decides whether `principal` may make the `access`.

@@ -61,6 +61,26 @@ impl Call<'_> {
                     .is_some_and(|n| n == node);
                 if bound { Ok(()) } else { Err(forbidden()) }
             }
+            Decision::AllowIfUsedOn(node) => {
+                let namespace = access.namespace.unwrap_or("");
+                let fields = FieldSelector::parse(&format!("spec.nodeName={node}"), Kind::Pod.selectable_fields())
+                    .expect("a valid selector");
+                let pods = self
+                    .state
+                    .store
+                    .list(
+                        Kind::Pod,
+                        ListQuery {
+                            namespace: Some(namespace),
+                            fields: Some(&fields),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                let name = access.name.unwrap_or("");
+                let used = pods.items.iter().any(|pod| references(pod, access.kind, name));
+                if used { Ok(()) } else { Err(forbidden()) }
+            }
         }
     }
 
@@ -450,6 +470,28 @@ impl Call<'_> {
             .await?;
         Ok(Json(deleted).into_response())
     }
+}
+
+/// Whether a pod needs the Secret or ConfigMap `name`: as its pull secret,
+/// in an environment variable, or as a volume.
+fn references(pod: &Value, kind: Kind, name: &str) -> bool {
+    let spec = &pod["spec"];
+    let (key_ref, volume) = match kind {
+        Kind::Secret => {
+            if spec["imagePullSecret"] == name {
+                return true;
+            }
+            ("secretKeyRef", "secret")
+        }
+        _ => ("configMapKeyRef", "configMap"),
+    };
+    let in_env = spec["env"]
+        .as_array()
+        .is_some_and(|env| env.iter().any(|var| var["valueFrom"][key_ref]["name"] == name));
+    let in_volumes = spec["volumes"]
+        .as_array()
+        .is_some_and(|volumes| volumes.iter().any(|v| v[volume]["name"] == name));
+    in_env || in_volumes
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
