@@ -5,14 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use control_plane::api::ApiConfig;
-use control_plane::auth::new_token;
 use control_plane::server::{self, ServerConfig};
-use control_plane::store::{ObjectKey, PoolSettings, TokenGrant, Write};
-use serde_json::json;
-use skiff_api::Kind;
+use control_plane::store::PoolSettings;
 use skiff_api::quantity::parse_duration;
 
 #[derive(Parser)]
@@ -131,30 +128,7 @@ async fn init(args: InitArgs) -> Result<()> {
         Duration::from_secs(30),
     )
     .await?;
-    if store.initialized().await? {
-        bail!(
-            "the database is already initialized; create more tokens with `wasmctl create token`"
-        );
-    }
-    store
-        .write(Write::Create {
-            key: ObjectKey::namespace("default"),
-            object: skiff_api::admit(
-                Kind::Namespace,
-                json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace", "metadata": {"name": "default"}}),
-            )?,
-        })
-        .await
-        .context("creating the default namespace")?;
-    let (token, hash) = new_token();
-    store
-        .create_token(
-            &hash,
-            &TokenGrant::ClusterAdmin,
-            "created by control-plane init",
-        )
-        .await?;
-    store.mark_initialized().await?;
+    let token = control_plane::initialize(&store).await?;
     println!("Cluster initialized.");
     println!("Cluster-admin token (shown once; store it safely):\n  {token}");
     if let Some(dir) = args.tls_dir {

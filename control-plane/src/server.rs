@@ -60,16 +60,27 @@ pub async fn open_store(url: &str, pool: &PoolSettings, wait: Duration) -> Resul
 
 /// Serves until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let store = open_store(&config.database_url, &config.pool, config.database_wait).await?;
+    run_on(listener, store, config, shutdown).await
+}
+
+/// Serves on an already bound listener with an already opened store: for
+/// embedders (`wasmctl dev`) that need the address or the store first.
+pub async fn run_on(
+    listener: TcpListener,
+    store: Store,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let tls = match &config.tls {
         Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
             cert, key,
         )?)),
         None => None,
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let store = open_store(&config.database_url, &config.pool, config.database_wait).await?;
     let hub = WatchHub::start(store.clone());
     if config.scheduler {
         crate::scheduler::spawn(store.clone(), hub.clone(), Default::default());

@@ -3,15 +3,17 @@
 //! server at `DATABASE_URL`), the workspace's own binaries, and
 //! control-plane processes. Nothing here is a fake.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";
+use control_plane::local_postgres::{LocalPostgres, POSTGRES_BIN, running_as_root};
+
 /// How long a control plane may take to start serving.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -30,26 +32,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// A command of the Postgres installation, run as the `postgres` user when
-/// we are root (initdb and postgres refuse to run as root).
-fn postgres_command(program: &str) -> Command {
-    let path = Path::new(POSTGRES_BIN).join(program);
-    if is_root() {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(path);
-        command
-    } else {
-        Command::new(path)
-    }
 }
 
 fn run_checked(command: &mut Command, what: &str) {
@@ -73,8 +55,7 @@ pub struct Postgres {
 }
 
 struct Managed {
-    data: PathBuf,
-    port: u16,
+    server: LocalPostgres,
     /// Closing this pipe (when the test process exits) makes the watchdog
     /// stop the server and remove its files; the watchdog outlives us.
     _watchdog: Mutex<(Child, ChildStdin)>,
@@ -107,75 +88,31 @@ impl Postgres {
     /// Starts a throwaway cluster of its own (for tests that restart it).
     pub fn start() -> Postgres {
         let data = std::env::temp_dir().join(unique("skiff-pg"));
-        std::fs::create_dir_all(&data).expect("creating the Postgres directory");
-        if is_root() {
-            run_checked(Command::new("chown").arg("postgres:").arg(&data), "chown");
-        }
-        run_checked(
-            postgres_command("initdb").arg("-D").arg(&data).args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ]),
-            "initdb",
-        );
-        let port = free_port();
-        let config = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nmax_connections = 300\nshared_buffers = 128MB\n",
-            data.display()
-        );
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .and_then(|mut f| f.write_all(config.as_bytes()))
-            .expect("configuring Postgres");
-        let managed_start = |data: &Path| {
-            run_checked(
-                postgres_command("pg_ctl")
-                    .arg("-D")
-                    .arg(data)
-                    .arg("-l")
-                    .arg(data.join("server.log"))
-                    .args(["-w", "start"]),
-                "pg_ctl start",
-            )
-        };
-        managed_start(&data);
+        LocalPostgres::init(&data).unwrap_or_else(|e| panic!("{e}"));
+        let server = LocalPostgres::start(&data, free_port()).unwrap_or_else(|e| panic!("{e}"));
         let pg_ctl = Path::new(POSTGRES_BIN).join("pg_ctl");
-        let stop = if is_root() {
-            format!(
-                "runuser -u postgres -- {} -D {} stop -m immediate",
-                pg_ctl.display(),
-                data.display()
-            )
+        let as_postgres = if running_as_root() {
+            "runuser -u postgres -- "
         } else {
-            format!(
-                "{} -D {} stop -m immediate",
-                pg_ctl.display(),
-                data.display()
-            )
+            ""
         };
         let mut watchdog = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "read _; {stop} >/dev/null 2>&1; rm -rf '{}'",
+                "read _; {as_postgres}{} -D '{}' stop -m immediate >/dev/null 2>&1; rm -rf '{}'",
+                pg_ctl.display(),
+                data.display(),
                 data.display()
             ))
             .stdin(Stdio::piped())
             .spawn()
             .expect("starting the Postgres watchdog");
         let stdin = watchdog.stdin.take().expect("piped");
-        let watchdog = (watchdog, stdin);
         Postgres {
-            server_url: format!("postgres://postgres@127.0.0.1:{port}"),
+            server_url: format!("postgres://postgres@127.0.0.1:{}", server.port),
             managed: Some(Managed {
-                data,
-                port,
-                _watchdog: Mutex::new(watchdog),
+                server,
+                _watchdog: Mutex::new((watchdog, stdin)),
             }),
         }
     }
@@ -199,19 +136,11 @@ impl Postgres {
             .managed
             .as_ref()
             .expect("only a harness-managed Postgres can restart");
-        run_checked(
-            postgres_command("pg_ctl")
-                .arg("-D")
-                .arg(&managed.data)
-                .arg("-l")
-                .arg(managed.data.join("server.log"))
-                .args(["-w", "-m", "fast", "restart"]),
-            "pg_ctl restart",
-        );
+        managed.server.restart().unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn port(&self) -> Option<u16> {
-        self.managed.as_ref().map(|m| m.port)
+        self.managed.as_ref().map(|m| m.server.port)
     }
 }
 

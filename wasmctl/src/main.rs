@@ -7,8 +7,10 @@ mod config;
 mod create;
 mod delete;
 mod describe;
+mod dev;
 mod get;
 mod manifests;
+mod node;
 mod registry;
 mod run;
 mod table;
@@ -36,6 +38,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(run::RunArgs),
+    /// Run a whole single-node cluster on this machine.
+    Dev(dev::DevArgs),
     /// Push a component to an OCI registry.
     Push(registry::PushArgs),
     /// Pull a component from an OCI registry.
@@ -51,6 +55,12 @@ enum Command {
     /// Create a namespace or a token.
     #[command(subcommand)]
     Create(create::CreateCommand),
+    /// Stop scheduling pods on a node.
+    Cordon(node::NodeArgs),
+    /// Schedule pods on a node again.
+    Uncordon(node::NodeArgs),
+    /// Cordon a node and move its pods to other nodes.
+    Drain(node::NodeArgs),
     /// Manage contexts: which cluster, token and namespace to use.
     Config {
         #[command(subcommand)]
@@ -79,6 +89,7 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Dev(args) => dev::run(args).map(|()| ExitCode::SUCCESS),
         Command::Push(args) => registry::push(args).map(|()| ExitCode::SUCCESS),
         Command::Pull(args) => registry::pull(args).map(|()| ExitCode::SUCCESS),
         Command::Apply(args) => apply::run(args).map(|()| ExitCode::SUCCESS),
@@ -86,6 +97,9 @@ fn main() -> ExitCode {
         Command::Describe(args) => describe::run(args).map(|()| ExitCode::SUCCESS),
         Command::Delete(args) => delete::run(args).map(|()| ExitCode::SUCCESS),
         Command::Create(command) => create::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Cordon(args) => node::cordon(args, true).map(|()| ExitCode::SUCCESS),
+        Command::Uncordon(args) => node::cordon(args, false).map(|()| ExitCode::SUCCESS),
+        Command::Drain(args) => node::drain(args).map(|()| ExitCode::SUCCESS),
         Command::Config { command, config } => {
             config::run(command, config.as_deref()).map(|()| ExitCode::SUCCESS)
         }

@@ -63,8 +63,11 @@ impl Call<'_> {
             }
             Decision::AllowIfUsedOn(node) => {
                 let namespace = access.namespace.unwrap_or("");
-                let fields = FieldSelector::parse(&format!("spec.nodeName={node}"), Kind::Pod.selectable_fields())
-                    .expect("a valid selector");
+                let fields = FieldSelector::parse(
+                    &format!("spec.nodeName={node}"),
+                    Kind::Pod.selectable_fields(),
+                )
+                .expect("a valid selector");
                 let pods = self
                     .state
                     .store
@@ -78,7 +81,10 @@ impl Call<'_> {
                     )
                     .await?;
                 let name = access.name.unwrap_or("");
-                let used = pods.items.iter().any(|pod| references(pod, access.kind, name));
+                let used = pods
+                    .items
+                    .iter()
+                    .any(|pod| references(pod, access.kind, name));
                 if used { Ok(()) } else { Err(forbidden()) }
             }
         }
@@ -485,9 +491,10 @@ fn references(pod: &Value, kind: Kind, name: &str) -> bool {
         }
         _ => ("configMapKeyRef", "configMap"),
     };
-    let in_env = spec["env"]
-        .as_array()
-        .is_some_and(|env| env.iter().any(|var| var["valueFrom"][key_ref]["name"] == name));
+    let in_env = spec["env"].as_array().is_some_and(|env| {
+        env.iter()
+            .any(|var| var["valueFrom"][key_ref]["name"] == name)
+    });
     let in_volumes = spec["volumes"]
         .as_array()
         .is_some_and(|volumes| volumes.iter().any(|v| v[volume]["name"] == name));

@@ -1,0 +1,389 @@
+//! `wasmctl dev`: a whole single-node cluster on this machine in one
+//! process: a Postgres it manages (or `DATABASE_URL`), the control plane, a
+//! node, and optionally a local registry; the context `dev` points at it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use control_plane::local_postgres::{LocalPostgres, running_as_root};
+use control_plane::server::{self, ServerConfig};
+use control_plane::store::{PoolSettings, Store, TokenGrant};
+use serde_json::json;
+use skiff_api::Kind;
+use skiff_client::{Client, ClientConfig};
+use wasm_node::agent::{Agent, AgentConfig};
+
+use crate::config::{self, Config, Context as ConfigContext};
+use crate::{BadInput, cargo_project};
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Where the cluster keeps its state [default: $XDG_DATA_HOME/wasmctl/dev
+    /// or ~/.local/share/wasmctl/dev].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where the API listens.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    api: SocketAddr,
+    /// Where the node's ingress serves pods.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    ingress: SocketAddr,
+    /// Also run a local OCI registry (Debian's docker-registry) here.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:5000")]
+    registry: Option<SocketAddr>,
+    /// Build (if a Cargo project), push and run this component as a pod once
+    /// the cluster is up; needs --registry.
+    #[arg(long, value_name = "PATH", requires = "registry")]
+    deploy: Option<PathBuf>,
+    /// Use this Postgres instead of managing one.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+pub fn run(args: DevArgs) -> Result<()> {
+    let data = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => default_data_dir()?,
+    };
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let postgres = match &args.database_url {
+        Some(_) => None,
+        None => Some(start_postgres(&data)?),
+    };
+    let database_url = match (&args.database_url, &postgres) {
+        (Some(url), _) => url.clone(),
+        (None, Some(pg)) => pg.url("skiff"),
+        (None, None) => unreachable!("one of the two is set"),
+    };
+    let registry = match args.registry {
+        Some(addr) => Some(Registry::start(&data.join("registry"), addr)?),
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(serve(&args, &data, &database_url, registry.as_ref()));
+    drop(registry);
+    if let Some(pg) = postgres {
+        let _ = pg.stop();
+    }
+    outcome
+}
+
+async fn serve(
+    args: &DevArgs,
+    data: &Path,
+    database_url: &str,
+    registry: Option<&Registry>,
+) -> Result<()> {
+    let store = server::open_store(
+        database_url,
+        &PoolSettings::default(),
+        Duration::from_secs(30),
+    )
+    .await?;
+    let admin_token = admin_token(&store, data).await?;
+    let node_token = node_token(&store, data).await?;
+    let listener = tokio::net::TcpListener::bind(args.api)
+        .await
+        .map_err(|e| BadInput(format!("cannot listen on {} for the API: {e}", args.api)))?;
+    let api_url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let config = ServerConfig {
+        database_url: database_url.to_owned(),
+        listen: args.api,
+        tls: None,
+        pool: PoolSettings::default(),
+        retain_changes: 100_000,
+        compaction_interval: Duration::from_secs(60),
+        database_wait: Duration::from_secs(30),
+        token_cache_ttl: Duration::from_secs(10),
+        scheduler: true,
+        api: Default::default(),
+    };
+    let mut api_stopped = stopped.clone();
+    let api = tokio::spawn(server::run_on(listener, store, config, async move {
+        let _ = api_stopped.changed().await;
+    }));
+    let client = |token: &str| {
+        Client::new(&ClientConfig {
+            server: api_url.clone(),
+            token: token.to_owned(),
+            ..Default::default()
+        })
+    };
+    let agent = Agent::start(AgentConfig {
+        name: "dev".into(),
+        client: client(&node_token)?,
+        labels: BTreeMap::new(),
+        taints: Vec::new(),
+        memory: format!("{}Mi", (machine_memory() * 3 / 4) >> 20),
+        instances: 1000,
+        cpu: std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .to_string(),
+        ingress: args.ingress,
+        advertise: None,
+        lease_interval: Duration::from_secs(2),
+        lease_duration: Duration::from_secs(6),
+        data_dir: data.join("node"),
+        blob_cache_bytes: 2 << 30,
+        insecure_registries: Vec::new(),
+        backoff_base: Duration::from_secs(2),
+        backoff_cap: Duration::from_secs(60),
+        grace: Duration::from_secs(10),
+        max_instance_memory: 4 << 30,
+        max_concurrent_instances: 1000,
+    })
+    .await
+    .map_err(|e| BadInput(e.to_string()))?;
+    write_context(&api_url, &admin_token)?;
+
+    eprintln!("Skiff dev cluster is up (context \"dev\" is now current):");
+    eprintln!("  API       {api_url}          try: wasmctl get nodes");
+    eprintln!(
+        "  Ingress   http://{}    pods answer at http://NAME.NAMESPACE.pod.localhost:{}/",
+        agent.endpoint,
+        args.ingress.port()
+    );
+    if let Some(registry) = registry {
+        eprintln!(
+            "  Registry  {}          push: wasmctl push app.wasm {}/app:v1",
+            registry.addr, registry.addr
+        );
+    }
+    eprintln!("  Data      {}", data.display());
+    eprintln!("Ctrl-C stops it.");
+
+    if let (Some(path), Some(registry)) = (&args.deploy, registry) {
+        let admin = client(&admin_token)?;
+        match deploy(&admin, path, registry).await {
+            Ok(name) => eprintln!(
+                "\nDeployed {}: curl http://{name}.default.pod.localhost:{}/",
+                path.display(),
+                args.ingress.port()
+            ),
+            Err(e) => eprintln!("\ncould not deploy {}: {e:#}", path.display()),
+        }
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("stopping");
+    agent.shutdown().await;
+    let _ = stop.send(true);
+    let _ = api.await;
+    Ok(())
+}
+
+/// Builds (if needed), pushes and runs a component as pod; waits until it
+/// runs and returns its name.
+async fn deploy(client: &Client, path: &Path, registry: &Registry) -> Result<String> {
+    let component_path = match cargo_project::manifest_of(path) {
+        Some(manifest) => tokio::task::block_in_place(|| cargo_project::build(&manifest))?,
+        None => path.to_owned(),
+    };
+    let name = component_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().replace('_', "-").to_ascii_lowercase())
+        .context("the component has no file name")?;
+    let reference = format!("{}/{name}:dev", registry.addr);
+    let bytes = std::fs::read(&component_path)
+        .with_context(|| format!("reading {}", component_path.display()))?;
+    wasm_node::oci::Registry::default()
+        .push(
+            &wasm_node::oci::parse_reference(&reference)?,
+            bytes,
+            &Default::default(),
+            |_, _| {},
+        )
+        .await?;
+    let pod = json!({
+        "apiVersion": skiff_api::API_VERSION,
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"image": reference},
+    });
+    match client.create(Kind::Pod, Some("default"), &pod).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(409) => {
+            client
+                .delete(Kind::Pod, Some("default"), &name, None)
+                .await?;
+            client.create(Kind::Pod, Some("default"), &pod).await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    for _ in 0..300 {
+        let pod = client.get(Kind::Pod, Some("default"), &name).await?;
+        match pod["status"]["phase"].as_str() {
+            Some("Running") => return Ok(name),
+            Some("Failed") => bail!(
+                "the pod failed: {}",
+                pod["status"]["message"].as_str().unwrap_or("")
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    bail!("the pod did not start within 30s; see `wasmctl describe pod {name}`")
+}
+
+/// The cluster-admin token, made at initialization and kept (0600) in the
+/// data directory.
+async fn admin_token(store: &Store, data: &Path) -> Result<String> {
+    let path = data.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    let token = control_plane::initialize(store).await?;
+    write_private(&path, &token)?;
+    Ok(token)
+}
+
+async fn node_token(store: &Store, data: &Path) -> Result<String> {
+    let path = data.join("node-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_owned());
+    }
+    let (token, hash) = control_plane::auth::new_token();
+    store
+        .create_token(&hash, &TokenGrant::Node("dev".into()), "wasmctl dev node")
+        .await?;
+    write_private(&path, &token)?;
+    Ok(token)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn write_context(server: &str, token: &str) -> Result<()> {
+    let path = config::path(None)?;
+    let mut config = Config::load(&path)?;
+    config.contexts.retain(|c| c.name != "dev");
+    config.contexts.push(ConfigContext {
+        name: "dev".into(),
+        server: server.to_owned(),
+        token: token.to_owned(),
+        namespace: "default".into(),
+        certificate_authority: None,
+        insecure_skip_tls_verify: false,
+    });
+    config.current_context = "dev".into();
+    config.save(&path)
+}
+
+/// Initializes (once) and starts the managed Postgres. As root it runs as
+/// the `postgres` user, which cannot enter root's home, so its data lives
+/// under /var/lib/wasmctl-dev instead.
+fn start_postgres(data: &Path) -> Result<LocalPostgres> {
+    let pg_data = if running_as_root() {
+        PathBuf::from("/var/lib/wasmctl-dev/postgres")
+    } else {
+        data.join("postgres")
+    };
+    LocalPostgres::init(&pg_data)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let postgres = LocalPostgres::start(&pg_data, port)?;
+    postgres.ensure_database("skiff")?;
+    Ok(postgres)
+}
+
+/// The local registry process; stopped when dropped.
+struct Registry {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Registry {
+    fn start(dir: &Path, addr: SocketAddr) -> Result<Registry> {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Err(BadInput(format!(
+                "--registry {addr}: something already listens there; choose another address"
+            ))
+            .into());
+        }
+        std::fs::create_dir_all(dir)?;
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: {addr}\n",
+                dir.join("data").display()
+            ),
+        )?;
+        // Its log goes to a file: a pipe nobody drains would block it.
+        let log_path = dir.join("registry.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                BadInput(format!(
+                    "cannot start docker-registry ({e}); install it with apt-get install docker-registry"
+                ))
+            })?;
+        // Waiting for the port is the only readiness signal the registry gives.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Ok(Registry { addr, child });
+            }
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let last = log.lines().last().unwrap_or("").trim().to_owned();
+                bail!("docker-registry exited ({status}) at start: {last}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the registry did not start listening on {addr} within 10s")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn default_data_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(dir).join("wasmctl/dev"));
+    }
+    let home = std::env::var_os("HOME").context("no HOME; give --data-dir")?;
+    Ok(PathBuf::from(home).join(".local/share/wasmctl/dev"))
+}
+
+fn machine_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |kib| kib << 10)
+}
