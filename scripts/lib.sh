@@ -55,3 +55,10 @@ ensure_postgres() {
   [ -x /usr/lib/postgresql/15/bin/initdb ] && [ -x /usr/lib/postgresql/15/bin/psql ] && return 0
   ensure_packages postgresql-15
 }
+
+# The CNCF distribution registry: `wasmctl dev --registry` and the cluster
+# tests run it.
+ensure_registry() {
+  command -v docker-registry >/dev/null 2>&1 && return 0
+  ensure_packages docker-registry
+}

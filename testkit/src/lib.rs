@@ -1,7 +1,8 @@
 //! The real parts tests run against, started by the tests themselves:
 //! throwaway Postgres clusters (the installed Postgres binaries, or the
-//! server at `DATABASE_URL`), the workspace's own binaries, and
-//! control-plane processes. Nothing here is a fake.
+//! server at `DATABASE_URL`), the workspace's own binaries, control-plane
+//! and node processes, and OCI registries (Debian's `docker-registry`).
+//! Nothing here is a fake.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -203,48 +204,68 @@ pub fn init_cluster(binary: &Path, database_url: &str, extra: &[&str]) -> String
         .to_owned()
 }
 
+/// Spawns `command` with stderr collected into a shared log, and waits
+/// until a line of it starts with `ready`; returns the child, the rest of
+/// that line and the log. Panics with the log if the line does not come.
+fn spawn_logged(
+    mut command: Command,
+    ready: &str,
+    what: &str,
+) -> (Child, String, Arc<Mutex<String>>) {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let log = Arc::new(Mutex::new(String::new()));
+    let (found, announced) = mpsc::channel();
+    let stderr = child.stderr.take().expect("piped");
+    let ready = ready.to_owned();
+    std::thread::spawn({
+        let log = log.clone();
+        move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix(&ready) {
+                    let _ = found.send(rest.to_owned());
+                }
+                let mut log = log.lock().expect("log");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        }
+    });
+    match announced.recv_timeout(START_TIMEOUT) {
+        Ok(rest) => (child, rest, log),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not start:\n{}", log.lock().expect("log"));
+        }
+    }
+}
+
 impl ControlPlane {
     /// Starts `control-plane serve` on a free port and waits until it says
     /// where it listens.
     pub fn start(binary: &Path, database_url: &str, extra: &[&str]) -> ControlPlane {
-        let mut child = Command::new(binary)
-            .args([
-                "serve",
-                "--database-url",
-                database_url,
-                "--listen",
-                "127.0.0.1:0",
-            ])
+        Self::start_at(binary, database_url, "127.0.0.1:0", extra)
+    }
+
+    /// Starts `control-plane serve` listening on `listen` (to come back at
+    /// the address a killed one had).
+    pub fn start_at(
+        binary: &Path,
+        database_url: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> ControlPlane {
+        let mut command = Command::new(binary);
+        command
+            .args(["serve", "--database-url", database_url, "--listen", listen])
             .args(extra)
-            .env("RUST_LOG", "control_plane=debug,warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("control-plane starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (found, listening) = mpsc::channel();
-        let stderr = child.stderr.take().expect("piped");
-        std::thread::spawn({
-            let log = log.clone();
-            move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(url) = line.strip_prefix("listening on ") {
-                        let _ = found.send(url.to_owned());
-                    }
-                    let mut log = log.lock().expect("log");
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            }
-        });
-        match listening.recv_timeout(START_TIMEOUT) {
-            Ok(url) => ControlPlane { child, url, log },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("control plane did not start:\n{}", log.lock().expect("log"));
-            }
-        }
+            .env("RUST_LOG", "control_plane=debug,warn");
+        let (child, url, log) = spawn_logged(command, "listening on ", "control plane");
+        ControlPlane { child, url, log }
     }
 
     pub fn log(&self) -> String {
@@ -280,5 +301,179 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `wasm-node join` process with its own data directory and a fixed
+/// ingress port (so a restarted node serves where it served before);
+/// killed (SIGKILL) when dropped.
+pub struct Node {
+    child: Option<Child>,
+    pub name: String,
+    /// Where its ingress listens.
+    pub ingress: std::net::SocketAddr,
+    pub data_dir: PathBuf,
+    command: Vec<String>,
+    binary: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Node {
+    /// Joins `server` as node `name` with a node token; `extra` are further
+    /// `wasm-node join` flags. Waits until the node has registered.
+    pub fn start(binary: &Path, server: &str, token: &str, name: &str, extra: &[&str]) -> Node {
+        let ingress = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let data_dir = std::env::temp_dir().join(unique(&format!("skiff-node-{name}")));
+        let mut command: Vec<String> = [
+            "join",
+            "--server",
+            server,
+            "--token",
+            token,
+            "--name",
+            name,
+            "--ingress",
+            &ingress.to_string(),
+            "--data-dir",
+            &data_dir.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        command.extend(extra.iter().map(|s| s.to_string()));
+        let mut node = Node {
+            child: None,
+            name: name.to_owned(),
+            ingress,
+            data_dir,
+            command,
+            binary: binary.to_owned(),
+            log: Arc::default(),
+        };
+        node.launch();
+        node
+    }
+
+    fn launch(&mut self) {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(&self.command)
+            .env("RUST_LOG", "wasm_node=debug,warn");
+        let (child, _, log) = spawn_logged(command, &format!("node {} joined", self.name), "node");
+        self.child = Some(child);
+        self.log = log;
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the node again with the same name, flags and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A `docker-registry` (the CNCF distribution server) on a free loopback
+/// port with its storage in a temporary directory; killed and removed when
+/// dropped.
+pub struct Registry {
+    child: Child,
+    /// `127.0.0.1:PORT`, the registry part of references.
+    pub addr: String,
+    dir: PathBuf,
+}
+
+impl Registry {
+    /// An anonymous registry: anyone may push and pull.
+    pub fn start() -> Registry {
+        Self::launch(None)
+    }
+
+    /// A registry that takes only `user` with `password` (htpasswd, basic
+    /// authentication).
+    pub fn with_user(user: &str, password: &str) -> Registry {
+        Self::launch(Some((user, password)))
+    }
+
+    fn launch(user: Option<(&str, &str)>) -> Registry {
+        let dir = std::env::temp_dir().join(unique("skiff-registry"));
+        std::fs::create_dir_all(&dir).expect("registry directory");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let auth = match user {
+            Some((user, password)) => {
+                let hash = bcrypt::hash_with_result(password, 4)
+                    .expect("bcrypt")
+                    .format_for_version(bcrypt::Version::TwoY);
+                std::fs::write(dir.join("htpasswd"), format!("{user}:{hash}\n")).expect("htpasswd");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
+                    dir.join("htpasswd").display()
+                )
+            }
+            None => String::new(),
+        };
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: error, accesslog: {{disabled: true}}}}\n\
+                 storage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n\
+                 http:\n  addr: {addr}\n{auth}",
+                dir.join("data").display()
+            ),
+        )
+        .expect("registry config");
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry starts (apt-get install docker-registry)");
+        // The registry announces nothing; it is ready once its port accepts.
+        let up = wait_until(START_TIMEOUT, || {
+            std::net::TcpStream::connect(&addr).is_ok() || child.try_wait().ok().flatten().is_some()
+        });
+        assert!(
+            up && child.try_wait().ok().flatten().is_none(),
+            "docker-registry did not start on {addr}"
+        );
+        Registry { child, addr, dir }
+    }
+
+    /// Where the registry keeps the blob with this digest (`sha256:...`),
+    /// for tests that tamper with stored content.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        self.dir
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

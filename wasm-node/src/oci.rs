@@ -448,10 +448,31 @@ fn classify(reference: &str, error: oci_client::errors::OciDistributionError) ->
         E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => {
             OciError::Unauthorized { reference }
         }
+        E::DigestError(oci_client::errors::DigestError::VerificationError { expected, actual }) => {
+            OciError::DigestMismatch {
+                reference,
+                digest: expected,
+                actual,
+            }
+        }
         E::DigestError(e) => OciError::Registry {
             reference,
             reason: format!("digest check failed: {e}"),
         },
+        E::RegistryError { envelope, url } => {
+            use oci_client::errors::OciErrorCode as C;
+            let codes = || envelope.errors.iter().map(|e| &e.code);
+            if codes().any(|c| matches!(c, C::ManifestUnknown | C::NameUnknown | C::BlobUnknown)) {
+                OciError::NotFound { reference }
+            } else if codes().any(|c| matches!(c, C::Unauthorized | C::Denied)) {
+                OciError::Unauthorized { reference }
+            } else {
+                OciError::Registry {
+                    reference,
+                    reason: format!("{envelope} ({url})"),
+                }
+            }
+        }
         E::ServerError { code: 404, .. } => OciError::NotFound { reference },
         E::ServerError {
             code: 401 | 403, ..

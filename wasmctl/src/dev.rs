@@ -32,8 +32,10 @@ pub struct DevArgs {
     /// Where the node's ingress serves pods.
     #[arg(long, default_value = "127.0.0.1:8080")]
     ingress: SocketAddr,
-    /// Also run a local OCI registry (Debian's docker-registry) here.
-    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:5000")]
+    /// Also run a local OCI registry (Debian's docker-registry) here. Not
+    /// port 5000 by default: the docker-registry package's own service
+    /// takes that one.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:5050")]
     registry: Option<SocketAddr>,
     /// Build (if a Cargo project), push and run this component as a pod once
     /// the cluster is up; needs --registry.
