@@ -189,6 +189,11 @@ fn node_agent(node: &str, access: &Access<'_>) -> Decision {
             }
             _ => Decision::Deny,
         },
+        // What a pod needs to start (pull credentials, env, volumes), one
+        // object at a time: never a list of every secret.
+        Kind::Secret | Kind::ConfigMap if access.verb == Verb::Get && access.name.is_some() => {
+            Decision::AllowIfUsedOn(node.to_owned())
+        }
         _ => Decision::Deny,
     }
 }
@@ -348,6 +353,25 @@ mod tests {
             authorize(&node, &named(Verb::Delete, Kind::Node, "n1")),
             Decision::Deny
         );
+        let used = Decision::AllowIfUsedOn("n1".into());
+        assert_eq!(
+            authorize(&node, &named(Verb::Get, Kind::Secret, "regcred")),
+            used
+        );
+        assert_eq!(
+            authorize(&node, &named(Verb::Get, Kind::ConfigMap, "settings")),
+            used
+        );
+        for verb in [Verb::List, Verb::Watch] {
+            assert_eq!(
+                authorize(&node, &access(verb, Kind::Secret, Some("shop"))),
+                Decision::Deny
+            );
+        }
+        assert_eq!(
+            authorize(&node, &named(Verb::Update, Kind::Secret, "regcred")),
+            Decision::Deny
+        );
         let bound = Decision::AllowIfBoundTo("n1".into());
         assert_eq!(
             authorize(&node, &access(Verb::Get, Kind::Pod, Some("shop"))),
@@ -369,10 +393,6 @@ mod tests {
         assert_eq!(authorize(&node, &watch(Some("n1"))), Decision::Allow);
         assert_eq!(authorize(&node, &watch(Some("n2"))), Decision::Deny);
         assert_eq!(authorize(&node, &watch(None)), Decision::Deny);
-        assert_eq!(
-            authorize(&node, &access(Verb::Get, Kind::Secret, Some("shop"))),
-            Decision::Deny
-        );
     }
 
     #[test]

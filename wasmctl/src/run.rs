@@ -218,6 +218,7 @@ fn report_loaded(loaded: &LoadedComponent) {
         CacheOutcome::CompiledUncached => {
             tracing::info!("compiled {} in {took:.1?}", loaded.name())
         }
+        CacheOutcome::Shared => tracing::info!("{} was already loaded", loaded.name()),
     }
 }
 

@@ -322,6 +322,62 @@ async fn node_tokens_touch_only_their_node_and_its_pods() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_read_only_the_secrets_and_config_maps_their_pods_use() {
+    let cluster = Cluster::new();
+    let plane = cluster.serve(&[]);
+    let admin = client(&plane, &cluster.admin_token);
+    let node = client(&plane, &token(&admin, None, "node", Some("n1")).await);
+    for name in ["pull", "env", "elsewhere", "unused"] {
+        admin
+            .create(Kind::Secret, Some("default"), &object(Kind::Secret, name))
+            .await
+            .unwrap();
+    }
+    admin
+        .create(
+            Kind::ConfigMap,
+            Some("default"),
+            &object(Kind::ConfigMap, "settings"),
+        )
+        .await
+        .unwrap();
+    let mut here = object(Kind::Pod, "here");
+    here["spec"]["nodeName"] = json!("n1");
+    here["spec"]["imagePullSecret"] = json!("pull");
+    here["spec"]["env"] = json!([
+        {"name": "A", "valueFrom": {"secretKeyRef": {"name": "env", "key": "password"}}},
+        {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
+    ]);
+    let mut there = object(Kind::Pod, "there");
+    there["spec"]["nodeName"] = json!("n2");
+    there["spec"]["imagePullSecret"] = json!("elsewhere");
+    for pod in [here, there] {
+        admin
+            .create(Kind::Pod, Some("default"), &pod)
+            .await
+            .unwrap();
+    }
+
+    for name in ["pull", "env"] {
+        let secret = node.get(Kind::Secret, Some("default"), name).await.unwrap();
+        assert_eq!(secret["metadata"]["name"], name);
+    }
+    node.get(Kind::ConfigMap, Some("default"), "settings")
+        .await
+        .unwrap();
+    // Used by a pod on another node, used by none, absent, or all of them
+    // at once: refused alike.
+    for name in ["elsewhere", "unused", "absent"] {
+        let refused = node.get(Kind::Secret, Some("default"), name).await;
+        assert_eq!(refused.unwrap_err().code(), Some(403), "{name}");
+    }
+    let listed = node
+        .list(Kind::Secret, Some("default"), &ListOptions::default())
+        .await;
+    assert_eq!(listed.unwrap_err().code(), Some(403));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_token_stops_working() {
     let cluster = Cluster::new();
     let plane = cluster.serve(&["--token-cache-ttl", "0s"]);

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::NodeContext;
 use super::lifecycle::{Backoff, Event, State, next};
 use crate::oci::{self, Credentials, OciError};
-use crate::runtime::{App, DirGrant, Limits, Sandbox, Stdio};
+use crate::runtime::{App, DirGrant, Limits, LoadedComponent, Sandbox, Stdio};
 
 /// A running pod worker.
 pub struct PodHandle {
@@ -93,8 +93,12 @@ impl Worker {
             name,
             spec: pod.spec,
             state: State::Pending,
+            // The digest a tag resolved to is kept: a pod picked up again
+            // (after a node restart) runs what it ran, not whatever the tag
+            // names now.
             status: Reported {
-                restarts: pod.status.map(|s| s.restart_count).unwrap_or(0),
+                restarts: pod.status.as_ref().map_or(0, |s| s.restart_count),
+                digest: pod.status.and_then(|s| s.image_digest),
                 ..Default::default()
             },
             reporter,
@@ -144,22 +148,26 @@ impl Worker {
         let pod = format!("{}/{}", self.namespace, self.name);
         let mut backoff = Backoff::new(self.context.backoff_base, self.context.backoff_cap);
         let mut pull_backoff = Backoff::new(self.context.backoff_base, self.context.backoff_cap);
-        let mut artifact: Option<(String, Vec<u8>)> = None;
+        // The fetched bytes live only until they are loaded; the loaded
+        // component (shared with other pods of the image) serves restarts.
+        let mut fetched: Option<(String, Arc<Vec<u8>>)> = None;
+        let mut loaded: Option<LoadedComponent> = None;
         let mut app: Option<App> = None;
         let mut ran_for = Duration::ZERO;
         let mut pull_failed = false;
         self.move_on(Event::Begin);
         loop {
             match self.state {
+                State::Pulling if loaded.is_some() => self.move_on(Event::Pulled),
                 State::Pulling => {
                     self.set(Some("Pulling"), None);
-                    let fetched = tokio::select! {
-                        fetched = self.fetch() => fetched,
+                    let outcome = tokio::select! {
+                        outcome = self.fetch() => outcome,
                         _ = stopping.changed() => { self.move_on(Event::Stop); continue; }
                     };
-                    match fetched {
-                        Ok(fetched) => {
-                            artifact = Some(fetched);
+                    match outcome {
+                        Ok(artifact) => {
+                            fetched = Some(artifact);
                             pull_failed = false;
                             self.move_on(Event::Pulled);
                         }
@@ -178,8 +186,7 @@ impl Worker {
                 }
                 State::Starting => {
                     self.set(Some("Starting"), None);
-                    let (digest, bytes) = artifact.as_ref().expect("pulled before starting");
-                    match self.prepare(digest, bytes).await {
+                    match self.start(&mut fetched, &mut loaded).await {
                         Ok(prepared) => {
                             app = Some(prepared);
                             self.move_on(Event::Started);
@@ -287,7 +294,7 @@ impl Worker {
 
     /// Resolves the image to a digest (recorded in the status) and gets the
     /// component, from the node's cache or the registry.
-    async fn fetch(&mut self) -> Result<(String, Vec<u8>), Failure> {
+    async fn fetch(&mut self) -> Result<(String, Arc<Vec<u8>>), Failure> {
         let reference = oci::parse_reference(&self.spec.image).map_err(|e| Failure::Fatal {
             reason: "InvalidImageName",
             message: e.to_string(),
@@ -310,14 +317,22 @@ impl Worker {
                 message: e.to_string(),
             },
         };
-        let digest = self
-            .context
-            .registry
-            .resolve(&reference, &credentials)
-            .await
-            .map_err(pull_error)?;
-        self.status.digest = Some(digest.clone());
-        self.report();
+        // A tag is resolved once; afterwards the pod pulls (or finds in the
+        // cache) what it was resolved to.
+        let digest = match &self.status.digest {
+            Some(digest) => digest.clone(),
+            None => {
+                let digest = self
+                    .context
+                    .registry
+                    .resolve(&reference, &credentials)
+                    .await
+                    .map_err(pull_error)?;
+                self.status.digest = Some(digest.clone());
+                self.report();
+                digest
+            }
+        };
         let pinned = oci::parse_reference(&format!(
             "{}/{}@{digest}",
             reference.resolve_registry(),
@@ -339,7 +354,7 @@ impl Worker {
                     message: other.to_string(),
                 },
             })?;
-        Ok((digest, component.to_vec()))
+        Ok((digest, component))
     }
 
     /// Registry credentials from the pod's pull secret, if it names one.
@@ -418,9 +433,13 @@ impl Worker {
             .unwrap_or_default())
     }
 
-    /// Compiles (or loads) the component and prepares it with the pod's
-    /// limits and grants.
-    async fn prepare(&self, digest: &str, bytes: &[u8]) -> Result<App, Failure> {
+    /// Compiles (or loads) the fetched component, once, and prepares it
+    /// with the pod's limits and grants.
+    async fn start(
+        &self,
+        fetched: &mut Option<(String, Arc<Vec<u8>>)>,
+        loaded: &mut Option<LoadedComponent>,
+    ) -> Result<App, Failure> {
         let fatal =
             |reason: &'static str| move |message: String| Failure::Fatal { reason, message };
         let limits = limits_of(&self.spec).map_err(fatal("InvalidLimits"))?;
@@ -430,11 +449,23 @@ impl Worker {
             .runtimes
             .get(limits.fuel.is_some())
             .map_err(|e| fatal("RuntimeUnavailable")(e.to_string()))?;
-        let loaded = runtime
-            .load(&format!("{}@{digest}", self.spec.image), bytes)
-            .map_err(|e| fatal("InvalidComponent")(e.to_string()))?;
+        let component = match loaded {
+            Some(component) => component,
+            None => {
+                let (digest, bytes) = fetched.take().expect("fetched before starting");
+                // Compiling takes long and blocks: off the async workers,
+                // which keep serving the node's other pods meanwhile.
+                let name = format!("{}@{digest}", self.spec.image);
+                let runtime = runtime.clone();
+                let component = tokio::task::spawn_blocking(move || runtime.load(&name, &bytes))
+                    .await
+                    .map_err(|e| fatal("InvalidComponent")(e.to_string()))?
+                    .map_err(|e| fatal("InvalidComponent")(e.to_string()))?;
+                loaded.insert(component)
+            }
+        };
         runtime
-            .prepare(&loaded, limits, sandbox)
+            .prepare(component, limits, sandbox)
             .await
             .map_err(|e| fatal("InvalidComponent")(e.to_string()))
     }

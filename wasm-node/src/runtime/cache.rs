@@ -58,6 +58,9 @@ pub enum CacheOutcome {
     Compiled,
     /// Compiled now; there is no cache to write to.
     CompiledUncached,
+    /// Already loaded in this process (by another pod of the same image);
+    /// shared, nothing was read or compiled.
+    Shared,
 }
 
 impl ArtifactCache {
@@ -135,7 +138,11 @@ fn load(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    // Unique per writer: processes sharing the directory, and threads of
+    // one process, may write the same entry at once.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;

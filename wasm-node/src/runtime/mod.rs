@@ -92,6 +92,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<Host>>,
     cache: Option<ArtifactCache>,
+    shared: SharedComponents,
     config: RuntimeConfig,
     _epoch: EpochTicker,
 }
@@ -164,6 +165,7 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             cache,
+            shared: SharedComponents::default(),
             config,
             _epoch: epoch,
         })
@@ -197,6 +199,25 @@ impl Runtime {
             name: name.to_owned(),
             reason: one_line(&e),
         };
+        // One compile per digest at a time: pods of one image starting
+        // together wait for the first and share its code.
+        let slot = self.shared.slot(digest);
+        let mut slot = slot.lock().expect("component slot");
+        if let Some(component) = slot.as_ref() {
+            let component = component.clone();
+            let kind =
+                entry_point(&self.engine, &component).ok_or_else(|| LoadError::NoEntryPoint {
+                    name: name.to_owned(),
+                })?;
+            return Ok(LoadedComponent {
+                name: name.to_owned(),
+                digest,
+                kind,
+                component,
+                cache: CacheOutcome::Shared,
+                ready_in: started.elapsed(),
+            });
+        }
         let (component, cache) =
             match &self.cache {
                 Some(cache) => cache
@@ -217,6 +238,7 @@ impl Runtime {
             entry_point(&self.engine, &component).ok_or_else(|| LoadError::NoEntryPoint {
                 name: name.to_owned(),
             })?;
+        *slot = Some(component.clone());
         Ok(LoadedComponent {
             name: name.to_owned(),
             digest,
@@ -408,6 +430,46 @@ impl Drop for EpochTicker {
     }
 }
 
+/// Components this process has loaded, by digest, so that every pod of an
+/// image shares one compiled copy (its code is mapped once, its type
+/// information allocated once). The most recent [`SharedComponents::KEEP`]
+/// digests are remembered; a forgotten one is only reloaded (from the
+/// on-disk cache) when next asked for, and pods holding it keep it.
+#[derive(Default)]
+struct SharedComponents {
+    slots: std::sync::Mutex<SharedSlots>,
+}
+
+type Slot = Arc<std::sync::Mutex<Option<Component>>>;
+
+#[derive(Default)]
+struct SharedSlots {
+    by_digest: std::collections::HashMap<Digest, Slot>,
+    /// Digests from least to most recently asked for.
+    order: std::collections::VecDeque<Digest>,
+}
+
+impl SharedComponents {
+    const KEEP: usize = 256;
+
+    /// The slot for `digest`, made if new; locking it serializes loads of
+    /// one component while loads of others go ahead.
+    fn slot(&self, digest: Digest) -> Slot {
+        let mut slots = self.slots.lock().expect("component slots");
+        let slots = &mut *slots;
+        if let Some(at) = slots.order.iter().position(|d| *d == digest) {
+            slots.order.remove(at);
+        }
+        slots.order.push_back(digest);
+        while slots.order.len() > Self::KEEP {
+            if let Some(old) = slots.order.pop_front() {
+                slots.by_digest.remove(&old);
+            }
+        }
+        slots.by_digest.entry(digest).or_default().clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,5 +492,23 @@ mod tests {
     fn program_name_is_the_file_name() {
         assert_eq!(program_name("target/x/hello.wasm"), "hello.wasm");
         assert_eq!(program_name("hello.wasm"), "hello.wasm");
+    }
+
+    #[test]
+    fn one_slot_per_digest_and_the_oldest_forgotten() {
+        let shared = SharedComponents::default();
+        let digest = |n: usize| Digest::of(n.to_string().as_bytes());
+        let first = shared.slot(digest(0));
+        assert!(Arc::ptr_eq(&first, &shared.slot(digest(0))));
+        for n in 1..SharedComponents::KEEP {
+            shared.slot(digest(n));
+        }
+        // Asking again makes 0 the most recent, so 1 goes first.
+        shared.slot(digest(0));
+        shared.slot(digest(SharedComponents::KEEP));
+        let slots = shared.slots.lock().unwrap();
+        assert_eq!(slots.by_digest.len(), SharedComponents::KEEP);
+        assert!(slots.by_digest.contains_key(&digest(0)));
+        assert!(!slots.by_digest.contains_key(&digest(1)));
     }
 }

@@ -9,15 +9,17 @@ use testkit::{ControlPlane, Postgres};
 
 use crate::support::{stderr_of, stdout_of, temp_dir};
 
-struct Cluster {
-    plane: ControlPlane,
+/// A control plane on a fresh database, and a wasmctl config whose
+/// current context is its admin.
+pub struct Cluster {
+    pub plane: ControlPlane,
+    pub database: String,
     config: PathBuf,
     dir: PathBuf,
 }
 
 impl Cluster {
-    /// A fresh cluster and a config whose current context is its admin.
-    fn start() -> Cluster {
+    pub fn start() -> Cluster {
         let binary = testkit::binary("control-plane");
         let database = Postgres::shared().create_database();
         let token = testkit::init_cluster(&binary, &database, &[]);
@@ -27,6 +29,7 @@ impl Cluster {
             config: dir.join("config.yaml"),
             dir,
             plane,
+            database,
         };
         cluster.ok(&[
             "config",
@@ -40,7 +43,7 @@ impl Cluster {
         cluster
     }
 
-    fn wasmctl(&self, args: &[&str]) -> Command {
+    pub fn wasmctl(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wasmctl"));
         command
             .args(args)
@@ -49,7 +52,7 @@ impl Cluster {
         command
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub fn run(&self, args: &[&str]) -> Output {
         self.wasmctl(args)
             .stdin(Stdio::null())
             .output()
@@ -57,7 +60,7 @@ impl Cluster {
     }
 
     /// Runs and asserts success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub fn ok(&self, args: &[&str]) -> String {
         let output = self.run(args);
         assert!(
             output.status.success(),
@@ -68,7 +71,7 @@ impl Cluster {
     }
 
     /// Runs and asserts failure with `code`; returns the single stderr line.
-    fn fails(&self, args: &[&str], code: i32) -> String {
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
         let output = self.run(args);
         let stderr = stderr_of(&output);
         assert_eq!(
@@ -85,7 +88,7 @@ impl Cluster {
         lines[0].to_owned()
     }
 
-    fn manifest(&self, name: &str, text: &str) -> String {
+    pub fn manifest(&self, name: &str, text: &str) -> String {
         let path = self.dir.join(name);
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_owned()

@@ -5,6 +5,7 @@
 mod bad_input;
 mod cache;
 mod cluster;
+mod nodes;
 mod registry;
 mod run_command;
 mod serve_http;

@@ -1,0 +1,624 @@
+//! A cluster of real processes: a registry, a control plane with its
+//! scheduler, and `wasm-node` processes. Pods are pushed, placed, pulled
+//! and served through their node's ingress; nodes and the control plane are
+//! killed and restarted under them.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use testkit::{ControlPlane, Node, Registry, wait_until};
+
+use crate::cluster::Cluster;
+use crate::registry::tamper;
+use crate::support::{
+    HttpResponse, example, http_request, path_str, stderr_of, test_guest, wasmctl,
+};
+
+/// Node flags that keep the tests quick: short backoffs, leases and grace.
+const QUICK: &[&str] = &[
+    "--backoff",
+    "200ms",
+    "--backoff-max",
+    "1s",
+    "--lease-interval",
+    "500ms",
+    "--lease-duration",
+    "2s",
+    "--grace",
+    "1s",
+];
+
+/// How long any awaited state may take; generous for a loaded CI machine.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Pushes a component with `wasmctl push`; returns the digest it printed.
+fn push(component: &Path, reference: &str) -> String {
+    let output = wasmctl()
+        .args(["push", path_str(component), reference])
+        .output()
+        .expect("wasmctl runs");
+    assert!(output.status.success(), "push: {}", stderr_of(&output));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+struct NodeCluster {
+    cluster: Cluster,
+    registry: Registry,
+    nodes: Vec<Node>,
+    /// hello-http in the registry, by tag, and its manifest digest.
+    hello: String,
+    hello_digest: String,
+}
+
+impl NodeCluster {
+    /// A registry with hello-http in it, a control plane, and the nodes
+    /// given as (name, further `wasm-node join` flags), each with a node
+    /// token made by `wasmctl create token --node`.
+    fn start(nodes: &[(&str, &[&str])]) -> NodeCluster {
+        let registry = Registry::start();
+        let hello = format!("{}/hello:v1", registry.addr);
+        let hello_digest = push(&example("hello_http"), &hello);
+        let cluster = Cluster::start();
+        let binary = testkit::binary("wasm-node");
+        let nodes = nodes
+            .iter()
+            .map(|(name, extra)| {
+                let token = cluster.ok(&["create", "token", "--node", name]);
+                let mut flags = QUICK.to_vec();
+                flags.extend_from_slice(extra);
+                Node::start(&binary, &cluster.plane.url, token.trim(), name, &flags)
+            })
+            .collect();
+        NodeCluster {
+            cluster,
+            registry,
+            nodes,
+            hello,
+            hello_digest,
+        }
+    }
+
+    /// `wasmctl apply -f -` with these objects.
+    fn apply(&self, objects: &[Value]) {
+        let documents: Vec<String> = objects.iter().map(Value::to_string).collect();
+        let mut child = self
+            .cluster
+            .wasmctl(&["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wasmctl runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(documents.join("\n---\n").as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "apply: {}", stderr_of(&output));
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.cluster.ok(&args)).expect("wasmctl prints JSON")
+    }
+
+    fn pod(&self, name: &str) -> Value {
+        self.json(&["get", "pod", name])
+    }
+
+    /// Waits until the pod satisfies `condition`; panics with the pod and
+    /// the nodes' logs if it does not within [`WAIT`].
+    fn wait_pod(&self, name: &str, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        if wait_until(WAIT, || {
+            last = self.pod(name);
+            condition(&last)
+        }) {
+            return last;
+        }
+        let logs: Vec<String> = self.nodes.iter().map(Node::log).collect();
+        panic!(
+            "pod {name} never became {what}:\n{last:#}\nnode logs:\n{}",
+            logs.join("\n")
+        );
+    }
+
+    fn wait_running(&self, name: &str) -> Value {
+        self.wait_pod(name, "Running", |p| p["status"]["phase"] == "Running")
+    }
+
+    fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    fn node_mut(&mut self, name: &str) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Where each pod (by name) is bound.
+    fn placements(&self, names: &[String]) -> BTreeMap<String, String> {
+        names
+            .iter()
+            .map(|name| {
+                let node = self.pod(name)["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                (name.clone(), node)
+            })
+            .collect()
+    }
+}
+
+/// A hello-http pod in namespace default, with more spec fields.
+fn pod(name: &str, image: &str, spec: Value) -> Value {
+    let mut pod = json!({
+        "apiVersion": "skiff.dev/v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"image": image},
+    });
+    for (key, value) in spec.as_object().expect("a spec object") {
+        pod["spec"][key] = value.clone();
+    }
+    pod
+}
+
+/// Asks the pod through `ingress`, naming it by host as clients do.
+fn ask(ingress: SocketAddr, pod: &str, path: &str) -> std::io::Result<HttpResponse> {
+    http_request(ingress, &format!("{pod}.default.pod"), path, &[])
+}
+
+/// Asserts the pod answers hello-http's greeting through that ingress.
+fn assert_serves(ingress: SocketAddr, pod: &str) {
+    let response = ask(ingress, pod, &format!("/{pod}"))
+        .unwrap_or_else(|e| panic!("{pod} through {ingress}: {e}"));
+    assert_eq!(response.status, 200, "{pod}: {}", response.body);
+    assert_eq!(response.body, format!("Hello, world! (GET /{pod})\n"));
+}
+
+fn names(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// How many of the pods each node holds, sorted.
+fn counts(placements: &BTreeMap<String, String>) -> Vec<usize> {
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for node in placements.values() {
+        *per_node.entry(node).or_default() += 1;
+    }
+    let mut counts: Vec<usize> = per_node.into_values().collect();
+    counts.sort();
+    counts
+}
+
+#[test]
+fn thirty_pods_are_placed_pulled_and_served_by_their_nodes() {
+    // Twelve instance slots a node, so bin packing fills two nodes and
+    // puts the rest on the third.
+    let slots: &[&str] = &["--instances", "12"];
+    let cluster = NodeCluster::start(&[("n1", slots), ("n2", slots), ("n3", slots)]);
+    let pods = names("hello", 30);
+    let objects: Vec<Value> = pods
+        .iter()
+        .map(|name| pod(name, &cluster.hello, json!({})))
+        .collect();
+    cluster.apply(&objects);
+
+    for name in &pods {
+        let running = cluster.wait_running(name);
+        let node = cluster.node(running["spec"]["nodeName"].as_str().unwrap());
+        assert_eq!(
+            running["status"]["imageDigest"],
+            cluster.hello_digest.as_str()
+        );
+        assert_eq!(running["status"]["endpoint"], node.ingress.to_string());
+        assert_serves(node.ingress, name);
+    }
+    assert_eq!(counts(&cluster.placements(&pods)), [6, 12, 12]);
+
+    // A pod is served by the node it is bound to, not by the others.
+    let placements = cluster.placements(&pods);
+    let other = cluster
+        .nodes
+        .iter()
+        .find(|n| n.name != placements["hello-0"])
+        .unwrap();
+    let response = ask(other.ingress, "hello-0", "/").unwrap();
+    assert_eq!(response.status, 404, "{}", response.body);
+}
+
+#[test]
+fn placement_rules_are_honoured_and_misfits_explained() {
+    let a: &[&str] = &["--label", "zone=a", "--memory", "4Gi"];
+    let b: &[&str] = &["--label", "zone=b", "--memory", "4Gi"];
+    let c: &[&str] = &[
+        "--label",
+        "zone=c",
+        "--memory",
+        "4Gi",
+        "--taint",
+        "dedicated=gpu:NoSchedule",
+    ];
+    let cluster = NodeCluster::start(&[("a", a), ("b", b), ("c", c)]);
+    let hello = cluster.hello.clone();
+
+    // Spread puts each pod on the emptiest node: two on a, two on b (c's
+    // taint keeps them off it).
+    let spread = names("spread", 4);
+    let objects: Vec<Value> = spread
+        .iter()
+        .map(|name| pod(name, &hello, json!({"placement": "Spread"})))
+        .collect();
+    cluster.apply(&objects);
+    for name in &spread {
+        cluster.wait_running(name);
+    }
+    let placed = cluster.placements(&spread);
+    assert_eq!(counts(&placed), [2, 2], "{placed:?}");
+    assert!(placed.values().all(|n| n != "c"), "{placed:?}");
+
+    // Bin packing (the default) puts every pod on the same, fullest node.
+    let packed = names("packed", 4);
+    let objects: Vec<Value> = packed
+        .iter()
+        .map(|name| pod(name, &hello, json!({})))
+        .collect();
+    cluster.apply(&objects);
+    for name in &packed {
+        cluster.wait_running(name);
+    }
+    let placed = cluster.placements(&packed);
+    assert_eq!(counts(&placed), [4], "{placed:?}");
+    assert!(placed.values().all(|n| n != "c"), "{placed:?}");
+
+    // Selectors and tolerations.
+    let toleration =
+        json!([{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]);
+    cluster.apply(&[
+        pod("on-b", &hello, json!({"nodeSelector": {"zone": "b"}})),
+        pod(
+            "on-c",
+            &hello,
+            json!({"nodeSelector": {"zone": "c"}, "tolerations": toleration}),
+        ),
+        pod(
+            "untolerated",
+            &hello,
+            json!({"nodeSelector": {"zone": "c"}}),
+        ),
+        pod(
+            "too-big",
+            &hello,
+            json!({"resources": {"memory": "3Gi", "reservedInstances": 2, "maxInstances": 2}}),
+        ),
+    ]);
+    for (name, node) in [("on-b", "b"), ("on-c", "c")] {
+        let running = cluster.wait_running(name);
+        assert_eq!(running["spec"]["nodeName"], node);
+        assert_serves(cluster.node(node).ingress, name);
+    }
+    let unschedulable = |name: &str, message: &str| {
+        let pod = cluster.wait_pod(name, "Unschedulable", |p| {
+            p["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["reason"] == "Unschedulable"))
+        });
+        let condition = pod["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "PodScheduled")
+            .unwrap()
+            .clone();
+        assert_eq!(condition["status"], "False");
+        assert_eq!(condition["message"], message, "{name}");
+        assert!(pod["spec"]["nodeName"].is_null(), "{pod}");
+    };
+    unschedulable(
+        "untolerated",
+        "0/3 nodes: 2 node selector not matched, 1 taint not tolerated",
+    );
+    unschedulable(
+        "too-big",
+        "0/3 nodes: 2 insufficient memory, 1 taint not tolerated",
+    );
+
+    // Anti-affinity by host: one `solo` pod per node; a, b and nothing
+    // left for the third.
+    let anti = json!({"podAntiAffinity": {"required": [
+        {"labelSelector": {"matchLabels": {"role": "solo"}}, "topologyKey": "skiff.dev/hostname"}
+    ]}});
+    let solos: Vec<Value> = names("solo", 3)
+        .iter()
+        .map(|name| {
+            let mut pod = pod(name, &hello, json!({"affinity": anti}));
+            pod["metadata"]["labels"]["role"] = json!("solo");
+            pod
+        })
+        .collect();
+    cluster.apply(&solos[..2]);
+    let first = cluster.wait_running("solo-0")["spec"]["nodeName"].clone();
+    let second = cluster.wait_running("solo-1")["spec"]["nodeName"].clone();
+    assert_ne!(first, second);
+    cluster.apply(&solos[2..]);
+    unschedulable(
+        "solo-2",
+        "0/3 nodes: 2 pod anti-affinity conflict, 1 taint not tolerated",
+    );
+}
+
+#[test]
+fn a_missing_or_tampered_image_fails_its_pod_while_others_run() {
+    let cluster = NodeCluster::start(&[("n1", &[])]);
+    let probe = format!("{}/probe:v1", cluster.registry.addr);
+    let probe_digest = push(&test_guest("probe"), &probe);
+    let manifest = cluster.registry.blob_file(&probe_digest);
+    let manifest: Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+    tamper(
+        &cluster
+            .registry
+            .blob_file(manifest["layers"][0]["digest"].as_str().unwrap()),
+    );
+    let missing = format!("{}/hello:nope", cluster.registry.addr);
+    cluster.apply(&[
+        pod("good", &cluster.hello, json!({})),
+        pod("missing", &missing, json!({})),
+        pod("tampered", &probe, json!({})),
+    ]);
+
+    let good = cluster.wait_running("good");
+    assert_serves(cluster.node("n1").ingress, "good");
+    assert_eq!(good["status"]["restartCount"], 0);
+
+    let failed_pull = |name: &str, needle: &str| {
+        let pod = cluster.wait_pod(name, "failed to pull", |p| {
+            p["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(needle))
+        });
+        assert_eq!(pod["status"]["phase"], "Pending", "{pod:#}");
+        let reason = pod["status"]["reason"].as_str().unwrap_or_default();
+        assert!(
+            ["ErrImagePull", "ImagePullBackOff", "ImageDigestMismatch"].contains(&reason),
+            "{pod:#}"
+        );
+        let described = cluster.cluster.ok(&["describe", "pod", name]);
+        assert!(described.contains(needle), "{described}");
+    };
+    failed_pull("missing", "not found in the registry");
+    failed_pull("tampered", "does not match its digest");
+    // The tampered pod's digest was resolved and recorded even so.
+    assert_eq!(
+        cluster.pod("tampered")["status"]["imageDigest"],
+        probe_digest.as_str()
+    );
+
+    // Pulls are retried: once the missing tag exists, its pod runs.
+    push(&example("hello_http"), &missing);
+    cluster.wait_running("missing");
+    assert_serves(cluster.node("n1").ingress, "missing");
+    assert_serves(cluster.node("n1").ingress, "good");
+}
+
+#[test]
+fn nodes_keep_serving_while_the_control_plane_is_down() {
+    let mut cluster = NodeCluster::start(&[("n1", &[]), ("n2", &[])]);
+    let pods = names("steady", 4);
+    let objects: Vec<Value> = pods
+        .iter()
+        .map(|name| pod(name, &cluster.hello, json!({"placement": "Spread"})))
+        .collect();
+    cluster.apply(&objects);
+    for name in &pods {
+        cluster.wait_running(name);
+    }
+    let placements = cluster.placements(&pods);
+
+    let address = cluster
+        .cluster
+        .plane
+        .url
+        .trim_start_matches("http://")
+        .to_owned();
+    cluster.cluster.plane.kill();
+    // Serving must outlast the nodes' leases (2 s) and their failing
+    // renewals, so the check runs for a while by design.
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut asked = 0;
+    while Instant::now() < until {
+        for (name, node) in &placements {
+            assert_serves(cluster.node(node).ingress, name);
+            asked += 1;
+        }
+    }
+    assert!(asked >= pods.len());
+
+    // The control plane comes back where it was; the nodes reconcile: a
+    // pod deleted now stops being served, a new one starts.
+    cluster.cluster.plane = ControlPlane::start_at(
+        &testkit::binary("control-plane"),
+        &cluster.cluster.database,
+        &address,
+        &[],
+    );
+    cluster.cluster.ok(&["delete", "pod", "steady-0"]);
+    let gone_from = cluster.node(&placements["steady-0"]).ingress;
+    assert!(
+        wait_until(WAIT, || ask(gone_from, "steady-0", "/")
+            .is_ok_and(|r| r.status == 404)),
+        "the deleted pod is still served"
+    );
+    cluster.apply(&[pod("after", &cluster.hello, json!({}))]);
+    let after = cluster.wait_running("after");
+    assert_serves(
+        cluster
+            .node(after["spec"]["nodeName"].as_str().unwrap())
+            .ingress,
+        "after",
+    );
+}
+
+#[test]
+fn a_restarted_node_picks_its_pods_up_again() {
+    let mut cluster = NodeCluster::start(&[("n1", &[])]);
+    let pods = names("durable", 3);
+    let objects: Vec<Value> = pods
+        .iter()
+        .map(|name| pod(name, &cluster.hello, json!({})))
+        .collect();
+    cluster.apply(&objects);
+    let uids: Vec<Value> = pods
+        .iter()
+        .map(|name| cluster.wait_running(name)["metadata"]["uid"].clone())
+        .collect();
+    let ingress = cluster.node("n1").ingress;
+
+    cluster.node_mut("n1").kill();
+    assert!(
+        ask(ingress, "durable-0", "/").is_err(),
+        "a killed node serves"
+    );
+    cluster.node_mut("n1").restart();
+    for (name, uid) in pods.iter().zip(&uids) {
+        assert!(
+            wait_until(WAIT, || ask(ingress, name, "/")
+                .is_ok_and(|r| r.status == 200)),
+            "{name} is not served after the restart:\n{}",
+            cluster.node("n1").log()
+        );
+        assert_serves(ingress, name);
+        let pod = cluster.pod(name);
+        assert_eq!(&pod["metadata"]["uid"], uid, "the same pod, not a new one");
+        assert_eq!(pod["spec"]["nodeName"], "n1");
+        assert_eq!(pod["status"]["phase"], "Running");
+    }
+}
+
+#[test]
+fn drain_moves_pods_off_a_node_and_cordon_keeps_new_ones_away() {
+    let cluster = NodeCluster::start(&[("n1", &[]), ("n2", &[])]);
+    let pods = names("mover", 3);
+    let objects: Vec<Value> = pods
+        .iter()
+        .map(|name| pod(name, &cluster.hello, json!({})))
+        .collect();
+    cluster.apply(&objects);
+    for name in &pods {
+        cluster.wait_running(name);
+    }
+    let placed = cluster.placements(&pods);
+    assert_eq!(counts(&placed), [3], "bin packing: {placed:?}");
+    let from = placed["mover-0"].clone();
+    let to = if from == "n1" { "n2" } else { "n1" };
+
+    let out = cluster.cluster.ok(&["drain", &from]);
+    assert!(out.contains(&format!("node/{from} drained")), "{out}");
+    for name in &pods {
+        assert!(out.contains(&format!("pod/{name} moved")), "{out}");
+        let running = cluster.wait_pod(name, &format!("Running on {to}"), |p| {
+            p["status"]["phase"] == "Running" && p["spec"]["nodeName"] == to
+        });
+        assert_eq!(
+            running["status"]["endpoint"],
+            cluster.node(to).ingress.to_string()
+        );
+        assert_serves(cluster.node(to).ingress, name);
+        let old = cluster.node(&from).ingress;
+        assert!(
+            wait_until(WAIT, || ask(old, name, "/").is_ok_and(|r| r.status == 404)),
+            "{name} is still served by the drained node"
+        );
+    }
+    assert_eq!(
+        cluster.json(&["get", "node", &from])["spec"]["unschedulable"],
+        true
+    );
+
+    // Bin packing would choose either node for a pod that fits both; the
+    // cordon leaves only one.
+    cluster.apply(&[pod(
+        "newcomer",
+        &cluster.hello,
+        json!({"placement": "Spread"}),
+    )]);
+    assert_eq!(cluster.wait_running("newcomer")["spec"]["nodeName"], to);
+
+    cluster.cluster.ok(&["uncordon", &from]);
+    assert_ne!(
+        cluster.json(&["get", "node", &from])["spec"]["unschedulable"],
+        true
+    );
+    cluster.apply(&[pod(
+        "welcome",
+        &cluster.hello,
+        json!({"placement": "Spread"}),
+    )]);
+    assert_eq!(
+        cluster.wait_running("welcome")["spec"]["nodeName"],
+        from.as_str()
+    );
+}
+
+#[test]
+fn pods_pull_from_a_private_registry_with_their_secret() {
+    let cluster = NodeCluster::start(&[("n1", &[])]);
+    let private = Registry::with_user("puller", "pa55word");
+    let image = format!("{}/hello:v1", private.addr);
+    let output = wasmctl()
+        .args([
+            "push",
+            path_str(&example("hello_http")),
+            &image,
+            "--username",
+            "puller",
+        ])
+        .env("WASMCTL_REGISTRY_PASSWORD", "pa55word")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+
+    cluster.apply(&[
+        json!({
+            "apiVersion": "skiff.dev/v1", "kind": "Secret",
+            "metadata": {"name": "regcred"},
+            "stringData": {"username": "puller", "password": "pa55word"},
+        }),
+        json!({
+            "apiVersion": "skiff.dev/v1", "kind": "Secret",
+            "metadata": {"name": "wrongcred"},
+            "stringData": {"username": "puller", "password": "guess"},
+        }),
+        pod("with-secret", &image, json!({"imagePullSecret": "regcred"})),
+        pod("without-secret", &image, json!({})),
+        pod(
+            "wrong-secret",
+            &image,
+            json!({"imagePullSecret": "wrongcred"}),
+        ),
+    ]);
+    cluster.wait_running("with-secret");
+    assert_serves(cluster.node("n1").ingress, "with-secret");
+    for name in ["without-secret", "wrong-secret"] {
+        let pod = cluster.wait_pod(name, "refused", |p| {
+            p["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("the registry refused the credentials"))
+        });
+        assert_eq!(pod["status"]["phase"], "Pending");
+    }
+}
