@@ -7,7 +7,8 @@
 
 pub mod decide;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -79,37 +80,54 @@ struct CachedPod {
     phase: PodPhase,
     placed: PlacedPod,
     spec: skiff_api::kinds::pod::PodSpec,
-    created: String,
-}
-
-struct CachedNode {
-    labels: BTreeMap<String, String>,
-    taints: Vec<skiff_api::kinds::cluster::Taint>,
-    unschedulable: bool,
-    allocatable: Resources,
+    order: QueueKey,
+    /// The node whose [`NodeState`] counts this pod, if any.
+    counted_on: Option<String>,
 }
 
 type PodKey = (String, String);
 
+/// The queue's order: the most important pods first, then the oldest.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct QueueKey {
+    priority: Reverse<i32>,
+    created: String,
+    pod: PodKey,
+}
+
 enum Outcome {
     /// A binding (or preemption) finished; on failure the pod goes back in
-    /// the queue.
+    /// the queue and its victims count again.
     Bound {
         pod: PodKey,
+        victims: Vec<PodKey>,
         ok: bool,
     },
     Reported,
 }
 
+/// A leader's scheduling state. Everything a decision reads is kept up to
+/// date event by event, never rebuilt, so a round costs what it decides and
+/// not what the cluster holds: nodes with the pods counted on them (bound
+/// or assumed), a queue of pods to try, and the pods parked as
+/// unschedulable until something changes that could make room.
 struct Session {
     store: Store,
     hub: WatchHub,
     config: SchedulerConfig,
-    nodes: BTreeMap<String, CachedNode>,
+    /// By name, as decisions break ties by name.
+    nodes: Vec<NodeState>,
+    index: HashMap<String, usize>,
     ready: HashSet<String>,
     pods: HashMap<PodKey, CachedPod>,
+    queue: BTreeSet<QueueKey>,
+    parked: BTreeSet<QueueKey>,
+    /// Set when the cluster changed in a way that may fit parked pods.
+    wake: bool,
     /// Pods being bound, with the node they were sent to.
     assumed: HashMap<PodKey, String>,
+    /// Pods being deleted to make room: no longer counted anywhere.
+    evicting: HashSet<PodKey>,
     /// The Unschedulable message last written per pod, not to write it
     /// again (kept apart from the cache, which events may refresh with an
     /// older status).
@@ -123,10 +141,15 @@ impl Session {
             store,
             hub,
             config,
-            nodes: BTreeMap::new(),
+            nodes: Vec::new(),
+            index: HashMap::new(),
             ready: HashSet::new(),
             pods: HashMap::new(),
+            queue: BTreeSet::new(),
+            parked: BTreeSet::new(),
+            wake: false,
             assumed: HashMap::new(),
+            evicting: HashSet::new(),
             reported: HashMap::new(),
             in_flight: JoinSet::new(),
         }
@@ -134,41 +157,45 @@ impl Session {
 
     async fn run(mut self) -> Result<(), StoreError> {
         let node_revision = self.load_nodes().await?;
-        let pod_revision = self.load_pods().await?;
         self.refresh_leases().await?;
+        let pod_revision = self.load_pods().await?;
         let mut nodes = self.follow(Kind::Node, node_revision);
         let mut pods = self.follow(Kind::Pod, pod_revision);
         let mut leases = tokio::time::interval(self.config.lease_refresh);
         let mut retries = tokio::time::interval(self.config.retry);
-        let mut dirty = true;
+        // Parked pods come back at most this often: retrying thousands of
+        // them on every deletion would starve the queue.
+        let mut wakeups = tokio::time::interval(Duration::from_millis(50));
+        wakeups.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if dirty && self.in_flight.len() < self.config.max_in_flight {
+            if !self.queue.is_empty() && self.in_flight.len() < self.config.max_in_flight {
                 self.schedule();
-                dirty = false;
             }
             tokio::select! {
                 event = nodes.recv() => {
                     let event = event.ok_or_else(|| StoreError::Unavailable("node watch ended".into()))?;
-                    dirty |= self.apply_node(event)?;
+                    self.apply_node(event)?;
                 }
                 event = pods.recv() => {
                     let event = event.ok_or_else(|| StoreError::Unavailable("pod watch ended".into()))?;
-                    dirty |= self.apply_pod(event)?;
+                    self.apply_pod(event)?;
                 }
                 Some(done) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    if let Ok(Outcome::Bound { pod, ok }) = done
-                        && !ok
-                    {
+                    if let Ok(Outcome::Bound { pod, victims, ok: false }) = done {
                         self.assumed.remove(&pod);
+                        self.sync(&pod, false);
+                        for victim in victims {
+                            self.evicting.remove(&victim);
+                            self.sync(&victim, false);
+                        }
                     }
-                    dirty = true;
                 }
-                _ = leases.tick() => {
-                    let before = self.ready.clone();
-                    self.refresh_leases().await?;
-                    dirty |= before != self.ready;
+                _ = leases.tick() => self.refresh_leases().await?,
+                _ = retries.tick() => self.wake = true,
+                _ = wakeups.tick(), if self.wake => {
+                    self.wake = false;
+                    self.queue.append(&mut self.parked);
                 }
-                _ = retries.tick() => dirty = true,
             }
         }
     }
@@ -212,37 +239,37 @@ impl Session {
             .filter(|l| l.valid_at(now))
             .map(|l| l.node)
             .collect();
+        for node in &mut self.nodes {
+            let ready = self.ready.contains(&node.name);
+            self.wake |= ready && !node.ready;
+            node.ready = ready;
+        }
         Ok(())
     }
 
-    fn apply_node(&mut self, event: skiff_api::WatchEvent<Value>) -> Result<bool, StoreError> {
+    fn apply_node(&mut self, event: skiff_api::WatchEvent<Value>) -> Result<(), StoreError> {
         match event.event_type {
             EventType::Added | EventType::Modified => self.upsert_node(event.object),
             EventType::Deleted => {
                 let name = event.object["metadata"]["name"]
                     .as_str()
                     .unwrap_or_default();
-                self.nodes.remove(name);
+                self.remove_node(name);
             }
-            EventType::Bookmark => return Ok(false),
+            EventType::Bookmark => {}
             EventType::Error => return Err(StoreError::Unavailable("node watch failed".into())),
         }
-        Ok(true)
+        Ok(())
     }
 
-    fn apply_pod(&mut self, event: skiff_api::WatchEvent<Value>) -> Result<bool, StoreError> {
+    fn apply_pod(&mut self, event: skiff_api::WatchEvent<Value>) -> Result<(), StoreError> {
         match event.event_type {
-            EventType::Added | EventType::Modified => Ok(self.upsert_pod(event.object)),
-            EventType::Deleted => {
-                let key = key_of(&event.object);
-                self.assumed.remove(&key);
-                self.reported.remove(&key);
-                // A deleted pod frees room: worth another round.
-                Ok(self.pods.remove(&key).is_some())
-            }
-            EventType::Bookmark => Ok(false),
-            EventType::Error => Err(StoreError::Unavailable("pod watch failed".into())),
+            EventType::Added | EventType::Modified => self.upsert_pod(event.object),
+            EventType::Deleted => self.remove_pod(&key_of(&event.object)),
+            EventType::Bookmark => {}
+            EventType::Error => return Err(StoreError::Unavailable("pod watch failed".into())),
         }
+        Ok(())
     }
 
     fn upsert_node(&mut self, object: Value) {
@@ -261,21 +288,72 @@ impl Session {
                 .and_then(parse_millicores)
                 .unwrap_or(0),
         };
+        let name = node.metadata.name;
+        // Any change to a node may make room or lift a restriction.
+        self.wake = true;
+        if let Some(&i) = self.index.get(&name) {
+            let state = &mut self.nodes[i];
+            state.labels = node.metadata.labels;
+            state.taints = node.spec.taints;
+            state.unschedulable = node.spec.unschedulable;
+            state.allocatable = allocatable;
+            return;
+        }
+        let at = self.nodes.partition_point(|n| n.name < name);
         self.nodes.insert(
-            node.metadata.name.clone(),
-            CachedNode {
+            at,
+            NodeState {
+                ready: self.ready.contains(&name),
+                name: name.clone(),
                 labels: node.metadata.labels,
                 taints: node.spec.taints,
                 unschedulable: node.spec.unschedulable,
                 allocatable,
+                requested: Resources::default(),
+                pods: Vec::new(),
             },
         );
+        self.reindex();
+        // Pods bound to a node that (re)appears count on it again; nodes
+        // come and go rarely enough for a scan.
+        let on_it: Vec<PodKey> = self
+            .pods
+            .keys()
+            .filter(|key| self.target(key).as_deref() == Some(name.as_str()))
+            .cloned()
+            .collect();
+        for key in on_it {
+            self.sync(&key, false);
+        }
     }
 
-    /// Caches a pod; true when it is (still) waiting for a node.
-    fn upsert_pod(&mut self, object: Value) -> bool {
+    fn remove_node(&mut self, name: &str) {
+        let Some(i) = self.index.get(name).copied() else {
+            return;
+        };
+        self.nodes.remove(i);
+        self.reindex();
+        for pod in self.pods.values_mut() {
+            if pod.counted_on.as_deref() == Some(name) {
+                pod.counted_on = None;
+            }
+        }
+    }
+
+    fn reindex(&mut self) {
+        self.index = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+    }
+
+    /// Caches a pod and files it where it belongs: counted on its node,
+    /// in the queue, or left parked if it was.
+    fn upsert_pod(&mut self, object: Value) {
         let Ok(pod) = serde_json::from_value::<Pod>(object.clone()) else {
-            return false;
+            return;
         };
         let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
         let revision = pod
@@ -300,9 +378,23 @@ impl Session {
         if !pod.spec.node_name.is_empty() {
             self.assumed.remove(&key);
         }
-        let waiting = pod.spec.node_name.is_empty();
+        let order = QueueKey {
+            priority: Reverse(pod.spec.priority),
+            created: pod.metadata.creation_timestamp.clone().unwrap_or_default(),
+            pod: key.clone(),
+        };
+        let previous = self.pods.remove(&key);
+        let mut was_parked = false;
+        let mut counted_on = None;
+        if let Some(previous) = previous {
+            self.queue.remove(&previous.order);
+            was_parked = self.parked.remove(&previous.order);
+            counted_on = previous.counted_on;
+            // A pod that finished frees its room.
+            self.wake |= phase.is_finished() && !previous.phase.is_finished();
+        }
         self.pods.insert(
-            key,
+            key.clone(),
             CachedPod {
                 revision,
                 node: pod.spec.node_name.clone(),
@@ -314,89 +406,92 @@ impl Session {
                     priority: pod.spec.priority,
                     request: request_of(&pod.spec),
                 },
-                created: pod.metadata.creation_timestamp.clone().unwrap_or_default(),
                 spec: pod.spec,
+                order,
+                counted_on,
                 object,
             },
         );
-        waiting
+        self.sync(&key, was_parked);
     }
 
-    /// The nodes with what is placed on them, assumed bindings included.
-    fn snapshot(&self) -> Vec<NodeState> {
-        let mut index = HashMap::new();
-        let mut nodes: Vec<NodeState> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, (name, node))| {
-                index.insert(name.as_str(), i);
-                NodeState {
-                    name: name.clone(),
-                    labels: node.labels.clone(),
-                    taints: node.taints.clone(),
-                    unschedulable: node.unschedulable,
-                    ready: self.ready.contains(name),
-                    allocatable: node.allocatable,
-                    requested: Resources::default(),
-                    pods: Vec::new(),
-                }
-            })
-            .collect();
-        for (key, pod) in &self.pods {
-            if matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed) {
-                continue;
-            }
-            let node = if pod.node.is_empty() {
-                match self.assumed.get(key) {
-                    Some(node) => node.as_str(),
-                    None => continue,
-                }
-            } else {
-                pod.node.as_str()
-            };
-            if let Some(&i) = index.get(node) {
-                place(&mut nodes[i], pod.placed.clone());
-            }
-        }
-        nodes
-    }
-
-    /// One round: every waiting pod, most important and oldest first.
-    fn schedule(&mut self) {
-        let mut waiting: Vec<&PodKey> = self
-            .pods
-            .iter()
-            .filter(|(key, pod)| {
-                pod.node.is_empty()
-                    && pod.phase == PodPhase::Pending
-                    && !self.assumed.contains_key(*key)
-            })
-            .map(|(key, _)| key)
-            .collect();
-        if waiting.is_empty() {
+    fn remove_pod(&mut self, key: &PodKey) {
+        self.assumed.remove(key);
+        self.evicting.remove(key);
+        self.reported.remove(key);
+        let Some(pod) = self.pods.remove(key) else {
             return;
+        };
+        self.queue.remove(&pod.order);
+        self.parked.remove(&pod.order);
+        if let Some(node) = &pod.counted_on
+            && let Some(&i) = self.index.get(node)
+        {
+            unplace(&mut self.nodes[i], key);
+            // A deleted pod frees room.
+            self.wake = true;
         }
-        waiting.sort_by(|a, b| {
-            let (pa, pb) = (&self.pods[*a], &self.pods[*b]);
-            pb.spec
-                .priority
-                .cmp(&pa.spec.priority)
-                .then(pa.created.cmp(&pb.created))
-                .then(a.cmp(b))
-        });
-        let waiting: Vec<PodKey> = waiting.into_iter().cloned().collect();
-        let mut nodes = self.snapshot();
-        let index: HashMap<String, usize> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.clone(), i))
-            .collect();
-        for key in waiting {
-            if self.in_flight.len() >= self.config.max_in_flight {
-                break;
+    }
+
+    /// The node a pod's resources count on: its binding, or the binding in
+    /// flight; none once it finished or while it is being evicted.
+    fn target(&self, key: &PodKey) -> Option<String> {
+        let pod = self.pods.get(key)?;
+        if pod.phase.is_finished() || self.evicting.contains(key) {
+            None
+        } else if !pod.node.is_empty() {
+            Some(pod.node.clone())
+        } else {
+            self.assumed.get(key).cloned()
+        }
+    }
+
+    /// Brings a pod's accounting and queueing in line with its cached
+    /// state: counted on the node it is (being) bound to, and queued (or
+    /// parked, if `parked`) when it still waits for one.
+    fn sync(&mut self, key: &PodKey, parked: bool) {
+        let target = self.target(key);
+        let Some(pod) = self.pods.get_mut(key) else {
+            return;
+        };
+        if let Some(node) = pod.counted_on.take()
+            && let Some(&i) = self.index.get(&node)
+        {
+            unplace(&mut self.nodes[i], key);
+        }
+        if let Some(node) = target
+            && let Some(&i) = self.index.get(&node)
+        {
+            place(&mut self.nodes[i], pod.placed.clone());
+            pod.counted_on = Some(node);
+        }
+        let waiting = pod.node.is_empty()
+            && pod.phase == PodPhase::Pending
+            && !self.assumed.contains_key(key)
+            && !self.evicting.contains(key);
+        if !waiting {
+            self.queue.remove(&pod.order);
+            self.parked.remove(&pod.order);
+        } else if !self.queue.contains(&pod.order) && !self.parked.contains(&pod.order) {
+            if parked {
+                self.parked.insert(pod.order.clone());
+            } else {
+                self.queue.insert(pod.order.clone());
             }
-            let pod = &self.pods[&key];
+        }
+    }
+
+    /// One round: queued pods, most important and oldest first, while
+    /// bindings may be sent.
+    fn schedule(&mut self) {
+        while self.in_flight.len() < self.config.max_in_flight {
+            let Some(next) = self.queue.pop_first() else {
+                return;
+            };
+            let key = next.pod.clone();
+            let Some(pod) = self.pods.get(&key) else {
+                continue;
+            };
             let request = PodRequest {
                 namespace: &key.0,
                 name: &key.1,
@@ -404,38 +499,22 @@ impl Session {
                 spec: &pod.spec,
                 request: pod.placed.request,
             };
-            match decide::decide(&request, &nodes) {
-                Decision::Bind(node) => {
-                    place(&mut nodes[index[&node]], pod.placed.clone());
-                    self.bind(key, node, Vec::new());
-                }
+            match decide::decide(&request, &self.nodes) {
+                Decision::Bind(node) => self.bind(key, node, Vec::new()),
                 Decision::Preempt { node, victims } => {
-                    let target = &mut nodes[index[&node]];
-                    for victim in &victims {
-                        if let Some(v) = target.pods.iter().position(|p| {
-                            (p.namespace.as_str(), p.name.as_str())
-                                == (victim.0.as_str(), victim.1.as_str())
-                        }) {
-                            let gone = target.pods.remove(v);
-                            target.requested.memory =
-                                target.requested.memory.saturating_sub(gone.request.memory);
-                            target.requested.instances = target
-                                .requested
-                                .instances
-                                .saturating_sub(gone.request.instances);
-                            target.requested.cpu =
-                                target.requested.cpu.saturating_sub(gone.request.cpu);
-                        }
-                    }
-                    place(target, pod.placed.clone());
                     tracing::info!(
                         "scheduler: {}/{} preempts {victims:?} on {node}",
                         key.0,
                         key.1
                     );
+                    for victim in &victims {
+                        self.evicting.insert(victim.clone());
+                        self.sync(victim, false);
+                    }
                     self.bind(key, node, victims);
                 }
                 Decision::Unschedulable(message) => {
+                    self.parked.insert(next);
                     if self.reported.get(&key) != Some(&message) {
                         self.report_unschedulable(&key, message);
                     }
@@ -457,11 +536,12 @@ impl Session {
             expected_revision: Some(pod.revision),
         };
         self.assumed.insert(key.clone(), node);
+        self.sync(&key, false);
         let store = self.store.clone();
         self.in_flight.spawn(async move {
-            for (namespace, name) in victims {
+            for (namespace, name) in &victims {
                 let delete = Write::Delete {
-                    key: ObjectKey::new(Kind::Pod, &namespace, &name),
+                    key: ObjectKey::new(Kind::Pod, namespace, name),
                     expected_revision: None,
                     expected_uid: None,
                 };
@@ -470,6 +550,7 @@ impl Session {
                 {
                     return Outcome::Bound {
                         pod: key,
+                        victims,
                         ok: false,
                     };
                 }
@@ -481,7 +562,11 @@ impl Session {
                     false
                 }
             };
-            Outcome::Bound { pod: key, ok }
+            Outcome::Bound {
+                pod: key,
+                victims: Vec::new(),
+                ok,
+            }
         });
     }
 
@@ -519,6 +604,23 @@ fn place(node: &mut NodeState, pod: PlacedPod) {
     node.requested.instances += pod.request.instances;
     node.requested.cpu += pod.request.cpu;
     node.pods.push(pod);
+}
+
+fn unplace(node: &mut NodeState, key: &PodKey) {
+    let Some(at) = node
+        .pods
+        .iter()
+        .position(|p| (&p.namespace, &p.name) == (&key.0, &key.1))
+    else {
+        return;
+    };
+    let pod = node.pods.swap_remove(at);
+    node.requested.memory = node.requested.memory.saturating_sub(pod.request.memory);
+    node.requested.instances = node
+        .requested
+        .instances
+        .saturating_sub(pod.request.instances);
+    node.requested.cpu = node.requested.cpu.saturating_sub(pod.request.cpu);
 }
 
 fn key_of(object: &Value) -> PodKey {

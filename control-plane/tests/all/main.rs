@@ -7,6 +7,7 @@ mod bad_input;
 mod concurrency;
 mod crud;
 mod restart;
+mod scheduling;
 mod support;
 mod tls;
 mod watch;

@@ -397,10 +397,7 @@ impl Upstream {
                     let now = active.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
                     let active = active.clone();
-                    std::thread::spawn(move || {
-                        answer(stream, body, hold);
-                        active.fetch_sub(1, Ordering::SeqCst);
-                    });
+                    std::thread::spawn(move || answer(stream, body, hold, &active));
                 }
             }
         });
@@ -416,7 +413,7 @@ impl Upstream {
     }
 }
 
-fn answer(mut stream: TcpStream, body: &str, hold: Duration) {
+fn answer(mut stream: TcpStream, body: &str, hold: Duration, active: &AtomicUsize) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     // Read the request head; guests send no body on GET.
@@ -424,6 +421,10 @@ fn answer(mut stream: TcpStream, body: &str, hold: Duration) {
         line.clear();
     }
     std::thread::sleep(hold);
+    // The connection stops counting before the answer goes out: once the
+    // guest has it, its instance may end and the next guest may connect
+    // before this thread is scheduled again.
+    active.fetch_sub(1, Ordering::SeqCst);
     let _ = write!(
         stream,
         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

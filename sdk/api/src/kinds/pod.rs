@@ -324,6 +324,13 @@ pub enum PodPhase {
     Unknown,
 }
 
+impl PodPhase {
+    /// Succeeded or Failed: the pod will not run again and holds no room.
+    pub fn is_finished(self) -> bool {
+        matches!(self, PodPhase::Succeeded | PodPhase::Failed)
+    }
+}
+
 /// A condition in Kubernetes' shape, shared by every kind's status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

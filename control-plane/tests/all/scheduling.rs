@@ -1,0 +1,148 @@
+//! The scheduler inside a real control-plane process, on status-only
+//! nodes: preemption, a pod parked as unschedulable, and its retry once
+//! room is freed. (Placement rules on real nodes are tested end to end in
+//! wasmctl's cluster tests; every rule is table-tested in `decide`.)
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use skiff_api::Kind;
+use skiff_client::Client;
+use testkit::ControlPlane;
+
+use crate::support::{Cluster, binary, client};
+
+/// A node with room for four 128Mi instances, its lease current.
+async fn small_node(api: &Client) {
+    let node = json!({
+        "apiVersion": skiff_api::API_VERSION, "kind": "Node",
+        "metadata": {"name": "small"},
+        "spec": {},
+    });
+    let mut node = api.create(Kind::Node, None, &node).await.expect("node");
+    node["status"] = json!({
+        "allocatable": {"memory": "512Mi", "instances": 10},
+        "conditions": [{"type": "Ready", "status": "True"}],
+    });
+    api.replace_status(Kind::Node, None, "small", &node)
+        .await
+        .expect("node status");
+    api.renew_lease("small", Duration::from_secs(600))
+        .await
+        .expect("lease");
+}
+
+async fn create_pod(api: &Client, name: &str, memory: &str, priority: i32) {
+    let pod = json!({
+        "apiVersion": skiff_api::API_VERSION, "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "image": "127.0.0.1:5000/hello:v1",
+            "resources": {"memory": memory},
+            "priority": priority,
+        },
+    });
+    api.create(Kind::Pod, Some("default"), &pod)
+        .await
+        .expect("pod");
+}
+
+/// Pod name → node name (empty when unbound), once `done` holds of them.
+async fn pods_when(
+    api: &Client,
+    what: &str,
+    done: impl Fn(&[(String, String, Value)]) -> bool,
+) -> Vec<(String, String, Value)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = api
+            .list(Kind::Pod, Some("default"), &Default::default())
+            .await
+            .expect("list");
+        let pods: Vec<(String, String, Value)> = list
+            .items
+            .into_iter()
+            .map(|p| {
+                (
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    p["spec"]["nodeName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    p,
+                )
+            })
+            .collect();
+        if done(&pods) {
+            return pods;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {pods:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn unschedulable_message(pod: &Value) -> Option<&str> {
+    pod["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable")?["message"]
+        .as_str()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preemption_makes_room_and_a_parked_pod_runs_once_room_is_freed() {
+    let cluster = Cluster::new();
+    let plane = ControlPlane::start(binary(), &cluster.database_url, &[]);
+    let api = client(&plane, &cluster.admin_token);
+    small_node(&api).await;
+
+    for i in 0..4 {
+        create_pod(&api, &format!("low-{i}"), "128Mi", 0).await;
+    }
+    pods_when(&api, "four low-priority pods bound", |pods| {
+        pods.len() == 4 && pods.iter().all(|(_, node, _)| node == "small")
+    })
+    .await;
+
+    // Nothing fits a 256Mi pod; at priority 100 it evicts exactly the two
+    // pods it needs (the lowest priority, then by name).
+    create_pod(&api, "high", "256Mi", 100).await;
+    let pods = pods_when(&api, "the preemptor bound", |pods| {
+        pods.iter()
+            .any(|(name, node, _)| name == "high" && node == "small")
+    })
+    .await;
+    let mut names: Vec<&str> = pods.iter().map(|(name, _, _)| name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["high", "low-2", "low-3"]);
+
+    // An equal-priority pod may not preempt: it is parked, and says why.
+    create_pod(&api, "late", "128Mi", 0).await;
+    let pods = pods_when(&api, "the late pod reported unschedulable", |pods| {
+        pods.iter()
+            .any(|(name, _, pod)| name == "late" && unschedulable_message(pod).is_some())
+    })
+    .await;
+    let late = &pods.iter().find(|(name, _, _)| name == "late").unwrap().2;
+    assert_eq!(late["spec"]["nodeName"], Value::Null);
+    assert_eq!(
+        unschedulable_message(late),
+        Some("0/1 nodes: 1 insufficient memory")
+    );
+
+    // Deleting the preemptor frees its room: the parked pod is tried again.
+    api.delete(Kind::Pod, Some("default"), "high", None)
+        .await
+        .expect("delete");
+    pods_when(&api, "the late pod bound", |pods| {
+        pods.iter()
+            .any(|(name, node, _)| name == "late" && node == "small")
+    })
+    .await;
+}
