@@ -62,3 +62,13 @@ ensure_registry() {
   command -v docker-registry >/dev/null 2>&1 && return 0
   ensure_packages docker-registry
 }
+
+# wasmtime-cli at the version the workspace pins: the benchmarks' baseline.
+ensure_wasmtime_cli() {
+  local version
+  version=$(sed -n 's/^wasmtime = { version = "=\([0-9.]*\)".*/\1/p' Cargo.toml)
+  [ -n "$version" ] || die "cannot find the pinned wasmtime version in Cargo.toml"
+  [ "$(wasmtime --version 2>/dev/null | cut -d' ' -f1,2)" = "wasmtime $version" ] && return 0
+  say "installing wasmtime-cli $version (the baseline)"
+  cargo install --locked --quiet wasmtime-cli --version "$version"
+}

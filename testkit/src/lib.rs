@@ -148,33 +148,50 @@ impl Postgres {
 /// Builds a binary of this workspace (once per test process) and returns
 /// its path, for tests of one crate that need another crate's binary.
 pub fn binary(package: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
+    build_binary(package, false)
+}
+
+/// As [`binary`], optimized: for benchmarks. Every binary of the workspace
+/// is built in one go: built one package at a time, features unify
+/// differently each time and each build undoes the last.
+pub fn release_binary(package: &str) -> PathBuf {
+    build_binary(package, true)
+}
+
+fn build_binary(package: &str, release: bool) -> PathBuf {
+    type Built = Mutex<std::collections::HashMap<(String, bool), PathBuf>>;
+    static BUILT: OnceLock<Built> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().expect("lock");
-    if let Some(path) = built.get(package) {
+    let key = (package.to_owned(), release);
+    if let Some(path) = built.get(&key) {
         return path.clone();
     }
-    let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args([
-            "build",
-            "-p",
-            package,
-            "--bin",
-            package,
-            "--message-format=json",
-        ])
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.args(["build", "--message-format=json"]);
+    if release {
+        command.args(["--release", "--workspace", "--bins"]);
+    } else {
+        command.args(["-p", package, "--bin", package]);
+    }
+    let output = command
         .stderr(Stdio::inherit())
         .output()
         .expect("cargo runs");
     assert!(output.status.success(), "building {package} failed");
-    let path = String::from_utf8_lossy(&output.stdout)
+    for executable in String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .find(|p| p.file_name().is_some_and(|f| f == package))
-        .unwrap_or_else(|| panic!("cargo built no {package} binary"));
-    built.insert(package.to_owned(), path.clone());
-    path
+    {
+        if let Some(name) = executable.file_name().and_then(|f| f.to_str()) {
+            built.insert((name.to_owned(), release), executable.clone());
+        }
+    }
+    built
+        .get(&key)
+        .cloned()
+        .unwrap_or_else(|| panic!("cargo built no {package} binary"))
 }
 
 /// A `control-plane serve` process; killed (SIGKILL) when dropped.
@@ -315,6 +332,7 @@ pub struct Node {
     pub data_dir: PathBuf,
     command: Vec<String>,
     binary: PathBuf,
+    log_filter: &'static str,
     log: Arc<Mutex<String>>,
 }
 
@@ -322,6 +340,20 @@ impl Node {
     /// Joins `server` as node `name` with a node token; `extra` are further
     /// `wasm-node join` flags. Waits until the node has registered.
     pub fn start(binary: &Path, server: &str, token: &str, name: &str, extra: &[&str]) -> Node {
+        Self::start_logging(binary, server, token, name, extra, "wasm_node=debug,warn")
+    }
+
+    /// As [`Node::start`], logging at `log_filter` (`RUST_LOG` syntax; it
+    /// must keep wasm_node's info lines, which say when the node joined).
+    /// Benchmarks log less than tests.
+    pub fn start_logging(
+        binary: &Path,
+        server: &str,
+        token: &str,
+        name: &str,
+        extra: &[&str],
+        log_filter: &'static str,
+    ) -> Node {
         let ingress = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let data_dir = std::env::temp_dir().join(unique(&format!("skiff-node-{name}")));
         let mut command: Vec<String> = [
@@ -348,6 +380,7 @@ impl Node {
             data_dir,
             command,
             binary: binary.to_owned(),
+            log_filter,
             log: Arc::default(),
         };
         node.launch();
@@ -356,12 +389,15 @@ impl Node {
 
     fn launch(&mut self) {
         let mut command = Command::new(&self.binary);
-        command
-            .args(&self.command)
-            .env("RUST_LOG", "wasm_node=debug,warn");
+        command.args(&self.command).env("RUST_LOG", self.log_filter);
         let (child, _, log) = spawn_logged(command, &format!("node {} joined", self.name), "node");
         self.child = Some(child);
         self.log = log;
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.

@@ -1,0 +1,660 @@
+//! Cluster benchmarks with real processes: a Postgres, a control plane with
+//! its scheduler, `wasm-node` processes and a docker-registry, all release
+//! builds on this machine.
+//!
+//! 1. Deploy-to-serving, artifact cached on the node: from the API create
+//!    of a pod (the request `wasmctl apply` sends) to its first 200 through
+//!    the node's ingress, one pod at a time. Baseline in the same run:
+//!    `wasmtime serve` and `wasmctl run` of the same component, from process
+//!    start to first 200, compilation cached.
+//! 2. The same with a registry pull: every pod a different 2 MiB component
+//!    (hello-http padded with a custom section), so each is pulled,
+//!    verified and compiled. Baseline: `wasmtime serve` of such a component
+//!    from a local file with its compilation cache off.
+//! 3. Density: as many hello-http pods on one node as asked; node RSS per
+//!    idle pod, and whether every pod answers. Baseline: the RSS of one idle
+//!    `wasmtime serve`, the conventional cost of hosting one more app.
+//!
+//! `cargo bench -p wasmctl --bench cluster [-- PODS [DENSITY]]` (defaults
+//! 100 and 5,000). Needs `docker-registry` and `wasmtime` on PATH (the
+//! bench/cluster script installs them).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use skiff_api::Kind;
+use skiff_client::{Client, ClientConfig, ListOptions};
+use testkit::{ControlPlane, Node, Postgres, Registry, free_port};
+
+/// Baseline processes started per figure.
+const BASELINE_RUNS: usize = 20;
+/// Padding that makes a component 2 MiB.
+const PADDED_SIZE: usize = 2 << 20;
+/// Memory each deploy pod reserves: the default.
+const DEPLOY_POD_MEMORY_MIB: usize = 128;
+/// Memory each density pod reserves (hello-http needs about 1.1 MiB).
+const DENSE_POD_MEMORY_MIB: usize = 2;
+
+fn main() {
+    let mut args = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse::<usize>().ok());
+    let pods = args.next().unwrap_or(100);
+    let density = args.next().unwrap_or(5_000);
+    println!(
+        "cluster: real control plane, nodes, registry and Postgres; release builds; {}",
+        machine()
+    );
+    let bench = Bench::start(pods);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        bench.deploy_cached(pods).await;
+        bench.deploy_pulled(pods).await;
+        bench.density(density).await;
+    });
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib >> 20);
+    format!("{cores} cores, {memory} GiB")
+}
+
+/// wasmctl, as the cluster's admin.
+struct Ctl {
+    binary: PathBuf,
+    config: PathBuf,
+    cache: PathBuf,
+}
+
+impl Ctl {
+    /// Runs wasmctl; returns stdout.
+    fn run(&self, args: &[&str]) -> String {
+        let output = Command::new(&self.binary)
+            .args(args)
+            .env("WASMCTL_CONFIG", &self.config)
+            .env("WASMCTL_CACHE_DIR", &self.cache)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("wasmctl runs");
+        assert!(
+            output.status.success(),
+            "wasmctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Joins a node labelled `bench=NAME` with its own node token.
+    fn join(&self, binary: &Path, server: &str, name: &str, flags: &[&str]) -> Node {
+        let token = self.run(&["create", "token", "--node", name]);
+        let label = format!("bench={name}");
+        let mut flags = flags.to_vec();
+        flags.extend(["--label", &label]);
+        Node::start_logging(binary, server, &token, name, &flags, "wasm_node=info,warn")
+    }
+}
+
+struct Bench {
+    ctl: Ctl,
+    node_binary: PathBuf,
+    work: PathBuf,
+    hello: PathBuf,
+    hello_ref: String,
+    registry: Registry,
+    plane: ControlPlane,
+    api: Client,
+    fast: Node,
+}
+
+impl Bench {
+    /// A cluster whose `fast` node has room for `pods` pods of each deploy
+    /// figure and the warm-up one.
+    fn start(pods: usize) -> Bench {
+        let control_plane = testkit::release_binary("control-plane");
+        let node_binary = testkit::release_binary("wasm-node");
+        let hello = build_hello();
+        let work = std::env::temp_dir().join(format!("skiff-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&work).expect("work directory");
+        let ctl = Ctl {
+            binary: testkit::release_binary("wasmctl"),
+            config: work.join("config.yaml"),
+            cache: work.join("wasmctl-cache"),
+        };
+
+        let registry = Registry::start();
+        let database = Postgres::shared().create_database();
+        let admin = testkit::init_cluster(&control_plane, &database, &[]);
+        let plane = ControlPlane::start(&control_plane, &database, &[]);
+        let api = Client::new(&ClientConfig {
+            server: plane.url.clone(),
+            token: admin.clone(),
+            ..Default::default()
+        })
+        .expect("client");
+        ctl.run(&[
+            "config",
+            "set-context",
+            "admin",
+            "--server",
+            &plane.url,
+            "--token",
+            &admin,
+        ]);
+        let hello_ref = format!("{}/hello:v1", registry.addr);
+        ctl.run(&["push", path_str(&hello), &hello_ref]);
+        let memory = format!("{}Mi", (2 * pods + 1) * DEPLOY_POD_MEMORY_MIB);
+        let fast = ctl.join(
+            &node_binary,
+            &plane.url,
+            "fast",
+            &["--memory", &memory, "--instances", "10000"],
+        );
+        Bench {
+            ctl,
+            node_binary,
+            work,
+            hello,
+            hello_ref,
+            registry,
+            plane,
+            api,
+            fast,
+        }
+    }
+
+    async fn create_pod(&self, name: &str, image: &str, node: &str, memory: &str) {
+        let pod = json!({
+            "apiVersion": skiff_api::API_VERSION, "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "image": image,
+                "resources": {"memory": memory},
+                "nodeSelector": {"bench": node},
+            },
+        });
+        self.api
+            .create(Kind::Pod, Some("default"), &pod)
+            .await
+            .expect("create pod");
+    }
+
+    /// Seconds from the create of pod `name` to its first 200.
+    async fn deploy(&self, name: &str, image: &str) -> f64 {
+        let started = Instant::now();
+        let memory = format!("{DEPLOY_POD_MEMORY_MIB}Mi");
+        self.create_pod(name, image, "fast", &memory).await;
+        let host = format!("{name}.default.pod");
+        wait_for_200(self.fast.ingress, &host, Duration::from_secs(60));
+        started.elapsed().as_secs_f64()
+    }
+
+    async fn deploy_cached(&self, pods: usize) {
+        // The first pod pulls and compiles; the rest find it cached.
+        self.deploy("warm", &self.hello_ref).await;
+        let mut took = Vec::with_capacity(pods);
+        for i in 0..pods {
+            took.push(self.deploy(&format!("cached-{i}"), &self.hello_ref).await);
+        }
+        let wasmtime = start_to_first_200(|port| {
+            let mut command = Command::new("wasmtime");
+            command
+                .args(["serve", "-Scli", "-C", "cache=y", "--addr"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg(&self.hello);
+            command
+        });
+        let run = start_to_first_200(|port| {
+            let mut command = Command::new(&self.ctl.binary);
+            command
+                .args(["run", path_str(&self.hello), "--listen"])
+                .arg(format!("127.0.0.1:{port}"))
+                .env("WASMCTL_CACHE_DIR", &self.ctl.cache)
+                .env("RUST_LOG", "warn");
+            command
+        });
+        println!("deploy to serving, artifact cached on the node ({pods} pods, one at a time):");
+        report("pod: API create -> first 200", &took);
+        report("wasmtime serve: start -> first 200", &wasmtime);
+        report("wasmctl run: start -> first 200", &run);
+        println!(
+            "  pod p50 / wasmtime serve p50: {:.2}x   (target p99 < 250 ms; Kubernetes' pod-startup SLO: 5 s p99 without pulls)",
+            percentile(&took, 50) / percentile(&wasmtime, 50)
+        );
+    }
+
+    async fn deploy_pulled(&self, pods: usize) {
+        let hello = std::fs::read(&self.hello).expect("hello-http");
+        let files: Vec<PathBuf> = (0..pods)
+            .map(|i| {
+                let path = self.work.join(format!("padded-{i}.wasm"));
+                std::fs::write(&path, padded(&hello, i as u64)).expect("padded component");
+                path
+            })
+            .collect();
+        // Published beforehand, a few at a time: pushing is not deploying.
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    while let Some(file) = files.get(next.fetch_add(1, Ordering::SeqCst)) {
+                        let i = file_index(file);
+                        let reference = format!("{}/padded:v{i}", self.registry.addr);
+                        self.ctl.run(&["push", path_str(file), &reference]);
+                    }
+                });
+            }
+        });
+        let mut took = Vec::with_capacity(pods);
+        for i in 0..pods {
+            let image = format!("{}/padded:v{i}", self.registry.addr);
+            took.push(self.deploy(&format!("pulled-{i}"), &image).await);
+        }
+        let cold = start_to_first_200(|port| {
+            let mut command = Command::new("wasmtime");
+            command
+                .args(["serve", "-Scli", "-C", "cache=n", "--addr"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg(&files[0]);
+            command
+        });
+        println!(
+            "deploy to serving with a registry pull ({pods} pods, each a different {} MiB component):",
+            PADDED_SIZE >> 20
+        );
+        report("pod: API create -> pull -> first 200", &took);
+        report(
+            "wasmtime serve, local file, no cache: start -> first 200",
+            &cold,
+        );
+        println!(
+            "  pod p50 / wasmtime serve p50: {:.2}x   (target p99 < 1 s)",
+            percentile(&took, 50) / percentile(&cold, 50)
+        );
+    }
+
+    async fn density(&self, pods: usize) {
+        let memory = format!("{}Mi", (pods + 16) * DENSE_POD_MEMORY_MIB);
+        let instances = (pods + 16).to_string();
+        let dense = self.ctl.join(
+            &self.node_binary,
+            &self.plane.url,
+            "dense",
+            &["--memory", &memory, "--instances", &instances],
+        );
+        let pod_memory = format!("{DENSE_POD_MEMORY_MIB}Mi");
+        self.create_pod("dense-warm", &self.hello_ref, "dense", &pod_memory)
+            .await;
+        wait_for_200(
+            dense.ingress,
+            "dense-warm.default.pod",
+            Duration::from_secs(60),
+        );
+        let pid = dense.pid().expect("dense node runs");
+        settle();
+        let one = rss_mib(pid);
+
+        let started = Instant::now();
+        let permits = Arc::new(tokio::sync::Semaphore::new(32));
+        let mut creates = tokio::task::JoinSet::new();
+        for i in 0..pods {
+            let permit = permits.clone().acquire_owned().await.expect("permit");
+            let (api, image, memory) =
+                (self.api.clone(), self.hello_ref.clone(), pod_memory.clone());
+            creates.spawn(async move {
+                let pod = json!({
+                    "apiVersion": skiff_api::API_VERSION, "kind": "Pod",
+                    "metadata": {"name": format!("dense-{i}")},
+                    "spec": {"image": image, "resources": {"memory": memory}, "nodeSelector": {"bench": "dense"}},
+                });
+                api.create(Kind::Pod, Some("default"), &pod)
+                    .await
+                    .expect("create pod");
+                drop(permit);
+            });
+        }
+        while creates.join_next().await.is_some() {}
+        let running = self.wait_running("dense", pods + 1).await;
+        let all_running = started.elapsed().as_secs_f64();
+        settle();
+        let idle = rss_mib(pid);
+
+        let hosts: Vec<String> = (0..pods)
+            .map(|i| format!("dense-{i}.default.pod"))
+            .collect();
+        let answered = answer_all(dense.ingress, &hosts);
+        let after = rss_mib(pid);
+        let wasmtime = idle_rss_of_wasmtime_serve(&self.hello);
+        let per_pod = (idle - one) / pods as f64;
+        println!("density: hello-http pods on one node ({DENSE_POD_MEMORY_MIB}Mi reserved each):");
+        println!(
+            "  pods Running on the node: {running} (all Running {all_running:.1} s after the first create)"
+        );
+        println!(
+            "  node RSS: {one:.0} MiB with 1 pod, {idle:.0} MiB with {} idle, {after:.0} MiB after each answered once",
+            pods + 1
+        );
+        println!(
+            "  RSS per idle pod: {:.1} KiB; one idle wasmtime serve: {wasmtime:.1} MiB ({:.0}x a pod)",
+            per_pod * 1024.0,
+            wasmtime / per_pod.max(f64::EPSILON)
+        );
+        println!(
+            "  every pod answers: {answered}/{pods} answered 200   (target 5,000+ pods; Kubernetes' default: 110 per node)"
+        );
+    }
+
+    /// Waits until `expected` pods on node `name` are Running; returns how
+    /// many are.
+    async fn wait_running(&self, node: &str, expected: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let list = self
+                .api
+                .list(
+                    Kind::Pod,
+                    Some("default"),
+                    &ListOptions {
+                        field_selector: Some(format!("spec.nodeName={node}")),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("list pods");
+            let running = list
+                .items
+                .iter()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .count();
+            if running >= expected || Instant::now() > deadline {
+                return running;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("paths are utf-8")
+}
+
+fn file_index(path: &Path) -> usize {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.strip_prefix("padded-"))
+        .and_then(|s| s.parse().ok())
+        .expect("a padded component")
+}
+
+fn build_hello() -> PathBuf {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "hello-http",
+        ])
+        .current_dir(&examples)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building examples/hello-http failed");
+    examples.join("target/wasm32-wasip2/release/hello_http.wasm")
+}
+
+/// `component` with a custom section of pseudo-random bytes appended, up to
+/// [`PADDED_SIZE`]: a different, incompressible artifact per `seed`.
+fn padded(component: &[u8], seed: u64) -> Vec<u8> {
+    let name = b"skiff-bench-padding";
+    let payload_len = PADDED_SIZE.saturating_sub(component.len() + name.len() + 16);
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut payload = Vec::with_capacity(payload_len);
+    while payload.len() < payload_len {
+        // xorshift64: cheap and good enough to defeat any compression.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        payload.extend_from_slice(&state.to_le_bytes());
+    }
+    payload.truncate(payload_len);
+    let mut section = leb128(name.len());
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    out.extend(leb128(section.len()));
+    out.extend(section);
+    out
+}
+
+fn leb128(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// The status of one `GET /` for `host` over `stream` (kept alive).
+fn get(stream: &mut BufReader<TcpStream>, host: &str) -> std::io::Result<u16> {
+    write!(
+        stream.get_mut(),
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n\r\n"
+    )?;
+    let mut line = String::new();
+    stream.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let (mut length, mut chunked) = (0usize, false);
+    loop {
+        line.clear();
+        stream.read_line(&mut line)?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.trim().eq_ignore_ascii_case("chunked");
+            }
+        }
+    }
+    if !chunked {
+        stream.read_exact(&mut vec![0; length])?;
+        return Ok(status);
+    }
+    // Chunks until the empty one, then the (empty) trailer line.
+    loop {
+        line.clear();
+        stream.read_line(&mut line)?;
+        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+            .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
+        stream.read_exact(&mut vec![0; size + 2])?;
+        if size == 0 {
+            return Ok(status);
+        }
+    }
+}
+
+fn connect(addr: SocketAddr) -> std::io::Result<BufReader<TcpStream>> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(BufReader::new(stream))
+}
+
+/// Polls `addr` every millisecond until `host` answers 200.
+fn wait_for_200(addr: SocketAddr, host: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut connection = None;
+    loop {
+        if connection.is_none() {
+            connection = connect(addr).ok();
+        }
+        if let Some(stream) = connection.as_mut() {
+            match get(stream, host) {
+                Ok(200) => return,
+                Ok(_) => {}
+                Err(_) => connection = None,
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host} never answered 200 on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Asks every host once, over four kept-alive connections; returns how
+/// many answered 200.
+fn answer_all(addr: SocketAddr, hosts: &[String]) -> usize {
+    let next = AtomicUsize::new(0);
+    let ok = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                let mut stream = connect(addr).expect("ingress");
+                while let Some(host) = hosts.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    // A broken connection is retried once on a new one.
+                    let status = get(&mut stream, host).or_else(|_| {
+                        stream = connect(addr)?;
+                        get(&mut stream, host)
+                    });
+                    match status {
+                        Ok(200) => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(status) => eprintln!("{host}: {status}"),
+                        Err(e) => {
+                            eprintln!("{host}: {e}");
+                            stream = connect(addr).expect("ingress");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    ok.into_inner()
+}
+
+/// A server process, killed when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_server(mut command: Command) -> Server {
+    Server(
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("server starts"),
+    )
+}
+
+/// Seconds from starting the server `command(port)` builds to its first
+/// 200, over [`BASELINE_RUNS`] runs after one that warms caches.
+fn start_to_first_200(command: impl Fn(u16) -> Command) -> Vec<f64> {
+    (0..=BASELINE_RUNS)
+        .map(|_| {
+            let port = free_port();
+            let started = Instant::now();
+            let _server = spawn_server(command(port));
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            wait_for_200(addr, "localhost", Duration::from_secs(60));
+            started.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .collect()
+}
+
+fn idle_rss_of_wasmtime_serve(component: &Path) -> f64 {
+    let port = free_port();
+    let mut command = Command::new("wasmtime");
+    command
+        .args(["serve", "-Scli", "-C", "cache=y", "--addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(component);
+    let server = spawn_server(command);
+    wait_for_200(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "localhost",
+        Duration::from_secs(60),
+    );
+    settle();
+    rss_mib(server.0.id())
+}
+
+/// Lets a process finish what a burst of work left behind before its
+/// memory is read.
+fn settle() {
+    std::thread::sleep(Duration::from_secs(2));
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn percentile(values: &[f64], p: usize) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    sorted[rank - 1]
+}
+
+fn report(what: &str, seconds: &[f64]) {
+    println!(
+        "  {what:<58} p50 {:>7.1} ms   p99 {:>7.1} ms   (n={})",
+        percentile(seconds, 50) * 1000.0,
+        percentile(seconds, 99) * 1000.0,
+        seconds.len()
+    );
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
