@@ -224,7 +224,7 @@ pub fn init_cluster(binary: &Path, database_url: &str, extra: &[&str]) -> String
 /// Spawns `command` with stderr collected into a shared log, and waits
 /// until a line of it starts with `ready`; returns the child, the rest of
 /// that line and the log. Panics with the log if the line does not come.
-fn spawn_logged(
+pub fn spawn_logged(
     mut command: Command,
     ready: &str,
     what: &str,

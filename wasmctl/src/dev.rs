@@ -13,6 +13,7 @@ use control_plane::local_postgres::{LocalPostgres, running_as_root};
 use control_plane::server::{self, ServerConfig};
 use control_plane::store::{PoolSettings, Store, TokenGrant};
 use serde_json::json;
+use sha2::Digest;
 use skiff_api::Kind;
 use skiff_client::{Client, ClientConfig};
 use wasm_node::agent::{Agent, AgentConfig};
@@ -294,10 +295,22 @@ fn write_context(server: &str, token: &str) -> Result<()> {
 
 /// Initializes (once) and starts the managed Postgres. As root it runs as
 /// the `postgres` user, which cannot enter root's home, so its data lives
-/// under /var/lib/wasmctl-dev instead.
+/// under /var/lib/wasmctl-dev instead, in a directory named after the data
+/// directory so that every cluster keeps its own.
 fn start_postgres(data: &Path) -> Result<LocalPostgres> {
     let pg_data = if running_as_root() {
-        PathBuf::from("/var/lib/wasmctl-dev/postgres")
+        let identity = data.canonicalize()?;
+        let digest = sha2::Sha256::digest(identity.as_os_str().as_encoded_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let pg_data = Path::new("/var/lib/wasmctl-dev")
+            .join(name)
+            .join("postgres");
+        // Said once in the data directory, for whoever looks for it.
+        std::fs::write(
+            data.join("postgres-location"),
+            format!("{}\n", pg_data.display()),
+        )?;
+        pg_data
     } else {
         data.join("postgres")
     };

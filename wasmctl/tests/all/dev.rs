@@ -1,0 +1,144 @@
+//! `wasmctl dev` as the quick start runs it: a whole single-node cluster in
+//! one process (managed Postgres, control plane, node, registry), a
+//! component deployed into it, and its state kept across restarts.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use testkit::{free_port, spawn_logged, wait_until};
+
+use crate::support::{example, http_request, path_str, stderr_of, stdout_of, temp_dir, wasmctl};
+
+struct Dev {
+    data: std::path::PathBuf,
+    config: std::path::PathBuf,
+    api: SocketAddr,
+    ingress: SocketAddr,
+    registry: SocketAddr,
+}
+
+impl Dev {
+    fn new() -> Dev {
+        let data = temp_dir("dev");
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Dev {
+            config: data.join("config.yaml"),
+            api: loopback(free_port()),
+            ingress: loopback(free_port()),
+            registry: loopback(free_port()),
+            data: data.join("cluster"),
+        }
+    }
+
+    fn command(&self, extra: &[&str]) -> Command {
+        let mut command = wasmctl();
+        command
+            .args(["dev", "--data-dir", path_str(&self.data)])
+            .args(["--api", &self.api.to_string()])
+            .args(["--ingress", &self.ingress.to_string()])
+            .args(["--registry", &self.registry.to_string()])
+            .args(extra)
+            .env("WASMCTL_CONFIG", &self.config)
+            .env("RUST_LOG", "warn");
+        command
+    }
+
+    /// Starts it and waits for the line starting with `ready`; returns the
+    /// process and the rest of that line.
+    fn start(&self, extra: &[&str], ready: &str) -> (Child, String) {
+        let (child, rest, _log) = spawn_logged(self.command(extra), ready, "wasmctl dev");
+        (child, rest)
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_request(self.ingress, "hello-http.default.pod.localhost", path, &[])
+            .ok()
+            .map(|r| (r.status, r.body))
+    }
+}
+
+impl Drop for Dev {
+    /// As root the managed Postgres lives outside the data directory, at
+    /// the place the data directory names; both go.
+    fn drop(&mut self) {
+        if let Ok(location) = std::fs::read_to_string(self.data.join("postgres-location"))
+            && let Some(outside) = Path::new(location.trim()).parent()
+        {
+            let _ = std::fs::remove_dir_all(outside);
+        }
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+fn stop(mut child: Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "wasmctl dev exited with {status}");
+}
+
+#[test]
+fn dev_runs_a_cluster_deploys_a_component_and_keeps_its_state() {
+    let dev = Dev::new();
+    let hello = example("hello_http");
+    let (child, deployed) = dev.start(&["--deploy", path_str(&hello)], "Deployed ");
+    assert!(
+        deployed.ends_with(&format!(
+            "curl http://hello-http.default.pod.localhost:{}/",
+            dev.ingress.port()
+        )),
+        "{deployed}"
+    );
+    assert_eq!(
+        dev.get("/?name=dev"),
+        Some((200, "Hello, dev! (GET /)\n".to_owned()))
+    );
+
+    // The context it wrote is current and reaches the cluster.
+    let nodes = wasmctl()
+        .args(["get", "nodes"])
+        .env("WASMCTL_CONFIG", &dev.config)
+        .output()
+        .expect("wasmctl runs");
+    assert!(nodes.status.success(), "{}", stderr_of(&nodes));
+    let table = stdout_of(&nodes);
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(row.starts_with("dev ") && row.contains("Ready"), "{table}");
+
+    // SIGTERM stops everything cleanly; started again on the same data, the
+    // pod comes back without being deployed again.
+    stop(child);
+    assert!(dev.get("/").is_none(), "nothing serves once it stopped");
+    let (child, _) = dev.start(&[], "Ctrl-C stops it.");
+    assert!(
+        wait_until(Duration::from_secs(60), || dev
+            .get("/")
+            .is_some_and(|(s, _)| s == 200)),
+        "the pod did not come back after a restart"
+    );
+    stop(child);
+}
+
+#[test]
+fn dev_refuses_an_address_that_is_taken() {
+    let mut dev = Dev::new();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    dev.api = listener.local_addr().expect("address");
+    let taken = dev.api.to_string();
+    let output = dev.command(&[]).output().expect("wasmctl runs");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains(&taken),
+        "{stderr}"
+    );
+    // Nothing half-started is left listening.
+    assert!(std::net::TcpStream::connect(dev.ingress).is_err());
+    assert!(!Path::new(&dev.config).exists(), "no context was written");
+}
