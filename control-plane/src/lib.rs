@@ -5,6 +5,8 @@
 
 pub mod api;
 pub mod auth;
+pub mod controllers;
+pub mod leader;
 pub mod local_postgres;
 pub mod scheduler;
 pub mod server;

@@ -85,6 +85,7 @@ pub async fn run_on(
     if config.scheduler {
         crate::scheduler::spawn(store.clone(), hub.clone(), Default::default());
     }
+    crate::controllers::spawn(store.clone(), hub.clone());
     tokio::spawn(compact_periodically(
         store.clone(),
         config.retain_changes,

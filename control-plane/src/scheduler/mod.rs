@@ -49,26 +49,8 @@ impl Default for SchedulerConfig {
 
 /// Starts the scheduler's leadership loop in the background.
 pub fn spawn(store: Store, hub: WatchHub, config: SchedulerConfig) {
-    tokio::spawn(async move {
-        loop {
-            match store.try_lead(LEADER_KEY).await {
-                Ok(Some(lock)) => {
-                    tracing::info!("scheduler: leading");
-                    let session = Session::new(store.clone(), hub.clone(), config.clone());
-                    tokio::select! {
-                        outcome = session.run() => {
-                            if let Err(e) = outcome {
-                                tracing::warn!("scheduler: restarting: {e}");
-                            }
-                        }
-                        () = lock.lost() => tracing::warn!("scheduler: lost leadership"),
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::debug!("scheduler: cannot try for leadership: {e}"),
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
+    crate::leader::spawn(store.clone(), LEADER_KEY, "scheduler", move || {
+        Session::new(store.clone(), hub.clone(), config.clone()).run()
     });
 }
 

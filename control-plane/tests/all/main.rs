@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod concurrency;
 mod crud;
+mod gc;
 mod restart;
 mod scheduling;
 mod support;

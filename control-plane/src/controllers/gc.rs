@@ -1,0 +1,227 @@
+//! The garbage collector: deletes an object once every owner its
+//! `ownerReferences` name is gone (background propagation: the owner goes
+//! first, its dependents after). Deletions cascade, since a dependent's
+//! deletion is in turn seen as an owner's.
+//!
+//! It follows every kind by watch and keeps a graph of owners and
+//! dependents. The watches of different kinds are not ordered with one
+//! another (a dependent may be seen before its new owner), so an owner that
+//! looks missing is always checked against the store before anything is
+//! deleted, and the delete is conditional on the dependent's uid.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::Value;
+use skiff_api::selector::{FieldSelector, Selector};
+use skiff_api::{EventType, Kind};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::store::{ListQuery, ObjectKey, Store, StoreError, Write};
+use crate::watch::{self, WatchHub, WatchRequest};
+
+/// How often every dependent with a missing owner is checked again, for
+/// whatever events cannot tell (an owner deleted while no leader ran).
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// An owner as a dependent names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owner {
+    key: ObjectKey,
+    uid: String,
+}
+
+/// Who owns whom, as far as the watches have told.
+#[derive(Default)]
+struct Graph {
+    /// The uid of every object seen.
+    uids: HashMap<ObjectKey, String>,
+    live: HashSet<String>,
+    /// Dependents and the owners they name.
+    owners: HashMap<ObjectKey, (String, Vec<Owner>)>,
+    /// Owner uid → its dependents.
+    dependents: HashMap<String, HashSet<ObjectKey>>,
+}
+
+impl Graph {
+    /// Records an object; true when one of its owners is not known alive.
+    fn upsert(&mut self, key: ObjectKey, object: &Value) -> bool {
+        self.remove(&key);
+        let uid = object["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let owners = owners_of(&key, object);
+        self.live.insert(uid.clone());
+        self.uids.insert(key.clone(), uid.clone());
+        if owners.is_empty() {
+            return false;
+        }
+        for owner in &owners {
+            self.dependents
+                .entry(owner.uid.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        let orphaned = owners.iter().any(|o| !self.live.contains(&o.uid));
+        self.owners.insert(key, (uid, owners));
+        orphaned
+    }
+
+    /// Forgets an object; returns its dependents.
+    fn remove(&mut self, key: &ObjectKey) -> HashSet<ObjectKey> {
+        let Some(uid) = self.uids.remove(key) else {
+            return HashSet::new();
+        };
+        self.live.remove(&uid);
+        if let Some((_, owners)) = self.owners.remove(key) {
+            for owner in owners {
+                if let Some(set) = self.dependents.get_mut(&owner.uid) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        self.dependents.remove(&owner.uid);
+                    }
+                }
+            }
+        }
+        self.dependents.get(&uid).cloned().unwrap_or_default()
+    }
+
+    /// Dependents with an owner not known alive.
+    fn suspects(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.owners
+            .iter()
+            .filter(|(_, (_, owners))| owners.iter().any(|o| !self.live.contains(&o.uid)))
+            .map(|(key, _)| key)
+    }
+}
+
+/// The owners an object names; an owner of a namespaced kind lives in the
+/// dependent's namespace. References to kinds this API does not have are
+/// ignored, so they never count as gone.
+fn owners_of(key: &ObjectKey, object: &Value) -> Vec<Owner> {
+    object["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|reference| {
+            let kind = Kind::from_name(reference["kind"].as_str()?)?;
+            let namespace = if kind.namespaced() {
+                key.namespace.as_str()
+            } else {
+                ""
+            };
+            Some(Owner {
+                key: ObjectKey::new(kind, namespace, reference["name"].as_str()?),
+                uid: reference["uid"].as_str()?.to_owned(),
+            })
+        })
+        .collect()
+}
+
+fn key_of(kind: Kind, object: &Value) -> ObjectKey {
+    ObjectKey::new(
+        kind,
+        object["metadata"]["namespace"].as_str().unwrap_or_default(),
+        object["metadata"]["name"].as_str().unwrap_or_default(),
+    )
+}
+
+/// One term of leadership.
+pub async fn run(store: Store, hub: WatchHub) -> Result<(), StoreError> {
+    let mut graph = Graph::default();
+    let (events, mut received) = mpsc::channel(1024);
+    // Dropped with this term, which stops the watches.
+    let mut watches = JoinSet::new();
+    for kind in Kind::ALL {
+        let page = store.list(kind, ListQuery::default()).await?;
+        for object in &page.items {
+            graph.upsert(key_of(kind, object), object);
+        }
+        let mut stream = watch::start(
+            store.clone(),
+            &hub,
+            WatchRequest {
+                kind,
+                namespace: None,
+                labels: Selector::everything(),
+                fields: FieldSelector::default(),
+                from: Some(page.revision),
+                bookmark_interval: Duration::from_secs(3600),
+                timeout: Duration::from_secs(365 * 24 * 3600),
+            },
+        );
+        let events = events.clone();
+        watches.spawn(async move {
+            while let Some(event) = stream.recv().await {
+                if events.send((kind, event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(events);
+    let mut suspects: BTreeSet<(Kind, String, String)> = BTreeSet::new();
+    let mut resync = tokio::time::interval(RESYNC);
+    loop {
+        while let Some((kind, namespace, name)) = suspects.pop_first() {
+            collect(&store, &graph, &ObjectKey::new(kind, &namespace, &name)).await?;
+        }
+        tokio::select! {
+            event = received.recv() => {
+                let (kind, event) = event.ok_or_else(|| StoreError::Unavailable("a watch ended".into()))?;
+                let key = key_of(kind, &event.object);
+                let woken = match event.event_type {
+                    EventType::Added | EventType::Modified => {
+                        if graph.upsert(key.clone(), &event.object) { vec![key] } else { Vec::new() }
+                    }
+                    EventType::Deleted => graph.remove(&key).into_iter().collect(),
+                    EventType::Bookmark => Vec::new(),
+                    EventType::Error => return Err(StoreError::Unavailable(format!("the {} watch failed", kind.name()))),
+                };
+                suspects.extend(woken.into_iter().map(sortable));
+            }
+            _ = resync.tick() => suspects.extend(graph.suspects().cloned().map(sortable)),
+        }
+    }
+}
+
+fn sortable(key: ObjectKey) -> (Kind, String, String) {
+    (key.kind, key.namespace, key.name)
+}
+
+/// Deletes `key` if every owner it names is gone, checking each that the
+/// graph does not know alive against the store.
+async fn collect(store: &Store, graph: &Graph, key: &ObjectKey) -> Result<(), StoreError> {
+    let Some((uid, owners)) = graph.owners.get(key) else {
+        return Ok(());
+    };
+    for owner in owners {
+        if graph.live.contains(&owner.uid) {
+            return Ok(());
+        }
+        let current = store.get(&owner.key).await?;
+        if current.is_some_and(|o| o["metadata"]["uid"].as_str() == Some(owner.uid.as_str())) {
+            return Ok(());
+        }
+    }
+    tracing::info!(
+        "garbage collector: deleting {} {}/{}: its owners are gone",
+        key.kind.name(),
+        key.namespace,
+        key.name
+    );
+    match store
+        .write(Write::Delete {
+            key: key.clone(),
+            expected_revision: None,
+            expected_uid: Some(uid.clone()),
+        })
+        .await
+    {
+        // Gone already, or replaced by a new object of the same name.
+        Ok(_) | Err(StoreError::NotFound(_) | StoreError::UidMismatch(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,92 @@
+//! The garbage collector in a real control-plane process: dependents go
+//! when all their owners are gone, cascading; nothing goes while an owner
+//! remains.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use skiff_api::Kind;
+use skiff_client::Client;
+
+use crate::support::{Cluster, client};
+
+async fn config_map(api: &Client, name: &str, owners: &[&Value]) -> Value {
+    let references: Vec<Value> = owners
+        .iter()
+        .map(|o| {
+            json!({
+                "apiVersion": skiff_api::API_VERSION,
+                "kind": o["kind"],
+                "name": o["metadata"]["name"],
+                "uid": o["metadata"]["uid"],
+            })
+        })
+        .collect();
+    let object = json!({
+        "apiVersion": skiff_api::API_VERSION, "kind": "ConfigMap",
+        "metadata": {"name": name, "ownerReferences": references},
+        "data": {},
+    });
+    api.create(Kind::ConfigMap, Some("default"), &object)
+        .await
+        .expect("create")
+}
+
+async fn names(api: &Client) -> Vec<String> {
+    let mut names: Vec<String> = api
+        .list(Kind::ConfigMap, Some("default"), &Default::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+async fn until_names(api: &Client, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = names(api).await;
+        if now == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {expected:?}, have {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependents_go_with_their_last_owner_and_cascade() {
+    let cluster = Cluster::new();
+    let plane = cluster.serve(&[]);
+    let api = client(&plane, &cluster.admin_token);
+
+    let owner = config_map(&api, "owner", &[]).await;
+    let other = config_map(&api, "other", &[]).await;
+    let child = config_map(&api, "child", &[&owner]).await;
+    config_map(&api, "grandchild", &[&child]).await;
+    config_map(&api, "shared", &[&owner, &other]).await;
+    // An owner of the same name but another uid is not the owner.
+    let mut impostor = owner.clone();
+    impostor["metadata"]["uid"] = json!("00000000-0000-4000-8000-000000000000");
+    config_map(&api, "stale", &[&impostor]).await;
+
+    // The stale reference is collected at once; the rest stay.
+    until_names(&api, &["child", "grandchild", "other", "owner", "shared"]).await;
+
+    api.delete(Kind::ConfigMap, Some("default"), "owner", None)
+        .await
+        .expect("delete");
+    // The child goes, then its own dependent; `shared` still has an owner.
+    until_names(&api, &["other", "shared"]).await;
+
+    api.delete(Kind::ConfigMap, Some("default"), "other", None)
+        .await
+        .expect("delete");
+    until_names(&api, &[]).await;
+}
