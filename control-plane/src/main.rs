@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use control_plane::api::ApiConfig;
+use control_plane::controllers::nodes::NodeLifecycleConfig;
 use control_plane::server::{self, ServerConfig};
 use control_plane::store::PoolSettings;
 use skiff_api::quantity::parse_duration;
@@ -79,6 +80,12 @@ struct ServeArgs {
     /// Do not schedule pods in this process (another one does).
     #[arg(long)]
     no_scheduler: bool,
+    /// Do not run controllers in this process (another one does).
+    #[arg(long)]
+    no_controllers: bool,
+    /// How long a node stays NotReady before its pods are evicted.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pod_eviction_timeout: Duration,
 }
 
 fn main() -> std::process::ExitCode {
@@ -160,6 +167,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         database_wait: args.database_wait,
         token_cache_ttl: args.token_cache_ttl,
         scheduler: !args.no_scheduler,
+        controllers: !args.no_controllers,
+        node_lifecycle: NodeLifecycleConfig {
+            eviction_timeout: args.pod_eviction_timeout,
+            ..NodeLifecycleConfig::default()
+        },
         api: ApiConfig {
             bookmark_interval: args.bookmark_interval,
             ..ApiConfig::default()

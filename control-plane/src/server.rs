@@ -38,6 +38,10 @@ pub struct ServerConfig {
     pub token_cache_ttl: Duration,
     /// Whether this process may schedule (when it holds the lock).
     pub scheduler: bool,
+    /// Whether this process may run controllers (when it holds the lock).
+    pub controllers: bool,
+    /// How nodes that stop renewing their leases are handled.
+    pub node_lifecycle: crate::controllers::nodes::NodeLifecycleConfig,
     pub api: ApiConfig,
 }
 
@@ -85,7 +89,9 @@ pub async fn run_on(
     if config.scheduler {
         crate::scheduler::spawn(store.clone(), hub.clone(), Default::default());
     }
-    crate::controllers::spawn(store.clone(), hub.clone());
+    if config.controllers {
+        crate::controllers::spawn(store.clone(), hub.clone(), config.node_lifecycle.clone());
+    }
     tokio::spawn(compact_periodically(
         store.clone(),
         config.retain_changes,

@@ -147,13 +147,13 @@ impl Postgres {
 
 /// Builds a binary of this workspace (once per test process) and returns
 /// its path, for tests of one crate that need another crate's binary.
+/// Every binary is built in one go: built one package at a time, features
+/// unify differently each time and each build undoes the last.
 pub fn binary(package: &str) -> PathBuf {
     build_binary(package, false)
 }
 
-/// As [`binary`], optimized: for benchmarks. Every binary of the workspace
-/// is built in one go: built one package at a time, features unify
-/// differently each time and each build undoes the last.
+/// As [`binary`], optimized: for benchmarks.
 pub fn release_binary(package: &str) -> PathBuf {
     build_binary(package, true)
 }
@@ -168,11 +168,9 @@ fn build_binary(package: &str, release: bool) -> PathBuf {
         return path.clone();
     }
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    command.args(["build", "--message-format=json"]);
+    command.args(["build", "--workspace", "--bins", "--message-format=json"]);
     if release {
-        command.args(["--release", "--workspace", "--bins"]);
-    } else {
-        command.args(["-p", package, "--bin", package]);
+        command.arg("--release");
     }
     let output = command
         .stderr(Stdio::inherit())

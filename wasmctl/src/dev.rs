@@ -106,6 +106,8 @@ async fn serve(
         database_wait: Duration::from_secs(30),
         token_cache_ttl: Duration::from_secs(10),
         scheduler: true,
+        controllers: true,
+        node_lifecycle: Default::default(),
         api: Default::default(),
     };
     let mut api_stopped = stopped.clone();

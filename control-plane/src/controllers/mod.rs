@@ -3,6 +3,7 @@
 //! holding the controllers' advisory lock ([`crate::leader`]).
 
 pub mod gc;
+pub mod nodes;
 
 use crate::store::Store;
 use crate::watch::WatchHub;
@@ -10,9 +11,15 @@ use crate::watch::WatchHub;
 /// The advisory lock key of the controllers' leadership.
 const LEADER_KEY: i64 = 0x736b_6966_6663_746c; // "skiffctl"
 
-/// Starts the controllers' leadership loop in the background.
-pub fn spawn(store: Store, hub: WatchHub) {
+/// Starts the controllers' leadership loop in the background. A term runs
+/// every controller; one failing ends the term for all, and the next term
+/// starts them afresh.
+pub fn spawn(store: Store, hub: WatchHub, nodes: nodes::NodeLifecycleConfig) {
     crate::leader::spawn(store.clone(), LEADER_KEY, "controllers", move || {
-        gc::run(store.clone(), hub.clone())
+        let (store, hub, nodes) = (store.clone(), hub.clone(), nodes.clone());
+        async move {
+            tokio::try_join!(gc::run(store.clone(), hub), nodes::run(store, nodes))?;
+            Ok(())
+        }
     });
 }

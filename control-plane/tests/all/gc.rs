@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use skiff_api::Kind;
 use skiff_client::Client;
 
-use crate::support::{Cluster, client};
+use testkit::ControlPlane;
+
+use crate::support::{Cluster, binary, client};
 
 async fn config_map(api: &Client, name: &str, owners: &[&Value]) -> Value {
     let references: Vec<Value> = owners
@@ -63,7 +65,7 @@ async fn until_names(api: &Client, expected: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependents_go_with_their_last_owner_and_cascade() {
     let cluster = Cluster::new();
-    let plane = cluster.serve(&[]);
+    let plane = ControlPlane::start(binary(), &cluster.database_url, &["--no-scheduler"]);
     let api = client(&plane, &cluster.admin_token);
 
     let owner = config_map(&api, "owner", &[]).await;

@@ -146,3 +146,85 @@ async fn preemption_makes_room_and_a_parked_pod_runs_once_room_is_freed() {
     })
     .await;
 }
+
+fn ready_condition(node: &Value) -> Option<(String, String)> {
+    let condition = node["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    Some((
+        condition["status"].as_str()?.to_owned(),
+        condition["reason"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+async fn node_when(api: &Client, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let node = api.get(Kind::Node, None, "small").await.expect("node");
+        if done(&node) {
+            return node;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {node}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_becomes_not_ready_and_loses_its_pods_until_it_renews() {
+    let cluster = Cluster::new();
+    let plane = ControlPlane::start(binary(), &cluster.database_url, &[]);
+    let api = client(&plane, &cluster.admin_token);
+    small_node(&api).await;
+    // Renewed every 200 ms for 1 s at a time, as an agent would.
+    let renew = |api: Client| {
+        tokio::spawn(async move {
+            loop {
+                api.renew_lease("small", Duration::from_secs(1))
+                    .await
+                    .expect("lease");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let renewing = renew(api.clone());
+    create_pod(&api, "web", "128Mi", 0).await;
+    pods_when(&api, "the pod bound", |pods| {
+        pods.iter()
+            .any(|(name, node, _)| name == "web" && node == "small")
+    })
+    .await;
+    // Renewing, it stays Ready through several lease periods.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let node = api.get(Kind::Node, None, "small").await.expect("node");
+    assert_eq!(
+        ready_condition(&node).map(|c| c.0),
+        Some("True".into()),
+        "{node}"
+    );
+
+    renewing.abort();
+    let node = node_when(&api, "NotReady", |n| {
+        ready_condition(n).is_some_and(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(
+        ready_condition(&node),
+        Some(("False".into(), "NodeLeaseExpired".into()))
+    );
+    // Its pod is evicted: deleted, for whoever owns it to replace.
+    pods_when(&api, "the pod evicted", |pods| pods.is_empty()).await;
+
+    let _renewing = renew(api.clone());
+    let node = node_when(&api, "Ready again", |n| {
+        ready_condition(n).is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(
+        ready_condition(&node),
+        Some(("True".into(), "LeaseRenewed".into()))
+    );
+}

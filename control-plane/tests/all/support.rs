@@ -32,10 +32,11 @@ impl Cluster {
         }
     }
 
-    /// Starts a control plane on this cluster's database. Its scheduler is
-    /// off: these tests write pods by hand and must not race it.
+    /// Starts a control plane on this cluster's database. Its scheduler and
+    /// controllers are off: these tests write pods and nodes by hand and
+    /// must not race them.
     pub fn serve(&self, extra: &[&str]) -> ControlPlane {
-        let mut args = vec!["--no-scheduler"];
+        let mut args = vec!["--no-scheduler", "--no-controllers"];
         args.extend_from_slice(extra);
         ControlPlane::start(binary(), &self.database_url, &args)
     }
