@@ -2,15 +2,13 @@
 //! when all their owners are gone, cascading; nothing goes while an owner
 //! remains.
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Value, json};
 use skiff_api::Kind;
 use skiff_client::Client;
 
 use testkit::ControlPlane;
 
-use crate::support::{Cluster, binary, client};
+use crate::support::{Cluster, binary, client, eventually};
 
 async fn config_map(api: &Client, name: &str, owners: &[&Value]) -> Value {
     let references: Vec<Value> = owners
@@ -48,18 +46,12 @@ async fn names(api: &Client) -> Vec<String> {
 }
 
 async fn until_names(api: &Client, expected: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = names(api).await;
-        if now == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {expected:?}, have {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        &format!("{expected:?}"),
+        || names(api),
+        |now| now == expected,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

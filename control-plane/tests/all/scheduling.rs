@@ -3,14 +3,14 @@
 //! room is freed. (Placement rules on real nodes are tested end to end in
 //! wasmctl's cluster tests; every rule is table-tested in `decide`.)
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use skiff_api::Kind;
 use skiff_client::Client;
 use testkit::ControlPlane;
 
-use crate::support::{Cluster, binary, client};
+use crate::support::{Cluster, binary, client, eventually};
 
 /// A node with room for four 128Mi instances, its lease current.
 async fn small_node(api: &Client) {
@@ -47,44 +47,32 @@ async fn create_pod(api: &Client, name: &str, memory: &str, priority: i32) {
         .expect("pod");
 }
 
-/// Pod name → node name (empty when unbound), once `done` holds of them.
+/// Every pod: its name, its node (empty when unbound) and itself.
+async fn pods(api: &Client) -> Vec<(String, String, Value)> {
+    let list = api
+        .list(Kind::Pod, Some("default"), &Default::default())
+        .await
+        .expect("list");
+    list.items
+        .into_iter()
+        .map(|p| {
+            let field = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                field(&p["metadata"]["name"]),
+                field(&p["spec"]["nodeName"]),
+                p,
+            )
+        })
+        .collect()
+}
+
+/// The pods, once `done` holds of them.
 async fn pods_when(
     api: &Client,
     what: &str,
     done: impl Fn(&[(String, String, Value)]) -> bool,
 ) -> Vec<(String, String, Value)> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let list = api
-            .list(Kind::Pod, Some("default"), &Default::default())
-            .await
-            .expect("list");
-        let pods: Vec<(String, String, Value)> = list
-            .items
-            .into_iter()
-            .map(|p| {
-                (
-                    p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    p["spec"]["nodeName"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    p,
-                )
-            })
-            .collect();
-        if done(&pods) {
-            return pods;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {pods:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(what, || pods(api), |p| done(p)).await
 }
 
 fn unschedulable_message(pod: &Value) -> Option<&str> {
@@ -159,18 +147,8 @@ fn ready_condition(node: &Value) -> Option<(String, String)> {
 }
 
 async fn node_when(api: &Client, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let node = api.get(Kind::Node, None, "small").await.expect("node");
-        if done(&node) {
-            return node;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {node}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let node = || async { api.get(Kind::Node, None, "small").await.expect("node") };
+    eventually(what, node, done).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,3 +91,28 @@ pub fn revision_of(object: &Value) -> i64 {
         .and_then(|rv| rv.parse().ok())
         .expect("objects carry a numeric resourceVersion")
 }
+
+/// Reads `state` every 50 ms until `done` holds of it and returns it;
+/// fails after 20 s naming `what` and the last state read.
+pub async fn eventually<T, Fut>(
+    what: &str,
+    mut state: impl FnMut() -> Fut,
+    done: impl Fn(&T) -> bool,
+) -> T
+where
+    T: std::fmt::Debug,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let now = state().await;
+        if done(&now) {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {now:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
