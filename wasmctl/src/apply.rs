@@ -82,7 +82,7 @@ pub fn run(args: ApplyArgs) -> Result<()> {
 
 /// Fields the server owns; a manifest exported with `get -o yaml` carries
 /// them, and they must not be sent back.
-fn strip_server_fields(object: &mut Value) {
+pub(crate) fn strip_server_fields(object: &mut Value) {
     if let Some(meta) = object["metadata"].as_object_mut() {
         for field in [
             "uid",

@@ -92,22 +92,9 @@ pub fn drain(args: NodeArgs) -> Result<()> {
 
 /// The pod as it was asked for: no binding, no status, no server fields.
 fn unbound_copy(mut pod: Value) -> Value {
-    if let Some(meta) = pod["metadata"].as_object_mut() {
-        for field in [
-            "uid",
-            "resourceVersion",
-            "generation",
-            "creationTimestamp",
-            "deletionTimestamp",
-        ] {
-            meta.remove(field);
-        }
-    }
+    crate::apply::strip_server_fields(&mut pod);
     if let Some(spec) = pod["spec"].as_object_mut() {
         spec.remove("nodeName");
-    }
-    if let Some(fields) = pod.as_object_mut() {
-        fields.remove("status");
     }
     pod
 }

@@ -83,6 +83,15 @@ impl NodeCluster {
         }
     }
 
+    /// Applies a pod of `image` for each name, with `spec` merged in.
+    fn apply_pods(&self, names: &[String], image: &str, spec: Value) {
+        let objects: Vec<Value> = names
+            .iter()
+            .map(|name| pod(name, image, spec.clone()))
+            .collect();
+        self.apply(&objects);
+    }
+
     /// `wasmctl apply -f -` with these objects.
     fn apply(&self, objects: &[Value]) {
         let documents: Vec<String> = objects.iter().map(Value::to_string).collect();
@@ -213,11 +222,7 @@ fn thirty_pods_are_placed_pulled_and_served_by_their_nodes() {
     let slots: &[&str] = &["--instances", "12"];
     let cluster = NodeCluster::start(&[("n1", slots), ("n2", slots), ("n3", slots)]);
     let pods = names("hello", 30);
-    let objects: Vec<Value> = pods
-        .iter()
-        .map(|name| pod(name, &cluster.hello, json!({})))
-        .collect();
-    cluster.apply(&objects);
+    cluster.apply_pods(&pods, &cluster.hello, json!({}));
 
     for name in &pods {
         let running = cluster.wait_running(name);
@@ -260,11 +265,7 @@ fn placement_rules_are_honoured_and_misfits_explained() {
     // Spread puts each pod on the emptiest node: two on a, two on b (c's
     // taint keeps them off it).
     let spread = names("spread", 4);
-    let objects: Vec<Value> = spread
-        .iter()
-        .map(|name| pod(name, &hello, json!({"placement": "Spread"})))
-        .collect();
-    cluster.apply(&objects);
+    cluster.apply_pods(&spread, &hello, json!({"placement": "Spread"}));
     for name in &spread {
         cluster.wait_running(name);
     }
@@ -274,11 +275,7 @@ fn placement_rules_are_honoured_and_misfits_explained() {
 
     // Bin packing (the default) puts every pod on the same, fullest node.
     let packed = names("packed", 4);
-    let objects: Vec<Value> = packed
-        .iter()
-        .map(|name| pod(name, &hello, json!({})))
-        .collect();
-    cluster.apply(&objects);
+    cluster.apply_pods(&packed, &hello, json!({}));
     for name in &packed {
         cluster.wait_running(name);
     }
@@ -419,11 +416,7 @@ fn a_missing_or_tampered_image_fails_its_pod_while_others_run() {
 fn nodes_keep_serving_while_the_control_plane_is_down() {
     let mut cluster = NodeCluster::start(&[("n1", &[]), ("n2", &[])]);
     let pods = names("steady", 4);
-    let objects: Vec<Value> = pods
-        .iter()
-        .map(|name| pod(name, &cluster.hello, json!({"placement": "Spread"})))
-        .collect();
-    cluster.apply(&objects);
+    cluster.apply_pods(&pods, &cluster.hello, json!({"placement": "Spread"}));
     for name in &pods {
         cluster.wait_running(name);
     }
@@ -477,11 +470,7 @@ fn nodes_keep_serving_while_the_control_plane_is_down() {
 fn a_restarted_node_picks_its_pods_up_again() {
     let mut cluster = NodeCluster::start(&[("n1", &[])]);
     let pods = names("durable", 3);
-    let objects: Vec<Value> = pods
-        .iter()
-        .map(|name| pod(name, &cluster.hello, json!({})))
-        .collect();
-    cluster.apply(&objects);
+    cluster.apply_pods(&pods, &cluster.hello, json!({}));
     let uids: Vec<Value> = pods
         .iter()
         .map(|name| cluster.wait_running(name)["metadata"]["uid"].clone())
@@ -513,11 +502,7 @@ fn a_restarted_node_picks_its_pods_up_again() {
 fn drain_moves_pods_off_a_node_and_cordon_keeps_new_ones_away() {
     let cluster = NodeCluster::start(&[("n1", &[]), ("n2", &[])]);
     let pods = names("mover", 3);
-    let objects: Vec<Value> = pods
-        .iter()
-        .map(|name| pod(name, &cluster.hello, json!({})))
-        .collect();
-    cluster.apply(&objects);
+    cluster.apply_pods(&pods, &cluster.hello, json!({}));
     for name in &pods {
         cluster.wait_running(name);
     }
@@ -544,34 +529,20 @@ fn drain_moves_pods_off_a_node_and_cordon_keeps_new_ones_away() {
             "{name} is still served by the drained node"
         );
     }
-    assert_eq!(
-        cluster.json(&["get", "node", &from])["spec"]["unschedulable"],
-        true
-    );
+    let cordoned =
+        |node: &str| cluster.json(&["get", "node", node])["spec"]["unschedulable"] == true;
+    let placed_on = |name: &str| {
+        cluster.apply(&[pod(name, &cluster.hello, json!({"placement": "Spread"}))]);
+        cluster.wait_running(name)["spec"]["nodeName"].clone()
+    };
+    assert!(cordoned(&from));
 
-    // Bin packing would choose either node for a pod that fits both; the
-    // cordon leaves only one.
-    cluster.apply(&[pod(
-        "newcomer",
-        &cluster.hello,
-        json!({"placement": "Spread"}),
-    )]);
-    assert_eq!(cluster.wait_running("newcomer")["spec"]["nodeName"], to);
+    // Spread would choose the emptier node; the cordon leaves only one.
+    assert_eq!(placed_on("newcomer"), to);
 
     cluster.cluster.ok(&["uncordon", &from]);
-    assert_ne!(
-        cluster.json(&["get", "node", &from])["spec"]["unschedulable"],
-        true
-    );
-    cluster.apply(&[pod(
-        "welcome",
-        &cluster.hello,
-        json!({"placement": "Spread"}),
-    )]);
-    assert_eq!(
-        cluster.wait_running("welcome")["spec"]["nodeName"],
-        from.as_str()
-    );
+    assert!(!cordoned(&from));
+    assert_eq!(placed_on("welcome"), from.as_str());
 }
 
 #[test]
