@@ -13,6 +13,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
+use skiff_api::meta::namespace_and_name;
 use skiff_api::selector::{FieldSelector, Selector};
 use skiff_api::{EventType, Kind};
 use tokio::sync::mpsc;
@@ -121,11 +122,8 @@ fn owners_of(key: &ObjectKey, object: &Value) -> Vec<Owner> {
 }
 
 fn key_of(kind: Kind, object: &Value) -> ObjectKey {
-    ObjectKey::new(
-        kind,
-        object["metadata"]["namespace"].as_str().unwrap_or_default(),
-        object["metadata"]["name"].as_str().unwrap_or_default(),
-    )
+    let (namespace, name) = namespace_and_name(object);
+    ObjectKey::new(kind, &namespace, &name)
 }
 
 /// One term of leadership.

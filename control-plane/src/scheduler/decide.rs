@@ -21,7 +21,7 @@ pub struct Resources {
 }
 
 impl Resources {
-    fn plus(self, other: Resources) -> Resources {
+    pub fn plus(self, other: Resources) -> Resources {
         Resources {
             memory: self.memory + other.memory,
             instances: self.instances + other.instances,
@@ -29,7 +29,8 @@ impl Resources {
         }
     }
 
-    fn minus(self, other: Resources) -> Resources {
+    /// Never below zero.
+    pub fn minus(self, other: Resources) -> Resources {
         Resources {
             memory: self.memory.saturating_sub(other.memory),
             instances: self.instances.saturating_sub(other.instances),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use skiff_api::kinds::cluster::Node;
 use skiff_api::kinds::pod::{Pod, PodPhase, parse_millicores};
+use skiff_api::meta::namespace_and_name;
 use skiff_api::quantity::parse_bytes;
 use skiff_api::selector::{FieldSelector, Selector};
 use skiff_api::{EventType, Kind};
@@ -247,7 +248,7 @@ impl Session {
     fn apply_pod(&mut self, event: skiff_api::WatchEvent<Value>) -> Result<(), StoreError> {
         match event.event_type {
             EventType::Added | EventType::Modified => self.upsert_pod(event.object),
-            EventType::Deleted => self.remove_pod(&key_of(&event.object)),
+            EventType::Deleted => self.remove_pod(&namespace_and_name(&event.object)),
             EventType::Bookmark => {}
             EventType::Error => return Err(StoreError::Unavailable("pod watch failed".into())),
         }
@@ -582,9 +583,7 @@ impl Session {
 }
 
 fn place(node: &mut NodeState, pod: PlacedPod) {
-    node.requested.memory += pod.request.memory;
-    node.requested.instances += pod.request.instances;
-    node.requested.cpu += pod.request.cpu;
+    node.requested = node.requested.plus(pod.request);
     node.pods.push(pod);
 }
 
@@ -597,25 +596,7 @@ fn unplace(node: &mut NodeState, key: &PodKey) {
         return;
     };
     let pod = node.pods.swap_remove(at);
-    node.requested.memory = node.requested.memory.saturating_sub(pod.request.memory);
-    node.requested.instances = node
-        .requested
-        .instances
-        .saturating_sub(pod.request.instances);
-    node.requested.cpu = node.requested.cpu.saturating_sub(pod.request.cpu);
-}
-
-fn key_of(object: &Value) -> PodKey {
-    (
-        object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    )
+    node.requested = node.requested.minus(pod.request);
 }
 
 /// What a pod reserves on its node: memory and a slot for each reserved

@@ -149,48 +149,18 @@ async fn roles_allow_what_they_should_and_nothing_more() {
             == Some(403),
         "no lists across namespaces"
     );
-    let no_tokens = editor
-        .create_token(
-            shop,
-            &TokenRequest {
-                role: "view".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
+    let no_tokens = editor.create_token(shop, &role("view")).await.unwrap_err();
     assert_eq!(no_tokens.code(), Some(403));
     // admin: also the namespace's tokens, but not other namespaces'.
-    let minted = owner
-        .create_token(
-            shop,
-            &TokenRequest {
-                role: "view".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let minted = owner.create_token(shop, &role("view")).await.unwrap();
     assert_eq!(minted.role, "view");
     let elsewhere = owner
-        .create_token(
-            Some("default"),
-            &TokenRequest {
-                role: "view".into(),
-                ..Default::default()
-            },
-        )
+        .create_token(Some("default"), &role("view"))
         .await
         .unwrap_err();
     assert_eq!(elsewhere.code(), Some(403));
     let cluster_token = owner
-        .create_token(
-            None,
-            &TokenRequest {
-                role: "cluster-admin".into(),
-                ..Default::default()
-            },
-        )
+        .create_token(None, &role("cluster-admin"))
         .await
         .unwrap_err();
     assert_eq!(cluster_token.code(), Some(403));
@@ -383,13 +353,7 @@ async fn a_deleted_token_stops_working() {
     let plane = cluster.serve(&["--token-cache-ttl", "0s"]);
     let admin = client(&plane, &cluster.admin_token);
     let info = admin
-        .create_token(
-            Some("default"),
-            &TokenRequest {
-                role: "view".into(),
-                ..Default::default()
-            },
-        )
+        .create_token(Some("default"), &role("view"))
         .await
         .unwrap();
     let viewer = client(&plane, info.token.as_ref().unwrap());
@@ -408,4 +372,12 @@ async fn a_deleted_token_stops_working() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(401));
+}
+
+/// A request for a token with `role` and nothing else.
+fn role(role: &str) -> TokenRequest {
+    TokenRequest {
+        role: role.into(),
+        ..Default::default()
+    }
 }

@@ -12,6 +12,18 @@ use crate::validate::{Validator, validate_dns_label, validate_labels};
 pub const API_VERSION: &str = "skiff.dev/v1";
 pub const GROUP: &str = "skiff.dev";
 
+/// The namespace (empty for cluster-scoped kinds) and name of an object in
+/// its JSON form; empty strings where they are missing.
+pub fn namespace_and_name(object: &serde_json::Value) -> (String, String) {
+    let field = |name: &str| {
+        object["metadata"][name]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (field("namespace"), field("name"))
+}
+
 /// Identity, labels and bookkeeping of an object. Fields other than name,
 /// namespace, labels, annotations and ownerReferences are set by the server.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use skiff_api::kinds::cluster::Taint;
 use skiff_api::kinds::pod::Pod;
+use skiff_api::meta::namespace_and_name;
 use skiff_api::{EventType, Kind};
 use skiff_client::{Client, ListOptions, WatchOptions};
 
@@ -319,7 +320,7 @@ async fn follow_pods(
                     }
                 }
                 EventType::Deleted => {
-                    let key = name_of(&event.object);
+                    let key = namespace_and_name(&event.object);
                     if let Some(handle) = pods.lock().await.remove(&key) {
                         tokio::spawn(handle.stop());
                     }
@@ -332,19 +333,6 @@ async fn follow_pods(
             }
         }
     }
-}
-
-fn name_of(object: &Value) -> PodName {
-    (
-        object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    )
 }
 
 /// Runs a worker for `pod` unless one runs for this very pod already (a

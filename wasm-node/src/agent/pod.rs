@@ -386,48 +386,48 @@ impl Worker {
         &self,
         name: &str,
     ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Failure> {
-        let secret = self
-            .context
-            .client
-            .get(Kind::Secret, Some(&self.namespace), name)
-            .await
-            .map_err(|e| Failure::Retry {
-                reason: "CreateContainerConfigError",
-                message: format!("secret {name}: {e}"),
-            })?;
-        Ok(secret["data"]
-            .as_object()
-            .map(|data| {
-                data.iter()
-                    .filter_map(|(k, v)| {
-                        let bytes = base64::engine::general_purpose::STANDARD
-                            .decode(v.as_str()?)
-                            .ok()?;
-                        Some((k.clone(), bytes))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        // Secret values are base64 in the API; a value that is not is skipped.
+        self.object_data(Kind::Secret, "secret", name, |v| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_str()?)
+                .ok()
+        })
+        .await
     }
 
     async fn config_map_data(
         &self,
         name: &str,
     ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Failure> {
-        let config_map = self
+        self.object_data(Kind::ConfigMap, "config map", name, |v| {
+            Some(v.as_str()?.as_bytes().to_vec())
+        })
+        .await
+    }
+
+    /// The `data` of a Secret or ConfigMap in the pod's namespace, each
+    /// value through `decode`.
+    async fn object_data(
+        &self,
+        kind: Kind,
+        what: &str,
+        name: &str,
+        decode: impl Fn(&serde_json::Value) -> Option<Vec<u8>>,
+    ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, Failure> {
+        let object = self
             .context
             .client
-            .get(Kind::ConfigMap, Some(&self.namespace), name)
+            .get(kind, Some(&self.namespace), name)
             .await
             .map_err(|e| Failure::Retry {
                 reason: "CreateContainerConfigError",
-                message: format!("config map {name}: {e}"),
+                message: format!("{what} {name}: {e}"),
             })?;
-        Ok(config_map["data"]
+        Ok(object["data"]
             .as_object()
             .map(|data| {
                 data.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.as_bytes().to_vec())))
+                    .filter_map(|(k, v)| Some((k.clone(), decode(v)?)))
                     .collect()
             })
             .unwrap_or_default())
