@@ -144,6 +144,24 @@ impl Worker {
         self.report();
     }
 
+    /// Reports a failed pull or start and moves the lifecycle on: a
+    /// retryable failure backs off and tries again, a fatal one fails the
+    /// pod. True when it will be retried.
+    fn fail(&mut self, pod: &str, failure: Failure) -> bool {
+        let (reason, message, retry) = match failure {
+            Failure::Retry { reason, message } => (reason, message, true),
+            Failure::Fatal { reason, message } => (reason, message, false),
+        };
+        tracing::warn!("{pod}: {message}");
+        self.set(Some(reason), Some(message));
+        self.move_on(if retry {
+            Event::PullFailed
+        } else {
+            Event::Invalid
+        });
+        retry
+    }
+
     async fn run(mut self, mut stopping: watch::Receiver<bool>) {
         let pod = format!("{}/{}", self.namespace, self.name);
         let mut backoff = Backoff::new(self.context.backoff_base, self.context.backoff_cap);
@@ -171,17 +189,7 @@ impl Worker {
                             pull_failed = false;
                             self.move_on(Event::Pulled);
                         }
-                        Err(Failure::Retry { reason, message }) => {
-                            tracing::warn!("{pod}: {message}");
-                            self.set(Some(reason), Some(message));
-                            pull_failed = true;
-                            self.move_on(Event::PullFailed);
-                        }
-                        Err(Failure::Fatal { reason, message }) => {
-                            tracing::warn!("{pod}: {message}");
-                            self.set(Some(reason), Some(message));
-                            self.move_on(Event::Invalid);
-                        }
+                        Err(failure) => pull_failed |= self.fail(&pod, failure),
                     }
                 }
                 State::Starting => {
@@ -191,16 +199,7 @@ impl Worker {
                             app = Some(prepared);
                             self.move_on(Event::Started);
                         }
-                        Err(Failure::Retry { reason, message }) => {
-                            self.set(Some(reason), Some(message));
-                            pull_failed = true;
-                            self.move_on(Event::PullFailed);
-                        }
-                        Err(Failure::Fatal { reason, message }) => {
-                            tracing::warn!("{pod}: {message}");
-                            self.set(Some(reason), Some(message));
-                            self.move_on(Event::Invalid);
-                        }
+                        Err(failure) => pull_failed |= self.fail(&pod, failure),
                     }
                 }
                 State::Running => {
