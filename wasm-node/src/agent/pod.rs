@@ -178,7 +178,12 @@ impl Worker {
             match self.state {
                 State::Pulling if loaded.is_some() => self.move_on(Event::Pulled),
                 State::Pulling => {
-                    self.set(Some("Pulling"), None);
+                    // A retry keeps the last failure on show (as
+                    // ImagePullBackOff) until the pull ends one way or the
+                    // other: a reader should never see the reason vanish.
+                    if !pull_failed {
+                        self.set(Some("Pulling"), None);
+                    }
                     let outcome = tokio::select! {
                         outcome = self.fetch() => outcome,
                         _ = stopping.changed() => { self.move_on(Event::Stop); continue; }
