@@ -296,3 +296,45 @@ impl Watch {
         Ended
     }
 }
+
+/// Every change to objects of `kinds`, in every namespace, after revision
+/// `from`, merged into one channel for a controller. The watches stop when
+/// the returned set is dropped; the channel closes if any of them ends.
+pub fn follow_kinds(
+    store: &Store,
+    hub: &WatchHub,
+    kinds: &[Kind],
+    from: i64,
+) -> (
+    tokio::task::JoinSet<()>,
+    mpsc::Receiver<(Kind, WatchEvent<Value>)>,
+) {
+    let (events, received) = mpsc::channel(1024);
+    let mut watches = tokio::task::JoinSet::new();
+    for &kind in kinds {
+        let mut stream = start(
+            store.clone(),
+            hub,
+            WatchRequest {
+                kind,
+                namespace: None,
+                labels: Selector::everything(),
+                fields: FieldSelector::default(),
+                from: Some(from),
+                // Controllers have no use for bookmarks, nor for a watch
+                // that ends by itself.
+                bookmark_interval: Duration::from_secs(3600),
+                timeout: Duration::from_secs(365 * 24 * 3600),
+            },
+        );
+        let events = events.clone();
+        watches.spawn(async move {
+            while let Some(event) = stream.recv().await {
+                if events.send((kind, event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    (watches, received)
+}

@@ -14,13 +14,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use skiff_api::meta::namespace_and_name;
-use skiff_api::selector::{FieldSelector, Selector};
 use skiff_api::{EventType, Kind};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
 use crate::store::{ListQuery, ObjectKey, Store, StoreError, Write};
-use crate::watch::{self, WatchHub, WatchRequest};
+use crate::watch::{self, WatchHub};
 
 /// How often every dependent with a missing owner is checked again, for
 /// whatever events cannot tell (an owner deleted while no leader ran).
@@ -129,37 +126,18 @@ fn key_of(kind: Kind, object: &Value) -> ObjectKey {
 /// One term of leadership.
 pub async fn run(store: Store, hub: WatchHub) -> Result<(), StoreError> {
     let mut graph = Graph::default();
-    let (events, mut received) = mpsc::channel(1024);
-    // Dropped with this term, which stops the watches.
-    let mut watches = JoinSet::new();
+    let mut from = i64::MAX;
     for kind in Kind::ALL {
         let page = store.list(kind, ListQuery::default()).await?;
         for object in &page.items {
             graph.upsert(key_of(kind, object), object);
         }
-        let mut stream = watch::start(
-            store.clone(),
-            &hub,
-            WatchRequest {
-                kind,
-                namespace: None,
-                labels: Selector::everything(),
-                fields: FieldSelector::default(),
-                from: Some(page.revision),
-                bookmark_interval: Duration::from_secs(3600),
-                timeout: Duration::from_secs(365 * 24 * 3600),
-            },
-        );
-        let events = events.clone();
-        watches.spawn(async move {
-            while let Some(event) = stream.recv().await {
-                if events.send((kind, event)).await.is_err() {
-                    return;
-                }
-            }
-        });
+        // Watching every kind from the earliest list replays what changed
+        // while the others were listed; an upsert is idempotent.
+        from = from.min(page.revision);
     }
-    drop(events);
+    // Dropped with this term, which stops the watches.
+    let (_watches, mut received) = watch::follow_kinds(&store, &hub, &Kind::ALL, from);
     let mut suspects: BTreeSet<(Kind, String, String)> = BTreeSet::new();
     let mut resync = tokio::time::interval(RESYNC);
     loop {

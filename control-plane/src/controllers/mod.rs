@@ -2,8 +2,12 @@
 //! declare. They run in every control-plane process and act only in the one
 //! holding the controllers' advisory lock ([`crate::leader`]).
 
+pub mod deployments;
+pub mod endpoints;
 pub mod gc;
 pub mod nodes;
+pub mod rollout;
+pub mod runtime;
 
 use crate::store::Store;
 use crate::watch::WatchHub;
@@ -18,7 +22,18 @@ pub fn spawn(store: Store, hub: WatchHub, nodes: nodes::NodeLifecycleConfig) {
     crate::leader::spawn(store.clone(), LEADER_KEY, "controllers", move || {
         let (store, hub, nodes) = (store.clone(), hub.clone(), nodes.clone());
         async move {
-            tokio::try_join!(gc::run(store.clone(), hub), nodes::run(store, nodes))?;
+            tokio::try_join!(
+                gc::run(store.clone(), hub.clone()),
+                nodes::run(store.clone(), nodes),
+                runtime::run(
+                    store.clone(),
+                    hub.clone(),
+                    deployments::Deployments {
+                        store: store.clone()
+                    }
+                ),
+                runtime::run(store.clone(), hub, endpoints::Endpoints { store }),
+            )?;
             Ok(())
         }
     });

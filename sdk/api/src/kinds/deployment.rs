@@ -125,7 +125,45 @@ pub struct DeploymentStatus {
     pub available_replicas: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The revision being rolled out, or rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
+    /// The last revision that had every replica available: where a failed
+    /// rollout goes back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_revision: Option<u32>,
+    /// When the rollout last made progress (RFC 3339); the progress deadline
+    /// counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progressed_at: Option<String>,
+    /// Revisions, oldest first; the current one and up to
+    /// `revisionHistoryLimit` before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Revision>,
 }
+
+/// One pod template the Deployment has rolled out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Revision {
+    pub revision: u32,
+    /// Labels the revision's pods (`skiff.dev/template-hash`).
+    pub template_hash: String,
+    pub template: PodTemplate,
+    /// RFC 3339.
+    pub created: String,
+    /// The Deployment's `skiff.dev/change-cause` annotation at the time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_cause: Option<String>,
+    /// Why the revision's rollout failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// Label on every pod of a Deployment naming its template's hash.
+pub const TEMPLATE_HASH_LABEL: &str = "skiff.dev/template-hash";
+/// Annotation whose value is recorded as a revision's change cause.
+pub const CHANGE_CAUSE_ANNOTATION: &str = "skiff.dev/change-cause";
 
 impl DeploymentSpec {
     pub fn set_defaults(&mut self) {

@@ -47,6 +47,13 @@ pub struct PodSpec {
     pub allow_outbound: Vec<String>,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+    /// Failing this restarts the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// Until this passes the pod is not Ready: no Service sends it traffic
+    /// and a rollout does not count it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -175,6 +182,61 @@ pub enum Protocol {
     #[default]
     Http,
     Tcp,
+}
+
+/// An HTTP check the node makes against the pod through its own ingress:
+/// any status from 200 to 399 within the timeout passes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Probe {
+    pub http_get: HttpGetAction,
+    /// Wait before the first check (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay_seconds: Option<u32>,
+    /// Between checks (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<u32>,
+    /// Per check (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u32>,
+    /// Consecutive failures that count (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpGetAction {
+    /// Default `/`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+}
+
+impl Probe {
+    pub fn set_defaults(&mut self) {
+        if self.http_get.path.is_empty() {
+            self.http_get.path = "/".into();
+        }
+        self.initial_delay_seconds.get_or_insert(0);
+        self.period_seconds.get_or_insert(2);
+        self.timeout_seconds.get_or_insert(1);
+        self.failure_threshold.get_or_insert(3);
+    }
+
+    fn validate(&self, v: &mut Validator, at: &str) {
+        if !self.http_get.path.starts_with('/') {
+            v.error(format!("{at}.httpGet.path"), "must start with '/'");
+        }
+        for (name, value) in [
+            ("periodSeconds", self.period_seconds),
+            ("timeoutSeconds", self.timeout_seconds),
+            ("failureThreshold", self.failure_threshold),
+        ] {
+            if value == Some(0) {
+                v.error(format!("{at}.{name}"), "must be at least 1");
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -356,6 +418,12 @@ impl PodSpec {
         r.timeout.get_or_insert_with(|| DEFAULT_TIMEOUT.into());
         r.max_instances.get_or_insert(DEFAULT_MAX_INSTANCES);
         r.reserved_instances.get_or_insert(1);
+        for probe in [&mut self.liveness_probe, &mut self.readiness_probe]
+            .into_iter()
+            .flatten()
+        {
+            probe.set_defaults();
+        }
     }
 
     /// Validates a pod spec found at `at` (`spec`, or
@@ -411,6 +479,12 @@ impl PodSpec {
         }
         if let Some(affinity) = &self.affinity {
             affinity.validate(v, &format!("{at}.affinity"));
+        }
+        if let Some(probe) = &self.liveness_probe {
+            probe.validate(v, &format!("{at}.livenessProbe"));
+        }
+        if let Some(probe) = &self.readiness_probe {
+            probe.validate(v, &format!("{at}.readinessProbe"));
         }
         if !self.node_name.is_empty() {
             validate_dns_label(v, &format!("{at}.nodeName"), &self.node_name);

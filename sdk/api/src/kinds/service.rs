@@ -38,9 +38,31 @@ pub struct ServicePort {
     pub protocol: Protocol,
 }
 
+/// Written by the endpoints controller.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServiceStatus {}
+pub struct ServiceStatus {
+    /// The selected pods that are Ready, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+    /// Selected pods that are not Ready (yet, or any more).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub not_ready: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A Ready pod behind a Service, and the node ingress that serves it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    pub pod: String,
+    pub node: String,
+    /// The node's ingress, `host:port`.
+    pub address: String,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

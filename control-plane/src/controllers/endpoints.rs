@@ -1,0 +1,115 @@
+//! The endpoints controller: keeps each Service's status listing the Ready
+//! pods its selector picks, with the ingress of the node serving each, so
+//! that every node can route to them.
+
+use serde_json::Value;
+use skiff_api::Kind;
+use skiff_api::kinds::pod::Pod;
+use skiff_api::kinds::service::{Endpoint, Service, ServiceStatus};
+
+use super::runtime::{Action, Controller};
+use crate::store::{ListQuery, ObjectKey, Part, Store, StoreError, Write};
+
+pub struct Endpoints {
+    pub store: Store,
+}
+
+impl Controller for Endpoints {
+    const NAME: &'static str = "endpoints";
+    const KIND: Kind = Kind::Service;
+    const WATCHES: &'static [Kind] = &[Kind::Pod];
+
+    /// Every Service of the pod's namespace: a pod whose labels changed
+    /// may have left a selector, which its new labels cannot tell.
+    async fn wakes(&self, _kind: Kind, pod: &Value) -> Result<Vec<ObjectKey>, StoreError> {
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let services = self
+            .store
+            .list(Kind::Service, in_namespace(namespace))
+            .await?;
+        Ok(services
+            .items
+            .iter()
+            .filter_map(|s| s["metadata"]["name"].as_str())
+            .map(|name| ObjectKey::new(Kind::Service, namespace, name))
+            .collect())
+    }
+
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Action, StoreError> {
+        let Some(stored) = self.store.get(key).await? else {
+            return Ok(Action::Done);
+        };
+        let Ok(service) = serde_json::from_value::<Service>(stored.clone()) else {
+            return Ok(Action::Done);
+        };
+        let pods = self
+            .store
+            .list(Kind::Pod, in_namespace(&key.namespace))
+            .await?;
+        let mut status = ServiceStatus::default();
+        if !service.spec.selector.is_empty() {
+            for pod in pods.items {
+                let Ok(pod) = serde_json::from_value::<Pod>(pod) else {
+                    continue;
+                };
+                if !service
+                    .spec
+                    .selector
+                    .iter()
+                    .all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
+                    || pod.metadata.deletion_timestamp.is_some()
+                {
+                    continue;
+                }
+                match endpoint_of(&pod) {
+                    Some(endpoint) => status.endpoints.push(endpoint),
+                    None if pod.status.as_ref().is_some_and(|s| s.phase.is_finished()) => {}
+                    None => status.not_ready += 1,
+                }
+            }
+        }
+        status.endpoints.sort();
+        let current: ServiceStatus =
+            serde_json::from_value(stored["status"].clone()).unwrap_or_default();
+        if current == status {
+            return Ok(Action::Done);
+        }
+        let write = Write::Update {
+            key: key.clone(),
+            object: serde_json::to_value(&status).expect("status serializes"),
+            part: Part::Status,
+            expected_revision: stored["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|rv| rv.parse().ok()),
+        };
+        match self.store.write(write).await {
+            // A conflict is a newer Service, whose event brings us back.
+            Ok(_) | Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => Ok(Action::Done),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn in_namespace(namespace: &str) -> ListQuery<'_> {
+    ListQuery {
+        namespace: Some(namespace),
+        ..Default::default()
+    }
+}
+
+/// Where a Ready pod is served, if it is Ready and bound.
+fn endpoint_of(pod: &Pod) -> Option<Endpoint> {
+    let status = pod.status.as_ref()?;
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.condition_type == "Ready" && c.status == "True");
+    if !ready || pod.spec.node_name.is_empty() {
+        return None;
+    }
+    Some(Endpoint {
+        pod: pod.metadata.name.clone(),
+        node: pod.spec.node_name.clone(),
+        address: status.endpoint.clone()?,
+    })
+}
