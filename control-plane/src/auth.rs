@@ -189,6 +189,9 @@ fn node_agent(node: &str, access: &Access<'_>) -> Decision {
             }
             _ => Decision::Deny,
         },
+        // Every node's ingress routes to every Service: it reads them all
+        // (selectors and Ready endpoints), and never writes them.
+        Kind::Service | Kind::Route => allow_if(access.verb.reads()),
         // What a pod needs to start (pull credentials, env, volumes), one
         // object at a time: never a list of every secret.
         Kind::Secret | Kind::ConfigMap if access.verb == Verb::Get && access.name.is_some() => {
@@ -390,6 +393,16 @@ mod tests {
             node_selector: selector,
             ..access(Verb::Watch, Kind::Pod, None)
         };
+        for kind in [Kind::Service, Kind::Route] {
+            assert_eq!(
+                authorize(&node, &access(Verb::Watch, kind, None)),
+                Decision::Allow
+            );
+            assert_eq!(
+                authorize(&node, &named(Verb::Update, kind, "web")),
+                Decision::Deny
+            );
+        }
         assert_eq!(authorize(&node, &watch(Some("n1"))), Decision::Allow);
         assert_eq!(authorize(&node, &watch(Some("n2"))), Decision::Deny);
         assert_eq!(authorize(&node, &watch(None)), Decision::Deny);

@@ -12,6 +12,7 @@ mod get;
 mod manifests;
 mod node;
 mod registry;
+mod rollout;
 mod run;
 mod table;
 
@@ -55,6 +56,11 @@ enum Command {
     /// Create a namespace or a token.
     #[command(subcommand)]
     Create(create::CreateCommand),
+    /// Follow, inspect, undo, pause and resume a Deployment's rollouts.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
+    /// Set a Deployment's number of replicas.
+    Scale(rollout::ScaleArgs),
     /// Stop scheduling pods on a node.
     Cordon(node::NodeArgs),
     /// Schedule pods on a node again.
@@ -97,6 +103,8 @@ fn main() -> ExitCode {
         Command::Describe(args) => describe::run(args).map(|()| ExitCode::SUCCESS),
         Command::Delete(args) => delete::run(args).map(|()| ExitCode::SUCCESS),
         Command::Create(command) => create::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Rollout(command) => rollout::run(command),
+        Command::Scale(args) => rollout::scale(args).map(|()| ExitCode::SUCCESS),
         Command::Cordon(args) => node::cordon(args, true).map(|()| ExitCode::SUCCESS),
         Command::Uncordon(args) => node::cordon(args, false).map(|()| ExitCode::SUCCESS),
         Command::Drain(args) => node::drain(args).map(|()| ExitCode::SUCCESS),

@@ -130,6 +130,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         args: args.args.clone(),
         dirs: args.dirs.clone(),
         outbound: Arc::new(AllowList::new(args.allow_outbound.clone())),
+        services: None,
         stdio: Stdio::Inherit,
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()

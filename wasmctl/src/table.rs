@@ -44,7 +44,7 @@ pub fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<String> {
         Kind::Node => vec!["NAME", "STATUS", "AGE"],
         Kind::Pod => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
         Kind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
-        Kind::Service => vec!["NAME", "SELECTOR", "PORTS", "AGE"],
+        Kind::Service => vec!["NAME", "SELECTOR", "PORTS", "ENDPOINTS", "AGE"],
         Kind::Route => vec!["NAME", "HOST", "PATH", "SERVICE", "AGE"],
         Kind::Secret => vec!["NAME", "TYPE", "DATA", "AGE"],
         Kind::ConfigMap => vec!["NAME", "DATA", "AGE"],
@@ -121,7 +121,10 @@ pub fn row(kind: Kind, object: &Value, wide: bool, all_namespaces: bool) -> Vec<
                         .join(",")
                 })
                 .unwrap_or_default();
-            vec![name, or_dash(selector), or_dash(ports), age]
+            let ready = object["status"]["endpoints"].as_array().map_or(0, Vec::len);
+            let not_ready = object["status"]["notReady"].as_u64().unwrap_or(0);
+            let endpoints = format!("{ready}/{}", ready as u64 + not_ready);
+            vec![name, or_dash(selector), or_dash(ports), endpoints, age]
         }
         Kind::Route => vec![
             name,

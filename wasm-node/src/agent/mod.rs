@@ -6,6 +6,7 @@
 pub mod ingress;
 pub mod lifecycle;
 pub mod pod;
+pub mod probes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -14,16 +15,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::json;
+use serde_json::{Value, json};
 use skiff_api::kinds::cluster::Taint;
 use skiff_api::kinds::pod::Pod;
+use skiff_api::kinds::service::{Endpoint, RouteSpec};
 use skiff_api::meta::namespace_and_name;
 use skiff_api::{EventType, Kind};
 use skiff_client::{Client, ListOptions, WatchOptions};
 
 use crate::oci::{BlobCache, Registry};
 use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
-use ingress::{PodName, Routes};
+use ingress::{Ingress, PodName, Routes};
 use pod::PodHandle;
 
 /// Pause between attempts to reach an unreachable control plane.
@@ -70,6 +72,8 @@ pub struct NodeContext {
     pub blobs: BlobCache,
     pub runtimes: Runtimes,
     pub routes: Routes,
+    /// Where pods' guests send requests for Services: this node's ingress.
+    pub gateway: SocketAddr,
     pub data_dir: PathBuf,
     /// The ingress address pods are reached at.
     pub endpoint: String,
@@ -143,6 +147,11 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| bound.to_string());
         let setup = |e: &dyn std::fmt::Display| AgentError::Setup(e.to_string());
+        let ingress = Ingress::new(endpoint.clone());
+        let mut gateway = bound;
+        if gateway.ip().is_unspecified() {
+            gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
         let context = Arc::new(NodeContext {
             node: config.name.clone(),
             client: config.client.clone(),
@@ -155,7 +164,8 @@ impl Agent {
                 fuel_metering: false,
                 cache_dir: Some(config.data_dir.join("compiled")),
             }),
-            routes: Routes::default(),
+            routes: ingress.pods.clone(),
+            gateway,
             data_dir: config.data_dir.clone(),
             endpoint: endpoint.clone(),
             backoff_base: config.backoff_base,
@@ -163,12 +173,13 @@ impl Agent {
             grace: config.grace,
         });
         register(&config, &endpoint).await?;
-        let routes = context.routes.clone();
+        tokio::spawn(follow_services(config.client.clone(), ingress.clone()));
+        tokio::spawn(follow_routes(config.client.clone(), ingress.clone()));
         tokio::spawn(crate::runtime::serve_with(
             listener,
             move |request| {
-                let routes = routes.clone();
-                async move { routes.handle(request).await }
+                let ingress = ingress.clone();
+                async move { ingress.handle(request).await }
             },
             std::future::pending(),
             config.grace,
@@ -259,33 +270,36 @@ async fn renew_lease(config: AgentConfig) {
     }
 }
 
-/// Follows the pods bound to this node: lists them, then watches for
-/// changes, resuming where it left off after a disconnect and re-listing
-/// when its revision is gone. Pods keep running through any of this.
-async fn follow_pods(
-    context: Arc<NodeContext>,
-    pods: Arc<tokio::sync::Mutex<HashMap<PodName, PodHandle>>>,
-) {
-    let selector = format!("spec.nodeName={}", context.node);
+/// What a follower is told.
+enum Change {
+    /// The full list, after a (re)list: whatever is not in it is gone.
+    Listed(Vec<Value>),
+    Upsert(Value),
+    Delete(Value),
+}
+
+/// Follows objects of `kind`: lists them, then watches for changes, resuming
+/// where it left off after a disconnect and re-listing when its revision is
+/// gone. What is running keeps running through any of this.
+async fn follow<F, Fut>(client: Client, kind: Kind, field_selector: Option<String>, mut apply: F)
+where
+    F: FnMut(Change) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut revision: Option<String> = None;
     loop {
         if revision.is_none() {
             let options = ListOptions {
-                field_selector: Some(selector.clone()),
+                field_selector: field_selector.clone(),
                 ..Default::default()
             };
-            match context.client.list_all(Kind::Pod, None, &options).await {
+            match client.list_all(kind, None, &options).await {
                 Ok(list) => {
-                    let current: Vec<Pod> = list
-                        .items
-                        .into_iter()
-                        .filter_map(|p| serde_json::from_value(p).ok())
-                        .collect();
-                    reconcile(&context, &pods, current).await;
+                    apply(Change::Listed(list.items)).await;
                     revision = Some(list.metadata.resource_version);
                 }
                 Err(e) => {
-                    tracing::debug!("cannot list pods: {e}");
+                    tracing::debug!("cannot list {}: {e}", kind.plural());
                     tokio::time::sleep(RETRY_PAUSE).await;
                     continue;
                 }
@@ -293,16 +307,16 @@ async fn follow_pods(
         }
         let options = WatchOptions {
             resource_version: revision.clone(),
-            field_selector: Some(selector.clone()),
+            field_selector: field_selector.clone(),
             ..Default::default()
         };
-        let events = match context.client.watch(Kind::Pod, None, &options).await {
+        let events = match client.watch(kind, None, &options).await {
             Ok(events) => events,
             Err(e) => {
                 if e.code() == Some(410) {
                     revision = None;
                 }
-                tracing::debug!("cannot watch pods: {e}");
+                tracing::debug!("cannot watch {}: {e}", kind.plural());
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             }
@@ -314,17 +328,8 @@ async fn follow_pods(
                 revision = Some(rv.to_owned());
             }
             match event.event_type {
-                EventType::Added | EventType::Modified => {
-                    if let Ok(pod) = serde_json::from_value::<Pod>(event.object) {
-                        ensure(&context, &pods, pod).await;
-                    }
-                }
-                EventType::Deleted => {
-                    let key = namespace_and_name(&event.object);
-                    if let Some(handle) = pods.lock().await.remove(&key) {
-                        tokio::spawn(handle.stop());
-                    }
-                }
+                EventType::Added | EventType::Modified => apply(Change::Upsert(event.object)).await,
+                EventType::Deleted => apply(Change::Delete(event.object)).await,
                 EventType::Error => {
                     revision = None;
                     break;
@@ -333,6 +338,92 @@ async fn follow_pods(
             }
         }
     }
+}
+
+/// Runs a worker for every pod bound to this node, and stops the workers
+/// of pods that are gone.
+async fn follow_pods(
+    context: Arc<NodeContext>,
+    pods: Arc<tokio::sync::Mutex<HashMap<PodName, PodHandle>>>,
+) {
+    let selector = format!("spec.nodeName={}", context.node);
+    let client = context.client.clone();
+    follow(client, Kind::Pod, Some(selector), |change| {
+        let (context, pods) = (context.clone(), pods.clone());
+        async move {
+            match change {
+                Change::Listed(items) => {
+                    let current = items
+                        .into_iter()
+                        .filter_map(|p| serde_json::from_value(p).ok())
+                        .collect();
+                    reconcile(&context, &pods, current).await;
+                }
+                Change::Upsert(object) => {
+                    if let Ok(pod) = serde_json::from_value::<Pod>(object) {
+                        ensure(&context, &pods, pod).await;
+                    }
+                }
+                Change::Delete(object) => {
+                    let key = namespace_and_name(&object);
+                    if let Some(handle) = pods.lock().await.remove(&key) {
+                        tokio::spawn(handle.stop());
+                    }
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Keeps the ingress's Services (their Ready endpoints) current.
+async fn follow_services(client: Client, ingress: Ingress) {
+    follow(client, Kind::Service, None, |change| {
+        let set = |object: &Value| {
+            let (namespace, name) = namespace_and_name(object);
+            let endpoints: Vec<Endpoint> =
+                serde_json::from_value(object["status"]["endpoints"].clone()).unwrap_or_default();
+            ingress.set_service(&namespace, &name, endpoints);
+        };
+        match change {
+            Change::Listed(items) => {
+                ingress.clear(true);
+                items.iter().for_each(set);
+            }
+            Change::Upsert(object) => set(&object),
+            Change::Delete(object) => {
+                let (namespace, name) = namespace_and_name(&object);
+                ingress.remove_service(&namespace, &name);
+            }
+        }
+        std::future::ready(())
+    })
+    .await;
+}
+
+/// Keeps the ingress's Routes current.
+async fn follow_routes(client: Client, ingress: Ingress) {
+    follow(client, Kind::Route, None, |change| {
+        let set = |object: &Value| {
+            let (namespace, name) = namespace_and_name(object);
+            if let Ok(spec) = serde_json::from_value::<RouteSpec>(object["spec"].clone()) {
+                ingress.set_route(&namespace, &name, spec);
+            }
+        };
+        match change {
+            Change::Listed(items) => {
+                ingress.clear(false);
+                items.iter().for_each(set);
+            }
+            Change::Upsert(object) => set(&object),
+            Change::Delete(object) => {
+                let (namespace, name) = namespace_and_name(&object);
+                ingress.remove_route(&namespace, &name);
+            }
+        }
+        std::future::ready(())
+    })
+    .await;
 }
 
 /// Runs a worker for `pod` unless one runs for this very pod already (a

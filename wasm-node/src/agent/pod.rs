@@ -15,8 +15,9 @@ use tokio::sync::watch;
 
 use super::NodeContext;
 use super::lifecycle::{Backoff, Event, State, next};
+use super::probes::{Prober, Verdict};
 use crate::oci::{self, Credentials, OciError};
-use crate::runtime::{App, DirGrant, Limits, LoadedComponent, Sandbox, Stdio};
+use crate::runtime::{App, DirGrant, Limits, LoadedComponent, Sandbox, ServiceGateway, Stdio};
 
 /// A running pod worker.
 pub struct PodHandle {
@@ -216,13 +217,39 @@ impl Worker {
                         App::Http(http) => {
                             let key = (self.namespace.clone(), self.name.clone());
                             self.context.routes.add(key.clone(), http.clone());
-                            self.status.ready = true;
+                            let mut prober = Prober::new(
+                                http.clone(),
+                                format!("{}.{}.pod", self.name, self.namespace),
+                                self.spec.liveness_probe.as_ref(),
+                                self.spec.readiness_probe.as_ref(),
+                            );
+                            self.status.ready = self.spec.readiness_probe.is_none();
                             self.status.endpoint = Some(self.context.endpoint.clone());
                             self.set(None, None);
-                            let _ = stopping.changed().await;
+                            let dead = loop {
+                                tokio::select! {
+                                    _ = stopping.changed() => break None,
+                                    verdict = prober.next() => match verdict {
+                                        Verdict::Ready(ready) => {
+                                            self.status.ready = ready;
+                                            self.report();
+                                        }
+                                        Verdict::Dead(why) => break Some(why),
+                                    },
+                                }
+                            };
                             self.context.routes.remove(&key);
                             self.drain(&http).await;
-                            self.move_on(Event::Stop);
+                            match dead {
+                                None => self.move_on(Event::Stop),
+                                Some(why) => {
+                                    tracing::warn!("{pod}: {why}: restarting");
+                                    ran_for = started.elapsed();
+                                    self.status.ready = false;
+                                    self.status.message = Some(why);
+                                    self.move_on(Event::Exited { success: false });
+                                }
+                            }
                         }
                         App::Command(command) => {
                             self.status.ready = true;
@@ -257,7 +284,17 @@ impl Worker {
                     if !pull_failed {
                         self.status.restarts += 1;
                     }
-                    let message = self.status.message.clone();
+                    // A crash loop says how long it waits, so the growing
+                    // delays can be seen; the cause stays in the message.
+                    let message = if pull_failed {
+                        self.status.message.clone()
+                    } else {
+                        let cause = self.status.message.as_deref().unwrap_or("exited");
+                        Some(format!(
+                            "back-off {}ms restarting: {cause}",
+                            delay.as_millis()
+                        ))
+                    };
                     self.set(Some(reason), message);
                     tokio::select! {
                         () = tokio::time::sleep(delay) => self.move_on(Event::BackOffElapsed),
@@ -511,6 +548,10 @@ impl Worker {
             args: self.spec.args.clone(),
             dirs,
             outbound: Arc::new(outbound),
+            services: Some(Arc::new(ServiceGateway {
+                namespace: self.namespace.clone(),
+                ingress: self.context.gateway,
+            })),
             stdio: Stdio::Null,
         })
     }

@@ -81,7 +81,10 @@ impl InstanceSpec {
                 .wasi_ctx(&self.name, role == InstanceRole::Command)?,
             http: WasiHttpCtx::new(),
             table,
-            outbound: OutboundHooks::new(self.sandbox.outbound.clone()),
+            outbound: OutboundHooks::new(
+                self.sandbox.outbound.clone(),
+                self.sandbox.services.clone(),
+            ),
             memory: MemoryLimiter::default(),
         };
         let mut store = Store::new(engine, host);

@@ -32,7 +32,8 @@ pub use command::CommandApp;
 pub use error::{GuestFailure, LoadError};
 pub use http::{HttpApp, HttpBody, text_response};
 pub use limits::{Limits, LimitsError, MemoryLimitExceeded};
-pub use sandbox::{DirGrant, DirGrantError, Sandbox, Stdio};
+pub use outbound::service_of_host;
+pub use sandbox::{DirGrant, DirGrantError, Sandbox, ServiceGateway, Stdio};
 pub use serve::{serve, serve_with};
 pub use skiff_api::outbound::{AllowList, AllowRule, AllowRuleError};
 pub use skiff_api::quantity;
@@ -139,7 +140,7 @@ impl LoadedComponent {
 /// A component prepared to run with its limits and grants.
 pub enum App {
     Http(HttpApp),
-    Command(CommandApp),
+    Command(Box<CommandApp>),
 }
 
 impl Runtime {
@@ -289,7 +290,9 @@ impl Runtime {
                     })?;
                 App::Http(app)
             }
-            ComponentKind::Command => App::Command(CommandApp::new(spec, pre).map_err(unlinkable)?),
+            ComponentKind::Command => {
+                App::Command(Box::new(CommandApp::new(spec, pre).map_err(unlinkable)?))
+            }
         })
     }
 

@@ -19,9 +19,22 @@ pub struct Sandbox {
     pub dirs: Vec<DirGrant>,
     /// Where outbound HTTP may go.
     pub outbound: Arc<AllowList>,
+    /// Where `http://<service>.<namespace>.svc` requests go, on a node.
+    pub services: Option<Arc<ServiceGateway>>,
     /// Whether the guest's stdio is the host process's (local development)
     /// or goes nowhere.
     pub stdio: Stdio,
+}
+
+/// Service discovery for a pod's guest: requests to
+/// `http://<service>.<namespace>.svc[:port]` are sent to the node's own
+/// ingress, which balances them over the Service's Ready pods. Services of
+/// the pod's namespace are allowed by default; others only by the
+/// allow-list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceGateway {
+    pub namespace: String,
+    pub ingress: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 mod bad_input;
 mod cache;
 mod cluster;
+mod controllers;
 mod dev;
 mod nodes;
 mod registry;

@@ -20,7 +20,7 @@ use crate::support::{
 };
 
 /// Node flags that keep the tests quick: short backoffs, leases and grace.
-const QUICK: &[&str] = &[
+pub const QUICK: &[&str] = &[
     "--backoff",
     "200ms",
     "--backoff-max",
@@ -34,10 +34,10 @@ const QUICK: &[&str] = &[
 ];
 
 /// How long any awaited state may take; generous for a loaded CI machine.
-const WAIT: Duration = Duration::from_secs(60);
+pub const WAIT: Duration = Duration::from_secs(60);
 
 /// Pushes a component with `wasmctl push`; returns the digest it printed.
-fn push(component: &Path, reference: &str) -> String {
+pub fn push(component: &Path, reference: &str) -> String {
     let output = wasmctl()
         .args(["push", path_str(component), reference])
         .output()
@@ -46,20 +46,20 @@ fn push(component: &Path, reference: &str) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-struct NodeCluster {
-    cluster: Cluster,
-    registry: Registry,
-    nodes: Vec<Node>,
+pub struct NodeCluster {
+    pub cluster: Cluster,
+    pub registry: Registry,
+    pub nodes: Vec<Node>,
     /// hello-http in the registry, by tag, and its manifest digest.
-    hello: String,
-    hello_digest: String,
+    pub hello: String,
+    pub hello_digest: String,
 }
 
 impl NodeCluster {
     /// A registry with hello-http in it, a control plane, and the nodes
     /// given as (name, further `wasm-node join` flags), each with a node
     /// token made by `wasmctl create token --node`.
-    fn start(nodes: &[(&str, &[&str])]) -> NodeCluster {
+    pub fn start(nodes: &[(&str, &[&str])]) -> NodeCluster {
         let registry = Registry::start();
         let hello = format!("{}/hello:v1", registry.addr);
         let hello_digest = push(&example("hello_http"), &hello);
@@ -84,7 +84,7 @@ impl NodeCluster {
     }
 
     /// Applies a pod of `image` for each name, with `spec` merged in.
-    fn apply_pods(&self, names: &[String], image: &str, spec: Value) {
+    pub fn apply_pods(&self, names: &[String], image: &str, spec: Value) {
         let objects: Vec<Value> = names
             .iter()
             .map(|name| pod(name, image, spec.clone()))
@@ -93,7 +93,7 @@ impl NodeCluster {
     }
 
     /// `wasmctl apply -f -` with these objects.
-    fn apply(&self, objects: &[Value]) {
+    pub fn apply(&self, objects: &[Value]) {
         let documents: Vec<String> = objects.iter().map(Value::to_string).collect();
         let mut child = self
             .cluster
@@ -113,19 +113,19 @@ impl NodeCluster {
         assert!(output.status.success(), "apply: {}", stderr_of(&output));
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub fn json(&self, args: &[&str]) -> Value {
         let mut args = args.to_vec();
         args.extend(["-o", "json"]);
         serde_json::from_str(&self.cluster.ok(&args)).expect("wasmctl prints JSON")
     }
 
-    fn pod(&self, name: &str) -> Value {
+    pub fn pod(&self, name: &str) -> Value {
         self.json(&["get", "pod", name])
     }
 
     /// Waits until the pod satisfies `condition`; panics with the pod and
     /// the nodes' logs if it does not within [`WAIT`].
-    fn wait_pod(&self, name: &str, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_pod(&self, name: &str, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
         let mut last = Value::Null;
         if wait_until(WAIT, || {
             last = self.pod(name);
@@ -140,18 +140,18 @@ impl NodeCluster {
         );
     }
 
-    fn wait_running(&self, name: &str) -> Value {
+    pub fn wait_running(&self, name: &str) -> Value {
         self.wait_pod(name, "Running", |p| p["status"]["phase"] == "Running")
     }
 
-    fn node(&self, name: &str) -> &Node {
+    pub fn node(&self, name: &str) -> &Node {
         self.nodes
             .iter()
             .find(|n| n.name == name)
             .unwrap_or_else(|| panic!("no node {name}"))
     }
 
-    fn node_mut(&mut self, name: &str) -> &mut Node {
+    pub fn node_mut(&mut self, name: &str) -> &mut Node {
         self.nodes
             .iter_mut()
             .find(|n| n.name == name)
@@ -159,7 +159,7 @@ impl NodeCluster {
     }
 
     /// Where each pod (by name) is bound.
-    fn placements(&self, names: &[String]) -> BTreeMap<String, String> {
+    pub fn placements(&self, names: &[String]) -> BTreeMap<String, String> {
         names
             .iter()
             .map(|name| {
@@ -174,7 +174,7 @@ impl NodeCluster {
 }
 
 /// A hello-http pod in namespace default, with more spec fields.
-fn pod(name: &str, image: &str, spec: Value) -> Value {
+pub fn pod(name: &str, image: &str, spec: Value) -> Value {
     let mut pod = json!({
         "apiVersion": "skiff.dev/v1",
         "kind": "Pod",

@@ -224,7 +224,8 @@ impl Probe {
     }
 
     fn validate(&self, v: &mut Validator, at: &str) {
-        if !self.http_get.path.starts_with('/') {
+        // Empty is defaulted to `/` after validation.
+        if !self.http_get.path.is_empty() && !self.http_get.path.starts_with('/') {
             v.error(format!("{at}.httpGet.path"), "must start with '/'");
         }
         for (name, value) in [

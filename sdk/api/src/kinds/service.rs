@@ -129,7 +129,8 @@ impl RouteSpec {
                 v.error("spec.host", reason);
             }
         }
-        if !self.path.starts_with('/') {
+        // Empty is defaulted to `/` after validation.
+        if !self.path.is_empty() && !self.path.starts_with('/') {
             v.error("spec.path", "must start with '/'");
         }
         if let Some(port) = self.port

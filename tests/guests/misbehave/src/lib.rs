@@ -7,6 +7,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use skiff_sdk::{Request, Response, outbound};
 
 fn handle(request: Request) -> Response {
+    // A build broken on purpose: every request traps.
+    if std::env::var_os("TRAP_ALWAYS").is_some() {
+        panic!("TRAP_ALWAYS is set");
+    }
     let param = |name: &str| request.query_param(name);
     match request.path() {
         "/" => Response::text(200, "ok\n"),

@@ -1,0 +1,156 @@
+//! Liveness and readiness probes: HTTP GETs the node makes to a pod's
+//! component, in process (a fresh instance per check, as for any request).
+//! A status from 200 to 399 within the timeout passes.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use skiff_api::kinds::pod::Probe;
+use tokio::time::Instant;
+
+use crate::runtime::HttpApp;
+
+/// What the probes found that the worker must act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Readiness changed.
+    Ready(bool),
+    /// Liveness failed its threshold: restart, for this reason.
+    Dead(String),
+}
+
+struct Check {
+    probe: Probe,
+    due: Instant,
+    failures: u32,
+    /// The last verdict reported (readiness only).
+    reported: Option<bool>,
+}
+
+impl Check {
+    fn new(probe: &Probe, started: Instant) -> Self {
+        let mut probe = probe.clone();
+        probe.set_defaults();
+        let delay = Duration::from_secs(u64::from(probe.initial_delay_seconds.unwrap_or(0)));
+        Self {
+            probe,
+            due: started + delay,
+            failures: 0,
+            reported: None,
+        }
+    }
+
+    fn period(&self) -> Duration {
+        Duration::from_secs(u64::from(self.probe.period_seconds.unwrap_or(2)))
+    }
+
+    fn threshold(&self) -> u32 {
+        self.probe.failure_threshold.unwrap_or(3)
+    }
+}
+
+/// A pod's probes.
+pub struct Prober {
+    app: HttpApp,
+    host: String,
+    liveness: Option<Check>,
+    readiness: Option<Check>,
+}
+
+impl Prober {
+    pub fn new(
+        app: HttpApp,
+        host: String,
+        liveness: Option<&Probe>,
+        readiness: Option<&Probe>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            app,
+            host,
+            liveness: liveness.map(|p| Check::new(p, now)),
+            readiness: readiness.map(|p| Check::new(p, now)),
+        }
+    }
+
+    /// Checks as the probes' periods come round, until there is something
+    /// to report. Never returns for a pod without probes.
+    pub async fn next(&mut self) -> Verdict {
+        loop {
+            let due = [&self.liveness, &self.readiness]
+                .into_iter()
+                .flatten()
+                .map(|c| c.due)
+                .min();
+            let Some(due) = due else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep_until(due).await;
+            let now = Instant::now();
+            if let Some(check) = self.liveness.as_mut().filter(|c| c.due <= now) {
+                let outcome = get(&self.app, &self.host, &check.probe).await;
+                check.due = Instant::now() + check.period();
+                match outcome {
+                    Ok(()) => check.failures = 0,
+                    Err(why) => {
+                        check.failures += 1;
+                        if check.failures >= check.threshold() {
+                            check.failures = 0;
+                            return Verdict::Dead(format!(
+                                "liveness probe failed {} times: {why}",
+                                check.threshold()
+                            ));
+                        }
+                    }
+                }
+            }
+            if let Some(check) = self.readiness.as_mut().filter(|c| c.due <= now) {
+                let outcome = get(&self.app, &self.host, &check.probe).await;
+                check.due = Instant::now() + check.period();
+                let ready = match outcome {
+                    Ok(()) => {
+                        check.failures = 0;
+                        true
+                    }
+                    // Not ready until the first success; once ready, only
+                    // the threshold's worth of failures in a row takes it
+                    // out.
+                    Err(_) => {
+                        check.failures += 1;
+                        check.reported == Some(true) && check.failures < check.threshold()
+                    }
+                };
+                if check.reported != Some(ready) {
+                    check.reported = Some(ready);
+                    return Verdict::Ready(ready);
+                }
+            }
+        }
+    }
+}
+
+/// One check: `Ok` for 2xx and 3xx within the timeout.
+async fn get(app: &HttpApp, host: &str, probe: &Probe) -> Result<(), String> {
+    let path = &probe.http_get.path;
+    let request = http::Request::get(path.as_str())
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, "skiff-probe")
+        .body(
+            Empty::<Bytes>::new()
+                .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} }),
+        )
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let timeout = Duration::from_secs(u64::from(probe.timeout_seconds.unwrap_or(1)));
+    match tokio::time::timeout(timeout, app.handle(request)).await {
+        Ok(response) if response.status().is_success() || response.status().is_redirection() => {
+            Ok(())
+        }
+        Ok(response) => Err(format!("GET {path}: {}", response.status())),
+        Err(_) => Err(format!(
+            "GET {path}: no answer within {}s",
+            timeout.as_secs()
+        )),
+    }
+}
