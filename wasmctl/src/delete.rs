@@ -1,12 +1,25 @@
 //! `wasmctl delete -f FILE` or `wasmctl delete KIND NAME...`.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
+use skiff_api::Kind;
+use skiff_api::meta::{DeleteOptions, PropagationPolicy};
+use skiff_client::Client;
 
 use crate::BadInput;
 use crate::cluster::{Target, block_on, kind_word, parse_kind};
 use crate::manifests;
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Cascade {
+    Background,
+    Foreground,
+}
+
+/// How long a foreground deletion is waited for.
+const FOREGROUND_WAIT: Duration = Duration::from_secs(300);
 
 #[derive(clap::Args)]
 pub struct DeleteArgs {
@@ -20,6 +33,11 @@ pub struct DeleteArgs {
     /// Succeed when an object is already gone.
     #[arg(long)]
     ignore_not_found: bool,
+    /// `background`: the object goes now, what it owns after it.
+    /// `foreground`: what it owns goes first; waits until the object is
+    /// gone too.
+    #[arg(long, value_enum, default_value = "background")]
+    cascade: Cascade,
     #[command(flatten)]
     target: Target,
 }
@@ -49,16 +67,43 @@ pub fn run(args: DeleteArgs) -> Result<()> {
             let namespace = manifest_namespace
                 .filter(|_| kind.namespaced())
                 .or_else(|| session.namespace_for(kind, args.namespace.as_deref()));
-            match session
-                .client
-                .delete(kind, namespace.as_deref(), &name, None)
+            let options = DeleteOptions {
+                propagation_policy: (args.cascade == Cascade::Foreground)
+                    .then_some(PropagationPolicy::Foreground),
+                ..Default::default()
+            };
+            let client = &session.client;
+            match client
+                .delete_with(kind, namespace.as_deref(), &name, &options)
                 .await
             {
-                Ok(_) => println!("{} \"{name}\" deleted", kind_word(kind)),
+                Ok(_) => {
+                    if args.cascade == Cascade::Foreground {
+                        wait_gone(client, kind, namespace.as_deref(), &name).await?;
+                    }
+                    println!("{} \"{name}\" deleted", kind_word(kind));
+                }
                 Err(e) if e.is_not_found() && args.ignore_not_found => {}
                 Err(e) => return Err(anyhow!(e)),
             }
         }
         Ok(())
     })?
+}
+
+/// Waits until a foreground deletion has taken the object itself.
+async fn wait_gone(client: &Client, kind: Kind, namespace: Option<&str>, name: &str) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        match client.get(kind, namespace, name).await {
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(anyhow!(e)),
+            Ok(_) if started.elapsed() > FOREGROUND_WAIT => bail!(
+                "{} \"{name}\" is still waiting for its dependents after {}s",
+                kind_word(kind),
+                FOREGROUND_WAIT.as_secs()
+            ),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }

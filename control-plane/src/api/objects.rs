@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use skiff_api::meta::{DeleteOptions, ListMeta};
+use skiff_api::meta::{DeleteOptions, ListMeta, PropagationPolicy};
 use skiff_api::selector::{FieldSelector, Selector};
 use skiff_api::{API_VERSION, Kind, admit, admit_status};
 
@@ -465,6 +465,27 @@ impl Call<'_> {
             .as_deref()
             .map(|rv| parse_revision("preconditions.resourceVersion", rv))
             .transpose()?;
+        if options.propagation_policy == Some(PropagationPolicy::Foreground) {
+            // Marked now, deleted by the garbage collector once its
+            // dependents are gone.
+            if let Some(uid) = &preconditions.uid {
+                let current = self.state.store.get(key).await?;
+                if current.is_some_and(|c| c["metadata"]["uid"].as_str() != Some(uid)) {
+                    return Err(StoreError::UidMismatch(key.clone()).into());
+                }
+            }
+            let marked = self
+                .state
+                .store
+                .write(Write::Update {
+                    key: key.clone(),
+                    object: json!(crate::store::now_rfc3339()),
+                    part: Part::ForegroundDeletion,
+                    expected_revision,
+                })
+                .await?;
+            return Ok((StatusCode::ACCEPTED, Json(marked)).into_response());
+        }
         let deleted = self
             .state
             .store

@@ -1,6 +1,8 @@
 //! The garbage collector: deletes an object once every owner its
 //! `ownerReferences` name is gone (background propagation: the owner goes
-//! first, its dependents after). Deletions cascade, since a dependent's
+//! first, its dependents after), or is being deleted in the foreground
+//! (then the owner, marked with `foregroundDeletion`, is deleted once its
+//! last dependent has gone). Deletions cascade, since a dependent's
 //! deletion is in turn seen as an owner's.
 //!
 //! It follows every kind by watch and keeps a graph of owners and
@@ -13,7 +15,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
-use skiff_api::meta::namespace_and_name;
+use skiff_api::meta::{deleting_in_foreground, namespace_and_name};
 use skiff_api::{EventType, Kind};
 
 use crate::store::{ListQuery, ObjectKey, Store, StoreError, Write};
@@ -36,6 +38,9 @@ struct Graph {
     /// The uid of every object seen.
     uids: HashMap<ObjectKey, String>,
     live: HashSet<String>,
+    /// Uids of objects being deleted in the foreground: to their dependents
+    /// they count as gone.
+    deleting: HashSet<String>,
     /// Dependents and the owners they name.
     owners: HashMap<ObjectKey, (String, Vec<Owner>)>,
     /// Owner uid → its dependents.
@@ -43,8 +48,10 @@ struct Graph {
 }
 
 impl Graph {
-    /// Records an object; true when one of its owners is not known alive.
-    fn upsert(&mut self, key: ObjectKey, object: &Value) -> bool {
+    /// Records an object; returns what to look at now: the object itself
+    /// when one of its owners is not known alive or when it is being
+    /// deleted in the foreground, and then its dependents too.
+    fn upsert(&mut self, key: ObjectKey, object: &Value) -> Vec<ObjectKey> {
         self.remove(&key);
         let uid = object["metadata"]["uid"]
             .as_str()
@@ -53,8 +60,14 @@ impl Graph {
         let owners = owners_of(&key, object);
         self.live.insert(uid.clone());
         self.uids.insert(key.clone(), uid.clone());
+        let mut woken = Vec::new();
+        if deleting_in_foreground(object) {
+            self.deleting.insert(uid.clone());
+            woken.push(key.clone());
+            woken.extend(self.dependents.get(&uid).into_iter().flatten().cloned());
+        }
         if owners.is_empty() {
-            return false;
+            return woken;
         }
         for owner in &owners {
             self.dependents
@@ -62,19 +75,32 @@ impl Graph {
                 .or_default()
                 .insert(key.clone());
         }
-        let orphaned = owners.iter().any(|o| !self.live.contains(&o.uid));
+        if owners.iter().any(|o| self.gone(&o.uid)) {
+            woken.push(key.clone());
+        }
         self.owners.insert(key, (uid, owners));
-        orphaned
+        woken
     }
 
-    /// Forgets an object; returns its dependents.
+    /// Whether, to its dependents, the object with `uid` is gone.
+    fn gone(&self, uid: &str) -> bool {
+        !self.live.contains(uid) || self.deleting.contains(uid)
+    }
+
+    /// Forgets an object; returns its dependents, and its owners that are
+    /// being deleted in the foreground (one dependent fewer to wait for).
     fn remove(&mut self, key: &ObjectKey) -> HashSet<ObjectKey> {
         let Some(uid) = self.uids.remove(key) else {
             return HashSet::new();
         };
         self.live.remove(&uid);
+        self.deleting.remove(&uid);
+        let mut woken = HashSet::new();
         if let Some((_, owners)) = self.owners.remove(key) {
             for owner in owners {
+                if self.deleting.contains(&owner.uid) {
+                    woken.insert(owner.key.clone());
+                }
                 if let Some(set) = self.dependents.get_mut(&owner.uid) {
                     set.remove(key);
                     if set.is_empty() {
@@ -83,15 +109,24 @@ impl Graph {
                 }
             }
         }
-        self.dependents.get(&uid).cloned().unwrap_or_default()
+        woken.extend(self.dependents.get(&uid).into_iter().flatten().cloned());
+        woken
     }
 
-    /// Dependents with an owner not known alive.
+    /// Dependents with an owner not known alive, and objects being deleted
+    /// in the foreground.
     fn suspects(&self) -> impl Iterator<Item = &ObjectKey> {
-        self.owners
+        let orphans = self
+            .owners
             .iter()
-            .filter(|(_, (_, owners))| owners.iter().any(|o| !self.live.contains(&o.uid)))
-            .map(|(key, _)| key)
+            .filter(|(_, (_, owners))| owners.iter().any(|o| self.gone(&o.uid)))
+            .map(|(key, _)| key);
+        let deleting = self
+            .uids
+            .iter()
+            .filter(|(_, uid)| self.deleting.contains(*uid))
+            .map(|(key, _)| key);
+        orphans.chain(deleting)
     }
 }
 
@@ -126,11 +161,17 @@ fn key_of(kind: Kind, object: &Value) -> ObjectKey {
 /// One term of leadership.
 pub async fn run(store: Store, hub: WatchHub) -> Result<(), StoreError> {
     let mut graph = Graph::default();
+    let mut suspects: BTreeSet<(Kind, String, String)> = BTreeSet::new();
     let mut from = i64::MAX;
     for kind in Kind::ALL {
         let page = store.list(kind, ListQuery::default()).await?;
         for object in &page.items {
-            graph.upsert(key_of(kind, object), object);
+            suspects.extend(
+                graph
+                    .upsert(key_of(kind, object), object)
+                    .into_iter()
+                    .map(sortable),
+            );
         }
         // Watching every kind from the earliest list replays what changed
         // while the others were listed; an upsert is idempotent.
@@ -138,7 +179,6 @@ pub async fn run(store: Store, hub: WatchHub) -> Result<(), StoreError> {
     }
     // Dropped with this term, which stops the watches.
     let (_watches, mut received) = watch::follow_kinds(&store, &hub, &Kind::ALL, from);
-    let mut suspects: BTreeSet<(Kind, String, String)> = BTreeSet::new();
     let mut resync = tokio::time::interval(RESYNC);
     loop {
         while let Some((kind, namespace, name)) = suspects.pop_first() {
@@ -149,9 +189,7 @@ pub async fn run(store: Store, hub: WatchHub) -> Result<(), StoreError> {
                 let (kind, event) = event.ok_or_else(|| StoreError::Unavailable("a watch ended".into()))?;
                 let key = key_of(kind, &event.object);
                 let woken = match event.event_type {
-                    EventType::Added | EventType::Modified => {
-                        if graph.upsert(key.clone(), &event.object) { vec![key] } else { Vec::new() }
-                    }
+                    EventType::Added | EventType::Modified => graph.upsert(key, &event.object),
                     EventType::Deleted => graph.remove(&key).into_iter().collect(),
                     EventType::Bookmark => Vec::new(),
                     EventType::Error => return Err(StoreError::Unavailable(format!("the {} watch failed", kind.name()))),
@@ -170,20 +208,37 @@ fn sortable(key: ObjectKey) -> (Kind, String, String) {
 /// Deletes `key` if every owner it names is gone, checking each that the
 /// graph does not know alive against the store.
 async fn collect(store: &Store, graph: &Graph, key: &ObjectKey) -> Result<(), StoreError> {
-    let Some((uid, owners)) = graph.owners.get(key) else {
+    let Some(uid) = graph.uids.get(key) else {
+        return Ok(());
+    };
+    if graph.deleting.contains(uid) {
+        // Deleted in the foreground: goes once no dependent is left.
+        if graph.dependents.get(uid).is_none_or(HashSet::is_empty) {
+            return delete(store, key, uid, "its dependents are gone").await;
+        }
+        return Ok(());
+    }
+    let Some((_, owners)) = graph.owners.get(key) else {
         return Ok(());
     };
     for owner in owners {
-        if graph.live.contains(&owner.uid) {
+        if !graph.gone(&owner.uid) {
             return Ok(());
         }
         let current = store.get(&owner.key).await?;
-        if current.is_some_and(|o| o["metadata"]["uid"].as_str() == Some(owner.uid.as_str())) {
+        if current.is_some_and(|o| {
+            o["metadata"]["uid"].as_str() == Some(owner.uid.as_str()) && !deleting_in_foreground(&o)
+        }) {
             return Ok(());
         }
     }
+    delete(store, key, uid, "its owners are gone").await
+}
+
+/// Deletes `key` if it is still the object with `uid`.
+async fn delete(store: &Store, key: &ObjectKey, uid: &str, why: &str) -> Result<(), StoreError> {
     tracing::info!(
-        "garbage collector: deleting {} {}/{}: its owners are gone",
+        "garbage collector: deleting {} {}/{}: {why}",
         key.kind.name(),
         key.namespace,
         key.name
@@ -192,7 +247,7 @@ async fn collect(store: &Store, graph: &Graph, key: &ObjectKey) -> Result<(), St
         .write(Write::Delete {
             key: key.clone(),
             expected_revision: None,
-            expected_uid: Some(uid.clone()),
+            expected_uid: Some(uid.to_owned()),
         })
         .await
     {

@@ -5,6 +5,7 @@
 
 use serde_json::{Value, json};
 use skiff_api::Kind;
+use skiff_api::meta::{FOREGROUND_FINALIZER, deleting_in_foreground};
 
 use super::StoreError;
 
@@ -15,6 +16,11 @@ pub enum Part {
     Main,
     /// Only `status` (everything else is kept as stored).
     Status,
+    /// Marks the object deleted in the foreground: `deletionTimestamp` (the
+    /// incoming value, unless already set) and the `foregroundDeletion`
+    /// finalizer; the garbage collector deletes it once its dependents are
+    /// gone.
+    ForegroundDeletion,
 }
 
 /// The stored form of a newly created object: identity and bookkeeping set
@@ -27,6 +33,7 @@ pub fn created(kind: Kind, mut object: Value, uid: &str, revision: i64, now: &st
     meta["creationTimestamp"] = json!(now);
     if let Some(meta) = meta.as_object_mut() {
         meta.remove("deletionTimestamp");
+        meta.remove("finalizers");
     }
     let initial_status = match kind {
         Kind::Namespace => Some(json!({"phase": "Active"})),
@@ -67,6 +74,22 @@ pub fn updated(
             next["status"] = incoming;
             next
         }
+        Part::ForegroundDeletion => {
+            let mut next = existing.clone();
+            let meta = &mut next["metadata"];
+            if !meta["deletionTimestamp"].is_string() {
+                meta["deletionTimestamp"] = incoming;
+            }
+            if !deleting_in_foreground(&next) {
+                let mut finalizers = next["metadata"]["finalizers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                finalizers.push(json!(FOREGROUND_FINALIZER));
+                next["metadata"]["finalizers"] = json!(finalizers);
+            }
+            next
+        }
     };
     next["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"].clone();
     if &next == existing {
@@ -92,6 +115,8 @@ fn keep_server_fields(existing: &Value, next: &mut Value) {
         "namespace",
         "name",
         "generation",
+        "deletionTimestamp",
+        "finalizers",
     ] {
         match existing["metadata"].get(field) {
             Some(value) => next["metadata"][field] = value.clone(),
@@ -101,9 +126,6 @@ fn keep_server_fields(existing: &Value, next: &mut Value) {
                 }
             }
         }
-    }
-    if let Some(meta) = next["metadata"].as_object_mut() {
-        meta.remove("deletionTimestamp");
     }
     match existing.get("status") {
         Some(status) => next["status"] = status.clone(),

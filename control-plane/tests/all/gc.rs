@@ -84,3 +84,87 @@ async fn dependents_go_with_their_last_owner_and_cascade() {
         .expect("delete");
     until_names(&api, &[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreground_deletion_takes_the_dependents_first_and_the_owner_last() {
+    use futures::StreamExt;
+    use skiff_api::EventType;
+    use skiff_api::meta::{DeleteOptions, PropagationPolicy};
+
+    let cluster = Cluster::new();
+    let plane = ControlPlane::start(binary(), &cluster.database_url, &["--no-scheduler"]);
+    let api = client(&plane, &cluster.admin_token);
+    let owner = config_map(&api, "owner", &[]).await;
+    let child = config_map(&api, "child", &[&owner]).await;
+    let grandchild = config_map(&api, "grandchild", &[&child]).await;
+    config_map(&api, "bystander", &[]).await;
+    let mut events = Box::pin(
+        api.watch(
+            Kind::ConfigMap,
+            Some("default"),
+            &skiff_client::WatchOptions {
+                resource_version: grandchild["metadata"]["resourceVersion"]
+                    .as_str()
+                    .map(str::to_owned),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+
+    let options = DeleteOptions {
+        propagation_policy: Some(PropagationPolicy::Foreground),
+        ..Default::default()
+    };
+    let marked = api
+        .delete_with(Kind::ConfigMap, Some("default"), "owner", &options)
+        .await
+        .unwrap();
+    assert!(
+        marked["metadata"]["deletionTimestamp"].is_string(),
+        "{marked:#}"
+    );
+    assert_eq!(
+        marked["metadata"]["finalizers"],
+        json!(["foregroundDeletion"])
+    );
+    until_names(&api, &["bystander"]).await;
+
+    // The owner was marked first and deleted last.
+    let mut order = Vec::new();
+    while order.last() != Some(&("DELETED".to_owned(), "owner".to_owned())) {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(20), events.next())
+            .await
+            .expect("events keep coming")
+            .unwrap()
+            .unwrap();
+        let kind = match event.event_type {
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+            _ => continue,
+        };
+        let name = event.object["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        order.push((kind.to_owned(), name));
+    }
+    let position = |kind: &str, name: &str| {
+        order
+            .iter()
+            .position(|(k, n)| k == kind && n == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} in {order:?}"))
+    };
+    assert_eq!(position("MODIFIED", "owner"), 0, "{order:?}");
+    assert!(
+        position("DELETED", "child") < position("DELETED", "owner"),
+        "{order:?}"
+    );
+    // Gone for good: deleting it again finds nothing.
+    let again = api
+        .delete_with(Kind::ConfigMap, Some("default"), "owner", &options)
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Some(404));
+}

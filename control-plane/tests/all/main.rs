@@ -5,6 +5,7 @@
 mod auth;
 mod bad_input;
 mod concurrency;
+mod controllers;
 mod crud;
 mod gc;
 mod restart;

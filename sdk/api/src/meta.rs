@@ -56,6 +56,22 @@ pub struct ObjectMeta {
     pub deletion_timestamp: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owner_references: Vec<OwnerReference>,
+    /// Set by the server: `foregroundDeletion` while a foreground deletion
+    /// waits for the object's dependents to go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finalizers: Vec<String>,
+}
+
+/// The finalizer of an object deleted in the foreground.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
+/// Whether an object (in its JSON form) is being deleted in the
+/// foreground: still there, waiting for its dependents to go.
+pub fn deleting_in_foreground(object: &serde_json::Value) -> bool {
+    object["metadata"]["deletionTimestamp"].is_string()
+        && object["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == FOREGROUND_FINALIZER))
 }
 
 /// Points at the object that owns this one; dependents are garbage
@@ -208,6 +224,18 @@ pub struct DeleteOptions {
     pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preconditions: Option<Preconditions>,
+    /// `Background` (default): the object goes at once, its dependents
+    /// after. `Foreground`: the dependents go first, the object stays
+    /// (marked deleted) until they have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation_policy: Option<PropagationPolicy>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PropagationPolicy {
+    #[default]
+    Background,
+    Foreground,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]

@@ -328,18 +328,30 @@ impl Client {
         name: &str,
         resource_version: Option<&str>,
     ) -> Result<Value> {
+        let options = DeleteOptions {
+            preconditions: resource_version.map(|rv| Preconditions {
+                resource_version: Some(rv.to_owned()),
+                uid: None,
+            }),
+            ..Default::default()
+        };
+        self.delete_with(kind, namespace, name, &options).await
+    }
+
+    /// Deletes with preconditions and a propagation policy.
+    pub async fn delete_with(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<Value> {
         let mut request = self.request(
             Method::DELETE,
             &self.url(kind, namespace, Some(name), false),
         );
-        if let Some(rv) = resource_version {
-            request = request.json(&DeleteOptions {
-                preconditions: Some(Preconditions {
-                    resource_version: Some(rv.to_owned()),
-                    uid: None,
-                }),
-                ..Default::default()
-            });
+        if options.preconditions.is_some() || options.propagation_policy.is_some() {
+            request = request.json(options);
         }
         self.send(request).await
     }

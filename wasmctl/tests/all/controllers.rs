@@ -389,7 +389,8 @@ fn a_crash_loop_backs_off_longer_each_time_and_a_failing_liveness_probe_restarts
 }
 
 #[test]
-fn deleting_a_deployment_removes_its_pods_and_a_route_without_endpoints_answers_503() {
+fn deleting_a_deployment_in_the_foreground_removes_its_pods_first_and_a_route_without_endpoints_answers_503()
+ {
     let (cluster, image) = cluster();
     cluster.apply(&[
         deployment("web", &image, 2, &[], json!({})),
@@ -406,11 +407,14 @@ fn deleting_a_deployment_removes_its_pods_and_a_route_without_endpoints_answers_
         "{services}"
     );
 
-    cluster.cluster.ok(&["delete", "deployment", "web"]);
-    assert!(
-        wait_until(WAIT, || pods_of(&cluster, "web").is_empty()),
-        "the garbage collector left pods behind"
-    );
+    // In the foreground: the command returns once the Deployment is gone,
+    // which is after its pods.
+    let deleted = cluster
+        .cluster
+        .ok(&["delete", "deployment", "web", "--cascade", "foreground"]);
+    assert_eq!(deleted.trim(), "deployment \"web\" deleted");
+    let left = pods_of(&cluster, "web");
+    assert!(left.is_empty(), "pods outlived their Deployment: {left:#?}");
     let ingress = cluster.node("n2").ingress;
     let mut last = None;
     assert!(
