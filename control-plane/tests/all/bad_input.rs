@@ -45,6 +45,11 @@ async fn each_kind_of_bad_input_is_named_and_nothing_is_stored() {
     bad_name["metadata"]["name"] = json!("Not_OK");
     let mut huge = object(Kind::ConfigMap, "huge");
     huge["data"] = json!({"blob": "x".repeat(1 << 20)});
+    let mut bad_probe = object(Kind::Pod, "p");
+    bad_probe["spec"]["livenessProbe"] = json!({"httpGet": {"path": "healthz"}, "periodSeconds": 0});
+    let mut bad_rollout = object(Kind::Deployment, "d");
+    bad_rollout["spec"]["strategy"] =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}});
     let mut forged_rv = object(Kind::Pod, "p");
     forged_rv["metadata"]["resourceVersion"] = json!("7");
 
@@ -83,6 +88,20 @@ async fn each_kind_of_bad_input_is_named_and_nothing_is_stored() {
             "application/json",
             422,
             "metadata.name: must be a DNS label",
+        ),
+        (
+            pods.clone(),
+            json_of(bad_probe),
+            "application/json",
+            422,
+            "spec.livenessProbe.httpGet.path: must start with '/'; spec.livenessProbe.periodSeconds: must be at least 1",
+        ),
+        (
+            format!("{}/apis/skiff.dev/v1/namespaces/default/deployments", plane.url),
+            json_of(bad_rollout),
+            "application/json",
+            422,
+            "spec.strategy.rollingUpdate: maxSurge and maxUnavailable cannot both be 0",
         ),
         (
             pods.clone(),
