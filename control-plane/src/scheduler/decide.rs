@@ -336,16 +336,20 @@ fn score(pod: &PodRequest<'_>, node: &NodeState, topology: &Topology<'_>) -> i64
         sum += share(after.cpu, node.allocatable.cpu);
         dimensions += 1.0;
     }
-    let utilisation = (sum / dimensions * 100.0).round() as i64;
+    // In hundredths of a percent: a small pod on a large node moves its
+    // utilisation by well under a percent, and Spread must still see it.
+    let utilisation = (sum / dimensions * 10_000.0).round() as i64;
     let mut score = match pod.spec.placement {
         Placement::BinPack => utilisation,
-        Placement::Spread => 100 - utilisation,
+        Placement::Spread => 10_000 - utilisation,
     };
+    // Preference weights (1 to 100) count in percentage points.
+    let weight = |w: i32| i64::from(w) * 100;
     if let Some(affinity) = &pod.spec.affinity {
         if let Some(node_affinity) = &affinity.node_affinity {
             for preferred in &node_affinity.preferred {
                 if term_matches(&preferred.preference, &node.labels) {
-                    score += i64::from(preferred.weight);
+                    score += weight(preferred.weight);
                 }
             }
         }
@@ -356,7 +360,7 @@ fn score(pod: &PodRequest<'_>, node: &NodeState, topology: &Topology<'_>) -> i64
                     .unwrap_or(0)
                     > 0
                 {
-                    score += i64::from(preferred.weight);
+                    score += weight(preferred.weight);
                 }
             }
         }
@@ -367,7 +371,7 @@ fn score(pod: &PodRequest<'_>, node: &NodeState, topology: &Topology<'_>) -> i64
                     .unwrap_or(0)
                     > 0
                 {
-                    score -= i64::from(preferred.weight);
+                    score -= weight(preferred.weight);
                 }
             }
         }
@@ -379,7 +383,7 @@ fn score(pod: &PodRequest<'_>, node: &NodeState, topology: &Topology<'_>) -> i64
             t.effect == TaintEffect::PreferNoSchedule && !tolerated(t, &pod.spec.tolerations)
         })
         .count() as i64;
-    score - 100 * soft_taints
+    score - 10_000 * soft_taints
 }
 
 /// Room made by evicting lower-priority pods: on each node that fails the

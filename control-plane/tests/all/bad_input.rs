@@ -46,7 +46,8 @@ async fn each_kind_of_bad_input_is_named_and_nothing_is_stored() {
     let mut huge = object(Kind::ConfigMap, "huge");
     huge["data"] = json!({"blob": "x".repeat(1 << 20)});
     let mut bad_probe = object(Kind::Pod, "p");
-    bad_probe["spec"]["livenessProbe"] = json!({"httpGet": {"path": "healthz"}, "periodSeconds": 0});
+    bad_probe["spec"]["livenessProbe"] =
+        json!({"httpGet": {"path": "healthz"}, "periodSeconds": 0});
     let mut bad_rollout = object(Kind::Deployment, "d");
     bad_rollout["spec"]["strategy"] =
         json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}});
@@ -97,7 +98,10 @@ async fn each_kind_of_bad_input_is_named_and_nothing_is_stored() {
             "spec.livenessProbe.httpGet.path: must start with '/'; spec.livenessProbe.periodSeconds: must be at least 1",
         ),
         (
-            format!("{}/apis/skiff.dev/v1/namespaces/default/deployments", plane.url),
+            format!(
+                "{}/apis/skiff.dev/v1/namespaces/default/deployments",
+                plane.url
+            ),
             json_of(bad_rollout),
             "application/json",
             422,
