@@ -19,10 +19,9 @@
 //! 100 and 5,000). Needs `docker-registry` and `wasmtime` on PATH (the
 //! bench/cluster script installs them).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +30,9 @@ use serde_json::json;
 use skiff_api::Kind;
 use skiff_client::{Client, ClientConfig, ListOptions};
 use testkit::{ControlPlane, Node, Postgres, Registry, free_port};
+
+mod common;
+use common::*;
 
 /// Baseline processes started per figure.
 const BASELINE_RUNS: usize = 20;
@@ -61,55 +63,6 @@ fn main() {
         bench.deploy_pulled(pods).await;
         bench.density(density).await;
     });
-}
-
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib >> 20);
-    format!("{cores} cores, {memory} GiB")
-}
-
-/// wasmctl, as the cluster's admin.
-struct Ctl {
-    binary: PathBuf,
-    config: PathBuf,
-    cache: PathBuf,
-}
-
-impl Ctl {
-    /// Runs wasmctl; returns stdout.
-    fn run(&self, args: &[&str]) -> String {
-        let output = Command::new(&self.binary)
-            .args(args)
-            .env("WASMCTL_CONFIG", &self.config)
-            .env("WASMCTL_CACHE_DIR", &self.cache)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .output()
-            .expect("wasmctl runs");
-        assert!(
-            output.status.success(),
-            "wasmctl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    }
-
-    /// Joins a node labelled `bench=NAME` with its own node token.
-    fn join(&self, binary: &Path, server: &str, name: &str, flags: &[&str]) -> Node {
-        let token = self.run(&["create", "token", "--node", name]);
-        let label = format!("bench={name}");
-        let mut flags = flags.to_vec();
-        flags.extend(["--label", &label]);
-        Node::start_logging(binary, server, &token, name, &flags, "wasm_node=info,warn")
-    }
 }
 
 struct Bench {
@@ -391,35 +344,12 @@ impl Bench {
     }
 }
 
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("paths are utf-8")
-}
-
 fn file_index(path: &Path) -> usize {
     path.file_stem()
         .and_then(|s| s.to_str())
         .and_then(|s| s.strip_prefix("padded-"))
         .and_then(|s| s.parse().ok())
         .expect("a padded component")
-}
-
-fn build_hello() -> PathBuf {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "hello-http",
-        ])
-        .current_dir(&examples)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building examples/hello-http failed");
-    examples.join("target/wasm32-wasip2/release/hello_http.wasm")
 }
 
 /// `component` with a custom section of pseudo-random bytes appended, up to
@@ -460,81 +390,6 @@ fn leb128(mut n: usize) -> Vec<u8> {
     }
 }
 
-/// The status of one `GET /` for `host` over `stream` (kept alive).
-fn get(stream: &mut BufReader<TcpStream>, host: &str) -> std::io::Result<u16> {
-    write!(
-        stream.get_mut(),
-        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n\r\n"
-    )?;
-    let mut line = String::new();
-    stream.read_line(&mut line)?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let (mut length, mut chunked) = (0usize, false);
-    loop {
-        line.clear();
-        stream.read_line(&mut line)?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().unwrap_or(0);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.trim().eq_ignore_ascii_case("chunked");
-            }
-        }
-    }
-    if !chunked {
-        stream.read_exact(&mut vec![0; length])?;
-        return Ok(status);
-    }
-    // Chunks until the empty one, then the (empty) trailer line.
-    loop {
-        line.clear();
-        stream.read_line(&mut line)?;
-        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-            .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
-        stream.read_exact(&mut vec![0; size + 2])?;
-        if size == 0 {
-            return Ok(status);
-        }
-    }
-}
-
-fn connect(addr: SocketAddr) -> std::io::Result<BufReader<TcpStream>> {
-    let stream = TcpStream::connect(addr)?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    Ok(BufReader::new(stream))
-}
-
-/// Polls `addr` every millisecond until `host` answers 200.
-fn wait_for_200(addr: SocketAddr, host: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    let mut connection = None;
-    loop {
-        if connection.is_none() {
-            connection = connect(addr).ok();
-        }
-        if let Some(stream) = connection.as_mut() {
-            match get(stream, host) {
-                Ok(200) => return,
-                Ok(_) => {}
-                Err(_) => connection = None,
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{host} never answered 200 on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// Asks every host once, over four kept-alive connections; returns how
 /// many answered 200.
 fn answer_all(addr: SocketAddr, hosts: &[String]) -> usize {
@@ -565,26 +420,6 @@ fn answer_all(addr: SocketAddr, hosts: &[String]) -> usize {
         }
     });
     ok.into_inner()
-}
-
-/// A server process, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_server(mut command: Command) -> Server {
-    Server(
-        command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("server starts"),
-    )
 }
 
 /// Seconds from starting the server `command(port)` builds to its first
@@ -635,22 +470,6 @@ fn rss_mib(pid: u32) -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kib| kib / 1024.0)
-}
-
-fn percentile(values: &[f64], p: usize) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = (p * sorted.len()).div_ceil(100).max(1);
-    sorted[rank - 1]
-}
-
-fn report(what: &str, seconds: &[f64]) {
-    println!(
-        "  {what:<58} p50 {:>7.1} ms   p99 {:>7.1} ms   (n={})",
-        percentile(seconds, 50) * 1000.0,
-        percentile(seconds, 99) * 1000.0,
-        seconds.len()
-    );
 }
 
 impl Drop for Bench {

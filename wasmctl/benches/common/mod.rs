@@ -1,0 +1,196 @@
+//! What the cluster benchmarks share: the machine line, wasmctl as the
+//! admin, hello-http built for release, a tiny HTTP/1.1 client, servers
+//! killed when dropped, and the percentile report.
+
+#![allow(dead_code)] // each bench uses its own part
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::Node;
+
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib >> 20);
+    format!("{cores} cores, {memory} GiB")
+}
+
+/// wasmctl, as the cluster's admin.
+pub struct Ctl {
+    pub binary: PathBuf,
+    pub config: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl Ctl {
+    /// Runs wasmctl; returns stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        let output = Command::new(&self.binary)
+            .args(args)
+            .env("WASMCTL_CONFIG", &self.config)
+            .env("WASMCTL_CACHE_DIR", &self.cache)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("wasmctl runs");
+        assert!(
+            output.status.success(),
+            "wasmctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Joins a node labelled `bench=NAME` with its own node token.
+    pub fn join(&self, binary: &Path, server: &str, name: &str, flags: &[&str]) -> Node {
+        let token = self.run(&["create", "token", "--node", name]);
+        let label = format!("bench={name}");
+        let mut flags = flags.to_vec();
+        flags.extend(["--label", &label]);
+        Node::start_logging(binary, server, &token, name, &flags, "wasm_node=info,warn")
+    }
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("paths are utf-8")
+}
+
+pub fn build_hello() -> PathBuf {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "hello-http",
+        ])
+        .current_dir(&examples)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building examples/hello-http failed");
+    examples.join("target/wasm32-wasip2/release/hello_http.wasm")
+}
+
+/// The status of one `GET /` for `host` over `stream` (kept alive).
+pub fn get(stream: &mut BufReader<TcpStream>, host: &str) -> std::io::Result<u16> {
+    write!(
+        stream.get_mut(),
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n\r\n"
+    )?;
+    let mut line = String::new();
+    stream.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let (mut length, mut chunked) = (0usize, false);
+    loop {
+        line.clear();
+        stream.read_line(&mut line)?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.trim().eq_ignore_ascii_case("chunked");
+            }
+        }
+    }
+    if !chunked {
+        stream.read_exact(&mut vec![0; length])?;
+        return Ok(status);
+    }
+    // Chunks until the empty one, then the (empty) trailer line.
+    loop {
+        line.clear();
+        stream.read_line(&mut line)?;
+        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+            .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
+        stream.read_exact(&mut vec![0; size + 2])?;
+        if size == 0 {
+            return Ok(status);
+        }
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> std::io::Result<BufReader<TcpStream>> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(BufReader::new(stream))
+}
+
+/// Polls `addr` every millisecond until `host` answers 200.
+pub fn wait_for_200(addr: SocketAddr, host: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut connection = None;
+    loop {
+        if connection.is_none() {
+            connection = connect(addr).ok();
+        }
+        if let Some(stream) = connection.as_mut() {
+            match get(stream, host) {
+                Ok(200) => return,
+                Ok(_) => {}
+                Err(_) => connection = None,
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host} never answered 200 on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A server process, killed when dropped.
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn spawn_server(mut command: Command) -> Server {
+    Server(
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("server starts"),
+    )
+}
+
+pub fn percentile(values: &[f64], p: usize) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    sorted[rank - 1]
+}
+
+pub fn report(what: &str, seconds: &[f64]) {
+    println!(
+        "  {what:<58} p50 {:>7.1} ms   p99 {:>7.1} ms   (n={})",
+        percentile(seconds, 50) * 1000.0,
+        percentile(seconds, 99) * 1000.0,
+        seconds.len()
+    );
+}
