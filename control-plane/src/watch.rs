@@ -125,6 +125,22 @@ pub struct WatchRequest {
     pub timeout: Duration,
 }
 
+impl WatchRequest {
+    /// Every object of `kind` in every namespace, after revision `from`, for
+    /// the control plane's own loops: no bookmarks, and no end of its own.
+    pub fn everything(kind: Kind, from: i64) -> Self {
+        Self {
+            kind,
+            namespace: None,
+            labels: Selector::everything(),
+            fields: FieldSelector::default(),
+            from: Some(from),
+            bookmark_interval: Duration::from_secs(3600),
+            timeout: Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+}
+
 /// Starts a watch and returns its events. The watch ends when the receiver
 /// is dropped, at the timeout, or after an ERROR event.
 pub fn start(
@@ -312,21 +328,7 @@ pub fn follow_kinds(
     let (events, received) = mpsc::channel(1024);
     let mut watches = tokio::task::JoinSet::new();
     for &kind in kinds {
-        let mut stream = start(
-            store.clone(),
-            hub,
-            WatchRequest {
-                kind,
-                namespace: None,
-                labels: Selector::everything(),
-                fields: FieldSelector::default(),
-                from: Some(from),
-                // Controllers have no use for bookmarks, nor for a watch
-                // that ends by itself.
-                bookmark_interval: Duration::from_secs(3600),
-                timeout: Duration::from_secs(365 * 24 * 3600),
-            },
-        );
+        let mut stream = start(store.clone(), hub, WatchRequest::everything(kind, from));
         let events = events.clone();
         watches.spawn(async move {
             while let Some(event) = stream.recv().await {

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use skiff_api::Kind;
-use skiff_client::{Client, ClientConfig, ListOptions};
-use testkit::{ControlPlane, Node, Postgres, Registry, free_port};
+use skiff_client::{Client, ListOptions};
+use testkit::{ControlPlane, Node, Registry, free_port};
 
 mod common;
 use common::*;
@@ -81,38 +81,16 @@ impl Bench {
     /// A cluster whose `fast` node has room for `pods` pods of each deploy
     /// figure and the warm-up one.
     fn start(pods: usize) -> Bench {
-        let control_plane = testkit::release_binary("control-plane");
         let node_binary = testkit::release_binary("wasm-node");
-        let hello = build_hello();
-        let work = std::env::temp_dir().join(format!("skiff-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&work).expect("work directory");
-        let ctl = Ctl {
-            binary: testkit::release_binary("wasmctl"),
-            config: work.join("config.yaml"),
-            cache: work.join("wasmctl-cache"),
-        };
-
-        let registry = Registry::start();
-        let database = Postgres::shared().create_database();
-        let admin = testkit::init_cluster(&control_plane, &database, &[]);
-        let plane = ControlPlane::start(&control_plane, &database, &[]);
-        let api = Client::new(&ClientConfig {
-            server: plane.url.clone(),
-            token: admin.clone(),
-            ..Default::default()
-        })
-        .expect("client");
-        ctl.run(&[
-            "config",
-            "set-context",
-            "admin",
-            "--server",
-            &plane.url,
-            "--token",
-            &admin,
-        ]);
-        let hello_ref = format!("{}/hello:v1", registry.addr);
-        ctl.run(&["push", path_str(&hello), &hello_ref]);
+        let Cluster {
+            ctl,
+            registry,
+            plane,
+            api,
+            hello,
+            hello_ref,
+            work,
+        } = Cluster::start("skiff-bench");
         let memory = format!("{}Mi", (2 * pods + 1) * DEPLOY_POD_MEMORY_MIB);
         let fast = ctl.join(
             &node_binary,

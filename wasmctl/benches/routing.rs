@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use skiff_api::Kind;
-use skiff_client::{Client, ClientConfig, ListOptions};
-use testkit::{ControlPlane, Node, Postgres, Registry, free_port};
+use skiff_client::{Client, ListOptions};
+use testkit::{ControlPlane, Node, Registry, free_port};
 
 mod common;
 use common::*;
@@ -71,37 +71,16 @@ struct Bench {
 
 impl Bench {
     fn start() -> Bench {
-        let control_plane = testkit::release_binary("control-plane");
         let node_binary = testkit::release_binary("wasm-node");
-        let hello = build_hello();
-        let work = std::env::temp_dir().join(format!("skiff-routing-{}", std::process::id()));
-        std::fs::create_dir_all(&work).expect("work directory");
-        let ctl = Ctl {
-            binary: testkit::release_binary("wasmctl"),
-            config: work.join("config.yaml"),
-            cache: work.join("wasmctl-cache"),
-        };
-        let registry = Registry::start();
-        let database = Postgres::shared().create_database();
-        let admin = testkit::init_cluster(&control_plane, &database, &[]);
-        let plane = ControlPlane::start(&control_plane, &database, &[]);
-        let api = Client::new(&ClientConfig {
-            server: plane.url.clone(),
-            token: admin.clone(),
-            ..Default::default()
-        })
-        .expect("client");
-        ctl.run(&[
-            "config",
-            "set-context",
-            "admin",
-            "--server",
-            &plane.url,
-            "--token",
-            &admin,
-        ]);
-        let hello_ref = format!("{}/hello:v1", registry.addr);
-        ctl.run(&["push", path_str(&hello), &hello_ref]);
+        let Cluster {
+            ctl,
+            registry,
+            plane,
+            api,
+            hello,
+            hello_ref,
+            work: _,
+        } = Cluster::start("skiff-routing");
         let nodes = ["n1", "n2", "n3"]
             .iter()
             .map(|name| ctl.join(&node_binary, &plane.url, name, &[]))

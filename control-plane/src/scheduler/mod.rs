@@ -16,7 +16,6 @@ use skiff_api::kinds::cluster::Node;
 use skiff_api::kinds::pod::{Pod, PodPhase, parse_millicores};
 use skiff_api::meta::namespace_and_name;
 use skiff_api::quantity::parse_bytes;
-use skiff_api::selector::{FieldSelector, Selector};
 use skiff_api::{EventType, Kind};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -187,15 +186,7 @@ impl Session {
         watch::start(
             self.store.clone(),
             &self.hub,
-            WatchRequest {
-                kind,
-                namespace: None,
-                labels: Selector::everything(),
-                fields: FieldSelector::default(),
-                from: Some(from),
-                bookmark_interval: Duration::from_secs(3600),
-                timeout: Duration::from_secs(365 * 24 * 3600),
-            },
+            WatchRequest::everything(kind, from),
         )
     }
 

@@ -26,7 +26,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use skiff_api::kinds::service::{Endpoint, RouteSpec};
 
-use crate::runtime::{HttpApp, HttpBody, service_of_host, text_response};
+use crate::runtime::{HttpApp, HttpBody, named_host, service_of_host, text_response};
 
 /// Namespace and name of a pod.
 pub type PodName = (String, String);
@@ -439,14 +439,7 @@ fn strip_port(host: &str) -> &str {
 
 /// `web.shop.pod[.localhost][:port]` → (`shop`, `web`).
 pub fn pod_of_host(host: &str) -> Option<PodName> {
-    let host = strip_port(host).trim_end_matches('.');
-    let host = host.strip_suffix(".localhost").unwrap_or(host);
-    let rest = host.strip_suffix(".pod")?;
-    let (name, namespace) = rest.split_once('.')?;
-    if name.is_empty() || namespace.is_empty() || namespace.contains('.') {
-        return None;
-    }
-    Some((namespace.to_ascii_lowercase(), name.to_ascii_lowercase()))
+    named_host(host, "pod")
 }
 
 #[cfg(test)]

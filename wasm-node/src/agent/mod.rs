@@ -173,8 +173,13 @@ impl Agent {
             grace: config.grace,
         });
         register(&config, &endpoint).await?;
-        tokio::spawn(follow_services(config.client.clone(), ingress.clone()));
-        tokio::spawn(follow_routes(config.client.clone(), ingress.clone()));
+        for kind in [Kind::Service, Kind::Route] {
+            tokio::spawn(follow_into_ingress(
+                config.client.clone(),
+                kind,
+                ingress.clone(),
+            ));
+        }
         tokio::spawn(crate::runtime::serve_with(
             listener,
             move |request| {
@@ -376,49 +381,35 @@ async fn follow_pods(
     .await;
 }
 
-/// Keeps the ingress's Services (their Ready endpoints) current.
-async fn follow_services(client: Client, ingress: Ingress) {
-    follow(client, Kind::Service, None, |change| {
+/// Keeps the ingress's Services (with their Ready endpoints) or its Routes
+/// current.
+async fn follow_into_ingress(client: Client, kind: Kind, ingress: Ingress) {
+    let services = kind == Kind::Service;
+    follow(client, kind, None, |change| {
         let set = |object: &Value| {
             let (namespace, name) = namespace_and_name(object);
-            let endpoints: Vec<Endpoint> =
-                serde_json::from_value(object["status"]["endpoints"].clone()).unwrap_or_default();
-            ingress.set_service(&namespace, &name, endpoints);
-        };
-        match change {
-            Change::Listed(items) => {
-                ingress.clear(true);
-                items.iter().for_each(set);
-            }
-            Change::Upsert(object) => set(&object),
-            Change::Delete(object) => {
-                let (namespace, name) = namespace_and_name(&object);
-                ingress.remove_service(&namespace, &name);
-            }
-        }
-        std::future::ready(())
-    })
-    .await;
-}
-
-/// Keeps the ingress's Routes current.
-async fn follow_routes(client: Client, ingress: Ingress) {
-    follow(client, Kind::Route, None, |change| {
-        let set = |object: &Value| {
-            let (namespace, name) = namespace_and_name(object);
-            if let Ok(spec) = serde_json::from_value::<RouteSpec>(object["spec"].clone()) {
+            if services {
+                let endpoints: Vec<Endpoint> =
+                    serde_json::from_value(object["status"]["endpoints"].clone())
+                        .unwrap_or_default();
+                ingress.set_service(&namespace, &name, endpoints);
+            } else if let Ok(spec) = serde_json::from_value::<RouteSpec>(object["spec"].clone()) {
                 ingress.set_route(&namespace, &name, spec);
             }
         };
         match change {
             Change::Listed(items) => {
-                ingress.clear(false);
+                ingress.clear(services);
                 items.iter().for_each(set);
             }
             Change::Upsert(object) => set(&object),
             Change::Delete(object) => {
                 let (namespace, name) = namespace_and_name(&object);
-                ingress.remove_route(&namespace, &name);
+                if services {
+                    ingress.remove_service(&namespace, &name);
+                } else {
+                    ingress.remove_route(&namespace, &name);
+                }
             }
         }
         std::future::ready(())

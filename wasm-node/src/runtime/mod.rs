@@ -32,7 +32,7 @@ pub use command::CommandApp;
 pub use error::{GuestFailure, LoadError};
 pub use http::{HttpApp, HttpBody, text_response};
 pub use limits::{Limits, LimitsError, MemoryLimitExceeded};
-pub use outbound::service_of_host;
+pub use outbound::{named_host, service_of_host};
 pub use sandbox::{DirGrant, DirGrantError, Sandbox, ServiceGateway, Stdio};
 pub use serve::{serve, serve_with};
 pub use skiff_api::outbound::{AllowList, AllowRule, AllowRuleError};

@@ -47,6 +47,13 @@ impl OutboundHooks {
 /// `web.shop.svc` (also with `.cluster.local` or `.localhost` after it, and
 /// any port) → (`shop`, `web`).
 pub fn service_of_host(host: &str) -> Option<(String, String)> {
+    named_host(host, "svc")
+}
+
+/// `NAME.NAMESPACE.<kind>` (also with `.cluster.local` or `.localhost` after
+/// it, and any port) → (namespace, name), lower-cased: how pods (`pod`) and
+/// Services (`svc`) are addressed by host.
+pub fn named_host(host: &str, kind: &str) -> Option<(String, String)> {
     let host = match host.rsplit_once(':') {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,
@@ -56,7 +63,10 @@ pub fn service_of_host(host: &str) -> Option<(String, String)> {
         .strip_suffix(".cluster.local")
         .or_else(|| host.strip_suffix(".localhost"))
         .unwrap_or(&host);
-    let (name, namespace) = host.strip_suffix(".svc")?.split_once('.')?;
+    let (name, namespace) = host
+        .strip_suffix(kind)?
+        .strip_suffix('.')?
+        .split_once('.')?;
     if name.is_empty() || namespace.is_empty() || namespace.contains('.') {
         return None;
     }

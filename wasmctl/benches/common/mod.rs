@@ -10,7 +10,65 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::Node;
+use skiff_client::{Client, ClientConfig};
+use testkit::{ControlPlane, Node, Postgres, Registry};
+
+/// A control plane (release build, on a database of its own) with
+/// hello-http pushed to a registry, and wasmctl as its admin.
+pub struct Cluster {
+    pub ctl: Ctl,
+    pub registry: Registry,
+    pub plane: ControlPlane,
+    pub api: Client,
+    pub hello: PathBuf,
+    pub hello_ref: String,
+    /// Scratch space, `name` and the process id under the temp directory.
+    pub work: PathBuf,
+}
+
+impl Cluster {
+    pub fn start(name: &str) -> Cluster {
+        let control_plane = testkit::release_binary("control-plane");
+        let hello = build_hello();
+        let work = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&work).expect("work directory");
+        let ctl = Ctl {
+            binary: testkit::release_binary("wasmctl"),
+            config: work.join("config.yaml"),
+            cache: work.join("wasmctl-cache"),
+        };
+        let registry = Registry::start();
+        let database = Postgres::shared().create_database();
+        let admin = testkit::init_cluster(&control_plane, &database, &[]);
+        let plane = ControlPlane::start(&control_plane, &database, &[]);
+        let api = Client::new(&ClientConfig {
+            server: plane.url.clone(),
+            token: admin.clone(),
+            ..Default::default()
+        })
+        .expect("client");
+        ctl.run(&[
+            "config",
+            "set-context",
+            "admin",
+            "--server",
+            &plane.url,
+            "--token",
+            &admin,
+        ]);
+        let hello_ref = format!("{}/hello:v1", registry.addr);
+        ctl.run(&["push", path_str(&hello), &hello_ref]);
+        Cluster {
+            ctl,
+            registry,
+            plane,
+            api,
+            hello,
+            hello_ref,
+            work,
+        }
+    }
+}
 
 pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
