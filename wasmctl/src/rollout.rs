@@ -162,6 +162,9 @@ fn progress(deployment: &Deployment, target: &mut Option<u32>) -> (String, Optio
             None,
         );
     }
+    if deployment.spec.paused {
+        return (format!("deployment \"{name}\" is paused"), Some(false));
+    }
     let target = *target.get_or_insert(status.revision.unwrap_or(0));
     if let Some(failure) = status
         .history
@@ -194,9 +197,6 @@ fn progress(deployment: &Deployment, target: &mut Option<u32>) -> (String, Optio
         .iter()
         .find(|c| c.condition_type == "Progressing");
     match progressing.and_then(|c| c.reason.as_deref()) {
-        Some("DeploymentPaused") => {
-            return (format!("deployment \"{name}\" is paused"), Some(false));
-        }
         Some("ProgressDeadlineExceeded") => {
             let message = progressing
                 .and_then(|c| c.message.clone())

@@ -396,16 +396,18 @@ fn a_crash_loop_backs_off_longer_each_time_and_a_failing_liveness_probe_restarts
 }
 
 #[test]
-fn deleting_a_deployment_in_the_foreground_removes_its_pods_first_and_a_route_without_endpoints_answers_503()
- {
+fn scale_pause_resume_and_a_foreground_delete_then_a_route_without_endpoints_answers_503() {
     let (cluster, image) = cluster();
-    cluster.apply(&[
-        deployment("web", &image, 2, &[], json!({})),
-        service("web"),
-        route("web", WEB_HOST),
-    ]);
+    let web = |version: &str| deployment("web", &image, 1, &[("VERSION", version)], json!({}));
+    cluster.apply(&[web("v1"), service("web"), route("web", WEB_HOST)]);
     rolled_out(&cluster, "web");
-    assert_eq!(pods_of(&cluster, "web").len(), 2);
+    let scaled = cluster
+        .cluster
+        .ok(&["scale", "deployment/web", "--replicas", "2"]);
+    assert_eq!(scaled.trim(), "deployment/web scaled to 2");
+    rolled_out(&cluster, "web");
+    let v1_pods = pods_of(&cluster, "web");
+    assert_eq!(v1_pods.len(), 2);
     let services = cluster.cluster.ok(&["get", "services"]);
     assert!(
         services
@@ -413,6 +415,30 @@ fn deleting_a_deployment_in_the_foreground_removes_its_pods_first_and_a_route_wi
             .any(|l| l.starts_with("web") && l.contains("2/2")),
         "{services}"
     );
+
+    // Paused, a template change waits (and `rollout status` says so);
+    // resumed, it rolls out. (Apply replaces the spec, so the manifest
+    // keeps the scale and the pause.)
+    cluster.cluster.ok(&["rollout", "pause", "deployment/web"]);
+    let mut paused = web("v2");
+    paused["spec"]["replicas"] = json!(2);
+    paused["spec"]["paused"] = json!(true);
+    cluster.apply(&[paused]);
+    let waiting = cluster
+        .cluster
+        .fails(&["rollout", "status", "deployment/web"], 1);
+    assert!(waiting.contains("is paused"), "{waiting}");
+    assert_eq!(
+        pods_of(&cluster, "web").keys().collect::<Vec<_>>(),
+        v1_pods.keys().collect::<Vec<_>>()
+    );
+    let resumed = cluster.cluster.ok(&["rollout", "resume", "deployment/web"]);
+    assert_eq!(resumed.trim(), "deployment/web resumed");
+    let status = rolled_out(&cluster, "web");
+    assert!(status.contains("revision 2"), "{status}");
+    let v2_pods = pods_of(&cluster, "web");
+    assert_eq!(v2_pods.len(), 2);
+    assert!(v2_pods.keys().all(|name| !v1_pods.contains_key(name)));
 
     // In the foreground: the command returns once the Deployment is gone,
     // which is after its pods.
