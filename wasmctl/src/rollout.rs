@@ -192,21 +192,15 @@ fn progress(deployment: &Deployment, target: &mut Option<u32>) -> (String, Optio
             Some(true),
         );
     }
-    let progressing = status
-        .conditions
-        .iter()
-        .find(|c| c.condition_type == "Progressing");
-    match progressing.and_then(|c| c.reason.as_deref()) {
-        Some("ProgressDeadlineExceeded") => {
-            let message = progressing
-                .and_then(|c| c.message.clone())
-                .unwrap_or_default();
-            return (
-                format!("deployment \"{name}\" failed: {message}"),
-                Some(false),
-            );
-        }
-        _ => {}
+    let exceeded = status.conditions.iter().find(|c| {
+        c.condition_type == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if let Some(condition) = exceeded {
+        let message = condition.message.clone().unwrap_or_default();
+        return (
+            format!("deployment \"{name}\" failed: {message}"),
+            Some(false),
+        );
     }
     (
         format!(
