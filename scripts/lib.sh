@@ -29,6 +29,17 @@ ensure_cc() {
   command -v cc >/dev/null 2>&1 || ensure_packages build-essential
 }
 
+# protoc: the containerd API's Rust bindings are generated at build time.
+ensure_protoc() {
+  command -v protoc >/dev/null 2>&1 || ensure_packages protobuf-compiler
+}
+
+# containerd with runc, and what the tests build Linux images with
+# (busybox-static, umoci) and push them with (skopeo).
+ensure_containerd() {
+  ensure_packages containerd runc busybox-static umoci skopeo
+}
+
 # The wasm32-wasip2 target, which builds the guests.
 ensure_wasm_target() {
   command -v rustup >/dev/null 2>&1 || return 0

@@ -1,7 +1,8 @@
 //! The real parts tests run against, started by the tests themselves:
 //! throwaway Postgres clusters (the installed Postgres binaries, or the
 //! server at `DATABASE_URL`), the workspace's own binaries, control-plane
-//! and node processes, and OCI registries (Debian's `docker-registry`).
+//! and node processes, OCI registries (Debian's `docker-registry`), and a
+//! containerd with busybox images for the Linux runtime.
 //! Nothing here is a fake.
 
 use std::io::{BufRead, BufReader};
@@ -14,6 +15,9 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use control_plane::local_postgres::{LocalPostgres, POSTGRES_BIN, running_as_root};
+
+mod containerd;
+pub use containerd::{Containerd, push_busybox_image};
 
 /// How long a control plane may take to start serving.
 const START_TIMEOUT: Duration = Duration::from_secs(60);

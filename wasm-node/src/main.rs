@@ -94,6 +94,16 @@ struct JoinArgs {
     /// Instances that may run at once on this node, over all pods.
     #[arg(long, default_value_t = 1000)]
     max_concurrency: u32,
+    /// containerd's socket, for pods of ordinary Linux images. Without a
+    /// containerd there, the node runs Wasm pods only.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
+    /// The containerd snapshotter Linux images are unpacked with.
+    #[arg(long, default_value = "overlayfs")]
+    snapshotter: String,
+    /// Run Wasm pods only, even if containerd is there.
+    #[arg(long)]
+    no_containerd: bool,
 }
 
 fn parse_label(input: &str) -> Result<(String, String), String> {
@@ -217,6 +227,8 @@ async fn join(args: JoinArgs) -> Result<()> {
         grace: args.grace,
         max_instance_memory: args.max_instance_memory,
         max_concurrent_instances: args.max_concurrency,
+        containerd_socket: (!args.no_containerd).then(|| args.containerd_socket.clone()),
+        snapshotter: args.snapshotter.clone(),
     })
     .await?;
     eprintln!(

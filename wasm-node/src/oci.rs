@@ -44,6 +44,14 @@ pub enum OciError {
     },
     #[error("{reference}: not a Wasm component artifact: {reason}")]
     NotWasm { reference: String, reason: String },
+    /// An ordinary Linux image: for the containerd runtime.
+    #[error(
+        "{reference}: a Linux container image (config {config_type}); it needs the containerd runtime, which this node does not have"
+    )]
+    LinuxImage {
+        reference: String,
+        config_type: String,
+    },
     #[error("{reference}: {what} of {size} bytes is over the limit of {limit} bytes")]
     TooLarge {
         reference: String,
@@ -384,6 +392,132 @@ impl Registry {
     }
 }
 
+/// Whether a config media type is an ordinary container image's (OCI or
+/// Docker's v2).
+fn is_linux_config(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.config")
+        || media_type.starts_with("application/vnd.docker.container.image")
+}
+
+/// Layer media types the containerd runtime unpacks.
+const LINUX_LAYER_TYPES: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+];
+
+/// Largest Linux image the node pulls, all layers together.
+pub const MAX_LINUX_IMAGE_BYTES: u64 = 2 << 30;
+
+impl Registry {
+    /// Pulls a Linux image (which should carry a digest): its manifest,
+    /// config and layers, each checked against its digest.
+    pub async fn pull_linux(
+        &self,
+        reference: &Reference,
+        credentials: &Credentials,
+    ) -> Result<crate::containerd::LinuxImage, OciError> {
+        use crate::containerd::{Blob, LinuxImage};
+        let name = reference.whole();
+        let client = self.client_for(reference);
+        let auth = credentials.auth();
+        let registry_error = |e: oci_client::errors::OciDistributionError| classify(&name, e);
+        let (manifest_bytes, manifest_digest) = client
+            .pull_manifest_raw(
+                reference,
+                &auth,
+                &[
+                    OCI_IMAGE_MEDIA_TYPE,
+                    "application/vnd.docker.distribution.manifest.v2+json",
+                ],
+            )
+            .await
+            .map_err(registry_error)?;
+        let actual = Digest::of(&manifest_bytes).to_string();
+        let wanted = reference.digest().unwrap_or(&manifest_digest).to_owned();
+        if actual != wanted {
+            return Err(OciError::DigestMismatch {
+                reference: name,
+                digest: wanted,
+                actual,
+            });
+        }
+        let manifest: OciImageManifest =
+            serde_json::from_slice(&manifest_bytes).map_err(|e| OciError::Registry {
+                reference: name.clone(),
+                reason: format!("malformed manifest: {e}"),
+            })?;
+        if !is_linux_config(&manifest.config.media_type) {
+            return Err(OciError::NotWasm {
+                reference: name,
+                reason: format!(
+                    "neither Wasm nor a Linux image (config {})",
+                    manifest.config.media_type
+                ),
+            });
+        }
+        let total: i64 = manifest.layers.iter().map(|l| l.size.max(0)).sum();
+        if total as u64 > MAX_LINUX_IMAGE_BYTES {
+            return Err(OciError::TooLarge {
+                reference: name,
+                what: "the image",
+                size: total as u64,
+                limit: MAX_LINUX_IMAGE_BYTES,
+            });
+        }
+        let fetch = |descriptor: &OciDescriptor| {
+            let (client, name, descriptor) = (&client, &name, descriptor.clone());
+            async move {
+                let mut bytes = Vec::with_capacity(descriptor.size.max(0) as usize);
+                client
+                    .pull_blob(reference, &descriptor, &mut bytes)
+                    .await
+                    .map_err(|e| classify(name, e))?;
+                let actual = Digest::of(&bytes).to_string();
+                if actual != descriptor.digest {
+                    return Err(OciError::DigestMismatch {
+                        reference: name.clone(),
+                        digest: descriptor.digest.clone(),
+                        actual,
+                    });
+                }
+                Ok(Blob {
+                    media_type: descriptor.media_type.clone(),
+                    digest: descriptor.digest.clone(),
+                    bytes,
+                })
+            }
+        };
+        let config = fetch(&manifest.config).await?;
+        let mut layers = Vec::with_capacity(manifest.layers.len());
+        for layer in &manifest.layers {
+            if !LINUX_LAYER_TYPES.contains(&layer.media_type.as_str()) {
+                return Err(OciError::Registry {
+                    reference: name,
+                    reason: format!(
+                        "layer {} has unsupported media type {}",
+                        layer.digest, layer.media_type
+                    ),
+                });
+            }
+            layers.push(fetch(layer).await?);
+        }
+        Ok(LinuxImage {
+            reference: name,
+            manifest: Blob {
+                media_type: manifest
+                    .media_type
+                    .clone()
+                    .unwrap_or_else(|| OCI_IMAGE_MEDIA_TYPE.to_owned()),
+                digest: actual,
+                bytes: manifest_bytes.to_vec(),
+            },
+            config,
+            layers,
+        })
+    }
+}
+
 /// A pulled component.
 #[derive(Debug, Clone)]
 pub struct Pulled {
@@ -427,13 +561,10 @@ fn component_layer<'m>(
     let config_type = manifest.config.media_type.as_str();
     match manifest.layers.as_slice() {
         [only] if config_type == WASM_CONFIG_MEDIA_TYPE => Ok(only),
-        _ if config_type.starts_with("application/vnd.oci.image.config")
-            || config_type.starts_with("application/vnd.docker.container.image") =>
-        {
-            Err(not_wasm(format!(
-                "a Linux container image (config {config_type}); it needs the containerd runtime"
-            )))
-        }
+        _ if is_linux_config(config_type) => Err(OciError::LinuxImage {
+            reference: name.to_owned(),
+            config_type: config_type.to_owned(),
+        }),
         _ => Err(not_wasm(format!(
             "no application/wasm layer (config {config_type})"
         ))),

@@ -143,6 +143,10 @@ async fn serve(
         grace: Duration::from_secs(10),
         max_instance_memory: 4 << 30,
         max_concurrent_instances: 1000,
+        // The local cluster runs Wasm pods; Linux images need a node of
+        // their own with containerd.
+        containerd_socket: None,
+        snapshotter: "overlayfs".into(),
     })
     .await
     .map_err(|e| BadInput(e.to_string()))?;

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use skiff_api::kinds::cluster::Taint;
 use skiff_api::kinds::pod::{
-    NodeSelectorTerm, Placement, PodAffinityTerm, PodSpec, TaintEffect, Toleration,
-    TolerationOperator,
+    LINUX_RUNTIME_LABEL, NodeSelectorTerm, Placement, PodAffinityTerm, PodRuntime, PodSpec,
+    TaintEffect, Toleration, TolerationOperator,
 };
 
 /// Amounts the scheduler packs nodes by.
@@ -91,6 +91,7 @@ pub enum Decision {
 enum Misfit {
     NotReady,
     Cordoned,
+    NoLinuxRuntime,
     NodeSelector,
     NodeAffinity,
     Taint,
@@ -106,6 +107,7 @@ impl Misfit {
         match self {
             Misfit::NotReady => "not ready",
             Misfit::Cordoned => "cordoned",
+            Misfit::NoLinuxRuntime => "no Linux runtime",
             Misfit::NodeSelector => "node selector not matched",
             Misfit::NodeAffinity => "node affinity not matched",
             Misfit::Taint => "taint not tolerated",
@@ -182,6 +184,12 @@ fn placement_misfit(pod: &PodRequest<'_>, node: &NodeState) -> Option<Misfit> {
     }
     if node.unschedulable {
         return Some(Misfit::Cordoned);
+    }
+    // Nodes without containerd say so in this label (see wasm-node).
+    if spec.runtime == Some(PodRuntime::Linux)
+        && node.labels.get(LINUX_RUNTIME_LABEL).map(String::as_str) != Some("true")
+    {
+        return Some(Misfit::NoLinuxRuntime);
     }
     if !spec
         .node_selector
@@ -520,6 +528,35 @@ mod tests {
         assert_eq!(
             place(&spec(json!({"placement": "Spread"})), &none, 64, &nodes),
             bind("a")
+        );
+    }
+
+    #[test]
+    fn linux_pods_go_only_to_nodes_with_containerd() {
+        let mut wasm_only = node("wasm", 1024, 100);
+        wasm_only
+            .labels
+            .insert(LINUX_RUNTIME_LABEL.into(), "false".into());
+        let unlabelled = node("old", 1024, 50);
+        let mut linux = node("linux", 1024, 900);
+        linux
+            .labels
+            .insert(LINUX_RUNTIME_LABEL.into(), "true".into());
+        let nodes = [wasm_only, unlabelled, linux];
+        let none = BTreeMap::new();
+        assert_eq!(
+            place(&spec(json!({"runtime": "Linux"})), &none, 64, &nodes),
+            bind("linux")
+        );
+        assert_eq!(
+            place(&spec(json!({"runtime": "Linux"})), &none, 64, &nodes[..2]),
+            Decision::Unschedulable("0/2 nodes: 2 no Linux runtime".into())
+        );
+        // Wasm pods go anywhere (bin packing: the fullest).
+        assert_eq!(place(&spec(json!({})), &none, 64, &nodes), bind("linux"));
+        assert_eq!(
+            place(&spec(json!({})), &none, 64, &nodes[..2]),
+            bind("wasm")
         );
     }
 

@@ -23,6 +23,7 @@ use skiff_api::meta::namespace_and_name;
 use skiff_api::{EventType, Kind};
 use skiff_client::{Client, ListOptions, WatchOptions};
 
+use crate::containerd::Containerd;
 use crate::oci::{BlobCache, Registry};
 use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
 use ingress::{Ingress, PodName, Routes};
@@ -62,6 +63,9 @@ pub struct AgentConfig {
     /// once on the node (the engine's pool).
     pub max_instance_memory: u64,
     pub max_concurrent_instances: u32,
+    /// containerd's socket, for Linux images; `None` runs Wasm only.
+    pub containerd_socket: Option<PathBuf>,
+    pub snapshotter: String,
 }
 
 /// What every pod worker of this node shares.
@@ -80,6 +84,8 @@ pub struct NodeContext {
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub grace: Duration,
+    /// Runs Linux images, when the node has containerd.
+    pub containerd: Option<Containerd>,
 }
 
 /// The node's Wasm runtimes: one engine without fuel metering and, made
@@ -147,6 +153,20 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| bound.to_string());
         let setup = |e: &dyn std::fmt::Display| AgentError::Setup(e.to_string());
+        let containerd = match &config.containerd_socket {
+            Some(socket) => match Containerd::connect(socket, &config.snapshotter).await {
+                Ok(containerd) => Some(containerd),
+                Err(e) => {
+                    tracing::info!("{e}; Linux images will not run on this node");
+                    None
+                }
+            },
+            None => None,
+        };
+        let linux_runtime = match &containerd {
+            Some(c) => Some(c.version().await.map_err(|e| setup(&e))?),
+            None => None,
+        };
         let ingress = Ingress::new(endpoint.clone());
         let mut gateway = bound;
         if gateway.ip().is_unspecified() {
@@ -171,8 +191,9 @@ impl Agent {
             backoff_base: config.backoff_base,
             backoff_cap: config.backoff_cap,
             grace: config.grace,
+            containerd,
         });
-        register(&config, &endpoint).await?;
+        register(&config, &endpoint, linux_runtime.as_deref()).await?;
         for kind in [Kind::Service, Kind::Route] {
             tokio::spawn(follow_into_ingress(
                 config.client.clone(),
@@ -215,7 +236,11 @@ impl Agent {
 
 /// Creates the Node, or brings an existing one up to date, with this
 /// agent's labels, taints, capacity and address.
-async fn register(config: &AgentConfig, endpoint: &str) -> Result<(), AgentError> {
+async fn register(
+    config: &AgentConfig,
+    endpoint: &str,
+    containerd: Option<&str>,
+) -> Result<(), AgentError> {
     let error = |e: skiff_client::ClientError| AgentError::Register {
         name: config.name.clone(),
         reason: e.to_string(),
@@ -223,6 +248,11 @@ async fn register(config: &AgentConfig, endpoint: &str) -> Result<(), AgentError
     let mut labels = config.labels.clone();
     labels.insert("skiff.dev/hostname".into(), config.name.clone());
     labels.insert("skiff.dev/runtime-wasm".into(), "true".into());
+    // The scheduler sends Linux pods only to nodes labelled so.
+    labels.insert(
+        "skiff.dev/runtime-linux".into(),
+        containerd.is_some().to_string(),
+    );
     let node = json!({
         "apiVersion": skiff_api::API_VERSION,
         "kind": "Node",
@@ -248,7 +278,7 @@ async fn register(config: &AgentConfig, endpoint: &str) -> Result<(), AgentError
         "capacity": resources,
         "allocatable": resources,
         "addresses": [{"type": "Ingress", "address": endpoint}, {"type": "Hostname", "address": config.name}],
-        "nodeInfo": {"wasmtime": "48.0.8", "agent": env!("CARGO_PKG_VERSION")},
+        "nodeInfo": {"wasmtime": "48.0.8", "agent": env!("CARGO_PKG_VERSION"), "containerd": containerd},
         "conditions": [{"type": "Ready", "status": "True", "reason": "AgentRunning", "lastTransitionTime": now}],
     }});
     config

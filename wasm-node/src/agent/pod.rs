@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use skiff_api::Kind;
-use skiff_api::kinds::pod::{Pod, PodSpec, Volume};
+use skiff_api::kinds::pod::{Pod, PodRuntime, PodSpec, Volume};
 use skiff_api::outbound::AllowList;
 use skiff_api::quantity::{parse_bytes, parse_duration, parse_fuel};
 use tokio::sync::watch;
@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::NodeContext;
 use super::lifecycle::{Backoff, Event, State, next};
 use super::probes::{Prober, Verdict};
+use crate::containerd::{Containerd, ContainerdError, Exit, LinuxImage, RunSpec};
 use crate::oci::{self, Credentials, OciError};
 use crate::runtime::{App, DirGrant, Limits, LoadedComponent, Sandbox, ServiceGateway, Stdio};
 
@@ -42,6 +43,61 @@ pub fn spawn(context: Arc<NodeContext>, pod: Pod) -> PodHandle {
     PodHandle { uid, stop, task }
 }
 
+/// What a pull brought.
+enum Fetched {
+    /// A component's digest and bytes.
+    Wasm(String, Arc<Vec<u8>>),
+    Linux(Box<LinuxImage>),
+}
+
+/// A Linux image in containerd: its top snapshot and its config.
+struct Unpacked {
+    chain: String,
+    config: Vec<u8>,
+    reference: String,
+}
+
+/// What runs.
+enum Prepared {
+    Wasm(App),
+    Linux(LinuxTask),
+}
+
+/// A started container.
+struct LinuxTask {
+    containerd: Containerd,
+    namespace: String,
+    id: String,
+}
+
+impl LinuxTask {
+    async fn wait(&self) -> Result<Exit, ContainerdError> {
+        self.containerd.wait(&self.namespace, &self.id).await
+    }
+
+    /// SIGTERM, then SIGKILL after the grace period; then the container
+    /// goes.
+    async fn stop(&self, grace: Duration) {
+        let c = &self.containerd;
+        let _ = c.signal(&self.namespace, &self.id, 15).await;
+        if tokio::time::timeout(grace, self.wait()).await.is_err() {
+            let _ = c.signal(&self.namespace, &self.id, 9).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
+        }
+        self.remove().await;
+    }
+
+    async fn remove(&self) {
+        if let Err(e) = self
+            .containerd
+            .remove_container(&self.namespace, &self.id)
+            .await
+        {
+            tracing::warn!("{}/{}: {e}", self.namespace, self.id);
+        }
+    }
+}
+
 /// Why getting a pod ready failed: worth retrying, or not.
 enum Failure {
     Retry {
@@ -58,6 +114,7 @@ struct Worker {
     context: Arc<NodeContext>,
     namespace: String,
     name: String,
+    uid: String,
     spec: PodSpec,
     state: State,
     status: Reported,
@@ -92,6 +149,7 @@ impl Worker {
             context,
             namespace,
             name,
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
             spec: pod.spec,
             state: State::Pending,
             // The digest a tag resolved to is kept: a pod picked up again
@@ -169,15 +227,19 @@ impl Worker {
         let mut pull_backoff = Backoff::new(self.context.backoff_base, self.context.backoff_cap);
         // The fetched bytes live only until they are loaded; the loaded
         // component (shared with other pods of the image) serves restarts.
-        let mut fetched: Option<(String, Arc<Vec<u8>>)> = None;
+        let mut fetched: Option<Fetched> = None;
         let mut loaded: Option<LoadedComponent> = None;
-        let mut app: Option<App> = None;
+        // A Linux image, once unpacked into containerd, serves restarts.
+        let mut unpacked: Option<Unpacked> = None;
+        let mut app: Option<Prepared> = None;
         let mut ran_for = Duration::ZERO;
         let mut pull_failed = false;
         self.move_on(Event::Begin);
         loop {
             match self.state {
-                State::Pulling if loaded.is_some() => self.move_on(Event::Pulled),
+                State::Pulling if loaded.is_some() || unpacked.is_some() => {
+                    self.move_on(Event::Pulled);
+                }
                 State::Pulling => {
                     // A retry keeps the last failure on show (as
                     // ImagePullBackOff) until the pull ends one way or the
@@ -200,7 +262,15 @@ impl Worker {
                 }
                 State::Starting => {
                     self.set(Some("Starting"), None);
-                    match self.start(&mut fetched, &mut loaded).await {
+                    let started =
+                        if unpacked.is_some() || matches!(fetched, Some(Fetched::Linux(_))) {
+                            self.start_linux(&mut fetched, &mut unpacked).await
+                        } else {
+                            self.start(&mut fetched, &mut loaded)
+                                .await
+                                .map(Prepared::Wasm)
+                        };
+                    match started {
                         Ok(prepared) => {
                             app = Some(prepared);
                             self.move_on(Event::Started);
@@ -214,7 +284,39 @@ impl Worker {
                         Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
                     self.status.exit_code = None;
                     match app.take().expect("prepared before running") {
-                        App::Http(http) => {
+                        Prepared::Linux(task) => {
+                            self.status.ready = true;
+                            self.set(None, None);
+                            let exited = tokio::select! {
+                                exited = task.wait() => exited,
+                                _ = stopping.changed() => {
+                                    task.stop(self.context.grace).await;
+                                    self.move_on(Event::Stop);
+                                    continue;
+                                }
+                            };
+                            ran_for = started.elapsed();
+                            self.status.ready = false;
+                            task.remove().await;
+                            let (success, message) = match exited {
+                                Ok(exit) => {
+                                    let code = i32::try_from(exit.code).unwrap_or(i32::MAX);
+                                    self.status.exit_code = Some(code);
+                                    let message = if exit.oom_killed {
+                                        Some(format!(
+                                            "OOMKilled: exceeded its memory limit (exit code {code})"
+                                        ))
+                                    } else {
+                                        (code != 0).then(|| format!("exited with code {code}"))
+                                    };
+                                    (code == 0, message)
+                                }
+                                Err(e) => (false, Some(e.to_string())),
+                            };
+                            self.status.message = message;
+                            self.move_on(Event::Exited { success });
+                        }
+                        Prepared::Wasm(App::Http(http)) => {
                             let key = (self.namespace.clone(), self.name.clone());
                             self.context.routes.add(key.clone(), http.clone());
                             let mut prober = Prober::new(
@@ -251,7 +353,7 @@ impl Worker {
                                 }
                             }
                         }
-                        App::Command(command) => {
+                        Prepared::Wasm(App::Command(command)) => {
                             self.status.ready = true;
                             self.set(None, None);
                             let exited = tokio::select! {
@@ -311,6 +413,14 @@ impl Worker {
                 State::Pending => self.move_on(Event::Begin),
             }
         }
+        if unpacked.is_some()
+            && let Some(containerd) = &self.context.containerd
+        {
+            let (namespace, id) = self.container_names();
+            if let Err(e) = containerd.release(&namespace, &id).await {
+                tracing::warn!("{pod}: {e}");
+            }
+        }
         self.cleanup();
     }
 
@@ -335,7 +445,7 @@ impl Worker {
 
     /// Resolves the image to a digest (recorded in the status) and gets the
     /// component, from the node's cache or the registry.
-    async fn fetch(&mut self) -> Result<(String, Arc<Vec<u8>>), Failure> {
+    async fn fetch(&mut self) -> Result<Fetched, Failure> {
         let reference = oci::parse_reference(&self.spec.image).map_err(|e| Failure::Fatal {
             reason: "InvalidImageName",
             message: e.to_string(),
@@ -381,21 +491,175 @@ impl Worker {
         ))
         .map_err(pull_error)?;
         let registry = self.context.registry.clone();
-        let component = self
+        let pulled = {
+            let (pinned, credentials) = (pinned.clone(), credentials.clone());
+            self.context
+                .blobs
+                .get_or_fetch(&digest, || async move {
+                    registry.pull(&pinned, &credentials).await
+                })
+                .await
+        };
+        let runtime = self.spec.runtime;
+        let mismatch = |what: &str| Failure::Fatal {
+            reason: "InvalidImage",
+            message: format!(
+                "{}: the pod asks for runtime {runtime:?}, but the image is {what}",
+                self.spec.image
+            ),
+        };
+        match pulled {
+            Ok(_) if runtime == Some(PodRuntime::Linux) => Err(mismatch("a Wasm component")),
+            Err(crate::oci::CacheError::Pull(OciError::LinuxImage { .. }))
+                if runtime == Some(PodRuntime::Wasm) =>
+            {
+                Err(mismatch("a Linux image"))
+            }
+            Ok(component) => Ok(Fetched::Wasm(digest, component)),
+            // An ordinary Linux image: containerd's, if this node has it.
+            Err(crate::oci::CacheError::Pull(OciError::LinuxImage { .. }))
+                if self.context.containerd.is_some() =>
+            {
+                let image = self
+                    .context
+                    .registry
+                    .pull_linux(&pinned, &credentials)
+                    .await
+                    .map_err(pull_error)?;
+                Ok(Fetched::Linux(Box::new(image)))
+            }
+            Err(crate::oci::CacheError::Pull(e @ OciError::LinuxImage { .. })) => {
+                Err(Failure::Fatal {
+                    reason: "NoLinuxRuntime",
+                    message: e.to_string(),
+                })
+            }
+            Err(crate::oci::CacheError::Pull(e)) => Err(pull_error(e)),
+            Err(other) => Err(Failure::Retry {
+                reason: "ErrImagePull",
+                message: other.to_string(),
+            }),
+        }
+    }
+
+    /// The containerd namespace of the pod's namespace, and the pod's
+    /// container (and lease) id, unique to this very pod.
+    fn container_names(&self) -> (String, String) {
+        let uid: String = self.uid.chars().filter(|c| *c != '-').take(12).collect();
+        (
+            format!("skiff-{}", self.namespace),
+            format!("{}-{uid}", self.name),
+        )
+    }
+
+    /// Unpacks a Linux image into containerd (once) and starts the pod's
+    /// container on it.
+    async fn start_linux(
+        &self,
+        fetched: &mut Option<Fetched>,
+        unpacked: &mut Option<Unpacked>,
+    ) -> Result<Prepared, Failure> {
+        let containerd = self
             .context
-            .blobs
-            .get_or_fetch(&digest, || async move {
-                registry.pull(&pinned, &credentials).await
-            })
-            .await
-            .map_err(|e| match e {
-                crate::oci::CacheError::Pull(e) => pull_error(e),
-                other => Failure::Retry {
-                    reason: "ErrImagePull",
-                    message: other.to_string(),
-                },
+            .containerd
+            .clone()
+            .ok_or_else(|| Failure::Fatal {
+                reason: "NoLinuxRuntime",
+                message: "this node has no containerd".into(),
             })?;
-        Ok((digest, component))
+        let (namespace, id) = self.container_names();
+        let retry = |e: crate::containerd::ContainerdError| Failure::Retry {
+            reason: "CreateContainerError",
+            message: e.to_string(),
+        };
+        if unpacked.is_none() {
+            let Some(Fetched::Linux(image)) = fetched.take() else {
+                unreachable!("a Linux image is fetched before it is started");
+            };
+            let chain = containerd
+                .unpack(&namespace, &id, &image)
+                .await
+                .map_err(retry)?;
+            *unpacked = Some(Unpacked {
+                chain,
+                config: image.config.bytes.clone(),
+                reference: image.reference.clone(),
+            });
+        }
+        let image = unpacked.as_ref().expect("unpacked above");
+        let spec = self.run_spec(image).await?;
+        // Whatever a previous run left (a node restarted mid-run) goes first.
+        containerd
+            .remove_container(&namespace, &id)
+            .await
+            .map_err(retry)?;
+        containerd
+            .start(&namespace, &id, &id, &image.reference, &image.chain, &spec)
+            .await
+            .map_err(retry)?;
+        Ok(Prepared::Linux(LinuxTask {
+            containerd,
+            namespace,
+            id,
+        }))
+    }
+
+    /// The container's process, environment, limits and mounts, from the
+    /// image's config and the pod's spec (the pod's args replace the
+    /// image's command; its env comes after the image's).
+    async fn run_spec(&self, image: &Unpacked) -> Result<RunSpec, Failure> {
+        let invalid = |message: String| Failure::Fatal {
+            reason: "InvalidSpec",
+            message,
+        };
+        let (mut args, mut env, cwd, user) = crate::containerd::image_defaults(&image.config);
+        if !self.spec.args.is_empty() {
+            args = self.spec.args.clone();
+        }
+        if args.is_empty() {
+            return Err(invalid(format!(
+                "{}: the image names no command and the pod gives no args",
+                self.spec.image
+            )));
+        }
+        let sandbox = self.sandbox().await?;
+        env.extend(sandbox.env);
+        let (uid, gid) = match user.split_once(':') {
+            Some((u, g)) => (u.parse().unwrap_or(0), g.parse().unwrap_or(0)),
+            None => (user.parse().unwrap_or(0), user.parse().unwrap_or(0)),
+        };
+        let r = &self.spec.resources;
+        let memory = r
+            .memory
+            .as_deref()
+            .map(parse_bytes)
+            .transpose()
+            .map_err(|e| invalid(e.to_string()))?;
+        let log = self.pod_dir().join("container.log");
+        std::fs::create_dir_all(self.pod_dir()).map_err(|e| Failure::Retry {
+            reason: "CreateContainerError",
+            message: format!("{}: {e}", self.pod_dir().display()),
+        })?;
+        Ok(RunSpec {
+            args,
+            env,
+            cwd,
+            uid,
+            gid,
+            hostname: self.name.clone(),
+            memory_bytes: memory,
+            cpu_millis: r
+                .cpu
+                .as_deref()
+                .and_then(skiff_api::kinds::pod::parse_millicores),
+            read_only_root: false,
+            binds: sandbox
+                .dirs
+                .into_iter()
+                .map(|d| (d.host, d.guest, d.read_only))
+                .collect(),
+            log,
+        })
     }
 
     /// Registry credentials from the pod's pull secret, if it names one.
@@ -478,7 +742,7 @@ impl Worker {
     /// with the pod's limits and grants.
     async fn start(
         &self,
-        fetched: &mut Option<(String, Arc<Vec<u8>>)>,
+        fetched: &mut Option<Fetched>,
         loaded: &mut Option<LoadedComponent>,
     ) -> Result<App, Failure> {
         let fatal =
@@ -493,7 +757,9 @@ impl Worker {
         let component = match loaded {
             Some(component) => component,
             None => {
-                let (digest, bytes) = fetched.take().expect("fetched before starting");
+                let Some(Fetched::Wasm(digest, bytes)) = fetched.take() else {
+                    unreachable!("a component is fetched before it is started");
+                };
                 // Compiling takes long and blocks: off the async workers,
                 // which keep serving the node's other pods meanwhile.
                 let name = format!("{}@{digest}", self.spec.image);

@@ -7,6 +7,7 @@ mod cache;
 mod cluster;
 mod controllers;
 mod dev;
+mod linux;
 mod nodes;
 mod registry;
 mod run_command;

@@ -60,6 +60,11 @@ pub struct PodSpec {
     pub tolerations: Vec<Toleration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// What runs the image: `Wasm` (wasmtime) or `Linux` (containerd).
+    /// Unset, the node decides by the image's media types; `Linux` also
+    /// keeps the pod off nodes without containerd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<PodRuntime>,
     /// Higher runs first and may preempt lower when nothing fits.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
@@ -239,6 +244,15 @@ impl Probe {
         }
     }
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PodRuntime {
+    Wasm,
+    Linux,
+}
+
+/// Label a node carries, `true` or `false`: whether it runs Linux images.
+pub const LINUX_RUNTIME_LABEL: &str = "skiff.dev/runtime-linux";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Placement {

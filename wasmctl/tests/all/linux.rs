@@ -1,0 +1,194 @@
+//! The containerd fallback against a real containerd (started by the test,
+//! as root): busybox images built with umoci, pushed to a real registry,
+//! run as pods next to Wasm pods.
+
+use serde_json::{Value, json};
+use testkit::{Containerd, push_busybox_image, wait_until};
+
+use crate::nodes::{NodeCluster, WAIT, pod};
+use crate::registry::tamper;
+
+/// A node with containerd (`linux`) and one without (`wasm-only`).
+fn cluster() -> (NodeCluster, Containerd) {
+    let containerd = Containerd::start();
+    let socket = containerd.socket.display().to_string();
+    let linux = ["--containerd-socket", socket.as_str()];
+    let cluster = NodeCluster::start(&[("linux", &linux), ("wasm-only", &["--no-containerd"])]);
+    (cluster, containerd)
+}
+
+/// A pod of a Linux image that says so.
+fn linux_pod(name: &str, image: &str, spec: Value) -> Value {
+    let mut pod = pod(name, image, spec);
+    pod["spec"]["runtime"] = json!("Linux");
+    pod
+}
+
+fn lines(text: &str) -> usize {
+    // `ctr ... ls` prints a header line, `ls -q` none.
+    text.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+#[test]
+fn linux_pods_run_log_exit_with_their_code_restart_and_leave_nothing_behind() {
+    let (cluster, containerd) = cluster();
+    let image = format!("{}/busybox:exit3", cluster.registry.addr);
+    push_busybox_image(
+        &image,
+        &[
+            "sh",
+            "-c",
+            "echo hello from linux; echo to stderr >&2; exit 3",
+        ],
+    );
+    cluster.apply(&[
+        linux_pod("exits", &image, json!({"restartPolicy": "Never"})),
+        linux_pod(
+            "succeeds",
+            &image,
+            json!({"restartPolicy": "OnFailure", "args": ["sh", "-c", "test -x /bin/busybox"]}),
+        ),
+        linux_pod("loops", &image, json!({"restartPolicy": "Always"})),
+    ]);
+
+    let exits = cluster.wait_pod("exits", "Failed", |p| p["status"]["phase"] == "Failed");
+    assert_eq!(exits["status"]["exitCode"], 3, "{exits:#}");
+    assert_eq!(exits["status"]["message"], "exited with code 3");
+    assert_eq!(exits["spec"]["nodeName"], "linux");
+    let log = cluster
+        .node("linux")
+        .data_dir
+        .join("pods/default_exits/container.log");
+    let log = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    // Both streams, each line whole (their order is the shim's).
+    let mut logged: Vec<&str> = log.lines().collect();
+    logged.sort();
+    assert_eq!(logged, ["hello from linux", "to stderr"], "{log}");
+
+    let succeeds = cluster.wait_pod("succeeds", "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    assert_eq!(succeeds["status"]["exitCode"], 0);
+    let loops = cluster.wait_pod("loops", "restarted twice", |p| {
+        p["status"]["restartCount"].as_u64() >= Some(2)
+    });
+    assert_eq!(loops["status"]["phase"], "Pending", "{loops:#}");
+    assert_eq!(loops["status"]["reason"], "CrashLoopBackOff", "{loops:#}");
+
+    // While pods exist, containerd holds their containers and leases.
+    assert!(lines(&containerd.ctr("skiff-default", &["leases", "ls", "-q"])) >= 3);
+    cluster
+        .cluster
+        .ok(&["delete", "pod", "exits", "succeeds", "loops"]);
+    for what in ["containers", "tasks", "leases"] {
+        assert!(
+            wait_until(WAIT, || lines(
+                &containerd.ctr("skiff-default", &[what, "ls", "-q"])
+            ) == 0),
+            "{what} left behind: {}",
+            containerd.ctr("skiff-default", &[what, "ls"])
+        );
+    }
+    assert!(
+        wait_until(WAIT, || lines(
+            &containerd.ctr("skiff-default", &["snapshots", "ls"])
+        ) <= 1),
+        "snapshots left behind: {}",
+        containerd.ctr("skiff-default", &["snapshots", "ls"])
+    );
+}
+
+#[test]
+fn a_memory_hog_is_oom_killed_and_reported_so() {
+    let (cluster, _containerd) = cluster();
+    let image = format!("{}/busybox:hog", cluster.registry.addr);
+    // tmpfs pages count against the container's memory cgroup.
+    push_busybox_image(
+        &image,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/shm/fill bs=1M count=60",
+        ],
+    );
+    cluster.apply(&[linux_pod(
+        "hog",
+        &image,
+        json!({"restartPolicy": "Never", "resources": {"memory": "16Mi"}}),
+    )]);
+    let hog = cluster.wait_pod("hog", "Failed", |p| p["status"]["phase"] == "Failed");
+    let message = hog["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("OOMKilled: exceeded its memory limit"),
+        "{hog:#}"
+    );
+}
+
+#[test]
+fn linux_pods_go_only_to_nodes_with_containerd_and_bad_images_fail_their_pod() {
+    let (cluster, _containerd) = cluster();
+    let image = format!("{}/busybox:sleep", cluster.registry.addr);
+    let digest = push_busybox_image(&image, &["sleep", "3600"]);
+    let names: Vec<String> = (0..4).map(|i| format!("spread-{i}")).collect();
+    let pods: Vec<Value> = names
+        .iter()
+        .map(|name| linux_pod(name, &image, json!({"placement": "Spread"})))
+        .collect();
+    cluster.apply(&pods);
+    for name in &names {
+        let running = cluster.wait_running(name);
+        assert_eq!(running["spec"]["nodeName"], "linux", "{running:#}");
+    }
+    let nodes = cluster.json(&["get", "node", "linux"]);
+    assert!(
+        nodes["status"]["nodeInfo"]["containerd"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("1.")),
+        "{nodes:#}"
+    );
+
+    // With the containerd node cordoned, a Linux pod waits, and says why.
+    cluster.cluster.ok(&["cordon", "linux"]);
+    cluster.apply(&[linux_pod("waits", &image, json!({}))]);
+    cluster.wait_pod("waits", "Unschedulable", |p| {
+        p["status"]["conditions"]
+            .to_string()
+            .contains("0/2 nodes: 1 cordoned, 1 no Linux runtime")
+    });
+    cluster.cluster.ok(&["uncordon", "linux"]);
+
+    // A Linux image that does not say so, pinned to the Wasm-only node,
+    // fails there with the reason.
+    let pinned = pod(
+        "pinned",
+        &image,
+        json!({"nodeSelector": {"skiff.dev/hostname": "wasm-only"}}),
+    );
+    cluster.apply(&[pinned]);
+    let pinned = cluster.wait_pod("pinned", "Failed", |p| p["status"]["phase"] == "Failed");
+    assert_eq!(pinned["status"]["reason"], "NoLinuxRuntime", "{pinned:#}");
+    assert!(
+        pinned["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("a Linux container image")),
+        "{pinned:#}"
+    );
+
+    // A tampered layer fails its pod with the digest named.
+    let manifest = cluster.registry.blob_file(&digest);
+    let manifest: Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    tamper(&cluster.registry.blob_file(layer));
+    let bad = format!("{}/busybox@{digest}", cluster.registry.addr);
+    cluster.apply(&[linux_pod("bad", &bad, json!({}))]);
+    let bad = cluster.wait_pod("bad", "failed to pull", |p| {
+        p["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("does not match its digest"))
+    });
+    let reason = bad["status"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        ["ImageDigestMismatch", "ImagePullBackOff"].contains(&reason),
+        "{bad:#}"
+    );
+}
