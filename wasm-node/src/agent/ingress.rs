@@ -39,22 +39,31 @@ pub const POD_MISSING_HEADER: &str = "skiff-pod-missing";
 const MAX_BUFFERED_BODY: usize = 16 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What serves a pod's HTTP on this node.
+#[derive(Clone)]
+pub enum Backend {
+    /// A Wasm component: a fresh instance per request, in process.
+    Wasm(HttpApp),
+    /// A Linux container listening on the host network.
+    Process(std::net::SocketAddr),
+}
+
 /// The HTTP pods this node serves, by name.
 #[derive(Clone, Default)]
 pub struct Routes {
-    pods: Arc<RwLock<HashMap<PodName, HttpApp>>>,
+    pods: Arc<RwLock<HashMap<PodName, Backend>>>,
 }
 
 impl Routes {
-    pub fn add(&self, pod: PodName, app: HttpApp) {
-        self.pods.write().expect("routes lock").insert(pod, app);
+    pub fn add(&self, pod: PodName, backend: Backend) {
+        self.pods.write().expect("routes lock").insert(pod, backend);
     }
 
-    pub fn remove(&self, pod: &PodName) -> Option<HttpApp> {
+    pub fn remove(&self, pod: &PodName) -> Option<Backend> {
         self.pods.write().expect("routes lock").remove(pod)
     }
 
-    pub fn get(&self, pod: &PodName) -> Option<HttpApp> {
+    pub fn get(&self, pod: &PodName) -> Option<Backend> {
         self.pods.read().expect("routes lock").get(pod).cloned()
     }
 
@@ -69,7 +78,7 @@ impl Routes {
 
 /// One Ready pod of a Service and the requests this node has in flight to
 /// it.
-struct Backend {
+struct Balanced {
     endpoint: Endpoint,
     outstanding: Arc<AtomicUsize>,
 }
@@ -77,7 +86,7 @@ struct Backend {
 /// A Service's endpoints as this node balances over them.
 #[derive(Default)]
 struct Backends {
-    endpoints: Vec<Backend>,
+    endpoints: Vec<Balanced>,
     next: AtomicUsize,
 }
 
@@ -187,7 +196,7 @@ impl Ingress {
                     .as_ref()
                     .and_then(|p| p.endpoints.iter().find(|b| b.endpoint.pod == endpoint.pod))
                     .map_or_else(Arc::default, |b| b.outstanding.clone());
-                Backend {
+                Balanced {
                     endpoint,
                     outstanding,
                 }
@@ -266,7 +275,14 @@ impl Ingress {
             .to_ascii_lowercase();
         if let Some(pod) = pod_of_host(&host) {
             return match self.pods.get(&pod) {
-                Some(app) => app.handle(request).await,
+                Some(Backend::Wasm(app)) => app.handle(request).await,
+                Some(Backend::Process(addr)) => {
+                    let (parts, body) = request.into_parts();
+                    match buffered(body).await {
+                        Ok(body) => self.to_process(addr, rebuild(&parts, &body)).await,
+                        Err(response) => response,
+                    }
+                }
                 None => {
                     let mut response = text_response(
                         StatusCode::NOT_FOUND,
@@ -313,14 +329,9 @@ impl Ingress {
             ));
         };
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) => {
-                return text_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("cannot read the request body: {e}\n"),
-                );
-            }
+        let body = match buffered(body).await {
+            Ok(body) => body,
+            Err(response) => return response,
         };
         let idempotent = matches!(
             parts.method,
@@ -341,7 +352,10 @@ impl Ingress {
             let endpoint = &backend.endpoint;
             if endpoint.address == self.own_address {
                 match self.pods.get(&(namespace.clone(), endpoint.pod.clone())) {
-                    Some(app) => return app.handle(rebuild(&parts, &body)).await,
+                    Some(Backend::Wasm(app)) => return app.handle(rebuild(&parts, &body)).await,
+                    Some(Backend::Process(addr)) => {
+                        return self.to_process(addr, rebuild(&parts, &body)).await;
+                    }
                     None => continue,
                 }
             }
@@ -377,6 +391,29 @@ impl Ingress {
         ))
     }
 
+    /// Sends a request to a Linux pod's process on this node.
+    async fn to_process(
+        &self,
+        addr: std::net::SocketAddr,
+        mut request: http::Request<Full<Bytes>>,
+    ) -> http::Response<HttpBody> {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *request.uri_mut() = format!("http://{addr}{path}").parse().unwrap_or_default();
+        match self.client.request(request).await {
+            Ok(response) => {
+                response.map(|b| b.map_err(wasmtime_wasi_http::Error::from).boxed_unsync())
+            }
+            Err(e) => text_response(
+                StatusCode::BAD_GATEWAY,
+                format!("the pod's process on {addr} did not answer: {e}\n"),
+            ),
+        }
+    }
+
     /// Sends a request for a pod to the ingress of the node that serves it.
     async fn proxy(
         &self,
@@ -400,6 +437,17 @@ impl Ingress {
             headers.insert(http::header::HOST, host);
         }
         self.client.request(request).await
+    }
+}
+
+/// The whole request body, up to [`MAX_BUFFERED_BODY`] (413 beyond).
+async fn buffered(body: hyper::body::Incoming) -> Result<Bytes, http::Response<HttpBody>> {
+    match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(text_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("cannot read the request body: {e}\n"),
+        )),
     }
 }
 

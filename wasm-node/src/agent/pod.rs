@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use skiff_api::Kind;
-use skiff_api::kinds::pod::{Pod, PodRuntime, PodSpec, Volume};
+use skiff_api::kinds::pod::{Pod, PodRuntime, PodSpec, Protocol, Volume};
 use skiff_api::outbound::AllowList;
 use skiff_api::quantity::{parse_bytes, parse_duration, parse_fuel};
 use tokio::sync::watch;
 
 use super::NodeContext;
+use super::ingress::Backend;
 use super::lifecycle::{Backoff, Event, State, next};
 use super::probes::{Prober, Verdict};
 use crate::containerd::{Containerd, ContainerdError, Exit, LinuxImage, RunSpec};
@@ -68,6 +69,8 @@ struct LinuxTask {
     containerd: Containerd,
     namespace: String,
     id: String,
+    /// The host port it was told to serve HTTP on (`PORT`), if it does.
+    port: Option<u16>,
 }
 
 impl LinuxTask {
@@ -285,15 +288,42 @@ impl Worker {
                     self.status.exit_code = None;
                     match app.take().expect("prepared before running") {
                         Prepared::Linux(task) => {
-                            self.status.ready = true;
+                            // A pod that serves HTTP is Ready once its port
+                            // takes connections; others once started.
+                            let key = (self.namespace.clone(), self.name.clone());
+                            let listen = task
+                                .port
+                                .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+                            if let Some(addr) = listen {
+                                self.context.routes.add(key.clone(), Backend::Process(addr));
+                                self.status.endpoint = Some(self.context.endpoint.clone());
+                            }
+                            self.status.ready = listen.is_none();
                             self.set(None, None);
-                            let exited = tokio::select! {
-                                exited = task.wait() => exited,
-                                _ = stopping.changed() => {
-                                    task.stop(self.context.grace).await;
-                                    self.move_on(Event::Stop);
-                                    continue;
+                            let wait = task.wait();
+                            tokio::pin!(wait);
+                            let exited = loop {
+                                tokio::select! {
+                                    exited = &mut wait => break Some(exited),
+                                    _ = stopping.changed() => break None,
+                                    () = tokio::time::sleep(Duration::from_millis(100)),
+                                        if !self.status.ready =>
+                                    {
+                                        let addr = listen.expect("only HTTP pods wait to listen");
+                                        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                                            self.status.ready = true;
+                                            self.report();
+                                        }
+                                    }
                                 }
+                            };
+                            if listen.is_some() {
+                                self.context.routes.remove(&key);
+                            }
+                            let Some(exited) = exited else {
+                                task.stop(self.context.grace).await;
+                                self.move_on(Event::Stop);
+                                continue;
                             };
                             ran_for = started.elapsed();
                             self.status.ready = false;
@@ -318,7 +348,9 @@ impl Worker {
                         }
                         Prepared::Wasm(App::Http(http)) => {
                             let key = (self.namespace.clone(), self.name.clone());
-                            self.context.routes.add(key.clone(), http.clone());
+                            self.context
+                                .routes
+                                .add(key.clone(), Backend::Wasm(http.clone()));
                             let mut prober = Prober::new(
                                 http.clone(),
                                 format!("{}.{}.pod", self.name, self.namespace),
@@ -587,7 +619,22 @@ impl Worker {
             });
         }
         let image = unpacked.as_ref().expect("unpacked above");
-        let spec = self.run_spec(image).await?;
+        let mut spec = self.run_spec(image).await?;
+        // Containers share the host's network, so each HTTP pod gets a port
+        // of its own, in PORT, and the ingress sends its requests there.
+        let port = if self.spec.ports.iter().any(|p| p.protocol == Protocol::Http) {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| Failure::Retry {
+                    reason: "CreateContainerError",
+                    message: format!("no free port: {e}"),
+                })?;
+            spec.env.push(("PORT".into(), port.to_string()));
+            Some(port)
+        } else {
+            None
+        };
         // Whatever a previous run left (a node restarted mid-run) goes first.
         containerd
             .remove_container(&namespace, &id)
@@ -601,6 +648,7 @@ impl Worker {
             containerd,
             namespace,
             id,
+            port,
         }))
     }
 

@@ -7,6 +7,7 @@ use testkit::{Containerd, push_busybox_image, wait_until};
 
 use crate::nodes::{NodeCluster, WAIT, pod};
 use crate::registry::tamper;
+use crate::support::http_request;
 
 /// A node with containerd (`linux`) and one without (`wasm-only`).
 fn cluster() -> (NodeCluster, Containerd) {
@@ -125,8 +126,8 @@ fn a_memory_hog_is_oom_killed_and_reported_so() {
 }
 
 #[test]
-fn linux_pods_go_only_to_nodes_with_containerd_and_bad_images_fail_their_pod() {
-    let (cluster, _containerd) = cluster();
+fn linux_pods_go_only_to_nodes_with_containerd_stop_when_deleted_and_bad_images_fail() {
+    let (cluster, containerd) = cluster();
     let image = format!("{}/busybox:sleep", cluster.registry.addr);
     let digest = push_busybox_image(&image, &["sleep", "3600"]);
     let names: Vec<String> = (0..4).map(|i| format!("spread-{i}")).collect();
@@ -145,6 +146,19 @@ fn linux_pods_go_only_to_nodes_with_containerd_and_bad_images_fail_their_pod() {
             .as_str()
             .is_some_and(|v| v.starts_with("1.")),
         "{nodes:#}"
+    );
+
+    // Deleted, running pods stop: `sleep` as PID 1 ignores SIGTERM, so
+    // this goes through SIGKILL after the nodes' grace (1 s here).
+    let mut delete = vec!["delete", "pod"];
+    delete.extend(names.iter().map(String::as_str));
+    cluster.cluster.ok(&delete);
+    assert!(
+        wait_until(WAIT, || lines(
+            &containerd.ctr("skiff-default", &["tasks", "ls", "-q"])
+        ) == 0),
+        "tasks left running: {}",
+        containerd.ctr("skiff-default", &["tasks", "ls"])
     );
 
     // With the containerd node cordoned, a Linux pod waits, and says why.
@@ -191,4 +205,61 @@ fn linux_pods_go_only_to_nodes_with_containerd_and_bad_images_fail_their_pod() {
         ["ImageDigestMismatch", "ImagePullBackOff"].contains(&reason),
         "{bad:#}"
     );
+}
+
+#[test]
+fn a_service_balances_over_a_wasm_pod_and_a_linux_pod() {
+    let (cluster, _containerd) = cluster();
+    let image = format!("{}/busybox:httpd", cluster.registry.addr);
+    push_busybox_image(
+        &image,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo linux > /www/index.html && exec httpd -f -p $PORT -h /www",
+        ],
+    );
+    let mut linux = linux_pod("from-linux", &image, json!({"ports": [{"port": 80}]}));
+    linux["metadata"]["labels"] = json!({"app": "mixed"});
+    let mut wasm = pod("from-wasm", &cluster.hello, json!({}));
+    wasm["metadata"]["labels"] = json!({"app": "mixed"});
+    cluster.apply(&[
+        linux,
+        wasm,
+        json!({
+            "apiVersion": "skiff.dev/v1", "kind": "Service",
+            "metadata": {"name": "mixed"}, "spec": {"selector": {"app": "mixed"}},
+        }),
+        json!({
+            "apiVersion": "skiff.dev/v1", "kind": "Route",
+            "metadata": {"name": "mixed"},
+            "spec": {"host": "mixed.example.com", "service": "mixed"},
+        }),
+    ]);
+    cluster.wait_pod("from-linux", "Ready", |p| {
+        p["status"]["conditions"][0]["status"] == "True"
+    });
+    cluster.wait_running("from-wasm");
+    // Through either node: the Linux node serves its pod in place, the
+    // other proxies to it.
+    for node in ["linux", "wasm-only"] {
+        let ingress = cluster.node(node).ingress;
+        let mut bodies = std::collections::BTreeMap::new();
+        assert!(
+            wait_until(WAIT, || {
+                if let Ok(answer) = http_request(ingress, "mixed.example.com", "/", &[])
+                    && answer.status == 200
+                {
+                    *bodies.entry(answer.body).or_insert(0) += 1;
+                }
+                bodies.len() == 2
+            }),
+            "through {node}: {bodies:?}"
+        );
+        assert_eq!(
+            bodies.keys().collect::<Vec<_>>(),
+            ["Hello, world! (GET /)\n", "linux\n"],
+            "through {node}"
+        );
+    }
 }
