@@ -15,6 +15,7 @@ use wasm_node::runtime::{
 };
 
 use crate::{BadInput, cargo_project};
+use wasm_node::oci::OciError;
 
 /// Exit code when a command guest traps or exceeds its fuel or memory, as a
 /// process killed by SIGABRT would report it.
@@ -89,6 +90,15 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
 
+    /// containerd's socket, for registry references that are ordinary
+    /// Linux images rather than components.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    containerd_socket: PathBuf,
+
     #[command(flatten)]
     registry: crate::registry::RegistryArgs,
 }
@@ -96,7 +106,12 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let component_path = match cargo_project::manifest_of(&args.target) {
         Some(manifest) => cargo_project::build(&manifest)?,
-        None if crate::registry::is_reference(&args.target) => pull_to_cache(&args)?,
+        None if crate::registry::is_reference(&args.target) => match pull_to_cache(&args) {
+            Err(e) if matches!(e.downcast_ref(), Some(OciError::LinuxImage { .. })) => {
+                return run_linux(&args);
+            }
+            other => other?,
+        },
         None if args.target.is_dir() => {
             return Err(BadInput(format!(
                 "{}: is a directory without a Cargo.toml; give a component (.wasm) or a Cargo project",
@@ -184,6 +199,103 @@ async fn run_command(app: &CommandApp, name: &str) -> ExitCode {
             }
         }
     }
+}
+
+/// Runs an ordinary Linux image through containerd, as a pod would run on
+/// a node: its output goes to ours, its exit code becomes ours, and an HTTP
+/// server in it finds its port in PORT (`--listen`'s port; the container
+/// shares the host's network). Ctrl-C stops it.
+fn run_linux(args: &RunArgs) -> Result<ExitCode> {
+    use wasm_node::containerd::{Containerd, RunSpec, image_defaults};
+    let text = args.target.to_string_lossy().into_owned();
+    let reference = wasm_node::oci::parse_reference(&text).map_err(|e| BadInput(e.to_string()))?;
+    let credentials = args.registry.credentials()?;
+    let registry = args.registry.registry();
+    crate::cluster::block_on(async {
+        let containerd = Containerd::connect(&args.containerd_socket, "overlayfs")
+            .await
+            .map_err(|e| {
+                BadInput(format!(
+                    "{text} is a Linux container image, which runs through containerd: {e}"
+                ))
+            })?;
+        let digest = registry.resolve(&reference, &credentials).await?;
+        let pinned = wasm_node::oci::parse_reference(&format!(
+            "{}/{}@{digest}",
+            reference.resolve_registry(),
+            reference.repository()
+        ))?;
+        let image = registry.pull_linux(&pinned, &credentials).await?;
+        let (namespace, id) = ("wasmctl", format!("run-{}", std::process::id()));
+        let top = containerd.unpack(namespace, &id, &image).await?;
+        let (mut argv, mut env, cwd, _) = image_defaults(&image.config.bytes);
+        if !args.args.is_empty() {
+            argv.clone_from(&args.args);
+        }
+        env.extend(args.env.iter().cloned());
+        env.push(("PORT".into(), args.listen.port().to_string()));
+        let log = std::env::temp_dir().join(format!("{id}.log"));
+        std::fs::write(&log, b"").with_context(|| format!("creating {}", log.display()))?;
+        let spec = RunSpec {
+            args: argv,
+            env,
+            cwd,
+            hostname: "wasmctl".into(),
+            memory_bytes: Some(args.memory),
+            binds: args
+                .dirs
+                .iter()
+                .map(|d| (d.host.clone(), d.guest.clone(), d.read_only))
+                .collect(),
+            log: log.clone(),
+            ..Default::default()
+        };
+        containerd
+            .start(namespace, &id, &id, &text, &top, &spec)
+            .await?;
+        let mut printed = 0;
+        let wait = containerd.wait(namespace, &id);
+        tokio::pin!(wait);
+        let exit = loop {
+            tokio::select! {
+                exit = &mut wait => break Some(exit),
+                _ = tokio::signal::ctrl_c() => break None,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    printed = print_new(&log, printed);
+                }
+            }
+        };
+        let exit = match exit {
+            Some(exit) => exit?,
+            None => {
+                containerd.signal(namespace, &id, 15).await?;
+                wait.await?
+            }
+        };
+        print_new(&log, printed);
+        containerd.remove_container(namespace, &id).await?;
+        containerd.release(namespace, &id).await?;
+        let _ = std::fs::remove_file(&log);
+        if exit.oom_killed {
+            tracing::warn!("{text}: killed for exceeding its memory limit");
+        }
+        Ok(ExitCode::from(u8::try_from(exit.code).unwrap_or(u8::MAX)))
+    })?
+}
+
+/// Copies what the container wrote to `log` past `from` to our stdout;
+/// returns how far it has printed.
+fn print_new(log: &std::path::Path, from: usize) -> usize {
+    use std::io::Write;
+    let Ok(bytes) = std::fs::read(log) else {
+        return from;
+    };
+    if bytes.len() > from {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&bytes[from..]);
+        let _ = out.flush();
+    }
+    bytes.len().max(from)
 }
 
 /// Pulls a registry reference into the local cache and returns the file.

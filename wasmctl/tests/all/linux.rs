@@ -7,7 +7,7 @@ use testkit::{Containerd, push_busybox_image, wait_until};
 
 use crate::nodes::{NodeCluster, WAIT, pod};
 use crate::registry::tamper;
-use crate::support::http_request;
+use crate::support::{http_request, stderr_of, stdout_of, wasmctl};
 
 /// A node with containerd (`linux`) and one without (`wasm-only`).
 fn cluster() -> (NodeCluster, Containerd) {
@@ -262,4 +262,46 @@ fn a_service_balances_over_a_wasm_pod_and_a_linux_pod() {
             "through {node}"
         );
     }
+}
+
+#[test]
+fn wasmctl_run_runs_a_linux_image_through_containerd_or_says_why_not() {
+    let containerd = Containerd::start();
+    let registry = testkit::Registry::start();
+    let image = format!("{}/busybox:run", registry.addr);
+    push_busybox_image(&image, &["sh", "-c", "echo hello from linux; exit 3"]);
+    let socket = containerd.socket.display().to_string();
+    let output = wasmctl()
+        .args(["run", &image, "--containerd-socket", &socket])
+        .output()
+        .expect("wasmctl runs");
+    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+    assert_eq!(stdout_of(&output), "hello from linux\n");
+    // Arguments after -- replace the image's command.
+    let output = wasmctl()
+        .args(["run", &image, "--containerd-socket", &socket])
+        .args(["--env", "GREETING=hi", "--", "sh", "-c", "echo $GREETING"])
+        .output()
+        .expect("wasmctl runs");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert_eq!(stdout_of(&output), "hi\n");
+    assert!(
+        wait_until(WAIT, || lines(
+            &containerd.ctr("wasmctl", &["leases", "ls", "-q"])
+        ) == 0),
+        "wasmctl run left a lease behind"
+    );
+
+    let output = wasmctl()
+        .args(["run", &image, "--containerd-socket", "/nonexistent.sock"])
+        .output()
+        .expect("wasmctl runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = stderr_of(&output);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("is a Linux container image, which runs through containerd")
+            && stderr.contains("/nonexistent.sock"),
+        "{stderr}"
+    );
 }
