@@ -672,9 +672,20 @@ impl Worker {
         }
         let sandbox = self.sandbox().await?;
         env.extend(sandbox.env);
+        // Names would need the image's /etc/passwd; running as root instead
+        // of an unknown user is never the answer.
+        let id = |text: &str| {
+            text.parse::<u32>().map_err(|_| {
+                invalid(format!(
+                    "{}: the image's user `{user}` is not numeric (uid[:gid]); names are not supported",
+                    self.spec.image
+                ))
+            })
+        };
         let (uid, gid) = match user.split_once(':') {
-            Some((u, g)) => (u.parse().unwrap_or(0), g.parse().unwrap_or(0)),
-            None => (user.parse().unwrap_or(0), user.parse().unwrap_or(0)),
+            _ if user.is_empty() => (0, 0),
+            Some((u, g)) => (id(u)?, id(g)?),
+            None => (id(&user)?, id(&user)?),
         };
         let r = &self.spec.resources;
         let memory = r
@@ -700,7 +711,7 @@ impl Worker {
                 .cpu
                 .as_deref()
                 .and_then(skiff_api::kinds::pod::parse_millicores),
-            read_only_root: false,
+            read_only_root: self.spec.read_only_root_filesystem,
             binds: sandbox
                 .dirs
                 .into_iter()

@@ -50,6 +50,14 @@ fn linux_pods_run_log_exit_with_their_code_restart_and_leave_nothing_behind() {
             json!({"restartPolicy": "OnFailure", "args": ["sh", "-c", "test -x /bin/busybox"]}),
         ),
         linux_pod("loops", &image, json!({"restartPolicy": "Always"})),
+        linux_pod(
+            "read-only",
+            &image,
+            json!({
+                "restartPolicy": "Never", "readOnlyRootFilesystem": true,
+                "args": ["sh", "-c", "touch /tmp/ok && touch /not-ok"],
+            }),
+        ),
     ]);
 
     let exits = cluster.wait_pod("exits", "Failed", |p| p["status"]["phase"] == "Failed");
@@ -66,6 +74,8 @@ fn linux_pods_run_log_exit_with_their_code_restart_and_leave_nothing_behind() {
     logged.sort();
     assert_eq!(logged, ["hello from linux", "to stderr"], "{log}");
 
+    let read_only = cluster.wait_pod("read-only", "Failed", |p| p["status"]["phase"] == "Failed");
+    assert_eq!(read_only["status"]["exitCode"], 1, "{read_only:#}");
     let succeeds = cluster.wait_pod("succeeds", "Succeeded", |p| {
         p["status"]["phase"] == "Succeeded"
     });
@@ -77,10 +87,10 @@ fn linux_pods_run_log_exit_with_their_code_restart_and_leave_nothing_behind() {
     assert_eq!(loops["status"]["reason"], "CrashLoopBackOff", "{loops:#}");
 
     // While pods exist, containerd holds their containers and leases.
-    assert!(lines(&containerd.ctr("skiff-default", &["leases", "ls", "-q"])) >= 3);
+    assert!(lines(&containerd.ctr("skiff-default", &["leases", "ls", "-q"])) >= 4);
     cluster
         .cluster
-        .ok(&["delete", "pod", "exits", "succeeds", "loops"]);
+        .ok(&["delete", "pod", "exits", "succeeds", "loops", "read-only"]);
     for what in ["containers", "tasks", "leases"] {
         assert!(
             wait_until(WAIT, || lines(

@@ -60,6 +60,10 @@ pub struct PodSpec {
     pub tolerations: Vec<Toleration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// Linux pods: mount the image's root read-only (`/tmp` stays
+    /// writable).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root_filesystem: bool,
     /// What runs the image: `Wasm` (wasmtime) or `Linux` (containerd).
     /// Unset, the node decides by the image's media types; `Linux` also
     /// keeps the pod off nodes without containerd.
