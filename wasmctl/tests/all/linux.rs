@@ -215,6 +215,23 @@ fn linux_pods_go_only_to_nodes_with_containerd_stop_when_deleted_and_bad_images_
         ["ImageDigestMismatch", "ImagePullBackOff"].contains(&reason),
         "{bad:#}"
     );
+
+    // A blob missing from the registry (here the image's config) fails its
+    // pod as not found.
+    let missing = format!("{}/busybox:missing", cluster.registry.addr);
+    let missing_digest = push_busybox_image(&missing, &["true"]);
+    let manifest = cluster.registry.blob_file(&missing_digest);
+    let manifest: Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+    let config = cluster
+        .registry
+        .blob_file(manifest["config"]["digest"].as_str().unwrap());
+    std::fs::remove_dir_all(config.parent().unwrap()).unwrap();
+    cluster.apply(&[linux_pod("missing", &missing, json!({}))]);
+    cluster.wait_pod("missing", "failed to pull", |p| {
+        p["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not found in the registry"))
+    });
 }
 
 #[test]
