@@ -61,6 +61,16 @@ fn call(what: impl Into<String>) -> impl FnOnce(Status) -> ContainerdError {
     }
 }
 
+/// `Ok` for success and for the status `fine` (already there, already
+/// gone: what an idempotent step expects on a second run).
+fn tolerate<T>(result: Result<T, Status>, fine: Code, what: String) -> Result<(), ContainerdError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == fine => Ok(()),
+        Err(s) => Err(call(what)(s)),
+    }
+}
+
 /// A Linux image pulled from a registry, every blob checked against its
 /// digest.
 #[derive(Debug, Clone)]
@@ -190,11 +200,7 @@ impl Containerd {
                 },
             ))
             .await;
-        match created {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == Code::AlreadyExists => Ok(()),
-            Err(s) => Err(call(format!("create lease {id}"))(s)),
-        }
+        tolerate(created, Code::AlreadyExists, format!("create lease {id}"))
     }
 
     async fn hold(
@@ -338,21 +344,10 @@ impl Containerd {
                 .is_ok();
             if !exists {
                 let key = format!("extract-{}-{chain}", std::process::id());
-                let mounts = snapshots
-                    .prepare(Self::request(
-                        namespace,
-                        Some(lease),
-                        PrepareSnapshotRequest {
-                            snapshotter: self.snapshotter.clone(),
-                            key: key.clone(),
-                            parent: parent.clone(),
-                            labels: HashMap::new(),
-                        },
-                    ))
+                let mounts = self
+                    .prepare(namespace, lease, &key, &parent)
                     .await
-                    .map_err(call(format!("prepare layer {}", layer.digest)))?
-                    .into_inner()
-                    .mounts;
+                    .map_err(call(format!("prepare layer {}", layer.digest)))?;
                 let applied = diff
                     .apply(Self::request(
                         namespace,
@@ -401,6 +396,31 @@ impl Containerd {
         Ok(parent)
     }
 
+    /// A writable snapshot `key` on `parent` (empty: none), held by `lease`;
+    /// its mounts.
+    async fn prepare(
+        &self,
+        namespace: &str,
+        lease: &str,
+        key: &str,
+        parent: &str,
+    ) -> Result<Vec<containerd_client::types::Mount>, Status> {
+        Ok(SnapshotsClient::new(self.channel.clone())
+            .prepare(Self::request(
+                namespace,
+                Some(lease),
+                PrepareSnapshotRequest {
+                    snapshotter: self.snapshotter.clone(),
+                    key: key.to_owned(),
+                    parent: parent.to_owned(),
+                    labels: HashMap::new(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .mounts)
+    }
+
     async fn remove_snapshot(&self, namespace: &str, key: &str) -> Result<(), ContainerdError> {
         SnapshotsClient::new(self.channel.clone())
             .remove(Self::request(
@@ -427,21 +447,10 @@ impl Containerd {
         parent: &str,
         spec: &RunSpec,
     ) -> Result<u32, ContainerdError> {
-        let rootfs = SnapshotsClient::new(self.channel.clone())
-            .prepare(Self::request(
-                namespace,
-                Some(lease),
-                PrepareSnapshotRequest {
-                    snapshotter: self.snapshotter.clone(),
-                    key: id.to_owned(),
-                    parent: parent.to_owned(),
-                    labels: HashMap::new(),
-                },
-            ))
+        let rootfs = self
+            .prepare(namespace, lease, id, parent)
             .await
-            .map_err(call(format!("prepare the root of {id}")))?
-            .into_inner()
-            .mounts;
+            .map_err(call(format!("prepare the root of {id}")))?;
         let runtime_spec = runtime_spec(id, spec);
         let container = Container {
             id: id.to_owned(),
@@ -550,22 +559,12 @@ impl Containerd {
                 },
             ))
             .await;
-        match killed {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == Code::NotFound => Ok(()),
-            Err(s) => Err(call(format!("signal {id}"))(s)),
-        }
+        tolerate(killed, Code::NotFound, format!("signal {id}"))
     }
 
     /// Removes the task, the container and its root (each if there), but not
     /// the lease: the pod may start again.
     pub async fn remove_container(&self, namespace: &str, id: &str) -> Result<(), ContainerdError> {
-        let ignore_missing = |result: Result<(), ContainerdError>| match result {
-            Err(ContainerdError::Call {
-                not_found: true, ..
-            }) => Ok(()),
-            other => other,
-        };
         let deleted = TasksClient::new(self.channel.clone())
             .delete(Self::request(
                 namespace,
@@ -574,21 +573,22 @@ impl Containerd {
                     container_id: id.to_owned(),
                 },
             ))
-            .await
-            .map(drop)
-            .map_err(call(format!("delete the task of {id}")));
-        ignore_missing(deleted)?;
+            .await;
+        tolerate(deleted, Code::NotFound, format!("delete the task of {id}"))?;
         let deleted = ContainersClient::new(self.channel.clone())
             .delete(Self::request(
                 namespace,
                 None,
                 DeleteContainerRequest { id: id.to_owned() },
             ))
-            .await
-            .map(drop)
-            .map_err(call(format!("delete container {id}")));
-        ignore_missing(deleted)?;
-        ignore_missing(self.remove_snapshot(namespace, id).await)
+            .await;
+        tolerate(deleted, Code::NotFound, format!("delete container {id}"))?;
+        match self.remove_snapshot(namespace, id).await {
+            Err(ContainerdError::Call {
+                not_found: true, ..
+            }) => Ok(()),
+            other => other,
+        }
     }
 
     /// Drops the pod's lease: containerd collects what no one else holds.
@@ -603,11 +603,7 @@ impl Containerd {
                 },
             ))
             .await;
-        match deleted {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == Code::NotFound => Ok(()),
-            Err(s) => Err(call(format!("delete lease {lease}"))(s)),
-        }
+        tolerate(deleted, Code::NotFound, format!("delete lease {lease}"))
     }
 }
 
