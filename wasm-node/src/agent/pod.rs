@@ -300,14 +300,44 @@ impl Worker {
                             }
                             self.status.ready = listen.is_none();
                             self.set(None, None);
+                            // Probes as for a component, against the port;
+                            // without a readiness probe, Ready is the port
+                            // taking connections.
+                            let mut prober = listen.map(|addr| {
+                                Prober::new(
+                                    Backend::Process(addr),
+                                    format!("{}.{}.pod", self.name, self.namespace),
+                                    self.spec.liveness_probe.as_ref(),
+                                    self.spec.readiness_probe.as_ref(),
+                                )
+                            });
+                            let probed = self.spec.readiness_probe.is_some();
+                            let mut killed_for = None;
                             let wait = task.wait();
                             tokio::pin!(wait);
                             let exited = loop {
+                                let verdict = async {
+                                    match prober.as_mut() {
+                                        Some(prober) => prober.next().await,
+                                        None => std::future::pending().await,
+                                    }
+                                };
                                 tokio::select! {
                                     exited = &mut wait => break Some(exited),
                                     _ = stopping.changed() => break None,
+                                    verdict = verdict => match verdict {
+                                        Verdict::Ready(ready) => {
+                                            self.status.ready = ready;
+                                            self.report();
+                                        }
+                                        Verdict::Dead(why) => {
+                                            tracing::warn!("{pod}: {why}: restarting");
+                                            killed_for = Some(why);
+                                            let _ = task.containerd.signal(&task.namespace, &task.id, 9).await;
+                                        }
+                                    },
                                     () = tokio::time::sleep(Duration::from_millis(100)),
-                                        if !self.status.ready =>
+                                        if !self.status.ready && !probed =>
                                     {
                                         let addr = listen.expect("only HTTP pods wait to listen");
                                         if tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -343,6 +373,11 @@ impl Worker {
                                 }
                                 Err(e) => (false, Some(e.to_string())),
                             };
+                            // Killed for a failed liveness probe: that is why.
+                            let (success, message) = match killed_for {
+                                Some(why) => (false, Some(why)),
+                                None => (success, message),
+                            };
                             self.status.message = message;
                             self.move_on(Event::Exited { success });
                         }
@@ -352,7 +387,7 @@ impl Worker {
                                 .routes
                                 .add(key.clone(), Backend::Wasm(http.clone()));
                             let mut prober = Prober::new(
-                                http.clone(),
+                                Backend::Wasm(http.clone()),
                                 format!("{}.{}.pod", self.name, self.namespace),
                                 self.spec.liveness_probe.as_ref(),
                                 self.spec.readiness_probe.as_ref(),

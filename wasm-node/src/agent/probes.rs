@@ -1,6 +1,7 @@
-//! Liveness and readiness probes: HTTP GETs the node makes to a pod's
-//! component, in process (a fresh instance per check, as for any request).
-//! A status from 200 to 399 within the timeout passes.
+//! Liveness and readiness probes: HTTP GETs the node makes to a pod, in
+//! process for a component (a fresh instance per check, as for any
+//! request), over loopback for a Linux pod's port. A status from 200 to 399
+//! within the timeout passes.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -10,7 +11,11 @@ use http_body_util::{BodyExt, Empty};
 use skiff_api::kinds::pod::Probe;
 use tokio::time::Instant;
 
-use crate::runtime::HttpApp;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::ingress::Backend;
 
 /// What the probes found that the worker must act on.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,9 +56,12 @@ impl Check {
     }
 }
 
+type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
+
 /// A pod's probes.
 pub struct Prober {
-    app: HttpApp,
+    backend: Backend,
+    client: Option<ProbeClient>,
     host: String,
     liveness: Option<Check>,
     readiness: Option<Check>,
@@ -61,14 +69,17 @@ pub struct Prober {
 
 impl Prober {
     pub fn new(
-        app: HttpApp,
+        backend: Backend,
         host: String,
         liveness: Option<&Probe>,
         readiness: Option<&Probe>,
     ) -> Self {
         let now = Instant::now();
+        let client = matches!(backend, Backend::Process(_))
+            .then(|| Client::builder(TokioExecutor::new()).build(HttpConnector::new()));
         Self {
-            app,
+            backend,
+            client,
             host,
             liveness: liveness.map(|p| Check::new(p, now)),
             readiness: readiness.map(|p| Check::new(p, now)),
@@ -90,7 +101,13 @@ impl Prober {
             tokio::time::sleep_until(due).await;
             let now = Instant::now();
             if let Some(check) = self.liveness.as_mut().filter(|c| c.due <= now) {
-                let outcome = get(&self.app, &self.host, &check.probe).await;
+                let outcome = get(
+                    &self.backend,
+                    self.client.as_ref(),
+                    &self.host,
+                    &check.probe,
+                )
+                .await;
                 check.due = Instant::now() + check.period();
                 match outcome {
                     Ok(()) => check.failures = 0,
@@ -107,7 +124,13 @@ impl Prober {
                 }
             }
             if let Some(check) = self.readiness.as_mut().filter(|c| c.due <= now) {
-                let outcome = get(&self.app, &self.host, &check.probe).await;
+                let outcome = get(
+                    &self.backend,
+                    self.client.as_ref(),
+                    &self.host,
+                    &check.probe,
+                )
+                .await;
                 check.due = Instant::now() + check.period();
                 let ready = match outcome {
                     Ok(()) => {
@@ -132,22 +155,43 @@ impl Prober {
 }
 
 /// One check: `Ok` for 2xx and 3xx within the timeout.
-async fn get(app: &HttpApp, host: &str, probe: &Probe) -> Result<(), String> {
+async fn get(
+    backend: &Backend,
+    client: Option<&ProbeClient>,
+    host: &str,
+    probe: &Probe,
+) -> Result<(), String> {
     let path = &probe.http_get.path;
-    let request = http::Request::get(path.as_str())
-        .header(http::header::HOST, host)
-        .header(http::header::USER_AGENT, "skiff-probe")
-        .body(
-            Empty::<Bytes>::new()
-                .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} }),
-        )
-        .map_err(|e| format!("GET {path}: {e}"))?;
     let timeout = Duration::from_secs(u64::from(probe.timeout_seconds.unwrap_or(1)));
-    match tokio::time::timeout(timeout, app.handle(request)).await {
-        Ok(response) if response.status().is_success() || response.status().is_redirection() => {
-            Ok(())
+    let request = |uri: String| {
+        http::Request::get(uri)
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, "skiff-probe")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("GET {path}: {e}"))
+    };
+    let status = match (backend, client) {
+        (Backend::Wasm(app), _) => {
+            let request = request(path.clone())?.map(|b| {
+                b.map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} })
+            });
+            tokio::time::timeout(timeout, app.handle(request))
+                .await
+                .map(|r| r.status())
         }
-        Ok(response) => Err(format!("GET {path}: {}", response.status())),
+        (Backend::Process(addr), Some(client)) => {
+            let request = request(format!("http://{addr}{path}"))?;
+            match tokio::time::timeout(timeout, client.request(request)).await {
+                Ok(Ok(response)) => Ok(response.status()),
+                Ok(Err(e)) => return Err(format!("GET {path}: {e}")),
+                Err(elapsed) => Err(elapsed),
+            }
+        }
+        (Backend::Process(_), None) => unreachable!("a process backend has a client"),
+    };
+    match status {
+        Ok(status) if status.is_success() || status.is_redirection() => Ok(()),
+        Ok(status) => Err(format!("GET {path}: {status}")),
         Err(_) => Err(format!(
             "GET {path}: no answer within {}s",
             timeout.as_secs()

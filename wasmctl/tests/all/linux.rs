@@ -235,7 +235,7 @@ fn linux_pods_go_only_to_nodes_with_containerd_stop_when_deleted_and_bad_images_
 }
 
 #[test]
-fn a_service_balances_over_a_wasm_pod_and_a_linux_pod() {
+fn a_service_balances_over_wasm_and_linux_pods_and_linux_pods_are_probed() {
     let (cluster, _containerd) = cluster();
     let image = format!("{}/busybox:httpd", cluster.registry.addr);
     push_busybox_image(
@@ -246,13 +246,30 @@ fn a_service_balances_over_a_wasm_pod_and_a_linux_pod() {
             "mkdir -p /www && echo linux > /www/index.html && exec httpd -f -p $PORT -h /www",
         ],
     );
-    let mut linux = linux_pod("from-linux", &image, json!({"ports": [{"port": 80}]}));
+    let mut linux = linux_pod(
+        "from-linux",
+        &image,
+        json!({
+            "ports": [{"port": 80}],
+            "readinessProbe": {"httpGet": {"path": "/index.html"}, "periodSeconds": 1},
+        }),
+    );
     linux["metadata"]["labels"] = json!({"app": "mixed"});
+    // Its liveness probe asks for a page httpd does not have: restarted.
+    let sick = linux_pod(
+        "sick",
+        &image,
+        json!({
+            "ports": [{"port": 80}],
+            "livenessProbe": {"httpGet": {"path": "/missing"}, "periodSeconds": 1, "failureThreshold": 1},
+        }),
+    );
     let mut wasm = pod("from-wasm", &cluster.hello, json!({}));
     wasm["metadata"]["labels"] = json!({"app": "mixed"});
     cluster.apply(&[
         linux,
         wasm,
+        sick,
         json!({
             "apiVersion": "skiff.dev/v1", "kind": "Service",
             "metadata": {"name": "mixed"}, "spec": {"selector": {"app": "mixed"}},
@@ -267,6 +284,9 @@ fn a_service_balances_over_a_wasm_pod_and_a_linux_pod() {
         p["status"]["conditions"][0]["status"] == "True"
     });
     cluster.wait_running("from-wasm");
+    cluster.wait_pod("sick", "restarted by its liveness probe", |p| {
+        p["status"]["restartCount"].as_u64() >= Some(1)
+    });
     // Through either node: the Linux node serves its pod in place, the
     // other proxies to it.
     for node in ["linux", "wasm-only"] {
