@@ -234,6 +234,7 @@ impl Worker {
         let mut loaded: Option<LoadedComponent> = None;
         // A Linux image, once unpacked into containerd, serves restarts.
         let mut unpacked: Option<Unpacked> = None;
+        let mut leased = false;
         let mut app: Option<Prepared> = None;
         let mut ran_for = Duration::ZERO;
         let mut pull_failed = false;
@@ -267,6 +268,9 @@ impl Worker {
                     self.set(Some("Starting"), None);
                     let started =
                         if unpacked.is_some() || matches!(fetched, Some(Fetched::Linux(_))) {
+                            // From here the pod may hold a lease in
+                            // containerd, even if the unpack fails halfway.
+                            leased = true;
                             self.start_linux(&mut fetched, &mut unpacked).await
                         } else {
                             self.start(&mut fetched, &mut loaded)
@@ -480,9 +484,7 @@ impl Worker {
                 State::Pending => self.move_on(Event::Begin),
             }
         }
-        if unpacked.is_some()
-            && let Some(containerd) = &self.context.containerd
-        {
+        if leased && let Some(containerd) = &self.context.containerd {
             let (namespace, id) = self.container_names();
             if let Err(e) = containerd.release(&namespace, &id).await {
                 tracing::warn!("{pod}: {e}");
