@@ -31,6 +31,22 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up), which
+/// every process binding port 0 draws from: for a process that must get
+/// the same port again after a restart, where a port another test could be
+/// handed meanwhile would make the test flaky.
+pub fn stable_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let offset = std::process::id() as usize % 12_000;
+    loop {
+        let port = 20_000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        let port = u16::try_from(port).expect("below 32000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -356,7 +372,8 @@ impl Node {
         extra: &[&str],
         log_filter: &'static str,
     ) -> Node {
-        let ingress = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // Restarts bind it again.
+        let ingress = std::net::SocketAddr::from(([127, 0, 0, 1], stable_port()));
         let data_dir = std::env::temp_dir().join(unique(&format!("skiff-node-{name}")));
         let mut command: Vec<String> = [
             "join",

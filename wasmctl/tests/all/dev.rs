@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use testkit::{free_port, spawn_logged, wait_until};
+use testkit::{spawn_logged, stable_port, wait_until};
 
 use crate::support::{example, http_request, path_str, stderr_of, stdout_of, temp_dir, wasmctl};
 
@@ -25,9 +25,9 @@ impl Dev {
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         Dev {
             config: data.join("config.yaml"),
-            api: loopback(free_port()),
-            ingress: loopback(free_port()),
-            registry: loopback(free_port()),
+            api: loopback(stable_port()),
+            ingress: loopback(stable_port()),
+            registry: loopback(stable_port()),
             data: data.join("cluster"),
         }
     }
