@@ -10,17 +10,18 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use futures::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol, Config};
+use oci_client::client::Config;
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
+use skiff_client::registry::Clients;
 use tokio::sync::OnceCell;
 
 use crate::runtime::Digest;
 
-pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
-pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
+use skiff_api::kinds::pod::{PodRuntime, is_linux_config};
+pub use skiff_api::kinds::pod::{WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE};
 /// The largest component pulled or pushed.
 pub const MAX_ARTIFACT_BYTES: u64 = 256 << 20;
 /// More layers than this is not a component artifact.
@@ -152,39 +153,10 @@ pub fn parse_reference(text: &str) -> Result<Reference, OciError> {
         .map_err(|e| OciError::Reference(text.to_owned(), e.to_string()))
 }
 
-/// Registries on loopback speak plain HTTP (as local registries do);
-/// everything else HTTPS, unless named in `insecure`.
-fn client(insecure: &[String]) -> Client {
-    // TLS to registries uses rustls with ring, installed process-wide once.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut plain = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "[::1]".to_owned(),
-    ];
-    plain.extend(insecure.iter().cloned());
-    Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(plain),
-        ..Default::default()
-    })
-}
-
-/// Whether `registry` (host or host:port) is served over plain HTTP.
-fn is_loopback(registry: &str) -> bool {
-    let host = registry.rsplit_once(':').map_or(registry, |(host, port)| {
-        if port.chars().all(|c| c.is_ascii_digit()) {
-            host
-        } else {
-            registry
-        }
-    });
-    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
-}
-
 /// A registry client.
 #[derive(Clone)]
 pub struct Registry {
-    client: Client,
+    clients: Clients,
 }
 
 impl Default for Registry {
@@ -197,21 +169,13 @@ impl Registry {
     /// `insecure` lists further registries (host:port) to reach over plain
     /// HTTP; loopback ones always are.
     pub fn new(insecure: &[String]) -> Self {
-        let mut plain = insecure.to_vec();
-        // oci-client matches registries by host:port; cover loopback ports.
-        plain.retain(|r| !is_loopback(r));
         Self {
-            client: client(&plain),
+            clients: Clients::new(insecure),
         }
     }
 
     fn client_for(&self, reference: &Reference) -> Client {
-        let registry = reference.resolve_registry();
-        if is_loopback(registry) {
-            client(&[registry.to_owned()])
-        } else {
-            self.client.clone()
-        }
+        self.clients.for_reference(reference)
     }
 
     /// Pushes a component; `progress(sent, total)` is called as the layer
@@ -392,13 +356,6 @@ impl Registry {
     }
 }
 
-/// Whether a config media type is an ordinary container image's (OCI or
-/// Docker's v2).
-fn is_linux_config(media_type: &str) -> bool {
-    media_type.starts_with("application/vnd.oci.image.config")
-        || media_type.starts_with("application/vnd.docker.container.image")
-}
-
 /// Layer media types the containerd runtime unpacks.
 const LINUX_LAYER_TYPES: &[&str] = &[
     "application/vnd.oci.image.layer.v1.tar",
@@ -410,6 +367,63 @@ const LINUX_LAYER_TYPES: &[&str] = &[
 pub const MAX_LINUX_IMAGE_BYTES: u64 = 2 << 30;
 
 impl Registry {
+    /// A single-image manifest (OCI or Docker v2): its bytes, digest and
+    /// parsed form, checked against the digest the reference carries.
+    async fn manifest(
+        &self,
+        reference: &Reference,
+        credentials: &Credentials,
+    ) -> Result<(Vec<u8>, String, OciImageManifest), OciError> {
+        let name = reference.whole();
+        let (bytes, manifest_digest) = self
+            .client_for(reference)
+            .pull_manifest_raw(
+                reference,
+                &credentials.auth(),
+                &[
+                    OCI_IMAGE_MEDIA_TYPE,
+                    "application/vnd.docker.distribution.manifest.v2+json",
+                ],
+            )
+            .await
+            .map_err(|e| classify(&name, e))?;
+        let actual = Digest::of(&bytes).to_string();
+        let wanted = reference.digest().unwrap_or(&manifest_digest).to_owned();
+        if actual != wanted {
+            return Err(OciError::DigestMismatch {
+                reference: name,
+                digest: wanted,
+                actual,
+            });
+        }
+        let manifest = serde_json::from_slice(&bytes).map_err(|e| OciError::Registry {
+            reference: name.clone(),
+            reason: format!("malformed manifest: {e}"),
+        })?;
+        Ok((bytes.to_vec(), actual, manifest))
+    }
+
+    /// The runtime an artifact needs, from its manifest's media types
+    /// alone (no blob is pulled).
+    pub async fn kind_of(
+        &self,
+        reference: &Reference,
+        credentials: &Credentials,
+    ) -> Result<PodRuntime, OciError> {
+        let (_, _, manifest) = self.manifest(reference, credentials).await?;
+        PodRuntime::of_artifact(
+            &manifest.config.media_type,
+            manifest.layers.iter().map(|l| l.media_type.as_str()),
+        )
+        .ok_or_else(|| OciError::NotWasm {
+            reference: reference.whole(),
+            reason: format!(
+                "neither Wasm nor a Linux image (config {})",
+                manifest.config.media_type
+            ),
+        })
+    }
+
     /// Pulls a Linux image (which should carry a digest): its manifest,
     /// config and layers, each checked against its digest.
     pub async fn pull_linux(
@@ -420,33 +434,7 @@ impl Registry {
         use crate::containerd::{Blob, LinuxImage};
         let name = reference.whole();
         let client = self.client_for(reference);
-        let auth = credentials.auth();
-        let registry_error = |e: oci_client::errors::OciDistributionError| classify(&name, e);
-        let (manifest_bytes, manifest_digest) = client
-            .pull_manifest_raw(
-                reference,
-                &auth,
-                &[
-                    OCI_IMAGE_MEDIA_TYPE,
-                    "application/vnd.docker.distribution.manifest.v2+json",
-                ],
-            )
-            .await
-            .map_err(registry_error)?;
-        let actual = Digest::of(&manifest_bytes).to_string();
-        let wanted = reference.digest().unwrap_or(&manifest_digest).to_owned();
-        if actual != wanted {
-            return Err(OciError::DigestMismatch {
-                reference: name,
-                digest: wanted,
-                actual,
-            });
-        }
-        let manifest: OciImageManifest =
-            serde_json::from_slice(&manifest_bytes).map_err(|e| OciError::Registry {
-                reference: name.clone(),
-                reason: format!("malformed manifest: {e}"),
-            })?;
+        let (manifest_bytes, actual, manifest) = self.manifest(reference, credentials).await?;
         if !is_linux_config(&manifest.config.media_type) {
             return Err(OciError::NotWasm {
                 reference: name,
@@ -510,7 +498,7 @@ impl Registry {
                     .clone()
                     .unwrap_or_else(|| OCI_IMAGE_MEDIA_TYPE.to_owned()),
                 digest: actual,
-                bytes: manifest_bytes.to_vec(),
+                bytes: manifest_bytes,
             },
             config,
             layers,
@@ -712,6 +700,12 @@ impl BlobCache {
         result
     }
 
+    /// Whether the cache holds the component of `manifest_digest` (not
+    /// checked against its digest yet: reading it is).
+    pub fn holds(&self, manifest_digest: &str) -> bool {
+        self.index_path(manifest_digest).exists()
+    }
+
     /// A cached component, if its blob is there and still matches its
     /// digest.
     fn cached(&self, manifest_digest: &str) -> Option<Vec<u8>> {
@@ -801,15 +795,6 @@ mod tests {
         assert_eq!(interface.imports, ["wasi:cli/environment@0.2.12"]);
         assert_eq!(interface.exports, ["wasi:http/incoming-handler@0.2.12"]);
         assert!(interface_of(&wat::parse_str("(module)").unwrap()).is_err());
-    }
-
-    #[test]
-    fn loopback_registries_are_plain_http() {
-        assert!(is_loopback("127.0.0.1:5000"));
-        assert!(is_loopback("localhost"));
-        assert!(is_loopback("[::1]:5000"));
-        assert!(!is_loopback("registry.example.com:5000"));
-        assert!(!is_loopback("10.0.0.1:5000"));
     }
 
     fn pulled(manifest: &str, content: &[u8]) -> Pulled {

@@ -1,5 +1,8 @@
 //! A client for the Skiff API: objects of any kind as JSON (typed reads via
-//! [`Client::get_as`]), watches as streams of events, tokens.
+//! [`Client::get_as`]), watches as streams of events, tokens; and OCI
+//! registry clients ([`registry`]).
+
+pub mod registry;
 
 use std::time::Duration;
 

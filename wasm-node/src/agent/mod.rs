@@ -7,11 +7,12 @@ pub mod ingress;
 pub mod lifecycle;
 pub mod pod;
 pub mod probes;
+pub mod runtimes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -25,9 +26,12 @@ use skiff_client::{Client, ListOptions, WatchOptions};
 
 use crate::containerd::Containerd;
 use crate::oci::{BlobCache, Registry};
-use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
+use crate::runtime::RuntimeConfig;
 use ingress::{Ingress, PodName, Routes};
 use pod::PodHandle;
+use runtimes::Runtimes;
+use runtimes::linux::LinuxRuntime;
+use runtimes::wasm::{Engines, WasmRuntime};
 
 /// Pause between attempts to reach an unreachable control plane.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -72,8 +76,9 @@ pub struct AgentConfig {
 pub struct NodeContext {
     pub node: String,
     pub client: Client,
+    /// Resolves tags to digests.
     pub registry: Registry,
-    pub blobs: BlobCache,
+    /// What runs pods: wasmtime, and containerd when the node has it.
     pub runtimes: Runtimes,
     pub routes: Routes,
     /// Where pods' guests send requests for Services: this node's ingress.
@@ -84,41 +89,6 @@ pub struct NodeContext {
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub grace: Duration,
-    /// Runs Linux images, when the node has containerd.
-    pub containerd: Option<Containerd>,
-}
-
-/// The node's Wasm runtimes: one engine without fuel metering and, made
-/// when a pod first asks for fuel, one with (metering changes generated
-/// code, so it is an engine-wide choice).
-pub struct Runtimes {
-    config: RuntimeConfig,
-    plain: Mutex<Option<Arc<Runtime>>>,
-    metered: Mutex<Option<Arc<Runtime>>>,
-}
-
-impl Runtimes {
-    pub fn new(config: RuntimeConfig) -> Self {
-        Self {
-            config,
-            plain: Mutex::new(None),
-            metered: Mutex::new(None),
-        }
-    }
-
-    pub fn get(&self, fuel: bool) -> Result<Arc<Runtime>, RuntimeError> {
-        let slot = if fuel { &self.metered } else { &self.plain };
-        let mut slot = slot.lock().expect("runtime lock");
-        if let Some(runtime) = slot.as_ref() {
-            return Ok(runtime.clone());
-        }
-        let runtime = Arc::new(Runtime::new(RuntimeConfig {
-            fuel_metering: fuel,
-            ..self.config.clone()
-        })?);
-        *slot = Some(runtime.clone());
-        Ok(runtime)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,18 +142,24 @@ impl Agent {
         if gateway.ip().is_unspecified() {
             gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        let context = Arc::new(NodeContext {
-            node: config.name.clone(),
-            client: config.client.clone(),
-            registry: Registry::new(&config.insecure_registries),
-            blobs: BlobCache::open(config.data_dir.join("blobs"), config.blob_cache_bytes)
-                .map_err(|e| setup(&e))?,
-            runtimes: Runtimes::new(RuntimeConfig {
+        let registry = Registry::new(&config.insecure_registries);
+        let wasm = WasmRuntime::new(
+            Engines::new(RuntimeConfig {
                 max_memory: config.max_instance_memory,
                 max_instances: config.max_concurrent_instances,
                 fuel_metering: false,
                 cache_dir: Some(config.data_dir.join("compiled")),
             }),
+            BlobCache::open(config.data_dir.join("blobs"), config.blob_cache_bytes)
+                .map_err(|e| setup(&e))?,
+            registry.clone(),
+        );
+        let linux = containerd.map(|c| LinuxRuntime::new(c, registry.clone()));
+        let context = Arc::new(NodeContext {
+            node: config.name.clone(),
+            client: config.client.clone(),
+            runtimes: Runtimes::new(wasm, linux, registry.clone()),
+            registry,
             routes: ingress.pods.clone(),
             gateway,
             data_dir: config.data_dir.clone(),
@@ -191,7 +167,6 @@ impl Agent {
             backoff_base: config.backoff_base,
             backoff_cap: config.backoff_cap,
             grace: config.grace,
-            containerd,
         });
         register(&config, &endpoint, linux_runtime.as_deref()).await?;
         for kind in [Kind::Service, Kind::Route] {

@@ -1,5 +1,7 @@
 //! One pod on this node: a task that drives the pod through its lifecycle
 //! (pull, start, run, back off, stop) and reports each step to the API.
+//! Which runtime runs the pod is the runtimes' business (`super::runtimes`):
+//! the worker only sees an image that starts instances.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,18 +10,16 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use skiff_api::Kind;
-use skiff_api::kinds::pod::{Pod, PodRuntime, PodSpec, Protocol, Volume};
+use skiff_api::kinds::pod::{Pod, PodSpec, Volume};
 use skiff_api::outbound::AllowList;
-use skiff_api::quantity::{parse_bytes, parse_duration, parse_fuel};
 use tokio::sync::watch;
 
 use super::NodeContext;
-use super::ingress::Backend;
 use super::lifecycle::{Backoff, Event, State, next};
 use super::probes::{Prober, Verdict};
-use crate::containerd::{Containerd, ContainerdError, Exit, LinuxImage, RunSpec};
-use crate::oci::{self, Credentials, OciError};
-use crate::runtime::{App, DirGrant, Limits, LoadedComponent, Sandbox, ServiceGateway, Stdio};
+use super::runtimes::{Artifact, Failure, Image, Instance, Launch, PodId};
+use crate::oci::{self, Credentials};
+use crate::runtime::{DirGrant, Sandbox, ServiceGateway, Stdio};
 
 /// A running pod worker.
 pub struct PodHandle {
@@ -42,75 +42,6 @@ pub fn spawn(context: Arc<NodeContext>, pod: Pod) -> PodHandle {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let task = tokio::spawn(Worker::new(context, pod).run(stopping));
     PodHandle { uid, stop, task }
-}
-
-/// What a pull brought.
-enum Fetched {
-    /// A component's digest and bytes.
-    Wasm(String, Arc<Vec<u8>>),
-    Linux(Box<LinuxImage>),
-}
-
-/// A Linux image in containerd: its top snapshot and its config.
-struct Unpacked {
-    chain: String,
-    config: Vec<u8>,
-    reference: String,
-}
-
-/// What runs.
-enum Prepared {
-    Wasm(App),
-    Linux(LinuxTask),
-}
-
-/// A started container.
-struct LinuxTask {
-    containerd: Containerd,
-    namespace: String,
-    id: String,
-    /// The host port it was told to serve HTTP on (`PORT`), if it does.
-    port: Option<u16>,
-}
-
-impl LinuxTask {
-    async fn wait(&self) -> Result<Exit, ContainerdError> {
-        self.containerd.wait(&self.namespace, &self.id).await
-    }
-
-    /// SIGTERM, then SIGKILL after the grace period; then the container
-    /// goes.
-    async fn stop(&self, grace: Duration) {
-        let c = &self.containerd;
-        let _ = c.signal(&self.namespace, &self.id, 15).await;
-        if tokio::time::timeout(grace, self.wait()).await.is_err() {
-            let _ = c.signal(&self.namespace, &self.id, 9).await;
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
-        }
-        self.remove().await;
-    }
-
-    async fn remove(&self) {
-        if let Err(e) = self
-            .containerd
-            .remove_container(&self.namespace, &self.id)
-            .await
-        {
-            tracing::warn!("{}/{}: {e}", self.namespace, self.id);
-        }
-    }
-}
-
-/// Why getting a pod ready failed: worth retrying, or not.
-enum Failure {
-    Retry {
-        reason: &'static str,
-        message: String,
-    },
-    Fatal {
-        reason: &'static str,
-        message: String,
-    },
 }
 
 struct Worker {
@@ -228,22 +159,15 @@ impl Worker {
         let pod = format!("{}/{}", self.namespace, self.name);
         let mut backoff = Backoff::new(self.context.backoff_base, self.context.backoff_cap);
         let mut pull_backoff = Backoff::new(self.context.backoff_base, self.context.backoff_cap);
-        // The fetched bytes live only until they are loaded; the loaded
-        // component (shared with other pods of the image) serves restarts.
-        let mut fetched: Option<Fetched> = None;
-        let mut loaded: Option<LoadedComponent> = None;
-        // A Linux image, once unpacked into containerd, serves restarts.
-        let mut unpacked: Option<Unpacked> = None;
-        let mut leased = false;
-        let mut app: Option<Prepared> = None;
+        // The pulled image serves every restart.
+        let mut image: Option<Box<dyn Image>> = None;
+        let mut instance: Option<Box<dyn Instance>> = None;
         let mut ran_for = Duration::ZERO;
         let mut pull_failed = false;
         self.move_on(Event::Begin);
         loop {
             match self.state {
-                State::Pulling if loaded.is_some() || unpacked.is_some() => {
-                    self.move_on(Event::Pulled);
-                }
+                State::Pulling if image.is_some() => self.move_on(Event::Pulled),
                 State::Pulling => {
                     // A retry keeps the last failure on show (as
                     // ImagePullBackOff) until the pull ends one way or the
@@ -252,12 +176,12 @@ impl Worker {
                         self.set(Some("Pulling"), None);
                     }
                     let outcome = tokio::select! {
-                        outcome = self.fetch() => outcome,
+                        outcome = self.pull() => outcome,
                         _ = stopping.changed() => { self.move_on(Event::Stop); continue; }
                     };
                     match outcome {
-                        Ok(artifact) => {
-                            fetched = Some(artifact);
+                        Ok(pulled) => {
+                            image = Some(pulled);
                             pull_failed = false;
                             self.move_on(Event::Pulled);
                         }
@@ -266,187 +190,89 @@ impl Worker {
                 }
                 State::Starting => {
                     self.set(Some("Starting"), None);
-                    let started =
-                        if unpacked.is_some() || matches!(fetched, Some(Fetched::Linux(_))) {
-                            // From here the pod may hold a lease in
-                            // containerd, even if the unpack fails halfway.
-                            leased = true;
-                            self.start_linux(&mut fetched, &mut unpacked).await
-                        } else {
-                            self.start(&mut fetched, &mut loaded)
-                                .await
-                                .map(Prepared::Wasm)
-                        };
+                    let image = image.as_mut().expect("pulled before starting");
+                    let started = match self.sandbox().await {
+                        Ok(sandbox) => {
+                            let launch = Launch {
+                                spec: &self.spec,
+                                sandbox,
+                                dir: self.pod_dir(),
+                            };
+                            image.start(launch).await
+                        }
+                        Err(failure) => Err(failure),
+                    };
                     match started {
-                        Ok(prepared) => {
-                            app = Some(prepared);
+                        Ok(started) => {
+                            instance = Some(started);
                             self.move_on(Event::Started);
                         }
                         Err(failure) => pull_failed |= self.fail(&pod, failure),
                     }
                 }
                 State::Running => {
+                    let instance = instance.take().expect("started before running");
                     let started = Instant::now();
                     self.status.started =
                         Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
                     self.status.exit_code = None;
-                    match app.take().expect("prepared before running") {
-                        Prepared::Linux(task) => {
-                            // A pod that serves HTTP is Ready once its port
-                            // takes connections; others once started.
-                            let key = (self.namespace.clone(), self.name.clone());
-                            let listen = task
-                                .port
-                                .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)));
-                            if let Some(addr) = listen {
-                                self.context.routes.add(key.clone(), Backend::Process(addr));
-                                self.status.endpoint = Some(self.context.endpoint.clone());
-                            }
-                            self.status.ready = listen.is_none();
-                            self.set(None, None);
-                            // Probes as for a component, against the port;
-                            // without a readiness probe, Ready is the port
-                            // taking connections.
-                            let mut prober = listen.map(|addr| {
-                                Prober::new(
-                                    Backend::Process(addr),
-                                    format!("{}.{}.pod", self.name, self.namespace),
-                                    self.spec.liveness_probe.as_ref(),
-                                    self.spec.readiness_probe.as_ref(),
-                                )
-                            });
-                            let probed = self.spec.readiness_probe.is_some();
-                            let mut killed_for = None;
-                            let wait = task.wait();
-                            tokio::pin!(wait);
-                            let exited = loop {
-                                let verdict = async {
-                                    match prober.as_mut() {
-                                        Some(prober) => prober.next().await,
-                                        None => std::future::pending().await,
-                                    }
-                                };
-                                tokio::select! {
-                                    exited = &mut wait => break Some(exited),
-                                    _ = stopping.changed() => break None,
-                                    verdict = verdict => match verdict {
-                                        Verdict::Ready(ready) => {
-                                            self.status.ready = ready;
-                                            self.report();
-                                        }
-                                        Verdict::Dead(why) => {
-                                            tracing::warn!("{pod}: {why}: restarting");
-                                            killed_for = Some(why);
-                                            let _ = task.containerd.signal(&task.namespace, &task.id, 9).await;
-                                        }
-                                    },
-                                    () = tokio::time::sleep(Duration::from_millis(100)),
-                                        if !self.status.ready && !probed =>
-                                    {
-                                        let addr = listen.expect("only HTTP pods wait to listen");
-                                        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                                            self.status.ready = true;
-                                            self.report();
-                                        }
-                                    }
-                                }
-                            };
-                            if listen.is_some() {
-                                self.context.routes.remove(&key);
-                            }
-                            let Some(exited) = exited else {
-                                task.stop(self.context.grace).await;
-                                self.move_on(Event::Stop);
-                                continue;
-                            };
-                            ran_for = started.elapsed();
-                            self.status.ready = false;
-                            task.remove().await;
-                            let (success, message) = match exited {
-                                Ok(exit) => {
-                                    let code = i32::try_from(exit.code).unwrap_or(i32::MAX);
-                                    self.status.exit_code = Some(code);
-                                    let message = if exit.oom_killed {
-                                        Some(format!(
-                                            "OOMKilled: exceeded its memory limit (exit code {code})"
-                                        ))
-                                    } else {
-                                        (code != 0).then(|| format!("exited with code {code}"))
-                                    };
-                                    (code == 0, message)
-                                }
-                                Err(e) => (false, Some(e.to_string())),
-                            };
-                            // Killed for a failed liveness probe: that is why.
-                            let (success, message) = match killed_for {
-                                Some(why) => (false, Some(why)),
-                                None => (success, message),
-                            };
-                            self.status.message = message;
-                            self.move_on(Event::Exited { success });
-                        }
-                        Prepared::Wasm(App::Http(http)) => {
-                            let key = (self.namespace.clone(), self.name.clone());
-                            self.context
-                                .routes
-                                .add(key.clone(), Backend::Wasm(http.clone()));
-                            let mut prober = Prober::new(
-                                Backend::Wasm(http.clone()),
-                                format!("{}.{}.pod", self.name, self.namespace),
-                                self.spec.liveness_probe.as_ref(),
-                                self.spec.readiness_probe.as_ref(),
-                            );
-                            self.status.ready = self.spec.readiness_probe.is_none();
-                            self.status.endpoint = Some(self.context.endpoint.clone());
-                            self.set(None, None);
-                            let dead = loop {
-                                tokio::select! {
-                                    _ = stopping.changed() => break None,
-                                    verdict = prober.next() => match verdict {
-                                        Verdict::Ready(ready) => {
-                                            self.status.ready = ready;
-                                            self.report();
-                                        }
-                                        Verdict::Dead(why) => break Some(why),
-                                    },
-                                }
-                            };
-                            self.context.routes.remove(&key);
-                            self.drain(&http).await;
-                            match dead {
-                                None => self.move_on(Event::Stop),
-                                Some(why) => {
-                                    tracing::warn!("{pod}: {why}: restarting");
-                                    ran_for = started.elapsed();
-                                    self.status.ready = false;
-                                    self.status.message = Some(why);
-                                    self.move_on(Event::Exited { success: false });
-                                }
-                            }
-                        }
-                        Prepared::Wasm(App::Command(command)) => {
-                            self.status.ready = true;
-                            self.set(None, None);
-                            let exited = tokio::select! {
-                                exited = command.run() => exited,
-                                _ = stopping.changed() => { self.move_on(Event::Stop); continue; }
-                            };
-                            ran_for = started.elapsed();
-                            self.status.ready = false;
-                            let (success, message) = match exited {
-                                Ok(code) => {
-                                    self.status.exit_code = Some(code);
-                                    (
-                                        code == 0,
-                                        (code != 0).then(|| format!("exited with code {code}")),
-                                    )
-                                }
-                                Err(failure) => (false, Some(failure.to_string())),
-                            };
-                            self.status.message = message;
-                            self.move_on(Event::Exited { success });
-                        }
+                    let key = (self.namespace.clone(), self.name.clone());
+                    let backend = instance.backend();
+                    let mut prober = backend.clone().map(|backend| {
+                        Prober::new(
+                            backend,
+                            format!("{}.{}.pod", self.name, self.namespace),
+                            self.spec.liveness_probe.as_ref(),
+                            self.spec.readiness_probe.as_ref(),
+                        )
+                    });
+                    if let Some(backend) = backend {
+                        self.context.routes.add(key.clone(), backend);
+                        self.status.endpoint = Some(self.context.endpoint.clone());
                     }
+                    self.status.ready = prober.as_ref().is_none_or(Prober::ready_at_start);
+                    self.set(None, None);
+                    let mut killed_for = None;
+                    let ended = {
+                        let exited = instance.exited();
+                        tokio::pin!(exited);
+                        loop {
+                            let verdict = async {
+                                match prober.as_mut() {
+                                    Some(prober) if killed_for.is_none() => prober.next().await,
+                                    _ => std::future::pending().await,
+                                }
+                            };
+                            tokio::select! {
+                                ended = &mut exited => break Some(ended),
+                                _ = stopping.changed() => break None,
+                                verdict = verdict => match verdict {
+                                    Verdict::Ready(ready) => {
+                                        self.status.ready = ready;
+                                        self.report();
+                                    }
+                                    Verdict::Dead(why) => {
+                                        tracing::warn!("{pod}: {why}: restarting");
+                                        killed_for = Some(why);
+                                        instance.kill().await;
+                                    }
+                                },
+                            }
+                        }
+                    };
+                    self.context.routes.remove(&key);
+                    instance.stop(self.context.grace).await;
+                    let Some(ended) = ended else {
+                        self.move_on(Event::Stop);
+                        continue;
+                    };
+                    ran_for = started.elapsed();
+                    self.status.ready = false;
+                    self.status.exit_code = ended.code;
+                    let success = killed_for.is_none() && ended.success();
+                    // Killed for a failed liveness probe: that is why.
+                    self.status.message = killed_for.or(ended.message);
+                    self.move_on(Event::Exited { success });
                 }
                 State::BackOff => {
                     let (reason, delay) = if pull_failed {
@@ -484,21 +310,10 @@ impl Worker {
                 State::Pending => self.move_on(Event::Begin),
             }
         }
-        if leased && let Some(containerd) = &self.context.containerd {
-            let (namespace, id) = self.container_names();
-            if let Err(e) = containerd.release(&namespace, &id).await {
-                tracing::warn!("{pod}: {e}");
-            }
+        if let Some(mut image) = image {
+            image.release().await;
         }
         self.cleanup();
-    }
-
-    /// Lets requests in flight finish, up to the grace period.
-    async fn drain(&self, http: &crate::runtime::HttpApp) {
-        let deadline = Instant::now() + self.context.grace;
-        while http.in_flight() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     fn cleanup(&self) {
@@ -512,31 +327,12 @@ impl Worker {
             .join(format!("{}_{}", self.namespace, self.name))
     }
 
-    /// Resolves the image to a digest (recorded in the status) and gets the
-    /// component, from the node's cache or the registry.
-    async fn fetch(&mut self) -> Result<Fetched, Failure> {
-        let reference = oci::parse_reference(&self.spec.image).map_err(|e| Failure::Fatal {
-            reason: "InvalidImageName",
-            message: e.to_string(),
-        })?;
+    /// Resolves the image to a digest (recorded in the status) and pulls
+    /// it with the runtime its media types call for.
+    async fn pull(&mut self) -> Result<Box<dyn Image>, Failure> {
+        let reference = oci::parse_reference(&self.spec.image)
+            .map_err(|e| Failure::fatal("InvalidImageName")(&e))?;
         let credentials = self.credentials().await?;
-        let pull_error = |e: OciError| match e {
-            e
-            @ (OciError::NotWasm { .. } | OciError::TooLarge { .. } | OciError::Reference(..)) => {
-                Failure::Fatal {
-                    reason: "InvalidImage",
-                    message: e.to_string(),
-                }
-            }
-            e @ OciError::DigestMismatch { .. } => Failure::Retry {
-                reason: "ImageDigestMismatch",
-                message: e.to_string(),
-            },
-            e => Failure::Retry {
-                reason: "ErrImagePull",
-                message: e.to_string(),
-            },
-        };
         // A tag is resolved once; afterwards the pod pulls (or finds in the
         // cache) what it was resolved to.
         let digest = match &self.status.digest {
@@ -547,7 +343,7 @@ impl Worker {
                     .registry
                     .resolve(&reference, &credentials)
                     .await
-                    .map_err(pull_error)?;
+                    .map_err(Failure::of_pull)?;
                 self.status.digest = Some(digest.clone());
                 self.report();
                 digest
@@ -558,204 +354,21 @@ impl Worker {
             reference.resolve_registry(),
             reference.repository()
         ))
-        .map_err(pull_error)?;
-        let registry = self.context.registry.clone();
-        let pulled = {
-            let (pinned, credentials) = (pinned.clone(), credentials.clone());
-            self.context
-                .blobs
-                .get_or_fetch(&digest, || async move {
-                    registry.pull(&pinned, &credentials).await
-                })
-                .await
+        .map_err(Failure::of_pull)?;
+        let artifact = Artifact {
+            image: self.spec.image.clone(),
+            pinned,
+            digest,
+            credentials,
         };
-        let runtime = self.spec.runtime;
-        let mismatch = |what: &str| Failure::Fatal {
-            reason: "InvalidImage",
-            message: format!(
-                "{}: the pod asks for runtime {runtime:?}, but the image is {what}",
-                self.spec.image
-            ),
+        let pod = PodId {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
         };
-        match pulled {
-            Ok(_) if runtime == Some(PodRuntime::Linux) => Err(mismatch("a Wasm component")),
-            Err(crate::oci::CacheError::Pull(OciError::LinuxImage { .. }))
-                if runtime == Some(PodRuntime::Wasm) =>
-            {
-                Err(mismatch("a Linux image"))
-            }
-            Ok(component) => Ok(Fetched::Wasm(digest, component)),
-            // An ordinary Linux image: containerd's, if this node has it.
-            Err(crate::oci::CacheError::Pull(OciError::LinuxImage { .. }))
-                if self.context.containerd.is_some() =>
-            {
-                let image = self
-                    .context
-                    .registry
-                    .pull_linux(&pinned, &credentials)
-                    .await
-                    .map_err(pull_error)?;
-                Ok(Fetched::Linux(Box::new(image)))
-            }
-            Err(crate::oci::CacheError::Pull(e @ OciError::LinuxImage { .. })) => {
-                Err(Failure::Fatal {
-                    reason: "NoLinuxRuntime",
-                    message: e.to_string(),
-                })
-            }
-            Err(crate::oci::CacheError::Pull(e)) => Err(pull_error(e)),
-            Err(other) => Err(Failure::Retry {
-                reason: "ErrImagePull",
-                message: other.to_string(),
-            }),
-        }
-    }
-
-    /// The containerd namespace of the pod's namespace, and the pod's
-    /// container (and lease) id, unique to this very pod.
-    fn container_names(&self) -> (String, String) {
-        let uid: String = self.uid.chars().filter(|c| *c != '-').take(12).collect();
-        (
-            format!("skiff-{}", self.namespace),
-            format!("{}-{uid}", self.name),
-        )
-    }
-
-    /// Unpacks a Linux image into containerd (once) and starts the pod's
-    /// container on it.
-    async fn start_linux(
-        &self,
-        fetched: &mut Option<Fetched>,
-        unpacked: &mut Option<Unpacked>,
-    ) -> Result<Prepared, Failure> {
-        let containerd = self
-            .context
-            .containerd
-            .clone()
-            .ok_or_else(|| Failure::Fatal {
-                reason: "NoLinuxRuntime",
-                message: "this node has no containerd".into(),
-            })?;
-        let (namespace, id) = self.container_names();
-        let retry = |e: crate::containerd::ContainerdError| Failure::Retry {
-            reason: "CreateContainerError",
-            message: e.to_string(),
-        };
-        if unpacked.is_none() {
-            let Some(Fetched::Linux(image)) = fetched.take() else {
-                unreachable!("a Linux image is fetched before it is started");
-            };
-            let chain = containerd
-                .unpack(&namespace, &id, &image)
-                .await
-                .map_err(retry)?;
-            *unpacked = Some(Unpacked {
-                chain,
-                config: image.config.bytes.clone(),
-                reference: image.reference.clone(),
-            });
-        }
-        let image = unpacked.as_ref().expect("unpacked above");
-        let mut spec = self.run_spec(image).await?;
-        // Containers share the host's network, so each HTTP pod gets a port
-        // of its own, in PORT, and the ingress sends its requests there.
-        let port = if self.spec.ports.iter().any(|p| p.protocol == Protocol::Http) {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .map_err(|e| Failure::Retry {
-                    reason: "CreateContainerError",
-                    message: format!("no free port: {e}"),
-                })?;
-            spec.env.push(("PORT".into(), port.to_string()));
-            Some(port)
-        } else {
-            None
-        };
-        // Whatever a previous run left (a node restarted mid-run) goes first.
-        containerd
-            .remove_container(&namespace, &id)
-            .await
-            .map_err(retry)?;
-        containerd
-            .start(&namespace, &id, &id, &image.reference, &image.chain, &spec)
-            .await
-            .map_err(retry)?;
-        Ok(Prepared::Linux(LinuxTask {
-            containerd,
-            namespace,
-            id,
-            port,
-        }))
-    }
-
-    /// The container's process, environment, limits and mounts, from the
-    /// image's config and the pod's spec (the pod's args replace the
-    /// image's command; its env comes after the image's).
-    async fn run_spec(&self, image: &Unpacked) -> Result<RunSpec, Failure> {
-        let invalid = |message: String| Failure::Fatal {
-            reason: "InvalidSpec",
-            message,
-        };
-        let (mut args, mut env, cwd, user) = crate::containerd::image_defaults(&image.config);
-        if !self.spec.args.is_empty() {
-            args = self.spec.args.clone();
-        }
-        if args.is_empty() {
-            return Err(invalid(format!(
-                "{}: the image names no command and the pod gives no args",
-                self.spec.image
-            )));
-        }
-        let sandbox = self.sandbox().await?;
-        env.extend(sandbox.env);
-        // Names would need the image's /etc/passwd; running as root instead
-        // of an unknown user is never the answer.
-        let id = |text: &str| {
-            text.parse::<u32>().map_err(|_| {
-                invalid(format!(
-                    "{}: the image's user `{user}` is not numeric (uid[:gid]); names are not supported",
-                    self.spec.image
-                ))
-            })
-        };
-        let (uid, gid) = match user.split_once(':') {
-            _ if user.is_empty() => (0, 0),
-            Some((u, g)) => (id(u)?, id(g)?),
-            None => (id(&user)?, id(&user)?),
-        };
-        let r = &self.spec.resources;
-        let memory = r
-            .memory
-            .as_deref()
-            .map(parse_bytes)
-            .transpose()
-            .map_err(|e| invalid(e.to_string()))?;
-        let log = self.pod_dir().join("container.log");
-        std::fs::create_dir_all(self.pod_dir()).map_err(|e| Failure::Retry {
-            reason: "CreateContainerError",
-            message: format!("{}: {e}", self.pod_dir().display()),
-        })?;
-        Ok(RunSpec {
-            args,
-            env,
-            cwd,
-            uid,
-            gid,
-            hostname: self.name.clone(),
-            memory_bytes: memory,
-            cpu_millis: r
-                .cpu
-                .as_deref()
-                .and_then(skiff_api::kinds::pod::parse_millicores),
-            read_only_root: self.spec.read_only_root_filesystem,
-            binds: sandbox
-                .dirs
-                .into_iter()
-                .map(|d| (d.host, d.guest, d.read_only))
-                .collect(),
-            log,
-        })
+        let runtimes = &self.context.runtimes;
+        let runtime = runtimes.select(&artifact, self.spec.runtime).await?;
+        runtime.pull(&pod, &artifact).await
     }
 
     /// Registry credentials from the pod's pull secret, if it names one.
@@ -834,45 +447,8 @@ impl Worker {
             .unwrap_or_default())
     }
 
-    /// Compiles (or loads) the fetched component, once, and prepares it
-    /// with the pod's limits and grants.
-    async fn start(
-        &self,
-        fetched: &mut Option<Fetched>,
-        loaded: &mut Option<LoadedComponent>,
-    ) -> Result<App, Failure> {
-        let fatal =
-            |reason: &'static str| move |message: String| Failure::Fatal { reason, message };
-        let limits = limits_of(&self.spec).map_err(fatal("InvalidLimits"))?;
-        let sandbox = self.sandbox().await?;
-        let runtime = self
-            .context
-            .runtimes
-            .get(limits.fuel.is_some())
-            .map_err(|e| fatal("RuntimeUnavailable")(e.to_string()))?;
-        let component = match loaded {
-            Some(component) => component,
-            None => {
-                let Some(Fetched::Wasm(digest, bytes)) = fetched.take() else {
-                    unreachable!("a component is fetched before it is started");
-                };
-                // Compiling takes long and blocks: off the async workers,
-                // which keep serving the node's other pods meanwhile.
-                let name = format!("{}@{digest}", self.spec.image);
-                let runtime = runtime.clone();
-                let component = tokio::task::spawn_blocking(move || runtime.load(&name, &bytes))
-                    .await
-                    .map_err(|e| fatal("InvalidComponent")(e.to_string()))?
-                    .map_err(|e| fatal("InvalidComponent")(e.to_string()))?;
-                loaded.insert(component)
-            }
-        };
-        runtime
-            .prepare(component, limits, sandbox)
-            .await
-            .map_err(|e| fatal("InvalidComponent")(e.to_string()))
-    }
-
+    /// What the pod is granted: env (Secrets and ConfigMaps read), args,
+    /// volumes as directories, outbound hosts, Services.
     async fn sandbox(&self) -> Result<Sandbox, Failure> {
         let mut env = Vec::new();
         for var in &self.spec.env {
@@ -949,35 +525,6 @@ impl Worker {
             read_only,
         })
     }
-}
-
-/// The runtime limits a pod spec asks for.
-pub fn limits_of(spec: &PodSpec) -> Result<Limits, String> {
-    let defaults = Limits::default();
-    let r = &spec.resources;
-    Ok(Limits {
-        memory: r
-            .memory
-            .as_deref()
-            .map(parse_bytes)
-            .transpose()
-            .map_err(|e| e.to_string())?
-            .unwrap_or(defaults.memory),
-        fuel: r
-            .fuel
-            .as_deref()
-            .map(parse_fuel)
-            .transpose()
-            .map_err(|e| e.to_string())?,
-        timeout: r
-            .timeout
-            .as_deref()
-            .map(parse_duration)
-            .transpose()
-            .map_err(|e| e.to_string())?
-            .unwrap_or(defaults.timeout),
-        max_instances: r.max_instances.unwrap_or(defaults.max_instances),
-    })
 }
 
 /// Sends the latest status to the API whenever it changes, retrying while

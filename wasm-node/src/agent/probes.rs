@@ -58,6 +58,9 @@ impl Check {
 
 type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
 
+/// How often a Linux pod's port is tried until it takes connections.
+const PORT_POLL: Duration = Duration::from_millis(100);
+
 /// A pod's probes.
 pub struct Prober {
     backend: Backend,
@@ -65,6 +68,9 @@ pub struct Prober {
     host: String,
     liveness: Option<Check>,
     readiness: Option<Check>,
+    /// A process without a readiness probe is Ready once its port takes
+    /// connections: when to try it next, until it does.
+    port_due: Option<Instant>,
 }
 
 impl Prober {
@@ -75,15 +81,22 @@ impl Prober {
         readiness: Option<&Probe>,
     ) -> Self {
         let now = Instant::now();
-        let client = matches!(backend, Backend::Process(_))
-            .then(|| Client::builder(TokioExecutor::new()).build(HttpConnector::new()));
+        let process = matches!(backend, Backend::Process(_));
         Self {
             backend,
-            client,
+            client: process
+                .then(|| Client::builder(TokioExecutor::new()).build(HttpConnector::new())),
             host,
             liveness: liveness.map(|p| Check::new(p, now)),
             readiness: readiness.map(|p| Check::new(p, now)),
+            port_due: (process && readiness.is_none()).then_some(now),
         }
+    }
+
+    /// Whether the pod is Ready before any check ran: a component without
+    /// a readiness probe is (it takes requests the moment it is prepared).
+    pub fn ready_at_start(&self) -> bool {
+        self.readiness.is_none() && self.port_due.is_none()
     }
 
     /// Checks as the probes' periods come round, until there is something
@@ -94,52 +107,44 @@ impl Prober {
                 .into_iter()
                 .flatten()
                 .map(|c| c.due)
+                .chain(self.port_due)
                 .min();
             let Some(due) = due else {
                 return std::future::pending().await;
             };
             tokio::time::sleep_until(due).await;
             let now = Instant::now();
-            if let Some(check) = self.liveness.as_mut().filter(|c| c.due <= now) {
-                let outcome = get(
-                    &self.backend,
-                    self.client.as_ref(),
-                    &self.host,
-                    &check.probe,
-                )
-                .await;
-                check.due = Instant::now() + check.period();
-                match outcome {
-                    Ok(()) => check.failures = 0,
-                    Err(why) => {
-                        check.failures += 1;
-                        if check.failures >= check.threshold() {
-                            check.failures = 0;
-                            return Verdict::Dead(format!(
-                                "liveness probe failed {} times: {why}",
-                                check.threshold()
-                            ));
-                        }
-                    }
+            if let (Some(_), Backend::Process(addr)) = (self.port_due, &self.backend)
+                && self.port_due <= Some(now)
+            {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    self.port_due = None;
+                    return Verdict::Ready(true);
+                }
+                self.port_due = Some(Instant::now() + PORT_POLL);
+            }
+            if let Some(check) = self.liveness.as_mut().filter(|c| c.due <= now)
+                && let Err(why) = check
+                    .run(&self.backend, self.client.as_ref(), &self.host)
+                    .await
+            {
+                check.failures += 1;
+                if check.failures >= check.threshold() {
+                    check.failures = 0;
+                    return Verdict::Dead(format!(
+                        "liveness probe failed {} times: {why}",
+                        check.threshold()
+                    ));
                 }
             }
             if let Some(check) = self.readiness.as_mut().filter(|c| c.due <= now) {
-                let outcome = get(
-                    &self.backend,
-                    self.client.as_ref(),
-                    &self.host,
-                    &check.probe,
-                )
-                .await;
-                check.due = Instant::now() + check.period();
-                let ready = match outcome {
-                    Ok(()) => {
-                        check.failures = 0;
-                        true
-                    }
-                    // Not ready until the first success; once ready, only
-                    // the threshold's worth of failures in a row takes it
-                    // out.
+                // Not ready until the first success; once ready, only the
+                // threshold's worth of failures in a row takes it out.
+                let ready = match check
+                    .run(&self.backend, self.client.as_ref(), &self.host)
+                    .await
+                {
+                    Ok(()) => true,
                     Err(_) => {
                         check.failures += 1;
                         check.reported == Some(true) && check.failures < check.threshold()
@@ -151,6 +156,24 @@ impl Prober {
                 }
             }
         }
+    }
+}
+
+impl Check {
+    /// Runs the check and schedules the next; a success clears the
+    /// failures counted so far.
+    async fn run(
+        &mut self,
+        backend: &Backend,
+        client: Option<&ProbeClient>,
+        host: &str,
+    ) -> Result<(), String> {
+        let outcome = get(backend, client, host, &self.probe).await;
+        self.due = Instant::now() + self.period();
+        if outcome.is_ok() {
+            self.failures = 0;
+        }
+        outcome
     }
 }
 

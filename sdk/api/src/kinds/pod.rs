@@ -255,6 +255,40 @@ pub enum PodRuntime {
     Linux,
 }
 
+/// The config media type of a Wasm artifact (CNCF Wasm OCI layout).
+pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
+/// The media type of a component layer.
+pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
+
+impl PodRuntime {
+    /// The runtime an artifact needs, from its manifest's media types: Wasm
+    /// when a layer is a component or the config is Wasm's, Linux when the
+    /// config is an ordinary image config (OCI or Docker v2); `None` for
+    /// anything else. Nodes choose a runtime by it, and the scheduler keeps
+    /// Linux images off nodes without containerd by it.
+    pub fn of_artifact<'a>(
+        config_media_type: &str,
+        mut layer_media_types: impl Iterator<Item = &'a str>,
+    ) -> Option<PodRuntime> {
+        if config_media_type == WASM_CONFIG_MEDIA_TYPE
+            || layer_media_types.any(|t| t == WASM_LAYER_MEDIA_TYPE)
+        {
+            Some(PodRuntime::Wasm)
+        } else if is_linux_config(config_media_type) {
+            Some(PodRuntime::Linux)
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether a config media type is an ordinary container image's (OCI or
+/// Docker's v2).
+pub fn is_linux_config(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.config")
+        || media_type.starts_with("application/vnd.docker.container.image")
+}
+
 /// Label a node carries, `true` or `false`: whether it runs Linux images.
 pub const LINUX_RUNTIME_LABEL: &str = "skiff.dev/runtime-linux";
 
@@ -773,6 +807,34 @@ impl PodAffinityTerm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_by_media_types() {
+        let of =
+            |config: &str, layers: &[&str]| PodRuntime::of_artifact(config, layers.iter().copied());
+        let tar = "application/vnd.oci.image.layer.v1.tar+gzip";
+        assert_eq!(
+            of(WASM_CONFIG_MEDIA_TYPE, &[WASM_LAYER_MEDIA_TYPE]),
+            Some(PodRuntime::Wasm)
+        );
+        // A single-layer image whose layer is a component.
+        assert_eq!(
+            of(
+                "application/vnd.oci.image.config.v1+json",
+                &[WASM_LAYER_MEDIA_TYPE]
+            ),
+            Some(PodRuntime::Wasm)
+        );
+        assert_eq!(
+            of("application/vnd.oci.image.config.v1+json", &[tar]),
+            Some(PodRuntime::Linux)
+        );
+        assert_eq!(
+            of("application/vnd.docker.container.image.v1+json", &[tar]),
+            Some(PodRuntime::Linux)
+        );
+        assert_eq!(of("application/vnd.cncf.helm.config.v1+json", &[tar]), None);
+    }
 
     #[test]
     fn image_references() {

@@ -1,0 +1,288 @@
+//! Ordinary Linux images through containerd: pulled with the node's
+//! registry client (every blob checked), unpacked into containerd under a
+//! lease per pod, run as a runc container with the pod's limits, and
+//! reached over a port of the node's own when they serve HTTP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use skiff_api::kinds::pod::Protocol;
+use skiff_api::quantity::parse_bytes;
+
+use super::{Artifact, Ended, Failure, Image, Instance, Launch, PodId, Runtime};
+use crate::agent::ingress::Backend;
+use crate::containerd::{Containerd, ContainerdError, LinuxImage, RunSpec, image_defaults};
+use crate::oci::Registry;
+
+pub struct LinuxRuntime {
+    containerd: Containerd,
+    registry: Registry,
+}
+
+impl LinuxRuntime {
+    pub fn new(containerd: Containerd, registry: Registry) -> Self {
+        Self {
+            containerd,
+            registry,
+        }
+    }
+}
+
+impl Runtime for LinuxRuntime {
+    fn pull<'a>(
+        &'a self,
+        pod: &'a PodId,
+        artifact: &'a Artifact,
+    ) -> BoxFuture<'a, Result<Box<dyn Image>, Failure>> {
+        Box::pin(async move {
+            let image = self
+                .registry
+                .pull_linux(&artifact.pinned, &artifact.credentials)
+                .await
+                .map_err(Failure::of_pull)?;
+            // Pods of a namespace live in a containerd namespace of their
+            // own; the container and its lease are named after this very
+            // pod (a pod of the same name later is another).
+            let uid: String = pod.uid.chars().filter(|c| *c != '-').take(12).collect();
+            Ok(Box::new(ContainerImage {
+                containerd: self.containerd.clone(),
+                namespace: format!("skiff-{}", pod.namespace),
+                id: format!("{}-{uid}", pod.name),
+                hostname: pod.name.clone(),
+                pulled: Some(Box::new(image)),
+                unpacked: None,
+                leased: false,
+            }) as Box<dyn Image>)
+        })
+    }
+}
+
+/// A pod's image: pulled, then unpacked into containerd once (its top
+/// snapshot serves every restart).
+struct ContainerImage {
+    containerd: Containerd,
+    namespace: String,
+    id: String,
+    hostname: String,
+    pulled: Option<Box<LinuxImage>>,
+    unpacked: Option<Unpacked>,
+    /// Whether the pod may hold a lease in containerd (from the first
+    /// unpack on, even one that failed halfway).
+    leased: bool,
+}
+
+/// A Linux image in containerd: its top snapshot and its config.
+struct Unpacked {
+    chain: String,
+    config: Vec<u8>,
+    reference: String,
+}
+
+impl Image for ContainerImage {
+    fn start<'a>(
+        &'a mut self,
+        launch: Launch<'a>,
+    ) -> BoxFuture<'a, Result<Box<dyn Instance>, Failure>> {
+        Box::pin(async move {
+            let failed = |e: ContainerdError| Failure::retry("CreateContainerError")(&e);
+            let containerd = &self.containerd;
+            let (namespace, id) = (&self.namespace, &self.id);
+            let unpacked = match &mut self.unpacked {
+                Some(unpacked) => unpacked,
+                unpacked @ None => {
+                    let image = self.pulled.take().expect("unpacked once, from the pull");
+                    self.leased = true;
+                    let chain = containerd
+                        .unpack(namespace, id, &image)
+                        .await
+                        .map_err(failed)?;
+                    unpacked.insert(Unpacked {
+                        chain,
+                        config: image.config.bytes,
+                        reference: image.reference,
+                    })
+                }
+            };
+            let mut spec = run_spec(&launch, unpacked, &self.hostname)?;
+            // Containers share the host's network, so each HTTP pod gets a
+            // port of its own, in PORT, and the ingress sends its requests
+            // there.
+            let port = if launch
+                .spec
+                .ports
+                .iter()
+                .any(|p| p.protocol == Protocol::Http)
+            {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .map_err(|e| {
+                        Failure::retry("CreateContainerError")(&format_args!("no free port: {e}"))
+                    })?;
+                spec.env.push(("PORT".into(), port.to_string()));
+                Some(port)
+            } else {
+                None
+            };
+            // Whatever a previous run left (a node restarted mid-run) goes
+            // first.
+            containerd
+                .remove_container(namespace, id)
+                .await
+                .map_err(failed)?;
+            containerd
+                .start(
+                    namespace,
+                    id,
+                    id,
+                    &unpacked.reference,
+                    &unpacked.chain,
+                    &spec,
+                )
+                .await
+                .map_err(failed)?;
+            Ok(Box::new(Task {
+                containerd: containerd.clone(),
+                namespace: namespace.clone(),
+                id: id.clone(),
+                port,
+            }) as Box<dyn Instance>)
+        })
+    }
+
+    fn release(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            if !self.leased {
+                return;
+            }
+            if let Err(e) = self.containerd.release(&self.namespace, &self.id).await {
+                tracing::warn!("{}/{}: {e}", self.namespace, self.id);
+            }
+        })
+    }
+}
+
+/// The container's process, environment, limits and mounts, from the
+/// image's config and the pod's spec (the pod's args replace the image's
+/// command; its env comes after the image's).
+fn run_spec(launch: &Launch<'_>, image: &Unpacked, hostname: &str) -> Result<RunSpec, Failure> {
+    let pod = launch.spec;
+    let invalid = Failure::fatal("InvalidSpec");
+    let (mut args, mut env, cwd, user) = image_defaults(&image.config);
+    if !pod.args.is_empty() {
+        args = pod.args.clone();
+    }
+    if args.is_empty() {
+        return Err(invalid(&format_args!(
+            "{}: the image names no command and the pod gives no args",
+            pod.image
+        )));
+    }
+    env.extend(launch.sandbox.env.iter().cloned());
+    // Names would need the image's /etc/passwd; running as root instead of
+    // an unknown user is never the answer.
+    let id = |text: &str| {
+        text.parse::<u32>().map_err(|_| {
+            invalid(&format_args!(
+                "{}: the image's user `{user}` is not numeric (uid[:gid]); names are not supported",
+                pod.image
+            ))
+        })
+    };
+    let (uid, gid) = match user.split_once(':') {
+        _ if user.is_empty() => (0, 0),
+        Some((u, g)) => (id(u)?, id(g)?),
+        None => (id(&user)?, id(&user)?),
+    };
+    let r = &pod.resources;
+    let memory = r
+        .memory
+        .as_deref()
+        .map(parse_bytes)
+        .transpose()
+        .map_err(|e| invalid(&e))?;
+    std::fs::create_dir_all(&launch.dir).map_err(|e| {
+        Failure::retry("CreateContainerError")(&format_args!("{}: {e}", launch.dir.display()))
+    })?;
+    Ok(RunSpec {
+        args,
+        env,
+        cwd,
+        uid,
+        gid,
+        hostname: hostname.to_owned(),
+        memory_bytes: memory,
+        cpu_millis: r
+            .cpu
+            .as_deref()
+            .and_then(skiff_api::kinds::pod::parse_millicores),
+        read_only_root: pod.read_only_root_filesystem,
+        binds: launch
+            .sandbox
+            .dirs
+            .iter()
+            .map(|d| (d.host.clone(), d.guest.clone(), d.read_only))
+            .collect(),
+        log: launch.dir.join("container.log"),
+    })
+}
+
+/// A started container.
+struct Task {
+    containerd: Containerd,
+    namespace: String,
+    id: String,
+    /// The host port it was told to serve HTTP on (`PORT`), if it does.
+    port: Option<u16>,
+}
+
+impl Instance for Task {
+    fn backend(&self) -> Option<Backend> {
+        self.port
+            .map(|port| Backend::Process(SocketAddr::from(([127, 0, 0, 1], port))))
+    }
+
+    fn exited(&self) -> BoxFuture<'_, Ended> {
+        Box::pin(async {
+            match self.containerd.wait(&self.namespace, &self.id).await {
+                Ok(exit) => {
+                    let code = i32::try_from(exit.code).unwrap_or(i32::MAX);
+                    let mut ended = Ended::code(code);
+                    if exit.oom_killed {
+                        ended.message = Some(format!(
+                            "OOMKilled: exceeded its memory limit (exit code {code})"
+                        ));
+                    }
+                    ended
+                }
+                Err(e) => Ended {
+                    code: None,
+                    message: Some(e.to_string()),
+                },
+            }
+        })
+    }
+
+    fn kill(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            let _ = self.containerd.signal(&self.namespace, &self.id, 9).await;
+        })
+    }
+
+    /// SIGTERM, then SIGKILL after the grace period; then the container
+    /// goes.
+    fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let c = &self.containerd;
+            let _ = c.signal(&self.namespace, &self.id, 15).await;
+            if tokio::time::timeout(grace, self.exited()).await.is_err() {
+                let _ = c.signal(&self.namespace, &self.id, 9).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.exited()).await;
+            }
+            if let Err(e) = c.remove_container(&self.namespace, &self.id).await {
+                tracing::warn!("{}/{}: {e}", self.namespace, self.id);
+            }
+        })
+    }
+}
