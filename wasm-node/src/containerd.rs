@@ -10,6 +10,7 @@
 //! takes whatever no other pod uses.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -134,6 +135,10 @@ pub struct Containerd {
     snapshotter: String,
     /// The memory cgroup root, to read OOM kills from (cgroup v1 or v2).
     cgroup_root: PathBuf,
+    /// One unpack of an image at a time: pods started together from one
+    /// image would otherwise race on the same content and snapshots; the
+    /// later ones find the work done.
+    unpacking: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Containerd {
@@ -158,6 +163,7 @@ impl Containerd {
             } else {
                 PathBuf::from("/sys/fs/cgroup")
             },
+            unpacking: Arc::default(),
         };
         containerd
             .version()
@@ -305,6 +311,32 @@ impl Containerd {
         lease: &str,
         image: &LinuxImage,
     ) -> Result<String, ContainerdError> {
+        let gate = self
+            .unpacking
+            .lock()
+            .expect("unpacking lock")
+            .entry(image.manifest.digest.clone())
+            .or_default()
+            .clone();
+        let unpacked = {
+            let _turn = gate.lock().await;
+            self.unpack_now(namespace, lease, image).await
+        };
+        let mut unpacking = self.unpacking.lock().expect("unpacking lock");
+        // The last one out takes the gate away (the map holds one, the
+        // caller one).
+        if Arc::strong_count(&gate) == 2 {
+            unpacking.remove(&image.manifest.digest);
+        }
+        unpacked
+    }
+
+    async fn unpack_now(
+        &self,
+        namespace: &str,
+        lease: &str,
+        image: &LinuxImage,
+    ) -> Result<String, ContainerdError> {
         self.lease(namespace, lease).await?;
         for blob in std::iter::once(&image.manifest)
             .chain(std::iter::once(&image.config))
@@ -343,7 +375,8 @@ impl Containerd {
                 .await
                 .is_ok();
             if !exists {
-                let key = format!("extract-{}-{chain}", std::process::id());
+                // Named after the pod's lease: unique to this unpack.
+                let key = format!("extract-{lease}-{chain}");
                 let mounts = self
                     .prepare(namespace, lease, &key, &parent)
                     .await

@@ -91,12 +91,18 @@ impl Image for ContainerImage {
             let unpacked = match &mut self.unpacked {
                 Some(unpacked) => unpacked,
                 unpacked @ None => {
-                    let image = self.pulled.take().expect("unpacked once, from the pull");
+                    let Some(image) = self.pulled.take() else {
+                        unreachable!("an image is unpacked once, from the pull");
+                    };
                     self.leased = true;
-                    let chain = containerd
-                        .unpack(namespace, id, &image)
-                        .await
-                        .map_err(failed)?;
+                    let chain = match containerd.unpack(namespace, id, &image).await {
+                        Ok(chain) => chain,
+                        Err(e) => {
+                            // Kept for the retry.
+                            self.pulled = Some(image);
+                            return Err(failed(e));
+                        }
+                    };
                     unpacked.insert(Unpacked {
                         chain,
                         config: image.config.bytes,
