@@ -9,6 +9,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use control_plane::api::ApiConfig;
 use control_plane::controllers::nodes::NodeLifecycleConfig;
+use control_plane::scheduler::SchedulerConfig;
 use control_plane::server::{self, ServerConfig};
 use control_plane::store::PoolSettings;
 use skiff_api::quantity::parse_duration;
@@ -80,6 +81,11 @@ struct ServeArgs {
     /// Do not schedule pods in this process (another one does).
     #[arg(long)]
     no_scheduler: bool,
+    /// A registry (host:port) the scheduler reads over plain HTTP when it
+    /// looks up which runtime an image needs (as nodes are told with the
+    /// same flag). Repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
     /// Do not run controllers in this process (another one does).
     #[arg(long)]
     no_controllers: bool,
@@ -167,6 +173,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         database_wait: args.database_wait,
         token_cache_ttl: args.token_cache_ttl,
         scheduler: !args.no_scheduler,
+        scheduling: SchedulerConfig {
+            insecure_registries: args.insecure_registries,
+            ..SchedulerConfig::default()
+        },
         controllers: !args.no_controllers,
         node_lifecycle: NodeLifecycleConfig {
             eviction_timeout: args.pod_eviction_timeout,

@@ -36,8 +36,10 @@ pub struct ServerConfig {
     /// How long token lookups are cached (the delay before a deleted token
     /// stops working).
     pub token_cache_ttl: Duration,
-    /// Whether this process may schedule (when it holds the lock).
+    /// Whether this process may schedule (when it holds the lock), and
+    /// how.
     pub scheduler: bool,
+    pub scheduling: crate::scheduler::SchedulerConfig,
     /// Whether this process may run controllers (when it holds the lock).
     pub controllers: bool,
     /// How nodes that stop renewing their leases are handled.
@@ -87,7 +89,7 @@ pub async fn run_on(
     };
     let hub = WatchHub::start(store.clone());
     if config.scheduler {
-        crate::scheduler::spawn(store.clone(), hub.clone(), Default::default());
+        crate::scheduler::spawn(store.clone(), hub.clone(), config.scheduling.clone());
     }
     if config.controllers {
         crate::controllers::spawn(store.clone(), hub.clone(), config.node_lifecycle.clone());

@@ -106,6 +106,7 @@ async fn serve(
         database_wait: Duration::from_secs(30),
         token_cache_ttl: Duration::from_secs(10),
         scheduler: true,
+        scheduling: Default::default(),
         controllers: true,
         node_lifecycle: Default::default(),
         api: Default::default(),

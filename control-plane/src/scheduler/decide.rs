@@ -70,6 +70,8 @@ pub struct PodRequest<'a> {
     pub name: &'a str,
     pub labels: &'a BTreeMap<String, String>,
     pub spec: &'a PodSpec,
+    /// The runtime the pod needs: its own `runtime`, or its image's.
+    pub runtime: Option<PodRuntime>,
     pub request: Resources,
 }
 
@@ -186,7 +188,7 @@ fn placement_misfit(pod: &PodRequest<'_>, node: &NodeState) -> Option<Misfit> {
         return Some(Misfit::Cordoned);
     }
     // Nodes without containerd say so in this label (see wasm-node).
-    if spec.runtime == Some(PodRuntime::Linux)
+    if pod.runtime == Some(PodRuntime::Linux)
         && node.labels.get(LINUX_RUNTIME_LABEL).map(String::as_str) != Some("true")
     {
         return Some(Misfit::NoLinuxRuntime);
@@ -503,6 +505,7 @@ mod tests {
             name: "new",
             labels,
             spec,
+            runtime: spec.runtime,
             request: Resources {
                 memory: memory_mi * MI,
                 instances: 1,

@@ -6,6 +6,7 @@
 //! puts the pod back in the queue.
 
 pub mod decide;
+pub mod images;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -23,6 +24,7 @@ use tokio::task::JoinSet;
 use crate::store::{ListQuery, ObjectKey, Part, Store, StoreError, Write};
 use crate::watch::{self, WatchHub, WatchRequest};
 use decide::{Decision, NodeState, PlacedPod, PodRequest, Resources};
+use images::{ImageKey, ImageRuntimes, Lookup};
 
 /// The advisory lock key of the scheduler's leadership.
 const LEADER_KEY: i64 = 0x736b_6966_6673_6368; // "skiffsch"
@@ -35,6 +37,9 @@ pub struct SchedulerConfig {
     pub retry: Duration,
     /// Bindings in flight at once.
     pub max_in_flight: usize,
+    /// Registries (host:port) read over plain HTTP when looking up which
+    /// runtime an image needs; loopback ones always are.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Default for SchedulerConfig {
@@ -43,6 +48,7 @@ impl Default for SchedulerConfig {
             lease_refresh: Duration::from_secs(1),
             retry: Duration::from_secs(5),
             max_in_flight: 256,
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -115,12 +121,17 @@ struct Session {
     /// older status).
     reported: HashMap<PodKey, String>,
     in_flight: JoinSet<Outcome>,
+    /// The runtime each image needs, for pods that do not say.
+    images: ImageRuntimes,
+    /// Pods waiting for their image's lookup.
+    awaiting: HashMap<ImageKey, Vec<PodKey>>,
 }
 
 impl Session {
     fn new(store: Store, hub: WatchHub, config: SchedulerConfig) -> Self {
+        let insecure_registries = config.insecure_registries.clone();
         Self {
-            store,
+            store: store.clone(),
             hub,
             config,
             nodes: Vec::new(),
@@ -134,6 +145,8 @@ impl Session {
             evicting: HashSet::new(),
             reported: HashMap::new(),
             in_flight: JoinSet::new(),
+            images: ImageRuntimes::new(store, &insecure_registries),
+            awaiting: HashMap::new(),
         }
     }
 
@@ -169,6 +182,13 @@ impl Session {
                         for victim in victims {
                             self.evicting.remove(&victim);
                             self.sync(&victim, false);
+                        }
+                    }
+                }
+                image = self.images.next_done() => {
+                    for key in self.awaiting.remove(&image).unwrap_or_default() {
+                        if let Some(pod) = self.pods.get(&key) && self.parked.remove(&pod.order) {
+                            self.queue.insert(pod.order.clone());
                         }
                     }
                 }
@@ -466,11 +486,29 @@ impl Session {
             let Some(pod) = self.pods.get(&key) else {
                 continue;
             };
+            // A pod that does not name its runtime goes where its image
+            // can run, once the image's registry has told which that is.
+            let runtime = match pod.spec.runtime {
+                Some(runtime) => Some(runtime),
+                None => {
+                    let image = ImageKey::of(&key.0, &pod.spec);
+                    match self.images.runtime_of(&image) {
+                        Lookup::Known(runtime) => runtime,
+                        Lookup::Pending => {
+                            self.parked.insert(next);
+                            self.awaiting.entry(image).or_default().push(key);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let pod = &self.pods[&key];
             let request = PodRequest {
                 namespace: &key.0,
                 name: &key.1,
                 labels: &pod.placed.labels,
                 spec: &pod.spec,
+                runtime,
                 request: pod.placed.request,
             };
             match decide::decide(&request, &self.nodes) {

@@ -140,10 +140,18 @@ fn linux_pods_go_only_to_nodes_with_containerd_stop_when_deleted_and_bad_images_
     let (cluster, containerd) = cluster();
     let image = format!("{}/busybox:sleep", cluster.registry.addr);
     let digest = push_busybox_image(&image, &["sleep", "3600"]);
+    // Spread would put half of them on the emptier Wasm-only node; they
+    // all go to the node with containerd, whether they say `runtime:
+    // Linux` (even) or leave the scheduler to learn it from the registry
+    // (odd).
     let names: Vec<String> = (0..4).map(|i| format!("spread-{i}")).collect();
     let pods: Vec<Value> = names
         .iter()
-        .map(|name| linux_pod(name, &image, json!({"placement": "Spread"})))
+        .enumerate()
+        .map(|(i, name)| match i % 2 {
+            0 => linux_pod(name, &image, json!({"placement": "Spread"})),
+            _ => pod(name, &image, json!({"placement": "Spread"})),
+        })
         .collect();
     cluster.apply(&pods);
     for name in &names {
@@ -181,21 +189,32 @@ fn linux_pods_go_only_to_nodes_with_containerd_stop_when_deleted_and_bad_images_
     });
     cluster.cluster.ok(&["uncordon", "linux"]);
 
-    // A Linux image that does not say so, pinned to the Wasm-only node,
-    // fails there with the reason.
+    // A Linux image that does not say so, pinned to the Wasm-only node by
+    // a selector, is never sent there: it waits, and says why.
     let pinned = pod(
         "pinned",
         &image,
         json!({"nodeSelector": {"skiff.dev/hostname": "wasm-only"}}),
     );
     cluster.apply(&[pinned]);
-    let pinned = cluster.wait_pod("pinned", "Failed", |p| p["status"]["phase"] == "Failed");
-    assert_eq!(pinned["status"]["reason"], "NoLinuxRuntime", "{pinned:#}");
+    let pinned = cluster.wait_pod("pinned", "Unschedulable", |p| {
+        p["status"]["conditions"]
+            .to_string()
+            .contains("0/2 nodes: 1 no Linux runtime, 1 node selector not matched")
+    });
+    assert_eq!(pinned["spec"]["nodeName"], Value::Null, "{pinned:#}");
+
+    // Bound by hand (nodeName at creation skips the scheduler), it fails
+    // on that node with the reason.
+    let bound = pod("bound", &image, json!({"nodeName": "wasm-only"}));
+    cluster.apply(&[bound]);
+    let bound = cluster.wait_pod("bound", "Failed", |p| p["status"]["phase"] == "Failed");
+    assert_eq!(bound["status"]["reason"], "NoLinuxRuntime", "{bound:#}");
     assert!(
-        pinned["status"]["message"]
+        bound["status"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("a Linux container image")),
-        "{pinned:#}"
+        "{bound:#}"
     );
 
     // A tampered layer fails its pod with the digest named.

@@ -1,0 +1,194 @@
+//! Which runtime an image needs, for pods that do not say (`spec.runtime`
+//! unset): read from the image's manifest in its registry (its media
+//! types), so the scheduler never binds a Linux image to a node without
+//! containerd. One lookup per image (and pull secret), shared by every pod
+//! of it; a digest's answer is kept for good, a tag's checked again after
+//! [`TAG_TTL`] while the old answer keeps serving.
+//!
+//! When the registry cannot be read from here (unreachable, unknown image,
+//! refused credentials) the pod is placed without the constraint: the node
+//! that pulls it reports the precise error, as it would for any pull.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use oci_client::Reference;
+use oci_client::manifest::OciManifest;
+use oci_client::secrets::RegistryAuth;
+use skiff_api::Kind;
+use skiff_api::kinds::pod::{PodRuntime, PodSpec};
+use skiff_client::registry::Clients;
+use tokio::task::JoinSet;
+
+use crate::store::{ObjectKey, Store};
+
+/// How long a tag's answer is trusted before it is checked again.
+pub const TAG_TTL: Duration = Duration::from_secs(300);
+/// How long a failed lookup stands before it is tried again.
+const FAILURE_TTL: Duration = Duration::from_secs(10);
+/// The longest a lookup may take; pods of the image wait for it.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An image as looked up: the reference and the pull secret used
+/// (`namespace/name`, or empty), since access may depend on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageKey {
+    pub image: String,
+    pub secret: String,
+}
+
+impl ImageKey {
+    pub fn of(namespace: &str, spec: &PodSpec) -> Self {
+        Self {
+            image: spec.image.clone(),
+            secret: spec
+                .image_pull_secret
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(|s| format!("{namespace}/{s}"))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// What the scheduler may go on with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// The runtime the image needs, or `None` when it could not be told.
+    Known(Option<PodRuntime>),
+    /// Being looked up: the pod waits.
+    Pending,
+}
+
+struct Answer {
+    runtime: Option<PodRuntime>,
+    expires: Option<Instant>,
+}
+
+pub struct ImageRuntimes {
+    clients: Clients,
+    store: Store,
+    answers: HashMap<ImageKey, Answer>,
+    running: HashSet<ImageKey>,
+    lookups: JoinSet<(ImageKey, Result<PodRuntime, String>)>,
+}
+
+impl ImageRuntimes {
+    pub fn new(store: Store, insecure_registries: &[String]) -> Self {
+        Self {
+            clients: Clients::new(insecure_registries),
+            store,
+            answers: HashMap::new(),
+            running: HashSet::new(),
+            lookups: JoinSet::new(),
+        }
+    }
+
+    /// The runtime a pod's image needs, as far as known now; starts a
+    /// lookup when the answer is missing or stale.
+    pub fn runtime_of(&mut self, key: &ImageKey) -> Lookup {
+        let now = Instant::now();
+        let answer = self.answers.get(key).map(|a| (a.runtime, a.expires));
+        let stale = answer.is_none_or(|(_, expires)| expires.is_some_and(|e| e <= now));
+        if stale && !self.running.contains(key) {
+            self.start(key.clone());
+        }
+        match answer {
+            Some((runtime, _)) => Lookup::Known(runtime),
+            None => Lookup::Pending,
+        }
+    }
+
+    fn start(&mut self, key: ImageKey) {
+        self.running.insert(key.clone());
+        let (clients, store) = (self.clients.clone(), self.store.clone());
+        self.lookups.spawn(async move {
+            let found = tokio::time::timeout(LOOKUP_TIMEOUT, look_up(&clients, &store, &key))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {LOOKUP_TIMEOUT:?}")));
+            (key, found)
+        });
+    }
+
+    /// Waits for the next lookup to finish and records it; returns the
+    /// image, whose pods can now be placed. Pending forever without
+    /// lookups.
+    pub async fn next_done(&mut self) -> ImageKey {
+        loop {
+            let Some(done) = self.lookups.join_next().await else {
+                return std::future::pending().await;
+            };
+            let Ok((key, found)) = done else { continue };
+            self.running.remove(&key);
+            let now = Instant::now();
+            let pinned = key.image.contains('@');
+            let answer = match found {
+                Ok(runtime) => Answer {
+                    runtime: Some(runtime),
+                    expires: (!pinned).then(|| now + TAG_TTL),
+                },
+                Err(why) => {
+                    tracing::info!(
+                        "scheduler: cannot tell which runtime {} needs ({why}); placing its pods anywhere",
+                        key.image
+                    );
+                    Answer {
+                        runtime: None,
+                        expires: Some(now + FAILURE_TTL),
+                    }
+                }
+            };
+            self.answers.insert(key.clone(), answer);
+            return key;
+        }
+    }
+}
+
+/// Reads the image's manifest and tells its runtime by media types. A
+/// multi-platform index is a Linux image: Wasm artifacts are single
+/// manifests.
+async fn look_up(clients: &Clients, store: &Store, key: &ImageKey) -> Result<PodRuntime, String> {
+    let reference: Reference = key.image.parse().map_err(|e| format!("{e}"))?;
+    let auth = match key.secret.split_once('/') {
+        Some((namespace, name)) => secret_auth(store, namespace, name).await?,
+        None => RegistryAuth::Anonymous,
+    };
+    let (manifest, _) = clients
+        .for_reference(&reference)
+        .pull_manifest(&reference, &auth)
+        .await
+        .map_err(|e| e.to_string())?;
+    match manifest {
+        OciManifest::ImageIndex(_) => Ok(PodRuntime::Linux),
+        OciManifest::Image(manifest) => PodRuntime::of_artifact(
+            &manifest.config.media_type,
+            manifest.layers.iter().map(|l| l.media_type.as_str()),
+        )
+        .ok_or_else(|| format!("config media type {}", manifest.config.media_type)),
+    }
+}
+
+/// Registry credentials from a pull secret: `username` and `password`, or
+/// `token` (base64 values, as in every Secret).
+async fn secret_auth(store: &Store, namespace: &str, name: &str) -> Result<RegistryAuth, String> {
+    use base64::Engine as _;
+    let secret = store
+        .get(&ObjectKey::new(Kind::Secret, namespace, name))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("secret {namespace}/{name} not found"))?;
+    let text = |key: &str| {
+        let value = secret["data"][key].as_str()?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .ok()?;
+        String::from_utf8(bytes).ok()
+    };
+    match (text("username"), text("password"), text("token")) {
+        (Some(username), Some(password), _) => Ok(RegistryAuth::Basic(username, password)),
+        (_, _, Some(token)) => Ok(RegistryAuth::Bearer(token)),
+        _ => Err(format!(
+            "secret {namespace}/{name} has neither username and password nor token"
+        )),
+    }
+}
