@@ -174,8 +174,9 @@ impl Registry {
         }
     }
 
-    fn client_for(&self, reference: &Reference) -> Client {
-        self.clients.for_reference(reference)
+    /// The client for `reference`'s registry with these credentials.
+    fn client_for(&self, reference: &Reference, credentials: &Credentials) -> Client {
+        self.clients.for_reference(reference, &credentials.auth())
     }
 
     /// Pushes a component; `progress(sent, total)` is called as the layer
@@ -214,7 +215,7 @@ impl Registry {
             WASM_CONFIG_MEDIA_TYPE.into(),
             None,
         );
-        let client = self.client_for(reference);
+        let client = self.client_for(reference, credentials);
         let registry_error = |e: oci_client::errors::OciDistributionError| classify(&name, e);
         client
             .auth(
@@ -298,7 +299,7 @@ impl Registry {
             return Ok(digest.to_owned());
         }
         let name = reference.whole();
-        self.client_for(reference)
+        self.client_for(reference, credentials)
             .fetch_manifest_digest(reference, &credentials.auth())
             .await
             .map_err(|e| classify(&name, e))
@@ -312,7 +313,7 @@ impl Registry {
         credentials: &Credentials,
     ) -> Result<Pulled, OciError> {
         let name = reference.whole();
-        let client = self.client_for(reference);
+        let client = self.client_for(reference, credentials);
         let registry_error = |e: oci_client::errors::OciDistributionError| classify(&name, e);
         let (manifest, manifest_digest) = client
             .pull_manifest(reference, &credentials.auth())
@@ -376,7 +377,7 @@ impl Registry {
     ) -> Result<(Vec<u8>, String, OciImageManifest), OciError> {
         let name = reference.whole();
         let (bytes, manifest_digest) = self
-            .client_for(reference)
+            .client_for(reference, credentials)
             .pull_manifest_raw(
                 reference,
                 &credentials.auth(),
@@ -433,7 +434,7 @@ impl Registry {
     ) -> Result<crate::containerd::LinuxImage, OciError> {
         use crate::containerd::{Blob, LinuxImage};
         let name = reference.whole();
-        let client = self.client_for(reference);
+        let client = self.client_for(reference, credentials);
         let (manifest_bytes, actual, manifest) = self.manifest(reference, credentials).await?;
         if !is_linux_config(&manifest.config.media_type) {
             return Err(OciError::NotWasm {

@@ -154,7 +154,7 @@ async fn look_up(clients: &Clients, store: &Store, key: &ImageKey) -> Result<Pod
         None => RegistryAuth::Anonymous,
     };
     let (manifest, _) = clients
-        .for_reference(&reference)
+        .for_reference(&reference, &auth)
         .pull_manifest(&reference, &auth)
         .await
         .map_err(|e| e.to_string())?;

@@ -7,43 +7,74 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use sha2::{Digest as _, Sha256};
 
-/// A client per registry protocol, reused across requests (and so their
-/// connections).
+/// Clients reused across requests (and so their connections), one per
+/// registry and credentials: a client keeps the tokens and credentials it
+/// authenticated with, so one shared by pods with different pull secrets
+/// would pull for one with another's access.
 #[derive(Clone)]
 pub struct Clients {
-    base: Client,
-    /// oci-client matches plain-HTTP registries by host:port, so each
-    /// loopback registry (one per port) gets a client of its own.
-    loopback: Arc<Mutex<HashMap<String, Client>>>,
+    insecure: Arc<Vec<String>>,
+    clients: Arc<Mutex<HashMap<ClientKey, Client>>>,
 }
+
+/// A registry (host:port) and the fingerprint of the credentials used.
+type ClientKey = (String, [u8; 32]);
+
+/// Clients kept at most; past it they are all made afresh.
+const MAX_CLIENTS: usize = 256;
 
 impl Clients {
     /// `insecure` lists further registries (host:port) to reach over plain
     /// HTTP.
     pub fn new(insecure: &[String]) -> Self {
-        let mut plain = insecure.to_vec();
-        plain.retain(|r| !is_loopback(r));
         Self {
-            base: client(&plain),
-            loopback: Arc::default(),
+            insecure: Arc::new(insecure.to_vec()),
+            clients: Arc::default(),
         }
     }
 
-    /// The client for the registry `reference` names.
-    pub fn for_reference(&self, reference: &Reference) -> Client {
+    /// The client for the registry `reference` names, used with `auth`.
+    pub fn for_reference(&self, reference: &Reference, auth: &RegistryAuth) -> Client {
         let registry = reference.resolve_registry();
-        if !is_loopback(registry) {
-            return self.base.clone();
+        let mut clients = self.clients.lock().expect("registry clients lock");
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
         }
-        self.loopback
-            .lock()
-            .expect("registry clients lock")
-            .entry(registry.to_owned())
-            .or_insert_with(|| client(&[registry.to_owned()]))
+        clients
+            .entry((registry.to_owned(), fingerprint(auth)))
+            .or_insert_with(|| {
+                // oci-client matches plain-HTTP registries by host:port.
+                let mut plain = self.insecure.to_vec();
+                if is_loopback(registry) {
+                    plain.push(registry.to_owned());
+                }
+                client(&plain)
+            })
             .clone()
     }
+}
+
+/// A digest of credentials, so the map does not hold them as keys.
+fn fingerprint(auth: &RegistryAuth) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    match auth {
+        RegistryAuth::Anonymous => hash.update(b"anonymous"),
+        RegistryAuth::Basic(user, password) => {
+            hash.update(b"basic\0");
+            hash.update(user.as_bytes());
+            hash.update(b"\0");
+            hash.update(password.as_bytes());
+        }
+        RegistryAuth::Bearer(token) => {
+            hash.update(b"bearer\0");
+            hash.update(token.as_bytes());
+        }
+    }
+    hash.finalize().into()
 }
 
 fn client(plain: &[String]) -> Client {
@@ -89,14 +120,19 @@ mod tests {
     }
 
     #[test]
-    fn one_client_per_loopback_registry() {
+    fn one_client_per_registry_and_credentials() {
         let clients = Clients::new(&[]);
         let a: Reference = "127.0.0.1:5000/a:v1".parse().unwrap();
         let b: Reference = "127.0.0.1:5000/b:v1".parse().unwrap();
         let c: Reference = "127.0.0.1:5001/c:v1".parse().unwrap();
-        clients.for_reference(&a);
-        clients.for_reference(&b);
-        clients.for_reference(&c);
-        assert_eq!(clients.loopback.lock().unwrap().len(), 2);
+        let anonymous = RegistryAuth::Anonymous;
+        let puller = RegistryAuth::Basic("puller".into(), "secret".into());
+        clients.for_reference(&a, &anonymous);
+        clients.for_reference(&b, &anonymous);
+        clients.for_reference(&c, &anonymous);
+        assert_eq!(clients.clients.lock().unwrap().len(), 2);
+        clients.for_reference(&a, &puller);
+        clients.for_reference(&b, &puller);
+        assert_eq!(clients.clients.lock().unwrap().len(), 3);
     }
 }
