@@ -12,7 +12,7 @@ pub mod runtimes;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -80,6 +80,9 @@ pub struct NodeContext {
     pub registry: Registry,
     /// What runs pods: wasmtime, and containerd when the node has it.
     pub runtimes: Runtimes,
+    /// The digest each image was last pulled as, by namespace and pull
+    /// secret: IfNotPresent pods start from it without asking the registry.
+    pub pulled: Mutex<HashMap<(String, String, String), String>>,
     pub routes: Routes,
     /// Where pods' guests send requests for Services: this node's ingress.
     pub gateway: SocketAddr,
@@ -159,6 +162,7 @@ impl Agent {
             node: config.name.clone(),
             client: config.client.clone(),
             runtimes: Runtimes::new(wasm, linux, registry.clone()),
+            pulled: Mutex::default(),
             registry,
             routes: ingress.pods.clone(),
             gateway,

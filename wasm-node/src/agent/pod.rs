@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use skiff_api::Kind;
-use skiff_api::kinds::pod::{Pod, PodSpec, Volume};
+use skiff_api::kinds::pod::{ImagePullPolicy, Pod, PodSpec, Volume};
 use skiff_api::outbound::AllowList;
 use tokio::sync::watch;
 
@@ -334,16 +334,41 @@ impl Worker {
             .map_err(|e| Failure::fatal("InvalidImageName")(&e))?;
         let credentials = self.credentials().await?;
         // A tag is resolved once; afterwards the pod pulls (or finds in the
-        // cache) what it was resolved to.
+        // cache) what it was resolved to. With IfNotPresent, what the node
+        // pulled the tag as before (for this namespace and pull secret: a
+        // pod never borrows another tenant's access) is used as it is.
+        let known = (
+            self.namespace.clone(),
+            self.spec.image_pull_secret.clone().unwrap_or_default(),
+            self.spec.image.clone(),
+        );
+        let reuse = self
+            .spec
+            .image_pull_policy
+            .unwrap_or_else(|| ImagePullPolicy::default_for(&self.spec.image))
+            == ImagePullPolicy::IfNotPresent;
         let digest = match &self.status.digest {
             Some(digest) => digest.clone(),
             None => {
-                let digest = self
-                    .context
-                    .registry
-                    .resolve(&reference, &credentials)
-                    .await
-                    .map_err(Failure::of_pull)?;
+                let pulled = reuse
+                    .then(|| {
+                        self.context
+                            .pulled
+                            .lock()
+                            .expect("pulled lock")
+                            .get(&known)
+                            .cloned()
+                    })
+                    .flatten();
+                let digest = match pulled {
+                    Some(digest) => digest,
+                    None => self
+                        .context
+                        .registry
+                        .resolve(&reference, &credentials)
+                        .await
+                        .map_err(Failure::of_pull)?,
+                };
                 self.status.digest = Some(digest.clone());
                 self.report();
                 digest
@@ -368,7 +393,13 @@ impl Worker {
         };
         let runtimes = &self.context.runtimes;
         let runtime = runtimes.select(&artifact, self.spec.runtime).await?;
-        runtime.pull(&pod, &artifact).await
+        let image = runtime.pull(&pod, &artifact).await?;
+        self.context
+            .pulled
+            .lock()
+            .expect("pulled lock")
+            .insert(known, artifact.digest);
+        Ok(image)
     }
 
     /// Registry credentials from the pod's pull secret, if it names one.

@@ -593,3 +593,33 @@ fn pods_pull_from_a_private_registry_with_their_secret() {
         assert_eq!(pod["status"]["phase"], "Pending");
     }
 }
+
+#[test]
+fn if_not_present_reuses_what_the_node_pulled_and_always_asks_the_registry() {
+    let cluster = NodeCluster::start(&[("n1", &[])]);
+    let moving = format!("{}/moving:v1", cluster.registry.addr);
+    let first_digest = push(&example("hello_http"), &moving);
+    cluster.apply(&[pod("first", &moving, json!({}))]);
+    let first = cluster.wait_running("first");
+    assert_eq!(first["spec"]["imagePullPolicy"], "IfNotPresent", "{first:#}");
+    assert_eq!(first["status"]["imageDigest"], first_digest.as_str());
+
+    // The tag moves to another component: a pod that may reuse what the
+    // node has runs the first; one that must ask runs the new one.
+    let moved_digest = push(&test_guest("misbehave"), &moving);
+    assert_ne!(first_digest, moved_digest);
+    cluster.apply(&[
+        pod("reuses", &moving, json!({})),
+        pod("asks", &moving, json!({"imagePullPolicy": "Always"})),
+    ]);
+    let reuses = cluster.wait_running("reuses");
+    assert_eq!(reuses["status"]["imageDigest"], first_digest.as_str());
+    let asks = cluster.wait_running("asks");
+    assert_eq!(asks["status"]["imageDigest"], moved_digest.as_str());
+
+    // `latest` moves by design: it is asked for every time by default.
+    let latest = format!("{}/moving:latest", cluster.registry.addr);
+    push(&example("hello_http"), &latest);
+    cluster.apply(&[pod("latest", &latest, json!({}))]);
+    assert_eq!(cluster.pod("latest")["spec"]["imagePullPolicy"], "Always");
+}

@@ -31,6 +31,13 @@ pub struct PodSpec {
     /// `username` and `password`, or `token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_secret: Option<String>,
+    /// When a node asks the registry which digest the image's tag names:
+    /// `IfNotPresent` reuses what the node already pulled the tag as (so
+    /// pods start without a registry round trip, and while the registry is
+    /// down); `Always` asks for every pod. Defaults to `Always` for
+    /// `:latest` and untagged images, `IfNotPresent` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
     #[serde(default)]
     pub resources: Resources,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -305,6 +312,27 @@ impl Placement {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+}
+
+impl ImagePullPolicy {
+    /// The default for an image reference: `Always` when it names `latest`
+    /// or no tag (which moves by design), `IfNotPresent` otherwise.
+    pub fn default_for(image: &str) -> Self {
+        if image.contains('@') {
+            return ImagePullPolicy::IfNotPresent;
+        }
+        let last = image.rsplit('/').next().unwrap_or(image);
+        match last.split_once(':') {
+            Some((_, tag)) if tag != "latest" => ImagePullPolicy::IfNotPresent,
+            _ => ImagePullPolicy::Always,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum RestartPolicy {
     #[default]
@@ -466,6 +494,8 @@ pub struct Condition {
 
 impl PodSpec {
     pub fn set_defaults(&mut self) {
+        self.image_pull_policy
+            .get_or_insert_with(|| ImagePullPolicy::default_for(&self.image));
         let r = &mut self.resources;
         r.memory.get_or_insert_with(|| DEFAULT_MEMORY.into());
         r.timeout.get_or_insert_with(|| DEFAULT_TIMEOUT.into());
@@ -807,6 +837,20 @@ impl PodAffinityTerm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_policy_defaults_by_tag() {
+        use ImagePullPolicy::*;
+        for (image, policy) in [
+            ("127.0.0.1:5000/hello:v1", IfNotPresent),
+            ("127.0.0.1:5000/hello", Always),
+            ("127.0.0.1:5000/hello:latest", Always),
+            ("localhost:5000/team/app", Always),
+            ("ghcr.io/a/b@sha256:0123", IfNotPresent),
+        ] {
+            assert_eq!(ImagePullPolicy::default_for(image), policy, "{image}");
+        }
+    }
 
     #[test]
     fn runtime_by_media_types() {
