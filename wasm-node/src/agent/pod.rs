@@ -558,6 +558,9 @@ impl Worker {
     }
 }
 
+/// How long a Pulling or Starting status waits for a later one.
+const PASSING_STATES_HELD: Duration = Duration::from_millis(20);
+
 /// Sends the latest status to the API whenever it changes, retrying while
 /// the control plane is unreachable (the pod keeps running meanwhile).
 async fn report_statuses(
@@ -569,6 +572,16 @@ async fn report_statuses(
     let mut sent = Value::Null;
     loop {
         let status = latest.borrow_and_update().clone();
+        // Pulling and Starting are held back a moment: a pod that gets
+        // past them at once reports where it got (one write, not three,
+        // and its Running does not queue behind them).
+        let passing = matches!(status["reason"].as_str(), Some("Pulling" | "Starting"));
+        if passing
+            && status != sent
+            && let Ok(Ok(())) = tokio::time::timeout(PASSING_STATES_HELD, latest.changed()).await
+        {
+            continue;
+        }
         if !status.is_null() && status != sent {
             let patch = json!({"status": status});
             match context
