@@ -513,6 +513,13 @@ impl Registry {
         Registry { child, addr, dir }
     }
 
+    /// Stops the registry (its storage stays until it is dropped): for
+    /// tests of what works without it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Where the registry keeps the blob with this digest (`sha256:...`),
     /// for tests that tamper with stored content.
     pub fn blob_file(&self, digest: &str) -> PathBuf {

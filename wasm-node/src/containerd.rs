@@ -10,8 +10,8 @@
 //! takes whatever no other pod uses.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use containerd_client::services::v1::container::Runtime as ContainerRuntime;
@@ -86,6 +86,9 @@ pub struct LinuxImage {
 pub struct Blob {
     pub media_type: String,
     pub digest: String,
+    pub size: i64,
+    /// Empty for a layer that was in containerd's content store when the
+    /// image was pulled, and so was not downloaded.
     pub bytes: Vec<u8>,
 }
 
@@ -94,9 +97,39 @@ impl Blob {
         Descriptor {
             media_type: self.media_type.clone(),
             digest: self.digest.clone(),
-            size: self.bytes.len() as i64,
+            size: self.size,
             ..Default::default()
         }
+    }
+
+    /// Whether the blob's bytes are at hand.
+    pub fn downloaded(&self) -> bool {
+        self.bytes.len() as i64 == self.size
+    }
+}
+
+impl LinuxImage {
+    /// The image without its layers' bytes, to start further pods from
+    /// while containerd holds the layers.
+    pub fn skeleton(&self) -> LinuxImage {
+        LinuxImage {
+            reference: self.reference.clone(),
+            manifest: self.manifest.clone(),
+            config: self.config.clone(),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| Blob {
+                    bytes: Vec::new(),
+                    ..l.clone()
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether every blob's bytes are at hand.
+    pub fn complete(&self) -> bool {
+        self.layers.iter().all(Blob::downloaded)
     }
 }
 
@@ -233,6 +266,20 @@ impl Containerd {
         Ok(())
     }
 
+    /// Whether the content store of `namespace` holds a blob.
+    pub async fn holds(&self, namespace: &str, digest: &str) -> bool {
+        ContentClient::new(self.channel.clone())
+            .info(Self::request(
+                namespace,
+                None,
+                InfoRequest {
+                    digest: digest.to_owned(),
+                },
+            ))
+            .await
+            .is_ok()
+    }
+
     /// Writes a blob into the content store unless it is there already.
     async fn write(
         &self,
@@ -252,6 +299,12 @@ impl Containerd {
             .await;
         if info.is_ok() {
             return self.hold(namespace, lease, &blob.digest, "content").await;
+        }
+        if !blob.downloaded() {
+            return Err(ContainerdError::Image(format!(
+                "blob {} left containerd's content store before it could be held",
+                blob.digest
+            )));
         }
         let total = blob.bytes.len() as i64;
         let reference = format!("skiff-{}", blob.digest);

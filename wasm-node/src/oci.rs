@@ -473,6 +473,7 @@ impl Registry {
                 Ok(Blob {
                     media_type: descriptor.media_type.clone(),
                     digest: descriptor.digest.clone(),
+                    size: bytes.len() as i64,
                     bytes,
                 })
             }
@@ -499,6 +500,7 @@ impl Registry {
                     .clone()
                     .unwrap_or_else(|| OCI_IMAGE_MEDIA_TYPE.to_owned()),
                 digest: actual,
+                size: manifest_bytes.len() as i64,
                 bytes: manifest_bytes,
             },
             config,

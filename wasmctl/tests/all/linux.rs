@@ -217,7 +217,18 @@ fn linux_pods_go_only_to_nodes_with_containerd_stop_when_deleted_and_bad_images_
         "{bound:#}"
     );
 
-    // A tampered layer fails its pod with the digest named.
+    // A tampered layer fails its pod with the digest named, once no pod
+    // holds the image on the node (while one does, a pod starts from what
+    // containerd has, verified when it was downloaded, and the registry's
+    // copy is never read).
+    cluster.cluster.ok(&["delete", "pod", "waits"]);
+    assert!(
+        wait_until(WAIT, || lines(
+            &containerd.ctr("skiff-default", &["leases", "ls", "-q"])
+        ) == 0),
+        "leases left: {}",
+        containerd.ctr("skiff-default", &["leases", "ls"])
+    );
     let manifest = cluster.registry.blob_file(&digest);
     let manifest: Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
     let layer = manifest["layers"][0]["digest"].as_str().unwrap();
@@ -255,7 +266,7 @@ fn linux_pods_go_only_to_nodes_with_containerd_stop_when_deleted_and_bad_images_
 
 #[test]
 fn a_service_balances_over_wasm_and_linux_pods_and_linux_pods_are_probed() {
-    let (cluster, _containerd) = cluster();
+    let (mut cluster, _containerd) = cluster();
     let image = format!("{}/busybox:httpd", cluster.registry.addr);
     push_busybox_image(
         &image,
@@ -328,6 +339,23 @@ fn a_service_balances_over_wasm_and_linux_pods_and_linux_pods_are_probed() {
             "through {node}"
         );
     }
+
+    // With the registry gone, pods of images their node holds still start:
+    // the tags were pulled there before (IfNotPresent), the component is in
+    // the node's cache and the Linux layers are in containerd, held by the
+    // running pods. Nothing is downloaded again.
+    let wasm_node = cluster.pod("from-wasm")["spec"]["nodeName"].clone();
+    cluster.registry.stop();
+    cluster.apply(&[
+        linux_pod("linux-again", &image, json!({"ports": [{"port": 80}]})),
+        pod(
+            "wasm-again",
+            &cluster.hello,
+            json!({"nodeSelector": {"skiff.dev/hostname": wasm_node}}),
+        ),
+    ]);
+    cluster.wait_running("linux-again");
+    cluster.wait_running("wasm-again");
 }
 
 #[test]

@@ -601,7 +601,10 @@ fn if_not_present_reuses_what_the_node_pulled_and_always_asks_the_registry() {
     let first_digest = push(&example("hello_http"), &moving);
     cluster.apply(&[pod("first", &moving, json!({}))]);
     let first = cluster.wait_running("first");
-    assert_eq!(first["spec"]["imagePullPolicy"], "IfNotPresent", "{first:#}");
+    assert_eq!(
+        first["spec"]["imagePullPolicy"], "IfNotPresent",
+        "{first:#}"
+    );
     assert_eq!(first["status"]["imageDigest"], first_digest.as_str());
 
     // The tag moves to another component: a pod that may reuse what the

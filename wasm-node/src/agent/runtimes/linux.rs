@@ -3,7 +3,9 @@
 //! lease per pod, run as a runc container with the pod's limits, and
 //! reached over a port of the node's own when they serve HTTP.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -13,19 +15,45 @@ use skiff_api::quantity::parse_bytes;
 use super::{Artifact, Ended, Failure, Image, Instance, Launch, PodId, Runtime};
 use crate::agent::ingress::Backend;
 use crate::containerd::{Containerd, ContainerdError, LinuxImage, RunSpec, image_defaults};
-use crate::oci::Registry;
+use crate::oci::{Credentials, Registry};
+use oci_client::Reference;
 
 pub struct LinuxRuntime {
     containerd: Containerd,
     registry: Registry,
+    /// Images pulled before, without their layers' bytes, by manifest
+    /// digest: while containerd still holds the layers (other pods of the
+    /// image keep them), a pod starts from these without downloading.
+    skeletons: Mutex<HashMap<String, LinuxImage>>,
 }
+
+/// Skeletons kept at most; past it they are forgotten.
+const MAX_SKELETONS: usize = 256;
 
 impl LinuxRuntime {
     pub fn new(containerd: Containerd, registry: Registry) -> Self {
         Self {
             containerd,
             registry,
+            skeletons: Mutex::default(),
         }
+    }
+
+    /// The image's skeleton, if every layer of it is in containerd's
+    /// content store for `namespace`.
+    async fn present(&self, namespace: &str, digest: &str) -> Option<LinuxImage> {
+        let skeleton = self
+            .skeletons
+            .lock()
+            .expect("skeletons lock")
+            .get(digest)
+            .cloned()?;
+        for layer in &skeleton.layers {
+            if !self.containerd.holds(namespace, &layer.digest).await {
+                return None;
+            }
+        }
+        Some(skeleton)
     }
 }
 
@@ -36,18 +64,32 @@ impl Runtime for LinuxRuntime {
         artifact: &'a Artifact,
     ) -> BoxFuture<'a, Result<Box<dyn Image>, Failure>> {
         Box::pin(async move {
-            let image = self
-                .registry
-                .pull_linux(&artifact.pinned, &artifact.credentials)
-                .await
-                .map_err(Failure::of_pull)?;
             // Pods of a namespace live in a containerd namespace of their
             // own; the container and its lease are named after this very
             // pod (a pod of the same name later is another).
+            let namespace = format!("skiff-{}", pod.namespace);
+            let image = match self.present(&namespace, &artifact.digest).await {
+                Some(skeleton) => skeleton,
+                None => {
+                    let image = self
+                        .registry
+                        .pull_linux(&artifact.pinned, &artifact.credentials)
+                        .await
+                        .map_err(Failure::of_pull)?;
+                    let mut skeletons = self.skeletons.lock().expect("skeletons lock");
+                    if skeletons.len() >= MAX_SKELETONS {
+                        skeletons.clear();
+                    }
+                    skeletons.insert(artifact.digest.clone(), image.skeleton());
+                    image
+                }
+            };
             let uid: String = pod.uid.chars().filter(|c| *c != '-').take(12).collect();
             Ok(Box::new(ContainerImage {
                 containerd: self.containerd.clone(),
-                namespace: format!("skiff-{}", pod.namespace),
+                registry: self.registry.clone(),
+                artifact: (artifact.pinned.clone(), artifact.credentials.clone()),
+                namespace,
                 id: format!("{}-{uid}", pod.name),
                 hostname: pod.name.clone(),
                 pulled: Some(Box::new(image)),
@@ -62,6 +104,10 @@ impl Runtime for LinuxRuntime {
 /// snapshot serves every restart).
 struct ContainerImage {
     containerd: Containerd,
+    /// Where to download the image again, should its layers leave
+    /// containerd before this pod holds them.
+    registry: Registry,
+    artifact: (Reference, Credentials),
     namespace: String,
     id: String,
     hostname: String,
@@ -91,15 +137,23 @@ impl Image for ContainerImage {
             let unpacked = match &mut self.unpacked {
                 Some(unpacked) => unpacked,
                 unpacked @ None => {
-                    let Some(image) = self.pulled.take() else {
-                        unreachable!("an image is unpacked once, from the pull");
+                    let image = match self.pulled.take() {
+                        Some(image) => image,
+                        None => {
+                            let (pinned, credentials) = &self.artifact;
+                            let image = self.registry.pull_linux(pinned, credentials).await;
+                            Box::new(image.map_err(Failure::of_pull)?)
+                        }
                     };
                     self.leased = true;
                     let chain = match containerd.unpack(namespace, id, &image).await {
                         Ok(chain) => chain,
                         Err(e) => {
-                            // Kept for the retry.
-                            self.pulled = Some(image);
+                            // Kept for the retry if it has all its bytes;
+                            // otherwise the retry downloads it.
+                            if image.complete() {
+                                self.pulled = Some(image);
+                            }
                             return Err(failed(e));
                         }
                     };
