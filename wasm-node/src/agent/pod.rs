@@ -163,16 +163,19 @@ impl Worker {
         let mut image: Option<Box<dyn Image>> = None;
         let mut instance: Option<Box<dyn Instance>> = None;
         let mut ran_for = Duration::ZERO;
-        let mut pull_failed = false;
+        // While getting the pod started fails and is retried: the reason
+        // shown during the back-off (ImagePullBackOff, or the start's own,
+        // such as CreateContainerError).
+        let mut setup_failed: Option<&'static str> = None;
         self.move_on(Event::Begin);
         loop {
             match self.state {
                 State::Pulling if image.is_some() => self.move_on(Event::Pulled),
                 State::Pulling => {
-                    // A retry keeps the last failure on show (as
-                    // ImagePullBackOff) until the pull ends one way or the
-                    // other: a reader should never see the reason vanish.
-                    if !pull_failed {
+                    // A retry keeps the last failure on show until the pull
+                    // ends one way or the other: a reader should never see
+                    // the reason vanish.
+                    if setup_failed.is_none() {
                         self.set(Some("Pulling"), None);
                     }
                     let outcome = tokio::select! {
@@ -182,14 +185,21 @@ impl Worker {
                     match outcome {
                         Ok(pulled) => {
                             image = Some(pulled);
-                            pull_failed = false;
+                            setup_failed = None;
                             self.move_on(Event::Pulled);
                         }
-                        Err(failure) => pull_failed |= self.fail(&pod, failure),
+                        Err(failure) => {
+                            if self.fail(&pod, failure) {
+                                setup_failed = Some("ImagePullBackOff");
+                            }
+                        }
                     }
                 }
                 State::Starting => {
-                    self.set(Some("Starting"), None);
+                    // As for pulls, a retried start keeps its failure on show.
+                    if setup_failed.is_none() {
+                        self.set(Some("Starting"), None);
+                    }
                     let image = image.as_mut().expect("pulled before starting");
                     let started = match self.sandbox().await {
                         Ok(sandbox) => {
@@ -205,9 +215,15 @@ impl Worker {
                     match started {
                         Ok(started) => {
                             instance = Some(started);
+                            setup_failed = None;
                             self.move_on(Event::Started);
                         }
-                        Err(failure) => pull_failed |= self.fail(&pod, failure),
+                        Err(failure) => {
+                            let reason = failure.reason();
+                            if self.fail(&pod, failure) {
+                                setup_failed = Some(reason);
+                            }
+                        }
                     }
                 }
                 State::Running => {
@@ -275,17 +291,16 @@ impl Worker {
                     self.move_on(Event::Exited { success });
                 }
                 State::BackOff => {
-                    let (reason, delay) = if pull_failed {
-                        ("ImagePullBackOff", pull_backoff.next_delay(Duration::ZERO))
-                    } else {
-                        ("CrashLoopBackOff", backoff.next_delay(ran_for))
+                    let (reason, delay) = match setup_failed {
+                        Some(reason) => (reason, pull_backoff.next_delay(Duration::ZERO)),
+                        None => ("CrashLoopBackOff", backoff.next_delay(ran_for)),
                     };
-                    if !pull_failed {
+                    if setup_failed.is_none() {
                         self.status.restarts += 1;
                     }
                     // A crash loop says how long it waits, so the growing
                     // delays can be seen; the cause stays in the message.
-                    let message = if pull_failed {
+                    let message = if setup_failed.is_some() {
                         self.status.message.clone()
                     } else {
                         let cause = self.status.message.as_deref().unwrap_or("exited");

@@ -405,6 +405,39 @@ fn a_missing_or_tampered_image_fails_its_pod_while_others_run() {
         probe_digest.as_str()
     );
 
+    // A pod whose env names a Secret that does not exist waits with the
+    // start's own reason (not a pull's), and runs once the Secret exists.
+    cluster.apply(&[pod(
+        "needs-secret",
+        &cluster.hello,
+        json!({"env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}}]}),
+    )]);
+    let waiting = cluster.wait_pod("needs-secret", "waiting for its secret", |p| {
+        p["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("secret creds"))
+    });
+    assert_eq!(
+        waiting["status"]["reason"], "CreateContainerConfigError",
+        "{waiting:#}"
+    );
+    // And keeps saying so through its retries (never a pull's back-off).
+    for _ in 0..10 {
+        let status = &cluster.pod("needs-secret")["status"];
+        assert_eq!(status["reason"], "CreateContainerConfigError", "{status:#}");
+        assert!(
+            status["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("secret creds")),
+            "{status:#}"
+        );
+    }
+    cluster.apply(&[json!({
+        "apiVersion": "skiff.dev/v1", "kind": "Secret",
+        "metadata": {"name": "creds"}, "stringData": {"token": "t0ken"},
+    })]);
+    cluster.wait_running("needs-secret");
+
     // Pulls are retried: once the missing tag exists, its pod runs.
     push(&example("hello_http"), &missing);
     cluster.wait_running("missing");

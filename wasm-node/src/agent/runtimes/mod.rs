@@ -53,6 +53,12 @@ impl Failure {
         }
     }
 
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::Retry { reason, .. } | Failure::Fatal { reason, .. } => reason,
+        }
+    }
+
     /// How a registry error fails a pull: a bad artifact is for good, a
     /// registry that fails may do better next time.
     pub fn of_pull(error: OciError) -> Failure {
