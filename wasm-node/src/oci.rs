@@ -305,6 +305,30 @@ impl Registry {
             .map_err(|e| classify(&name, e))
     }
 
+    /// The manifest digest the registry gives for a reference, asked even
+    /// when the reference carries one: the registry's answer is what shows
+    /// that these credentials may read the image.
+    pub async fn ask(
+        &self,
+        reference: &Reference,
+        credentials: &Credentials,
+    ) -> Result<String, OciError> {
+        let name = reference.whole();
+        let digest = self
+            .client_for(reference, credentials)
+            .fetch_manifest_digest(reference, &credentials.auth())
+            .await
+            .map_err(|e| classify(&name, e))?;
+        match reference.digest() {
+            Some(wanted) if wanted != digest => Err(OciError::DigestMismatch {
+                reference: name,
+                digest: wanted.to_owned(),
+                actual: digest,
+            }),
+            _ => Ok(digest),
+        }
+    }
+
     /// Pulls the component of `reference` (which should carry a digest),
     /// checking every blob against its digest and the safety caps.
     pub async fn pull(

@@ -350,8 +350,10 @@ impl Worker {
         let credentials = self.credentials().await?;
         // A tag is resolved once; afterwards the pod pulls (or finds in the
         // cache) what it was resolved to. With IfNotPresent, what the node
-        // pulled the tag as before (for this namespace and pull secret: a
-        // pod never borrows another tenant's access) is used as it is.
+        // pulled the image as before for this namespace and pull secret is
+        // used as it is. Otherwise the registry is asked, even for a digest
+        // reference: what the node holds is shared by every pod, and only
+        // the registry's answer shows this pod may read the image.
         let known = (
             self.namespace.clone(),
             self.spec.image_pull_secret.clone().unwrap_or_default(),
@@ -380,7 +382,7 @@ impl Worker {
                     None => self
                         .context
                         .registry
-                        .resolve(&reference, &credentials)
+                        .ask(&reference, &credentials)
                         .await
                         .map_err(Failure::of_pull)?,
                 };

@@ -615,9 +615,14 @@ fn pods_pull_from_a_private_registry_with_their_secret() {
             json!({"imagePullSecret": "wrongcred"}),
         ),
     ]);
-    cluster.wait_running("with-secret");
+    let running = cluster.wait_running("with-secret");
     assert_serves(cluster.node("n1").ingress, "with-secret");
-    for name in ["without-secret", "wrong-secret"] {
+    // The component is now in the node's cache; naming it by digest does
+    // not get a pod without the secret past the registry.
+    let digest = running["status"]["imageDigest"].as_str().unwrap();
+    let pinned = format!("{}/hello@{digest}", private.addr);
+    cluster.apply(&[pod("by-digest", &pinned, json!({}))]);
+    for name in ["without-secret", "wrong-secret", "by-digest"] {
         let pod = cluster.wait_pod(name, "refused", |p| {
             p["status"]["message"]
                 .as_str()
