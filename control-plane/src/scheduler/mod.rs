@@ -124,7 +124,7 @@ struct Session {
     /// The runtime each image needs, for pods that do not say.
     images: ImageRuntimes,
     /// Pods waiting for their image's lookup.
-    awaiting: HashMap<ImageKey, Vec<PodKey>>,
+    awaiting: HashMap<ImageKey, HashSet<PodKey>>,
 }
 
 impl Session {
@@ -496,7 +496,7 @@ impl Session {
                         Lookup::Known(runtime) => runtime,
                         Lookup::Pending => {
                             self.parked.insert(next);
-                            self.awaiting.entry(image).or_default().push(key);
+                            self.awaiting.entry(image).or_default().insert(key);
                             continue;
                         }
                     }
