@@ -4,6 +4,8 @@
 //! `skopeo`.
 
 use std::path::{Path, PathBuf};
+
+use sha2::Digest as _;
 use std::process::{Child, Command, Stdio};
 
 use super::{START_TIMEOUT, run_checked, unique, wait_until};
@@ -104,61 +106,149 @@ impl Drop for Containerd {
 /// `/bin`) whose command is `cmd`, pushes it to `reference` in a plain-HTTP
 /// registry, and returns its manifest digest.
 pub fn push_busybox_image(reference: &str, cmd: &[&str]) -> String {
-    let dir = std::env::temp_dir().join(unique("skiff-image"));
-    std::fs::create_dir_all(&dir).expect("image directory");
-    let layout = dir.join("layout");
-    let bundle = dir.join("bundle");
-    let image = format!("{}:latest", layout.display());
-    let umoci = |args: &[&str]| {
-        run_checked(Command::new("umoci").args(args), &format!("umoci {args:?}"));
+    let layout = BusyboxLayout::new(cmd);
+    layout.push("latest", reference, false)
+}
+
+/// Pushes a multi-platform image index to `reference`: busybox running
+/// `cmd` for this machine's platform (`linux/amd64` here), and running
+/// `decoy_cmd` under another architecture's name. Returns the index's
+/// digest.
+pub fn push_busybox_index(reference: &str, cmd: &[&str], decoy_cmd: &[&str]) -> String {
+    let layout = BusyboxLayout::new(cmd);
+    layout.configure("decoy", decoy_cmd);
+    let native = host_architecture();
+    let other = if native == "arm64" { "amd64" } else { "arm64" };
+    let index: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layout.dir.join("layout/index.json")).expect("index.json"),
+    )
+    .expect("index.json is JSON");
+    let entry = |tag: &str, architecture: &str| {
+        let mut entry = index["manifests"]
+            .as_array()
+            .expect("manifests")
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap_or_else(|| panic!("tag {tag} in the layout"))
+            .clone();
+        entry["annotations"].take();
+        entry["platform"] = serde_json::json!({"os": "linux", "architecture": architecture});
+        entry
     };
-    umoci(&["init", "--layout", path_str(&layout)]);
-    umoci(&["new", "--image", &image]);
-    umoci(&["unpack", "--image", &image, path_str(&bundle)]);
-    let bin = bundle.join("rootfs/bin");
-    std::fs::create_dir_all(&bin).expect("rootfs/bin");
-    std::fs::copy("/bin/busybox", bin.join("busybox"))
-        .expect("/bin/busybox (apt-get install busybox-static)");
-    // Each applet a link to `busybox` beside it (busybox --install would
-    // link to the path it ran from on the host).
-    let applets = Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .expect("busybox --list");
-    for applet in String::from_utf8_lossy(&applets.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
+    let image_index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry("decoy", other), entry("latest", native)],
+    });
+    let bytes = serde_json::to_vec(&image_index).expect("index");
+    let hex = format!("{:x}", sha2::Sha256::digest(&bytes));
+    std::fs::write(layout.dir.join("layout/blobs/sha256").join(&hex), &bytes).expect("index blob");
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{hex}"),
+            "size": bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }],
+    });
+    std::fs::write(
+        layout.dir.join("layout/index.json"),
+        serde_json::to_vec(&top).expect("index.json"),
+    )
+    .expect("index.json");
+    layout.push("multi", reference, true)
+}
+
+/// The OCI name of this machine's architecture.
+pub fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// An OCI layout holding busybox images, in a temporary directory.
+struct BusyboxLayout {
+    dir: PathBuf,
+}
+
+impl BusyboxLayout {
+    /// The layout with busybox tagged `latest`, running `cmd`.
+    fn new(cmd: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(unique("skiff-image"));
+        std::fs::create_dir_all(&dir).expect("image directory");
+        let layout = Self { dir };
+        let bundle = layout.dir.join("bundle");
+        let image = layout.image("latest");
+        umoci(&["init", "--layout", path_str(&layout.dir.join("layout"))]);
+        umoci(&["new", "--image", &image]);
+        umoci(&["unpack", "--image", &image, path_str(&bundle)]);
+        let bin = bundle.join("rootfs/bin");
+        std::fs::create_dir_all(&bin).expect("rootfs/bin");
+        std::fs::copy("/bin/busybox", bin.join("busybox"))
+            .expect("/bin/busybox (apt-get install busybox-static)");
+        // Each applet a link to `busybox` beside it (busybox --install would
+        // link to the path it ran from on the host).
+        let applets = Command::new("/bin/busybox")
+            .arg("--list")
+            .output()
+            .expect("busybox --list");
+        for applet in String::from_utf8_lossy(&applets.stdout).lines() {
+            if applet != "busybox" {
+                std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
+            }
         }
+        umoci(&["repack", "--image", &image, path_str(&bundle)]);
+        // After the repack, which would put back the config it unpacked.
+        layout.configure("latest", cmd);
+        layout
     }
-    umoci(&["repack", "--image", &image, path_str(&bundle)]);
-    // After the repack, which would put back the config it unpacked.
-    let mut config = vec!["config", "--image", &image, "--config.env", "PATH=/bin"];
-    for arg in cmd {
-        config.extend(["--config.cmd", arg]);
+
+    fn image(&self, tag: &str) -> String {
+        format!("{}:{tag}", self.dir.join("layout").display())
     }
-    umoci(&config);
-    run_checked(
-        Command::new("skopeo").args([
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            &format!("oci:{image}"),
-            &format!("docker://{reference}"),
-        ]),
-        "skopeo copy",
-    );
-    let output = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--tls-verify=false",
-            "--format",
-            "{{.Digest}}",
-            &format!("docker://{reference}"),
-        ])
-        .output()
-        .expect("skopeo inspect runs");
-    let _ = std::fs::remove_dir_all(&dir);
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+
+    /// Sets the command of `latest` and tags the result `tag`.
+    fn configure(&self, tag: &str, cmd: &[&str]) {
+        let image = self.image("latest");
+        let mut config = vec!["config", "--image", &image, "--tag", tag];
+        config.extend(["--config.env", "PATH=/bin"]);
+        for arg in cmd {
+            config.extend(["--config.cmd", arg]);
+        }
+        umoci(&config);
+    }
+
+    /// Pushes `tag` (with every manifest of an index, if `all`) to
+    /// `reference`; its digest.
+    fn push(&self, tag: &str, reference: &str, all: bool) -> String {
+        let source = format!("oci:{}", self.image(tag));
+        let destination = format!("docker://{reference}");
+        let mut copy = vec!["copy", "--quiet", "--dest-tls-verify=false"];
+        if all {
+            copy.push("--all");
+        }
+        copy.extend([source.as_str(), destination.as_str()]);
+        run_checked(Command::new("skopeo").args(&copy), "skopeo copy");
+        let output = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false", &destination])
+            .output()
+            .expect("skopeo inspect runs");
+        assert!(output.status.success(), "skopeo inspect {reference}");
+        format!("sha256:{:x}", sha2::Sha256::digest(&output.stdout))
+    }
+}
+
+impl Drop for BusyboxLayout {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn umoci(args: &[&str]) {
+    run_checked(Command::new("umoci").args(args), &format!("umoci {args:?}"));
 }
 
 fn path_str(path: &Path) -> &str {

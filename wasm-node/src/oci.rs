@@ -53,6 +53,12 @@ pub enum OciError {
         reference: String,
         config_type: String,
     },
+    #[error("{reference}: its index has no image for {wanted} (it has {available})")]
+    NoPlatform {
+        reference: String,
+        wanted: String,
+        available: String,
+    },
     #[error("{reference}: {what} of {size} bytes is over the limit of {limit} bytes")]
     TooLarge {
         reference: String,
@@ -381,6 +387,60 @@ impl Registry {
     }
 }
 
+/// Manifests the node reads: single images, and indexes of them.
+const MANIFEST_TYPES: &[&str] = &[
+    OCI_IMAGE_MEDIA_TYPE,
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// The OCI name of this machine's architecture.
+fn architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// The digest of an index's entry for `linux` on this machine's
+/// architecture.
+fn platform_entry(name: &str, index: &serde_json::Value) -> Result<String, OciError> {
+    let entries = index["manifests"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let platform = |entry: &serde_json::Value| {
+        let p = &entry["platform"];
+        format!(
+            "{}/{}",
+            p["os"].as_str().unwrap_or("?"),
+            p["architecture"].as_str().unwrap_or("?")
+        )
+    };
+    let wanted = format!("linux/{}", architecture());
+    entries
+        .iter()
+        .find(|entry| platform(entry) == wanted)
+        .and_then(|entry| entry["digest"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| OciError::NoPlatform {
+            reference: name.to_owned(),
+            wanted,
+            available: entries.iter().map(platform).collect::<Vec<_>>().join(", "),
+        })
+}
+
+/// `reference` pinned to `digest`.
+pub fn pinned(reference: &Reference, digest: &str) -> Result<Reference, OciError> {
+    parse_reference(&format!(
+        "{}/{}@{digest}",
+        reference.resolve_registry(),
+        reference.repository()
+    ))
+}
+
 /// Layer media types the containerd runtime unpacks.
 const LINUX_LAYER_TYPES: &[&str] = &[
     "application/vnd.oci.image.layer.v1.tar",
@@ -392,24 +452,49 @@ const LINUX_LAYER_TYPES: &[&str] = &[
 pub const MAX_LINUX_IMAGE_BYTES: u64 = 2 << 30;
 
 impl Registry {
-    /// A single-image manifest (OCI or Docker v2): its bytes, digest and
-    /// parsed form, checked against the digest the reference carries.
+    /// An image manifest (OCI or Docker v2): its bytes, digest and parsed
+    /// form, checked against the digest the reference carries. A
+    /// multi-platform index stands for its entry for this machine
+    /// (`linux/amd64` here), fetched and checked in turn.
     async fn manifest(
         &self,
         reference: &Reference,
         credentials: &Credentials,
     ) -> Result<(Vec<u8>, String, OciImageManifest), OciError> {
         let name = reference.whole();
+        let (mut bytes, mut digest) = self.raw_manifest(reference, credentials).await?;
+        let malformed = |e: serde_json::Error| OciError::Registry {
+            reference: name.clone(),
+            reason: format!("malformed manifest: {e}"),
+        };
+        let parsed: serde_json::Value = serde_json::from_slice(&bytes).map_err(malformed)?;
+        if parsed["manifests"].is_array() {
+            let entry = platform_entry(&name, &parsed)?;
+            let pinned = pinned(reference, &entry)?;
+            (bytes, digest) = self.raw_manifest(&pinned, credentials).await?;
+            let parsed: serde_json::Value = serde_json::from_slice(&bytes).map_err(malformed)?;
+            if parsed["manifests"].is_array() {
+                return Err(OciError::Registry {
+                    reference: name,
+                    reason: format!("its index names another index ({digest})"),
+                });
+            }
+        }
+        let manifest = serde_json::from_slice(&bytes).map_err(malformed)?;
+        Ok((bytes, digest, manifest))
+    }
+
+    /// A manifest's or index's bytes and digest, checked against the
+    /// digest the reference carries (or the registry names).
+    async fn raw_manifest(
+        &self,
+        reference: &Reference,
+        credentials: &Credentials,
+    ) -> Result<(Vec<u8>, String), OciError> {
+        let name = reference.whole();
         let (bytes, manifest_digest) = self
             .client_for(reference, credentials)
-            .pull_manifest_raw(
-                reference,
-                &credentials.auth(),
-                &[
-                    OCI_IMAGE_MEDIA_TYPE,
-                    "application/vnd.docker.distribution.manifest.v2+json",
-                ],
-            )
+            .pull_manifest_raw(reference, &credentials.auth(), MANIFEST_TYPES)
             .await
             .map_err(|e| classify(&name, e))?;
         let actual = Digest::of(&bytes).to_string();
@@ -421,11 +506,7 @@ impl Registry {
                 actual,
             });
         }
-        let manifest = serde_json::from_slice(&bytes).map_err(|e| OciError::Registry {
-            reference: name.clone(),
-            reason: format!("malformed manifest: {e}"),
-        })?;
-        Ok((bytes.to_vec(), actual, manifest))
+        Ok((bytes.to_vec(), actual))
     }
 
     /// The runtime an artifact needs, from its manifest's media types

@@ -391,12 +391,7 @@ impl Worker {
                 digest
             }
         };
-        let pinned = oci::parse_reference(&format!(
-            "{}/{}@{digest}",
-            reference.resolve_registry(),
-            reference.repository()
-        ))
-        .map_err(Failure::of_pull)?;
+        let pinned = oci::pinned(&reference, &digest).map_err(Failure::of_pull)?;
         let artifact = Artifact {
             image: self.spec.image.clone(),
             pinned,

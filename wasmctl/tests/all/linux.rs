@@ -3,7 +3,7 @@
 //! run as pods next to Wasm pods.
 
 use serde_json::{Value, json};
-use testkit::{Containerd, push_busybox_image, wait_until};
+use testkit::{Containerd, push_busybox_image, push_busybox_index, wait_until};
 
 use crate::nodes::{NodeCluster, WAIT, pod};
 use crate::registry::tamper;
@@ -133,6 +133,21 @@ fn a_memory_hog_is_oom_killed_and_reported_so() {
         message.starts_with("OOMKilled: exceeded its memory limit"),
         "{hog:#}"
     );
+}
+
+#[test]
+fn a_multi_platform_image_runs_its_entry_for_this_machine() {
+    let (cluster, _containerd) = cluster();
+    // As most public images are: an index of one image per platform. The
+    // entry for another architecture exits 9, ours 7.
+    let image = format!("{}/busybox:multi", cluster.registry.addr);
+    let digest = push_busybox_index(&image, &["sh", "-c", "exit 7"], &["sh", "-c", "exit 9"]);
+    cluster.apply(&[pod("multi", &image, json!({"restartPolicy": "Never"}))]);
+    let multi = cluster.wait_pod("multi", "Failed", |p| p["status"]["phase"] == "Failed");
+    assert_eq!(multi["status"]["exitCode"], 7, "{multi:#}");
+    // The index counts as a Linux image: never sent to the Wasm-only node.
+    assert_eq!(multi["spec"]["nodeName"], "linux", "{multi:#}");
+    assert_eq!(multi["status"]["imageDigest"], digest.as_str());
 }
 
 #[test]

@@ -66,6 +66,7 @@ impl Failure {
             e @ (OciError::NotWasm { .. }
             | OciError::TooLarge { .. }
             | OciError::Reference(..)
+            | OciError::NoPlatform { .. }
             | OciError::LinuxImage { .. }) => Failure::fatal("InvalidImage")(&e),
             e @ OciError::DigestMismatch { .. } => Failure::retry("ImageDigestMismatch")(&e),
             e => Failure::retry("ErrImagePull")(&e),
