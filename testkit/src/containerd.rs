@@ -106,8 +106,13 @@ impl Drop for Containerd {
 /// `/bin`) whose command is `cmd`, pushes it to `reference` in a plain-HTTP
 /// registry, and returns its manifest digest.
 pub fn push_busybox_image(reference: &str, cmd: &[&str]) -> String {
-    let layout = BusyboxLayout::new(cmd);
-    layout.push("latest", reference, false)
+    BusyboxLayout::new(cmd).push("latest", reference, false, None)
+}
+
+/// As [`push_busybox_image`], to a registry that takes `user` with
+/// `password`.
+pub fn push_busybox_image_as(reference: &str, cmd: &[&str], user: &str, password: &str) -> String {
+    BusyboxLayout::new(cmd).push("latest", reference, false, Some((user, password)))
 }
 
 /// Pushes a multi-platform image index to `reference`: busybox running
@@ -157,7 +162,7 @@ pub fn push_busybox_index(reference: &str, cmd: &[&str], decoy_cmd: &[&str]) -> 
         serde_json::to_vec(&top).expect("index.json"),
     )
     .expect("index.json");
-    layout.push("multi", reference, true)
+    layout.push("multi", reference, true, None)
 }
 
 /// The OCI name of this machine's architecture.
@@ -222,18 +227,27 @@ impl BusyboxLayout {
     }
 
     /// Pushes `tag` (with every manifest of an index, if `all`) to
-    /// `reference`; its digest.
-    fn push(&self, tag: &str, reference: &str, all: bool) -> String {
+    /// `reference`, as `user` if given; its digest.
+    fn push(&self, tag: &str, reference: &str, all: bool, user: Option<(&str, &str)>) -> String {
         let source = format!("oci:{}", self.image(tag));
         let destination = format!("docker://{reference}");
+        let creds = user.map(|(user, password)| format!("{user}:{password}"));
         let mut copy = vec!["copy", "--quiet", "--dest-tls-verify=false"];
         if all {
             copy.push("--all");
         }
+        if let Some(creds) = &creds {
+            copy.extend(["--dest-creds", creds]);
+        }
         copy.extend([source.as_str(), destination.as_str()]);
         run_checked(Command::new("skopeo").args(&copy), "skopeo copy");
+        let mut inspect = vec!["inspect", "--raw", "--tls-verify=false"];
+        if let Some(creds) = &creds {
+            inspect.extend(["--creds", creds]);
+        }
+        inspect.push(&destination);
         let output = Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false", &destination])
+            .args(&inspect)
             .output()
             .expect("skopeo inspect runs");
         assert!(output.status.success(), "skopeo inspect {reference}");

@@ -3,7 +3,9 @@
 //! run as pods next to Wasm pods.
 
 use serde_json::{Value, json};
-use testkit::{Containerd, push_busybox_image, push_busybox_index, wait_until};
+use testkit::{
+    Containerd, push_busybox_image, push_busybox_image_as, push_busybox_index, wait_until,
+};
 
 use crate::nodes::{NodeCluster, WAIT, pod};
 use crate::registry::tamper;
@@ -193,6 +195,35 @@ fn linux_pods_go_only_to_nodes_with_containerd_stop_when_deleted_and_bad_images_
         "tasks left running: {}",
         containerd.ctr("skiff-default", &["tasks", "ls"])
     );
+
+    // The scheduler reads a private image's manifest with the pod's pull
+    // secret: both pods, under Spread, still go to the containerd node.
+    let private = testkit::Registry::with_user("puller", "pa55word");
+    let secret_image = format!("{}/busybox:private", private.addr);
+    push_busybox_image_as(&secret_image, &["sleep", "3600"], "puller", "pa55word");
+    cluster.apply(&[json!({
+        "apiVersion": "skiff.dev/v1", "kind": "Secret",
+        "metadata": {"name": "regcred"},
+        "stringData": {"username": "puller", "password": "pa55word"},
+    })]);
+    let private_pods: Vec<Value> = ["private-0", "private-1"]
+        .iter()
+        .map(|name| {
+            pod(
+                name,
+                &secret_image,
+                json!({"placement": "Spread", "imagePullSecret": "regcred"}),
+            )
+        })
+        .collect();
+    cluster.apply(&private_pods);
+    for name in ["private-0", "private-1"] {
+        let running = cluster.wait_running(name);
+        assert_eq!(running["spec"]["nodeName"], "linux", "{running:#}");
+    }
+    cluster
+        .cluster
+        .ok(&["delete", "pod", "private-0", "private-1"]);
 
     // With the containerd node cordoned, a Linux pod waits, and says why.
     cluster.cluster.ok(&["cordon", "linux"]);
