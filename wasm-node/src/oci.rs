@@ -47,12 +47,9 @@ pub enum OciError {
     NotWasm { reference: String, reason: String },
     /// An ordinary Linux image: for the containerd runtime.
     #[error(
-        "{reference}: a Linux container image (config {config_type}); it needs the containerd runtime, which this node does not have"
+        "{reference}: a Linux container image ({what}); it needs the containerd runtime, which this node does not have"
     )]
-    LinuxImage {
-        reference: String,
-        config_type: String,
-    },
+    LinuxImage { reference: String, what: String },
     #[error("{reference}: its index has no image for {wanted} (it has {available})")]
     NoPlatform {
         reference: String,
@@ -358,10 +355,12 @@ impl Registry {
                 actual: manifest_digest,
             });
         }
+        // Wasm artifacts are single manifests; a multi-platform index is
+        // how Linux images are published.
         let OciManifest::Image(manifest) = manifest else {
-            return Err(OciError::NotWasm {
+            return Err(OciError::LinuxImage {
                 reference: name,
-                reason: "an image index, not a single artifact".into(),
+                what: "a multi-platform index".into(),
             });
         };
         let layer = component_layer(&name, &manifest)?;
@@ -659,7 +658,7 @@ fn component_layer<'m>(
         [only] if config_type == WASM_CONFIG_MEDIA_TYPE => Ok(only),
         _ if is_linux_config(config_type) => Err(OciError::LinuxImage {
             reference: name.to_owned(),
-            config_type: config_type.to_owned(),
+            what: format!("config {config_type}"),
         }),
         _ => Err(not_wasm(format!(
             "no application/wasm layer (config {config_type})"

@@ -425,6 +425,14 @@ fn wasmctl_run_runs_a_linux_image_through_containerd_or_says_why_not() {
         .expect("wasmctl runs");
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
     assert_eq!(stdout_of(&output), "hi\n");
+    // A multi-platform index runs its entry for this machine.
+    let multi = format!("{}/busybox:multi", registry.addr);
+    push_busybox_index(&multi, &["sh", "-c", "exit 7"], &["sh", "-c", "exit 9"]);
+    let output = wasmctl()
+        .args(["run", &multi, "--containerd-socket", &socket])
+        .output()
+        .expect("wasmctl runs");
+    assert_eq!(output.status.code(), Some(7), "{}", stderr_of(&output));
     assert!(
         wait_until(WAIT, || lines(
             &containerd.ctr("wasmctl", &["leases", "ls", "-q"])
