@@ -287,17 +287,7 @@ impl Containerd {
         lease: &str,
         blob: &Blob,
     ) -> Result<(), ContainerdError> {
-        let mut content = ContentClient::new(self.channel.clone());
-        let info = content
-            .info(Self::request(
-                namespace,
-                Some(lease),
-                InfoRequest {
-                    digest: blob.digest.clone(),
-                },
-            ))
-            .await;
-        if info.is_ok() {
+        if self.holds(namespace, &blob.digest).await {
             return self.hold(namespace, lease, &blob.digest, "content").await;
         }
         if !blob.downloaded() {
@@ -331,7 +321,7 @@ impl Containerd {
             data: Vec::new(),
             labels: HashMap::new(),
         });
-        let written = content
+        let written = ContentClient::new(self.channel.clone())
             .write(Self::request(
                 namespace,
                 Some(lease),

@@ -298,14 +298,10 @@ impl Registry {
         reference: &Reference,
         credentials: &Credentials,
     ) -> Result<String, OciError> {
-        if let Some(digest) = reference.digest() {
-            return Ok(digest.to_owned());
+        match reference.digest() {
+            Some(digest) => Ok(digest.to_owned()),
+            None => self.ask(reference, credentials).await,
         }
-        let name = reference.whole();
-        self.client_for(reference, credentials)
-            .fetch_manifest_digest(reference, &credentials.auth())
-            .await
-            .map_err(|e| classify(&name, e))
     }
 
     /// The manifest digest the registry gives for a reference, asked even
