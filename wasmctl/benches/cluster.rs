@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use skiff_api::Kind;
-use skiff_client::{Client, ListOptions};
-use testkit::{ControlPlane, Node, Registry, free_port};
+use skiff_client::ListOptions;
+use testkit::{Node, free_port};
 
 mod common;
 use common::*;
@@ -66,14 +66,8 @@ fn main() {
 }
 
 struct Bench {
-    ctl: Ctl,
+    cluster: Cluster,
     node_binary: PathBuf,
-    work: PathBuf,
-    hello: PathBuf,
-    hello_ref: String,
-    registry: Registry,
-    plane: ControlPlane,
-    api: Client,
     fast: Node,
 }
 
@@ -82,31 +76,17 @@ impl Bench {
     /// figure and the warm-up one.
     fn start(pods: usize) -> Bench {
         let node_binary = testkit::release_binary("wasm-node");
-        let Cluster {
-            ctl,
-            registry,
-            plane,
-            api,
-            hello,
-            hello_ref,
-            work,
-        } = Cluster::start("skiff-bench");
+        let cluster = Cluster::start("skiff-bench");
         let memory = format!("{}Mi", (2 * pods + 1) * DEPLOY_POD_MEMORY_MIB);
-        let fast = ctl.join(
+        let fast = cluster.ctl.join(
             &node_binary,
-            &plane.url,
+            &cluster.plane.url,
             "fast",
             &["--memory", &memory, "--instances", "10000"],
         );
         Bench {
-            ctl,
+            cluster,
             node_binary,
-            work,
-            hello,
-            hello_ref,
-            registry,
-            plane,
-            api,
             fast,
         }
     }
@@ -121,7 +101,8 @@ impl Bench {
                 "nodeSelector": {"bench": node},
             },
         });
-        self.api
+        self.cluster
+            .api
             .create(Kind::Pod, Some("default"), &pod)
             .await
             .expect("create pod");
@@ -139,25 +120,28 @@ impl Bench {
 
     async fn deploy_cached(&self, pods: usize) {
         // The first pod pulls and compiles; the rest find it cached.
-        self.deploy("warm", &self.hello_ref).await;
+        self.deploy("warm", &self.cluster.hello_ref).await;
         let mut took = Vec::with_capacity(pods);
         for i in 0..pods {
-            took.push(self.deploy(&format!("cached-{i}"), &self.hello_ref).await);
+            took.push(
+                self.deploy(&format!("cached-{i}"), &self.cluster.hello_ref)
+                    .await,
+            );
         }
         let wasmtime = start_to_first_200(|port| {
             let mut command = Command::new("wasmtime");
             command
                 .args(["serve", "-Scli", "-C", "cache=y", "--addr"])
                 .arg(format!("127.0.0.1:{port}"))
-                .arg(&self.hello);
+                .arg(&self.cluster.hello);
             command
         });
         let run = start_to_first_200(|port| {
-            let mut command = Command::new(&self.ctl.binary);
+            let mut command = Command::new(&self.cluster.ctl.binary);
             command
-                .args(["run", path_str(&self.hello), "--listen"])
+                .args(["run", path_str(&self.cluster.hello), "--listen"])
                 .arg(format!("127.0.0.1:{port}"))
-                .env("WASMCTL_CACHE_DIR", &self.ctl.cache)
+                .env("WASMCTL_CACHE_DIR", &self.cluster.ctl.cache)
                 .env("RUST_LOG", "warn");
             command
         });
@@ -172,10 +156,10 @@ impl Bench {
     }
 
     async fn deploy_pulled(&self, pods: usize) {
-        let hello = std::fs::read(&self.hello).expect("hello-http");
+        let hello = std::fs::read(&self.cluster.hello).expect("hello-http");
         let files: Vec<PathBuf> = (0..pods)
             .map(|i| {
-                let path = self.work.join(format!("padded-{i}.wasm"));
+                let path = self.cluster.work.join(format!("padded-{i}.wasm"));
                 std::fs::write(&path, padded(&hello, i as u64)).expect("padded component");
                 path
             })
@@ -187,15 +171,15 @@ impl Bench {
                 scope.spawn(|| {
                     while let Some(file) = files.get(next.fetch_add(1, Ordering::SeqCst)) {
                         let i = file_index(file);
-                        let reference = format!("{}/padded:v{i}", self.registry.addr);
-                        self.ctl.run(&["push", path_str(file), &reference]);
+                        let reference = format!("{}/padded:v{i}", self.cluster.registry.addr);
+                        self.cluster.ctl.run(&["push", path_str(file), &reference]);
                     }
                 });
             }
         });
         let mut took = Vec::with_capacity(pods);
         for i in 0..pods {
-            let image = format!("{}/padded:v{i}", self.registry.addr);
+            let image = format!("{}/padded:v{i}", self.cluster.registry.addr);
             took.push(self.deploy(&format!("pulled-{i}"), &image).await);
         }
         let cold = start_to_first_200(|port| {
@@ -224,14 +208,14 @@ impl Bench {
     async fn density(&self, pods: usize) {
         let memory = format!("{}Mi", (pods + 16) * DENSE_POD_MEMORY_MIB);
         let instances = (pods + 16).to_string();
-        let dense = self.ctl.join(
+        let dense = self.cluster.ctl.join(
             &self.node_binary,
-            &self.plane.url,
+            &self.cluster.plane.url,
             "dense",
             &["--memory", &memory, "--instances", &instances],
         );
         let pod_memory = format!("{DENSE_POD_MEMORY_MIB}Mi");
-        self.create_pod("dense-warm", &self.hello_ref, "dense", &pod_memory)
+        self.create_pod("dense-warm", &self.cluster.hello_ref, "dense", &pod_memory)
             .await;
         wait_for_200(
             dense.ingress,
@@ -247,8 +231,11 @@ impl Bench {
         let mut creates = tokio::task::JoinSet::new();
         for i in 0..pods {
             let permit = permits.clone().acquire_owned().await.expect("permit");
-            let (api, image, memory) =
-                (self.api.clone(), self.hello_ref.clone(), pod_memory.clone());
+            let (api, image, memory) = (
+                self.cluster.api.clone(),
+                self.cluster.hello_ref.clone(),
+                pod_memory.clone(),
+            );
             creates.spawn(async move {
                 let pod = json!({
                     "apiVersion": skiff_api::API_VERSION, "kind": "Pod",
@@ -272,7 +259,7 @@ impl Bench {
             .collect();
         let answered = answer_all(dense.ingress, &hosts);
         let after = rss_mib(pid);
-        let wasmtime = idle_rss_of_wasmtime_serve(&self.hello);
+        let wasmtime = idle_rss_of_wasmtime_serve(&self.cluster.hello);
         let per_pod = (idle - one) / pods as f64;
         println!("density: hello-http pods on one node ({DENSE_POD_MEMORY_MIB}Mi reserved each):");
         println!(
@@ -298,6 +285,7 @@ impl Bench {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let list = self
+                .cluster
                 .api
                 .list(
                     Kind::Pod,
@@ -452,6 +440,6 @@ fn rss_mib(pid: u32) -> f64 {
 
 impl Drop for Bench {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.work);
+        let _ = std::fs::remove_dir_all(&self.cluster.work);
     }
 }

@@ -20,14 +20,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use skiff_api::Kind;
-use skiff_client::{Client, ListOptions};
-use testkit::{ControlPlane, Node, Registry, free_port};
+use skiff_client::ListOptions;
+use testkit::{Node, free_port};
 
 mod common;
 use common::*;
@@ -60,40 +60,23 @@ fn main() {
 }
 
 struct Bench {
-    ctl: Ctl,
-    hello: PathBuf,
-    hello_ref: String,
-    _registry: Registry,
-    _plane: ControlPlane,
-    api: Client,
+    cluster: Cluster,
     nodes: Vec<Node>,
 }
 
 impl Bench {
     fn start() -> Bench {
         let node_binary = testkit::release_binary("wasm-node");
-        let Cluster {
-            ctl,
-            registry,
-            plane,
-            api,
-            hello,
-            hello_ref,
-            work: _,
-        } = Cluster::start("skiff-routing");
+        let cluster = Cluster::start("skiff-routing");
         let nodes = ["n1", "n2", "n3"]
             .iter()
-            .map(|name| ctl.join(&node_binary, &plane.url, name, &[]))
+            .map(|name| {
+                cluster
+                    .ctl
+                    .join(&node_binary, &cluster.plane.url, name, &[])
+            })
             .collect();
-        Bench {
-            ctl,
-            hello,
-            hello_ref,
-            _registry: registry,
-            _plane: plane,
-            api,
-            nodes,
-        }
+        Bench { cluster, nodes }
     }
 
     fn node(&self, name: &str) -> &Node {
@@ -101,7 +84,8 @@ impl Bench {
     }
 
     async fn create(&self, kind: Kind, object: Value) {
-        self.api
+        self.cluster
+            .api
             .create(kind, Some("default"), &object)
             .await
             .unwrap_or_else(|e| panic!("create {}: {e}", kind.name()));
@@ -110,7 +94,7 @@ impl Bench {
     /// A Deployment of hello-http labelled app=`name`, with a Service and a
     /// Route for host `<name>.bench`; `node` pins it to one node.
     async fn deploy(&self, name: &str, replicas: usize, node: Option<&str>) {
-        let mut spec = json!({"image": self.hello_ref, "placement": "Spread"});
+        let mut spec = json!({"image": self.cluster.hello_ref, "placement": "Spread"});
         if let Some(node) = node {
             spec["nodeSelector"] = json!({"bench": node});
         }
@@ -154,7 +138,8 @@ impl Bench {
             label_selector: Some(format!("app={app}")),
             ..Default::default()
         };
-        self.api
+        self.cluster
+            .api
             .list_all(Kind::Pod, Some("default"), &options)
             .await
             .expect("list pods")
@@ -174,11 +159,11 @@ impl Bench {
             .expect("a pod name")
             .to_owned();
         let port = free_port();
-        let mut command = Command::new(&self.ctl.binary);
+        let mut command = Command::new(&self.cluster.ctl.binary);
         command
-            .args(["run", path_str(&self.hello), "--listen"])
+            .args(["run", path_str(&self.cluster.hello), "--listen"])
             .arg(format!("127.0.0.1:{port}"))
-            .env("WASMCTL_CACHE_DIR", &self.ctl.cache)
+            .env("WASMCTL_CACHE_DIR", &self.cluster.ctl.cache)
             .env("RUST_LOG", "warn");
         let _direct = spawn_server(command);
         let direct = SocketAddr::from(([127, 0, 0, 1], port));
@@ -256,7 +241,8 @@ impl Bench {
 
             self.nodes[index].restart();
             self.wait_ready(victim).await;
-            self.ctl
+            self.cluster
+                .ctl
                 .run(&["delete", "deployment", "web", "--cascade", "foreground"]);
         }
         println!(
@@ -294,7 +280,12 @@ impl Bench {
     async fn wait_ready(&self, node: &str) {
         let deadline = Instant::now() + WAIT;
         loop {
-            let object = self.api.get(Kind::Node, None, node).await.expect("node");
+            let object = self
+                .cluster
+                .api
+                .get(Kind::Node, None, node)
+                .await
+                .expect("node");
             let ready = object["status"]["conditions"]
                 .as_array()
                 .into_iter()
