@@ -129,7 +129,7 @@ pub enum Decision {
     Allow,
     Deny,
     /// Allowed only if the object turns out to be a pod bound to this
-    /// node; otherwise (even if it does not exist) denied.
+    /// node; otherwise answered as not found, whether it exists or not.
     AllowIfBoundTo(String),
     /// Allowed only if a pod bound to this node references the object (a
     /// Secret or ConfigMap it needs to start); otherwise denied.

@@ -61,7 +61,9 @@ struct JoinArgs {
     /// Where the ingress serves pods.
     #[arg(long, default_value = "0.0.0.0:8080")]
     ingress: SocketAddr,
-    /// Address others reach the ingress at [default: the bound address].
+    /// Address others reach the ingress at [default: the bound address;
+    /// when that is unspecified, such as 0.0.0.0, this machine's address
+    /// toward the control plane, with the bound port].
     #[arg(long)]
     advertise: Option<String>,
     /// How often the lease is renewed.

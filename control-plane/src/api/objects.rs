@@ -31,8 +31,10 @@ pub struct Call<'a> {
 
 impl Call<'_> {
     /// Checks the caller may make `access`; for a node agent's access to a
-    /// pod, also that the pod is bound to it (refused alike when it does
-    /// not exist, so a refusal reveals nothing).
+    /// pod, also that the pod is bound to it. A pod bound elsewhere is
+    /// answered as missing, with the same 404: the answer reveals nothing,
+    /// and a node asking about a pod it ran that was deleted learns that it
+    /// is gone (a 403 would have it retry forever).
     async fn authorize(&self, access: Access<'_>) -> Result<(), ApiError> {
         let forbidden = || {
             let scope = access
@@ -59,7 +61,11 @@ impl Call<'_> {
                     .as_ref()
                     .and_then(|o| o["spec"]["nodeName"].as_str())
                     .is_some_and(|n| n == node);
-                if bound { Ok(()) } else { Err(forbidden()) }
+                if bound {
+                    Ok(())
+                } else {
+                    Err(StoreError::NotFound(key).into())
+                }
             }
             Decision::AllowIfUsedOn(node) => {
                 let namespace = access.namespace.unwrap_or("");
@@ -412,10 +418,16 @@ impl Call<'_> {
             ));
         }
         let named_revision = stated_revision(&patch)?;
+        // A uid in the patch is a precondition, as in Kubernetes: the patch
+        // is for that object, not for one re-created under its name.
+        let named_uid = patch["metadata"]["uid"].as_str();
         for _ in 0..PATCH_RETRIES {
             let Some(current) = self.state.store.get(key).await? else {
                 return Err(StoreError::NotFound(key.clone()).into());
             };
+            if named_uid.is_some_and(|uid| current["metadata"]["uid"].as_str() != Some(uid)) {
+                return Err(StoreError::UidMismatch(key.clone()).into());
+            }
             let mut patched = current.clone();
             merge_patch(&mut patched, &patch);
             check_identity(&mut patched, key)?;

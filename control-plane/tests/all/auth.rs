@@ -202,8 +202,30 @@ async fn a_refusal_does_not_reveal_whether_the_object_exists() {
         .get(Kind::Pod, Some("default"), "nobody")
         .await
         .unwrap_err();
-    assert_eq!((other.code(), absent.code()), (Some(403), Some(403)));
-    assert_eq!(other.to_string(), absent.to_string());
+    // A pod bound elsewhere is answered as missing: the node learns
+    // nothing, and a node reporting on a pod deleted meanwhile hears that
+    // it is gone rather than a refusal it would retry.
+    assert_eq!((other.code(), absent.code()), (Some(404), Some(404)));
+    assert_eq!(
+        other.to_string().replace("theirs", "nobody"),
+        absent.to_string()
+    );
+    let mut mine = object(Kind::Pod, "mine");
+    mine["spec"]["nodeName"] = json!("n1");
+    admin
+        .create(Kind::Pod, Some("default"), &mine)
+        .await
+        .unwrap();
+    admin
+        .delete(Kind::Pod, Some("default"), "mine", None)
+        .await
+        .unwrap();
+    let status = json!({"status": {"phase": "Running"}});
+    let gone = node
+        .patch(Kind::Pod, Some("default"), "mine", &status, true)
+        .await
+        .unwrap_err();
+    assert!(gone.is_not_found(), "{gone}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -409,3 +409,39 @@ async fn secrets_store_string_data_as_base64() {
     assert!(stored.get("stringData").is_none());
     assert_eq!(stored["type"], "Opaque");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uid_in_a_patch_is_a_precondition() {
+    let cluster = Cluster::new();
+    let plane = cluster.serve(&[]);
+    let api = client(&plane, &cluster.admin_token);
+    let ns = Some("default");
+    let first = api
+        .create(Kind::ConfigMap, ns, &object(Kind::ConfigMap, "again"))
+        .await
+        .unwrap();
+    let first_uid = first["metadata"]["uid"].clone();
+    api.delete(Kind::ConfigMap, ns, "again", None)
+        .await
+        .unwrap();
+    api.create(Kind::ConfigMap, ns, &object(Kind::ConfigMap, "again"))
+        .await
+        .unwrap();
+
+    // Meant for the object that was deleted: refused, nothing written.
+    let stale = json!({"metadata": {"uid": first_uid}, "data": {"k": "stale"}});
+    let refused = api
+        .patch(Kind::ConfigMap, ns, "again", &stale, false)
+        .await
+        .unwrap_err();
+    assert!(refused.is_uid_mismatch(), "{refused}");
+    let now = api.get(Kind::ConfigMap, ns, "again").await.unwrap();
+    assert!(now["data"]["k"].is_null(), "{now:#}");
+
+    let current = json!({"metadata": {"uid": now["metadata"]["uid"]}, "data": {"k": "v"}});
+    let patched = api
+        .patch(Kind::ConfigMap, ns, "again", &current, false)
+        .await
+        .unwrap();
+    assert_eq!(patched["data"]["k"], "v");
+}

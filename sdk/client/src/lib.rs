@@ -57,6 +57,12 @@ impl ClientError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, ClientError::Api(s) if s.code == 409 && s.reason == "Conflict")
     }
+
+    /// A write that named `metadata.uid` met an object of that name with
+    /// another uid: the object it meant is gone.
+    pub fn is_uid_mismatch(&self) -> bool {
+        matches!(self, ClientError::Api(s) if s.code == 409 && s.message.contains("different uid"))
+    }
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;

@@ -51,20 +51,34 @@ pub enum Backend {
 /// The HTTP pods this node serves, by name.
 #[derive(Clone, Default)]
 pub struct Routes {
-    pods: Arc<RwLock<HashMap<PodName, Backend>>>,
+    /// Each pod's backend, with the uid of the pod that added it.
+    pods: Arc<RwLock<HashMap<PodName, (String, Backend)>>>,
 }
 
 impl Routes {
-    pub fn add(&self, pod: PodName, backend: Backend) {
-        self.pods.write().expect("routes lock").insert(pod, backend);
+    /// Serves pod `uid` under its name, in place of any earlier pod of that
+    /// name.
+    pub fn add(&self, pod: PodName, uid: &str, backend: Backend) {
+        self.pods
+            .write()
+            .expect("routes lock")
+            .insert(pod, (uid.to_owned(), backend));
     }
 
-    pub fn remove(&self, pod: &PodName) -> Option<Backend> {
-        self.pods.write().expect("routes lock").remove(pod)
+    /// Stops serving pod `uid`. A pod re-created under the same name has
+    /// another uid, so the old pod's worker, still stopping, cannot take
+    /// the new pod's route away.
+    pub fn remove(&self, pod: &PodName, uid: &str) -> Option<Backend> {
+        let mut pods = self.pods.write().expect("routes lock");
+        match pods.get(pod) {
+            Some((owner, _)) if owner == uid => pods.remove(pod).map(|(_, backend)| backend),
+            _ => None,
+        }
     }
 
     pub fn get(&self, pod: &PodName) -> Option<Backend> {
-        self.pods.read().expect("routes lock").get(pod).cloned()
+        let pods = self.pods.read().expect("routes lock");
+        pods.get(pod).map(|(_, backend)| backend.clone())
     }
 
     pub fn len(&self) -> usize {

@@ -121,10 +121,10 @@ impl Agent {
         let bound = listener
             .local_addr()
             .map_err(|e| AgentError::Listen(config.ingress, e))?;
-        let endpoint = config
-            .advertise
-            .clone()
-            .unwrap_or_else(|| bound.to_string());
+        let endpoint = match &config.advertise {
+            Some(advertise) => advertise.clone(),
+            None => advertised(bound, config.client.server()).await?,
+        };
         let setup = |e: &dyn std::fmt::Display| AgentError::Setup(e.to_string());
         let containerd = match &config.containerd_socket {
             Some(socket) => match Containerd::connect(socket, &config.snapshotter).await {
@@ -213,8 +213,57 @@ impl Agent {
     }
 }
 
+/// The address to advertise when none was given: the bound one, unless
+/// that is unspecified (`0.0.0.0`), which other nodes cannot reach; then
+/// the address this machine reaches the control plane from, the interface
+/// facing the cluster. Choosing it sends nothing: a UDP socket's connect
+/// only asks the kernel for a route.
+async fn advertised(bound: SocketAddr, server: &str) -> Result<String, AgentError> {
+    if !bound.ip().is_unspecified() {
+        return Ok(bound.to_string());
+    }
+    let cannot = |why: String| {
+        AgentError::Setup(format!(
+            "the ingress listens on {bound}, which other nodes cannot reach, and {why}; \
+             give --advertise HOST:PORT"
+        ))
+    };
+    let uri: http::Uri = server
+        .parse()
+        .map_err(|e| cannot(format!("the server address {server} does not parse: {e}")))?;
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let toward = tokio::net::lookup_host((host, port))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| cannot(format!("the server's host {host} does not resolve")))?;
+    let local = if toward.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    };
+    let socket = tokio::net::UdpSocket::bind(local)
+        .await
+        .map_err(|e| cannot(e.to_string()))?;
+    socket
+        .connect(toward)
+        .await
+        .map_err(|e| cannot(format!("there is no route to the server at {toward}: {e}")))?;
+    let ip = socket.local_addr().map_err(|e| cannot(e.to_string()))?.ip();
+    Ok(SocketAddr::new(ip, bound.port()).to_string())
+}
+
 /// Creates the Node, or brings an existing one up to date, with this
-/// agent's labels, taints, capacity and address.
+/// agent's labels, capacity and address. Taints from the command line are
+/// the Node's first ones: once it exists, its taints are the cluster
+/// admin's to change, and a restart keeps them.
 async fn register(
     config: &AgentConfig,
     endpoint: &str,
@@ -241,7 +290,7 @@ async fn register(
     match config.client.create(Kind::Node, None, &node).await {
         Ok(_) => {}
         Err(e) if e.code() == Some(409) => {
-            let patch = json!({"metadata": {"labels": labels}, "spec": {"taints": config.taints}});
+            let patch = json!({"metadata": {"labels": labels}});
             config
                 .client
                 .patch(Kind::Node, None, &config.name, &patch, false)

@@ -73,17 +73,19 @@ impl Worker {
         let (reporter, latest) = watch::channel(Value::Null);
         let namespace = pod.metadata.namespace.clone();
         let name = pod.metadata.name.clone();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
         tokio::spawn(report_statuses(
             context.clone(),
             namespace.clone(),
             name.clone(),
+            uid.clone(),
             latest,
         ));
         Self {
             context,
             namespace,
             name,
-            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            uid,
             spec: pod.spec,
             state: State::Pending,
             // The digest a tag resolved to is kept: a pod picked up again
@@ -243,7 +245,7 @@ impl Worker {
                         )
                     });
                     if let Some(backend) = backend {
-                        self.context.routes.add(key.clone(), backend);
+                        self.context.routes.add(key.clone(), &self.uid, backend);
                         self.status.endpoint = Some(self.context.endpoint.clone());
                     }
                     self.status.ready = prober.as_ref().is_none_or(Prober::ready_at_start);
@@ -276,7 +278,7 @@ impl Worker {
                             }
                         }
                     };
-                    self.context.routes.remove(&key);
+                    self.context.routes.remove(&key, &self.uid);
                     instance.stop(self.context.grace).await;
                     let Some(ended) = ended else {
                         self.move_on(Event::Stop);
@@ -328,18 +330,18 @@ impl Worker {
         if let Some(mut image) = image {
             image.release().await;
         }
-        self.cleanup();
-    }
-
-    fn cleanup(&self) {
         let _ = std::fs::remove_dir_all(self.pod_dir());
+        tracing::debug!("{pod} ({}): stopped, its files removed", self.uid);
     }
 
+    /// The pod's own files (volumes, a Linux pod's log), by uid as well as
+    /// name: a pod re-created under the same name gets a directory of its
+    /// own, which the old pod's worker, still stopping, does not touch.
     fn pod_dir(&self) -> PathBuf {
         self.context
             .data_dir
             .join("pods")
-            .join(format!("{}_{}", self.namespace, self.name))
+            .join(format!("{}_{}_{}", self.namespace, self.name, self.uid))
     }
 
     /// Resolves the image to a digest (recorded in the status) and pulls
@@ -573,14 +575,61 @@ impl Worker {
 /// How long a Pulling or Starting status waits for a later one.
 const PASSING_STATES_HELD: Duration = Duration::from_millis(20);
 
+/// What became of one status report.
+#[derive(Debug)]
+enum Delivery {
+    Sent,
+    /// The pod is gone from the API: nothing more to report.
+    Gone,
+    /// Not delivered (the control plane is unreachable, say): try again.
+    Failed(String),
+}
+
 /// Sends the latest status to the API whenever it changes, retrying while
 /// the control plane is unreachable (the pod keeps running meanwhile).
 async fn report_statuses(
     context: Arc<NodeContext>,
     namespace: String,
     name: String,
-    mut latest: watch::Receiver<Value>,
+    uid: String,
+    latest: watch::Receiver<Value>,
 ) {
+    let send = |status: Value| {
+        let (context, namespace, name, uid) = (
+            context.clone(),
+            namespace.clone(),
+            name.clone(),
+            uid.clone(),
+        );
+        async move {
+            // The uid makes the write conditional on the pod being this
+            // one, not a pod re-created under its name.
+            let patch = json!({"metadata": {"uid": uid}, "status": status});
+            match context
+                .client
+                .patch(Kind::Pod, Some(&namespace), &name, &patch, true)
+                .await
+            {
+                Ok(_) => Delivery::Sent,
+                Err(e) if e.is_not_found() || e.is_uid_mismatch() => Delivery::Gone,
+                Err(e) => Delivery::Failed(format!("{namespace}/{name}: {e}")),
+            }
+        }
+    };
+    deliver_statuses(send, latest, STATUS_RETRY).await;
+}
+
+/// Pause between attempts to deliver a status.
+const STATUS_RETRY: Duration = Duration::from_secs(1);
+
+/// The delivery loop of [`report_statuses`]. It ends when the pod is gone
+/// from the API or its worker has ended (the pod was deleted or moved):
+/// a status nobody will read is not worth retrying.
+async fn deliver_statuses<F, Fut>(mut send: F, mut latest: watch::Receiver<Value>, retry: Duration)
+where
+    F: FnMut(Value) -> Fut,
+    Fut: std::future::Future<Output = Delivery>,
+{
     let mut sent = Value::Null;
     loop {
         let status = latest.borrow_and_update().clone();
@@ -595,23 +644,107 @@ async fn report_statuses(
             continue;
         }
         if !status.is_null() && status != sent {
-            let patch = json!({"status": status});
-            match context
-                .client
-                .patch(Kind::Pod, Some(&namespace), &name, &patch, true)
-                .await
-            {
-                Ok(_) => sent = status,
-                Err(e) if e.is_not_found() => return,
-                Err(e) => {
-                    tracing::debug!("{namespace}/{name}: status not reported yet: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+            match send(status.clone()).await {
+                Delivery::Sent => sent = status,
+                Delivery::Gone => return,
+                Delivery::Failed(why) => {
+                    tracing::debug!("status not reported yet: {why}");
+                    // A newer status is tried at once; a worker that ended
+                    // has nothing more to say.
+                    match tokio::time::timeout(retry, latest.changed()).await {
+                        Ok(Err(_)) => return,
+                        Ok(Ok(())) | Err(_) => continue,
+                    }
                 }
             }
         }
         if latest.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Retries come this quickly in the tests.
+    const QUICK_RETRY: Duration = Duration::from_millis(5);
+
+    /// Runs the delivery loop with a send that answers from `answers` in
+    /// turn (the last one for good) and records what it was asked.
+    fn delivering(
+        answers: Vec<fn() -> Delivery>,
+    ) -> (
+        watch::Sender<Value>,
+        Arc<Mutex<Vec<Value>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (sender, latest) = watch::channel(Value::Null);
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let seen = asked.clone();
+        let send = move |status: Value| {
+            let mut seen = seen.lock().unwrap();
+            let answer = answers[seen.len().min(answers.len() - 1)]();
+            seen.push(status);
+            std::future::ready(answer)
+        };
+        let task = tokio::spawn(deliver_statuses(send, latest, QUICK_RETRY));
+        (sender, asked, task)
+    }
+
+    fn failed() -> Delivery {
+        Delivery::Failed("unreachable".into())
+    }
+
+    async fn until_asked(asked: &Mutex<Vec<Value>>, times: usize) {
+        let wait = async {
+            while asked.lock().unwrap().len() < times {
+                tokio::time::sleep(QUICK_RETRY).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .unwrap_or_else(|_| panic!("not asked {times} times"));
+    }
+
+    #[tokio::test]
+    async fn a_status_is_retried_until_it_gets_through_and_sent_once() {
+        let (sender, asked, task) = delivering(vec![failed, failed, || Delivery::Sent]);
+        sender.send(json!({"phase": "Running"})).unwrap();
+        until_asked(&asked, 3).await;
+        assert!(!task.is_finished(), "the worker still runs");
+        drop(sender);
+        task.await.unwrap();
+        assert_eq!(
+            asked.lock().unwrap().len(),
+            3,
+            "not sent again once through"
+        );
+    }
+
+    #[tokio::test]
+    async fn retries_end_when_the_worker_ends() {
+        let (sender, asked, task) = delivering(vec![failed]);
+        sender.send(json!({"phase": "Running"})).unwrap();
+        until_asked(&asked, 2).await;
+        drop(sender);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the delivery loop ends with its worker")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn delivery_ends_when_the_pod_is_gone() {
+        let (sender, asked, task) = delivering(vec![|| Delivery::Gone]);
+        sender.send(json!({"phase": "Running"})).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("a pod gone from the API gets no more reports")
+            .unwrap();
+        assert_eq!(asked.lock().unwrap().len(), 1);
+        drop(sender);
     }
 }

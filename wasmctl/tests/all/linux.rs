@@ -66,10 +66,10 @@ fn linux_pods_run_log_exit_with_their_code_restart_and_leave_nothing_behind() {
     assert_eq!(exits["status"]["exitCode"], 3, "{exits:#}");
     assert_eq!(exits["status"]["message"], "exited with code 3");
     assert_eq!(exits["spec"]["nodeName"], "linux");
-    let log = cluster
-        .node("linux")
-        .data_dir
-        .join("pods/default_exits/container.log");
+    let log = cluster.node("linux").data_dir.join(format!(
+        "pods/default_exits_{}/container.log",
+        exits["metadata"]["uid"].as_str().unwrap()
+    ));
     let log = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
     // Both streams, each line whole (their order is the shim's).
     let mut logged: Vec<&str> = log.lines().collect();

@@ -16,7 +16,7 @@ use testkit::{ControlPlane, Node, Registry, wait_until};
 use crate::cluster::Cluster;
 use crate::registry::tamper;
 use crate::support::{
-    HttpResponse, example, http_request, path_str, stderr_of, test_guest, wasmctl,
+    HttpResponse, Upstream, example, http_request, path_str, stderr_of, test_guest, wasmctl,
 };
 
 /// Node flags that keep the tests quick: short backoffs, leases and grace.
@@ -663,4 +663,104 @@ fn if_not_present_reuses_what_the_node_pulled_and_always_asks_the_registry() {
     push(&example("hello_http"), &latest);
     cluster.apply(&[pod("latest", &latest, json!({}))]);
     assert_eq!(cluster.pod("latest")["spec"]["imagePullPolicy"], "Always");
+}
+
+#[test]
+fn a_pod_recreated_under_its_name_keeps_its_files_and_route() {
+    let cluster = NodeCluster::start(&[("n1", &[])]);
+    let image = format!("{}/misbehave:v1", cluster.registry.addr);
+    push(&test_guest("misbehave"), &image);
+    // The old pod's request stays in flight here, so its worker still
+    // drains (for the node's grace) while the new pod starts.
+    let upstream = Upstream::start("late", Duration::from_secs(3));
+    let files = json!({"apiVersion": "skiff.dev/v1", "kind": "ConfigMap",
+        "metadata": {"name": "files"}, "data": {"greeting": "first"}});
+    let spec = json!({
+        "volumes": [{"name": "files", "mountPath": "/files", "configMap": {"name": "files"}}],
+        "allowOutbound": [upstream.addr.to_string()],
+    });
+    let again = pod("again", &image, spec);
+    cluster.apply(&[files, again.clone()]);
+    let old_uid = cluster.wait_running("again")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ingress = cluster.node("n1").ingress;
+    assert_eq!(
+        ask(ingress, "again", "/read?path=/files/greeting")
+            .unwrap()
+            .body,
+        "first"
+    );
+    let slow = format!("/fetch?url=http://{}/", upstream.addr);
+    let in_flight = std::thread::spawn(move || ask(ingress, "again", &slow));
+    assert!(wait_until(WAIT, || upstream.hits() == 1), "never in flight");
+
+    cluster.cluster.ok(&["delete", "pod", "again"]);
+    cluster.apply(&[again]);
+    let new = cluster.wait_pod("again", "Running again", |p| {
+        p["status"]["phase"] == "Running" && p["metadata"]["uid"] != old_uid.as_str()
+    });
+    let _ = in_flight.join();
+    let stopped = format!("({old_uid}): stopped, its files removed");
+    assert!(
+        wait_until(WAIT, || cluster.node("n1").log().contains(&stopped)),
+        "the old pod's worker never ended:\n{}",
+        cluster.node("n1").log()
+    );
+
+    // What the old worker removed was its own: the new pod is still served
+    // and still reads its volume.
+    let read = ask(ingress, "again", "/read?path=/files/greeting").unwrap();
+    assert_eq!((read.status, read.body.as_str()), (200, "first"), "{new:#}");
+    let served = cluster.pod("again");
+    assert_eq!(served["metadata"]["uid"], new["metadata"]["uid"]);
+    assert_eq!(served["status"]["phase"], "Running", "{served:#}");
+}
+
+#[test]
+fn a_restarted_node_keeps_the_taints_an_admin_set() {
+    let mut cluster = NodeCluster::start(&[("n1", &["--taint", "first=yes:NoSchedule"])]);
+    let mut node = cluster.json(&["get", "node", "n1"]);
+    assert_eq!(
+        node["spec"]["taints"],
+        json!([{"key": "first", "value": "yes", "effect": "NoSchedule"}]),
+        "the command line's taints are the new Node's"
+    );
+    let admins = json!([{"key": "admin", "value": "set", "effect": "PreferNoSchedule"}]);
+    node["spec"]["taints"] = admins.clone();
+    node.as_object_mut().unwrap().remove("status");
+    cluster.apply(&[node]);
+
+    cluster.node_mut("n1").restart();
+    let node = cluster.json(&["get", "node", "n1"]);
+    assert_eq!(node["spec"]["taints"], admins, "{node:#}");
+    assert_eq!(node["metadata"]["labels"]["skiff.dev/hostname"], "n1");
+}
+
+#[test]
+fn a_node_bound_to_every_address_advertises_one_others_can_reach() {
+    let cluster = NodeCluster::start(&[]);
+    let token = cluster.cluster.ok(&["create", "token", "--node", "open"]);
+    let port = testkit::free_port();
+    let data_dir = crate::support::temp_dir("open-node");
+    let mut command = std::process::Command::new(testkit::binary("wasm-node"));
+    command
+        .args(["join", "--server", &cluster.cluster.plane.url])
+        .args(["--token", token.trim(), "--name", "open"])
+        .args(["--ingress", &format!("0.0.0.0:{port}")])
+        .args(["--data-dir", path_str(&data_dir), "--no-containerd"])
+        .env("RUST_LOG", "wasm_node=info,warn");
+    let (mut child, joined, _log) = testkit::spawn_logged(command, "node open joined", "node");
+    let node = cluster.json(&["get", "node", "open"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    // The control plane is on loopback, so loopback is how it and other
+    // nodes of this machine reach this one.
+    let expected = format!("127.0.0.1:{port}");
+    assert_eq!(
+        node["status"]["addresses"][0],
+        json!({"type": "Ingress", "address": expected}),
+        "{joined}\n{node:#}"
+    );
 }
