@@ -19,8 +19,8 @@ use skiff_api::kinds::deployment::{
 };
 use skiff_api::kinds::pod::{Condition, Pod, PodPhase};
 
+use super::reconciler::{Action, Controller};
 use super::rollout::{self, Bounds, PodView};
-use super::runtime::{Action, Controller};
 use crate::store::{ListQuery, ObjectKey, Part, Store, StoreError, Write, now_rfc3339};
 
 pub struct Deployments {
