@@ -7,10 +7,14 @@
 //! Pods belong to a Deployment by owner reference and to a revision by the
 //! `skiff.dev/template-hash` label. Revisions live in the Deployment's
 //! status, so `rollout history` and `rollout undo` need nothing else.
+//!
+//! A reconcile decides, then acts: [`plan`] turns the Deployment, its pods
+//! and the time into a [`Plan`] without I/O, and an executor takes its
+//! steps through the store.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use skiff_api::Kind;
@@ -19,9 +23,9 @@ use skiff_api::kinds::deployment::{
 };
 use skiff_api::kinds::pod::{Condition, Pod, PodPhase};
 
+use super::reconciler::{Action, Controller};
 use super::rollout::{self, Bounds, PodView};
-use super::runtime::{Action, Controller};
-use crate::store::{ListQuery, ObjectKey, Part, Store, StoreError, Write, now_rfc3339};
+use crate::store::{ListQuery, ObjectKey, Part, Store, StoreError, Write};
 
 pub struct Deployments {
     pub store: Store,
@@ -56,16 +60,15 @@ impl Controller for Deployments {
             return Ok(Action::Done);
         }
         let pods = self.pods_of(&deployment).await?;
-        Reconcile {
+        let plan = plan(&deployment, &pods, Utc::now());
+        Executor {
             store: &self.store,
             deployment: &deployment,
             revision: stored["metadata"]["resourceVersion"]
                 .as_str()
                 .and_then(|rv| rv.parse().ok()),
-            pods,
-            now: Utc::now(),
         }
-        .run()
+        .execute(plan)
         .await
     }
 }
@@ -124,255 +127,319 @@ fn is_ready(pod: &Pod) -> bool {
     })
 }
 
-struct Reconcile<'a> {
-    store: &'a Store,
-    deployment: &'a Deployment,
-    revision: Option<i64>,
-    pods: Vec<Pod>,
-    now: DateTime<Utc>,
+/// What one reconcile decided: the status the Deployment should have and
+/// the steps that take it there, in the order they are to be taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub status: DeploymentStatus,
+    pub steps: Vec<Step>,
+    /// When to look again once the steps are taken.
+    pub then: Action,
+    /// Why the current revision's rollout was given up on, when that was
+    /// decided now, for the log.
+    pub failure: Option<String>,
 }
 
-impl Reconcile<'_> {
-    async fn run(self) -> Result<Action, StoreError> {
-        let d = self.deployment;
-        let spec = &d.spec;
-        let old_status = d.status.clone().unwrap_or_default();
-        let mut status = old_status.clone();
-        let paused = spec.paused && status.revision.is_some();
-        if !paused {
-            self.adopt_template(&mut status);
-        }
-        let current = status
-            .history
-            .iter()
-            .find(|r| Some(r.revision) == status.revision)
-            .cloned()
-            .expect("the current revision is in the history");
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Delete the pod, unless the name now belongs to another (uid).
+    DeletePod { name: String, uid: Option<String> },
+    /// Create one pod of this revision.
+    CreatePod(Revision),
+    /// Write [`Plan::status`], conditional on the Deployment's revision as
+    /// read; the steps after it are taken only if it is written.
+    WriteStatus,
+    /// Put this revision's template back in the spec, as `wasmctl rollout
+    /// undo` would; the next reconcile rolls it out.
+    RollBack(Revision),
+}
 
-        let views: Vec<PodView> = self
-            .pods
-            .iter()
-            .map(|p| PodView {
-                name: p.metadata.name.clone(),
-                current: p.metadata.labels.get(TEMPLATE_HASH_LABEL) == Some(&current.template_hash),
-                ready: is_ready(p),
-            })
-            .collect();
-        let replicas = spec.replicas.unwrap_or(1);
-        let strategy = spec.strategy.clone().unwrap_or_else(|| {
-            serde_json::from_value(json!({"type": "RollingUpdate"})).expect("default strategy")
-        });
-        let rolling = strategy.rolling_update.as_ref();
-        let bounds = Bounds::new(
-            replicas,
-            strategy.strategy_type,
-            rolling.and_then(|r| r.max_surge.as_ref()),
-            rolling.and_then(|r| r.max_unavailable.as_ref()),
-        );
-        let plan = if paused {
-            // A paused rollout stays where it is; lost pods are still
-            // replaced, with the current revision.
-            rollout::Plan {
-                create: replicas.saturating_sub(views.len() as u32),
-                delete: Vec::new(),
-            }
+/// The next step of `deployment` given its live `pods`, at `now`.
+pub fn plan(deployment: &Deployment, pods: &[Pod], now: DateTime<Utc>) -> Plan {
+    let stamp = now.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let spec = &deployment.spec;
+    let old_status = deployment.status.clone().unwrap_or_default();
+    let mut status = old_status.clone();
+    let paused = spec.paused && status.revision.is_some();
+    if !paused {
+        adopt_template(deployment, &mut status, &stamp);
+    }
+    let current = status
+        .history
+        .iter()
+        .find(|r| Some(r.revision) == status.revision)
+        .cloned()
+        .expect("the current revision is in the history");
+
+    let views: Vec<PodView> = pods
+        .iter()
+        .map(|p| PodView {
+            name: p.metadata.name.clone(),
+            current: p.metadata.labels.get(TEMPLATE_HASH_LABEL) == Some(&current.template_hash),
+            ready: is_ready(p),
+        })
+        .collect();
+    let replicas = spec.replicas.unwrap_or(1);
+    let strategy = spec.strategy.clone().unwrap_or_else(|| {
+        serde_json::from_value(json!({"type": "RollingUpdate"})).expect("default strategy")
+    });
+    let rolling = strategy.rolling_update.as_ref();
+    let bounds = Bounds::new(
+        replicas,
+        strategy.strategy_type,
+        rolling.and_then(|r| r.max_surge.as_ref()),
+        rolling.and_then(|r| r.max_unavailable.as_ref()),
+    );
+    let pod_plan = if paused {
+        // A paused rollout stays where it is; lost pods are still
+        // replaced, with the current revision.
+        rollout::Plan {
+            create: replicas.saturating_sub(views.len() as u32),
+            delete: Vec::new(),
+        }
+    } else {
+        rollout::plan(&bounds, &views)
+    };
+    let mut steps: Vec<Step> = pod_plan
+        .delete
+        .iter()
+        .map(|name| Step::DeletePod {
+            name: name.clone(),
+            uid: pods
+                .iter()
+                .find(|p| &p.metadata.name == name)
+                .and_then(|p| p.metadata.uid.clone()),
+        })
+        .collect();
+    steps.extend((0..pod_plan.create).map(|_| Step::CreatePod(current.clone())));
+
+    // Counts as they stand after this step's deletions (creations show up
+    // as the new pods report).
+    let remaining: Vec<&PodView> = views
+        .iter()
+        .filter(|v| !pod_plan.delete.contains(&v.name))
+        .collect();
+    let updated = remaining.iter().filter(|v| v.current).count() as u32 + pod_plan.create;
+    let updated_ready = remaining.iter().filter(|v| v.current && v.ready).count() as u32;
+    let ready = remaining.iter().filter(|v| v.ready).count() as u32;
+    let old = remaining.iter().filter(|v| !v.current).count() as u32;
+    status.observed_generation = deployment.metadata.generation;
+    status.replicas = remaining.len() as u32 + pod_plan.create;
+    status.updated_replicas = updated;
+    status.ready_replicas = ready;
+    status.available_replicas = ready;
+    let old_before = old_status
+        .replicas
+        .saturating_sub(old_status.updated_replicas);
+    let progressed = updated > old_status.updated_replicas
+        || ready > old_status.ready_replicas
+        || old < old_before;
+    if progressed || status.progressed_at.is_none() {
+        status.progressed_at = Some(stamp.clone());
+    }
+
+    let complete = updated_ready == replicas && updated == replicas && old == 0;
+    let mut then = Action::Done;
+    let mut rollback_to: Option<Revision> = None;
+    let mut given_up: Option<String> = None;
+    let available = ready >= replicas.saturating_sub(bounds.unavailable);
+    set_condition(
+        &mut status,
+        "Available",
+        available,
+        if available {
+            "MinimumReplicasAvailable"
         } else {
-            rollout::plan(&bounds, &views)
-        };
-        for name in &plan.delete {
-            self.delete_pod(name).await?;
-        }
-        for _ in 0..plan.create {
-            self.create_pod(&current).await?;
-        }
-
-        // Counts as they stand after this step's deletions (creations show
-        // up as the new pods report).
-        let remaining: Vec<&PodView> = views
-            .iter()
-            .filter(|v| !plan.delete.contains(&v.name))
-            .collect();
-        let updated = remaining.iter().filter(|v| v.current).count() as u32 + plan.create;
-        let updated_ready = remaining.iter().filter(|v| v.current && v.ready).count() as u32;
-        let ready = remaining.iter().filter(|v| v.ready).count() as u32;
-        let old = remaining.iter().filter(|v| !v.current).count() as u32;
-        status.observed_generation = d.metadata.generation;
-        status.replicas = remaining.len() as u32 + plan.create;
-        status.updated_replicas = updated;
-        status.ready_replicas = ready;
-        status.available_replicas = ready;
-        let old_before = old_status
-            .replicas
-            .saturating_sub(old_status.updated_replicas);
-        let progressed = updated > old_status.updated_replicas
-            || ready > old_status.ready_replicas
-            || old < old_before;
-        if progressed || status.progressed_at.is_none() {
-            status.progressed_at = Some(now_rfc3339());
-        }
-
-        let complete = updated_ready == replicas && updated == replicas && old == 0;
-        let mut requeue = Action::Done;
-        let mut rollback_to: Option<Revision> = None;
-        let available = ready >= replicas.saturating_sub(bounds.unavailable);
+            "MinimumReplicasUnavailable"
+        },
+        &format!("{ready} of {replicas} replicas ready"),
+        &stamp,
+    );
+    if complete {
+        status.stable_revision = status.revision;
         set_condition(
             &mut status,
-            "Available",
-            available,
-            if available {
-                "MinimumReplicasAvailable"
-            } else {
-                "MinimumReplicasUnavailable"
-            },
-            &format!("{ready} of {replicas} replicas ready"),
+            "Progressing",
+            true,
+            "NewRevisionAvailable",
+            &format!("revision {} is available", current.revision),
+            &stamp,
         );
-        if complete {
-            status.stable_revision = status.revision;
-            set_condition(
-                &mut status,
-                "Progressing",
-                true,
-                "NewRevisionAvailable",
-                &format!("revision {} is available", current.revision),
+    } else if paused {
+        set_condition(
+            &mut status,
+            "Progressing",
+            false,
+            "DeploymentPaused",
+            "the rollout is paused",
+            &stamp,
+        );
+    } else if current.failure.is_some() {
+        // Already given up on; a new template starts a new rollout.
+    } else {
+        let deadline =
+            Duration::from_secs(u64::from(spec.progress_deadline_seconds.unwrap_or(600)));
+        let since = status
+            .progressed_at
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map_or(now, |t| t.with_timezone(&Utc));
+        let stalled = (now - since).to_std().unwrap_or_default();
+        if stalled >= deadline {
+            let failure = format!(
+                "progress deadline exceeded: {updated_ready} of {replicas} pods of revision {} ready after {}s",
+                current.revision,
+                deadline.as_secs()
             );
-        } else if paused {
+            if let Some(entry) = status
+                .history
+                .iter_mut()
+                .find(|r| r.revision == current.revision)
+            {
+                entry.failure = Some(failure.clone());
+            }
+            let stable = status
+                .stable_revision
+                .filter(|s| *s != current.revision)
+                .and_then(|s| status.history.iter().find(|r| r.revision == s).cloned());
+            let message = match (&stable, spec.auto_rollback.unwrap_or(true)) {
+                (Some(stable), true) => {
+                    rollback_to = Some(stable.clone());
+                    format!("{failure}; rolled back to revision {}", stable.revision)
+                }
+                _ => failure.clone(),
+            };
+            given_up = Some(failure);
             set_condition(
                 &mut status,
                 "Progressing",
                 false,
-                "DeploymentPaused",
-                "the rollout is paused",
+                "ProgressDeadlineExceeded",
+                &message,
+                &stamp,
             );
-        } else if current.failure.is_some() {
-            // Already given up on; a new template starts a new rollout.
         } else {
-            let deadline =
-                Duration::from_secs(u64::from(spec.progress_deadline_seconds.unwrap_or(600)));
-            let since = status
-                .progressed_at
-                .as_deref()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map_or(self.now, |t| t.with_timezone(&Utc));
-            let stalled = (self.now - since).to_std().unwrap_or_default();
-            if stalled >= deadline {
-                let failure = format!(
-                    "progress deadline exceeded: {updated_ready} of {replicas} pods of revision {} ready after {}s",
-                    current.revision,
-                    deadline.as_secs()
-                );
-                tracing::warn!(
-                    "deployments: {}/{}: {failure}",
-                    d.metadata.namespace,
-                    d.metadata.name
-                );
-                if let Some(entry) = status
-                    .history
-                    .iter_mut()
-                    .find(|r| r.revision == current.revision)
-                {
-                    entry.failure = Some(failure.clone());
-                }
-                let stable = status
-                    .stable_revision
-                    .filter(|s| *s != current.revision)
-                    .and_then(|s| status.history.iter().find(|r| r.revision == s).cloned());
-                let message = match (&stable, spec.auto_rollback.unwrap_or(true)) {
-                    (Some(stable), true) => {
-                        rollback_to = Some(stable.clone());
-                        format!("{failure}; rolled back to revision {}", stable.revision)
-                    }
-                    _ => failure,
-                };
-                set_condition(
-                    &mut status,
-                    "Progressing",
-                    false,
-                    "ProgressDeadlineExceeded",
-                    &message,
-                );
-            } else {
-                set_condition(
-                    &mut status,
-                    "Progressing",
-                    true,
-                    "RollingOut",
-                    &format!(
-                        "{updated_ready} of {replicas} pods of revision {} ready",
-                        current.revision
-                    ),
-                );
-                requeue = Action::RequeueAfter(deadline - stalled + Duration::from_millis(50));
-            }
+            set_condition(
+                &mut status,
+                "Progressing",
+                true,
+                "RollingOut",
+                &format!(
+                    "{updated_ready} of {replicas} pods of revision {} ready",
+                    current.revision
+                ),
+                &stamp,
+            );
+            then = Action::RequeueAfter(deadline - stalled + Duration::from_millis(50));
         }
-
-        if status != old_status {
-            let written = self
-                .store
-                .write(Write::Update {
-                    key: key_of(d),
-                    object: serde_json::to_value(&status).expect("status serializes"),
-                    part: Part::Status,
-                    expected_revision: self.revision,
-                })
-                .await;
-            match written {
-                Ok(_) => {}
-                // Someone changed the Deployment meanwhile; its event brings
-                // us back with the new state.
-                Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {
-                    return Ok(Action::Done);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        if let Some(stable) = rollback_to {
-            self.roll_back(&stable).await?;
-        }
-        Ok(requeue)
     }
 
-    /// Makes the spec's template the current revision: a template seen
-    /// before moves to a new revision number (as a rollback does), a new
-    /// one is added, and the oldest beyond the history limit are dropped.
-    fn adopt_template(&self, status: &mut DeploymentStatus) {
-        let spec = &self.deployment.spec;
-        let hash = template_hash(&spec.template);
-        let current = status
-            .history
-            .iter()
-            .find(|r| Some(r.revision) == status.revision);
-        if current.is_some_and(|r| r.template_hash == hash) {
-            return;
-        }
-        let next = status.history.iter().map(|r| r.revision).max().unwrap_or(0) + 1;
-        status.history.retain(|r| r.template_hash != hash);
-        status.history.push(Revision {
-            revision: next,
-            template_hash: hash,
-            template: spec.template.clone(),
-            created: now_rfc3339(),
-            change_cause: self
-                .deployment
-                .metadata
-                .annotations
-                .get(CHANGE_CAUSE_ANNOTATION)
-                .cloned(),
-            failure: None,
+    if status != old_status {
+        steps.push(Step::WriteStatus);
+    }
+    steps.extend(rollback_to.map(Step::RollBack));
+    Plan {
+        status,
+        steps,
+        then,
+        failure: given_up,
+    }
+}
+
+/// Makes the spec's template the current revision: a template seen before
+/// moves to a new revision number (as a rollback does), a new one is added,
+/// and the oldest beyond the history limit are dropped.
+fn adopt_template(deployment: &Deployment, status: &mut DeploymentStatus, stamp: &str) {
+    let spec = &deployment.spec;
+    let hash = template_hash(&spec.template);
+    let current = status
+        .history
+        .iter()
+        .find(|r| Some(r.revision) == status.revision);
+    if current.is_some_and(|r| r.template_hash == hash) {
+        return;
+    }
+    let next = status.history.iter().map(|r| r.revision).max().unwrap_or(0) + 1;
+    status.history.retain(|r| r.template_hash != hash);
+    status.history.push(Revision {
+        revision: next,
+        template_hash: hash,
+        template: spec.template.clone(),
+        created: stamp.to_owned(),
+        change_cause: deployment
+            .metadata
+            .annotations
+            .get(CHANGE_CAUSE_ANNOTATION)
+            .cloned(),
+        failure: None,
+    });
+    status.revision = Some(next);
+    status.progressed_at = Some(stamp.to_owned());
+    let keep = spec.revision_history_limit.unwrap_or(10) as usize + 1;
+    if status.history.len() > keep {
+        let stable = status.stable_revision;
+        let mut excess = status.history.len() - keep;
+        status.history.retain(|r| {
+            // The revision a failed rollout would return to stays.
+            if excess == 0 || Some(r.revision) == stable {
+                return true;
+            }
+            excess -= 1;
+            false
         });
-        status.revision = Some(next);
-        status.progressed_at = Some(now_rfc3339());
-        let keep = spec.revision_history_limit.unwrap_or(10) as usize + 1;
-        if status.history.len() > keep {
-            let stable = status.stable_revision;
-            let mut excess = status.history.len() - keep;
-            status.history.retain(|r| {
-                // The revision a failed rollout would return to stays.
-                if excess == 0 || Some(r.revision) == stable {
-                    return true;
+    }
+}
+
+/// Takes a [`Plan`]'s steps through the store.
+struct Executor<'a> {
+    store: &'a Store,
+    deployment: &'a Deployment,
+    /// The Deployment's revision as read, which the status write expects.
+    revision: Option<i64>,
+}
+
+impl Executor<'_> {
+    async fn execute(&self, plan: Plan) -> Result<Action, StoreError> {
+        let d = self.deployment;
+        if let Some(failure) = &plan.failure {
+            tracing::warn!(
+                "deployments: {}/{}: {failure}",
+                d.metadata.namespace,
+                d.metadata.name
+            );
+        }
+        for step in plan.steps {
+            match step {
+                Step::DeletePod { name, uid } => self.delete_pod(&name, uid).await?,
+                Step::CreatePod(revision) => self.create_pod(&revision).await?,
+                Step::WriteStatus => {
+                    if !self.write_status(&plan.status).await? {
+                        return Ok(Action::Done);
+                    }
                 }
-                excess -= 1;
-                false
-            });
+                Step::RollBack(revision) => self.roll_back(&revision).await?,
+            }
+        }
+        Ok(plan.then)
+    }
+
+    /// Whether the status was written: a conflict or a deletion means
+    /// someone changed the Deployment meanwhile, and its event brings us
+    /// back with the new state.
+    async fn write_status(&self, status: &DeploymentStatus) -> Result<bool, StoreError> {
+        let written = self
+            .store
+            .write(Write::Update {
+                key: key_of(self.deployment),
+                object: serde_json::to_value(status).expect("status serializes"),
+                part: Part::Status,
+                expected_revision: self.revision,
+            })
+            .await;
+        match written {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -417,12 +484,7 @@ impl Reconcile<'_> {
         }
     }
 
-    async fn delete_pod(&self, name: &str) -> Result<(), StoreError> {
-        let uid = self
-            .pods
-            .iter()
-            .find(|p| p.metadata.name == name)
-            .and_then(|p| p.metadata.uid.clone());
+    async fn delete_pod(&self, name: &str, uid: Option<String>) -> Result<(), StoreError> {
         let write = Write::Delete {
             key: ObjectKey::new(Kind::Pod, &self.deployment.metadata.namespace, name),
             expected_revision: None,
@@ -434,8 +496,6 @@ impl Reconcile<'_> {
         }
     }
 
-    /// Puts a stable revision's template back in the spec, as
-    /// `wasmctl rollout undo` would; the next reconcile rolls it out.
     async fn roll_back(&self, stable: &Revision) -> Result<(), StoreError> {
         let d = self.deployment;
         tracing::warn!(
@@ -476,12 +536,13 @@ fn set_condition(
     value: bool,
     reason: &str,
     message: &str,
+    stamp: &str,
 ) {
     let value = if value { "True" } else { "False" };
     let previous = status.conditions.iter().find(|c| c.condition_type == kind);
     let transition = match previous {
         Some(c) if c.status == value => c.last_transition_time.clone(),
-        _ => Some(now_rfc3339()),
+        _ => Some(stamp.to_owned()),
     };
     let condition = Condition {
         condition_type: kind.into(),
@@ -512,7 +573,351 @@ fn random_suffix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skiff_api::kinds::deployment::PodTemplate;
+    use chrono::TimeZone;
+    use skiff_api::kinds::deployment::{
+        IntOrPercent, PodTemplate, RollingUpdate, Strategy, StrategyType,
+    };
+    use skiff_api::kinds::pod::PodStatus;
+
+    /// `seconds` after an arbitrary whole second.
+    fn at(seconds: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn template(image: &str) -> PodTemplate {
+        let mut template = PodTemplate::default();
+        template.spec.image = image.into();
+        template
+    }
+
+    /// `replicas` of `image`, rolling out one surge pod at a time.
+    fn deployment(replicas: u32, image: &str) -> Deployment {
+        let mut d = Deployment::default();
+        d.metadata.name = "web".into();
+        d.metadata.namespace = "default".into();
+        d.metadata.uid = Some("uid-web".into());
+        d.metadata.generation = Some(1);
+        d.spec.replicas = Some(replicas);
+        d.spec.template = template(image);
+        d.spec.strategy = Some(Strategy {
+            strategy_type: StrategyType::RollingUpdate,
+            rolling_update: Some(RollingUpdate {
+                max_surge: Some(IntOrPercent::Int(1)),
+                max_unavailable: Some(IntOrPercent::Int(0)),
+            }),
+        });
+        d
+    }
+
+    fn changed(d: &Deployment, change: impl FnOnce(&mut Deployment)) -> Deployment {
+        let mut d = d.clone();
+        change(&mut d);
+        d
+    }
+
+    fn pod(name: &str, image: &str, ready: bool) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = name.into();
+        pod.metadata.uid = Some(format!("uid-{name}"));
+        pod.metadata
+            .labels
+            .insert(TEMPLATE_HASH_LABEL.into(), template_hash(&template(image)));
+        pod.status = Some(PodStatus {
+            phase: PodPhase::Running,
+            conditions: vec![Condition {
+                condition_type: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                reason: None,
+                message: None,
+                last_transition_time: None,
+                last_heartbeat_time: None,
+            }],
+            ..Default::default()
+        });
+        pod
+    }
+
+    /// The Deployment as a reconcile at `now` with `pods` left it.
+    fn settled(d: &Deployment, pods: &[Pod], now: DateTime<Utc>) -> Deployment {
+        changed(d, |d| d.status = Some(plan(d, pods, now).status))
+    }
+
+    fn steps(plan: &Plan) -> Vec<String> {
+        plan.steps
+            .iter()
+            .map(|step| match step {
+                Step::DeletePod { name, .. } => format!("delete {name}"),
+                Step::CreatePod(revision) => format!("create r{}", revision.revision),
+                Step::WriteStatus => "write status".into(),
+                Step::RollBack(revision) => format!("roll back to r{}", revision.revision),
+            })
+            .collect()
+    }
+
+    struct Case {
+        name: &'static str,
+        deployment: Deployment,
+        pods: Vec<Pod>,
+        now: DateTime<Utc>,
+        steps: &'static [&'static str],
+        then: Action,
+        /// The current revision and the history's revisions afterwards.
+        revision: u32,
+        history: &'static [u32],
+        /// The Progressing condition's reason afterwards.
+        progressing: &'static str,
+        gives_up: bool,
+    }
+
+    #[test]
+    fn reconcile_plans() {
+        let requeue = |ms| Action::RequeueAfter(Duration::from_millis(ms));
+        let v1_pods = vec![
+            pod("a", "app:v1", true),
+            pod("b", "app:v1", true),
+            pod("c", "app:v1", true),
+        ];
+        let v2_pods = vec![
+            pod("d", "app:v2", true),
+            pod("e", "app:v2", true),
+            pod("f", "app:v2", true),
+        ];
+        let live = settled(&deployment(3, "app:v1"), &v1_pods, at(0));
+        let to_v2 = changed(&live, |d| d.spec.template = template("app:v2"));
+        let mut surged = v1_pods.clone();
+        surged.push(pod("g", "app:v2", false));
+        let rolling = settled(&to_v2, &surged, at(0));
+        let failed = settled(&rolling, &surged, at(600));
+        let on_v2 = settled(&to_v2, &v2_pods, at(0));
+        let short_history = changed(&live, |d| d.spec.revision_history_limit = Some(1));
+        let short_on_v2 = settled(
+            &changed(&short_history, |d| d.spec.template = template("app:v2")),
+            &v2_pods,
+            at(0),
+        );
+        let cases = vec![
+            Case {
+                name: "a fresh deployment creates its replicas",
+                deployment: deployment(3, "app:v1"),
+                pods: vec![],
+                now: at(0),
+                steps: &["create r1", "create r1", "create r1", "write status"],
+                then: requeue(600_050),
+                revision: 1,
+                history: &[1],
+                progressing: "RollingOut",
+                gives_up: false,
+            },
+            Case {
+                name: "a settled deployment needs nothing",
+                deployment: live.clone(),
+                pods: v1_pods.clone(),
+                now: at(100),
+                steps: &[],
+                then: Action::Done,
+                revision: 1,
+                history: &[1],
+                progressing: "NewRevisionAvailable",
+                gives_up: false,
+            },
+            Case {
+                name: "scaling up creates pods of the current revision",
+                deployment: changed(&live, |d| d.spec.replicas = Some(5)),
+                pods: v1_pods.clone(),
+                now: at(100),
+                steps: &["create r1", "create r1", "write status"],
+                then: requeue(600_050),
+                revision: 1,
+                history: &[1],
+                progressing: "RollingOut",
+                gives_up: false,
+            },
+            Case {
+                name: "scaling down deletes pods and completes at once",
+                deployment: changed(&live, |d| d.spec.replicas = Some(1)),
+                pods: v1_pods.clone(),
+                now: at(100),
+                steps: &["delete a", "delete b", "write status"],
+                then: Action::Done,
+                revision: 1,
+                history: &[1],
+                progressing: "NewRevisionAvailable",
+                gives_up: false,
+            },
+            Case {
+                name: "a new template surges before any old pod goes",
+                deployment: to_v2.clone(),
+                pods: v1_pods.clone(),
+                now: at(100),
+                steps: &["create r2", "write status"],
+                then: requeue(600_050),
+                revision: 2,
+                history: &[1, 2],
+                progressing: "RollingOut",
+                gives_up: false,
+            },
+            Case {
+                name: "with maxUnavailable an old pod goes while enough stay ready",
+                deployment: changed(&to_v2, |d| {
+                    d.spec.strategy = Some(Strategy {
+                        strategy_type: StrategyType::RollingUpdate,
+                        rolling_update: Some(RollingUpdate {
+                            max_surge: Some(IntOrPercent::Int(1)),
+                            max_unavailable: Some(IntOrPercent::Int(1)),
+                        }),
+                    });
+                }),
+                pods: v1_pods.clone(),
+                now: at(100),
+                steps: &["delete a", "create r2", "write status"],
+                then: requeue(600_050),
+                revision: 2,
+                history: &[1, 2],
+                progressing: "RollingOut",
+                gives_up: false,
+            },
+            Case {
+                name: "a rollout waiting within its deadline only requeues",
+                deployment: rolling.clone(),
+                pods: surged.clone(),
+                now: at(60),
+                steps: &[],
+                then: requeue(540_050),
+                revision: 2,
+                history: &[1, 2],
+                progressing: "RollingOut",
+                gives_up: false,
+            },
+            Case {
+                name: "past its deadline a rollout fails and rolls back",
+                deployment: rolling.clone(),
+                pods: surged.clone(),
+                now: at(600),
+                steps: &["write status", "roll back to r1"],
+                then: Action::Done,
+                revision: 2,
+                history: &[1, 2],
+                progressing: "ProgressDeadlineExceeded",
+                gives_up: true,
+            },
+            Case {
+                name: "past its deadline without autoRollback a rollout only fails",
+                deployment: changed(&rolling, |d| d.spec.auto_rollback = Some(false)),
+                pods: surged.clone(),
+                now: at(600),
+                steps: &["write status"],
+                then: Action::Done,
+                revision: 2,
+                history: &[1, 2],
+                progressing: "ProgressDeadlineExceeded",
+                gives_up: true,
+            },
+            Case {
+                name: "a failed rollout is given up on once",
+                deployment: failed.clone(),
+                pods: surged.clone(),
+                now: at(1200),
+                steps: &[],
+                then: Action::Done,
+                revision: 2,
+                history: &[1, 2],
+                progressing: "ProgressDeadlineExceeded",
+                gives_up: false,
+            },
+            Case {
+                name: "a template seen before becomes a new revision",
+                deployment: changed(&on_v2, |d| d.spec.template = template("app:v1")),
+                pods: v2_pods.clone(),
+                now: at(100),
+                steps: &["create r3", "write status"],
+                then: requeue(600_050),
+                revision: 3,
+                history: &[2, 3],
+                progressing: "RollingOut",
+                gives_up: false,
+            },
+            Case {
+                name: "the oldest revision beyond the history limit goes",
+                deployment: changed(&short_on_v2, |d| d.spec.template = template("app:v3")),
+                pods: v2_pods.clone(),
+                now: at(100),
+                steps: &["create r3", "write status"],
+                then: requeue(600_050),
+                revision: 3,
+                history: &[2, 3],
+                progressing: "RollingOut",
+                gives_up: false,
+            },
+            Case {
+                name: "a paused rollout keeps its revision and replaces lost pods",
+                deployment: changed(&to_v2, |d| d.spec.paused = true),
+                pods: v1_pods[..2].to_vec(),
+                now: at(100),
+                steps: &["create r1", "write status"],
+                then: Action::Done,
+                revision: 1,
+                history: &[1],
+                progressing: "DeploymentPaused",
+                gives_up: false,
+            },
+        ];
+        for case in cases {
+            let plan = plan(&case.deployment, &case.pods, case.now);
+            let name = case.name;
+            assert_eq!(steps(&plan), case.steps, "{name}: steps");
+            assert_eq!(plan.then, case.then, "{name}: then");
+            assert_eq!(
+                plan.status.revision,
+                Some(case.revision),
+                "{name}: revision"
+            );
+            let history: Vec<u32> = plan.status.history.iter().map(|r| r.revision).collect();
+            assert_eq!(history, case.history, "{name}: history");
+            let progressing = plan
+                .status
+                .conditions
+                .iter()
+                .find(|c| c.condition_type == "Progressing")
+                .and_then(|c| c.reason.as_deref());
+            assert_eq!(progressing, Some(case.progressing), "{name}: Progressing");
+            assert_eq!(plan.failure.is_some(), case.gives_up, "{name}: given up");
+        }
+    }
+
+    #[test]
+    fn a_rollback_restores_the_stable_template_and_records_the_failure() {
+        let live = settled(&deployment(1, "app:v1"), &[pod("a", "app:v1", true)], at(0));
+        let pods = [pod("a", "app:v1", true), pod("b", "app:v2", false)];
+        let rolling = settled(
+            &changed(&live, |d| d.spec.template = template("app:v2")),
+            &pods,
+            at(0),
+        );
+        let plan = plan(&rolling, &pods, at(600));
+        let Some(Step::RollBack(stable)) = plan.steps.last() else {
+            panic!("no rollback: {:?}", plan.steps);
+        };
+        assert_eq!(stable.template, template("app:v1"));
+        let failure = plan.status.history[1].failure.as_deref().unwrap();
+        assert!(failure.starts_with("progress deadline exceeded: 0 of 1 pods of revision 2"));
+    }
+
+    #[test]
+    fn old_pods_are_deleted_by_name_and_uid() {
+        let live = settled(&deployment(1, "app:v1"), &[pod("a", "app:v1", true)], at(0));
+        let plan = plan(
+            &changed(&live, |d| d.spec.replicas = Some(0)),
+            &[pod("a", "app:v1", true)],
+            at(1),
+        );
+        assert_eq!(
+            plan.steps[0],
+            Step::DeletePod {
+                name: "a".into(),
+                uid: Some("uid-a".into())
+            }
+        );
+    }
 
     #[test]
     fn the_same_template_always_has_the_same_hash() {

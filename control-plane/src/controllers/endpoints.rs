@@ -7,7 +7,7 @@ use skiff_api::Kind;
 use skiff_api::kinds::pod::Pod;
 use skiff_api::kinds::service::{Endpoint, Service, ServiceStatus};
 
-use super::runtime::{Action, Controller};
+use super::reconciler::{Action, Controller};
 use crate::store::{ListQuery, ObjectKey, Part, Store, StoreError, Write};
 
 pub struct Endpoints {

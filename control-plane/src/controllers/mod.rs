@@ -6,8 +6,8 @@ pub mod deployments;
 pub mod endpoints;
 pub mod gc;
 pub mod nodes;
+pub mod reconciler;
 pub mod rollout;
-pub mod runtime;
 
 use crate::store::Store;
 use crate::watch::WatchHub;
@@ -25,14 +25,14 @@ pub fn spawn(store: Store, hub: WatchHub, nodes: nodes::NodeLifecycleConfig) {
             tokio::try_join!(
                 gc::run(store.clone(), hub.clone()),
                 nodes::run(store.clone(), nodes),
-                runtime::run(
+                reconciler::run(
                     store.clone(),
                     hub.clone(),
                     deployments::Deployments {
                         store: store.clone()
                     }
                 ),
-                runtime::run(store.clone(), hub, endpoints::Endpoints { store }),
+                reconciler::run(store.clone(), hub, endpoints::Endpoints { store }),
             )?;
             Ok(())
         }

@@ -1,6 +1,6 @@
-//! The controller runtime: a controller is one idempotent reconcile
+//! The reconcile loop: a controller is one idempotent reconcile
 //! function of an object's key, which reads what it needs from the store and
-//! writes what differs. The runtime wakes it with the keys that watch events
+//! writes what differs. The loop wakes it with the keys that watch events
 //! point at (deduplicated while queued), again on a periodic resync, again
 //! when it asks to be requeued, and again after an error, with a per-object
 //! exponential backoff.
@@ -24,7 +24,7 @@ const RESYNC: Duration = Duration::from_secs(30);
 const BACKOFF_BASE: Duration = Duration::from_millis(20);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
-/// What a reconcile asks of the runtime.
+/// What a reconcile asks of the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Nothing more until something changes.
