@@ -73,9 +73,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     run_on(listener, store, config, shutdown).await
 }
 
-/// Serves on an already bound listener with an already opened store: for
-/// embedders (`wasmctl dev`) that need the address or the store first.
-pub async fn run_on(
+/// Serves on an already bound listener with an already opened store (for
+/// `embedded`, whose caller binds the listener and needs its address).
+pub(crate) async fn run_on(
     listener: TcpListener,
     store: Store,
     config: ServerConfig,

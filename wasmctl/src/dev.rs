@@ -9,9 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use control_plane::embedded::{ControlPlane, Started};
 use control_plane::local_postgres::{LocalPostgres, running_as_root};
-use control_plane::server::{self, ServerConfig};
-use control_plane::store::{PoolSettings, Store, TokenGrant};
+use control_plane::server::ServerConfig;
 use serde_json::json;
 use sha2::Digest;
 use skiff_api::Kind;
@@ -108,24 +108,15 @@ async fn serve(
     database_url: &str,
     registry: Option<&Registry>,
 ) -> Result<()> {
-    let store = server::open_store(
-        database_url,
-        &PoolSettings::default(),
-        Duration::from_secs(30),
-    )
-    .await?;
-    let admin_token = admin_token(&store, data).await?;
-    let node_token = node_token(&store, data).await?;
     let listener = tokio::net::TcpListener::bind(args.api)
         .await
         .map_err(|e| BadInput(format!("cannot listen on {} for the API: {e}", args.api)))?;
     let api_url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let config = ServerConfig {
         database_url: database_url.to_owned(),
         listen: args.api,
         tls: None,
-        pool: PoolSettings::default(),
+        pool: Default::default(),
         retain_changes: 100_000,
         compaction_interval: Duration::from_secs(60),
         database_wait: Duration::from_secs(30),
@@ -136,10 +127,13 @@ async fn serve(
         node_lifecycle: Default::default(),
         api: Default::default(),
     };
-    let mut api_stopped = stopped.clone();
-    let api = tokio::spawn(server::run_on(listener, store, config, async move {
-        let _ = api_stopped.changed().await;
-    }));
+    let Started {
+        control_plane,
+        admin_token,
+    } = ControlPlane::start(listener, config).await?;
+    let fresh = admin_token.is_some();
+    let admin_token = admin_token_kept(data, admin_token, args.database_url.is_some())?;
+    let node_token = node_token(&control_plane, data, fresh).await?;
     let client = |token: &str| {
         Client::new(&ClientConfig {
             server: api_url.clone(),
@@ -213,9 +207,7 @@ async fn serve(
     }
     eprintln!("stopping");
     agent.shutdown().await;
-    let _ = stop.send(true);
-    let _ = api.await;
-    Ok(())
+    control_plane.shutdown().await
 }
 
 /// Builds (if needed), pushes and runs a component as pod; waits until it
@@ -272,25 +264,39 @@ async fn deploy(client: &Client, path: &Path, registry: &Registry) -> Result<Str
 
 /// The cluster-admin token, made at initialization and kept (0600) in the
 /// data directory.
-async fn admin_token(store: &Store, data: &Path) -> Result<String> {
+fn admin_token_kept(
+    data: &Path,
+    initialized_now: Option<String>,
+    external: bool,
+) -> Result<String> {
     let path = data.join("admin-token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        return Ok(token.trim().to_owned());
+    if let Some(token) = initialized_now {
+        write_private(&path, &token)?;
+        return Ok(token);
     }
-    let token = control_plane::initialize(store).await?;
-    write_private(&path, &token)?;
-    Ok(token)
+    match std::fs::read_to_string(&path) {
+        Ok(token) => Ok(token.trim().to_owned()),
+        Err(_) if external => Err(BadInput(format!(
+            "the database is initialized but {} is missing, and its token is shown only once; use a new database",
+            path.display()
+        ))
+        .into()),
+        Err(_) => Err(BadInput(format!(
+            "the cluster is initialized but {} is missing, and its token is shown only once; start afresh with `wasmctl dev --reset`",
+            path.display()
+        ))
+        .into()),
+    }
 }
 
-async fn node_token(store: &Store, data: &Path) -> Result<String> {
+/// The node's token, kept beside the admin token; a new cluster gets a new
+/// one, since a kept one belonged to the cluster before.
+async fn node_token(control_plane: &ControlPlane, data: &Path, fresh: bool) -> Result<String> {
     let path = data.join("node-token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
+    if !fresh && let Ok(token) = std::fs::read_to_string(&path) {
         return Ok(token.trim().to_owned());
     }
-    let (token, hash) = control_plane::auth::new_token();
-    store
-        .create_token(&hash, &TokenGrant::Node("dev".into()), "wasmctl dev node")
-        .await?;
+    let token = control_plane.node_token("dev", "wasmctl dev node").await?;
     write_private(&path, &token)?;
     Ok(token)
 }
