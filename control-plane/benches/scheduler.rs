@@ -161,7 +161,11 @@ async fn per_node(store: &Store) -> Vec<i64> {
 async fn schedule(store: &Store, pods: usize) -> f64 {
     let hub = WatchHub::start(store.clone());
     let started = Instant::now();
-    scheduler::spawn(store.clone(), hub, SchedulerConfig::default());
+    tokio::spawn(scheduler::run(
+        store.clone(),
+        hub,
+        SchedulerConfig::default(),
+    ));
     while bound(store).await < pods as i64 {
         assert!(
             started.elapsed() < Duration::from_secs(300),

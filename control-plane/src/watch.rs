@@ -26,18 +26,33 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause before reconnecting a lost `LISTEN` connection.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
-/// The in-process fan-out of the change log.
+/// The in-process fan-out of the change log. It follows the log while any
+/// handle to it is held; when the last goes, following stops and the
+/// watches fed by it end.
 #[derive(Clone)]
 pub struct WatchHub {
     events: broadcast::Sender<Arc<Change>>,
+    _following: Arc<Following>,
+}
+
+/// The task following the change log, stopped when dropped.
+struct Following(tokio::task::AbortHandle);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl WatchHub {
     /// Starts following the change log from its current end.
     pub fn start(store: Store) -> Self {
         let (events, _) = broadcast::channel(HUB_BUFFER);
-        tokio::spawn(follow(store, events.clone()));
-        Self { events }
+        let following = tokio::spawn(follow(store, events.clone())).abort_handle();
+        Self {
+            events,
+            _following: Arc::new(Following(following)),
+        }
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
