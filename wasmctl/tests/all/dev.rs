@@ -221,3 +221,36 @@ fn dev_reset_starts_a_fresh_cluster() {
     );
     stop(child);
 }
+
+#[test]
+fn dev_keeps_a_cluster_made_before_identities_and_names_reset_when_its_token_is_gone() {
+    let dev = Dev::new();
+    let (child, _) = dev.start(&[], "Ctrl-C stops it.");
+    let token = dev.admin_token();
+    stop(child);
+
+    // A data directory from before identities (as root its Postgres lives
+    // outside, at the place it names) is adopted, not wiped.
+    let _ = std::fs::remove_file(dev.data.join("postgres-identity"));
+    if let Ok(location) = std::fs::read_to_string(dev.data.join("postgres-location"))
+        && let Some(outside) = Path::new(location.trim()).parent()
+    {
+        std::fs::remove_file(outside.join("identity")).expect("the outside identity");
+    }
+    let (child, _) = dev.start(&[], "Ctrl-C stops it.");
+    assert_eq!(dev.admin_token(), token);
+    assert_eq!(dev.api_status("namespaces", &token), 200);
+    stop(child);
+
+    // Without its admin token the cluster cannot be used; the way out is
+    // named.
+    std::fs::remove_file(dev.data.join("admin-token")).expect("the admin token");
+    let output = dev.command(&[]).output().expect("wasmctl runs");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("wasmctl dev --reset"),
+        "{stderr}"
+    );
+}
