@@ -140,23 +140,20 @@ async fn populate(store: &Store, nodes: usize, pods: usize, placement: &str) -> 
 }
 
 async fn bound(store: &Store) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM objects WHERE kind = 'Pod' AND body #>> '{spec,nodeName}' IS NOT NULL",
-    )
-    .fetch_one(store.pool())
-    .await
-    .expect("count")
+    per_node(store).await.iter().sum()
 }
 
 /// Pods bound per node, most to least: how the placement spread them.
 async fn per_node(store: &Store) -> Vec<i64> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM objects WHERE kind = 'Pod' AND body #>> '{spec,nodeName}' IS NOT NULL \
-         GROUP BY body #>> '{spec,nodeName}' ORDER BY 1 DESC",
-    )
-    .fetch_all(store.pool())
-    .await
-    .expect("count")
+    let mut counts: Vec<i64> = store
+        .bound_pods_per_node()
+        .await
+        .expect("count")
+        .into_iter()
+        .map(|(_, count)| count)
+        .collect();
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    counts
 }
 
 /// Starts a scheduler on a populated store and returns the seconds until
@@ -164,7 +161,11 @@ async fn per_node(store: &Store) -> Vec<i64> {
 async fn schedule(store: &Store, pods: usize) -> f64 {
     let hub = WatchHub::start(store.clone());
     let started = Instant::now();
-    scheduler::spawn(store.clone(), hub, SchedulerConfig::default());
+    tokio::spawn(scheduler::run(
+        store.clone(),
+        hub,
+        SchedulerConfig::default(),
+    ));
     while bound(store).await < pods as i64 {
         assert!(
             started.elapsed() < Duration::from_secs(300),

@@ -2,7 +2,8 @@
 //! scheduler, the controllers): every control-plane process runs the loop,
 //! only the holder of a Postgres advisory lock acts, and it stops acting
 //! when the lock's connection goes. Another process takes over within a
-//! retry period.
+//! retry period. Dropping the loop drops the lock, and with it the lock's
+//! connection: that is how a control plane shutting down hands over.
 
 use std::future::Future;
 use std::time::Duration;
@@ -13,30 +14,28 @@ use crate::store::{Store, StoreError};
 const RETRY: Duration = Duration::from_secs(2);
 
 /// Runs `term` whenever this process holds advisory lock `key`; a new term
-/// starts (with fresh state) after an error or a lost lock.
-pub fn spawn<F, Fut>(store: Store, key: i64, what: &'static str, mut term: F)
+/// starts (with fresh state) after an error or a lost lock. Never returns.
+pub async fn run<F, Fut>(store: Store, key: i64, what: &'static str, mut term: F)
 where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<(), StoreError>> + Send,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
 {
-    tokio::spawn(async move {
-        loop {
-            match store.try_lead(key).await {
-                Ok(Some(lock)) => {
-                    tracing::info!("{what}: leading");
-                    tokio::select! {
-                        outcome = term() => {
-                            if let Err(e) = outcome {
-                                tracing::warn!("{what}: restarting: {e}");
-                            }
+    loop {
+        match store.try_lead(key).await {
+            Ok(Some(lock)) => {
+                tracing::info!("{what}: leading");
+                tokio::select! {
+                    outcome = term() => {
+                        if let Err(e) = outcome {
+                            tracing::warn!("{what}: restarting: {e}");
                         }
-                        () = lock.lost() => tracing::warn!("{what}: lost leadership"),
                     }
+                    () = lock.lost() => tracing::warn!("{what}: lost leadership"),
                 }
-                Ok(None) => {}
-                Err(e) => tracing::debug!("{what}: cannot try for leadership: {e}"),
             }
-            tokio::time::sleep(RETRY).await;
+            Ok(None) => {}
+            Err(e) => tracing::debug!("{what}: cannot try for leadership: {e}"),
         }
-    });
+        tokio::time::sleep(RETRY).await;
+    }
 }

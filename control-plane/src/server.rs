@@ -1,5 +1,6 @@
-//! Running the API server: connect and migrate, start the watch hub and the
-//! compactor, serve HTTP or HTTPS until told to stop.
+//! Running the API server: connect and migrate, start the watch hub, the
+//! leadership loops and the compactor, serve HTTP or HTTPS until told to
+//! stop, and stop them all then.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,9 +74,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     run_on(listener, store, config, shutdown).await
 }
 
-/// Serves on an already bound listener with an already opened store: for
-/// embedders (`wasmctl dev`) that need the address or the store first.
-pub async fn run_on(
+/// Serves on an already bound listener with an already opened store (for
+/// `embedded`, whose caller binds the listener and needs its address).
+pub(crate) async fn run_on(
     listener: TcpListener,
     store: Store,
     config: ServerConfig,
@@ -88,13 +89,22 @@ pub async fn run_on(
         None => None,
     };
     let hub = WatchHub::start(store.clone());
+    let mut loops = JoinSet::new();
     if config.scheduler {
-        crate::scheduler::spawn(store.clone(), hub.clone(), config.scheduling.clone());
+        loops.spawn(crate::scheduler::run(
+            store.clone(),
+            hub.clone(),
+            config.scheduling.clone(),
+        ));
     }
     if config.controllers {
-        crate::controllers::spawn(store.clone(), hub.clone(), config.node_lifecycle.clone());
+        loops.spawn(crate::controllers::run(
+            store.clone(),
+            hub.clone(),
+            config.node_lifecycle.clone(),
+        ));
     }
-    tokio::spawn(compact_periodically(
+    loops.spawn(compact_periodically(
         store.clone(),
         config.retain_changes,
         config.compaction_interval,
@@ -108,7 +118,14 @@ pub async fn run_on(
     let router = api::router(state);
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("listening on {scheme}://{}", listener.local_addr()?);
-    serve(listener, router, tls, shutdown).await;
+    // The loops stop as soon as shutdown is asked for, before open
+    // connections are drained, so that a leader's locks are released (with
+    // their connections) at once and another process takes over.
+    serve(listener, router, tls, async {
+        shutdown.await;
+        loops.shutdown().await;
+    })
+    .await;
     Ok(())
 }
 

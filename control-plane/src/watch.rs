@@ -12,10 +12,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use skiff_api::selector::{FieldSelector, Selector};
 use skiff_api::{EventType, Kind, Status, WatchEvent};
-use sqlx::postgres::PgListener;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::store::{CHANGES_CHANNEL, Change, ListQuery, Store, StoreError};
+use crate::store::{Change, ListQuery, Store, StoreError};
 
 /// Changes read from the database per query.
 const PAGE: i64 = 500;
@@ -27,18 +26,33 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause before reconnecting a lost `LISTEN` connection.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
-/// The in-process fan-out of the change log.
+/// The in-process fan-out of the change log. It follows the log while any
+/// handle to it is held; when the last goes, following stops and the
+/// watches fed by it end.
 #[derive(Clone)]
 pub struct WatchHub {
     events: broadcast::Sender<Arc<Change>>,
+    _following: Arc<Following>,
+}
+
+/// The task following the change log, stopped when dropped.
+struct Following(tokio::task::AbortHandle);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl WatchHub {
     /// Starts following the change log from its current end.
     pub fn start(store: Store) -> Self {
         let (events, _) = broadcast::channel(HUB_BUFFER);
-        tokio::spawn(follow(store, events.clone()));
-        Self { events }
+        let following = tokio::spawn(follow(store, events.clone())).abort_handle();
+        Self {
+            events,
+            _following: Arc::new(Following(following)),
+        }
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
@@ -54,17 +68,10 @@ async fn follow(store: Store, events: broadcast::Sender<Arc<Change>>) {
         }
     };
     loop {
-        let mut listener = match PgListener::connect_with(store.pool()).await {
-            Ok(mut listener) => match listener.listen(CHANGES_CHANNEL).await {
-                Ok(()) => listener,
-                Err(e) => {
-                    tracing::warn!("cannot listen for changes: {e}");
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
-                    continue;
-                }
-            },
+        let mut listener = match store.listen_changes().await {
+            Ok(listener) => listener,
             Err(e) => {
-                tracing::warn!("cannot connect to listen for changes: {e}");
+                tracing::warn!("cannot listen for changes: {e}");
                 tokio::time::sleep(RECONNECT_PAUSE).await;
                 continue;
             }
@@ -72,11 +79,11 @@ async fn follow(store: Store, events: broadcast::Sender<Arc<Change>>) {
         loop {
             cursor = catch_up(&store, cursor, &events).await;
             tokio::select! {
-                notification = listener.try_recv() => match notification {
-                    Ok(Some(_)) => {}
+                notification = listener.recv() => match notification {
+                    Ok(()) => {}
                     // The connection was lost; reconnect (and poll, since
                     // notifications in the gap are gone).
-                    Ok(None) | Err(_) => break,
+                    Err(_) => break,
                 },
                 () = tokio::time::sleep(POLL_INTERVAL) => {}
             }

@@ -9,9 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use control_plane::embedded::{ControlPlane, Started};
 use control_plane::local_postgres::{LocalPostgres, running_as_root};
-use control_plane::server::{self, ServerConfig};
-use control_plane::store::{PoolSettings, Store, TokenGrant};
+use control_plane::server::ServerConfig;
 use serde_json::json;
 use sha2::Digest;
 use skiff_api::Kind;
@@ -45,13 +45,38 @@ pub struct DevArgs {
     /// Use this Postgres instead of managing one.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
+    /// Start afresh: remove the cluster's state (its tokens, its managed
+    /// Postgres, the node's and the registry's files) first.
+    #[arg(long)]
+    reset: bool,
 }
+
+/// What `wasmctl dev` keeps in its data directory; `--reset` removes these
+/// and nothing else, so a data directory shared with other files is safe.
+const STATE: [&str; 7] = [
+    "admin-token",
+    "node-token",
+    "postgres",
+    "postgres-location",
+    "postgres-identity",
+    "node",
+    "registry",
+];
 
 pub fn run(args: DevArgs) -> Result<()> {
     let data = match &args.data_dir {
         Some(dir) => dir.clone(),
         None => default_data_dir()?,
     };
+    if args.reset {
+        if args.database_url.is_some() {
+            return Err(BadInput(
+                "--reset clears the Postgres wasmctl dev manages; with --database-url (or DATABASE_URL) drop and recreate that database instead".into(),
+            )
+            .into());
+        }
+        reset(&data)?;
+    }
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let postgres = match &args.database_url {
         Some(_) => None,
@@ -83,24 +108,15 @@ async fn serve(
     database_url: &str,
     registry: Option<&Registry>,
 ) -> Result<()> {
-    let store = server::open_store(
-        database_url,
-        &PoolSettings::default(),
-        Duration::from_secs(30),
-    )
-    .await?;
-    let admin_token = admin_token(&store, data).await?;
-    let node_token = node_token(&store, data).await?;
     let listener = tokio::net::TcpListener::bind(args.api)
         .await
         .map_err(|e| BadInput(format!("cannot listen on {} for the API: {e}", args.api)))?;
     let api_url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let config = ServerConfig {
         database_url: database_url.to_owned(),
         listen: args.api,
         tls: None,
-        pool: PoolSettings::default(),
+        pool: Default::default(),
         retain_changes: 100_000,
         compaction_interval: Duration::from_secs(60),
         database_wait: Duration::from_secs(30),
@@ -111,10 +127,13 @@ async fn serve(
         node_lifecycle: Default::default(),
         api: Default::default(),
     };
-    let mut api_stopped = stopped.clone();
-    let api = tokio::spawn(server::run_on(listener, store, config, async move {
-        let _ = api_stopped.changed().await;
-    }));
+    let Started {
+        control_plane,
+        admin_token,
+    } = ControlPlane::start(listener, config).await?;
+    let fresh = admin_token.is_some();
+    let admin_token = admin_token_kept(data, admin_token, args.database_url.is_some())?;
+    let node_token = node_token(&control_plane, data, fresh).await?;
     let client = |token: &str| {
         Client::new(&ClientConfig {
             server: api_url.clone(),
@@ -188,9 +207,7 @@ async fn serve(
     }
     eprintln!("stopping");
     agent.shutdown().await;
-    let _ = stop.send(true);
-    let _ = api.await;
-    Ok(())
+    control_plane.shutdown().await
 }
 
 /// Builds (if needed), pushes and runs a component as pod; waits until it
@@ -247,25 +264,39 @@ async fn deploy(client: &Client, path: &Path, registry: &Registry) -> Result<Str
 
 /// The cluster-admin token, made at initialization and kept (0600) in the
 /// data directory.
-async fn admin_token(store: &Store, data: &Path) -> Result<String> {
+fn admin_token_kept(
+    data: &Path,
+    initialized_now: Option<String>,
+    external: bool,
+) -> Result<String> {
     let path = data.join("admin-token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        return Ok(token.trim().to_owned());
+    if let Some(token) = initialized_now {
+        write_private(&path, &token)?;
+        return Ok(token);
     }
-    let token = control_plane::initialize(store).await?;
-    write_private(&path, &token)?;
-    Ok(token)
+    match std::fs::read_to_string(&path) {
+        Ok(token) => Ok(token.trim().to_owned()),
+        Err(_) if external => Err(BadInput(format!(
+            "the database is initialized but {} is missing, and its token is shown only once; use a new database",
+            path.display()
+        ))
+        .into()),
+        Err(_) => Err(BadInput(format!(
+            "the cluster is initialized but {} is missing, and its token is shown only once; start afresh with `wasmctl dev --reset`",
+            path.display()
+        ))
+        .into()),
+    }
 }
 
-async fn node_token(store: &Store, data: &Path) -> Result<String> {
+/// The node's token, kept beside the admin token; a new cluster gets a new
+/// one, since a kept one belonged to the cluster before.
+async fn node_token(control_plane: &ControlPlane, data: &Path, fresh: bool) -> Result<String> {
     let path = data.join("node-token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
+    if !fresh && let Ok(token) = std::fs::read_to_string(&path) {
         return Ok(token.trim().to_owned());
     }
-    let (token, hash) = control_plane::auth::new_token();
-    store
-        .create_token(&hash, &TokenGrant::Node("dev".into()), "wasmctl dev node")
-        .await?;
+    let token = control_plane.node_token("dev", "wasmctl dev node").await?;
     write_private(&path, &token)?;
     Ok(token)
 }
@@ -300,26 +331,19 @@ fn write_context(server: &str, token: &str) -> Result<()> {
     config.save(&path)
 }
 
-/// Initializes (once) and starts the managed Postgres. As root it runs as
-/// the `postgres` user, which cannot enter root's home, so its data lives
-/// under /var/lib/wasmctl-dev instead, in a directory named after the data
-/// directory so that every cluster keeps its own.
+/// Initializes (once) and starts the managed Postgres.
 fn start_postgres(data: &Path) -> Result<LocalPostgres> {
-    let pg_data = if running_as_root() {
-        let identity = data.canonicalize()?;
-        let digest = sha2::Sha256::digest(identity.as_os_str().as_encoded_bytes());
-        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let pg_data = Path::new("/var/lib/wasmctl-dev")
-            .join(name)
-            .join("postgres");
-        // Said once in the data directory, for whoever looks for it.
-        std::fs::write(
-            data.join("postgres-location"),
-            format!("{}\n", pg_data.display()),
-        )?;
-        pg_data
-    } else {
-        data.join("postgres")
+    let pg_data = match outside_postgres(data)? {
+        Some(outside) => {
+            claim_outside(data, &outside)?;
+            // Said in the data directory, for whoever looks for it.
+            std::fs::write(
+                data.join("postgres-location"),
+                format!("{}\n", outside.join("postgres").display()),
+            )?;
+            outside.join("postgres")
+        }
+        None => data.join("postgres"),
     };
     LocalPostgres::init(&pg_data)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -328,6 +352,113 @@ fn start_postgres(data: &Path) -> Result<LocalPostgres> {
     let postgres = LocalPostgres::start(&pg_data, port)?;
     postgres.ensure_database("skiff")?;
     Ok(postgres)
+}
+
+/// As root the managed Postgres runs as the `postgres` user, which cannot
+/// enter root's home, so its cluster lives under /var/lib/wasmctl-dev
+/// instead, in a directory named after the data directory so that every
+/// data directory keeps its own. `None` when it lives in the data directory.
+fn outside_postgres(data: &Path) -> Result<Option<PathBuf>> {
+    if !running_as_root() {
+        return Ok(None);
+    }
+    let path = data
+        .canonicalize()
+        .with_context(|| format!("reading {}", data.display()))?;
+    let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Some(Path::new("/var/lib/wasmctl-dev").join(name)))
+}
+
+/// Ties the outside directory to this data directory by an identity both
+/// hold. An outside cluster whose identity the data directory does not hold
+/// was left behind by a data directory since removed (the same path names
+/// the same outside directory): it is stopped and wiped, so the data
+/// directory alone says whether a cluster exists.
+fn claim_outside(data: &Path, outside: &Path) -> Result<()> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
+    let ours = data.join("postgres-identity");
+    let theirs = outside.join("identity");
+    // Data directories from before identities name their cluster's
+    // location instead; such a pair is adopted, not wiped.
+    let adopting =
+        read(&ours).is_none() && read(&theirs).is_none() && data.join("postgres-location").exists();
+    let identity = match read(&ours) {
+        Some(identity) => identity,
+        None => {
+            let identity = new_identity(data);
+            std::fs::write(&ours, format!("{identity}\n"))?;
+            identity
+        }
+    };
+    if read(&theirs).as_deref() == Some(identity.as_str()) {
+        return Ok(());
+    }
+    if !adopting {
+        remove_postgres(&outside.join("postgres"))?;
+        remove(outside)?;
+    }
+    std::fs::create_dir_all(outside).with_context(|| format!("creating {}", outside.display()))?;
+    std::fs::write(&theirs, format!("{identity}\n"))?;
+    Ok(())
+}
+
+fn new_identity(data: &Path) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(data.as_os_str().as_encoded_bytes());
+    hasher.update(now.as_nanos().to_le_bytes());
+    hasher.update(std::process::id().to_le_bytes());
+    hasher.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Stops a server still running on the cluster in `pg_data` (one left by a
+/// `wasmctl dev` that was killed), then removes the cluster.
+fn remove_postgres(pg_data: &Path) -> Result<()> {
+    let server = LocalPostgres {
+        data: pg_data.to_owned(),
+        port: 0,
+    };
+    if pg_data.join("postmaster.pid").exists() && server.running() {
+        server.stop()?;
+    }
+    remove(pg_data)
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+    }
+    .with_context(|| format!("removing {}", path.display()))
+}
+
+/// `--reset`: the managed Postgres (wherever it lives) and everything else
+/// `wasmctl dev` keeps in the data directory go.
+fn reset(data: &Path) -> Result<()> {
+    if !data.exists() {
+        return Ok(());
+    }
+    if let Some(outside) = outside_postgres(data)? {
+        remove_postgres(&outside.join("postgres"))?;
+        remove(&outside)?;
+    }
+    remove_postgres(&data.join("postgres"))?;
+    for entry in STATE {
+        remove(&data.join(entry))?;
+    }
+    Ok(())
 }
 
 /// The local registry process; stopped when dropped.

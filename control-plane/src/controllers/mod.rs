@@ -15,11 +15,11 @@ use crate::watch::WatchHub;
 /// The advisory lock key of the controllers' leadership.
 const LEADER_KEY: i64 = 0x736b_6966_6663_746c; // "skiffctl"
 
-/// Starts the controllers' leadership loop in the background. A term runs
-/// every controller; one failing ends the term for all, and the next term
-/// starts them afresh.
-pub fn spawn(store: Store, hub: WatchHub, nodes: nodes::NodeLifecycleConfig) {
-    crate::leader::spawn(store.clone(), LEADER_KEY, "controllers", move || {
+/// The controllers' leadership loop. A term runs every controller; one
+/// failing ends the term for all, and the next term starts them afresh. It
+/// never returns; dropping it ends the term and gives up the lock.
+pub async fn run(store: Store, hub: WatchHub, nodes: nodes::NodeLifecycleConfig) {
+    crate::leader::run(store.clone(), LEADER_KEY, "controllers", move || {
         let (store, hub, nodes) = (store.clone(), hub.clone(), nodes.clone());
         async move {
             tokio::try_join!(
@@ -36,5 +36,6 @@ pub fn spawn(store: Store, hub: WatchHub, nodes: nodes::NodeLifecycleConfig) {
             )?;
             Ok(())
         }
-    });
+    })
+    .await
 }

@@ -53,11 +53,13 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// Starts the scheduler's leadership loop in the background.
-pub fn spawn(store: Store, hub: WatchHub, config: SchedulerConfig) {
-    crate::leader::spawn(store.clone(), LEADER_KEY, "scheduler", move || {
+/// The scheduler's leadership loop; it never returns, and dropping it ends
+/// the term it leads (if any) and gives up the lock.
+pub async fn run(store: Store, hub: WatchHub, config: SchedulerConfig) {
+    crate::leader::run(store.clone(), LEADER_KEY, "scheduler", move || {
         Session::new(store.clone(), hub.clone(), config.clone()).run()
-    });
+    })
+    .await
 }
 
 /// What the scheduler knows of a pod.

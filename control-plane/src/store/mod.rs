@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use skiff_api::Kind;
 use skiff_api::selector::{FieldSelector, Operator, Selector};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,7 +21,7 @@ pub use objects::Part;
 pub use writer::Write;
 
 /// The `NOTIFY` channel every committed write batch signals on.
-pub const CHANGES_CHANNEL: &str = "skiff_changes";
+const CHANGES_CHANNEL: &str = "skiff_changes";
 
 /// Where an object lives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -160,6 +160,25 @@ pub struct TokenRecord {
     pub created_at: String,
 }
 
+/// Notifications that the change log grew (see [`Store::listen_changes`]).
+pub struct ChangeListener {
+    listener: PgListener,
+}
+
+impl ChangeListener {
+    /// Completes at the next notification. An error means the connection
+    /// was lost, and with it any notification sent meanwhile.
+    pub async fn recv(&mut self) -> Result<(), StoreError> {
+        match self.listener.try_recv().await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(StoreError::Unavailable(
+                "the connection listening for changes was lost".into(),
+            )),
+            Err(e) => Err(db_unavailable(&e)),
+        }
+    }
+}
+
 /// Leadership held through an advisory lock on a dedicated connection;
 /// dropping it (or losing the connection) gives the lock up.
 pub struct LeaderLock {
@@ -250,8 +269,29 @@ impl Store {
         Ok(Self { pool, writes })
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// Follows notifications of new changes on a connection of its own.
+    pub async fn listen_changes(&self) -> Result<ChangeListener, StoreError> {
+        let unavailable = |e: sqlx::Error| db_unavailable(&e);
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        listener
+            .listen(CHANGES_CHANNEL)
+            .await
+            .map_err(unavailable)?;
+        Ok(ChangeListener { listener })
+    }
+
+    /// How many pods are bound to each node that has any.
+    pub async fn bound_pods_per_node(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query_as(
+            "SELECT body #>> '{spec,nodeName}', count(*) FROM objects \
+             WHERE kind = 'Pod' AND body #>> '{spec,nodeName}' IS NOT NULL \
+             GROUP BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_unavailable(&e))
     }
 
     /// Applies the migrations in `migrations/` (concurrent callers wait for

@@ -7,6 +7,7 @@ mod bad_input;
 mod concurrency;
 mod controllers;
 mod crud;
+mod embedded;
 mod gc;
 mod restart;
 mod scheduling;

@@ -52,6 +52,36 @@ impl Dev {
         (child, rest)
     }
 
+    /// The admin token this start of it wrote into the data directory.
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data.join("admin-token"))
+            .expect("the admin token is kept in the data directory")
+            .trim()
+            .to_owned()
+    }
+
+    /// The status of the API's answer to a GET of `path` with `token`.
+    fn api_status(&self, path: &str, token: &str) -> u16 {
+        let bearer = format!("Bearer {token}");
+        http_request(
+            self.api,
+            &self.api.to_string(),
+            &format!("/apis/skiff.dev/v1/{path}"),
+            &[("Authorization", &bearer)],
+        )
+        .expect("the API answers")
+        .status
+    }
+
+    /// `wasmctl ARGS` on the context this cluster wrote.
+    fn wasmctl(&self, args: &[&str]) -> std::process::Output {
+        wasmctl()
+            .args(args)
+            .env("WASMCTL_CONFIG", &self.config)
+            .output()
+            .expect("wasmctl runs")
+    }
+
     fn get(&self, path: &str) -> Option<(u16, String)> {
         http_request(self.ingress, "hello-http.default.pod.localhost", path, &[])
             .ok()
@@ -141,4 +171,86 @@ fn dev_refuses_an_address_that_is_taken() {
     // Nothing half-started is left listening.
     assert!(std::net::TcpStream::connect(dev.ingress).is_err());
     assert!(!Path::new(&dev.config).exists(), "no context was written");
+}
+
+#[test]
+fn dev_starts_afresh_when_its_data_directory_was_removed() {
+    let dev = Dev::new();
+    let (child, _) = dev.start(&[], "Ctrl-C stops it.");
+    let first = dev.admin_token();
+    stop(child);
+
+    // A new user's way to start over: the data directory goes, nothing else.
+    std::fs::remove_dir_all(&dev.data).expect("removing the data directory");
+    let (child, _) = dev.start(&[], "Ctrl-C stops it.");
+    let second = dev.admin_token();
+    assert_ne!(first, second, "a new cluster has a new admin token");
+    assert_eq!(dev.api_status("namespaces", &second), 200);
+    assert_eq!(
+        dev.api_status("namespaces", &first),
+        401,
+        "the old cluster is gone"
+    );
+    stop(child);
+}
+
+#[test]
+fn dev_reset_starts_a_fresh_cluster() {
+    let dev = Dev::new();
+    let (child, _) = dev.start(&[], "Ctrl-C stops it.");
+    let first = dev.admin_token();
+    assert_eq!(dev.api_status("namespaces", &first), 200);
+    let created = dev.wasmctl(&["create", "namespace", "before-reset"]);
+    assert!(created.status.success(), "{}", stderr_of(&created));
+    assert_eq!(dev.api_status("namespaces/before-reset", &first), 200);
+    stop(child);
+
+    let (child, _) = dev.start(&["--reset"], "Ctrl-C stops it.");
+    let second = dev.admin_token();
+    assert_ne!(first, second);
+    assert_eq!(dev.api_status("namespaces", &second), 200);
+    assert_eq!(
+        dev.api_status("namespaces", &first),
+        401,
+        "the old token is refused"
+    );
+    assert_eq!(
+        dev.api_status("namespaces/before-reset", &second),
+        404,
+        "the namespace survived --reset"
+    );
+    stop(child);
+}
+
+#[test]
+fn dev_keeps_a_cluster_made_before_identities_and_names_reset_when_its_token_is_gone() {
+    let dev = Dev::new();
+    let (child, _) = dev.start(&[], "Ctrl-C stops it.");
+    let token = dev.admin_token();
+    stop(child);
+
+    // A data directory from before identities (as root its Postgres lives
+    // outside, at the place it names) is adopted, not wiped.
+    let _ = std::fs::remove_file(dev.data.join("postgres-identity"));
+    if let Ok(location) = std::fs::read_to_string(dev.data.join("postgres-location"))
+        && let Some(outside) = Path::new(location.trim()).parent()
+    {
+        std::fs::remove_file(outside.join("identity")).expect("the outside identity");
+    }
+    let (child, _) = dev.start(&[], "Ctrl-C stops it.");
+    assert_eq!(dev.admin_token(), token);
+    assert_eq!(dev.api_status("namespaces", &token), 200);
+    stop(child);
+
+    // Without its admin token the cluster cannot be used; the way out is
+    // named.
+    std::fs::remove_file(dev.data.join("admin-token")).expect("the admin token");
+    let output = dev.command(&[]).output().expect("wasmctl runs");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("wasmctl dev --reset"),
+        "{stderr}"
+    );
 }
