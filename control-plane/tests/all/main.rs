@@ -13,3 +13,4 @@ mod scheduling;
 mod support;
 mod tls;
 mod watch;
+mod watcher;
