@@ -24,6 +24,8 @@ use skiff_api::kinds::service::{Endpoint, RouteSpec};
 use skiff_api::meta::namespace_and_name;
 use skiff_client::Client;
 use skiff_client::watcher::{self, Event};
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::containerd::Containerd;
 use crate::oci::{BlobCache, Registry};
@@ -107,6 +109,16 @@ pub struct Agent {
     pub endpoint: String,
     context: Arc<NodeContext>,
     pods: Arc<tokio::sync::Mutex<HashMap<PodName, PodHandle>>>,
+    loops: Loops,
+}
+
+/// The agent's background tasks, ended by [`Agent::shutdown`].
+struct Loops {
+    /// The pods', Services' and Routes' followers.
+    followers: JoinSet<()>,
+    stop_ingress: oneshot::Sender<()>,
+    ingress: JoinHandle<()>,
+    lease: JoinHandle<()>,
 }
 
 impl Agent {
@@ -171,30 +183,41 @@ impl Agent {
             grace: config.grace,
         });
         register(&config, &endpoint, linux_runtime.as_deref()).await?;
+        let mut followers = JoinSet::new();
         for kind in [Kind::Service, Kind::Route] {
-            tokio::spawn(follow_into_ingress(
+            followers.spawn(follow_into_ingress(
                 config.client.clone(),
                 kind,
                 ingress.clone(),
             ));
         }
-        tokio::spawn(crate::runtime::serve_with(
+        let (stop_ingress, ingress_stopped) = oneshot::channel();
+        let ingress = tokio::spawn(crate::runtime::serve_with(
             listener,
             move |request| {
                 let ingress = ingress.clone();
                 async move { ingress.handle(request).await }
             },
-            std::future::pending(),
+            // Dropping the sender (an Agent dropped unshut) stops it too.
+            async move {
+                let _ = ingress_stopped.await;
+            },
             config.grace,
         ));
-        tokio::spawn(renew_lease(config.clone()));
-        let agent = Agent {
+        let lease = tokio::spawn(renew_lease(config.clone()));
+        let pods: Arc<tokio::sync::Mutex<HashMap<PodName, PodHandle>>> = Arc::default();
+        followers.spawn(follow_pods(context.clone(), pods.clone()));
+        Ok(Agent {
             endpoint,
-            context: context.clone(),
-            pods: Arc::default(),
-        };
-        tokio::spawn(follow_pods(context, agent.pods.clone()));
-        Ok(agent)
+            context,
+            pods,
+            loops: Loops {
+                followers,
+                stop_ingress,
+                ingress,
+                lease,
+            },
+        })
     }
 
     /// HTTP pods currently served.
@@ -202,12 +225,27 @@ impl Agent {
         self.context.routes.len()
     }
 
-    /// Stops every pod (each with the grace period).
+    /// Stops following the cluster, stops every pod (each with the grace
+    /// period), then the ingress (connections get the grace to finish) and
+    /// the lease, which is renewed until the pods are stopped so the node
+    /// is not marked NotReady under them.
     pub async fn shutdown(self) {
+        let Loops {
+            mut followers,
+            stop_ingress,
+            ingress,
+            lease,
+        } = self.loops;
+        // First, so that no worker starts while the others stop.
+        followers.shutdown().await;
         let mut pods = self.pods.lock().await;
         for (_, handle) in pods.drain() {
             handle.stop().await;
         }
+        let _ = stop_ingress.send(());
+        let _ = ingress.await;
+        lease.abort();
+        let _ = lease.await;
     }
 }
 
