@@ -5,7 +5,8 @@ use anyhow::Result;
 use futures::StreamExt;
 use serde_json::Value;
 use skiff_api::{EventType, Kind};
-use skiff_client::{ListOptions, WatchOptions};
+use skiff_client::ListOptions;
+use skiff_client::watcher::{self, Event};
 
 use crate::BadInput;
 use crate::cluster::{Session, Target, block_on, kind_word, parse_kind};
@@ -89,6 +90,14 @@ pub fn run(args: GetArgs) -> Result<()> {
             )
             .await;
         }
+        if args.watch {
+            let config = watcher::Config {
+                namespace: namespace.clone(),
+                label_selector: args.selector.clone(),
+                field_selector: args.field_selector.clone(),
+            };
+            return follow(&session, kind, config, output, all_namespaces).await;
+        }
         let options = ListOptions {
             label_selector: args.selector.clone(),
             field_selector: args.field_selector.clone(),
@@ -98,7 +107,7 @@ pub fn run(args: GetArgs) -> Result<()> {
             .client
             .list_all(kind, namespace.as_deref(), &options)
             .await?;
-        if list.items.is_empty() && !args.watch && matches!(output, Output::Table { .. }) {
+        if list.items.is_empty() && matches!(output, Output::Table { .. }) {
             match &namespace {
                 Some(ns) => eprintln!("No {} found in namespace {ns}.", kind.plural()),
                 None => eprintln!("No {} found.", kind.plural()),
@@ -113,18 +122,6 @@ pub fn run(args: GetArgs) -> Result<()> {
             true,
             list_kind(kind),
         )?;
-        if args.watch {
-            follow(
-                &session,
-                kind,
-                namespace.as_deref(),
-                &options,
-                list.metadata.resource_version,
-                output,
-                all_namespaces,
-            )
-            .await?;
-        }
         Ok(())
     })?
 }
@@ -208,60 +205,49 @@ fn print_document(value: &Value, output: Output) -> Result<()> {
     Ok(())
 }
 
-/// Prints every change after `revision` until interrupted, resuming the
-/// watch when the server ends it and re-listing if it fell too far behind.
+/// Prints the objects, then every change until interrupted; a relist
+/// (after the watcher lost its revision) prints the full list again, without
+/// the header. The first error ends it.
 async fn follow(
     session: &Session,
     kind: Kind,
-    namespace: Option<&str>,
-    options: &ListOptions,
-    mut revision: String,
+    config: watcher::Config,
     output: Output,
     all_namespaces: bool,
 ) -> Result<()> {
-    loop {
-        let watch = WatchOptions {
-            resource_version: Some(revision.clone()),
-            label_selector: options.label_selector.clone(),
-            field_selector: options.field_selector.clone(),
-            timeout: None,
+    let mut events = std::pin::pin!(watcher::watcher(session.client.clone(), kind, config));
+    let mut header = true;
+    while let Some(event) = events.next().await {
+        let (event_type, object) = match event? {
+            Event::Restarted(items) => {
+                print_objects(
+                    kind,
+                    &items,
+                    output,
+                    all_namespaces,
+                    std::mem::take(&mut header),
+                    list_kind(kind),
+                )?;
+                continue;
+            }
+            Event::Added(object) => (EventType::Added, object),
+            Event::Modified(object) => (EventType::Modified, object),
+            Event::Deleted(object) => (EventType::Deleted, object),
         };
-        let mut events = Box::pin(session.client.watch(kind, namespace, &watch).await?);
-        while let Some(event) = events.next().await {
-            let event = event?;
-            match event.event_type {
-                EventType::Bookmark => {}
-                EventType::Error => {
-                    let list = session.client.list_all(kind, namespace, options).await?;
-                    print_objects(
-                        kind,
-                        &list.items,
-                        output,
-                        all_namespaces,
-                        false,
-                        list_kind(kind),
-                    )?;
-                    revision = list.metadata.resource_version;
-                    break;
-                }
-                _ => match output {
-                    Output::Yaml | Output::Json => print_document(
-                        &serde_json::json!({"type": event.event_type, "object": event.object}),
-                        output,
-                    )?,
-                    _ => print_objects(
-                        kind,
-                        std::slice::from_ref(&event.object),
-                        output,
-                        all_namespaces,
-                        false,
-                        list_kind(kind),
-                    )?,
-                },
-            }
-            if let Some(rv) = event.object["metadata"]["resourceVersion"].as_str() {
-                revision = rv.to_owned();
-            }
+        match output {
+            Output::Yaml | Output::Json => print_document(
+                &serde_json::json!({"type": event_type, "object": object}),
+                output,
+            )?,
+            _ => print_objects(
+                kind,
+                std::slice::from_ref(&object),
+                output,
+                all_namespaces,
+                false,
+                list_kind(kind),
+            )?,
         }
     }
+    Ok(())
 }

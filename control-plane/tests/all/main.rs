@@ -14,3 +14,4 @@ mod scheduling;
 mod support;
 mod tls;
 mod watch;
+mod watcher;

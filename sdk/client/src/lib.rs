@@ -3,6 +3,7 @@
 //! registry clients ([`registry`]).
 
 pub mod registry;
+pub mod watcher;
 
 use std::time::Duration;
 

@@ -17,12 +17,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
+use skiff_api::Kind;
 use skiff_api::kinds::cluster::Taint;
 use skiff_api::kinds::pod::Pod;
 use skiff_api::kinds::service::{Endpoint, RouteSpec};
 use skiff_api::meta::namespace_and_name;
-use skiff_api::{EventType, Kind};
-use skiff_client::{Client, ListOptions, WatchOptions};
+use skiff_client::Client;
+use skiff_client::watcher::{self, Event};
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::containerd::Containerd;
 use crate::oci::{BlobCache, Registry};
@@ -32,9 +35,6 @@ use pod::PodHandle;
 use runtimes::Runtimes;
 use runtimes::linux::LinuxRuntime;
 use runtimes::wasm::{Engines, WasmRuntime};
-
-/// Pause between attempts to reach an unreachable control plane.
-const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Everything the agent is configured with.
 #[derive(Clone)]
@@ -109,6 +109,16 @@ pub struct Agent {
     pub endpoint: String,
     context: Arc<NodeContext>,
     pods: Arc<tokio::sync::Mutex<HashMap<PodName, PodHandle>>>,
+    loops: Loops,
+}
+
+/// The agent's background tasks, ended by [`Agent::shutdown`].
+struct Loops {
+    /// The pods', Services' and Routes' followers.
+    followers: JoinSet<()>,
+    stop_ingress: oneshot::Sender<()>,
+    ingress: JoinHandle<()>,
+    lease: JoinHandle<()>,
 }
 
 impl Agent {
@@ -173,30 +183,41 @@ impl Agent {
             grace: config.grace,
         });
         register(&config, &endpoint, linux_runtime.as_deref()).await?;
+        let mut followers = JoinSet::new();
         for kind in [Kind::Service, Kind::Route] {
-            tokio::spawn(follow_into_ingress(
+            followers.spawn(follow_into_ingress(
                 config.client.clone(),
                 kind,
                 ingress.clone(),
             ));
         }
-        tokio::spawn(crate::runtime::serve_with(
+        let (stop_ingress, ingress_stopped) = oneshot::channel();
+        let ingress = tokio::spawn(crate::runtime::serve_with(
             listener,
             move |request| {
                 let ingress = ingress.clone();
                 async move { ingress.handle(request).await }
             },
-            std::future::pending(),
+            // Dropping the sender (an Agent dropped unshut) stops it too.
+            async move {
+                let _ = ingress_stopped.await;
+            },
             config.grace,
         ));
-        tokio::spawn(renew_lease(config.clone()));
-        let agent = Agent {
+        let lease = tokio::spawn(renew_lease(config.clone()));
+        let pods: Arc<tokio::sync::Mutex<HashMap<PodName, PodHandle>>> = Arc::default();
+        followers.spawn(follow_pods(context.clone(), pods.clone()));
+        Ok(Agent {
             endpoint,
-            context: context.clone(),
-            pods: Arc::default(),
-        };
-        tokio::spawn(follow_pods(context, agent.pods.clone()));
-        Ok(agent)
+            context,
+            pods,
+            loops: Loops {
+                followers,
+                stop_ingress,
+                ingress,
+                lease,
+            },
+        })
     }
 
     /// HTTP pods currently served.
@@ -204,12 +225,27 @@ impl Agent {
         self.context.routes.len()
     }
 
-    /// Stops every pod (each with the grace period).
+    /// Stops following the cluster, stops every pod (each with the grace
+    /// period), then the ingress (connections get the grace to finish) and
+    /// the lease, which is renewed until the pods are stopped so the node
+    /// is not marked NotReady under them.
     pub async fn shutdown(self) {
+        let Loops {
+            mut followers,
+            stop_ingress,
+            ingress,
+            lease,
+        } = self.loops;
+        // First, so that no worker starts while the others stop.
+        followers.shutdown().await;
         let mut pods = self.pods.lock().await;
         for (_, handle) in pods.drain() {
             handle.stop().await;
         }
+        let _ = stop_ingress.send(());
+        let _ = ingress.await;
+        lease.abort();
+        let _ = lease.await;
     }
 }
 
@@ -333,72 +369,23 @@ async fn renew_lease(config: AgentConfig) {
     }
 }
 
-/// What a follower is told.
-enum Change {
-    /// The full list, after a (re)list: whatever is not in it is gone.
-    Listed(Vec<Value>),
-    Upsert(Value),
-    Delete(Value),
-}
-
-/// Follows objects of `kind`: lists them, then watches for changes, resuming
-/// where it left off after a disconnect and re-listing when its revision is
-/// gone. What is running keeps running through any of this.
+/// Follows objects of `kind` through a watcher, handing each event to
+/// `apply`. What is running keeps running while the control plane is away;
+/// the watcher retries and relists as it must.
 async fn follow<F, Fut>(client: Client, kind: Kind, field_selector: Option<String>, mut apply: F)
 where
-    F: FnMut(Change) -> Fut,
+    F: FnMut(Event) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut revision: Option<String> = None;
-    loop {
-        if revision.is_none() {
-            let options = ListOptions {
-                field_selector: field_selector.clone(),
-                ..Default::default()
-            };
-            match client.list_all(kind, None, &options).await {
-                Ok(list) => {
-                    apply(Change::Listed(list.items)).await;
-                    revision = Some(list.metadata.resource_version);
-                }
-                Err(e) => {
-                    tracing::debug!("cannot list {}: {e}", kind.plural());
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    continue;
-                }
-            }
-        }
-        let options = WatchOptions {
-            resource_version: revision.clone(),
-            field_selector: field_selector.clone(),
-            ..Default::default()
-        };
-        let events = match client.watch(kind, None, &options).await {
-            Ok(events) => events,
-            Err(e) => {
-                if e.code() == Some(410) {
-                    revision = None;
-                }
-                tracing::debug!("cannot watch {}: {e}", kind.plural());
-                tokio::time::sleep(RETRY_PAUSE).await;
-                continue;
-            }
-        };
-        let mut events = Box::pin(events);
-        while let Some(event) = events.next().await {
-            let Ok(event) = event else { break };
-            if let Some(rv) = event.object["metadata"]["resourceVersion"].as_str() {
-                revision = Some(rv.to_owned());
-            }
-            match event.event_type {
-                EventType::Added | EventType::Modified => apply(Change::Upsert(event.object)).await,
-                EventType::Deleted => apply(Change::Delete(event.object)).await,
-                EventType::Error => {
-                    revision = None;
-                    break;
-                }
-                EventType::Bookmark => {}
-            }
+    let config = watcher::Config {
+        field_selector,
+        ..Default::default()
+    };
+    let mut events = std::pin::pin!(watcher::watcher(client, kind, config));
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => apply(event).await,
+            Err(e) => tracing::debug!("following {}: {e}", kind.plural()),
         }
     }
 }
@@ -411,23 +398,23 @@ async fn follow_pods(
 ) {
     let selector = format!("spec.nodeName={}", context.node);
     let client = context.client.clone();
-    follow(client, Kind::Pod, Some(selector), |change| {
+    follow(client, Kind::Pod, Some(selector), |event| {
         let (context, pods) = (context.clone(), pods.clone());
         async move {
-            match change {
-                Change::Listed(items) => {
+            match event {
+                Event::Restarted(items) => {
                     let current = items
                         .into_iter()
                         .filter_map(|p| serde_json::from_value(p).ok())
                         .collect();
                     reconcile(&context, &pods, current).await;
                 }
-                Change::Upsert(object) => {
+                Event::Added(object) | Event::Modified(object) => {
                     if let Ok(pod) = serde_json::from_value::<Pod>(object) {
                         ensure(&context, &pods, pod).await;
                     }
                 }
-                Change::Delete(object) => {
+                Event::Deleted(object) => {
                     let key = namespace_and_name(&object);
                     if let Some(handle) = pods.lock().await.remove(&key) {
                         tokio::spawn(handle.stop());
@@ -443,7 +430,7 @@ async fn follow_pods(
 /// current.
 async fn follow_into_ingress(client: Client, kind: Kind, ingress: Ingress) {
     let services = kind == Kind::Service;
-    follow(client, kind, None, |change| {
+    follow(client, kind, None, |event| {
         let set = |object: &Value| {
             let (namespace, name) = namespace_and_name(object);
             if services {
@@ -455,13 +442,13 @@ async fn follow_into_ingress(client: Client, kind: Kind, ingress: Ingress) {
                 ingress.set_route(&namespace, &name, spec);
             }
         };
-        match change {
-            Change::Listed(items) => {
+        match event {
+            Event::Restarted(items) => {
                 ingress.clear(services);
                 items.iter().for_each(set);
             }
-            Change::Upsert(object) => set(&object),
-            Change::Delete(object) => {
+            Event::Added(object) | Event::Modified(object) => set(&object),
+            Event::Deleted(object) => {
                 let (namespace, name) = namespace_and_name(&object);
                 if services {
                     ingress.remove_service(&namespace, &name);

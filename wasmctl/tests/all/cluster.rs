@@ -14,6 +14,8 @@ use crate::support::{stderr_of, stdout_of, temp_dir};
 pub struct Cluster {
     pub plane: ControlPlane,
     pub database: String,
+    /// The cluster admin's token.
+    pub token: String,
     config: PathBuf,
     dir: PathBuf,
 }
@@ -30,6 +32,7 @@ impl Cluster {
             dir,
             plane,
             database,
+            token: token.clone(),
         };
         cluster.ok(&[
             "config",

@@ -2,6 +2,7 @@
 //! components built from `examples/`, `tests/guests/` and Python.
 //! One test binary of many modules, so everything is linked once.
 
+mod agent;
 mod bad_input;
 mod cache;
 mod cluster;
