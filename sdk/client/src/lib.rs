@@ -2,8 +2,6 @@
 //! [`Client::get_as`]), watches as streams of events, tokens; and OCI
 //! registry clients ([`registry`]).
 
-pub mod registry;
-
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};

@@ -3,11 +3,9 @@
 //! serves HTTP pods on its ingress. It keeps running what it runs while the
 //! control plane is unreachable and reconciles when it comes back.
 
-pub mod ingress;
 pub mod lifecycle;
 pub mod pod;
 pub mod probes;
-pub mod runtimes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -24,14 +22,14 @@ use skiff_api::meta::namespace_and_name;
 use skiff_api::{EventType, Kind};
 use skiff_client::{Client, ListOptions, WatchOptions};
 
-use crate::containerd::Containerd;
-use crate::oci::{BlobCache, Registry};
+use crate::ingress::{Ingress, PodName, Routes};
 use crate::runtime::RuntimeConfig;
-use ingress::{Ingress, PodName, Routes};
+use crate::runtimes::Runtimes;
+use crate::runtimes::linux::LinuxRuntime;
+use crate::runtimes::linux::containerd::Containerd;
+use crate::runtimes::wasm::{Engines, WasmRuntime};
 use pod::PodHandle;
-use runtimes::Runtimes;
-use runtimes::linux::LinuxRuntime;
-use runtimes::wasm::{Engines, WasmRuntime};
+use skiff_oci::{BlobCache, Registry};
 
 /// Pause between attempts to reach an unreachable control plane.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);

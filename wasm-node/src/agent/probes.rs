@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::ingress::Backend;
+use crate::runtimes::Backend;
 
 /// What the probes found that the worker must act on.
 #[derive(Debug, PartialEq, Eq)]

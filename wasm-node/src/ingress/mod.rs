@@ -26,7 +26,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use skiff_api::kinds::service::{Endpoint, RouteSpec};
 
-use crate::runtime::{HttpApp, HttpBody, named_host, service_of_host, text_response};
+use crate::runtime::{HttpBody, named_host, service_of_host, text_response};
+pub use crate::runtimes::Backend;
 
 /// Namespace and name of a pod.
 pub type PodName = (String, String);
@@ -38,15 +39,6 @@ pub const POD_MISSING_HEADER: &str = "skiff-pod-missing";
 /// them again) up to this size.
 const MAX_BUFFERED_BODY: usize = 16 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What serves a pod's HTTP on this node.
-#[derive(Clone)]
-pub enum Backend {
-    /// A Wasm component: a fresh instance per request, in process.
-    Wasm(HttpApp),
-    /// A Linux container listening on the host network.
-    Process(std::net::SocketAddr),
-}
 
 /// The HTTP pods this node serves, by name.
 #[derive(Clone, Default)]

@@ -11,12 +11,12 @@ use skiff_api::kinds::pod::PodSpec;
 use skiff_api::quantity::{parse_bytes, parse_duration, parse_fuel};
 use tokio::sync::Notify;
 
+use super::Backend;
 use super::{Artifact, Ended, Failure, Image, Instance, Launch, PodId, Runtime};
-use crate::agent::ingress::Backend;
-use crate::oci::{BlobCache, CacheError, Registry};
 use crate::runtime::{
     self, App, CommandApp, HttpApp, Limits, LoadedComponent, RuntimeConfig, RuntimeError,
 };
+use skiff_oci::{BlobCache, CacheError, Registry};
 
 /// The node's wasmtime engines: one without fuel metering and, made when a
 /// pod first asks for fuel, one with (metering changes generated code, so
