@@ -12,5 +12,4 @@
 
 pub mod agent;
 pub mod ingress;
-pub mod runtime;
 pub mod runtimes;

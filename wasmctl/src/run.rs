@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wasm_node::runtime::quantity::{self, format_bytes, format_duration};
-use wasm_node::runtime::{
-    AllowList, AllowRule, App, CacheOutcome, CommandApp, DirGrant, GuestFailure, HttpApp, Limits,
-    LoadedComponent, Runtime, RuntimeConfig, Sandbox, Stdio, limits,
+use skiff_wasm::quantity::{self, format_bytes, format_duration};
+use skiff_wasm::{
+    AllowList, AllowRule, App, CacheOutcome, CommandApp, DirGrant, Engine, EngineConfig,
+    GuestFailure, HttpApp, Limits, LoadedComponent, Sandbox, Stdio, limits,
 };
 
 use crate::{BadInput, cargo_project};
@@ -134,7 +134,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         args.cache_dir.clone().or_else(default_cache_dir)
     };
-    let runtime = Runtime::new(RuntimeConfig::for_limits(&limits, cache_dir))?;
+    let runtime = Engine::new(EngineConfig::for_limits(&limits, cache_dir))?;
     let loaded = runtime
         .load_file(&component_path)
         .map_err(|e| BadInput(e.to_string()))?;
@@ -183,7 +183,7 @@ async fn serve(app: HttpApp, args: &RunArgs) -> Result<ExitCode> {
         limits.max_instances,
     );
     eprintln!("Try: curl http://{addr}/    (Ctrl-C stops)");
-    wasm_node::runtime::serve(app, listener, shutdown_signal(), SHUTDOWN_GRACE).await;
+    wasm_node::ingress::serve(app, listener, shutdown_signal(), SHUTDOWN_GRACE).await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -23,13 +23,13 @@ use skiff_api::{EventType, Kind};
 use skiff_client::{Client, ListOptions, WatchOptions};
 
 use crate::ingress::{Ingress, PodName, Routes};
-use crate::runtime::RuntimeConfig;
 use crate::runtimes::Runtimes;
 use crate::runtimes::linux::LinuxRuntime;
 use crate::runtimes::linux::containerd::Containerd;
 use crate::runtimes::wasm::{Engines, WasmRuntime};
 use pod::PodHandle;
 use skiff_oci::{BlobCache, Registry};
+use skiff_wasm::EngineConfig;
 
 /// Pause between attempts to reach an unreachable control plane.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -145,7 +145,7 @@ impl Agent {
         }
         let registry = Registry::new(&config.insecure_registries);
         let wasm = WasmRuntime::new(
-            Engines::new(RuntimeConfig {
+            Engines::new(EngineConfig {
                 max_memory: config.max_instance_memory,
                 max_instances: config.max_concurrent_instances,
                 fuel_metering: false,
@@ -178,7 +178,7 @@ impl Agent {
                 ingress.clone(),
             ));
         }
-        tokio::spawn(crate::runtime::serve_with(
+        tokio::spawn(crate::ingress::serve_with(
             listener,
             move |request| {
                 let ingress = ingress.clone();
@@ -304,7 +304,7 @@ async fn register(
         "capacity": resources,
         "allocatable": resources,
         "addresses": [{"type": "Ingress", "address": endpoint}, {"type": "Hostname", "address": config.name}],
-        "nodeInfo": {"wasmtime": "48.0.8", "agent": env!("CARGO_PKG_VERSION"), "containerd": containerd},
+        "nodeInfo": {"wasmtime": skiff_wasm::WASMTIME_VERSION, "agent": env!("CARGO_PKG_VERSION"), "containerd": containerd},
         "conditions": [{"type": "Ready", "status": "True", "reason": "AgentRunning", "lastTransitionTime": now}],
     }});
     config

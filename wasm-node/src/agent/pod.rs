@@ -17,9 +17,9 @@ use tokio::sync::watch;
 use super::NodeContext;
 use super::lifecycle::{Backoff, Event, State, next};
 use super::probes::{Prober, Verdict};
-use crate::runtime::{DirGrant, Sandbox, ServiceGateway, Stdio};
 use crate::runtimes::{Artifact, Failure, Image, Instance, Launch, PodId};
 use skiff_oci::{self as oci, Credentials};
+use skiff_wasm::{DirGrant, Sandbox, ServiceGateway, Stdio};
 
 /// A running pod worker.
 pub struct PodHandle {

@@ -20,15 +20,15 @@ use futures::future::BoxFuture;
 use skiff_api::kinds::pod::{PodRuntime, PodSpec};
 use skiff_oci::Reference;
 
-use crate::runtime::Sandbox;
 use skiff_oci::{Credentials, OciError, Registry};
+use skiff_wasm::Sandbox;
 
 /// What serves a running pod's HTTP on this node: the ingress routes to
 /// it, the probes check it.
 #[derive(Clone)]
 pub enum Backend {
     /// A Wasm component: a fresh instance per request, in process.
-    Wasm(crate::runtime::HttpApp),
+    Wasm(skiff_wasm::HttpApp),
     /// A Linux container listening on the host network.
     Process(std::net::SocketAddr),
 }
