@@ -1,9 +1,15 @@
-//! The Skiff node agent ([`agent`]): joins a cluster, runs the pods bound
-//! to it with the Wasm runtime ([`runtime`], which `wasmctl run` uses too),
-//! pulling their components from OCI registries ([`oci`]); ordinary Linux
-//! images run through containerd ([`containerd`]).
+//! The Skiff node agent. Its parts, each a module with one job, depend only
+//! on the ones below them:
+//!
+//! - [`agent`]: registers the Node, renews its lease, follows the pods
+//!   bound to it and runs a worker per pod, reporting their status;
+//! - [`ingress`]: the node's listener, routing pods, Services and Routes,
+//!   balancing and proxying;
+//! - [`runtimes`]: what runs pods, behind one trait: components in wasmtime
+//!   (through the `skiff-wasm` crate), Linux images through containerd;
+//! - OCI registries (resolve, pull, push, cache) are the `skiff-oci`
+//!   crate, shared with the scheduler and `wasmctl`.
 
 pub mod agent;
-pub mod containerd;
-pub mod oci;
-pub mod runtime;
+pub mod ingress;
+pub mod runtimes;

@@ -21,7 +21,7 @@ use serde_json::json;
 use skiff_api::Kind;
 use skiff_client::Client;
 use testkit::{Containerd, push_busybox_image};
-use wasm_node::containerd::{Containerd as Runtime, RunSpec};
+use wasm_node::runtimes::linux::containerd::{Containerd as Runtime, RunSpec};
 
 mod common;
 use common::*;
@@ -127,14 +127,14 @@ async fn containerd_floor(socket: &Path, image: &str, count: usize) -> Vec<f64> 
     let runtime = Runtime::connect(socket, "overlayfs")
         .await
         .expect("containerd");
-    let registry = wasm_node::oci::Registry::new(&[]);
-    let reference = wasm_node::oci::parse_reference(image).expect("reference");
-    let credentials = wasm_node::oci::Credentials::Anonymous;
+    let registry = skiff_oci::Registry::new(&[]);
+    let reference = skiff_oci::parse_reference(image).expect("reference");
+    let credentials = skiff_oci::Credentials::Anonymous;
     let digest = registry
         .resolve(&reference, &credentials)
         .await
         .expect("resolve");
-    let pinned = wasm_node::oci::parse_reference(&format!(
+    let pinned = skiff_oci::parse_reference(&format!(
         "{}/{}@{digest}",
         reference.resolve_registry(),
         reference.repository()

@@ -224,9 +224,9 @@ async fn deploy(client: &Client, path: &Path, registry: &Registry) -> Result<Str
     let reference = format!("{}/{name}:dev", registry.addr);
     let bytes = std::fs::read(&component_path)
         .with_context(|| format!("reading {}", component_path.display()))?;
-    wasm_node::oci::Registry::default()
+    skiff_oci::Registry::default()
         .push(
-            &wasm_node::oci::parse_reference(&reference)?,
+            &skiff_oci::parse_reference(&reference)?,
             bytes,
             &Default::default(),
             |_, _| {},

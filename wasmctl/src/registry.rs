@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use wasm_node::oci::{self, Credentials, Registry};
+use skiff_oci::{self as oci, Credentials, Registry};
 
 use crate::{BadInput, cargo_project};
 
@@ -137,10 +137,7 @@ pub fn pull(args: PullArgs) -> Result<()> {
 }
 
 /// Resolves and pulls a component, every blob checked against its digest.
-pub fn pull_component(
-    registry: &RegistryArgs,
-    reference: &oci_client::Reference,
-) -> Result<oci::Pulled> {
+pub fn pull_component(registry: &RegistryArgs, reference: &oci::Reference) -> Result<oci::Pulled> {
     let credentials = registry.credentials()?;
     let client = registry.registry();
     crate::cluster::block_on(async {

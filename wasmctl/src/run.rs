@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wasm_node::runtime::quantity::{self, format_bytes, format_duration};
-use wasm_node::runtime::{
-    AllowList, AllowRule, App, CacheOutcome, CommandApp, DirGrant, GuestFailure, HttpApp, Limits,
-    LoadedComponent, Runtime, RuntimeConfig, Sandbox, Stdio, limits,
+use skiff_wasm::quantity::{self, format_bytes, format_duration};
+use skiff_wasm::{
+    AllowList, AllowRule, App, CacheOutcome, CommandApp, DirGrant, Engine, EngineConfig,
+    GuestFailure, HttpApp, Limits, LoadedComponent, Sandbox, Stdio, limits,
 };
 
 use crate::{BadInput, cargo_project};
-use wasm_node::oci::OciError;
+use skiff_oci::OciError;
 
 /// Exit code when a command guest traps or exceeds its fuel or memory, as a
 /// process killed by SIGABRT would report it.
@@ -134,7 +134,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         args.cache_dir.clone().or_else(default_cache_dir)
     };
-    let runtime = Runtime::new(RuntimeConfig::for_limits(&limits, cache_dir))?;
+    let runtime = Engine::new(EngineConfig::for_limits(&limits, cache_dir))?;
     let loaded = runtime
         .load_file(&component_path)
         .map_err(|e| BadInput(e.to_string()))?;
@@ -183,7 +183,7 @@ async fn serve(app: HttpApp, args: &RunArgs) -> Result<ExitCode> {
         limits.max_instances,
     );
     eprintln!("Try: curl http://{addr}/    (Ctrl-C stops)");
-    wasm_node::runtime::serve(app, listener, shutdown_signal(), SHUTDOWN_GRACE).await;
+    wasm_node::ingress::serve(app, listener, shutdown_signal(), SHUTDOWN_GRACE).await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -206,9 +206,9 @@ async fn run_command(app: &CommandApp, name: &str) -> ExitCode {
 /// server in it finds its port in PORT (`--listen`'s port; the container
 /// shares the host's network). Ctrl-C stops it.
 fn run_linux(args: &RunArgs) -> Result<ExitCode> {
-    use wasm_node::containerd::{Containerd, RunSpec, image_defaults};
+    use wasm_node::runtimes::linux::containerd::{Containerd, RunSpec, image_defaults};
     let text = args.target.to_string_lossy().into_owned();
-    let reference = wasm_node::oci::parse_reference(&text).map_err(|e| BadInput(e.to_string()))?;
+    let reference = skiff_oci::parse_reference(&text).map_err(|e| BadInput(e.to_string()))?;
     let credentials = args.registry.credentials()?;
     let registry = args.registry.registry();
     crate::cluster::block_on(async {
@@ -220,7 +220,7 @@ fn run_linux(args: &RunArgs) -> Result<ExitCode> {
                 ))
             })?;
         let digest = registry.resolve(&reference, &credentials).await?;
-        let pinned = wasm_node::oci::parse_reference(&format!(
+        let pinned = skiff_oci::parse_reference(&format!(
             "{}/{}@{digest}",
             reference.resolve_registry(),
             reference.repository()
@@ -301,7 +301,7 @@ fn print_new(log: &std::path::Path, from: usize) -> usize {
 /// Pulls a registry reference into the local cache and returns the file.
 fn pull_to_cache(args: &RunArgs) -> Result<PathBuf> {
     let text = args.target.to_string_lossy();
-    let reference = wasm_node::oci::parse_reference(&text).map_err(|e| BadInput(e.to_string()))?;
+    let reference = skiff_oci::parse_reference(&text).map_err(|e| BadInput(e.to_string()))?;
     let pulled = crate::registry::pull_component(&args.registry, &reference)?;
     let dir = args
         .cache_dir

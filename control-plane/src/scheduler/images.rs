@@ -12,12 +12,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use oci_client::Reference;
-use oci_client::manifest::OciManifest;
-use oci_client::secrets::RegistryAuth;
 use skiff_api::Kind;
 use skiff_api::kinds::pod::{PodRuntime, PodSpec};
-use skiff_client::registry::Clients;
+use skiff_oci::{Credentials, Registry};
 use tokio::task::JoinSet;
 
 use crate::store::{ObjectKey, Store};
@@ -66,7 +63,7 @@ struct Answer {
 }
 
 pub struct ImageRuntimes {
-    clients: Clients,
+    registry: Registry,
     store: Store,
     answers: HashMap<ImageKey, Answer>,
     running: HashSet<ImageKey>,
@@ -76,7 +73,7 @@ pub struct ImageRuntimes {
 impl ImageRuntimes {
     pub fn new(store: Store, insecure_registries: &[String]) -> Self {
         Self {
-            clients: Clients::new(insecure_registries),
+            registry: Registry::new(insecure_registries),
             store,
             answers: HashMap::new(),
             running: HashSet::new(),
@@ -101,9 +98,9 @@ impl ImageRuntimes {
 
     fn start(&mut self, key: ImageKey) {
         self.running.insert(key.clone());
-        let (clients, store) = (self.clients.clone(), self.store.clone());
+        let (registry, store) = (self.registry.clone(), self.store.clone());
         self.lookups.spawn(async move {
-            let found = tokio::time::timeout(LOOKUP_TIMEOUT, look_up(&clients, &store, &key))
+            let found = tokio::time::timeout(LOOKUP_TIMEOUT, look_up(&registry, &store, &key))
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {LOOKUP_TIMEOUT:?}")));
             (key, found)
@@ -144,51 +141,44 @@ impl ImageRuntimes {
     }
 }
 
-/// Reads the image's manifest and tells its runtime by media types. A
-/// multi-platform index is a Linux image: Wasm artifacts are single
-/// manifests.
-async fn look_up(clients: &Clients, store: &Store, key: &ImageKey) -> Result<PodRuntime, String> {
-    let reference: Reference = key.image.parse().map_err(|e| format!("{e}"))?;
-    let auth = match key.secret.split_once('/') {
-        Some((namespace, name)) => secret_auth(store, namespace, name).await?,
-        None => RegistryAuth::Anonymous,
+/// Reads the image's manifest and tells its runtime by its media types,
+/// by the rules the node applies too (`skiff_oci`): a multi-platform index
+/// stands for its Wasm entry, else this machine's Linux one.
+async fn look_up(registry: &Registry, store: &Store, key: &ImageKey) -> Result<PodRuntime, String> {
+    let reference = skiff_oci::parse_reference(&key.image).map_err(|e| e.to_string())?;
+    let credentials = match key.secret.split_once('/') {
+        Some((namespace, name)) => secret_credentials(store, namespace, name).await?,
+        None => Credentials::Anonymous,
     };
-    let (manifest, _) = clients
-        .for_reference(&reference, &auth)
-        .pull_manifest(&reference, &auth)
+    registry
+        .kind_of(&reference, &credentials)
         .await
-        .map_err(|e| e.to_string())?;
-    match manifest {
-        OciManifest::ImageIndex(_) => Ok(PodRuntime::Linux),
-        OciManifest::Image(manifest) => PodRuntime::of_artifact(
-            &manifest.config.media_type,
-            manifest.layers.iter().map(|l| l.media_type.as_str()),
-        )
-        .ok_or_else(|| format!("config media type {}", manifest.config.media_type)),
-    }
+        .map_err(|e| e.to_string())
 }
 
-/// Registry credentials from a pull secret: `username` and `password`, or
-/// `token` (base64 values, as in every Secret).
-async fn secret_auth(store: &Store, namespace: &str, name: &str) -> Result<RegistryAuth, String> {
+/// Registry credentials from a pull secret (base64 values, as in every
+/// Secret).
+async fn secret_credentials(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+) -> Result<Credentials, String> {
     use base64::Engine as _;
     let secret = store
         .get(&ObjectKey::new(Kind::Secret, namespace, name))
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("secret {namespace}/{name} not found"))?;
-    let text = |key: &str| {
-        let value = secret["data"][key].as_str()?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(value)
-            .ok()?;
-        String::from_utf8(bytes).ok()
-    };
-    match (text("username"), text("password"), text("token")) {
-        (Some(username), Some(password), _) => Ok(RegistryAuth::Basic(username, password)),
-        (_, _, Some(token)) => Ok(RegistryAuth::Bearer(token)),
-        _ => Err(format!(
-            "secret {namespace}/{name} has neither username and password nor token"
-        )),
-    }
+    let data = secret["data"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(key, value)| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(value.as_str()?)
+                .ok()?;
+            Some((key.clone(), bytes))
+        })
+        .collect();
+    Credentials::from_secret(&format!("{namespace}/{name}"), &data).map_err(|e| e.to_string())
 }

@@ -1,8 +1,7 @@
 //! A client for the Skiff API: objects of any kind as JSON (typed reads via
-//! [`Client::get_as`]), watches as streams of events, tokens; and OCI
-//! registry clients ([`registry`]).
+//! [`Client::get_as`]), watches as streams of events and a
+//! [`watcher`] that keeps one going, tokens.
 
-pub mod registry;
 pub mod watcher;
 
 use std::time::Duration;

@@ -3,11 +3,9 @@
 //! serves HTTP pods on its ingress. It keeps running what it runs while the
 //! control plane is unreachable and reconciles when it comes back.
 
-pub mod ingress;
 pub mod lifecycle;
 pub mod pod;
 pub mod probes;
-pub mod runtimes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -27,14 +25,14 @@ use skiff_client::watcher::{self, Event};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::containerd::Containerd;
-use crate::oci::{BlobCache, Registry};
-use crate::runtime::RuntimeConfig;
-use ingress::{Ingress, PodName, Routes};
+use crate::ingress::{Ingress, PodName, Routes};
+use crate::runtimes::Runtimes;
+use crate::runtimes::linux::LinuxRuntime;
+use crate::runtimes::linux::containerd::Containerd;
+use crate::runtimes::wasm::{Engines, WasmRuntime};
 use pod::PodHandle;
-use runtimes::Runtimes;
-use runtimes::linux::LinuxRuntime;
-use runtimes::wasm::{Engines, WasmRuntime};
+use skiff_oci::{BlobCache, Registry};
+use skiff_wasm::EngineConfig;
 
 /// Everything the agent is configured with.
 #[derive(Clone)]
@@ -157,7 +155,7 @@ impl Agent {
         }
         let registry = Registry::new(&config.insecure_registries);
         let wasm = WasmRuntime::new(
-            Engines::new(RuntimeConfig {
+            Engines::new(EngineConfig {
                 max_memory: config.max_instance_memory,
                 max_instances: config.max_concurrent_instances,
                 fuel_metering: false,
@@ -192,7 +190,7 @@ impl Agent {
             ));
         }
         let (stop_ingress, ingress_stopped) = oneshot::channel();
-        let ingress = tokio::spawn(crate::runtime::serve_with(
+        let ingress = tokio::spawn(crate::ingress::serve_with(
             listener,
             move |request| {
                 let ingress = ingress.clone();
@@ -342,7 +340,7 @@ async fn register(
         "capacity": resources,
         "allocatable": resources,
         "addresses": [{"type": "Ingress", "address": endpoint}, {"type": "Hostname", "address": config.name}],
-        "nodeInfo": {"wasmtime": "48.0.8", "agent": env!("CARGO_PKG_VERSION"), "containerd": containerd},
+        "nodeInfo": {"wasmtime": skiff_wasm::WASMTIME_VERSION, "agent": env!("CARGO_PKG_VERSION"), "containerd": containerd},
         "conditions": [{"type": "Ready", "status": "True", "reason": "AgentRunning", "lastTransitionTime": now}],
     }});
     config

@@ -17,9 +17,9 @@ use tokio::sync::watch;
 use super::NodeContext;
 use super::lifecycle::{Backoff, Event, State, next};
 use super::probes::{Prober, Verdict};
-use super::runtimes::{Artifact, Failure, Image, Instance, Launch, PodId};
-use crate::oci::{self, Credentials};
-use crate::runtime::{DirGrant, Sandbox, ServiceGateway, Stdio};
+use crate::runtimes::{Artifact, Failure, Image, Instance, Launch, PodId};
+use skiff_oci::{self as oci, Credentials};
+use skiff_wasm::{DirGrant, Sandbox, ServiceGateway, Stdio};
 
 /// A running pod worker.
 pub struct PodHandle {
@@ -427,18 +427,10 @@ impl Worker {
             return Ok(Credentials::Anonymous);
         };
         let data = self.secret_data(secret).await?;
-        let text = |key: &str| {
-            data.get(key)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        };
-        match (text("username"), text("password"), text("token")) {
-            (Some(username), Some(password), _) => Ok(Credentials::Basic { username, password }),
-            (_, _, Some(token)) => Ok(Credentials::Bearer(token)),
-            _ => Err(Failure::Retry {
-                reason: "ErrImagePull",
-                message: format!("secret {secret} has neither username and password nor token"),
-            }),
-        }
+        Credentials::from_secret(secret, &data).map_err(|e| Failure::Retry {
+            reason: "ErrImagePull",
+            message: e.to_string(),
+        })
     }
 
     async fn secret_data(

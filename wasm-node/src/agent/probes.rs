@@ -15,7 +15,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::ingress::Backend;
+use crate::runtimes::Backend;
+use skiff_wasm::BodyError;
 
 /// What the probes found that the worker must act on.
 #[derive(Debug, PartialEq, Eq)]
@@ -195,9 +196,8 @@ async fn get(
     };
     let status = match (backend, client) {
         (Backend::Wasm(app), _) => {
-            let request = request(path.clone())?.map(|b| {
-                b.map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} })
-            });
+            let request = request(path.clone())?
+                .map(|b| b.map_err(|never: Infallible| -> BodyError { match never {} }));
             tokio::time::timeout(timeout, app.handle(request))
                 .await
                 .map(|r| r.status())

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use wasmtime::component::InstancePre;
@@ -17,8 +18,40 @@ use super::error::{GuestFailure, log_detail};
 use super::host::{Host, InstanceRole, InstanceSpec};
 use super::limits::Limits;
 
-/// The body of every response the runtime produces.
-pub type HttpBody = HyperOutgoingBody;
+/// The body of every response the engine produces; the engine's own type,
+/// so that callers never name wasmtime's.
+pub type HttpBody = UnsyncBoxBody<Bytes, BodyError>;
+
+/// Why a body could not be read or sent to its end.
+#[derive(Debug)]
+pub struct BodyError(Box<dyn std::error::Error + Send + Sync>);
+
+impl BodyError {
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(error.into())
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// A request body's error as wasi:http takes it: hyper's errors keep their
+/// kind, anything else is an internal error with its message.
+fn incoming_error(error: Box<dyn std::error::Error + Send + Sync>) -> wasmtime_wasi_http::Error {
+    match error.downcast::<hyper::Error>() {
+        Ok(hyper) => wasmtime_wasi_http::Error::Hyper(*hyper),
+        Err(other) => wasmtime_wasi_http::Error::InternalError(Some(other.to_string())),
+    }
+}
 
 /// An HTTP component ready to serve. Cloning is cheap and shares the
 /// component, its limits and its concurrency budget.
@@ -73,7 +106,7 @@ impl HttpApp {
     pub async fn handle<B>(&self, mut request: http::Request<B>) -> http::Response<HttpBody>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let limits = self.limits();
         let permit =
@@ -102,7 +135,7 @@ impl HttpApp {
             }
         };
         match receiver.await {
-            Ok(Ok(response)) => response,
+            Ok(Ok(response)) => response.map(|body| body.map_err(BodyError::new).boxed_unsync()),
             Ok(Err(code)) => {
                 tracing::warn!("{name}: {what} failed: guest set error {code:?}");
                 text_response(
@@ -132,8 +165,9 @@ impl HttpApp {
     ) -> Result<tokio::task::JoinHandle<Result<(), GuestFailure>>, GuestFailure>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let request = request.map(|body| body.map_err(|e| incoming_error(e.into())));
         let inner = self.inner.clone();
         let spec = &inner.spec;
         let mut store = spec

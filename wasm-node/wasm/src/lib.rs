@@ -1,6 +1,9 @@
-//! The Wasm runtime shared by `wasmctl run` and the node agent.
+//! Components under limits in wasmtime, shared by `wasmctl run` and the
+//! node's Wasm pod runtime. The only crate of the workspace that depends on
+//! wasmtime: its edge (requests, bodies, errors, limits, grants) is made of
+//! its own types and `http`'s.
 //!
-//! Expensive work happens once: one [`Runtime`] (engine with the pooling
+//! Expensive work happens once: one [`Engine`] (wasmtime's engine with the pooling
 //! allocator and epoch interruption, linker, compilation cache) per process,
 //! one compile per component (skipped when the cache has it), one
 //! `InstancePre` per component. Cheap work happens per instance: a fresh
@@ -15,7 +18,6 @@ mod http;
 pub mod limits;
 mod outbound;
 mod sandbox;
-mod serve;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,17 +26,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy};
+use wasmtime::{Config, InstanceAllocationStrategy};
 
 use cache::CompileError;
 pub use cache::{ArtifactCache, CacheOutcome, Digest};
 pub use command::CommandApp;
 pub use error::{GuestFailure, LoadError};
-pub use http::{HttpApp, HttpBody, text_response};
+pub use http::{BodyError, HttpApp, HttpBody, text_response};
 pub use limits::{Limits, LimitsError, MemoryLimitExceeded};
 pub use outbound::{named_host, service_of_host};
 pub use sandbox::{DirGrant, DirGrantError, Sandbox, ServiceGateway, Stdio};
-pub use serve::{serve, serve_with};
 pub use skiff_api::outbound::{AllowList, AllowRule, AllowRuleError};
 pub use skiff_api::quantity;
 
@@ -42,10 +43,13 @@ use error::one_line;
 use host::{Host, InstanceSpec};
 use limits::{EPOCH_TICK, SlotReset};
 
+/// The wasmtime this engine is built on, as nodes report it.
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
 /// Engine-wide settings: what every component run by this runtime may at
 /// most ask for.
 #[derive(Debug, Clone)]
-pub struct RuntimeConfig {
+pub struct EngineConfig {
     /// Largest memory limit a component may be given.
     pub max_memory: u64,
     /// Instances of all components together that may exist at once.
@@ -57,7 +61,7 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
-impl RuntimeConfig {
+impl EngineConfig {
     /// A runtime sized for exactly one component with `limits`, as
     /// `wasmctl run` uses.
     pub fn for_limits(limits: &Limits, cache_dir: Option<PathBuf>) -> Self {
@@ -72,7 +76,7 @@ impl RuntimeConfig {
 
 /// The runtime could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
+pub enum EngineError {
     #[error("cannot create the Wasm engine: {0}")]
     Engine(String),
     #[error("cannot open the compilation cache {}: {reason}", dir.display())]
@@ -89,12 +93,12 @@ pub enum PrepareError {
 }
 
 /// One engine, linker and cache per process.
-pub struct Runtime {
-    engine: Engine,
+pub struct Engine {
+    engine: wasmtime::Engine,
     linker: Arc<Linker<Host>>,
     cache: Option<ArtifactCache>,
     shared: SharedComponents,
-    config: RuntimeConfig,
+    config: EngineConfig,
     _epoch: EpochTicker,
 }
 
@@ -143,17 +147,17 @@ pub enum App {
     Command(Box<CommandApp>),
 }
 
-impl Runtime {
-    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+impl Engine {
+    pub fn new(config: EngineConfig) -> Result<Self, EngineError> {
         let engine = new_engine(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
-            .map_err(|e| RuntimeError::Engine(one_line(&e)))?;
+            .map_err(|e| EngineError::Engine(one_line(&e)))?;
         let cache = match &config.cache_dir {
             Some(dir) => {
                 Some(
-                    ArtifactCache::open(dir, &engine).map_err(|e| RuntimeError::Cache {
+                    ArtifactCache::open(dir, &engine).map_err(|e| EngineError::Cache {
                         dir: dir.clone(),
                         reason: e.to_string(),
                     })?,
@@ -172,7 +176,7 @@ impl Runtime {
         })
     }
 
-    pub fn engine(&self) -> &Engine {
+    pub fn engine(&self) -> &wasmtime::Engine {
         &self.engine
     }
 
@@ -322,7 +326,7 @@ impl Runtime {
 /// The engine, with the best instance allocation this machine supports:
 /// pooled slots reset in place, else pooled slots released to the kernel,
 /// else (too little address space for a pool) allocation on demand.
-fn new_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
+fn new_engine(config: &EngineConfig) -> Result<wasmtime::Engine, EngineError> {
     let mut wasm = Config::new();
     wasm.wasm_component_model(true)
         .epoch_interruption(true)
@@ -337,7 +341,7 @@ fn new_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
     let mut last_error = String::new();
     for reset in [SlotReset::InPlace, SlotReset::Release] {
         wasm.allocation_strategy(pool(reset));
-        match Engine::new(&wasm) {
+        match wasmtime::Engine::new(&wasm) {
             Ok(engine) => return Ok(engine),
             Err(e) => {
                 last_error = one_line(&e);
@@ -349,14 +353,14 @@ fn new_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
     // is too little, run with on-demand allocation rather than not at all.
     tracing::warn!("pooling allocator unavailable ({last_error}); allocating instances on demand");
     wasm.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-    Engine::new(&wasm).map_err(|e| RuntimeError::Engine(one_line(&e)))
+    wasmtime::Engine::new(&wasm).map_err(|e| EngineError::Engine(one_line(&e)))
 }
 
 /// Rejects what is not a component before the compiler sees it, so each kind
 /// of wrong file gets its own precise message.
 fn check_encoding(name: &str, bytes: &[u8]) -> Result<(), LoadError> {
     let name = name.to_owned();
-    if Engine::detect_precompiled(bytes).is_some() || bytes.starts_with(b"\x7fELF") {
+    if wasmtime::Engine::detect_precompiled(bytes).is_some() || bytes.starts_with(b"\x7fELF") {
         return Err(LoadError::Precompiled { name });
     }
     if bytes.len() < 8 || !bytes.starts_with(b"\0asm") {
@@ -374,7 +378,7 @@ fn check_encoding(name: &str, bytes: &[u8]) -> Result<(), LoadError> {
 
 /// Which world a component implements, from its exports. A component that
 /// exports both is served: serving is what nodes do with it.
-fn entry_point(engine: &Engine, component: &Component) -> Option<ComponentKind> {
+fn entry_point(engine: &wasmtime::Engine, component: &Component) -> Option<ComponentKind> {
     let ty = component.component_type();
     let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
     let exports_any = |prefix: &str| exports.iter().any(|name| name.starts_with(prefix));
@@ -403,7 +407,7 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    fn start(engine: wasmtime::Engine) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("epoch-ticker".into())
@@ -476,6 +480,16 @@ impl SharedComponents {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reported_wasmtime_version_is_the_one_built_on() {
+        let manifest = include_str!("../../../Cargo.toml");
+        let pinned = format!("wasmtime = {{ version = \"={WASMTIME_VERSION}\"");
+        assert!(
+            manifest.contains(&pinned),
+            "the workspace no longer pins wasmtime {WASMTIME_VERSION}"
+        );
+    }
 
     fn load_error(bytes: &[u8]) -> String {
         check_encoding("x.wasm", bytes).unwrap_err().to_string()

@@ -11,24 +11,24 @@ use skiff_api::kinds::pod::PodSpec;
 use skiff_api::quantity::{parse_bytes, parse_duration, parse_fuel};
 use tokio::sync::Notify;
 
+use super::Backend;
 use super::{Artifact, Ended, Failure, Image, Instance, Launch, PodId, Runtime};
-use crate::agent::ingress::Backend;
-use crate::oci::{BlobCache, CacheError, Registry};
-use crate::runtime::{
-    self, App, CommandApp, HttpApp, Limits, LoadedComponent, RuntimeConfig, RuntimeError,
+use skiff_oci::{BlobCache, CacheError, Registry};
+use skiff_wasm::{
+    self, App, CommandApp, EngineConfig, EngineError, HttpApp, Limits, LoadedComponent,
 };
 
 /// The node's wasmtime engines: one without fuel metering and, made when a
 /// pod first asks for fuel, one with (metering changes generated code, so
 /// it is an engine-wide choice).
 pub struct Engines {
-    config: RuntimeConfig,
-    plain: Mutex<Option<Arc<runtime::Runtime>>>,
-    metered: Mutex<Option<Arc<runtime::Runtime>>>,
+    config: EngineConfig,
+    plain: Mutex<Option<Arc<skiff_wasm::Engine>>>,
+    metered: Mutex<Option<Arc<skiff_wasm::Engine>>>,
 }
 
 impl Engines {
-    pub fn new(config: RuntimeConfig) -> Self {
+    pub fn new(config: EngineConfig) -> Self {
         Self {
             config,
             plain: Mutex::new(None),
@@ -36,13 +36,13 @@ impl Engines {
         }
     }
 
-    pub fn get(&self, fuel: bool) -> Result<Arc<runtime::Runtime>, RuntimeError> {
+    pub fn get(&self, fuel: bool) -> Result<Arc<skiff_wasm::Engine>, EngineError> {
         let slot = if fuel { &self.metered } else { &self.plain };
         let mut slot = slot.lock().expect("runtime lock");
         if let Some(runtime) = slot.as_ref() {
             return Ok(runtime.clone());
         }
-        let runtime = Arc::new(runtime::Runtime::new(RuntimeConfig {
+        let runtime = Arc::new(skiff_wasm::Engine::new(EngineConfig {
             fuel_metering: fuel,
             ..self.config.clone()
         })?);

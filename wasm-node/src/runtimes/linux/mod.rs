@@ -12,11 +12,14 @@ use futures::future::BoxFuture;
 use skiff_api::kinds::pod::Protocol;
 use skiff_api::quantity::parse_bytes;
 
+use super::Backend;
 use super::{Artifact, Ended, Failure, Image, Instance, Launch, PodId, Runtime};
-use crate::agent::ingress::Backend;
-use crate::containerd::{Containerd, ContainerdError, LinuxImage, RunSpec, image_defaults};
-use crate::oci::{Credentials, Registry};
-use oci_client::Reference;
+pub mod containerd;
+
+use containerd::{Containerd, ContainerdError, RunSpec, image_defaults};
+use skiff_oci::LinuxImage;
+use skiff_oci::Reference;
+use skiff_oci::{Credentials, Registry};
 
 pub struct LinuxRuntime {
     containerd: Containerd,

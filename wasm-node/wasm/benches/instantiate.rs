@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use wasm_node::runtime::{App, HttpApp, Limits, Runtime, RuntimeConfig, Sandbox};
+use skiff_wasm::{App, EngineConfig, HttpApp, Limits, Sandbox};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -143,7 +143,7 @@ fn main() {
         .map_or(20_000, |n| n.parse().expect("iterations"));
 
     let limits = Limits::default();
-    let runtime = Runtime::new(RuntimeConfig::for_limits(&limits, None)).unwrap();
+    let runtime = skiff_wasm::Engine::new(EngineConfig::for_limits(&limits, None)).unwrap();
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

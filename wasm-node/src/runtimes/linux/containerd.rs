@@ -31,6 +31,7 @@ use containerd_client::tonic::{Code, Request, Status};
 use containerd_client::types::Descriptor;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
+use skiff_oci::{Blob, LinuxImage};
 
 /// The runc shim, as containerd names it.
 const RUNC: &str = "io.containerd.runc.v2";
@@ -72,64 +73,13 @@ fn tolerate<T>(result: Result<T, Status>, fine: Code, what: String) -> Result<()
     }
 }
 
-/// A Linux image pulled from a registry, every blob checked against its
-/// digest.
-#[derive(Debug, Clone)]
-pub struct LinuxImage {
-    pub reference: String,
-    pub manifest: Blob,
-    pub config: Blob,
-    pub layers: Vec<Blob>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Blob {
-    pub media_type: String,
-    pub digest: String,
-    pub size: i64,
-    /// Empty for a layer that was in containerd's content store when the
-    /// image was pulled, and so was not downloaded.
-    pub bytes: Vec<u8>,
-}
-
-impl Blob {
-    fn descriptor(&self) -> Descriptor {
-        Descriptor {
-            media_type: self.media_type.clone(),
-            digest: self.digest.clone(),
-            size: self.size,
-            ..Default::default()
-        }
-    }
-
-    /// Whether the blob's bytes are at hand.
-    pub fn downloaded(&self) -> bool {
-        self.bytes.len() as i64 == self.size
-    }
-}
-
-impl LinuxImage {
-    /// The image without its layers' bytes, to start further pods from
-    /// while containerd holds the layers.
-    pub fn skeleton(&self) -> LinuxImage {
-        LinuxImage {
-            reference: self.reference.clone(),
-            manifest: self.manifest.clone(),
-            config: self.config.clone(),
-            layers: self
-                .layers
-                .iter()
-                .map(|l| Blob {
-                    bytes: Vec::new(),
-                    ..l.clone()
-                })
-                .collect(),
-        }
-    }
-
-    /// Whether every blob's bytes are at hand.
-    pub fn complete(&self) -> bool {
-        self.layers.iter().all(Blob::downloaded)
+/// A blob as containerd's API describes it.
+fn descriptor(blob: &Blob) -> Descriptor {
+    Descriptor {
+        media_type: blob.media_type.clone(),
+        digest: blob.digest.clone(),
+        size: blob.size,
+        ..Default::default()
     }
 }
 
@@ -429,7 +379,7 @@ impl Containerd {
                         namespace,
                         Some(lease),
                         ApplyRequest {
-                            diff: Some(layer.descriptor()),
+                            diff: Some(descriptor(layer)),
                             mounts,
                             ..Default::default()
                         },

@@ -17,12 +17,21 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use oci_client::Reference;
 use skiff_api::kinds::pod::{PodRuntime, PodSpec};
+use skiff_oci::Reference;
 
-use super::ingress::Backend;
-use crate::oci::{Credentials, OciError, Registry};
-use crate::runtime::Sandbox;
+use skiff_oci::{Credentials, OciError, Registry};
+use skiff_wasm::Sandbox;
+
+/// What serves a running pod's HTTP on this node: the ingress routes to
+/// it, the probes check it.
+#[derive(Clone)]
+pub enum Backend {
+    /// A Wasm component: a fresh instance per request, in process.
+    Wasm(skiff_wasm::HttpApp),
+    /// A Linux container listening on the host network.
+    Process(std::net::SocketAddr),
+}
 
 /// Why getting a pod ready failed: worth retrying, or not. The reason is
 /// the pod's status reason (`ErrImagePull`, `InvalidImage`, ...).

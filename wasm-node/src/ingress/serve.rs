@@ -5,12 +5,12 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use wasmtime_wasi_http::io::TokioIo;
 
-use super::http::{HttpApp, HttpBody};
+use skiff_wasm::{HttpApp, HttpBody};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so a
 /// persistent failure does not spin a core.

@@ -13,6 +13,8 @@
 //! node) is tried on another endpoint whatever its method; a connection
 //! failure is tried once more on another endpoint for idempotent methods.
 
+mod serve;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -26,7 +28,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use skiff_api::kinds::service::{Endpoint, RouteSpec};
 
-use crate::runtime::{HttpApp, HttpBody, named_host, service_of_host, text_response};
+pub use crate::runtimes::Backend;
+pub use serve::{serve, serve_with};
+use skiff_wasm::{BodyError, HttpBody, named_host, service_of_host, text_response};
 
 /// Namespace and name of a pod.
 pub type PodName = (String, String);
@@ -38,15 +42,6 @@ pub const POD_MISSING_HEADER: &str = "skiff-pod-missing";
 /// them again) up to this size.
 const MAX_BUFFERED_BODY: usize = 16 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What serves a pod's HTTP on this node.
-#[derive(Clone)]
-pub enum Backend {
-    /// A Wasm component: a fresh instance per request, in process.
-    Wasm(HttpApp),
-    /// A Linux container listening on the host network.
-    Process(std::net::SocketAddr),
-}
 
 /// The HTTP pods this node serves, by name.
 #[derive(Clone, Default)]
@@ -381,8 +376,7 @@ impl Ingress {
                     last_failure = format!("pod {} had left {}", endpoint.pod, endpoint.node);
                 }
                 Ok(response) => {
-                    return response
-                        .map(|b| b.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
+                    return response.map(|b| b.map_err(BodyError::new).boxed_unsync());
                 }
                 Err(e) => {
                     last_failure = format!(
@@ -418,9 +412,7 @@ impl Ingress {
             .to_owned();
         *request.uri_mut() = format!("http://{addr}{path}").parse().unwrap_or_default();
         match self.client.request(request).await {
-            Ok(response) => {
-                response.map(|b| b.map_err(wasmtime_wasi_http::Error::from).boxed_unsync())
-            }
+            Ok(response) => response.map(|b| b.map_err(BodyError::new).boxed_unsync()),
             Err(e) => text_response(
                 StatusCode::BAD_GATEWAY,
                 format!("the pod's process on {addr} did not answer: {e}\n"),
