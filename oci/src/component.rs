@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use skiff_api::kinds::pod::is_linux_config;
 
 use crate::{
-    Credentials, MAX_ARTIFACT_BYTES, MAX_LAYERS, OciError, Registry, WASM_CONFIG_MEDIA_TYPE,
-    WASM_LAYER_MEDIA_TYPE, classify, sha256_digest,
+    Credentials, MAX_ARTIFACT_BYTES, MAX_LAYERS, OciError, Registry, Resolved,
+    WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE, classify, sha256_digest,
 };
 
 /// What a component's config says about it (the CNCF Wasm artifact
@@ -191,15 +191,24 @@ impl Registry {
         reference: &Reference,
         credentials: &Credentials,
     ) -> Result<Pulled, OciError> {
+        let resolved = self.resolve_manifest(reference, credentials).await?;
+        self.pull_resolved(reference, credentials, &resolved).await
+    }
+
+    /// Pulls the component whose manifest was resolved already: only its
+    /// layer is downloaded (and checked against its digest).
+    pub async fn pull_resolved(
+        &self,
+        reference: &Reference,
+        credentials: &Credentials,
+        resolved: &Resolved,
+    ) -> Result<Pulled, OciError> {
         let name = reference.whole();
         let client = self.client_for(reference, credentials);
         let registry_error = |e: oci_client::errors::OciDistributionError| classify(&name, e);
-        // A component may be published on its own or as the Wasm entry of
-        // a multi-platform index; either way the manifest is checked
-        // against its digest.
-        let (_, entry_digest, manifest) = self.image_manifest(reference, credentials).await?;
-        let manifest_digest = reference.digest().map_or(entry_digest, str::to_owned);
-        let layer = component_layer(&name, &manifest)?;
+        let manifest = &resolved.manifest;
+        let manifest_digest = resolved.digest.clone();
+        let layer = component_layer(&name, manifest)?;
         let mut component = Vec::with_capacity(layer.size.max(0) as usize);
         // oci-client checks the bytes against the layer digest as they come.
         client

@@ -27,6 +27,7 @@ pub use cache::{BlobCache, CacheError};
 pub use clients::{Clients, is_loopback};
 pub use component::{ComponentInterface, Pulled, WasmConfig, interface_of};
 pub use linux::{Blob, LinuxImage, MAX_LINUX_IMAGE_BYTES};
+pub use manifest::Resolved;
 pub use oci_client::Reference;
 pub use skiff_api::kinds::pod::{WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE};
 

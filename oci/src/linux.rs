@@ -6,7 +6,7 @@ use oci_client::Reference;
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor};
 use skiff_api::kinds::pod::is_linux_config;
 
-use crate::{Credentials, OciError, Registry, classify, sha256_digest};
+use crate::{Credentials, OciError, Registry, Resolved, classify, sha256_digest};
 
 /// Layer media types the containerd runtime unpacks.
 const LINUX_LAYER_TYPES: &[&str] = &[
@@ -26,10 +26,26 @@ impl Registry {
         reference: &Reference,
         credentials: &Credentials,
     ) -> Result<LinuxImage, OciError> {
+        let resolved = self.resolve_manifest(reference, credentials).await?;
+        self.pull_linux_resolved(reference, credentials, &resolved)
+            .await
+    }
+
+    /// Pulls the config and layers of an image whose manifest was resolved
+    /// already.
+    pub async fn pull_linux_resolved(
+        &self,
+        reference: &Reference,
+        credentials: &Credentials,
+        resolved: &Resolved,
+    ) -> Result<LinuxImage, OciError> {
         let name = reference.whole();
         let client = self.client_for(reference, credentials);
-        let (manifest_bytes, actual, manifest) =
-            self.image_manifest(reference, credentials).await?;
+        let manifest = &resolved.manifest;
+        let (manifest_bytes, actual) = (
+            resolved.manifest_bytes.clone(),
+            resolved.manifest_digest.clone(),
+        );
         if !is_linux_config(&manifest.config.media_type) {
             return Err(OciError::NotWasm {
                 reference: name,

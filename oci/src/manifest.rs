@@ -64,18 +64,36 @@ fn platform_entry(name: &str, index: &serde_json::Value) -> Result<String, OciEr
         })
 }
 
+/// What a reference names, read once from its registry: the digest it
+/// names (an index's, for a multi-platform image), the image that stands
+/// for here, and the runtime its media types call for. A pull is handed
+/// this, so a fresh pod costs one manifest request (two for an index).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The digest the reference names: what pods pin and caches key by.
+    pub digest: String,
+    /// The image manifest chosen (the index's entry, or the manifest
+    /// itself), its bytes and their digest.
+    pub manifest: OciImageManifest,
+    pub manifest_bytes: Vec<u8>,
+    pub manifest_digest: String,
+    pub runtime: PodRuntime,
+}
+
 impl Registry {
-    /// An image manifest (OCI or Docker v2): its bytes, digest and parsed
-    /// form, checked against the digest the reference carries. A
-    /// multi-platform index stands for its entry for this machine
-    /// (`linux/amd64` here), fetched and checked in turn.
-    pub(crate) async fn image_manifest(
+    /// Reads what `reference` names: its manifest (an index read for its
+    /// entry for this machine, Wasm first), every one checked against its
+    /// digest, and the runtime it needs. Asked even when the reference
+    /// carries a digest: the registry's answer is what shows that these
+    /// credentials may read the image.
+    pub async fn resolve_manifest(
         &self,
         reference: &Reference,
         credentials: &Credentials,
-    ) -> Result<(Vec<u8>, String, OciImageManifest), OciError> {
+    ) -> Result<Resolved, OciError> {
         let name = reference.whole();
-        let (mut bytes, mut digest) = self.raw_manifest(reference, credentials).await?;
+        let (mut bytes, digest) = self.raw_manifest(reference, credentials).await?;
+        let mut manifest_digest = digest.clone();
         let malformed = |e: serde_json::Error| OciError::Registry {
             reference: name.clone(),
             reason: format!("malformed manifest: {e}"),
@@ -84,17 +102,34 @@ impl Registry {
         if parsed["manifests"].is_array() {
             let entry = platform_entry(&name, &parsed)?;
             let pinned = pinned(reference, &entry)?;
-            (bytes, digest) = self.raw_manifest(&pinned, credentials).await?;
+            (bytes, manifest_digest) = self.raw_manifest(&pinned, credentials).await?;
             let parsed: serde_json::Value = serde_json::from_slice(&bytes).map_err(malformed)?;
             if parsed["manifests"].is_array() {
                 return Err(OciError::Registry {
                     reference: name,
-                    reason: format!("its index names another index ({digest})"),
+                    reason: format!("its index names another index ({manifest_digest})"),
                 });
             }
         }
-        let manifest = serde_json::from_slice(&bytes).map_err(malformed)?;
-        Ok((bytes, digest, manifest))
+        let manifest: OciImageManifest = serde_json::from_slice(&bytes).map_err(malformed)?;
+        let runtime = PodRuntime::of_artifact(
+            &manifest.config.media_type,
+            manifest.layers.iter().map(|l| l.media_type.as_str()),
+        )
+        .ok_or_else(|| OciError::NotWasm {
+            reference: name.clone(),
+            reason: format!(
+                "neither Wasm nor a Linux image (config {})",
+                manifest.config.media_type
+            ),
+        })?;
+        Ok(Resolved {
+            digest,
+            manifest,
+            manifest_bytes: bytes,
+            manifest_digest,
+            runtime,
+        })
     }
 
     /// A manifest's or index's bytes and digest, checked against the
@@ -129,18 +164,7 @@ impl Registry {
         reference: &Reference,
         credentials: &Credentials,
     ) -> Result<PodRuntime, OciError> {
-        let (_, _, manifest) = self.image_manifest(reference, credentials).await?;
-        PodRuntime::of_artifact(
-            &manifest.config.media_type,
-            manifest.layers.iter().map(|l| l.media_type.as_str()),
-        )
-        .ok_or_else(|| OciError::NotWasm {
-            reference: reference.whole(),
-            reason: format!(
-                "neither Wasm nor a Linux image (config {})",
-                manifest.config.media_type
-            ),
-        })
+        Ok(self.resolve_manifest(reference, credentials).await?.runtime)
     }
 }
 

@@ -366,6 +366,9 @@ impl Worker {
             .image_pull_policy
             .unwrap_or_else(|| ImagePullPolicy::default_for(&self.spec.image))
             == ImagePullPolicy::IfNotPresent;
+        // What the registry said of the reference, when it was asked: the
+        // pull goes on from it rather than asking again.
+        let mut resolved = None;
         let digest = match &self.status.digest {
             Some(digest) => digest.clone(),
             None => {
@@ -381,12 +384,17 @@ impl Worker {
                     .flatten();
                 let digest = match pulled {
                     Some(digest) => digest,
-                    None => self
-                        .context
-                        .registry
-                        .ask(&reference, &credentials)
-                        .await
-                        .map_err(Failure::of_pull)?,
+                    None => {
+                        let answer = self
+                            .context
+                            .registry
+                            .resolve_manifest(&reference, &credentials)
+                            .await
+                            .map_err(Failure::of_pull)?;
+                        let digest = answer.digest.clone();
+                        resolved = Some(answer);
+                        digest
+                    }
                 };
                 self.status.digest = Some(digest.clone());
                 self.report();
@@ -399,6 +407,7 @@ impl Worker {
             pinned,
             digest,
             credentials,
+            resolved,
         };
         let pod = PodId {
             namespace: self.namespace.clone(),

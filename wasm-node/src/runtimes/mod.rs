@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use skiff_api::kinds::pod::{PodRuntime, PodSpec};
 use skiff_oci::Reference;
 
-use skiff_oci::{Credentials, OciError, Registry};
+use skiff_oci::{Credentials, OciError, Registry, Resolved};
 use skiff_wasm::Sandbox;
 
 /// What serves a running pod's HTTP on this node: the ingress routes to
@@ -96,6 +96,9 @@ pub struct Artifact {
     pub pinned: Reference,
     pub digest: String,
     pub credentials: Credentials,
+    /// Its manifest, when the worker read it from the registry for this
+    /// pull already: the runtimes go on from it instead of asking again.
+    pub resolved: Option<Resolved>,
 }
 
 /// What a runtime is given to start one run of a pod.
@@ -209,11 +212,18 @@ impl Runtimes {
             .expect("kinds lock")
             .get(&artifact.digest)
             .copied();
-        let kind = match known {
-            Some(kind) => kind,
+        let kind = match (known, &artifact.resolved) {
+            (Some(kind), _) => kind,
+            (None, Some(resolved)) => {
+                self.kinds
+                    .lock()
+                    .expect("kinds lock")
+                    .insert(artifact.digest.clone(), resolved.runtime);
+                resolved.runtime
+            }
             // A component in the node's cache needs no registry round trip.
-            None if self.wasm.holds(&artifact.digest) => PodRuntime::Wasm,
-            None => {
+            (None, None) if self.wasm.holds(&artifact.digest) => PodRuntime::Wasm,
+            (None, None) => {
                 let kind = self
                     .registry
                     .kind_of(&artifact.pinned, &artifact.credentials)

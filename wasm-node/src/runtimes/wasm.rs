@@ -79,15 +79,23 @@ impl Runtime for WasmRuntime {
         artifact: &'a Artifact,
     ) -> BoxFuture<'a, Result<Box<dyn Image>, Failure>> {
         Box::pin(async move {
-            let (registry, pinned, credentials) = (
+            let (registry, pinned, credentials, resolved) = (
                 self.registry.clone(),
                 artifact.pinned.clone(),
                 artifact.credentials.clone(),
+                artifact.resolved.clone(),
             );
             let bytes = self
                 .blobs
                 .get_or_fetch(&artifact.digest, || async move {
-                    registry.pull(&pinned, &credentials).await
+                    match resolved {
+                        Some(resolved) => {
+                            registry
+                                .pull_resolved(&pinned, &credentials, &resolved)
+                                .await
+                        }
+                        None => registry.pull(&pinned, &credentials).await,
+                    }
                 })
                 .await
                 .map_err(|e| match e {

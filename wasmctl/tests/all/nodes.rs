@@ -16,7 +16,8 @@ use testkit::{ControlPlane, Node, Registry, wait_until};
 use crate::cluster::Cluster;
 use crate::registry::tamper;
 use crate::support::{
-    HttpResponse, Upstream, example, http_request, path_str, stderr_of, test_guest, wasmctl,
+    CountingProxy, HttpResponse, Upstream, example, http_request, path_str, stderr_of, test_guest,
+    wasmctl,
 };
 
 /// Node flags that keep the tests quick: short backoffs, leases and grace.
@@ -763,4 +764,93 @@ fn a_node_bound_to_every_address_advertises_one_others_can_reach() {
         json!({"type": "Ingress", "address": expected}),
         "{joined}\n{node:#}"
     );
+}
+
+/// The manifest requests among request lines.
+fn manifest_requests(requests: &[String]) -> Vec<&String> {
+    requests
+        .iter()
+        .filter(|r| r.contains("/manifests/"))
+        .collect()
+}
+
+#[test]
+fn a_fresh_pod_costs_one_manifest_request() {
+    let cluster = NodeCluster::start(&[("n1", &[])]);
+    let proxy = CountingProxy::start(cluster.registry.addr.parse().unwrap());
+    // A pod that declares its runtime: the scheduler looks nothing up, so
+    // every request is the node's.
+    let declared = format!("{}/hello:v1", proxy.addr);
+    cluster.apply_pods(&["declared".into()], &declared, json!({"runtime": "Wasm"}));
+    cluster.wait_running("declared");
+    assert_serves(cluster.node("n1").ingress, "declared");
+    let requests = proxy.requests();
+    assert_eq!(
+        manifest_requests(&requests).len(),
+        1,
+        "the node reads the manifest once and pulls from that:\n{requests:#?}"
+    );
+
+    // One that does not: the scheduler reads the manifest once to learn
+    // the runtime, the node once more (its own check, with the pod's
+    // credentials), and no more.
+    let undeclared = format!("{}/hello:again", proxy.addr);
+    push(
+        &example("hello_http"),
+        &format!("{}/hello:again", cluster.registry.addr),
+    );
+    cluster.apply_pods(&["undeclared".into()], &undeclared, json!({}));
+    cluster.wait_running("undeclared");
+    let requests = proxy.requests();
+    let again: Vec<_> = manifest_requests(&requests)
+        .into_iter()
+        .filter(|r| r.contains("/manifests/again"))
+        .collect();
+    assert_eq!(again.len(), 2, "{requests:#?}");
+}
+
+#[test]
+fn a_component_published_in_a_multi_platform_index_runs_on_a_wasm_node() {
+    let cluster = NodeCluster::start(&[("wasm-only", &["--no-containerd"])]);
+    let registry: SocketAddr = cluster.registry.addr.parse().unwrap();
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let manifest = http_request(
+        registry,
+        &cluster.registry.addr,
+        "/v2/hello/manifests/v1",
+        &[("Accept", MANIFEST)],
+    )
+    .unwrap();
+    assert_eq!(manifest.status, 200, "{manifest:?}");
+    // As tools that publish components in an index mark them.
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX,
+        "manifests": [{
+            "mediaType": MANIFEST,
+            "digest": cluster.hello_digest,
+            "size": manifest.body.len(),
+            "platform": {"os": "wasip2", "architecture": "wasm"},
+        }],
+    })
+    .to_string();
+    let mut stream = std::net::TcpStream::connect(registry).unwrap();
+    write!(
+        stream,
+        "PUT /v2/hello/manifests/multi HTTP/1.1\r\nHost: {}\r\nContent-Type: {INDEX}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{index}",
+        cluster.registry.addr,
+        index.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+
+    // Neither the scheduler nor the node takes the index for a Linux image.
+    let image = format!("{}/hello:multi", cluster.registry.addr);
+    cluster.apply_pods(&["indexed".into()], &image, json!({}));
+    let pod = cluster.wait_running("indexed");
+    assert_eq!(pod["spec"]["nodeName"], "wasm-only");
+    assert_serves(cluster.node("wasm-only").ingress, "indexed");
 }

@@ -444,3 +444,53 @@ pub fn stdout_of(output: &Output) -> String {
 pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("test paths are utf-8")
 }
+
+/// A TCP proxy in front of `target` that records the request line of every
+/// HTTP request passing through (its clients send GETs and HEADs, which
+/// have no bodies, so every line up to a blank one is head).
+pub struct CountingProxy {
+    pub addr: SocketAddr,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CountingProxy {
+    pub fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(upstream) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let (mut from_upstream, mut to_client) =
+                    (upstream.try_clone().unwrap(), client.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut from_upstream, &mut to_client));
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut to_upstream = upstream;
+                    let mut lines = BufReader::new(client);
+                    let mut line = String::new();
+                    let mut at_start = true;
+                    while lines.read_line(&mut line).is_ok_and(|n| n > 0) {
+                        if at_start {
+                            seen.lock().unwrap().push(line.trim_end().to_owned());
+                        }
+                        at_start = line == "\r\n";
+                        if to_upstream.write_all(line.as_bytes()).is_err() {
+                            break;
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        Self { addr, requests }
+    }
+
+    /// The request lines seen so far, such as `GET /v2/x/manifests/v1 HTTP/1.1`.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}

@@ -74,11 +74,16 @@ impl Runtime for LinuxRuntime {
             let image = match self.present(&namespace, &artifact.digest).await {
                 Some(skeleton) => skeleton,
                 None => {
-                    let image = self
-                        .registry
-                        .pull_linux(&artifact.pinned, &artifact.credentials)
-                        .await
-                        .map_err(Failure::of_pull)?;
+                    let (pinned, credentials) = (&artifact.pinned, &artifact.credentials);
+                    let image = match &artifact.resolved {
+                        Some(resolved) => {
+                            self.registry
+                                .pull_linux_resolved(pinned, credentials, resolved)
+                                .await
+                        }
+                        None => self.registry.pull_linux(pinned, credentials).await,
+                    }
+                    .map_err(Failure::of_pull)?;
                     let mut skeletons = self.skeletons.lock().expect("skeletons lock");
                     if skeletons.len() >= MAX_SKELETONS {
                         skeletons.clear();
