@@ -25,7 +25,7 @@ use skiff_client::watcher::{self, Event};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::ingress::{Ingress, PodName, Routes};
+use crate::ingress::{Ingress, LocalPods, PodName};
 use crate::runtimes::Runtimes;
 use crate::runtimes::linux::LinuxRuntime;
 use crate::runtimes::linux::containerd::Containerd;
@@ -81,7 +81,7 @@ pub struct NodeContext {
     /// The digest each image was last pulled as, by namespace and pull
     /// secret: IfNotPresent pods start from it without asking the registry.
     pub pulled: Mutex<HashMap<(String, String, String), String>>,
-    pub routes: Routes,
+    pub local_pods: LocalPods,
     /// Where pods' guests send requests for Services: this node's ingress.
     pub gateway: SocketAddr,
     pub data_dir: PathBuf,
@@ -172,7 +172,7 @@ impl Agent {
             runtimes: Runtimes::new(wasm, linux, registry.clone()),
             pulled: Mutex::default(),
             registry,
-            routes: ingress.pods.clone(),
+            local_pods: ingress.pods.clone(),
             gateway,
             data_dir: config.data_dir.clone(),
             endpoint: endpoint.clone(),
@@ -220,7 +220,7 @@ impl Agent {
 
     /// HTTP pods currently served.
     pub fn serving(&self) -> usize {
-        self.context.routes.len()
+        self.context.local_pods.len()
     }
 
     /// Stops following the cluster, stops every pod (each with the grace

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use skiff_api::Kind;
-use skiff_api::kinds::pod::{ImagePullPolicy, Pod, PodSpec, Volume};
+use skiff_api::kinds::pod::{
+    Condition, ImagePullPolicy, Pod, PodPhase, PodSpec, PodStatus, Volume,
+};
 use skiff_api::outbound::AllowList;
 use tokio::sync::watch;
 
@@ -52,11 +54,11 @@ struct Worker {
     spec: PodSpec,
     state: State,
     status: Reported,
-    reporter: watch::Sender<Value>,
+    reporter: watch::Sender<Option<PodStatus>>,
 }
 
 /// What the worker tells the API about the pod.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 struct Reported {
     reason: Option<String>,
     message: Option<String>,
@@ -65,12 +67,99 @@ struct Reported {
     endpoint: Option<String>,
     started: Option<String>,
     exit_code: Option<i32>,
+    ready: Readiness,
+}
+
+impl Reported {
+    fn status(&self, phase: PodPhase) -> PodStatus {
+        PodStatus {
+            phase,
+            conditions: vec![self.ready.condition()],
+            message: self.message.clone(),
+            reason: self.reason.clone(),
+            restart_count: self.restarts,
+            image_digest: self.digest.clone(),
+            endpoint: self.endpoint.clone(),
+            start_time: self.started.clone(),
+            exit_code: self.exit_code,
+        }
+    }
+}
+
+/// The Ready condition as reported: whether, and since when. The time
+/// moves only when readiness does, as Kubernetes' lastTransitionTime.
+#[derive(Debug, Clone, PartialEq)]
+struct Readiness {
     ready: bool,
+    since: String,
+}
+
+impl Readiness {
+    /// As the pod's stored status has it, or not ready since `now`.
+    fn of(status: Option<&PodStatus>, now: &str) -> Self {
+        let stored = status
+            .into_iter()
+            .flat_map(|s| &s.conditions)
+            .find(|c| c.condition_type == "Ready");
+        match stored {
+            Some(c) if c.last_transition_time.is_some() => Readiness {
+                ready: c.status == "True",
+                since: c.last_transition_time.clone().unwrap_or_default(),
+            },
+            _ => Readiness {
+                ready: false,
+                since: now.to_owned(),
+            },
+        }
+    }
+
+    fn set(&mut self, ready: bool, now: &str) {
+        if ready != self.ready {
+            self.ready = ready;
+            self.since = now.to_owned();
+        }
+    }
+
+    fn condition(&self) -> Condition {
+        Condition {
+            condition_type: "Ready".into(),
+            status: if self.ready { "True" } else { "False" }.into(),
+            reason: None,
+            message: None,
+            last_transition_time: Some(self.since.clone()),
+            last_heartbeat_time: None,
+        }
+    }
+}
+
+/// A status as a merge patch: what the worker does not report is removed
+/// (`null`), so a reason or message from an earlier state never lingers.
+fn status_patch(status: &PodStatus, uid: &str) -> Value {
+    let mut patch = serde_json::to_value(status).expect("a status serialises");
+    for field in [
+        "reason",
+        "message",
+        "imageDigest",
+        "endpoint",
+        "startTime",
+        "exitCode",
+    ] {
+        patch
+            .as_object_mut()
+            .expect("a status is an object")
+            .entry(field)
+            .or_insert(Value::Null);
+    }
+    json!({"metadata": {"uid": uid}, "status": patch})
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 impl Worker {
     fn new(context: Arc<NodeContext>, pod: Pod) -> Self {
-        let (reporter, latest) = watch::channel(Value::Null);
+        let (reporter, latest) = watch::channel(None);
         let namespace = pod.metadata.namespace.clone();
         let name = pod.metadata.name.clone();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -93,8 +182,13 @@ impl Worker {
             // names now.
             status: Reported {
                 restarts: pod.status.as_ref().map_or(0, |s| s.restart_count),
+                ready: Readiness::of(pod.status.as_ref(), &now_rfc3339()),
                 digest: pod.status.and_then(|s| s.image_digest),
-                ..Default::default()
+                reason: None,
+                message: None,
+                endpoint: None,
+                started: None,
+                exit_code: None,
             },
             reporter,
         }
@@ -113,24 +207,13 @@ impl Worker {
     }
 
     fn report(&self) {
-        let s = &self.status;
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let status = json!({
-            "phase": self.state.phase(),
-            "reason": s.reason,
-            "message": s.message,
-            "restartCount": s.restarts,
-            "imageDigest": s.digest,
-            "endpoint": s.endpoint,
-            "startTime": s.started,
-            "exitCode": s.exit_code,
-            "conditions": [{
-                "type": "Ready",
-                "status": if s.ready { "True" } else { "False" },
-                "lastTransitionTime": now,
-            }],
-        });
-        let _ = self.reporter.send(status);
+        let _ = self
+            .reporter
+            .send(Some(self.status.status(self.state.phase())));
+    }
+
+    fn set_ready(&mut self, ready: bool) {
+        self.status.ready.set(ready, &now_rfc3339());
     }
 
     fn set(&mut self, reason: Option<&str>, message: Option<String>) {
@@ -231,8 +314,7 @@ impl Worker {
                 State::Running => {
                     let instance = instance.take().expect("started before running");
                     let started = Instant::now();
-                    self.status.started =
-                        Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                    self.status.started = Some(now_rfc3339());
                     self.status.exit_code = None;
                     let key = (self.namespace.clone(), self.name.clone());
                     let backend = instance.backend();
@@ -245,10 +327,10 @@ impl Worker {
                         )
                     });
                     if let Some(backend) = backend {
-                        self.context.routes.add(key.clone(), &self.uid, backend);
+                        self.context.local_pods.add(key.clone(), &self.uid, backend);
                         self.status.endpoint = Some(self.context.endpoint.clone());
                     }
-                    self.status.ready = prober.as_ref().is_none_or(Prober::ready_at_start);
+                    self.set_ready(prober.as_ref().is_none_or(Prober::ready_at_start));
                     self.set(None, None);
                     let mut killed_for = None;
                     let ended = {
@@ -266,7 +348,7 @@ impl Worker {
                                 _ = stopping.changed() => break None,
                                 verdict = verdict => match verdict {
                                     Verdict::Ready(ready) => {
-                                        self.status.ready = ready;
+                                        self.set_ready(ready);
                                         self.report();
                                     }
                                     Verdict::Dead(why) => {
@@ -278,14 +360,14 @@ impl Worker {
                             }
                         }
                     };
-                    self.context.routes.remove(&key, &self.uid);
+                    self.context.local_pods.remove(&key, &self.uid);
                     instance.stop(self.context.grace).await;
                     let Some(ended) = ended else {
                         self.move_on(Event::Stop);
                         continue;
                     };
                     ran_for = started.elapsed();
-                    self.status.ready = false;
+                    self.set_ready(false);
                     self.status.exit_code = ended.code;
                     let success = killed_for.is_none() && ended.success();
                     // Killed for a failed liveness probe: that is why.
@@ -318,7 +400,7 @@ impl Worker {
                     }
                 }
                 State::Succeeded | State::Failed => {
-                    self.status.ready = false;
+                    self.set_ready(false);
                     self.report();
                     let _ = stopping.changed().await;
                     break;
@@ -593,9 +675,9 @@ async fn report_statuses(
     namespace: String,
     name: String,
     uid: String,
-    latest: watch::Receiver<Value>,
+    latest: watch::Receiver<Option<PodStatus>>,
 ) {
-    let send = |status: Value| {
+    let send = |status: PodStatus| {
         let (context, namespace, name, uid) = (
             context.clone(),
             namespace.clone(),
@@ -605,7 +687,7 @@ async fn report_statuses(
         async move {
             // The uid makes the write conditional on the pod being this
             // one, not a pod re-created under its name.
-            let patch = json!({"metadata": {"uid": uid}, "status": status});
+            let patch = status_patch(&status, &uid);
             match context
                 .client
                 .patch(Kind::Pod, Some(&namespace), &name, &patch, true)
@@ -626,26 +708,31 @@ const STATUS_RETRY: Duration = Duration::from_secs(1);
 /// The delivery loop of [`report_statuses`]. It ends when the pod is gone
 /// from the API or its worker has ended (the pod was deleted or moved):
 /// a status nobody will read is not worth retrying.
-async fn deliver_statuses<F, Fut>(mut send: F, mut latest: watch::Receiver<Value>, retry: Duration)
-where
-    F: FnMut(Value) -> Fut,
+async fn deliver_statuses<F, Fut>(
+    mut send: F,
+    mut latest: watch::Receiver<Option<PodStatus>>,
+    retry: Duration,
+) where
+    F: FnMut(PodStatus) -> Fut,
     Fut: std::future::Future<Output = Delivery>,
 {
-    let mut sent = Value::Null;
+    let mut sent = None;
     loop {
         let status = latest.borrow_and_update().clone();
         // Pulling and Starting are held back a moment: a pod that gets
         // past them at once reports where it got (one write, not three,
         // and its Running does not queue behind them).
-        let passing = matches!(status["reason"].as_str(), Some("Pulling" | "Starting"));
+        let passing = status
+            .as_ref()
+            .is_some_and(|s| matches!(s.reason.as_deref(), Some("Pulling" | "Starting")));
         if passing
             && status != sent
             && let Ok(Ok(())) = tokio::time::timeout(PASSING_STATES_HELD, latest.changed()).await
         {
             continue;
         }
-        if !status.is_null() && status != sent {
-            match send(status.clone()).await {
+        if let Some(report) = status.clone().filter(|_| status != sent) {
+            match send(report).await {
                 Delivery::Sent => sent = status,
                 Delivery::Gone => return,
                 Delivery::Failed(why) => {
@@ -675,17 +762,18 @@ mod tests {
 
     /// Runs the delivery loop with a send that answers from `answers` in
     /// turn (the last one for good) and records what it was asked.
-    fn delivering(
-        answers: Vec<fn() -> Delivery>,
-    ) -> (
-        watch::Sender<Value>,
-        Arc<Mutex<Vec<Value>>>,
+    /// The status channel's sender, what the send was asked, the loop.
+    type Delivering = (
+        watch::Sender<Option<PodStatus>>,
+        Arc<Mutex<Vec<PodStatus>>>,
         tokio::task::JoinHandle<()>,
-    ) {
-        let (sender, latest) = watch::channel(Value::Null);
+    );
+
+    fn delivering(answers: Vec<fn() -> Delivery>) -> Delivering {
+        let (sender, latest) = watch::channel(None);
         let asked = Arc::new(Mutex::new(Vec::new()));
         let seen = asked.clone();
-        let send = move |status: Value| {
+        let send = move |status: PodStatus| {
             let mut seen = seen.lock().unwrap();
             let answer = answers[seen.len().min(answers.len() - 1)]();
             seen.push(status);
@@ -695,11 +783,77 @@ mod tests {
         (sender, asked, task)
     }
 
+    fn running() -> PodStatus {
+        PodStatus {
+            phase: PodPhase::Running,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn readiness_moves_its_time_only_on_a_transition() {
+        let mut ready = Readiness::of(None, "t0");
+        assert_eq!((ready.ready, ready.since.as_str()), (false, "t0"));
+        ready.set(false, "t1");
+        assert_eq!(
+            ready.since, "t0",
+            "not ready before and after: no transition"
+        );
+        ready.set(true, "t2");
+        ready.set(true, "t3");
+        assert_eq!((ready.ready, ready.since.as_str()), (true, "t2"));
+        ready.set(false, "t4");
+        assert_eq!(
+            ready.condition().last_transition_time.as_deref(),
+            Some("t4")
+        );
+        assert_eq!(ready.condition().status, "False");
+
+        // A worker picking its pod up again starts from what was stored.
+        let stored = PodStatus {
+            conditions: vec![
+                Readiness {
+                    ready: true,
+                    since: "t9".into(),
+                }
+                .condition(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            Readiness::of(Some(&stored), "t10"),
+            Readiness {
+                ready: true,
+                since: "t9".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_status_patch_removes_what_is_not_reported() {
+        let status = PodStatus {
+            phase: PodPhase::Running,
+            endpoint: Some("10.0.0.1:8080".into()),
+            ..Default::default()
+        };
+        let patch = status_patch(&status, "u1");
+        assert_eq!(patch["metadata"]["uid"], "u1");
+        assert_eq!(patch["status"]["phase"], "Running");
+        assert_eq!(patch["status"]["endpoint"], "10.0.0.1:8080");
+        for cleared in ["reason", "message", "imageDigest", "startTime", "exitCode"] {
+            assert!(patch["status"][cleared].is_null(), "{cleared}");
+            assert!(
+                patch["status"].as_object().unwrap().contains_key(cleared),
+                "{cleared}"
+            );
+        }
+    }
+
     fn failed() -> Delivery {
         Delivery::Failed("unreachable".into())
     }
 
-    async fn until_asked(asked: &Mutex<Vec<Value>>, times: usize) {
+    async fn until_asked(asked: &Mutex<Vec<PodStatus>>, times: usize) {
         let wait = async {
             while asked.lock().unwrap().len() < times {
                 tokio::time::sleep(QUICK_RETRY).await;
@@ -713,7 +867,7 @@ mod tests {
     #[tokio::test]
     async fn a_status_is_retried_until_it_gets_through_and_sent_once() {
         let (sender, asked, task) = delivering(vec![failed, failed, || Delivery::Sent]);
-        sender.send(json!({"phase": "Running"})).unwrap();
+        sender.send(Some(running())).unwrap();
         until_asked(&asked, 3).await;
         assert!(!task.is_finished(), "the worker still runs");
         drop(sender);
@@ -728,7 +882,7 @@ mod tests {
     #[tokio::test]
     async fn retries_end_when_the_worker_ends() {
         let (sender, asked, task) = delivering(vec![failed]);
-        sender.send(json!({"phase": "Running"})).unwrap();
+        sender.send(Some(running())).unwrap();
         until_asked(&asked, 2).await;
         drop(sender);
         tokio::time::timeout(Duration::from_secs(10), task)
@@ -740,7 +894,7 @@ mod tests {
     #[tokio::test]
     async fn delivery_ends_when_the_pod_is_gone() {
         let (sender, asked, task) = delivering(vec![|| Delivery::Gone]);
-        sender.send(json!({"phase": "Running"})).unwrap();
+        sender.send(Some(running())).unwrap();
         tokio::time::timeout(Duration::from_secs(10), task)
             .await
             .expect("a pod gone from the API gets no more reports")

@@ -45,12 +45,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The HTTP pods this node serves, by name.
 #[derive(Clone, Default)]
-pub struct Routes {
+pub struct LocalPods {
     /// Each pod's backend, with the uid of the pod that added it.
     pods: Arc<RwLock<HashMap<PodName, (String, Backend)>>>,
 }
 
-impl Routes {
+impl LocalPods {
     /// Serves pod `uid` under its name, in place of any earlier pod of that
     /// name.
     pub fn add(&self, pod: PodName, uid: &str, backend: Backend) {
@@ -172,7 +172,7 @@ struct Table {
 /// The ingress: local pods, and the cluster's Services and Routes.
 #[derive(Clone)]
 pub struct Ingress {
-    pub pods: Routes,
+    pub pods: LocalPods,
     table: Arc<RwLock<Table>>,
     client: Client<HttpConnector, Full<Bytes>>,
     /// This node's ingress address, as endpoints name it.
@@ -185,7 +185,7 @@ impl Ingress {
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         Self {
-            pods: Routes::default(),
+            pods: LocalPods::default(),
             table: Arc::default(),
             client: Client::builder(TokioExecutor::new()).build(connector),
             own_address,
