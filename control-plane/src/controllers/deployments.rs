@@ -160,7 +160,13 @@ pub fn plan(deployment: &Deployment, pods: &[Pod], now: DateTime<Utc>) -> Plan {
     let spec = &deployment.spec;
     let old_status = deployment.status.clone().unwrap_or_default();
     let mut status = old_status.clone();
-    let paused = spec.paused && status.revision.is_some();
+    // Paused only at a revision the history holds: a status naming
+    // another (written by hand, or damaged) adopts the template again.
+    let paused = spec.paused
+        && status
+            .history
+            .iter()
+            .any(|r| Some(r.revision) == status.revision);
     if !paused {
         adopt_template(deployment, &mut status, &stamp);
     }
@@ -377,11 +383,12 @@ fn adopt_template(deployment: &Deployment, status: &mut DeploymentStatus, stamp:
     status.progressed_at = Some(stamp.to_owned());
     let keep = spec.revision_history_limit.unwrap_or(10) as usize + 1;
     if status.history.len() > keep {
-        let stable = status.stable_revision;
+        let (stable, current) = (status.stable_revision, status.revision);
         let mut excess = status.history.len() - keep;
         status.history.retain(|r| {
-            // The revision a failed rollout would return to stays.
-            if excess == 0 || Some(r.revision) == stable {
+            // The revision being rolled out and the one a failed rollout
+            // would return to stay, whatever the limit (even 0).
+            if excess == 0 || Some(r.revision) == stable || Some(r.revision) == current {
                 return true;
             }
             excess -= 1;
@@ -667,6 +674,35 @@ mod tests {
         /// The Progressing condition's reason afterwards.
         progressing: &'static str,
         gives_up: bool,
+    }
+
+    #[test]
+    fn no_spec_or_status_leaves_a_plan_without_its_current_revision() {
+        // A history limit of 0 once dropped the revision just adopted, and a
+        // paused Deployment whose status names a revision it does not hold
+        // found none: both ended the controllers in a panic.
+        let v1_pods = vec![pod("a", "app:v1", true), pod("b", "app:v1", true)];
+        let live = settled(&deployment(2, "app:v1"), &v1_pods, at(0));
+        let no_history = changed(&live, |d| {
+            d.spec.revision_history_limit = Some(0);
+            d.spec.template = template("app:v2");
+        });
+        let dangling = changed(&deployment(2, "app:v1"), |d| {
+            d.spec.paused = true;
+            d.status = Some(DeploymentStatus {
+                revision: Some(99),
+                ..Default::default()
+            });
+        });
+        for deployment in [no_history, dangling] {
+            let plan = plan(&deployment, &v1_pods, at(100));
+            let current = plan.status.revision.expect("a current revision");
+            assert!(
+                plan.status.history.iter().any(|r| r.revision == current),
+                "{:?}",
+                plan.status
+            );
+        }
     }
 
     #[test]
