@@ -80,6 +80,21 @@ pub struct Resolved {
     pub runtime: PodRuntime,
 }
 
+/// The runtime an image manifest's media types call for.
+fn runtime_of(name: &str, manifest: &OciImageManifest) -> Result<PodRuntime, OciError> {
+    PodRuntime::of_artifact(
+        &manifest.config.media_type,
+        manifest.layers.iter().map(|l| l.media_type.as_str()),
+    )
+    .ok_or_else(|| OciError::NotWasm {
+        reference: name.to_owned(),
+        reason: format!(
+            "neither Wasm nor a Linux image (config {})",
+            manifest.config.media_type
+        ),
+    })
+}
+
 impl Registry {
     /// Reads what `reference` names: its manifest (an index read for its
     /// entry for this machine, Wasm first), every one checked against its
@@ -112,17 +127,7 @@ impl Registry {
             }
         }
         let manifest: OciImageManifest = serde_json::from_slice(&bytes).map_err(malformed)?;
-        let runtime = PodRuntime::of_artifact(
-            &manifest.config.media_type,
-            manifest.layers.iter().map(|l| l.media_type.as_str()),
-        )
-        .ok_or_else(|| OciError::NotWasm {
-            reference: name.clone(),
-            reason: format!(
-                "neither Wasm nor a Linux image (config {})",
-                manifest.config.media_type
-            ),
-        })?;
+        let runtime = runtime_of(&name, &manifest)?;
         Ok(Resolved {
             digest,
             manifest,
@@ -158,13 +163,35 @@ impl Registry {
     }
 
     /// The runtime an artifact needs, from its manifest's media types
-    /// alone (no blob is pulled).
+    /// alone (no blob is pulled), for the scheduler, which places pods on
+    /// nodes of any architecture: an index is a component if it has a Wasm
+    /// entry and a Linux image otherwise, whichever architectures it
+    /// lists (the node picks its own entry when it pulls).
     pub async fn kind_of(
         &self,
         reference: &Reference,
         credentials: &Credentials,
     ) -> Result<PodRuntime, OciError> {
-        Ok(self.resolve_manifest(reference, credentials).await?.runtime)
+        let (bytes, _) = self.raw_manifest(reference, credentials).await?;
+        let parsed: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| OciError::Registry {
+                reference: reference.whole(),
+                reason: format!("malformed manifest: {e}"),
+            })?;
+        match parsed["manifests"].as_array() {
+            Some(entries) if entries.iter().any(|e| is_wasm_platform(&e["platform"])) => {
+                Ok(PodRuntime::Wasm)
+            }
+            Some(_) => Ok(PodRuntime::Linux),
+            None => {
+                let manifest: OciImageManifest =
+                    serde_json::from_slice(&bytes).map_err(|e| OciError::Registry {
+                        reference: reference.whole(),
+                        reason: format!("malformed manifest: {e}"),
+                    })?;
+                runtime_of(&reference.whole(), &manifest)
+            }
+        }
     }
 }
 

@@ -68,6 +68,10 @@ pub fn run(args: DevArgs) -> Result<()> {
         Some(dir) => dir.clone(),
         None => default_data_dir()?,
     };
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    // Held for the whole run: a second `wasmctl dev` on this directory (a
+    // `--reset` above all) would stop and wipe the Postgres this one uses.
+    let _lock = lock(&data)?;
     if args.reset {
         if args.database_url.is_some() {
             return Err(BadInput(
@@ -77,7 +81,6 @@ pub fn run(args: DevArgs) -> Result<()> {
         }
         reset(&data)?;
     }
-    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let postgres = match &args.database_url {
         Some(_) => None,
         None => Some(start_postgres(&data)?),
@@ -376,18 +379,16 @@ fn outside_postgres(data: &Path) -> Result<Option<PathBuf>> {
 /// the same outside directory): it is stopped and wiped, so the data
 /// directory alone says whether a cluster exists.
 fn claim_outside(data: &Path, outside: &Path) -> Result<()> {
-    let read = |path: &Path| {
-        std::fs::read_to_string(path)
-            .ok()
-            .map(|s| s.trim().to_owned())
+    // Only a file that is not there is missing: any other failure to read
+    // one must not be taken for a stale cluster and wipe it.
+    let read = |path: &Path| match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
     };
     let ours = data.join("postgres-identity");
     let theirs = outside.join("identity");
-    // Data directories from before identities name their cluster's
-    // location instead; such a pair is adopted, not wiped.
-    let adopting =
-        read(&ours).is_none() && read(&theirs).is_none() && data.join("postgres-location").exists();
-    let identity = match read(&ours) {
+    let identity = match read(&ours)? {
         Some(identity) => identity,
         None => {
             let identity = new_identity(data);
@@ -395,12 +396,16 @@ fn claim_outside(data: &Path, outside: &Path) -> Result<()> {
             identity
         }
     };
-    if read(&theirs).as_deref() == Some(identity.as_str()) {
-        return Ok(());
-    }
-    if !adopting {
-        remove_postgres(&outside.join("postgres"))?;
-        remove(outside)?;
+    match read(&theirs)? {
+        Some(held) if held == identity => return Ok(()),
+        // Another data directory's cluster, left when it was removed.
+        Some(_) => {
+            remove_postgres(&outside.join("postgres"))?;
+            remove(outside)?;
+        }
+        // Not claimed yet: a cluster from before identities, or one whose
+        // claim a crash interrupted, is adopted, not wiped.
+        None => {}
     }
     std::fs::create_dir_all(outside).with_context(|| format!("creating {}", outside.display()))?;
     std::fs::write(&theirs, format!("{identity}\n"))?;
@@ -428,7 +433,10 @@ fn remove_postgres(pg_data: &Path) -> Result<()> {
         data: pg_data.to_owned(),
         port: 0,
     };
-    if pg_data.join("postmaster.pid").exists() && server.running() {
+    // Only a cluster that is a directory of its own here is stopped: a
+    // symlink would have pg_ctl stop whatever it points at.
+    let own = std::fs::symlink_metadata(pg_data).is_ok_and(|m| m.is_dir());
+    if own && pg_data.join("postmaster.pid").exists() && server.running() {
         server.stop()?;
     }
     remove(pg_data)
@@ -447,7 +455,17 @@ fn remove(path: &Path) -> Result<()> {
 /// `--reset`: the managed Postgres (wherever it lives) and everything else
 /// `wasmctl dev` keeps in the data directory go.
 fn reset(data: &Path) -> Result<()> {
-    if !data.exists() {
+    // A directory holding none of what `wasmctl dev` writes first is not
+    // one of its clusters (or a fresh one): its `node` or `registry` are
+    // someone else's.
+    let ours = [
+        "admin-token",
+        "node-token",
+        "postgres-identity",
+        "postgres-location",
+        "postgres/PG_VERSION",
+    ];
+    if !ours.iter().any(|file| data.join(file).exists()) {
         return Ok(());
     }
     if let Some(outside) = outside_postgres(data)? {
@@ -459,6 +477,29 @@ fn reset(data: &Path) -> Result<()> {
         remove(&data.join(entry))?;
     }
     Ok(())
+}
+
+/// An exclusive lock on the data directory for as long as the returned file
+/// lives; refused while another `wasmctl dev` holds it.
+fn lock(data: &Path) -> Result<std::fs::File> {
+    let path = data.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(BadInput(format!(
+            "another wasmctl dev is running with the data directory {}; stop it first",
+            data.display()
+        ))
+        .into()),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("locking {}", path.display())))
+        }
+    }
 }
 
 /// The local registry process; stopped when dropped.

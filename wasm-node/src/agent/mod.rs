@@ -180,6 +180,7 @@ impl Agent {
             backoff_cap: config.backoff_cap,
             grace: config.grace,
         });
+        remove_unkeyed_pod_dirs(&config.data_dir.join("pods"));
         register(&config, &endpoint, linux_runtime.as_deref()).await?;
         let mut followers = JoinSet::new();
         for kind in [Kind::Service, Kind::Route] {
@@ -247,6 +248,22 @@ impl Agent {
     }
 }
 
+/// Removes pod directories named `NAMESPACE_NAME`, as nodes before pod
+/// directories carried the uid named them: no worker owns them any more,
+/// and they may hold a Secret's files. (Names and namespaces have no `_`,
+/// so a directory of today, `NAMESPACE_NAME_UID`, has two.)
+fn remove_unkeyed_pod_dirs(pods: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(pods) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().matches('_').count() == 1 {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// The address to advertise when none was given: the bound one, unless
 /// that is unspecified (`0.0.0.0`), which other nodes cannot reach; then
 /// the address this machine reaches the control plane from, the interface
@@ -273,11 +290,17 @@ async fn advertised(bound: SocketAddr, server: &str) -> Result<String, AgentErro
         } else {
             80
         });
+    // An address of the listener's family: an IPv4 listener cannot be
+    // reached at an IPv6 address, whatever the resolver lists first.
     let toward = tokio::net::lookup_host((host, port))
         .await
         .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| cannot(format!("the server's host {host} does not resolve")))?;
+        .and_then(|mut addrs| addrs.find(|a| bound.is_ipv6() || a.is_ipv4()))
+        .ok_or_else(|| {
+            cannot(format!(
+                "the server's host {host} does not resolve to an address of the listener's family"
+            ))
+        })?;
     let local = if toward.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
@@ -514,5 +537,26 @@ async fn reconcile(
     }
     for pod in current {
         ensure(context, pods, pod).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_directories_without_a_uid_are_removed_and_keyed_ones_kept() {
+        let pods = tempfile::tempdir().unwrap();
+        for dir in ["shop_web", "shop_web_6f1c", "shop_api_9a2b"] {
+            std::fs::create_dir_all(pods.path().join(dir).join("volume")).unwrap();
+        }
+        remove_unkeyed_pod_dirs(pods.path());
+        let mut left: Vec<String> = std::fs::read_dir(pods.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["shop_api_9a2b", "shop_web_6f1c"]);
+        remove_unkeyed_pod_dirs(&pods.path().join("absent"));
     }
 }

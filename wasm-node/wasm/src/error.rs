@@ -63,7 +63,7 @@ pub enum GuestFailure {
 impl GuestFailure {
     /// Sorts a Wasmtime error from running a guest into what users act on,
     /// quoting the `limits` the instance ran under.
-    pub fn classify(error: &wasmtime::Error, limits: &Limits) -> Self {
+    pub(crate) fn classify(error: &wasmtime::Error, limits: &Limits) -> Self {
         if let Some(limit) = error.downcast_ref::<MemoryLimitExceeded>() {
             return Self::MemoryLimit(limit.clone());
         }

@@ -176,10 +176,6 @@ impl Engine {
         })
     }
 
-    pub fn engine(&self) -> &wasmtime::Engine {
-        &self.engine
-    }
-
     pub fn cache(&self) -> Option<&ArtifactCache> {
         self.cache.as_ref()
     }

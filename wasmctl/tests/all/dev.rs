@@ -254,3 +254,47 @@ fn dev_keeps_a_cluster_made_before_identities_and_names_reset_when_its_token_is_
         "{stderr}"
     );
 }
+
+#[test]
+fn a_second_dev_on_a_data_directory_in_use_is_refused_and_touches_nothing() {
+    let dev = Dev::new();
+    let (child, _) = dev.start(&[], "Ctrl-C stops it.");
+    let token = dev.admin_token();
+    assert_eq!(dev.api_status("namespaces", &token), 200);
+
+    // Other addresses, the same data directory: a reset here would stop
+    // and wipe the Postgres the first one runs on.
+    let mut second = Dev::new();
+    second.data = dev.data.clone();
+    let output = second.command(&["--reset"]).output().expect("wasmctl runs");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("another wasmctl dev is running with the data directory"),
+        "{stderr}"
+    );
+    assert_eq!(dev.admin_token(), token, "the tokens were kept");
+    assert_eq!(
+        dev.api_status("namespaces", &token),
+        200,
+        "the first still serves"
+    );
+    stop(child);
+}
+
+#[test]
+fn reset_leaves_a_directory_that_is_not_a_dev_cluster_alone() {
+    let dev = Dev::new();
+    // A project folder of someone else's, with folders named as the dev
+    // cluster's own.
+    for folder in ["node", "registry"] {
+        std::fs::create_dir_all(dev.data.join(folder)).unwrap();
+        std::fs::write(dev.data.join(folder).join("keep"), "mine").unwrap();
+    }
+    let (child, _) = dev.start(&["--reset"], "Ctrl-C stops it.");
+    stop(child);
+    assert_eq!(
+        std::fs::read_to_string(dev.data.join("registry/keep")).unwrap(),
+        "mine"
+    );
+}
