@@ -16,7 +16,81 @@ pub type Node = Object<NodeSpec, NodeStatus>;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NamespaceSpec {}
+pub struct NamespaceSpec {
+    /// What the namespace's tenants may do; only cluster admins write it
+    /// (a Namespace is theirs alone to write).
+    #[serde(default)]
+    pub policy: NamespacePolicy,
+}
+
+/// A namespace's tenant policy: the ceiling on everything its own tokens
+/// can ask for. Every field has a closed default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespacePolicy {
+    /// Which pods may run: `Restricted` (default), `Baseline` or
+    /// `Privileged`.
+    #[serde(default)]
+    pub pod_security: PodSecurityLevel,
+    /// The outbound destinations pods here may ever be granted, as
+    /// `allowOutbound` rules (default `*`: any public host). A pod's rule
+    /// must fall inside one of these; loopback, link-local and private
+    /// addresses only where a rule here names the address itself.
+    #[serde(default = "default_egress")]
+    pub egress: Vec<String>,
+    /// Route hosts the namespace may claim, exact (`api.example.com`) or
+    /// wildcard (`*.example.com`, which also covers deeper wildcards).
+    /// None by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route_hosts: Vec<String>,
+    /// The highest `priority` a pod here may have (default 0). Only a
+    /// priority above 0, which a cluster admin must have granted, may
+    /// preempt another namespace's pods.
+    #[serde(default)]
+    pub max_priority: i32,
+}
+
+fn default_egress() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl Default for NamespacePolicy {
+    fn default() -> Self {
+        Self {
+            pod_security: PodSecurityLevel::default(),
+            egress: default_egress(),
+            route_hosts: Vec::new(),
+            max_priority: 0,
+        }
+    }
+}
+
+/// How much of the node a namespace's pods may touch.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub enum PodSecurityLevel {
+    /// Components only, without host paths: the Wasm sandbox and nothing
+    /// more. (Linux pods share the node's network today, so they are not
+    /// Restricted.)
+    #[default]
+    Restricted,
+    /// Linux pods too, on the node's network, but never as root, without
+    /// added capabilities or host paths.
+    Baseline,
+    /// Anything: host paths, root, added capabilities.
+    Privileged,
+}
+
+impl PodSecurityLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodSecurityLevel::Restricted => "Restricted",
+            PodSecurityLevel::Baseline => "Baseline",
+            PodSecurityLevel::Privileged => "Privileged",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -71,6 +71,12 @@ pub struct PodSpec {
     /// writable).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only_root_filesystem: bool,
+    /// Linux pods: the user the process runs as and the capabilities it
+    /// gets beyond the node's short default list. What a namespace's pod
+    /// security level allows is checked at admission; `runAsNonRoot` is
+    /// checked by the node against the image's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
     /// What runs the image: `Wasm` (wasmtime) or `Linux` (containerd).
     /// Unset, the node decides by the image's media types; `Linux` also
     /// keeps the pod off nodes without containerd.
@@ -254,6 +260,27 @@ impl Probe {
             }
         }
     }
+}
+
+/// Who a Linux pod's process is, and what it may do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecurityContext {
+    /// The uid the process runs as, in place of the image's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<u32>,
+    /// The gid the process runs as, in place of the image's group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_group: Option<u32>,
+    /// Refuse to start when the process would run as uid 0 (the image's
+    /// user is 0 or unset and `runAsUser` does not say otherwise). Set by
+    /// admission in `Restricted` and `Baseline` namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_non_root: Option<bool>,
+    /// Capabilities beyond the node's default list (`NET_BIND_SERVICE`
+    /// only); only `Privileged` namespaces may add any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_capabilities: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -23,6 +23,11 @@ pub struct ServiceSpec {
     pub selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ServicePort>,
+    /// Namespaces whose pods may call the Service (`*` for every one);
+    /// its own namespace always may. Closed to others by default: a
+    /// caller's `allowOutbound` never opens another namespace's Service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_callers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -111,6 +116,20 @@ impl ServiceSpec {
                 names.push(&port.name);
             }
         }
+        for (i, caller) in self.allowed_callers.iter().enumerate() {
+            if caller != "*" {
+                validate_dns_label(v, &format!("spec.allowedCallers[{i}]"), caller);
+            }
+        }
+    }
+
+    /// Whether pods of `namespace` may call this Service of `own`.
+    pub fn admits_caller(&self, own: &str, namespace: &str) -> bool {
+        namespace == own
+            || self
+                .allowed_callers
+                .iter()
+                .any(|c| c == "*" || c == namespace)
     }
 }
 
