@@ -168,6 +168,12 @@ fn namespaced(roles: &BTreeMap<String, Role>, access: &Access<'_>) -> Decision {
     else {
         return Decision::Deny;
     };
+    // Status is what the system observed: a pod's by the node it is bound
+    // to, the rest by the controllers. A tenant writing it could publish an
+    // endpoint or a readiness of its choosing.
+    if access.status && !access.verb.reads() {
+        return Decision::Deny;
+    }
     match role {
         Role::View => allow_if(access.verb.reads() && access.kind != Kind::Secret),
         Role::Edit | Role::Admin => Decision::Allow,
@@ -176,9 +182,13 @@ fn namespaced(roles: &BTreeMap<String, Role>, access: &Access<'_>) -> Decision {
 
 fn node_agent(node: &str, access: &Access<'_>) -> Decision {
     match access.kind {
+        // A node registers itself once and then reports its status; its
+        // labels, taints and `unschedulable` are the cluster admin's, or a
+        // node could relabel itself to attract pods (and their Secrets).
         Kind::Node => match access.verb {
             Verb::Get | Verb::List | Verb::Watch => Decision::Allow,
-            Verb::Create | Verb::Update | Verb::Patch => allow_if(access.name == Some(node)),
+            Verb::Create => allow_if(access.name == Some(node)),
+            Verb::Update | Verb::Patch => allow_if(access.status && access.name == Some(node)),
             Verb::Delete => Decision::Deny,
         },
         Kind::Pod => match access.verb {
@@ -231,8 +241,13 @@ pub struct Authenticator {
     cache: Mutex<HashMap<[u8; 32], CachedLookup>>,
 }
 
-/// A token lookup (unknown tokens too) and when it was made.
-type CachedLookup = (Option<Principal>, Instant);
+/// A token lookup (unknown tokens too), when it was made, and when the
+/// token expires (a cached principal never outlives its token).
+type CachedLookup = (
+    Option<Principal>,
+    Instant,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
 
 impl Authenticator {
     pub fn new(store: Store, ttl: Duration) -> Self {
@@ -250,19 +265,21 @@ impl Authenticator {
         }
         let hash = token_hash(token);
         let now = Instant::now();
-        if let Some((principal, fetched)) = self.cache.lock().expect("cache lock").get(&hash)
+        if let Some((principal, fetched, expires)) =
+            self.cache.lock().expect("cache lock").get(&hash)
             && now.duration_since(*fetched) < self.ttl
         {
+            if expires.is_some_and(|at| at <= chrono::Utc::now()) {
+                return Ok(None);
+            }
             return Ok(principal.clone());
         }
-        let principal = self
-            .store
-            .find_token(&hash)
-            .await?
-            .map(|record| Principal::from_record(&record));
+        let record = self.store.find_token(&hash).await?;
+        let expires = record.as_ref().and_then(|r| r.expires_at);
+        let principal = record.map(|record| Principal::from_record(&record));
         let mut cache = self.cache.lock().expect("cache lock");
-        cache.retain(|_, (_, fetched)| now.duration_since(*fetched) < self.ttl);
-        cache.insert(hash, (principal.clone(), now));
+        cache.retain(|_, (_, fetched, _)| now.duration_since(*fetched) < self.ttl);
+        cache.insert(hash, (principal.clone(), now, expires));
         Ok(principal)
     }
 }
@@ -327,6 +344,25 @@ mod tests {
     }
 
     #[test]
+    fn tenants_never_write_status() {
+        let admin = roles(&[("shop", Role::Admin)]);
+        for kind in [Kind::Pod, Kind::Deployment, Kind::Service, Kind::Route] {
+            for verb in [Verb::Update, Verb::Patch] {
+                let status = Access {
+                    status: true,
+                    ..access(verb, kind, Some("shop"))
+                };
+                assert_eq!(authorize(&admin, &status), Decision::Deny, "{kind:?}");
+            }
+            let read = Access {
+                status: true,
+                ..access(Verb::Get, kind, Some("shop"))
+            };
+            assert_eq!(authorize(&admin, &read), Decision::Allow, "{kind:?}");
+        }
+    }
+
+    #[test]
     fn members_may_read_their_own_namespace_only() {
         let viewer = roles(&[("shop", Role::View)]);
         let get = |name| Access {
@@ -344,14 +380,27 @@ mod tests {
             name: Some(name),
             ..access(verb, kind, None)
         };
+        let node_status = |name| Access {
+            status: true,
+            ..named(Verb::Patch, Kind::Node, name)
+        };
+        assert_eq!(authorize(&node, &node_status("n1")), Decision::Allow);
+        assert_eq!(authorize(&node, &node_status("n2")), Decision::Deny);
         assert_eq!(
-            authorize(&node, &named(Verb::Update, Kind::Node, "n1")),
+            authorize(&node, &named(Verb::Create, Kind::Node, "n1")),
             Decision::Allow
         );
         assert_eq!(
-            authorize(&node, &named(Verb::Update, Kind::Node, "n2")),
+            authorize(&node, &named(Verb::Create, Kind::Node, "n2")),
             Decision::Deny
         );
+        // Labels, taints and unschedulable are in the main part.
+        for verb in [Verb::Update, Verb::Patch] {
+            assert_eq!(
+                authorize(&node, &named(verb, Kind::Node, "n1")),
+                Decision::Deny
+            );
+        }
         assert_eq!(
             authorize(&node, &named(Verb::Delete, Kind::Node, "n1")),
             Decision::Deny

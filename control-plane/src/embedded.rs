@@ -4,6 +4,7 @@
 //! with everything it started. The caller never reaches the store.
 
 use anyhow::Result;
+use skiff_api::kinds::cluster::NamespacePolicy;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -29,16 +30,20 @@ pub struct Started {
 
 impl ControlPlane {
     /// Opens and migrates the database of `config` (waiting for it up to
-    /// `config.database_wait`), initializes the cluster if it is new, and
-    /// serves on `listener` with the scheduler and controllers `config`
-    /// asks for.
-    pub async fn start(listener: TcpListener, config: ServerConfig) -> Result<Started> {
+    /// `config.database_wait`), initializes the cluster if it is new (its
+    /// `default` namespace with `default_policy`), and serves on `listener`
+    /// with the scheduler and controllers `config` asks for.
+    pub async fn start(
+        listener: TcpListener,
+        config: ServerConfig,
+        default_policy: &NamespacePolicy,
+    ) -> Result<Started> {
         let store =
             server::open_store(&config.database_url, &config.pool, config.database_wait).await?;
         let admin_token = if store.initialized().await? {
             None
         } else {
-            Some(crate::initialize(&store).await?)
+            Some(crate::initialize_with(&store, default_policy).await?)
         };
         let (stop, stopped) = oneshot::channel();
         let serving = tokio::spawn(server::run_on(listener, store.clone(), config, async {

@@ -16,9 +16,22 @@ pub mod tls;
 pub mod watch;
 
 /// Sets up a fresh cluster in an empty, migrated database: the `default`
-/// namespace and a cluster-admin token, returned (the only time it is
-/// seen). Fails on a database that is already initialized.
+/// namespace (with the closed default policy) and a cluster-admin token,
+/// returned (the only time it is seen). Fails on a database that is
+/// already initialized.
 pub async fn initialize(store: &store::Store) -> anyhow::Result<String> {
+    initialize_with(
+        store,
+        &skiff_api::kinds::cluster::NamespacePolicy::default(),
+    )
+    .await
+}
+
+/// [`initialize`], with `policy` for the `default` namespace.
+pub async fn initialize_with(
+    store: &store::Store,
+    policy: &skiff_api::kinds::cluster::NamespacePolicy,
+) -> anyhow::Result<String> {
     use serde_json::json;
     if store.initialized().await? {
         anyhow::bail!(
@@ -27,7 +40,8 @@ pub async fn initialize(store: &store::Store) -> anyhow::Result<String> {
     }
     let namespace = skiff_api::admit(
         skiff_api::Kind::Namespace,
-        json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace", "metadata": {"name": "default"}}),
+        json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace",
+            "metadata": {"name": "default"}, "spec": {"policy": policy}}),
     )?;
     match store
         .write(store::Write::Create {

@@ -15,6 +15,8 @@ pub enum CreateCommand {
     Namespace {
         name: String,
         #[command(flatten)]
+        policy: crate::policy::PolicyFlags,
+        #[command(flatten)]
         target: Target,
     },
     /// Create an API token and print it (it is shown only once).
@@ -33,6 +35,9 @@ pub enum CreateCommand {
         node: Option<String>,
         #[arg(long, default_value = "")]
         description: String,
+        /// How long the token works, e.g. 24h or 720h; for ever without.
+        #[arg(long)]
+        ttl: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -40,11 +45,17 @@ pub enum CreateCommand {
 
 pub fn run(command: CreateCommand) -> Result<()> {
     match command {
-        CreateCommand::Namespace { name, target } => {
+        CreateCommand::Namespace {
+            name,
+            policy,
+            target,
+        } => {
             skiff_api::validate::dns_label(&name)
                 .map_err(|reason| BadInput(format!("namespace `{name}`: {reason}")))?;
+            let policy = policy.to_json()?;
             let session = target.connect()?;
-            let object = json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace", "metadata": {"name": name}});
+            let object = json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace",
+                "metadata": {"name": name}, "spec": {"policy": policy}});
             block_on(session.client.create(Kind::Namespace, None, &object))??;
             println!("namespace/{name} created");
         }
@@ -54,8 +65,14 @@ pub fn run(command: CreateCommand) -> Result<()> {
             cluster_admin,
             node,
             description,
+            ttl,
             target,
         } => {
+            if let Some(ttl) = &ttl
+                && skiff_api::quantity::parse_duration(ttl).is_err()
+            {
+                return Err(BadInput(format!("--ttl `{ttl}`: not a duration such as 24h")).into());
+            }
             let (scope, request) = match (cluster_admin, node, namespace, role) {
                 (true, None, None, None) => (
                     None,
@@ -63,6 +80,7 @@ pub fn run(command: CreateCommand) -> Result<()> {
                         role: "cluster-admin".into(),
                         node_name: None,
                         description,
+                        ttl,
                     },
                 ),
                 (false, Some(node), None, None) => (
@@ -71,6 +89,7 @@ pub fn run(command: CreateCommand) -> Result<()> {
                         role: "node".into(),
                         node_name: Some(node),
                         description,
+                        ttl,
                     },
                 ),
                 (false, None, Some(ns), Some(role)) => (
@@ -79,6 +98,7 @@ pub fn run(command: CreateCommand) -> Result<()> {
                         role,
                         node_name: None,
                         description,
+                        ttl,
                     },
                 ),
                 _ => {

@@ -38,11 +38,29 @@ pub struct DeleteArgs {
     /// gone too.
     #[arg(long, value_enum, default_value = "background")]
     cascade: Cascade,
+    /// Tokens only: delete cluster-level tokens (cluster-admin and node
+    /// tokens, or any token), rather than the namespace's.
+    #[arg(long)]
+    cluster_scope: bool,
+    /// Check everything the delete would, without deleting.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     target: Target,
 }
 
 pub fn run(args: DeleteArgs) -> Result<()> {
+    if let [word, ids @ ..] = args.args.as_slice()
+        && crate::tokens::named(word)
+    {
+        if ids.is_empty() {
+            return Err(BadInput("give the ids of the tokens to delete".into()).into());
+        }
+        let session = args.target.connect()?;
+        let namespace = (!args.cluster_scope)
+            .then(|| args.namespace.clone().unwrap_or(session.namespace.clone()));
+        return crate::tokens::delete(&session, namespace.as_deref(), ids);
+    }
     let mut targets = Vec::new();
     match (args.files.is_empty(), args.args.as_slice()) {
         (false, []) => {
@@ -70,6 +88,11 @@ pub fn run(args: DeleteArgs) -> Result<()> {
             let options = DeleteOptions {
                 propagation_policy: (args.cascade == Cascade::Foreground)
                     .then_some(PropagationPolicy::Foreground),
+                dry_run: if args.dry_run {
+                    vec!["All".into()]
+                } else {
+                    vec![]
+                },
                 ..Default::default()
             };
             let client = &session.client;
@@ -77,6 +100,9 @@ pub fn run(args: DeleteArgs) -> Result<()> {
                 .delete_with(kind, namespace.as_deref(), &name, &options)
                 .await
             {
+                Ok(_) if args.dry_run => {
+                    println!("{} \"{name}\" deleted (dry run)", kind_word(kind));
+                }
                 Ok(_) => {
                     if args.cascade == Cascade::Foreground {
                         wait_gone(client, kind, namespace.as_deref(), &name).await?;

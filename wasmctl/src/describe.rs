@@ -95,6 +95,10 @@ fn describe(kind: Kind, object: &Value) -> String {
                 ));
             }
         }
+        Kind::Namespace => {
+            out.push_str(&crate::policy::describe(&object["spec"]["policy"]));
+            section(&mut out, "Status", &object["status"]);
+        }
         _ => {
             section(&mut out, "Spec", &object["spec"]);
             let mut status = object["status"].clone();

@@ -2,6 +2,7 @@
 //! process: a Postgres it manages (or `DATABASE_URL`), the control plane, a
 //! node, and optionally a local registry; the context `dev` points at it.
 
+use skiff_api::kinds::cluster::{NamespacePolicy, PodSecurityLevel};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -133,7 +134,7 @@ async fn serve(
     let Started {
         control_plane,
         admin_token,
-    } = ControlPlane::start(listener, config).await?;
+    } = ControlPlane::start(listener, config, &dev_policy()).await?;
     let fresh = admin_token.is_some();
     let admin_token = admin_token_kept(data, admin_token, args.database_url.is_some())?;
     let node_token = node_token(&control_plane, data, fresh).await?;
@@ -580,4 +581,19 @@ fn machine_memory() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(4 << 30, |kib| kib << 10)
+}
+
+/// The policy of a dev cluster's `default` namespace: the machine is the
+/// developer's own, so its pods may be anything (Linux images through
+/// containerd, host paths) and may call what runs on loopback. Namespaces
+/// created afterwards get the closed defaults, as in any cluster.
+fn dev_policy() -> NamespacePolicy {
+    NamespacePolicy {
+        pod_security: PodSecurityLevel::Privileged,
+        egress: ["*", "127.0.0.1", "[::1]", "localhost"]
+            .map(str::to_owned)
+            .to_vec(),
+        route_hosts: Vec::new(),
+        max_priority: 0,
+    }
 }

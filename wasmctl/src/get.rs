@@ -49,6 +49,16 @@ enum Output {
 }
 
 pub fn run(args: GetArgs) -> Result<()> {
+    if crate::tokens::named(&args.kind) {
+        let session = args.target.connect()?;
+        let namespace = (!args.all_namespaces)
+            .then(|| args.namespace.clone().unwrap_or(session.namespace.clone()));
+        return crate::tokens::list(
+            &session,
+            namespace.as_deref(),
+            args.output.as_deref() == Some("json"),
+        );
+    }
     let kind = parse_kind(&args.kind)?;
     let output = match args.output.as_deref() {
         None => Output::Table { wide: false },

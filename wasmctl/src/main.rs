@@ -11,10 +11,12 @@ mod dev;
 mod get;
 mod manifests;
 mod node;
+mod policy;
 mod registry;
 mod rollout;
 mod run;
 mod table;
+mod tokens;
 
 use std::process::ExitCode;
 
@@ -61,6 +63,9 @@ enum Command {
     Rollout(rollout::RolloutCommand),
     /// Set a Deployment's number of replicas.
     Scale(rollout::ScaleArgs),
+    /// Set a namespace's tenant policy (cluster admins).
+    #[command(subcommand)]
+    Set(SetCommand),
     /// Stop scheduling pods on a node.
     Cordon(node::NodeArgs),
     /// Schedule pods on a node again.
@@ -75,6 +80,12 @@ enum Command {
         #[arg(long, global = true, value_name = "FILE")]
         config: Option<std::path::PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum SetCommand {
+    /// Pod security level, egress ceiling, Route hosts, priority ceiling.
+    Policy(policy::SetPolicyArgs),
 }
 
 /// An error caused by the user's input rather than by the system: reported
@@ -105,6 +116,7 @@ fn main() -> ExitCode {
         Command::Create(command) => create::run(command).map(|()| ExitCode::SUCCESS),
         Command::Rollout(command) => rollout::run(command),
         Command::Scale(args) => rollout::scale(args).map(|()| ExitCode::SUCCESS),
+        Command::Set(SetCommand::Policy(args)) => policy::set(args).map(|()| ExitCode::SUCCESS),
         Command::Cordon(args) => node::cordon(args, true).map(|()| ExitCode::SUCCESS),
         Command::Uncordon(args) => node::cordon(args, false).map(|()| ExitCode::SUCCESS),
         Command::Drain(args) => node::drain(args).map(|()| ExitCode::SUCCESS),

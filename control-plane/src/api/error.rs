@@ -66,7 +66,9 @@ impl From<StoreError> for ApiError {
                 ApiError::NotFound(message)
             }
             StoreError::AlreadyExists(_) => ApiError::AlreadyExists(message),
-            StoreError::Conflict { .. } | StoreError::UidMismatch(_) => ApiError::Conflict(message),
+            StoreError::Conflict { .. }
+            | StoreError::UidMismatch(_)
+            | StoreError::HostClaimed { .. } => ApiError::Conflict(message),
             StoreError::Invalid { field, message } => ApiError::invalid(&field, message),
             StoreError::Compacted { .. } => ApiError::Gone(message),
             StoreError::Unavailable(_) => ApiError::Unavailable(message),

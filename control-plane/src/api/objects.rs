@@ -9,9 +9,12 @@ use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use skiff_api::kinds::cluster::NamespacePolicy;
+use skiff_api::kinds::pod::PodSpec;
 use skiff_api::meta::{DeleteOptions, ListMeta, PropagationPolicy};
 use skiff_api::selector::{FieldSelector, Selector};
-use skiff_api::{API_VERSION, Kind, admit, admit_status};
+use skiff_api::validate::FieldError;
+use skiff_api::{API_VERSION, Kind, admit, admit_status, policy};
 
 use super::{ApiError, AppState, MAX_OBJECT_BYTES};
 use crate::auth::{Access, Decision, Principal, Verb, authorize};
@@ -269,14 +272,127 @@ impl Call<'_> {
                 "must not be set when creating an object",
             ));
         }
-        let object = admit(kind, object)?;
+        let mut object = admit(kind, object)?;
+        self.tenancy(&key, &mut object, None).await?;
         check_size(&object)?;
+        if self.dry_run()? {
+            return self.check_create(&key, object).await;
+        }
         let stored = self
             .state
             .store
             .write(Write::Create { key, object })
             .await?;
         Ok((StatusCode::CREATED, Json(stored)).into_response())
+    }
+
+    /// What a create would store, checked like the real one short of the
+    /// write: the namespace exists, the name is free, a Route's host is
+    /// not another namespace's.
+    async fn check_create(&self, key: &ObjectKey, object: Value) -> Result<Response, ApiError> {
+        let store = &self.state.store;
+        if key.kind.namespaced()
+            && store
+                .get(&ObjectKey::namespace(&key.namespace))
+                .await?
+                .is_none()
+        {
+            return Err(StoreError::NamespaceNotFound(key.namespace.clone()).into());
+        }
+        if store.get(key).await?.is_some() {
+            return Err(StoreError::AlreadyExists(key.clone()).into());
+        }
+        if key.kind == Kind::Route {
+            store.check_host_claim(key, &object).await?;
+        }
+        Ok((StatusCode::CREATED, Json(object)).into_response())
+    }
+
+    /// The tenancy rules admission adds for namespaced objects, between the
+    /// kind's own checks and the write (`existing` is the stored object on
+    /// an update):
+    /// - a pod (and a Deployment's pod template) gets what its namespace's
+    ///   pod security level implies and must keep within its level and its
+    ///   priority and egress ceilings, whoever writes it;
+    /// - binding a pod to a node (`spec.nodeName`) is the scheduler's and
+    ///   cluster admins' alone;
+    /// - a Route's host must be one the namespace may claim; the empty
+    ///   catch-all is for cluster admins. (That no other namespace holds
+    ///   the host is checked in the write's own transaction.)
+    async fn tenancy(
+        &self,
+        key: &ObjectKey,
+        object: &mut Value,
+        existing: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let admin = *self.principal == Principal::ClusterAdmin;
+        match key.kind {
+            Kind::Pod => {
+                let bound = |o: &Value| !o["spec"]["nodeName"].as_str().unwrap_or("").is_empty();
+                if !admin && bound(object) && !existing.is_some_and(bound) {
+                    return Err(ApiError::Forbidden(
+                        "spec.nodeName: only cluster admins bind pods to nodes; leave it to the scheduler".into(),
+                    ));
+                }
+                if existing.is_none() {
+                    let policy = self.namespace_policy(&key.namespace).await?;
+                    police_pod(&key.namespace, &policy, &mut object["spec"], "spec")?;
+                }
+            }
+            // A template the namespace already admitted (a scale, a label)
+            // is not judged again by a policy changed since. (A template's
+            // nodeName is refused by validation, for everyone.)
+            Kind::Deployment
+                if existing.is_none_or(|e| e["spec"]["template"] != object["spec"]["template"]) =>
+            {
+                let policy = self.namespace_policy(&key.namespace).await?;
+                police_pod(
+                    &key.namespace,
+                    &policy,
+                    &mut object["spec"]["template"]["spec"],
+                    "spec.template.spec",
+                )?;
+            }
+            Kind::Route => {
+                let host = object["spec"]["host"].as_str().unwrap_or("");
+                let changed =
+                    existing.is_none_or(|e| e["spec"]["host"].as_str().unwrap_or("") != host);
+                if admin || !changed {
+                    return Ok(());
+                }
+                if host.is_empty() {
+                    return Err(ApiError::Forbidden(
+                        "spec.host: the catch-all Route (no host) is for cluster admins; name a host".into(),
+                    ));
+                }
+                let policy = self.namespace_policy(&key.namespace).await?;
+                if !policy::may_claim_host(&policy, host) {
+                    let allowed = if policy.route_hosts.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        policy.route_hosts.join(", ")
+                    };
+                    return Err(ApiError::Forbidden(format!(
+                        "spec.host: namespace {} may not claim host {host} (its routeHosts: {allowed}; a cluster admin sets spec.policy.routeHosts)",
+                        key.namespace
+                    )));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn namespace_policy(&self, namespace: &str) -> Result<NamespacePolicy, ApiError> {
+        let Some(stored) = self
+            .state
+            .store
+            .get(&ObjectKey::namespace(namespace))
+            .await?
+        else {
+            return Err(StoreError::NamespaceNotFound(namespace.to_owned()).into());
+        };
+        Ok(serde_json::from_value(stored["spec"]["policy"].clone()).unwrap_or_default())
     }
 
     /// PUT: replaces the object (or, on `/status`, its status).
@@ -290,7 +406,12 @@ impl Call<'_> {
             let status = object.get("status").cloned().unwrap_or_else(|| json!({}));
             (admit_status(key.kind, status)?, Part::Status)
         } else {
-            (admit(key.kind, object)?, Part::Main)
+            let mut object = admit(key.kind, object)?;
+            if matches!(key.kind, Kind::Pod | Kind::Deployment | Kind::Route) {
+                let existing = self.state.store.get(key).await?;
+                self.tenancy(key, &mut object, existing.as_ref()).await?;
+            }
+            (object, Part::Main)
         };
         check_size(&object)?;
         if self.dry_run()? {
@@ -418,6 +539,7 @@ impl Call<'_> {
             ));
         }
         let named_revision = stated_revision(&patch)?;
+        let dry_run = self.dry_run()?;
         // A uid in the patch is a precondition, as in Kubernetes: the patch
         // is for that object, not for one re-created under its name.
         let named_uid = patch["metadata"]["uid"].as_str();
@@ -437,11 +559,30 @@ impl Call<'_> {
                     Part::Status,
                 )
             } else {
-                (admit(key.kind, patched)?, Part::Main)
+                let mut object = admit(key.kind, patched)?;
+                if key.kind.namespaced() {
+                    self.tenancy(key, &mut object, Some(&current)).await?;
+                }
+                (object, Part::Main)
             };
             check_size(&object)?;
             let expected_revision =
                 named_revision.or_else(|| stated_revision(&current).ok().flatten());
+            if dry_run {
+                let next = crate::store::objects::updated(
+                    key.kind,
+                    &current,
+                    object,
+                    part,
+                    stated_revision(&current)?.unwrap_or_default() + 1,
+                )?;
+                if key.kind == Kind::Route
+                    && let Some(next) = &next
+                {
+                    self.state.store.check_host_claim(key, next).await?;
+                }
+                return Ok(Json(next.unwrap_or(current)).into_response());
+            }
             match self
                 .state
                 .store
@@ -471,12 +612,38 @@ impl Call<'_> {
             serde_json::from_slice(self.body)
                 .map_err(|e| ApiError::BadRequest(format!("delete options: {e}")))?
         };
+        let dry_run = self.dry_run()? || dry_run_in_body(&options)?;
         let preconditions = options.preconditions.unwrap_or_default();
         let expected_revision = preconditions
             .resource_version
             .as_deref()
             .map(|rv| parse_revision("preconditions.resourceVersion", rv))
             .transpose()?;
+        if dry_run {
+            // Every precondition checked; the object answered as it is.
+            let Some(current) = self.state.store.get(key).await? else {
+                return Err(StoreError::NotFound(key.clone()).into());
+            };
+            if preconditions
+                .uid
+                .as_deref()
+                .is_some_and(|uid| current["metadata"]["uid"].as_str() != Some(uid))
+            {
+                return Err(StoreError::UidMismatch(key.clone()).into());
+            }
+            let current_revision = stated_revision(&current)?.unwrap_or_default();
+            if let Some(expected) = expected_revision
+                && expected != current_revision
+            {
+                return Err(StoreError::Conflict {
+                    key: key.clone(),
+                    expected,
+                    current: current_revision,
+                }
+                .into());
+            }
+            return Ok(Json(current).into_response());
+        }
         if options.propagation_policy == Some(PropagationPolicy::Foreground) {
             // Marked now, deleted by the garbage collector once its
             // dependents are gone.
@@ -508,6 +675,62 @@ impl Call<'_> {
             })
             .await?;
         Ok(Json(deleted).into_response())
+    }
+}
+
+/// Applies a namespace's policy to a pod spec in place (its defaults, then
+/// its checks): pod security and priority refusals are 403s, an
+/// `allowOutbound` beyond the egress ceiling a 422.
+fn police_pod(
+    namespace: &str,
+    policy: &NamespacePolicy,
+    spec: &mut Value,
+    at: &str,
+) -> Result<(), ApiError> {
+    let Ok(mut typed) = serde_json::from_value::<PodSpec>(spec.clone()) else {
+        return Ok(()); // admitted already; cannot happen
+    };
+    policy::apply_pod_defaults(policy, &mut typed);
+    let refused = policy::check_pod(namespace, policy, &typed, at);
+    if let Some(first) = refused.first() {
+        return Err(ApiError::Forbidden(one_line(first, refused.len())));
+    }
+    let outside = policy::check_egress(namespace, policy, &typed, at);
+    if !outside.is_empty() {
+        return Err(ApiError::Invalid {
+            message: outside
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            causes: outside
+                .into_iter()
+                .map(|e| skiff_api::meta::StatusCause {
+                    field: e.field,
+                    message: e.message,
+                })
+                .collect(),
+        });
+    }
+    *spec = serde_json::to_value(typed).expect("API types serialise");
+    Ok(())
+}
+
+/// `dryRun` in a delete's body (Kubernetes' DeleteOptions carry it there
+/// too): only `All` is known.
+fn dry_run_in_body(options: &DeleteOptions) -> Result<bool, ApiError> {
+    match options.dry_run.iter().find(|d| *d != "All") {
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "dryRun: `{other}` is not supported; use All"
+        ))),
+        None => Ok(!options.dry_run.is_empty()),
+    }
+}
+
+fn one_line(first: &FieldError, count: usize) -> String {
+    match count {
+        1 => first.to_string(),
+        n => format!("{first} (and {} more)", n - 1),
     }
 }
 

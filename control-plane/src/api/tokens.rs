@@ -109,10 +109,26 @@ async fn create(
             }
         },
     };
+    let expires_at = match &request.ttl {
+        None => None,
+        Some(ttl) => {
+            let duration = skiff_api::quantity::parse_duration(ttl)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    ApiError::invalid("ttl", format!("`{ttl}` is not a duration such as 24h"))
+                })?;
+            let duration = chrono::Duration::from_std(duration)
+                .ok()
+                .filter(|d| *d <= chrono::Duration::days(3660))
+                .ok_or_else(|| ApiError::invalid("ttl", "must be at most 3660 days"))?;
+            Some(chrono::Utc::now() + duration)
+        }
+    };
     let (token, hash) = new_token();
     let id = state
         .store
-        .create_token(&hash, &grant, &request.description)
+        .create_expiring_token(&hash, &grant, &request.description, expires_at)
         .await?;
     let record = TokenRecord {
         id,
@@ -127,6 +143,8 @@ async fn create(
             _ => vec![],
         },
         created_at: crate::store::now_rfc3339(),
+        expires_at,
+        last_used_at: None,
     };
     let mut body = info(&record, namespace.as_deref());
     body.token = Some(token);
@@ -154,6 +172,10 @@ pub fn info(record: &TokenRecord, namespace: Option<&str>) -> TokenInfo {
         node_name: record.node_name.clone(),
         description: record.description.clone(),
         created_at: record.created_at.clone(),
+        expires_at: record
+            .expires_at
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        last_used_at: record.last_used_at.clone(),
         token: None,
     }
 }

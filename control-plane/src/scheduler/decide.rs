@@ -415,8 +415,14 @@ fn preempt(pod: &PodRequest<'_>, nodes: &[NodeState], topology: &Topology<'_>) -
         if !why.is_capacity() {
             continue;
         }
-        let mut candidates: Vec<&PlacedPod> =
-            node.pods.iter().filter(|p| p.priority < priority).collect();
+        // Tenants share nodes, so a pod takes another namespace's room
+        // only with a priority above 0, which its namespace's ceiling
+        // (0 unless a cluster admin raised it) must have granted.
+        let mut candidates: Vec<&PlacedPod> = node
+            .pods
+            .iter()
+            .filter(|p| p.priority < priority && (priority > 0 || p.namespace == pod.namespace))
+            .collect();
         candidates.sort_by(|a, b| {
             a.priority
                 .cmp(&b.priority)
@@ -753,6 +759,57 @@ mod tests {
         assert_eq!(
             place(&spec(json!({})), &BTreeMap::new(), 256, &[full]),
             Decision::Unschedulable("0/1 nodes: 1 insufficient memory".into())
+        );
+    }
+
+    #[test]
+    fn another_namespace_is_preempted_only_with_a_granted_priority() {
+        let placed = |namespace: &str, name: &str| PlacedPod {
+            namespace: namespace.into(),
+            name: name.into(),
+            labels: BTreeMap::new(),
+            priority: -10,
+            request: Resources {
+                memory: 1024 * MI,
+                instances: 1,
+                cpu: 0,
+            },
+        };
+        let mut theirs = node("a", 1024, 1024);
+        theirs.pods = vec![placed("other", "batch")];
+        let mut ours = node("a", 1024, 1024);
+        ours.pods = vec![placed("shop", "batch")];
+        // Priority 0 (every namespace's default ceiling) preempts only in
+        // its own namespace.
+        let ordinary = spec(json!({}));
+        assert_eq!(
+            place(
+                &ordinary,
+                &BTreeMap::new(),
+                256,
+                std::slice::from_ref(&theirs)
+            ),
+            Decision::Unschedulable("0/1 nodes: 1 insufficient memory".into())
+        );
+        assert_eq!(
+            place(&ordinary, &BTreeMap::new(), 256, &[ours]),
+            Decision::Preempt {
+                node: "a".into(),
+                victims: vec![("shop".into(), "batch".into())]
+            }
+        );
+        // Above 0, granted by a cluster admin, it reaches other namespaces.
+        assert_eq!(
+            place(
+                &spec(json!({"priority": 1})),
+                &BTreeMap::new(),
+                256,
+                &[theirs]
+            ),
+            Decision::Preempt {
+                node: "a".into(),
+                victims: vec![("other".into(), "batch".into())]
+            }
         );
     }
 

@@ -79,6 +79,15 @@ pub enum StoreError {
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
     #[error(
+        "spec.host: {host} overlaps host {owner_host} of Route {owner_route} in namespace {owner_namespace}, which claimed it first"
+    )]
+    HostClaimed {
+        host: String,
+        owner_host: String,
+        owner_namespace: String,
+        owner_route: String,
+    },
+    #[error(
         "resourceVersion {requested} is older than the oldest retained change ({compacted}); list again"
     )]
     Compacted { requested: i64, compacted: i64 },
@@ -158,6 +167,11 @@ pub struct TokenRecord {
     pub node_name: Option<String>,
     pub roles: Vec<(String, String)>,
     pub created_at: String,
+    /// When the token stops working, if it ever does.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the token was last looked up to authenticate a request (at
+    /// most once per token cache period).
+    pub last_used_at: Option<String>,
 }
 
 /// Notifications that the change log grew (see [`Store::listen_changes`]).
@@ -311,6 +325,16 @@ impl Store {
         outcome
             .await
             .unwrap_or_else(|_| Err(StoreError::Unavailable("the write was dropped".into())))
+    }
+
+    /// Refuses a Route whose host another namespace already claimed (for
+    /// a dry run; real writes check inside their transaction).
+    pub async fn check_host_claim(&self, key: &ObjectKey, route: &Value) -> Result<(), StoreError> {
+        match host_claim(&self.pool, key, route).await {
+            Ok(None) => Ok(()),
+            Ok(Some(claimed)) => Err(claimed),
+            Err(e) => Err(db_unavailable(&e)),
+        }
     }
 
     pub async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError> {
@@ -578,6 +602,20 @@ impl Store {
         grant: &TokenGrant,
         description: &str,
     ) -> Result<uuid::Uuid, StoreError> {
+        self.create_expiring_token(secret_hash, grant, description, None)
+            .await
+    }
+
+    /// Creates a token; a namespace role is bound to the namespace's uid,
+    /// so deleting the namespace revokes it for good, whatever is created
+    /// under its name later.
+    pub async fn create_expiring_token(
+        &self,
+        secret_hash: &[u8],
+        grant: &TokenGrant,
+        description: &str,
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<uuid::Uuid, StoreError> {
         let unavailable = |e: sqlx::Error| db_unavailable(&e);
         let id = uuid::Uuid::new_v4();
         let (cluster_admin, node_name) = match grant {
@@ -587,32 +625,53 @@ impl Store {
         };
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         sqlx::query(
-            "INSERT INTO tokens (id, secret_hash, description, cluster_admin, node_name)
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO tokens (id, secret_hash, description, cluster_admin, node_name, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id)
         .bind(secret_hash)
         .bind(description)
         .bind(cluster_admin)
         .bind(node_name)
+        .bind(expires_at)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
         if let TokenGrant::Namespace { namespace, role } = grant {
-            sqlx::query("INSERT INTO token_roles (token_id, namespace, role) VALUES ($1, $2, $3)")
-                .bind(id)
-                .bind(namespace)
-                .bind(role)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+            let granted = sqlx::query(
+                "INSERT INTO token_roles (token_id, namespace, role, namespace_uid)
+                 SELECT $1, $2, $3, uid FROM objects
+                 WHERE kind = 'Namespace' AND namespace = '' AND name = $2",
+            )
+            .bind(id)
+            .bind(namespace)
+            .bind(role)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            if granted.rows_affected() == 0 {
+                return Err(StoreError::NamespaceNotFound(namespace.clone()));
+            }
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(id)
     }
 
-    /// The token with this hash, if any.
+    /// The token with this hash, if any and unexpired, with only the roles
+    /// whose namespace still is the one they were granted in; records the
+    /// use.
     pub async fn find_token(&self, secret_hash: &[u8]) -> Result<Option<TokenRecord>, StoreError> {
+        let used = sqlx::query(
+            "UPDATE tokens SET last_used_at = now()
+             WHERE secret_hash = $1 AND (expires_at IS NULL OR expires_at > now())",
+        )
+        .bind(secret_hash)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_unavailable(&e))?;
+        if used.rows_affected() == 0 {
+            return Ok(None);
+        }
         let rows = self
             .token_rows(TokenFilter::Hash(secret_hash.to_vec()))
             .await?;
@@ -642,9 +701,12 @@ impl Store {
     async fn token_rows(&self, filter: TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
         let mut sql = QueryBuilder::<Postgres>::new(
             "SELECT t.id, t.description, t.cluster_admin, t.node_name, t.created_at,
+                    t.expires_at, t.last_used_at,
                     COALESCE(array_agg(r.namespace) FILTER (WHERE r.namespace IS NOT NULL), '{}') AS namespaces,
                     COALESCE(array_agg(r.role) FILTER (WHERE r.role IS NOT NULL), '{}') AS roles
-             FROM tokens t LEFT JOIN token_roles r ON r.token_id = t.id",
+             FROM tokens t LEFT JOIN token_roles r ON r.token_id = t.id
+                  AND r.namespace_uid = (SELECT uid FROM objects o
+                      WHERE o.kind = 'Namespace' AND o.namespace = '' AND o.name = r.namespace)",
         );
         match filter {
             TokenFilter::All => {}
@@ -669,6 +731,7 @@ impl Store {
                 let namespaces: Vec<String> = row.get("namespaces");
                 let roles: Vec<String> = row.get("roles");
                 let created: chrono::DateTime<chrono::Utc> = row.get("created_at");
+                let last_used: Option<chrono::DateTime<chrono::Utc>> = row.get("last_used_at");
                 TokenRecord {
                     id: row.get("id"),
                     description: row.get("description"),
@@ -676,6 +739,9 @@ impl Store {
                     node_name: row.get("node_name"),
                     roles: namespaces.into_iter().zip(roles).collect(),
                     created_at: created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    expires_at: row.get("expires_at"),
+                    last_used_at: last_used
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                 }
             })
             .collect())
@@ -740,6 +806,66 @@ fn push_field_conditions(sql: &mut QueryBuilder<'_, Postgres>, fields: &FieldSel
         sql.push(format!(" AND {column} {} ", if equal { "=" } else { "<>" }))
             .push_bind(value.to_owned());
     }
+}
+
+/// The first Route of another namespace whose host overlaps `route`'s, as
+/// the error to refuse it with. A host (exact, wildcard, or the empty
+/// catch-all) belongs to the namespace that claimed it first; Routes of one
+/// namespace may share hosts (by path). Candidates are found by exact
+/// match on the hosts that could cover this one, plus, for a wildcard, a
+/// suffix match on the hosts it covers; `policy::hosts_overlap` decides.
+pub(crate) async fn host_claim<'e, E>(
+    executor: E,
+    key: &ObjectKey,
+    route: &Value,
+) -> Result<Option<StoreError>, sqlx::Error>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let host = route["spec"]["host"].as_str().unwrap_or("").to_owned();
+    let bare = host.strip_prefix("*.").unwrap_or(&host);
+    let mut exact = vec![host.clone()];
+    let mut rest = bare;
+    while let Some((_, parent)) = rest.split_once('.') {
+        exact.push(format!("*.{parent}"));
+        rest = parent;
+    }
+    // Host names are validated DNS names: no LIKE metacharacters in them.
+    let covered = host.starts_with("*.").then(|| format!("%{}", &host[1..]));
+    let rows = sqlx::query(
+        "SELECT namespace, name, COALESCE(body #>> '{spec,host}', '') AS host FROM objects
+         WHERE kind = 'Route' AND namespace <> $1
+           AND (COALESCE(body #>> '{spec,host}', '') = ANY($2)
+                OR ($3::text IS NOT NULL AND body #>> '{spec,host}' LIKE $3))
+         ORDER BY resource_version LIMIT 16",
+    )
+    .bind(&key.namespace)
+    .bind(&exact)
+    .bind(covered)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows.into_iter().find_map(|row| {
+        let owner_host: String = row.get("host");
+        let overlaps = if host.is_empty() || owner_host.is_empty() {
+            host == owner_host
+        } else {
+            skiff_api::policy::hosts_overlap(&host, &owner_host)
+        };
+        overlaps.then(|| StoreError::HostClaimed {
+            host: if host.is_empty() {
+                "the catch-all".into()
+            } else {
+                host.clone()
+            },
+            owner_host: if owner_host.is_empty() {
+                "(the catch-all)".into()
+            } else {
+                owner_host
+            },
+            owner_namespace: row.get("namespace"),
+            owner_route: row.get("name"),
+        })
+    }))
 }
 
 #[cfg(test)]

@@ -206,6 +206,11 @@ async fn create(
         }
         batch.namespaces.insert(key.namespace.clone());
     }
+    if key.kind == Kind::Route
+        && let Some(claimed) = super::host_claim(&mut **tx, key, &object).await?
+    {
+        return Ok(Err(claimed));
+    }
     let uid = uuid::Uuid::new_v4();
     let next = batch.revision + 1;
     let object = objects::created(key.kind, object, &uid.to_string(), next, &batch.now);
@@ -253,6 +258,14 @@ async fn update(
         Ok(None) => return Ok(Ok(existing)),
         Err(invalid) => return Ok(Err(invalid)),
     };
+    // Held under the revision lock, like every write: two namespaces
+    // racing for one host cannot both win.
+    if key.kind == Kind::Route
+        && object["spec"]["host"] != existing["spec"]["host"]
+        && let Some(claimed) = super::host_claim(&mut **tx, key, &object).await?
+    {
+        return Ok(Err(claimed));
+    }
     sqlx::query(
         "WITH o AS (
              UPDATE objects SET resource_version = $4, labels = $5, body = $6
@@ -292,6 +305,19 @@ async fn delete(
     }
     if key.kind == Kind::Namespace {
         batch.namespaces.remove(&key.name);
+        // Its tokens' roles go with it (they are bound to its uid anyway,
+        // so a namespace created under the name later never revives them);
+        // a token left with no role at all goes too.
+        sqlx::query(
+            "WITH gone AS (DELETE FROM token_roles WHERE namespace = $1 RETURNING token_id)
+             DELETE FROM tokens t USING gone
+             WHERE t.id = gone.token_id AND NOT t.cluster_admin AND t.node_name IS NULL
+               AND NOT EXISTS (SELECT 1 FROM token_roles r
+                               WHERE r.token_id = t.id AND r.namespace <> $1)",
+        )
+        .bind(&key.name)
+        .execute(&mut **tx)
+        .await?;
         // A namespace takes everything in it along.
         let members =
             sqlx::query("DELETE FROM objects WHERE namespace = $1 RETURNING kind, name, body")

@@ -66,6 +66,7 @@ async fn token(admin: &Client, namespace: Option<&str>, role: &str, node: Option
                 role: role.into(),
                 node_name: node.map(str::to_owned),
                 description: String::new(),
+                ttl: None,
             },
         )
         .await

@@ -54,7 +54,7 @@ async fn start(runtime: &Runtime, database_url: &str) -> (ControlPlane, String, 
             let Started {
                 control_plane,
                 admin_token,
-            } = ControlPlane::start(listener, config)
+            } = ControlPlane::start(listener, config, &Default::default())
                 .await
                 .expect("the control plane starts");
             (control_plane, url, admin_token)

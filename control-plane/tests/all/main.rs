@@ -12,6 +12,7 @@ mod gc;
 mod restart;
 mod scheduling;
 mod support;
+mod tenancy;
 mod tls;
 mod watch;
 mod watcher;

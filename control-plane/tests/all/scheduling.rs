@@ -89,6 +89,11 @@ async fn preemption_makes_room_and_a_parked_pod_runs_once_room_is_freed() {
     let plane = ControlPlane::start(binary(), &cluster.database_url, &[]);
     let api = client(&plane, &cluster.admin_token);
     small_node(&api).await;
+    // Priorities above 0 are a cluster admin's grant to the namespace.
+    let grant = json!({"spec": {"policy": {"maxPriority": 100}}});
+    api.patch(Kind::Namespace, None, "default", &grant, false)
+        .await
+        .expect("priority ceiling");
 
     for i in 0..4 {
         create_pod(&api, &format!("low-{i}"), "128Mi", 0).await;

@@ -6,6 +6,7 @@
 pub mod kinds;
 pub mod meta;
 pub mod outbound;
+pub mod policy;
 pub mod quantity;
 pub mod selector;
 pub mod tokens;

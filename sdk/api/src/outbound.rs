@@ -97,6 +97,51 @@ impl AllowRule {
         })
     }
 
+    /// Whether this rule (a namespace's egress ceiling) takes in everything
+    /// `other` (a pod's rule) allows. A rule naming a loopback, link-local
+    /// or private address is inside only a rule naming that same address:
+    /// `*` and wildcards never grant those.
+    pub fn covers(&self, other: &AllowRule) -> bool {
+        let scheme_ok = self.scheme.is_none() || self.scheme == other.scheme;
+        let port_ok = self.port.is_none() || self.port == other.port;
+        let host_ok = match (&self.host, &other.host) {
+            (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
+            _ if other.names_private_address() => false,
+            (HostPattern::Any, _) => true,
+            (HostPattern::Subdomains(suffix), HostPattern::Exact(host)) => {
+                host.ends_with(suffix.as_str())
+            }
+            (HostPattern::Subdomains(suffix), HostPattern::Subdomains(inner)) => {
+                inner.ends_with(suffix.as_str())
+            }
+            _ => false,
+        };
+        scheme_ok && port_ok && host_ok
+    }
+
+    /// Whether the rule names a loopback, link-local or private address
+    /// itself: such an IP literal, or `localhost` (and names under it).
+    pub fn names_private_address(&self) -> bool {
+        match &self.host {
+            HostPattern::Exact(host) => {
+                host == "localhost"
+                    || host.ends_with(".localhost")
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(crate::policy::is_private)
+            }
+            _ => false,
+        }
+    }
+
+    /// The IP address the rule names as its host, if it names one.
+    pub fn ip_literal(&self) -> Option<std::net::IpAddr> {
+        match &self.host {
+            HostPattern::Exact(host) => host.parse().ok(),
+            _ => None,
+        }
+    }
+
     fn permits(&self, scheme: &Scheme, host: &str, port: u16) -> bool {
         let scheme_ok = self.scheme.as_ref().is_none_or(|s| s == scheme);
         let port_ok = self.port.is_none_or(|p| p == port);

@@ -14,6 +14,9 @@ pub struct TokenRequest {
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// How long the token works, e.g. `24h`; for ever when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
 }
 
 /// A token as listed. The secret itself is only ever in the response that
@@ -31,6 +34,12 @@ pub struct TokenInfo {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// When it last authenticated a request (to within the server's token
+    /// cache period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<String>,
     /// Only in the response to a create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,

@@ -359,7 +359,10 @@ impl Client {
             Method::DELETE,
             &self.url(kind, namespace, Some(name), false),
         );
-        if options.preconditions.is_some() || options.propagation_policy.is_some() {
+        if options.preconditions.is_some()
+            || options.propagation_policy.is_some()
+            || !options.dry_run.is_empty()
+        {
             request = request.json(options);
         }
         self.send(request).await

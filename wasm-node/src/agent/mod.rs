@@ -346,13 +346,37 @@ async fn register(
     });
     match config.client.create(Kind::Node, None, &node).await {
         Ok(_) => {}
+        // Registered before: its labels and taints are the cluster admin's
+        // now (a node token may not change them, or a node could relabel
+        // itself to attract pods). Say when the flags no longer match.
         Err(e) if e.code() == Some(409) => {
-            let patch = json!({"metadata": {"labels": labels}});
-            config
+            let existing = config
                 .client
-                .patch(Kind::Node, None, &config.name, &patch, false)
+                .get(Kind::Node, None, &config.name)
                 .await
                 .map_err(error)?;
+            let kept: BTreeMap<String, String> =
+                serde_json::from_value(existing["metadata"]["labels"].clone()).unwrap_or_default();
+            let missing: Vec<String> = labels
+                .iter()
+                .filter(|(k, v)| kept.get(*k) != Some(*v))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            if !missing.is_empty() {
+                tracing::warn!(
+                    "node {} is registered without labels {}; its labels are a cluster admin's to change",
+                    config.name,
+                    missing.join(", ")
+                );
+            }
+            let taints: Vec<Taint> =
+                serde_json::from_value(existing["spec"]["taints"].clone()).unwrap_or_default();
+            if taints != config.taints && !config.taints.is_empty() {
+                tracing::warn!(
+                    "node {} keeps its registered taints, not those of --taint; a cluster admin changes them",
+                    config.name
+                );
+            }
         }
         Err(e) => return Err(error(e)),
     }

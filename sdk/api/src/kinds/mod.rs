@@ -209,7 +209,13 @@ where
     }
 }
 
-impl SpecRules for cluster::NamespaceSpec {}
+impl SpecRules for cluster::NamespaceSpec {
+    fn validate_spec(&self, v: &mut Validator) {
+        for error in crate::policy::validate_policy(&self.policy, "spec.policy") {
+            v.error(error.field, error.message);
+        }
+    }
+}
 impl SpecRules for cluster::NodeSpec {
     fn validate_spec(&self, v: &mut Validator) {
         self.validate(v);

@@ -1,0 +1,461 @@
+//! A namespace's tenant policy applied to what its tenants submit: pod
+//! security levels, the egress ceiling, the priority ceiling and Route
+//! hosts. Pure rules over the policy and the object, so the control plane
+//! decides admission from them and tests can table them.
+
+use std::net::IpAddr;
+
+use crate::kinds::cluster::{NamespacePolicy, PodSecurityLevel};
+use crate::kinds::pod::{PodRuntime, PodSpec, SecurityContext};
+use crate::outbound::AllowRule;
+use crate::validate::FieldError;
+
+/// Fills in what a namespace's level implies for a pod it did not say:
+/// a `Restricted` namespace's pods run as components (so a Linux image
+/// fails on its node instead of running), and below `Privileged` a pod
+/// that may be a Linux one must not run as root (the node checks the
+/// image's user against it).
+pub fn apply_pod_defaults(policy: &NamespacePolicy, spec: &mut PodSpec) {
+    match policy.pod_security {
+        PodSecurityLevel::Restricted => {
+            spec.runtime.get_or_insert(PodRuntime::Wasm);
+        }
+        PodSecurityLevel::Baseline if spec.runtime != Some(PodRuntime::Wasm) => {
+            spec.security_context
+                .get_or_insert_with(SecurityContext::default)
+                .run_as_non_root
+                .get_or_insert(true);
+        }
+        PodSecurityLevel::Baseline | PodSecurityLevel::Privileged => {}
+    }
+}
+
+/// What in a pod spec (found at `at`) namespace `namespace`'s pod
+/// security level and priority ceiling do not allow, each naming its
+/// field. Call after [`apply_pod_defaults`].
+pub fn check_pod(
+    namespace: &str,
+    policy: &NamespacePolicy,
+    spec: &PodSpec,
+    at: &str,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let level = policy.pod_security;
+    let mut refuse = |field: String, what: &str, needs: PodSecurityLevel| {
+        errors.push(FieldError {
+            field,
+            message: format!(
+                "{what} is not allowed in namespace {namespace}, whose pod security level is {} \
+                 (it needs {}; a cluster admin sets spec.policy.podSecurity)",
+                level.as_str(),
+                needs.as_str()
+            ),
+        });
+    };
+    if level < PodSecurityLevel::Privileged {
+        for (i, volume) in spec.volumes.iter().enumerate() {
+            if volume.host_path.is_some() {
+                refuse(
+                    format!("{at}.volumes[{i}].hostPath"),
+                    "a host path",
+                    PodSecurityLevel::Privileged,
+                );
+            }
+        }
+    }
+    if level == PodSecurityLevel::Restricted && spec.runtime == Some(PodRuntime::Linux) {
+        refuse(
+            format!("{at}.runtime"),
+            "a Linux pod (Linux pods share the node's network until they get network namespaces of their own)",
+            PodSecurityLevel::Baseline,
+        );
+    }
+    if level < PodSecurityLevel::Privileged
+        && let Some(context) = &spec.security_context
+    {
+        if context.run_as_user == Some(0) {
+            refuse(
+                format!("{at}.securityContext.runAsUser"),
+                "running as root (uid 0)",
+                PodSecurityLevel::Privileged,
+            );
+        }
+        if context.run_as_group == Some(0) {
+            refuse(
+                format!("{at}.securityContext.runAsGroup"),
+                "running with group root (gid 0)",
+                PodSecurityLevel::Privileged,
+            );
+        }
+        if context.run_as_non_root == Some(false) && spec.runtime != Some(PodRuntime::Wasm) {
+            refuse(
+                format!("{at}.securityContext.runAsNonRoot"),
+                "allowing root (runAsNonRoot: false)",
+                PodSecurityLevel::Privileged,
+            );
+        }
+        if !context.add_capabilities.is_empty() {
+            refuse(
+                format!("{at}.securityContext.addCapabilities"),
+                "adding capabilities",
+                PodSecurityLevel::Privileged,
+            );
+        }
+    }
+    if spec.priority > policy.max_priority {
+        errors.push(FieldError {
+            field: format!("{at}.priority"),
+            message: format!(
+                "{} is above namespace {namespace}'s ceiling of {} (a cluster admin sets spec.policy.maxPriority)",
+                spec.priority, policy.max_priority
+            ),
+        });
+    }
+    errors
+}
+
+/// The pod's `allowOutbound` rules (at `at`) that fall outside the
+/// namespace's egress ceiling.
+pub fn check_egress(
+    namespace: &str,
+    policy: &NamespacePolicy,
+    spec: &PodSpec,
+    at: &str,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let ceiling: Vec<AllowRule> = policy
+        .egress
+        .iter()
+        .filter_map(|r| AllowRule::parse(r).ok())
+        .collect();
+    for (i, rule) in spec.allow_outbound.iter().enumerate() {
+        let Ok(parsed) = AllowRule::parse(rule) else {
+            continue; // reported by validation
+        };
+        if !ceiling.iter().any(|c| c.covers(&parsed)) {
+            let private = if parsed.names_private_address() {
+                " (a loopback, link-local or private address must be named in the ceiling itself)"
+            } else {
+                ""
+            };
+            errors.push(FieldError {
+                field: format!("{at}.allowOutbound[{i}]"),
+                message: format!(
+                    "`{rule}` is outside namespace {namespace}'s egress ceiling [{}]{private}",
+                    policy.egress.join(", ")
+                ),
+            });
+        }
+    }
+    errors
+}
+
+/// Problems with a policy itself, each naming its field under `at`.
+pub fn validate_policy(policy: &NamespacePolicy, at: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (i, rule) in policy.egress.iter().enumerate() {
+        if let Err(e) = AllowRule::parse(rule) {
+            errors.push(FieldError {
+                field: format!("{at}.egress[{i}]"),
+                message: e.to_string(),
+            });
+        }
+    }
+    for (i, host) in policy.route_hosts.iter().enumerate() {
+        let bare = host.strip_prefix("*.").unwrap_or(host);
+        if let Err(reason) = crate::validate::dns_subdomain(bare) {
+            errors.push(FieldError {
+                field: format!("{at}.routeHosts[{i}]"),
+                message: reason.to_owned(),
+            });
+        }
+    }
+    errors
+}
+
+/// Whether a namespace with `policy` may claim Route host `host` (exact or
+/// `*.domain`). The empty catch-all host is never a tenant's.
+pub fn may_claim_host(policy: &NamespacePolicy, host: &str) -> bool {
+    !host.is_empty() && policy.route_hosts.iter().any(|h| host_covers(h, host))
+}
+
+/// Whether host pattern `pattern` takes in every host `host` stands for:
+/// equal, or `*.d` over `x.d` and over `*.x.d`.
+pub fn host_covers(pattern: &str, host: &str) -> bool {
+    if pattern == host {
+        return true;
+    }
+    match pattern.strip_prefix('*') {
+        Some(suffix) if suffix.starts_with('.') => {
+            let bare = host.strip_prefix('*').unwrap_or(host);
+            bare.len() > suffix.len() && bare.ends_with(suffix)
+        }
+        _ => false,
+    }
+}
+
+/// Whether two Route hosts can match one request: one covers the other.
+pub fn hosts_overlap(a: &str, b: &str) -> bool {
+    host_covers(a, b) || host_covers(b, a)
+}
+
+/// Whether `ip` is loopback, link-local, private, unspecified or
+/// otherwise not a public destination (IPv4-mapped forms included).
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || (a == 100 && (64..128).contains(&b))
+                || a == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                // IPv4-compatible (deprecated) ::a.b.c.d
+                || v6.segments()[..6].iter().all(|s| *s == 0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::pod::{HostPathSource, Volume};
+
+    fn policy(level: PodSecurityLevel) -> NamespacePolicy {
+        NamespacePolicy {
+            pod_security: level,
+            ..Default::default()
+        }
+    }
+
+    fn fields(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    fn admitted(policy: &NamespacePolicy, mut spec: PodSpec) -> Vec<FieldError> {
+        apply_pod_defaults(policy, &mut spec);
+        let mut errors = check_pod("shop", policy, &spec, "spec");
+        errors.extend(check_egress("shop", policy, &spec, "spec"));
+        errors
+    }
+
+    fn host_path_pod() -> PodSpec {
+        PodSpec {
+            image: "x".into(),
+            volumes: vec![Volume {
+                name: "root".into(),
+                mount_path: "/host".into(),
+                read_only: true,
+                host_path: Some(HostPathSource { path: "/".into() }),
+                empty_dir: None,
+                config_map: None,
+                secret: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn host_paths_only_in_privileged_namespaces() {
+        use PodSecurityLevel::*;
+        for (level, refused) in [(Restricted, true), (Baseline, true), (Privileged, false)] {
+            let errors = admitted(&policy(level), host_path_pod());
+            assert_eq!(
+                fields(&errors) == ["spec.volumes[0].hostPath"],
+                refused,
+                "{level:?}: {errors:?}"
+            );
+        }
+        let message = &admitted(&policy(Restricted), host_path_pod())[0].message;
+        assert!(
+            message.contains("namespace shop") && message.contains("Restricted"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn linux_pods_need_baseline_and_never_root_below_privileged() {
+        use PodSecurityLevel::*;
+        let linux = |context: Option<SecurityContext>| PodSpec {
+            image: "x".into(),
+            runtime: Some(PodRuntime::Linux),
+            security_context: context,
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(&admitted(&policy(Restricted), linux(None))),
+            ["spec.runtime"]
+        );
+        assert!(admitted(&policy(Baseline), linux(None)).is_empty());
+        let root = SecurityContext {
+            run_as_user: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(&admitted(&policy(Baseline), linux(Some(root.clone())))),
+            ["spec.securityContext.runAsUser"]
+        );
+        assert!(admitted(&policy(Privileged), linux(Some(root))).is_empty());
+        let allow_root = SecurityContext {
+            run_as_non_root: Some(false),
+            add_capabilities: vec!["NET_ADMIN".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(&admitted(&policy(Baseline), linux(Some(allow_root)))),
+            [
+                "spec.securityContext.runAsNonRoot",
+                "spec.securityContext.addCapabilities"
+            ]
+        );
+    }
+
+    #[test]
+    fn levels_fill_in_what_they_imply() {
+        let mut spec = PodSpec::default();
+        apply_pod_defaults(&policy(PodSecurityLevel::Restricted), &mut spec);
+        assert_eq!(spec.runtime, Some(PodRuntime::Wasm));
+        let mut spec = PodSpec::default();
+        apply_pod_defaults(&policy(PodSecurityLevel::Baseline), &mut spec);
+        assert_eq!(spec.runtime, None);
+        assert_eq!(spec.security_context.unwrap().run_as_non_root, Some(true));
+        let mut spec = PodSpec::default();
+        apply_pod_defaults(&policy(PodSecurityLevel::Privileged), &mut spec);
+        assert_eq!(spec, PodSpec::default());
+    }
+
+    #[test]
+    fn priority_above_the_ceiling_is_refused() {
+        let spec = |priority| PodSpec {
+            priority,
+            ..Default::default()
+        };
+        let open = policy(PodSecurityLevel::Restricted);
+        assert!(admitted(&open, spec(0)).is_empty());
+        assert!(admitted(&open, spec(-5)).is_empty());
+        assert_eq!(fields(&admitted(&open, spec(1))), ["spec.priority"]);
+        let granted = NamespacePolicy {
+            max_priority: 1000,
+            ..open
+        };
+        assert!(admitted(&granted, spec(1000)).is_empty());
+        assert_eq!(
+            fields(&admitted(&granted, spec(i32::MAX))),
+            ["spec.priority"]
+        );
+    }
+
+    #[test]
+    fn outbound_rules_stay_inside_the_egress_ceiling() {
+        let with = |egress: &[&str], rules: &[&str]| {
+            let policy = NamespacePolicy {
+                egress: egress.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            };
+            let spec = PodSpec {
+                allow_outbound: rules.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            };
+            admitted(&policy, spec).len()
+        };
+        // The default ceiling: any public host, no private address.
+        assert_eq!(with(&["*"], &["api.example.com", "https://x.test", "*"]), 0);
+        for private in [
+            "127.0.0.1:8080",
+            "[::1]",
+            "169.254.169.254",
+            "10.1.2.3",
+            "localhost:80",
+        ] {
+            assert_eq!(with(&["*"], &[private]), 1, "{private}");
+        }
+        // Named in the ceiling itself, a private address may be granted,
+        // on the ports the ceiling gives.
+        assert_eq!(with(&["127.0.0.1"], &["127.0.0.1:8080"]), 0);
+        assert_eq!(with(&["127.0.0.1:9000"], &["127.0.0.1:8080"]), 1);
+        assert_eq!(with(&["127.0.0.1:9000"], &["127.0.0.1"]), 1);
+        // Narrower ceilings.
+        assert_eq!(with(&["*.example.com"], &["api.example.com"]), 0);
+        assert_eq!(with(&["*.example.com"], &["*.a.example.com"]), 0);
+        assert_eq!(with(&["*.example.com"], &["*"]), 1);
+        assert_eq!(with(&["*.example.com"], &["example.org"]), 1);
+        assert_eq!(
+            with(&["https://*.example.com"], &["http://a.example.com"]),
+            1
+        );
+        assert_eq!(with(&["https://*.example.com"], &["a.example.com"]), 1);
+        assert_eq!(with(&[], &["api.example.com"]), 1);
+    }
+
+    #[test]
+    fn route_hosts_claimable_and_overlapping() {
+        let policy = NamespacePolicy {
+            route_hosts: vec!["shop.example.com".into(), "*.shop.test".into()],
+            ..Default::default()
+        };
+        assert!(may_claim_host(&policy, "shop.example.com"));
+        assert!(may_claim_host(&policy, "a.shop.test"));
+        assert!(may_claim_host(&policy, "*.a.shop.test"));
+        assert!(!may_claim_host(&policy, "shop.test"));
+        assert!(!may_claim_host(&policy, "*.shop.test.evil"));
+        assert!(!may_claim_host(&policy, "evilshop.test"));
+        assert!(!may_claim_host(&policy, "other.example.com"));
+        assert!(!may_claim_host(&policy, ""));
+        assert!(hosts_overlap("api.example.com", "api.example.com"));
+        assert!(hosts_overlap("*.example.com", "api.example.com"));
+        assert!(hosts_overlap("api.example.com", "*.example.com"));
+        assert!(hosts_overlap("*.example.com", "*.a.example.com"));
+        assert!(!hosts_overlap("*.example.com", "example.com"));
+        assert!(!hosts_overlap("api.example.com", "web.example.com"));
+        assert!(!hosts_overlap("*.a.example.com", "*.b.example.com"));
+    }
+
+    #[test]
+    fn private_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "10.0.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2001:db8::1",
+            "::ffff:1.1.1.1",
+        ] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}
