@@ -446,7 +446,8 @@ impl Call<'_> {
         } else {
             Verb::Update
         };
-        self.authorize(self.access(verb, &key, false)).await?;
+        // A lease is what the node reports, like its status.
+        self.authorize(self.access(verb, &key, true)).await?;
         let lease = match method {
             axum::http::Method::PUT => {
                 let duration_ms = if self.body.is_empty() {

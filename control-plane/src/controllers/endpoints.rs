@@ -2,8 +2,11 @@
 //! pods its selector picks, with the ingress of the node serving each, so
 //! that every node can route to them.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 use skiff_api::Kind;
+use skiff_api::kinds::cluster::Node;
 use skiff_api::kinds::pod::Pod;
 use skiff_api::kinds::service::{Endpoint, Service, ServiceStatus};
 
@@ -47,6 +50,8 @@ impl Controller for Endpoints {
             .list(Kind::Pod, in_namespace(&key.namespace))
             .await?;
         let mut status = ServiceStatus::default();
+        // Each node's own advertised ingress, looked up once per node.
+        let mut ingresses: HashMap<String, Option<String>> = HashMap::new();
         if !service.spec.selector.is_empty() {
             for pod in pods.items {
                 let Ok(pod) = serde_json::from_value::<Pod>(pod) else {
@@ -61,7 +66,13 @@ impl Controller for Endpoints {
                 {
                     continue;
                 }
-                match endpoint_of(&pod) {
+                let node = &pod.spec.node_name;
+                if !node.is_empty() && !ingresses.contains_key(node) {
+                    let ingress = self.node_ingress(node).await?;
+                    ingresses.insert(node.clone(), ingress);
+                }
+                let ingress = ingresses.get(node).cloned().flatten();
+                match endpoint_of(&pod, ingress) {
                     Some(endpoint) => status.endpoints.push(endpoint),
                     None if pod.status.as_ref().is_some_and(|s| s.phase.is_finished()) => {}
                     None => status.not_ready += 1,
@@ -90,6 +101,30 @@ impl Controller for Endpoints {
     }
 }
 
+impl Endpoints {
+    /// The `Ingress` address a Node advertises in its status, which only
+    /// that node and cluster admins write.
+    async fn node_ingress(&self, node: &str) -> Result<Option<String>, StoreError> {
+        let Some(stored) = self
+            .store
+            .get(&ObjectKey::new(Kind::Node, "", node))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Ok(node) = serde_json::from_value::<Node>(stored) else {
+            return Ok(None);
+        };
+        Ok(node.status.and_then(|status| {
+            status
+                .addresses
+                .into_iter()
+                .find(|a| a.address_type == "Ingress")
+                .map(|a| a.address)
+        }))
+    }
+}
+
 fn in_namespace(namespace: &str) -> ListQuery<'_> {
     ListQuery {
         namespace: Some(namespace),
@@ -97,8 +132,9 @@ fn in_namespace(namespace: &str) -> ListQuery<'_> {
     }
 }
 
-/// Where a Ready pod is served, if it is Ready and bound.
-fn endpoint_of(pod: &Pod) -> Option<Endpoint> {
+/// Where a Ready pod is served, if it is Ready and bound: its node's
+/// advertised ingress (`ingress`), never an address from the pod itself.
+fn endpoint_of(pod: &Pod, ingress: Option<String>) -> Option<Endpoint> {
     let status = pod.status.as_ref()?;
     let ready = status
         .conditions
@@ -110,6 +146,6 @@ fn endpoint_of(pod: &Pod) -> Option<Endpoint> {
     Some(Endpoint {
         pod: pod.metadata.name.clone(),
         node: pod.spec.node_name.clone(),
-        address: status.endpoint.clone()?,
+        address: ingress?,
     })
 }

@@ -452,7 +452,12 @@ async fn status_is_written_by_nodes_and_controllers_and_binding_by_admins() {
         .await,
     );
 
-    // The node: its own status, never its labels, taints or cordon.
+    // The node: its own lease and status, never its labels, taints or
+    // cordon.
+    let lease = std::time::Duration::from_secs(60);
+    admitted(node.renew_lease("n1", lease).await);
+    refused(node.renew_lease("n2", lease).await, 403, &[]);
+    refused(t.a.renew_lease("n1", lease).await, 403, &[]);
     admitted(
         node.patch(
             Kind::Node,

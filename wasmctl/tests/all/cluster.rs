@@ -324,6 +324,150 @@ fn tokens_made_with_wasmctl_carry_their_role() {
 }
 
 #[test]
+fn namespace_policies_tokens_and_dry_runs_from_the_command_line() {
+    let cluster = Cluster::start();
+    cluster.ok(&[
+        "create",
+        "namespace",
+        "shop",
+        "--pod-security",
+        "baseline",
+        "--route-host",
+        "*.shop.test",
+        "--max-priority",
+        "10",
+    ]);
+    let described = cluster.ok(&["describe", "namespace", "shop"]);
+    for want in [
+        "Policy:\n",
+        "  Pod security:  Baseline\n",
+        "  Egress:        *\n",
+        "  Route hosts:   *.shop.test\n",
+        "  Max priority:  10\n",
+    ] {
+        assert!(described.contains(want), "{want:?} not in:\n{described}");
+    }
+    let set = cluster.ok(&[
+        "set",
+        "policy",
+        "shop",
+        "--egress",
+        "*.example.com",
+        "--egress",
+        "127.0.0.1:8080",
+    ]);
+    assert!(
+        set.contains("Egress:        *.example.com, 127.0.0.1:8080"),
+        "{set}"
+    );
+    // A namespace stored without a policy shows the closed defaults.
+    let default = cluster.ok(&["describe", "ns", "default"]);
+    assert!(default.contains("Pod security:  Restricted"), "{default}");
+    assert_eq!(
+        cluster.fails(&["set", "policy", "shop", "--pod-security", "lax"], 2),
+        "error: --pod-security `lax`: use Restricted, Baseline or Privileged"
+    );
+    assert_eq!(
+        cluster.fails(&["set", "policy", "shop"], 2),
+        "error: say what to set: --pod-security, --egress, --route-host or --max-priority"
+    );
+
+    // Tokens: made with a ttl, listed without secrets, deleted by id.
+    let token = cluster.ok(&[
+        "create",
+        "token",
+        "-n",
+        "shop",
+        "--role",
+        "edit",
+        "--ttl",
+        "24h",
+        "--description",
+        "ci",
+    ]);
+    let token = token.trim();
+    let listed = cluster.ok(&["get", "tokens", "-n", "shop"]);
+    assert!(
+        listed.starts_with("ID") && listed.contains("edit") && listed.contains("ci"),
+        "{listed}"
+    );
+    assert!(!listed.contains(token), "a secret was listed: {listed}");
+    assert!(
+        !listed.contains("never   never"),
+        "no expiry shown: {listed}"
+    );
+    let all = cluster.ok(&["get", "tokens", "-A"]);
+    assert!(all.contains("cluster-admin"), "{all}");
+    let id = listed
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        cluster.ok(&["delete", "token", &id, "-n", "shop"]),
+        format!("token \"{id}\" deleted\n")
+    );
+    assert_eq!(
+        cluster.ok(&["get", "tokens", "-n", "shop"]).lines().count(),
+        1
+    );
+    assert_eq!(
+        cluster.fails(
+            &[
+                "create", "token", "-n", "shop", "--role", "view", "--ttl", "soon"
+            ],
+            2
+        ),
+        "error: --ttl `soon`: not a duration such as 24h"
+    );
+
+    // A tenant's edit token meets the policy, with the field named.
+    let edit = cluster.ok(&["create", "token", "-n", "shop", "--role", "edit"]);
+    cluster.ok(&[
+        "config",
+        "set-context",
+        "tenant",
+        "--server",
+        &cluster.plane.url.clone(),
+        "--token",
+        edit.trim(),
+        "--namespace",
+        "shop",
+    ]);
+    let manifest = cluster.dir.join("root.json");
+    std::fs::write(
+        &manifest,
+        r#"{"apiVersion": "skiff.dev/v1", "kind": "Pod", "metadata": {"name": "root"},
+            "spec": {"image": "127.0.0.1:5000/x:v1", "runtime": "Linux",
+                     "securityContext": {"runAsUser": 0}}}"#,
+    )
+    .unwrap();
+    let path = manifest.display().to_string();
+    let refused = cluster.fails(&["apply", "-f", &path, "--context", "tenant"], 1);
+    assert!(
+        refused.contains("spec.securityContext.runAsUser: running as root (uid 0) is not allowed in namespace shop"),
+        "{refused}"
+    );
+    // --dry-run writes nothing, on apply and on delete.
+    std::fs::write(
+        &manifest,
+        r#"{"apiVersion": "skiff.dev/v1", "kind": "Pod", "metadata": {"name": "web"},
+            "spec": {"image": "127.0.0.1:5000/x:v1"}}"#,
+    )
+    .unwrap();
+    let dry = cluster.ok(&["apply", "-f", &path, "--dry-run", "--context", "tenant"]);
+    assert!(dry.contains("(dry run)"), "{dry}");
+    cluster.fails(&["get", "pod", "web", "-n", "shop"], 1);
+    cluster.ok(&["apply", "-f", &path, "--context", "tenant"]);
+    let dry = cluster.ok(&["delete", "pod", "web", "-n", "shop", "--dry-run"]);
+    assert_eq!(dry, "pod \"web\" deleted (dry run)\n");
+    cluster.ok(&["get", "pod", "web", "-n", "shop"]);
+}
+
+#[test]
 fn contexts_live_in_a_private_config() {
     let cluster = Cluster::start();
     cluster.ok(&[

@@ -65,6 +65,24 @@ impl NodeCluster {
         let hello = format!("{}/hello:v1", registry.addr);
         let hello_digest = push(&example("hello_http"), &hello);
         let cluster = Cluster::start();
+        // These tests are about nodes, not tenancy (the tenancy matrix
+        // tests the closed defaults): namespace default may run anything
+        // and call what the tests run on loopback.
+        cluster.ok(&[
+            "set",
+            "policy",
+            "default",
+            "--pod-security",
+            "Privileged",
+            "--egress",
+            "*",
+            "--egress",
+            "127.0.0.1",
+            "--egress",
+            "[::1]",
+            "--egress",
+            "localhost",
+        ]);
         let binary = testkit::binary("wasm-node");
         let nodes = nodes
             .iter()
