@@ -15,6 +15,9 @@ use skiff_api::quantity::parse_bytes;
 use super::Backend;
 use super::{Artifact, Ended, Failure, Image, Instance, Launch, PodId, Runtime};
 pub mod containerd;
+pub mod log;
+pub mod seccomp;
+pub mod security;
 
 use containerd::{Containerd, ContainerdError, RunSpec, image_defaults};
 use skiff_oci::LinuxImage;
