@@ -512,15 +512,17 @@ fn linux_pods_hold_no_capabilities_gain_no_privileges_and_are_filtered_by_seccom
     let (cluster, _containerd) = cluster();
     let image = format!("{}/busybox:status", cluster.registry.addr);
     // grep's own status: what every process of the pod inherits. Then two
-    // syscalls the profile denies, and a fork, which it allows.
+    // syscalls the profile denies, and a fork, which it allows. All on
+    // stdout, since the shim copies stderr apart and may order it
+    // differently.
     push_busybox_image(
         &image,
         &[
             "sh",
             "-c",
             "grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status; \
-             unshare -m true; echo \"unshare exited $?\"; \
-             mkdir -p /tmp/mnt; mount -t tmpfs none /tmp/mnt; echo \"mount exited $?\"; \
+             unshare -m true 2>&1; echo \"unshare exited $?\"; \
+             mkdir -p /tmp/mnt; mount -t tmpfs none /tmp/mnt 2>&1; echo \"mount exited $?\"; \
              (echo forked)",
         ],
     );
