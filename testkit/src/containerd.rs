@@ -109,6 +109,12 @@ pub fn push_busybox_image(reference: &str, cmd: &[&str]) -> String {
     BusyboxLayout::new(cmd).push("latest", reference, false, None)
 }
 
+/// As [`push_busybox_image`], with the image's config naming `user` (such
+/// as `1000` or `root`) as the user it runs as.
+pub fn push_busybox_image_running_as(reference: &str, cmd: &[&str], user: &str) -> String {
+    BusyboxLayout::running_as(cmd, Some(user)).push("latest", reference, false, None)
+}
+
 /// As [`push_busybox_image`], to a registry that takes `user` with
 /// `password`.
 pub fn push_busybox_image_as(reference: &str, cmd: &[&str], user: &str, password: &str) -> String {
@@ -182,6 +188,11 @@ struct BusyboxLayout {
 impl BusyboxLayout {
     /// The layout with busybox tagged `latest`, running `cmd`.
     fn new(cmd: &[&str]) -> Self {
+        Self::running_as(cmd, None)
+    }
+
+    /// As [`BusyboxLayout::new`], with the config's user, if given.
+    fn running_as(cmd: &[&str], user: Option<&str>) -> Self {
         let dir = std::env::temp_dir().join(unique("skiff-image"));
         std::fs::create_dir_all(&dir).expect("image directory");
         let layout = Self { dir };
@@ -207,7 +218,7 @@ impl BusyboxLayout {
         }
         umoci(&["repack", "--image", &image, path_str(&bundle)]);
         // After the repack, which would put back the config it unpacked.
-        layout.configure("latest", cmd);
+        layout.configure_as("latest", cmd, user);
         layout
     }
 
@@ -217,9 +228,17 @@ impl BusyboxLayout {
 
     /// Sets the command of `latest` and tags the result `tag`.
     fn configure(&self, tag: &str, cmd: &[&str]) {
+        self.configure_as(tag, cmd, None);
+    }
+
+    /// As [`BusyboxLayout::configure`], with the config's user, if given.
+    fn configure_as(&self, tag: &str, cmd: &[&str], user: Option<&str>) {
         let image = self.image("latest");
         let mut config = vec!["config", "--image", &image, "--tag", tag];
         config.extend(["--config.env", "PATH=/bin"]);
+        if let Some(user) = user {
+            config.extend(["--config.user", user]);
+        }
         for arg in cmd {
             config.extend(["--config.cmd", arg]);
         }

@@ -18,7 +18,8 @@ use control_plane::local_postgres::{LocalPostgres, POSTGRES_BIN, running_as_root
 
 mod containerd;
 pub use containerd::{
-    Containerd, host_architecture, push_busybox_image, push_busybox_image_as, push_busybox_index,
+    Containerd, host_architecture, push_busybox_image, push_busybox_image_as,
+    push_busybox_image_running_as, push_busybox_index,
 };
 
 /// How long a control plane may take to start serving.

@@ -13,6 +13,7 @@ use skiff_api::kinds::pod::TaintEffect;
 use skiff_api::quantity::{parse_bytes, parse_duration};
 use skiff_client::{Client, ClientConfig};
 use wasm_node::agent::{Agent, AgentConfig};
+use wasm_node::runtimes::linux::LinuxLimits;
 
 #[derive(Parser)]
 #[command(name = "wasm-node", version, about = "The Skiff node agent")]
@@ -106,6 +107,14 @@ struct JoinArgs {
     /// Run Wasm pods only, even if containerd is there.
     #[arg(long)]
     no_containerd: bool,
+    /// Processes and threads a Linux pod may have at once.
+    #[arg(long, default_value_t = wasm_node::runtimes::linux::containerd::DEFAULT_PIDS_LIMIT,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pod_max_pids: u32,
+    /// The size a Linux pod's log file is rotated at; one rotated file is
+    /// kept (`container.log.1`), so a pod's logs take at most twice this.
+    #[arg(long, default_value = "10Mi", value_parser = parse_bytes)]
+    container_log_max_size: u64,
 }
 
 fn parse_label(input: &str) -> Result<(String, String), String> {
@@ -231,6 +240,10 @@ async fn join(args: JoinArgs) -> Result<()> {
         max_concurrent_instances: args.max_concurrency,
         containerd_socket: (!args.no_containerd).then(|| args.containerd_socket.clone()),
         snapshotter: args.snapshotter.clone(),
+        linux_limits: LinuxLimits {
+            pids: args.pod_max_pids,
+            log_max_bytes: args.container_log_max_size,
+        },
     })
     .await?;
     eprintln!(

@@ -149,8 +149,9 @@ async fn containerd_floor(socket: &Path, image: &str, count: usize) -> Vec<f64> 
         .unpack(namespace, "floor", &image)
         .await
         .expect("unpack");
-    let log = std::env::temp_dir().join(format!("floor-{}.log", std::process::id()));
+    let log = |i: usize| std::env::temp_dir().join(format!("floor-{}-{i}.log", std::process::id()));
     let mut took = Vec::with_capacity(count);
+    let mut outputs = Vec::with_capacity(count);
     for i in 0..count {
         let id = format!("floor-{i}");
         let spec = RunSpec {
@@ -159,11 +160,11 @@ async fn containerd_floor(socket: &Path, image: &str, count: usize) -> Vec<f64> 
             cwd: "/".into(),
             hostname: id.clone(),
             memory_bytes: Some(32 << 20),
-            log: log.clone(),
+            log: log(i),
             ..Default::default()
         };
         let started = Instant::now();
-        runtime
+        let task = runtime
             .start(
                 namespace,
                 "floor",
@@ -175,14 +176,16 @@ async fn containerd_floor(socket: &Path, image: &str, count: usize) -> Vec<f64> 
             .await
             .expect("start");
         took.push(started.elapsed().as_secs_f64());
+        outputs.push(task.log);
     }
-    for i in 0..count {
+    for (i, output) in outputs.into_iter().enumerate() {
         let id = format!("floor-{i}");
         let _ = runtime.signal(namespace, &id, 9).await;
         let _ = runtime.wait(namespace, &id).await;
         let _ = runtime.remove_container(namespace, &id).await;
+        output.finish(Duration::from_secs(10)).await;
+        let _ = std::fs::remove_file(log(i));
     }
     let _ = runtime.release(namespace, "floor").await;
-    let _ = std::fs::remove_file(&log);
     took
 }

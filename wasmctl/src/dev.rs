@@ -171,6 +171,7 @@ async fn serve(
         // their own with containerd.
         containerd_socket: None,
         snapshotter: "overlayfs".into(),
+        linux_limits: Default::default(),
     })
     .await
     .map_err(|e| BadInput(e.to_string()))?;

@@ -250,10 +250,10 @@ fn run_linux(args: &RunArgs) -> Result<ExitCode> {
             log: log.clone(),
             ..Default::default()
         };
-        containerd
+        let started = containerd
             .start(namespace, &id, &id, &text, &top, &spec)
             .await?;
-        let mut printed = 0;
+        let mut printed = Printed::default();
         let wait = containerd.wait(namespace, &id);
         tokio::pin!(wait);
         let exit = loop {
@@ -261,7 +261,7 @@ fn run_linux(args: &RunArgs) -> Result<ExitCode> {
                 exit = &mut wait => break Some(exit),
                 _ = tokio::signal::ctrl_c() => break None,
                 () = tokio::time::sleep(Duration::from_millis(50)) => {
-                    printed = print_new(&log, printed);
+                    print_new(&log, &mut printed);
                 }
             }
         };
@@ -272,10 +272,12 @@ fn run_linux(args: &RunArgs) -> Result<ExitCode> {
                 wait.await?
             }
         };
-        print_new(&log, printed);
         containerd.remove_container(namespace, &id).await?;
+        started.log.finish(Duration::from_secs(10)).await;
+        print_new(&log, &mut printed);
         containerd.release(namespace, &id).await?;
         let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(wasm_node::runtimes::linux::log::rotated(&log));
         if exit.oom_killed {
             tracing::warn!("{text}: killed for exceeding its memory limit");
         }
@@ -283,19 +285,35 @@ fn run_linux(args: &RunArgs) -> Result<ExitCode> {
     })?
 }
 
-/// Copies what the container wrote to `log` past `from` to our stdout;
-/// returns how far it has printed.
-fn print_new(log: &std::path::Path, from: usize) -> usize {
+/// How much of which log file has been printed.
+#[derive(Default)]
+struct Printed {
+    inode: u64,
+    bytes: usize,
+}
+
+/// Copies what the container wrote to `log` since the last call to our
+/// stdout. When the file is another (rotated at `RunSpec`'s log cap), it
+/// is printed from its start; what the old one got after the last look
+/// is skipped.
+fn print_new(log: &std::path::Path, printed: &mut Printed) {
     use std::io::Write;
-    let Ok(bytes) = std::fs::read(log) else {
-        return from;
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(metadata), Ok(bytes)) = (std::fs::metadata(log), std::fs::read(log)) else {
+        return;
     };
-    if bytes.len() > from {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(&bytes[from..]);
-        let _ = out.flush();
+    if metadata.ino() != printed.inode {
+        *printed = Printed {
+            inode: metadata.ino(),
+            bytes: 0,
+        };
     }
-    bytes.len().max(from)
+    if bytes.len() > printed.bytes {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&bytes[printed.bytes..]);
+        let _ = out.flush();
+        printed.bytes = bytes.len();
+    }
 }
 
 /// Pulls a registry reference into the local cache and returns the file.

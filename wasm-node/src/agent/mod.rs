@@ -27,8 +27,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::ingress::{Ingress, LocalPods, PodName};
 use crate::runtimes::Runtimes;
-use crate::runtimes::linux::LinuxRuntime;
 use crate::runtimes::linux::containerd::Containerd;
+use crate::runtimes::linux::{LinuxLimits, LinuxRuntime};
 use crate::runtimes::wasm::{Engines, WasmRuntime};
 use pod::PodHandle;
 use skiff_oci::{BlobCache, Registry};
@@ -68,6 +68,8 @@ pub struct AgentConfig {
     /// containerd's socket, for Linux images; `None` runs Wasm only.
     pub containerd_socket: Option<PathBuf>,
     pub snapshotter: String,
+    /// What every Linux pod is held to: processes, log size.
+    pub linux_limits: LinuxLimits,
 }
 
 /// What every pod worker of this node shares.
@@ -165,7 +167,7 @@ impl Agent {
                 .map_err(|e| setup(&e))?,
             registry.clone(),
         );
-        let linux = containerd.map(|c| LinuxRuntime::new(c, registry.clone()));
+        let linux = containerd.map(|c| LinuxRuntime::new(c, registry.clone(), config.linux_limits));
         let context = Arc::new(NodeContext {
             node: config.name.clone(),
             client: config.client.clone(),

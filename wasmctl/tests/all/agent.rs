@@ -73,6 +73,7 @@ fn a_shut_down_agent_stops_serving_and_renewing_its_lease() {
             max_concurrent_instances: 10,
             containerd_socket: None,
             snapshotter: "overlayfs".into(),
+            linux_limits: Default::default(),
         })
         .await
         .unwrap();

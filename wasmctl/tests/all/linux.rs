@@ -4,7 +4,8 @@
 
 use serde_json::{Value, json};
 use testkit::{
-    Containerd, push_busybox_image, push_busybox_image_as, push_busybox_index, wait_until,
+    Containerd, push_busybox_image, push_busybox_image_as, push_busybox_image_running_as,
+    push_busybox_index, wait_until,
 };
 
 use crate::nodes::{NodeCluster, WAIT, pod};
@@ -18,6 +19,58 @@ fn cluster() -> (NodeCluster, Containerd) {
     let linux = ["--containerd-socket", socket.as_str()];
     let cluster = NodeCluster::start(&[("linux", &linux), ("wasm-only", &["--no-containerd"])]);
     (cluster, containerd)
+}
+
+/// A node with containerd only, with these further flags.
+fn linux_node(flags: &[&str]) -> (NodeCluster, Containerd) {
+    let containerd = Containerd::start();
+    let socket = containerd.socket.display().to_string();
+    let mut linux = vec!["--containerd-socket", socket.as_str()];
+    linux.extend_from_slice(flags);
+    let cluster = NodeCluster::start(&[("linux", &linux)]);
+    (cluster, containerd)
+}
+
+/// A Namespace whose pods may be as the level (`Baseline`, `Privileged`)
+/// allows.
+fn namespace(name: &str, pod_security: &str) -> Value {
+    json!({
+        "apiVersion": "skiff.dev/v1", "kind": "Namespace",
+        "metadata": {"name": name},
+        "spec": {"policy": {"podSecurity": pod_security}},
+    })
+}
+
+/// A Linux pod in `namespace`.
+fn linux_pod_in(namespace: &str, name: &str, image: &str, spec: Value) -> Value {
+    let mut pod = linux_pod(name, image, spec);
+    pod["metadata"]["namespace"] = json!(namespace);
+    pod
+}
+
+/// The pod's log file on the node, and the file it was rotated into.
+fn log_files(cluster: &NodeCluster, pod: &Value) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = cluster.node("linux").data_dir.join(format!(
+        "pods/{}_{}_{}",
+        pod["metadata"]["namespace"].as_str().unwrap(),
+        pod["metadata"]["name"].as_str().unwrap(),
+        pod["metadata"]["uid"].as_str().unwrap()
+    ));
+    (dir.join("container.log"), dir.join("container.log.1"))
+}
+
+/// What the pod wrote (its log file, once it has ended).
+fn log_of(cluster: &NodeCluster, pod: &Value) -> String {
+    let (log, _) = log_files(cluster, pod);
+    std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()))
+}
+
+fn succeeded(p: &Value) -> bool {
+    p["status"]["phase"] == "Succeeded"
+}
+
+fn failed(p: &Value) -> bool {
+    p["status"]["phase"] == "Failed"
 }
 
 /// A pod of a Linux image that says so.
@@ -452,4 +505,214 @@ fn wasmctl_run_runs_a_linux_image_through_containerd_or_says_why_not() {
             && stderr.contains("/nonexistent.sock"),
         "{stderr}"
     );
+}
+
+#[test]
+fn linux_pods_hold_no_capabilities_gain_no_privileges_and_are_filtered_by_seccomp() {
+    let (cluster, _containerd) = cluster();
+    let image = format!("{}/busybox:status", cluster.registry.addr);
+    // grep's own status: what every process of the pod inherits. Then two
+    // syscalls the profile denies, and a fork, which it allows. All on
+    // stdout, since the shim copies stderr apart and may order it
+    // differently.
+    push_busybox_image(
+        &image,
+        &[
+            "sh",
+            "-c",
+            "grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status; \
+             unshare -m true 2>&1; echo \"unshare exited $?\"; \
+             mkdir -p /tmp/mnt; mount -t tmpfs none /tmp/mnt 2>&1; echo \"mount exited $?\"; \
+             (echo forked)",
+        ],
+    );
+    cluster.apply(&[
+        namespace("privileged", "Privileged"),
+        linux_pod("plain", &image, json!({"restartPolicy": "Never"})),
+        // As much as a Privileged namespace may ask for: CAP_SYS_ADMIN
+        // would allow unshare and mount, but the profile does not.
+        linux_pod_in(
+            "privileged",
+            "granted",
+            &image,
+            json!({
+                "restartPolicy": "Never",
+                "securityContext": {"addCapabilities": ["SYS_ADMIN", "CAP_NET_ADMIN"]},
+            }),
+        ),
+        linux_pod_in(
+            "privileged",
+            "misspelt",
+            &image,
+            json!({
+                "restartPolicy": "Never",
+                "securityContext": {"addCapabilities": ["NET_ADMIN", "net_raw"]},
+            }),
+        ),
+    ]);
+
+    let status_lines = |caps: &str| {
+        let mut lines: Vec<String> = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"]
+            .iter()
+            .map(|set| format!("{set}:\t{caps}"))
+            .collect();
+        lines.extend(["NoNewPrivs:\t1".to_owned(), "Seccomp:\t2".to_owned()]);
+        lines
+    };
+    let head = |log: &str| -> Vec<String> { log.lines().take(7).map(str::to_owned).collect() };
+    let plain = cluster.wait_pod("plain", "Succeeded", succeeded);
+    let log = log_of(&cluster, &plain);
+    assert_eq!(head(&log), status_lines("0000000000000000"), "{log}");
+    assert!(log.contains("unshare exited 1"), "{log}");
+    assert!(log.contains("forked"), "{log}");
+
+    let granted = cluster.wait_pod_in("privileged", "granted", "Succeeded", succeeded);
+    let log = log_of(&cluster, &granted);
+    // Bits 21 (SYS_ADMIN) and 12 (NET_ADMIN), and nothing else.
+    assert_eq!(head(&log), status_lines("0000000000201000"), "{log}");
+    assert!(
+        log.contains("unshare: unshare(0x20000): Operation not permitted\nunshare exited 1"),
+        "{log}"
+    );
+    assert!(log.contains("mount: permission denied"), "{log}");
+    assert!(!log.contains("mount exited 0"), "{log}");
+    assert!(log.contains("forked"), "{log}");
+
+    let misspelt = cluster.wait_pod_in("privileged", "misspelt", "Failed", failed);
+    assert_eq!(misspelt["status"]["reason"], "InvalidSpec", "{misspelt:#}");
+    assert_eq!(
+        misspelt["status"]["message"],
+        "securityContext.addCapabilities: `net_raw` is not a Linux capability (capability names are upper case: NET_RAW)",
+        "{misspelt:#}"
+    );
+}
+
+#[test]
+fn linux_pods_run_as_the_pods_user_and_never_as_root_where_they_must_not() {
+    let (cluster, containerd) = linux_node(&[]);
+    let registry = &cluster.registry.addr;
+    let unset = format!("{registry}/busybox:unset");
+    let root = format!("{registry}/busybox:root");
+    let user = format!("{registry}/busybox:user");
+    let id = ["sh", "-c", "id -u; id -g"];
+    push_busybox_image(&unset, &id);
+    push_busybox_image_running_as(&root, &id, "root");
+    push_busybox_image_running_as(&user, &id, "1000");
+    let non_root = |more: Value| {
+        let mut context = json!({"runAsNonRoot": true});
+        for (key, value) in more.as_object().unwrap() {
+            context[key] = value.clone();
+        }
+        json!({"restartPolicy": "Never", "securityContext": context})
+    };
+    cluster.apply(&[
+        namespace("baseline", "Baseline"),
+        linux_pod(
+            "as-user",
+            &unset,
+            json!({
+                "restartPolicy": "Never",
+                "securityContext": {"runAsUser": 1000, "runAsGroup": 3000},
+            }),
+        ),
+        linux_pod_in("baseline", "unset", &unset, non_root(json!({}))),
+        linux_pod_in("baseline", "root", &root, non_root(json!({}))),
+        linux_pod_in(
+            "baseline",
+            "run-as-1000",
+            &unset,
+            non_root(json!({"runAsUser": 1000})),
+        ),
+        linux_pod_in("baseline", "image-user", &user, non_root(json!({}))),
+    ]);
+
+    let as_user = cluster.wait_pod("as-user", "Succeeded", succeeded);
+    assert_eq!(log_of(&cluster, &as_user), "1000\n3000\n");
+    let run_as = cluster.wait_pod_in("baseline", "run-as-1000", "Succeeded", succeeded);
+    assert_eq!(log_of(&cluster, &run_as), "1000\n1000\n");
+    let image_user = cluster.wait_pod_in("baseline", "image-user", "Succeeded", succeeded);
+    assert_eq!(log_of(&cluster, &image_user), "1000\n1000\n");
+
+    for (name, image, why) in [
+        ("unset", &unset, "its user is unset"),
+        ("root", &root, "its user is `root`"),
+    ] {
+        let refused = cluster.wait_pod_in("baseline", name, "Failed", failed);
+        assert_eq!(
+            refused["status"]["reason"], "CreateContainerConfigError",
+            "{refused:#}"
+        );
+        assert_eq!(
+            refused["status"]["message"],
+            format!(
+                "image {image} runs as root ({why}) and the pod must not run as root: set securityContext.runAsUser"
+            ),
+            "{refused:#}"
+        );
+        assert_eq!(refused["status"]["restartCount"].as_u64().unwrap_or(0), 0);
+        let (log, _) = log_files(&cluster, &refused);
+        assert!(!log.exists(), "{name} never ran, yet it has a log");
+    }
+    // Refused before anything was made for them: the pods that ran have
+    // ended, and nothing of any pod is left running.
+    for what in ["containers", "tasks"] {
+        let listed = containerd.ctr("skiff-baseline", &[what, "ls", "-q"]);
+        assert!(
+            !listed.contains("unset-") && !listed.contains("root-"),
+            "{what}: {listed}"
+        );
+    }
+}
+
+#[test]
+fn the_node_caps_a_linux_pods_processes_and_its_log() {
+    let (cluster, _containerd) =
+        linux_node(&["--pod-max-pids", "16", "--container-log-max-size", "64Ki"]);
+    let registry = &cluster.registry.addr;
+    // A bounded fork bomb: 64 sleeps, of which the limit lets 15 start (the
+    // shell is the 16th process); busybox sh gives up at the first fork
+    // that fails.
+    let forks = format!("{registry}/busybox:forks");
+    push_busybox_image(
+        &forks,
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 64 ]; do sleep 600 & i=$((i+1)); echo started $i; done",
+        ],
+    );
+    // About 290 KB of numbered lines, past the 64 KiB cap four times.
+    let chatty = format!("{registry}/busybox:chatty");
+    push_busybox_image(&chatty, &["seq", "1", "50000"]);
+    cluster.apply(&[
+        linux_pod("forks", &forks, json!({"restartPolicy": "Never"})),
+        linux_pod("chatty", &chatty, json!({"restartPolicy": "Never"})),
+    ]);
+
+    let forks = cluster.wait_pod("forks", "Failed", failed);
+    let log = log_of(&cluster, &forks);
+    assert!(
+        log.contains("started 15\n") && !log.contains("started 16"),
+        "{log}"
+    );
+    assert!(
+        log.contains("can't fork: Resource temporarily unavailable"),
+        "{log}"
+    );
+
+    let chatty = cluster.wait_pod("chatty", "Succeeded", succeeded);
+    let (log, rotated) = log_files(&cluster, &chatty);
+    let (log, rotated) = (
+        std::fs::read_to_string(&log).unwrap(),
+        std::fs::read_to_string(&rotated).unwrap(),
+    );
+    assert!(log.len() <= 64 << 10, "{} bytes", log.len());
+    assert!(rotated.len() <= 64 << 10, "{} bytes", rotated.len());
+    // The latest output is kept, in order: the two files are the end of
+    // what the pod wrote.
+    let written: String = (1..=50000).map(|n| format!("{n}\n")).collect();
+    let kept = format!("{rotated}{log}");
+    assert!(kept.len() > 64 << 10, "kept {} bytes", kept.len());
+    assert!(written.ends_with(&kept), "kept {} bytes", kept.len());
+    assert!(kept.ends_with("49999\n50000\n"));
 }

@@ -145,9 +145,20 @@ impl NodeCluster {
     /// Waits until the pod satisfies `condition`; panics with the pod and
     /// the nodes' logs if it does not within [`WAIT`].
     pub fn wait_pod(&self, name: &str, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        self.wait_pod_in("default", name, what, condition)
+    }
+
+    /// As [`NodeCluster::wait_pod`], for a pod of `namespace`.
+    pub fn wait_pod_in(
+        &self,
+        namespace: &str,
+        name: &str,
+        what: &str,
+        condition: impl Fn(&Value) -> bool,
+    ) -> Value {
         let mut last = Value::Null;
         if wait_until(WAIT, || {
-            last = self.pod(name);
+            last = self.json(&["get", "pod", name, "-n", namespace]);
             condition(&last)
         }) {
             return last;

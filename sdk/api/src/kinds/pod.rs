@@ -277,8 +277,10 @@ pub struct SecurityContext {
     /// admission in `Restricted` and `Baseline` namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as_non_root: Option<bool>,
-    /// Capabilities beyond the node's default list (`NET_BIND_SERVICE`
-    /// only); only `Privileged` namespaces may add any.
+    /// Capabilities beyond the node's default list, which is empty (pods
+    /// share the node's network and are given their port, so not even
+    /// `NET_BIND_SERVICE`), e.g. `NET_ADMIN` or `CAP_NET_ADMIN`; only
+    /// `Privileged` namespaces may add any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub add_capabilities: Vec<String>,
 }

@@ -33,12 +33,19 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use skiff_oci::{Blob, LinuxImage};
 
+use super::log::{DEFAULT_LOG_MAX_BYTES, LogCopy, LogPipe};
+use super::seccomp;
+
 /// The runc shim, as containerd names it.
 const RUNC: &str = "io.containerd.runc.v2";
 /// The type containerd expects an OCI runtime spec to carry.
 const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// Bytes per content write message (gRPC's default limit is 4 MiB).
 const CHUNK: usize = 1 << 20;
+/// Processes and threads a container may have at once, unless the node
+/// says otherwise: plenty for a server's workers, and a fork bomb stops
+/// there instead of at the node's own limit.
+pub const DEFAULT_PIDS_LIMIT: u32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerdError {
@@ -52,6 +59,11 @@ pub enum ContainerdError {
     },
     #[error("{0}")]
     Image(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn call(what: impl Into<String>) -> impl FnOnce(Status) -> ContainerdError {
@@ -83,24 +95,61 @@ fn descriptor(blob: &Blob) -> Descriptor {
     }
 }
 
-/// What to run, from the pod and the image's config.
-#[derive(Debug, Clone, Default)]
+/// What to run, from the pod and the image's config. The default runs as
+/// root with no capabilities and the default pids and log limits.
+#[derive(Debug, Clone)]
 pub struct RunSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: String,
     pub uid: u32,
     pub gid: u32,
+    /// The capabilities the process holds (`CAP_` names), in every set;
+    /// the rest are dropped.
+    pub capabilities: Vec<String>,
     pub hostname: String,
     pub memory_bytes: Option<u64>,
     /// CPU in millicores.
     pub cpu_millis: Option<u64>,
+    /// Processes and threads at once.
+    pub pids_limit: u32,
     pub read_only_root: bool,
     /// Host directories bind-mounted into the container: (host, container,
     /// read-only).
     pub binds: Vec<(PathBuf, String, bool)>,
-    /// Where stdout and stderr go.
+    /// Where stdout and stderr go (through a FIFO the node reads).
     pub log: PathBuf,
+    /// The size the log file is rotated at.
+    pub log_max_bytes: u64,
+}
+
+impl Default for RunSpec {
+    fn default() -> Self {
+        Self {
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            capabilities: Vec::new(),
+            hostname: String::new(),
+            memory_bytes: None,
+            cpu_millis: None,
+            pids_limit: DEFAULT_PIDS_LIMIT,
+            read_only_root: false,
+            binds: Vec::new(),
+            log: PathBuf::new(),
+            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+        }
+    }
+}
+
+/// A started task.
+pub struct Started {
+    pub pid: u32,
+    /// Its output on the way to the log file: finish it once the task is
+    /// deleted.
+    pub log: LogCopy,
 }
 
 /// How a task ended.
@@ -463,7 +512,7 @@ impl Containerd {
     }
 
     /// Creates the container `id` on top of snapshot `parent` and starts its
-    /// task.
+    /// task, its output copied into `spec.log`.
     pub async fn start(
         &self,
         namespace: &str,
@@ -472,7 +521,11 @@ impl Containerd {
         image: &str,
         parent: &str,
         spec: &RunSpec,
-    ) -> Result<u32, ContainerdError> {
+    ) -> Result<Started, ContainerdError> {
+        let pipe = LogPipe::create(&spec.log).map_err(|source| ContainerdError::Io {
+            path: spec.log.clone(),
+            source,
+        })?;
         let rootfs = self
             .prepare(namespace, lease, id, parent)
             .await
@@ -503,7 +556,10 @@ impl Containerd {
             ))
             .await
             .map_err(call(format!("create container {id}")))?;
-        let log = format!("file://{}", spec.log.display());
+        // Both streams into one FIFO, as they went into one file: the
+        // shim opens it once for each, and a pipe keeps every write of up
+        // to 4 KiB whole, so lines written at once are never interleaved.
+        let fifo = pipe.path().display().to_string();
         let mut tasks = TasksClient::new(self.channel.clone());
         tasks
             .create(Self::request(
@@ -512,13 +568,15 @@ impl Containerd {
                 CreateTaskRequest {
                     container_id: id.to_owned(),
                     rootfs,
-                    stdout: log.clone(),
-                    stderr: log,
+                    stdout: fifo.clone(),
+                    stderr: fifo,
                     ..Default::default()
                 },
             ))
             .await
             .map_err(call(format!("create the task of {id}")))?;
+        // The shim opened its ends while creating the task.
+        let log = pipe.copy_into(spec.log.clone(), spec.log_max_bytes);
         let started = tasks
             .start(Self::request(
                 namespace,
@@ -530,7 +588,10 @@ impl Containerd {
             ))
             .await
             .map_err(call(format!("start {id}")))?;
-        Ok(started.into_inner().pid)
+        Ok(Started {
+            pid: started.into_inner().pid,
+            log,
+        })
     }
 
     /// Waits for the task to exit.
@@ -682,26 +743,16 @@ pub fn image_defaults(config: &[u8]) -> (Vec<String>, Vec<(String, String)>, Str
 
 /// The OCI runtime spec of a container: its own pid, ipc, uts and mount
 /// namespaces, the host's network (pods are reached through the node's
-/// ingress), a memory and CPU cgroup under `skiff/`, and the mounts and
-/// masked paths every container gets.
+/// ingress), a memory, CPU and pids cgroup under `skiff/`, the mounts and
+/// masked paths every container gets, and the hardening every pod gets
+/// whatever it asks: only its own capabilities, no new privileges, and
+/// the node's seccomp profile.
 pub fn runtime_spec(id: &str, spec: &RunSpec) -> Value {
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let capabilities = json!([
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE"
-    ]);
+    // In every set, ambient included: a process that is not root keeps
+    // its capabilities across execve only through the ambient set, so
+    // without it a non-root pod would hold none of those it was granted.
+    let capabilities = &spec.capabilities;
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -727,6 +778,7 @@ pub fn runtime_spec(id: &str, spec: &RunSpec) -> Value {
     if let Some(millis) = spec.cpu_millis {
         resources["cpu"] = json!({"quota": millis * 100, "period": 100_000});
     }
+    resources["pids"] = json!({"limit": spec.pids_limit});
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -737,7 +789,8 @@ pub fn runtime_spec(id: &str, spec: &RunSpec) -> Value {
             "cwd": spec.cwd,
             "capabilities": {
                 "bounding": capabilities, "effective": capabilities,
-                "permitted": capabilities,
+                "permitted": capabilities, "inheritable": capabilities,
+                "ambient": capabilities,
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
             "noNewPrivileges": true,
@@ -749,6 +802,7 @@ pub fn runtime_spec(id: &str, spec: &RunSpec) -> Value {
             "resources": resources,
             "cgroupsPath": format!("/skiff/{id}"),
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "seccomp": seccomp::for_this_node(),
             "maskedPaths": [
                 "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
@@ -812,5 +866,44 @@ mod tests {
         assert_eq!(spec["root"]["readonly"], true);
         let namespaces = spec["linux"]["namespaces"].to_string();
         assert!(!namespaces.contains("network"), "{namespaces}");
+    }
+
+    #[test]
+    fn every_runtime_spec_is_hardened() {
+        const SETS: [&str; 5] = [
+            "bounding",
+            "effective",
+            "permitted",
+            "inheritable",
+            "ambient",
+        ];
+        let plain = runtime_spec("plain", &RunSpec::default());
+        let process = &plain["process"];
+        assert_eq!(process["noNewPrivileges"], true);
+        for set in SETS {
+            assert_eq!(process["capabilities"][set], json!([]), "{set}");
+        }
+        let limit = &plain["linux"]["resources"]["pids"]["limit"];
+        assert_eq!(*limit, DEFAULT_PIDS_LIMIT);
+        assert_eq!(plain["linux"]["seccomp"], *seccomp::for_this_node());
+        assert_eq!(plain["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+
+        let granted = runtime_spec(
+            "granted",
+            &RunSpec {
+                uid: 1000,
+                gid: 1000,
+                capabilities: vec!["CAP_NET_ADMIN".into()],
+                pids_limit: 16,
+                ..Default::default()
+            },
+        );
+        let process = &granted["process"];
+        assert_eq!(process["user"], json!({"uid": 1000, "gid": 1000}));
+        for set in SETS {
+            let held = &process["capabilities"][set];
+            assert_eq!(*held, json!(["CAP_NET_ADMIN"]), "{set}");
+        }
+        assert_eq!(granted["linux"]["resources"]["pids"]["limit"], 16);
     }
 }

@@ -1,7 +1,10 @@
 //! Ordinary Linux images through containerd: pulled with the node's
 //! registry client (every blob checked), unpacked into containerd under a
 //! lease per pod, run as a runc container with the pod's limits, and
-//! reached over a port of the node's own when they serve HTTP.
+//! reached over a port of the node's own when they serve HTTP. Every pod,
+//! whatever its namespace, runs without new privileges, with only the
+//! capabilities it was granted, under the node's seccomp profile and pids
+//! limit, its output in a log file of capped size.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,8 +18,13 @@ use skiff_api::quantity::parse_bytes;
 use super::Backend;
 use super::{Artifact, Ended, Failure, Image, Instance, Launch, PodId, Runtime};
 pub mod containerd;
+pub mod log;
+pub mod seccomp;
+pub mod security;
 
-use containerd::{Containerd, ContainerdError, RunSpec, image_defaults};
+use containerd::{Containerd, ContainerdError, DEFAULT_PIDS_LIMIT, RunSpec, image_defaults};
+use log::{DEFAULT_LOG_MAX_BYTES, LogCopy};
+use security::UserError;
 use skiff_oci::LinuxImage;
 use skiff_oci::Reference;
 use skiff_oci::{Credentials, Registry};
@@ -24,6 +32,7 @@ use skiff_oci::{Credentials, Registry};
 pub struct LinuxRuntime {
     containerd: Containerd,
     registry: Registry,
+    limits: LinuxLimits,
     /// Images pulled before, without their layers' bytes, by manifest
     /// digest: while containerd still holds the layers (other pods of the
     /// image keep them), a pod starts from these without downloading.
@@ -33,11 +42,30 @@ pub struct LinuxRuntime {
 /// Skeletons kept at most; past it they are forgotten.
 const MAX_SKELETONS: usize = 256;
 
+/// What the node allows every Linux pod, whatever its spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinuxLimits {
+    /// Processes and threads at once (the pids cgroup's limit).
+    pub pids: u32,
+    /// The size the pod's log file is rotated at.
+    pub log_max_bytes: u64,
+}
+
+impl Default for LinuxLimits {
+    fn default() -> Self {
+        Self {
+            pids: DEFAULT_PIDS_LIMIT,
+            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+        }
+    }
+}
+
 impl LinuxRuntime {
-    pub fn new(containerd: Containerd, registry: Registry) -> Self {
+    pub fn new(containerd: Containerd, registry: Registry, limits: LinuxLimits) -> Self {
         Self {
             containerd,
             registry,
+            limits,
             skeletons: Mutex::default(),
         }
     }
@@ -100,6 +128,7 @@ impl Runtime for LinuxRuntime {
                 namespace,
                 id: format!("{}-{uid}", pod.name),
                 hostname: pod.name.clone(),
+                limits: self.limits,
                 pulled: Some(Box::new(image)),
                 unpacked: None,
                 leased: false,
@@ -119,6 +148,7 @@ struct ContainerImage {
     namespace: String,
     id: String,
     hostname: String,
+    limits: LinuxLimits,
     pulled: Option<Box<LinuxImage>>,
     unpacked: Option<Unpacked>,
     /// Whether the pod may hold a lease in containerd (from the first
@@ -142,8 +172,11 @@ impl Image for ContainerImage {
             let failed = |e: ContainerdError| Failure::retry("CreateContainerError")(&e);
             let containerd = &self.containerd;
             let (namespace, id) = (&self.namespace, &self.id);
-            let unpacked = match &mut self.unpacked {
-                Some(unpacked) => unpacked,
+            let (unpacked, mut spec) = match &mut self.unpacked {
+                Some(unpacked) => {
+                    let spec = run_spec(&launch, &unpacked.config, &self.hostname, self.limits)?;
+                    (unpacked, spec)
+                }
                 unpacked @ None => {
                     let image = match self.pulled.take() {
                         Some(image) => image,
@@ -153,6 +186,17 @@ impl Image for ContainerImage {
                             Box::new(image.map_err(Failure::of_pull)?)
                         }
                     };
+                    // Decided from the image's config before anything is
+                    // unpacked: a pod refused (root where it must not be,
+                    // an unknown capability) leaves nothing in containerd.
+                    let spec =
+                        match run_spec(&launch, &image.config.bytes, &self.hostname, self.limits) {
+                            Ok(spec) => spec,
+                            Err(failure) => {
+                                self.pulled = Some(image);
+                                return Err(failure);
+                            }
+                        };
                     self.leased = true;
                     let chain = match containerd.unpack(namespace, id, &image).await {
                         Ok(chain) => chain,
@@ -165,14 +209,14 @@ impl Image for ContainerImage {
                             return Err(failed(e));
                         }
                     };
-                    unpacked.insert(Unpacked {
+                    let unpacked = unpacked.insert(Unpacked {
                         chain,
                         config: image.config.bytes,
                         reference: image.reference,
-                    })
+                    });
+                    (unpacked, spec)
                 }
             };
-            let mut spec = run_spec(&launch, unpacked, &self.hostname)?;
             // Containers share the host's network, so each HTTP pod gets a
             // port of its own, in PORT, and the ingress sends its requests
             // there.
@@ -199,7 +243,7 @@ impl Image for ContainerImage {
                 .remove_container(namespace, id)
                 .await
                 .map_err(failed)?;
-            containerd
+            let started = containerd
                 .start(
                     namespace,
                     id,
@@ -215,6 +259,7 @@ impl Image for ContainerImage {
                 namespace: namespace.clone(),
                 id: id.clone(),
                 port,
+                log: started.log,
             }) as Box<dyn Instance>)
         })
     }
@@ -231,13 +276,19 @@ impl Image for ContainerImage {
     }
 }
 
-/// The container's process, environment, limits and mounts, from the
-/// image's config and the pod's spec (the pod's args replace the image's
-/// command; its env comes after the image's).
-fn run_spec(launch: &Launch<'_>, image: &Unpacked, hostname: &str) -> Result<RunSpec, Failure> {
+/// The container's process, environment, user, capabilities, limits and
+/// mounts, from the image's config and the pod's spec (the pod's args
+/// replace the image's command; its env comes after the image's; its
+/// securityContext overrides the image's user), with the node's limits.
+fn run_spec(
+    launch: &Launch<'_>,
+    config: &[u8],
+    hostname: &str,
+    limits: LinuxLimits,
+) -> Result<RunSpec, Failure> {
     let pod = launch.spec;
     let invalid = Failure::fatal("InvalidSpec");
-    let (mut args, mut env, cwd, user) = image_defaults(&image.config);
+    let (mut args, mut env, cwd, user) = image_defaults(config);
     if !pod.args.is_empty() {
         args = pod.args.clone();
     }
@@ -248,21 +299,12 @@ fn run_spec(launch: &Launch<'_>, image: &Unpacked, hostname: &str) -> Result<Run
         )));
     }
     env.extend(launch.sandbox.env.iter().cloned());
-    // Names would need the image's /etc/passwd; running as root instead of
-    // an unknown user is never the answer.
-    let id = |text: &str| {
-        text.parse::<u32>().map_err(|_| {
-            invalid(&format_args!(
-                "{}: the image's user `{user}` is not numeric (uid[:gid]); names are not supported",
-                pod.image
-            ))
-        })
-    };
-    let (uid, gid) = match user.split_once(':') {
-        _ if user.is_empty() => (0, 0),
-        Some((u, g)) => (id(u)?, id(g)?),
-        None => (id(&user)?, id(&user)?),
-    };
+    let context = pod.security_context.as_ref();
+    let (uid, gid) = security::user(&pod.image, &user, context).map_err(|e| match e {
+        UserError::NotNumeric(message) => invalid(&message),
+        UserError::Root(message) => Failure::fatal("CreateContainerConfigError")(&message),
+    })?;
+    let capabilities = security::capabilities(context).map_err(|e| invalid(&e))?;
     let r = &pod.resources;
     let memory = r
         .memory
@@ -279,12 +321,14 @@ fn run_spec(launch: &Launch<'_>, image: &Unpacked, hostname: &str) -> Result<Run
         cwd,
         uid,
         gid,
+        capabilities,
         hostname: hostname.to_owned(),
         memory_bytes: memory,
         cpu_millis: r
             .cpu
             .as_deref()
             .and_then(skiff_api::kinds::pod::parse_millicores),
+        pids_limit: limits.pids,
         read_only_root: pod.read_only_root_filesystem,
         binds: launch
             .sandbox
@@ -293,6 +337,7 @@ fn run_spec(launch: &Launch<'_>, image: &Unpacked, hostname: &str) -> Result<Run
             .map(|d| (d.host.clone(), d.guest.clone(), d.read_only))
             .collect(),
         log: launch.dir.join("container.log"),
+        log_max_bytes: limits.log_max_bytes,
     })
 }
 
@@ -303,6 +348,8 @@ struct Task {
     id: String,
     /// The host port it was told to serve HTTP on (`PORT`), if it does.
     port: Option<u16>,
+    /// Its output on the way to the pod's log file.
+    log: LogCopy,
 }
 
 impl Instance for Task {
@@ -339,7 +386,7 @@ impl Instance for Task {
     }
 
     /// SIGTERM, then SIGKILL after the grace period; then the container
-    /// goes.
+    /// goes, and the last of its output reaches the log file.
     fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let c = &self.containerd;
@@ -351,6 +398,93 @@ impl Instance for Task {
             if let Err(e) = c.remove_container(&self.namespace, &self.id).await {
                 tracing::warn!("{}/{}: {e}", self.namespace, self.id);
             }
+            // Deleting the task has the shim finish copying and close the
+            // FIFO (it gives itself 2 s for that).
+            let Task { log, .. } = *self;
+            log.finish(Duration::from_secs(10)).await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use skiff_api::kinds::pod::{PodSpec, SecurityContext};
+    use skiff_wasm::Sandbox;
+
+    use super::*;
+
+    fn spec_for(
+        pod: &PodSpec,
+        image_user: &str,
+        dir: &std::path::Path,
+    ) -> Result<RunSpec, Failure> {
+        let launch = Launch {
+            spec: pod,
+            sandbox: Sandbox::default(),
+            dir: dir.to_owned(),
+        };
+        let config = serde_json::json!({"config": {"Cmd": ["sh"], "User": image_user}});
+        let limits = LinuxLimits {
+            pids: 64,
+            log_max_bytes: 4096,
+        };
+        run_spec(&launch, config.to_string().as_bytes(), "web", limits)
+    }
+
+    #[test]
+    fn a_run_spec_carries_the_security_context_and_the_node_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = PodSpec {
+            image: "127.0.0.1:5000/app:v1".into(),
+            security_context: Some(SecurityContext {
+                run_as_user: Some(1000),
+                run_as_group: Some(3000),
+                run_as_non_root: Some(true),
+                add_capabilities: vec!["NET_RAW".into()],
+            }),
+            ..Default::default()
+        };
+        let spec = spec_for(&pod, "", dir.path()).unwrap();
+        assert_eq!((spec.uid, spec.gid), (1000, 3000));
+        assert_eq!(spec.capabilities, ["CAP_NET_RAW"]);
+        assert_eq!((spec.pids_limit, spec.log_max_bytes), (64, 4096));
+        assert_eq!(spec.log, dir.path().join("container.log"));
+    }
+
+    #[test]
+    fn a_root_image_where_root_is_refused_fails_the_pod_before_it_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pod = PodSpec {
+            image: "127.0.0.1:5000/app:v1".into(),
+            security_context: Some(SecurityContext {
+                run_as_non_root: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match spec_for(&pod, "root", dir.path()) {
+            Err(Failure::Fatal { reason, message }) => {
+                assert_eq!(reason, "CreateContainerConfigError");
+                assert_eq!(
+                    message,
+                    "image 127.0.0.1:5000/app:v1 runs as root (its user is `root`) and the pod must not run as root: set securityContext.runAsUser"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        pod.security_context = Some(SecurityContext {
+            add_capabilities: vec!["SYS_TIME_TRAVEL".into()],
+            ..Default::default()
+        });
+        match spec_for(&pod, "", dir.path()) {
+            Err(Failure::Fatal { reason, message }) => {
+                assert_eq!(reason, "InvalidSpec");
+                assert_eq!(
+                    message,
+                    "securityContext.addCapabilities: `SYS_TIME_TRAVEL` is not a Linux capability"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
