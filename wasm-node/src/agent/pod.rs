@@ -618,6 +618,7 @@ impl Worker {
                 namespace: self.namespace.clone(),
                 ingress: self.context.gateway,
             })),
+            denied_addresses: self.context.denied_addresses.clone(),
             stdio: Stdio::Null,
         })
     }
