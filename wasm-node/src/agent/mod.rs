@@ -580,6 +580,24 @@ async fn reconcile(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_ingress_and_the_control_plane_are_the_nodes_own_addresses() {
+        // IP literals only: resolving them asks no resolver.
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            own_addresses("203.0.113.7:8080", "https://198.51.100.2:6443").await,
+            [ip("198.51.100.2"), ip("203.0.113.7")]
+        );
+        assert_eq!(
+            own_addresses("[2001:db8::7]:8080", "http://[2001:db8::1]").await,
+            [ip("2001:db8::1"), ip("2001:db8::7")]
+        );
+        assert_eq!(
+            own_addresses("127.0.0.1:8080", "http://127.0.0.1:6443/").await,
+            [ip("127.0.0.1")]
+        );
+    }
+
     #[test]
     fn pod_directories_without_a_uid_are_removed_and_keyed_ones_kept() {
         let pods = tempfile::tempdir().unwrap();
