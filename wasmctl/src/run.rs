@@ -146,6 +146,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         dirs: args.dirs.clone(),
         outbound: Arc::new(AllowList::new(args.allow_outbound.clone())),
         services: None,
+        // Loopback and private addresses stay closed unless a rule names
+        // them; a developer's machine has no node addresses to add.
+        denied_addresses: Arc::default(),
         stdio: Stdio::Inherit,
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()

@@ -3,6 +3,7 @@
 //! with field paths), label and field selectors, quantities and outbound
 //! rules. No I/O here.
 
+pub mod addresses;
 pub mod kinds;
 pub mod meta;
 pub mod outbound;

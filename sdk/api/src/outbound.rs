@@ -128,17 +128,9 @@ impl AllowRule {
                     || host.ends_with(".localhost")
                     || host
                         .parse::<std::net::IpAddr>()
-                        .is_ok_and(crate::policy::is_private)
+                        .is_ok_and(|ip| crate::addresses::reserved(ip).is_some())
             }
             _ => false,
-        }
-    }
-
-    /// The IP address the rule names as its host, if it names one.
-    pub fn ip_literal(&self) -> Option<std::net::IpAddr> {
-        match &self.host {
-            HostPattern::Exact(host) => host.parse().ok(),
-            _ => None,
         }
     }
 
@@ -151,6 +143,23 @@ impl AllowRule {
             HostPattern::Subdomains(suffix) => host.ends_with(suffix.as_str()),
         };
         scheme_ok && port_ok && host_ok
+    }
+}
+
+impl AllowRule {
+    /// Whether this rule names `ip` itself: as its IP literal host, or as
+    /// the host `localhost` for a loopback address. Only such a rule opens
+    /// a private destination (loopback, link-local, private ranges, the
+    /// node's own addresses); `*`, `*.domain` and other names never do,
+    /// whatever they resolve to.
+    pub fn names_address(&self, ip: std::net::IpAddr) -> bool {
+        match &self.host {
+            HostPattern::Exact(host) if host == "localhost" => ip.to_canonical().is_loopback(),
+            HostPattern::Exact(host) => host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|named| named == ip),
+            HostPattern::Any | HostPattern::Subdomains(_) => false,
+        }
     }
 }
 
@@ -200,16 +209,26 @@ impl AllowList {
 
     /// Whether a request to `uri` may leave the host.
     pub fn permits(&self, uri: &http::Uri) -> bool {
+        !self.permitting(uri).is_empty()
+    }
+
+    /// The rules that let a request to `uri` out. Which of them names the
+    /// address it connects to decides whether a private address may be
+    /// reached ([`AllowRule::names_address`]).
+    pub fn permitting(&self, uri: &http::Uri) -> Vec<&AllowRule> {
         let Some(scheme) = uri.scheme() else {
-            return false;
+            return Vec::new();
         };
         let Some(host) = uri.host() else {
-            return false;
+            return Vec::new();
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let host = host.to_ascii_lowercase();
         let port = uri.port_u16().unwrap_or_else(|| default_port(scheme));
-        self.rules.iter().any(|r| r.permits(scheme, &host, port))
+        self.rules
+            .iter()
+            .filter(|r| r.permits(scheme, &host, port))
+            .collect()
     }
 }
 
@@ -270,6 +289,43 @@ mod tests {
         assert!(allows(&["[::1]:8080"], "http://[::1]:8080/"));
         assert!(!allows(&["[::1]:8080"], "http://[::1]:8081/"));
         assert!(allows(&["[::1]"], "http://[::1]:1/"));
+    }
+
+    #[test]
+    fn only_literal_hosts_and_localhost_name_an_address() {
+        let names = |rule: &str, ip: &str| {
+            AllowRule::parse(rule)
+                .unwrap()
+                .names_address(ip.parse().unwrap())
+        };
+        assert!(names("127.0.0.1:8080", "127.0.0.1"));
+        assert!(!names("127.0.0.1:8080", "127.0.0.2"));
+        assert!(names("[::1]:9000", "::1"));
+        assert!(names("http://10.1.2.3", "10.1.2.3"));
+        assert!(names("localhost:8080", "127.0.0.1"));
+        assert!(names("localhost", "::1"));
+        assert!(names("LOCALHOST", "127.9.9.9"));
+        assert!(!names("localhost", "10.0.0.1"));
+        for rule in ["*", "*:8080", "*.example.com", "x.localhost", "metadata"] {
+            assert!(!names(rule, "127.0.0.1"), "{rule}");
+            assert!(!names(rule, "169.254.169.254"), "{rule}");
+        }
+    }
+
+    #[test]
+    fn permitting_lists_every_rule_that_lets_a_request_out() {
+        let list = AllowList::parse(&["*", "127.0.0.1:8080", "127.0.0.1:9090"]).unwrap();
+        let rules: Vec<String> = list
+            .permitting(&"http://127.0.0.1:8080/".parse().unwrap())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(rules, ["*", "127.0.0.1:8080"]);
+        assert!(
+            AllowList::default()
+                .permitting(&"http://a.test/".parse().unwrap())
+                .is_empty()
+        );
     }
 
     #[test]

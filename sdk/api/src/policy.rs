@@ -3,8 +3,6 @@
 //! hosts. Pure rules over the policy and the object, so the control plane
 //! decides admission from them and tests can table them.
 
-use std::net::IpAddr;
-
 use crate::kinds::cluster::{NamespacePolicy, PodSecurityLevel};
 use crate::kinds::pod::{PodRuntime, PodSpec, SecurityContext};
 use crate::outbound::AllowRule;
@@ -199,37 +197,6 @@ pub fn hosts_overlap(a: &str, b: &str) -> bool {
     host_covers(a, b) || host_covers(b, a)
 }
 
-/// Whether `ip` is loopback, link-local, private, unspecified or
-/// otherwise not a public destination (IPv4-mapped forms included).
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || (a == 100 && (64..128).contains(&b))
-                || a == 0
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                // IPv4-compatible (deprecated) ::a.b.c.d
-                || v6.segments()[..6].iter().all(|s| *s == 0)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,40 +389,5 @@ mod tests {
         assert!(!hosts_overlap("*.example.com", "example.com"));
         assert!(!hosts_overlap("api.example.com", "web.example.com"));
         assert!(!hosts_overlap("*.a.example.com", "*.b.example.com"));
-    }
-
-    #[test]
-    fn private_addresses() {
-        for ip in [
-            "127.0.0.1",
-            "127.9.9.9",
-            "10.0.0.1",
-            "172.16.0.1",
-            "172.31.255.255",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "255.255.255.255",
-            "224.0.0.1",
-            "::1",
-            "::",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254",
-            "::127.0.0.1",
-        ] {
-            assert!(is_private(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in [
-            "8.8.8.8",
-            "172.32.0.1",
-            "100.128.0.1",
-            "2001:db8::1",
-            "::ffff:1.1.1.1",
-        ] {
-            assert!(!is_private(ip.parse().unwrap()), "{ip}");
-        }
     }
 }

@@ -8,7 +8,7 @@ pub mod pod;
 pub mod probes;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -86,6 +86,9 @@ pub struct NodeContext {
     pub local_pods: LocalPods,
     /// Where pods' guests send requests for Services: this node's ingress.
     pub gateway: SocketAddr,
+    /// This node's advertised ingress address and the control plane's:
+    /// guests' requests may not connect to them unless a rule names them.
+    pub denied_addresses: Arc<[IpAddr]>,
     pub data_dir: PathBuf,
     /// The ingress address pods are reached at.
     pub endpoint: String,
@@ -168,6 +171,8 @@ impl Agent {
             registry.clone(),
         );
         let linux = containerd.map(|c| LinuxRuntime::new(c, registry.clone(), config.linux_limits));
+        let denied_addresses = own_addresses(&endpoint, config.client.server()).await;
+        tracing::debug!("outbound requests of pods may not reach {denied_addresses:?}");
         let context = Arc::new(NodeContext {
             node: config.name.clone(),
             client: config.client.clone(),
@@ -176,6 +181,7 @@ impl Agent {
             registry,
             local_pods: ingress.pods.clone(),
             gateway,
+            denied_addresses: denied_addresses.into(),
             data_dir: config.data_dir.clone(),
             endpoint: endpoint.clone(),
             backoff_base: config.backoff_base,
@@ -317,6 +323,36 @@ async fn advertised(bound: SocketAddr, server: &str) -> Result<String, AgentErro
         .map_err(|e| cannot(format!("there is no route to the server at {toward}: {e}")))?;
     let ip = socket.local_addr().map_err(|e| cannot(e.to_string()))?.ip();
     Ok(SocketAddr::new(ip, bound.port()).to_string())
+}
+
+/// The addresses of this node's advertised ingress and of the control
+/// plane (`server`, a URL), names resolved once, now. A guest must not
+/// reach either through a name or a wildcard rule: the ingress would let
+/// it call any pod as if from outside, and the control plane is no
+/// destination for tenants' code. What does not resolve is left out (the
+/// agent could not reach it either).
+async fn own_addresses(endpoint: &str, server: &str) -> Vec<IpAddr> {
+    let ingress = match endpoint.parse::<SocketAddr>() {
+        Ok(address) => Some((address.ip().to_string(), address.port())),
+        Err(_) => endpoint
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host.to_owned(), port.parse().ok()?))),
+    };
+    let control_plane = server.parse::<http::Uri>().ok().and_then(|uri| {
+        let host = uri.host()?.trim_matches(['[', ']']).to_owned();
+        let https = uri.scheme_str() == Some("https");
+        Some((host, uri.port_u16().unwrap_or(if https { 443 } else { 80 })))
+    });
+    let mut addresses = Vec::new();
+    for (host, port) in ingress.into_iter().chain(control_plane) {
+        match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(resolved) => addresses.extend(resolved.map(|a| a.ip())),
+            Err(e) => tracing::debug!("{host} does not resolve: {e}"),
+        }
+    }
+    addresses.sort();
+    addresses.dedup();
+    addresses
 }
 
 /// Creates the Node, or brings an existing one up to date, with this
@@ -569,6 +605,24 @@ async fn reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_ingress_and_the_control_plane_are_the_nodes_own_addresses() {
+        // IP literals only: resolving them asks no resolver.
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            own_addresses("203.0.113.7:8080", "https://198.51.100.2:6443").await,
+            [ip("198.51.100.2"), ip("203.0.113.7")]
+        );
+        assert_eq!(
+            own_addresses("[2001:db8::7]:8080", "http://[2001:db8::1]").await,
+            [ip("2001:db8::1"), ip("2001:db8::7")]
+        );
+        assert_eq!(
+            own_addresses("127.0.0.1:8080", "http://127.0.0.1:6443/").await,
+            [ip("127.0.0.1")]
+        );
+    }
 
     #[test]
     fn pod_directories_without_a_uid_are_removed_and_keyed_ones_kept() {

@@ -452,7 +452,19 @@ impl Worker {
         // pull goes on from it rather than asking again.
         let mut resolved = None;
         let digest = match &self.status.digest {
-            Some(digest) => digest.clone(),
+            // The status says which bytes the pod ran before (a restart
+            // runs the same), but a status is no proof that this pod may
+            // read them: whoever wrote it could have named another
+            // tenant's component, which the node's shared cache would
+            // serve. The registry decides, with the pod's credentials and
+            // in the pod's own repository.
+            Some(digest) => {
+                let answer = self
+                    .confirm_digest(&reference, digest, &credentials)
+                    .await?;
+                resolved = Some(answer);
+                digest.clone()
+            }
             None => {
                 let pulled = reuse
                     .then(|| {
@@ -505,6 +517,42 @@ impl Worker {
             .expect("pulled lock")
             .insert(known, artifact.digest);
         Ok(image)
+    }
+
+    /// Asks the registry for `digest` in the pod's repository with the
+    /// pod's credentials. Refused, missing or another digest than asked
+    /// for, the pod fails for good: the digest is fixed, so asking again
+    /// would get the same answer. A registry that cannot answer is retried.
+    async fn confirm_digest(
+        &self,
+        reference: &oci::Reference,
+        digest: &str,
+        credentials: &Credentials,
+    ) -> Result<oci::Resolved, Failure> {
+        let image = &self.spec.image;
+        let refused = |why: &dyn std::fmt::Display| Failure::Fatal {
+            reason: "ErrImagePull",
+            message: format!("image {image} at digest {digest} from the pod's status: {why}"),
+        };
+        let pinned = oci::pinned(reference, digest).map_err(|e| refused(&e))?;
+        match self
+            .context
+            .registry
+            .resolve_manifest(&pinned, credentials)
+            .await
+        {
+            Ok(answer) if answer.digest == digest => Ok(answer),
+            Ok(answer) => Err(refused(&format_args!(
+                "the registry answered with {}",
+                answer.digest
+            ))),
+            Err(
+                e @ (oci::OciError::NotFound { .. }
+                | oci::OciError::Unauthorized { .. }
+                | oci::OciError::DigestMismatch { .. }),
+            ) => Err(refused(&e)),
+            Err(e) => Err(Failure::of_pull(e)),
+        }
     }
 
     /// Registry credentials from the pod's pull secret, if it names one.
@@ -618,6 +666,7 @@ impl Worker {
                 namespace: self.namespace.clone(),
                 ingress: self.context.gateway,
             })),
+            denied_addresses: self.context.denied_addresses.clone(),
             stdio: Stdio::Null,
         })
     }

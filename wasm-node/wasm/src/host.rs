@@ -84,7 +84,8 @@ impl InstanceSpec {
             outbound: OutboundHooks::new(
                 self.sandbox.outbound.clone(),
                 self.sandbox.services.clone(),
-            ),
+            )
+            .denying(self.sandbox.denied_addresses.clone()),
             memory: MemoryLimiter::default(),
         };
         let mut store = Store::new(engine, host);

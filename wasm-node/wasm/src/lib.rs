@@ -12,12 +12,14 @@
 
 mod cache;
 mod command;
+mod egress;
 mod error;
 mod host;
 mod http;
 pub mod limits;
 mod outbound;
 mod sandbox;
+mod send;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -3,24 +3,41 @@
 //! `sandbox`), so `wasi:http/outgoing-handler` is the only way out and every
 //! request through it passes [`AllowList::permits`]. On a node, requests to
 //! `http://<service>.<namespace>.svc` go to the node's ingress, which
-//! balances them over the Service's pods: discovery without DNS.
+//! balances them over the Service's pods: discovery without DNS. Every
+//! other request is sent by `send`, which checks the addresses its host
+//! resolves to (`egress`) before connecting.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use skiff_api::outbound::AllowList;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::sandbox::ServiceGateway;
+use super::send::{self, Egress, Route};
 
 /// `wasi:http` hooks that enforce an [`AllowList`] before any byte leaves.
 pub(crate) struct OutboundHooks {
     allow: Arc<AllowList>,
     services: Option<Arc<ServiceGateway>>,
+    /// Refused like private addresses (see `egress`).
+    denied: Arc<[IpAddr]>,
 }
 
 impl OutboundHooks {
     pub(crate) fn new(allow: Arc<AllowList>, services: Option<Arc<ServiceGateway>>) -> Self {
-        Self { allow, services }
+        Self {
+            allow,
+            services,
+            denied: Arc::default(),
+        }
+    }
+
+    /// Also refuses these addresses unless a rule names them (the node's
+    /// own, its control plane's).
+    pub(crate) fn denying(mut self, denied: Arc<[IpAddr]>) -> Self {
+        self.denied = denied;
+        self
     }
 
     /// Where a request goes: `Some(ingress)` for a Service the guest may
@@ -73,17 +90,7 @@ pub fn named_host(host: &str, kind: &str) -> Option<(String, String)> {
     Some((namespace.to_owned(), name.to_owned()))
 }
 
-type ResponseFuture = Box<
-    dyn Future<
-            Output = Result<
-                (
-                    http::Response<WasiBody>,
-                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-                ),
-                HttpError,
-            >,
-        > + Send,
->;
+type ResponseFuture = Box<dyn Future<Output = Result<send::Sent, HttpError>> + Send>;
 
 impl WasiHttpHooks for OutboundHooks {
     fn send_request(
@@ -93,7 +100,7 @@ impl WasiHttpHooks for OutboundHooks {
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> ResponseFuture {
         let mut request = request;
-        match self.destination(request.uri()) {
+        let route = match self.destination(request.uri()) {
             Err(()) => {
                 tracing::warn!(
                     uri = %request.uri(),
@@ -118,15 +125,14 @@ impl WasiHttpHooks for OutboundHooks {
                     Ok(uri) => *request.uri_mut() = uri,
                     Err(_) => return Box::new(async { Err(HttpError::HttpRequestUriInvalid) }),
                 }
+                Route::Gateway(ingress)
             }
-            Ok(None) => {}
-        }
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(io);
-            Ok((response.map(BodyExt::boxed_unsync), io))
-        })
+            Ok(None) => Route::Checked(Egress {
+                allow: self.allow.clone(),
+                denied: self.denied.clone(),
+            }),
+        };
+        Box::new(send::send(request, options, route))
     }
 }
 

@@ -21,6 +21,10 @@ pub struct Sandbox {
     pub outbound: Arc<AllowList>,
     /// Where `http://<service>.<namespace>.svc` requests go, on a node.
     pub services: Option<Arc<ServiceGateway>>,
+    /// Addresses outbound requests may not connect to unless a rule names
+    /// them as IP literals, besides loopback, link-local and private ones:
+    /// on a node, its own ingress address and the control plane's.
+    pub denied_addresses: Arc<[std::net::IpAddr]>,
     /// Whether the guest's stdio is the host process's (local development)
     /// or goes nowhere.
     pub stdio: Stdio,

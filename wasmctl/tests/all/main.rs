@@ -8,6 +8,7 @@ mod cache;
 mod cluster;
 mod controllers;
 mod dev;
+mod egress;
 mod linux;
 mod nodes;
 mod registry;

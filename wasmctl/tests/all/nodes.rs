@@ -16,8 +16,8 @@ use testkit::{ControlPlane, Node, Registry, wait_until};
 use crate::cluster::Cluster;
 use crate::registry::tamper;
 use crate::support::{
-    CountingProxy, HttpResponse, Upstream, example, http_request, path_str, stderr_of, test_guest,
-    wasmctl,
+    CountingProxy, HttpResponse, Upstream, example, http_call, http_request, path_str, stderr_of,
+    test_guest, wasmctl,
 };
 
 /// Node flags that keep the tests quick: short backoffs, leases and grace.
@@ -882,4 +882,112 @@ fn a_component_published_in_a_multi_platform_index_runs_on_a_wasm_node() {
     let pod = cluster.wait_running("indexed");
     assert_eq!(pod["spec"]["nodeName"], "wasm-only");
     assert_serves(cluster.node("wasm-only").ingress, "indexed");
+}
+
+impl NodeCluster {
+    /// Merges `status` into the pod's status as the cluster admin.
+    fn write_status(&self, name: &str, status: Value) {
+        let url = &self.cluster.plane.url;
+        let authority = url
+            .strip_prefix("http://")
+            .unwrap_or_else(|| panic!("a plain-HTTP control plane, not {url}"))
+            .trim_end_matches('/');
+        let response = http_call(
+            authority.parse().unwrap(),
+            "PATCH",
+            authority,
+            &format!("/apis/skiff.dev/v1/namespaces/default/pods/{name}/status"),
+            &[
+                ("Authorization", &format!("Bearer {}", self.cluster.token)),
+                ("Content-Type", "application/merge-patch+json"),
+            ],
+            &json!({ "status": status }).to_string(),
+        )
+        .unwrap();
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+}
+
+#[test]
+fn a_digest_in_a_pods_status_runs_only_if_the_registry_lets_the_pod_read_it() {
+    let mut cluster = NodeCluster::start(&[("n1", &[])]);
+    // Another tenant's private component, in the node's cache once its own
+    // pod has run.
+    let private = Registry::with_user("owner", "s3cret");
+    let secret_image = format!("{}/secret:v1", private.addr);
+    let output = wasmctl()
+        .args([
+            "push",
+            path_str(&test_guest("misbehave")),
+            &secret_image,
+            "--username",
+            "owner",
+        ])
+        .env("WASMCTL_REGISTRY_PASSWORD", "s3cret")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let secret_digest = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    cluster.apply(&[
+        json!({
+            "apiVersion": "skiff.dev/v1", "kind": "Secret",
+            "metadata": {"name": "ownercred"},
+            "stringData": {"username": "owner", "password": "s3cret"},
+        }),
+        pod(
+            "owner",
+            &secret_image,
+            json!({"imagePullSecret": "ownercred"}),
+        ),
+        // Pods that cannot read it: one names its repository without the
+        // credentials, one runs an image of its own elsewhere.
+        pod("stranger", &secret_image, json!({})),
+        pod("elsewhere", &cluster.hello, json!({})),
+    ]);
+    cluster.wait_running("owner");
+    cluster.wait_running("elsewhere");
+    cluster.wait_pod("stranger", "refused", |p| {
+        p["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the registry refused the credentials"))
+    });
+
+    // Their statuses come to name the private digest, as if from an earlier
+    // run; the restarted node picks the pods up with them. (While the node
+    // is down, so that no report of its own overwrites them.)
+    cluster.node_mut("n1").kill();
+    for name in ["stranger", "elsewhere"] {
+        cluster.write_status(name, json!({"imageDigest": secret_digest}));
+    }
+    cluster.node_mut("n1").restart();
+    for (name, why) in [
+        ("stranger", "the registry refused the credentials"),
+        ("elsewhere", "not found in the registry"),
+    ] {
+        let failed = cluster.wait_pod(name, "failed", |p| p["status"]["phase"] == "Failed");
+        assert_eq!(failed["status"]["reason"], "ErrImagePull", "{failed:#}");
+        let message = failed["status"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&secret_digest) && message.contains(why),
+            "{name}: {message}"
+        );
+        let answer = ask(cluster.node("n1").ingress, name, "/nothing").unwrap();
+        assert_eq!(answer.status, 404, "{name}: {answer:?}");
+        assert!(answer.body.starts_with("no pod"), "{name}: {answer:?}");
+    }
+    // The pod that may read it runs the digest it ran before the restart.
+    assert!(
+        wait_until(WAIT, || ask(
+            cluster.node("n1").ingress,
+            "owner",
+            "/nothing"
+        )
+        .is_ok_and(|r| r.body == "no such misbehaviour\n")),
+        "{}",
+        cluster.node("n1").log()
+    );
+    assert_eq!(
+        cluster.pod("owner")["status"]["imageDigest"],
+        secret_digest.as_str()
+    );
 }
