@@ -8,6 +8,7 @@ mod cache;
 mod cluster;
 mod controllers;
 mod dev;
+mod ingress_trust;
 mod linux;
 mod nodes;
 mod registry;
