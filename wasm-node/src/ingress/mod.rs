@@ -412,7 +412,7 @@ impl Ingress {
             .unwrap_or_default()
             .to_ascii_lowercase();
         let target = HostTarget::of(&host);
-        let caller = match self.caller(&target, request.headers(), SystemTime::now()) {
+        let caller = match self.caller(&target, request.headers(), SystemTime::now) {
             Ok(caller) => caller,
             Err(refusal) => return text_response(StatusCode::FORBIDDEN, refusal),
         };
@@ -463,12 +463,13 @@ impl Ingress {
     /// Who sent the request, by the credential its target calls for; a
     /// credential that is there but does not hold refuses the request
     /// (the one-line reason returned). Credentials for other targets are
-    /// not looked at: they are removed unread.
+    /// not looked at: they are removed unread. The clock is read only for
+    /// a proxy credential.
     fn caller(
         &self,
         target: &HostTarget,
         headers: &http::HeaderMap,
-        now: SystemTime,
+        now: impl FnOnce() -> SystemTime,
     ) -> Result<Caller, String> {
         match target {
             HostTarget::Pod(pod) => match headers.get(PROXY_AUTH_HEADER) {
@@ -476,7 +477,7 @@ impl Ingress {
                 Some(credential) => self
                     .config
                     .proxy_key
-                    .verify(credential.as_bytes(), pod, now)
+                    .verify(credential.as_bytes(), pod, now())
                     .map(|()| Caller::Node)
                     .map_err(|e| format!("refused: {e}\n")),
             },
@@ -985,7 +986,7 @@ mod trust_tests {
         let vouched_a = ingress.caller_credential("a");
         let vouched_a = vouched_a.to_str().unwrap();
         let caller = |target: &HostTarget, pairs: &[(&str, &str)]| {
-            ingress.caller(target, &headers(pairs), now)
+            ingress.caller(target, &headers(pairs), || now)
         };
 
         assert_eq!(caller(&pod, &[]), Ok(Caller::Anyone));
