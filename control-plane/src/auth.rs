@@ -220,6 +220,17 @@ pub fn may_manage_tokens(principal: &Principal, namespace: &str) -> bool {
     }
 }
 
+/// May `principal` read the cluster's proxy key as node `node`? Only that
+/// node's own token and cluster admins: with the key, one can have any
+/// node's ingress serve any pod.
+pub fn may_read_proxy_key(principal: &Principal, node: &str) -> bool {
+    match principal {
+        Principal::ClusterAdmin => true,
+        Principal::Node(own) => own == node,
+        Principal::Namespaced(_) => false,
+    }
+}
+
 /// A new token: the secret to hand out once, and the hash to store.
 pub fn new_token() -> (String, [u8; 32]) {
     let mut secret = [0u8; 32];
@@ -455,6 +466,14 @@ mod tests {
         assert_eq!(authorize(&node, &watch(Some("n1"))), Decision::Allow);
         assert_eq!(authorize(&node, &watch(Some("n2"))), Decision::Deny);
         assert_eq!(authorize(&node, &watch(None)), Decision::Deny);
+    }
+
+    #[test]
+    fn only_a_node_itself_and_cluster_admins_read_the_proxy_key() {
+        assert!(may_read_proxy_key(&Principal::Node("n1".into()), "n1"));
+        assert!(!may_read_proxy_key(&Principal::Node("n1".into()), "n2"));
+        assert!(may_read_proxy_key(&Principal::ClusterAdmin, "n1"));
+        assert!(!may_read_proxy_key(&roles(&[("shop", Role::Admin)]), "n1"));
     }
 
     #[test]

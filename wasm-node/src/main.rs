@@ -67,6 +67,12 @@ struct JoinArgs {
     /// toward the control plane, with the bound port].
     #[arg(long)]
     advertise: Option<String>,
+    /// Serve NAME.NAMESPACE.pod and .svc hosts to outside traffic too, not
+    /// only to other nodes and this node's pods [default: true when
+    /// --ingress is a loopback address, false otherwise]. Outside traffic
+    /// reaches pods through Routes either way.
+    #[arg(long, value_name = "true|false")]
+    serve_cluster_hosts: Option<bool>,
     /// How often the lease is renewed.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     lease_interval: Duration,
@@ -228,6 +234,7 @@ async fn join(args: JoinArgs) -> Result<()> {
         cpu,
         ingress: args.ingress,
         advertise: args.advertise,
+        serve_cluster_hosts: args.serve_cluster_hosts,
         lease_interval: args.lease_interval,
         lease_duration: args.lease_duration,
         data_dir,

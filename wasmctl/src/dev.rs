@@ -157,6 +157,9 @@ async fn serve(
             .to_string(),
         ingress: args.ingress,
         advertise: None,
+        // A developer's cluster: pods and Services answer the machine's
+        // own clients by name, wherever the ingress listens.
+        serve_cluster_hosts: Some(true),
         lease_interval: Duration::from_secs(2),
         lease_duration: Duration::from_secs(6),
         data_dir: data.join("node"),

@@ -4,6 +4,7 @@
 mod error;
 mod objects;
 pub mod openapi;
+mod proxy_key;
 mod tokens;
 
 use std::collections::HashMap;
@@ -107,6 +108,8 @@ pub enum Target {
     },
     /// A node's lease.
     Lease { node: String },
+    /// The cluster's proxy key, as node `node` reads it.
+    ProxyKey { node: String },
     /// `tokens` of a namespace, or of the cluster when `namespace` is None.
     Tokens {
         namespace: Option<String>,
@@ -176,6 +179,9 @@ pub fn parse_target(path: &str) -> Result<Target, ApiError> {
         ["nodes", name, "lease"] => Ok(Target::Lease {
             node: (*name).to_owned(),
         }),
+        ["nodes", name, "proxykey"] => Ok(Target::ProxyKey {
+            node: (*name).to_owned(),
+        }),
         [plural, name, "status"] => {
             let kind = kind_of(plural)?;
             item(kind, scoped(kind, None)?, name, true)
@@ -228,6 +234,7 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
     };
     match (target, method) {
         (Target::Lease { node }, method) => call.lease(&node, method).await,
+        (Target::ProxyKey { node }, Method::GET) => proxy_key::get(state, &principal, &node).await,
         (Target::Tokens { namespace, id }, method) => {
             tokens::handle(state, &principal, namespace, id, method, &body).await
         }
@@ -315,6 +322,7 @@ mod tests {
             ),
             ("nodes/n1", item(Kind::Node, None, "n1", false)),
             ("nodes/n1/status", item(Kind::Node, None, "n1", true)),
+            ("nodes/n1/proxykey", Target::ProxyKey { node: "n1".into() }),
             (
                 "namespaces",
                 Target::Collection {

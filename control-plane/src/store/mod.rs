@@ -595,6 +595,31 @@ impl Store {
             .map_err(|e| db_unavailable(&e))
     }
 
+    /// The cluster secret `name`, made `candidate` if there is none yet.
+    /// Safe when several processes ask at once: the insert of all but the
+    /// first waits for it and does nothing, and the read (a statement of its
+    /// own, so a snapshot taken after the insert) sees the one value kept.
+    pub async fn cluster_secret(
+        &self,
+        name: &str,
+        candidate: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        let unavailable = |e: sqlx::Error| db_unavailable(&e);
+        sqlx::query(
+            "INSERT INTO cluster_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query_scalar("SELECT value FROM cluster_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+
     /// Stores a token by its hash and returns its id.
     pub async fn create_token(
         &self,

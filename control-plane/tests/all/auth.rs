@@ -58,7 +58,13 @@ async fn nothing_answers_without_a_valid_token_but_health() {
     );
 }
 
-async fn token(admin: &Client, namespace: Option<&str>, role: &str, node: Option<&str>) -> String {
+/// A new token from `admin` (shared with the other modules' tests).
+pub async fn token(
+    admin: &Client,
+    namespace: Option<&str>,
+    role: &str,
+    node: Option<&str>,
+) -> String {
     admin
         .create_token(
             namespace,

@@ -9,6 +9,7 @@ mod controllers;
 mod crud;
 mod embedded;
 mod gc;
+mod proxy_key;
 mod restart;
 mod scheduling;
 mod support;

@@ -475,6 +475,22 @@ impl Client {
         .await
     }
 
+    /// The cluster's proxy key, which a node's ingress authenticates the
+    /// requests it proxies to other nodes with. Only the token of node
+    /// `node` (or a cluster admin's) may read it.
+    pub async fn proxy_key(&self, node: &str) -> Result<Vec<u8>> {
+        use base64::Engine as _;
+        #[derive(serde::Deserialize)]
+        struct ProxyKey {
+            key: String,
+        }
+        let url = format!("{}/apis/skiff.dev/v1/nodes/{node}/proxykey", self.base);
+        let answer: ProxyKey = self.send(self.request(Method::GET, &url)).await?;
+        base64::engine::general_purpose::STANDARD
+            .decode(answer.key)
+            .map_err(|e| ClientError::Protocol(format!("proxy key: {e}")))
+    }
+
     /// The OpenAPI document.
     pub async fn openapi(&self) -> Result<Value> {
         self.send(self.request(Method::GET, &format!("{}/openapi.json", self.base)))

@@ -18,14 +18,16 @@ use serde_json::{Value, json};
 use skiff_api::Kind;
 use skiff_api::kinds::cluster::Taint;
 use skiff_api::kinds::pod::Pod;
-use skiff_api::kinds::service::{Endpoint, RouteSpec};
+use skiff_api::kinds::service::{Endpoint, RouteSpec, ServiceSpec};
 use skiff_api::meta::namespace_and_name;
 use skiff_client::Client;
 use skiff_client::watcher::{self, Event};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::ingress::{Ingress, LocalPods, PodName};
+use crate::ingress::{
+    CallerKey, Ingress, IngressConfig, LocalPods, PROXY_KEY_LEN, PodName, ProxyKey,
+};
 use crate::runtimes::Runtimes;
 use crate::runtimes::linux::containerd::Containerd;
 use crate::runtimes::linux::{LinuxLimits, LinuxRuntime};
@@ -52,6 +54,10 @@ pub struct AgentConfig {
     /// The address other nodes and clients reach the ingress at; the bound
     /// address when absent.
     pub advertise: Option<String>,
+    /// Whether the ingress serves `.pod` and `.svc` hosts to requests
+    /// without a credential (outside traffic); when absent, only if it
+    /// listens on a loopback address, which only this machine reaches.
+    pub serve_cluster_hosts: Option<bool>,
     pub lease_interval: Duration,
     pub lease_duration: Duration,
     pub data_dir: PathBuf,
@@ -89,6 +95,9 @@ pub struct NodeContext {
     /// This node's advertised ingress address and the control plane's:
     /// guests' requests may not connect to them unless a rule names them.
     pub denied_addresses: Arc<[IpAddr]>,
+    /// What vouches, to the ingress, for the namespace of a guest calling a
+    /// Service.
+    pub caller_key: CallerKey,
     pub data_dir: PathBuf,
     /// The ingress address pods are reached at.
     pub endpoint: String,
@@ -103,6 +112,8 @@ pub enum AgentError {
     Listen(SocketAddr, std::io::Error),
     #[error("cannot register node {name}: {reason}")]
     Register { name: String, reason: String },
+    #[error("cannot read the cluster's proxy key as node {name}: {reason}")]
+    ProxyKey { name: String, reason: String },
     #[error("{0}")]
     Setup(String),
 }
@@ -117,7 +128,7 @@ pub struct Agent {
 
 /// The agent's background tasks, ended by [`Agent::shutdown`].
 struct Loops {
-    /// The pods', Services' and Routes' followers.
+    /// The pods', Services', Routes' and Nodes' followers.
     followers: JoinSet<()>,
     stop_ingress: oneshot::Sender<()>,
     ingress: JoinHandle<()>,
@@ -153,7 +164,16 @@ impl Agent {
             Some(c) => Some(c.version().await.map_err(|e| setup(&e))?),
             None => None,
         };
-        let ingress = Ingress::new(endpoint.clone());
+        let proxy_key = fetch_proxy_key(&config).await?;
+        let caller_key = CallerKey::random();
+        let ingress = Ingress::new(IngressConfig {
+            own_address: endpoint.clone(),
+            proxy_key,
+            caller_key: caller_key.clone(),
+            serve_cluster_hosts: config
+                .serve_cluster_hosts
+                .unwrap_or_else(|| bound.ip().is_loopback()),
+        });
         let mut gateway = bound;
         if gateway.ip().is_unspecified() {
             gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -182,6 +202,7 @@ impl Agent {
             local_pods: ingress.pods.clone(),
             gateway,
             denied_addresses: denied_addresses.into(),
+            caller_key,
             data_dir: config.data_dir.clone(),
             endpoint: endpoint.clone(),
             backoff_base: config.backoff_base,
@@ -191,7 +212,7 @@ impl Agent {
         remove_unkeyed_pod_dirs(&config.data_dir.join("pods"));
         register(&config, &endpoint, linux_runtime.as_deref()).await?;
         let mut followers = JoinSet::new();
-        for kind in [Kind::Service, Kind::Route] {
+        for kind in [Kind::Service, Kind::Route, Kind::Node] {
             followers.spawn(follow_into_ingress(
                 config.client.clone(),
                 kind,
@@ -436,6 +457,44 @@ async fn register(
     Ok(())
 }
 
+/// How long the agent keeps asking for the proxy key while the control
+/// plane cannot answer (unreachable, or its database away).
+const PROXY_KEY_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Reads the cluster's proxy key, retrying (with backoff) while the control
+/// plane is unreachable or unavailable; a refusal ends the start at once.
+async fn fetch_proxy_key(config: &AgentConfig) -> Result<ProxyKey, AgentError> {
+    let fail = |reason: String| AgentError::ProxyKey {
+        name: config.name.clone(),
+        reason,
+    };
+    let deadline = tokio::time::Instant::now() + PROXY_KEY_PATIENCE;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match config.client.proxy_key(&config.name).await {
+            Ok(key) if key.len() == PROXY_KEY_LEN => return Ok(ProxyKey::new(&key)),
+            Ok(key) => {
+                return Err(fail(format!(
+                    "the key has {} bytes, not {PROXY_KEY_LEN}",
+                    key.len()
+                )));
+            }
+            Err(e) => {
+                let transient = match &e {
+                    skiff_client::ClientError::Connect { .. } => true,
+                    other => other.code().is_some_and(|code| code >= 500),
+                };
+                if !transient || tokio::time::Instant::now() + pause > deadline {
+                    return Err(fail(e.to_string()));
+                }
+                tracing::info!("proxy key not read yet: {e}; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
 /// Renews the node's lease every interval: one small row per renewal, not
 /// a Node write.
 async fn renew_lease(config: AgentConfig) {
@@ -509,40 +568,66 @@ async fn follow_pods(
     .await;
 }
 
-/// Keeps the ingress's Services (with their Ready endpoints) or its Routes
-/// current.
+/// Keeps the ingress's Services (their specs, with who may call them, and
+/// their Ready endpoints), its Routes or its Nodes (the only addresses it
+/// proxies to) current.
 async fn follow_into_ingress(client: Client, kind: Kind, ingress: Ingress) {
-    let services = kind == Kind::Service;
     follow(client, kind, None, |event| {
         let set = |object: &Value| {
             let (namespace, name) = namespace_and_name(object);
-            if services {
-                let endpoints: Vec<Endpoint> =
-                    serde_json::from_value(object["status"]["endpoints"].clone())
-                        .unwrap_or_default();
-                ingress.set_service(&namespace, &name, endpoints);
-            } else if let Ok(spec) = serde_json::from_value::<RouteSpec>(object["spec"].clone()) {
-                ingress.set_route(&namespace, &name, spec);
+            match kind {
+                Kind::Service => {
+                    let endpoints: Vec<Endpoint> =
+                        serde_json::from_value(object["status"]["endpoints"].clone())
+                            .unwrap_or_default();
+                    // A spec this node cannot read admits no other
+                    // namespace: the default is closed.
+                    let spec = serde_json::from_value::<ServiceSpec>(object["spec"].clone())
+                        .unwrap_or_else(|e| {
+                            tracing::warn!("service {namespace}/{name}: unreadable spec: {e}");
+                            ServiceSpec::default()
+                        });
+                    ingress.set_service(&namespace, &name, spec, endpoints);
+                }
+                Kind::Node => ingress.set_node(&name, node_ingress(object)),
+                _ => {
+                    if let Ok(spec) = serde_json::from_value::<RouteSpec>(object["spec"].clone()) {
+                        ingress.set_route(&namespace, &name, spec);
+                    }
+                }
             }
         };
         match event {
             Event::Restarted(items) => {
-                ingress.clear(services);
+                match kind {
+                    Kind::Node => ingress.clear_nodes(),
+                    _ => ingress.clear(kind == Kind::Service),
+                }
                 items.iter().for_each(set);
             }
             Event::Added(object) | Event::Modified(object) => set(&object),
             Event::Deleted(object) => {
                 let (namespace, name) = namespace_and_name(&object);
-                if services {
-                    ingress.remove_service(&namespace, &name);
-                } else {
-                    ingress.remove_route(&namespace, &name);
+                match kind {
+                    Kind::Service => ingress.remove_service(&namespace, &name),
+                    Kind::Node => ingress.remove_node(&name),
+                    _ => ingress.remove_route(&namespace, &name),
                 }
             }
         }
         std::future::ready(())
     })
     .await;
+}
+
+/// A Node's `Ingress` address, as its agent registered it.
+fn node_ingress(node: &Value) -> Option<String> {
+    node["status"]["addresses"]
+        .as_array()?
+        .iter()
+        .find(|a| a["type"] == "Ingress")?["address"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Runs a worker for `pod` unless one runs for this very pod already (a

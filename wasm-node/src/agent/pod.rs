@@ -657,15 +657,21 @@ impl Worker {
             reason: "InvalidSpec",
             message: e.to_string(),
         })?;
+        let gateway = ServiceGateway::new(
+            &self.namespace,
+            self.context.gateway,
+            self.context.caller_key.credential(&self.namespace),
+        )
+        .map_err(|e| Failure::Fatal {
+            reason: "InvalidSpec",
+            message: format!("namespace {}: {e}", self.namespace),
+        })?;
         Ok(Sandbox {
             env,
             args: self.spec.args.clone(),
             dirs,
             outbound: Arc::new(outbound),
-            services: Some(Arc::new(ServiceGateway {
-                namespace: self.namespace.clone(),
-                ingress: self.context.gateway,
-            })),
+            services: Some(Arc::new(gateway)),
             denied_addresses: self.context.denied_addresses.clone(),
             stdio: Stdio::Null,
         })

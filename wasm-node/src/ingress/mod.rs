@@ -12,13 +12,31 @@
 //! A request that never reached a guest (the pod had just gone from its
 //! node) is tried on another endpoint whatever its method; a connection
 //! failure is tried once more on another endpoint for idempotent methods.
+//!
+//! Nothing a tenant can write is trusted (see [`credentials`]):
+//!
+//! - A `.pod` host is served to another node's proxied request, which
+//!   carries a proxy credential for that very pod; to anyone else only
+//!   where the node serves cluster hosts ([`IngressConfig`]). The same
+//!   holds for `.svc` hosts, except that this node's own guests always
+//!   reach them, named by their gateway. Routes are served to everyone.
+//! - A Service request from a guest names the guest's namespace with a
+//!   credential made by this node; the Service must admit that namespace
+//!   (`spec.allowedCallers`), else 403.
+//! - Requests are proxied only to the ingress address of a registered
+//!   Node, whatever a Service's endpoints say.
+//! - The internal headers ([`INTERNAL_HEADERS`]) are removed from every
+//!   request before it goes anywhere, so no guest, process or other node
+//!   sees a credential it did not get from this node; and a pod's answer
+//!   cannot claim [`POD_MISSING_HEADER`] to have its request sent again.
 
+pub mod credentials;
 mod serve;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
@@ -26,11 +44,15 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use skiff_api::kinds::service::{Endpoint, RouteSpec};
+use skiff_api::kinds::service::{Endpoint, RouteSpec, ServiceSpec};
 
 pub use crate::runtimes::Backend;
+pub use credentials::{CallerKey, PROXY_KEY_LEN, ProxyAuthError, ProxyKey};
 pub use serve::{serve, serve_with};
-use skiff_wasm::{BodyError, HttpBody, named_host, service_of_host, text_response};
+use skiff_wasm::{
+    BodyError, CALLER_AUTH_HEADER, CALLER_NAMESPACE_HEADER, HttpBody, INTERNAL_HEADERS,
+    PROXY_AUTH_HEADER, named_host, service_of_host, text_response,
+};
 
 /// Namespace and name of a pod.
 pub type PodName = (String, String);
@@ -92,9 +114,11 @@ struct Balanced {
     outstanding: Arc<AtomicUsize>,
 }
 
-/// A Service's endpoints as this node balances over them.
+/// A Service's endpoints as this node balances over them, and the spec
+/// that says who may call it.
 #[derive(Default)]
 struct Backends {
+    spec: ServiceSpec,
     endpoints: Vec<Balanced>,
     next: AtomicUsize,
 }
@@ -162,11 +186,30 @@ impl RouteRule {
     }
 }
 
-/// Services and Routes as this node knows them from its watches.
+/// Services, Routes and Nodes as this node knows them from its watches.
 #[derive(Default)]
 struct Table {
     services: HashMap<PodName, Arc<Backends>>,
     routes: Vec<RouteRule>,
+    /// Each registered Node's ingress address, by node name.
+    nodes: HashMap<String, String>,
+    /// The same addresses, for the check on every proxied request.
+    node_ingresses: HashSet<String>,
+}
+
+/// How an ingress is set up.
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    /// This node's ingress address, as endpoints name it.
+    pub own_address: String,
+    /// The cluster's key for requests between nodes.
+    pub proxy_key: ProxyKey,
+    /// This node's key for its guests' Service calls.
+    pub caller_key: CallerKey,
+    /// Whether `.pod` and `.svc` hosts are served to requests without a
+    /// credential (from outside the cluster, or from a process on this
+    /// machine), as on a developer's machine; otherwise only Routes are.
+    pub serve_cluster_hosts: bool,
 }
 
 /// The ingress: local pods, and the cluster's Services and Routes.
@@ -175,12 +218,46 @@ pub struct Ingress {
     pub pods: LocalPods,
     table: Arc<RwLock<Table>>,
     client: Client<HttpConnector, Full<Bytes>>,
-    /// This node's ingress address, as endpoints name it.
-    own_address: String,
+    config: Arc<IngressConfig>,
+}
+
+/// What a request's host names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostTarget {
+    /// `NAME.NAMESPACE.pod`
+    Pod(PodName),
+    /// `NAME.NAMESPACE.svc`
+    Service(PodName),
+    /// Anything else: Routes decide.
+    Other,
+}
+
+impl HostTarget {
+    fn of(host: &str) -> Self {
+        if let Some(pod) = pod_of_host(host) {
+            HostTarget::Pod(pod)
+        } else if let Some(service) = service_of_host(host) {
+            HostTarget::Service(service)
+        } else {
+            HostTarget::Other
+        }
+    }
+}
+
+/// Who sent a request, as far as its credentials show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Caller {
+    /// No credential: a client outside the cluster, or any process on a
+    /// machine that reaches the ingress.
+    Anyone,
+    /// Another node's ingress, proxying a request for this pod host.
+    Node,
+    /// A guest on this node, in this namespace, as its gateway vouches.
+    Namespace(String),
 }
 
 impl Ingress {
-    pub fn new(own_address: String) -> Self {
+    pub fn new(config: IngressConfig) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -188,18 +265,40 @@ impl Ingress {
             pods: LocalPods::default(),
             table: Arc::default(),
             client: Client::builder(TokioExecutor::new()).build(connector),
-            own_address,
+            config: Arc::new(config),
         }
     }
 
-    /// Sets a Service's endpoints, keeping the in-flight counts of pods it
-    /// had before.
-    pub fn set_service(&self, namespace: &str, name: &str, endpoints: Vec<Endpoint>) {
+    /// The credential this node's gateway sends for guests of `namespace`.
+    pub fn caller_credential(&self, namespace: &str) -> HeaderValue {
+        self.config.caller_key.credential(namespace)
+    }
+
+    /// Sets a Service's spec and endpoints, keeping the in-flight counts of
+    /// pods it had before. An endpoint whose pod name is no DNS label is
+    /// dropped: it would make another host of the request proxied to it.
+    pub fn set_service(
+        &self,
+        namespace: &str,
+        name: &str,
+        spec: ServiceSpec,
+        endpoints: Vec<Endpoint>,
+    ) {
         let key = (namespace.to_owned(), name.to_owned());
         let mut table = self.table.write().expect("ingress lock");
         let previous = table.services.get(&key).cloned();
         let endpoints = endpoints
             .into_iter()
+            .filter(|endpoint| {
+                let valid = skiff_api::validate::dns_label(&endpoint.pod).is_ok();
+                if !valid {
+                    tracing::warn!(
+                        "service {namespace}/{name}: ignoring endpoint `{}`, which is no pod name",
+                        endpoint.pod
+                    );
+                }
+                valid
+            })
             .map(|endpoint| {
                 let outstanding = previous
                     .as_ref()
@@ -214,10 +313,39 @@ impl Ingress {
         table.services.insert(
             key,
             Arc::new(Backends {
+                spec,
                 endpoints,
                 next: AtomicUsize::new(0),
             }),
         );
+    }
+
+    /// Records a registered Node's ingress address (none yet: the Node is
+    /// known, but nothing may be proxied to it).
+    pub fn set_node(&self, name: &str, ingress: Option<String>) {
+        let mut table = self.table.write().expect("ingress lock");
+        match ingress {
+            Some(address) => table.nodes.insert(name.to_owned(), address),
+            None => table.nodes.remove(name),
+        };
+        table.node_ingresses = table.nodes.values().cloned().collect();
+    }
+
+    pub fn remove_node(&self, name: &str) {
+        self.set_node(name, None);
+    }
+
+    /// Forgets every Node before a full list replaces them.
+    pub fn clear_nodes(&self) {
+        let mut table = self.table.write().expect("ingress lock");
+        table.nodes.clear();
+        table.node_ingresses.clear();
+    }
+
+    /// Whether `address` is the ingress of a registered Node.
+    fn is_node_ingress(&self, address: &str) -> bool {
+        let table = self.table.read().expect("ingress lock");
+        table.node_ingresses.contains(address)
     }
 
     pub fn remove_service(&self, namespace: &str, name: &str) {
@@ -271,10 +399,11 @@ impl Ingress {
     }
 
     /// Serves one request.
-    pub async fn handle(
-        &self,
-        request: http::Request<hyper::body::Incoming>,
-    ) -> http::Response<HttpBody> {
+    pub async fn handle<B>(&self, mut request: http::Request<B>) -> http::Response<HttpBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let host = request
             .headers()
             .get(http::header::HOST)
@@ -282,16 +411,24 @@ impl Ingress {
             .or_else(|| request.uri().host())
             .unwrap_or_default()
             .to_ascii_lowercase();
-        if let Some(pod) = pod_of_host(&host) {
-            return match self.pods.get(&pod) {
-                Some(Backend::Wasm(app)) => app.handle(request).await,
-                Some(Backend::Process(addr)) => {
-                    let (parts, body) = request.into_parts();
-                    match buffered(body).await {
-                        Ok(body) => self.to_process(addr, rebuild(&parts, &body)).await,
-                        Err(response) => response,
-                    }
-                }
+        let target = HostTarget::of(&host);
+        let caller = match self.caller(&target, request.headers(), SystemTime::now) {
+            Ok(caller) => caller,
+            Err(refusal) => return text_response(StatusCode::FORBIDDEN, refusal),
+        };
+        strip_internal(request.headers_mut());
+        if !serves(&target, &caller, self.config.serve_cluster_hosts) {
+            return text_response(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "`{}` is a cluster host, not served to outside traffic on this node; outside traffic reaches pods through Routes\n",
+                    strip_port(&host)
+                ),
+            );
+        }
+        match target {
+            HostTarget::Pod(pod) => match self.pods.get(&pod) {
+                Some(backend) => self.serve_local(backend, request).await,
                 None => {
                     let mut response = text_response(
                         StatusCode::NOT_FOUND,
@@ -302,29 +439,107 @@ impl Ingress {
                         .insert(POD_MISSING_HEADER, HeaderValue::from_static("true"));
                     response
                 }
-            };
-        }
-        let bare_host = strip_port(&host);
-        let service =
-            service_of_host(&host).or_else(|| self.route(bare_host, request.uri().path()));
-        match service {
-            Some(service) => self.balance(service, request).await,
-            None => text_response(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no Route matches host `{host}` and path `{}`; a pod is <name>.<namespace>.pod, a Service <name>.<namespace>.svc\n",
-                    request.uri().path()
+            },
+            HostTarget::Service(service) => {
+                let caller = match &caller {
+                    Caller::Namespace(namespace) => Some(namespace.as_str()),
+                    Caller::Anyone | Caller::Node => None,
+                };
+                self.balance(service, caller, request).await
+            }
+            HostTarget::Other => match self.route(strip_port(&host), request.uri().path()) {
+                Some(service) => self.balance(service, None, request).await,
+                None => text_response(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no Route matches host `{host}` and path `{}`; a pod is <name>.<namespace>.pod, a Service <name>.<namespace>.svc\n",
+                        request.uri().path()
+                    ),
                 ),
-            ),
+            },
         }
     }
 
-    /// Sends a request to one of a Service's Ready endpoints.
-    async fn balance(
+    /// Who sent the request, by the credential its target calls for; a
+    /// credential that is there but does not hold refuses the request
+    /// (the one-line reason returned). Credentials for other targets are
+    /// not looked at: they are removed unread. The clock is read only for
+    /// a proxy credential.
+    fn caller(
+        &self,
+        target: &HostTarget,
+        headers: &http::HeaderMap,
+        now: impl FnOnce() -> SystemTime,
+    ) -> Result<Caller, String> {
+        match target {
+            HostTarget::Pod(pod) => match headers.get(PROXY_AUTH_HEADER) {
+                None => Ok(Caller::Anyone),
+                Some(credential) => self
+                    .config
+                    .proxy_key
+                    .verify(credential.as_bytes(), pod, now())
+                    .map(|()| Caller::Node)
+                    .map_err(|e| format!("refused: {e}\n")),
+            },
+            HostTarget::Service(_) => {
+                let namespace = headers.get(CALLER_NAMESPACE_HEADER);
+                let credential = headers.get(CALLER_AUTH_HEADER);
+                if namespace.is_none() && credential.is_none() {
+                    return Ok(Caller::Anyone);
+                }
+                let vouched = namespace
+                    .and_then(|n| n.to_str().ok())
+                    .zip(credential)
+                    .filter(|(n, c)| self.config.caller_key.verify(n, c.as_bytes()));
+                match vouched {
+                    Some((namespace, _)) => Ok(Caller::Namespace(namespace.to_owned())),
+                    None => Err(format!(
+                        "refused: {CALLER_NAMESPACE_HEADER} and {CALLER_AUTH_HEADER} are set by this node's own gateway, and these are not its\n"
+                    )),
+                }
+            }
+            HostTarget::Other => Ok(Caller::Anyone),
+        }
+    }
+
+    /// Hands a request to a pod on this node. The pod's answer cannot say
+    /// the pod was missing: that would have its request sent again.
+    async fn serve_local<B>(
+        &self,
+        backend: Backend,
+        request: http::Request<B>,
+    ) -> http::Response<HttpBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut response = match backend {
+            Backend::Wasm(app) => app.handle(request).await,
+            Backend::Process(addr) => {
+                let (parts, body) = request.into_parts();
+                match buffered(body).await {
+                    Ok(body) => self.to_process(addr, rebuild(&parts, &body)).await,
+                    Err(response) => return response,
+                }
+            }
+        };
+        response.headers_mut().remove(POD_MISSING_HEADER);
+        response
+    }
+
+    /// Sends a request to one of a Service's Ready endpoints, if the
+    /// Service admits the caller's namespace (when a guest of this node
+    /// calls).
+    async fn balance<B>(
         &self,
         (namespace, name): PodName,
-        request: http::Request<hyper::body::Incoming>,
-    ) -> http::Response<HttpBody> {
+        caller: Option<&str>,
+        request: http::Request<B>,
+    ) -> http::Response<HttpBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let backends = self
             .table
             .read()
@@ -332,6 +547,16 @@ impl Ingress {
             .services
             .get(&(namespace.clone(), name.clone()))
             .cloned();
+        if let Some(caller) = caller
+            && !admits(backends.as_deref().map(|b| &b.spec), &namespace, caller)
+        {
+            return text_response(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "service {namespace}/{name} does not admit callers from namespace {caller} (spec.allowedCallers)\n"
+                ),
+            );
+        }
         let Some(backends) = backends.filter(|b| !b.endpoints.is_empty()) else {
             return unavailable(format!(
                 "service {namespace}/{name} has no ready endpoints\n"
@@ -354,20 +579,32 @@ impl Ingress {
         let mut tried = Vec::new();
         let mut retried_connect = false;
         let mut last_failure = String::new();
+        let mut refused = false;
         while let Some(i) = backends.pick(&tried) {
             tried.push(i);
             let backend = &backends.endpoints[i];
             let _in_flight = InFlight::enter(&backend.outstanding);
             let endpoint = &backend.endpoint;
-            if endpoint.address == self.own_address {
+            if endpoint.address == self.config.own_address {
                 match self.pods.get(&(namespace.clone(), endpoint.pod.clone())) {
-                    Some(Backend::Wasm(app)) => return app.handle(rebuild(&parts, &body)).await,
-                    Some(Backend::Process(addr)) => {
-                        return self.to_process(addr, rebuild(&parts, &body)).await;
-                    }
+                    Some(local) => return self.serve_local(local, rebuild(&parts, &body)).await,
                     None => continue,
                 }
             }
+            // The endpoints are only what a Service's status says: the
+            // request (and a credential) goes to no address but a Node's.
+            // Another endpoint may still take it, as for a node whose Node
+            // this one has not seen yet.
+            if !self.is_node_ingress(&endpoint.address) {
+                last_failure = format!(
+                    "pod {} is at {}, which is no registered Node's ingress",
+                    endpoint.pod, endpoint.address
+                );
+                tracing::warn!("service {namespace}/{name}: {last_failure}");
+                refused = true;
+                continue;
+            }
+            refused = false;
             match self
                 .proxy(&namespace, endpoint, rebuild(&parts, &body))
                 .await
@@ -394,9 +631,14 @@ impl Ingress {
                 }
             }
         }
-        unavailable(format!(
+        let message = format!(
             "service {namespace}/{name}: no endpoint could take the request ({last_failure})\n"
-        ))
+        );
+        if refused {
+            text_response(StatusCode::BAD_GATEWAY, message)
+        } else {
+            unavailable(message)
+        }
     }
 
     /// Sends a request to a Linux pod's process on this node.
@@ -420,7 +662,8 @@ impl Ingress {
         }
     }
 
-    /// Sends a request for a pod to the ingress of the node that serves it.
+    /// Sends a request for a pod to the ingress of the node that serves it,
+    /// with this node's proxy credential for that pod.
     async fn proxy(
         &self,
         namespace: &str,
@@ -442,12 +685,53 @@ impl Ingress {
         if let Ok(host) = HeaderValue::from_str(&format!("{}.{namespace}.pod", endpoint.pod)) {
             headers.insert(http::header::HOST, host);
         }
+        let pod = (namespace.to_owned(), endpoint.pod.clone());
+        headers.insert(
+            PROXY_AUTH_HEADER,
+            self.config.proxy_key.sign(&pod, SystemTime::now()),
+        );
         self.client.request(request).await
     }
 }
 
+/// Whether the ingress serves `target` to `caller` at all. Cluster hosts
+/// are for the cluster's own traffic: a pod host for the node that proxies
+/// to it, a Service host for this node's guests (whose namespace the
+/// Service must then admit); for anyone only where the node is configured
+/// to serve them. Routes are for everyone.
+fn serves(target: &HostTarget, caller: &Caller, serve_cluster_hosts: bool) -> bool {
+    match (target, caller) {
+        (HostTarget::Other, _)
+        | (HostTarget::Pod(_), Caller::Node)
+        | (HostTarget::Service(_), Caller::Namespace(_)) => true,
+        (HostTarget::Pod(_) | HostTarget::Service(_), _) => serve_cluster_hosts,
+    }
+}
+
+/// Whether a Service of `namespace` (its spec, if this node knows it)
+/// admits a guest of `caller`'s namespace. A Service this node does not
+/// know admits only its own namespace, so a refusal says nothing of
+/// whether another namespace's Service exists.
+fn admits(spec: Option<&ServiceSpec>, namespace: &str, caller: &str) -> bool {
+    match spec {
+        Some(spec) => spec.admits_caller(namespace, caller),
+        None => caller == namespace,
+    }
+}
+
+/// Removes every internal header, whatever its case or count.
+fn strip_internal(headers: &mut http::HeaderMap) {
+    for name in INTERNAL_HEADERS {
+        headers.remove(name);
+    }
+}
+
 /// The whole request body, up to [`MAX_BUFFERED_BODY`] (413 beyond).
-async fn buffered(body: hyper::body::Incoming) -> Result<Bytes, http::Response<HttpBody>> {
+async fn buffered<B>(body: B) -> Result<Bytes, http::Response<HttpBody>>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) => Err(text_response(
@@ -519,6 +803,15 @@ mod tests {
         assert_eq!(pod_of_host(".shop.pod"), None);
     }
 
+    fn ingress(own_address: &str, serve_cluster_hosts: bool) -> Ingress {
+        Ingress::new(IngressConfig {
+            own_address: own_address.into(),
+            proxy_key: ProxyKey::new(&[7; PROXY_KEY_LEN]),
+            caller_key: CallerKey::random(),
+            serve_cluster_hosts,
+        })
+    }
+
     fn endpoint(pod: &str) -> Endpoint {
         Endpoint {
             pod: pod.into(),
@@ -529,7 +822,7 @@ mod tests {
 
     #[test]
     fn routes_pick_the_most_specific_host_then_the_longest_path() {
-        let ingress = Ingress::new("127.0.0.1:1".into());
+        let ingress = ingress("127.0.0.1:1", false);
         let route = |host: &str, path: &str, service: &str| RouteSpec {
             host: host.into(),
             path: path.into(),
@@ -558,10 +851,11 @@ mod tests {
 
     #[test]
     fn balancing_prefers_the_least_outstanding_and_rotates_among_equals() {
-        let ingress = Ingress::new("127.0.0.1:1".into());
+        let ingress = ingress("127.0.0.1:1", false);
         ingress.set_service(
             "shop",
             "web",
+            ServiceSpec::default(),
             vec![endpoint("a"), endpoint("b"), endpoint("c")],
         );
         let backends =
@@ -575,10 +869,402 @@ mod tests {
         assert!(matches!(backends.pick(&[2]), Some(0 | 1)));
         assert_eq!(backends.pick(&[0, 1, 2]), None);
         // Counts survive an endpoints update for pods still there.
-        ingress.set_service("shop", "web", vec![endpoint("b"), endpoint("d")]);
+        ingress.set_service(
+            "shop",
+            "web",
+            ServiceSpec::default(),
+            vec![endpoint("b"), endpoint("d")],
+        );
         let backends =
             ingress.table.read().unwrap().services[&("shop".to_owned(), "web".to_owned())].clone();
         assert_eq!(backends.endpoints[0].outstanding.load(Ordering::Relaxed), 1);
         assert_eq!(backends.pick(&[]), Some(1));
+    }
+}
+
+#[cfg(test)]
+mod trust_tests {
+    use super::*;
+
+    const PROXY_KEY: [u8; PROXY_KEY_LEN] = [7; PROXY_KEY_LEN];
+
+    fn ingress(own_address: &str, serve_cluster_hosts: bool) -> Ingress {
+        Ingress::new(IngressConfig {
+            own_address: own_address.into(),
+            proxy_key: ProxyKey::new(&PROXY_KEY),
+            caller_key: CallerKey::random(),
+            serve_cluster_hosts,
+        })
+    }
+
+    fn name(namespace: &str, name: &str) -> PodName {
+        (namespace.to_owned(), name.to_owned())
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cluster_hosts_are_served_to_the_cluster_and_routes_to_everyone() {
+        let pod = HostTarget::Pod(name("shop", "web"));
+        let service = HostTarget::Service(name("shop", "web"));
+        let route = HostTarget::Other;
+        let guest = Caller::Namespace("shop".into());
+        let table = [
+            // (target, caller, serve cluster hosts, served)
+            (&pod, &Caller::Node, false, true),
+            (&pod, &Caller::Anyone, false, false),
+            (&pod, &Caller::Anyone, true, true),
+            (&service, &guest, false, true),
+            (&service, &Caller::Anyone, false, false),
+            (&service, &Caller::Anyone, true, true),
+            (&route, &Caller::Anyone, false, true),
+            (&route, &Caller::Anyone, true, true),
+        ];
+        for (i, (target, caller, open, want)) in table.into_iter().enumerate() {
+            assert_eq!(serves(target, caller, open), want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn a_service_admits_its_own_namespace_and_the_callers_it_names() {
+        let spec = |callers: &[&str]| ServiceSpec {
+            allowed_callers: callers.iter().map(|c| (*c).to_owned()).collect(),
+            ..Default::default()
+        };
+        let (closed, for_a, open) = (spec(&[]), spec(&["a"]), spec(&["*"]));
+        let table = [
+            // (spec, caller, admitted) for a Service of namespace b
+            (Some(&closed), "b", true),
+            (Some(&closed), "a", false),
+            (Some(&for_a), "a", true),
+            (Some(&for_a), "c", false),
+            (Some(&open), "c", true),
+            // Unknown here: its own namespace learns it has no endpoints,
+            // others the same refusal as from an existing Service.
+            (None, "b", true),
+            (None, "a", false),
+        ];
+        for (i, (spec, caller, want)) in table.into_iter().enumerate() {
+            assert_eq!(admits(spec, "b", caller), want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn internal_headers_are_removed_whatever_their_case_or_count() {
+        let mut map = headers(&[
+            ("Skiff-Proxy-Auth", "1.x"),
+            ("skiff-caller-namespace", "a"),
+            ("SKIFF-CALLER-NAMESPACE", "b"),
+            ("skiff-caller-auth", "x"),
+            ("accept", "*/*"),
+            ("x-forwarded-host", "web.shop.svc"),
+        ]);
+        strip_internal(&mut map);
+        let left: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept", "x-forwarded-host"]);
+    }
+
+    #[test]
+    fn callers_are_told_apart_by_their_credentials() {
+        let ingress = ingress("127.0.0.1:1", false);
+        let now = SystemTime::now();
+        let pod = HostTarget::Pod(name("shop", "web"));
+        let service = HostTarget::Service(name("b", "web"));
+        let signed = ProxyKey::new(&PROXY_KEY).sign(&name("shop", "web"), now);
+        let signed = signed.to_str().unwrap();
+        let for_other_pod = ProxyKey::new(&PROXY_KEY).sign(&name("shop", "api"), now);
+        let vouched_a = ingress.caller_credential("a");
+        let vouched_a = vouched_a.to_str().unwrap();
+        let caller = |target: &HostTarget, pairs: &[(&str, &str)]| {
+            ingress.caller(target, &headers(pairs), || now)
+        };
+
+        assert_eq!(caller(&pod, &[]), Ok(Caller::Anyone));
+        assert_eq!(
+            caller(&pod, &[(PROXY_AUTH_HEADER, signed)]),
+            Ok(Caller::Node)
+        );
+        let forged = caller(&pod, &[(PROXY_AUTH_HEADER, "1700000000.forged")]);
+        assert_eq!(
+            forged,
+            Err("refused: the proxy credential is not <seconds>.<mac>\n".into())
+        );
+        let replayed = caller(
+            &pod,
+            &[(PROXY_AUTH_HEADER, for_other_pod.to_str().unwrap())],
+        );
+        assert_eq!(
+            replayed,
+            Err("refused: the proxy credential does not match this pod host\n".into())
+        );
+        // Caller headers mean nothing on a pod host (only gateways send
+        // them, and only for Services): removed unread.
+        assert_eq!(
+            caller(
+                &pod,
+                &[
+                    (CALLER_NAMESPACE_HEADER, "a"),
+                    (CALLER_AUTH_HEADER, vouched_a)
+                ]
+            ),
+            Ok(Caller::Anyone)
+        );
+
+        assert_eq!(caller(&service, &[]), Ok(Caller::Anyone));
+        assert_eq!(
+            caller(
+                &service,
+                &[
+                    (CALLER_NAMESPACE_HEADER, "a"),
+                    (CALLER_AUTH_HEADER, vouched_a)
+                ]
+            ),
+            Ok(Caller::Namespace("a".into()))
+        );
+        // Another namespace claimed with a's credential, a forged one, or
+        // half of the pair: refused.
+        for pairs in [
+            &[
+                (CALLER_NAMESPACE_HEADER, "b"),
+                (CALLER_AUTH_HEADER, vouched_a),
+            ][..],
+            &[
+                (CALLER_NAMESPACE_HEADER, "a"),
+                (CALLER_AUTH_HEADER, "forged"),
+            ],
+            &[(CALLER_NAMESPACE_HEADER, "b")],
+            &[(CALLER_AUTH_HEADER, vouched_a)],
+        ] {
+            let refused = caller(&service, pairs);
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.starts_with("refused: skiff-caller-namespace")),
+                "{pairs:?}: {refused:?}"
+            );
+        }
+        // A proxy credential means nothing on a Service host.
+        assert_eq!(
+            caller(&service, &[(PROXY_AUTH_HEADER, signed)]),
+            Ok(Caller::Anyone)
+        );
+        // Another node's caller key does not vouch here.
+        let elsewhere = CallerKey::random().credential("a");
+        assert!(
+            caller(
+                &service,
+                &[
+                    (CALLER_NAMESPACE_HEADER, "a"),
+                    (CALLER_AUTH_HEADER, elsewhere.to_str().unwrap())
+                ]
+            )
+            .is_err()
+        );
+    }
+
+    /// A process pod stand-in: a real HTTP server on loopback that answers
+    /// with the request's headers, one `name: value` line each.
+    async fn echo_headers() -> (std::net::SocketAddr, oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(serve_with(
+            listener,
+            |request: http::Request<hyper::body::Incoming>| async move {
+                let lines: String = request
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| format!("{n}: {}\n", v.to_str().unwrap_or("?")))
+                    .collect();
+                text_response(StatusCode::OK, lines)
+            },
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_millis(100),
+        ));
+        (addr, stop)
+    }
+
+    /// Serves `ingress` on a loopback port.
+    async fn serve_ingress(ingress: Ingress) -> (std::net::SocketAddr, oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(serve_with(
+            listener,
+            move |request| {
+                let ingress = ingress.clone();
+                async move { ingress.handle(request).await }
+            },
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_millis(100),
+        ));
+        (addr, stop)
+    }
+
+    fn request(host: &str, pairs: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
+        let mut request = http::Request::new(Full::new(Bytes::new()));
+        *request.uri_mut() = "/echo".parse().unwrap();
+        *request.headers_mut() = headers(pairs);
+        request
+            .headers_mut()
+            .insert(http::header::HOST, HeaderValue::from_str(host).unwrap());
+        request
+    }
+
+    async fn text(response: http::Response<HttpBody>) -> (StatusCode, String) {
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    use tokio::sync::oneshot;
+
+    /// Node a balances Service shop/web to its pod on node b, whose ingress
+    /// serves cluster hosts to no one outside.
+    #[tokio::test]
+    async fn proxied_requests_are_authenticated_and_internal_headers_reach_no_pod() {
+        let (echo, _stop_echo) = echo_headers().await;
+        let b = ingress("127.0.0.1:2", false);
+        b.pods
+            .add(name("shop", "web"), "uid-1", Backend::Process(echo));
+        let (b_addr, _stop_b) = serve_ingress(b.clone()).await;
+        let a = ingress("127.0.0.1:1", false);
+        let to_b = Endpoint {
+            pod: "web".into(),
+            node: "b".into(),
+            address: b_addr.to_string(),
+        };
+        a.set_service("shop", "web", ServiceSpec::default(), vec![to_b.clone()]);
+
+        // Until node b is a registered Node, a's ingress sends nothing there.
+        let guest = a.caller_credential("shop");
+        let guest_call = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![
+                (CALLER_NAMESPACE_HEADER, "shop"),
+                (CALLER_AUTH_HEADER, guest.to_str().unwrap()),
+            ];
+            pairs.extend_from_slice(extra);
+            request("web.shop.svc", &pairs)
+        };
+        let (status, body) = text(a.handle(guest_call(&[])).await).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+        assert_eq!(
+            body,
+            format!(
+                "service shop/web: no endpoint could take the request (pod web is at {b_addr}, which is no registered Node's ingress)\n"
+            )
+        );
+
+        // Registered, it proxies with a credential b accepts, and the pod
+        // sees none of the internal headers, not even forged extra ones.
+        a.set_node("b", Some(b_addr.to_string()));
+        let (status, body) = text(
+            a.handle(guest_call(&[
+                (PROXY_AUTH_HEADER, "1.forged"),
+                ("accept", "*/*"),
+            ]))
+            .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("accept: */*\n"), "{body}");
+        assert!(body.contains("host: web.shop.pod\n"), "{body}");
+        assert!(!body.contains("skiff-"), "{body}");
+
+        // Outside traffic straight to b: the pod host is not served, and a
+        // forged proxy credential is refused.
+        let (status, body) = text(b.handle(request("web.shop.pod", &[])).await).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            body,
+            "`web.shop.pod` is a cluster host, not served to outside traffic on this node; outside traffic reaches pods through Routes\n"
+        );
+        let forged =
+            ProxyKey::new(&[8; PROXY_KEY_LEN]).sign(&name("shop", "web"), SystemTime::now());
+        let (status, body) = text(
+            b.handle(request(
+                "web.shop.pod",
+                &[(PROXY_AUTH_HEADER, forged.to_str().unwrap())],
+            ))
+            .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            body,
+            "refused: the proxy credential does not match this pod host\n"
+        );
+        // Nor is a Service host, to anyone but a's own guests.
+        let (status, _) = text(a.handle(request("web.shop.svc", &[])).await).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        // A guest of another namespace is refused until the Service names
+        // it; then it is served, and its namespace never reaches the pod.
+        let other = a.caller_credential("other");
+        let from_other = || {
+            request(
+                "web.shop.svc",
+                &[
+                    (CALLER_NAMESPACE_HEADER, "other"),
+                    (CALLER_AUTH_HEADER, other.to_str().unwrap()),
+                ],
+            )
+        };
+        let (status, body) = text(a.handle(from_other()).await).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            body,
+            "service shop/web does not admit callers from namespace other (spec.allowedCallers)\n"
+        );
+        let admitting = ServiceSpec {
+            allowed_callers: vec!["other".into()],
+            ..Default::default()
+        };
+        a.set_service("shop", "web", admitting, vec![to_b]);
+        let (status, body) = text(a.handle(from_other()).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(!body.contains("skiff-"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_pod_cannot_claim_to_be_missing_to_have_its_request_sent_again() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_with(
+            listener,
+            |_request: http::Request<hyper::body::Incoming>| async {
+                let mut response = text_response(StatusCode::NOT_FOUND, "mine\n".into());
+                response
+                    .headers_mut()
+                    .insert(POD_MISSING_HEADER, HeaderValue::from_static("true"));
+                response
+            },
+            std::future::pending(),
+            Duration::from_millis(100),
+        ));
+        let ingress = ingress("127.0.0.1:1", true);
+        ingress
+            .pods
+            .add(name("shop", "web"), "uid-1", Backend::Process(addr));
+        let response = ingress.handle(request("web.shop.pod", &[])).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert!(!response.headers().contains_key(POD_MISSING_HEADER));
+        // A pod that is really missing still says so.
+        let response = ingress.handle(request("api.shop.pod", &[])).await;
+        assert!(response.headers().contains_key(POD_MISSING_HEADER));
     }
 }

@@ -36,7 +36,10 @@ pub use command::CommandApp;
 pub use error::{GuestFailure, LoadError};
 pub use http::{BodyError, HttpApp, HttpBody, text_response};
 pub use limits::{Limits, LimitsError, MemoryLimitExceeded};
-pub use outbound::{named_host, service_of_host};
+pub use outbound::{
+    CALLER_AUTH_HEADER, CALLER_NAMESPACE_HEADER, INTERNAL_HEADERS, PROXY_AUTH_HEADER, named_host,
+    service_of_host,
+};
 pub use sandbox::{DirGrant, DirGrantError, Sandbox, ServiceGateway, Stdio};
 pub use skiff_api::outbound::{AllowList, AllowRule, AllowRuleError};
 pub use skiff_api::quantity;

@@ -3,9 +3,12 @@
 //! `sandbox`), so `wasi:http/outgoing-handler` is the only way out and every
 //! request through it passes [`AllowList::permits`]. On a node, requests to
 //! `http://<service>.<namespace>.svc` go to the node's ingress, which
-//! balances them over the Service's pods: discovery without DNS. Every
-//! other request is sent by `send`, which checks the addresses its host
-//! resolves to (`egress`) before connecting.
+//! balances them over the Service's pods: discovery without DNS. The host
+//! names the caller's namespace on them ([`CALLER_NAMESPACE_HEADER`], with
+//! [`CALLER_AUTH_HEADER`] to prove it), and the ingress, not the guest's
+//! allow-list, decides whether the Service admits that caller. Every other
+//! request is sent by `send`, which checks the addresses its host resolves
+//! to (`egress`) before connecting.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,6 +18,20 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 
 use super::sandbox::ServiceGateway;
 use super::send::{self, Egress, Route};
+
+/// The namespace of the pod calling a Service, set by the host.
+pub const CALLER_NAMESPACE_HEADER: &str = "skiff-caller-namespace";
+/// The node's credential for [`CALLER_NAMESPACE_HEADER`].
+pub const CALLER_AUTH_HEADER: &str = "skiff-caller-auth";
+/// The credential one node's ingress sends another's with a proxied request.
+pub const PROXY_AUTH_HEADER: &str = "skiff-proxy-auth";
+/// Every header the host and its ingresses trust: none of them from a
+/// guest, and none of them ever to a guest.
+pub const INTERNAL_HEADERS: [&str; 3] = [
+    CALLER_NAMESPACE_HEADER,
+    CALLER_AUTH_HEADER,
+    PROXY_AUTH_HEADER,
+];
 
 /// `wasi:http` hooks that enforce an [`AllowList`] before any byte leaves.
 pub(crate) struct OutboundHooks {
@@ -40,20 +57,18 @@ impl OutboundHooks {
         self
     }
 
-    /// Where a request goes: `Some(ingress)` for a Service the guest may
-    /// call, `None` for anywhere else it may go, an error when denied.
-    fn destination(&self, uri: &http::Uri) -> Result<Option<std::net::SocketAddr>, ()> {
-        let service = self.services.as_ref().and_then(|gateway| {
-            let (namespace, _) = service_of_host(uri.host()?)?;
-            Some((gateway, namespace))
-        });
+    /// Where a request goes: `Some(gateway)` for any Service (whether it
+    /// admits this caller is the ingress's decision, made on the Service's
+    /// `allowedCallers`: the caller's allow-list never opens another
+    /// namespace's Service), `None` for anywhere else it may go, an error
+    /// when denied.
+    fn destination(&self, uri: &http::Uri) -> Result<Option<&ServiceGateway>, ()> {
+        let service = self
+            .services
+            .as_deref()
+            .filter(|_| uri.host().and_then(service_of_host).is_some());
         match service {
-            Some((gateway, namespace))
-                if uri.scheme() == Some(&http::uri::Scheme::HTTP)
-                    && (namespace == gateway.namespace || self.allow.permits(uri)) =>
-            {
-                Ok(Some(gateway.ingress))
-            }
+            Some(gateway) if uri.scheme() == Some(&http::uri::Scheme::HTTP) => Ok(Some(gateway)),
             Some(_) => Err(()),
             None if self.allow.permits(uri) => Ok(None),
             None => Err(()),
@@ -110,7 +125,7 @@ impl WasiHttpHooks for OutboundHooks {
             }
             // The Host header keeps naming the Service; the connection goes
             // to the ingress.
-            Ok(Some(ingress)) => {
+            Ok(Some(gateway)) => {
                 let path = request
                     .uri()
                     .path_and_query()
@@ -118,14 +133,15 @@ impl WasiHttpHooks for OutboundHooks {
                     .to_owned();
                 match http::Uri::builder()
                     .scheme("http")
-                    .authority(ingress.to_string())
+                    .authority(gateway.ingress.to_string())
                     .path_and_query(path)
                     .build()
                 {
                     Ok(uri) => *request.uri_mut() = uri,
                     Err(_) => return Box::new(async { Err(HttpError::HttpRequestUriInvalid) }),
                 }
-                Route::Gateway(ingress)
+                name_the_caller(request.headers_mut(), gateway);
+                Route::Gateway(gateway.ingress)
             }
             Ok(None) => Route::Checked(Egress {
                 allow: self.allow.clone(),
@@ -134,6 +150,15 @@ impl WasiHttpHooks for OutboundHooks {
         };
         Box::new(send::send(request, options, route))
     }
+}
+
+/// Names the calling pod's namespace, with its credential, in place of
+/// whatever the guest set under these names (`insert` drops every earlier
+/// value), and drops a proxy credential a guest could only have forged.
+fn name_the_caller(headers: &mut http::HeaderMap, gateway: &ServiceGateway) {
+    headers.insert(CALLER_NAMESPACE_HEADER, gateway.namespace.clone());
+    headers.insert(CALLER_AUTH_HEADER, gateway.credential.clone());
+    headers.remove(PROXY_AUTH_HEADER);
 }
 
 #[cfg(test)]
@@ -158,31 +183,69 @@ mod tests {
         assert_eq!(service_of_host("web.shop.pod"), None);
     }
 
+    fn gateway() -> ServiceGateway {
+        ServiceGateway::new(
+            "shop",
+            "127.0.0.1:9000".parse().unwrap(),
+            http::HeaderValue::from_static("vouched"),
+        )
+        .unwrap()
+    }
+
     fn hooks(allow: &[&str]) -> OutboundHooks {
         let allow: Vec<String> = allow.iter().map(|s| (*s).to_owned()).collect();
         OutboundHooks::new(
             Arc::new(AllowList::parse(&allow).unwrap()),
-            Some(Arc::new(ServiceGateway {
-                namespace: "shop".into(),
-                ingress: "127.0.0.1:9000".parse().unwrap(),
-            })),
+            Some(Arc::new(gateway())),
         )
     }
 
     #[test]
-    fn own_namespace_services_are_allowed_and_others_need_a_grant() {
+    fn every_service_goes_to_the_ingress_which_decides_on_the_caller() {
         let uri = |s: &str| s.parse::<http::Uri>().unwrap();
-        let ingress = Ok(Some("127.0.0.1:9000".parse().unwrap()));
+        let via_ingress = |hooks: &OutboundHooks, u: &str| {
+            hooks
+                .destination(&uri(u))
+                .map(|g| g.map(|g| g.ingress.to_string()))
+        };
+        let ingress = Ok(Some("127.0.0.1:9000".to_owned()));
         let closed = hooks(&[]);
-        assert_eq!(closed.destination(&uri("http://web.shop.svc/x")), ingress);
-        assert_eq!(closed.destination(&uri("http://web.other.svc/")), Err(()));
-        assert_eq!(closed.destination(&uri("http://example.com/")), Err(()));
-        assert_eq!(closed.destination(&uri("https://web.shop.svc/")), Err(()));
+        assert_eq!(via_ingress(&closed, "http://web.shop.svc/x"), ingress);
+        // Another namespace's Service too: it is refused, unless it admits
+        // the caller, by the ingress.
+        assert_eq!(via_ingress(&closed, "http://web.other.svc/"), ingress);
+        assert_eq!(via_ingress(&closed, "http://example.com/"), Err(()));
+        assert_eq!(via_ingress(&closed, "https://web.shop.svc/"), Err(()));
+        // A grant for another namespace's Services changes nothing: only
+        // the Service's allowedCallers open it.
         let granted = hooks(&["*.other.svc", "example.com"]);
-        assert_eq!(granted.destination(&uri("http://web.other.svc/")), ingress);
-        assert_eq!(granted.destination(&uri("http://example.com/")), Ok(None));
+        assert_eq!(via_ingress(&granted, "http://web.other.svc/"), ingress);
+        assert_eq!(via_ingress(&granted, "https://web.other.svc/"), Err(()));
+        assert_eq!(via_ingress(&granted, "http://example.com/"), Ok(None));
         // Without a gateway (`wasmctl run`) a .svc name is just a host.
         let local = OutboundHooks::new(Arc::new(AllowList::default()), None);
-        assert_eq!(local.destination(&uri("http://web.shop.svc/")), Err(()));
+        assert_eq!(via_ingress(&local, "http://web.shop.svc/"), Err(()));
+    }
+
+    #[test]
+    fn the_host_names_the_caller_over_whatever_the_guest_set() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(CALLER_NAMESPACE_HEADER, "other".parse().unwrap());
+        headers.append(CALLER_NAMESPACE_HEADER, "another".parse().unwrap());
+        headers.insert(CALLER_AUTH_HEADER, "forged".parse().unwrap());
+        headers.insert(PROXY_AUTH_HEADER, "1.forged".parse().unwrap());
+        headers.insert("accept", "text/plain".parse().unwrap());
+        name_the_caller(&mut headers, &gateway());
+        let all = |name: &str| -> Vec<&str> {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(all(CALLER_NAMESPACE_HEADER), ["shop"]);
+        assert_eq!(all(CALLER_AUTH_HEADER), ["vouched"]);
+        assert!(all(PROXY_AUTH_HEADER).is_empty());
+        assert_eq!(all("accept"), ["text/plain"]);
     }
 }

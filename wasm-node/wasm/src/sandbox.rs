@@ -32,13 +32,34 @@ pub struct Sandbox {
 
 /// Service discovery for a pod's guest: requests to
 /// `http://<service>.<namespace>.svc[:port]` are sent to the node's own
-/// ingress, which balances them over the Service's Ready pods. Services of
-/// the pod's namespace are allowed by default; others only by the
-/// allow-list.
+/// ingress, which balances them over the Service's Ready pods. The host
+/// names the calling pod's namespace on each such request, with a
+/// credential the ingress checks, and the ingress decides whether the
+/// Service admits that caller; the guest's allow-list has no say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceGateway {
-    pub namespace: String,
-    pub ingress: std::net::SocketAddr,
+    pub(crate) ingress: std::net::SocketAddr,
+    /// The namespace, as the header value sent.
+    pub(crate) namespace: http::HeaderValue,
+    /// Proves to the ingress that the host, not the guest, named the
+    /// namespace; marked sensitive, so it is never printed.
+    pub(crate) credential: http::HeaderValue,
+}
+
+impl ServiceGateway {
+    /// A gateway for pods of `namespace`, whose credential (made by the
+    /// node's ingress) is `credential`.
+    pub fn new(
+        namespace: &str,
+        ingress: std::net::SocketAddr,
+        credential: http::HeaderValue,
+    ) -> Result<Self, http::header::InvalidHeaderValue> {
+        Ok(Self {
+            ingress,
+            namespace: http::HeaderValue::from_str(namespace)?,
+            credential,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

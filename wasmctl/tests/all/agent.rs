@@ -61,6 +61,7 @@ fn a_shut_down_agent_stops_serving_and_renewing_its_lease() {
             cpu: "1".into(),
             ingress: "127.0.0.1:0".parse().unwrap(),
             advertise: None,
+            serve_cluster_hosts: None,
             lease_interval: Duration::from_millis(200),
             lease_duration: Duration::from_secs(1),
             data_dir: temp_dir("embedded-agent"),

@@ -9,6 +9,7 @@ mod cluster;
 mod controllers;
 mod dev;
 mod egress;
+mod ingress_trust;
 mod linux;
 mod nodes;
 mod registry;

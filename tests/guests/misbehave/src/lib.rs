@@ -71,12 +71,43 @@ fn handle(request: Request) -> Response {
                 Err(_) => Response::text(404, format!("{name} is not set\n")),
             }
         }
-        "/fetch" => match outbound::get(&param("url").unwrap_or_default()) {
-            Ok(upstream) => Response::new(upstream.status()).with_body(upstream.body().to_vec()),
-            Err(e) if e.is_denied() => Response::text(403, format!("{e}\n")),
-            Err(e) => Response::text(502, format!("{e}\n")),
-        },
+        "/fetch" => relay(outbound::get(&param("url").unwrap_or_default())),
+        // Fetches `url` with the headers a node's ingress trusts, forged:
+        // claiming namespace `as` (default `b`) and a proxy credential.
+        "/fetch-forged" => {
+            let claimed = param("as").unwrap_or_else(|| "b".into());
+            let forged = [
+                ("skiff-caller-namespace", claimed.into_bytes()),
+                ("skiff-caller-auth", b"forged".to_vec()),
+                ("skiff-proxy-auth", b"1700000000.forged".to_vec()),
+            ]
+            .map(|(name, value)| (name.to_owned(), value));
+            relay(outbound::send(
+                "GET",
+                &param("url").unwrap_or_default(),
+                &forged,
+                &[],
+            ))
+        }
+        // Answers with the request's headers, one `name: value` line each.
+        "/headers" => {
+            let lines: String = request
+                .headers()
+                .iter()
+                .map(|(name, value)| format!("{name}: {}\n", String::from_utf8_lossy(value)))
+                .collect();
+            Response::text(200, lines)
+        }
         _ => Response::text(404, "no such misbehaviour\n"),
+    }
+}
+
+/// An upstream answer as this guest's own, a refusal by the host as 403.
+fn relay(result: Result<Response, outbound::Error>) -> Response {
+    match result {
+        Ok(upstream) => Response::new(upstream.status()).with_body(upstream.body().to_vec()),
+        Err(e) if e.is_denied() => Response::text(403, format!("{e}\n")),
+        Err(e) => Response::text(502, format!("{e}\n")),
     }
 }
 
