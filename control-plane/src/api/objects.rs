@@ -512,17 +512,7 @@ impl Call<'_> {
         let Some(existing) = self.state.store.get(key).await? else {
             return Err(StoreError::NotFound(key.clone()).into());
         };
-        let current = stated_revision(&existing)?.unwrap_or_default();
-        if let Some(expected) = expected_revision
-            && expected != current
-        {
-            return Err(StoreError::Conflict {
-                key: key.clone(),
-                expected,
-                current,
-            }
-            .into());
-        }
+        let current = expect_revision(key, &existing, expected_revision)?;
         // A would-be write shows as a new revision, a no-op as the same one.
         let next = crate::store::objects::updated(key.kind, &existing, object, part, current + 1)?;
         Ok(Json(next.unwrap_or(existing)).into_response())
@@ -632,17 +622,7 @@ impl Call<'_> {
             {
                 return Err(StoreError::UidMismatch(key.clone()).into());
             }
-            let current_revision = stated_revision(&current)?.unwrap_or_default();
-            if let Some(expected) = expected_revision
-                && expected != current_revision
-            {
-                return Err(StoreError::Conflict {
-                    key: key.clone(),
-                    expected,
-                    current: current_revision,
-                }
-                .into());
-            }
+            expect_revision(key, &current, expected_revision)?;
             return Ok(Json(current).into_response());
         }
         if options.propagation_policy == Some(PropagationPolicy::Foreground) {
@@ -773,6 +753,25 @@ fn parse_revision(field: &str, text: &str) -> Result<i64, ApiError> {
         .ok()
         .filter(|rv| *rv >= 0)
         .ok_or_else(|| ApiError::BadRequest(format!("{field}: `{text}` is not a resourceVersion")))
+}
+
+/// The stored object's revision, refused with a conflict when the request
+/// expected another one.
+fn expect_revision(
+    key: &ObjectKey,
+    stored: &Value,
+    expected: Option<i64>,
+) -> Result<i64, ApiError> {
+    let current = stated_revision(stored)?.unwrap_or_default();
+    match expected {
+        Some(expected) if expected != current => Err(StoreError::Conflict {
+            key: key.clone(),
+            expected,
+            current,
+        }
+        .into()),
+        _ => Ok(current),
+    }
 }
 
 /// The resourceVersion a body names, if any.

@@ -211,23 +211,25 @@ pub fn architectures(arch: &str) -> &'static [&'static str] {
     }
 }
 
+/// Every list of allowed syscalls.
+const ALLOWED: [&[&str]; 10] = [
+    FILES,
+    EVENTS,
+    MEMORY,
+    PROCESSES,
+    CREDENTIALS,
+    SIGNALS,
+    TIME,
+    SOCKETS,
+    IPC,
+    ARCHITECTURE,
+];
+
 /// The profile as the OCI runtime spec's `linux.seccomp`, for a machine
 /// of architecture `arch` (Rust's name) running kernel `kernel` (major,
 /// minor).
 pub fn profile(arch: &str, kernel: (u32, u32)) -> Value {
-    let mut allowed: Vec<&str> = [
-        FILES,
-        EVENTS,
-        MEMORY,
-        PROCESSES,
-        CREDENTIALS,
-        SIGNALS,
-        TIME,
-        SOCKETS,
-        IPC,
-        ARCHITECTURE,
-    ]
-    .concat();
+    let mut allowed: Vec<&str> = ALLOWED.concat();
     if kernel >= (4, 8) {
         allowed.push("ptrace");
     }
@@ -331,19 +333,7 @@ mod tests {
 
     #[test]
     fn no_syscall_is_listed_twice() {
-        let lists = [
-            FILES,
-            EVENTS,
-            MEMORY,
-            PROCESSES,
-            CREDENTIALS,
-            SIGNALS,
-            TIME,
-            SOCKETS,
-            IPC,
-            ARCHITECTURE,
-            DENIED,
-        ];
+        let lists: Vec<&[&str]> = ALLOWED.iter().copied().chain([DENIED]).collect();
         let mut seen = BTreeSet::new();
         for name in lists.concat() {
             assert!(seen.insert(name), "{name} is listed twice");
