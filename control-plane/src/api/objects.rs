@@ -515,6 +515,13 @@ impl Call<'_> {
         let current = expect_revision(key, &existing, expected_revision)?;
         // A would-be write shows as a new revision, a no-op as the same one.
         let next = crate::store::objects::updated(key.kind, &existing, object, part, current + 1)?;
+        // As the writer does: a Route moved onto another namespace's host.
+        if key.kind == Kind::Route
+            && let Some(next) = &next
+            && next["spec"]["host"] != existing["spec"]["host"]
+        {
+            self.state.store.check_host_claim(key, next).await?;
+        }
         Ok(Json(next.unwrap_or(existing)).into_response())
     }
 
@@ -560,19 +567,9 @@ impl Call<'_> {
             let expected_revision =
                 named_revision.or_else(|| stated_revision(&current).ok().flatten());
             if dry_run {
-                let next = crate::store::objects::updated(
-                    key.kind,
-                    &current,
-                    object,
-                    part,
-                    stated_revision(&current)?.unwrap_or_default() + 1,
-                )?;
-                if key.kind == Kind::Route
-                    && let Some(next) = &next
-                {
-                    self.state.store.check_host_claim(key, next).await?;
-                }
-                return Ok(Json(next.unwrap_or(current)).into_response());
+                return self
+                    .check_update(key, object, part, expected_revision)
+                    .await;
             }
             match self
                 .state
@@ -668,9 +665,9 @@ fn police_pod(
     spec: &mut Value,
     at: &str,
 ) -> Result<(), ApiError> {
-    let Ok(mut typed) = serde_json::from_value::<PodSpec>(spec.clone()) else {
-        return Ok(()); // admitted already; cannot happen
-    };
+    // Admitted already, so this parses; were it not to, nothing is let in.
+    let mut typed = serde_json::from_value::<PodSpec>(spec.clone())
+        .map_err(|e| ApiError::invalid(at, e.to_string()))?;
     policy::apply_pod_defaults(policy, &mut typed);
     let refused = policy::check_pod(namespace, policy, &typed, at);
     if let Some(first) = refused.first() {
@@ -678,20 +675,7 @@ fn police_pod(
     }
     let outside = policy::check_egress(namespace, policy, &typed, at);
     if !outside.is_empty() {
-        return Err(ApiError::Invalid {
-            message: outside
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-            causes: outside
-                .into_iter()
-                .map(|e| skiff_api::meta::StatusCause {
-                    field: e.field,
-                    message: e.message,
-                })
-                .collect(),
-        });
+        return Err(skiff_api::AdmitError::Invalid(outside).into());
     }
     *spec = serde_json::to_value(typed).expect("API types serialise");
     Ok(())

@@ -9,7 +9,7 @@ use skiff_api::validate::dns_label;
 
 use super::{ApiError, AppState};
 use crate::auth::{Principal, Role, may_manage_tokens, new_token};
-use crate::store::{ObjectKey, TokenGrant, TokenRecord};
+use crate::store::{TokenGrant, TokenRecord};
 
 pub async fn handle(
     state: &AppState,
@@ -79,9 +79,8 @@ async fn create(
                     format!("must be admin, edit or view, not `{}`", request.role),
                 )
             })?;
-            if state.store.get(&ObjectKey::namespace(ns)).await?.is_none() {
-                return Err(ApiError::NotFound(format!("namespaces \"{ns}\" not found")));
-            }
+            // That the namespace exists is checked as the role is bound to
+            // its uid, in the token's own transaction.
             TokenGrant::Namespace {
                 namespace: ns.clone(),
                 role: role.as_str().to_owned(),

@@ -569,6 +569,14 @@ async fn route_hosts_belong_to_the_first_namespace_to_claim_them() {
         409,
         &["namespace a"],
     );
+    let mut moved = t.b.get(Kind::Route, Some("b"), "mine").await.unwrap();
+    moved["spec"]["host"] = json!("shop.a.test");
+    refused(
+        t.b.replace_with(Kind::Route, Some("b"), "mine", &moved, true)
+            .await,
+        409,
+        &["namespace a"],
+    );
     // a's own second Route on its host (another path) is fine.
     let mut second = route("api", "shop.a.test");
     second["spec"]["path"] = json!("/v2");
