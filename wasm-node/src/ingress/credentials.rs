@@ -29,8 +29,13 @@
 //! once, when its sandbox is; checking one costs one HMAC.
 //!
 //! Both are compared in constant time, and both keys are keyed into an
-//! HMAC state once, so a request pays only for the message blocks.
+//! HMAC state once, so a request pays only for the message blocks. A node
+//! proxying to a pod signs at most once a second for it ([`SignedCache`]):
+//! a credential is valid for its whole second anyway, and the sender's
+//! hot path then takes a lock and a reference-counted copy, not an HMAC
+//! and a formatted header.
 
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -104,13 +109,33 @@ impl ProxyKey {
 
     /// The credential for a request to `pod`, made at `now`.
     pub fn sign(&self, pod: &PodName, now: SystemTime) -> HeaderValue {
-        let seconds = unix_seconds(now);
+        self.sign_at(unix_seconds(now), pod)
+    }
+
+    fn sign_at(&self, seconds: u64, pod: &PodName) -> HeaderValue {
         let tag = self.mac(seconds, pod).finalize().into_bytes();
         let mut value =
             HeaderValue::from_str(&format!("{seconds}.{}", URL_SAFE_NO_PAD.encode(tag)))
                 .expect("digits and base64 are valid in a header");
         value.set_sensitive(true);
         value
+    }
+
+    /// The credential for a request to `pod` at `now`, from `cache` when
+    /// it was made in the same second (the credential it would make anew
+    /// is the same bytes), made and kept there otherwise. A cache belongs
+    /// to one pod host: the caller keeps one per endpoint.
+    pub fn sign_cached(&self, cache: &SignedCache, pod: &PodName, now: SystemTime) -> HeaderValue {
+        let seconds = unix_seconds(now);
+        let mut kept = cache.0.lock().expect("signed credential lock");
+        match &*kept {
+            Some((at, value)) if *at == seconds => value.clone(),
+            _ => {
+                let value = self.sign_at(seconds, pod);
+                *kept = Some((seconds, value.clone()));
+                value
+            }
+        }
     }
 
     /// Checks a credential for a request to `pod`, received at `now`.
@@ -131,6 +156,16 @@ impl ProxyKey {
         self.mac(seconds, pod)
             .verify_slice(&tag)
             .map_err(|_| ProxyAuthError::Mismatch)
+    }
+}
+
+/// The last proxy credential made for one pod host, and its second.
+#[derive(Default)]
+pub struct SignedCache(Mutex<Option<(u64, HeaderValue)>>);
+
+impl std::fmt::Debug for SignedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SignedCache(..)")
     }
 }
 
@@ -238,6 +273,29 @@ mod tests {
         // Skew either way within the window.
         assert_eq!(key.verify(credential, &web, at(1_000_030)), Ok(()));
         assert_eq!(key.verify(credential, &web, at(999_970)), Ok(()));
+    }
+
+    #[test]
+    fn a_cached_proxy_credential_is_the_one_signed_anew_in_its_second() {
+        let key = ProxyKey::new(&[7; PROXY_KEY_LEN]);
+        let web = pod("shop", "web");
+        let cache = SignedCache::default();
+        let first = key.sign_cached(&cache, &web, at(1_000_000));
+        assert_eq!(first, key.sign(&web, at(1_000_000)));
+        assert!(first.is_sensitive());
+        // Later in the same second: the same bytes.
+        let later = UNIX_EPOCH + Duration::from_millis(1_000_000_999);
+        assert_eq!(key.sign_cached(&cache, &web, later), first);
+        // The next second gets a fresh credential, which verifies there.
+        let next = key.sign_cached(&cache, &web, at(1_000_001));
+        assert_eq!(next, key.sign(&web, at(1_000_001)));
+        assert_ne!(next, first);
+        assert_eq!(key.verify(next.as_bytes(), &web, at(1_000_001)), Ok(()));
+        // A clock stepped back is a miss too, never an older second's value.
+        assert_eq!(
+            key.sign_cached(&cache, &web, at(999_990)),
+            key.sign(&web, at(999_990))
+        );
     }
 
     #[test]

@@ -47,7 +47,7 @@ use hyper_util::rt::TokioExecutor;
 use skiff_api::kinds::service::{Endpoint, RouteSpec, ServiceSpec};
 
 pub use crate::runtimes::Backend;
-pub use credentials::{CallerKey, PROXY_KEY_LEN, ProxyAuthError, ProxyKey};
+pub use credentials::{CallerKey, PROXY_KEY_LEN, ProxyAuthError, ProxyKey, SignedCache};
 pub use serve::{serve, serve_with};
 use skiff_wasm::{
     BodyError, CALLER_AUTH_HEADER, CALLER_NAMESPACE_HEADER, HttpBody, INTERNAL_HEADERS,
@@ -112,6 +112,12 @@ impl LocalPods {
 struct Balanced {
     endpoint: Endpoint,
     outstanding: Arc<AtomicUsize>,
+    /// The pod's namespace and name, as its host and credential name it.
+    pod: PodName,
+    /// `NAME.NAMESPACE.pod`, the Host a proxied request carries, made once.
+    host: HeaderValue,
+    /// The proxy credential for that host, made at most once a second.
+    signed: SignedCache,
 }
 
 /// A Service's endpoints as this node balances over them, and the spec
@@ -289,25 +295,30 @@ impl Ingress {
         let previous = table.services.get(&key).cloned();
         let endpoints = endpoints
             .into_iter()
-            .filter(|endpoint| {
-                let valid = skiff_api::validate::dns_label(&endpoint.pod).is_ok();
-                if !valid {
+            .filter_map(|endpoint| {
+                let host = skiff_api::validate::dns_label(&endpoint.pod)
+                    .ok()
+                    .and_then(|()| {
+                        HeaderValue::from_str(&format!("{}.{namespace}.pod", endpoint.pod)).ok()
+                    });
+                let Some(host) = host else {
                     tracing::warn!(
                         "service {namespace}/{name}: ignoring endpoint `{}`, which is no pod name",
                         endpoint.pod
                     );
-                }
-                valid
-            })
-            .map(|endpoint| {
+                    return None;
+                };
                 let outstanding = previous
                     .as_ref()
                     .and_then(|p| p.endpoints.iter().find(|b| b.endpoint.pod == endpoint.pod))
                     .map_or_else(Arc::default, |b| b.outstanding.clone());
-                Balanced {
+                Some(Balanced {
+                    pod: (namespace.to_owned(), endpoint.pod.clone()),
                     endpoint,
                     outstanding,
-                }
+                    host,
+                    signed: SignedCache::default(),
+                })
             })
             .collect();
         table.services.insert(
@@ -586,7 +597,7 @@ impl Ingress {
             let _in_flight = InFlight::enter(&backend.outstanding);
             let endpoint = &backend.endpoint;
             if endpoint.address == self.config.own_address {
-                match self.pods.get(&(namespace.clone(), endpoint.pod.clone())) {
+                match self.pods.get(&backend.pod) {
                     Some(local) => return self.serve_local(local, rebuild(&parts, &body)).await,
                     None => continue,
                 }
@@ -605,10 +616,7 @@ impl Ingress {
                 continue;
             }
             refused = false;
-            match self
-                .proxy(&namespace, endpoint, rebuild(&parts, &body))
-                .await
-            {
+            match self.proxy(backend, rebuild(&parts, &body)).await {
                 Ok(response) if response.headers().contains_key(POD_MISSING_HEADER) => {
                     last_failure = format!("pod {} had left {}", endpoint.pod, endpoint.node);
                 }
@@ -666,8 +674,7 @@ impl Ingress {
     /// with this node's proxy credential for that pod.
     async fn proxy(
         &self,
-        namespace: &str,
-        endpoint: &Endpoint,
+        to: &Balanced,
         mut request: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
         let path = request
@@ -675,20 +682,18 @@ impl Ingress {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        *request.uri_mut() = format!("http://{}{path}", endpoint.address)
+        *request.uri_mut() = format!("http://{}{path}", to.endpoint.address)
             .parse()
             .unwrap_or_default();
         let headers = request.headers_mut();
-        if let Some(original) = headers.remove(http::header::HOST) {
+        if let Some(original) = headers.insert(http::header::HOST, to.host.clone()) {
             headers.insert("x-forwarded-host", original);
         }
-        if let Ok(host) = HeaderValue::from_str(&format!("{}.{namespace}.pod", endpoint.pod)) {
-            headers.insert(http::header::HOST, host);
-        }
-        let pod = (namespace.to_owned(), endpoint.pod.clone());
         headers.insert(
             PROXY_AUTH_HEADER,
-            self.config.proxy_key.sign(&pod, SystemTime::now()),
+            self.config
+                .proxy_key
+                .sign_cached(&to.signed, &to.pod, SystemTime::now()),
         );
         self.client.request(request).await
     }
