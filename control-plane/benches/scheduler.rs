@@ -74,9 +74,16 @@ async fn write_all(store: &Store, writes: Vec<Write>) {
 async fn fresh_store() -> Store {
     let url = Postgres::shared().create_database();
     // The pool a control plane runs with by default.
-    let store = open_store(&url, &PoolSettings::default(), Duration::from_secs(30))
-        .await
-        .expect("store");
+    let keys = testkit::encryption_key_file(&url);
+    control_plane::encryption::Keyring::create_file(&keys).expect("key file");
+    let store = open_store(
+        &url,
+        &PoolSettings::default(),
+        Duration::from_secs(30),
+        &keys,
+    )
+    .await
+    .expect("store");
     // As `control-plane init` does: namespaces and the admin token.
     control_plane::initialize(&store).await.expect("init");
     store

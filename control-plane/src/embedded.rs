@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::encryption::Keyring;
 use crate::server::{self, ServerConfig};
 use crate::store::{Store, StoreError, TokenGrant};
 
@@ -38,8 +39,16 @@ impl ControlPlane {
         config: ServerConfig,
         default_policy: &NamespacePolicy,
     ) -> Result<Started> {
-        let store =
-            server::open_store(&config.database_url, &config.pool, config.database_wait).await?;
+        // A new cluster gets its key file here, as `control-plane init`
+        // makes one; an existing one is kept.
+        Keyring::create_file(&config.encryption_key_file)?;
+        let store = server::open_store(
+            &config.database_url,
+            &config.pool,
+            config.database_wait,
+            &config.encryption_key_file,
+        )
+        .await?;
         let admin_token = if store.initialized().await? {
             None
         } else {

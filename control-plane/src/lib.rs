@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod controllers;
 pub mod embedded;
+pub mod encryption;
 pub mod leader;
 pub mod local_postgres;
 pub mod scheduler;

@@ -9,9 +9,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use control_plane::api::ApiConfig;
 use control_plane::controllers::nodes::NodeLifecycleConfig;
+use control_plane::encryption::Keyring;
 use control_plane::scheduler::SchedulerConfig;
 use control_plane::server::{self, ServerConfig};
-use control_plane::store::PoolSettings;
+use control_plane::store::{PoolSettings, Reseal};
 use skiff_api::quantity::parse_duration;
 
 #[derive(Parser)]
@@ -29,6 +30,31 @@ enum Command {
     Init(InitArgs),
     /// Serve the API.
     Serve(ServeArgs),
+    /// Put a new encryption key first in the key file and encrypt every
+    /// stored Secret and cluster secret under it, while control planes
+    /// keep serving (they reread the file within seconds).
+    RotateEncryptionKey(RotateArgs),
+}
+
+#[derive(clap::Args)]
+struct RotateArgs {
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    #[command(flatten)]
+    keys: KeyFileArg,
+    /// Afterwards, remove from the file the keys no stored value names
+    /// any more (do this once every control plane has reread the file).
+    #[arg(long)]
+    prune: bool,
+}
+
+#[derive(clap::Args)]
+struct KeyFileArg {
+    /// The file of keys Secrets are encrypted under, outside the database
+    /// and readable by its owner alone; `control-plane init` creates it.
+    /// Every control plane on one database needs the same keys.
+    #[arg(long, env = "SKIFF_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    encryption_key_file: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -43,12 +69,17 @@ struct InitArgs {
     /// (localhost and loopback are always in). Repeatable.
     #[arg(long = "tls-san", value_name = "NAME")]
     tls_sans: Vec<String>,
+    /// Created here (with one new key) unless it exists.
+    #[command(flatten)]
+    keys: KeyFileArg,
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
+    #[command(flatten)]
+    keys: KeyFileArg,
     /// Address to serve on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
@@ -112,6 +143,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Init(args) => init(args).await,
             Command::Serve(args) => serve(args).await,
+            Command::RotateEncryptionKey(args) => rotate(args).await,
         }
     });
     match result {
@@ -135,14 +167,23 @@ fn init_logging() {
 }
 
 async fn init(args: InitArgs) -> Result<()> {
+    let key_file = &args.keys.encryption_key_file;
+    let created = Keyring::create_file(key_file)?;
     let store = server::open_store(
         &args.database_url,
         &PoolSettings::default(),
         Duration::from_secs(30),
+        key_file,
     )
     .await?;
     let token = control_plane::initialize(&store).await?;
     println!("Cluster initialized.");
+    if created {
+        println!(
+            "Encryption key file created: {} (keep it outside the database, backed up, and give it to every control plane with --encryption-key-file)",
+            key_file.display()
+        );
+    }
     println!("Cluster-admin token (shown once; store it safely):\n  {token}");
     if let Some(dir) = args.tls_dir {
         let files = control_plane::tls::generate(&dir, &args.tls_sans)?;
@@ -162,6 +203,7 @@ async fn init(args: InitArgs) -> Result<()> {
 async fn serve(args: ServeArgs) -> Result<()> {
     let config = ServerConfig {
         database_url: args.database_url,
+        encryption_key_file: args.keys.encryption_key_file,
         listen: args.listen,
         tls: args.tls_cert.zip(args.tls_key),
         pool: PoolSettings {
@@ -188,6 +230,59 @@ async fn serve(args: ServeArgs) -> Result<()> {
         },
     };
     server::run(config, shutdown_signal()).await
+}
+
+/// Passes over the stored values until none is left under an older key;
+/// a control plane that has not reread the file yet may still write under
+/// the old one, so a few passes a reload interval apart are allowed.
+async fn rotate(args: RotateArgs) -> Result<()> {
+    const PASSES: usize = 5;
+    let key_file = &args.keys.encryption_key_file;
+    // The keys must open what is stored before a new one is added.
+    Keyring::load(key_file)?;
+    let new_key = Keyring::add_primary(key_file)?;
+    println!(
+        "New encryption key {new_key} is first in {}.",
+        key_file.display()
+    );
+    let store = server::open_store(
+        &args.database_url,
+        &PoolSettings::default(),
+        Duration::from_secs(30),
+        key_file,
+    )
+    .await?;
+    let mut left = true;
+    for pass in 1..=PASSES {
+        let report = store.reseal(Reseal::NotUnderCurrentKey).await?;
+        println!(
+            "Pass {pass}: re-encrypted {} Secrets, {} change log entries, {} cluster secrets.",
+            report.objects, report.changes, report.cluster_secrets
+        );
+        let in_use = store.keys_in_use().await?;
+        left = in_use
+            .iter()
+            .any(|(key, _)| key.as_deref() != Some(&*new_key));
+        if !left && report.raced == 0 {
+            break;
+        }
+        tokio::time::sleep(server::KEY_RELOAD_INTERVAL * 2).await;
+    }
+    if left {
+        anyhow::bail!(
+            "values under older keys remain after {PASSES} passes: a control plane may be writing with a key file that lacks {new_key}; give it the new file and run this again"
+        );
+    }
+    println!("Every stored value is encrypted under {new_key}.");
+    if args.prune {
+        let removed = Keyring::prune_file(key_file, std::slice::from_ref(&new_key))?;
+        println!("Removed keys no value names: {}.", removed.join(", "));
+    } else {
+        println!(
+            "Older keys stay in the file for reading; remove them with --prune once every control plane has reread it."
+        );
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

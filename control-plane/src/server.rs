@@ -3,7 +3,7 @@
 //! stop, and stop them all then.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,13 +18,16 @@ use tower::ServiceExt;
 
 use crate::api::{self, ApiConfig, AppState};
 use crate::auth::Authenticator;
-use crate::store::{PoolSettings, Store};
+use crate::encryption::Keyring;
+use crate::store::{PoolSettings, Reseal, Store};
 use crate::watch::WatchHub;
 
 /// Everything `control-plane serve` is configured with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub database_url: String,
+    /// The keys Secrets are encrypted under (see [`crate::encryption`]).
+    pub encryption_key_file: PathBuf,
     pub listen: SocketAddr,
     /// Certificate chain and key (PEM); plain HTTP without them.
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -48,10 +51,16 @@ pub struct ServerConfig {
     pub api: ApiConfig,
 }
 
-/// Connects to the database, retrying while it is unreachable, and applies
-/// the migrations.
-pub async fn open_store(url: &str, pool: &PoolSettings, wait: Duration) -> Result<Store> {
-    let store = Store::connect(url, pool).context("invalid database URL")?;
+/// Reads the encryption keys, connects to the database, retrying while it
+/// is unreachable, and applies the migrations.
+pub async fn open_store(
+    url: &str,
+    pool: &PoolSettings,
+    wait: Duration,
+    encryption_key_file: &Path,
+) -> Result<Store> {
+    let keyring = Arc::new(Keyring::load(encryption_key_file)?);
+    let store = Store::connect(url, pool, keyring).context("invalid database URL")?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         match store.migrate().await {
@@ -70,7 +79,13 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Re
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let store = open_store(&config.database_url, &config.pool, config.database_wait).await?;
+    let store = open_store(
+        &config.database_url,
+        &config.pool,
+        config.database_wait,
+        &config.encryption_key_file,
+    )
+    .await?;
     run_on(listener, store, config, shutdown).await
 }
 
@@ -88,8 +103,15 @@ pub(crate) async fn run_on(
         )?)),
         None => None,
     };
+    // Secrets written before encryption existed are sealed now, so none
+    // stays in plaintext past an upgrade.
+    let sealed = store.reseal(Reseal::Plaintext).await?;
+    if sealed.total() > 0 {
+        tracing::info!("encrypted {} values stored in plaintext", sealed.total());
+    }
     let hub = WatchHub::start(store.clone());
     let mut loops = JoinSet::new();
+    loops.spawn(reload_keys_periodically(store.clone()));
     if config.scheduler {
         loops.spawn(crate::scheduler::run(
             store.clone(),
@@ -127,6 +149,22 @@ pub(crate) async fn run_on(
     })
     .await;
     Ok(())
+}
+
+/// How often the encryption key file is checked for changes: a rotation
+/// run elsewhere reaches this process within this time.
+pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+async fn reload_keys_periodically(store: Store) {
+    let mut ticks = tokio::time::interval(KEY_RELOAD_INTERVAL);
+    loop {
+        ticks.tick().await;
+        match store.reload_keys() {
+            Ok(true) => tracing::info!("encryption key file changed; keys reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("{e}; keeping the keys already read"),
+        }
+    }
 }
 
 async fn compact_periodically(store: Store, retain: i64, interval: Duration) {

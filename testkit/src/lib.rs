@@ -222,11 +222,33 @@ pub struct ControlPlane {
     log: Arc<Mutex<String>>,
 }
 
+/// The encryption key file of the cluster on `database_url`: one per
+/// database, as every control plane on a database needs the same keys.
+/// [`init_cluster`] creates it; control planes started here are given it.
+pub fn encryption_key_file(database_url: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    database_url.hash(&mut hasher);
+    let dir = std::env::temp_dir().join("skiff-test-keys");
+    std::fs::create_dir_all(&dir).expect("a directory for test key files");
+    dir.join(format!("{:016x}.keys", hasher.finish()))
+}
+
+/// `extra`, with the database's key file unless `extra` names one.
+fn with_key_file(database_url: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+    if !extra.contains(&"--encryption-key-file") {
+        args.push("--encryption-key-file".into());
+        args.push(encryption_key_file(database_url).display().to_string());
+    }
+    args
+}
+
 /// Runs `control-plane init` on a database and returns the admin token.
 pub fn init_cluster(binary: &Path, database_url: &str, extra: &[&str]) -> String {
     let output = Command::new(binary)
         .args(["init", "--database-url", database_url])
-        .args(extra)
+        .args(with_key_file(database_url, extra))
         .output()
         .expect("control-plane init runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -300,7 +322,7 @@ impl ControlPlane {
         let mut command = Command::new(binary);
         command
             .args(["serve", "--database-url", database_url, "--listen", listen])
-            .args(extra)
+            .args(with_key_file(database_url, extra))
             .env("RUST_LOG", "control_plane=debug,warn");
         let (child, url, log) = spawn_logged(command, "listening on ", "control plane");
         ControlPlane { child, url, log }

@@ -118,6 +118,8 @@ async fn serve(
     let api_url = format!("http://{}", listener.local_addr()?);
     let config = ServerConfig {
         database_url: database_url.to_owned(),
+        // Beside the cluster's other state, outside the database.
+        encryption_key_file: data.join("encryption.key"),
         listen: args.api,
         tls: None,
         pool: Default::default(),

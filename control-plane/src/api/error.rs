@@ -26,6 +26,9 @@ pub enum ApiError {
     Gone(String),
     TooLarge(String),
     Unavailable(String),
+    /// The server cannot do what was asked, through no fault of the
+    /// caller's (a stored value its keys do not open).
+    Internal(String),
 }
 
 impl ApiError {
@@ -72,6 +75,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid { field, message } => ApiError::invalid(&field, message),
             StoreError::Compacted { .. } => ApiError::Gone(message),
             StoreError::Unavailable(_) => ApiError::Unavailable(message),
+            StoreError::Encryption(_) => ApiError::Internal(message),
         }
     }
 }
@@ -115,6 +119,12 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(m) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
+                m,
+                vec![],
+            ),
+            ApiError::Internal(m) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
                 m,
                 vec![],
             ),

@@ -2,9 +2,11 @@
 //! runs SQL.
 
 pub mod objects;
+mod reseal;
 mod writer;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -17,7 +19,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::encryption::{EncryptionError, Keyring, cluster_secret_context};
 pub use objects::Part;
+pub use reseal::{Reseal, ResealReport};
 pub use writer::Write;
 
 /// The `NOTIFY` channel every committed write batch signals on.
@@ -93,6 +97,17 @@ pub enum StoreError {
     Compacted { requested: i64, compacted: i64 },
     #[error("{0}")]
     Unavailable(String),
+    /// A stored value could not be decrypted: the key file lacks its key,
+    /// or the value was altered. The server's fault, never the caller's.
+    #[error("{0}")]
+    Encryption(String),
+}
+
+impl From<EncryptionError> for StoreError {
+    fn from(error: EncryptionError) -> Self {
+        tracing::error!("{error}");
+        StoreError::Encryption(error.to_string())
+    }
 }
 
 /// Logs a database error and returns what clients are told about it.
@@ -248,6 +263,9 @@ enum TokenFilter {
 pub struct Store {
     pool: PgPool,
     writes: mpsc::Sender<writer::Pending>,
+    /// Seals Secrets and cluster secrets on their way in, opens them on
+    /// their way out: nothing of them is stored in plaintext.
+    keyring: Arc<Keyring>,
 }
 
 /// Settings of the connection pool.
@@ -270,7 +288,11 @@ impl Store {
     /// Connects (lazily: the pool opens connections as they are needed, so
     /// a database that is down at start or restarts later is reconnected
     /// to without help) and starts the writer.
-    pub fn connect(url: &str, settings: &PoolSettings) -> Result<Self, sqlx::Error> {
+    pub fn connect(
+        url: &str,
+        settings: &PoolSettings,
+        keyring: Arc<Keyring>,
+    ) -> Result<Self, sqlx::Error> {
         let options: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
@@ -279,8 +301,17 @@ impl Store {
             // every connection before use would cost a round trip per query.
             .test_before_acquire(false)
             .connect_lazy_with(options);
-        let writes = writer::spawn(pool.clone());
-        Ok(Self { pool, writes })
+        let writes = writer::spawn(pool.clone(), keyring.clone());
+        Ok(Self {
+            pool,
+            writes,
+            keyring,
+        })
+    }
+
+    /// Rereads the encryption key file if it changed; says whether it did.
+    pub fn reload_keys(&self) -> Result<bool, EncryptionError> {
+        self.keyring.reload_if_changed()
     }
 
     /// Follows notifications of new changes on a connection of its own.
@@ -338,7 +369,7 @@ impl Store {
     }
 
     pub async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError> {
-        sqlx::query_scalar(
+        let stored: Option<Value> = sqlx::query_scalar(
             "SELECT body FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3",
         )
         .bind(key.kind.name())
@@ -346,7 +377,17 @@ impl Store {
         .bind(&key.name)
         .fetch_optional(&self.pool)
         .await
-        .map_err(|e| db_unavailable(&e))
+        .map_err(|e| db_unavailable(&e))?;
+        stored.map(|body| self.opened(key.kind, body)).transpose()
+    }
+
+    /// An object as read from the database, opened if it is sealed.
+    fn opened(&self, kind: Kind, stored: Value) -> Result<Value, StoreError> {
+        if kind == Kind::Secret {
+            Ok(self.keyring.unseal_secret(stored)?)
+        } else {
+            Ok(stored)
+        }
     }
 
     pub async fn current_revision(&self) -> Result<i64, StoreError> {
@@ -409,8 +450,12 @@ impl Store {
             }
             _ => None,
         };
+        let items = rows
+            .into_iter()
+            .map(|row| self.opened(kind, row.get("body")))
+            .collect::<Result<_, _>>()?;
         Ok(Page {
-            items: rows.into_iter().map(|row| row.get("body")).collect(),
+            items,
             revision,
             next,
         })
@@ -456,24 +501,27 @@ impl Store {
         .await
         .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|row| {
-                let event_type = match row.get::<&str, _>("type") {
-                    "ADDED" => skiff_api::EventType::Added,
-                    "MODIFIED" => skiff_api::EventType::Modified,
-                    _ => skiff_api::EventType::Deleted,
-                };
-                Some(Change {
-                    revision: row.get("revision"),
-                    kind: Kind::from_name(row.get("kind"))?,
-                    namespace: row.get("namespace"),
-                    event_type,
-                    object: row.get("object"),
-                    previous: row.get("previous"),
-                })
-            })
-            .collect())
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let event_type = match row.get::<&str, _>("type") {
+                "ADDED" => skiff_api::EventType::Added,
+                "MODIFIED" => skiff_api::EventType::Modified,
+                _ => skiff_api::EventType::Deleted,
+            };
+            let Some(kind) = Kind::from_name(row.get("kind")) else {
+                continue;
+            };
+            let previous: Option<Value> = row.get("previous");
+            changes.push(Change {
+                revision: row.get("revision"),
+                kind,
+                namespace: row.get("namespace"),
+                event_type,
+                object: self.opened(kind, row.get("object"))?,
+                previous: previous.map(|p| self.opened(kind, p)).transpose()?,
+            });
+        }
+        Ok(changes)
     }
 
     /// The oldest revision a watch may resume from.
@@ -605,19 +653,29 @@ impl Store {
         candidate: &[u8],
     ) -> Result<Vec<u8>, StoreError> {
         let unavailable = |e: sqlx::Error| db_unavailable(&e);
+        let context = cluster_secret_context(name);
         sqlx::query(
             "INSERT INTO cluster_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
-        .bind(candidate)
+        .bind(self.keyring.seal(&context, candidate))
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
-        sqlx::query_scalar("SELECT value FROM cluster_secrets WHERE name = $1")
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(unavailable)
+        let stored: Vec<u8> =
+            sqlx::query_scalar("SELECT value FROM cluster_secrets WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        if Keyring::is_sealed(&stored) {
+            Ok(self
+                .keyring
+                .unseal(&format!("cluster secret {name}"), &context, &stored)?)
+        } else {
+            // Stored before encryption; `reseal` seals it.
+            Ok(stored)
+        }
     }
 
     /// Stores a token by its hash and returns its id.

@@ -6,6 +6,7 @@
 //! fast: concurrent writers share one lock acquisition and one commit
 //! (fsync) instead of queueing for one each.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::objects::{self, Part};
 use super::{ObjectKey, StoreError, db_unavailable, now_rfc3339};
+use crate::encryption::{Keyring, SEALED_FIELD};
 
 /// Writes taken into one transaction at most; bounds how long the revision
 /// lock is held.
@@ -56,13 +58,13 @@ enum BatchError {
     AtCommit(sqlx::Error),
 }
 
-pub(super) fn spawn(pool: PgPool) -> mpsc::Sender<Pending> {
+pub(super) fn spawn(pool: PgPool, keyring: Arc<Keyring>) -> mpsc::Sender<Pending> {
     let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
-    tokio::spawn(run(Arc::new(pool), receiver));
+    tokio::spawn(run(Arc::new(pool), keyring, receiver));
     sender
 }
 
-async fn run(pool: Arc<PgPool>, mut receiver: mpsc::Receiver<Pending>) {
+async fn run(pool: Arc<PgPool>, keyring: Arc<Keyring>, mut receiver: mpsc::Receiver<Pending>) {
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -72,7 +74,7 @@ async fn run(pool: Arc<PgPool>, mut receiver: mpsc::Receiver<Pending>) {
             }
         }
         let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
-        let results = commit_with_retry(&pool, &writes).await;
+        let results = commit_with_retry(&pool, &keyring, &writes).await;
         for (pending, result) in batch.into_iter().zip(results) {
             let _ = pending.reply.send(result);
         }
@@ -83,21 +85,25 @@ async fn run(pool: Arc<PgPool>, mut receiver: mpsc::Receiver<Pending>) {
 /// (a connection may have gone stale, e.g. after a database restart), then
 /// its writes are committed one by one, so that one poisonous write fails
 /// alone.
-async fn commit_with_retry(pool: &PgPool, writes: &[&Write]) -> Vec<Result<Value, StoreError>> {
-    let first = match commit(pool, writes).await {
+async fn commit_with_retry(
+    pool: &PgPool,
+    keyring: &Keyring,
+    writes: &[&Write],
+) -> Vec<Result<Value, StoreError>> {
+    let first = match commit(pool, keyring, writes).await {
         Ok(results) => return results,
         Err(BatchError::AtCommit(e)) => return unknown_outcome(writes.len(), &e),
         Err(BatchError::BeforeCommit(e)) => e,
     };
     tracing::warn!("write batch of {} failed, retrying: {first}", writes.len());
-    match commit(pool, writes).await {
+    match commit(pool, keyring, writes).await {
         Ok(results) => results,
         Err(BatchError::AtCommit(e)) => unknown_outcome(writes.len(), &e),
         Err(BatchError::BeforeCommit(e)) if writes.len() == 1 => vec![Err(db_unavailable(&e))],
         Err(BatchError::BeforeCommit(_)) => {
             let mut results = Vec::with_capacity(writes.len());
             for write in writes {
-                results.push(match commit(pool, &[write]).await {
+                results.push(match commit(pool, keyring, &[write]).await {
                     Ok(mut one) => one.remove(0),
                     Err(BatchError::BeforeCommit(e) | BatchError::AtCommit(e)) => {
                         Err(db_unavailable(&e))
@@ -121,7 +127,8 @@ fn unknown_outcome(n: usize, error: &sqlx::Error) -> Vec<Result<Value, StoreErro
 }
 
 /// State of one batch transaction.
-struct Batch {
+struct Batch<'k> {
+    keyring: &'k Keyring,
     /// The last revision handed out.
     revision: i64,
     /// Timestamp for everything written in the batch.
@@ -133,6 +140,7 @@ struct Batch {
 
 async fn commit(
     pool: &PgPool,
+    keyring: &Keyring,
     writes: &[&Write],
 ) -> Result<Vec<Result<Value, StoreError>>, BatchError> {
     let before = BatchError::BeforeCommit;
@@ -142,6 +150,7 @@ async fn commit(
         .await
         .map_err(before)?;
     let mut batch = Batch {
+        keyring,
         revision: start,
         now: now_rfc3339(),
         namespaces: HashSet::new(),
@@ -173,7 +182,7 @@ async fn commit(
 async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     write: &Write,
-    batch: &mut Batch,
+    batch: &mut Batch<'_>,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
     match write {
         Write::Create { key, object } => create(tx, key, object.clone(), batch).await,
@@ -195,7 +204,7 @@ async fn create(
     tx: &mut Transaction<'_, Postgres>,
     key: &ObjectKey,
     object: Value,
-    batch: &mut Batch,
+    batch: &mut Batch<'_>,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
     if key.kind.namespaced() && !batch.namespaces.contains(&key.namespace) {
         if load(tx, &ObjectKey::namespace(&key.namespace))
@@ -214,6 +223,7 @@ async fn create(
     let uid = uuid::Uuid::new_v4();
     let next = batch.revision + 1;
     let object = objects::created(key.kind, object, &uid.to_string(), next, &batch.now);
+    let stored = batch.sealed(key.kind, &object);
     // The object and its change in one round trip; no row means the name
     // is taken.
     let inserted = sqlx::query(
@@ -230,7 +240,7 @@ async fn create(
     .bind(uid)
     .bind(next)
     .bind(labels_of(&object))
-    .bind(&object)
+    .bind(&*stored)
     .execute(&mut **tx)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -246,9 +256,9 @@ async fn update(
     incoming: Value,
     part: Part,
     expected: Option<i64>,
-    batch: &mut Batch,
+    batch: &mut Batch<'_>,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
-    let existing = match load_expected(tx, key, expected).await? {
+    let existing = match load_expected(tx, key, expected, batch.keyring).await? {
         Ok(existing) => existing,
         Err(refused) => return Ok(Err(refused)),
     };
@@ -279,8 +289,8 @@ async fn update(
     .bind(&key.name)
     .bind(next)
     .bind(labels_of(&object))
-    .bind(&object)
-    .bind(&existing)
+    .bind(&*batch.sealed(key.kind, &object))
+    .bind(&*batch.sealed(key.kind, &existing))
     .execute(&mut **tx)
     .await?;
     batch.revision = next;
@@ -292,9 +302,9 @@ async fn delete(
     key: &ObjectKey,
     expected: Option<i64>,
     expected_uid: Option<&str>,
-    batch: &mut Batch,
+    batch: &mut Batch<'_>,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
-    let existing = match load_expected(tx, key, expected).await? {
+    let existing = match load_expected(tx, key, expected, batch.keyring).await? {
         Ok(existing) => existing,
         Err(refused) => return Ok(Err(refused)),
     };
@@ -328,7 +338,13 @@ async fn delete(
             let kind = Kind::from_name(row.get::<&str, _>("kind")).unwrap_or(Kind::Pod);
             let member = ObjectKey::new(kind, &key.name, row.get::<&str, _>("name"));
             batch.revision += 1;
-            let object = objects::deleted(&row.get::<Value, _>("body"), batch.revision, &batch.now);
+            // Sealed members stay sealed: only their metadata changes.
+            let body = row.get::<Value, _>("body");
+            let object = objects::deleted(
+                &batch.sealed_if_plain(kind, body),
+                batch.revision,
+                &batch.now,
+            );
             record_change(tx, batch.revision, &member, "DELETED", &object).await?;
         }
     }
@@ -340,20 +356,58 @@ async fn delete(
         .await?;
     batch.revision += 1;
     let object = objects::deleted(&existing, batch.revision, &batch.now);
-    record_change(tx, batch.revision, key, "DELETED", &object).await?;
+    record_change(
+        tx,
+        batch.revision,
+        key,
+        "DELETED",
+        &batch.sealed(key.kind, &object),
+    )
+    .await?;
     Ok(Ok(object))
 }
 
-/// The stored object, refused when missing or not at `expected`.
+/// The stored object (opened, if sealed), refused when missing or not at
+/// `expected`.
 async fn load_expected(
     tx: &mut Transaction<'_, Postgres>,
     key: &ObjectKey,
     expected: Option<i64>,
+    keyring: &Keyring,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
     let Some(existing) = load(tx, key).await? else {
         return Ok(Err(StoreError::NotFound(key.clone())));
     };
-    Ok(check_revision(key, &existing, expected).map(|()| existing))
+    if let Err(refused) = check_revision(key, &existing, expected) {
+        return Ok(Err(refused));
+    }
+    if key.kind == Kind::Secret {
+        return Ok(keyring.unseal_secret(existing).map_err(StoreError::from));
+    }
+    Ok(Ok(existing))
+}
+
+impl Batch<'_> {
+    /// `object` as it is stored: a Secret sealed whole, whatever fields it
+    /// came with (so none can pass as already sealed), anything else as
+    /// it is.
+    fn sealed<'v>(&self, kind: Kind, object: &'v Value) -> Cow<'v, Value> {
+        if kind == Kind::Secret {
+            Cow::Owned(self.keyring.seal_secret(object))
+        } else {
+            Cow::Borrowed(object)
+        }
+    }
+
+    /// A value read from the database as it is stored from now on: a
+    /// Secret stored before encryption gets sealed.
+    fn sealed_if_plain(&self, kind: Kind, stored: Value) -> Value {
+        if kind == Kind::Secret && stored.get(SEALED_FIELD).is_none() {
+            self.keyring.seal_secret(&stored)
+        } else {
+            stored
+        }
+    }
 }
 
 fn check_revision(

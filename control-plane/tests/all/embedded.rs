@@ -18,6 +18,7 @@ use crate::support::eventually;
 fn config(database_url: &str) -> ServerConfig {
     ServerConfig {
         database_url: database_url.to_owned(),
+        encryption_key_file: testkit::encryption_key_file(database_url),
         listen: ([127, 0, 0, 1], 0).into(),
         tls: None,
         pool: Default::default(),

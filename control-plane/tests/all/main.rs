@@ -12,6 +12,7 @@ mod gc;
 mod proxy_key;
 mod restart;
 mod scheduling;
+mod secrets;
 mod support;
 mod tenancy;
 mod tls;
