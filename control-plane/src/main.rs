@@ -232,9 +232,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     server::run(config, shutdown_signal()).await
 }
 
-/// Passes over the stored values until none is left under an older key;
-/// a control plane that has not reread the file yet may still write under
-/// the old one, so a few passes a reload interval apart are allowed.
+/// Passes over the stored values until none is left under an older key,
+/// at least two, twice the reload interval apart: a control plane that has
+/// not reread the file yet may still write under the old key.
 async fn rotate(args: RotateArgs) -> Result<()> {
     const PASSES: usize = 5;
     let key_file = &args.keys.encryption_key_file;
@@ -263,7 +263,10 @@ async fn rotate(args: RotateArgs) -> Result<()> {
         left = in_use
             .iter()
             .any(|(key, _)| key.as_deref() != Some(&*new_key));
-        if !left && report.raced == 0 {
+        // The first pass may end before a control plane has reread the
+        // file and still writes under the old key: only a pass after a
+        // reload interval has passed can say none is left.
+        if pass > 1 && !left && report.raced == 0 {
             break;
         }
         tokio::time::sleep(server::KEY_RELOAD_INTERVAL * 2).await;
