@@ -82,6 +82,10 @@ struct JoinArgs {
     /// Where components, compiled code and pod files are kept.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Where pods' Secret volumes are written (owner-only, emptied at
+    /// start); by default a directory on /dev/shm, so they stay in memory.
+    #[arg(long, value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
     /// Size limit of the component cache.
     #[arg(long, default_value = "2Gi", value_parser = parse_bytes)]
     cache_size: u64,
@@ -238,6 +242,7 @@ async fn join(args: JoinArgs) -> Result<()> {
         lease_interval: args.lease_interval,
         lease_duration: args.lease_duration,
         data_dir,
+        secrets_dir: args.secrets_dir,
         blob_cache_bytes: args.cache_size,
         insecure_registries: args.insecure_registries,
         backoff_base: args.backoff,

@@ -165,6 +165,7 @@ async fn serve(
         lease_interval: Duration::from_secs(2),
         lease_duration: Duration::from_secs(6),
         data_dir: data.join("node"),
+        secrets_dir: None,
         blob_cache_bytes: 2 << 30,
         insecure_registries: Vec::new(),
         backoff_base: Duration::from_secs(2),

@@ -9,7 +9,7 @@ pub mod probes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +61,10 @@ pub struct AgentConfig {
     pub lease_interval: Duration,
     pub lease_duration: Duration,
     pub data_dir: PathBuf,
+    /// Where pods' Secret volumes are written; when absent, a directory
+    /// on memory (`/dev/shm`) named after the data directory, else
+    /// `DATA_DIR/secrets`. Emptied at start: no pod owns its files then.
+    pub secrets_dir: Option<PathBuf>,
     pub blob_cache_bytes: u64,
     pub insecure_registries: Vec<String>,
     pub backoff_base: Duration,
@@ -99,6 +103,8 @@ pub struct NodeContext {
     /// Service.
     pub caller_key: CallerKey,
     pub data_dir: PathBuf,
+    /// Where pods' Secret volumes go (see [`AgentConfig::secrets_dir`]).
+    pub secrets_dir: PathBuf,
     /// The ingress address pods are reached at.
     pub endpoint: String,
     pub backoff_base: Duration,
@@ -193,6 +199,16 @@ impl Agent {
         let linux = containerd.map(|c| LinuxRuntime::new(c, registry.clone(), config.linux_limits));
         let denied_addresses = own_addresses(&endpoint, config.client.server()).await;
         tracing::debug!("outbound requests of pods may not reach {denied_addresses:?}");
+        let secrets_dir = config
+            .secrets_dir
+            .clone()
+            .unwrap_or_else(|| default_secrets_dir(&config.data_dir));
+        fresh_private_dir(&secrets_dir).map_err(|e| {
+            AgentError::Setup(format!(
+                "secrets directory {}: {e}; give --secrets-dir",
+                secrets_dir.display()
+            ))
+        })?;
         let context = Arc::new(NodeContext {
             node: config.name.clone(),
             client: config.client.clone(),
@@ -204,6 +220,7 @@ impl Agent {
             denied_addresses: denied_addresses.into(),
             caller_key,
             data_dir: config.data_dir.clone(),
+            secrets_dir: secrets_dir.clone(),
             endpoint: endpoint.clone(),
             backoff_base: config.backoff_base,
             backoff_cap: config.backoff_cap,
@@ -275,6 +292,41 @@ impl Agent {
         lease.abort();
         let _ = lease.await;
     }
+}
+
+/// Where Secret volumes go by default: on memory where the machine has a
+/// shared-memory file system, so they never reach a disk, under a name
+/// derived from the data directory, so a node restarted with the same data
+/// finds (and empties) the same one.
+fn default_secrets_dir(data_dir: &Path) -> PathBuf {
+    use sha2::Digest as _;
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        return data_dir.join("secrets");
+    }
+    let absolute = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    let digest = sha2::Sha256::digest(absolute.as_os_str().as_encoded_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    shm.join(format!("skiff-node-{hex}"))
+}
+
+/// Makes `dir` anew, empty and owner-only. Whatever was there goes first
+/// (files a previous run left, or anything another user put in its place
+/// in a shared directory such as `/dev/shm`, a link included, which is
+/// removed, not followed); the directory is then created by this process,
+/// so it is this user's with mode 0700, or the start fails.
+fn fresh_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    match std::fs::symlink_metadata(dir) {
+        Ok(metadata) if metadata.is_dir() => std::fs::remove_dir_all(dir)?,
+        Ok(_) => std::fs::remove_file(dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir)
 }
 
 /// Removes pod directories named `NAMESPACE_NAME`, as nodes before pod

@@ -292,6 +292,12 @@ impl Worker {
                                 spec: &self.spec,
                                 sandbox,
                                 dir: self.pod_dir(),
+                                secrets: self
+                                    .spec
+                                    .volumes
+                                    .iter()
+                                    .any(|v| v.secret.is_some())
+                                    .then(|| self.secrets_dir()),
                             };
                             image.start(launch).await
                         }
@@ -413,6 +419,7 @@ impl Worker {
             image.release().await;
         }
         let _ = std::fs::remove_dir_all(self.pod_dir());
+        let _ = std::fs::remove_dir_all(self.secrets_dir());
         tracing::debug!("{pod} ({}): stopped, its files removed", self.uid);
     }
 
@@ -423,6 +430,15 @@ impl Worker {
         self.context
             .data_dir
             .join("pods")
+            .join(format!("{}_{}_{}", self.namespace, self.name, self.uid))
+    }
+
+    /// The pod's Secret volumes, apart from its other files: under the
+    /// node's secrets directory (memory-backed, owner-only), keyed by uid
+    /// like the pod's directory.
+    fn secrets_dir(&self) -> PathBuf {
+        self.context
+            .secrets_dir
             .join(format!("{}_{}_{}", self.namespace, self.name, self.uid))
     }
 
@@ -678,25 +694,37 @@ impl Worker {
     }
 
     /// Materialises a volume as a host directory the guest is granted.
+    /// A Secret's files go to the pod's secrets directory, owner-only
+    /// (0700 directories, 0600 files), so no other user of the node reads
+    /// them and they never reach a disk.
     async fn volume(&self, volume: &Volume) -> Result<DirGrant, Failure> {
-        let local = self.pod_dir().join(&volume.name);
         let io = |e: std::io::Error| Failure::Retry {
             reason: "CreateContainerConfigError",
             message: format!("volume {}: {e}", volume.name),
         };
-        let files = if let Some(host) = &volume.host_path {
+        let (local, files) = if let Some(host) = &volume.host_path {
             return Ok(DirGrant {
                 host: PathBuf::from(&host.path),
                 guest: volume.mount_path.clone(),
                 read_only: volume.read_only,
             });
         } else if let Some(source) = &volume.secret {
-            Some(self.secret_data(&source.name).await?)
+            let local = self.secrets_dir().join(&volume.name);
+            (local, Some(self.secret_data(&source.name).await?))
         } else if let Some(source) = &volume.config_map {
-            Some(self.config_map_data(&source.name).await?)
+            let local = self.pod_dir().join(&volume.name);
+            (local, Some(self.config_map_data(&source.name).await?))
         } else {
-            None
+            (self.pod_dir().join(&volume.name), None)
         };
+        if volume.secret.is_some() {
+            write_private(&local, files.unwrap_or_default()).map_err(io)?;
+            return Ok(DirGrant {
+                host: local,
+                guest: volume.mount_path.clone(),
+                read_only: true,
+            });
+        }
         std::fs::create_dir_all(&local).map_err(io)?;
         let read_only = volume.read_only || files.is_some();
         for (key, bytes) in files.unwrap_or_default() {
@@ -708,6 +736,32 @@ impl Worker {
             read_only,
         })
     }
+}
+
+/// Writes `files` into `dir` (made, with its parents, owner-only), each
+/// created owner-only from its first byte, in place of what was there.
+fn write_private(
+    dir: &std::path::Path,
+    files: impl IntoIterator<Item = (String, Vec<u8>)>,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    for (key, bytes) in files {
+        let path = dir.join(key);
+        // A file left by an earlier start may carry another mode.
+        let _ = std::fs::remove_file(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.write_all(&bytes)?;
+    }
+    Ok(())
 }
 
 /// How long a Pulling or Starting status waits for a later one.

@@ -110,6 +110,10 @@ pub struct Launch<'a> {
     /// The pod's own directory on the node (volumes, logs), removed with
     /// the pod.
     pub dir: PathBuf,
+    /// Where the pod's Secret volumes are, if it has any: owner-only, on
+    /// memory, removed with the pod. A runtime that runs the pod as
+    /// another user hands this directory to that user.
+    pub secrets: Option<PathBuf>,
 }
 
 /// How a run ended.

@@ -598,6 +598,17 @@ fn linux_pods_run_as_the_pods_user_and_never_as_root_where_they_must_not() {
     push_busybox_image(&unset, &id);
     push_busybox_image_running_as(&root, &id, "root");
     push_busybox_image_running_as(&user, &id, "1000");
+    // Reads its Secret volume, which the node keeps owner-only: handed
+    // over to the pod's user, it opens for that user alone.
+    let reads_secret = format!("{registry}/busybox:reads-secret");
+    push_busybox_image(
+        &reads_secret,
+        &[
+            "sh",
+            "-c",
+            "cat /creds/token && echo && stat -c %a-%u-%g /creds/token",
+        ],
+    );
     let non_root = |more: Value| {
         let mut context = json!({"runAsNonRoot": true});
         for (key, value) in more.as_object().unwrap() {
@@ -624,6 +635,19 @@ fn linux_pods_run_as_the_pods_user_and_never_as_root_where_they_must_not() {
             non_root(json!({"runAsUser": 1000})),
         ),
         linux_pod_in("baseline", "image-user", &user, non_root(json!({}))),
+        json!({"apiVersion": "skiff.dev/v1", "kind": "Secret",
+            "metadata": {"name": "creds", "namespace": "baseline"},
+            "stringData": {"token": "for-1000-only"}}),
+        linux_pod_in(
+            "baseline",
+            "secret-reader",
+            &reads_secret,
+            json!({
+                "restartPolicy": "Never",
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 3000},
+                "volumes": [{"name": "creds", "mountPath": "/creds", "secret": {"name": "creds"}}],
+            }),
+        ),
     ]);
 
     let as_user = cluster.wait_pod("as-user", "Succeeded", succeeded);
@@ -632,6 +656,8 @@ fn linux_pods_run_as_the_pods_user_and_never_as_root_where_they_must_not() {
     assert_eq!(log_of(&cluster, &run_as), "1000\n1000\n");
     let image_user = cluster.wait_pod_in("baseline", "image-user", "Succeeded", succeeded);
     assert_eq!(log_of(&cluster, &image_user), "1000\n1000\n");
+    let reader = cluster.wait_pod_in("baseline", "secret-reader", "Succeeded", succeeded);
+    assert_eq!(log_of(&cluster, &reader), "for-1000-only\n600-1000-3000\n");
 
     for (name, image, why) in [
         ("unset", &unset, "its user is unset"),

@@ -991,3 +991,74 @@ fn a_digest_in_a_pods_status_runs_only_if_the_registry_lets_the_pod_read_it() {
         secret_digest.as_str()
     );
 }
+
+/// Every regular file under `dir`, however deep.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => files.extend(files_under(&path)),
+            Ok(t) if t.is_file() => files.push(path),
+            _ => {}
+        }
+    }
+    files
+}
+
+#[test]
+fn secret_volumes_live_owner_only_in_memory_and_go_with_their_pod() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cluster = NodeCluster::start(&[("n1", &[])]);
+    let image = format!("{}/misbehave:v1", cluster.registry.addr);
+    push(&test_guest("misbehave"), &image);
+    let value = "s3cret-on-the-node-marker";
+    let creds = json!({"apiVersion": "skiff.dev/v1", "kind": "Secret",
+        "metadata": {"name": "creds"}, "stringData": {"token": value}});
+    let spec = json!({
+        "volumes": [{"name": "creds", "mountPath": "/creds", "secret": {"name": "creds"}}],
+    });
+    cluster.apply(&[creds, pod("reader", &image, spec)]);
+    let uid = cluster.wait_running("reader")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ingress = cluster.node("n1").ingress;
+    let read = ask(ingress, "reader", "/read?path=/creds/token").unwrap();
+    assert_eq!((read.status, read.body.as_str()), (200, value));
+
+    // By default on /dev/shm, in a directory of the node's alone.
+    let pod_dir_name = format!("default_reader_{uid}");
+    let pod_dir = std::fs::read_dir("/dev/shm")
+        .expect("/dev/shm")
+        .flatten()
+        .map(|e| e.path().join(&pod_dir_name))
+        .find(|p| p.is_dir())
+        .expect("the pod's secrets under /dev/shm");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let base = pod_dir.parent().unwrap();
+    assert_eq!(mode(base), 0o700, "{}", base.display());
+    assert_eq!(mode(&pod_dir), 0o700);
+    assert_eq!(mode(&pod_dir.join("creds")), 0o700);
+    let file = pod_dir.join("creds/token");
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), value);
+    // Nothing of it is in the node's data directory, on disk.
+    for path in files_under(&cluster.node("n1").data_dir) {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+            "{} holds the secret",
+            path.display()
+        );
+    }
+
+    cluster.cluster.ok(&["delete", "pod", "reader"]);
+    assert!(
+        wait_until(WAIT, || !pod_dir.exists()),
+        "the pod's secrets outlived it"
+    );
+}

@@ -217,6 +217,15 @@ impl Image for ContainerImage {
                     (unpacked, spec)
                 }
             };
+            // The Secret volumes are the node's alone until now: the
+            // process reads them as its own user.
+            if let Some(secrets) = &launch.secrets {
+                hand_over(secrets, spec.uid, spec.gid).map_err(|e| {
+                    Failure::retry("CreateContainerConfigError")(&format_args!(
+                        "secret volumes: {e}"
+                    ))
+                })?;
+            }
             // Containers share the host's network, so each HTTP pod gets a
             // port of its own, in PORT, and the ingress sends its requests
             // there.
@@ -280,6 +289,19 @@ impl Image for ContainerImage {
 /// mounts, from the image's config and the pod's spec (the pod's args
 /// replace the image's command; its env comes after the image's; its
 /// securityContext overrides the image's user), with the node's limits.
+/// Gives `dir` and everything in it to `uid`:`gid`, not following links
+/// (the node made every entry, but a link would be handed over, not its
+/// target).
+fn hand_over(dir: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    if std::fs::symlink_metadata(dir)?.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            hand_over(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
 fn run_spec(
     launch: &Launch<'_>,
     config: &[u8],
@@ -422,6 +444,7 @@ mod tests {
             spec: pod,
             sandbox: Sandbox::default(),
             dir: dir.to_owned(),
+            secrets: None,
         };
         let config = serde_json::json!({"config": {"Cmd": ["sh"], "User": image_user}});
         let limits = LinuxLimits {
