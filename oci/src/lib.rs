@@ -91,31 +91,38 @@ pub enum Credentials {
 }
 
 impl Credentials {
-    /// The credentials of a pull secret, from its decoded `data`:
-    /// `username` and `password`, or `token`. Values must be UTF-8: a
-    /// credential mangled into something else would only be refused by the
-    /// registry, with a less useful message.
+    /// The credentials of a pull secret for `registry` (`host[:port]`),
+    /// from its decoded `data`: `username` and `password`, or `token`, or
+    /// a `.dockerconfigjson` (as `wasmctl create secret docker-registry`
+    /// and kubectl make), whose entry for `registry` is used. Values must be
+    /// UTF-8: a credential mangled into something else would only be
+    /// refused by the registry, with a less useful message.
     pub fn from_secret(
         secret: &str,
         data: &BTreeMap<String, Vec<u8>>,
+        registry: &str,
     ) -> Result<Credentials, OciError> {
+        let refused = |reason: String| OciError::Secret {
+            secret: secret.to_owned(),
+            reason,
+        };
+        if let Some(config) = data.get(DOCKER_CONFIG_KEY) {
+            return docker_config_credentials(config, registry).map_err(refused);
+        }
         let text = |key: &str| -> Result<Option<String>, OciError> {
             data.get(key)
                 .map(|bytes| {
-                    String::from_utf8(bytes.clone()).map_err(|_| OciError::Secret {
-                        secret: secret.to_owned(),
-                        reason: format!("its {key} is not UTF-8"),
-                    })
+                    String::from_utf8(bytes.clone())
+                        .map_err(|_| refused(format!("its {key} is not UTF-8")))
                 })
                 .transpose()
         };
         match (text("username")?, text("password")?, text("token")?) {
             (Some(username), Some(password), _) => Ok(Credentials::Basic { username, password }),
             (_, _, Some(token)) => Ok(Credentials::Bearer(token)),
-            _ => Err(OciError::Secret {
-                secret: secret.to_owned(),
-                reason: "it has neither username and password nor token".into(),
-            }),
+            _ => Err(refused(
+                "it has neither username and password nor token (nor .dockerconfigjson)".into(),
+            )),
         }
     }
 
@@ -128,6 +135,75 @@ impl Credentials {
             Credentials::Bearer(token) => RegistryAuth::Bearer(token.clone()),
         }
     }
+}
+
+/// The key of a Docker config in a pull secret's data.
+pub const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
+
+/// A registry as Docker configs and references may spell it, compared
+/// alike: no scheme, no path, lower case, Docker Hub's names as one.
+fn registry_host(text: &str) -> String {
+    let text = text
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let host = text
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".into()
+        }
+        _ => host,
+    }
+}
+
+/// The credentials a Docker config (`{"auths": {REGISTRY: {...}}}`) holds
+/// for `registry`: `username` and `password`, else `auth`
+/// (base64 of `username:password`), else `identitytoken`.
+fn docker_config_credentials(config: &[u8], registry: &str) -> Result<Credentials, String> {
+    use base64::Engine as _;
+    let config: serde_json::Value = serde_json::from_slice(config)
+        .map_err(|e| format!("its {DOCKER_CONFIG_KEY} is not JSON: {e}"))?;
+    let wanted = registry_host(registry);
+    let entry = config["auths"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .find(|(name, _)| registry_host(name) == wanted)
+        .map(|(_, entry)| entry)
+        .ok_or_else(|| format!("its {DOCKER_CONFIG_KEY} has no entry for registry {registry}"))?;
+    let text = |key: &str| entry[key].as_str().filter(|v| !v.is_empty());
+    if let (Some(username), Some(password)) = (text("username"), text("password")) {
+        return Ok(Credentials::Basic {
+            username: username.into(),
+            password: password.into(),
+        });
+    }
+    if let Some(auth) = text("auth") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(|| {
+                format!("the auth of {registry} in its {DOCKER_CONFIG_KEY} is not base64 of UTF-8")
+            })?;
+        let (username, password) = decoded.split_once(':').ok_or_else(|| {
+            format!("the auth of {registry} in its {DOCKER_CONFIG_KEY} is not username:password")
+        })?;
+        return Ok(Credentials::Basic {
+            username: username.into(),
+            password: password.into(),
+        });
+    }
+    if let Some(token) = text("identitytoken").or_else(|| text("registrytoken")) {
+        return Ok(Credentials::Bearer(token.into()));
+    }
+    Err(format!(
+        "the entry for {registry} in its {DOCKER_CONFIG_KEY} has no username and password, auth or token"
+    ))
 }
 
 /// A reference with its registry, for messages and protocol choice.
@@ -305,11 +381,15 @@ mod tests {
             ),
             (
                 data(&[("username", b"u")]),
-                Err("pull secret s: it has neither username and password nor token"),
+                Err(
+                    "pull secret s: it has neither username and password nor token (nor .dockerconfigjson)",
+                ),
             ),
             (
                 data(&[]),
-                Err("pull secret s: it has neither username and password nor token"),
+                Err(
+                    "pull secret s: it has neither username and password nor token (nor .dockerconfigjson)",
+                ),
             ),
             (
                 data(&[("username", b"u"), ("password", b"\xff")]),
@@ -317,8 +397,65 @@ mod tests {
             ),
         ];
         for (data, expected) in cases {
-            let got = Credentials::from_secret("s", &data).map_err(|e| e.to_string());
+            let got =
+                Credentials::from_secret("s", &data, "127.0.0.1:5000").map_err(|e| e.to_string());
             assert_eq!(got, expected.map_err(str::to_owned), "{data:?}");
+        }
+    }
+
+    #[test]
+    fn docker_configs_give_the_entry_for_the_images_registry() {
+        let config =
+            |json: &str| BTreeMap::from([(DOCKER_CONFIG_KEY.to_owned(), json.as_bytes().to_vec())]);
+        let basic = |u: &str, p: &str| {
+            Ok(Credentials::Basic {
+                username: u.into(),
+                password: p.into(),
+            })
+        };
+        let both = config(
+            r#"{"auths": {"https://index.docker.io/v1/": {"auth": "aHViOnB3"},
+                          "127.0.0.1:5000": {"username": "u", "password": "p", "auth": "eDp5"},
+                          "REG.example.com": {"identitytoken": "tok"}}}"#,
+        );
+        let cases: [(&str, Result<Credentials, String>); 5] = [
+            ("127.0.0.1:5000", basic("u", "p")),
+            ("docker.io", basic("hub", "pw")),
+            ("index.docker.io", basic("hub", "pw")),
+            ("reg.example.com", Ok(Credentials::Bearer("tok".into()))),
+            (
+                "127.0.0.1:5001",
+                Err(
+                    "pull secret s: its .dockerconfigjson has no entry for registry 127.0.0.1:5001"
+                        .into(),
+                ),
+            ),
+        ];
+        for (registry, expected) in cases {
+            let got = Credentials::from_secret("s", &both, registry).map_err(|e| e.to_string());
+            assert_eq!(got, expected, "{registry}");
+        }
+        for (json, error) in [
+            (
+                "nope",
+                "pull secret s: its .dockerconfigjson is not JSON: expected ident at line 1 column 2",
+            ),
+            (
+                r#"{"auths": {"r:1": {"auth": "!!"}}}"#,
+                "pull secret s: the auth of r:1 in its .dockerconfigjson is not base64 of UTF-8",
+            ),
+            (
+                r#"{"auths": {"r:1": {"auth": "bm9jb2xvbg=="}}}"#,
+                "pull secret s: the auth of r:1 in its .dockerconfigjson is not username:password",
+            ),
+            (
+                r#"{"auths": {"r:1": {}}}"#,
+                "pull secret s: the entry for r:1 in its .dockerconfigjson has no username and password, auth or token",
+            ),
+        ] {
+            let got =
+                Credentials::from_secret("s", &config(json), "r:1").map_err(|e| e.to_string());
+            assert_eq!(got, Err(error.to_owned()), "{json}");
         }
     }
 }

@@ -55,7 +55,7 @@ enum Command {
     Describe(describe::DescribeArgs),
     /// Delete objects by name or by manifest.
     Delete(delete::DeleteArgs),
-    /// Create a namespace or a token.
+    /// Create a namespace, a token, a Secret or a ConfigMap.
     #[command(subcommand)]
     Create(create::CreateCommand),
     /// Follow, inspect, undo, pause and resume a Deployment's rollouts.

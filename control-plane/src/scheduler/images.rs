@@ -147,7 +147,9 @@ impl ImageRuntimes {
 async fn look_up(registry: &Registry, store: &Store, key: &ImageKey) -> Result<PodRuntime, String> {
     let reference = skiff_oci::parse_reference(&key.image).map_err(|e| e.to_string())?;
     let credentials = match key.secret.split_once('/') {
-        Some((namespace, name)) => secret_credentials(store, namespace, name).await?,
+        Some((namespace, name)) => {
+            secret_credentials(store, namespace, name, reference.registry()).await?
+        }
         None => Credentials::Anonymous,
     };
     registry
@@ -162,6 +164,7 @@ async fn secret_credentials(
     store: &Store,
     namespace: &str,
     name: &str,
+    registry: &str,
 ) -> Result<Credentials, String> {
     use base64::Engine as _;
     let secret = store
@@ -180,5 +183,6 @@ async fn secret_credentials(
             Some((key.clone(), bytes))
         })
         .collect();
-    Credentials::from_secret(&format!("{namespace}/{name}"), &data).map_err(|e| e.to_string())
+    Credentials::from_secret(&format!("{namespace}/{name}"), &data, registry)
+        .map_err(|e| e.to_string())
 }

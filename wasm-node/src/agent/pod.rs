@@ -582,7 +582,10 @@ impl Worker {
             return Ok(Credentials::Anonymous);
         };
         let data = self.secret_data(secret).await?;
-        Credentials::from_secret(secret, &data).map_err(|e| Failure::Retry {
+        let registry = oci::parse_reference(&self.spec.image)
+            .map(|r| r.registry().to_owned())
+            .unwrap_or_default();
+        Credentials::from_secret(secret, &data, &registry).map_err(|e| Failure::Retry {
             reason: "ErrImagePull",
             message: e.to_string(),
         })

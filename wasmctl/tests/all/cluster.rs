@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
 use testkit::{ControlPlane, Postgres};
 
 use crate::support::{stderr_of, stdout_of, temp_dir};
@@ -550,4 +553,118 @@ fn get_watch_prints_changes_as_they_happen() {
     assert!(row.starts_with("fresh "), "{row}");
     let _ = watch.kill();
     let _ = watch.wait();
+}
+
+#[test]
+fn secrets_and_config_maps_from_literals_files_and_directories() {
+    let cluster = Cluster::start();
+    let dir = cluster.dir.join("entries");
+    std::fs::create_dir_all(dir.join("nested")).unwrap();
+    std::fs::write(dir.join("app.env"), "MODE=prod\n").unwrap();
+    std::fs::write(dir.join("logo.bin"), [0u8, 159, 146, 150]).unwrap();
+    let key_file = cluster.manifest("tls.key", "-----BEGIN KEY-----\n");
+    let dir_arg = dir.to_str().unwrap();
+    let key_arg = format!("server.key={key_file}");
+
+    assert_eq!(
+        cluster.ok(&[
+            "create",
+            "secret",
+            "generic",
+            "app",
+            "--from-literal",
+            "user=admin",
+            "--from-literal",
+            "empty=",
+            "--from-file",
+            &key_arg,
+            "--from-file",
+            &key_file,
+        ]),
+        "secret/app created\n"
+    );
+    let json_of = |args: &[&str]| -> Value { serde_json::from_str(&cluster.ok(args)).unwrap() };
+    let secret = json_of(&["get", "secret", "app", "-o", "json"]);
+    let decoded = |key: &str| {
+        let value = secret["data"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key}: {secret}"));
+        String::from_utf8(STANDARD.decode(value).unwrap()).unwrap()
+    };
+    assert_eq!(decoded("user"), "admin");
+    assert_eq!(decoded("empty"), "");
+    assert_eq!(decoded("server.key"), "-----BEGIN KEY-----\n");
+    assert_eq!(decoded("tls.key"), "-----BEGIN KEY-----\n");
+    assert_eq!(secret["type"], "Opaque");
+
+    // A directory: each regular file, text in data and the rest in
+    // binaryData; the subdirectory is skipped.
+    cluster.ok(&[
+        "create",
+        "configmap",
+        "files",
+        "--from-file",
+        dir_arg,
+        "-n",
+        "default",
+    ]);
+    let config_map = json_of(&["get", "cm", "files", "-o", "json"]);
+    assert_eq!(config_map["data"], json!({"app.env": "MODE=prod\n"}));
+    assert_eq!(
+        config_map["binaryData"],
+        json!({"logo.bin": STANDARD.encode([0u8, 159, 146, 150])})
+    );
+
+    // A dry run writes nothing.
+    assert_eq!(
+        cluster.ok(&[
+            "create",
+            "secret",
+            "generic",
+            "trial",
+            "--from-literal",
+            "a=b",
+            "--dry-run"
+        ]),
+        "secret/trial created (dry run)\n"
+    );
+    cluster.fails(&["get", "secret", "trial"], 1);
+
+    // Bad input: one line naming the flag, exit code 2, nothing written.
+    let missing = cluster.dir.join("absent");
+    let missing_arg = missing.to_str().unwrap();
+    for (args, error) in [
+        (
+            vec!["create", "secret", "generic", "bad", "--from-literal", "novalue"],
+            "error: --from-literal `novalue`: expected KEY=VALUE".to_owned(),
+        ),
+        (
+            vec!["create", "secret", "generic", "bad", "--from-literal", "../x=1"],
+            "error: --from-literal `../x=1`: key `../x`: key must be letters, digits, '-', '_' or '.'".to_owned(),
+        ),
+        (
+            vec!["create", "configmap", "bad", "--from-literal", "..=1"],
+            "error: --from-literal `..=1`: key `..`: key must not be `.` or `..`".to_owned(),
+        ),
+        (
+            vec!["create", "secret", "generic", "bad", "--from-literal", "a=1", "--from-literal", "a=2"],
+            "error: --from-literal `a=2`: key `a` is given more than once".to_owned(),
+        ),
+        (
+            vec!["create", "secret", "generic", "bad", "--from-file", missing_arg],
+            format!("error: --from-file `{missing_arg}`: {missing_arg}: No such file or directory (os error 2)"),
+        ),
+        (
+            vec!["create", "configmap", "bad", "--from-file", &format!("k={dir_arg}")],
+            format!("error: --from-file `k={dir_arg}`: a directory takes no KEY (each file is keyed by its name)"),
+        ),
+        (
+            vec!["create", "secret", "generic", "Bad_Name", "--from-literal", "a=1"],
+            "error: secret `Bad_Name`: must be a DNS label: lower-case letters, digits and '-', starting and ending with a letter or digit".to_owned(),
+        ),
+    ] {
+        assert_eq!(cluster.fails(&args, 2), error, "{args:?}");
+    }
+    let listed = cluster.ok(&["get", "secrets", "-o", "json"]);
+    assert!(!listed.contains("\"bad\""), "{listed}");
 }

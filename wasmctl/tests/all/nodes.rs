@@ -645,6 +645,53 @@ fn pods_pull_from_a_private_registry_with_their_secret() {
             json!({"imagePullSecret": "wrongcred"}),
         ),
     ]);
+    // The same credential as kubectl users make it: a Docker config, whose
+    // entry for the image's registry is used; one for another registry
+    // says so.
+    let server = private.addr.to_string();
+    cluster.cluster.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "dockercred",
+        "--docker-server",
+        &server,
+        "--docker-username",
+        "puller",
+        "--docker-password",
+        "pa55word",
+    ]);
+    cluster.cluster.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "elsewhere",
+        "--docker-server",
+        "https://registry.example.com/v1/",
+        "--docker-username",
+        "puller",
+        "--docker-password",
+        "pa55word",
+    ]);
+    cluster.apply(&[
+        pod(
+            "docker-config",
+            &image,
+            json!({"imagePullSecret": "dockercred"}),
+        ),
+        pod(
+            "other-registry",
+            &image,
+            json!({"imagePullSecret": "elsewhere"}),
+        ),
+    ]);
+    cluster.wait_running("docker-config");
+    let no_entry = format!("its .dockerconfigjson has no entry for registry {server}");
+    cluster.wait_pod("other-registry", "refused", |p| {
+        p["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&no_entry))
+    });
     let running = cluster.wait_running("with-secret");
     assert_serves(cluster.node("n1").ingress, "with-secret");
     // The component is now in the node's cache; naming it by digest does

@@ -42,17 +42,27 @@ pub struct ConfigMap {
 }
 
 /// Keys of Secret and ConfigMap data: letters, digits, `-`, `_`, `.`.
-fn validate_key(v: &mut Validator, field: &str, key: &str) {
+/// Whether `key` may name an entry of a Secret's or ConfigMap's data: it
+/// becomes a file name in volumes, so letters, digits, `-`, `_` and `.`,
+/// and never `.` or `..`.
+pub fn data_key(key: &str) -> Result<(), &'static str> {
     let ok = !key.is_empty()
         && key.len() <= 253
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !ok {
-        v.error(
-            format!("{field}[{key}]"),
-            "key must be letters, digits, '-', '_' or '.'",
-        );
+        return Err("key must be letters, digits, '-', '_' or '.'");
+    }
+    if key == "." || key == ".." {
+        return Err("key must not be `.` or `..`");
+    }
+    Ok(())
+}
+
+fn validate_key(v: &mut Validator, field: &str, key: &str) {
+    if let Err(reason) = data_key(key) {
+        v.error(format!("{field}[{key}]"), reason);
     }
 }
 

@@ -512,6 +512,28 @@ mod tests {
     }
 
     #[test]
+    fn data_keys_that_would_name_a_directory_are_refused() {
+        for key in [".", "..", "a/b", "", "ключ"] {
+            for kind in [Kind::Secret, Kind::ConfigMap] {
+                let object = json!({
+                    "apiVersion": "skiff.dev/v1", "kind": kind.name(), "metadata": {"name": "k"},
+                    "data": {key: ""},
+                });
+                let err = admit(kind, object).unwrap_err().to_string();
+                assert!(
+                    err.starts_with(&format!("data[{key}]: key must")),
+                    "{key}: {err}"
+                );
+            }
+        }
+        assert_eq!(
+            crate::kinds::config::data_key(".."),
+            Err("key must not be `.` or `..`")
+        );
+        assert_eq!(crate::kinds::config::data_key(".hidden.env"), Ok(()));
+    }
+
+    #[test]
     fn statuses_are_checked_with_their_path() {
         let err = admit_status(Kind::Pod, json!({"phase": "Sleeping"})).unwrap_err();
         assert!(
