@@ -156,6 +156,86 @@ async fn api_updates(api: &Client, clients: usize, per_client: usize) -> Figures
     )
 }
 
+/// An object of `kind` (Secret or ConfigMap) holding `value` under one key,
+/// as the same bytes on the wire either way.
+fn sized(kind: Kind, name: &str, value: &str) -> serde_json::Value {
+    json!({"apiVersion": "skiff.dev/v1", "kind": kind.name(), "metadata": {"name": name},
+        "data": {"v": value}})
+}
+
+/// Creates `clients * per_client` objects of `kind` named `{prefix}-C-I`.
+async fn sized_creates(
+    api: &Client,
+    kind: Kind,
+    prefix: &str,
+    clients: usize,
+    per_client: usize,
+    value: &str,
+) -> f64 {
+    let (api, prefix, value) = (api.clone(), prefix.to_owned(), value.to_owned());
+    let (count, elapsed, _) = load(clients, per_client, move |c, i| {
+        let (api, object) = (
+            api.clone(),
+            sized(kind, &format!("{prefix}-{c}-{i}"), &value),
+        );
+        async move {
+            api.create(kind, Some("default"), &object)
+                .await
+                .expect("create");
+        }
+    })
+    .await;
+    count as f64 / elapsed.as_secs_f64()
+}
+
+/// Reads back, by name, what [`sized_creates`] made.
+async fn sized_reads(
+    api: &Client,
+    kind: Kind,
+    prefix: &str,
+    clients: usize,
+    per_client: usize,
+) -> f64 {
+    let (api, prefix) = (api.clone(), prefix.to_owned());
+    let (count, elapsed, _) = load(clients, per_client, move |c, i| {
+        let (api, name) = (api.clone(), format!("{prefix}-{c}-{i}"));
+        async move {
+            let object = api.get(kind, Some("default"), &name).await.expect("read");
+            assert!(object["data"]["v"].is_string());
+        }
+    })
+    .await;
+    count as f64 / elapsed.as_secs_f64()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Secrets (sealed on the way in, opened on the way out) next to
+/// ConfigMaps of the same size, alternating round by round so the
+/// machine's noise falls on both: medians of creates/s and reads/s.
+async fn secrets_next_to_config_maps(
+    api: &Client,
+    rounds: usize,
+    clients: usize,
+    per_client: usize,
+    value: &str,
+) -> [(f64, f64); 2] {
+    let mut figures = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    for round in 0..rounds {
+        for (k, kind) in [Kind::Secret, Kind::ConfigMap].into_iter().enumerate() {
+            let prefix = format!("sized-{round}");
+            let created = sized_creates(api, kind, &prefix, clients, per_client, value).await;
+            let read = sized_reads(api, kind, &prefix, clients, per_client).await;
+            figures[0][k].push(created);
+            figures[1][k].push(read);
+        }
+    }
+    figures.map(|[secrets, config_maps]| (median(secrets), median(config_maps)))
+}
+
 /// Postgres alone: one INSERT committed per write, same durability.
 async fn raw_writes(url: &str, label: &str, clients: usize, per_client: usize) -> Figures {
     let pool = PgPoolOptions::new()
@@ -337,6 +417,20 @@ fn main() {
             raw_writes(&baseline_database, "raw 64", CLIENTS, concurrent_per).await,
             raw_writes(&baseline_database, "raw 64 again", CLIENTS, scaled(50)).await,
         ];
+        eprintln!("measuring Secrets next to ConfigMaps");
+        let value = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            vec![7u8; 1024],
+        );
+        let sealed_rounds = 3;
+        let [sealed_creates, sealed_reads] = secrets_next_to_config_maps(
+            &api,
+            sealed_rounds,
+            CLIENTS,
+            scaled(20),
+            &value,
+        )
+        .await;
         eprintln!("measuring watch fan-out");
         let (delivered, expected, watch_latencies) = fan_out(&api, WATCHERS, scaled(10_000)).await;
         eprintln!("measuring raw LISTEN/NOTIFY");
@@ -365,6 +459,18 @@ fn main() {
                 raw.p50(),
                 raw.p99(),
                 api.writes_per_second / raw.writes_per_second
+            );
+        }
+        println!();
+        println!(
+            "Secrets (encrypted at rest) next to ConfigMaps of the same size (a 1 KiB value), {CLIENTS} clients, median of {sealed_rounds} alternating rounds:"
+        );
+        for (what, (secrets, config_maps)) in
+            [("create", sealed_creates), ("read by name", sealed_reads)]
+        {
+            println!(
+                "  {what:<13} Secrets {secrets:>7.0}/s, ConfigMaps {config_maps:>7.0}/s, ratio {:.2}",
+                secrets / config_maps
             );
         }
         println!();

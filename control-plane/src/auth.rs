@@ -174,6 +174,11 @@ fn namespaced(roles: &BTreeMap<String, Role>, access: &Access<'_>) -> Decision {
     if access.status && !access.verb.reads() {
         return Decision::Deny;
     }
+    // A namespace's quota is the cluster admin's to set: its members see
+    // what they may use, and change none of it.
+    if access.kind == Kind::ResourceQuota {
+        return allow_if(access.verb.reads());
+    }
     match role {
         Role::View => allow_if(access.verb.reads() && access.kind != Kind::Secret),
         Role::Edit | Role::Admin => Decision::Allow,
@@ -351,6 +356,23 @@ mod tests {
         ];
         for (i, (principal, access, want)) in table.into_iter().enumerate() {
             assert_eq!(authorize(principal, &access), want, "row {i}: {access:?}");
+        }
+    }
+
+    #[test]
+    fn a_namespaces_quota_is_read_by_its_members_and_written_by_cluster_admins_alone() {
+        let admin = roles(&[("shop", Role::Admin)]);
+        let viewer = roles(&[("shop", Role::View)]);
+        for verb in [Verb::Create, Verb::Update, Verb::Patch, Verb::Delete] {
+            let write = access(verb, Kind::ResourceQuota, Some("shop"));
+            assert_eq!(authorize(&admin, &write), Decision::Deny, "{verb:?}");
+            assert_eq!(authorize(&Principal::ClusterAdmin, &write), Decision::Allow);
+        }
+        for principal in [&admin, &viewer] {
+            let read = access(Verb::List, Kind::ResourceQuota, Some("shop"));
+            assert_eq!(authorize(principal, &read), Decision::Allow);
+            let elsewhere = access(Verb::Get, Kind::ResourceQuota, Some("other"));
+            assert_eq!(authorize(principal, &elsewhere), Decision::Deny);
         }
     }
 

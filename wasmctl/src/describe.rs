@@ -95,6 +95,21 @@ fn describe(kind: Kind, object: &Value) -> String {
                 ));
             }
         }
+        Kind::ResourceQuota => {
+            let mut rows = vec![vec![
+                "Resource".to_owned(),
+                "Used".to_owned(),
+                "Hard".to_owned(),
+            ]];
+            for (resource, hard) in object["spec"]["hard"].as_object().into_iter().flatten() {
+                let used = object["status"]["used"]
+                    .get(resource)
+                    .map_or_else(|| "-".to_owned(), text);
+                rows.push(vec![resource.clone(), used, text(hard)]);
+            }
+            out.push('\n');
+            out.push_str(&table::render(&rows));
+        }
         Kind::Namespace => {
             out.push_str(&crate::policy::describe(&object["spec"]["policy"]));
             section(&mut out, "Status", &object["status"]);

@@ -32,6 +32,23 @@ pub fn render(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A quota's caps as `used/hard` (`pods: 3/10`), or `hard` alone for the
+/// caps on each pod (`pod.memory: 64Mi`), in its `spec.hard` order.
+pub fn quota_summary(quota: &Value) -> String {
+    quota["spec"]["hard"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(
+            |(resource, hard)| match quota["status"]["used"].get(resource) {
+                Some(used) => format!("{resource}: {}/{}", plain(used), plain(hard)),
+                None => format!("{resource}: {}", plain(hard)),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The columns of `kind` (`wide` adds more), with NAMESPACE first when
 /// listing across namespaces.
 pub fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<String> {
@@ -48,6 +65,7 @@ pub fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<String> {
         Kind::Route => vec!["NAME", "HOST", "PATH", "SERVICE", "AGE"],
         Kind::Secret => vec!["NAME", "TYPE", "DATA", "AGE"],
         Kind::ConfigMap => vec!["NAME", "DATA", "AGE"],
+        Kind::ResourceQuota => vec!["NAME", "USED/HARD", "AGE"],
     });
     if wide {
         header.extend(match kind {
@@ -143,6 +161,7 @@ pub fn row(kind: Kind, object: &Value, wide: bool, all_namespaces: bool) -> Vec<
             (count("/data") + count("/binaryData")).to_string(),
             age,
         ],
+        Kind::ResourceQuota => vec![name, or_dash(quota_summary(object)), age],
     });
     if wide {
         row.extend(match kind {

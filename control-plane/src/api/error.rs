@@ -76,6 +76,7 @@ impl From<StoreError> for ApiError {
             StoreError::Compacted { .. } => ApiError::Gone(message),
             StoreError::Unavailable(_) => ApiError::Unavailable(message),
             StoreError::Encryption(_) => ApiError::Internal(message),
+            StoreError::QuotaExceeded(_) => ApiError::Forbidden(message),
         }
     }
 }

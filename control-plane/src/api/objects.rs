@@ -113,8 +113,19 @@ impl Call<'_> {
     pub async fn get(&self, key: &ObjectKey) -> Result<Response, ApiError> {
         self.authorize(self.access(Verb::Get, key, false)).await?;
         match self.state.store.get(key).await? {
-            Some(object) => Ok(Json(object).into_response()),
+            Some(object) => Ok(Json(self.shown(key.kind, object).await?).into_response()),
             None => Err(StoreError::NotFound(key.clone()).into()),
+        }
+    }
+
+    /// An object as clients are shown it: a ResourceQuota with its status
+    /// as of now (what its namespace uses is read when it is asked for, not
+    /// written on every create and delete there).
+    async fn shown(&self, kind: Kind, object: Value) -> Result<Value, ApiError> {
+        if kind == Kind::ResourceQuota {
+            Ok(self.state.store.with_quota_status(object).await?)
+        } else {
+            Ok(object)
         }
     }
 
@@ -180,6 +191,10 @@ impl Call<'_> {
                 },
             )
             .await?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for object in page.items {
+            items.push(self.shown(kind, object).await?);
+        }
         Ok(Json(skiff_api::List {
             api_version: API_VERSION.into(),
             kind: format!("{}List", kind.name()),
@@ -187,7 +202,7 @@ impl Call<'_> {
                 resource_version: page.revision.to_string(),
                 continue_token: page.next.map(|c| c.encode()),
             },
-            items: page.items,
+            items,
         })
         .into_response())
     }
@@ -283,6 +298,7 @@ impl Call<'_> {
             .store
             .write(Write::Create { key, object })
             .await?;
+        let stored = self.shown(kind, stored).await?;
         Ok((StatusCode::CREATED, Json(stored)).into_response())
     }
 
@@ -305,6 +321,7 @@ impl Call<'_> {
         if key.kind == Kind::Route {
             store.check_host_claim(key, &object).await?;
         }
+        store.check_quota(key, &object).await?;
         Ok((StatusCode::CREATED, Json(object)).into_response())
     }
 
@@ -429,7 +446,7 @@ impl Call<'_> {
                 expected_revision,
             })
             .await?;
-        Ok(Json(stored).into_response())
+        Ok(Json(self.shown(key.kind, stored).await?).into_response())
     }
 
     /// `PUT nodes/{name}/lease` renews a node's lease (`{"durationMillis":
@@ -583,7 +600,7 @@ impl Call<'_> {
                 .await
             {
                 Err(StoreError::Conflict { .. }) if named_revision.is_none() => continue,
-                result => return Ok(Json(result?).into_response()),
+                result => return Ok(Json(self.shown(key.kind, result?).await?).into_response()),
             }
         }
         Err(ApiError::Conflict(format!(

@@ -2,6 +2,7 @@
 //! runs SQL.
 
 pub mod objects;
+mod quota;
 mod reseal;
 mod writer;
 
@@ -97,6 +98,9 @@ pub enum StoreError {
     Compacted { requested: i64, compacted: i64 },
     #[error("{0}")]
     Unavailable(String),
+    /// The write would take the namespace beyond a ResourceQuota.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// A stored value could not be decrypted: the key file lacks its key,
     /// or the value was altered. The server's fault, never the caller's.
     #[error("{0}")]

@@ -220,6 +220,9 @@ async fn create(
     {
         return Ok(Err(claimed));
     }
+    if let Some(refused) = super::quota::refusal(tx, key, &object).await? {
+        return Ok(Err(refused));
+    }
     let uid = uuid::Uuid::new_v4();
     let next = batch.revision + 1;
     let object = objects::created(key.kind, object, &uid.to_string(), next, &batch.now);
@@ -268,6 +271,14 @@ async fn update(
         Ok(None) => return Ok(Ok(existing)),
         Err(invalid) => return Ok(Err(invalid)),
     };
+    // A Deployment's new template meets the per-pod caps of its
+    // namespace's quotas now, not only when its pods are refused.
+    if key.kind == Kind::Deployment && object["spec"]["template"] != existing["spec"]["template"] {
+        let caps = super::quota::caps(tx, &key.namespace).await?;
+        if let Some(refused) = super::quota::pod_caps_refusal(&caps, key.kind, &object) {
+            return Ok(Err(refused));
+        }
+    }
     // Held under the revision lock, like every write: two namespaces
     // racing for one host cannot both win.
     if key.kind == Kind::Route

@@ -10,6 +10,7 @@ mod crud;
 mod embedded;
 mod gc;
 mod proxy_key;
+mod quota;
 mod restart;
 mod scheduling;
 mod secrets;

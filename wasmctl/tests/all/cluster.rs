@@ -208,7 +208,7 @@ fn get_prints_tables_and_documents() {
     );
     assert_eq!(
         cluster.fails(&["get", "gizmos"], 2),
-        "error: unknown kind `gizmos`; known kinds: namespaces, nodes, pods, deployments, services, routes, secrets, configmaps"
+        "error: unknown kind `gizmos`; known kinds: namespaces, nodes, pods, deployments, services, routes, secrets, configmaps, resourcequotas"
     );
 }
 
@@ -667,4 +667,42 @@ fn secrets_and_config_maps_from_literals_files_and_directories() {
     }
     let listed = cluster.ok(&["get", "secrets", "-o", "json"]);
     assert!(!listed.contains("\"bad\""), "{listed}");
+}
+
+#[test]
+fn quotas_show_used_and_hard_in_get_and_describe() {
+    let cluster = Cluster::start();
+    let quota = cluster.manifest(
+        "quota.yaml",
+        "apiVersion: skiff.dev/v1\nkind: ResourceQuota\nmetadata: {name: caps}\n\
+         spec: {hard: {configmaps: '5', memory: 1Gi, pod.memory: 64Mi}}\n",
+    );
+    cluster.ok(&["apply", "-f", &quota]);
+    cluster.ok(&["create", "configmap", "one", "--from-literal", "a=b"]);
+    let table = cluster.ok(&["get", "quota"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "USED/HARD", "AGE"]);
+    let row = lines.next().unwrap();
+    assert!(
+        row.starts_with("caps")
+            && row.contains("configmaps: 1/5, memory: 0B/1Gi, pod.memory: 64Mi"),
+        "{table}"
+    );
+    let described = cluster.ok(&["describe", "resourcequota", "caps"]);
+    let rows: Vec<Vec<&str>> = described
+        .lines()
+        .skip_while(|l| !l.starts_with("Resource"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["Resource", "Used", "Hard"],
+            vec!["configmaps", "1", "5"],
+            vec!["memory", "0B", "1Gi"],
+            vec!["pod.memory", "-", "64Mi"],
+        ],
+        "{described}"
+    );
 }

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod config;
 pub mod deployment;
 pub mod pod;
+pub mod quota;
 pub mod service;
 
 use std::fmt;
@@ -45,10 +46,11 @@ pub enum Kind {
     Route,
     Secret,
     ConfigMap,
+    ResourceQuota,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -57,6 +59,7 @@ impl Kind {
         Kind::Route,
         Kind::Secret,
         Kind::ConfigMap,
+        Kind::ResourceQuota,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +72,7 @@ impl Kind {
             Kind::Route => "Route",
             Kind::Secret => "Secret",
             Kind::ConfigMap => "ConfigMap",
+            Kind::ResourceQuota => "ResourceQuota",
         }
     }
 
@@ -83,6 +87,7 @@ impl Kind {
             Kind::Route => "routes",
             Kind::Secret => "secrets",
             Kind::ConfigMap => "configmaps",
+            Kind::ResourceQuota => "resourcequotas",
         }
     }
 
@@ -96,6 +101,7 @@ impl Kind {
             Kind::Route => "rt",
             Kind::Secret => "secret",
             Kind::ConfigMap => "cm",
+            Kind::ResourceQuota => "quota",
         }
     }
 
@@ -105,9 +111,11 @@ impl Kind {
         !matches!(self, Kind::Namespace | Kind::Node)
     }
 
-    /// Whether the kind has a `status` written through `/status`.
+    /// Whether the kind has a `status` written through `/status`. A
+    /// ResourceQuota's status is what its namespace uses, computed when it
+    /// is read, never written.
     pub fn has_status(self) -> bool {
-        !matches!(self, Kind::Secret | Kind::ConfigMap)
+        !matches!(self, Kind::Secret | Kind::ConfigMap | Kind::ResourceQuota)
     }
 
     /// Fields a `fieldSelector` may name for this kind.
@@ -251,6 +259,12 @@ impl SpecRules for service::RouteSpec {
     }
 }
 
+impl SpecRules for quota::ResourceQuotaSpec {
+    fn validate_spec(&self, v: &mut Validator) {
+        self.validate(v);
+    }
+}
+
 impl Admissible for config::Secret {
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
@@ -285,6 +299,7 @@ pub fn admit(kind: Kind, object: Value) -> Result<Value, AdmitError> {
         Kind::Route => admit_as::<service::Route>(object),
         Kind::Secret => admit_as::<config::Secret>(object),
         Kind::ConfigMap => admit_as::<config::ConfigMap>(object),
+        Kind::ResourceQuota => admit_as::<quota::ResourceQuota>(object),
     }
 }
 
@@ -305,7 +320,7 @@ pub fn admit_status(kind: Kind, status: Value) -> Result<Value, AdmitError> {
         }
         Kind::Service => decode_at::<service::ServiceStatus>(status, "status").map(to_value)?,
         Kind::Route => decode_at::<service::RouteStatus>(status, "status").map(to_value)?,
-        Kind::Secret | Kind::ConfigMap => {
+        Kind::Secret | Kind::ConfigMap | Kind::ResourceQuota => {
             return Err(AdmitError::Shape {
                 field: "status".into(),
                 message: format!("{kind} has no status"),

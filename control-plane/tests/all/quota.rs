@@ -1,0 +1,325 @@
+//! ResourceQuotas on real control planes: set by cluster admins only,
+//! read by the namespace, and never exceeded however many creates race
+//! for the last places from two processes at once.
+
+use serde_json::{Value, json};
+use skiff_api::Kind;
+use skiff_client::Client;
+
+use crate::auth::token;
+use crate::support::{Cluster, client};
+
+fn namespace(name: &str) -> Value {
+    json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace",
+        "metadata": {"name": name}, "spec": {}})
+}
+
+fn quota(hard: Value) -> Value {
+    json!({"apiVersion": skiff_api::API_VERSION, "kind": "ResourceQuota",
+        "metadata": {"name": "caps"}, "spec": {"hard": hard}})
+}
+
+fn pod(name: &str, resources: Value) -> Value {
+    json!({"apiVersion": skiff_api::API_VERSION, "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"image": "127.0.0.1:5000/hello:v1", "resources": resources}})
+}
+
+/// Creates `count` pods named `{prefix}-N` at once, alternately through
+/// `clients`; returns how many were created and every refusal's message.
+async fn race(
+    clients: &[Client],
+    namespace: &str,
+    prefix: &str,
+    count: usize,
+    resources: Value,
+) -> (usize, Vec<String>) {
+    let tasks: Vec<_> = (0..count)
+        .map(|i| {
+            let api = clients[i % clients.len()].clone();
+            let (namespace, object) = (
+                namespace.to_owned(),
+                pod(&format!("{prefix}-{i}"), resources.clone()),
+            );
+            tokio::spawn(async move { api.create(Kind::Pod, Some(&namespace), &object).await })
+        })
+        .collect();
+    let (mut created, mut refusals) = (0, Vec::new());
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Some(403), "{e}");
+                refusals.push(e.to_string());
+            }
+        }
+    }
+    (created, refusals)
+}
+
+async fn used(api: &Client, namespace: &str) -> Value {
+    api.get(Kind::ResourceQuota, Some(namespace), "caps")
+        .await
+        .unwrap()["status"]["used"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creates_from_two_processes_never_exceed_a_quota() {
+    let cluster = Cluster::new();
+    let (first, second) = (cluster.serve(&[]), cluster.serve(&[]));
+    let admin = client(&first, &cluster.admin_token);
+    for name in ["counted", "summed"] {
+        admin
+            .create(Kind::Namespace, None, &namespace(name))
+            .await
+            .unwrap();
+    }
+    admin
+        .create(
+            Kind::ResourceQuota,
+            Some("counted"),
+            &quota(json!({"pods": "10", "configmaps": "2"})),
+        )
+        .await
+        .unwrap();
+    admin
+        .create(
+            Kind::ResourceQuota,
+            Some("summed"),
+            &quota(json!({"memory": "512Mi", "instances": "1000", "cpu": "2"})),
+        )
+        .await
+        .unwrap();
+    let edit = token(&admin, Some("counted"), "edit", None).await;
+    let tenants = [client(&first, &edit), client(&second, &edit)];
+
+    // Forty creates for ten places, from both processes at once.
+    let (created, refusals) = race(&tenants, "counted", "p", 40, json!({"memory": "1Mi"})).await;
+    assert_eq!(created, 10, "{refusals:?}");
+    assert!(
+        refusals
+            .iter()
+            .all(|r| r == "exceeded quota: pods, used 10, hard 10"),
+        "{refusals:?}"
+    );
+    let pods = admin
+        .list_all(Kind::Pod, Some("counted"), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(pods.items.len(), 10);
+    assert_eq!(
+        used(&tenants[0], "counted").await,
+        json!({"pods": "10", "configmaps": "0"})
+    );
+
+    // Sums over the pods: reserved memory binds first (4 x 128Mi).
+    let admins = [admin.clone(), client(&second, &cluster.admin_token)];
+    let (created, refusals) = race(
+        &admins,
+        "summed",
+        "m",
+        12,
+        json!({"memory": "128Mi", "maxInstances": 10}),
+    )
+    .await;
+    assert_eq!(created, 4, "{refusals:?}");
+    assert!(
+        refusals
+            .iter()
+            .all(|r| r == "exceeded quota: memory, used 512Mi, hard 512Mi, requested 128Mi"),
+        "{refusals:?}"
+    );
+    assert_eq!(
+        used(&admin, "summed").await,
+        json!({"memory": "512Mi", "instances": "40", "cpu": "0"})
+    );
+
+    // A delete frees its place at once.
+    tenants[0]
+        .delete(Kind::Pod, Some("counted"), "p-0", None)
+        .await
+        .ok();
+    let remaining = admin
+        .list_all(Kind::Pod, Some("counted"), &Default::default())
+        .await
+        .unwrap();
+    let victim = remaining.items[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tenants[1]
+        .delete(Kind::Pod, Some("counted"), &victim, None)
+        .await
+        .unwrap();
+    tenants[0]
+        .create(Kind::Pod, Some("counted"), &pod("after-delete", json!({})))
+        .await
+        .unwrap();
+    // Other kinds are counted too.
+    let config_map = |name: &str| {
+        json!({"apiVersion": skiff_api::API_VERSION, "kind": "ConfigMap",
+            "metadata": {"name": name}, "data": {}})
+    };
+    for name in ["a", "b"] {
+        tenants[0]
+            .create(Kind::ConfigMap, Some("counted"), &config_map(name))
+            .await
+            .unwrap();
+    }
+    let refused = tenants[1]
+        .create(Kind::ConfigMap, Some("counted"), &config_map("c"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.to_string()),
+        (
+            Some(403),
+            "exceeded quota: configmaps, used 2, hard 2".to_owned()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_are_the_cluster_admins_and_cap_each_pod_and_template() {
+    let cluster = Cluster::new();
+    let plane = cluster.serve(&[]);
+    let admin = client(&plane, &cluster.admin_token);
+    admin
+        .create(Kind::Namespace, None, &namespace("tenant"))
+        .await
+        .unwrap();
+    let caps = quota(json!({
+        "pod.memory": "256Mi", "pod.fuel": "100M", "pod.timeout": "10s", "pod.maxInstances": "20",
+    }));
+    let tenant_admin = client(&plane, &token(&admin, Some("tenant"), "admin", None).await);
+
+    // The namespace's own admin may neither set nor lift its quota.
+    let refused = tenant_admin
+        .create(Kind::ResourceQuota, Some("tenant"), &caps)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(403), "{refused}");
+    admin
+        .create(Kind::ResourceQuota, Some("tenant"), &caps)
+        .await
+        .unwrap();
+    for attempt in [
+        tenant_admin
+            .patch(
+                Kind::ResourceQuota,
+                Some("tenant"),
+                "caps",
+                &json!({"spec": {"hard": null}}),
+                false,
+            )
+            .await,
+        tenant_admin
+            .delete(Kind::ResourceQuota, Some("tenant"), "caps", None)
+            .await,
+    ] {
+        assert_eq!(attempt.unwrap_err().code(), Some(403));
+    }
+    // It reads it, as a quota shows itself: caps in status too.
+    let read = tenant_admin
+        .get(Kind::ResourceQuota, Some("tenant"), "caps")
+        .await
+        .unwrap();
+    assert_eq!(read["status"]["hard"]["pod.memory"], "256Mi");
+
+    // Each pod, and each Deployment's template, within the per-pod caps;
+    // a dry run is refused alike.
+    let fits = json!({"memory": "256Mi", "fuel": "100M", "timeout": "10s", "maxInstances": 20});
+    tenant_admin
+        .create(Kind::Pod, Some("tenant"), &pod("fits", fits))
+        .await
+        .unwrap();
+    for (resources, message) in [
+        (
+            json!({"memory": "4Gi", "fuel": "1M", "timeout": "1s", "maxInstances": 1}),
+            "spec.resources.memory: 4Gi is above the quota's pod.memory of 256Mi",
+        ),
+        (
+            json!({"memory": "1Mi", "timeout": "1s", "maxInstances": 1}),
+            "spec.resources.fuel: unlimited is above the quota's pod.fuel of 100000000",
+        ),
+        (
+            json!({"memory": "1Mi", "fuel": "1M", "maxInstances": 1}),
+            "spec.resources.timeout: 30s is above the quota's pod.timeout of 10s",
+        ),
+        (
+            json!({"memory": "1Mi", "fuel": "1M", "timeout": "1s"}),
+            "spec.resources.maxInstances: 100 is above the quota's pod.maxInstances of 20",
+        ),
+    ] {
+        for dry_run in [true, false] {
+            let refused = tenant_admin
+                .create_with(
+                    Kind::Pod,
+                    Some("tenant"),
+                    &pod("over", resources.clone()),
+                    dry_run,
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (refused.code(), refused.to_string()),
+                (Some(403), message.to_owned())
+            );
+        }
+    }
+    let template = |timeout: &str| {
+        json!({"apiVersion": skiff_api::API_VERSION, "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"image": "127.0.0.1:5000/hello:v1", "resources":
+                        {"memory": "64Mi", "fuel": "1M", "timeout": timeout, "maxInstances": 5}}}}})
+    };
+    let refused = tenant_admin
+        .create(Kind::Deployment, Some("tenant"), &template("1h"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "spec.template.spec.resources.timeout: 1h is above the quota's pod.timeout of 10s"
+    );
+    tenant_admin
+        .create(Kind::Deployment, Some("tenant"), &template("5s"))
+        .await
+        .unwrap();
+    let refused = tenant_admin
+        .patch(
+            Kind::Deployment,
+            Some("tenant"),
+            "web",
+            &json!({"spec": {"template": {"spec": {"resources": {"timeout": "1m"}}}}}),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.to_string()),
+        (
+            Some(403),
+            "spec.template.spec.resources.timeout: 1m is above the quota's pod.timeout of 10s"
+                .to_owned()
+        )
+    );
+
+    // Bad quotas are refused with the field.
+    let bad = admin
+        .create(Kind::ResourceQuota, Some("tenant"), &{
+            let mut q = quota(json!({"gpus": "1"}));
+            q["metadata"]["name"] = json!("bad");
+            q
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Some(422), "{bad}");
+    assert!(
+        bad.to_string()
+            .starts_with("spec.hard[gpus]: unknown resource"),
+        "{bad}"
+    );
+}
