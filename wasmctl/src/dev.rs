@@ -602,5 +602,6 @@ fn dev_policy() -> NamespacePolicy {
             .to_vec(),
         route_hosts: Vec::new(),
         max_priority: 0,
+        pod_defaults: Default::default(),
     }
 }

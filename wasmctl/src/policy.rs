@@ -28,6 +28,18 @@ pub struct PolicyFlags {
     /// namespaces' pods.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub max_priority: Option<i32>,
+    /// Memory per instance for pods that name none (e.g. 64Mi).
+    #[arg(long, value_name = "SIZE")]
+    pub default_memory: Option<String>,
+    /// Fuel for pods that name none (e.g. 50M): fuel on by default.
+    #[arg(long, value_name = "AMOUNT")]
+    pub default_fuel: Option<String>,
+    /// Timeout for pods that name none (e.g. 5s).
+    #[arg(long, value_name = "DURATION")]
+    pub default_timeout: Option<String>,
+    /// maxInstances for pods that name none.
+    #[arg(long, value_name = "N")]
+    pub default_max_instances: Option<u32>,
 }
 
 impl PolicyFlags {
@@ -36,6 +48,10 @@ impl PolicyFlags {
             && self.egress.is_empty()
             && self.route_host.is_empty()
             && self.max_priority.is_none()
+            && self.default_memory.is_none()
+            && self.default_fuel.is_none()
+            && self.default_timeout.is_none()
+            && self.default_max_instances.is_none()
     }
 
     /// The policy fields these flags set, as a JSON object.
@@ -65,6 +81,22 @@ impl PolicyFlags {
         if let Some(max) = self.max_priority {
             policy["maxPriority"] = json!(max);
         }
+        // Merged into what is set (a merge patch), so one default can be
+        // set without repeating the others.
+        let mut defaults = json!({});
+        for (field, value) in [
+            ("memory", self.default_memory.clone().map(Value::from)),
+            ("fuel", self.default_fuel.clone().map(Value::from)),
+            ("timeout", self.default_timeout.clone().map(Value::from)),
+            ("maxInstances", self.default_max_instances.map(Value::from)),
+        ] {
+            if let Some(value) = value {
+                defaults[field] = value;
+            }
+        }
+        if defaults.as_object().is_some_and(|d| !d.is_empty()) {
+            policy["podDefaults"] = defaults;
+        }
         Ok(policy)
     }
 }
@@ -82,7 +114,7 @@ pub struct SetPolicyArgs {
 pub fn set(args: SetPolicyArgs) -> Result<()> {
     if args.flags.is_empty() {
         return Err(BadInput(
-            "say what to set: --pod-security, --egress, --route-host or --max-priority".into(),
+            "say what to set: --pod-security, --egress, --route-host, --max-priority or a --default-*".into(),
         )
         .into());
     }
@@ -110,11 +142,22 @@ pub fn describe(policy: &Value) -> String {
             items.join(", ")
         }
     };
+    let d = &policy.pod_defaults;
+    let defaults: Vec<String> = [
+        ("memory", d.memory.clone()),
+        ("fuel", d.fuel.clone()),
+        ("timeout", d.timeout.clone()),
+        ("maxInstances", d.max_instances.map(|n| n.to_string())),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some(format!("{name} {}", value?)))
+    .collect();
     format!(
-        "Policy:\n  Pod security:  {}\n  Egress:        {}\n  Route hosts:   {}\n  Max priority:  {}\n",
+        "Policy:\n  Pod security:  {}\n  Egress:        {}\n  Route hosts:   {}\n  Max priority:  {}\n  Pod defaults:  {}\n",
         policy.pod_security.as_str(),
         list(&policy.egress),
         list(&policy.route_hosts),
-        policy.max_priority
+        policy.max_priority,
+        list(&defaults)
     )
 }

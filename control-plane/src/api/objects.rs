@@ -287,6 +287,7 @@ impl Call<'_> {
                 "must not be set when creating an object",
             ));
         }
+        self.namespace_defaults(&key, &mut object).await?;
         let mut object = admit(kind, object)?;
         self.tenancy(&key, &mut object, None).await?;
         check_size(&object)?;
@@ -400,6 +401,31 @@ impl Call<'_> {
         Ok(())
     }
 
+    /// A pod's (or a Deployment template's) resources it leaves out, from
+    /// its namespace's `podDefaults`, before admission fills the cluster's.
+    async fn namespace_defaults(
+        &self,
+        key: &ObjectKey,
+        object: &mut Value,
+    ) -> Result<(), ApiError> {
+        // Looked up without indexing, which would panic on a spec of the
+        // wrong type: admission says what is wrong with one.
+        let spec = match key.kind {
+            Kind::Pod => object.get_mut("spec"),
+            Kind::Deployment => object
+                .get_mut("spec")
+                .and_then(|s| s.get_mut("template"))
+                .and_then(|t| t.get_mut("spec")),
+            _ => return Ok(()),
+        };
+        let Some(spec) = spec.filter(|s| s.is_object()) else {
+            return Ok(());
+        };
+        let policy = self.namespace_policy(&key.namespace).await?;
+        policy::apply_resource_defaults(&policy, spec);
+        Ok(())
+    }
+
     async fn namespace_policy(&self, namespace: &str) -> Result<NamespacePolicy, ApiError> {
         let Some(stored) = self
             .state
@@ -423,6 +449,7 @@ impl Call<'_> {
             let status = object.get("status").cloned().unwrap_or_else(|| json!({}));
             (admit_status(key.kind, status)?, Part::Status)
         } else {
+            self.namespace_defaults(key, &mut object).await?;
             let mut object = admit(key.kind, object)?;
             if matches!(key.kind, Kind::Pod | Kind::Deployment | Kind::Route) {
                 let existing = self.state.store.get(key).await?;
@@ -574,6 +601,7 @@ impl Call<'_> {
                     Part::Status,
                 )
             } else {
+                self.namespace_defaults(key, &mut patched).await?;
                 let mut object = admit(key.kind, patched)?;
                 if key.kind.namespaced() {
                     self.tenancy(key, &mut object, Some(&current)).await?;

@@ -159,6 +159,48 @@ pub fn validate_policy(policy: &NamespacePolicy, at: &str) -> Vec<FieldError> {
             });
         }
     }
+    let defaults = &policy.pod_defaults;
+    let at_default = |field: &str| format!("{at}.podDefaults.{field}");
+    let checks: [(&str, Option<Result<(), String>>); 3] = [
+        (
+            "memory",
+            defaults.memory.as_deref().map(|m| {
+                crate::quantity::parse_bytes(m)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+        ),
+        (
+            "fuel",
+            defaults.fuel.as_deref().map(|f| {
+                crate::quantity::parse_fuel(f)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+        ),
+        (
+            "timeout",
+            defaults.timeout.as_deref().map(|t| {
+                crate::quantity::parse_duration(t)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+        ),
+    ];
+    for (field, check) in checks {
+        if let Some(Err(message)) = check {
+            errors.push(FieldError {
+                field: at_default(field),
+                message,
+            });
+        }
+    }
+    if defaults.max_instances == Some(0) {
+        errors.push(FieldError {
+            field: at_default("maxInstances"),
+            message: "must be at least 1".into(),
+        });
+    }
     for (i, host) in policy.route_hosts.iter().enumerate() {
         let bare = host.strip_prefix("*.").unwrap_or(host);
         if let Err(reason) = crate::validate::dns_subdomain(bare) {
@@ -169,6 +211,45 @@ pub fn validate_policy(policy: &NamespacePolicy, at: &str) -> Vec<FieldError> {
         }
     }
     errors
+}
+
+/// Fills the `resources` a pod spec (as submitted, before admission) does
+/// not name from its namespace's defaults; what it names stays, and the
+/// cluster's own defaults fill the rest at admission.
+pub fn apply_resource_defaults(policy: &NamespacePolicy, spec: &mut serde_json::Value) {
+    let defaults = &policy.pod_defaults;
+    if defaults.is_empty() || !spec.is_object() {
+        return;
+    }
+    let resources = &mut spec["resources"];
+    if resources.is_null() {
+        *resources = serde_json::json!({});
+    }
+    let Some(resources) = resources.as_object_mut() else {
+        return;
+    };
+    let fields = [
+        (
+            "memory",
+            defaults.memory.clone().map(serde_json::Value::from),
+        ),
+        ("fuel", defaults.fuel.clone().map(serde_json::Value::from)),
+        (
+            "timeout",
+            defaults.timeout.clone().map(serde_json::Value::from),
+        ),
+        (
+            "maxInstances",
+            defaults.max_instances.map(serde_json::Value::from),
+        ),
+    ];
+    for (field, default) in fields {
+        if let Some(default) = default
+            && resources.get(field).is_none_or(serde_json::Value::is_null)
+        {
+            resources.insert(field.to_owned(), default);
+        }
+    }
 }
 
 /// Whether a namespace with `policy` may claim Route host `host` (exact or
@@ -218,6 +299,55 @@ mod tests {
         let mut errors = check_pod("shop", policy, &spec, "spec");
         errors.extend(check_egress("shop", policy, &spec, "spec"));
         errors
+    }
+
+    #[test]
+    fn namespace_resource_defaults_fill_only_what_a_pod_leaves_out() {
+        use crate::kinds::cluster::PodDefaults;
+        let policy = NamespacePolicy {
+            pod_defaults: PodDefaults {
+                memory: Some("32Mi".into()),
+                fuel: Some("10M".into()),
+                timeout: Some("2s".into()),
+                max_instances: Some(5),
+            },
+            ..Default::default()
+        };
+        let mut bare = serde_json::json!({"image": "x"});
+        apply_resource_defaults(&policy, &mut bare);
+        assert_eq!(
+            bare["resources"],
+            serde_json::json!({"memory": "32Mi", "fuel": "10M", "timeout": "2s", "maxInstances": 5})
+        );
+        let mut named =
+            serde_json::json!({"image": "x", "resources": {"memory": "1Gi", "fuel": null}});
+        apply_resource_defaults(&policy, &mut named);
+        assert_eq!(
+            named["resources"],
+            serde_json::json!({"memory": "1Gi", "fuel": "10M", "timeout": "2s", "maxInstances": 5})
+        );
+        let mut untouched = serde_json::json!({"image": "x"});
+        apply_resource_defaults(&NamespacePolicy::default(), &mut untouched);
+        assert_eq!(untouched, serde_json::json!({"image": "x"}));
+
+        let bad = NamespacePolicy {
+            pod_defaults: PodDefaults {
+                memory: Some("lots".into()),
+                fuel: Some("-1".into()),
+                timeout: Some("soon".into()),
+                max_instances: Some(0),
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            fields(&validate_policy(&bad, "spec.policy")),
+            [
+                "spec.policy.podDefaults.memory",
+                "spec.policy.podDefaults.fuel",
+                "spec.policy.podDefaults.timeout",
+                "spec.policy.podDefaults.maxInstances"
+            ]
+        );
     }
 
     fn host_path_pod() -> PodSpec {

@@ -372,7 +372,58 @@ fn namespace_policies_tokens_and_dry_runs_from_the_command_line() {
     );
     assert_eq!(
         cluster.fails(&["set", "policy", "shop"], 2),
-        "error: say what to set: --pod-security, --egress, --route-host or --max-priority"
+        "error: say what to set: --pod-security, --egress, --route-host, --max-priority or a --default-*"
+    );
+    // Resource defaults: fuel on for every pod that names none; a pod's
+    // own value stays.
+    let set = cluster.ok(&[
+        "set",
+        "policy",
+        "shop",
+        "--default-fuel",
+        "10M",
+        "--default-timeout",
+        "2s",
+    ]);
+    assert!(
+        set.contains("Pod defaults:  fuel 10M, timeout 2s\n"),
+        "{set}"
+    );
+    let set = cluster.ok(&["set", "policy", "shop", "--default-memory", "32Mi"]);
+    assert!(
+        set.contains("Pod defaults:  memory 32Mi, fuel 10M, timeout 2s\n"),
+        "one default set keeps the others: {set}"
+    );
+    let pods = cluster.manifest(
+        "pods.yaml",
+        "apiVersion: skiff.dev/v1\nkind: Pod\nmetadata: {name: bare, namespace: shop}\n\
+         spec: {image: 127.0.0.1:5000/x:1}\n---\n\
+         apiVersion: skiff.dev/v1\nkind: Pod\nmetadata: {name: own, namespace: shop}\n\
+         spec: {image: 127.0.0.1:5000/x:1, resources: {fuel: 1G}}\n",
+    );
+    cluster.ok(&["apply", "-f", &pods]);
+    let resources = |name: &str| -> serde_json::Value {
+        let pod: serde_json::Value =
+            serde_json::from_str(&cluster.ok(&["get", "pod", name, "-n", "shop", "-o", "json"]))
+                .unwrap();
+        pod["spec"]["resources"].clone()
+    };
+    let bare = resources("bare");
+    assert_eq!(
+        (
+            &bare["fuel"],
+            &bare["timeout"],
+            &bare["memory"],
+            &bare["maxInstances"]
+        ),
+        (&json!("10M"), &json!("2s"), &json!("32Mi"), &json!(100)),
+        "the cluster's default fills what the namespace leaves out"
+    );
+    assert_eq!(resources("own")["fuel"], "1G");
+    let bad = cluster.fails(&["set", "policy", "shop", "--default-fuel", "lots"], 1);
+    assert!(
+        bad.starts_with("error: spec.policy.podDefaults.fuel: "),
+        "{bad}"
     );
 
     // Tokens: made with a ttl, listed without secrets, deleted by id.

@@ -48,6 +48,31 @@ pub struct NamespacePolicy {
     /// preempt another namespace's pods.
     #[serde(default)]
     pub max_priority: i32,
+    /// Resources a pod here gets for each it does not name, before the
+    /// cluster's own defaults: fuel for every pod of a tenant, say.
+    #[serde(default, skip_serializing_if = "PodDefaults::is_empty")]
+    pub pod_defaults: PodDefaults,
+}
+
+/// A namespace's defaults for its pods' Wasm limits, as `resources` names
+/// them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodDefaults {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+}
+
+impl PodDefaults {
+    pub fn is_empty(&self) -> bool {
+        *self == PodDefaults::default()
+    }
 }
 
 fn default_egress() -> Vec<String> {
@@ -61,6 +86,7 @@ impl Default for NamespacePolicy {
             egress: default_egress(),
             route_hosts: Vec::new(),
             max_priority: 0,
+            pod_defaults: PodDefaults::default(),
         }
     }
 }
