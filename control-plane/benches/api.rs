@@ -208,6 +208,67 @@ async fn sized_reads(
     count as f64 / elapsed.as_secs_f64()
 }
 
+/// Pod creates/s in a namespace under a ResourceQuota (counts, sums and
+/// per-pod caps, none reached) next to one without, alternating round by
+/// round: medians of each.
+async fn quota_admission(
+    api: &Client,
+    rounds: usize,
+    clients: usize,
+    per_client: usize,
+) -> (f64, f64) {
+    for (name, quota) in [
+        (
+            "with-quota",
+            Some(
+                json!({"pods": "1000000", "memory": "100Ti", "instances": "100000000",
+            "pod.memory": "1Gi", "pod.timeout": "1m"}),
+            ),
+        ),
+        ("without-quota", None),
+    ] {
+        api.create(
+            Kind::Namespace,
+            None,
+            &json!({"apiVersion": "skiff.dev/v1", "kind": "Namespace",
+            "metadata": {"name": name}, "spec": {}}),
+        )
+        .await
+        .expect("namespace");
+        if let Some(hard) = quota {
+            api.create(
+                Kind::ResourceQuota,
+                Some(name),
+                &json!({"apiVersion": "skiff.dev/v1",
+                "kind": "ResourceQuota", "metadata": {"name": "caps"}, "spec": {"hard": hard}}),
+            )
+            .await
+            .expect("quota");
+        }
+    }
+    let mut figures = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for (k, namespace) in ["with-quota", "without-quota"].into_iter().enumerate() {
+            let api = api.clone();
+            let (count, elapsed, _) = load(clients, per_client, move |c, i| {
+                let api = api.clone();
+                let pod = json!({"apiVersion": "skiff.dev/v1", "kind": "Pod",
+                    "metadata": {"name": format!("q{round}-{c}-{i}")},
+                    "spec": {"image": "127.0.0.1:5000/hello:v1", "resources": {"memory": "64Mi"}}});
+                async move {
+                    api.create(Kind::Pod, Some(namespace), &pod)
+                        .await
+                        .expect("pod");
+                }
+            })
+            .await;
+            figures[k].push(count as f64 / elapsed.as_secs_f64());
+        }
+    }
+    let [with, without] = figures;
+    (median(with), median(without))
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -431,6 +492,8 @@ fn main() {
             &value,
         )
         .await;
+        eprintln!("measuring quota admission");
+        let (with_quota, without_quota) = quota_admission(&api, sealed_rounds, CLIENTS, scaled(20)).await;
         eprintln!("measuring watch fan-out");
         let (delivered, expected, watch_latencies) = fan_out(&api, WATCHERS, scaled(10_000)).await;
         eprintln!("measuring raw LISTEN/NOTIFY");
@@ -473,6 +536,13 @@ fn main() {
                 secrets / config_maps
             );
         }
+        println!(
+            "Pod creates in a namespace under a ResourceQuota (pods, memory, instances, pod.memory, pod.timeout) next to one without, {CLIENTS} clients, median of {sealed_rounds} alternating rounds:"
+        );
+        println!(
+            "  with quota {with_quota:>7.0}/s, without {without_quota:>7.0}/s, ratio {:.2}",
+            with_quota / without_quota
+        );
         println!();
         println!(
             "Watch fan-out: {WATCHERS} watchers x {} changes: {delivered} of {expected} events delivered",

@@ -32,22 +32,29 @@ pub(super) async fn caps(
         .collect())
 }
 
-/// What `namespace` uses now: its objects of each counted kind and, when
-/// `pods` is asked for, the sums over its pods.
+/// What `namespace` uses now: its objects of each of `kinds` and, when
+/// `pods` is asked for, the sums over its pods. (Both are read afresh, so
+/// a create costs a scan of the namespace's objects of its kind; a usage
+/// table kept by the writer would make it constant.)
 pub(super) async fn usage(
     conn: &mut PgConnection,
     namespace: &str,
+    kinds: &[Kind],
     pods: bool,
 ) -> Result<Usage, sqlx::Error> {
-    let kinds: Vec<&str> = COUNTED.iter().map(|k| k.name()).collect();
-    let rows = sqlx::query(
-        "SELECT kind, count(*) AS n FROM objects WHERE namespace = $1 AND kind = ANY($2)
+    let kinds: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+    let rows = if kinds.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query(
+            "SELECT kind, count(*) AS n FROM objects WHERE namespace = $1 AND kind = ANY($2)
          GROUP BY kind",
-    )
-    .bind(namespace)
-    .bind(&kinds)
-    .fetch_all(&mut *conn)
-    .await?;
+        )
+        .bind(namespace)
+        .bind(&kinds)
+        .fetch_all(&mut *conn)
+        .await?
+    };
     let mut usage = Usage::default();
     for row in rows {
         if let Some(kind) = Kind::from_name(row.get("kind")) {
@@ -95,7 +102,9 @@ pub(super) async fn refusal(
         && caps
             .iter()
             .any(|(r, _)| matches!(r, Resource::Memory | Resource::Instances | Resource::Cpu));
-    let used = usage(conn, &key.namespace, sums).await?;
+    let counted = caps.iter().any(|(r, _)| *r == Resource::Count(key.kind));
+    let kinds: &[Kind] = if counted { &[key.kind] } else { &[] };
+    let used = usage(conn, &key.namespace, kinds, sums).await?;
     Ok(check_create(&caps, &used, key.kind, pod)
         .err()
         .map(|e| StoreError::QuotaExceeded(e.to_string())))
@@ -130,7 +139,7 @@ impl Store {
             .unwrap_or_default()
             .to_owned();
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        let used = usage(&mut conn, &namespace, true)
+        let used = usage(&mut conn, &namespace, &COUNTED, true)
             .await
             .map_err(unavailable)?;
         quota["status"] =
