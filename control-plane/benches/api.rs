@@ -221,7 +221,7 @@ async fn quota_admission(
         (
             "with-quota",
             Some(
-                json!({"pods": "1000000", "memory": "100Ti", "instances": "100000000",
+                json!({"pods": "1000000", "memory": "100000Gi", "instances": "100000000",
             "pod.memory": "1Gi", "pod.timeout": "1m"}),
             ),
         ),

@@ -12,7 +12,7 @@ use control_plane::controllers::nodes::NodeLifecycleConfig;
 use control_plane::encryption::Keyring;
 use control_plane::scheduler::SchedulerConfig;
 use control_plane::server::{self, ServerConfig};
-use control_plane::store::{PoolSettings, Reseal};
+use control_plane::store::{PoolSettings, Reseal, Store};
 use skiff_api::quantity::parse_duration;
 
 #[derive(Parser)]
@@ -166,16 +166,22 @@ fn init_logging() {
         .init();
 }
 
-async fn init(args: InitArgs) -> Result<()> {
-    let key_file = &args.keys.encryption_key_file;
-    let created = Keyring::create_file(key_file)?;
-    let store = server::open_store(
-        &args.database_url,
+/// The store for a command that runs once (`init`, a rotation): the
+/// default pool, and half a minute for the database to answer.
+async fn one_off_store(database_url: &str, key_file: &std::path::Path) -> Result<Store> {
+    server::open_store(
+        database_url,
         &PoolSettings::default(),
         Duration::from_secs(30),
         key_file,
     )
-    .await?;
+    .await
+}
+
+async fn init(args: InitArgs) -> Result<()> {
+    let key_file = &args.keys.encryption_key_file;
+    let created = Keyring::create_file(key_file)?;
+    let store = one_off_store(&args.database_url, key_file).await?;
     let token = control_plane::initialize(&store).await?;
     println!("Cluster initialized.");
     if created {
@@ -245,13 +251,7 @@ async fn rotate(args: RotateArgs) -> Result<()> {
         "New encryption key {new_key} is first in {}.",
         key_file.display()
     );
-    let store = server::open_store(
-        &args.database_url,
-        &PoolSettings::default(),
-        Duration::from_secs(30),
-        key_file,
-    )
-    .await?;
+    let store = one_off_store(&args.database_url, key_file).await?;
     let mut left = true;
     for pass in 1..=PASSES {
         let report = store.reseal(Reseal::NotUnderCurrentKey).await?;
