@@ -233,6 +233,16 @@ async fn secrets_and_the_proxy_key_are_stored_only_as_ciphertext() {
     }
     assert!(seen.iter().all(|t| t == TOKEN), "{seen:?}");
 
+    // A Secret that brings its own `sealed` field, as if already sealed, to
+    // be stored as it is: refused, as any unknown field.
+    let mut forged = secret("forged", PASSWORD);
+    forged["sealed"] = json!({"v": 1, "key": "k0", "dek": "", "data": ""});
+    let refused = admin
+        .create(Kind::Secret, Some("default"), &forged)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(422), "{refused}");
+
     let node = token(&admin, None, "node", Some("n1")).await;
     let proxy_key = client(&plane, &node).proxy_key("n1").await.unwrap();
 

@@ -762,6 +762,38 @@ mod tests {
     }
 
     #[test]
+    fn the_secrets_directory_is_made_anew_never_through_what_was_planted_there() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let shared = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("keep"), "not the node's").unwrap();
+        let dir = shared.path().join("skiff-node-x");
+        // Another user's link where the node's directory goes: removed,
+        // not followed, so nothing is written where it points.
+        std::os::unix::fs::symlink(elsewhere.path(), &dir).unwrap();
+        fresh_private_dir(&dir).unwrap();
+        let made = std::fs::symlink_metadata(&dir).unwrap();
+        assert!(made.is_dir() && !made.file_type().is_symlink());
+        assert_eq!(made.permissions().mode() & 0o777, 0o700);
+        assert!(elsewhere.path().join("keep").exists());
+        // A file in its place, or a directory with a previous run's
+        // secrets (and lax modes): replaced by an empty owner-only one.
+        std::fs::create_dir_all(dir.join("default_web_uid/creds")).unwrap();
+        std::fs::write(dir.join("default_web_uid/creds/token"), "old").unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        fresh_private_dir(&dir).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        std::fs::remove_dir(&dir).unwrap();
+        std::fs::write(&dir, "a file").unwrap();
+        fresh_private_dir(&dir).unwrap();
+        assert!(std::fs::metadata(&dir).unwrap().is_dir());
+    }
+
+    #[test]
     fn pod_directories_without_a_uid_are_removed_and_keyed_ones_kept() {
         let pods = tempfile::tempdir().unwrap();
         for dir in ["shop_web", "shop_web_6f1c", "shop_api_9a2b"] {
