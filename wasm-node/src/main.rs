@@ -107,6 +107,15 @@ struct JoinArgs {
     /// Instances that may run at once on this node, over all pods.
     #[arg(long, default_value_t = 1000)]
     max_concurrency: u32,
+    /// Instances of one namespace's pods that may run at once on this node
+    /// [default: half of --max-concurrency].
+    #[arg(long, value_name = "N")]
+    max_concurrency_per_namespace: Option<u32>,
+    /// Guests running longer than a tick that may hold a core at once;
+    /// they take turns, round-robin between namespaces [default: this
+    /// machine's cores].
+    #[arg(long, value_name = "N")]
+    guest_cpu_slots: Option<usize>,
     /// containerd's socket, for pods of ordinary Linux images. Without a
     /// containerd there, the node runs Wasm pods only.
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
@@ -169,7 +178,12 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let Command::Join(args) = cli.command;
+    // One worker more than cores: guests that run long are given at most
+    // one turn per core at a time (see skiff_wasm::share), and the spare
+    // worker keeps serving short requests while every core is taken.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores + 1)
         .enable_all()
         .build()
     {
@@ -250,6 +264,8 @@ async fn join(args: JoinArgs) -> Result<()> {
         grace: args.grace,
         max_instance_memory: args.max_instance_memory,
         max_concurrent_instances: args.max_concurrency,
+        namespace_instances: args.max_concurrency_per_namespace,
+        cpu_slots: args.guest_cpu_slots,
         containerd_socket: (!args.no_containerd).then(|| args.containerd_socket.clone()),
         snapshotter: args.snapshotter.clone(),
         linux_limits: LinuxLimits {

@@ -317,43 +317,8 @@ fn answers(pod: &Value) -> bool {
         .is_ok_and(|status| status == 200)
 }
 
-/// Requests/s and p99 (ms) of one wrk run.
+/// Requests/s and p99 (ms) of one wrk run (2 threads, 32 connections).
 fn wrk(addr: SocketAddr, host: &str, seconds: usize) -> (f64, f64) {
-    let output = Command::new("wrk")
-        .args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency", "-H"])
-        .arg(format!("Host: {host}"))
-        .arg(format!("http://{addr}/"))
-        .output()
-        .expect("wrk runs");
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        !text.contains("Non-2xx"),
-        "{host}: some answers were not 2xx:\n{text}"
-    );
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("wrk printed no rate:\n{text}"));
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| millis(v.trim()))
-        .unwrap_or_else(|| panic!("wrk printed no p99:\n{text}"));
-    (rps, p99)
-}
-
-/// wrk's `1.23ms`, `456.00us` or `1.20s` in milliseconds.
-fn millis(text: &str) -> f64 {
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => number / 1000.0,
-        "s" => number * 1000.0,
-        "m" => number * 60_000.0,
-        _ => number,
-    }
+    let run = Wrk::new(addr, host, "/", 2, 32, seconds).run();
+    (run.rps, run.p99)
 }

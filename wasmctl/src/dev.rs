@@ -173,6 +173,8 @@ async fn serve(
         grace: Duration::from_secs(10),
         max_instance_memory: 4 << 30,
         max_concurrent_instances: 1000,
+        namespace_instances: None,
+        cpu_slots: None,
         // The local cluster runs Wasm pods; Linux images need a node of
         // their own with containerd.
         containerd_socket: None,

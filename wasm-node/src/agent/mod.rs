@@ -34,7 +34,7 @@ use crate::runtimes::linux::{LinuxLimits, LinuxRuntime};
 use crate::runtimes::wasm::{Engines, WasmRuntime};
 use pod::PodHandle;
 use skiff_oci::{BlobCache, Registry};
-use skiff_wasm::EngineConfig;
+use skiff_wasm::{EngineConfig, FairShare, ShareConfig};
 
 /// Everything the agent is configured with.
 #[derive(Clone)]
@@ -75,6 +75,14 @@ pub struct AgentConfig {
     /// once on the node (the engine's pool).
     pub max_instance_memory: u64,
     pub max_concurrent_instances: u32,
+    /// Instances of one namespace's pods that may run at once on the node
+    /// [default: half of `max_concurrent_instances`], so that no tenant
+    /// holds the whole pool.
+    pub namespace_instances: Option<u32>,
+    /// Long-running guests that may hold a worker thread at once
+    /// [default: one less than the async runtime's workers, at least one],
+    /// so a thread stays free for short requests.
+    pub cpu_slots: Option<usize>,
     /// containerd's socket, for Linux images; `None` runs Wasm only.
     pub containerd_socket: Option<PathBuf>,
     pub snapshotter: String,
@@ -185,7 +193,20 @@ impl Agent {
             gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         let registry = Registry::new(&config.insecure_registries);
+        let share = FairShare::new(ShareConfig {
+            cpu_slots: config.cpu_slots.unwrap_or_else(|| {
+                tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_workers()
+                    .saturating_sub(1)
+            }),
+            instances_per_namespace: config
+                .namespace_instances
+                .unwrap_or(config.max_concurrent_instances / 2),
+        });
+        tracing::info!("sharing the node between namespaces: {:?}", share.config());
         let wasm = WasmRuntime::new(
+            share,
             Engines::new(EngineConfig {
                 max_memory: config.max_instance_memory,
                 max_instances: config.max_concurrent_instances,

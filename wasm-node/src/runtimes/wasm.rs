@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use skiff_api::kinds::pod::PodSpec;
+use skiff_api::kinds::pod::{PodSpec, parse_millicores};
 use skiff_api::quantity::{parse_bytes, parse_duration, parse_fuel};
 use tokio::sync::Notify;
 
@@ -15,7 +15,7 @@ use super::Backend;
 use super::{Artifact, Ended, Failure, Image, Instance, Launch, PodId, Runtime};
 use skiff_oci::{BlobCache, CacheError, Registry};
 use skiff_wasm::{
-    self, App, CommandApp, EngineConfig, EngineError, HttpApp, Limits, LoadedComponent,
+    self, App, CommandApp, EngineConfig, EngineError, FairShare, HttpApp, Limits, LoadedComponent,
 };
 
 /// The node's wasmtime engines: one without fuel metering and, made when a
@@ -52,14 +52,21 @@ impl Engines {
 }
 
 pub struct WasmRuntime {
+    share: Arc<FairShare>,
     engines: Arc<Engines>,
     blobs: BlobCache,
     registry: Registry,
 }
 
 impl WasmRuntime {
-    pub fn new(engines: Engines, blobs: BlobCache, registry: Registry) -> Self {
+    pub fn new(
+        share: Arc<FairShare>,
+        engines: Engines,
+        blobs: BlobCache,
+        registry: Registry,
+    ) -> Self {
         Self {
+            share,
             engines: Arc::new(engines),
             blobs,
             registry,
@@ -75,7 +82,7 @@ impl WasmRuntime {
 impl Runtime for WasmRuntime {
     fn pull<'a>(
         &'a self,
-        _pod: &'a PodId,
+        pod: &'a PodId,
         artifact: &'a Artifact,
     ) -> BoxFuture<'a, Result<Box<dyn Image>, Failure>> {
         Box::pin(async move {
@@ -103,6 +110,8 @@ impl Runtime for WasmRuntime {
                     other => Failure::retry("ErrImagePull")(&other),
                 })?;
             Ok(Box::new(WasmImage {
+                share: self.share.clone(),
+                namespace: pod.namespace.clone(),
                 engines: self.engines.clone(),
                 name: format!("{}@{}", artifact.image, artifact.digest),
                 bytes: Some(bytes),
@@ -115,6 +124,8 @@ impl Runtime for WasmRuntime {
 /// A pod's component: its bytes until compiled, then the compiled code,
 /// which serves every restart.
 struct WasmImage {
+    share: Arc<FairShare>,
+    namespace: String,
     engines: Arc<Engines>,
     name: String,
     bytes: Option<Arc<Vec<u8>>>,
@@ -147,8 +158,15 @@ impl Image for WasmImage {
                     loaded.insert(component)
                 }
             };
+            let cpu = launch
+                .spec
+                .resources
+                .cpu
+                .as_deref()
+                .and_then(parse_millicores);
+            let tenant = self.share.tenant(&self.namespace, cpu);
             let app = engine
-                .prepare(component, limits, launch.sandbox)
+                .prepare_shared(component, limits, launch.sandbox, Some(tenant))
                 .await
                 .map_err(|e| invalid(&e))?;
             Ok(match app {

@@ -26,6 +26,7 @@ impl CommandApp {
     /// passed to `exit`. A trap or an exceeded limit is a [`GuestFailure`].
     pub async fn run(&self) -> Result<i32, GuestFailure> {
         let spec = &self.spec;
+        let _slot = spec.admit_shared().await?;
         let mut store = spec
             .new_store(self.pre.engine(), InstanceRole::Command)
             .map_err(|e| spec.failure(&e))?;

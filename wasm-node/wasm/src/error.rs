@@ -54,6 +54,8 @@ pub enum GuestFailure {
     Timeout(Duration),
     #[error("all {0} instances are busy")]
     Busy(u32),
+    #[error("all {0} instance slots of this namespace on the node are busy")]
+    NamespaceBusy(u32),
     #[error("guest did not send a response")]
     NoResponse,
     #[error("guest failed: {0}")]
@@ -82,7 +84,9 @@ impl GuestFailure {
     /// later can help (overload, timeout), 500 when the guest itself failed.
     pub fn http_status(&self) -> http::StatusCode {
         match self {
-            Self::Timeout(_) | Self::Busy(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout(_) | Self::Busy(_) | Self::NamespaceBusy(_) => {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

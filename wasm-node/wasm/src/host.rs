@@ -1,15 +1,19 @@
 //! The per-instance host state, and the one function that makes a fresh
 //! store for an instance.
 
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::error::GuestFailure;
-use super::limits::{HasMemoryLimiter, Limits, MemoryLimiter};
+use super::limits::{InstanceState, Limits, MemoryLimiter};
 use super::outbound::OutboundHooks;
 use super::sandbox::Sandbox;
+use super::share::{Runner, Tenant};
 
 /// Host-side resources (open streams, headers, bodies) one instance may hold
 /// at once. They live outside linear memory, so the memory limit does not
@@ -22,6 +26,7 @@ pub(crate) struct Host {
     table: ResourceTable,
     outbound: OutboundHooks,
     memory: MemoryLimiter,
+    runner: Runner,
 }
 
 impl WasiView for Host {
@@ -43,10 +48,19 @@ impl WasiHttpView for Host {
     }
 }
 
-impl HasMemoryLimiter for Host {
+impl InstanceState for Host {
     fn memory_limiter(&mut self) -> &mut MemoryLimiter {
         &mut self.memory
     }
+    fn runner(&mut self) -> &mut Runner {
+        &mut self.runner
+    }
+}
+
+/// An instance's permits: its component's own and its namespace's slot.
+pub(crate) struct Admitted {
+    _own: Option<OwnedSemaphorePermit>,
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 /// Who an instance is for: decides whether it may read the host's stdin.
@@ -59,11 +73,13 @@ pub(crate) enum InstanceRole {
 }
 
 /// What every instance of one component is made from: its name (`argv[0]`
-/// and the name in logs), its grants and its limits.
+/// and the name in logs), its grants, its limits and, on a node, its
+/// share of the node.
 pub(crate) struct InstanceSpec {
     pub name: String,
     pub sandbox: Sandbox,
     pub limits: Limits,
+    pub tenant: Option<Tenant>,
 }
 
 impl InstanceSpec {
@@ -87,10 +103,43 @@ impl InstanceSpec {
             )
             .denying(self.sandbox.denied_addresses.clone()),
             memory: MemoryLimiter::default(),
+            runner: Runner::new(self.tenant.clone(), self.limits.timeout),
         };
         let mut store = Store::new(engine, host);
         self.limits.apply(&mut store)?;
         Ok(store)
+    }
+
+    /// Waits, up to the timeout, for one of the component's own instance
+    /// permits and then for its namespace's slot on the node, which are
+    /// held until the instance ends.
+    pub(crate) async fn admit(&self, permits: &Arc<Semaphore>) -> Result<Admitted, GuestFailure> {
+        let own = tokio::time::timeout(self.limits.timeout, permits.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(GuestFailure::Busy(self.limits.max_instances))?;
+        Ok(Admitted {
+            _own: Some(own),
+            _slot: self.admit_shared().await?,
+        })
+    }
+
+    /// Waits, up to the timeout, for the namespace's instance slot on the
+    /// node and, when the pod has used more than its CPU, for the time to
+    /// have earned it back.
+    pub(crate) async fn admit_shared(&self) -> Result<Option<OwnedSemaphorePermit>, GuestFailure> {
+        let Some(tenant) = &self.tenant else {
+            return Ok(None);
+        };
+        tokio::time::timeout(self.limits.timeout, tenant.admit())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(Some)
+            .ok_or(GuestFailure::NamespaceBusy(
+                tenant.instances_per_namespace(),
+            ))
     }
 
     /// How an instance of this component failed, in the terms of its limits.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use wasmtime::component::InstancePre;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -15,7 +15,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::error::{GuestFailure, log_detail};
-use super::host::{Host, InstanceRole, InstanceSpec};
+use super::host::{Admitted, Host, InstanceRole, InstanceSpec};
 use super::limits::Limits;
 
 /// The body of every response the engine produces; the engine's own type,
@@ -108,11 +108,9 @@ impl HttpApp {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let limits = self.limits();
-        let permit =
-            tokio::time::timeout(limits.timeout, self.inner.permits.clone().acquire_owned()).await;
-        let Ok(Ok(permit)) = permit else {
-            return failure_response(&GuestFailure::Busy(limits.max_instances));
+        let permit = match self.inner.spec.admit(&self.inner.permits).await {
+            Ok(permit) => permit,
+            Err(busy) => return failure_response(&busy),
         };
 
         // HTTP/1.0 clients may send no Host; wasi:http requires an authority.
@@ -160,7 +158,7 @@ impl HttpApp {
         &self,
         request: http::Request<B>,
         sender: oneshot::Sender<GuestResponse>,
-        permit: OwnedSemaphorePermit,
+        permit: Admitted,
         what: RequestName,
     ) -> Result<tokio::task::JoinHandle<Result<(), GuestFailure>>, GuestFailure>
     where

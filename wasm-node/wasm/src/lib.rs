@@ -20,6 +20,7 @@ pub mod limits;
 mod outbound;
 mod sandbox;
 mod send;
+pub mod share;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub use outbound::{
     service_of_host,
 };
 pub use sandbox::{DirGrant, DirGrantError, Sandbox, ServiceGateway, Stdio};
+pub use share::{FairShare, ShareConfig, Tenant};
 pub use skiff_api::outbound::{AllowList, AllowRule, AllowRuleError};
 pub use skiff_api::quantity;
 
@@ -265,6 +267,19 @@ impl Engine {
         limits: Limits,
         sandbox: Sandbox,
     ) -> Result<App, PrepareError> {
+        self.prepare_shared(loaded, limits, sandbox, None).await
+    }
+
+    /// As [`Engine::prepare`], for a pod that shares its node with other
+    /// tenants: its instances take its namespace's instance slots and CPU
+    /// turns, and its CPU budget (see [`share`]).
+    pub async fn prepare_shared(
+        &self,
+        loaded: &LoadedComponent,
+        limits: Limits,
+        sandbox: Sandbox,
+        tenant: Option<Tenant>,
+    ) -> Result<App, PrepareError> {
         let limits_error = |source| PrepareError::Limits {
             name: loaded.name.clone(),
             source,
@@ -283,6 +298,7 @@ impl Engine {
             name: program_name(&loaded.name),
             sandbox,
             limits,
+            tenant,
         };
         Ok(match loaded.kind {
             ComponentKind::Http => {

@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use wasmtime::{Enabled, PoolingAllocationConfig, ResourceLimiter, Store};
+use wasmtime::{Enabled, PoolingAllocationConfig, ResourceLimiter, Store, UpdateDeadline};
+
+use crate::share::{Runner, Tick};
 
 use skiff_api::quantity::{format_bytes, format_duration};
 
@@ -104,25 +106,26 @@ impl Limits {
         Ok(())
     }
 
-    /// Epoch ticks until the deadline: the timeout rounded up to whole ticks,
-    /// plus one because the tick in progress when the store starts is partial.
-    pub fn epoch_ticks(&self) -> u64 {
-        let tick = EPOCH_TICK.as_nanos();
-        let ticks = self.timeout.as_nanos().div_ceil(tick);
-        u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
-    }
-
     /// Applies every per-instance limit to a fresh store. This is the only
     /// place limits meet a store: memory through the limiter, fuel, and the
-    /// wall-clock deadline.
-    pub(crate) fn apply<T: HasMemoryLimiter>(&self, store: &mut Store<T>) -> wasmtime::Result<()> {
+    /// wall-clock deadline, checked at every epoch tick by the instance's
+    /// [`Runner`], which also makes a long-running guest give up its thread
+    /// (see [`crate::share`]).
+    pub(crate) fn apply<T: InstanceState>(&self, store: &mut Store<T>) -> wasmtime::Result<()> {
         *store.data_mut().memory_limiter() = MemoryLimiter::new(self.memory);
         store.limiter(|data| data.memory_limiter());
         if let Some(fuel) = self.fuel {
             store.set_fuel(fuel)?;
         }
-        store.set_epoch_deadline(self.epoch_ticks());
-        store.epoch_deadline_trap();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut store| {
+            Ok(match store.data_mut().runner().tick() {
+                Tick::Expired => UpdateDeadline::Interrupt,
+                Tick::Continue => UpdateDeadline::Continue(1),
+                Tick::Yield => UpdateDeadline::Yield(1),
+                Tick::WaitTurn(turn) => UpdateDeadline::YieldCustom(1, turn),
+            })
+        });
         Ok(())
     }
 }
@@ -169,9 +172,11 @@ pub fn pooling_config(
     pool
 }
 
-/// Store data that carries the memory limiter [`Limits::apply`] installs.
-pub(crate) trait HasMemoryLimiter: Send + 'static {
+/// Store data that carries what [`Limits::apply`] installs: the memory
+/// limiter and the instance's [`Runner`].
+pub(crate) trait InstanceState: Send + 'static {
     fn memory_limiter(&mut self) -> &mut MemoryLimiter;
+    fn runner(&mut self) -> &mut Runner;
 }
 
 /// Caps the linear memory of one instance. Growth past the cap traps with
@@ -288,20 +293,6 @@ mod tests {
             let err = limits.validate().unwrap_err().to_string();
             assert!(err.starts_with(want), "{err:?} should start with {want:?}");
         }
-    }
-
-    #[test]
-    fn epoch_deadline_covers_the_whole_timeout() {
-        let at = |timeout| {
-            Limits {
-                timeout,
-                ..Limits::default()
-            }
-            .epoch_ticks()
-        };
-        assert_eq!(at(Duration::from_secs(30)), 3001);
-        assert_eq!(at(Duration::from_millis(15)), 3);
-        assert_eq!(at(Duration::from_millis(1)), 2);
     }
 
     #[test]

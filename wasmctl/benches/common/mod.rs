@@ -124,7 +124,15 @@ pub fn path_str(path: &Path) -> &str {
 }
 
 pub fn build_hello() -> PathBuf {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    build_component("examples", "hello-http")
+}
+
+/// Builds `package` of the guest workspace `workspace` (relative to the
+/// repository) for release; returns its component.
+pub fn build_component(workspace: &str, package: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(workspace);
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args([
             "build",
@@ -133,13 +141,109 @@ pub fn build_hello() -> PathBuf {
             "--target",
             "wasm32-wasip2",
             "-p",
-            "hello-http",
+            package,
         ])
-        .current_dir(&examples)
+        .current_dir(&dir)
         .status()
         .expect("cargo runs");
-    assert!(status.success(), "building examples/hello-http failed");
-    examples.join("target/wasm32-wasip2/release/hello_http.wasm")
+    assert!(status.success(), "building {workspace}/{package} failed");
+    dir.join("target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", package.replace('-', "_")))
+}
+
+/// One `wrk` run's figures: requests/s, and p50 and p99 in ms.
+pub struct WrkRun {
+    pub rps: f64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+/// A `wrk` load: `connections` over `threads` for `seconds`, every answer
+/// expected 2xx unless [`Wrk::any_status`].
+pub struct Wrk {
+    command: Command,
+    what: String,
+    any_status: bool,
+}
+
+impl Wrk {
+    pub fn new(
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        threads: usize,
+        connections: usize,
+        seconds: usize,
+    ) -> Wrk {
+        let mut command = Command::new("wrk");
+        command
+            .arg(format!("-t{threads}"))
+            .arg(format!("-c{connections}"))
+            .arg(format!("-d{seconds}s"))
+            .args(["--latency", "-H"])
+            .arg(format!("Host: {host}"))
+            .arg(format!("http://{addr}{path}"))
+            .stdin(Stdio::null());
+        Wrk {
+            command,
+            what: format!("{host}{path}"),
+            any_status: false,
+        }
+    }
+
+    /// Takes non-2xx answers (a load whose answers do not matter).
+    pub fn any_status(mut self) -> Wrk {
+        self.any_status = true;
+        self
+    }
+
+    /// Starts the load in the background.
+    pub fn spawn(mut self) -> Child {
+        self.command
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("wrk runs")
+    }
+
+    pub fn run(mut self) -> WrkRun {
+        let output = self.command.output().expect("wrk runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            self.any_status || !text.contains("Non-2xx"),
+            "{}: some answers were not 2xx:\n{text}",
+            self.what
+        );
+        let percentile = |p: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(p))
+                .map(|v| millis(v.trim()))
+                .unwrap_or_else(|| panic!("wrk printed no {p}:\n{text}"))
+        };
+        WrkRun {
+            rps: text
+                .lines()
+                .find_map(|l| l.strip_prefix("Requests/sec:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("wrk printed no rate:\n{text}")),
+            p50: percentile("50%"),
+            p99: percentile("99%"),
+        }
+    }
+}
+
+/// wrk's `1.23ms`, `456.00us` or `1.20s` in milliseconds.
+fn millis(text: &str) -> f64 {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => number / 1000.0,
+        "s" => number * 1000.0,
+        "m" => number * 60_000.0,
+        _ => number,
+    }
 }
 
 /// The status of one `GET /` for `host` over `stream` (kept alive).

@@ -73,6 +73,8 @@ fn a_shut_down_agent_stops_serving_and_renewing_its_lease() {
             grace: Duration::from_secs(1),
             max_instance_memory: 64 << 20,
             max_concurrent_instances: 10,
+            namespace_instances: None,
+            cpu_slots: None,
             containerd_socket: None,
             snapshotter: "overlayfs".into(),
             linux_limits: Default::default(),

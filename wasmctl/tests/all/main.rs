@@ -9,6 +9,7 @@ mod cluster;
 mod controllers;
 mod dev;
 mod egress;
+mod fair_share;
 mod ingress_trust;
 mod linux;
 mod nodes;
