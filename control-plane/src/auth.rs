@@ -13,11 +13,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 use skiff_api::Kind;
 
-use crate::store::{Store, StoreError, TokenRecord};
+use crate::store::{AccountTokenRecord, Store, StoreError, TokenRecord};
 
 /// Prefix of every token, so they are recognisable (and greppable by
 /// secret scanners).
 const TOKEN_PREFIX: &str = "skf_";
+/// Prefix of a ServiceAccount's token (itself under [`TOKEN_PREFIX`]): they
+/// live in a table of their own, and the prefix says which.
+const ACCOUNT_TOKEN_PREFIX: &str = "skf_sa.";
 
 /// How long a looked-up token is trusted before it is looked up again by
 /// default; the longest a deleted token keeps working.
@@ -64,6 +67,30 @@ pub enum Principal {
 }
 
 impl Principal {
+    /// A ServiceAccount's token: the account's role in its namespace now,
+    /// or nothing at all.
+    fn of_account(record: &AccountTokenRecord) -> Principal {
+        Principal::Namespaced(
+            record
+                .role
+                .as_deref()
+                .and_then(Role::parse)
+                .map(|role| (record.namespace.clone(), role))
+                .into_iter()
+                .collect(),
+        )
+    }
+
+    /// This principal's role in `namespace`: cluster admins hold every
+    /// role, nodes none.
+    pub fn role_in(&self, namespace: &str) -> Option<Role> {
+        match self {
+            Principal::ClusterAdmin => Some(Role::Admin),
+            Principal::Namespaced(roles) => roles.get(namespace).copied(),
+            Principal::Node(_) => None,
+        }
+    }
+
     fn from_record(record: &TokenRecord) -> Principal {
         if record.cluster_admin {
             Principal::ClusterAdmin
@@ -238,9 +265,18 @@ pub fn may_read_proxy_key(principal: &Principal, node: &str) -> bool {
 
 /// A new token: the secret to hand out once, and the hash to store.
 pub fn new_token() -> (String, [u8; 32]) {
+    prefixed_token(TOKEN_PREFIX)
+}
+
+/// A new ServiceAccount token, as [`new_token`].
+pub fn new_account_token() -> (String, [u8; 32]) {
+    prefixed_token(ACCOUNT_TOKEN_PREFIX)
+}
+
+fn prefixed_token(prefix: &str) -> (String, [u8; 32]) {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).expect("the operating system's random source works");
-    let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret));
+    let token = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(secret));
     let hash = token_hash(&token);
     (token, hash)
 }
@@ -290,9 +326,19 @@ impl Authenticator {
             }
             return Ok(principal.clone());
         }
-        let record = self.store.find_token(&hash).await?;
-        let expires = record.as_ref().and_then(|r| r.expires_at);
-        let principal = record.map(|record| Principal::from_record(&record));
+        let (principal, expires) = if token.starts_with(ACCOUNT_TOKEN_PREFIX) {
+            let record = self.store.find_account_token(&hash).await?;
+            (
+                record.as_ref().map(Principal::of_account),
+                record.map(|r| r.expires_at),
+            )
+        } else {
+            let record = self.store.find_token(&hash).await?;
+            (
+                record.as_ref().map(Principal::from_record),
+                record.and_then(|r| r.expires_at),
+            )
+        };
         let mut cache = self.cache.lock().expect("cache lock");
         cache.retain(|_, (_, fetched, _)| now.duration_since(*fetched) < self.ttl);
         cache.insert(hash, (principal.clone(), now, expires));

@@ -175,6 +175,13 @@ async fn compact_periodically(store: Store, retain: i64, interval: Duration) {
             Ok(revision) => tracing::debug!("change log compacted through {revision}"),
             Err(e) => tracing::warn!("compaction failed: {e}"),
         }
+        // Expired service account tokens authenticate no one; their rows
+        // go with the change log's.
+        match store.delete_expired_account_tokens().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!("{n} expired service account tokens forgotten"),
+            Err(e) => tracing::warn!("forgetting expired service account tokens failed: {e}"),
+        }
     }
 }
 

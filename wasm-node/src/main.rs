@@ -86,6 +86,10 @@ struct JoinArgs {
     /// start); by default a directory on /dev/shm, so they stay in memory.
     #[arg(long, value_name = "DIR")]
     secrets_dir: Option<PathBuf>,
+    /// How long the service account token of a pod that asks for one
+    /// lives (10s to 24h); the node asks for the next before it ends.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pod_token_duration: Duration,
     /// Size limit of the component cache.
     #[arg(long, default_value = "2Gi", value_parser = parse_bytes)]
     cache_size: u64,
@@ -257,6 +261,7 @@ async fn join(args: JoinArgs) -> Result<()> {
         lease_duration: args.lease_duration,
         data_dir,
         secrets_dir: args.secrets_dir,
+        pod_token_duration: args.pod_token_duration,
         blob_cache_bytes: args.cache_size,
         insecure_registries: args.insecure_registries,
         backoff_base: args.backoff,

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use clap::Subcommand;
 use serde_json::{Value, json};
 use skiff_api::Kind;
-use skiff_api::tokens::TokenRequest;
+use skiff_api::tokens::{ServiceAccountTokenRequest, TokenRequest};
 
 use crate::BadInput;
 use crate::cluster::{Target, block_on};
@@ -38,6 +38,13 @@ pub enum CreateCommand {
         /// A node agent's token: its own Node and the pods bound to it.
         #[arg(long, conflicts_with_all = ["namespace", "role"])]
         node: Option<String>,
+        /// A short-lived token of this ServiceAccount (of --namespace, or
+        /// the context's): what it may do is the account's role.
+        #[arg(long, conflicts_with_all = ["role", "cluster_admin", "node", "ttl"])]
+        serviceaccount: Option<String>,
+        /// How long a service account's token works, 10s to 24h [default: 1h].
+        #[arg(long, requires = "serviceaccount")]
+        duration: Option<String>,
         #[arg(long, default_value = "")]
         description: String,
         /// How long the token works, e.g. 24h or 720h; for ever without.
@@ -50,6 +57,17 @@ pub enum CreateCommand {
     /// `docker-registry` credential.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Create a ServiceAccount, an identity for pods and short-lived
+    /// tokens.
+    #[command(name = "serviceaccount", visible_alias = "sa")]
+    ServiceAccount {
+        name: String,
+        /// Its role in its namespace: view, edit or admin [default: none].
+        #[arg(long)]
+        role: Option<String>,
+        #[command(flatten)]
+        flags: ObjectFlags,
+    },
     /// Create a ConfigMap from literals and files.
     #[command(name = "configmap", visible_alias = "cm")]
     ConfigMap {
@@ -286,6 +304,57 @@ pub fn run(command: CreateCommand) -> Result<()> {
             sources,
             flags,
         } => config_map(name, sources, flags)?,
+        CreateCommand::ServiceAccount { name, role, flags } => {
+            check_name(Kind::ServiceAccount, &name)?;
+            if let Some(role) = &role
+                && !skiff_api::kinds::account::ROLES.contains(&role.as_str())
+            {
+                return Err(
+                    BadInput(format!("--role `{role}`: must be view, edit or admin")).into(),
+                );
+            }
+            let mut object = json!({"apiVersion": skiff_api::API_VERSION, "kind": "ServiceAccount",
+                "metadata": {"name": name}, "spec": {}});
+            if let Some(role) = role {
+                object["spec"]["role"] = json!(role);
+            }
+            create_object(Kind::ServiceAccount, object, &flags)?;
+        }
+        CreateCommand::Token {
+            namespace,
+            serviceaccount: Some(account),
+            duration,
+            target,
+            ..
+        } => {
+            check_name(Kind::ServiceAccount, &account)?;
+            if let Some(duration) = &duration
+                && skiff_api::quantity::parse_duration(duration).is_err()
+            {
+                return Err(BadInput(format!(
+                    "--duration `{duration}`: not a duration such as 1h"
+                ))
+                .into());
+            }
+            let session = target.connect()?;
+            let namespace = session
+                .namespace_for(Kind::ServiceAccount, namespace.as_deref())
+                .unwrap_or_else(|| "default".into());
+            let request = ServiceAccountTokenRequest {
+                duration,
+                bound_pod: None,
+            };
+            let token = block_on(
+                session
+                    .client
+                    .create_account_token(&namespace, &account, &request),
+            )??;
+            eprintln!(
+                "token of service account {namespace}/{account}, until {}:",
+                token.expires_at
+            );
+            println!("{}", token.token);
+        }
         CreateCommand::Namespace {
             name,
             policy,
@@ -308,6 +377,7 @@ pub fn run(command: CreateCommand) -> Result<()> {
             description,
             ttl,
             target,
+            ..
         } => {
             if let Some(ttl) = &ttl
                 && skiff_api::quantity::parse_duration(ttl).is_err()

@@ -166,6 +166,7 @@ async fn serve(
         lease_duration: Duration::from_secs(6),
         data_dir: data.join("node"),
         secrets_dir: None,
+        pod_token_duration: Duration::from_secs(3600),
         blob_cache_bytes: 2 << 30,
         insecure_registries: Vec::new(),
         backoff_base: Duration::from_secs(2),

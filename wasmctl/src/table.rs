@@ -66,6 +66,7 @@ pub fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<String> {
         Kind::Secret => vec!["NAME", "TYPE", "DATA", "AGE"],
         Kind::ConfigMap => vec!["NAME", "DATA", "AGE"],
         Kind::ResourceQuota => vec!["NAME", "USED/HARD", "AGE"],
+        Kind::ServiceAccount => vec!["NAME", "ROLE", "AGE"],
     });
     if wide {
         header.extend(match kind {
@@ -162,6 +163,7 @@ pub fn row(kind: Kind, object: &Value, wide: bool, all_namespaces: bool) -> Vec<
             age,
         ],
         Kind::ResourceQuota => vec![name, or_dash(quota_summary(object)), age],
+        Kind::ServiceAccount => vec![name, or_dash(text("/spec/role")), age],
     });
     if wide {
         row.extend(match kind {

@@ -110,6 +110,8 @@ pub enum Target {
     Lease { node: String },
     /// The cluster's proxy key, as node `node` reads it.
     ProxyKey { node: String },
+    /// `serviceaccounts/{name}/token`: a new token of the account.
+    AccountToken { namespace: String, name: String },
     /// `tokens` of a namespace, or of the cluster when `namespace` is None.
     Tokens {
         namespace: Option<String>,
@@ -197,6 +199,10 @@ pub fn parse_target(path: &str) -> Result<Target, ApiError> {
             let kind = kind_of(plural)?;
             item(kind, scoped(kind, Some(ns))?, name, false)
         }
+        ["namespaces", ns, "serviceaccounts", name, "token"] => Ok(Target::AccountToken {
+            namespace: (*ns).to_owned(),
+            name: (*name).to_owned(),
+        }),
         ["namespaces", ns, plural, name, "status"] => {
             let kind = kind_of(plural)?;
             item(kind, scoped(kind, Some(ns))?, name, true)
@@ -235,6 +241,9 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
     match (target, method) {
         (Target::Lease { node }, method) => call.lease(&node, method).await,
         (Target::ProxyKey { node }, Method::GET) => proxy_key::get(state, &principal, &node).await,
+        (Target::AccountToken { namespace, name }, Method::POST) => {
+            tokens::account_token(state, &principal, &namespace, &name, &body).await
+        }
         (Target::Tokens { namespace, id }, method) => {
             tokens::handle(state, &principal, namespace, id, method, &body).await
         }

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use skiff_api::kinds::account::DEFAULT_SERVICE_ACCOUNT;
 use skiff_api::kinds::cluster::NamespacePolicy;
 use skiff_api::kinds::pod::PodSpec;
 use skiff_api::meta::{DeleteOptions, ListMeta, PropagationPolicy};
@@ -17,7 +18,7 @@ use skiff_api::validate::FieldError;
 use skiff_api::{API_VERSION, Kind, admit, admit_status, policy};
 
 use super::{ApiError, AppState, MAX_OBJECT_BYTES};
-use crate::auth::{Access, Decision, Principal, Verb, authorize};
+use crate::auth::{Access, Decision, Principal, Role, Verb, authorize};
 use crate::store::{Continue, ListQuery, ObjectKey, Part, StoreError, Write};
 use crate::watch::{self, WatchRequest};
 
@@ -356,6 +357,11 @@ impl Call<'_> {
                     let policy = self.namespace_policy(&key.namespace).await?;
                     police_pod(&key.namespace, &policy, &mut object["spec"], "spec")?;
                 }
+                let account = |o: &Value| o["spec"]["serviceAccountName"].clone();
+                if existing.is_none_or(|e| account(e) != account(object)) {
+                    self.may_run_as(&key.namespace, &object["spec"], "spec")
+                        .await?;
+                }
             }
             // A template the namespace already admitted (a scale, a label)
             // is not judged again by a policy changed since. (A template's
@@ -370,6 +376,28 @@ impl Call<'_> {
                     &mut object["spec"]["template"]["spec"],
                     "spec.template.spec",
                 )?;
+                self.may_run_as(
+                    &key.namespace,
+                    &object["spec"]["template"]["spec"],
+                    "spec.template.spec",
+                )
+                .await?;
+            }
+            // Granting a role is holding it: no one gives an account more
+            // than they have, or an editor could make an admin of an
+            // account and act as it.
+            Kind::ServiceAccount => {
+                let role = |o: &Value| o["spec"]["role"].as_str().and_then(Role::parse);
+                let granted = role(object);
+                if existing.is_none_or(|e| role(e) != granted)
+                    && self.principal.role_in(&key.namespace) < granted
+                {
+                    return Err(ApiError::Forbidden(format!(
+                        "spec.role: this token may not grant role {} in namespace {}, which it does not hold",
+                        granted.map_or("", Role::as_str),
+                        key.namespace
+                    )));
+                }
             }
             Kind::Route => {
                 let host = object["spec"]["host"].as_str().unwrap_or("");
@@ -397,6 +425,37 @@ impl Call<'_> {
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Whether the caller may have pods run as the service account the pod
+    /// spec at `at` names: it must exist (but for the namespace's
+    /// `default`, which its controller is about to make) and hold no more
+    /// than the caller does, or running a pod would be a way to act with
+    /// a role one was not given.
+    async fn may_run_as(&self, namespace: &str, spec: &Value, at: &str) -> Result<(), ApiError> {
+        let name = spec["serviceAccountName"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(DEFAULT_SERVICE_ACCOUNT);
+        let key = ObjectKey::new(Kind::ServiceAccount, namespace, name);
+        let account = match self.state.store.get(&key).await? {
+            Some(account) => account,
+            None if name == DEFAULT_SERVICE_ACCOUNT => return Ok(()),
+            None => {
+                return Err(ApiError::invalid(
+                    &format!("{at}.serviceAccountName"),
+                    format!("service account {name} not found in namespace {namespace}"),
+                ));
+            }
+        };
+        let role = account["spec"]["role"].as_str().and_then(Role::parse);
+        if self.principal.role_in(namespace) < role {
+            return Err(ApiError::Forbidden(format!(
+                "{at}.serviceAccountName: service account {name} holds role {} in namespace {namespace}, more than this token does",
+                role.map_or("", Role::as_str)
+            )));
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
-use skiff_api::kinds::{cluster, config, deployment, pod, quota, service};
+use skiff_api::kinds::{account, cluster, config, deployment, pod, quota, service};
 use skiff_api::meta::{DeleteOptions, ListMeta, Status};
 use skiff_api::tokens::{TokenInfo, TokenRequest};
 use skiff_api::{EventType, Kind};
@@ -54,6 +54,7 @@ fn build() -> Value {
             Kind::Secret => register::<config::Secret>(&mut generator),
             Kind::ConfigMap => register::<config::ConfigMap>(&mut generator),
             Kind::ResourceQuota => register::<quota::ResourceQuota>(&mut generator),
+            Kind::ServiceAccount => register::<account::ServiceAccount>(&mut generator),
         };
         add(kind.name(), schema);
     }

@@ -4,12 +4,13 @@
 use axum::Json;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use skiff_api::tokens::{TokenInfo, TokenRequest};
+use skiff_api::Kind;
+use skiff_api::tokens::{ServiceAccountToken, ServiceAccountTokenRequest, TokenInfo, TokenRequest};
 use skiff_api::validate::dns_label;
 
 use super::{ApiError, AppState};
-use crate::auth::{Principal, Role, may_manage_tokens, new_token};
-use crate::store::{TokenGrant, TokenRecord};
+use crate::auth::{Principal, Role, may_manage_tokens, new_account_token, new_token};
+use crate::store::{AccountTokenGrant, ObjectKey, StoreError, TokenGrant, TokenRecord};
 
 pub async fn handle(
     state: &AppState,
@@ -177,4 +178,123 @@ pub fn info(record: &TokenRecord, namespace: Option<&str>) -> TokenInfo {
         last_used_at: record.last_used_at.clone(),
         token: None,
     }
+}
+
+/// Longest and shortest a ServiceAccount token may live, and how long it
+/// lives unless asked otherwise.
+const ACCOUNT_TOKEN_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+const ACCOUNT_TOKEN_MIN: std::time::Duration = std::time::Duration::from_secs(10);
+const ACCOUNT_TOKEN_DEFAULT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `POST namespaces/{ns}/serviceaccounts/{name}/token`: a short-lived
+/// token of the account. Who may ask:
+/// - a node, for a pod bound to it that runs as the account and asked
+///   for its token (the token is bound to that pod);
+/// - a member with `edit` or more, and at least the account's own role
+///   (else an editor could mint an admin's token), and cluster admins.
+pub async fn account_token(
+    state: &AppState,
+    principal: &Principal,
+    namespace: &str,
+    name: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let request: ServiceAccountTokenRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("token request: {e}")))?;
+    let duration = match &request.duration {
+        None => ACCOUNT_TOKEN_DEFAULT,
+        Some(text) => skiff_api::quantity::parse_duration(text)
+            .ok()
+            .filter(|d| (ACCOUNT_TOKEN_MIN..=ACCOUNT_TOKEN_MAX).contains(d))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "duration",
+                    format!("`{text}` is not a duration between 10s and 24h"),
+                )
+            })?,
+    };
+    // Who may ask is decided before anything is read, for principals
+    // whose answer does not depend on the objects.
+    let node = match principal {
+        Principal::Node(node) if request.bound_pod.is_some() => Some(node.as_str()),
+        Principal::Node(_) => {
+            return Err(ApiError::Forbidden(
+                "a node asks for tokens of its own pods only: name boundPod".into(),
+            ));
+        }
+        _ if principal.role_in(namespace).is_none_or(|r| r < Role::Edit) => {
+            return Err(ApiError::Forbidden(format!(
+                "this token may not make tokens of service accounts in namespace {namespace}"
+            )));
+        }
+        _ => None,
+    };
+    let store = &state.store;
+    let account_key = ObjectKey::new(Kind::ServiceAccount, namespace, name);
+    let Some(account) = store.get(&account_key).await? else {
+        return Err(StoreError::NotFound(account_key).into());
+    };
+    let account_uid = uid_of(&account)?;
+    let account_role = account["spec"]["role"].as_str().and_then(Role::parse);
+    if node.is_none() && principal.role_in(namespace) < account_role {
+        return Err(ApiError::Forbidden(format!(
+            "service account {name} holds role {} in namespace {namespace}, more than this token does",
+            account_role.map_or("", Role::as_str)
+        )));
+    }
+    let pod = match &request.bound_pod {
+        None => None,
+        Some(bound) => {
+            let pod_key = ObjectKey::new(Kind::Pod, namespace, &bound.name);
+            let pod = store
+                .get(&pod_key)
+                .await?
+                .filter(|p| p["metadata"]["uid"].as_str() == Some(bound.uid.as_str()))
+                .filter(|p| node.is_none_or(|n| p["spec"]["nodeName"].as_str() == Some(n)))
+                // A node answers as for any pod not bound to it: not found.
+                .ok_or_else(|| StoreError::NotFound(pod_key.clone()))?;
+            let spec = &pod["spec"];
+            if spec["serviceAccountName"].as_str() != Some(name) {
+                return Err(ApiError::Forbidden(format!(
+                    "pod {} runs as service account {}, not {name}",
+                    bound.name,
+                    spec["serviceAccountName"].as_str().unwrap_or("default")
+                )));
+            }
+            if node.is_some() && spec["automountServiceAccountToken"] != true {
+                return Err(ApiError::Forbidden(format!(
+                    "pod {} did not ask for its service account's token",
+                    bound.name
+                )));
+            }
+            Some((bound.name.as_str(), uid_of(&pod)?))
+        }
+    };
+    let expires_at =
+        chrono::Utc::now() + chrono::Duration::from_std(duration).expect("at most a day fits");
+    let (token, hash) = new_account_token();
+    store
+        .create_account_token(
+            &hash,
+            &AccountTokenGrant {
+                namespace,
+                account: name,
+                account_uid,
+                pod,
+                expires_at,
+            },
+        )
+        .await?;
+    let body = ServiceAccountToken {
+        token,
+        expires_at: expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn uid_of(object: &serde_json::Value) -> Result<uuid::Uuid, ApiError> {
+    object["metadata"]["uid"]
+        .as_str()
+        .and_then(|uid| uuid::Uuid::parse_str(uid).ok())
+        .ok_or_else(|| ApiError::Internal("a stored object without a uid".into()))
 }

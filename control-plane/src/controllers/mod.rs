@@ -2,6 +2,7 @@
 //! declare. They run in every control-plane process and act only in the one
 //! holding the controllers' advisory lock ([`crate::leader`]).
 
+pub mod accounts;
 pub mod deployments;
 pub mod endpoints;
 pub mod gc;
@@ -29,6 +30,13 @@ pub async fn run(store: Store, hub: WatchHub, nodes: nodes::NodeLifecycleConfig)
                     store.clone(),
                     hub.clone(),
                     deployments::Deployments {
+                        store: store.clone()
+                    }
+                ),
+                reconciler::run(
+                    store.clone(),
+                    hub.clone(),
+                    accounts::ServiceAccounts {
                         store: store.clone()
                     }
                 ),

@@ -1,6 +1,7 @@
 //! The store: cluster state in Postgres. This module is the only place that
 //! runs SQL.
 
+mod accounts;
 pub mod objects;
 mod quota;
 mod reseal;
@@ -21,6 +22,7 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::encryption::{EncryptionError, Keyring, cluster_secret_context};
+pub use accounts::{AccountTokenGrant, AccountTokenRecord};
 pub use objects::Part;
 pub use reseal::{Reseal, ResealReport};
 pub use writer::Write;

@@ -145,6 +145,10 @@ fn change_desired_state(kind: Kind, object: &mut Value) -> bool {
             object["data"]["extra"] = json!("eA==");
             true
         }
+        Kind::ServiceAccount => {
+            object["spec"]["role"] = json!("edit");
+            true
+        }
         Kind::ResourceQuota => {
             object["spec"]["hard"]["pods"] = json!("20");
             true

@@ -14,6 +14,7 @@ mod quota;
 mod restart;
 mod scheduling;
 mod secrets;
+mod service_accounts;
 mod support;
 mod tenancy;
 mod tls;

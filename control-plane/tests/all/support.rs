@@ -75,6 +75,7 @@ pub fn object(kind: Kind, name: &str) -> Value {
         Kind::Secret => json!({"stringData": {"password": "hunter2"}}),
         Kind::ConfigMap => json!({"data": {"greeting": "hi"}}),
         Kind::ResourceQuota => json!({"spec": {"hard": {"pods": "10", "pod.memory": "1Gi"}}}),
+        Kind::ServiceAccount => json!({"spec": {"role": "view"}}),
     };
     for (key, value) in body.as_object().expect("object") {
         object[key] = value.clone();

@@ -19,6 +19,37 @@ pub struct TokenRequest {
     pub ttl: Option<String>,
 }
 
+/// Asks for a short-lived token of a ServiceAccount
+/// (`namespaces/{ns}/serviceaccounts/{name}/token`), bound to a pod when a
+/// node asks for one of its pods: it stops working when that pod goes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceAccountTokenRequest {
+    /// How long the token works, e.g. `1h` (at least 10s, at most 24h);
+    /// 1h when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_pod: Option<BoundPod>,
+}
+
+/// The pod a token is bound to, by name and uid (a pod made again under
+/// the same name is another pod).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BoundPod {
+    pub name: String,
+    pub uid: String,
+}
+
+/// A ServiceAccount's token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountToken {
+    pub token: String,
+    pub expires_at: String,
+}
+
 /// A token as listed. The secret itself is only ever in the response that
 /// created it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -11,7 +11,7 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use skiff_api::meta::{DeleteOptions, Preconditions};
-use skiff_api::tokens::{TokenInfo, TokenRequest};
+use skiff_api::tokens::{ServiceAccountToken, ServiceAccountTokenRequest, TokenInfo, TokenRequest};
 use skiff_api::{Kind, List, Status, WatchEvent};
 
 /// Where the API is and how to reach it.
@@ -425,6 +425,21 @@ impl Client {
                 .json(request),
         )
         .await
+    }
+
+    /// A new short-lived token of ServiceAccount `name` in `namespace`.
+    pub async fn create_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        request: &ServiceAccountTokenRequest,
+    ) -> Result<ServiceAccountToken> {
+        let url = format!(
+            "{}/token",
+            self.url(Kind::ServiceAccount, Some(namespace), Some(name), false)
+        );
+        self.send(self.request(Method::POST, &url).json(request))
+            .await
     }
 
     pub async fn list_tokens(&self, namespace: Option<&str>) -> Result<Vec<TokenInfo>> {

@@ -65,6 +65,9 @@ pub struct AgentConfig {
     /// on memory (`/dev/shm`) named after the data directory, else
     /// `DATA_DIR/secrets`. Emptied at start: no pod owns its files then.
     pub secrets_dir: Option<PathBuf>,
+    /// How long the service account tokens of pods that ask for one live
+    /// (10s to 24h).
+    pub pod_token_duration: Duration,
     pub blob_cache_bytes: u64,
     pub insecure_registries: Vec<String>,
     pub backoff_base: Duration,
@@ -113,6 +116,9 @@ pub struct NodeContext {
     pub data_dir: PathBuf,
     /// Where pods' Secret volumes go (see [`AgentConfig::secrets_dir`]).
     pub secrets_dir: PathBuf,
+    /// How long a pod's service account token lives; its node asks for
+    /// the next before it ends.
+    pub pod_token_duration: Duration,
     /// The ingress address pods are reached at.
     pub endpoint: String,
     pub backoff_base: Duration,
@@ -242,6 +248,7 @@ impl Agent {
             caller_key,
             data_dir: config.data_dir.clone(),
             secrets_dir: secrets_dir.clone(),
+            pod_token_duration: config.pod_token_duration,
             endpoint: endpoint.clone(),
             backoff_base: config.backoff_base,
             backoff_cap: config.backoff_cap,

@@ -14,6 +14,7 @@ use skiff_api::kinds::pod::{
     Condition, ImagePullPolicy, Pod, PodPhase, PodSpec, PodStatus, Volume,
 };
 use skiff_api::outbound::AllowList;
+use skiff_api::tokens::{BoundPod, ServiceAccountTokenRequest};
 use tokio::sync::watch;
 
 use super::NodeContext;
@@ -55,7 +56,26 @@ struct Worker {
     state: State,
     status: Reported,
     reporter: watch::Sender<Option<PodStatus>>,
+    /// Keeps the pod's service account token fresh while the pod lives.
+    token_refresh: Option<AbortOnDrop>,
 }
+
+/// A task that ends when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Where a pod's guest finds its service account token (`token`) and its
+/// namespace (`namespace`), as Kubernetes pods find theirs.
+pub const ACCOUNT_TOKEN_MOUNT: &str = "/var/run/secrets/skiff/serviceaccount";
+
+/// The token's directory within the pod's secrets directory: not a DNS
+/// label, so no volume's name can be it.
+const ACCOUNT_TOKEN_DIR: &str = ".serviceaccount";
 
 /// What the worker tells the API about the pod.
 #[derive(Clone)]
@@ -191,6 +211,7 @@ impl Worker {
                 exit_code: None,
             },
             reporter,
+            token_refresh: None,
         }
     }
 
@@ -292,12 +313,9 @@ impl Worker {
                                 spec: &self.spec,
                                 sandbox,
                                 dir: self.pod_dir(),
-                                secrets: self
-                                    .spec
-                                    .volumes
-                                    .iter()
-                                    .any(|v| v.secret.is_some())
-                                    .then(|| self.secrets_dir()),
+                                secrets: (self.spec.automount_service_account_token
+                                    || self.spec.volumes.iter().any(|v| v.secret.is_some()))
+                                .then(|| self.secrets_dir()),
                             };
                             image.start(launch).await
                         }
@@ -418,6 +436,7 @@ impl Worker {
         if let Some(mut image) = image {
             image.release().await;
         }
+        self.token_refresh = None;
         let _ = std::fs::remove_dir_all(self.pod_dir());
         let _ = std::fs::remove_dir_all(self.secrets_dir());
         tracing::debug!("{pod} ({}): stopped, its files removed", self.uid);
@@ -644,7 +663,7 @@ impl Worker {
 
     /// What the pod is granted: env (Secrets and ConfigMaps read), args,
     /// volumes as directories, outbound hosts, Services.
-    async fn sandbox(&self) -> Result<Sandbox, Failure> {
+    async fn sandbox(&mut self) -> Result<Sandbox, Failure> {
         let mut env = Vec::new();
         for var in &self.spec.env {
             let value = match (&var.value, &var.value_from) {
@@ -672,6 +691,9 @@ impl Worker {
         for volume in &self.spec.volumes {
             dirs.push(self.volume(volume).await?);
         }
+        if self.spec.automount_service_account_token {
+            dirs.push(self.account_token().await?);
+        }
         let outbound = AllowList::parse(&self.spec.allow_outbound).map_err(|e| Failure::Fatal {
             reason: "InvalidSpec",
             message: e.to_string(),
@@ -694,6 +716,46 @@ impl Worker {
             denied_addresses: self.context.denied_addresses.clone(),
             stdio: Stdio::Null,
         })
+    }
+
+    /// The pod's service account token, asked for afresh (bound to this
+    /// pod, so it dies with it) and written owner-only among the pod's
+    /// secrets; a task asks again before it expires for as long as the
+    /// pod lives, and replaces the file whole.
+    async fn account_token(&mut self) -> Result<DirGrant, Failure> {
+        let dir = self.secrets_dir().join(ACCOUNT_TOKEN_DIR);
+        let (token, lifetime) = request_account_token(&self.context, self.pod_ref())
+            .await
+            .map_err(|message| Failure::Retry {
+                reason: "CreateContainerConfigError",
+                message,
+            })?;
+        let files = [
+            ("token".to_owned(), token.into_bytes()),
+            ("namespace".to_owned(), self.namespace.clone().into_bytes()),
+        ];
+        write_private(&dir, files).map_err(|e| Failure::Retry {
+            reason: "CreateContainerConfigError",
+            message: format!("service account token: {e}"),
+        })?;
+        let (context, pod, path) = (self.context.clone(), self.pod_ref(), dir.join("token"));
+        self.token_refresh = Some(AbortOnDrop(tokio::spawn(refresh_account_token(
+            context, pod, path, lifetime,
+        ))));
+        Ok(DirGrant {
+            host: dir,
+            guest: ACCOUNT_TOKEN_MOUNT.into(),
+            read_only: true,
+        })
+    }
+
+    fn pod_ref(&self) -> PodRef {
+        PodRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            account: self.spec.service_account_name.clone(),
+        }
     }
 
     /// Materialises a volume as a host directory the guest is granted.
@@ -739,6 +801,91 @@ impl Worker {
             read_only,
         })
     }
+}
+
+/// A pod as its token is asked for.
+#[derive(Clone)]
+struct PodRef {
+    namespace: String,
+    name: String,
+    uid: String,
+    account: String,
+}
+
+/// A token of the pod's service account, bound to the pod, and how long
+/// it lives.
+async fn request_account_token(
+    context: &NodeContext,
+    pod: PodRef,
+) -> Result<(String, Duration), String> {
+    let account = if pod.account.is_empty() {
+        skiff_api::kinds::account::DEFAULT_SERVICE_ACCOUNT
+    } else {
+        &pod.account
+    };
+    let request = ServiceAccountTokenRequest {
+        duration: Some(skiff_api::quantity::format_duration(
+            context.pod_token_duration,
+        )),
+        bound_pod: Some(BoundPod {
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+        }),
+    };
+    let token = context
+        .client
+        .create_account_token(&pod.namespace, account, &request)
+        .await
+        .map_err(|e| format!("service account {account}'s token: {e}"))?;
+    Ok((token.token, context.pod_token_duration))
+}
+
+/// Asks for a new token when four fifths of the last one's life have
+/// passed (again every few seconds while the control plane does not
+/// answer), and puts it in place of the old in one rename, so the guest
+/// never reads a partial or missing file.
+async fn refresh_account_token(
+    context: Arc<NodeContext>,
+    pod: PodRef,
+    path: PathBuf,
+    lifetime: Duration,
+) {
+    let mut wait = lifetime.mul_f64(0.8);
+    loop {
+        tokio::time::sleep(wait).await;
+        let fresh = match request_account_token(&context, pod.clone()).await {
+            Ok((token, lifetime)) => replace_private(&path, token.as_bytes())
+                .map(|()| lifetime)
+                .map_err(|e| e.to_string()),
+            Err(message) => Err(message),
+        };
+        wait = match fresh {
+            Ok(lifetime) => lifetime.mul_f64(0.8),
+            Err(e) => {
+                tracing::warn!(
+                    "{}/{}: refreshing its service account token: {e}",
+                    pod.namespace,
+                    pod.name
+                );
+                Duration::from_secs(2).min(lifetime / 4)
+            }
+        };
+    }
+}
+
+/// Replaces `path` whole with an owner-only file holding `bytes`.
+fn replace_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let staged = path.with_extension("new");
+    let _ = std::fs::remove_file(&staged);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staged)?;
+    file.write_all(bytes)?;
+    std::fs::rename(&staged, path)
 }
 
 /// Writes `files` into `dir` (made, with its parents, owner-only), each

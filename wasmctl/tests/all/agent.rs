@@ -66,6 +66,7 @@ fn a_shut_down_agent_stops_serving_and_renewing_its_lease() {
             lease_duration: Duration::from_secs(1),
             data_dir: temp_dir("embedded-agent"),
             secrets_dir: None,
+            pod_token_duration: Duration::from_secs(3600),
             blob_cache_bytes: 64 << 20,
             insecure_registries: Vec::new(),
             backoff_base: Duration::from_secs(1),

@@ -1,6 +1,7 @@
 //! The kinds of the API, and admission: turning submitted JSON into a
 //! checked, defaulted object, or into field-path errors.
 
+pub mod account;
 pub mod cluster;
 pub mod config;
 pub mod deployment;
@@ -47,10 +48,11 @@ pub enum Kind {
     Secret,
     ConfigMap,
     ResourceQuota,
+    ServiceAccount,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -60,6 +62,7 @@ impl Kind {
         Kind::Secret,
         Kind::ConfigMap,
         Kind::ResourceQuota,
+        Kind::ServiceAccount,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +76,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::ConfigMap => "ConfigMap",
             Kind::ResourceQuota => "ResourceQuota",
+            Kind::ServiceAccount => "ServiceAccount",
         }
     }
 
@@ -88,6 +92,7 @@ impl Kind {
             Kind::Secret => "secrets",
             Kind::ConfigMap => "configmaps",
             Kind::ResourceQuota => "resourcequotas",
+            Kind::ServiceAccount => "serviceaccounts",
         }
     }
 
@@ -102,6 +107,7 @@ impl Kind {
             Kind::Secret => "secret",
             Kind::ConfigMap => "cm",
             Kind::ResourceQuota => "quota",
+            Kind::ServiceAccount => "sa",
         }
     }
 
@@ -115,7 +121,10 @@ impl Kind {
     /// ResourceQuota's status is what its namespace uses, computed when it
     /// is read, never written.
     pub fn has_status(self) -> bool {
-        !matches!(self, Kind::Secret | Kind::ConfigMap | Kind::ResourceQuota)
+        !matches!(
+            self,
+            Kind::Secret | Kind::ConfigMap | Kind::ResourceQuota | Kind::ServiceAccount
+        )
     }
 
     /// Fields a `fieldSelector` may name for this kind.
@@ -265,6 +274,12 @@ impl SpecRules for quota::ResourceQuotaSpec {
     }
 }
 
+impl SpecRules for account::ServiceAccountSpec {
+    fn validate_spec(&self, v: &mut Validator) {
+        self.validate(v);
+    }
+}
+
 impl Admissible for config::Secret {
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
@@ -300,6 +315,7 @@ pub fn admit(kind: Kind, object: Value) -> Result<Value, AdmitError> {
         Kind::Secret => admit_as::<config::Secret>(object),
         Kind::ConfigMap => admit_as::<config::ConfigMap>(object),
         Kind::ResourceQuota => admit_as::<quota::ResourceQuota>(object),
+        Kind::ServiceAccount => admit_as::<account::ServiceAccount>(object),
     }
 }
 
@@ -320,7 +336,7 @@ pub fn admit_status(kind: Kind, status: Value) -> Result<Value, AdmitError> {
         }
         Kind::Service => decode_at::<service::ServiceStatus>(status, "status").map(to_value)?,
         Kind::Route => decode_at::<service::RouteStatus>(status, "status").map(to_value)?,
-        Kind::Secret | Kind::ConfigMap | Kind::ResourceQuota => {
+        Kind::Secret | Kind::ConfigMap | Kind::ResourceQuota | Kind::ServiceAccount => {
             return Err(AdmitError::Shape {
                 field: "status".into(),
                 message: format!("{kind} has no status"),

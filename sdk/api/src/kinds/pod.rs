@@ -89,6 +89,16 @@ pub struct PodSpec {
     /// for density; default) or `Spread` (the emptiest).
     #[serde(default, skip_serializing_if = "Placement::is_default")]
     pub placement: Placement,
+    /// The ServiceAccount the pod runs as (`default` unless named); it
+    /// must exist, and its role be no more than its creator's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_account_name: String,
+    /// Whether the pod gets a token of its account, short-lived and kept
+    /// fresh by its node, at
+    /// `/var/run/secrets/skiff/serviceaccount/token`. Off by default: a
+    /// pod gets no credential it did not ask for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub automount_service_account_token: bool,
     /// The node the pod is bound to; set once, by the scheduler.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_name: String,
@@ -523,6 +533,9 @@ pub struct Condition {
 
 impl PodSpec {
     pub fn set_defaults(&mut self) {
+        if self.service_account_name.is_empty() {
+            self.service_account_name = super::account::DEFAULT_SERVICE_ACCOUNT.into();
+        }
         self.image_pull_policy
             .get_or_insert_with(|| ImagePullPolicy::default_for(&self.image));
         let r = &mut self.resources;
@@ -548,6 +561,13 @@ impl PodSpec {
         }
         if let Some(secret) = &self.image_pull_secret {
             validate_dns_label(v, &format!("{at}.imagePullSecret"), secret);
+        }
+        if !self.service_account_name.is_empty() {
+            validate_dns_label(
+                v,
+                &format!("{at}.serviceAccountName"),
+                &self.service_account_name,
+            );
         }
         self.resources.validate(v, &format!("{at}.resources"));
         validate_env(v, at, &self.env);
