@@ -220,19 +220,25 @@ async fn create(
     {
         return Ok(Err(claimed));
     }
-    if let Some(refused) = super::quota::refusal(tx, key, &object).await? {
+    if let Some(refused) = super::quota::refusal(tx, key, &object, true).await? {
         return Ok(Err(refused));
     }
     let uid = uuid::Uuid::new_v4();
     let next = batch.revision + 1;
     let object = objects::created(key.kind, object, &uid.to_string(), next, &batch.now);
     let stored = batch.sealed(key.kind, &object);
-    // The object and its change in one round trip; no row means the name
-    // is taken.
+    let (resources, amounts) = super::quota::binds(&super::quota::uses(key.kind, &object));
+    // The object, its change and its namespace's quota usage (rows kept
+    // only under a quota) in one round trip; no row means the name is
+    // taken, and then nothing is counted.
     let inserted = sqlx::query(
         "WITH o AS (
              INSERT INTO objects (kind, namespace, name, uid, resource_version, labels, body)
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING 1
+         ), counted AS (
+             UPDATE quota_usage q SET used = q.used + d.amount::numeric
+             FROM unnest($8::text[], $9::text[]) AS d(resource, amount)
+             WHERE q.namespace = $2 AND q.resource = d.resource AND EXISTS (SELECT 1 FROM o)
          )
          INSERT INTO changes (revision, kind, namespace, name, type, object)
          SELECT $5, $1, $2, $3, 'ADDED', $7 FROM o",
@@ -244,6 +250,8 @@ async fn create(
     .bind(next)
     .bind(labels_of(&object))
     .bind(&*stored)
+    .bind(&resources)
+    .bind(&amounts)
     .execute(&mut **tx)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -345,6 +353,12 @@ async fn delete(
                 .bind(&key.name)
                 .fetch_all(&mut **tx)
                 .await?;
+        // Its quota usage too: a namespace created under the name later
+        // starts from nothing.
+        sqlx::query("DELETE FROM quota_usage WHERE namespace = $1")
+            .bind(&key.name)
+            .execute(&mut **tx)
+            .await?;
         for row in members {
             let kind = Kind::from_name(row.get::<&str, _>("kind")).unwrap_or(Kind::Pod);
             let member = ObjectKey::new(kind, &key.name, row.get::<&str, _>("name"));
@@ -359,12 +373,27 @@ async fn delete(
             record_change(tx, batch.revision, &member, "DELETED", &object).await?;
         }
     }
-    sqlx::query("DELETE FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
-        .bind(key.kind.name())
-        .bind(&key.namespace)
-        .bind(&key.name)
-        .execute(&mut **tx)
-        .await?;
+    // The object and what it used of its namespace's quotas, in one round
+    // trip.
+    let (resources, amounts) = super::quota::binds(&super::quota::uses(key.kind, &existing));
+    sqlx::query(
+        "WITH o AS (
+             DELETE FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3 RETURNING 1
+         )
+         UPDATE quota_usage q SET used = q.used - d.amount::numeric
+         FROM unnest($4::text[], $5::text[]) AS d(resource, amount)
+         WHERE q.namespace = $2 AND q.resource = d.resource AND EXISTS (SELECT 1 FROM o)",
+    )
+    .bind(key.kind.name())
+    .bind(&key.namespace)
+    .bind(&key.name)
+    .bind(&resources)
+    .bind(&amounts)
+    .execute(&mut **tx)
+    .await?;
+    if key.kind == Kind::ResourceQuota {
+        super::quota::forget_if_unquoted(tx, &key.namespace).await?;
+    }
     batch.revision += 1;
     let object = objects::deleted(&existing, batch.revision, &batch.now);
     record_change(
