@@ -184,12 +184,19 @@ pub(super) async fn forget_if_unquoted(
     .map(drop)
 }
 
-/// `namespace`'s caps and, when its rows are all there, what it uses: one
-/// round trip, as many as reading the caps alone.
-async fn caps_and_usage(
-    conn: &mut PgConnection,
-    namespace: &str,
-) -> Result<(Vec<(Resource, u64)>, Option<Usage>), sqlx::Error> {
+/// What `read` finds of a namespace's quotas.
+struct Quotas {
+    caps: Vec<(Resource, u64)>,
+    /// Whether the namespace has any `quota_usage` rows (its creates and
+    /// deletes must move them).
+    kept: bool,
+    /// What it uses, when its rows are all there.
+    used: Option<Usage>,
+}
+
+/// `namespace`'s caps and rows: one round trip, as many as reading the
+/// caps alone.
+async fn read(conn: &mut PgConnection, namespace: &str) -> Result<Quotas, sqlx::Error> {
     let row = sqlx::query(
         "SELECT
            (SELECT coalesce(jsonb_agg(body -> 'spec'), '[]') FROM objects
@@ -214,45 +221,66 @@ async fn caps_and_usage(
     let amounts: Option<Amounts> = tracked()
         .map(|r| Some((r, rows.get(r.name())?.parse::<u128>().ok()?)))
         .collect();
-    Ok((caps, amounts.as_ref().map(usage_of)))
+    Ok(Quotas {
+        caps,
+        kept: !rows.is_empty(),
+        used: amounts.as_ref().map(usage_of),
+    })
 }
 
-/// Why creating `object` at `key` would exceed its namespace's quotas, if
-/// it would. `in_writer`: called under the revision lock, so a recount
-/// may be kept in the rows (a dry run's may not, see `store_usage`).
-pub(super) async fn refusal(
+/// What admission decided about a create.
+pub(super) struct Admission {
+    /// Why it would exceed its namespace's quotas, if it would.
+    pub refused: Option<StoreError>,
+    /// Whether its namespace's usage is kept in rows the create must move.
+    pub kept: bool,
+}
+
+/// Whether creating `object` at `key` fits its namespace's quotas.
+/// `in_writer`: called under the revision lock, so a recount may be kept
+/// in the rows (a dry run's may not, see `store_usage`).
+pub(super) async fn admit(
     conn: &mut PgConnection,
     key: &ObjectKey,
     object: &Value,
     in_writer: bool,
-) -> Result<Option<StoreError>, sqlx::Error> {
+) -> Result<Admission, sqlx::Error> {
     if !COUNTED.contains(&key.kind) {
-        return Ok(None);
+        return Ok(Admission {
+            refused: None,
+            kept: false,
+        });
     }
-    let (caps, used) = caps_and_usage(conn, &key.namespace).await?;
-    if caps.is_empty() {
-        return Ok(None);
-    }
-    if let Some(refused) = pod_caps_refusal(&caps, key.kind, object) {
-        return Ok(Some(refused));
-    }
-    let used = match used {
-        Some(used) => used,
-        None => {
-            let amounts = recount(conn, &key.namespace).await?;
-            if in_writer {
-                store_usage(conn, &key.namespace, &amounts).await?;
+    let Quotas {
+        caps,
+        mut kept,
+        used,
+    } = read(conn, &key.namespace).await?;
+    let refused = if caps.is_empty() {
+        None
+    } else if let Some(refused) = pod_caps_refusal(&caps, key.kind, object) {
+        Some(refused)
+    } else {
+        let used = match used {
+            Some(used) => used,
+            None => {
+                let amounts = recount(conn, &key.namespace).await?;
+                if in_writer {
+                    store_usage(conn, &key.namespace, &amounts).await?;
+                    kept = true;
+                }
+                usage_of(&amounts)
             }
-            usage_of(&amounts)
-        }
+        };
+        let pod = (key.kind == Kind::Pod)
+            .then(|| serde_json::from_value::<PodSpec>(object["spec"].clone()).ok())
+            .flatten()
+            .map(|spec| PodUsage::of(&spec));
+        check_create(&caps, &used, key.kind, pod)
+            .err()
+            .map(|e| StoreError::QuotaExceeded(e.to_string()))
     };
-    let pod = (key.kind == Kind::Pod)
-        .then(|| serde_json::from_value::<PodSpec>(object["spec"].clone()).ok())
-        .flatten()
-        .map(|spec| PodUsage::of(&spec));
-    Ok(check_create(&caps, &used, key.kind, pod)
-        .err()
-        .map(|e| StoreError::QuotaExceeded(e.to_string())))
+    Ok(Admission { refused, kept })
 }
 
 /// The per-pod caps against a pod's spec or a Deployment's template.
@@ -284,9 +312,7 @@ impl Store {
             .unwrap_or_default()
             .to_owned();
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        let (_, used) = caps_and_usage(&mut conn, &namespace)
-            .await
-            .map_err(unavailable)?;
+        let Quotas { used, .. } = read(&mut conn, &namespace).await.map_err(unavailable)?;
         // Read only: a recount here is not kept (see `store_usage`).
         let used = match used {
             Some(used) => used,
@@ -302,9 +328,10 @@ impl Store {
     pub async fn check_quota(&self, key: &ObjectKey, object: &Value) -> Result<(), StoreError> {
         let unavailable = |e: sqlx::Error| db_unavailable(&e);
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        match refusal(&mut conn, key, object, false)
+        match admit(&mut conn, key, object, false)
             .await
             .map_err(unavailable)?
+            .refused
         {
             Some(refused) => Err(refused),
             None => Ok(()),
