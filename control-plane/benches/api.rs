@@ -439,10 +439,20 @@ async fn raw_notify(url: &str, count: usize) -> Vec<Duration> {
 }
 
 fn main() {
-    let scale: f64 = std::env::args()
+    let args: Vec<String> = std::env::args()
         .skip(1)
-        .find(|a| a != "--bench")
+        .filter(|a| a != "--bench")
+        .collect();
+    let scale: f64 = args
+        .first()
         .map_or(1.0, |s| s.parse().expect("SCALE is a number"));
+    // `quota` measures quota admission alone: a few minutes less per run
+    // when that is the figure being worked on.
+    let quota_only = match args.get(1).map(String::as_str) {
+        None => false,
+        Some("quota") => true,
+        Some(other) => panic!("unknown section `{other}`; the one known is `quota`"),
+    };
     let scaled = |n: usize| ((n as f64 * scale).round() as usize).max(1);
 
     let postgres = Postgres::start();
@@ -464,6 +474,14 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        let sealed_rounds = 3;
+        if quota_only {
+            let (with_quota, without_quota) =
+                quota_admission(&api, sealed_rounds, CLIENTS, scaled(20)).await;
+            print_machine();
+            print_quota(sealed_rounds, with_quota, without_quota);
+            return;
+        }
         let sequential_n = scaled(1000);
         let concurrent_per = scaled(100);
         eprintln!("measuring API writes");
@@ -483,7 +501,6 @@ fn main() {
             &base64::engine::general_purpose::STANDARD,
             vec![7u8; 1024],
         );
-        let sealed_rounds = 3;
         let [sealed_creates, sealed_reads] = secrets_next_to_config_maps(
             &api,
             sealed_rounds,
@@ -499,12 +516,7 @@ fn main() {
         eprintln!("measuring raw LISTEN/NOTIFY");
         let notify = raw_notify(&baseline_database, scaled(1000)).await;
 
-        println!();
-        println!(
-            "Machine: {} cores, {}; Postgres 15 on loopback, fsync on; client, control plane and Postgres share it",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cpu_model()
-        );
+        print_machine();
         println!("Baseline: the same number of single-row INSERTs, each its own commit, on the same Postgres");
         println!();
         println!(
@@ -536,13 +548,7 @@ fn main() {
                 secrets / config_maps
             );
         }
-        println!(
-            "Pod creates in a namespace under a ResourceQuota (pods, memory, instances, pod.memory, pod.timeout) next to one without, {CLIENTS} clients, median of {sealed_rounds} alternating rounds:"
-        );
-        println!(
-            "  with quota {with_quota:>7.0}/s, without {without_quota:>7.0}/s, ratio {:.2}",
-            with_quota / without_quota
-        );
+        print_quota(sealed_rounds, with_quota, without_quota);
         println!();
         println!(
             "Watch fan-out: {WATCHERS} watchers x {} changes: {delivered} of {expected} events delivered",
@@ -561,6 +567,25 @@ fn main() {
         );
     });
     drop(plane);
+}
+
+fn print_machine() {
+    println!();
+    println!(
+        "Machine: {} cores, {}; Postgres 15 on loopback, fsync on; client, control plane and Postgres share it",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
+}
+
+fn print_quota(rounds: usize, with_quota: f64, without_quota: f64) {
+    println!(
+        "Pod creates in a namespace under a ResourceQuota (pods, memory, instances, pod.memory, pod.timeout) next to one without, {CLIENTS} clients, median of {rounds} alternating rounds:"
+    );
+    println!(
+        "  with quota {with_quota:>7.0}/s, without {without_quota:>7.0}/s, ratio {:.2}",
+        with_quota / without_quota
+    );
 }
 
 fn cpu_model() -> String {

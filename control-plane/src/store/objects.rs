@@ -140,6 +140,8 @@ fn keep_server_fields(existing: &Value, next: &mut Value) {
 /// A pod's spec is fixed at creation, except that the scheduler binds it
 /// once by setting `spec.nodeName`. An update that leaves `nodeName` out
 /// keeps the binding (re-applying a manifest does not unbind a pod).
+/// Quota usage relies on this: a pod's resources are counted when it is
+/// created and when it is deleted, never in between.
 fn check_pod_update(existing: &Value, next: &mut Value) -> Result<(), StoreError> {
     let bound = existing["spec"]["nodeName"].as_str().unwrap_or("");
     let wanted = next["spec"]["nodeName"].as_str().unwrap_or("").to_owned();

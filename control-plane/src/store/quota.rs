@@ -1,8 +1,23 @@
 //! ResourceQuota enforcement: inside a create's transaction, under the
-//! revision lock every write takes, what the namespace uses is read afresh
-//! and the object is refused if it does not fit. So creates racing from
-//! any number of processes can never exceed a quota: each sees every
-//! write committed before it, and those earlier in its own batch.
+//! revision lock every write takes, what the namespace uses is read and
+//! the object is refused if it does not fit. So creates racing from any
+//! number of processes can never exceed a quota: each sees every write
+//! committed before it, and those earlier in its own batch.
+//!
+//! What a namespace under a quota uses is kept in `quota_usage`, one row
+//! per count and pod sum, moved by the writer in the same statement as
+//! each create and delete of a counted object (every path that adds or
+//! removes one: the API, controllers, the garbage collector, a namespace's
+//! delete), so admission reads a few rows instead of scanning the
+//! namespace. An update moves nothing: a pod's resources are fixed once it
+//! is created (`objects::updated`), and other kinds count by number. The
+//! rows are counted from the objects by the first create admitted under a
+//! quota (the namespace may hold objects already, and a quota older than
+//! the table has no rows), and dropped with the last quota or with the
+//! namespace, so a quota set again counts afresh. They are only ever
+//! written under the revision lock: a row, while it exists, is exact.
+
+use std::collections::BTreeMap;
 
 use serde_json::Value;
 use skiff_api::Kind;
@@ -32,82 +47,240 @@ pub(super) async fn caps(
         .collect())
 }
 
-/// What `namespace` uses now: its objects of each of `kinds` and, when
-/// `pods` is asked for, the sums over its pods. (Both are read afresh, so
-/// a create costs a scan of the namespace's objects of its kind; a usage
-/// table kept by the writer would make it constant.)
-pub(super) async fn usage(
-    conn: &mut PgConnection,
-    namespace: &str,
-    kinds: &[Kind],
-    pods: bool,
-) -> Result<Usage, sqlx::Error> {
-    let kinds: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
-    let rows = if kinds.is_empty() {
-        Vec::new()
-    } else {
-        sqlx::query(
-            "SELECT kind, count(*) AS n FROM objects WHERE namespace = $1 AND kind = ANY($2)
-         GROUP BY kind",
-        )
-        .bind(namespace)
-        .bind(&kinds)
-        .fetch_all(&mut *conn)
-        .await?
-    };
-    let mut usage = Usage::default();
-    for row in rows {
-        if let Some(kind) = Kind::from_name(row.get("kind")) {
-            usage.counts.insert(kind, row.get::<i64, _>("n") as u64);
-        }
-    }
-    if pods {
-        let resources: Vec<Value> = sqlx::query_scalar(
-            "SELECT body -> 'spec' -> 'resources' FROM objects
-             WHERE kind = 'Pod' AND namespace = $1",
-        )
-        .bind(namespace)
-        .fetch_all(&mut *conn)
-        .await?;
-        for resources in resources {
-            let resources = serde_json::from_value::<Resources>(resources).unwrap_or_default();
-            usage.pods.add(PodUsage::of_resources(&resources));
-        }
-    }
-    Ok(usage)
+/// The resources a namespace's `quota_usage` rows hold: every count and
+/// every pod sum, whichever its quotas cap, so a quota edited to cap
+/// another finds it there.
+fn tracked() -> impl Iterator<Item = Resource> {
+    COUNTED.into_iter().map(Resource::Count).chain([
+        Resource::Memory,
+        Resource::Instances,
+        Resource::Cpu,
+    ])
 }
 
-/// Why creating `object` at `key` would exceed its namespace's quotas, if
-/// it would.
-pub(super) async fn refusal(
+/// Amounts by resource, wide enough that sums never saturate while they
+/// are kept (a `Usage` saturates at u64::MAX when it is read, as the sums
+/// always did).
+type Amounts = BTreeMap<Resource, u128>;
+
+fn usage_of(amounts: &Amounts) -> Usage {
+    let get = |r| u64::try_from(amounts.get(&r).copied().unwrap_or(0)).unwrap_or(u64::MAX);
+    Usage {
+        counts: COUNTED
+            .into_iter()
+            .map(|k| (k, get(Resource::Count(k))))
+            .collect(),
+        pods: PodUsage {
+            memory: get(Resource::Memory),
+            instances: get(Resource::Instances),
+            cpu: get(Resource::Cpu),
+        },
+    }
+}
+
+/// What one stored object of `kind` adds to its namespace's usage: one of
+/// its kind and, for a pod, its sums (read from the stored object the same
+/// way on create, delete and recount, so kept rows and a recount agree).
+/// Nothing for kinds no quota counts.
+pub(super) fn uses(kind: Kind, object: &Value) -> Vec<(Resource, u64)> {
+    if !COUNTED.contains(&kind) {
+        return Vec::new();
+    }
+    let mut uses = vec![(Resource::Count(kind), 1)];
+    if kind == Kind::Pod {
+        let resources = serde_json::from_value::<Resources>(object["spec"]["resources"].clone())
+            .unwrap_or_default();
+        let pod = PodUsage::of_resources(&resources);
+        uses.extend([
+            (Resource::Memory, pod.memory),
+            (Resource::Instances, pod.instances),
+            (Resource::Cpu, pod.cpu),
+        ]);
+    }
+    uses
+}
+
+/// `uses` as the writer binds them: resource names, and amounts as text
+/// (u64 has no SQL type; SQL casts them to numeric).
+pub(super) fn binds(uses: &[(Resource, u64)]) -> (Vec<&'static str>, Vec<String>) {
+    uses.iter()
+        .map(|(resource, amount)| (resource.name(), amount.to_string()))
+        .unzip()
+}
+
+/// What `namespace` uses, counted afresh from its objects: a scan of its
+/// counted objects, for when its rows are missing.
+async fn recount(conn: &mut PgConnection, namespace: &str) -> Result<Amounts, sqlx::Error> {
+    let kinds: Vec<&str> = COUNTED.iter().map(|k| k.name()).collect();
+    let rows = sqlx::query(
+        "SELECT kind, count(*) AS n FROM objects WHERE namespace = $1 AND kind = ANY($2)
+         GROUP BY kind",
+    )
+    .bind(namespace)
+    .bind(&kinds)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut amounts: Amounts = tracked().map(|r| (r, 0)).collect();
+    for row in rows {
+        if let Some(kind) = Kind::from_name(row.get("kind")) {
+            amounts.insert(Resource::Count(kind), row.get::<i64, _>("n") as u128);
+        }
+    }
+    let pods: Vec<Value> = sqlx::query_scalar(
+        "SELECT jsonb_build_object('spec', jsonb_build_object('resources', body -> 'spec' -> 'resources'))
+         FROM objects WHERE kind = 'Pod' AND namespace = $1",
+    )
+    .bind(namespace)
+    .fetch_all(&mut *conn)
+    .await?;
+    for pod in pods {
+        for (resource, amount) in uses(Kind::Pod, &pod) {
+            if resource != Resource::Count(Kind::Pod) {
+                *amounts.entry(resource).or_default() += u128::from(amount);
+            }
+        }
+    }
+    Ok(amounts)
+}
+
+/// Sets `namespace`'s rows to `amounts`. Only the writer calls this, under
+/// the revision lock: a row written outside it could miss a write that
+/// commits in between, and stay wrong from then on.
+async fn store_usage(
+    conn: &mut PgConnection,
+    namespace: &str,
+    amounts: &Amounts,
+) -> Result<(), sqlx::Error> {
+    let (resources, used): (Vec<&str>, Vec<String>) = amounts
+        .iter()
+        .map(|(resource, amount)| (resource.name(), amount.to_string()))
+        .unzip();
+    sqlx::query(
+        "INSERT INTO quota_usage (namespace, resource, used)
+         SELECT $1, resource, used::numeric FROM unnest($2::text[], $3::text[]) AS u(resource, used)
+         ON CONFLICT (namespace, resource) DO UPDATE SET used = EXCLUDED.used",
+    )
+    .bind(namespace)
+    .bind(&resources)
+    .bind(&used)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Drops `namespace`'s rows once no ResourceQuota is left in it, so writes
+/// there stop keeping them. Writer only.
+pub(super) async fn forget_if_unquoted(
+    conn: &mut PgConnection,
+    namespace: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM quota_usage WHERE namespace = $1
+         AND NOT EXISTS (SELECT 1 FROM objects WHERE kind = 'ResourceQuota' AND namespace = $1)",
+    )
+    .bind(namespace)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// What `read` finds of a namespace's quotas.
+struct Quotas {
+    caps: Vec<(Resource, u64)>,
+    /// Whether the namespace has any `quota_usage` rows (its creates and
+    /// deletes must move them).
+    kept: bool,
+    /// What it uses, when its rows are all there.
+    used: Option<Usage>,
+}
+
+/// `namespace`'s caps and rows: one round trip, as many as reading the
+/// caps alone.
+async fn read(conn: &mut PgConnection, namespace: &str) -> Result<Quotas, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT
+           (SELECT coalesce(jsonb_agg(body -> 'spec'), '[]') FROM objects
+            WHERE kind = 'ResourceQuota' AND namespace = $1) AS specs,
+           (SELECT coalesce(jsonb_object_agg(resource, used::text), '{}') FROM quota_usage
+            WHERE namespace = $1) AS used",
+    )
+    .bind(namespace)
+    .fetch_one(conn)
+    .await?;
+    let specs: Vec<Value> = serde_json::from_value(row.get("specs")).unwrap_or_default();
+    let caps = specs
+        .into_iter()
+        .filter_map(|spec| serde_json::from_value::<ResourceQuotaSpec>(spec).ok())
+        .flat_map(|spec| spec.caps())
+        .collect();
+    let rows: BTreeMap<String, String> =
+        serde_json::from_value(row.get("used")).unwrap_or_default();
+    // A row missing (none kept yet, as for a quota older than the table,
+    // or a resource counted since) or not a whole amount sends the caller
+    // to a recount.
+    let amounts: Option<Amounts> = tracked()
+        .map(|r| Some((r, rows.get(r.name())?.parse::<u128>().ok()?)))
+        .collect();
+    Ok(Quotas {
+        caps,
+        kept: !rows.is_empty(),
+        used: amounts.as_ref().map(usage_of),
+    })
+}
+
+/// What admission decided about a create.
+pub(super) struct Admission {
+    /// Why it would exceed its namespace's quotas, if it would.
+    pub refused: Option<StoreError>,
+    /// Whether its namespace's usage is kept in rows the create must move.
+    pub kept: bool,
+}
+
+/// Whether creating `object` at `key` fits its namespace's quotas.
+/// `in_writer`: called under the revision lock, so a recount may be kept
+/// in the rows (a dry run's may not, see `store_usage`).
+pub(super) async fn admit(
     conn: &mut PgConnection,
     key: &ObjectKey,
     object: &Value,
-) -> Result<Option<StoreError>, sqlx::Error> {
+    in_writer: bool,
+) -> Result<Admission, sqlx::Error> {
     if !COUNTED.contains(&key.kind) {
-        return Ok(None);
+        return Ok(Admission {
+            refused: None,
+            kept: false,
+        });
     }
-    let caps = caps(conn, &key.namespace).await?;
-    if caps.is_empty() {
-        return Ok(None);
-    }
-    if let Some(refused) = pod_caps_refusal(&caps, key.kind, object) {
-        return Ok(Some(refused));
-    }
-    let pod = (key.kind == Kind::Pod)
-        .then(|| serde_json::from_value::<PodSpec>(object["spec"].clone()).ok())
-        .flatten()
-        .map(|spec| PodUsage::of(&spec));
-    let sums = pod.is_some()
-        && caps
-            .iter()
-            .any(|(r, _)| matches!(r, Resource::Memory | Resource::Instances | Resource::Cpu));
-    let counted = caps.iter().any(|(r, _)| *r == Resource::Count(key.kind));
-    let kinds: &[Kind] = if counted { &[key.kind] } else { &[] };
-    let used = usage(conn, &key.namespace, kinds, sums).await?;
-    Ok(check_create(&caps, &used, key.kind, pod)
-        .err()
-        .map(|e| StoreError::QuotaExceeded(e.to_string())))
+    let Quotas {
+        caps,
+        mut kept,
+        used,
+    } = read(conn, &key.namespace).await?;
+    let refused = if caps.is_empty() {
+        None
+    } else if let Some(refused) = pod_caps_refusal(&caps, key.kind, object) {
+        Some(refused)
+    } else {
+        let used = match used {
+            Some(used) => used,
+            None => {
+                let amounts = recount(conn, &key.namespace).await?;
+                if in_writer {
+                    store_usage(conn, &key.namespace, &amounts).await?;
+                    kept = true;
+                }
+                usage_of(&amounts)
+            }
+        };
+        let pod = (key.kind == Kind::Pod)
+            .then(|| serde_json::from_value::<PodSpec>(object["spec"].clone()).ok())
+            .flatten()
+            .map(|spec| PodUsage::of(&spec));
+        check_create(&caps, &used, key.kind, pod)
+            .err()
+            .map(|e| StoreError::QuotaExceeded(e.to_string()))
+    };
+    Ok(Admission { refused, kept })
 }
 
 /// The per-pod caps against a pod's spec or a Deployment's template.
@@ -139,9 +312,12 @@ impl Store {
             .unwrap_or_default()
             .to_owned();
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        let used = usage(&mut conn, &namespace, &COUNTED, true)
-            .await
-            .map_err(unavailable)?;
+        let Quotas { used, .. } = read(&mut conn, &namespace).await.map_err(unavailable)?;
+        // Read only: a recount here is not kept (see `store_usage`).
+        let used = match used {
+            Some(used) => used,
+            None => usage_of(&recount(&mut conn, &namespace).await.map_err(unavailable)?),
+        };
         quota["status"] =
             serde_json::to_value(quota::status(&spec, &used)).expect("API types serialise");
         Ok(quota)
@@ -152,7 +328,11 @@ impl Store {
     pub async fn check_quota(&self, key: &ObjectKey, object: &Value) -> Result<(), StoreError> {
         let unavailable = |e: sqlx::Error| db_unavailable(&e);
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        match refusal(&mut conn, key, object).await.map_err(unavailable)? {
+        match admit(&mut conn, key, object, false)
+            .await
+            .map_err(unavailable)?
+            .refused
+        {
             Some(refused) => Err(refused),
             None => Ok(()),
         }

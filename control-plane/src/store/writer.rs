@@ -200,6 +200,27 @@ async fn apply(
     }
 }
 
+/// A created object and its change.
+const INSERT: &str = "WITH o AS (
+        INSERT INTO objects (kind, namespace, name, uid, resource_version, labels, body)
+        VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING 1
+    )
+    INSERT INTO changes (revision, kind, namespace, name, type, object)
+    SELECT $5, $1, $2, $3, 'ADDED', $7 FROM o";
+
+/// `INSERT`, adding what the object uses ($8 resources, $9 amounts) to its
+/// namespace's quota usage if it was inserted.
+const INSERT_COUNTED: &str = "WITH o AS (
+        INSERT INTO objects (kind, namespace, name, uid, resource_version, labels, body)
+        VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING 1
+    ), counted AS (
+        UPDATE quota_usage q SET used = q.used + d.amount::numeric
+        FROM unnest($8::text[], $9::text[]) AS d(resource, amount)
+        WHERE q.namespace = $2 AND q.resource = d.resource AND EXISTS (SELECT 1 FROM o)
+    )
+    INSERT INTO changes (revision, kind, namespace, name, type, object)
+    SELECT $5, $1, $2, $3, 'ADDED', $7 FROM o";
+
 async fn create(
     tx: &mut Transaction<'_, Postgres>,
     key: &ObjectKey,
@@ -220,32 +241,36 @@ async fn create(
     {
         return Ok(Err(claimed));
     }
-    if let Some(refused) = super::quota::refusal(tx, key, &object).await? {
+    let admission = super::quota::admit(tx, key, &object, true).await?;
+    if let Some(refused) = admission.refused {
         return Ok(Err(refused));
     }
     let uid = uuid::Uuid::new_v4();
     let next = batch.revision + 1;
     let object = objects::created(key.kind, object, &uid.to_string(), next, &batch.now);
     let stored = batch.sealed(key.kind, &object);
-    // The object and its change in one round trip; no row means the name
-    // is taken.
-    let inserted = sqlx::query(
-        "WITH o AS (
-             INSERT INTO objects (kind, namespace, name, uid, resource_version, labels, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING 1
-         )
-         INSERT INTO changes (revision, kind, namespace, name, type, object)
-         SELECT $5, $1, $2, $3, 'ADDED', $7 FROM o",
-    )
-    .bind(key.kind.name())
-    .bind(&key.namespace)
-    .bind(&key.name)
-    .bind(uid)
-    .bind(next)
-    .bind(labels_of(&object))
-    .bind(&*stored)
-    .execute(&mut **tx)
-    .await?;
+    // The object and its change in one round trip, and its namespace's
+    // quota usage in the same one when that is kept (only under a quota:
+    // creates elsewhere do not pay for moving rows they do not have); no
+    // row means the name is taken, and then nothing is counted.
+    let sql = if admission.kept {
+        INSERT_COUNTED
+    } else {
+        INSERT
+    };
+    let mut insert = sqlx::query(sql)
+        .bind(key.kind.name())
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .bind(uid)
+        .bind(next)
+        .bind(labels_of(&object))
+        .bind(&*stored);
+    if admission.kept {
+        let (resources, amounts) = super::quota::binds(&super::quota::uses(key.kind, &object));
+        insert = insert.bind(resources).bind(amounts);
+    }
+    let inserted = insert.execute(&mut **tx).await?;
     if inserted.rows_affected() == 0 {
         return Ok(Err(StoreError::AlreadyExists(key.clone())));
     }
@@ -345,6 +370,12 @@ async fn delete(
                 .bind(&key.name)
                 .fetch_all(&mut **tx)
                 .await?;
+        // Its quota usage too: a namespace created under the name later
+        // starts from nothing.
+        sqlx::query("DELETE FROM quota_usage WHERE namespace = $1")
+            .bind(&key.name)
+            .execute(&mut **tx)
+            .await?;
         for row in members {
             let kind = Kind::from_name(row.get::<&str, _>("kind")).unwrap_or(Kind::Pod);
             let member = ObjectKey::new(kind, &key.name, row.get::<&str, _>("name"));
@@ -359,12 +390,27 @@ async fn delete(
             record_change(tx, batch.revision, &member, "DELETED", &object).await?;
         }
     }
-    sqlx::query("DELETE FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
-        .bind(key.kind.name())
-        .bind(&key.namespace)
-        .bind(&key.name)
-        .execute(&mut **tx)
-        .await?;
+    // The object and what it used of its namespace's quotas, in one round
+    // trip.
+    let (resources, amounts) = super::quota::binds(&super::quota::uses(key.kind, &existing));
+    sqlx::query(
+        "WITH o AS (
+             DELETE FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3 RETURNING 1
+         )
+         UPDATE quota_usage q SET used = q.used - d.amount::numeric
+         FROM unnest($4::text[], $5::text[]) AS d(resource, amount)
+         WHERE q.namespace = $2 AND q.resource = d.resource AND EXISTS (SELECT 1 FROM o)",
+    )
+    .bind(key.kind.name())
+    .bind(&key.namespace)
+    .bind(&key.name)
+    .bind(&resources)
+    .bind(&amounts)
+    .execute(&mut **tx)
+    .await?;
+    if key.kind == Kind::ResourceQuota {
+        super::quota::forget_if_unquoted(tx, &key.namespace).await?;
+    }
     batch.revision += 1;
     let object = objects::deleted(&existing, batch.revision, &batch.now);
     record_change(

@@ -1,13 +1,17 @@
 //! ResourceQuotas on real control planes: set by cluster admins only,
 //! read by the namespace, and never exceeded however many creates race
-//! for the last places from two processes at once.
+//! for the last places from two processes at once; what a namespace uses
+//! stays exact through every write that adds or removes what a quota
+//! counts.
 
 use serde_json::{Value, json};
 use skiff_api::Kind;
+use skiff_api::kinds::quota::Resource;
 use skiff_client::Client;
+use testkit::ControlPlane;
 
 use crate::auth::token;
-use crate::support::{Cluster, client};
+use crate::support::{Cluster, binary, client, eventually};
 
 fn namespace(name: &str) -> Value {
     json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace",
@@ -322,4 +326,293 @@ async fn quotas_are_the_cluster_admins_and_cap_each_pod_and_template() {
             .starts_with("spec.hard[gpus]: unknown resource"),
         "{bad}"
     );
+}
+
+/// Each pod in the usage tests: 128Mi reserved (64Mi x 2), 5 instances,
+/// 250m of CPU.
+fn sized() -> Value {
+    json!({"memory": "64Mi", "reservedInstances": 2, "maxInstances": 5, "cpu": "250m"})
+}
+
+fn config_map(name: &str) -> Value {
+    json!({"apiVersion": skiff_api::API_VERSION, "kind": "ConfigMap",
+        "metadata": {"name": name}, "data": {}})
+}
+
+fn secret(name: &str) -> Value {
+    json!({"apiVersion": skiff_api::API_VERSION, "kind": "Secret",
+        "metadata": {"name": name}, "stringData": {"k": "v"}})
+}
+
+/// A quota's `status.used` for `pods` of `sized()` and, when given, the
+/// counts of ConfigMaps and Secrets.
+fn usage(pods: u64, others: Option<(u64, u64)>) -> Value {
+    let mut used = json!({
+        "pods": pods.to_string(),
+        "memory": Resource::Memory.format(pods * (128 << 20)),
+        "instances": (5 * pods).to_string(),
+        "cpu": Resource::Cpu.format(250 * pods),
+    });
+    if let Some((configmaps, secrets)) = others {
+        used["configmaps"] = json!(configmaps.to_string());
+        used["secrets"] = json!(secrets.to_string());
+    }
+    used
+}
+
+fn counted_and_summed() -> Value {
+    json!({"pods": "5", "configmaps": "3", "secrets": "2", "memory": "1Gi",
+        "instances": "100", "cpu": "2"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_stays_exact_through_deletes_replaces_and_quotas_that_come_late() {
+    let cluster = Cluster::new();
+    let plane = cluster.serve(&[]);
+    let admin = client(&plane, &cluster.admin_token);
+    admin
+        .create(Kind::Namespace, None, &namespace("late"))
+        .await
+        .unwrap();
+    let ns = Some("late");
+
+    // Objects first, the quota after: it counts what is already there.
+    for name in ["a", "b", "c"] {
+        admin
+            .create(Kind::Pod, ns, &pod(name, sized()))
+            .await
+            .unwrap();
+    }
+    for name in ["x", "y"] {
+        admin
+            .create(Kind::ConfigMap, ns, &config_map(name))
+            .await
+            .unwrap();
+    }
+    admin.create(Kind::Secret, ns, &secret("s")).await.unwrap();
+    admin
+        .create(Kind::ResourceQuota, ns, &quota(counted_and_summed()))
+        .await
+        .unwrap();
+    assert_eq!(used(&admin, "late").await, usage(3, Some((2, 1))));
+    for name in ["d", "e"] {
+        admin
+            .create(Kind::Pod, ns, &pod(name, sized()))
+            .await
+            .unwrap();
+    }
+    let refused = admin
+        .create(Kind::Pod, ns, &pod("f", sized()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.to_string(), "exceeded quota: pods, used 5, hard 5");
+    // Neither a dry run nor a name already taken counts.
+    admin
+        .create_with(Kind::Pod, ns, &pod("f", json!({})), true)
+        .await
+        .unwrap_err();
+    assert_eq!(used(&admin, "late").await, usage(5, Some((2, 1))));
+
+    // A pod's resources cannot be replaced or patched, and a status or a
+    // label written leaves its usage as it was.
+    let mut bigger = admin.get(Kind::Pod, ns, "a").await.unwrap();
+    bigger["spec"]["resources"]["memory"] = json!("1Gi");
+    let refused = admin
+        .replace(Kind::Pod, ns, "a", &bigger)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(422), "{refused}");
+    let refused = admin
+        .patch(
+            Kind::Pod,
+            ns,
+            "a",
+            &json!({"spec": {"resources": {"cpu": "2"}}}),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(422), "{refused}");
+    admin
+        .patch(
+            Kind::Pod,
+            ns,
+            "a",
+            &json!({"metadata": {"labels": {"tier": "web"}}}),
+            false,
+        )
+        .await
+        .unwrap();
+    let mut read = admin.get(Kind::Pod, ns, "a").await.unwrap();
+    read["status"]["phase"] = json!("Running");
+    admin
+        .replace_status(Kind::Pod, ns, "a", &read)
+        .await
+        .unwrap();
+    assert_eq!(used(&admin, "late").await, usage(5, Some((2, 1))));
+
+    // Deletes free their places and their sums at once.
+    for name in ["a", "b"] {
+        admin.delete(Kind::Pod, ns, name, None).await.unwrap();
+    }
+    admin.delete(Kind::Secret, ns, "s", None).await.unwrap();
+    admin.delete(Kind::ConfigMap, ns, "x", None).await.unwrap();
+    assert_eq!(used(&admin, "late").await, usage(3, Some((1, 0))));
+    admin
+        .create(Kind::Pod, ns, &pod("f", sized()))
+        .await
+        .unwrap();
+    assert_eq!(used(&admin, "late").await, usage(4, Some((1, 0))));
+
+    // Without a quota nothing is kept; a quota set again counts afresh
+    // what happened meanwhile.
+    admin
+        .delete(Kind::ResourceQuota, ns, "caps", None)
+        .await
+        .unwrap();
+    admin.delete(Kind::Pod, ns, "c", None).await.unwrap();
+    for name in ["g", "h"] {
+        admin
+            .create(Kind::Pod, ns, &pod(name, sized()))
+            .await
+            .unwrap();
+    }
+    admin
+        .create(Kind::ResourceQuota, ns, &quota(counted_and_summed()))
+        .await
+        .unwrap();
+    assert_eq!(used(&admin, "late").await, usage(5, Some((1, 0))));
+    // The first create under it counts it into the rows it is kept in.
+    admin
+        .create(Kind::ConfigMap, ns, &config_map("z"))
+        .await
+        .unwrap();
+    let refused = admin
+        .create(Kind::Pod, ns, &pod("i", sized()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.to_string(), "exceeded quota: pods, used 5, hard 5");
+    assert_eq!(used(&admin, "late").await, usage(5, Some((2, 0))));
+
+    // A namespace deleted takes its usage along: one created again under
+    // its name starts from nothing.
+    admin
+        .delete(Kind::Namespace, None, "late", None)
+        .await
+        .unwrap();
+    admin
+        .create(Kind::Namespace, None, &namespace("late"))
+        .await
+        .unwrap();
+    admin
+        .create(Kind::ResourceQuota, ns, &quota(counted_and_summed()))
+        .await
+        .unwrap();
+    assert_eq!(used(&admin, "late").await, usage(0, Some((0, 0))));
+    for name in ["a", "b", "c", "d", "e"] {
+        admin
+            .create(Kind::Pod, ns, &pod(name, sized()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(used(&admin, "late").await, usage(5, Some((0, 0))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_follows_racing_deletes_and_the_garbage_collector() {
+    let cluster = Cluster::new();
+    // The second process runs the controllers, the garbage collector among
+    // them.
+    let first = cluster.serve(&[]);
+    let second = ControlPlane::start(binary(), &cluster.database_url, &["--no-scheduler"]);
+    let admins = [
+        client(&first, &cluster.admin_token),
+        client(&second, &cluster.admin_token),
+    ];
+    let admin = &admins[0];
+    admin
+        .create(Kind::Namespace, None, &namespace("churn"))
+        .await
+        .unwrap();
+    admin
+        .create(
+            Kind::ResourceQuota,
+            Some("churn"),
+            &quota(json!({"pods": "20", "memory": "100Gi", "instances": "1000", "cpu": "100"})),
+        )
+        .await
+        .unwrap();
+    let (created, refusals) = race(&admins, "churn", "old", 20, sized()).await;
+    assert_eq!(created, 20, "{refusals:?}");
+
+    // Ten deletes and twenty creates at once, from both processes: the
+    // creates get the places the deletes free, and never more.
+    let deletes: Vec<_> = (0..10)
+        .map(|i| {
+            let api = admins[i % 2].clone();
+            tokio::spawn(async move {
+                api.delete(Kind::Pod, Some("churn"), &format!("old-{i}"), None)
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    let (created, _) = race(&admins, "churn", "new", 20, sized()).await;
+    for delete in deletes {
+        delete.await.unwrap();
+    }
+    let pods = admin
+        .list_all(Kind::Pod, Some("churn"), &Default::default())
+        .await
+        .unwrap()
+        .items
+        .len();
+    assert_eq!(pods, 10 + created);
+    assert!(pods <= 20, "{pods} pods under a quota of 20");
+    assert_eq!(used(admin, "churn").await, usage(pods as u64, None));
+
+    // Pods the garbage collector deletes with their owner leave the usage
+    // too; their places are free again.
+    let owner = admin
+        .create(Kind::ConfigMap, Some("churn"), &config_map("owner"))
+        .await
+        .unwrap();
+    for name in admin
+        .list_all(Kind::Pod, Some("churn"), &Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+    {
+        admin
+            .delete(Kind::Pod, Some("churn"), &name, None)
+            .await
+            .unwrap();
+    }
+    for i in 0..20 {
+        let mut owned = pod(&format!("owned-{i}"), sized());
+        owned["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": skiff_api::API_VERSION, "kind": "ConfigMap",
+            "name": "owner", "uid": owner["metadata"]["uid"],
+        }]);
+        admin
+            .create(Kind::Pod, Some("churn"), &owned)
+            .await
+            .unwrap();
+    }
+    assert_eq!(used(admin, "churn").await["pods"], "20");
+    admin
+        .delete(Kind::ConfigMap, Some("churn"), "owner", None)
+        .await
+        .unwrap();
+    eventually(
+        "the owned pods collected",
+        || used(admin, "churn"),
+        |used| used["pods"] == "0",
+    )
+    .await;
+    assert_eq!(used(admin, "churn").await, usage(0, None));
+    let (created, refusals) = race(&admins, "churn", "again", 20, sized()).await;
+    assert_eq!(created, 20, "{refusals:?}");
 }
