@@ -33,6 +33,13 @@ impl Store {
         secret_hash: &[u8],
         grant: &AccountTokenGrant<'_>,
     ) -> Result<(), StoreError> {
+        let unavailable = |e: sqlx::Error| db_unavailable(&e);
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // A pod's own tokens are bounded by its pods; those people hold
+        // count against the namespace's `tokens`.
+        if grant.pod.is_none() {
+            super::quota::admit_token(&mut tx, grant.namespace).await?;
+        }
         sqlx::query(
             "INSERT INTO service_account_tokens
                  (secret_hash, namespace, account, account_uid, pod_name, pod_uid, expires_at)
@@ -45,10 +52,10 @@ impl Store {
         .bind(grant.pod.map(|(name, _)| name))
         .bind(grant.pod.map(|(_, uid)| uid))
         .bind(grant.expires_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map_err(|e| db_unavailable(&e))?;
-        Ok(())
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
     }
 
     /// The token with this hash, if it is unexpired, its account is the

@@ -713,6 +713,9 @@ impl Store {
             TokenGrant::Namespace { .. } => (false, None),
         };
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if let TokenGrant::Namespace { namespace, .. } = grant {
+            quota::admit_token(&mut tx, namespace).await?;
+        }
         sqlx::query(
             "INSERT INTO tokens (id, secret_hash, description, cluster_admin, node_name, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6)",

@@ -75,6 +75,7 @@ fn usage_of(amounts: &Amounts) -> Usage {
             instances: get(Resource::Instances),
             cpu: get(Resource::Cpu),
         },
+        tokens: 0,
     }
 }
 
@@ -314,10 +315,15 @@ impl Store {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         let Quotas { used, .. } = read(&mut conn, &namespace).await.map_err(unavailable)?;
         // Read only: a recount here is not kept (see `store_usage`).
-        let used = match used {
+        let mut used = match used {
             Some(used) => used,
             None => usage_of(&recount(&mut conn, &namespace).await.map_err(unavailable)?),
         };
+        if spec.caps().iter().any(|(r, _)| *r == Resource::Tokens) {
+            used.tokens = tokens_used(&mut conn, &namespace)
+                .await
+                .map_err(unavailable)?;
+        }
         quota["status"] =
             serde_json::to_value(quota::status(&spec, &used)).expect("API types serialise");
         Ok(quota)
@@ -337,4 +343,56 @@ impl Store {
             None => Ok(()),
         }
     }
+}
+
+/// Caps on `tokens` are checked when a token is made, in its transaction,
+/// after a lock per namespace that every token create there takes: so
+/// racing creates never exceed the cap (tokens are not objects, and the
+/// revision lock does not cover them).
+pub(super) async fn admit_token(
+    conn: &mut PgConnection,
+    namespace: &str,
+) -> Result<(), StoreError> {
+    let unavailable = |e: sqlx::Error| db_unavailable(&e);
+    let hard = caps(conn, namespace)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .filter(|(resource, _)| *resource == Resource::Tokens)
+        .map(|(_, hard)| hard)
+        .min();
+    let Some(hard) = hard else {
+        return Ok(());
+    };
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('skiff tokens of ' || $1))")
+        .bind(namespace)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    let used = tokens_used(conn, namespace).await.map_err(unavailable)?;
+    if used >= hard {
+        return Err(StoreError::QuotaExceeded(format!(
+            "exceeded quota: tokens, used {used}, hard {hard}"
+        )));
+    }
+    Ok(())
+}
+
+/// The tokens `namespace`'s quota counts: unexpired role tokens of the
+/// namespace as it is now, and unexpired service account tokens bound to
+/// no pod.
+async fn tokens_used(conn: &mut PgConnection, namespace: &str) -> Result<u64, sqlx::Error> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM token_roles r JOIN tokens t ON t.id = r.token_id
+                 WHERE r.namespace = $1
+                   AND (t.expires_at IS NULL OR t.expires_at > now())
+                   AND r.namespace_uid = (SELECT uid FROM objects
+                       WHERE kind = 'Namespace' AND namespace = '' AND name = $1))
+              + (SELECT count(*) FROM service_account_tokens
+                 WHERE namespace = $1 AND pod_uid IS NULL AND expires_at > now())",
+    )
+    .bind(namespace)
+    .fetch_one(conn)
+    .await?;
+    Ok(u64::try_from(count).unwrap_or(0))
 }

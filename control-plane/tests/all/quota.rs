@@ -616,3 +616,99 @@ async fn usage_follows_racing_deletes_and_the_garbage_collector() {
     let (created, refusals) = race(&admins, "churn", "again", 20, sized()).await;
     assert_eq!(created, 20, "{refusals:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_service_accounts_count_against_quotas_however_creates_race() {
+    use skiff_api::tokens::{BoundPod, ServiceAccountTokenRequest, TokenRequest};
+    let cluster = Cluster::new();
+    let (first, second) = (cluster.serve(&[]), cluster.serve(&[]));
+    let admins = [
+        client(&first, &cluster.admin_token),
+        client(&second, &cluster.admin_token),
+    ];
+    let admin = &admins[0];
+    admin
+        .create(Kind::Namespace, None, &namespace("tok"))
+        .await
+        .unwrap();
+    admin
+        .create(
+            Kind::ResourceQuota,
+            Some("tok"),
+            &quota(json!({"tokens": "3", "serviceaccounts": "1"})),
+        )
+        .await
+        .unwrap();
+
+    // Eight role tokens race for three places, through both processes.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let api = admins[i % 2].clone();
+            tokio::spawn(async move {
+                let request = TokenRequest {
+                    role: "view".into(),
+                    ..Default::default()
+                };
+                api.create_token(Some("tok"), &request).await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Some(403), "{e}");
+                assert_eq!(e.to_string(), "exceeded quota: tokens, used 3, hard 3");
+            }
+        }
+    }
+    assert_eq!(created, 3);
+    assert_eq!(used(admin, "tok").await["tokens"], "3");
+
+    // An account's token held by a person counts too; a pod's own does
+    // not (its pods are what bound it).
+    let bot = json!({"apiVersion": skiff_api::API_VERSION, "kind": "ServiceAccount",
+        "metadata": {"name": "bot"}, "spec": {"role": "view"}});
+    admin
+        .create(Kind::ServiceAccount, Some("tok"), &bot)
+        .await
+        .unwrap();
+    let mut second_account = bot.clone();
+    second_account["metadata"]["name"] = json!("bot2");
+    let refused = admin
+        .create(Kind::ServiceAccount, Some("tok"), &second_account)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "exceeded quota: serviceaccounts, used 1, hard 1"
+    );
+    let held = admin
+        .create_account_token("tok", "bot", &Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(held.code(), Some(403));
+    assert_eq!(held.to_string(), "exceeded quota: tokens, used 3, hard 3");
+    let runner = admin
+        .create(
+            Kind::Pod,
+            Some("tok"),
+            &json!({"apiVersion": skiff_api::API_VERSION, "kind": "Pod",
+                "metadata": {"name": "runner"},
+                "spec": {"image": "127.0.0.1:5000/hello:v1", "serviceAccountName": "bot"}}),
+        )
+        .await
+        .unwrap();
+    let request = ServiceAccountTokenRequest {
+        duration: None,
+        bound_pod: Some(BoundPod {
+            name: "runner".into(),
+            uid: runner["metadata"]["uid"].as_str().unwrap().into(),
+        }),
+    };
+    admin
+        .create_account_token("tok", "bot", &request)
+        .await
+        .unwrap();
+}

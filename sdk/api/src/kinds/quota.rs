@@ -58,16 +58,21 @@ pub enum Resource {
     PodTimeout,
     /// The most `maxInstances` of one pod.
     PodMaxInstances,
+    /// API tokens of the namespace that a person holds: its role tokens
+    /// and unexpired service account tokens not bound to a pod (a pod's
+    /// own tokens are bounded by its pods).
+    Tokens,
 }
 
 /// The kinds a quota counts.
-pub const COUNTED: [Kind; 6] = [
+pub const COUNTED: [Kind; 7] = [
     Kind::Pod,
     Kind::Deployment,
     Kind::Service,
     Kind::Route,
     Kind::Secret,
     Kind::ConfigMap,
+    Kind::ServiceAccount,
 ];
 
 impl Resource {
@@ -80,6 +85,7 @@ impl Resource {
             "pod.fuel" => Resource::PodFuel,
             "pod.timeout" => Resource::PodTimeout,
             "pod.maxInstances" => Resource::PodMaxInstances,
+            "tokens" => Resource::Tokens,
             plural => Resource::Count(COUNTED.into_iter().find(|k| k.plural() == plural)?),
         })
     }
@@ -94,6 +100,7 @@ impl Resource {
             Resource::PodFuel => "pod.fuel",
             Resource::PodTimeout => "pod.timeout",
             Resource::PodMaxInstances => "pod.maxInstances",
+            Resource::Tokens => "tokens",
         }
     }
 
@@ -109,7 +116,10 @@ impl Resource {
             Resource::PodTimeout => parse_duration(text)
                 .map(|d| d.as_millis() as u64)
                 .map_err(|e| e.to_string()),
-            Resource::Count(_) | Resource::Instances | Resource::PodMaxInstances => text
+            Resource::Count(_)
+            | Resource::Instances
+            | Resource::PodMaxInstances
+            | Resource::Tokens => text
                 .parse::<u64>()
                 .map_err(|_| format!("`{text}` is not a whole number")),
         }
@@ -151,7 +161,7 @@ impl ResourceQuotaSpec {
             match Resource::parse(name) {
                 None => v.error(
                     field,
-                    "unknown resource; known: pods, deployments, services, routes, secrets, configmaps, memory, instances, cpu, pod.memory, pod.fuel, pod.timeout, pod.maxInstances",
+                    "unknown resource; known: pods, deployments, services, routes, secrets, configmaps, serviceaccounts, tokens, memory, instances, cpu, pod.memory, pod.fuel, pod.timeout, pod.maxInstances",
                 ),
                 Some(resource) => {
                     if let Err(e) = resource.parse_amount(amount) {
@@ -222,12 +232,14 @@ impl PodUsage {
 pub struct Usage {
     pub counts: BTreeMap<Kind, u64>,
     pub pods: PodUsage,
+    pub tokens: u64,
 }
 
 impl Usage {
     pub fn get(&self, resource: Resource) -> u64 {
         match resource {
             Resource::Count(kind) => self.counts.get(&kind).copied().unwrap_or(0),
+            Resource::Tokens => self.tokens,
             other => self.pods.get(other),
         }
     }
