@@ -513,6 +513,7 @@ mod tests {
                 instances: 5,
                 cpu: 1500,
             },
+            tokens: 0,
         };
         let status = status(
             &ResourceQuotaSpec {
