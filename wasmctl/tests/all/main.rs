@@ -16,5 +16,6 @@ mod nodes;
 mod registry;
 mod run_command;
 mod serve_http;
+mod service_accounts;
 mod support;
 mod toolchains;
