@@ -144,7 +144,7 @@ fn pods_get_their_accounts_token_kept_fresh_and_it_dies_with_them() {
         cluster.node("n1").log()
     );
     let fresh = fresh.expect("read").body;
-    assert_eq!(may(&cluster, &fresh).0, true);
+    assert!(may(&cluster, &fresh).0, "the fresh token does not work");
 
     // Gone with its pod (within the control plane's token cache period).
     c.ok(&["delete", "pod", "bot", "-n", "shop"]);
