@@ -222,6 +222,15 @@ pub async fn account_token(
                 "a node asks for tokens of its own pods only: name boundPod".into(),
             ));
         }
+        // A token bound to a pod is not counted against the namespace's
+        // `tokens` (its pod bounds it, and its node must refresh it): only
+        // nodes and cluster admins bind, or members could mint uncounted
+        // tokens by naming any pod.
+        Principal::Namespaced(_) if request.bound_pod.is_some() => {
+            return Err(ApiError::Forbidden(
+                "boundPod: only nodes and cluster admins bind tokens to pods".into(),
+            ));
+        }
         _ if principal.role_in(namespace).is_none_or(|r| r < Role::Edit) => {
             return Err(ApiError::Forbidden(format!(
                 "this token may not make tokens of service accounts in namespace {namespace}"

@@ -219,6 +219,24 @@ async fn no_one_grants_an_account_or_borrows_through_a_pod_more_than_they_hold()
             .contains("spec.serviceAccountName: service account ghost not found in namespace shop"),
         "{message}"
     );
+    // Members may not mint tokens bound to a pod, which no quota counts.
+    let p2 = editor.get(Kind::Pod, ns, "p2").await.unwrap();
+    let bound = ServiceAccountTokenRequest {
+        duration: None,
+        bound_pod: Some(BoundPod {
+            name: "p2".into(),
+            uid: p2["metadata"]["uid"].as_str().unwrap().into(),
+        }),
+    };
+    let (code, message) = match account_token(&editor, "shop", "helper", bound).await {
+        Err(e) => (e.code(), e.to_string()),
+        Ok(_) => panic!("an editor bound a token to a pod"),
+    };
+    assert_eq!(code, Some(403));
+    assert_eq!(
+        message,
+        "boundPod: only nodes and cluster admins bind tokens to pods"
+    );
     // Viewers make no tokens at all.
     let reader_token = account_token(&viewer, "shop", "reader", Default::default()).await;
     assert_eq!(reader_token.unwrap_err().code(), Some(403));
