@@ -62,6 +62,9 @@ pub enum Principal {
     ClusterAdmin,
     /// Roles per namespace.
     Namespaced(BTreeMap<String, Role>),
+    /// A ServiceAccount's token: its account's role, for objects only. It
+    /// makes no tokens, so nothing it mints outlives its pod or account.
+    Account(BTreeMap<String, Role>),
     /// A node agent: its own Node, and the pods bound to it.
     Node(String),
 }
@@ -70,7 +73,7 @@ impl Principal {
     /// A ServiceAccount's token: the account's role in its namespace now,
     /// or nothing at all.
     fn of_account(record: &AccountTokenRecord) -> Principal {
-        Principal::Namespaced(
+        Principal::Account(
             record
                 .role
                 .as_deref()
@@ -86,7 +89,9 @@ impl Principal {
     pub fn role_in(&self, namespace: &str) -> Option<Role> {
         match self {
             Principal::ClusterAdmin => Some(Role::Admin),
-            Principal::Namespaced(roles) => roles.get(namespace).copied(),
+            Principal::Namespaced(roles) | Principal::Account(roles) => {
+                roles.get(namespace).copied()
+            }
             Principal::Node(_) => None,
         }
     }
@@ -167,7 +172,7 @@ pub enum Decision {
 pub fn authorize(principal: &Principal, access: &Access<'_>) -> Decision {
     match principal {
         Principal::ClusterAdmin => Decision::Allow,
-        Principal::Namespaced(roles) => namespaced(roles, access),
+        Principal::Namespaced(roles) | Principal::Account(roles) => namespaced(roles, access),
         Principal::Node(node) => node_agent(node, access),
     }
 }
@@ -248,6 +253,8 @@ pub fn may_manage_tokens(principal: &Principal, namespace: &str) -> bool {
     match principal {
         Principal::ClusterAdmin => true,
         Principal::Namespaced(roles) => roles.get(namespace) == Some(&Role::Admin),
+        // A token it made would outlive the pod and the account it came from.
+        Principal::Account(_) => false,
         Principal::Node(_) => false,
     }
 }
@@ -259,7 +266,7 @@ pub fn may_read_proxy_key(principal: &Principal, node: &str) -> bool {
     match principal {
         Principal::ClusterAdmin => true,
         Principal::Node(own) => own == node,
-        Principal::Namespaced(_) => false,
+        Principal::Namespaced(_) | Principal::Account(_) => false,
     }
 }
 
@@ -563,5 +570,9 @@ mod tests {
             "other"
         ));
         assert!(!may_manage_tokens(&Principal::Node("n".into()), "shop"));
+        // An account's token makes none, even as its namespace's admin.
+        let account = Principal::Account([("shop".to_owned(), Role::Admin)].into());
+        assert!(!may_manage_tokens(&account, "shop"));
+        assert_eq!(account.role_in("shop"), Some(Role::Admin));
     }
 }

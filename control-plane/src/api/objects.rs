@@ -504,18 +504,27 @@ impl Call<'_> {
         let mut object = parse_json(self.body)?;
         check_identity(&mut object, key)?;
         let expected_revision = stated_revision(&object)?;
+        let mut checked_revision = None;
         let (object, part) = if status {
             let status = object.get("status").cloned().unwrap_or_else(|| json!({}));
             (admit_status(key.kind, status)?, Part::Status)
         } else {
             self.namespace_defaults(key, &mut object).await?;
             let mut object = admit(key.kind, object)?;
-            if matches!(key.kind, Kind::Pod | Kind::Deployment | Kind::Route) {
+            if key.kind.namespaced() {
                 let existing = self.state.store.get(key).await?;
                 self.tenancy(key, &mut object, existing.as_ref()).await?;
+                // An account's role was judged against what was read: the
+                // write must replace that, not a role changed since.
+                if key.kind == Kind::ServiceAccount && expected_revision.is_none() {
+                    checked_revision = existing
+                        .as_ref()
+                        .and_then(|e| stated_revision(e).ok().flatten());
+                }
             }
             (object, Part::Main)
         };
+        let expected_revision = expected_revision.or(checked_revision);
         check_size(&object)?;
         if self.dry_run()? {
             return self

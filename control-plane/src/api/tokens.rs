@@ -226,6 +226,11 @@ pub async fn account_token(
         // `tokens` (its pod bounds it, and its node must refresh it): only
         // nodes and cluster admins bind, or members could mint uncounted
         // tokens by naming any pod.
+        Principal::Account(_) => {
+            return Err(ApiError::Forbidden(
+                "a service account's token may not make tokens: they would outlive its pod and account".into(),
+            ));
+        }
         Principal::Namespaced(_) if request.bound_pod.is_some() => {
             return Err(ApiError::Forbidden(
                 "boundPod: only nodes and cluster admins bind tokens to pods".into(),

@@ -59,8 +59,8 @@ impl Store {
     }
 
     /// The token with this hash, if it is unexpired, its account is the
-    /// one it was made for, and its pod (if bound to one) is still there
-    /// and not being deleted.
+    /// one it was made for, and its pod (if bound to one) is still there,
+    /// not being deleted and not finished.
     pub async fn find_account_token(
         &self,
         secret_hash: &[u8],
@@ -75,7 +75,9 @@ impl Store {
                    SELECT 1 FROM objects p
                    WHERE p.kind = 'Pod' AND p.namespace = t.namespace AND p.name = t.pod_name
                      AND p.uid = t.pod_uid
-                     AND p.body -> 'metadata' -> 'deletionTimestamp' IS NULL))",
+                     AND p.body -> 'metadata' -> 'deletionTimestamp' IS NULL
+                     AND coalesce(p.body -> 'status' ->> 'phase', '')
+                         NOT IN ('Succeeded', 'Failed')))",
         )
         .bind(secret_hash)
         .fetch_optional(&self.pool)

@@ -139,6 +139,20 @@ async fn no_one_grants_an_account_or_borrows_through_a_pod_more_than_they_hold()
             .code(),
         Some(403)
     );
+    // So is a PUT (what `wasmctl apply` sends for an existing object).
+    let mut replaced = editor
+        .get(Kind::ServiceAccount, ns, "reader")
+        .await
+        .unwrap();
+    replaced["spec"]["role"] = json!("admin");
+    assert_eq!(
+        editor
+            .replace(Kind::ServiceAccount, ns, "reader", &replaced)
+            .await
+            .unwrap_err()
+            .code(),
+        Some(403)
+    );
     let bad_role = editor
         .create(Kind::ServiceAccount, ns, &account("odd", Some("owner")))
         .await
@@ -291,6 +305,18 @@ async fn account_tokens_act_with_the_accounts_role_now_and_die_with_it_or_their_
     bot.create(Kind::Pod, ns, &pod("p", json!({})))
         .await
         .unwrap();
+    // It makes no tokens, which would outlive it: neither the account's
+    // nor the namespace's.
+    let minted = account_token(&bot, "shop", "bot", Default::default()).await;
+    assert_eq!(minted.unwrap_err().code(), Some(403));
+    let request = skiff_api::tokens::TokenRequest {
+        role: "view".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        bot.create_token(ns, &request).await.unwrap_err().code(),
+        Some(403)
+    );
 
     // An account deleted and made again under its name is another one.
     admin
@@ -336,6 +362,45 @@ async fn account_tokens_act_with_the_accounts_role_now_and_die_with_it_or_their_
         .list_all(Kind::Pod, ns, &Default::default())
         .await;
     assert_eq!(pod_gone.unwrap_err().code(), Some(401));
+
+    // And when it has finished.
+    let done = admin
+        .create(
+            Kind::Pod,
+            ns,
+            &pod("done", json!({"serviceAccountName": "bot"})),
+        )
+        .await
+        .unwrap();
+    let request = ServiceAccountTokenRequest {
+        duration: Some("10m".into()),
+        bound_pod: Some(BoundPod {
+            name: "done".into(),
+            uid: done["metadata"]["uid"].as_str().unwrap().into(),
+        }),
+    };
+    let done_token = client(
+        &plane,
+        &account_token(&admin, "shop", "bot", request).await.unwrap(),
+    );
+    done_token
+        .list_all(Kind::Pod, ns, &Default::default())
+        .await
+        .unwrap();
+    admin
+        .patch(
+            Kind::Pod,
+            ns,
+            "done",
+            &json!({"status": {"phase": "Succeeded"}}),
+            true,
+        )
+        .await
+        .unwrap();
+    let finished = done_token
+        .list_all(Kind::Pod, ns, &Default::default())
+        .await;
+    assert_eq!(finished.unwrap_err().code(), Some(401));
 
     // A token expires.
     let short = ServiceAccountTokenRequest {

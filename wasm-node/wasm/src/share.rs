@@ -16,9 +16,9 @@
 //!   FIFO within one; so every busy namespace gets an equal share of the
 //!   long runners' CPU however many instances it spins, and the worker
 //!   threads beyond `cpu_slots` stay free for requests that are short.
-//!   A turn lasts one tick; a holder that has not asked again within two
-//!   (it is blocked in the host, not running) loses it, so blocking in the
-//!   host cannot hold a slot.
+//!   A turn lasts one tick; a holder that has not asked again within one
+//!   and a half (it is blocked in the host, not running) loses it, so
+//!   blocking in the host cannot hold a slot for long.
 //!
 //! A pod's `cpu` (millicores) caps its guests' time: each turn charges the
 //! pod a tick divided by its share of a core, a short instance is charged
@@ -34,8 +34,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use super::limits::EPOCH_TICK;
 
 /// How long a turn is held before it may be taken back: a holder that is
-/// running asks again at the next tick, well within this.
-const TURN_LEASE: Duration = EPOCH_TICK.saturating_mul(2);
+/// running asks again at the next tick boundary, at most a tick after it
+/// got the turn; half a tick more covers a late callback.
+const TURN_LEASE: Duration = EPOCH_TICK
+    .saturating_mul(3)
+    .checked_div(2)
+    .expect("not zero");
 
 /// How a node is shared between tenants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,11 +291,12 @@ impl Tenant {
     /// Waits for one of the namespace's instance slots and, when the pod
     /// has used more CPU than its share, for the time to have earned it.
     pub(crate) async fn admit(&self) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
-        let slot = self.slots.clone().acquire_owned().await?;
+        // Earned first: a pod over its budget waits without holding one
+        // of its namespace's slots, which its other pods may use.
         if let Some(budget) = &self.budget {
             budget.earned().await;
         }
-        Ok(slot)
+        self.slots.clone().acquire_owned().await
     }
 
     pub(crate) fn instances_per_namespace(&self) -> u32 {
