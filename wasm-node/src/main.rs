@@ -116,8 +116,9 @@ struct JoinArgs {
     #[arg(long, value_name = "N")]
     max_concurrency_per_namespace: Option<u32>,
     /// Guests running longer than a tick that may hold a core at once;
-    /// they take turns, round-robin between namespaces [default: this
-    /// machine's cores].
+    /// they take turns, round-robin between namespaces [default: one less
+    /// than this machine's cores, at least one: a core stays free for
+    /// short requests, whoever spins].
     #[arg(long, value_name = "N")]
     guest_cpu_slots: Option<usize>,
     /// containerd's socket, for pods of ordinary Linux images. Without a
@@ -182,9 +183,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let Command::Join(args) = cli.command;
-    // One worker more than cores: guests that run long are given at most
-    // one turn per core at a time (see skiff_wasm::share), and the spare
-    // worker keeps serving short requests while every core is taken.
+    // One worker more than cores: guests that run long are given fewer
+    // turns than there are workers (see skiff_wasm::share), and the spare
+    // workers keep serving short requests while the turns are all taken.
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores + 1)
@@ -270,7 +271,10 @@ async fn join(args: JoinArgs) -> Result<()> {
         max_instance_memory: args.max_instance_memory,
         max_concurrent_instances: args.max_concurrency,
         namespace_instances: args.max_concurrency_per_namespace,
-        cpu_slots: args.guest_cpu_slots,
+        cpu_slots: Some(args.guest_cpu_slots.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            cores.saturating_sub(1).max(1)
+        })),
         containerd_socket: (!args.no_containerd).then(|| args.containerd_socket.clone()),
         snapshotter: args.snapshotter.clone(),
         linux_limits: LinuxLimits {

@@ -84,7 +84,8 @@ pub struct AgentConfig {
     pub namespace_instances: Option<u32>,
     /// Long-running guests that may hold a worker thread at once
     /// [default: one less than the async runtime's workers, at least one],
-    /// so a thread stays free for short requests.
+    /// so a thread stays free for short requests; `wasm-node join` gives
+    /// one less than the machine's cores.
     pub cpu_slots: Option<usize>,
     /// containerd's socket, for Linux images; `None` runs Wasm only.
     pub containerd_socket: Option<PathBuf>,
