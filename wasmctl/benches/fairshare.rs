@@ -6,8 +6,9 @@
 //! and next to a, alternating round by round in the same run, and the
 //! ratio of the medians.
 //!
-//! `cargo bench -p wasmctl --bench fairshare [-- SECONDS [ROUNDS]]`
-//! (defaults 10 and 3). Needs `docker-registry` and `wrk` on PATH (the
+//! `cargo bench -p wasmctl --bench fairshare [-- SECONDS [ROUNDS [SLOTS]]]`
+//! (defaults 10, 3, and the node's own `--guest-cpu-slots`: give SLOTS to
+//! see what another number of CPU turns does). Needs `docker-registry` and `wrk` on PATH (the
 //! bench/fairshare script installs them).
 
 use std::time::Duration;
@@ -27,16 +28,22 @@ fn main() {
         .filter_map(|a| a.parse::<usize>().ok());
     let seconds = args.next().unwrap_or(10);
     let rounds = args.next().unwrap_or(3);
+    let slots = args.next().map(|n| n.to_string());
     println!(
-        "noisy neighbour: real control plane, one node, registry and Postgres; release builds; {}",
+        "noisy neighbour: real control plane, one node ({} CPU turns for long runners), registry and Postgres; release builds; {}",
+        slots.as_deref().map_or("default", |s| s),
         machine()
     );
+    let mut flags = Vec::new();
+    if let Some(slots) = &slots {
+        flags.extend(["--guest-cpu-slots", slots.as_str()]);
+    }
     let cluster = Cluster::start("skiff-fairshare");
     let node: Node = cluster.ctl.join(
         &testkit::release_binary("wasm-node"),
         &cluster.plane.url,
         "n1",
-        &[],
+        &flags,
     );
     let misbehave = build_component("tests/guests", "misbehave");
     let burner = format!("{}/misbehave:v1", cluster.registry.addr);

@@ -873,10 +873,12 @@ async fn refresh_account_token(
     }
 }
 
-/// Replaces `path` whole with an owner-only file holding `bytes`.
+/// Replaces `path` whole with an owner-only file holding `bytes`, owned
+/// as the file it replaces (a Linux pod's user was handed the first).
 fn replace_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let owner = std::fs::symlink_metadata(path)?;
     let staged = path.with_extension("new");
     let _ = std::fs::remove_file(&staged);
     let mut file = std::fs::OpenOptions::new()
@@ -884,6 +886,7 @@ fn replace_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> 
         .create_new(true)
         .mode(0o600)
         .open(&staged)?;
+    std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
     file.write_all(bytes)?;
     std::fs::rename(&staged, path)
 }
