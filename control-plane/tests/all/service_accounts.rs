@@ -60,6 +60,30 @@ async fn account_token(
         .map(|t| t.token)
 }
 
+/// A client with a token of shop's `bot`, bound to a new pod `name`
+/// running as it (made by `admin`, a cluster admin: members bind none).
+async fn bound_to_new_pod(plane: &testkit::ControlPlane, admin: &Client, name: &str) -> Client {
+    let pod = admin
+        .create(
+            Kind::Pod,
+            Some("shop"),
+            &pod(name, json!({"serviceAccountName": "bot"})),
+        )
+        .await
+        .unwrap();
+    let request = ServiceAccountTokenRequest {
+        duration: Some("10m".into()),
+        bound_pod: Some(BoundPod {
+            name: name.into(),
+            uid: pod["metadata"]["uid"].as_str().unwrap().into(),
+        }),
+    };
+    client(
+        plane,
+        &account_token(admin, "shop", "bot", request).await.unwrap(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_namespace_has_a_default_account_made_again_if_deleted() {
     let cluster = Cluster::new();
@@ -332,59 +356,18 @@ async fn account_tokens_act_with_the_accounts_role_now_and_die_with_it_or_their_
     let still_gone = bot.list_all(Kind::Pod, ns, &Default::default()).await;
     assert_eq!(still_gone.unwrap_err().code(), Some(401));
 
-    // A token bound to a pod stops working when the pod goes.
-    let runner = admin
-        .create(
-            Kind::Pod,
-            ns,
-            &pod("runner", json!({"serviceAccountName": "bot"})),
-        )
-        .await
-        .unwrap();
-    let bound = BoundPod {
-        name: "runner".into(),
-        uid: runner["metadata"]["uid"].as_str().unwrap().into(),
-    };
-    let request = ServiceAccountTokenRequest {
-        duration: Some("10m".into()),
-        bound_pod: Some(bound.clone()),
-    };
-    let pods_token = client(
-        &plane,
-        &account_token(&admin, "shop", "bot", request).await.unwrap(),
-    );
-    pods_token
+    // A token bound to a pod stops working when the pod goes, and when it
+    // has finished.
+    let runner = bound_to_new_pod(&plane, &admin, "runner").await;
+    runner
         .list_all(Kind::Pod, ns, &Default::default())
         .await
         .unwrap();
     admin.delete(Kind::Pod, ns, "runner", None).await.unwrap();
-    let pod_gone = pods_token
-        .list_all(Kind::Pod, ns, &Default::default())
-        .await;
+    let pod_gone = runner.list_all(Kind::Pod, ns, &Default::default()).await;
     assert_eq!(pod_gone.unwrap_err().code(), Some(401));
-
-    // And when it has finished.
-    let done = admin
-        .create(
-            Kind::Pod,
-            ns,
-            &pod("done", json!({"serviceAccountName": "bot"})),
-        )
-        .await
-        .unwrap();
-    let request = ServiceAccountTokenRequest {
-        duration: Some("10m".into()),
-        bound_pod: Some(BoundPod {
-            name: "done".into(),
-            uid: done["metadata"]["uid"].as_str().unwrap().into(),
-        }),
-    };
-    let done_token = client(
-        &plane,
-        &account_token(&admin, "shop", "bot", request).await.unwrap(),
-    );
-    done_token
-        .list_all(Kind::Pod, ns, &Default::default())
+    let done = bound_to_new_pod(&plane, &admin, "done").await;
+    done.list_all(Kind::Pod, ns, &Default::default())
         .await
         .unwrap();
     admin
@@ -397,9 +380,7 @@ async fn account_tokens_act_with_the_accounts_role_now_and_die_with_it_or_their_
         )
         .await
         .unwrap();
-    let finished = done_token
-        .list_all(Kind::Pod, ns, &Default::default())
-        .await;
+    let finished = done.list_all(Kind::Pod, ns, &Default::default()).await;
     assert_eq!(finished.unwrap_err().code(), Some(401));
 
     // A token expires.

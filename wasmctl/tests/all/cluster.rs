@@ -208,7 +208,7 @@ fn get_prints_tables_and_documents() {
     );
     assert_eq!(
         cluster.fails(&["get", "gizmos"], 2),
-        "error: unknown kind `gizmos`; known kinds: namespaces, nodes, pods, deployments, services, routes, secrets, configmaps, resourcequotas"
+        "error: unknown kind `gizmos`; known kinds: namespaces, nodes, pods, deployments, services, routes, secrets, configmaps, resourcequotas, serviceaccounts"
     );
 }
 

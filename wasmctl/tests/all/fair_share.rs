@@ -117,23 +117,28 @@ fn a_spinning_tenant_keeps_to_its_slots_and_others_are_still_served_and_cpu_thro
         assert_eq!(answer.body, "guest exceeded its timeout of 4s\n");
     }
 
-    // A pod of 10m may use a hundredth of a core: after a burn, its next
-    // request waits about a hundred times the burn's time before it starts.
+    // A pod of 10m may use a hundredth of a core: a burn, and the request
+    // after it (which waits for the pod to have earned the burn back),
+    // take about a hundred times what the same burn takes on a pod
+    // without `cpu`. Twenty times is asserted: the machine is shared.
+    const BURN: &str = "/burn?n=40000000";
     let started = Instant::now();
-    let burn = get(&cluster, "throttled.b.pod", "/burn?n=40000000");
-    let first = started.elapsed();
-    assert_eq!(burn.status, 200, "{burn:?}");
-    let started = Instant::now();
-    let next = get(&cluster, "throttled.b.pod", "/");
-    let waited = started.elapsed();
-    assert_eq!(next.status, 200, "{next:?}");
+    let free = get(&cluster, "hello.b.pod", BURN);
+    let unthrottled = started.elapsed();
+    assert_eq!(free.status, 200, "{free:?}");
     assert!(
-        first >= Duration::from_millis(15),
-        "the burn took only {first:?}; make it longer"
+        unthrottled >= Duration::from_millis(5),
+        "the burn took only {unthrottled:?}; make it longer"
     );
+    let started = Instant::now();
+    let burn = get(&cluster, "throttled.b.pod", BURN);
+    assert_eq!(burn.status, 200, "{burn:?}");
+    let next = get(&cluster, "throttled.b.pod", "/");
+    assert_eq!(next.status, 200, "{next:?}");
+    let throttled = started.elapsed();
     assert!(
-        waited >= Duration::from_secs(1),
-        "after a burn of {first:?}, the next request waited only {waited:?}\n{}",
+        throttled >= unthrottled * 20,
+        "a burn and the next request took {throttled:?} at 10m, the burn {unthrottled:?} without\n{}",
         cluster.node("n1").log()
     );
 }
