@@ -22,7 +22,6 @@ pub struct AccountTokenGrant<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountTokenRecord {
     pub namespace: String,
-    pub account: String,
     pub role: Option<String>,
     pub expires_at: chrono::DateTime<chrono::Utc>,
 }
@@ -66,7 +65,7 @@ impl Store {
         secret_hash: &[u8],
     ) -> Result<Option<AccountTokenRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT t.namespace, t.account, a.body -> 'spec' ->> 'role' AS role, t.expires_at
+            "SELECT t.namespace, a.body -> 'spec' ->> 'role' AS role, t.expires_at
              FROM service_account_tokens t
              JOIN objects a ON a.kind = 'ServiceAccount' AND a.namespace = t.namespace
                   AND a.name = t.account AND a.uid = t.account_uid
@@ -85,7 +84,6 @@ impl Store {
         .map_err(|e| db_unavailable(&e))?;
         Ok(row.map(|row| AccountTokenRecord {
             namespace: row.get("namespace"),
-            account: row.get("account"),
             role: row.get("role"),
             expires_at: row.get("expires_at"),
         }))

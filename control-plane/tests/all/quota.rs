@@ -61,6 +61,18 @@ async fn race(
     (created, refusals)
 }
 
+/// Namespace `name`, capped by a quota `caps` of `hard`.
+async fn namespace_with_quota(admin: &Client, name: &str, hard: Value) {
+    admin
+        .create(Kind::Namespace, None, &namespace(name))
+        .await
+        .unwrap();
+    admin
+        .create(Kind::ResourceQuota, Some(name), &quota(hard))
+        .await
+        .unwrap();
+}
+
 async fn used(api: &Client, namespace: &str) -> Value {
     api.get(Kind::ResourceQuota, Some(namespace), "caps")
         .await
@@ -530,18 +542,12 @@ async fn usage_follows_racing_deletes_and_the_garbage_collector() {
         client(&second, &cluster.admin_token),
     ];
     let admin = &admins[0];
-    admin
-        .create(Kind::Namespace, None, &namespace("churn"))
-        .await
-        .unwrap();
-    admin
-        .create(
-            Kind::ResourceQuota,
-            Some("churn"),
-            &quota(json!({"pods": "20", "memory": "100Gi", "instances": "1000", "cpu": "100"})),
-        )
-        .await
-        .unwrap();
+    namespace_with_quota(
+        admin,
+        "churn",
+        json!({"pods": "20", "memory": "100Gi", "instances": "1000", "cpu": "100"}),
+    )
+    .await;
     let (created, refusals) = race(&admins, "churn", "old", 20, sized()).await;
     assert_eq!(created, 20, "{refusals:?}");
 
@@ -627,18 +633,7 @@ async fn tokens_and_service_accounts_count_against_quotas_however_creates_race()
         client(&second, &cluster.admin_token),
     ];
     let admin = &admins[0];
-    admin
-        .create(Kind::Namespace, None, &namespace("tok"))
-        .await
-        .unwrap();
-    admin
-        .create(
-            Kind::ResourceQuota,
-            Some("tok"),
-            &quota(json!({"tokens": "3", "serviceaccounts": "1"})),
-        )
-        .await
-        .unwrap();
+    namespace_with_quota(admin, "tok", json!({"tokens": "3", "serviceaccounts": "1"})).await;
 
     // Eight role tokens race for three places, through both processes.
     let tasks: Vec<_> = (0..8)

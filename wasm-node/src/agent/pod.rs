@@ -724,7 +724,7 @@ impl Worker {
     /// pod lives, and replaces the file whole.
     async fn account_token(&mut self) -> Result<DirGrant, Failure> {
         let dir = self.secrets_dir().join(ACCOUNT_TOKEN_DIR);
-        let (token, lifetime) = request_account_token(&self.context, self.pod_ref())
+        let token = request_account_token(&self.context, self.pod_ref())
             .await
             .map_err(|message| Failure::Retry {
                 reason: "CreateContainerConfigError",
@@ -740,7 +740,7 @@ impl Worker {
         })?;
         let (context, pod, path) = (self.context.clone(), self.pod_ref(), dir.join("token"));
         self.token_refresh = Some(AbortOnDrop(tokio::spawn(refresh_account_token(
-            context, pod, path, lifetime,
+            context, pod, path,
         ))));
         Ok(DirGrant {
             host: dir,
@@ -812,12 +812,9 @@ struct PodRef {
     account: String,
 }
 
-/// A token of the pod's service account, bound to the pod, and how long
-/// it lives.
-async fn request_account_token(
-    context: &NodeContext,
-    pod: PodRef,
-) -> Result<(String, Duration), String> {
+/// A token of the pod's service account, bound to the pod, living the
+/// node's `pod_token_duration`.
+async fn request_account_token(context: &NodeContext, pod: PodRef) -> Result<String, String> {
     let account = if pod.account.is_empty() {
         skiff_api::kinds::account::DEFAULT_SERVICE_ACCOUNT
     } else {
@@ -837,30 +834,24 @@ async fn request_account_token(
         .create_account_token(&pod.namespace, account, &request)
         .await
         .map_err(|e| format!("service account {account}'s token: {e}"))?;
-    Ok((token.token, context.pod_token_duration))
+    Ok(token.token)
 }
 
 /// Asks for a new token when four fifths of the last one's life have
 /// passed (again every few seconds while the control plane does not
 /// answer), and puts it in place of the old in one rename, so the guest
 /// never reads a partial or missing file.
-async fn refresh_account_token(
-    context: Arc<NodeContext>,
-    pod: PodRef,
-    path: PathBuf,
-    lifetime: Duration,
-) {
+async fn refresh_account_token(context: Arc<NodeContext>, pod: PodRef, path: PathBuf) {
+    let lifetime = context.pod_token_duration;
     let mut wait = lifetime.mul_f64(0.8);
     loop {
         tokio::time::sleep(wait).await;
         let fresh = match request_account_token(&context, pod.clone()).await {
-            Ok((token, lifetime)) => replace_private(&path, token.as_bytes())
-                .map(|()| lifetime)
-                .map_err(|e| e.to_string()),
+            Ok(token) => replace_private(&path, token.as_bytes()).map_err(|e| e.to_string()),
             Err(message) => Err(message),
         };
         wait = match fresh {
-            Ok(lifetime) => lifetime.mul_f64(0.8),
+            Ok(()) => lifetime.mul_f64(0.8),
             Err(e) => {
                 tracing::warn!(
                     "{}/{}: refreshing its service account token: {e}",

@@ -120,8 +120,9 @@ impl FairShare {
         }
     }
 
-    /// Turns held right now (for tests and metrics).
-    pub fn turns_held(&self) -> usize {
+    /// Turns held right now.
+    #[cfg(test)]
+    fn turns_held(&self) -> usize {
         self.state.lock().expect("fair share lock").held.len()
     }
 
@@ -279,10 +280,6 @@ pub struct Tenant {
 }
 
 impl Tenant {
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
     /// Instance slots of the namespace free right now.
     pub fn free_slots(&self) -> usize {
         self.slots.available_permits()
