@@ -5,7 +5,9 @@
 //! on whether the object exists.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -292,12 +294,40 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Most token lookups remembered at once (known and unknown tokens): a
+/// flood of made-up tokens cannot grow the cache without bound.
+pub const MAX_CACHED_LOOKUPS: usize = 10_000;
+/// Failed lookups a client address may make in a burst...
+pub const FAILED_AUTH_BURST: f64 = 20.0;
+/// ...and the rate at which it regains them, per second. Beyond it, its
+/// tokens are not looked up (429), so made-up tokens cannot load the
+/// database; tokens already cached still work.
+pub const FAILED_AUTH_PER_SECOND: f64 = 1.0;
+/// Most client addresses whose failures are tracked at once.
+const MAX_TRACKED_CLIENTS: usize = 10_000;
+
+/// Why a bearer token does not establish a caller.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Too many lookups of unknown tokens from this client lately.
+    #[error(
+        "too many requests with unknown tokens from this address; retry in {} s",
+        retry_after.as_secs()
+    )]
+    Throttled { retry_after: Duration },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Resolves bearer tokens to principals, with a short cache so that the
-/// database is not asked on every request.
+/// database is not asked on every request, and a limit per client address
+/// on lookups of tokens that turn out unknown.
 pub struct Authenticator {
     store: Store,
     ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], CachedLookup>>,
+    failures: Mutex<HashMap<ClientKey, Bucket>>,
+    database_lookups: AtomicU64,
 }
 
 /// A token lookup (unknown tokens too), when it was made, and when the
@@ -308,17 +338,79 @@ type CachedLookup = (
     Option<chrono::DateTime<chrono::Utc>>,
 );
 
+/// Whom failures are counted against: an IPv4 address, or an IPv6 /64
+/// (one host usually holds a whole /64, so single addresses would let it
+/// rotate out of the limit).
+type ClientKey = IpAddr;
+
+fn client_key(address: IpAddr) -> ClientKey {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
+/// A token bucket of failed lookups.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Bucket {
+    fn full(now: Instant) -> Self {
+        Self {
+            tokens: FAILED_AUTH_BURST,
+            updated: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let gained = now.duration_since(self.updated).as_secs_f64() * FAILED_AUTH_PER_SECOND;
+        self.tokens = (self.tokens + gained).min(FAILED_AUTH_BURST);
+        self.updated = now;
+    }
+
+    /// How long until one lookup is allowed again (zero: now).
+    fn wait(&self) -> Duration {
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / FAILED_AUTH_PER_SECOND)
+        }
+    }
+}
+
 impl Authenticator {
     pub fn new(store: Store, ttl: Duration) -> Self {
         Self {
             store,
             ttl,
             cache: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            database_lookups: AtomicU64::new(0),
         }
     }
 
-    /// The principal of `token`; `Ok(None)` for an unknown token.
-    pub async fn principal(&self, token: &str) -> Result<Option<Principal>, StoreError> {
+    /// How many tokens were looked up in the database so far (what the
+    /// cache and the failure limit save is observable through it).
+    pub fn database_lookups(&self) -> u64 {
+        self.database_lookups.load(Ordering::Relaxed)
+    }
+
+    /// The principal of `token` presented by `client` (its address, when
+    /// known); `Ok(None)` for an unknown token.
+    pub async fn principal(
+        &self,
+        token: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Option<Principal>, AuthError> {
         if !token.starts_with(TOKEN_PREFIX) {
             return Ok(None);
         }
@@ -333,6 +425,21 @@ impl Authenticator {
             }
             return Ok(principal.clone());
         }
+        let client = client.map(client_key);
+        if let Some(client) = client {
+            let mut failures = self.failures.lock().expect("failures lock");
+            if let Some(bucket) = failures.get_mut(&client) {
+                bucket.refill(now);
+                let wait = bucket.wait();
+                if !wait.is_zero() {
+                    return Err(AuthError::Throttled {
+                        // Whole seconds, rounded up, as Retry-After has them.
+                        retry_after: Duration::from_secs(wait.as_secs_f64().ceil() as u64),
+                    });
+                }
+            }
+        }
+        self.database_lookups.fetch_add(1, Ordering::Relaxed);
         let (principal, expires) = if token.starts_with(ACCOUNT_TOKEN_PREFIX) {
             let record = self.store.find_account_token(&hash).await?;
             (
@@ -346,10 +453,46 @@ impl Authenticator {
                 record.and_then(|r| r.expires_at),
             )
         };
+        if principal.is_none()
+            && let Some(client) = client
+        {
+            self.count_failure(client, now);
+        }
+        self.remember(hash, (principal.clone(), now, expires));
+        Ok(principal)
+    }
+
+    fn count_failure(&self, client: ClientKey, now: Instant) {
+        let mut failures = self.failures.lock().expect("failures lock");
+        if failures.len() >= MAX_TRACKED_CLIENTS && !failures.contains_key(&client) {
+            // A bucket refilled to the brim is as good as none.
+            failures.retain(|_, bucket| {
+                bucket.refill(now);
+                bucket.tokens < FAILED_AUTH_BURST
+            });
+            if failures.len() >= MAX_TRACKED_CLIENTS {
+                // Every tracked client is failing right now: forget the
+                // lot rather than grow; each starts over with a full burst.
+                failures.clear();
+            }
+        }
+        let bucket = failures.entry(client).or_insert_with(|| Bucket::full(now));
+        bucket.refill(now);
+        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
+    }
+
+    fn remember(&self, hash: [u8; 32], lookup: CachedLookup) {
+        let now = lookup.1;
         let mut cache = self.cache.lock().expect("cache lock");
         cache.retain(|_, (_, fetched, _)| now.duration_since(*fetched) < self.ttl);
-        cache.insert(hash, (principal.clone(), now, expires));
-        Ok(principal)
+        if cache.len() >= MAX_CACHED_LOOKUPS {
+            // Unknown tokens go first: known ones are what saves lookups.
+            cache.retain(|_, (principal, _, _)| principal.is_some());
+            if cache.len() >= MAX_CACHED_LOOKUPS {
+                cache.clear();
+            }
+        }
+        cache.insert(hash, lookup);
     }
 }
 

@@ -4,6 +4,13 @@
 //! when the lock's connection goes. Another process takes over within a
 //! retry period. Dropping the loop drops the lock, and with it the lock's
 //! connection: that is how a control plane shutting down hands over.
+//!
+//! A link that goes silent without closing is bounded on both ends (see
+//! `store::LeaderTiming`): the holder stops acting once a check of its
+//! connection goes unanswered (at most 3/5 of `--leader-timeout`), and the
+//! server ends the connection, freeing the lock, after the whole timeout
+//! without a check, so the old leader has stopped before another can lead:
+//! leadership moves within the timeout plus a retry period.
 
 use std::future::Future;
 use std::time::Duration;

@@ -29,7 +29,8 @@ enum Command {
     /// server certificate.
     Init(InitArgs),
     /// Serve the API.
-    Serve(ServeArgs),
+    // Boxed: its many flags make it far larger than the other commands.
+    Serve(Box<ServeArgs>),
     /// Put a new encryption key first in the key file and encrypt every
     /// stored Secret and cluster secret under it, while control planes
     /// keep serving (they reread the file within seconds).
@@ -89,9 +90,37 @@ struct ServeArgs {
     /// Private key (PEM) for HTTPS; needs --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    listener: skiff_serve::Limits,
     /// Database connections in the pool.
-    #[arg(long, default_value_t = 16)]
+    // Its own id: the listener's flattened limits have a `max_connections`.
+    #[arg(
+        long = "max-connections",
+        id = "pool_max_connections",
+        default_value_t = 16
+    )]
     max_connections: u32,
+    /// Database statements running longer are cancelled by the server.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    db_statement_timeout: Duration,
+    /// A statement waiting longer for a lock (a write for the revision
+    /// row) fails; keep it above --db-idle-in-transaction-timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    db_lock_timeout: Duration,
+    /// The server ends a transaction left idle this long, and frees its
+    /// locks: a control plane cut off mid-write blocks other writers at
+    /// most about this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    db_idle_in_transaction_timeout: Duration,
+    /// A write batch the database has not committed within this is
+    /// abandoned and its writes answered 503.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    db_write_deadline: Duration,
+    /// How long the scheduler's and controllers' leadership outlives a
+    /// silent link to the database: the server frees the lock after this
+    /// much silence, the leader stops acting after 3/5 of it.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    leader_timeout: Duration,
     /// Revisions of change history kept for watches to resume from; a
     /// watch from an older revision gets 410 Gone.
     #[arg(long, default_value_t = 100_000)]
@@ -106,6 +135,10 @@ struct ServeArgs {
     /// most this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     token_cache_ttl: Duration,
+    /// Watches one token may hold open at once; beyond it a new watch is
+    /// refused with 429.
+    #[arg(long, default_value_t = control_plane::api::DEFAULT_MAX_WATCHES_PER_CLIENT)]
+    max_watches_per_client: usize,
     /// How long to wait for the database at start.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     database_wait: Duration,
@@ -142,7 +175,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Init(args) => init(args).await,
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::RotateEncryptionKey(args) => rotate(args).await,
         }
     });
@@ -207,13 +240,25 @@ async fn init(args: InitArgs) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    if args.leader_timeout < Duration::from_secs(1) {
+        anyhow::bail!(
+            "--leader-timeout: {:?} is too short; at least 1s",
+            args.leader_timeout
+        );
+    }
     let config = ServerConfig {
         database_url: args.database_url,
         encryption_key_file: args.keys.encryption_key_file,
         listen: args.listen,
         tls: args.tls_cert.zip(args.tls_key),
+        listener: args.listener,
         pool: PoolSettings {
             max_connections: args.max_connections,
+            statement_timeout: args.db_statement_timeout,
+            lock_timeout: args.db_lock_timeout,
+            idle_in_transaction_timeout: args.db_idle_in_transaction_timeout,
+            write_deadline: args.db_write_deadline,
+            leader_timeout: args.leader_timeout,
             ..PoolSettings::default()
         },
         retain_changes: args.retain_changes,
@@ -232,6 +277,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         },
         api: ApiConfig {
             bookmark_interval: args.bookmark_interval,
+            max_watches_per_client: args.max_watches_per_client,
             ..ApiConfig::default()
         },
     };

@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
@@ -31,6 +28,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Certificate chain and key (PEM); plain HTTP without them.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The API listener's deadlines and connection cap.
+    pub listener: skiff_serve::Limits,
     pub pool: PoolSettings,
     /// Revisions of change log kept for watches to resume from.
     pub retain_changes: i64,
@@ -143,7 +142,7 @@ pub(crate) async fn run_on(
     // The loops stop as soon as shutdown is asked for, before open
     // connections are drained, so that a leader's locks are released (with
     // their connections) at once and another process takes over.
-    serve(listener, router, tls, async {
+    serve(listener, router, config.listener.clone(), tls, async {
         shutdown.await;
         loops.shutdown().await;
     })
@@ -185,67 +184,33 @@ async fn compact_periodically(store: Store, retain: i64, interval: Duration) {
     }
 }
 
-/// Accepts connections (TLS-wrapped when `tls` is set) and serves HTTP/1.1
-/// and HTTP/2 on them until `shutdown`; then stops accepting and gives open
-/// connections a moment to finish.
+/// How long open connections get to finish once shutdown was asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves HTTP/1.1 and HTTP/2 (over TLS when `tls` is set) until
+/// `shutdown`, on `skiff_serve`'s listener: its deadlines and connection
+/// cap, and the peer's address on every request for rate limits.
 async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: skiff_serve::Limits,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let (stop, stopping) = watch::channel(());
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let (router, tls, stopping) = (router.clone(), tls.clone(), stopping.clone());
-        connections.spawn(async move {
-            match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => serve_connection(stream, router, stopping).await,
-                    Err(e) => tracing::debug!("TLS handshake failed: {e}"),
-                },
-                None => serve_connection(stream, router, stopping).await,
+    let options = skiff_serve::Options {
+        limits,
+        protocols: skiff_serve::Protocols::Auto,
+        tls,
+        grace: SHUTDOWN_GRACE,
+    };
+    let handler = move |request| {
+        let router = router.clone();
+        async move {
+            match router.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
             }
-        });
-        while connections.try_join_next().is_some() {}
-    }
-    // Dropping the sender tells every connection to finish up.
-    drop(stop);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-}
-
-async fn serve_connection<I>(io: I, router: Router, mut stopping: watch::Receiver<()>)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |request| router.clone().oneshot(request));
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = stopping.changed() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
         }
     };
-    if let Err(e) = result {
-        tracing::debug!("connection ended: {e}");
-    }
+    skiff_serve::serve(listener, options, handler, shutdown).await;
 }

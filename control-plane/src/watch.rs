@@ -6,7 +6,8 @@
 //! order (see `store::writer`), so "everything after N, in order, once" is
 //! just reading forward from N, whichever process serves the watch.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -20,7 +21,15 @@ use crate::store::{Change, ListQuery, Store, StoreError};
 const PAGE: i64 = 500;
 /// Changes the hub buffers for slow watches before they must re-read from
 /// the database.
-const HUB_BUFFER: usize = 16 * 1024;
+const HUB_BUFFER: usize = 8 * 1024;
+/// Largest change (object and previous version, as stored) the hub passes
+/// on whole; of a larger one it passes only the revision, and each watch
+/// reads it from the database. The hub's buffer keeps every slot until it
+/// is overwritten, so this bounds what it holds: `HUB_BUFFER` times this
+/// (128 MiB), however large the objects written.
+const HUB_CHANGE_BYTES: usize = 16 << 10;
+/// Events of one watch waiting for its client to read them.
+const WATCH_BUFFER: usize = 16;
 /// How often the hub polls even without a notification.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause before reconnecting a lost `LISTEN` connection.
@@ -31,8 +40,28 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 /// watches fed by it end.
 #[derive(Clone)]
 pub struct WatchHub {
-    events: broadcast::Sender<Arc<Change>>,
+    events: broadcast::Sender<Arc<Live>>,
+    /// Open API watches per caller (a token's hash).
+    open: Arc<Mutex<HashMap<[u8; 32], usize>>>,
     _following: Arc<Following>,
+}
+
+/// One open watch counted against its caller, until dropped.
+pub struct WatchPermit {
+    open: Arc<Mutex<HashMap<[u8; 32], usize>>>,
+    caller: [u8; 32],
+}
+
+impl Drop for WatchPermit {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("open watches lock");
+        if let Some(count) = open.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.caller);
+            }
+        }
+    }
 }
 
 /// The task following the change log, stopped when dropped.
@@ -51,16 +80,65 @@ impl WatchHub {
         let following = tokio::spawn(follow(store, events.clone())).abort_handle();
         Self {
             events,
+            open: Arc::default(),
             _following: Arc::new(Following(following)),
         }
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+    /// Counts a new watch against `caller`, unless it already has `max`
+    /// open; then says how many it has.
+    pub fn admit(&self, caller: [u8; 32], max: usize) -> Result<WatchPermit, usize> {
+        let mut open = self.open.lock().expect("open watches lock");
+        let count = open.entry(caller).or_default();
+        if *count >= max {
+            return Err(*count);
+        }
+        *count += 1;
+        Ok(WatchPermit {
+            open: self.open.clone(),
+            caller,
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Live>> {
         self.events.subscribe()
     }
 }
 
-async fn follow(store: Store, events: broadcast::Sender<Arc<Change>>) {
+/// A change as the hub passes it on.
+enum Live {
+    Change(Change),
+    /// A change too large to buffer: the watches it concerns read it from
+    /// the database; the others pass it by.
+    Large {
+        revision: i64,
+        kind: Kind,
+        namespace: String,
+    },
+}
+
+impl Live {
+    fn of(change: Change) -> Live {
+        if change.bytes > HUB_CHANGE_BYTES {
+            Live::Large {
+                revision: change.revision,
+                kind: change.kind,
+                namespace: change.namespace,
+            }
+        } else {
+            Live::Change(change)
+        }
+    }
+
+    fn revision(&self) -> i64 {
+        match self {
+            Live::Change(change) => change.revision,
+            Live::Large { revision, .. } => *revision,
+        }
+    }
+}
+
+async fn follow(store: Store, events: broadcast::Sender<Arc<Live>>) {
     let mut cursor = loop {
         match store.current_revision().await {
             Ok(revision) => break revision,
@@ -92,17 +170,16 @@ async fn follow(store: Store, events: broadcast::Sender<Arc<Change>>) {
 }
 
 /// Broadcasts every change after `cursor`; returns the new cursor.
-async fn catch_up(store: &Store, mut cursor: i64, events: &broadcast::Sender<Arc<Change>>) -> i64 {
+async fn catch_up(store: &Store, mut cursor: i64, events: &broadcast::Sender<Arc<Live>>) -> i64 {
     loop {
         match store.changes_after(cursor, PAGE).await {
-            Ok(changes) => {
-                let full = changes.len() as i64 == PAGE;
-                for change in changes {
-                    cursor = change.revision;
+            Ok(page) => {
+                for change in page.changes {
                     // No subscribers is fine: nobody is watching.
-                    let _ = events.send(Arc::new(change));
+                    let _ = events.send(Arc::new(Live::of(change)));
                 }
-                if !full {
+                cursor = page.last.unwrap_or(cursor);
+                if !page.more {
                     return cursor;
                 }
             }
@@ -155,7 +232,8 @@ pub fn start(
     hub: &WatchHub,
     request: WatchRequest,
 ) -> mpsc::Receiver<WatchEvent<Value>> {
-    let (lines, receiver) = mpsc::channel(256);
+    // Few events wait for the client: each may be an object of up to 1Mi.
+    let (lines, receiver) = mpsc::channel(WATCH_BUFFER);
     // Subscribe before reading the backlog so that nothing committed in
     // between is missed (duplicates are skipped by revision).
     let live = hub.subscribe();
@@ -188,7 +266,7 @@ struct Watch {
 }
 
 impl Watch {
-    async fn run(&mut self, mut live: broadcast::Receiver<Arc<Change>>) -> Result<(), Ended> {
+    async fn run(&mut self, mut live: broadcast::Receiver<Arc<Live>>) -> Result<(), Ended> {
         self.cursor = match self.request.from {
             Some(revision) => revision,
             None => self.send_current_objects().await?,
@@ -200,11 +278,23 @@ impl Watch {
             loop {
                 tokio::select! {
                     received = live.recv() => match received {
-                        Ok(change) if change.revision <= self.cursor => {}
-                        Ok(change) if change.revision == self.cursor + 1 => self.consider(&change).await?,
-                        // A gap (should not happen) or a lagging receiver:
-                        // re-read from the database.
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Ok(live) if live.revision() <= self.cursor => {}
+                        Ok(live) => match &*live {
+                            Live::Change(change) if change.revision == self.cursor + 1 => {
+                                self.consider(change).await?;
+                            }
+                            Live::Large { revision, kind, namespace }
+                                if *revision == self.cursor + 1
+                                    && !self.concerns(*kind, namespace) =>
+                            {
+                                self.cursor = *revision;
+                            }
+                            // A large change, or a gap (should not happen):
+                            // read from the database.
+                            _ => break,
+                        },
+                        // A lagging receiver: re-read from the database.
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => return Err(Ended),
                     },
                     _ = bookmarks.tick() => self.send_bookmark().await?,
@@ -245,21 +335,33 @@ impl Watch {
 
     async fn catch_up_from_database(&mut self) -> Result<(), Ended> {
         loop {
-            let changes = match self.store.changes_after(self.cursor, PAGE).await {
-                Ok(changes) => changes,
+            let page = match self.store.changes_after(self.cursor, PAGE).await {
+                Ok(page) => page,
                 Err(e @ StoreError::Compacted { .. }) => {
                     return Err(self.fail(410, "Gone", &e.to_string()).await);
                 }
                 Err(e) => return Err(self.fail(503, "ServiceUnavailable", &e.to_string()).await),
             };
-            let full = changes.len() as i64 == PAGE;
-            for change in &changes {
+            // Each page is sent on before the next is read: what a watch
+            // from an old revision holds is one page, not the backlog.
+            for change in &page.changes {
                 self.consider(change).await?;
             }
-            if !full {
+            self.cursor = page.last.unwrap_or(self.cursor);
+            if !page.more {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether a change of `kind` in `namespace` may concern this watch.
+    fn concerns(&self, kind: Kind, namespace: &str) -> bool {
+        kind == self.request.kind
+            && self
+                .request
+                .namespace
+                .as_deref()
+                .is_none_or(|wanted| wanted == namespace)
     }
 
     /// Sends the change if it concerns this watch, as the event a client
@@ -267,12 +369,7 @@ impl Watch {
     /// is ADDED, one leaving it DELETED.
     async fn consider(&mut self, change: &Change) -> Result<(), Ended> {
         self.cursor = change.revision;
-        if change.kind != self.request.kind {
-            return Ok(());
-        }
-        if let Some(namespace) = &self.request.namespace
-            && &change.namespace != namespace
-        {
+        if !self.concerns(change.kind, &change.namespace) {
             return Ok(());
         }
         let selected = |object: &Value| {

@@ -11,6 +11,8 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest as _, Sha256};
 
+use crate::Limits;
+
 /// Clients reused across requests (and so their connections), one per
 /// registry and credentials: a client keeps the tokens and credentials it
 /// authenticated with, so one shared by pods with different pull secrets
@@ -18,7 +20,11 @@ use sha2::{Digest as _, Sha256};
 #[derive(Clone)]
 pub struct Clients {
     insecure: Arc<Vec<String>>,
+    limits: Limits,
     clients: Arc<Mutex<HashMap<ClientKey, Client>>>,
+    /// For the requests made without oci-client (manifests), whose
+    /// responses it would read whole into memory, however large.
+    http: reqwest::Client,
 }
 
 /// A registry (host:port) and the fingerprint of the credentials used.
@@ -30,10 +36,34 @@ const MAX_CLIENTS: usize = 256;
 impl Clients {
     /// `insecure` lists further registries (host:port) to reach over plain
     /// HTTP.
-    pub fn new(insecure: &[String]) -> Self {
+    pub fn new(insecure: &[String], limits: &Limits) -> Self {
+        install_crypto();
+        let http = reqwest::Client::builder()
+            .connect_timeout(limits.connect_timeout)
+            .read_timeout(limits.stall_timeout)
+            .timeout(limits.request_timeout)
+            .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the registry HTTP client builds");
         Self {
             insecure: Arc::new(insecure.to_vec()),
+            limits: *limits,
             clients: Arc::default(),
+            http,
+        }
+    }
+
+    /// The HTTP client for requests made without oci-client.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `http` or `https`: how `registry` (host:port) is reached.
+    pub(crate) fn scheme_for(&self, registry: &str) -> &'static str {
+        if is_loopback(registry) || self.insecure.iter().any(|r| r == registry) {
+            "http"
+        } else {
+            "https"
         }
     }
 
@@ -52,7 +82,7 @@ impl Clients {
                 if is_loopback(registry) {
                     plain.push(registry.to_owned());
                 }
-                client(&plain)
+                client(&plain, &self.limits)
             })
             .clone()
     }
@@ -77,13 +107,21 @@ fn fingerprint(auth: &RegistryAuth) -> [u8; 32] {
     hash.finalize().into()
 }
 
-fn client(plain: &[String]) -> Client {
-    // TLS to registries uses rustls with ring, installed process-wide once.
+/// TLS to registries uses rustls with ring, installed process-wide once.
+fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn client(plain: &[String], limits: &Limits) -> Client {
+    install_crypto();
     let mut plain = plain.to_vec();
     plain.extend(["localhost", "127.0.0.1", "[::1]"].map(str::to_owned));
     Client::new(ClientConfig {
         protocol: ClientProtocol::HttpsExcept(plain),
+        // The whole-request deadline is kept around each call (oci-client
+        // has no setting for it); these bound a connect and a silence.
+        connect_timeout: Some(limits.connect_timeout),
+        read_timeout: Some(limits.stall_timeout),
         ..Default::default()
     })
 }
@@ -121,7 +159,7 @@ mod tests {
 
     #[test]
     fn one_client_per_registry_and_credentials() {
-        let clients = Clients::new(&[]);
+        let clients = Clients::new(&[], &Limits::default());
         let a: Reference = "127.0.0.1:5000/a:v1".parse().unwrap();
         let b: Reference = "127.0.0.1:5000/b:v1".parse().unwrap();
         let c: Reference = "127.0.0.1:5001/c:v1".parse().unwrap();

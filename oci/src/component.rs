@@ -204,25 +204,22 @@ impl Registry {
         resolved: &Resolved,
     ) -> Result<Pulled, OciError> {
         let name = reference.whole();
-        let client = self.client_for(reference, credentials);
-        let registry_error = |e: oci_client::errors::OciDistributionError| classify(&name, e);
         let manifest = &resolved.manifest;
         let manifest_digest = resolved.digest.clone();
-        let layer = component_layer(&name, manifest)?;
-        let mut component = Vec::with_capacity(layer.size.max(0) as usize);
-        // oci-client checks the bytes against the layer digest as they come.
-        client
-            .pull_blob(reference, layer, &mut component)
-            .await
-            .map_err(registry_error)?;
-        let actual = sha256_digest(&component);
-        if actual != layer.digest {
-            return Err(OciError::DigestMismatch {
-                reference: name,
-                digest: layer.digest.clone(),
-                actual,
-            });
-        }
+        let limit = self.limits.max_component_bytes;
+        let layer = component_layer(&name, manifest, limit)?;
+        // Read no further than the layer's declared size or the cap: the
+        // declared size is the registry's word, the count is ours.
+        let component = self
+            .read_blob(
+                reference,
+                credentials,
+                layer,
+                "layer",
+                limit,
+                "the component size limit",
+            )
+            .await?;
         Ok(Pulled {
             manifest_digest,
             layer_digest: layer.digest.clone(),
@@ -244,6 +241,7 @@ pub struct Pulled {
 fn component_layer<'m>(
     name: &str,
     manifest: &'m OciImageManifest,
+    limit: u64,
 ) -> Result<&'m oci_client::manifest::OciDescriptor, OciError> {
     let not_wasm = |reason: String| OciError::NotWasm {
         reference: name.to_owned(),
@@ -256,12 +254,12 @@ fn component_layer<'m>(
         )));
     }
     let total: i64 = manifest.layers.iter().map(|l| l.size.max(0)).sum();
-    if total as u64 > MAX_ARTIFACT_BYTES {
+    if total as u64 > limit {
         return Err(OciError::TooLarge {
             reference: name.to_owned(),
             what: "the artifact",
             size: total as u64,
-            limit: MAX_ARTIFACT_BYTES,
+            limit,
         });
     }
     if let Some(layer) = manifest

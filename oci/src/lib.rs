@@ -13,6 +13,8 @@
 mod cache;
 mod clients;
 mod component;
+mod fetch;
+mod limits;
 mod linux;
 mod manifest;
 
@@ -26,8 +28,12 @@ use sha2::{Digest as _, Sha256};
 pub use cache::{BlobCache, CacheError};
 pub use clients::{Clients, is_loopback};
 pub use component::{ComponentInterface, Pulled, WasmConfig, interface_of};
+pub use limits::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_STALL_TIMEOUT, Limits,
+    MAX_INDEX_BYTES, MAX_LINUX_LAYERS, MAX_LINUX_UNPACKED_BYTES, MAX_MANIFEST_BYTES,
+};
 pub use linux::{Blob, LinuxImage, MAX_LINUX_IMAGE_BYTES};
-pub use manifest::Resolved;
+pub use manifest::{ParsedManifest, Resolved, parse_manifest};
 pub use oci_client::Reference;
 pub use skiff_api::kinds::pod::{WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE};
 
@@ -72,6 +78,26 @@ pub enum OciError {
         size: u64,
         limit: u64,
     },
+    /// Content that grew past a cap while it was read: the read stopped
+    /// there, whatever the manifest or the response declared.
+    #[error("{reference}: {blob} is over {cap} of {limit} bytes; the pull stopped there")]
+    OverCap {
+        reference: String,
+        /// What was being read: `manifest v1`, `layer sha256:...`.
+        blob: String,
+        /// Which cap: `its declared size`, `the manifest size limit`, ...
+        cap: &'static str,
+        limit: u64,
+    },
+    #[error("{reference}: {count} layers is over the layer count limit of {limit}")]
+    TooManyLayers {
+        reference: String,
+        count: usize,
+        limit: usize,
+    },
+    /// A registry that did not answer, or stopped sending, in time.
+    #[error("{reference}: {what}")]
+    Timeout { reference: String, what: String },
     #[error("pull secret {secret}: {reason}")]
     Secret { secret: String, reason: String },
     #[error("blob cache {}: {reason}", path.display())]
@@ -216,6 +242,7 @@ pub fn parse_reference(text: &str) -> Result<Reference, OciError> {
 #[derive(Clone)]
 pub struct Registry {
     clients: Clients,
+    limits: Limits,
 }
 
 impl Default for Registry {
@@ -228,9 +255,20 @@ impl Registry {
     /// `insecure` lists further registries (host:port) to reach over plain
     /// HTTP; loopback ones always are.
     pub fn new(insecure: &[String]) -> Self {
+        Self::with_limits(insecure, Limits::default())
+    }
+
+    /// A client held to `limits` (sizes and deadlines) on every pull.
+    pub fn with_limits(insecure: &[String], limits: Limits) -> Self {
         Self {
-            clients: Clients::new(insecure),
+            clients: Clients::new(insecure, &limits),
+            limits,
         }
+    }
+
+    /// The limits every pull is held to.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The client for `reference`'s registry with these credentials.
@@ -260,11 +298,7 @@ impl Registry {
         credentials: &Credentials,
     ) -> Result<String, OciError> {
         let name = reference.whole();
-        let digest = self
-            .client_for(reference, credentials)
-            .fetch_manifest_digest(reference, &credentials.auth())
-            .await
-            .map_err(|e| classify(&name, e))?;
+        let digest = self.manifest_digest(reference, credentials).await?;
         match reference.digest() {
             Some(wanted) if wanted != digest => Err(OciError::DigestMismatch {
                 reference: name,

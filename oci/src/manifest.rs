@@ -4,18 +4,74 @@
 //! these rules, so they never disagree about an image.
 
 use oci_client::Reference;
-use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciImageManifest};
+use oci_client::manifest::OciImageManifest;
 use skiff_api::kinds::pod::PodRuntime;
 
-use crate::{Credentials, OciError, Registry, classify, pinned, sha256_digest};
+use crate::{Credentials, Limits, OciError, Registry, pinned};
 
-/// Manifests the node reads: single images, and indexes of them.
-const MANIFEST_TYPES: &[&str] = &[
-    OCI_IMAGE_MEDIA_TYPE,
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
+/// A manifest's bytes, parsed: an index of images, or one image.
+#[derive(Debug, Clone)]
+pub enum ParsedManifest {
+    /// Its `manifests` entries, as they came.
+    Index(serde_json::Value),
+    Image(Box<OciImageManifest>),
+}
+
+/// Parses a manifest or index read from the registry for `name`, refusing
+/// one over its cap (an index over `max_index_bytes`, an image manifest
+/// over `max_manifest_bytes`) or with more than `max_layers` layers. Any
+/// bytes give an answer, never a panic: this is what a registry sends.
+pub fn parse_manifest(
+    name: &str,
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<ParsedManifest, OciError> {
+    let over = |blob: &str, cap: &'static str, limit: u64| OciError::OverCap {
+        reference: name.to_owned(),
+        blob: blob.to_owned(),
+        cap,
+        limit,
+    };
+    let size = bytes.len() as u64;
+    let (top_limit, top_cap) = limits.top_level_cap();
+    if size > top_limit {
+        return Err(over("the manifest", top_cap, top_limit));
+    }
+    let malformed = |e: serde_json::Error| OciError::Registry {
+        reference: name.to_owned(),
+        reason: format!("malformed manifest: {e}"),
+    };
+    let parsed: serde_json::Value = serde_json::from_slice(bytes).map_err(malformed)?;
+    if parsed
+        .get("manifests")
+        .is_some_and(serde_json::Value::is_array)
+    {
+        if size > limits.max_index_bytes {
+            return Err(over(
+                "the index",
+                "the index size limit",
+                limits.max_index_bytes,
+            ));
+        }
+        return Ok(ParsedManifest::Index(parsed));
+    }
+    if size > limits.max_manifest_bytes {
+        return Err(over(
+            "the manifest",
+            "the manifest size limit",
+            limits.max_manifest_bytes,
+        ));
+    }
+    let manifest: OciImageManifest = serde_json::from_value(parsed).map_err(malformed)?;
+    if manifest.layers.len() > limits.max_layers {
+        return Err(OciError::TooManyLayers {
+            reference: name.to_owned(),
+            count: manifest.layers.len(),
+            limit: limits.max_layers,
+        });
+    }
+    Ok(ParsedManifest::Image(Box::new(manifest)))
+}
 
 /// The OCI name of this machine's architecture.
 fn architecture() -> &'static str {
@@ -109,24 +165,23 @@ impl Registry {
         let name = reference.whole();
         let (mut bytes, digest) = self.raw_manifest(reference, credentials).await?;
         let mut manifest_digest = digest.clone();
-        let malformed = |e: serde_json::Error| OciError::Registry {
-            reference: name.clone(),
-            reason: format!("malformed manifest: {e}"),
-        };
-        let parsed: serde_json::Value = serde_json::from_slice(&bytes).map_err(malformed)?;
-        if parsed["manifests"].is_array() {
-            let entry = platform_entry(&name, &parsed)?;
-            let pinned = pinned(reference, &entry)?;
-            (bytes, manifest_digest) = self.raw_manifest(&pinned, credentials).await?;
-            let parsed: serde_json::Value = serde_json::from_slice(&bytes).map_err(malformed)?;
-            if parsed["manifests"].is_array() {
-                return Err(OciError::Registry {
-                    reference: name,
-                    reason: format!("its index names another index ({manifest_digest})"),
-                });
+        let manifest = match parse_manifest(&name, &bytes, &self.limits)? {
+            ParsedManifest::Image(manifest) => *manifest,
+            ParsedManifest::Index(index) => {
+                let entry = platform_entry(&name, &index)?;
+                let pinned = pinned(reference, &entry)?;
+                (bytes, manifest_digest) = self.raw_manifest(&pinned, credentials).await?;
+                match parse_manifest(&name, &bytes, &self.limits)? {
+                    ParsedManifest::Image(manifest) => *manifest,
+                    ParsedManifest::Index(_) => {
+                        return Err(OciError::Registry {
+                            reference: name,
+                            reason: format!("its index names another index ({manifest_digest})"),
+                        });
+                    }
+                }
             }
-        }
-        let manifest: OciImageManifest = serde_json::from_slice(&bytes).map_err(malformed)?;
+        };
         let runtime = runtime_of(&name, &manifest)?;
         Ok(Resolved {
             digest,
@@ -138,28 +193,15 @@ impl Registry {
     }
 
     /// A manifest's or index's bytes and digest, checked against the
-    /// digest the reference carries (or the registry names).
+    /// digest the reference carries (or the registry names), read no
+    /// further than the larger of the manifest and index caps.
     async fn raw_manifest(
         &self,
         reference: &Reference,
         credentials: &Credentials,
     ) -> Result<(Vec<u8>, String), OciError> {
-        let name = reference.whole();
-        let (bytes, manifest_digest) = self
-            .client_for(reference, credentials)
-            .pull_manifest_raw(reference, &credentials.auth(), MANIFEST_TYPES)
-            .await
-            .map_err(|e| classify(&name, e))?;
-        let actual = sha256_digest(&bytes);
-        let wanted = reference.digest().unwrap_or(&manifest_digest).to_owned();
-        if actual != wanted {
-            return Err(OciError::DigestMismatch {
-                reference: name,
-                digest: wanted,
-                actual,
-            });
-        }
-        Ok((bytes.to_vec(), actual))
+        let (limit, cap) = self.limits.top_level_cap();
+        self.read_manifest(reference, credentials, limit, cap).await
     }
 
     /// The runtime an artifact needs, from its manifest's media types
@@ -173,24 +215,21 @@ impl Registry {
         credentials: &Credentials,
     ) -> Result<PodRuntime, OciError> {
         let (bytes, _) = self.raw_manifest(reference, credentials).await?;
-        let parsed: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| OciError::Registry {
-                reference: reference.whole(),
-                reason: format!("malformed manifest: {e}"),
-            })?;
-        match parsed["manifests"].as_array() {
-            Some(entries) if entries.iter().any(|e| is_wasm_platform(&e["platform"])) => {
-                Ok(PodRuntime::Wasm)
+        // The layer count is the node's to judge (its limit may differ).
+        let limits = Limits {
+            max_layers: usize::MAX,
+            ..self.limits
+        };
+        match parse_manifest(&reference.whole(), &bytes, &limits)? {
+            ParsedManifest::Index(index) => {
+                let entries = index["manifests"].as_array().into_iter().flatten();
+                if entries.clone().any(|e| is_wasm_platform(&e["platform"])) {
+                    Ok(PodRuntime::Wasm)
+                } else {
+                    Ok(PodRuntime::Linux)
+                }
             }
-            Some(_) => Ok(PodRuntime::Linux),
-            None => {
-                let manifest: OciImageManifest =
-                    serde_json::from_slice(&bytes).map_err(|e| OciError::Registry {
-                        reference: reference.whole(),
-                        reason: format!("malformed manifest: {e}"),
-                    })?;
-                runtime_of(&reference.whole(), &manifest)
-            }
+            ParsedManifest::Image(manifest) => runtime_of(&reference.whole(), &manifest),
         }
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use control_plane::local_postgres::{LocalPostgres, POSTGRES_BIN, running_as_root};
 
 mod containerd;
+pub mod relay;
 pub use containerd::{
     Containerd, host_architecture, push_busybox_image, push_busybox_image_as,
     push_busybox_image_running_as, push_busybox_index,

@@ -96,6 +96,19 @@ struct JoinArgs {
     /// A registry (host:port) to reach over plain HTTP. Repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registries: Vec<String>,
+    /// Largest a Linux image's layers may unpack to, all together (what is
+    /// downloaded is held to the least of this and 2Gi). A pod of a larger
+    /// image fails with InvalidImage.
+    #[arg(long, default_value = "8Gi", value_parser = parse_bytes)]
+    max_image_size: u64,
+    /// Most layers a Linux image may have.
+    #[arg(long, default_value_t = skiff_oci::MAX_LINUX_LAYERS as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_layer_count: u64,
+    /// Longest one registry request (a manifest, a blob) may take; a
+    /// registry silent for 30s in the middle of a response fails sooner.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    registry_timeout: Duration,
     /// First crash-loop (and image pull) backoff; it doubles up to
     /// --backoff-max.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -105,6 +118,8 @@ struct JoinArgs {
     /// How long a stopping pod's requests in flight may take.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     grace: Duration,
+    #[command(flatten)]
+    listener: skiff_serve::Limits,
     /// Largest memory limit a pod may ask for.
     #[arg(long, default_value = "4Gi", value_parser = parse_bytes)]
     max_instance_memory: u64,
@@ -258,6 +273,7 @@ async fn join(args: JoinArgs) -> Result<()> {
         ingress: args.ingress,
         advertise: args.advertise,
         serve_cluster_hosts: args.serve_cluster_hosts,
+        listener: args.listener.clone(),
         lease_interval: args.lease_interval,
         lease_duration: args.lease_duration,
         data_dir,
@@ -265,6 +281,13 @@ async fn join(args: JoinArgs) -> Result<()> {
         pod_token_duration: args.pod_token_duration,
         blob_cache_bytes: args.cache_size,
         insecure_registries: args.insecure_registries,
+        registry_limits: skiff_oci::Limits {
+            max_unpacked_bytes: args.max_image_size,
+            max_image_bytes: args.max_image_size.min(skiff_oci::MAX_LINUX_IMAGE_BYTES),
+            max_layers: args.max_layer_count as usize,
+            request_timeout: args.registry_timeout,
+            ..Default::default()
+        },
         backoff_base: args.backoff,
         backoff_cap: args.backoff_max,
         grace: args.grace,

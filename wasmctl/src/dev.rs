@@ -122,6 +122,7 @@ async fn serve(
         encryption_key_file: data.join("encryption.key"),
         listen: args.api,
         tls: None,
+        listener: Default::default(),
         pool: Default::default(),
         retain_changes: 100_000,
         compaction_interval: Duration::from_secs(60),
@@ -162,6 +163,7 @@ async fn serve(
         // A developer's cluster: pods and Services answer the machine's
         // own clients by name, wherever the ingress listens.
         serve_cluster_hosts: Some(true),
+        listener: skiff_serve::Limits::default(),
         lease_interval: Duration::from_secs(2),
         lease_duration: Duration::from_secs(6),
         data_dir: data.join("node"),
@@ -169,6 +171,7 @@ async fn serve(
         pod_token_duration: Duration::from_secs(3600),
         blob_cache_bytes: 2 << 30,
         insecure_registries: Vec::new(),
+        registry_limits: Default::default(),
         backoff_base: Duration::from_secs(2),
         backoff_cap: Duration::from_secs(60),
         grace: Duration::from_secs(10),

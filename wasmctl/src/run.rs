@@ -45,6 +45,8 @@ pub struct RunArgs {
     /// Address to serve an HTTP component on (port 0 picks a free one).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    #[command(flatten)]
+    listener: skiff_serve::Limits,
 
     /// Set an environment variable in the guest; KEY alone passes this
     /// shell's value. Repeatable.
@@ -186,7 +188,11 @@ async fn serve(app: HttpApp, args: &RunArgs) -> Result<ExitCode> {
         limits.max_instances,
     );
     eprintln!("Try: curl http://{addr}/    (Ctrl-C stops)");
-    wasm_node::ingress::serve(app, listener, shutdown_signal(), SHUTDOWN_GRACE).await;
+    let options = skiff_serve::Options {
+        limits: args.listener.clone(),
+        ..skiff_serve::Options::http1(SHUTDOWN_GRACE)
+    };
+    wasm_node::ingress::serve(app, listener, options, shutdown_signal()).await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -25,6 +25,12 @@ pub enum ApiError {
     Conflict(String),
     Gone(String),
     TooLarge(String),
+    /// The caller asked too much too often; it may retry after this many
+    /// seconds.
+    TooManyRequests {
+        message: String,
+        retry_after: u64,
+    },
     Unavailable(String),
     /// The server cannot do what was asked, through no fault of the
     /// caller's (a stored value its keys do not open).
@@ -61,6 +67,18 @@ impl From<AdmitError> for ApiError {
     }
 }
 
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(error: crate::auth::AuthError) -> Self {
+        match error {
+            crate::auth::AuthError::Throttled { retry_after } => ApiError::TooManyRequests {
+                message: error.to_string(),
+                retry_after: retry_after.as_secs(),
+            },
+            crate::auth::AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         let message = error.to_string();
@@ -83,6 +101,7 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut retry_after = None;
         let (code, reason, message, causes) = match self {
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
@@ -117,6 +136,18 @@ impl IntoResponse for ApiError {
                 m,
                 vec![],
             ),
+            ApiError::TooManyRequests {
+                message,
+                retry_after: after,
+            } => {
+                retry_after = Some(after);
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TooManyRequests",
+                    message,
+                    vec![],
+                )
+            }
             ApiError::Unavailable(m) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
@@ -144,9 +175,12 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if code == StatusCode::SERVICE_UNAVAILABLE {
+            retry_after = Some(1);
+        }
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response
     }

@@ -8,6 +8,7 @@ mod proxy_key;
 mod tokens;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,17 @@ use crate::watch::WatchHub;
 /// Largest object (and request body) the API accepts.
 pub const MAX_OBJECT_BYTES: usize = 1 << 20;
 
+/// Page size of a list that names no `limit`: a list never reads a whole
+/// table into memory at once; clients follow `continue`.
+pub const DEFAULT_LIST_LIMIT: u32 = 500;
+/// Largest `limit` a list may ask for.
+pub const MAX_LIST_LIMIT: u32 = 5000;
+/// Largest `timeoutSeconds` a watch may ask for (it is cut to the server's
+/// longest watch anyway): the bound makes the parameter's range plain.
+pub const MAX_WATCH_TIMEOUT_SECONDS: u64 = i32::MAX as u64;
+/// Open watches one token may hold by default.
+pub const DEFAULT_MAX_WATCHES_PER_CLIENT: usize = 100;
+
 /// Settings of the API server.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -35,6 +47,8 @@ pub struct ApiConfig {
     pub bookmark_interval: Duration,
     /// Longest a watch runs before the client must resume it.
     pub max_watch: Duration,
+    /// Open watches one token may hold; beyond it, 429.
+    pub max_watches_per_client: usize,
 }
 
 impl Default for ApiConfig {
@@ -42,6 +56,7 @@ impl Default for ApiConfig {
         Self {
             bookmark_interval: Duration::from_secs(10),
             max_watch: Duration::from_secs(30 * 60),
+            max_watches_per_client: DEFAULT_MAX_WATCHES_PER_CLIENT,
         }
     }
 }
@@ -78,17 +93,38 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Establishes the caller from `Authorization: Bearer`, or fails with 401.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let token = headers
+/// The bearer token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_owned())
-        .ok_or(ApiError::Unauthorized);
+        .map(str::trim)
+}
+
+/// The address of the peer of the request's connection, if the listener
+/// recorded it (`skiff_serve` does on every request). Not a forwarded
+/// header: those are the caller's to forge. Behind an ingress every client
+/// shares its address, which is the safe way to err: the limits on it are
+/// per address, never loosened by what a request claims.
+pub fn client_address(request: &Request) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<skiff_serve::Peer>()
+        .map(|skiff_serve::Peer(peer)| peer.ip())
+}
+
+/// Establishes the caller from `Authorization: Bearer`, or fails with 401
+/// (429 when `client` looked up too many unknown tokens lately).
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: Option<IpAddr>,
+) -> Result<Principal, ApiError> {
+    let token = bearer(headers).ok_or(ApiError::Unauthorized)?;
     state
         .auth
-        .principal(&token?)
+        .principal(token, client)
         .await?
         .ok_or(ApiError::Unauthorized)
 }
@@ -219,7 +255,7 @@ async fn objects_or_tokens(State(state): State<AppState>, request: Request) -> R
 }
 
 async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {
-    let principal = authenticate(state, request.headers()).await?;
+    let principal = authenticate(state, request.headers(), client_address(&request)).await?;
     let path = request
         .uri()
         .path()
@@ -230,11 +266,25 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
     let params: HashMap<String, String> = Query::try_from_uri(request.uri())
         .map(|Query(params)| params)
         .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))?;
+    if let Some(name) = params
+        .iter()
+        .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        .map(|(name, _)| name)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "{}: contains a NUL byte",
+            name.escape_default()
+        )));
+    }
+    // Keyed by the token, not the principal: tokens are what is handed out.
+    let caller = crate::auth::token_hash(bearer(request.headers()).unwrap_or_default());
     let method = request.method().clone();
     let body = read_body(request).await?;
+    refuse_nul_bytes(&body)?;
     let call = objects::Call {
         state,
         principal: &principal,
+        caller,
         params: &params,
         body: &body,
     };
@@ -304,6 +354,28 @@ async fn read_body(request: Request) -> Result<bytes::Bytes, ApiError> {
         )));
     }
     Ok(bytes)
+}
+
+/// Refuses a JSON body holding a NUL character anywhere (a value or a
+/// key), naming where: the database stores none, and finding out there
+/// would fail a whole batch of writes. Only a body that spells one
+/// (`\u0000`) is parsed for it; one that is not JSON is left for its
+/// handler to refuse.
+fn refuse_nul_bytes(body: &[u8]) -> Result<(), ApiError> {
+    const SPELLED: &[u8] = b"\\u0000";
+    if !body.windows(SPELLED.len()).any(|w| w == SPELLED) {
+        return Ok(());
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(());
+    };
+    match skiff_api::validate::nul_byte_at(&value) {
+        Some(path) => Err(ApiError::invalid(
+            if path.is_empty() { "body" } else { &path },
+            "contains a NUL byte, which cannot be stored",
+        )),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

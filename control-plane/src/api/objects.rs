@@ -17,10 +17,44 @@ use skiff_api::selector::{FieldSelector, Selector};
 use skiff_api::validate::FieldError;
 use skiff_api::{API_VERSION, Kind, admit, admit_status, policy};
 
-use super::{ApiError, AppState, MAX_OBJECT_BYTES};
+use super::{
+    ApiError, AppState, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_OBJECT_BYTES,
+    MAX_WATCH_TIMEOUT_SECONDS,
+};
 use crate::auth::{Access, Decision, Principal, Role, Verb, authorize};
 use crate::store::{Continue, ListQuery, ObjectKey, Part, StoreError, Write};
 use crate::watch::{self, WatchRequest};
+
+/// What a `continue` token looks like: `REVISION.NAMESPACE.NAME`, the
+/// position a page ended at (the namespace empty for cluster-scoped kinds).
+/// Names are DNS labels, so the dots are unambiguous, and every string of
+/// this shape is a position a list can start after: the OpenAPI document
+/// states it as the parameter's pattern and the server accepts all of it.
+pub const CONTINUE_TOKEN_PATTERN: &str =
+    "^[0-9]{1,18}\\.([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+
+fn continue_token(position: &Continue) -> String {
+    format!(
+        "{}.{}.{}",
+        position.revision, position.namespace, position.name
+    )
+}
+
+fn parse_continue(token: &str) -> Option<Continue> {
+    let mut parts = token.splitn(3, '.');
+    let revision = parts.next()?;
+    let namespace = parts.next()?;
+    let name = parts.next()?;
+    let sound = (1..=18).contains(&revision.len())
+        && revision.bytes().all(|b| b.is_ascii_digit())
+        && (namespace.is_empty() || skiff_api::validate::dns_label(namespace).is_ok())
+        && skiff_api::validate::dns_label(name).is_ok();
+    sound.then(|| Continue {
+        revision: revision.parse().expect("at most 18 digits"),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    })
+}
 
 /// Retries of a patch that names no resourceVersion and loses a race.
 const PATCH_RETRIES: usize = 5;
@@ -29,6 +63,8 @@ const PATCH_RETRIES: usize = 5;
 pub struct Call<'a> {
     pub state: &'a AppState,
     pub principal: &'a Principal,
+    /// Who open watches are counted against: the hash of the token.
+    pub caller: [u8; 32],
     pub params: &'a HashMap<String, String>,
     pub body: &'a [u8],
 }
@@ -167,13 +203,19 @@ impl Call<'_> {
             return self.watch(kind, namespace, labels, fields).await;
         }
         let limit = match self.params.get("limit") {
-            Some(l) => Some(l.parse::<i64>().ok().filter(|l| *l > 0).ok_or_else(|| {
-                ApiError::BadRequest(format!("limit: `{l}` is not a positive number"))
-            })?),
-            None => None,
+            Some(l) => l
+                .parse::<u32>()
+                .ok()
+                .filter(|l| (1..=MAX_LIST_LIMIT).contains(l))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "limit: `{l}` is not a whole number from 1 to {MAX_LIST_LIMIT}"
+                    ))
+                })?,
+            None => DEFAULT_LIST_LIMIT,
         };
         let after = match self.params.get("continue") {
-            Some(token) => Some(Continue::decode(token).ok_or_else(|| {
+            Some(token) => Some(parse_continue(token).ok_or_else(|| {
                 ApiError::BadRequest("continue: not a token this server issued".into())
             })?),
             None => None,
@@ -187,7 +229,7 @@ impl Call<'_> {
                     namespace: namespace.as_deref(),
                     labels: Some(&labels),
                     fields: Some(&fields),
-                    limit,
+                    limit: Some(i64::from(limit)),
                     after,
                 },
             )
@@ -201,7 +243,7 @@ impl Call<'_> {
             kind: format!("{}List", kind.name()),
             metadata: ListMeta {
                 resource_version: page.revision.to_string(),
-                continue_token: page.next.map(|c| c.encode()),
+                continue_token: page.next.map(|c| continue_token(&c)),
             },
             items,
         })
@@ -231,12 +273,29 @@ impl Call<'_> {
         }
         let config = &self.state.config;
         let timeout = match self.params.get("timeoutSeconds") {
-            Some(t) => Duration::from_secs(t.parse().map_err(|_| {
-                ApiError::BadRequest(format!("timeoutSeconds: `{t}` is not a number"))
-            })?)
+            Some(t) => Duration::from_secs(
+                t.parse::<u64>()
+                    .ok()
+                    .filter(|t| (1..=MAX_WATCH_TIMEOUT_SECONDS).contains(t))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "timeoutSeconds: `{t}` is not a whole number from 1 to {MAX_WATCH_TIMEOUT_SECONDS}"
+                        ))
+                    })?,
+            )
             .min(config.max_watch),
             None => config.max_watch,
         };
+        let permit = self
+            .state
+            .hub
+            .admit(self.caller, config.max_watches_per_client)
+            .map_err(|open| ApiError::TooManyRequests {
+                message: format!(
+                    "this token has {open} watches open, the most one token may; close one (or end a client that leaks them) before starting another"
+                ),
+                retry_after: 5,
+            })?;
         let lines = watch::start(
             self.state.store.clone(),
             &self.state.hub,
@@ -250,11 +309,16 @@ impl Call<'_> {
                 timeout,
             },
         );
-        let stream = futures::stream::unfold(lines, |mut lines| async move {
+        // The permit lives as long as the response body: the watch counts
+        // against its token until the client hangs up or the watch ends.
+        let stream = futures::stream::unfold((lines, permit), |(mut lines, permit)| async move {
             let event = lines.recv().await?;
             let mut line = serde_json::to_vec(&event).expect("events serialise");
             line.push(b'\n');
-            Some((Ok::<_, std::io::Error>(bytes::Bytes::from(line)), lines))
+            Some((
+                Ok::<_, std::io::Error>(bytes::Bytes::from(line)),
+                (lines, permit),
+            ))
         });
         Ok((
             [(header::CONTENT_TYPE, "application/x-ndjson")],

@@ -4,8 +4,8 @@
 use std::sync::OnceLock;
 
 use axum::Json;
+use axum::extract::Request;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
@@ -15,10 +15,10 @@ use skiff_api::meta::{DeleteOptions, ListMeta, Status};
 use skiff_api::tokens::{TokenInfo, TokenRequest};
 use skiff_api::{EventType, Kind};
 
-use super::{AppState, authenticate};
+use super::{AppState, authenticate, client_address};
 
-pub async fn serve(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    match authenticate(&state, &headers).await {
+pub async fn serve(State(state): State<AppState>, request: Request) -> Response {
+    match authenticate(&state, request.headers(), client_address(&request)).await {
         Ok(_) => Json(document()).into_response(),
         Err(e) => e.into_response(),
     }
@@ -38,7 +38,13 @@ fn build() -> Value {
     let mut generator = SchemaGenerator::new(SchemaSettings::openapi3());
     let mut schemas = Map::new();
     let mut add = |name: &str, schema: schemars::Schema| {
-        schemas.insert(name.to_owned(), schema.to_value());
+        let mut schema = schema.to_value();
+        // A root schema carries its definitions under `components`; they
+        // are collected into the document's components below.
+        if let Some(fields) = schema.as_object_mut() {
+            fields.remove("components");
+        }
+        schemas.insert(name.to_owned(), schema);
     };
     fn register<T: JsonSchema>(generator: &mut SchemaGenerator) -> schemars::Schema {
         generator.root_schema_for::<T>()
@@ -71,6 +77,8 @@ fn build() -> Value {
     // at the shared components instead.
     let mut schemas = Value::Object(schemas);
     strip_nested_defs(&mut schemas);
+    state_enforced_constraints(&mut schemas);
+    refuse_nul(&mut schemas);
 
     let mut paths = Map::new();
     for kind in Kind::ALL {
@@ -132,6 +140,218 @@ fn strip_nested_defs(value: &mut Value) {
     }
 }
 
+/// No string of a stored object may hold a NUL character (Postgres cannot
+/// store one; see `skiff_api::validate::nul_byte_at`): every free-form
+/// string and map key says so.
+fn refuse_nul(value: &mut Value) {
+    const NO_NUL: &str = r"^[^\u0000]*$";
+    match value {
+        Value::Object(fields) => {
+            let is_string = match fields.get("type") {
+                Some(Value::String(t)) => t == "string",
+                Some(Value::Array(types)) => types.iter().any(|t| t == "string"),
+                _ => false,
+            };
+            let constrained = ["pattern", "enum", "const", "format"]
+                .iter()
+                .any(|k| fields.contains_key(*k));
+            if is_string && !constrained {
+                fields.insert("pattern".into(), json!(NO_NUL));
+            }
+            let is_map = fields
+                .get("additionalProperties")
+                .is_some_and(Value::is_object);
+            if is_map && !fields.contains_key("propertyNames") {
+                fields.insert(
+                    "propertyNames".into(),
+                    json!({"type": "string", "pattern": NO_NUL}),
+                );
+            }
+            fields.values_mut().for_each(refuse_nul);
+        }
+        Value::Array(items) => items.iter_mut().for_each(refuse_nul),
+        _ => {}
+    }
+}
+
+/// What validation enforces beyond the Rust types, stated so that a request
+/// the document calls valid is not refused: each kind's `apiVersion` and
+/// `kind`, and resourceVersions as the decimal revisions they are.
+fn state_enforced_constraints(schemas: &mut Value) {
+    for kind in Kind::ALL {
+        let schema = &mut schemas[kind.name()];
+        schema["properties"]["apiVersion"] =
+            json!({"type": "string", "const": skiff_api::API_VERSION});
+        schema["properties"]["kind"] = json!({"type": "string", "const": kind.name()});
+        let required = schema["required"].as_array().cloned().unwrap_or_default();
+        let mut required: Vec<Value> = required
+            .into_iter()
+            .filter(|r| r != "apiVersion" && r != "kind")
+            .collect();
+        required.extend([json!("apiVersion"), json!("kind")]);
+        schema["required"] = Value::Array(required);
+    }
+    for (schema, field) in [
+        ("Preconditions", "resourceVersion"),
+        ("ObjectMeta", "resourceVersion"),
+    ] {
+        schemas[schema]["properties"][field]["pattern"] = json!(RESOURCE_VERSION_PATTERN);
+    }
+    // Admission refuses an object without a name (`metadata.name: is
+    // required`); serde's default only keeps the message precise.
+    require(&mut schemas["ObjectMeta"], "name");
+    for kind in Kind::ALL {
+        require(&mut schemas[kind.name()], "metadata");
+    }
+    // Fields admission requires although serde defaults them (to name
+    // the missing field precisely): an image, a Route's service.
+    require(&mut schemas["PodSpec"], "image");
+    require(&mut schemas["RouteSpec"], "service");
+    for kind in Kind::ALL {
+        let schema = &mut schemas[kind.name()];
+        // Those defaults are no valid values: describing them as defaults
+        // would invite requests that are refused.
+        for field in ["metadata", "spec"] {
+            if let Some(property) = property_mut(schema, field) {
+                property.remove("default");
+            }
+        }
+        if matches!(kind, Kind::Pod | Kind::Deployment | Kind::Route) {
+            require(schema, "spec");
+        }
+    }
+    if let Some(name) = schemas["ObjectMeta"]["properties"]["name"].as_object_mut() {
+        name.remove("default");
+    }
+    // A Deployment needs a selector, and its pod template's labels must
+    // match it. The document states the selector as non-empty matchLabels
+    // (admission also takes matchExpressions: this admits less, never
+    // more); that the template's labels match is a rule across fields
+    // OpenAPI cannot state.
+    require(&mut schemas["DeploymentSpec"], "selector");
+    // The template's pod spec needs its image as a pod's does.
+    for (schema, field) in [("DeploymentSpec", "template"), ("PodTemplate", "spec")] {
+        require(&mut schemas[schema], field);
+        if let Some(property) = property_mut(&mut schemas[schema], field) {
+            property.remove("default");
+        }
+    }
+    schemas["DeploymentSpec"]["properties"]["selector"] = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["matchLabels"],
+        "properties": {"matchLabels": label_map(1)},
+    });
+    // Keys of Secret and ConfigMap data become file names
+    // (`skiff_api::kinds::config::data_key`): name-like, never `.` or `..`
+    // (the pattern starts with a letter or digit).
+    for (kind, fields) in [
+        ("Secret", &["data", "stringData"][..]),
+        ("ConfigMap", &["data", "binaryData"][..]),
+    ] {
+        for field in fields {
+            if let Some(map) = property_mut(&mut schemas[kind], field) {
+                map.insert(
+                    "propertyNames".into(),
+                    json!({"type": "string", "maxLength": 253, "pattern": "^[A-Za-z0-9][-_.A-Za-z0-9]*$"}),
+                );
+            }
+        }
+    }
+    // A create refuses `metadata.resourceVersion` (there is no version to
+    // expect yet), so creates get their own body schema without it.
+    let mut create_meta = schemas["ObjectMeta"].clone();
+    if let Some(properties) = create_meta["properties"].as_object_mut() {
+        properties.remove("resourceVersion");
+    }
+    schemas[CREATE_META] = create_meta;
+    for kind in Kind::ALL {
+        let mut create = schemas[kind.name()].clone();
+        create["properties"]["metadata"] = schema_ref(CREATE_META);
+        schemas[create_schema(kind)] = create;
+        // A `/status` write takes its status from the body: a missing or
+        // null one is refused.
+        if kind.has_status() {
+            let mut update = schemas[kind.name()].clone();
+            let status = format!("{}Status", kind.name());
+            update["properties"]["status"] = schema_ref(&status);
+            require(&mut update, "status");
+            schemas[status_update_schema(kind)] = update;
+        }
+    }
+}
+
+/// Where a create body's metadata is described: [`ObjectMeta`] without
+/// `resourceVersion`.
+const CREATE_META: &str = "ObjectMetaForCreate";
+
+fn create_schema(kind: Kind) -> String {
+    format!("{}ForCreate", kind.name())
+}
+
+fn status_update_schema(kind: Kind) -> String {
+    format!("{}StatusUpdate", kind.name())
+}
+
+/// A property's schema, if there is one (indexing a `Value` mutably would
+/// add a `null` one).
+fn property_mut<'a>(schema: &'a mut Value, field: &str) -> Option<&'a mut Map<String, Value>> {
+    schema
+        .get_mut("properties")?
+        .get_mut(field)?
+        .as_object_mut()
+}
+
+fn require(schema: &mut Value, field: &str) {
+    let required = schema["required"].as_array().cloned().unwrap_or_default();
+    if !required.iter().any(|r| r == field) {
+        let mut required = required;
+        required.push(json!(field));
+        schema["required"] = Value::Array(required);
+    }
+}
+
+/// Labels as [`skiff_api::validate::validate_labels`] checks them.
+fn label_map(min_properties: usize) -> Value {
+    let mut schema =
+        skiff_api::validate::label_map_schema(&mut SchemaGenerator::default()).to_value();
+    schema["minProperties"] = json!(min_properties);
+    schema
+}
+
+/// A label selector (`?labelSelector=`) as [`skiff_api::selector::Selector`]
+/// parses it, conservatively: comma-separated `key`, `!key`, `key=value`,
+/// `key==value`, `key!=value`, `key in (a,b)` and `key notin (a,b)`, with
+/// keys without a prefix.
+fn label_selector_pattern() -> String {
+    const KEY: &str = "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?";
+    const VALUE: &str = "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?";
+    let term =
+        format!("(!?{KEY}|{KEY}(=|==|!=)({VALUE})?|{KEY} (in|notin) \\(({VALUE})(,{VALUE})*\\))");
+    format!("^({term}(,{term})*)?$")
+}
+
+/// A field selector as [`skiff_api::selector::FieldSelector`] parses it,
+/// conservatively: comma-separated `field=value` or `field!=value` on the
+/// kind's selectable fields, values of name-like characters.
+fn field_selector_pattern(kind: Kind) -> String {
+    let fields: Vec<String> = kind
+        .selectable_fields()
+        .iter()
+        .map(|f| f.replace('.', "\\."))
+        .collect();
+    let term = format!("({})(=|==|!=)[-A-Za-z0-9_.]*", fields.join("|"));
+    format!("^({term}(,{term})*)?$")
+}
+
+/// A revision: what `resourceVersion` is everywhere.
+const RESOURCE_VERSION_PATTERN: &str = "^[0-9]{1,18}$";
+
+/// What names of objects and namespaces must be.
+fn dns_label() -> Value {
+    json!({"type": "string", "minLength": 1, "maxLength": 63, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"})
+}
+
 fn parameter(name: &str, location: &str, description: &str, schema: Value) -> Value {
     json!({"name": name, "in": location, "required": location == "path", "description": description, "schema": schema})
 }
@@ -156,25 +376,25 @@ fn add_kind_paths(paths: &mut Map<String, Value>, kind: Kind) {
             "labelSelector",
             "query",
             "e.g. app=web,tier in (a,b)",
-            json!({"type": "string"}),
+            json!({"type": "string", "pattern": label_selector_pattern()}),
         ),
         parameter(
             "fieldSelector",
             "query",
             "e.g. spec.nodeName=node-1",
-            json!({"type": "string"}),
+            json!({"type": "string", "pattern": field_selector_pattern(kind)}),
         ),
         parameter(
             "limit",
             "query",
-            "page size",
-            json!({"type": "integer", "minimum": 1}),
+            "page size (a list names a `continue` token when there is more)",
+            json!({"type": "integer", "minimum": 1, "maximum": super::MAX_LIST_LIMIT, "default": super::DEFAULT_LIST_LIMIT}),
         ),
         parameter(
             "continue",
             "query",
             "token from the previous page",
-            json!({"type": "string"}),
+            json!({"type": "string", "pattern": super::objects::CONTINUE_TOKEN_PATTERN}),
         ),
         parameter(
             "watch",
@@ -186,13 +406,13 @@ fn add_kind_paths(paths: &mut Map<String, Value>, kind: Kind) {
             "resourceVersion",
             "query",
             "watch: resume after this revision (410 if compacted)",
-            json!({"type": "string"}),
+            json!({"type": "string", "pattern": RESOURCE_VERSION_PATTERN}),
         ),
         parameter(
             "timeoutSeconds",
             "query",
-            "watch: end the stream after this long",
-            json!({"type": "integer"}),
+            "watch: end the stream after this long (at most the server's longest watch)",
+            json!({"type": "integer", "minimum": 1, "maximum": super::MAX_WATCH_TIMEOUT_SECONDS}),
         ),
     ];
     let list_op = |summary: String| {
@@ -215,7 +435,7 @@ fn add_kind_paths(paths: &mut Map<String, Value>, kind: Kind) {
     };
     let create_op = json!({
         "summary": format!("Create a {name}"),
-        "requestBody": {"required": true, "content": {"application/json": {"schema": object}}},
+        "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref(&create_schema(kind))}}},
         "responses": errors(Map::from_iter([("201".to_owned(), object_response("created", object.clone()))]), &["400", "401", "403", "404", "409", "413", "422"]),
     });
     let item_ops = |status: bool| {
@@ -229,9 +449,14 @@ fn add_kind_paths(paths: &mut Map<String, Value>, kind: Kind) {
             "summary": format!("Read a {what}"),
             "responses": errors(Map::from_iter([("200".to_owned(), object_response("the object", object.clone()))]), &["401", "403", "404"]),
         }));
+        let body = if status {
+            schema_ref(&status_update_schema(kind))
+        } else {
+            object.clone()
+        };
         ops.insert("put".into(), json!({
             "summary": format!("Replace a {what}; a stale metadata.resourceVersion gets 409"),
-            "requestBody": {"required": true, "content": {"application/json": {"schema": object}}},
+            "requestBody": {"required": true, "content": {"application/json": {"schema": body}}},
             "responses": errors(Map::from_iter([("200".to_owned(), object_response("the stored object", object.clone()))]), &["400", "401", "403", "404", "409", "413", "422"]),
         }));
         ops.insert("patch".into(), json!({
@@ -248,8 +473,8 @@ fn add_kind_paths(paths: &mut Map<String, Value>, kind: Kind) {
         }
         Value::Object(ops)
     };
-    let name_param = parameter("name", "path", "object name", json!({"type": "string"}));
-    let ns_param = parameter("namespace", "path", "namespace", json!({"type": "string"}));
+    let name_param = parameter("name", "path", "object name", dns_label());
+    let ns_param = parameter("namespace", "path", "namespace", dns_label());
     let with_params = |mut ops: Value, params: Vec<Value>| {
         ops["parameters"] = Value::Array(params);
         ops
@@ -299,12 +524,27 @@ fn add_kind_paths(paths: &mut Map<String, Value>, kind: Kind) {
 
 fn add_token_paths(paths: &mut Map<String, Value>) {
     let list = json!({"type": "object", "properties": {"items": {"type": "array", "items": schema_ref("TokenInfo")}}});
-    let collection = |scope: &str| {
+    let collection = |scope: &str, roles: &[&str]| {
+        // The roles this route grants; a node token names its node, which
+        // no other role may.
+        let variants: Vec<Value> = roles
+            .iter()
+            .map(|role| {
+                if *role == "node" {
+                    json!({"properties": {"role": {"const": role}, "nodeName": dns_label()}, "required": ["role", "nodeName"]})
+                } else if *role == "cluster-admin" {
+                    json!({"properties": {"role": {"const": role}, "nodeName": {"type": "null"}}})
+                } else {
+                    json!({"properties": {"role": {"const": role}}})
+                }
+            })
+            .collect();
+        let request = json!({"allOf": [schema_ref("TokenRequest"), {"oneOf": variants}]});
         json!({
             "get": {"summary": format!("List the tokens of {scope}"), "responses": errors(Map::from_iter([("200".to_owned(), object_response("tokens, without secrets", list.clone()))]), &["401", "403"])},
             "post": {
                 "summary": format!("Create a token for {scope}; the response carries the secret, once"),
-                "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("TokenRequest")}}},
+                "requestBody": {"required": true, "content": {"application/json": {"schema": request}}},
                 "responses": errors(Map::from_iter([("201".to_owned(), object_response("the token", schema_ref("TokenInfo")))]), &["400", "401", "403", "404", "422"]),
             },
         })
@@ -316,8 +556,11 @@ fn add_token_paths(paths: &mut Map<String, Value>) {
         "token id",
         json!({"type": "string", "format": "uuid"}),
     );
-    let ns = parameter("namespace", "path", "namespace", json!({"type": "string"}));
-    let mut ns_tokens = collection("a namespace (its admins and cluster admins)");
+    let ns = parameter("namespace", "path", "namespace", dns_label());
+    let mut ns_tokens = collection(
+        "a namespace (its admins and cluster admins)",
+        &["admin", "edit", "view"],
+    );
     ns_tokens["parameters"] = json!([ns.clone()]);
     paths.insert(
         "/apis/skiff.dev/v1/namespaces/{namespace}/tokens".into(),
@@ -331,7 +574,10 @@ fn add_token_paths(paths: &mut Map<String, Value>) {
     );
     paths.insert(
         "/apis/skiff.dev/v1/tokens".into(),
-        collection("the cluster (cluster-admin and node tokens; cluster admins only)"),
+        collection(
+            "the cluster (cluster-admin and node tokens; cluster admins only)",
+            &["cluster-admin", "node"],
+        ),
     );
     let mut cluster_token = item("the cluster");
     cluster_token["parameters"] = json!([id]);
@@ -369,6 +615,19 @@ mod tests {
                     doc["paths"][format!("{collection}/{{name}}")][method].is_object(),
                     "{kind} {method}"
                 );
+            }
+        }
+    }
+
+    /// Every property and every component is a schema: a stray `null`
+    /// (from indexing a missing one mutably) breaks OpenAPI tools.
+    #[test]
+    fn every_property_is_a_schema() {
+        let doc = document();
+        for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+            assert!(schema.is_object(), "{name}");
+            for (field, property) in schema["properties"].as_object().into_iter().flatten() {
+                assert!(property.is_object(), "{name}.{field}");
             }
         }
     }

@@ -135,6 +135,34 @@ pub struct Change {
     pub event_type: skiff_api::EventType,
     pub object: Value,
     pub previous: Option<Value>,
+    /// Bytes the object and its previous version take as stored: what
+    /// holding the change costs, about.
+    pub bytes: usize,
+}
+
+/// Bytes of stored objects a page of the change log holds, about: a
+/// watch catching up from an old revision reads it a page at a time.
+pub const CHANGE_PAGE_BYTES: usize = 4 << 20;
+
+/// A page of the change log.
+#[derive(Debug)]
+pub struct ChangePage {
+    pub changes: Vec<Change>,
+    /// Whether there may be more changes after this page.
+    pub more: bool,
+    /// The revision of the last change read (of a kind this version knows
+    /// or not): where the next page starts.
+    pub last: Option<i64>,
+}
+
+/// The length of a column's value as it came over the wire.
+fn raw_len(row: &sqlx::postgres::PgRow, column: &str) -> usize {
+    use sqlx::ValueRef;
+    row.try_get_raw(column)
+        .ok()
+        .filter(|value| !value.is_null())
+        .and_then(|value| value.as_bytes().ok().map(<[u8]>::len))
+        .unwrap_or(0)
 }
 
 /// A page of a list.
@@ -164,7 +192,13 @@ impl Continue {
     }
 
     pub fn decode(token: &str) -> Option<Self> {
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token).ok()?).ok()
+        let position: Self = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
+        // No token this server issued names a position the database could
+        // not compare against (it stores no NUL) or a negative revision.
+        let sound = position.revision >= 0
+            && !position.namespace.contains('\0')
+            && !position.name.contains('\0');
+        sound.then_some(position)
     }
 }
 
@@ -218,19 +252,30 @@ impl ChangeListener {
 /// dropping it (or losing the connection) gives the lock up.
 pub struct LeaderLock {
     connection: sqlx::PgConnection,
+    timing: LeaderTiming,
 }
 
 impl LeaderLock {
-    /// Completes when the lock's connection stops answering.
+    /// Completes when the lock's connection stops answering, or answers
+    /// too late: a link that went silent costs at most
+    /// [`LeaderTiming::gives_up_after`], before the server frees the lock.
     pub async fn lost(mut self) {
         loop {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            if sqlx::query("SELECT 1")
-                .execute(&mut self.connection)
-                .await
-                .is_err()
-            {
-                return;
+            tokio::time::sleep(self.timing.check_every).await;
+            let check = sqlx::query("SELECT 1").execute(&mut self.connection);
+            match tokio::time::timeout(self.timing.check_deadline, check).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!("leadership connection failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "leadership connection did not answer within {:?}",
+                        self.timing.check_deadline
+                    );
+                    return;
+                }
             }
         }
     }
@@ -272,13 +317,38 @@ pub struct Store {
     /// Seals Secrets and cluster secrets on their way in, opens them on
     /// their way out: nothing of them is stored in plaintext.
     keyring: Arc<Keyring>,
+    leader: LeaderTiming,
+    /// How long opening a connection of its own (a leader's) may take.
+    connect_deadline: Duration,
 }
 
-/// Settings of the connection pool.
+/// Settings of the connection pool, and the deadlines that keep a silently
+/// dropped link to Postgres from holding locks (the revision row, a
+/// leadership lock) for as long as the kernel takes to notice.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// Server side: a statement running longer is cancelled. Generous,
+    /// because lists, watch catch-up and reseal pages read many rows.
+    pub statement_timeout: Duration,
+    /// Server side: a statement waiting this long for a lock (a writer for
+    /// the revision row) fails. Longer than `idle_in_transaction_timeout`,
+    /// so a writer outwaits a vanished holder rather than failing.
+    pub lock_timeout: Duration,
+    /// Server side: a transaction left idle this long (its client gone
+    /// mid-batch) is ended, and its locks with it.
+    pub idle_in_transaction_timeout: Duration,
+    /// Client side: a write batch that has not committed within this is
+    /// abandoned (its connection closed, its writes answered 503), so a
+    /// link that stops answering does not hold the writer forever.
+    pub write_deadline: Duration,
+    /// How long a leader's lock outlives the last check that reached the
+    /// server: its connection is ended by the server after this much
+    /// silence (`idle_session_timeout`), which frees the lock for another
+    /// process, while the leader itself gives up after
+    /// [`LeaderTiming::gives_up_after`], strictly earlier.
+    pub leader_timeout: Duration,
 }
 
 impl Default for PoolSettings {
@@ -286,8 +356,56 @@ impl Default for PoolSettings {
         Self {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(60),
+            lock_timeout: Duration::from_secs(10),
+            idle_in_transaction_timeout: Duration::from_secs(5),
+            write_deadline: Duration::from_secs(15),
+            leader_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// Server-side keepalives: on a TCP connection whose peer vanished without
+/// a word, the server notices after idle + interval × count (5 + 2 × 3 =
+/// 11 s) of silence, or once sent data has gone unacknowledged for the user
+/// timeout, and ends the session with its locks. (Ignored on Unix sockets.)
+const SERVER_KEEPALIVE: [(&str, &str); 4] = [
+    ("tcp_keepalives_idle", "5"),
+    ("tcp_keepalives_interval", "2"),
+    ("tcp_keepalives_count", "3"),
+    ("tcp_user_timeout", "10000"),
+];
+
+/// How a leader checks that its lock's connection still reaches the
+/// server, derived from [`PoolSettings::leader_timeout`] (`T`): a check
+/// every `T/5`, each given `2T/5` to answer. The leader stops acting at
+/// most `3T/5` after the last check that reached the server; the server
+/// frees the lock `T` after it; so the old leader has stopped before
+/// anyone else can lead.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaderTiming {
+    pub check_every: Duration,
+    pub check_deadline: Duration,
+    pub server_timeout: Duration,
+}
+
+impl LeaderTiming {
+    fn of(timeout: Duration) -> Self {
+        Self {
+            check_every: timeout / 5,
+            check_deadline: timeout * 2 / 5,
+            server_timeout: timeout,
+        }
+    }
+
+    /// The longest a leader acts after its connection stopped answering.
+    pub fn gives_up_after(&self) -> Duration {
+        self.check_every + self.check_deadline
+    }
+}
+
+fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
 }
 
 impl Store {
@@ -300,6 +418,20 @@ impl Store {
         keyring: Arc<Keyring>,
     ) -> Result<Self, sqlx::Error> {
         let options: PgConnectOptions = url.parse()?;
+        // Set at connection start, so they cost no round trip and hold for
+        // every connection, the LISTEN one (which runs no long statement
+        // and is never in a transaction) included.
+        let timeouts = [
+            ("statement_timeout", millis(settings.statement_timeout)),
+            ("lock_timeout", millis(settings.lock_timeout)),
+            (
+                "idle_in_transaction_session_timeout",
+                millis(settings.idle_in_transaction_timeout),
+            ),
+        ];
+        let options = options
+            .options(timeouts)
+            .options(SERVER_KEEPALIVE.map(|(k, v)| (k, v.to_owned())));
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
@@ -307,11 +439,13 @@ impl Store {
             // every connection before use would cost a round trip per query.
             .test_before_acquire(false)
             .connect_lazy_with(options);
-        let writes = writer::spawn(pool.clone(), keyring.clone());
+        let writes = writer::spawn(pool.clone(), keyring.clone(), settings.write_deadline);
         Ok(Self {
             pool,
             writes,
             keyring,
+            leader: LeaderTiming::of(settings.leader_timeout),
+            connect_deadline: settings.acquire_timeout,
         })
     }
 
@@ -478,13 +612,14 @@ impl Store {
         Ok(tx)
     }
 
-    /// Changes after `revision`, oldest first, at most `limit`. Fails with
-    /// `Compacted` when changes after `revision` may already be gone.
-    pub async fn changes_after(
-        &self,
-        revision: i64,
-        limit: i64,
-    ) -> Result<Vec<Change>, StoreError> {
+    /// Changes after `revision`, oldest first: at most `limit`, and no
+    /// more than about [`CHANGE_PAGE_BYTES`] of stored objects (but at
+    /// least one change). Rows are decoded as they arrive and the read
+    /// stops at the budget, so a page of large objects never sits in
+    /// memory whole. Fails with `Compacted` when changes after `revision`
+    /// may already be gone.
+    pub async fn changes_after(&self, revision: i64, limit: i64) -> Result<ChangePage, StoreError> {
+        use futures::TryStreamExt;
         let unavailable = |e: sqlx::Error| db_unavailable(&e);
         let mut tx = self.snapshot().await?;
         let compacted: i64 = sqlx::query_scalar("SELECT revision FROM compaction")
@@ -497,37 +632,59 @@ impl Store {
                 compacted,
             });
         }
-        let rows = sqlx::query(
-            "SELECT revision, kind, namespace, type, object, previous FROM changes
-             WHERE revision > $1 ORDER BY revision LIMIT $2",
-        )
-        .bind(revision)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        let mut changes = Vec::with_capacity(rows.len());
-        for row in rows {
-            let event_type = match row.get::<&str, _>("type") {
-                "ADDED" => skiff_api::EventType::Added,
-                "MODIFIED" => skiff_api::EventType::Modified,
-                _ => skiff_api::EventType::Deleted,
-            };
-            let Some(kind) = Kind::from_name(row.get("kind")) else {
-                continue;
-            };
-            let previous: Option<Value> = row.get("previous");
-            changes.push(Change {
-                revision: row.get("revision"),
-                kind,
-                namespace: row.get("namespace"),
-                event_type,
-                object: self.opened(kind, row.get("object"))?,
-                previous: previous.map(|p| self.opened(kind, p)).transpose()?,
-            });
+        let mut changes = Vec::new();
+        let (mut bytes, mut read, mut last) = (0usize, 0i64, None);
+        let mut more = false;
+        {
+            let mut rows = sqlx::query(
+                "SELECT revision, kind, namespace, type, object, previous FROM changes
+                 WHERE revision > $1 ORDER BY revision LIMIT $2",
+            )
+            .bind(revision)
+            .bind(limit)
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await.map_err(unavailable)? {
+                if bytes >= CHANGE_PAGE_BYTES {
+                    // The rest of the page is left for the next read.
+                    more = true;
+                    break;
+                }
+                bytes += raw_len(&row, "object") + raw_len(&row, "previous");
+                read += 1;
+                last = Some(row.get("revision"));
+                if let Some(change) = self.change_of(&row)? {
+                    changes.push(change);
+                }
+            }
         }
-        Ok(changes)
+        more |= read == limit;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(ChangePage {
+            changes,
+            more,
+            last,
+        })
+    }
+
+    fn change_of(&self, row: &sqlx::postgres::PgRow) -> Result<Option<Change>, StoreError> {
+        let event_type = match row.get::<&str, _>("type") {
+            "ADDED" => skiff_api::EventType::Added,
+            "MODIFIED" => skiff_api::EventType::Modified,
+            _ => skiff_api::EventType::Deleted,
+        };
+        let Some(kind) = Kind::from_name(row.get("kind")) else {
+            return Ok(None);
+        };
+        let previous: Option<Value> = row.get("previous");
+        Ok(Some(Change {
+            bytes: raw_len(row, "object") + raw_len(row, "previous"),
+            revision: row.get("revision"),
+            kind,
+            namespace: row.get("namespace"),
+            event_type,
+            object: self.opened(kind, row.get("object"))?,
+            previous: previous.map(|p| self.opened(kind, p)).transpose()?,
+        }))
     }
 
     /// The oldest revision a watch may resume from.
@@ -612,19 +769,40 @@ impl Store {
 
     /// Takes the advisory lock `key` on a connection of its own, if no one
     /// holds it: leadership for whoever has it, until its connection goes.
+    /// The server ends that connection once it has been silent for the
+    /// leader timeout (the holder checks it more often than that), so a
+    /// holder cut off without a word frees the lock within that timeout.
     pub async fn try_lead(&self, key: i64) -> Result<Option<LeaderLock>, StoreError> {
+        use sqlx::{ConnectOptions, Connection};
         let unavailable = |e: sqlx::Error| db_unavailable(&e);
-        let mut connection = self.pool.acquire().await.map_err(unavailable)?.detach();
-        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut connection)
+        let options = (*self.pool.connect_options())
+            .clone()
+            .options([("idle_session_timeout", millis(self.leader.server_timeout))]);
+        let attempt = async {
+            let mut connection = options.connect().await.map_err(unavailable)?;
+            let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            Ok::<_, StoreError>((connection, held))
+        };
+        let (connection, held) = tokio::time::timeout(self.connect_deadline, attempt)
             .await
-            .map_err(unavailable)?;
+            .map_err(|_| {
+                tracing::warn!(
+                    "the database did not answer a leadership attempt within {:?}",
+                    self.connect_deadline
+                );
+                StoreError::Unavailable("the database is unavailable; retry shortly".into())
+            })??;
         if held {
-            Ok(Some(LeaderLock { connection }))
+            Ok(Some(LeaderLock {
+                connection,
+                timing: self.leader,
+            }))
         } else {
-            use sqlx::Connection;
-            let _ = connection.close().await;
+            let _ = tokio::time::timeout(self.leader.check_deadline, connection.close()).await;
             Ok(None)
         }
     }

@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use skiff_api::Kind;
@@ -56,15 +57,36 @@ enum BatchError {
     BeforeCommit(sqlx::Error),
     /// During COMMIT: the outcome is unknown.
     AtCommit(sqlx::Error),
+    /// The database did not answer within the write deadline: the link is
+    /// likely gone, so the batch is not retried. `committing` says whether
+    /// COMMIT had been sent (then the outcome is unknown).
+    Deadline { committing: bool },
 }
 
-pub(super) fn spawn(pool: PgPool, keyring: Arc<Keyring>) -> mpsc::Sender<Pending> {
+/// What every batch is committed with.
+struct Writer {
+    pool: PgPool,
+    keyring: Arc<Keyring>,
+    /// How long a batch may take, client side, before it is abandoned.
+    deadline: Duration,
+}
+
+pub(super) fn spawn(
+    pool: PgPool,
+    keyring: Arc<Keyring>,
+    deadline: Duration,
+) -> mpsc::Sender<Pending> {
     let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
-    tokio::spawn(run(Arc::new(pool), keyring, receiver));
+    let writer = Writer {
+        pool,
+        keyring,
+        deadline,
+    };
+    tokio::spawn(run(writer, receiver));
     sender
 }
 
-async fn run(pool: Arc<PgPool>, keyring: Arc<Keyring>, mut receiver: mpsc::Receiver<Pending>) {
+async fn run(writer: Writer, mut receiver: mpsc::Receiver<Pending>) {
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -74,7 +96,7 @@ async fn run(pool: Arc<PgPool>, keyring: Arc<Keyring>, mut receiver: mpsc::Recei
             }
         }
         let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
-        let results = commit_with_retry(&pool, &keyring, &writes).await;
+        let results = commit_with_retry(&writer, &writes).await;
         for (pending, result) in batch.into_iter().zip(results) {
             let _ = pending.reply.send(result);
         }
@@ -85,34 +107,55 @@ async fn run(pool: Arc<PgPool>, keyring: Arc<Keyring>, mut receiver: mpsc::Recei
 /// (a connection may have gone stale, e.g. after a database restart), then
 /// its writes are committed one by one, so that one poisonous write fails
 /// alone.
-async fn commit_with_retry(
-    pool: &PgPool,
-    keyring: &Keyring,
-    writes: &[&Write],
-) -> Vec<Result<Value, StoreError>> {
-    let first = match commit(pool, keyring, writes).await {
+async fn commit_with_retry(writer: &Writer, writes: &[&Write]) -> Vec<Result<Value, StoreError>> {
+    let first = match commit(writer, writes).await {
         Ok(results) => return results,
         Err(BatchError::AtCommit(e)) => return unknown_outcome(writes.len(), &e),
+        Err(BatchError::Deadline { committing }) => {
+            return past_deadline(writer.deadline, writes.len(), committing);
+        }
         Err(BatchError::BeforeCommit(e)) => e,
     };
     tracing::warn!("write batch of {} failed, retrying: {first}", writes.len());
-    match commit(pool, keyring, writes).await {
+    match commit(writer, writes).await {
         Ok(results) => results,
         Err(BatchError::AtCommit(e)) => unknown_outcome(writes.len(), &e),
+        Err(BatchError::Deadline { committing }) => {
+            past_deadline(writer.deadline, writes.len(), committing)
+        }
         Err(BatchError::BeforeCommit(e)) if writes.len() == 1 => vec![Err(db_unavailable(&e))],
         Err(BatchError::BeforeCommit(_)) => {
             let mut results = Vec::with_capacity(writes.len());
             for write in writes {
-                results.push(match commit(pool, keyring, &[write]).await {
+                results.push(match commit(writer, &[write]).await {
                     Ok(mut one) => one.remove(0),
                     Err(BatchError::BeforeCommit(e) | BatchError::AtCommit(e)) => {
                         Err(db_unavailable(&e))
+                    }
+                    Err(BatchError::Deadline { committing }) => {
+                        past_deadline(writer.deadline, 1, committing).remove(0)
                     }
                 });
             }
             results
         }
     }
+}
+
+/// Answers for a batch abandoned at the deadline.
+fn past_deadline(deadline: Duration, n: usize, committing: bool) -> Vec<Result<Value, StoreError>> {
+    tracing::error!(
+        "the database did not answer a write batch within {deadline:?}{}",
+        if committing { " (during COMMIT)" } else { "" }
+    );
+    let message = if committing {
+        "the write's outcome is unknown; read before retrying"
+    } else {
+        "the database is unavailable; retry shortly"
+    };
+    (0..n)
+        .map(|_| Err(StoreError::Unavailable(message.into())))
+        .collect()
 }
 
 fn unknown_outcome(n: usize, error: &sqlx::Error) -> Vec<Result<Value, StoreError>> {
@@ -138,13 +181,39 @@ struct Batch<'k> {
     namespaces: HashSet<String>,
 }
 
+/// Commits a batch within the writer's deadline. Past it, the connection
+/// is closed rather than returned to the pool (it may be mid-statement);
+/// if the server still holds the transaction, with the revision lock, it
+/// ends it after `idle_in_transaction_session_timeout`.
 async fn commit(
-    pool: &PgPool,
-    keyring: &Keyring,
+    writer: &Writer,
     writes: &[&Write],
 ) -> Result<Vec<Result<Value, StoreError>>, BatchError> {
+    let mut connection = writer
+        .pool
+        .acquire()
+        .await
+        .map_err(BatchError::BeforeCommit)?;
+    let mut committing = false;
+    let batch = commit_on(&mut connection, &writer.keyring, writes, &mut committing);
+    match tokio::time::timeout(writer.deadline, batch).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            connection.close_on_drop();
+            Err(BatchError::Deadline { committing })
+        }
+    }
+}
+
+async fn commit_on(
+    connection: &mut sqlx::PgConnection,
+    keyring: &Keyring,
+    writes: &[&Write],
+    committing: &mut bool,
+) -> Result<Vec<Result<Value, StoreError>>, BatchError> {
+    use sqlx::Connection;
     let before = BatchError::BeforeCommit;
-    let mut tx = pool.begin().await.map_err(before)?;
+    let mut tx = connection.begin().await.map_err(before)?;
     let start: i64 = sqlx::query_scalar("SELECT value FROM revision FOR UPDATE")
         .fetch_one(&mut *tx)
         .await
@@ -172,6 +241,7 @@ async fn commit(
         .await
         .map_err(before)?;
     }
+    *committing = true;
     tx.commit().await.map_err(BatchError::AtCommit)?;
     Ok(results)
 }

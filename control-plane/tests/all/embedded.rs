@@ -21,6 +21,7 @@ fn config(database_url: &str) -> ServerConfig {
         encryption_key_file: testkit::encryption_key_file(database_url),
         listen: ([127, 0, 0, 1], 0).into(),
         tls: None,
+        listener: Default::default(),
         pool: Default::default(),
         retain_changes: 100_000,
         compaction_interval: Duration::from_secs(60),

@@ -76,3 +76,63 @@ async fn serves_https_with_the_certificates_init_made() {
             .is_err()
     );
 }
+
+/// A client that opens a TLS handshake and never finishes it is cut off at
+/// `--listen-tls-handshake-timeout`; one that sends half a request head
+/// over plain HTTP at `--listen-header-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_handshakes_and_half_requests_are_cut_off_at_their_deadlines() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn closed_after(addr: &str, first_bytes: &[u8]) -> std::time::Duration {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(first_bytes).await.unwrap();
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the API server still held the connection");
+        start.elapsed()
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = Postgres::shared().create_database();
+    let tls_dir = dir.path().to_str().unwrap();
+    testkit::init_cluster(binary(), &database_url, &["--tls-dir", tls_dir]);
+    let tls = ControlPlane::start(
+        binary(),
+        &database_url,
+        &[
+            "--tls-cert",
+            &format!("{tls_dir}/server.crt"),
+            "--tls-key",
+            &format!("{tls_dir}/server.key"),
+            "--listen-tls-handshake-timeout",
+            "1s",
+        ],
+    );
+    let addr = tls.url.trim_start_matches("https://").to_owned();
+    // The start of a ClientHello record, then nothing.
+    let took = closed_after(&addr, &[0x16, 0x03, 0x01, 0x02, 0x00]).await;
+    assert!(took >= std::time::Duration::from_millis(500), "{took:?}");
+
+    let plain = ControlPlane::start(
+        binary(),
+        &database_url,
+        &[
+            "--listen-header-timeout",
+            "1s",
+            "--no-scheduler",
+            "--no-controllers",
+        ],
+    );
+    let addr = plain.url.trim_start_matches("http://").to_owned();
+    let took = closed_after(&addr, b"GET /healthz HT").await;
+    assert!(took >= std::time::Duration::from_millis(500), "{took:?}");
+}

@@ -31,6 +31,10 @@ pub fn namespace_and_name(object: &serde_json::Value) -> (String, String) {
 pub struct ObjectMeta {
     /// DNS label: lower-case letters, digits and `-`, at most 63 characters.
     #[serde(default)]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Namespace of a namespaced object; empty for cluster-scoped ones.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -38,8 +42,10 @@ pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::validate::label_map_schema")]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::validate::annotation_map_schema")]
     pub annotations: BTreeMap<String, String>,
     /// Cluster revision of the last write; names the version an update or
     /// delete expects (409 Conflict if stale).
@@ -79,9 +85,13 @@ pub fn deleting_in_foreground(object: &serde_json::Value) -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OwnerReference {
+    #[schemars(length(min = 1))]
     pub api_version: String,
+    #[schemars(length(min = 1))]
     pub kind: String,
+    #[schemars(length(min = 1))]
     pub name: String,
+    #[schemars(length(min = 1))]
     pub uid: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller: Option<bool>,
@@ -231,6 +241,7 @@ pub struct DeleteOptions {
     pub propagation_policy: Option<PropagationPolicy>,
     /// `["All"]`: every check of the delete, without deleting.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("items" = {"type": "string", "enum": ["All"]}))]
     pub dry_run: Vec<String>,
 }
 

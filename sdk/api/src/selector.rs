@@ -301,6 +301,10 @@ impl FieldSelector {
                 )));
             };
             let field = field.trim();
+            if value.contains('\0') {
+                // Nothing stored holds one: the database refuses them.
+                return Err(fail(format!("the value of `{field}` contains a NUL byte")));
+            }
             if !allowed.contains(&field) {
                 return Err(fail(format!(
                     "field `{field}` is not selectable; use one of: {}",

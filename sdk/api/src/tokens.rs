@@ -14,8 +14,10 @@ pub struct TokenRequest {
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
-    /// How long the token works, e.g. `24h`; for ever when absent.
+    /// How long the token works, e.g. `24h`; for ever when absent. At
+    /// least 1ms, at most 3660 days (the pattern admits up to 9999h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[1-9][0-9]{0,3}(ms|s|m|h)?$"))]
     pub ttl: Option<String>,
 }
 

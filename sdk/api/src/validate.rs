@@ -40,6 +40,35 @@ impl Validator {
     }
 }
 
+/// The rules below as JSON Schema patterns, for the OpenAPI document. Each
+/// admits no more than its function does (it may admit less: lengths past
+/// what a pattern can bound are stated with `maxLength` where they are used).
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+/// A label key; with `maxLength` 253 the prefix stays within its limit.
+pub const LABEL_KEY_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+pub const LABEL_VALUE_PATTERN: &str = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
+
+/// JSON Schema of a map of labels: keys and values as [`validate_labels`]
+/// checks them.
+pub fn label_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "propertyNames": {"type": "string", "maxLength": 253, "pattern": LABEL_KEY_PATTERN},
+        "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN},
+    })
+}
+
+/// JSON Schema of a map of annotations: keys are label keys, values free.
+pub fn annotation_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "propertyNames": {"type": "string", "maxLength": 253, "pattern": LABEL_KEY_PATTERN},
+        "additionalProperties": {"type": "string"},
+    })
+}
+
 /// Names of objects: RFC 1123 DNS labels.
 pub fn dns_label(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
@@ -131,6 +160,47 @@ pub fn validate_labels(v: &mut Validator, field: &str, labels: &BTreeMap<String,
     }
 }
 
+/// The path of the first string or object key in `value` that holds a NUL
+/// character (`data.key`, `spec.env[0].value`), if any. Postgres stores no
+/// NUL in `jsonb` or `text`, so such an object must be refused before it
+/// reaches the database, where it would fail the whole write batch.
+pub fn nul_byte_at(value: &serde_json::Value) -> Option<String> {
+    fn walk(value: &serde_json::Value, path: &mut String) -> bool {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            serde_json::Value::Object(fields) => fields.iter().any(|(key, item)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                if key.contains('\0') {
+                    // The key itself, escaped so the message stays one line.
+                    path.push_str(&key.escape_default().to_string());
+                    return true;
+                }
+                path.push_str(key);
+                let found = walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = String::new();
+    walk(value, &mut path).then_some(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +228,25 @@ mod tests {
         assert!(label_value("v1.2").is_ok());
         assert!(label_value("has space").is_err());
         assert!(label_value(&"v".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn nul_bytes_are_found_with_their_path() {
+        use serde_json::json;
+        assert_eq!(nul_byte_at(&json!({"data": {"k": "ok"}})), None);
+        assert_eq!(
+            nul_byte_at(&json!({"data": {"key": "a\u{0}b"}})),
+            Some("data.key".into())
+        );
+        assert_eq!(
+            nul_byte_at(&json!({"spec": {"env": [{"value": "x"}, {"value": "\u{0}"}]}})),
+            Some("spec.env[1].value".into())
+        );
+        assert_eq!(
+            nul_byte_at(&json!({"metadata": {"labels": {"a\u{0}": "x"}}})),
+            Some("metadata.labels.a\\u{0}".into())
+        );
+        assert_eq!(nul_byte_at(&json!("\u{0}")), Some(String::new()));
     }
 
     #[test]

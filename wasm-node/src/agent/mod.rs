@@ -4,6 +4,7 @@
 //! control plane is unreachable and reconciles when it comes back.
 
 pub mod lifecycle;
+mod partition;
 pub mod pod;
 pub mod probes;
 
@@ -58,6 +59,8 @@ pub struct AgentConfig {
     /// without a credential (outside traffic); when absent, only if it
     /// listens on a loopback address, which only this machine reaches.
     pub serve_cluster_hosts: Option<bool>,
+    /// The ingress listener's deadlines and connection cap.
+    pub listener: skiff_serve::Limits,
     pub lease_interval: Duration,
     pub lease_duration: Duration,
     pub data_dir: PathBuf,
@@ -70,6 +73,8 @@ pub struct AgentConfig {
     pub pod_token_duration: Duration,
     pub blob_cache_bytes: u64,
     pub insecure_registries: Vec<String>,
+    /// Sizes, layer count and deadlines every pull is held to.
+    pub registry_limits: skiff_oci::Limits,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     /// How long a stopping pod's requests in flight may take.
@@ -125,6 +130,8 @@ pub struct NodeContext {
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub grace: Duration,
+    /// Whether the lease is taken for lapsed, and the pods stopped for it.
+    pub partition: partition::Partition,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +206,7 @@ impl Agent {
         if gateway.ip().is_unspecified() {
             gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        let registry = Registry::new(&config.insecure_registries);
+        let registry = Registry::with_limits(&config.insecure_registries, config.registry_limits);
         let share = FairShare::new(ShareConfig {
             cpu_slots: config.cpu_slots.unwrap_or_else(|| {
                 tokio::runtime::Handle::current()
@@ -254,6 +261,7 @@ impl Agent {
             backoff_base: config.backoff_base,
             backoff_cap: config.backoff_cap,
             grace: config.grace,
+            partition: partition::Partition::default(),
         });
         remove_unkeyed_pod_dirs(&config.data_dir.join("pods"));
         register(&config, &endpoint, linux_runtime.as_deref()).await?;
@@ -266,8 +274,13 @@ impl Agent {
             ));
         }
         let (stop_ingress, ingress_stopped) = oneshot::channel();
-        let ingress = tokio::spawn(crate::ingress::serve_with(
+        let options = skiff_serve::Options {
+            limits: config.listener.clone(),
+            ..skiff_serve::Options::http1(config.grace)
+        };
+        let ingress = tokio::spawn(skiff_serve::serve(
             listener,
+            options,
             move |request| {
                 let ingress = ingress.clone();
                 async move { ingress.handle(request).await }
@@ -276,10 +289,13 @@ impl Agent {
             async move {
                 let _ = ingress_stopped.await;
             },
-            config.grace,
         ));
-        let lease = tokio::spawn(renew_lease(config.clone()));
         let pods: Arc<tokio::sync::Mutex<HashMap<PodName, PodHandle>>> = Arc::default();
+        let lease = tokio::spawn(partition::keep_lease(
+            config.clone(),
+            context.clone(),
+            pods.clone(),
+        ));
         followers.spawn(follow_pods(context.clone(), pods.clone()));
         Ok(Agent {
             endpoint,
@@ -576,22 +592,6 @@ async fn fetch_proxy_key(config: &AgentConfig) -> Result<ProxyKey, AgentError> {
     }
 }
 
-/// Renews the node's lease every interval: one small row per renewal, not
-/// a Node write.
-async fn renew_lease(config: AgentConfig) {
-    let mut ticks = tokio::time::interval(config.lease_interval);
-    loop {
-        ticks.tick().await;
-        if let Err(e) = config
-            .client
-            .renew_lease(&config.name, config.lease_duration)
-            .await
-        {
-            tracing::debug!("lease not renewed: {e}");
-        }
-    }
-}
-
 /// Follows objects of `kind` through a watcher, handing each event to
 /// `apply`. What is running keeps running while the control plane is away;
 /// the watcher retries and relists as it must.
@@ -639,7 +639,9 @@ async fn follow_pods(
                 }
                 Event::Deleted(object) => {
                     let key = namespace_and_name(&object);
-                    if let Some(handle) = pods.lock().await.remove(&key) {
+                    let mut pods = pods.lock().await;
+                    context.partition.forget(&key);
+                    if let Some(handle) = pods.remove(&key) {
                         tokio::spawn(handle.stop());
                     }
                 }
@@ -730,6 +732,12 @@ async fn ensure(
     if let Some(old) = pods.remove(&key) {
         old.stop().await;
     }
+    // Cut off from the control plane, a pod that must never run twice
+    // waits for the lease to be renewed.
+    if context.partition.holds_back(&key, &pod) {
+        return;
+    }
+    context.partition.forget(&key);
     pods.insert(key, pod::spawn(context.clone(), pod));
 }
 
@@ -750,6 +758,7 @@ async fn reconcile(
         .collect();
     let gone: Vec<PodHandle> = {
         let mut pods = pods.lock().await;
+        context.partition.retain(&wanted);
         let stale: Vec<PodName> = pods
             .iter()
             .filter(|(key, handle)| wanted.get(*key) != Some(&handle.uid))

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use skiff_api::Kind;
 use skiff_api::kinds::pod::{
-    Condition, ImagePullPolicy, Pod, PodPhase, PodSpec, PodStatus, Volume,
+    Condition, ImagePullPolicy, PartitionPolicy, Pod, PodPhase, PodSpec, PodStatus, Volume,
 };
 use skiff_api::outbound::AllowList;
 use skiff_api::tokens::{BoundPod, ServiceAccountTokenRequest};
@@ -27,7 +27,10 @@ use skiff_wasm::{DirGrant, Sandbox, ServiceGateway, Stdio};
 /// A running pod worker.
 pub struct PodHandle {
     pub uid: String,
-    stop: watch::Sender<bool>,
+    /// What to do with the pod while the node is cut off.
+    pub partition_policy: PartitionPolicy,
+    /// Set to the grace in-flight requests get, to stop the worker.
+    stop: watch::Sender<Option<Duration>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -35,16 +38,28 @@ impl PodHandle {
     /// Asks the worker to stop and waits until it has (in-flight requests
     /// get the node's grace period).
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop_within(Duration::MAX).await;
+    }
+
+    /// As [`PodHandle::stop`], with in-flight requests given at most
+    /// `grace`.
+    pub async fn stop_within(self, grace: Duration) {
+        let _ = self.stop.send(Some(grace));
         let _ = self.task.await;
     }
 }
 
 pub fn spawn(context: Arc<NodeContext>, pod: Pod) -> PodHandle {
-    let (stop, stopping) = watch::channel(false);
+    let (stop, stopping) = watch::channel(None);
     let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let partition_policy = pod.spec.partition_policy;
     let task = tokio::spawn(Worker::new(context, pod).run(stopping));
-    PodHandle { uid, stop, task }
+    PodHandle {
+        uid,
+        partition_policy,
+        stop,
+        task,
+    }
 }
 
 struct Worker {
@@ -261,7 +276,7 @@ impl Worker {
         retry
     }
 
-    async fn run(mut self, mut stopping: watch::Receiver<bool>) {
+    async fn run(mut self, mut stopping: watch::Receiver<Option<Duration>>) {
         let pod = format!("{}/{}", self.namespace, self.name);
         let mut backoff = Backoff::new(self.context.backoff_base, self.context.backoff_cap);
         let mut pull_backoff = Backoff::new(self.context.backoff_base, self.context.backoff_cap);
@@ -385,7 +400,13 @@ impl Worker {
                         }
                     };
                     self.context.local_pods.remove(&key, &self.uid);
-                    instance.stop(self.context.grace).await;
+                    // A stop may shorten the grace (a node cut off stops
+                    // its pods before their lease lapses); `MAX` means the
+                    // node's.
+                    let grace = stopping
+                        .borrow()
+                        .map_or(self.context.grace, |grace| grace.min(self.context.grace));
+                    instance.stop(grace).await;
                     let Some(ended) = ended else {
                         self.move_on(Event::Stop);
                         continue;

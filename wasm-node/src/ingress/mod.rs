@@ -31,6 +31,7 @@
 //!   cannot claim [`POD_MISSING_HEADER`] to have its request sent again.
 
 pub mod credentials;
+mod outgoing;
 mod serve;
 
 use std::collections::{HashMap, HashSet};
@@ -40,15 +41,16 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use outgoing::{ClientBody, Outgoing};
 use skiff_api::kinds::service::{Endpoint, RouteSpec, ServiceSpec};
 
 pub use crate::runtimes::Backend;
 pub use credentials::{CallerKey, PROXY_KEY_LEN, ProxyAuthError, ProxyKey, SignedCache};
-pub use serve::{serve, serve_with};
+pub use serve::serve;
 use skiff_wasm::{
     BodyError, CALLER_AUTH_HEADER, CALLER_NAMESPACE_HEADER, HttpBody, INTERNAL_HEADERS,
     PROXY_AUTH_HEADER, named_host, service_of_host, text_response,
@@ -60,9 +62,6 @@ pub type PodName = (String, String);
 /// Set on an ingress's answer when the pod asked for is not served there:
 /// the request reached no guest, so another endpoint may take it.
 pub const POD_MISSING_HEADER: &str = "skiff-pod-missing";
-/// Request bodies sent to a Service are buffered (so that a retry can send
-/// them again) up to this size.
-const MAX_BUFFERED_BODY: usize = 16 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The HTTP pods this node serves, by name.
@@ -223,7 +222,7 @@ pub struct IngressConfig {
 pub struct Ingress {
     pub pods: LocalPods,
     table: Arc<RwLock<Table>>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector, ClientBody>,
     config: Arc<IngressConfig>,
 }
 
@@ -528,10 +527,8 @@ impl Ingress {
             Backend::Wasm(app) => app.handle(request).await,
             Backend::Process(addr) => {
                 let (parts, body) = request.into_parts();
-                match buffered(body).await {
-                    Ok(body) => self.to_process(addr, rebuild(&parts, &body)).await,
-                    Err(response) => return response,
-                }
+                let body = body.map_err(Into::into).boxed_unsync();
+                self.to_process(addr, rebuild(&parts, body)).await
             }
         };
         response.headers_mut().remove(POD_MISSING_HEADER);
@@ -574,9 +571,15 @@ impl Ingress {
             ));
         };
         let (parts, body) = request.into_parts();
-        let body = match buffered(body).await {
+        let body = match Outgoing::new(body).await {
             Ok(body) => body,
-            Err(response) => return response,
+            Err(e) => {
+                let status = match e.downcast_ref::<skiff_serve::BodyError>() {
+                    Some(skiff_serve::BodyError::TimedOut(_)) => StatusCode::REQUEST_TIMEOUT,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                return text_response(status, format!("cannot read the request body: {e}\n"));
+            }
         };
         let idempotent = matches!(
             parts.method,
@@ -592,13 +595,17 @@ impl Ingress {
         let mut last_failure = String::new();
         let mut refused = false;
         while let Some(i) = backends.pick(&tried) {
+            // A streamed body already (partly) sent cannot be sent again.
+            let Some(attempt) = body.attempt() else {
+                break;
+            };
             tried.push(i);
             let backend = &backends.endpoints[i];
             let _in_flight = InFlight::enter(&backend.outstanding);
             let endpoint = &backend.endpoint;
             if endpoint.address == self.config.own_address {
                 match self.pods.get(&backend.pod) {
-                    Some(local) => return self.serve_local(local, rebuild(&parts, &body)).await,
+                    Some(local) => return self.serve_local(local, rebuild(&parts, attempt)).await,
                     None => continue,
                 }
             }
@@ -616,7 +623,7 @@ impl Ingress {
                 continue;
             }
             refused = false;
-            match self.proxy(backend, rebuild(&parts, &body)).await {
+            match self.proxy(backend, rebuild(&parts, attempt)).await {
                 Ok(response) if response.headers().contains_key(POD_MISSING_HEADER) => {
                     last_failure = format!("pod {} had left {}", endpoint.pod, endpoint.node);
                 }
@@ -653,7 +660,7 @@ impl Ingress {
     async fn to_process(
         &self,
         addr: std::net::SocketAddr,
-        mut request: http::Request<Full<Bytes>>,
+        mut request: http::Request<ClientBody>,
     ) -> http::Response<HttpBody> {
         let path = request
             .uri()
@@ -675,7 +682,7 @@ impl Ingress {
     async fn proxy(
         &self,
         to: &Balanced,
-        mut request: http::Request<Full<Bytes>>,
+        mut request: http::Request<ClientBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
         let path = request
             .uri()
@@ -731,24 +738,10 @@ fn strip_internal(headers: &mut http::HeaderMap) {
     }
 }
 
-/// The whole request body, up to [`MAX_BUFFERED_BODY`] (413 beyond).
-async fn buffered<B>(body: B) -> Result<Bytes, http::Response<HttpBody>>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => Err(text_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("cannot read the request body: {e}\n"),
-        )),
-    }
-}
-
-/// A copy of the request, to send (perhaps again) to one endpoint.
-fn rebuild(parts: &http::request::Parts, body: &Bytes) -> http::Request<Full<Bytes>> {
-    let mut request = http::Request::new(Full::new(body.clone()));
+/// A copy of the request with `body`, to send (perhaps again) to one
+/// endpoint.
+fn rebuild(parts: &http::request::Parts, body: ClientBody) -> http::Request<ClientBody> {
+    let mut request = http::Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = http::Version::HTTP_11;
@@ -884,6 +877,92 @@ mod tests {
             ingress.table.read().unwrap().services[&("shop".to_owned(), "web".to_owned())].clone();
         assert_eq!(backends.endpoints[0].outstanding.load(Ordering::Relaxed), 1);
         assert_eq!(backends.pick(&[]), Some(1));
+    }
+}
+
+/// Host parsing and Route matching on arbitrary input: what a client puts
+/// in `Host` and the path must never panic the ingress, and a pod or
+/// Service host names exactly one namespace.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn label() -> impl Strategy<Value = String> {
+        "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?"
+    }
+
+    fn rule(host: &str, path: &str) -> RouteRule {
+        RouteRule {
+            namespace: "ns".into(),
+            name: "r".into(),
+            spec: RouteSpec {
+                host: host.into(),
+                path: path.into(),
+                service: "s".into(),
+                port: None,
+            },
+        }
+    }
+
+    proptest! {
+        // 512 cases in the test suite; `PROPTEST_CASES=100000` for a long run.
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512)
+        ))]
+
+        #[test]
+        fn any_host_and_path_are_answered_without_panicking(host in any::<String>(), path in any::<String>()) {
+            let _ = HostTarget::of(&host);
+            let _ = strip_port(&host);
+            let _ = rule("*.example.com", "/api").score(&host, &path);
+            let _ = rule(&host, &path).score("example.com", "/api/x");
+        }
+
+        #[test]
+        fn a_pod_host_names_its_pod_in_every_spelling(
+            name in label(),
+            namespace in label(),
+            suffix in prop::sample::select(vec!["", ".localhost", ".cluster.local"]),
+            dot in any::<bool>(),
+            port in prop::option::of(any::<u16>()),
+            upper in any::<bool>(),
+        ) {
+            let mut host = format!("{name}.{namespace}.pod{suffix}{}", if dot { "." } else { "" });
+            if let Some(port) = port {
+                host = format!("{host}:{port}");
+            }
+            if upper {
+                host = host.to_ascii_uppercase();
+            }
+            prop_assert_eq!(pod_of_host(&host), Some((namespace.clone(), name.clone())));
+            prop_assert!(matches!(HostTarget::of(&host), HostTarget::Pod(_)));
+        }
+
+        #[test]
+        fn a_host_with_more_labels_names_no_pod_or_service(
+            a in label(), b in label(), c in label(),
+            kind in prop::sample::select(vec!["pod", "svc"]),
+        ) {
+            // `a.b.c.pod` must not be read as pod `a` in a namespace `b.c`.
+            let host = format!("{a}.{b}.{c}.{kind}");
+            prop_assert!(matches!(HostTarget::of(&host), HostTarget::Other), "{}", host);
+        }
+
+        #[test]
+        fn a_wildcard_route_matches_only_hosts_under_it_and_paths_by_segment(
+            sub in label(), other in label(), rest in "[a-z/]{0,10}",
+        ) {
+            let wildcard = rule("*.example.com", "/api");
+            let under = format!("{sub}.example.com");
+            let beyond = format!("{sub}.example.com.{other}");
+            prop_assert!(wildcard.score(&under, "/api").is_some());
+            prop_assert!(wildcard.score("example.com", "/api").is_none());
+            prop_assert!(wildcard.score(&beyond, "/api").is_none());
+            let path = format!("/api{rest}");
+            let matched = wildcard.score(&under, &path).is_some();
+            prop_assert_eq!(matched, path == "/api" || path.starts_with("/api/"));
+        }
     }
 }
 
@@ -1083,9 +1162,10 @@ mod trust_tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(serve_with(
+        tokio::spawn(skiff_serve::serve(
             listener,
-            |request: http::Request<hyper::body::Incoming>| async move {
+            skiff_serve::Options::http1(Duration::from_millis(100)),
+            |request: http::Request<skiff_serve::Body>| async move {
                 let lines: String = request
                     .headers()
                     .iter()
@@ -1096,7 +1176,6 @@ mod trust_tests {
             async move {
                 let _ = stopped.await;
             },
-            Duration::from_millis(100),
         ));
         (addr, stop)
     }
@@ -1106,8 +1185,9 @@ mod trust_tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(serve_with(
+        tokio::spawn(skiff_serve::serve(
             listener,
+            skiff_serve::Options::http1(Duration::from_millis(100)),
             move |request| {
                 let ingress = ingress.clone();
                 async move { ingress.handle(request).await }
@@ -1115,13 +1195,12 @@ mod trust_tests {
             async move {
                 let _ = stopped.await;
             },
-            Duration::from_millis(100),
         ));
         (addr, stop)
     }
 
-    fn request(host: &str, pairs: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
-        let mut request = http::Request::new(Full::new(Bytes::new()));
+    fn request(host: &str, pairs: &[(&str, &str)]) -> http::Request<http_body_util::Full<Bytes>> {
+        let mut request = http::Request::new(http_body_util::Full::new(Bytes::new()));
         *request.uri_mut() = "/echo".parse().unwrap();
         *request.headers_mut() = headers(pairs);
         request
@@ -1249,9 +1328,10 @@ mod trust_tests {
     async fn a_pod_cannot_claim_to_be_missing_to_have_its_request_sent_again() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve_with(
+        tokio::spawn(skiff_serve::serve(
             listener,
-            |_request: http::Request<hyper::body::Incoming>| async {
+            skiff_serve::Options::http1(Duration::from_millis(100)),
+            |_request: http::Request<skiff_serve::Body>| async {
                 let mut response = text_response(StatusCode::NOT_FOUND, "mine\n".into());
                 response
                     .headers_mut()
@@ -1259,7 +1339,6 @@ mod trust_tests {
                 response
             },
             std::future::pending(),
-            Duration::from_millis(100),
         ));
         let ingress = ingress("127.0.0.1:1", true);
         ingress

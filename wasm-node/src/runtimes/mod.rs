@@ -72,8 +72,12 @@ impl Failure {
     /// registry that fails may do better next time.
     pub fn of_pull(error: OciError) -> Failure {
         match error {
+            // Over a cap is for good: the content named by digest is
+            // what it is. A registry that timed out may answer next time.
             e @ (OciError::NotWasm { .. }
             | OciError::TooLarge { .. }
+            | OciError::OverCap { .. }
+            | OciError::TooManyLayers { .. }
             | OciError::Reference(..)
             | OciError::NoPlatform { .. }
             | OciError::LinuxImage { .. }) => Failure::fatal("InvalidImage")(&e),

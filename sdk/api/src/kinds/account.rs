@@ -23,6 +23,7 @@ pub struct ServiceAccountSpec {
     /// `view`, `edit` or `admin` in the account's namespace; none when
     /// absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ROLES))]
     pub role: Option<String>,
 }
 

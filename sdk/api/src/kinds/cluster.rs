@@ -14,6 +14,11 @@ use crate::validate::{Validator, label_key, label_value};
 pub type Namespace = Object<NamespaceSpec, NamespaceStatus>;
 pub type Node = Object<NodeSpec, NodeStatus>;
 
+/// A route host: a DNS subdomain, or `*.` and one (as in
+/// [`crate::policy::validate_policy`] and the Route's `spec.host`).
+pub const ROUTE_HOST_PATTERN: &str =
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamespaceSpec {
@@ -42,6 +47,7 @@ pub struct NamespacePolicy {
     /// wildcard (`*.example.com`, which also covers deeper wildcards).
     /// None by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(max = 253), pattern(ROUTE_HOST_PATTERN)))]
     pub route_hosts: Vec<String>,
     /// The highest `priority` a pod here may have (default 0). Only a
     /// priority above 0, which a cluster admin must have granted, may
@@ -139,8 +145,10 @@ pub struct NodeSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Taint {
+    #[schemars(length(max = 253), pattern(crate::validate::LABEL_KEY_PATTERN))]
     pub key: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 63), pattern(crate::validate::LABEL_VALUE_PATTERN))]
     pub value: String,
     pub effect: TaintEffect,
 }

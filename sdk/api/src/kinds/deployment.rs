@@ -30,6 +30,7 @@ pub struct DeploymentSpec {
     pub revision_history_limit: Option<u32>,
     /// A rollout that makes no progress for this long fails (default 600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub progress_deadline_seconds: Option<u32>,
     /// Roll back to the last good revision when a rollout fails (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]

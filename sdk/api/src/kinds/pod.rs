@@ -26,6 +26,7 @@ pub struct PodSpec {
     /// OCI reference of a Wasm component or Linux image: `registry/repo:tag`
     /// or `registry/repo@sha256:...`.
     #[serde(default)]
+    #[schemars(length(max = 255), pattern(IMAGE_PATTERN))]
     pub image: String,
     /// A Secret in the pod's namespace with the registry's credentials:
     /// `username` and `password`, or `token`.
@@ -99,6 +100,14 @@ pub struct PodSpec {
     /// pod gets no credential it did not ask for.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub automount_service_account_token: bool,
+    /// What the pod's node does with it while the node is cut off from
+    /// the control plane: `KeepRunning` (default) serves on, and the pod may
+    /// run twice once the control plane replaces it elsewhere; `Stop` stops
+    /// it before the control plane may evict it (when the node's lease is
+    /// about to lapse) and starts it again when the lease is renewed and
+    /// the pod is still bound there, so it never runs twice.
+    #[serde(default, skip_serializing_if = "PartitionPolicy::is_default")]
+    pub partition_policy: PartitionPolicy,
     /// The node the pod is bound to; set once, by the scheduler.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_name: String,
@@ -165,7 +174,9 @@ pub struct KeyRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Volume {
+    #[schemars(length(max = 63), pattern(crate::validate::DNS_LABEL_PATTERN))]
     pub name: String,
+    #[schemars(pattern(r"^/[^\u0000]*$"))]
     pub mount_path: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
@@ -195,6 +206,7 @@ pub struct EmptyDirSource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamedSource {
+    #[schemars(length(max = 63), pattern(crate::validate::DNS_LABEL_PATTERN))]
     pub name: String,
 }
 
@@ -203,6 +215,7 @@ pub struct NamedSource {
 pub struct Port {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    #[schemars(range(min = 1, max = 65535))]
     pub port: u32,
     #[serde(default)]
     pub protocol: Protocol,
@@ -348,6 +361,20 @@ pub enum Placement {
 impl Placement {
     fn is_default(&self) -> bool {
         *self == Placement::BinPack
+    }
+}
+
+/// See [`PodSpec::partition_policy`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PartitionPolicy {
+    #[default]
+    KeepRunning,
+    Stop,
+}
+
+impl PartitionPolicy {
+    fn is_default(&self) -> bool {
+        *self == PartitionPolicy::KeepRunning
     }
 }
 
@@ -684,6 +711,10 @@ pub fn parse_millicores(cpu: &str) -> Option<u64> {
     let cores: f64 = cpu.parse().ok()?;
     (cores > 0.0 && cores.is_finite()).then(|| (cores * 1000.0).round() as u64)
 }
+
+/// What [`image_reference`] accepts, conservatively: lower-case path
+/// components, an optional tag and digest (no registry port).
+pub const IMAGE_PATTERN: &str = r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[A-Za-z0-9._-]{1,128})?(@sha256:[0-9a-f]{64})?$";
 
 /// Checks the shape of an OCI reference: `[registry/]repository[:tag][@sha256:hex]`.
 pub fn image_reference(image: &str) -> Result<(), String> {

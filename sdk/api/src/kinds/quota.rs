@@ -25,6 +25,7 @@ pub struct ResourceQuotaSpec {
     /// `maxInstances`, `cpu`), and caps on each pod (`pod.memory`,
     /// `pod.fuel`, `pod.timeout`, `pod.maxInstances`).
     #[serde(default)]
+    #[schemars(schema_with = "hard_schema")]
     pub hard: BTreeMap<String, String>,
 }
 
@@ -36,6 +37,44 @@ pub struct ResourceQuotaStatus {
     /// What the namespace uses now of each capped resource.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub used: BTreeMap<String, String>,
+}
+
+/// JSON Schema of `spec.hard`: each resource a quota may cap, with its
+/// amount as [`Resource::parse_amount`] reads it (conservatively: amounts
+/// small enough never to overflow), and no other key.
+fn hard_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    const COUNT: &str = r"^[0-9]{1,18}$";
+    const BYTES: &str = r"^[0-9]{1,9}(B|Ki|KiB|Mi|MiB|Gi|GiB|k|K|KB|M|MB|G|GB)?$";
+    const CPU: &str = r"^([1-9][0-9]{0,8}m|[1-9][0-9]{0,5})$";
+    const FUEL: &str = r"^[0-9]{1,9}[kKMG]?$";
+    const DURATION: &str = r"^[0-9]{1,9}(ms|s|m|h)?$";
+    let mut properties = serde_json::Map::new();
+    let mut add = |name: &str, pattern: &str| {
+        properties.insert(
+            name.to_owned(),
+            serde_json::json!({"type": "string", "pattern": pattern}),
+        );
+    };
+    for kind in COUNTED {
+        add(kind.plural(), COUNT);
+    }
+    for (name, pattern) in [
+        ("tokens", COUNT),
+        ("instances", COUNT),
+        ("pod.maxInstances", COUNT),
+        ("memory", BYTES),
+        ("pod.memory", BYTES),
+        ("cpu", CPU),
+        ("pod.fuel", FUEL),
+        ("pod.timeout", DURATION),
+    ] {
+        add(name, pattern);
+    }
+    schemars::json_schema!({
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": false,
+    })
 }
 
 /// A resource a quota may cap.

@@ -27,6 +27,10 @@ pub struct ServiceSpec {
     /// its own namespace always may. Closed to others by default: a
     /// caller's `allowOutbound` never opens another namespace's Service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(
+        length(max = 63),
+        pattern(r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$")
+    ))]
     pub allowed_callers: Vec<String>,
 }
 
@@ -35,9 +39,11 @@ pub struct ServiceSpec {
 pub struct ServicePort {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    #[schemars(range(min = 1, max = 65535))]
     pub port: u32,
     /// The pod port requests go to; defaults to `port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub target_port: Option<u32>,
     #[serde(default)]
     pub protocol: Protocol,
@@ -80,8 +86,10 @@ pub struct RouteSpec {
     pub path: String,
     /// The Service (same namespace) requests go to.
     #[serde(default)]
+    #[schemars(length(min = 1, max = 63), pattern(crate::validate::DNS_LABEL_PATTERN))]
     pub service: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u32>,
 }
 

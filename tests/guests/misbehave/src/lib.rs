@@ -90,6 +90,9 @@ fn handle(request: Request) -> Response {
             ))
         }
         // Answers with the request's headers, one `name: value` line each.
+        // How many bytes of body arrived: a proxy streaming a large body
+        // through is seen to have passed all of it.
+        "/length" => Response::text(200, format!("{}\n", request.body().len())),
         "/headers" => {
             let lines: String = request
                 .headers()
