@@ -574,11 +574,12 @@ impl Ingress {
         let body = match Outgoing::new(body).await {
             Ok(body) => body,
             Err(e) => {
-                let status = match e.downcast_ref::<skiff_serve::BodyError>() {
-                    Some(skiff_serve::BodyError::TimedOut(_)) => StatusCode::REQUEST_TIMEOUT,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                return text_response(status, format!("cannot read the request body: {e}\n"));
+                return request_body_fault(&*e).unwrap_or_else(|| {
+                    text_response(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read the request body: {e}\n"),
+                    )
+                });
             }
         };
         let idempotent = matches!(
@@ -635,6 +636,11 @@ impl Ingress {
                         "pod {} on {} ({}): {e}",
                         endpoint.pod, endpoint.node, endpoint.address
                     );
+                    // The client's own body (too slow, broken off) is its
+                    // fault, not the endpoint's.
+                    if let Some(response) = request_body_fault(&e) {
+                        return response;
+                    }
                     tracing::warn!("service {namespace}/{name}: {last_failure}");
                     if !(e.is_connect() && idempotent && !retried_connect) {
                         return text_response(
@@ -670,10 +676,13 @@ impl Ingress {
         *request.uri_mut() = format!("http://{addr}{path}").parse().unwrap_or_default();
         match self.client.request(request).await {
             Ok(response) => response.map(|b| b.map_err(BodyError::new).boxed_unsync()),
-            Err(e) => text_response(
-                StatusCode::BAD_GATEWAY,
-                format!("the pod's process on {addr} did not answer: {e}\n"),
-            ),
+            Err(e) => match request_body_fault(&e) {
+                Some(response) => response,
+                None => text_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the pod's process on {addr} did not answer: {e}\n"),
+                ),
+            },
         }
     }
 
@@ -736,6 +745,29 @@ fn strip_internal(headers: &mut http::HeaderMap) {
     for name in INTERNAL_HEADERS {
         headers.remove(name);
     }
+}
+
+/// The answer to a failure that was the client's request body's (it did
+/// not arrive in time, or broke off), found anywhere in the error's causes.
+fn request_body_fault(
+    error: &(dyn std::error::Error + 'static),
+) -> Option<http::Response<HttpBody>> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        let status = match e.downcast_ref::<skiff_serve::BodyError>() {
+            Some(skiff_serve::BodyError::TimedOut(_)) => StatusCode::REQUEST_TIMEOUT,
+            Some(skiff_serve::BodyError::Read(_)) => StatusCode::BAD_REQUEST,
+            None => {
+                cause = e.source();
+                continue;
+            }
+        };
+        return Some(text_response(
+            status,
+            format!("cannot read the request body: {e}\n"),
+        ));
+    }
+    None
 }
 
 /// A copy of the request with `body`, to send (perhaps again) to one

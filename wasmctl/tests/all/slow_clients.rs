@@ -76,7 +76,18 @@ fn wasmctl_run_drops_half_requests_and_refuses_past_its_connection_cap() {
 
 #[test]
 fn a_node_streams_a_large_body_to_another_nodes_pod_and_drops_half_requests() {
-    let cluster = NodeCluster::start(&[("s1", &["--listen-header-timeout", "1s"]), ("s2", &[])]);
+    let cluster = NodeCluster::start(&[
+        (
+            "s1",
+            &[
+                "--listen-header-timeout",
+                "1s",
+                "--listen-body-timeout",
+                "2s",
+            ],
+        ),
+        ("s2", &[]),
+    ]);
     let image = format!("{}/misbehave:v1", cluster.registry.addr);
     push(&test_guest("misbehave"), &image);
     cluster.apply(&[
@@ -119,4 +130,17 @@ fn a_node_streams_a_large_body_to_another_nodes_pod_and_drops_half_requests() {
     let mut half = half_request(s1);
     let (_, took) = until_closed(&mut half, Duration::from_secs(15));
     assert!(took >= Duration::from_millis(500), "{took:?}");
+
+    // A body that stops halfway while streaming to s2 is the client's
+    // fault: 408 from s1, not a 502 blaming the pod.
+    let mut stalled = TcpStream::connect(s1).unwrap();
+    stalled
+        .write_all(
+            b"POST /length HTTP/1.1\r\nhost: sink.example.com\r\ncontent-length: 1048576\r\n\r\n",
+        )
+        .unwrap();
+    stalled.write_all(&[b'a'; 100 << 10]).unwrap();
+    let (answer, _) = until_closed(&mut stalled, Duration::from_secs(20));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 2s"), "{answer}");
 }
