@@ -1,12 +1,14 @@
 //! The accept loop every Skiff server uses (a node's ingress, the API
 //! server, `wasmctl run`), with the edges a server facing strangers needs:
 //!
-//! - a **connection cap**: past it a connection is answered with a 503 and
-//!   closed, so a crowd of idle sockets cannot take the file descriptors the
-//!   server needs for its own traffic;
+//! - a **connection cap**, overall and per client address: past it a
+//!   connection is answered with a 503 and closed, so a crowd of idle
+//!   sockets cannot take the file descriptors the server needs for its own
+//!   traffic, nor one host the whole cap;
 //! - a **header-read deadline**: a request head (and, on a kept-alive
 //!   connection, the wait for the next one) must arrive within it, so half a
-//!   request line does not hold a connection forever;
+//!   request line does not hold a connection forever; an HTTP/2 connection
+//!   with no request for as long is closed too (its pings prove nothing);
 //! - a **TLS handshake deadline**;
 //! - a **request-body deadline**: the whole body must arrive within it, so a
 //!   body trickled a byte a second ends;
@@ -17,12 +19,13 @@
 //! [`Body`] that streams and enforces the body deadline.
 
 mod body;
+mod clients;
 mod io;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -60,6 +63,16 @@ pub struct Limits {
         default_value_t = 16_384
     )]
     pub max_connections: usize,
+    /// Most connections from one client address (an IPv6 /64 counts as one
+    /// address) served at once; past it that client's next connection
+    /// gets a 503. Raise it for a listener behind a proxy, where every
+    /// client shares the proxy's address.
+    #[arg(
+        id = "listen_max_connections_per_client",
+        long = "listen-max-connections-per-client",
+        default_value_t = 1024
+    )]
+    pub max_connections_per_client: usize,
     /// Deadline for a request head to arrive, from when the server is ready
     /// for it: bounds both a half-sent request and an idle kept-alive
     /// connection.
@@ -81,6 +94,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_connections: 16_384,
+            max_connections_per_client: 1024,
             header_read_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
@@ -144,6 +158,9 @@ pub async fn serve<H, F, B>(
     warn_if_too_few_files(options.limits.max_connections);
     let options = Arc::new(options);
     let permits = Arc::new(Semaphore::new(options.limits.max_connections));
+    let clients = Arc::new(clients::Clients::new(
+        options.limits.max_connections_per_client,
+    ));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -163,15 +180,26 @@ pub async fn serve<H, F, B>(
         // Small writes (a guest's chunks, a watch's events) must not wait
         // for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            if let Ok(refusal) = refusing.clone().try_acquire_owned() {
-                let options = options.clone();
-                connections.spawn(async move {
-                    refuse(stream, &options).await;
-                    drop(refusal);
-                });
+        let admitted = match clients.admit(peer.ip()) {
+            Some(slot) => permits
+                .clone()
+                .try_acquire_owned()
+                .map(|permit| (permit, slot))
+                .map_err(|_| Refusal::Server),
+            None => Err(Refusal::Client),
+        };
+        let (permit, slot) = match admitted {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                if let Ok(refusal) = refusing.clone().try_acquire_owned() {
+                    let options = options.clone();
+                    connections.spawn(async move {
+                        refuse(stream, &options, why).await;
+                        drop(refusal);
+                    });
+                }
+                continue;
             }
-            continue;
         };
         let (handler, options, stopping) = (handler.clone(), options.clone(), stopping.clone());
         connections.spawn(async move {
@@ -196,7 +224,7 @@ pub async fn serve<H, F, B>(
                 }
                 None => connection(stream, peer, &options, handler, stopping).await,
             }
-            drop(permit);
+            drop((permit, slot));
         });
         // Reap finished connections so the set does not grow without bound.
         while connections.try_join_next().is_some() {}
@@ -233,18 +261,19 @@ async fn connection<I, H, F, B>(
 {
     let limits = &options.limits;
     let io = TokioIo::new(io::WriteDeadline::new(io, limits.write_timeout));
-    // hyper's header timer covers HTTP/1 heads; the first request of a
-    // connection must also come in time when the protocol is still being
-    // chosen (an HTTP/2 preface sent by halves).
-    let started = Arc::new(AtomicBool::new(false));
+    let activity = Arc::new(Activity::default());
     let body_timeout = limits.body_timeout;
     let service = {
-        let started = started.clone();
+        let activity = activity.clone();
         hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-            started.store(true, Ordering::Relaxed);
+            let busy = activity.begin();
             request.extensions_mut().insert(peer);
             let response = handler(request.map(|body| Body::new(body, body_timeout)));
-            async move { Ok::<_, Infallible>(response.await) }
+            async move {
+                let response = response.await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -252,6 +281,9 @@ async fn connection<I, H, F, B>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // Bounds the buffer a request head may fill (past it, 431):
+        // hyper's default lets each connection hold ~400 KB.
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     builder
         .http2()
@@ -264,17 +296,20 @@ async fn connection<I, H, F, B>(
     }
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
-    let first_request = async {
-        tokio::time::sleep(limits.header_read_timeout).await;
-        if started.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
-        }
-    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        () = first_request => {
-            tracing::debug!("{} sent no request within {:?}", peer.0, limits.header_read_timeout);
-            return;
+        asked = activity.idle(limits.header_read_timeout) => {
+            if !asked {
+                // Not even a first request (an HTTP/2 preface sent by
+                // halves, or nothing): dropped.
+                tracing::debug!("{} sent no request within {:?}", peer.0, limits.header_read_timeout);
+                return;
+            }
+            // Idle, whatever the protocol (hyper times out idle HTTP/1
+            // itself, not HTTP/2, whose pings any client answers): no new
+            // request is taken; a response still streaming finishes.
+            connection.as_mut().graceful_shutdown();
+            connection.await
         }
         _ = stopping.changed() => {
             connection.as_mut().graceful_shutdown();
@@ -286,13 +321,67 @@ async fn connection<I, H, F, B>(
     }
 }
 
+/// The most a request head may take (hyper's buffer for it).
+const MAX_HEAD_BYTES: usize = 64 << 10;
+
+/// A connection's requests: how many began, how many are being handled.
+#[derive(Default)]
+struct Activity {
+    began: AtomicU64,
+    handling: AtomicUsize,
+}
+
+/// A request being handled, until its response head is ready.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.handling.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.began.fetch_add(1, Ordering::Relaxed);
+        self.handling.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// Completes once a whole `period` passed with no request begun and
+    /// none being handled; says whether any request ever began.
+    async fn idle(&self, period: Duration) -> bool {
+        let mut seen = 0;
+        loop {
+            tokio::time::sleep(period).await;
+            let began = self.began.load(Ordering::Relaxed);
+            if began == seen && self.handling.load(Ordering::Relaxed) == 0 {
+                return began > 0;
+            }
+            seen = began;
+        }
+    }
+}
+
+/// Which cap a refused connection met.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    Server,
+    Client,
+}
+
 /// Answers a connection past the cap with a 503 and closes it: first takes
 /// what the client sends (briefly), so the answer is not lost to a reset.
-async fn refuse(stream: TcpStream, options: &Options) {
-    let message = format!(
-        "this server is serving its limit of {} connections (--listen-max-connections); try again shortly\n",
-        options.limits.max_connections
-    );
+async fn refuse(stream: TcpStream, options: &Options, why: Refusal) {
+    let message = match why {
+        Refusal::Server => format!(
+            "this server is serving its limit of {} connections (--listen-max-connections); try again shortly\n",
+            options.limits.max_connections
+        ),
+        Refusal::Client => format!(
+            "this server is serving its limit of {} connections from your address (--listen-max-connections-per-client); try again shortly\n",
+            options.limits.max_connections_per_client
+        ),
+    };
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
          retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{message}",

@@ -21,6 +21,7 @@ const SHORT: Duration = Duration::from_millis(400);
 fn limits() -> Limits {
     Limits {
         max_connections: 64,
+        max_connections_per_client: 64,
         header_read_timeout: SHORT,
         body_timeout: SHORT,
         write_timeout: SHORT,
@@ -362,4 +363,89 @@ async fn handlers_see_the_peer_address() {
         .unwrap();
     let (answer, _) = until_closed(&mut stream, Duration::from_secs(5)).await;
     assert!(answer.ends_with(&local.to_string()), "{answer}");
+}
+
+/// Connects from `source` (any 127.x address is this machine).
+async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test]
+async fn one_address_holds_only_its_share_of_connections() {
+    let limits = Limits {
+        max_connections_per_client: 2,
+        header_read_timeout: Duration::from_secs(30),
+        ..limits()
+    };
+    let (addr, _, _stop) = start(limits, None, Protocols::Http1).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect_from([127, 0, 0, 1], addr).await;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(stream);
+    }
+    let mut third = connect_from([127, 0, 0, 1], addr).await;
+    third
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = until_closed(&mut third, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("--listen-max-connections-per-client"),
+        "{answer}"
+    );
+
+    // Another address is served meanwhile.
+    let mut other = connect_from([127, 0, 0, 2], addr).await;
+    other
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = until_closed(&mut other, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_its_requests() {
+    let (addr, _, _stop) = start(limits(), None, Protocols::Auto).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri(format!("http://{addr}/"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    // The client answers pings and keeps the connection open; the server
+    // closes it once nothing is asked for a header deadline.
+    let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(closed.is_ok(), "an idle HTTP/2 connection was held open");
+}
+
+#[tokio::test]
+async fn a_request_head_too_large_is_refused_not_buffered() {
+    let (addr, _, _stop) = start(limits(), None, Protocols::Http1).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // hyper alone would take up to ~400 KB of head per connection.
+    let big = "a".repeat(200 << 10);
+    let _ = stream
+        .write_all(format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n").as_bytes())
+        .await;
+    let (answer, _) = until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 }

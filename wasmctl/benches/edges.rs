@@ -68,11 +68,12 @@ fn main() {
     for round in 0..rounds {
         alone.push(load());
         rss_alone.push(rss_mib(pid));
-        // A source address of its own each round, so the previous round's
-        // closed connections (in TIME_WAIT) take no ports from this one.
-        let source = Ipv4Addr::new(127, 0, 1, round as u8 + 1);
+        // Source addresses of their own each round, so the previous round's
+        // closed connections (in TIME_WAIT) take no ports from this one; 16
+        // of them, as a crowd from one address would meet the per-client
+        // cap long before 10,000.
         let started = Instant::now();
-        let crowd = runtime.block_on(open_crowd(node.ingress, source, crowd_size));
+        let crowd = runtime.block_on(open_crowd(node.ingress, round, crowd_size));
         let opened = started.elapsed();
         crowded.push(load());
         rss_crowded.push(rss_mib(pid));
@@ -110,10 +111,12 @@ fn main() {
     );
 }
 
-/// Opens `n` connections from `source`, each sending half a request line.
-async fn open_crowd(to: SocketAddr, source: Ipv4Addr, n: usize) -> Vec<tokio::net::TcpStream> {
+/// Opens `n` connections from 16 loopback addresses of this round's,
+/// each sending half a request line.
+async fn open_crowd(to: SocketAddr, round: usize, n: usize) -> Vec<tokio::net::TcpStream> {
     let mut crowd = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
+        let source = Ipv4Addr::new(127, 1 + round as u8, 0, 1 + (i % 16) as u8);
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket
             .bind(SocketAddr::from((source, 0)))

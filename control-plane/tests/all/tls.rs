@@ -104,7 +104,7 @@ async fn half_handshakes_and_half_requests_are_cut_off_at_their_deadlines() {
     let dir = tempfile::tempdir().unwrap();
     let database_url = Postgres::shared().create_database();
     let tls_dir = dir.path().to_str().unwrap();
-    testkit::init_cluster(binary(), &database_url, &["--tls-dir", tls_dir]);
+    let token = testkit::init_cluster(binary(), &database_url, &["--tls-dir", tls_dir]);
     let tls = ControlPlane::start(
         binary(),
         &database_url,
@@ -128,6 +128,8 @@ async fn half_handshakes_and_half_requests_are_cut_off_at_their_deadlines() {
         &[
             "--listen-header-timeout",
             "1s",
+            "--listen-body-timeout",
+            "1s",
             "--no-scheduler",
             "--no-controllers",
         ],
@@ -135,4 +137,23 @@ async fn half_handshakes_and_half_requests_are_cut_off_at_their_deadlines() {
     let addr = plain.url.trim_start_matches("http://").to_owned();
     let took = closed_after(&addr, b"GET /healthz HT").await;
     assert!(took >= std::time::Duration::from_millis(500), "{took:?}");
+
+    // A body that stops coming is the caller's 408, not a 413 or a 5xx.
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /apis/skiff.dev/v1/namespaces/default/configmaps HTTP/1.1\r\nhost: x\r\n\
+         authorization: Bearer {token}\r\ncontent-type: application/json\r\n\
+         content-length: 1000\r\n\r\n{{\"apiVersion\""
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the API server still waited for the body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1s"), "{answer}");
 }
