@@ -4,7 +4,7 @@
 //! the request, made before anything is read, so a refusal never depends
 //! on whether the object exists.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hashlink::{LinkedHashMap, LruCache};
 use sha2::{Digest, Sha256};
 use skiff_api::Kind;
 
@@ -295,16 +296,35 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 }
 
 /// Most token lookups remembered at once (known and unknown tokens): a
-/// flood of made-up tokens cannot grow the cache without bound.
+/// flood of made-up tokens cannot grow the cache without bound; beyond it
+/// the least recently used lookup is forgotten, never the lot.
 pub const MAX_CACHED_LOOKUPS: usize = 10_000;
 /// Failed lookups a client address may make in a burst...
 pub const FAILED_AUTH_BURST: f64 = 20.0;
 /// ...and the rate at which it regains them, per second. Beyond it, its
 /// tokens are not looked up (429), so made-up tokens cannot load the
-/// database; tokens already cached still work.
+/// database; tokens already cached, or valid lately, still work.
 pub const FAILED_AUTH_PER_SECOND: f64 = 1.0;
 /// Most client addresses whose failures are tracked at once.
 const MAX_TRACKED_CLIENTS: usize = 10_000;
+/// How many of the least recently charged addresses are looked through
+/// for one to forget when [`MAX_TRACKED_CLIENTS`] are tracked: a bound on
+/// the work a new address costs under the lock.
+const EVICTION_SCAN: usize = 64;
+/// How long a token that was found valid is exempt from the failure limit
+/// (a node's token, behind an address its pods share with an attacker,
+/// must keep renewing its lease). It is still looked up once the cache
+/// forgets it, so a deleted token stops working within the cache's TTL.
+pub const KNOWN_GOOD_TTL: Duration = Duration::from_secs(10 * 60);
+/// Most tokens remembered as valid at once (least recently used go first).
+const MAX_KNOWN_GOOD: usize = 10_000;
+/// Lookups of tokens not known to be valid that may run at once, all
+/// addresses together: well under the pool's connections, so that made-up
+/// tokens from many addresses never starve other queries.
+pub const UNKNOWN_LOOKUP_PERMITS: usize = 4;
+/// How long a lookup of a not-yet-known token waits for a permit before
+/// it is answered 503: the server is busy, through no fault of this caller.
+const UNKNOWN_LOOKUP_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a bearer token does not establish a caller.
 #[derive(Debug, thiserror::Error)]
@@ -315,6 +335,10 @@ pub enum AuthError {
         retry_after.as_secs()
     )]
     Throttled { retry_after: Duration },
+    /// Too many lookups of not-yet-known tokens in progress, from every
+    /// address together.
+    #[error("too many token lookups in progress; retry shortly")]
+    Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -325,8 +349,11 @@ pub enum AuthError {
 pub struct Authenticator {
     store: Store,
     ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], CachedLookup>>,
-    failures: Mutex<HashMap<ClientKey, Bucket>>,
+    cache: Mutex<LruCache<[u8; 32], CachedLookup>>,
+    failures: Mutex<FailureLimiter>,
+    /// Tokens found valid, and when last: exempt from the failure limit.
+    known_good: Mutex<LruCache<[u8; 32], Instant>>,
+    unknown_lookups: tokio::sync::Semaphore,
     database_lookups: AtomicU64,
 }
 
@@ -371,18 +398,99 @@ impl Bucket {
         }
     }
 
-    fn refill(&mut self, now: Instant) {
+    /// The tokens it holds at `now`.
+    fn level(&self, now: Instant) -> f64 {
         let gained = now.duration_since(self.updated).as_secs_f64() * FAILED_AUTH_PER_SECOND;
-        self.tokens = (self.tokens + gained).min(FAILED_AUTH_BURST);
+        (self.tokens + gained).min(FAILED_AUTH_BURST)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        self.tokens = self.level(now);
         self.updated = now;
     }
 
-    /// How long until one lookup is allowed again (zero: now).
-    fn wait(&self) -> Duration {
+    /// Takes one lookup, or says how long until one is allowed.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
         if self.tokens >= 1.0 {
-            Duration::ZERO
+            self.tokens -= 1.0;
+            Ok(())
         } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / FAILED_AUTH_PER_SECOND)
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / FAILED_AUTH_PER_SECOND,
+            ))
+        }
+    }
+}
+
+/// The buckets of the client addresses tracked, least recently charged
+/// first. Bounded: when full, a bucket that has refilled (as good as none)
+/// or the fullest of the oldest few goes; an address being throttled is
+/// never forgotten, since it would come back with a full burst.
+struct FailureLimiter {
+    buckets: LinkedHashMap<ClientKey, Bucket>,
+    capacity: usize,
+}
+
+impl FailureLimiter {
+    fn new(capacity: usize) -> Self {
+        Self {
+            buckets: LinkedHashMap::new(),
+            capacity,
+        }
+    }
+
+    /// Takes one lookup from `client`'s allowance before it is made, or
+    /// says how long until one is allowed.
+    fn take(&mut self, client: ClientKey, now: Instant) -> Result<(), Duration> {
+        if let Some(bucket) = self.buckets.to_back(&client) {
+            return bucket.take(now);
+        }
+        if self.buckets.len() >= self.capacity && !self.make_room(now) {
+            // Every address tracked is being throttled (a flood from many
+            // addresses): a new one is judged as empty too, rather than
+            // have one of them forgotten and handed a fresh burst.
+            return Err(Duration::from_secs_f64(1.0 / FAILED_AUTH_PER_SECOND));
+        }
+        let mut bucket = Bucket::full(now);
+        let taken = bucket.take(now);
+        self.buckets.insert(client, bucket);
+        taken
+    }
+
+    /// Gives back a lookup taken for a token that turned out valid (or
+    /// was never looked up).
+    fn refund(&mut self, client: ClientKey, now: Instant) {
+        if let Some(bucket) = self.buckets.get_mut(&client) {
+            bucket.refill(now);
+            bucket.tokens = (bucket.tokens + 1.0).min(FAILED_AUTH_BURST);
+        }
+    }
+
+    /// Forgets one bucket if one can go without loosening the limit;
+    /// says whether there is room now.
+    fn make_room(&mut self, now: Instant) -> bool {
+        while let Some((_, bucket)) = self.buckets.front()
+            && bucket.level(now) >= FAILED_AUTH_BURST
+        {
+            self.buckets.pop_front();
+        }
+        if self.buckets.len() < self.capacity {
+            return true;
+        }
+        let fullest = self
+            .buckets
+            .iter()
+            .take(EVICTION_SCAN)
+            .map(|(client, bucket)| (*client, bucket.level(now)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        match fullest {
+            // It may come back with a full burst: at most a burst early.
+            Some((client, level)) if level >= 1.0 => {
+                self.buckets.remove(&client);
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -392,8 +500,10 @@ impl Authenticator {
         Self {
             store,
             ttl,
-            cache: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            cache: Mutex::new(LruCache::new(MAX_CACHED_LOOKUPS)),
+            failures: Mutex::new(FailureLimiter::new(MAX_TRACKED_CLIENTS)),
+            known_good: Mutex::new(LruCache::new(MAX_KNOWN_GOOD)),
+            unknown_lookups: tokio::sync::Semaphore::new(UNKNOWN_LOOKUP_PERMITS),
             database_lookups: AtomicU64::new(0),
         }
     }
@@ -425,74 +535,95 @@ impl Authenticator {
             }
             return Ok(principal.clone());
         }
-        let client = client.map(client_key);
-        if let Some(client) = client {
-            let mut failures = self.failures.lock().expect("failures lock");
-            if let Some(bucket) = failures.get_mut(&client) {
-                bucket.refill(now);
-                let wait = bucket.wait();
-                if !wait.is_zero() {
-                    return Err(AuthError::Throttled {
+        let known_good = self
+            .known_good
+            .lock()
+            .expect("known good lock")
+            .peek(&hash)
+            .is_some_and(|valid| now.duration_since(*valid) < KNOWN_GOOD_TTL);
+        // A token valid lately is looked up at once: neither a flood from
+        // its address nor one from everywhere keeps it out.
+        let (charged, permit) = if known_good {
+            (None, None)
+        } else {
+            // Charged before the lookup, so that concurrent requests cannot
+            // all pass the check before the first one counts.
+            let charged = client.map(client_key);
+            if let Some(client) = charged {
+                self.failures
+                    .lock()
+                    .expect("failures lock")
+                    .take(client, now)
+                    .map_err(|wait| AuthError::Throttled {
                         // Whole seconds, rounded up, as Retry-After has them.
                         retry_after: Duration::from_secs(wait.as_secs_f64().ceil() as u64),
-                    });
+                    })?;
+            }
+            let permit =
+                tokio::time::timeout(UNKNOWN_LOOKUP_WAIT, self.unknown_lookups.acquire()).await;
+            match permit {
+                Ok(Ok(permit)) => (charged, Some(permit)),
+                _ => {
+                    self.refund(charged);
+                    return Err(AuthError::Busy);
                 }
             }
+        };
+        let looked_up = self.look_up(token, &hash).await;
+        drop(permit);
+        let (principal, expires) = match looked_up {
+            Ok(found) => found,
+            Err(e) => {
+                self.refund(charged);
+                return Err(e.into());
+            }
+        };
+        {
+            let mut known_good = self.known_good.lock().expect("known good lock");
+            if principal.is_some() {
+                known_good.insert(hash, now);
+            } else {
+                known_good.remove(&hash);
+            }
         }
+        if principal.is_some() {
+            self.refund(charged);
+        }
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .insert(hash, (principal.clone(), now, expires));
+        Ok(principal)
+    }
+
+    async fn look_up(
+        &self,
+        token: &str,
+        hash: &[u8; 32],
+    ) -> Result<(Option<Principal>, Option<chrono::DateTime<chrono::Utc>>), StoreError> {
         self.database_lookups.fetch_add(1, Ordering::Relaxed);
-        let (principal, expires) = if token.starts_with(ACCOUNT_TOKEN_PREFIX) {
-            let record = self.store.find_account_token(&hash).await?;
+        Ok(if token.starts_with(ACCOUNT_TOKEN_PREFIX) {
+            let record = self.store.find_account_token(hash).await?;
             (
                 record.as_ref().map(Principal::of_account),
                 record.map(|r| r.expires_at),
             )
         } else {
-            let record = self.store.find_token(&hash).await?;
+            let record = self.store.find_token(hash).await?;
             (
                 record.as_ref().map(Principal::from_record),
                 record.and_then(|r| r.expires_at),
             )
-        };
-        if principal.is_none()
-            && let Some(client) = client
-        {
-            self.count_failure(client, now);
-        }
-        self.remember(hash, (principal.clone(), now, expires));
-        Ok(principal)
+        })
     }
 
-    fn count_failure(&self, client: ClientKey, now: Instant) {
-        let mut failures = self.failures.lock().expect("failures lock");
-        if failures.len() >= MAX_TRACKED_CLIENTS && !failures.contains_key(&client) {
-            // A bucket refilled to the brim is as good as none.
-            failures.retain(|_, bucket| {
-                bucket.refill(now);
-                bucket.tokens < FAILED_AUTH_BURST
-            });
-            if failures.len() >= MAX_TRACKED_CLIENTS {
-                // Every tracked client is failing right now: forget the
-                // lot rather than grow; each starts over with a full burst.
-                failures.clear();
-            }
+    fn refund(&self, charged: Option<ClientKey>) {
+        if let Some(client) = charged {
+            self.failures
+                .lock()
+                .expect("failures lock")
+                .refund(client, Instant::now());
         }
-        let bucket = failures.entry(client).or_insert_with(|| Bucket::full(now));
-        bucket.refill(now);
-        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
-    }
-
-    fn remember(&self, hash: [u8; 32], lookup: CachedLookup) {
-        let now = lookup.1;
-        let mut cache = self.cache.lock().expect("cache lock");
-        cache.retain(|_, (_, fetched, _)| now.duration_since(*fetched) < self.ttl);
-        if cache.len() >= MAX_CACHED_LOOKUPS {
-            // Unknown tokens go first: known ones are what saves lookups.
-            cache.retain(|_, (principal, _, _)| principal.is_some());
-            if cache.len() >= MAX_CACHED_LOOKUPS {
-                cache.clear();
-            }
-        }
-        cache.insert(hash, lookup);
     }
 }
 
@@ -692,6 +823,75 @@ mod tests {
         assert!(!may_read_proxy_key(&Principal::Node("n1".into()), "n2"));
         assert!(may_read_proxy_key(&Principal::ClusterAdmin, "n1"));
         assert!(!may_read_proxy_key(&roles(&[("shop", Role::Admin)]), "n1"));
+    }
+
+    fn address(i: u32) -> ClientKey {
+        IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))
+    }
+
+    /// Takes from `client`'s bucket until it refuses; returns how many it allowed.
+    fn drain(limiter: &mut FailureLimiter, client: ClientKey, now: Instant) -> usize {
+        (0..)
+            .take_while(|_| limiter.take(client, now).is_ok())
+            .count()
+    }
+
+    #[test]
+    fn lookups_are_charged_before_they_are_made_and_refunded_when_valid() {
+        let mut limiter = FailureLimiter::new(10);
+        let now = Instant::now();
+        // Taken one after the other with none finished: the burst, no more.
+        assert_eq!(
+            drain(&mut limiter, address(1), now),
+            FAILED_AUTH_BURST as usize
+        );
+        let wait = limiter.take(address(1), now).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        limiter.refund(address(1), now);
+        assert!(
+            limiter.take(address(1), now).is_ok(),
+            "a refund is a lookup back"
+        );
+        assert!(limiter.take(address(1), now).is_err());
+        assert!(
+            limiter
+                .take(address(1), now + Duration::from_secs(1))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn overflowing_the_tracked_addresses_never_resets_a_throttled_one() {
+        const CAPACITY: usize = 100;
+        let mut limiter = FailureLimiter::new(CAPACITY);
+        let now = Instant::now();
+        let throttled = address(0);
+        drain(&mut limiter, throttled, now);
+        for i in 1..CAPACITY as u32 {
+            drain(&mut limiter, address(i), now);
+        }
+        // Every tracked address is throttled: newcomers are judged empty
+        // too, and none of the tracked is forgotten for them.
+        for i in 0..3 * CAPACITY as u32 {
+            assert!(limiter.take(address(1000 + i), now).is_err());
+        }
+        assert!(limiter.take(throttled, now).is_err(), "still throttled");
+        assert_eq!(limiter.buckets.len(), CAPACITY);
+
+        // A bucket with lookups left may go to make room, a throttled one
+        // still not; a refilled one goes first.
+        let later = now + Duration::from_millis(500);
+        limiter.refund(address(7), later);
+        limiter.refund(address(7), later);
+        assert!(limiter.take(address(5000), later).is_ok());
+        assert!(!limiter.buckets.contains_key(&address(7)));
+        assert!(limiter.take(throttled, later).is_err(), "still throttled");
+        let refilled = now + Duration::from_secs(60);
+        assert!(limiter.take(address(5001), refilled).is_ok());
+        assert!(limiter.buckets.len() <= CAPACITY);
     }
 
     #[test]

@@ -28,6 +28,11 @@ const HUB_BUFFER: usize = 8 * 1024;
 /// is overwritten, so this bounds what it holds: `HUB_BUFFER` times this
 /// (128 MiB), however large the objects written.
 const HUB_CHANGE_BYTES: usize = 16 << 10;
+/// Large changes the hub keeps whole for the watches that want them (each
+/// up to about 2 MiB: an object and its previous version), the latest
+/// first: a watch that comes for one still kept shares it instead of
+/// reading it again, so a large write costs one read, not one per watch.
+const HUB_LARGE_KEPT: usize = 16;
 /// Events of one watch waiting for its client to read them.
 const WATCH_BUFFER: usize = 16;
 /// How often the hub polls even without a notification.
@@ -108,25 +113,37 @@ impl WatchHub {
 /// A change as the hub passes it on.
 enum Live {
     Change(Change),
-    /// A change too large to buffer: the watches it concerns read it from
-    /// the database; the others pass it by.
+    /// A change too large to buffer: the watches it concerns take it from
+    /// the hub's few kept whole (`change`, while it is kept) or read it
+    /// from the database; the others pass it by. The buffer holds only the
+    /// weak reference.
     Large {
         revision: i64,
         kind: Kind,
         namespace: String,
+        change: std::sync::Weak<Change>,
     },
 }
 
 impl Live {
-    fn of(change: Change) -> Live {
-        if change.bytes > HUB_CHANGE_BYTES {
-            Live::Large {
-                revision: change.revision,
-                kind: change.kind,
-                namespace: change.namespace,
-            }
-        } else {
-            Live::Change(change)
+    /// The change as the hub passes it on; a large one is added to `kept`
+    /// (the latest [`HUB_LARGE_KEPT`]).
+    fn of(change: Change, kept: &mut std::collections::VecDeque<Arc<Change>>) -> Live {
+        if change.bytes <= HUB_CHANGE_BYTES {
+            return Live::Change(change);
+        }
+        let (revision, kind, namespace) = (change.revision, change.kind, change.namespace.clone());
+        let change = Arc::new(change);
+        let weak = Arc::downgrade(&change);
+        if kept.len() == HUB_LARGE_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(change);
+        Live::Large {
+            revision,
+            kind,
+            namespace,
+            change: weak,
         }
     }
 
@@ -139,6 +156,7 @@ impl Live {
 }
 
 async fn follow(store: Store, events: broadcast::Sender<Arc<Live>>) {
+    let mut kept = std::collections::VecDeque::with_capacity(HUB_LARGE_KEPT);
     let mut cursor = loop {
         match store.current_revision().await {
             Ok(revision) => break revision,
@@ -155,7 +173,7 @@ async fn follow(store: Store, events: broadcast::Sender<Arc<Live>>) {
             }
         };
         loop {
-            cursor = catch_up(&store, cursor, &events).await;
+            cursor = catch_up(&store, cursor, &events, &mut kept).await;
             tokio::select! {
                 notification = listener.recv() => match notification {
                     Ok(()) => {}
@@ -170,13 +188,18 @@ async fn follow(store: Store, events: broadcast::Sender<Arc<Live>>) {
 }
 
 /// Broadcasts every change after `cursor`; returns the new cursor.
-async fn catch_up(store: &Store, mut cursor: i64, events: &broadcast::Sender<Arc<Live>>) -> i64 {
+async fn catch_up(
+    store: &Store,
+    mut cursor: i64,
+    events: &broadcast::Sender<Arc<Live>>,
+    kept: &mut std::collections::VecDeque<Arc<Change>>,
+) -> i64 {
     loop {
         match store.changes_after(cursor, PAGE).await {
             Ok(page) => {
                 for change in page.changes {
                     // No subscribers is fine: nobody is watching.
-                    let _ = events.send(Arc::new(Live::of(change)));
+                    let _ = events.send(Arc::new(Live::of(change, kept)));
                 }
                 cursor = page.last.unwrap_or(cursor);
                 if !page.more {
@@ -283,14 +306,20 @@ impl Watch {
                             Live::Change(change) if change.revision == self.cursor + 1 => {
                                 self.consider(change).await?;
                             }
-                            Live::Large { revision, kind, namespace }
-                                if *revision == self.cursor + 1
-                                    && !self.concerns(*kind, namespace) =>
+                            Live::Large { revision, kind, namespace, change }
+                                if *revision == self.cursor + 1 =>
                             {
-                                self.cursor = *revision;
+                                if !self.concerns(*kind, namespace) {
+                                    self.cursor = *revision;
+                                } else if let Some(change) = change.upgrade() {
+                                    self.consider(&change).await?;
+                                } else {
+                                    // No longer kept: read it from the database.
+                                    break;
+                                }
                             }
-                            // A large change, or a gap (should not happen):
-                            // read from the database.
+                            // A gap (should not happen): read from the
+                            // database.
                             _ => break,
                         },
                         // A lagging receiver: re-read from the database.
@@ -298,6 +327,7 @@ impl Watch {
                         Err(broadcast::error::RecvError::Closed) => return Err(Ended),
                     },
                     _ = bookmarks.tick() => self.send_bookmark().await?,
+                    () = self.lines.closed() => return Err(Ended),
                 }
             }
         }
@@ -335,6 +365,11 @@ impl Watch {
 
     async fn catch_up_from_database(&mut self) -> Result<(), Ended> {
         loop {
+            // A client gone mid catch-up (most changes concern other
+            // watches, so nothing is sent that would notice) ends it here.
+            if self.lines.is_closed() {
+                return Err(Ended);
+            }
             let page = match self.store.changes_after(self.cursor, PAGE).await {
                 Ok(page) => page,
                 Err(e @ StoreError::Compacted { .. }) => {

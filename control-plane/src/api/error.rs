@@ -25,6 +25,8 @@ pub enum ApiError {
     Conflict(String),
     Gone(String),
     TooLarge(String),
+    /// The request body did not arrive in time.
+    Timeout(String),
     /// The caller asked too much too often; it may retry after this many
     /// seconds.
     TooManyRequests {
@@ -74,6 +76,8 @@ impl From<crate::auth::AuthError> for ApiError {
                 message: error.to_string(),
                 retry_after: retry_after.as_secs(),
             },
+            // The server is busy, through no fault of this caller's.
+            crate::auth::AuthError::Busy => ApiError::Unavailable(error.to_string()),
             crate::auth::AuthError::Store(e) => e.into(),
         }
     }
@@ -112,6 +116,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "Forbidden", m, vec![]),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "NotFound", m, vec![]),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "BadRequest", m, vec![]),
+            ApiError::Timeout(m) => (StatusCode::REQUEST_TIMEOUT, "Timeout", m, vec![]),
             ApiError::MethodNotAllowed(m) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "MethodNotAllowed",

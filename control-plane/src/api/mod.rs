@@ -70,9 +70,16 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let readiness = Arc::new(Readiness::new(state.store.clone()));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move { readiness.respond().await }
+            }),
+        )
         .route("/openapi.json", get(openapi::serve))
         .route(
             "/apis/skiff.dev/v1/{*path}",
@@ -84,12 +91,52 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Ready when the database answers.
-async fn readyz(State(state): State<AppState>) -> Response {
-    if state.store.ping().await {
-        "ok".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+/// How long one answer of the database to `/readyz` stands for all.
+const READINESS_REFRESH: Duration = Duration::from_secs(1);
+/// Longest a readiness check waits for the database: a silent one is not
+/// ready, and the callers waiting on the check are answered.
+const READINESS_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Ready when the database answers. `/readyz` needs no token, so anyone
+/// may call it as often as they like: every caller shares one check,
+/// made at most once per [`READINESS_REFRESH`], and callers arriving while
+/// it runs wait for its answer rather than start their own.
+struct Readiness {
+    store: Store,
+    /// The last answer and when it was asked for; the lock is held across
+    /// the check, which makes it single-flight.
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, bool)>>,
+}
+
+impl Readiness {
+    fn new(store: Store) -> Self {
+        Self {
+            store,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn ready(&self) -> bool {
+        let mut last = self.last.lock().await;
+        if let Some((asked, ready)) = *last
+            && asked.elapsed() < READINESS_REFRESH
+        {
+            return ready;
+        }
+        let asked = tokio::time::Instant::now();
+        let ready = tokio::time::timeout(READINESS_DEADLINE, self.store.ping())
+            .await
+            .unwrap_or(false);
+        *last = Some((asked, ready));
+        ready
+    }
+
+    async fn respond(&self) -> Response {
+        if self.ready().await {
+            "ok".into_response()
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+        }
     }
 }
 
@@ -329,6 +376,24 @@ fn method_not_allowed(method: &Method) -> ApiError {
     ApiError::MethodNotAllowed(format!("{method} is not allowed on this resource"))
 }
 
+/// Why a request body could not be read, as the caller's error: too slow
+/// (the listener's body deadline), broken off, or too large.
+fn body_error(error: &axum::Error) -> ApiError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        match e.downcast_ref::<skiff_serve::BodyError>() {
+            Some(timeout @ skiff_serve::BodyError::TimedOut(_)) => {
+                return ApiError::Timeout(timeout.to_string());
+            }
+            Some(broken @ skiff_serve::BodyError::Read(_)) => {
+                return ApiError::BadRequest(broken.to_string());
+            }
+            None => cause = e.source(),
+        }
+    }
+    ApiError::TooLarge("request body is larger than 1Mi; objects are limited to 1Mi".into())
+}
+
 /// The request body, refused beyond [`MAX_OBJECT_BYTES`].
 async fn read_body(request: Request) -> Result<bytes::Bytes, ApiError> {
     let content_type = request
@@ -339,9 +404,7 @@ async fn read_body(request: Request) -> Result<bytes::Bytes, ApiError> {
     let body: Body = request.into_body();
     let bytes = axum::body::to_bytes(body, MAX_OBJECT_BYTES)
         .await
-        .map_err(|_| {
-            ApiError::TooLarge("request body is larger than 1Mi; objects are limited to 1Mi".into())
-        })?;
+        .map_err(|e| body_error(&e))?;
     if !bytes.is_empty()
         && let Some(content_type) = content_type
         && !matches!(

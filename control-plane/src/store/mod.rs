@@ -320,6 +320,8 @@ pub struct Store {
     leader: LeaderTiming,
     /// How long opening a connection of its own (a leader's) may take.
     connect_deadline: Duration,
+    /// Readiness checks sent to the database so far.
+    pings: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Settings of the connection pool, and the deadlines that keep a silently
@@ -446,6 +448,7 @@ impl Store {
             keyring,
             leader: LeaderTiming::of(settings.leader_timeout),
             connect_deadline: settings.acquire_timeout,
+            pings: Arc::default(),
         })
     }
 
@@ -808,7 +811,15 @@ impl Store {
     }
 
     /// Whether the database answers.
+    /// How many times [`Store::ping`] asked the database, by any clone of
+    /// this store (what `/readyz` costs is observable through it).
+    pub fn pings(&self) -> u64 {
+        self.pings.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub async fn ping(&self) -> bool {
+        self.pings
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 

@@ -540,3 +540,144 @@ async fn live_watches_get_large_changes_in_order_through_the_database() {
         .unwrap();
     assert_eq!(event.object["metadata"]["name"], "after-the-flood");
 }
+
+/// Made-up tokens sent all at once (as 40 HTTP/2 connections of 256
+/// streams would): each is charged to its address before it is looked
+/// up, so the burst, and no more, reaches the database, while a token
+/// found valid before is looked up and works throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_made_up_tokens_cost_the_burst_and_a_valid_token_keeps_working() {
+    use control_plane::auth::{AuthError, Authenticator, FAILED_AUTH_BURST};
+    let cluster = Cluster::new();
+    let store = control_plane::server::open_store(
+        &cluster.database_url,
+        &Default::default(),
+        Duration::from_secs(30),
+        &testkit::encryption_key_file(&cluster.database_url),
+    )
+    .await
+    .unwrap();
+    // Nothing is cached: every request of the valid token is looked up.
+    let auth = std::sync::Arc::new(Authenticator::new(store, Duration::ZERO));
+    let client = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9)));
+    assert!(
+        auth.principal(&cluster.admin_token, client)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let started = Instant::now();
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..500 {
+        let auth = auth.clone();
+        guesses.spawn(async move { auth.principal(&format!("skf_guess-{i}"), client).await });
+    }
+    let valid = {
+        let auth = auth.clone();
+        let token = cluster.admin_token.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for _ in 0..50 {
+                answers.push(auth.principal(&token, client).await.map(|p| p.is_some()));
+                tokio::task::yield_now().await;
+            }
+            answers
+        })
+    };
+    let (mut unknown, mut refused) = (0, 0);
+    while let Some(result) = guesses.join_next().await {
+        match result.unwrap() {
+            Ok(None) => unknown += 1,
+            Err(AuthError::Throttled { .. } | AuthError::Busy) => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    let answers = valid.await.unwrap();
+    assert!(
+        answers.iter().all(|a| matches!(a, Ok(true))),
+        "the valid token works throughout: {answers:?}"
+    );
+    let allowed = FAILED_AUTH_BURST as u64 + started.elapsed().as_secs() + 1;
+    assert!(
+        unknown <= allowed,
+        "{unknown} made-up tokens looked up, at most {allowed} expected"
+    );
+    assert_eq!(unknown + refused, 500);
+    let lookups = auth.database_lookups();
+    assert_eq!(lookups, 1 + 50 + unknown, "one lookup per answer, no more");
+}
+
+/// Pods on the host network share their node's address: one sending made-
+/// up tokens must not lock the node's own token out once the cache has
+/// forgotten it (its lease renewals would fail, and the node go NotReady).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_made_up_tokens_does_not_lock_out_a_valid_token_from_that_address() {
+    control_plane::tls::install_crypto_provider();
+    let cluster = Cluster::new();
+    let plane = cluster.serve(&["--token-cache-ttl", "1ms"]);
+    let namespaces = format!("{}/apis/skiff.dev/v1/namespaces", plane.url);
+    let shared = http_from(Ipv4Addr::new(127, 0, 0, 3));
+    let (code, message, _) = send(shared.get(&namespaces).bearer_auth(&cluster.admin_token)).await;
+    assert_eq!(code, 200, "{message}");
+    let mut throttled = 0;
+    for i in 0..40 {
+        let (code, _, _) = send(shared.get(&namespaces).bearer_auth(format!("skf_bad-{i}"))).await;
+        assert!(code == 401 || code == 429, "{code}");
+        throttled += usize::from(code == 429);
+        // The valid token, between the made-up ones, looked up each time.
+        let (code, message, _) =
+            send(shared.get(&namespaces).bearer_auth(&cluster.admin_token)).await;
+        assert_eq!(code, 200, "after {i} made-up tokens: {message}");
+    }
+    assert!(throttled > 0, "the address itself is throttled");
+}
+
+/// `/readyz` needs no token: a flood of it shares one database check a
+/// second rather than taking the pool's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_readiness_checks_costs_the_database_a_check_a_second() {
+    use std::sync::Arc;
+    control_plane::tls::install_crypto_provider();
+    let cluster = Cluster::new();
+    let store = control_plane::server::open_store(
+        &cluster.database_url,
+        &Default::default(),
+        Duration::from_secs(30),
+        &testkit::encryption_key_file(&cluster.database_url),
+    )
+    .await
+    .unwrap();
+    let state = control_plane::api::AppState {
+        auth: Arc::new(control_plane::auth::Authenticator::new(
+            store.clone(),
+            Duration::from_secs(10),
+        )),
+        hub: control_plane::watch::WatchHub::start(store.clone()),
+        store: store.clone(),
+        config: Default::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/readyz", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, control_plane::api::router(state))
+            .await
+            .unwrap()
+    });
+    let http = reqwest::Client::new();
+    let before = store.pings();
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..500 {
+        let request = http.get(&url).send();
+        calls.spawn(async move { request.await.unwrap().status().as_u16() });
+    }
+    while let Some(code) = calls.join_next().await {
+        assert_eq!(code.unwrap(), 200);
+    }
+    let pings = store.pings() - before;
+    let allowed = 2.max(started.elapsed().as_secs() + 1);
+    assert!(
+        pings <= allowed,
+        "{pings} database checks for 500 calls, at most {allowed} expected"
+    );
+}
