@@ -9,11 +9,19 @@
 //! itself before the control plane may evict it, and starts it again once
 //! a renewal succeeds, if it is still bound here.
 //!
+//! The node starts lapsed: a node that (re)starts while cut off would
+//! otherwise start its `Stop` pods from the list it got at registration
+//! while the control plane, which has seen no renewal, evicts and replaces
+//! them. They are held back until the first renewal sent from this start
+//! succeeds; the first is sent at once, so a node that reaches its control
+//! plane starts them without waiting.
+//!
 //! The ordering, with `D` the lease duration and `I` the renewal interval:
 //! the control plane evicts no sooner than `D` after it saw the last
 //! renewal, which it saw after the node sent it. The node counts from when
 //! it sent its last successful renewal, stops such pods at `D − I`, and
-//! gives their requests in flight at most `I/2`: they are gone by
+//! gives their requests in flight at most `I/2`, then ends those still
+//! running (the runtime's stop does, as for every stop): they are gone by
 //! `D − I/2`, before any eviction (with the defaults, 2 s and 6 s: the
 //! stop begins 4 s after the last renewal, ends by 5 s, eviction no sooner
 //! than 6 s).
@@ -36,11 +44,22 @@ type Pods = Arc<tokio::sync::Mutex<HashMap<PodName, PodHandle>>>;
 
 /// Whether the node takes its lease for lapsed, and which `Stop` pods it
 /// stopped for that reason.
-#[derive(Default)]
 pub struct Partition {
     lapsed: AtomicBool,
     /// Pods stopped (or not started) while lapsed, by name, with their uid.
     suspended: Mutex<HashMap<PodName, String>>,
+}
+
+impl Default for Partition {
+    /// Lapsed: a node (re)started has renewed nothing yet, and the control
+    /// plane may be evicting its pods already; `Stop` pods wait for the
+    /// first renewal sent from this start.
+    fn default() -> Self {
+        Partition {
+            lapsed: AtomicBool::new(true),
+            suspended: Mutex::default(),
+        }
+    }
 }
 
 impl Partition {
@@ -95,10 +114,38 @@ impl Timing {
 pub(super) async fn keep_lease(config: AgentConfig, context: Arc<NodeContext>, pods: Pods) {
     let timing = Timing::of(config.lease_interval, config.lease_duration, config.grace);
     let (renewed, renewals) = watch::channel(None);
+    let node = NodePods {
+        context: &context,
+        pods: &pods,
+    };
     tokio::join!(
         renew(&config, renewed),
-        guard(&context, &pods, renewals, timing)
+        guard(&context.partition, &node, renewals, timing)
     );
+}
+
+/// What the guard does to the pods as the lease lapses and heals.
+trait Guarded {
+    /// Stops every `Stop` pod, taking the lease for lapsed.
+    fn lapse(&self, timing: Timing) -> impl std::future::Future<Output = ()> + Send;
+    /// Starts the suspended pods still bound here.
+    fn heal(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// The node's own pods.
+struct NodePods<'a> {
+    context: &'a Arc<NodeContext>,
+    pods: &'a Pods,
+}
+
+impl Guarded for NodePods<'_> {
+    async fn lapse(&self, timing: Timing) {
+        lapse(self.context, self.pods, timing).await;
+    }
+
+    async fn heal(&self) {
+        heal(self.context, self.pods).await;
+    }
 }
 
 /// Renews the lease, publishing when each renewal that succeeded was sent.
@@ -133,25 +180,27 @@ fn renewal_patience(interval: Duration, duration: Duration) -> Duration {
 }
 
 /// Lapses the lease `lapse_after` past the last successful renewal, and
-/// heals when one succeeds again.
+/// heals when one succeeds again. The node starts lapsed, so the first
+/// renewal of this start is what lets `Stop` pods run.
 async fn guard(
-    context: &Arc<NodeContext>,
-    pods: &Pods,
+    partition: &Partition,
+    pods: &impl Guarded,
     mut renewals: watch::Receiver<Option<Instant>>,
     timing: Timing,
 ) {
-    let partition = &context.partition;
     loop {
         if partition.lapsed.load(Ordering::SeqCst) {
             if renewals.changed().await.is_err() {
                 return;
             }
-            tracing::info!("lease renewed again: starting the pods stopped meanwhile");
+            tracing::info!("lease renewed: starting the pods held back until then");
             partition.lapsed.store(false, Ordering::SeqCst);
-            heal(context, pods).await;
+            pods.heal().await;
             continue;
         }
         let Some(renewed) = *renewals.borrow_and_update() else {
+            // Not lapsed without a renewal: not reached, the node starts
+            // lapsed; wait for one all the same.
             if renewals.changed().await.is_err() {
                 return;
             }
@@ -165,11 +214,11 @@ async fn guard(
                 }
                 // A renewal after a heal that could not confirm every pod.
                 if !partition.suspended().is_empty() {
-                    heal(context, pods).await;
+                    pods.heal().await;
                 }
             }
             () = tokio::time::sleep_until(renewed + timing.lapse_after) => {
-                lapse(context, pods, timing).await;
+                pods.lapse(timing).await;
             }
         }
     }
@@ -249,6 +298,85 @@ async fn heal(context: &Arc<NodeContext>, pods: &Pods) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The guard's actions, recorded; a lapse takes the lease for lapsed
+    /// as the node's does.
+    struct Recorded<'a> {
+        partition: &'a Partition,
+        actions: Mutex<Vec<&'static str>>,
+    }
+
+    impl Recorded<'_> {
+        fn actions(&self) -> Vec<&'static str> {
+            self.actions.lock().unwrap().clone()
+        }
+    }
+
+    impl Guarded for Recorded<'_> {
+        async fn lapse(&self, _timing: Timing) {
+            self.partition.lapsed.store(true, Ordering::SeqCst);
+            self.actions.lock().unwrap().push("lapse");
+        }
+
+        async fn heal(&self) {
+            self.actions.lock().unwrap().push("heal");
+        }
+    }
+
+    fn pod(name: &str, policy: PartitionPolicy) -> (PodName, Pod) {
+        let mut pod = Pod::default();
+        pod.metadata.name = name.into();
+        pod.metadata.namespace = "default".into();
+        pod.metadata.uid = Some(format!("uid-{name}"));
+        pod.spec.partition_policy = policy;
+        (("default".into(), name.into()), pod)
+    }
+
+    /// Drives `guard` for `time` of the (paused) clock.
+    async fn run_for(guard: &mut std::pin::Pin<&mut impl Future<Output = ()>>, time: Duration) {
+        tokio::select! {
+            () = guard.as_mut() => panic!("the guard ended"),
+            () = tokio::time::sleep(time) => {}
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_pods_wait_for_the_first_renewal_of_a_start() {
+        let second = Duration::from_secs(1);
+        let timing = Timing::of(second, 4 * second, second);
+        let partition = Partition::default();
+        let (once, stop) = pod("once", PartitionPolicy::Stop);
+        let (web, keep) = pod("web", PartitionPolicy::KeepRunning);
+        // Registered and listed, nothing renewed yet: the control plane
+        // may be evicting the node's pods, so a Stop pod waits.
+        assert!(partition.holds_back(&once, &stop));
+        assert!(!partition.holds_back(&web, &keep));
+
+        let (renewed, renewals) = watch::channel(None);
+        let pods = Recorded {
+            partition: &partition,
+            actions: Mutex::default(),
+        };
+        let guard = guard(&partition, &pods, renewals, timing);
+        let mut guard = std::pin::pin!(guard);
+        // However long the link stays down.
+        run_for(&mut guard, 60 * second).await;
+        assert!(pods.actions().is_empty());
+        assert!(partition.holds_back(&once, &stop));
+
+        // The first renewal lets them start...
+        renewed.send_replace(Some(Instant::now()));
+        run_for(&mut guard, Duration::from_millis(1)).await;
+        assert_eq!(pods.actions(), ["heal"]);
+        assert!(!partition.holds_back(&once, &stop));
+        // ... until the lease lapses on the node, duration − interval
+        // after that renewal was sent.
+        run_for(&mut guard, Duration::from_millis(2990)).await;
+        assert_eq!(pods.actions(), ["heal"]);
+        run_for(&mut guard, Duration::from_millis(20)).await;
+        assert_eq!(pods.actions(), ["heal", "lapse"]);
+        assert!(partition.holds_back(&once, &stop));
+    }
 
     #[test]
     fn pods_are_stopped_before_the_control_plane_may_evict_them() {

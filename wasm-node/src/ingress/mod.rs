@@ -63,6 +63,7 @@ pub type PodName = (String, String);
 /// the request reached no guest, so another endpoint may take it.
 pub const POD_MISSING_HEADER: &str = "skiff-pod-missing";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The HTTP pods this node serves, by name.
 #[derive(Clone, Default)]
@@ -269,7 +270,13 @@ impl Ingress {
         Self {
             pods: LocalPods::default(),
             table: Arc::default(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            // Pooled connections to other nodes are let go before the
+            // other side's idle deadline (`--listen-header-timeout`, 30s
+            // by default) could close one under a request being sent.
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .build(connector),
             config: Arc::new(config),
         }
     }

@@ -189,6 +189,11 @@ impl Image for WasmImage {
     }
 }
 
+/// How long a stop waits, once it has ended a served component's
+/// instances, for them to be gone: each ends at its next epoch tick
+/// (10 ms) or await point.
+const STOP_WAIT: Duration = Duration::from_millis(500);
+
 /// A served component: it runs only while it handles a request, so it
 /// "ends" only when killed.
 struct Served {
@@ -213,12 +218,22 @@ impl Instance for Served {
         Box::pin(async {})
     }
 
-    /// Lets requests in flight finish, up to the grace period.
+    /// Lets requests in flight finish, up to the grace period, then ends
+    /// the instances still running: a request left to its own timeout
+    /// (up to a day) would go on acting, outbound, after its pod was
+    /// deleted or evicted and while its replacement runs.
     fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let deadline = Instant::now() + grace;
             while self.app.in_flight() > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            self.app.stop_instances();
+            // They end at their next epoch tick or await point; waiting
+            // for it lets the caller count them gone when this returns.
+            let ended = Instant::now() + STOP_WAIT;
+            while self.app.in_flight() > 0 && Instant::now() < ended {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
     }

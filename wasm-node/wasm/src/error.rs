@@ -58,6 +58,8 @@ pub enum GuestFailure {
     NamespaceBusy(u32),
     #[error("guest did not send a response")]
     NoResponse,
+    #[error("the pod stopped before its guest finished")]
+    Stopped,
     #[error("guest failed: {0}")]
     Other(String),
 }
@@ -84,7 +86,8 @@ impl GuestFailure {
     /// later can help (overload, timeout), 500 when the guest itself failed.
     pub fn http_status(&self) -> http::StatusCode {
         match self {
-            Self::Timeout(_) | Self::Busy(_) | Self::NamespaceBusy(_) => {
+            // A stopped pod's replacement may answer a retry.
+            Self::Timeout(_) | Self::Busy(_) | Self::NamespaceBusy(_) | Self::Stopped => {
                 http::StatusCode::SERVICE_UNAVAILABLE
             }
             _ => http::StatusCode::INTERNAL_SERVER_ERROR,

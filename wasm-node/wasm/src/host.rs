@@ -2,8 +2,9 @@
 //! store for an instance.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -80,6 +81,42 @@ pub(crate) struct InstanceSpec {
     pub sandbox: Sandbox,
     pub limits: Limits,
     pub tenant: Option<Tenant>,
+    /// Set when the component's pod stops: its instances end.
+    pub halt: Arc<Halt>,
+}
+
+/// The end of every instance of one component, asked for once (its pod
+/// stopped). A guest computing sees it at its next epoch tick, where the
+/// [`Runner`] interrupts it; a guest waiting in the host (a sleep, an
+/// outbound request) is not ticked, so its task also waits on
+/// [`Halt::halted`] and drops the guest there.
+#[derive(Debug, Default)]
+pub(crate) struct Halt {
+    halted: AtomicBool,
+    notify: Notify,
+}
+
+impl Halt {
+    pub(crate) fn halt(&self) {
+        self.halted.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub(crate) fn is_halted(&self) -> bool {
+        self.halted.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once [`Halt::halt`] was called, however long before.
+    pub(crate) async fn halted(&self) {
+        let notified = self.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the flag is read, so a halt in between wakes it.
+        notified.as_mut().enable();
+        if self.is_halted() {
+            return;
+        }
+        notified.await;
+    }
 }
 
 impl InstanceSpec {
@@ -103,7 +140,7 @@ impl InstanceSpec {
             )
             .denying(self.sandbox.denied_addresses.clone()),
             memory: MemoryLimiter::default(),
-            runner: Runner::new(self.tenant.clone(), self.limits.timeout),
+            runner: Runner::new(self.tenant.clone(), self.limits.timeout, self.halt.clone()),
         };
         let mut store = Store::new(engine, host);
         self.limits.apply(&mut store)?;

@@ -81,6 +81,14 @@ impl HttpApp {
         &self.inner.spec.limits
     }
 
+    /// Ends every instance still running, now, and refuses further
+    /// requests with a 503: the pod stopped and its grace is over. A guest
+    /// computing traps at its next epoch tick; one waiting in the host is
+    /// dropped where it waits. Either way its outbound requests end with it.
+    pub fn stop_instances(&self) {
+        self.inner.spec.halt.halt();
+    }
+
     /// Requests being handled right now.
     pub fn in_flight(&self) -> usize {
         self.inner.spec.limits.max_instances as usize - self.inner.permits.available_permits()
@@ -108,7 +116,15 @@ impl HttpApp {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let permit = match self.inner.spec.admit(&self.inner.permits).await {
+        let spec = &self.inner.spec;
+        // A request that waits for an instance when its pod stops is not
+        // started: it would run past the stop.
+        let admitted = tokio::select! {
+            biased;
+            () = spec.halt.halted() => Err(GuestFailure::Stopped),
+            admitted = spec.admit(&self.inner.permits) => admitted,
+        };
+        let permit = match admitted {
             Ok(permit) => permit,
             Err(busy) => return failure_response(&busy),
         };
@@ -192,10 +208,19 @@ impl HttpApp {
             // The epoch deadline stops guest code that runs too long; this
             // also stops a guest that waits too long in the host (a slow
             // outbound request, a sleep).
-            let (failure, detail) = match tokio::time::timeout(spec.limits.timeout, run).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(error)) => (spec.failure(&error), log_detail(&error)),
-                Err(_) => {
+            let ran = tokio::select! {
+                ran = tokio::time::timeout(spec.limits.timeout, run) => Some(ran),
+                () = spec.halt.halted() => None,
+            };
+            let stopped = || (GuestFailure::Stopped, GuestFailure::Stopped.to_string());
+            let (failure, detail) = match ran {
+                Some(Ok(Ok(()))) => return Ok(()),
+                None => stopped(),
+                // Interrupted at a tick because the pod stopped, not
+                // because its time was up.
+                Some(Ok(Err(_))) if spec.halt.is_halted() => stopped(),
+                Some(Ok(Err(error))) => (spec.failure(&error), log_detail(&error)),
+                Some(Err(_)) => {
                     let failure = GuestFailure::Timeout(spec.limits.timeout);
                     let detail = failure.to_string();
                     (failure, detail)

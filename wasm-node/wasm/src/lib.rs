@@ -299,6 +299,7 @@ impl Engine {
             sandbox,
             limits,
             tenant,
+            halt: Arc::default(),
         };
         Ok(match loaded.kind {
             ComponentKind::Http => {

@@ -312,11 +312,13 @@ pub(crate) struct Runner {
     turn: Arc<Mutex<Option<Turn>>>,
     /// Whether the time before the first turn has been charged.
     charged: bool,
+    /// The component's pod stopped: the instance ends at this tick.
+    halt: Arc<crate::host::Halt>,
 }
 
 /// What the epoch callback tells wasmtime.
 pub(crate) enum Tick {
-    /// The instance's time is up.
+    /// The instance's time is up, or its pod stopped.
     Expired,
     /// Short so far: carry on.
     Continue,
@@ -327,7 +329,11 @@ pub(crate) enum Tick {
 }
 
 impl Runner {
-    pub(crate) fn new(tenant: Option<Tenant>, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        tenant: Option<Tenant>,
+        timeout: Duration,
+        halt: Arc<crate::host::Halt>,
+    ) -> Self {
         let started = Instant::now();
         Self {
             tenant,
@@ -335,13 +341,14 @@ impl Runner {
             deadline: started + timeout,
             turn: Arc::default(),
             charged: false,
+            halt,
         }
     }
 
     /// Called at every epoch tick the guest runs through.
     pub(crate) fn tick(&mut self) -> Tick {
         let now = Instant::now();
-        if now >= self.deadline {
+        if now >= self.deadline || self.halt.is_halted() {
             return Tick::Expired;
         }
         if now.saturating_duration_since(self.started) < EPOCH_TICK {

@@ -1,17 +1,20 @@
 //! A node agent embedded in a process, as `wasmctl dev` runs one: its
-//! loops end with its shutdown, not with the process.
+//! loops end with its shutdown, not with the process. And what an agent
+//! does with a stopped pod's requests still running.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use skiff_api::Kind;
 use skiff_client::{Client, ClientConfig};
+use testkit::wait_until;
 use wasm_node::agent::{Agent, AgentConfig};
 
 use crate::cluster::Cluster;
-use crate::support::temp_dir;
+use crate::nodes::{NodeCluster, WAIT, pod, push};
+use crate::support::{Upstream, http_request, temp_dir, test_guest};
 
 /// Checks `condition` every 50 ms until it holds; fails naming `what`
 /// after 20 s.
@@ -100,4 +103,62 @@ fn a_shut_down_agent_stops_serving_and_renewing_its_lease() {
         })
         .await;
     });
+}
+
+/// A deleted pod's requests get the node's grace (1 s here) to finish and
+/// are then ended, not left to run to the pod's own timeout (10 minutes
+/// here) acting on the world while the pod is gone: a guest spinning in
+/// its own code and one waiting in the host on an outbound request alike.
+#[test]
+fn a_deleted_pods_requests_are_ended_once_its_grace_is_over() {
+    let cluster = NodeCluster::start(&[("n1", &[])]);
+    let image = format!("{}/misbehave:v1", cluster.registry.addr);
+    push(&test_guest("misbehave"), &image);
+    let upstream = Upstream::start("late", Duration::from_secs(600));
+    cluster.apply(&[pod(
+        "long",
+        &image,
+        json!({
+            "resources": {"timeout": "10m"},
+            "allowOutbound": [upstream.addr.to_string()],
+        }),
+    )]);
+    cluster.wait_running("long");
+    let ingress = cluster.node("n1").ingress;
+    let ask = |path: String| {
+        std::thread::spawn(move || {
+            let response = http_request(ingress, "long.default.pod", &path, &[]);
+            (response, Instant::now())
+        })
+    };
+    // Sent first: by the time the second reaches the upstream, it spins.
+    let spinning = ask("/loop".into());
+    let waiting = ask(format!("/fetch?url=http://{}/", upstream.addr));
+    assert!(
+        wait_until(WAIT, || upstream.hits() == 1),
+        "the outbound request never went out"
+    );
+
+    let deleted = Instant::now();
+    cluster.cluster.ok(&["delete", "pod", "long"]);
+    for (what, request) in [("/loop", spinning), ("/fetch", waiting)] {
+        let (response, answered) = request.join().unwrap();
+        let took = answered.saturating_duration_since(deleted);
+        // Grace, plus the deletion reaching the node: far below the pod's
+        // timeout, and below the client's own read timeout.
+        assert!(
+            took < Duration::from_secs(15),
+            "{what} went on for {took:?} after its pod was deleted: {response:?}\n{}",
+            cluster.node("n1").log()
+        );
+        // Its answer, if the head was not sent yet, says why.
+        if let Ok(response) = response {
+            assert_eq!(response.status, 503, "{what}: {}", response.body);
+            assert!(
+                response.body.contains("the pod stopped"),
+                "{what}: {}",
+                response.body
+            );
+        }
+    }
 }

@@ -193,7 +193,7 @@ impl Image for ContainerImage {
                         match run_spec(&launch, &image.config.bytes, &self.hostname, self.limits) {
                             Ok(spec) => spec,
                             Err(failure) => {
-                                self.pulled = Some(image);
+                                self.pulled = kept_for_retry(&failure, image);
                                 return Err(failure);
                             }
                         };
@@ -282,6 +282,18 @@ impl Image for ContainerImage {
                 tracing::warn!("{}/{}: {e}", self.namespace, self.id);
             }
         })
+    }
+}
+
+/// What of its pulled image a pod whose start failed before unpacking
+/// keeps: all of it when it will try again (a skeleton's layers are in
+/// containerd, a download's in memory), nothing when it failed for good.
+/// A Failed pod waits for its deletion, and each one holding its layers
+/// (up to the unpacked cap each) would pin them in the node's memory.
+fn kept_for_retry(failure: &Failure, image: Box<LinuxImage>) -> Option<Box<LinuxImage>> {
+    match failure {
+        Failure::Retry { .. } => Some(image),
+        Failure::Fatal { .. } => None,
     }
 }
 
@@ -509,5 +521,42 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn image_with_layer(bytes: usize) -> Box<LinuxImage> {
+        let blob = |bytes: Vec<u8>| skiff_oci::Blob {
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            digest: "sha256:00".into(),
+            size: bytes.len() as i64,
+            bytes,
+        };
+        Box::new(LinuxImage {
+            reference: "127.0.0.1:5000/app:v1".into(),
+            manifest: blob(Vec::new()),
+            config: blob(Vec::new()),
+            layers: vec![blob(vec![7; bytes])],
+        })
+    }
+
+    #[test]
+    fn a_pod_failed_for_good_lets_go_of_its_image_and_a_retried_one_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = PodSpec {
+            image: "127.0.0.1:5000/app:v1".into(),
+            security_context: Some(SecurityContext {
+                run_as_non_root: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // The start of a root image under runAsNonRoot, as `start` takes it.
+        let fatal = spec_for(&pod, "root", dir.path()).unwrap_err();
+        assert!(
+            kept_for_retry(&fatal, image_with_layer(1 << 20)).is_none(),
+            "a Failed pod waits for its deletion: it must not hold its layers meanwhile"
+        );
+        let retry = Failure::retry("CreateContainerError")(&"containerd away");
+        let kept = kept_for_retry(&retry, image_with_layer(1 << 20)).expect("kept for the retry");
+        assert_eq!(kept.layers[0].bytes.len(), 1 << 20);
     }
 }
