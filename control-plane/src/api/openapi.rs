@@ -78,6 +78,7 @@ fn build() -> Value {
     let mut schemas = Value::Object(schemas);
     strip_nested_defs(&mut schemas);
     state_enforced_constraints(&mut schemas);
+    bound_integers(&mut schemas);
     refuse_nul(&mut schemas);
 
     let mut paths = Map::new();
@@ -137,6 +138,45 @@ fn strip_nested_defs(value: &mut Value) {
         }
         Value::Array(items) => items.iter_mut().for_each(strip_nested_defs),
         _ => {}
+    }
+}
+
+/// Every integer field within the range of its Rust type, which serde
+/// enforces: schemars names the type (`"format": "uint32"`) and, for
+/// unsigned ones, the minimum, never the maximum.
+fn bound_integers(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            let range: Option<(i128, i128)> = match fields.get("format").and_then(Value::as_str) {
+                Some("int8") => Some((i8::MIN.into(), i8::MAX.into())),
+                Some("uint8") => Some((0, u8::MAX.into())),
+                Some("int16") => Some((i16::MIN.into(), i16::MAX.into())),
+                Some("uint16") => Some((0, u16::MAX.into())),
+                Some("int32") => Some((i32::MIN.into(), i32::MAX.into())),
+                Some("uint32") => Some((0, u32::MAX.into())),
+                Some("int64") => Some((i64::MIN.into(), i64::MAX.into())),
+                Some("uint64") => Some((0, u64::MAX.into())),
+                _ => None,
+            };
+            if let Some((low, high)) = range {
+                let stated = |key: &str| fields.get(key).and_then(Value::as_i64).map(i128::from);
+                let low = stated("minimum").map_or(low, |m| m.max(low));
+                let high = stated("maximum").map_or(high, |m| m.min(high));
+                fields.insert("minimum".into(), number(low));
+                fields.insert("maximum".into(), number(high));
+            }
+            fields.values_mut().for_each(bound_integers);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
+}
+
+fn number(n: i128) -> Value {
+    match (i64::try_from(n), u64::try_from(n)) {
+        (Ok(n), _) => json!(n),
+        (_, Ok(n)) => json!(n),
+        _ => unreachable!("integer bounds fit 64 bits"),
     }
 }
 
@@ -229,6 +269,15 @@ fn state_enforced_constraints(schemas: &mut Value) {
     // more); that the template's labels match is a rule across fields
     // OpenAPI cannot state.
     require(&mut schemas["DeploymentSpec"], "selector");
+    // A template's pod is placed by the scheduler: its nodeName must be
+    // empty (`DeploymentSpec::validate`), where a pod's may name a node.
+    if let Some(spec) = property_mut(&mut schemas["PodTemplate"], "spec") {
+        let pod_spec = Value::Object(std::mem::take(spec));
+        *spec = json!({"allOf": [pod_spec, {"properties": {"nodeName": {"maxLength": 0}}}]})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+    }
     // The template's pod spec needs its image as a pod's does.
     for (schema, field) in [("DeploymentSpec", "template"), ("PodTemplate", "spec")] {
         require(&mut schemas[schema], field);
@@ -256,6 +305,47 @@ fn state_enforced_constraints(schemas: &mut Value) {
                     json!({"type": "string", "maxLength": 253, "pattern": "^[A-Za-z0-9][-_.A-Za-z0-9]*$"}),
                 );
             }
+        }
+    }
+    // A toleration's key is required when its operator is Equal (the
+    // default), its value empty when it is Exists (`PodSpec::validate`).
+    schemas["Toleration"]["if"] =
+        json!({"required": ["operator"], "properties": {"operator": {"const": "Exists"}}});
+    schemas["Toleration"]["then"] = json!({"properties": {"value": {"maxLength": 0}}});
+    schemas["Toleration"]["else"] =
+        json!({"required": ["key"], "properties": {"key": {"minLength": 1}}});
+    // A selector requirement (`Requirement::validate`): a label key; values
+    // for In and NotIn, none for Exists and DoesNotExist. Gt and Lt, which
+    // only node affinity takes, are left out: this admits less, never more.
+    let key = json!({"type": "string", "maxLength": 317, "pattern": skiff_api::validate::LABEL_KEY_PATTERN});
+    schemas["Requirement"]["properties"]["key"] = key.clone();
+    schemas["Requirement"]["properties"]["operator"] =
+        json!({"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]});
+    schemas["Requirement"]["if"] =
+        json!({"properties": {"operator": {"enum": ["Exists", "DoesNotExist"]}}});
+    schemas["Requirement"]["then"] = json!({"properties": {"values": {"maxItems": 0}}});
+    schemas["Requirement"]["else"] =
+        json!({"required": ["values"], "properties": {"values": {"minItems": 1}}});
+    schemas["LabelSelector"]["properties"]["matchLabels"] = label_map(0);
+    schemas["PodAffinityTerm"]["properties"]["topologyKey"] = key;
+    // An environment variable has a value or a source, not both, and a
+    // source names exactly one of a Secret's and a ConfigMap's keys.
+    schemas["EnvVar"]["not"] = json!({"required": ["value", "valueFrom"]});
+    schemas["EnvVarSource"]["oneOf"] =
+        json!(["secretKeyRef", "configMapKeyRef"].map(
+            |source| json!({"required": [source], "properties": {source: {"type": "object"}}})
+        ));
+    // A volume has exactly one source (`validate_volumes`).
+    let sources = ["hostPath", "emptyDir", "configMap", "secret"]
+        .map(|source| json!({"required": [source], "properties": {source: {"type": "object"}}}));
+    schemas["Volume"]["oneOf"] = json!(sources);
+    // Secret `data` and ConfigMap `binaryData` values are base64.
+    for (kind, field) in [("Secret", "data"), ("ConfigMap", "binaryData")] {
+        if let Some(map) = property_mut(&mut schemas[kind], field) {
+            map.insert(
+                "additionalProperties".into(),
+                json!({"type": "string", "pattern": skiff_api::validate::BASE64_PATTERN}),
+            );
         }
     }
     // A create refuses `metadata.resourceVersion` (there is no version to
@@ -320,15 +410,16 @@ fn label_map(min_properties: usize) -> Value {
 }
 
 /// A label selector (`?labelSelector=`) as [`skiff_api::selector::Selector`]
-/// parses it, conservatively: comma-separated `key`, `!key`, `key=value`,
-/// `key==value`, `key!=value`, `key in (a,b)` and `key notin (a,b)`, with
-/// keys without a prefix.
+/// parses it, conservatively: up to three comma-separated `key`, `!key`,
+/// `key=value`, `key==value` or `key!=value` terms, keys without a prefix
+/// and keys and values of at most 16 characters (it also takes `in` and
+/// `notin` sets and longer keys and values). Bounded this tightly because
+/// the run's time goes into generating from patterns: the full grammar
+/// made the coverage phase several times slower.
 fn label_selector_pattern() -> String {
-    const KEY: &str = "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?";
-    const VALUE: &str = "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?";
-    let term =
-        format!("(!?{KEY}|{KEY}(=|==|!=)({VALUE})?|{KEY} (in|notin) \\(({VALUE})(,{VALUE})*\\))");
-    format!("^({term}(,{term})*)?$")
+    const NAME: &str = "[A-Za-z0-9]([-A-Za-z0-9_.]{0,14}[A-Za-z0-9])?";
+    let term = format!("(!?{NAME}|{NAME}(=|==|!=)({NAME})?)");
+    format!("^({term}(,{term}){{0,2}})?$")
 }
 
 /// A field selector as [`skiff_api::selector::FieldSelector`] parses it,
@@ -621,6 +712,32 @@ mod tests {
 
     /// Every property and every component is a schema: a stray `null`
     /// (from indexing a missing one mutably) breaks OpenAPI tools.
+    #[test]
+    fn the_rules_stated_land_on_schemas_the_generator_made() {
+        // Indexing a missing schema would make a new one silently: each
+        // schema a rule is stated on must still have the field the kind
+        // gave it.
+        let schemas = &document()["components"]["schemas"];
+        for (name, field) in [
+            ("Requirement", "values"),
+            ("LabelSelector", "matchExpressions"),
+            ("PodAffinityTerm", "labelSelector"),
+            ("EnvVar", "name"),
+            ("EnvVarSource", "secretKeyRef"),
+            ("Toleration", "effect"),
+            ("Volume", "mountPath"),
+            ("PodTemplate", "metadata"),
+            ("DeploymentSpec", "replicas"),
+            ("Preconditions", "uid"),
+        ] {
+            assert!(
+                schemas[name]["properties"].get(field).is_some(),
+                "{name} has no {field}: {:#}",
+                schemas[name]
+            );
+        }
+    }
+
     #[test]
     fn every_property_is_a_schema() {
         let doc = document();

@@ -9,6 +9,7 @@ mod controllers;
 mod crud;
 mod db_faults;
 mod embedded;
+mod fuzz_api;
 mod gc;
 mod hardening;
 mod proxy_key;

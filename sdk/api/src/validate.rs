@@ -44,11 +44,36 @@ impl Validator {
 /// admits no more than its function does (it may admit less: lengths past
 /// what a pattern can bound are stated with `maxLength` where they are used).
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+/// A DNS label or nothing (an optional name).
+pub const DNS_LABEL_OR_EMPTY_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$";
 pub const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
 /// A label key; with `maxLength` 253 the prefix stays within its limit.
 pub const LABEL_KEY_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
 pub const LABEL_VALUE_PATTERN: &str = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$";
+
+/// Standard base64 with padding, as `base64`'s `STANDARD` engine decodes
+/// it: whole quartets, the last one possibly padded, its unused bits zero
+/// (the engine refuses a non-canonical last symbol).
+pub const BASE64_PATTERN: &str =
+    r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
+/// A byte size as [`crate::quantity::parse_bytes`] reads it, small enough
+/// never to overflow (and without the spaces it trims).
+pub const BYTES_PATTERN: &str = r"^[0-9]{1,9}(B|Ki|KiB|Mi|MiB|Gi|GiB|k|K|KB|M|MB|G|GB)?$";
+/// Fuel as [`crate::quantity::parse_fuel`] reads it.
+pub const FUEL_PATTERN: &str = r"^[0-9]{1,9}[kKMG]?$";
+/// A duration as [`crate::quantity::parse_duration`] reads it.
+pub const DURATION_PATTERN: &str = r"^[0-9]{1,9}(ms|s|m|h)?$";
+/// CPU as [`crate::kinds::pod::parse_millicores`] reads it, whole cores or
+/// millicores only (it also takes fractions of cores).
+pub const CPU_PATTERN: &str = r"^([1-9][0-9]{0,8}m|[1-9][0-9]{0,5})$";
+
+/// An outbound rule as [`crate::outbound::AllowRule::parse`] reads it,
+/// conservatively: `*`, or an optional `http://` or `https://`, a host
+/// name (or `*.` and one) starting with a letter, so never an address,
+/// and an optional port.
+pub const ALLOW_RULE_PATTERN: &str =
+    r"^(\*|(https?://)?(\*\.)?[a-z][-a-z0-9.]{0,30}(:[1-9][0-9]{0,3})?)$";
 
 /// JSON Schema of a map of labels: keys and values as [`validate_labels`]
 /// checks them.

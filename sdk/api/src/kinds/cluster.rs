@@ -42,6 +42,7 @@ pub struct NamespacePolicy {
     /// must fall inside one of these; loopback, link-local and private
     /// addresses only where a rule here names the address itself.
     #[serde(default = "default_egress")]
+    #[schemars(inner(pattern(crate::validate::ALLOW_RULE_PATTERN)))]
     pub egress: Vec<String>,
     /// Route hosts the namespace may claim, exact (`api.example.com`) or
     /// wildcard (`*.example.com`, which also covers deeper wildcards).
@@ -66,12 +67,16 @@ pub struct NamespacePolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodDefaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::validate::BYTES_PATTERN))]
     pub memory: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::validate::FUEL_PATTERN))]
     pub fuel: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::validate::DURATION_PATTERN))]
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_instances: Option<u32>,
 }
 
@@ -174,12 +179,14 @@ pub struct NodeStatus {
 pub struct NodeResources {
     /// Memory for instances, e.g. `8Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::validate::BYTES_PATTERN))]
     pub memory: Option<String>,
     /// Concurrent instance slots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<u32>,
     /// CPU in cores or millicores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::validate::CPU_PATTERN))]
     pub cpu: Option<String>,
 }
 

@@ -52,8 +52,10 @@ pub struct PodTemplate {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TemplateMeta {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::validate::label_map_schema")]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::validate::annotation_map_schema")]
     pub annotations: BTreeMap<String, String>,
 }
 

@@ -382,7 +382,10 @@ fn admit_as<T: Admissible>(object: Value) -> Result<Value, AdmitError> {
 }
 
 /// Deserialises with the path of the first problem, prefixed with `at`.
-fn decode_at<T: DeserializeOwned>(value: Value, at: &str) -> Result<T, AdmitError> {
+/// Whole numbers written as floats are read as integers first (see
+/// [`whole_floats_as_integers`]).
+fn decode_at<T: DeserializeOwned>(mut value: Value, at: &str) -> Result<T, AdmitError> {
+    whole_floats_as_integers(&mut value);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = match (at, path.as_str()) {
@@ -395,6 +398,33 @@ fn decode_at<T: DeserializeOwned>(value: Value, at: &str) -> Result<T, AdmitErro
             message: e.into_inner().to_string(),
         }
     })
+}
+
+/// Rewrites every whole-number float in `value` (`3.0`, `-2.0`, `1e3`)
+/// that fits an `i64` or `u64` as that integer. JSON Schema, and so the
+/// OpenAPI document, counts `3.0` as the integer 3, and some clients
+/// write whole numbers that way; serde refuses any float for an integer
+/// field. A fraction, or a whole number too large for 64 bits, stays a
+/// float, and the integer field it lands in refuses it by name.
+pub fn whole_floats_as_integers(value: &mut Value) {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let Some(f) = n.as_f64() else { return };
+            if f.fract() != 0.0 {
+                return;
+            }
+            // `i64::MAX as f64` and `u64::MAX as f64` round up to 2^63 and
+            // 2^64, which do not fit: the upper bounds are exclusive.
+            if f >= i64::MIN as f64 && f < i64::MAX as f64 {
+                *value = Value::from(f as i64);
+            } else if f >= 0.0 && f < u64::MAX as f64 {
+                *value = Value::from(f as u64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_floats_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(whole_floats_as_integers),
+        _ => {}
+    }
 }
 
 fn to_value<T: Serialize>(typed: T) -> Value {
@@ -527,6 +557,38 @@ mod tests {
         assert_eq!(
             admitted["spec"]["template"]["spec"]["resources"]["memory"],
             "128Mi"
+        );
+    }
+
+    #[test]
+    fn whole_numbers_written_as_floats_are_integers() {
+        let deployment = |replicas: Value| {
+            json!({
+                "apiVersion": "skiff.dev/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                         "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"image": "x"}}}
+            })
+        };
+        let admitted = admit(Kind::Deployment, deployment(json!(3.0))).unwrap();
+        assert_eq!(admitted["spec"]["replicas"], json!(3));
+        assert!(admitted["spec"]["replicas"].is_u64());
+        let err = error_of(Kind::Deployment, deployment(json!(3.5)));
+        assert!(
+            err.starts_with("spec.replicas: invalid type: floating point `3.5`"),
+            "{err}"
+        );
+        // Too large for any integer: still a float, refused by name.
+        let err = error_of(Kind::Deployment, deployment(json!(1e20)));
+        assert!(err.starts_with("spec.replicas: "), "{err}");
+        // Statuses too.
+        let status = admit_status(Kind::Pod, json!({"restartCount": 2.0})).unwrap();
+        assert_eq!(status["restartCount"], json!(2));
+
+        let mut value = json!({"a": [-2.0, 1e3, 0.5, 7], "b": 9.3e18, "c": 1.9e19});
+        whole_floats_as_integers(&mut value);
+        assert_eq!(
+            value,
+            json!({"a": [-2, 1000, 0.5, 7], "b": 9_300_000_000_000_000_000_u64, "c": 1.9e19})
         );
     }
 

@@ -31,6 +31,7 @@ pub struct PodSpec {
     /// A Secret in the pod's namespace with the registry's credentials:
     /// `username` and `password`, or `token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63), pattern(crate::validate::DNS_LABEL_PATTERN))]
     pub image_pull_secret: Option<String>,
     /// When a node asks the registry which digest the image's tag names:
     /// `IfNotPresent` reuses what the node already pulled the tag as (so
@@ -52,6 +53,7 @@ pub struct PodSpec {
     pub ports: Vec<Port>,
     /// Outbound HTTP destinations, `[http(s)://]host[:port]`; all else denied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(crate::validate::ALLOW_RULE_PATTERN)))]
     pub allow_outbound: Vec<String>,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
@@ -63,6 +65,7 @@ pub struct PodSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<Probe>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::validate::label_map_schema")]
     pub node_selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
@@ -93,6 +96,7 @@ pub struct PodSpec {
     /// The ServiceAccount the pod runs as (`default` unless named); it
     /// must exist, and its role be no more than its creator's.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 63), pattern(crate::validate::DNS_LABEL_OR_EMPTY_PATTERN))]
     pub service_account_name: String,
     /// Whether the pod gets a token of its account, short-lived and kept
     /// fresh by its node, at
@@ -110,6 +114,7 @@ pub struct PodSpec {
     pub partition_policy: PartitionPolicy,
     /// The node the pod is bound to; set once, by the scheduler.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 63), pattern(crate::validate::DNS_LABEL_OR_EMPTY_PATTERN))]
     pub node_name: String,
 }
 
@@ -122,31 +127,44 @@ fn is_zero(n: &i32) -> bool {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Resources {
-    /// Linear memory per instance, e.g. `64Mi` (default 128Mi).
+    /// Linear memory per instance, e.g. `64Mi` (default 128Mi); 1Mi to
+    /// 4Gi (the pattern states whole Mi and Gi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^([1-9][0-9]{0,2}Mi|[1-4]Gi)$"))]
     pub memory: Option<String>,
     /// Fuel per request or run, e.g. `50M`; unlimited when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[1-9][0-9]{0,8}[kKMG]?$"))]
     pub fuel: Option<String>,
-    /// Wall-clock limit per request or run, e.g. `5s` (default 30s).
+    /// Wall-clock limit per request or run, e.g. `5s` (default 30s); 1ms
+    /// to 24h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(
+        r"^([1-9][0-9]{0,6}ms|[1-9][0-9]{0,3}s?|[1-9][0-9]{0,2}m|([1-9]|1[0-9]|2[0-4])h)$"
+    ))]
     pub timeout: Option<String>,
     /// Concurrent instances (default 100): the most the pod may burst to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000))]
     pub max_instances: Option<u32>,
     /// Instances the scheduler reserves room for on the node, each with
     /// `memory` (default 1). Instances start per request, so an idle pod
     /// holds none; this is what the node must keep available for it.
+    /// At most `maxInstances`, which the document cannot say across
+    /// fields: it states at most 1, which every `maxInstances` allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1))]
     pub reserved_instances: Option<u32>,
     /// CPU, in cores or millicores (`500m`); for Linux pods and scheduling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::validate::CPU_PATTERN))]
     pub cpu: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVar {
+    #[schemars(pattern(r"^[^=\u0000]+$"))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
@@ -166,7 +184,9 @@ pub struct EnvVarSource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyRef {
+    #[schemars(length(max = 63), pattern(crate::validate::DNS_LABEL_PATTERN))]
     pub name: String,
+    #[schemars(length(min = 1))]
     pub key: String,
 }
 
@@ -193,6 +213,7 @@ pub struct Volume {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostPathSource {
+    #[schemars(pattern(r"^/[^\u0000]*$"))]
     pub path: String,
 }
 
@@ -200,6 +221,7 @@ pub struct HostPathSource {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EmptyDirSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::validate::BYTES_PATTERN))]
     pub size_limit: Option<String>,
 }
 
@@ -214,6 +236,7 @@ pub struct NamedSource {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Port {
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 63), pattern(crate::validate::DNS_LABEL_OR_EMPTY_PATTERN))]
     pub name: String,
     #[schemars(range(min = 1, max = 65535))]
     pub port: u32,
@@ -240,12 +263,15 @@ pub struct Probe {
     pub initial_delay_seconds: Option<u32>,
     /// Between checks (default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub period_seconds: Option<u32>,
     /// Per check (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub timeout_seconds: Option<u32>,
     /// Consecutive failures that count (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub failure_threshold: Option<u32>,
 }
 
@@ -254,6 +280,7 @@ pub struct Probe {
 pub struct HttpGetAction {
     /// Default `/`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(pattern(r"^(/[^\u0000]*)?$"))]
     pub path: String,
 }
 
@@ -460,6 +487,7 @@ pub struct NodeAffinity {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeSelectorTerm {
+    #[schemars(length(min = 1))]
     pub match_expressions: Vec<Requirement>,
 }
 
@@ -467,6 +495,7 @@ pub struct NodeSelectorTerm {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PreferredNodeTerm {
     /// 1 to 100.
+    #[schemars(range(min = 1, max = 100))]
     pub weight: i32,
     pub preference: NodeSelectorTerm,
 }
@@ -494,6 +523,7 @@ pub struct PodAffinityTerm {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WeightedPodAffinityTerm {
+    #[schemars(range(min = 1, max = 100))]
     pub weight: i32,
     pub pod_affinity_term: PodAffinityTerm,
 }

@@ -43,11 +43,11 @@ pub struct ResourceQuotaStatus {
 /// amount as [`Resource::parse_amount`] reads it (conservatively: amounts
 /// small enough never to overflow), and no other key.
 fn hard_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    use crate::validate::{
+        BYTES_PATTERN as BYTES, CPU_PATTERN as CPU, DURATION_PATTERN as DURATION,
+        FUEL_PATTERN as FUEL,
+    };
     const COUNT: &str = r"^[0-9]{1,18}$";
-    const BYTES: &str = r"^[0-9]{1,9}(B|Ki|KiB|Mi|MiB|Gi|GiB|k|K|KB|M|MB|G|GB)?$";
-    const CPU: &str = r"^([1-9][0-9]{0,8}m|[1-9][0-9]{0,5})$";
-    const FUEL: &str = r"^[0-9]{1,9}[kKMG]?$";
-    const DURATION: &str = r"^[0-9]{1,9}(ms|s|m|h)?$";
     let mut properties = serde_json::Map::new();
     let mut add = |name: &str, pattern: &str| {
         properties.insert(

@@ -20,6 +20,7 @@ pub type Route = Object<RouteSpec, RouteStatus>;
 pub struct ServiceSpec {
     /// Pods with all these labels are the Service's endpoints.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::validate::label_map_schema")]
     pub selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ServicePort>,
@@ -38,6 +39,7 @@ pub struct ServiceSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServicePort {
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 63), pattern(crate::validate::DNS_LABEL_OR_EMPTY_PATTERN))]
     pub name: String,
     #[schemars(range(min = 1, max = 65535))]
     pub port: u32,
@@ -75,14 +77,21 @@ pub struct Endpoint {
     pub address: String,
 }
 
+/// A Route's `spec.host`: empty (any host), or a route host
+/// ([`super::cluster::ROUTE_HOST_PATTERN`]).
+pub const ROUTE_HOST_OR_EMPTY_PATTERN: &str =
+    r"^((\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*)?$";
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteSpec {
     /// Host the route answers for (`Host` header); any host when empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 253), pattern(ROUTE_HOST_OR_EMPTY_PATTERN))]
     pub host: String,
     /// Path prefix; default `/`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(pattern(r"^(/[^\u0000]*)?$"))]
     pub path: String,
     /// The Service (same namespace) requests go to.
     #[serde(default)]
