@@ -9,7 +9,7 @@ use skiff_client::{Client, ListOptions};
 use crate::support::{Cluster, client, object};
 
 async fn raw_get(url: &str, token: Option<&str>) -> (u16, String) {
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let mut request = http.get(url);
     if let Some(token) = token {
         request = request.bearer_auth(token);

@@ -7,7 +7,7 @@ use crate::support::{Cluster, client, object};
 
 /// Sends `body` raw and returns the status code and the Status message.
 async fn post(url: &str, token: &str, body: Vec<u8>, content_type: &str) -> (u16, String) {
-    let response = reqwest::Client::new()
+    let response = crate::support::http_client()
         .post(url)
         .bearer_auth(token)
         .header("content-type", content_type)

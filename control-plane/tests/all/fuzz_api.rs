@@ -215,7 +215,7 @@ async fn schema_valid_requests_are_accepted_and_none_gets_a_5xx() {
     control_plane::tls::install_crypto_provider();
     let cluster = Cluster::new();
     let plane = cluster.serve(&[]);
-    let document: Value = reqwest::Client::new()
+    let document: Value = crate::support::http_client()
         .get(format!("{}/openapi.json", plane.url))
         .bearer_auth(&cluster.admin_token)
         .send()

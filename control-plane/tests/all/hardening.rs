@@ -33,7 +33,7 @@ fn config_maps(url: &str) -> String {
 async fn nul_bytes_are_refused_by_field_while_good_writes_beside_them_succeed() {
     let cluster = Cluster::new();
     let plane = cluster.serve(&[]);
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = config_maps(&plane.url);
 
     let mut in_value = object(Kind::ConfigMap, "in-value");
@@ -132,7 +132,7 @@ async fn nul_bytes_are_refused_by_field_while_good_writes_beside_them_succeed() 
 async fn query_parameters_out_of_range_are_400_naming_the_parameter() {
     let cluster = Cluster::new();
     let plane = cluster.serve(&[]);
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let pods = format!("{}/apis/skiff.dev/v1/namespaces/default/pods", plane.url);
     let cases: &[(&str, &str)] = &[
         ("limit=9223372036854775807", "limit: "),
@@ -158,7 +158,18 @@ async fn query_parameters_out_of_range_are_400_naming_the_parameter() {
         ("fieldSelector=metadata.name%3Dx%00y", "fieldSelector: "),
         ("continue=garbage", "continue: "),
     ];
-    for (query, prefix) in cases {
+    // Thousands of requirements would each become a bound parameter.
+    let many_terms = format!("labelSelector={}", vec!["a"; 3000].join(","));
+    let many_values = format!("labelSelector=k%20in%20({})", vec!["v"; 3000].join(","));
+    let cases: Vec<(&str, &str)> = cases
+        .iter()
+        .copied()
+        .chain([
+            (many_terms.as_str(), "labelSelector: "),
+            (many_values.as_str(), "labelSelector: "),
+        ])
+        .collect();
+    for (query, prefix) in &cases {
         let (code, message, _) = send(
             http.get(format!("{pods}?{query}"))
                 .bearer_auth(&cluster.admin_token),
@@ -232,7 +243,7 @@ async fn lists_come_in_pages_by_default_and_the_client_follows_them() {
     while let Some(done) = creates.join_next().await {
         done.unwrap();
     }
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let first: Value = http
         .get(config_maps(&plane.url))
         .bearer_auth(&cluster.admin_token)
@@ -279,7 +290,7 @@ async fn a_token_holds_only_so_many_watches_and_others_are_unaffected() {
         .unwrap()
         .token
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let watch = |token: &str| {
         http.get(format!("{}?watch=true", config_maps(&plane.url)))
             .bearer_auth(token)
@@ -327,7 +338,7 @@ async fn a_token_holds_only_so_many_watches_and_others_are_unaffected() {
 
 /// A client whose requests come from `address` (on loopback).
 fn http_from(address: Ipv4Addr) -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::support::http_client_builder()
         .local_address(IpAddr::V4(address))
         .build()
         .unwrap()
@@ -663,7 +674,7 @@ async fn a_flood_of_readiness_checks_costs_the_database_a_check_a_second() {
             .await
             .unwrap()
     });
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let before = store.pings();
     let started = Instant::now();
     let mut calls = tokio::task::JoinSet::new();

@@ -118,3 +118,14 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A plain HTTP client for tests that speak to the API directly; the TLS
+/// stack needs its crypto provider chosen first, whichever test runs first.
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().expect("an HTTP client")
+}
+
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    control_plane::tls::install_crypto_provider();
+    reqwest::Client::builder()
+}

@@ -720,7 +720,7 @@ async fn dry_runs_check_everything_and_write_nothing() {
 
     // Patch and delete, with dryRun=All in the query (and in a delete's
     // body): answered, not applied.
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = format!("{}/apis/skiff.dev/v1/namespaces/a/pods/web", t.plane.url);
     let token = tenant_token(&t.admin, "a", "edit").await;
     let patched = http

@@ -172,7 +172,16 @@ impl Selector {
                 }
                 return Err(fail("empty term".into()));
             }
+            if requirements.len() == MAX_SELECTOR_TERMS {
+                return Err(fail(format!("more than {MAX_SELECTOR_TERMS} requirements")));
+            }
             let requirement = parse_term(term).map_err(&fail)?;
+            if requirement.values.len() > MAX_SELECTOR_VALUES {
+                return Err(fail(format!(
+                    "`{}`: more than {MAX_SELECTOR_VALUES} values",
+                    requirement.key
+                )));
+            }
             label_key(&requirement.key).map_err(|r| fail(format!("`{}`: {r}", requirement.key)))?;
             for value in &requirement.values {
                 label_value(value).map_err(|r| fail(format!("`{value}`: {r}")))?;
@@ -182,6 +191,13 @@ impl Selector {
         Ok(Self { requirements })
     }
 }
+
+/// Most requirements (or field terms) one selector may have, and values one
+/// `in`/`notin` may list: each becomes query parameters, and a selector of
+/// hundreds of thousands (a long URL) would exceed what one statement may
+/// bind, failing the caller's own request with a database error.
+pub const MAX_SELECTOR_TERMS: usize = 64;
+pub const MAX_SELECTOR_VALUES: usize = 256;
 
 /// Splits on commas outside parentheses.
 fn split_terms(input: &str) -> Result<Vec<&str>, String> {
@@ -291,6 +307,9 @@ impl FieldSelector {
         };
         let mut terms = Vec::new();
         for term in input.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if terms.len() == MAX_SELECTOR_TERMS {
+                return Err(fail(format!("more than {MAX_SELECTOR_TERMS} terms")));
+            }
             let (field, equal, value) = if let Some((f, v)) = term.split_once("!=") {
                 (f, false, v)
             } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
@@ -341,6 +360,24 @@ impl FieldSelector {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn selectors_past_their_size_are_refused_not_sent_to_the_database() {
+        let many = vec!["a"; MAX_SELECTOR_TERMS + 1].join(",");
+        let err = Selector::parse(&many).unwrap_err();
+        assert!(
+            err.to_string().contains("more than 64 requirements"),
+            "{err}"
+        );
+        assert!(Selector::parse(&vec!["a"; MAX_SELECTOR_TERMS].join(",")).is_ok());
+        let values = vec!["v"; MAX_SELECTOR_VALUES + 1].join(",");
+        let err = Selector::parse(&format!("k in ({values})")).unwrap_err();
+        assert!(err.to_string().contains("more than 256 values"), "{err}");
+        let fields = vec!["metadata.name=x"; MAX_SELECTOR_TERMS + 1].join(",");
+        let err = FieldSelector::parse(&fields, &["metadata.name"]).unwrap_err();
+        assert!(err.to_string().contains("more than 64 terms"), "{err}");
+    }
+
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
