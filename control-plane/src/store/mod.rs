@@ -144,6 +144,10 @@ pub struct Change {
 /// watch catching up from an old revision reads it a page at a time.
 pub const CHANGE_PAGE_BYTES: usize = 4 << 20;
 
+/// Rows of the change log asked for first when reading a page; each
+/// further batch asks for twice as many.
+const FIRST_CHANGE_BATCH: i64 = 4;
+
 /// A page of the change log.
 #[derive(Debug)]
 pub struct ChangePage {
@@ -638,27 +642,43 @@ impl Store {
         let mut changes = Vec::new();
         let (mut bytes, mut read, mut last) = (0usize, 0i64, None);
         let mut more = false;
-        {
+        // Rows are asked for in growing batches, not `limit` at once: the
+        // database sends every row a query asks for, so a page cut at its
+        // byte budget after a few large rows would still have had up to
+        // `limit` of them sent (and discarded), each page again. A batch
+        // starts small and doubles while the rows are small.
+        let mut batch = FIRST_CHANGE_BATCH;
+        let mut after = revision;
+        'pages: while read < limit {
+            let asked = batch.min(limit - read);
+            let mut got = 0;
             let mut rows = sqlx::query(
                 "SELECT revision, kind, namespace, type, object, previous FROM changes
                  WHERE revision > $1 ORDER BY revision LIMIT $2",
             )
-            .bind(revision)
-            .bind(limit)
+            .bind(after)
+            .bind(asked)
             .fetch(&mut *tx);
             while let Some(row) = rows.try_next().await.map_err(unavailable)? {
                 if bytes >= CHANGE_PAGE_BYTES {
-                    // The rest of the page is left for the next read.
+                    // The rest is left for the next page.
                     more = true;
-                    break;
+                    break 'pages;
                 }
+                got += 1;
                 bytes += raw_len(&row, "object") + raw_len(&row, "previous");
                 read += 1;
-                last = Some(row.get("revision"));
+                let at: i64 = row.get("revision");
+                last = Some(at);
+                after = at;
                 if let Some(change) = self.change_of(&row)? {
                     changes.push(change);
                 }
             }
+            if got < asked {
+                break;
+            }
+            batch = batch.saturating_mul(2);
         }
         more |= read == limit;
         tx.commit().await.map_err(unavailable)?;
