@@ -13,9 +13,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use skiff_api::selector::{FieldSelector, Selector};
 use skiff_api::{EventType, Kind, Status, WatchEvent};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
-use crate::store::{Change, ListQuery, Store, StoreError};
+use crate::store::{CHANGE_PAGE_BYTES, Change, ListQuery, Store, StoreError};
 
 /// Changes read from the database per query.
 const PAGE: i64 = 500;
@@ -33,8 +33,18 @@ const HUB_CHANGE_BYTES: usize = 16 << 10;
 /// first: a watch that comes for one still kept shares it instead of
 /// reading it again, so a large write costs one read, not one per watch.
 const HUB_LARGE_KEPT: usize = 16;
-/// Events of one watch waiting for its client to read them.
-const WATCH_BUFFER: usize = 16;
+/// Bytes of events (about, as JSON) one watch holds while its client is
+/// slow to read them; an event larger than this is held alone. With the
+/// page it reads the change log by ([`WATCH_PAGE_BYTES`]), this bounds
+/// what a watch costs, however far behind it starts and however large the
+/// objects: a few MiB, not its backlog.
+const WATCH_BUFFER_BYTES: usize = 1 << 20;
+/// Events one watch holds at most, however small.
+const WATCH_BUFFER_EVENTS: usize = 256;
+/// Bytes of stored objects a watch reads from the change log at a time
+/// when catching up (the hub, one reader for every watch, reads larger
+/// pages: [`CHANGE_PAGE_BYTES`]).
+const WATCH_PAGE_BYTES: usize = 1 << 20;
 /// How often the hub polls even without a notification.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause before reconnecting a lost `LISTEN` connection.
@@ -195,7 +205,7 @@ async fn catch_up(
     kept: &mut std::collections::VecDeque<Arc<Change>>,
 ) -> i64 {
     loop {
-        match store.changes_after(cursor, PAGE).await {
+        match store.changes_after(cursor, PAGE, CHANGE_PAGE_BYTES).await {
             Ok(page) => {
                 for change in page.changes {
                     // No subscribers is fine: nobody is watching.
@@ -250,13 +260,8 @@ impl WatchRequest {
 
 /// Starts a watch and returns its events. The watch ends when the receiver
 /// is dropped, at the timeout, or after an ERROR event.
-pub fn start(
-    store: Store,
-    hub: &WatchHub,
-    request: WatchRequest,
-) -> mpsc::Receiver<WatchEvent<Value>> {
-    // Few events wait for the client: each may be an object of up to 1Mi.
-    let (lines, receiver) = mpsc::channel(WATCH_BUFFER);
+pub fn start(store: Store, hub: &WatchHub, request: WatchRequest) -> Events {
+    let (lines, events) = channel();
     // Subscribe before reading the backlog so that nothing committed in
     // between is missed (duplicates are skipped by revision).
     let live = hub.subscribe();
@@ -274,7 +279,91 @@ pub fn start(
             () = &mut deadline => {}
         }
     });
-    receiver
+    events
+}
+
+/// A watch's buffer: bounded by [`WATCH_BUFFER_EVENTS`] and, about, by
+/// [`WATCH_BUFFER_BYTES`].
+fn channel() -> (Outbox, Events) {
+    let (lines, receiver) = mpsc::channel(WATCH_BUFFER_EVENTS);
+    let budget = Arc::new(Semaphore::new(WATCH_BUFFER_BYTES));
+    (Outbox { lines, budget }, Events { receiver })
+}
+
+/// The sending side of a watch's buffer.
+struct Outbox {
+    lines: mpsc::Sender<Held>,
+    /// Bytes the events the client has yet to read may take.
+    budget: Arc<Semaphore>,
+}
+
+impl Outbox {
+    /// Sends an event once the client has read enough of those before it
+    /// that this one fits the budget; ends if the client goes meanwhile.
+    async fn send(&self, event: WatchEvent<Value>) -> Result<(), Ended> {
+        // At most the whole budget: an event larger than it waits for the
+        // buffer to empty and is then held alone.
+        let cost = json_bytes(&event.object).clamp(1, WATCH_BUFFER_BYTES);
+        let cost = u32::try_from(cost).expect("the buffer budget fits in u32");
+        let budget = tokio::select! {
+            budget = self.budget.clone().acquire_many_owned(cost) => {
+                budget.expect("the budget is never closed")
+            }
+            () = self.lines.closed() => return Err(Ended),
+        };
+        self.lines
+            .send(Held {
+                event,
+                _budget: budget,
+            })
+            .await
+            .map_err(|_| Ended)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lines.is_closed()
+    }
+
+    async fn closed(&self) {
+        self.lines.closed().await;
+    }
+}
+
+/// The events of one watch, as its client reads them.
+pub struct Events {
+    receiver: mpsc::Receiver<Held>,
+}
+
+/// An event with the part of its watch's buffer budget it takes, given
+/// back when the event is dropped: a consumer that passes events on (as
+/// [`follow_kinds`] does) keeps them counted until they are used.
+struct Held {
+    event: WatchEvent<Value>,
+    _budget: OwnedSemaphorePermit,
+}
+
+impl Events {
+    /// The next event; `None` once the watch has ended.
+    pub async fn recv(&mut self) -> Option<WatchEvent<Value>> {
+        self.receiver.recv().await.map(|held| held.event)
+    }
+}
+
+/// What an event costs to hold, about: its length as JSON (escapes aside).
+/// Walking the tree is cheap next to serialising it, and strings, where
+/// the bytes of a large object are, count by their length.
+fn json_bytes(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| json_bytes(v) + 1).sum::<usize>(),
+        Value::Object(fields) => {
+            2 + fields
+                .iter()
+                .map(|(k, v)| k.len() + 4 + json_bytes(v))
+                .sum::<usize>()
+        }
+    }
 }
 
 /// The client went away or the watch must end.
@@ -283,7 +372,7 @@ struct Ended;
 struct Watch {
     store: Store,
     request: WatchRequest,
-    lines: mpsc::Sender<WatchEvent<Value>>,
+    lines: Outbox,
     /// Every change up to here has been considered.
     cursor: i64,
 }
@@ -370,7 +459,11 @@ impl Watch {
             if self.lines.is_closed() {
                 return Err(Ended);
             }
-            let page = match self.store.changes_after(self.cursor, PAGE).await {
+            let page = match self
+                .store
+                .changes_after(self.cursor, PAGE, WATCH_PAGE_BYTES)
+                .await
+            {
                 Ok(page) => page,
                 Err(e @ StoreError::Compacted { .. }) => {
                     return Err(self.fail(410, "Gone", &e.to_string()).await);
@@ -437,10 +530,7 @@ impl Watch {
     }
 
     async fn send(&self, event_type: EventType, object: Value) -> Result<(), Ended> {
-        self.lines
-            .send(WatchEvent { event_type, object })
-            .await
-            .map_err(|_| Ended)
+        self.lines.send(WatchEvent { event_type, object }).await
     }
 
     /// Sends an ERROR event and ends the watch.
@@ -460,22 +550,119 @@ pub fn follow_kinds(
     hub: &WatchHub,
     kinds: &[Kind],
     from: i64,
-) -> (
-    tokio::task::JoinSet<()>,
-    mpsc::Receiver<(Kind, WatchEvent<Value>)>,
-) {
-    let (events, received) = mpsc::channel(1024);
+) -> (tokio::task::JoinSet<()>, KindEvents) {
+    // Each event keeps its budget until the controller takes it, so what
+    // waits here is bounded by bytes per kind, not only by this count.
+    let (events, receiver) = mpsc::channel(1024);
     let mut watches = tokio::task::JoinSet::new();
     for &kind in kinds {
         let mut stream = start(store.clone(), hub, WatchRequest::everything(kind, from));
         let events = events.clone();
         watches.spawn(async move {
-            while let Some(event) = stream.recv().await {
-                if events.send((kind, event)).await.is_err() {
+            while let Some(held) = stream.receiver.recv().await {
+                if events.send((kind, held)).await.is_err() {
                     return;
                 }
             }
         });
     }
-    (watches, received)
+    (watches, KindEvents { receiver })
+}
+
+/// The merged events of [`follow_kinds`].
+pub struct KindEvents {
+    receiver: mpsc::Receiver<(Kind, Held)>,
+}
+
+impl KindEvents {
+    /// The next event; `None` once a watch has ended.
+    pub async fn recv(&mut self) -> Option<(Kind, WatchEvent<Value>)> {
+        let (kind, held) = self.receiver.recv().await?;
+        Some((kind, held.event))
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Result<(Kind, WatchEvent<Value>), mpsc::error::TryRecvError> {
+        let (kind, held) = self.receiver.try_recv()?;
+        Ok((kind, held.event))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    fn event(bytes: usize) -> WatchEvent<Value> {
+        WatchEvent {
+            event_type: EventType::Added,
+            object: json!({"data": {"blob": "x".repeat(bytes)}}),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_holds_events_up_to_its_byte_budget() {
+        let (outbox, mut events) = channel();
+        // Three events of 40% of the budget: two fit, the third waits for
+        // the client to read one.
+        let size = WATCH_BUFFER_BYTES * 2 / 5;
+        outbox.send(event(size)).await.map_err(|_| ()).unwrap();
+        outbox.send(event(size)).await.map_err(|_| ()).unwrap();
+        let mut third = std::pin::pin!(outbox.send(event(size)));
+        assert!(
+            third.as_mut().now_or_never().is_none(),
+            "held past the budget"
+        );
+        assert!(events.recv().await.is_some());
+        assert!(third.await.is_ok(), "fits once one was read");
+        // An event larger than the whole budget is held alone.
+        let (outbox, mut events) = channel();
+        outbox.send(event(16)).await.map_err(|_| ()).unwrap();
+        let mut huge = std::pin::pin!(outbox.send(event(WATCH_BUFFER_BYTES * 3)));
+        assert!(
+            huge.as_mut().now_or_never().is_none(),
+            "waits for the buffer to empty"
+        );
+        assert!(events.recv().await.is_some());
+        assert!(huge.await.is_ok());
+        // Many small events are bounded by count.
+        let (outbox, _events) = channel();
+        for _ in 0..WATCH_BUFFER_EVENTS {
+            outbox.send(event(0)).await.map_err(|_| ()).unwrap();
+        }
+        assert!(outbox.send(event(0)).now_or_never().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_send_waiting_for_budget_ends_when_the_client_goes() {
+        let (outbox, events) = channel();
+        outbox
+            .send(event(WATCH_BUFFER_BYTES))
+            .await
+            .map_err(|_| ())
+            .unwrap();
+        let waiting = tokio::spawn(async move { outbox.send(event(16)).await.is_err() });
+        drop(events);
+        assert!(waiting.await.unwrap(), "ends instead of waiting for budget");
+    }
+
+    #[test]
+    fn json_bytes_is_about_the_serialised_length() {
+        for value in [
+            json!(null),
+            json!({"a": "x".repeat(1000), "b": [1, 2, {"c": true}], "d": {}}),
+            json!({"metadata": {"name": "web", "labels": {"app": "web"}}, "data": {"k": "v".repeat(100_000)}}),
+        ] {
+            let exact = serde_json::to_vec(&value).unwrap().len();
+            let estimate = json_bytes(&value);
+            assert!(
+                estimate >= exact / 2 && estimate <= exact * 2 + 16,
+                "{estimate} for {exact} bytes: {value}"
+            );
+        }
+        // Large objects, where the budget matters, are counted closely.
+        let large = json!({"data": {"blob": "x".repeat(1 << 20)}});
+        let exact = serde_json::to_vec(&large).unwrap().len();
+        assert!(json_bytes(&large).abs_diff(exact) < 64);
+    }
 }

@@ -18,7 +18,7 @@ use serde_json::Value;
 use skiff_api::meta::{deleting_in_foreground, namespace_and_name};
 use skiff_api::{EventType, Kind};
 
-use crate::store::{ListQuery, ObjectKey, Store, StoreError, Write};
+use crate::store::{ObjectKey, Store, StoreError, Write};
 use crate::watch::{self, WatchHub};
 
 /// How often every dependent with a missing owner is checked again, for
@@ -164,18 +164,20 @@ pub async fn run(store: Store, hub: WatchHub) -> Result<(), StoreError> {
     let mut suspects: BTreeSet<(Kind, String, String)> = BTreeSet::new();
     let mut from = i64::MAX;
     for kind in Kind::ALL {
-        let page = store.list(kind, ListQuery::default()).await?;
-        for object in &page.items {
-            suspects.extend(
-                graph
-                    .upsert(key_of(kind, object), object)
-                    .into_iter()
-                    .map(sortable),
-            );
-        }
+        // A page at a time: the graph keeps owner references, not objects.
+        let revision = store
+            .scan(kind, |object| {
+                suspects.extend(
+                    graph
+                        .upsert(key_of(kind, &object), &object)
+                        .into_iter()
+                        .map(sortable),
+                );
+            })
+            .await?;
         // Watching every kind from the earliest list replays what changed
         // while the others were listed; an upsert is idempotent.
-        from = from.min(page.revision);
+        from = from.min(revision);
     }
     // Dropped with this term, which stops the watches.
     let (_watches, mut received) = watch::follow_kinds(&store, &hub, &Kind::ALL, from);

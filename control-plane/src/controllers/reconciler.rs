@@ -14,7 +14,7 @@ use skiff_api::meta::namespace_and_name;
 use skiff_api::{EventType, Kind};
 use tokio::time::Instant;
 
-use crate::store::{ListQuery, ObjectKey, Store, StoreError};
+use crate::store::{ObjectKey, Store, StoreError};
 use crate::watch::{self, WatchHub};
 
 /// How often every object is reconciled even without an event.
@@ -127,14 +127,13 @@ pub async fn run<C: Controller>(
     controller: C,
 ) -> Result<(), StoreError> {
     let mut queue = Queue::default();
-    let page = store.list(C::KIND, ListQuery::default()).await?;
-    for object in &page.items {
-        queue.add(key_of(C::KIND, object));
-    }
+    let revision = store
+        .scan(C::KIND, |object| queue.add(key_of(C::KIND, &object)))
+        .await?;
     let kinds: Vec<Kind> = std::iter::once(C::KIND)
         .chain(C::WATCHES.iter().copied())
         .collect();
-    let (_watches, mut events) = watch::follow_kinds(&store, &hub, &kinds, page.revision);
+    let (_watches, mut events) = watch::follow_kinds(&store, &hub, &kinds, revision);
     let mut resync = tokio::time::interval(RESYNC);
     resync.tick().await;
     loop {
@@ -182,10 +181,7 @@ pub async fn run<C: Controller>(
             }
             () = sleep_until(due) => {}
             _ = resync.tick() => {
-                let page = store.list(C::KIND, ListQuery::default()).await?;
-                for object in &page.items {
-                    queue.add(key_of(C::KIND, object));
-                }
+                store.scan(C::KIND, |object| queue.add(key_of(C::KIND, &object))).await?;
             }
         }
     }

@@ -18,7 +18,6 @@ use skiff_api::kinds::pod::{Pod, PodPhase, parse_millicores};
 use skiff_api::meta::namespace_and_name;
 use skiff_api::quantity::parse_bytes;
 use skiff_api::{EventType, Kind};
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::store::{ListQuery, ObjectKey, Part, Store, StoreError, Write};
@@ -204,7 +203,7 @@ impl Session {
         }
     }
 
-    fn follow(&self, kind: Kind, from: i64) -> mpsc::Receiver<skiff_api::WatchEvent<Value>> {
+    fn follow(&self, kind: Kind, from: i64) -> watch::Events {
         watch::start(
             self.store.clone(),
             &self.hub,

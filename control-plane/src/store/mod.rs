@@ -140,8 +140,8 @@ pub struct Change {
     pub bytes: usize,
 }
 
-/// Bytes of stored objects a page of the change log holds, about: a
-/// watch catching up from an old revision reads it a page at a time.
+/// Bytes of stored objects a page of the change log holds, about, when
+/// the watch hub reads it (a watch catching up reads smaller pages).
 pub const CHANGE_PAGE_BYTES: usize = 4 << 20;
 
 /// Rows of the change log asked for first when reading a page; each
@@ -167,6 +167,51 @@ fn raw_len(row: &sqlx::postgres::PgRow, column: &str) -> usize {
         .filter(|value| !value.is_null())
         .and_then(|value| value.as_bytes().ok().map(<[u8]>::len))
         .unwrap_or(0)
+}
+
+/// Rows of a list asked for first; later batches are sized by the rows
+/// seen so far.
+const FIRST_LIST_BATCH: i64 = 16;
+
+/// Bytes of stored objects a page of a list holds, about.
+pub const LIST_PAGE_BYTES: usize = 4 << 20;
+
+/// Objects per page of [`Store::scan`].
+const SCAN_PAGE: i64 = 500;
+
+/// The query for objects of `kind` matching `query`, after `after`, at most
+/// `limit` of them, in list order.
+fn list_sql<'q>(
+    kind: Kind,
+    query: &ListQuery<'_>,
+    after: Option<&Continue>,
+    limit: Option<i64>,
+) -> QueryBuilder<'q, Postgres> {
+    let mut sql =
+        QueryBuilder::<Postgres>::new("SELECT namespace, name, body FROM objects WHERE kind = ");
+    sql.push_bind(kind.name());
+    if let Some(namespace) = query.namespace {
+        sql.push(" AND namespace = ")
+            .push_bind(namespace.to_owned());
+    }
+    if let Some(after) = after {
+        sql.push(" AND (namespace, name) > (")
+            .push_bind(after.namespace.clone())
+            .push(", ")
+            .push_bind(after.name.clone())
+            .push(")");
+    }
+    if let Some(labels) = query.labels {
+        push_label_conditions(&mut sql, labels);
+    }
+    if let Some(fields) = query.fields {
+        push_field_conditions(&mut sql, fields);
+    }
+    sql.push(" ORDER BY namespace, name");
+    if let Some(limit) = limit {
+        sql.push(" LIMIT ").push_bind(limit);
+    }
+    sql
 }
 
 /// A page of a list.
@@ -547,7 +592,16 @@ impl Store {
     /// Lists objects of `kind`, ordered by namespace and name, with the
     /// revision the list reflects. Later pages are read as of their own
     /// request; the revision reported stays that of the first page.
+    ///
+    /// A page with a `limit` also stops at about [`LIST_PAGE_BYTES`] of
+    /// stored objects (but holds at least one), with a `next` position as
+    /// any short page has: a list of large objects costs its reader a few
+    /// MiB at a time, not `limit` objects of up to 1 MiB each. Rows are
+    /// asked for in growing batches (as [`Store::changes_after`] does), so
+    /// the database does not send rows past the budget only to have them
+    /// dropped.
     pub async fn list(&self, kind: Kind, query: ListQuery<'_>) -> Result<Page, StoreError> {
+        use futures::TryStreamExt;
         let unavailable = |e: sqlx::Error| db_unavailable(&e);
         let mut tx = self.snapshot().await?;
         let revision: i64 = match &query.after {
@@ -557,55 +611,94 @@ impl Store {
                 .await
                 .map_err(unavailable)?,
         };
-
-        let mut sql = QueryBuilder::<Postgres>::new(
-            "SELECT namespace, name, body FROM objects WHERE kind = ",
-        );
-        sql.push_bind(kind.name());
-        if let Some(namespace) = query.namespace {
-            sql.push(" AND namespace = ")
-                .push_bind(namespace.to_owned());
-        }
-        if let Some(after) = &query.after {
-            sql.push(" AND (namespace, name) > (")
-                .push_bind(after.namespace.clone())
-                .push(", ")
-                .push_bind(after.name.clone())
-                .push(")");
-        }
-        if let Some(labels) = query.labels {
-            push_label_conditions(&mut sql, labels);
-        }
-        if let Some(fields) = query.fields {
-            push_field_conditions(&mut sql, fields);
-        }
-        sql.push(" ORDER BY namespace, name");
-        if let Some(limit) = query.limit {
-            sql.push(" LIMIT ").push_bind(limit + 1);
-        }
-        let mut rows = sql.build().fetch_all(&mut *tx).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-
-        let next = match query.limit {
-            Some(limit) if rows.len() as i64 > limit => {
-                rows.truncate(limit as usize);
-                rows.last().map(|row| Continue {
+        let Some(limit) = query.limit else {
+            // The control plane's own full reads: everything at once.
+            let rows = list_sql(kind, &query, query.after.as_ref(), None)
+                .build()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)?;
+            let items = rows
+                .into_iter()
+                .map(|row| self.opened(kind, row.get("body")))
+                .collect::<Result<_, _>>()?;
+            return Ok(Page {
+                items,
+                revision,
+                next: None,
+            });
+        };
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        let mut after = query.after.clone();
+        let mut batch = FIRST_LIST_BATCH;
+        // Whether a row past the page was seen (so there is a next page).
+        let mut more = false;
+        'batches: loop {
+            // One row past what the page still takes tells whether there
+            // is more.
+            let room = limit - items.len() as i64;
+            let asked = batch.min(room) + 1;
+            let mut got = 0;
+            let mut sql = list_sql(kind, &query, after.as_ref(), Some(asked));
+            let mut rows = sql.build().fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await.map_err(unavailable)? {
+                got += 1;
+                if items.len() as i64 == limit || (bytes >= LIST_PAGE_BYTES && !items.is_empty()) {
+                    more = true;
+                    break 'batches;
+                }
+                bytes += raw_len(&row, "body");
+                after = Some(Continue {
                     revision,
                     namespace: row.get("namespace"),
                     name: row.get("name"),
-                })
+                });
+                items.push(self.opened(kind, row.get("body"))?);
             }
-            _ => None,
-        };
-        let items = rows
-            .into_iter()
-            .map(|row| self.opened(kind, row.get("body")))
-            .collect::<Result<_, _>>()?;
+            if got < asked {
+                break;
+            }
+            // The next batch is what the rest of the budget holds of rows
+            // the size of those so far: small objects fill a page in two
+            // queries, large ones are not asked for past the budget.
+            let average = (bytes / items.len().max(1)).max(1);
+            batch = (LIST_PAGE_BYTES.saturating_sub(bytes) / average).max(1) as i64;
+        }
+        tx.commit().await.map_err(unavailable)?;
         Ok(Page {
             items,
             revision,
-            next,
+            next: if more { after } else { None },
         })
+    }
+
+    /// Reads every object of `kind` a page at a time, handing each to
+    /// `each`, for readers that keep less than the objects (keys, owner
+    /// references): what they hold at once is a page, not every object.
+    /// Returns the revision of the first page; later pages are read as of
+    /// their own request, so a watch from that revision replays anything
+    /// that changed meanwhile.
+    pub async fn scan(&self, kind: Kind, mut each: impl FnMut(Value)) -> Result<i64, StoreError> {
+        let mut after = None;
+        loop {
+            let page = self
+                .list(
+                    kind,
+                    ListQuery {
+                        limit: Some(SCAN_PAGE),
+                        after,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            page.items.into_iter().for_each(&mut each);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(page.revision),
+            }
+        }
     }
 
     /// A read-only transaction whose reads all see one moment.
@@ -620,12 +713,17 @@ impl Store {
     }
 
     /// Changes after `revision`, oldest first: at most `limit`, and no
-    /// more than about [`CHANGE_PAGE_BYTES`] of stored objects (but at
+    /// more than about `page_bytes` of stored objects (but at
     /// least one change). Rows are decoded as they arrive and the read
     /// stops at the budget, so a page of large objects never sits in
     /// memory whole. Fails with `Compacted` when changes after `revision`
     /// may already be gone.
-    pub async fn changes_after(&self, revision: i64, limit: i64) -> Result<ChangePage, StoreError> {
+    pub async fn changes_after(
+        &self,
+        revision: i64,
+        limit: i64,
+        page_bytes: usize,
+    ) -> Result<ChangePage, StoreError> {
         use futures::TryStreamExt;
         let unavailable = |e: sqlx::Error| db_unavailable(&e);
         let mut tx = self.snapshot().await?;
@@ -660,7 +758,7 @@ impl Store {
             .bind(asked)
             .fetch(&mut *tx);
             while let Some(row) = rows.try_next().await.map_err(unavailable)? {
-                if bytes >= CHANGE_PAGE_BYTES {
+                if bytes >= page_bytes {
                     // The rest is left for the next page.
                     more = true;
                     break 'pages;

@@ -273,6 +273,91 @@ async fn lists_come_in_pages_by_default_and_the_client_follows_them() {
     assert_eq!(names.len(), OBJECTS, "no object twice");
 }
 
+/// A page holds about 4 MiB of objects, whatever its limit: a list of
+/// large objects comes in several short pages (so one request cannot make
+/// the server hold 500 objects of 1 MiB), and clients that follow
+/// `continue`, as they must for any page, still see every object once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_of_large_objects_come_in_pages_of_a_few_mib() {
+    use futures::StreamExt;
+    const LARGE: usize = 12;
+    let cluster = Cluster::new();
+    let plane = cluster.serve(&[]);
+    let api = client(&plane, &cluster.admin_token);
+    // Twelve objects of 700 KiB (about 8 MiB) between small ones.
+    for i in 0..LARGE {
+        let mut big = object(Kind::ConfigMap, &format!("big-{i:02}"));
+        big["data"] = json!({"blob": "x".repeat(700 << 10)});
+        api.create(Kind::ConfigMap, Some("default"), &big)
+            .await
+            .unwrap();
+        api.create(
+            Kind::ConfigMap,
+            Some("default"),
+            &object(Kind::ConfigMap, &format!("big-{i:02}-small")),
+        )
+        .await
+        .unwrap();
+    }
+    let http = crate::support::http_client();
+    let first: Value = http
+        .get(format!("{}?limit=100", config_maps(&plane.url)))
+        .bearer_auth(&cluster.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = first["items"].as_array().unwrap();
+    let bytes: usize = items.iter().map(|i| i.to_string().len()).sum();
+    assert!(
+        !items.is_empty() && bytes < 6 << 20,
+        "a page of {} objects holds {bytes} bytes",
+        items.len()
+    );
+    assert!(
+        first["metadata"]["continue"].is_string(),
+        "with more to come"
+    );
+    let all = api
+        .list_all(Kind::ConfigMap, Some("default"), &Default::default())
+        .await
+        .unwrap();
+    let names: Vec<&str> = all
+        .items
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    let mut want: Vec<String> = (0..LARGE)
+        .flat_map(|i| [format!("big-{i:02}"), format!("big-{i:02}-small")])
+        .collect();
+    want.sort();
+    assert_eq!(names, want, "every object once, in order");
+    // A watch from now starts with the current objects, read the same way.
+    let mut events = Box::pin(
+        api.watch(Kind::ConfigMap, Some("default"), &Default::default())
+            .await
+            .unwrap(),
+    );
+    let mut added = Vec::new();
+    while added.len() < want.len() {
+        let event = tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .expect("events keep coming")
+            .expect("the watch stays open")
+            .unwrap();
+        assert_eq!(event.event_type, skiff_api::EventType::Added);
+        added.push(
+            event.object["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(added, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_holds_only_so_many_watches_and_others_are_unaffected() {
     let cluster = Cluster::new();
