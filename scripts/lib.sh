@@ -74,6 +74,13 @@ ensure_registry() {
   ensure_packages docker-registry
 }
 
+# Prometheus and promtool: the metrics tests scrape real endpoints with
+# them. Only the binaries are used; the tests start their own server.
+ensure_prometheus() {
+  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && return 0
+  ensure_packages prometheus
+}
+
 # wasmtime-cli at the version the workspace pins: the benchmarks' baseline.
 ensure_wasmtime_cli() {
   local version

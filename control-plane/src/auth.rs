@@ -70,6 +70,8 @@ pub enum Principal {
     Account(BTreeMap<String, Role>),
     /// A node agent: its own Node, and the pods bound to it.
     Node(String),
+    /// Reads the metrics (`GET /metrics`), nothing else.
+    MetricsReader,
 }
 
 impl Principal {
@@ -95,13 +97,15 @@ impl Principal {
             Principal::Namespaced(roles) | Principal::Account(roles) => {
                 roles.get(namespace).copied()
             }
-            Principal::Node(_) => None,
+            Principal::Node(_) | Principal::MetricsReader => None,
         }
     }
 
     fn from_record(record: &TokenRecord) -> Principal {
         if record.cluster_admin {
             Principal::ClusterAdmin
+        } else if record.metrics {
+            Principal::MetricsReader
         } else if let Some(node) = &record.node_name {
             Principal::Node(node.clone())
         } else {
@@ -169,6 +173,10 @@ pub enum Decision {
     /// Allowed only if a pod bound to this node references the object (a
     /// Secret or ConfigMap it needs to start); otherwise denied.
     AllowIfUsedOn(String),
+    /// Allowed only if the Event (as sent, and as stored for a read or an
+    /// update) is one this node may tell: about a pod bound to it, or
+    /// about itself, with itself as the source's host.
+    AllowIfEventOn(String),
 }
 
 /// Decides whether `principal` may make the `access`.
@@ -177,7 +185,18 @@ pub fn authorize(principal: &Principal, access: &Access<'_>) -> Decision {
         Principal::ClusterAdmin => Decision::Allow,
         Principal::Namespaced(roles) | Principal::Account(roles) => namespaced(roles, access),
         Principal::Node(node) => node_agent(node, access),
+        Principal::MetricsReader => Decision::Deny,
     }
+}
+
+/// Whether `principal` may read the metrics: cluster admins and metrics
+/// readers. A namespace's admin may not: the metrics name every
+/// namespace's pods and the whole cluster's traffic.
+pub fn may_read_metrics(principal: &Principal) -> bool {
+    matches!(
+        principal,
+        Principal::ClusterAdmin | Principal::MetricsReader
+    )
 }
 
 fn allow_if(condition: bool) -> Decision {
@@ -210,8 +229,10 @@ fn namespaced(roles: &BTreeMap<String, Role>, access: &Access<'_>) -> Decision {
         return Decision::Deny;
     }
     // A namespace's quota is the cluster admin's to set: its members see
-    // what they may use, and change none of it.
-    if access.kind == Kind::ResourceQuota {
+    // what they may use, and change none of it. Events are what the system
+    // saw: a tenant writing them could fake a history (or fill the
+    // database, as Events are not under quota).
+    if matches!(access.kind, Kind::ResourceQuota | Kind::Event) {
         return allow_if(access.verb.reads());
     }
     match role {
@@ -239,6 +260,14 @@ fn node_agent(node: &str, access: &Access<'_>) -> Decision {
             }
             _ => Decision::Deny,
         },
+        // A node tells what happened to its pods and to itself, and reads
+        // back only those Events (to add to their counts).
+        Kind::Event => match access.verb {
+            Verb::Create | Verb::Get | Verb::Update if !access.status => {
+                Decision::AllowIfEventOn(node.to_owned())
+            }
+            _ => Decision::Deny,
+        },
         // Every node's ingress routes to every Service: it reads them all
         // (selectors and Ready endpoints), and never writes them.
         Kind::Service | Kind::Route => allow_if(access.verb.reads()),
@@ -258,7 +287,7 @@ pub fn may_manage_tokens(principal: &Principal, namespace: &str) -> bool {
         Principal::Namespaced(roles) => roles.get(namespace) == Some(&Role::Admin),
         // A token it made would outlive the pod and the account it came from.
         Principal::Account(_) => false,
-        Principal::Node(_) => false,
+        Principal::Node(_) | Principal::MetricsReader => false,
     }
 }
 
@@ -269,7 +298,7 @@ pub fn may_read_proxy_key(principal: &Principal, node: &str) -> bool {
     match principal {
         Principal::ClusterAdmin => true,
         Principal::Node(own) => own == node,
-        Principal::Namespaced(_) | Principal::Account(_) => false,
+        Principal::Namespaced(_) | Principal::Account(_) | Principal::MetricsReader => false,
     }
 }
 
@@ -917,5 +946,24 @@ mod tests {
         let account = Principal::Account([("shop".to_owned(), Role::Admin)].into());
         assert!(!may_manage_tokens(&account, "shop"));
         assert_eq!(account.role_in("shop"), Some(Role::Admin));
+    }
+
+    #[test]
+    fn a_metrics_reader_reads_the_metrics_and_nothing_else() {
+        let reader = Principal::MetricsReader;
+        assert!(may_read_metrics(&reader));
+        assert!(may_read_metrics(&Principal::ClusterAdmin));
+        assert!(!may_read_metrics(&roles(&[("shop", Role::Admin)])));
+        assert!(!may_read_metrics(&Principal::Node("n".into())));
+        for access in [
+            access(Verb::Get, Kind::Pod, Some("shop")),
+            access(Verb::List, Kind::Node, None),
+            access(Verb::Watch, Kind::Pod, None),
+        ] {
+            assert_eq!(authorize(&reader, &access), Decision::Deny, "{access:?}");
+        }
+        assert!(!may_manage_tokens(&reader, "shop"));
+        assert!(!may_read_proxy_key(&reader, "n"));
+        assert_eq!(reader.role_in("shop"), None);
     }
 }

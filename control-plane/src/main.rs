@@ -156,6 +156,9 @@ struct ServeArgs {
     /// How long a node stays NotReady before its pods are evicted.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pod_eviction_timeout: Duration,
+    /// How long Events are kept after they last happened.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    event_ttl: Duration,
 }
 
 fn main() -> std::process::ExitCode {
@@ -275,6 +278,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             eviction_timeout: args.pod_eviction_timeout,
             ..NodeLifecycleConfig::default()
         },
+        event_ttl: args.event_ttl,
         api: ApiConfig {
             bookmark_interval: args.bookmark_interval,
             max_watches_per_client: args.max_watches_per_client,

@@ -47,7 +47,14 @@ pub struct ServerConfig {
     pub controllers: bool,
     /// How nodes that stop renewing their leases are handled.
     pub node_lifecycle: crate::controllers::nodes::NodeLifecycleConfig,
+    /// How long Events are kept after they last happened.
+    pub event_ttl: Duration,
     pub api: ApiConfig,
+}
+
+impl ServerConfig {
+    /// How long Events are kept unless told otherwise (`--event-ttl`).
+    pub const DEFAULT_EVENT_TTL: Duration = crate::events::DEFAULT_TTL;
 }
 
 /// Reads the encryption keys, connects to the database, retrying while it
@@ -123,6 +130,7 @@ pub(crate) async fn run_on(
             store.clone(),
             hub.clone(),
             config.node_lifecycle.clone(),
+            config.event_ttl,
         ));
     }
     loops.spawn(compact_periodically(

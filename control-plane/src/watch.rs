@@ -58,6 +58,7 @@ pub struct WatchHub {
     events: broadcast::Sender<Arc<Live>>,
     /// Open API watches per caller (a token's hash).
     open: Arc<Mutex<HashMap<[u8; 32], usize>>>,
+    metrics: Arc<crate::metrics::Metrics>,
     _following: Arc<Following>,
 }
 
@@ -65,10 +66,12 @@ pub struct WatchHub {
 pub struct WatchPermit {
     open: Arc<Mutex<HashMap<[u8; 32], usize>>>,
     caller: [u8; 32],
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Drop for WatchPermit {
     fn drop(&mut self) {
+        self.metrics.watch_closed();
         let mut open = self.open.lock().expect("open watches lock");
         if let Some(count) = open.get_mut(&self.caller) {
             *count -= 1;
@@ -92,10 +95,12 @@ impl WatchHub {
     /// Starts following the change log from its current end.
     pub fn start(store: Store) -> Self {
         let (events, _) = broadcast::channel(HUB_BUFFER);
+        let metrics = store.metrics().clone();
         let following = tokio::spawn(follow(store, events.clone())).abort_handle();
         Self {
             events,
             open: Arc::default(),
+            metrics,
             _following: Arc::new(Following(following)),
         }
     }
@@ -109,9 +114,11 @@ impl WatchHub {
             return Err(*count);
         }
         *count += 1;
+        self.metrics.watch_opened();
         Ok(WatchPermit {
             open: self.open.clone(),
             caller,
+            metrics: self.metrics.clone(),
         })
     }
 

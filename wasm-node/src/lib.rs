@@ -5,6 +5,8 @@
 //!   bound to it and runs a worker per pod, reporting their status;
 //! - [`ingress`]: the node's listener, routing pods, Services and Routes,
 //!   balancing and proxying;
+//! - [`metrics`]: the pods' and the node's metrics, which the ingress
+//!   counts and the engine's apps report;
 //! - [`runtimes`]: what runs pods, behind one trait: components in wasmtime
 //!   (through the `skiff-wasm` crate), Linux images through containerd;
 //! - OCI registries (resolve, pull, push, cache) are the `skiff-oci`
@@ -12,4 +14,5 @@
 
 pub mod agent;
 pub mod ingress;
+pub mod metrics;
 pub mod runtimes;

@@ -62,6 +62,11 @@ struct JoinArgs {
     /// Where the ingress serves pods.
     #[arg(long, default_value = "0.0.0.0:8080")]
     ingress: SocketAddr,
+    /// Serve the node's metrics (Prometheus' text format, `GET /metrics`)
+    /// on this address, e.g. 127.0.0.1:9464 [default: not served]. The
+    /// listener asks for no token: bind it where only the scraper reaches.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Address others reach the ingress at [default: the bound address;
     /// when that is unspecified, such as 0.0.0.0, this machine's address
     /// toward the control plane, with the bound port].
@@ -262,6 +267,15 @@ async fn join(args: JoinArgs) -> Result<()> {
     if args.lease_duration <= args.lease_interval {
         bail!("--lease-duration must be longer than --lease-interval");
     }
+    // Bound before the node joins, so a taken address fails the start.
+    let metrics_listener = match args.metrics_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("--metrics-listen {address}: cannot listen"))?,
+        ),
+        None => None,
+    };
     let agent = Agent::start(AgentConfig {
         name: name.clone(),
         client,
@@ -310,6 +324,20 @@ async fn join(args: JoinArgs) -> Result<()> {
         "node {name} joined {}; ingress on {}",
         args.server, agent.endpoint
     );
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = metrics_listener.map(|listener| {
+        if let Ok(address) = listener.local_addr() {
+            eprintln!("metrics on http://{address}/metrics");
+        }
+        tokio::spawn(serve_metrics(
+            listener,
+            agent.metrics(),
+            args.listener.clone(),
+            async move {
+                let _ = metrics_stopped.await;
+            },
+        ))
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -317,7 +345,58 @@ async fn join(args: JoinArgs) -> Result<()> {
     }
     eprintln!("stopping pods");
     agent.shutdown().await;
+    let _ = stop_metrics.send(());
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     Ok(())
+}
+
+/// Serves `GET /metrics` on `listener`, on skiff-serve like every listener
+/// (its deadlines and connection cap), until `shutdown`.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: std::sync::Arc<wasm_node::metrics::Metrics>,
+    limits: skiff_serve::Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let options = skiff_serve::Options {
+        limits,
+        ..skiff_serve::Options::http1(Duration::from_secs(1))
+    };
+    skiff_serve::serve(
+        listener,
+        options,
+        move |request| {
+            let metrics = metrics.clone();
+            async move {
+                let (status, content_type, body) = match (request.method(), request.uri().path()) {
+                    (&http::Method::GET, "/metrics") => (
+                        http::StatusCode::OK,
+                        wasm_node::metrics::CONTENT_TYPE,
+                        metrics.encode(),
+                    ),
+                    (_, "/metrics") => (
+                        http::StatusCode::METHOD_NOT_ALLOWED,
+                        "text/plain",
+                        "only GET is allowed on /metrics\n".to_owned(),
+                    ),
+                    _ => (
+                        http::StatusCode::NOT_FOUND,
+                        "text/plain",
+                        "this listener serves /metrics only\n".to_owned(),
+                    ),
+                };
+                http::Response::builder()
+                    .status(status)
+                    .header(http::header::CONTENT_TYPE, content_type)
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    .expect("a response of known parts")
+            }
+        },
+        shutdown,
+    )
+    .await
 }
 
 fn hostname() -> Result<String> {

@@ -35,6 +35,10 @@ pub enum CreateCommand {
         /// A token for everything.
         #[arg(long, conflicts_with_all = ["namespace", "role", "node"])]
         cluster_admin: bool,
+        /// A token that reads the control plane's `/metrics` and nothing
+        /// else (made by a cluster admin).
+        #[arg(long, conflicts_with_all = ["namespace", "role", "node", "cluster_admin"])]
+        metrics: bool,
         /// A node agent's token: its own Node and the pods bound to it.
         #[arg(long, conflicts_with_all = ["namespace", "role"])]
         node: Option<String>,
@@ -373,6 +377,7 @@ pub fn run(command: CreateCommand) -> Result<()> {
             namespace,
             role,
             cluster_admin,
+            metrics,
             node,
             description,
             ttl,
@@ -384,11 +389,11 @@ pub fn run(command: CreateCommand) -> Result<()> {
             {
                 return Err(BadInput(format!("--ttl `{ttl}`: not a duration such as 24h")).into());
             }
-            let (scope, request) = match (cluster_admin, node, namespace, role) {
+            let (scope, request) = match (cluster_admin || metrics, node, namespace, role) {
                 (true, None, None, None) => (
                     None,
                     TokenRequest {
-                        role: "cluster-admin".into(),
+                        role: if metrics { "metrics" } else { "cluster-admin" }.into(),
                         node_name: None,
                         description,
                         ttl,
@@ -414,7 +419,7 @@ pub fn run(command: CreateCommand) -> Result<()> {
                 ),
                 _ => {
                     return Err(BadInput(
-                        "say whom the token is for: --namespace NS --role admin|edit|view, --node NAME, or --cluster-admin".into(),
+                        "say whom the token is for: --namespace NS --role admin|edit|view, --node NAME, --metrics or --cluster-admin".into(),
                     )
                     .into());
                 }

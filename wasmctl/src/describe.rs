@@ -5,7 +5,9 @@ use anyhow::Result;
 use serde_json::Value;
 use skiff_api::Kind;
 
-use crate::cluster::{Target, block_on, parse_kind};
+use skiff_client::ListOptions;
+
+use crate::cluster::{Session, Target, block_on, parse_kind};
 use crate::table;
 
 #[derive(clap::Args)]
@@ -31,6 +33,9 @@ pub fn run(args: DescribeArgs) -> Result<()> {
             }
             first = false;
             print!("{}", describe(kind, &object));
+            if kind != Kind::Event {
+                print!("{}", events_of(&session, kind, &object).await);
+            }
         }
         Ok(())
     })?
@@ -110,6 +115,27 @@ fn describe(kind: Kind, object: &Value) -> String {
             out.push('\n');
             out.push_str(&table::render(&rows));
         }
+        Kind::Event => {
+            let involved = &object["involvedObject"];
+            out.push_str(&format!(
+                "Object:       {}/{} (uid {})\nType:         {}\nReason:       {}\nMessage:      {}\nCount:        {}\nFirst:        {}\nLast:         {}\nSource:       {}\n",
+                text(&involved["kind"]),
+                text(&involved["name"]),
+                text(&involved["uid"]),
+                text(&object["type"]),
+                text(&object["reason"]),
+                text(&object["message"]),
+                object["count"].as_u64().unwrap_or(1),
+                text(&object["firstTimestamp"]),
+                text(&object["lastTimestamp"]),
+                format!(
+                    "{} {}",
+                    text(&object["source"]["component"]),
+                    object["source"]["host"].as_str().unwrap_or("")
+                )
+                .trim_end(),
+            ));
+        }
         Kind::Namespace => {
             out.push_str(&crate::policy::describe(&object["spec"]["policy"]));
             section(&mut out, "Status", &object["status"]);
@@ -138,6 +164,74 @@ fn describe(kind: Kind, object: &Value) -> String {
                 }
             }
         }
+    }
+    out
+}
+
+/// The Events about `object`, oldest first, as describe ends with them.
+async fn events_of(session: &Session, kind: Kind, object: &Value) -> String {
+    let meta = &object["metadata"];
+    let name = meta["name"].as_str().unwrap_or_default();
+    // Events about cluster-scoped objects are kept in `default`.
+    let namespace = meta["namespace"]
+        .as_str()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or("default");
+    let mut selector = format!(
+        "involvedObject.kind={},involvedObject.name={name}",
+        kind.name()
+    );
+    if let Some(uid) = meta["uid"].as_str() {
+        selector.push_str(&format!(",involvedObject.uid={uid}"));
+    }
+    let options = ListOptions {
+        field_selector: Some(selector),
+        ..Default::default()
+    };
+    let mut events = match session
+        .client
+        .list_all(Kind::Event, Some(namespace), &options)
+        .await
+    {
+        Ok(list) => list.items,
+        Err(e) => return format!("Events:       <cannot read them: {e}>\n"),
+    };
+    if events.is_empty() {
+        return "Events:       <none>\n".into();
+    }
+    events.sort_by_key(|e| e["lastTimestamp"].as_str().unwrap_or("").to_owned());
+    let mut rows = vec![
+        ["TYPE", "REASON", "AGE", "FROM", "MESSAGE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for event in &events {
+        let count = event["count"].as_u64().unwrap_or(1);
+        let age = table::age(event["lastTimestamp"].as_str());
+        let age = if count > 1 {
+            format!(
+                "{age} (x{count} over {})",
+                table::age(event["firstTimestamp"].as_str())
+            )
+        } else {
+            age
+        };
+        let source = &event["source"];
+        let from = match source["host"].as_str().filter(|h| !h.is_empty()) {
+            Some(host) => format!("{}, {host}", source["component"].as_str().unwrap_or("")),
+            None => source["component"].as_str().unwrap_or("").to_owned(),
+        };
+        rows.push(vec![
+            event["type"].as_str().unwrap_or("").to_owned(),
+            event["reason"].as_str().unwrap_or("").to_owned(),
+            age,
+            from,
+            event["message"].as_str().unwrap_or("").to_owned(),
+        ]);
+    }
+    let mut out = String::from("Events:\n");
+    for line in table::render(&rows).lines() {
+        out.push_str(&format!("  {line}\n"));
     }
     out
 }

@@ -132,6 +132,7 @@ async fn serve(
         scheduling: Default::default(),
         controllers: true,
         node_lifecycle: Default::default(),
+        event_ttl: ServerConfig::DEFAULT_EVENT_TTL,
         api: Default::default(),
     };
     let Started {

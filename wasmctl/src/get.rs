@@ -36,6 +36,9 @@ pub struct GetArgs {
     /// After listing, print changes as they happen.
     #[arg(short, long)]
     watch: bool,
+    /// With events: only those about this object, e.g. pod/web-1.
+    #[arg(long = "for", value_name = "KIND/NAME")]
+    for_object: Option<String>,
     #[command(flatten)]
     target: Target,
 }
@@ -75,6 +78,22 @@ pub fn run(args: GetArgs) -> Result<()> {
     if args.all_namespaces && args.namespace.is_some() {
         return Err(BadInput("--all-namespaces and --namespace exclude each other".into()).into());
     }
+    let field_selector = match &args.for_object {
+        None => args.field_selector.clone(),
+        Some(_) if kind != Kind::Event => {
+            return Err(BadInput(
+                "--for narrows events: `wasmctl get events --for pod/NAME`".into(),
+            )
+            .into());
+        }
+        Some(object) => {
+            let about = about(object)?;
+            Some(match &args.field_selector {
+                Some(more) => format!("{about},{more}"),
+                None => about,
+            })
+        }
+    };
     if args.watch && !args.names.is_empty() {
         return Err(BadInput(
             "--watch follows a whole kind; use -l or --field-selector to narrow it".into(),
@@ -104,19 +123,26 @@ pub fn run(args: GetArgs) -> Result<()> {
             let config = watcher::Config {
                 namespace: namespace.clone(),
                 label_selector: args.selector.clone(),
-                field_selector: args.field_selector.clone(),
+                field_selector: field_selector.clone(),
             };
             return follow(&session, kind, config, output, all_namespaces).await;
         }
         let options = ListOptions {
             label_selector: args.selector.clone(),
-            field_selector: args.field_selector.clone(),
+            field_selector: field_selector.clone(),
             ..Default::default()
         };
-        let list = session
+        let mut list = session
             .client
             .list_all(kind, namespace.as_deref(), &options)
             .await?;
+        if kind == Kind::Event {
+            // As kubectl shows them: oldest last happening first.
+            list.items.sort_by(|a, b| {
+                let at = |e: &Value| e["lastTimestamp"].as_str().unwrap_or("").to_owned();
+                at(a).cmp(&at(b))
+            });
+        }
         if list.items.is_empty() && matches!(output, Output::Table { .. }) {
             match &namespace {
                 Some(ns) => eprintln!("No {} found in namespace {ns}.", kind.plural()),
@@ -134,6 +160,24 @@ pub fn run(args: GetArgs) -> Result<()> {
         )?;
         Ok(())
     })?
+}
+
+/// The field selector for events about `object` (`pod/web-1`).
+fn about(object: &str) -> Result<String> {
+    let bad = || {
+        BadInput(format!(
+            "--for `{object}`: expected KIND/NAME, e.g. pod/web-1"
+        ))
+    };
+    let (kind, name) = object.split_once('/').ok_or_else(bad)?;
+    if name.is_empty() || name.contains([',', '=', '!']) {
+        return Err(bad().into());
+    }
+    let kind = parse_kind(kind)?;
+    Ok(format!(
+        "involvedObject.kind={},involvedObject.name={name}",
+        kind.name()
+    ))
 }
 
 fn list_kind(kind: Kind) -> String {

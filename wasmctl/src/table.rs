@@ -67,12 +67,14 @@ pub fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<String> {
         Kind::ConfigMap => vec!["NAME", "DATA", "AGE"],
         Kind::ResourceQuota => vec!["NAME", "USED/HARD", "AGE"],
         Kind::ServiceAccount => vec!["NAME", "ROLE", "AGE"],
+        Kind::Event => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
     });
     if wide {
         header.extend(match kind {
             Kind::Node => vec!["INSTANCES", "MEMORY", "ADDRESS"],
             Kind::Pod => vec!["NODE", "IMAGE"],
             Kind::Deployment => vec!["IMAGE", "SELECTOR"],
+            Kind::Event => vec!["SOURCE", "COUNT", "FIRST SEEN", "NAME"],
             _ => vec![],
         });
     }
@@ -164,6 +166,13 @@ pub fn row(kind: Kind, object: &Value, wide: bool, all_namespaces: bool) -> Vec<
         ],
         Kind::ResourceQuota => vec![name, or_dash(quota_summary(object)), age],
         Kind::ServiceAccount => vec![name, or_dash(text("/spec/role")), age],
+        Kind::Event => vec![
+            self::age(object["lastTimestamp"].as_str()),
+            text("/type"),
+            text("/reason"),
+            event_object(object),
+            text("/message"),
+        ],
     });
     if wide {
         row.extend(match kind {
@@ -183,10 +192,33 @@ pub fn row(kind: Kind, object: &Value, wide: bool, all_namespaces: bool) -> Vec<
                 text("/spec/template/spec/image"),
                 key_values(&object["spec"]["selector"]["matchLabels"]),
             ],
+            Kind::Event => {
+                let source = &object["source"];
+                let mut from = plain(&source["component"]);
+                if let Some(host) = source["host"].as_str().filter(|h| !h.is_empty()) {
+                    from = format!("{from}, {host}");
+                }
+                vec![
+                    or_dash(from),
+                    text("/count"),
+                    self::age(object["firstTimestamp"].as_str()),
+                    text("/metadata/name"),
+                ]
+            }
             _ => vec![],
         });
     }
     row
+}
+
+/// What an Event is about, as kubectl writes it: `pod/web-1`.
+pub fn event_object(event: &Value) -> String {
+    let involved = &event["involvedObject"];
+    format!(
+        "{}/{}",
+        plain(&involved["kind"]).to_ascii_lowercase(),
+        plain(&involved["name"])
+    )
 }
 
 /// A map as `k=v,k2=v2`.

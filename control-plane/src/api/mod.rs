@@ -10,7 +10,7 @@ mod tokens;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/openapi.json", get(openapi::serve))
+        .route("/metrics", get(metrics))
         .route(
             "/apis/skiff.dev/v1/{*path}",
             axum::routing::any(objects_or_tokens),
@@ -295,10 +296,74 @@ pub fn parse_target(path: &str) -> Result<Target, ApiError> {
 }
 
 async fn objects_or_tokens(State(state): State<AppState>, request: Request) -> Response {
-    match dispatch(&state, request).await {
+    let started = Instant::now();
+    let (verb, kind) = request_labels(&request);
+    let response = match dispatch(&state, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
+    };
+    state
+        .store
+        .metrics()
+        .api_request(verb, kind, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// The verb and kind a request is counted under: both from fixed sets, so
+/// no caller can grow the metrics by the paths it makes up.
+fn request_labels(request: &Request) -> (&'static str, &'static str) {
+    let path = request
+        .uri()
+        .path()
+        .strip_prefix("/apis/skiff.dev/v1/")
+        .unwrap_or_default();
+    let target = parse_target(path).ok();
+    let kind = match &target {
+        Some(Target::Collection { kind, .. } | Target::Item { kind, .. }) => kind.plural(),
+        Some(Target::Lease { .. }) => "leases",
+        Some(Target::ProxyKey { .. }) => "proxykeys",
+        Some(Target::AccountToken { .. }) => "serviceaccounttokens",
+        Some(Target::Tokens { .. }) => "tokens",
+        None => "unknown",
+    };
+    let watching = || {
+        request.uri().query().is_some_and(|query| {
+            query
+                .split('&')
+                .any(|pair| matches!(pair, "watch=true" | "watch=1"))
+        })
+    };
+    let verb = match *request.method() {
+        Method::GET if matches!(target, Some(Target::Collection { .. })) && watching() => "watch",
+        Method::GET if matches!(target, Some(Target::Collection { .. })) => "list",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "other",
+    };
+    (verb, kind)
+}
+
+/// `GET /metrics`: the control plane's metrics, for cluster admins and
+/// tokens granted `metrics` (which read nothing else).
+async fn metrics(State(state): State<AppState>, request: Request) -> Response {
+    let principal = match authenticate(&state, request.headers(), client_address(&request)).await {
+        Ok(principal) => principal,
+        Err(error) => return error.into_response(),
+    };
+    if !crate::auth::may_read_metrics(&principal) {
+        return ApiError::Forbidden(
+            "this token may not read the metrics: use a cluster admin's token or one made with `wasmctl create token --metrics`".into(),
+        )
+        .into_response();
     }
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        state.store.metrics().encode(),
+    )
+        .into_response()
 }
 
 async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {

@@ -133,6 +133,59 @@ impl Call<'_> {
                     .any(|pod| references(pod, access.kind, name));
                 if used { Ok(()) } else { Err(forbidden()) }
             }
+            Decision::AllowIfEventOn(node) => {
+                let namespace = access.namespace.unwrap_or("");
+                // What is sent (on a create or an update) must be an Event
+                // of this node's; what is stored (on a read or an update)
+                // too, or it is answered as missing.
+                if matches!(access.verb, Verb::Create | Verb::Update) {
+                    let sent = parse_json(self.body)?;
+                    if !self.event_on(&node, namespace, &sent).await? {
+                        return Err(ApiError::Forbidden(format!(
+                            "node {node} may tell Events only about itself (in namespace default) or about pods bound to it, with source.host {node}"
+                        )));
+                    }
+                }
+                if matches!(access.verb, Verb::Get | Verb::Update) {
+                    let key = ObjectKey::new(Kind::Event, namespace, access.name.unwrap_or(""));
+                    let stored = self.state.store.get(&key).await?;
+                    let ours = match &stored {
+                        Some(event) => self.event_on(&node, namespace, event).await?,
+                        None => false,
+                    };
+                    if !ours {
+                        return Err(StoreError::NotFound(key).into());
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether `event`, in `namespace`, is one node `node` may tell: its
+    /// source's host is the node, and it is about the node itself (kept in
+    /// `default`) or about a pod in `namespace` bound to the node (the pod
+    /// of that uid, not a later one of the same name).
+    async fn event_on(&self, node: &str, namespace: &str, event: &Value) -> Result<bool, ApiError> {
+        let involved = &event["involvedObject"];
+        let text = |field: &str| involved[field].as_str().unwrap_or_default();
+        if event["source"]["host"].as_str() != Some(node) {
+            return Ok(false);
+        }
+        match text("kind") {
+            "Node" => Ok(text("name") == node && namespace == "default"),
+            "Pod" if text("namespace") == namespace && !text("uid").is_empty() => {
+                let pod = self
+                    .state
+                    .store
+                    .get(&ObjectKey::new(Kind::Pod, namespace, text("name")))
+                    .await?;
+                Ok(pod.is_some_and(|pod| {
+                    pod["spec"]["nodeName"].as_str() == Some(node)
+                        && pod["metadata"]["uid"].as_str() == Some(text("uid"))
+                }))
+            }
+            _ => Ok(false),
         }
     }
 

@@ -10,9 +10,10 @@ use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
-use skiff_api::kinds::{account, cluster, config, deployment, pod, quota, service};
+use skiff_api::kinds::{account, cluster, config, deployment, event, pod, quota, service};
 use skiff_api::meta::{DeleteOptions, ListMeta, Status};
 use skiff_api::tokens::{TokenInfo, TokenRequest};
+use skiff_api::validate::{DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN};
 use skiff_api::{EventType, Kind};
 
 use super::{AppState, authenticate, client_address};
@@ -61,6 +62,7 @@ fn build() -> Value {
             Kind::ConfigMap => register::<config::ConfigMap>(&mut generator),
             Kind::ResourceQuota => register::<quota::ResourceQuota>(&mut generator),
             Kind::ServiceAccount => register::<account::ServiceAccount>(&mut generator),
+            Kind::Event => register::<event::Event>(&mut generator),
         };
         add(kind.name(), schema);
     }
@@ -247,6 +249,27 @@ fn state_enforced_constraints(schemas: &mut Value) {
     // the missing field precisely): an image, a Route's service.
     require(&mut schemas["PodSpec"], "image");
     require(&mut schemas["RouteSpec"], "service");
+    // An Event's rules (`event::Event::validate`).
+    let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+    let involved = &mut schemas["InvolvedObject"]["properties"];
+    involved["kind"] = json!({"type": "string", "enum": kinds});
+    involved["name"] =
+        json!({"type": "string", "pattern": DNS_SUBDOMAIN_PATTERN, "maxLength": 253});
+    involved["namespace"] =
+        json!({"type": "string", "pattern": DNS_LABEL_PATTERN, "maxLength": 63});
+    involved["uid"] = json!({"type": "string", "pattern": "^[A-Za-z0-9-]{0,64}$"});
+    let properties = &mut schemas["Event"]["properties"];
+    properties["reason"] = json!({"type": "string", "pattern": "^[A-Za-z0-9]{1,128}$"});
+    // Validation counts bytes, OpenAPI characters (of up to 4 bytes).
+    properties["message"] = json!({"type": "string", "maxLength": event::MAX_MESSAGE / 4});
+    properties["count"] = json!({"type": "integer", "format": "uint64", "minimum": 1, "default": 1});
+    for field in ["firstTimestamp", "lastTimestamp"] {
+        properties[field] = json!({"type": "string", "pattern": RFC3339_PATTERN});
+    }
+    for field in ["component", "host"] {
+        schemas["EventSource"]["properties"][field] =
+            json!({"type": "string", "pattern": DNS_SUBDOMAIN_OR_EMPTY_PATTERN, "maxLength": 253});
+    }
     for kind in Kind::ALL {
         let schema = &mut schemas[kind.name()];
         // Those defaults are no valid values: describing them as defaults
@@ -437,6 +460,11 @@ fn field_selector_pattern(kind: Kind) -> String {
 
 /// A revision: what `resourceVersion` is everywhere.
 const RESOURCE_VERSION_PATTERN: &str = "^[0-9]{1,18}$";
+/// What `event::Event::validate` takes as a time.
+const RFC3339_PATTERN: &str = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$";
+/// A DNS subdomain, or nothing.
+const DNS_SUBDOMAIN_OR_EMPTY_PATTERN: &str =
+    r"^$|^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
 
 /// What names of objects and namespaces must be.
 fn dns_label() -> Value {

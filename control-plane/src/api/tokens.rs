@@ -89,6 +89,7 @@ async fn create(
         }
         None => match (request.role.as_str(), &request.node_name) {
             ("cluster-admin", None) => TokenGrant::ClusterAdmin,
+            ("metrics", None) => TokenGrant::Metrics,
             ("node", Some(node)) => {
                 dns_label(node).map_err(|reason| ApiError::invalid("nodeName", reason))?;
                 TokenGrant::Node(node.clone())
@@ -103,7 +104,7 @@ async fn create(
                 return Err(ApiError::invalid(
                     "role",
                     format!(
-                        "must be cluster-admin or node here, not `{role}` (namespace roles are granted under namespaces/{{ns}}/tokens)"
+                        "must be cluster-admin, metrics or node here, not `{role}` (namespace roles are granted under namespaces/{{ns}}/tokens)"
                     ),
                 ));
             }
@@ -134,6 +135,7 @@ async fn create(
         id,
         description: request.description,
         cluster_admin: matches!(grant, TokenGrant::ClusterAdmin),
+        metrics: matches!(grant, TokenGrant::Metrics),
         node_name: match &grant {
             TokenGrant::Node(node) => Some(node.clone()),
             _ => None,
@@ -156,6 +158,8 @@ pub fn info(record: &TokenRecord, namespace: Option<&str>) -> TokenInfo {
         ("cluster-admin".to_owned(), None)
     } else if record.node_name.is_some() {
         ("node".to_owned(), None)
+    } else if record.metrics {
+        ("metrics".to_owned(), None)
     } else {
         let (ns, role) = record
             .roles

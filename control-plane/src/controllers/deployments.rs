@@ -25,10 +25,15 @@ use skiff_api::kinds::pod::{Condition, Pod, PodPhase};
 
 use super::reconciler::{Action, Controller};
 use super::rollout::{self, Bounds, PodView};
+use skiff_api::kinds::event::{InvolvedObject, Severity};
+use skiff_client::events::Recorder;
+
 use crate::store::{ListQuery, ObjectKey, Part, Store, StoreError, Write};
 
 pub struct Deployments {
     pub store: Store,
+    /// Tells pods created and deleted, stalled rollouts and rollbacks.
+    pub events: Recorder,
 }
 
 /// Annotation on a pod naming its Deployment revision.
@@ -63,6 +68,7 @@ impl Controller for Deployments {
         let plan = plan(&deployment, &pods, Utc::now());
         Executor {
             store: &self.store,
+            events: &self.events,
             deployment: &deployment,
             revision: stored["metadata"]["resourceVersion"]
                 .as_str()
@@ -400,6 +406,7 @@ fn adopt_template(deployment: &Deployment, status: &mut DeploymentStatus, stamp:
 /// Takes a [`Plan`]'s steps through the store.
 struct Executor<'a> {
     store: &'a Store,
+    events: &'a Recorder,
     deployment: &'a Deployment,
     /// The Deployment's revision as read, which the status write expects.
     revision: Option<i64>,
@@ -414,6 +421,7 @@ impl Executor<'_> {
                 d.metadata.namespace,
                 d.metadata.name
             );
+            self.tell(Severity::Warning, "ProgressDeadlineExceeded", failure);
         }
         for step in plan.steps {
             match step {
@@ -484,7 +492,11 @@ impl Executor<'_> {
         });
         let key = ObjectKey::new(Kind::Pod, &d.metadata.namespace, &name);
         match self.store.write(Write::Create { key, object: pod }).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let message = format!("created pod {name} (revision {})", revision.revision);
+                self.tell(Severity::Normal, "SuccessfulCreate", &message);
+                Ok(())
+            }
             // A name taken by chance: the next reconcile tries another.
             Err(StoreError::AlreadyExists(_)) => Ok(()),
             Err(e) => Err(e),
@@ -498,9 +510,29 @@ impl Executor<'_> {
             expected_uid: uid,
         };
         match self.store.write(write).await {
-            Ok(_) | Err(StoreError::NotFound(_) | StoreError::UidMismatch(_)) => Ok(()),
+            Ok(_) => {
+                self.tell(
+                    Severity::Normal,
+                    "SuccessfulDelete",
+                    &format!("deleted pod {name}"),
+                );
+                Ok(())
+            }
+            Err(StoreError::NotFound(_) | StoreError::UidMismatch(_)) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Tells an Event about the Deployment.
+    fn tell(&self, severity: Severity, reason: &str, message: &str) {
+        let meta = &self.deployment.metadata;
+        let involved = InvolvedObject {
+            kind: Kind::Deployment.name().to_owned(),
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
+            uid: meta.uid.clone().unwrap_or_default(),
+        };
+        self.events.emit(involved, severity, reason, message);
     }
 
     async fn roll_back(&self, stable: &Revision) -> Result<(), StoreError> {
@@ -510,6 +542,11 @@ impl Executor<'_> {
             d.metadata.namespace,
             d.metadata.name,
             stable.revision
+        );
+        self.tell(
+            Severity::Warning,
+            "RolledBack",
+            &format!("rolling back to revision {}", stable.revision),
         );
         let Some(current) = self.store.get(&key_of(d)).await? else {
             return Ok(());

@@ -18,6 +18,9 @@ use serde_json::{Value, json};
 use skiff_api::Kind;
 use skiff_api::selector::FieldSelector;
 
+use skiff_api::kinds::event::Severity;
+use skiff_client::events::{Recorder, involved};
+
 use crate::store::{Lease, ListQuery, ObjectKey, Part, Store, StoreError, Write};
 
 #[derive(Debug, Clone)]
@@ -64,6 +67,7 @@ const REASON: &str = "NodeLeaseExpired";
 pub async fn run(store: Store, config: NodeLifecycleConfig) -> Result<(), StoreError> {
     let mut observed: HashMap<String, Observed> = HashMap::new();
     let mut ticks = tokio::time::interval(config.period);
+    let events = crate::events::recorder(&store, "node-controller");
     loop {
         ticks.tick().await;
         let (_, leases) = store.leases().await?;
@@ -89,12 +93,24 @@ pub async fn run(store: Store, config: NodeLifecycleConfig) -> Result<(), StoreE
                     Step::MarkReady => {
                         tracing::info!("node lifecycle: {name} renews its lease again: Ready");
                         set_ready(&store, &node, true, "the node renews its lease").await?;
+                        events.emit(
+                            involved(Kind::Node, &node),
+                            Severity::Normal,
+                            "NodeReady",
+                            "the node renews its lease again",
+                        );
                     }
                     Step::MarkNotReady(message) => {
                         tracing::warn!("node lifecycle: {name} is NotReady: {message}");
                         set_ready(&store, &node, false, &message).await?;
+                        events.emit(
+                            involved(Kind::Node, &node),
+                            Severity::Warning,
+                            "NodeNotReady",
+                            &message,
+                        );
                     }
-                    Step::Evict => evict(&store, name).await?,
+                    Step::Evict => evict(&store, name, &events).await?,
                 }
             }
         }
@@ -198,7 +214,7 @@ async fn set_ready(
 }
 
 /// Deletes the pods bound to `node`, each conditional on its uid.
-async fn evict(store: &Store, node: &str) -> Result<(), StoreError> {
+async fn evict(store: &Store, node: &str, events: &Recorder) -> Result<(), StoreError> {
     let fields = FieldSelector::parse(
         &format!("spec.nodeName={node}"),
         Kind::Pod.selectable_fields(),
@@ -224,7 +240,13 @@ async fn evict(store: &Store, node: &str) -> Result<(), StoreError> {
             expected_uid: pod["metadata"]["uid"].as_str().map(str::to_owned),
         };
         match store.write(delete).await {
-            Ok(_) | Err(StoreError::NotFound(_) | StoreError::UidMismatch(_)) => {}
+            Ok(_) => events.emit(
+                involved(Kind::Pod, &pod),
+                Severity::Warning,
+                "Evicted",
+                format!("node {node} is NotReady: the pod is deleted to run elsewhere"),
+            ),
+            Err(StoreError::NotFound(_) | StoreError::UidMismatch(_)) => {}
             Err(e) => return Err(e),
         }
     }

@@ -24,6 +24,8 @@ use crate::store::{ListQuery, ObjectKey, Part, Store, StoreError, Write};
 use crate::watch::{self, WatchHub, WatchRequest};
 use decide::{Decision, NodeState, PlacedPod, PodRequest, Resources};
 use images::{ImageKey, ImageRuntimes, Lookup};
+use skiff_api::kinds::event::Severity;
+use skiff_client::events::{self, Recorder};
 
 /// The advisory lock key of the scheduler's leadership.
 const LEADER_KEY: i64 = 0x736b_6966_6673_6368; // "skiffsch"
@@ -126,6 +128,8 @@ struct Session {
     images: ImageRuntimes,
     /// Pods waiting for their image's lookup.
     awaiting: HashMap<ImageKey, HashSet<PodKey>>,
+    /// Tells Scheduled, FailedScheduling and Preempted.
+    events: Recorder,
 }
 
 impl Session {
@@ -146,6 +150,7 @@ impl Session {
             evicting: HashSet::new(),
             reported: HashMap::new(),
             in_flight: JoinSet::new(),
+            events: crate::events::recorder(&store, "scheduler"),
             images: ImageRuntimes::new(store, &insecure_registries),
             awaiting: HashMap::new(),
         }
@@ -548,6 +553,19 @@ impl Session {
             part: Part::Main,
             expected_revision: Some(pod.revision),
         };
+        let involved = events::involved(Kind::Pod, &pod.object);
+        for victim in &victims {
+            if let Some(cached) = self.pods.get(victim) {
+                self.events.emit(
+                    events::involved(Kind::Pod, &cached.object),
+                    Severity::Warning,
+                    "Preempted",
+                    format!("preempted by {}/{} on node {node}", key.0, key.1),
+                );
+            }
+        }
+        let recorder = self.events.clone();
+        let told = format!("assigned {}/{} to node {node}", key.0, key.1);
         self.assumed.insert(key.clone(), node);
         self.sync(&key, false);
         let store = self.store.clone();
@@ -569,7 +587,10 @@ impl Session {
                 }
             }
             let ok = match store.write(write).await {
-                Ok(_) => true,
+                Ok(_) => {
+                    recorder.emit(involved, Severity::Normal, "Scheduled", told);
+                    true
+                }
                 Err(e) => {
                     tracing::debug!("scheduler: binding {}/{} failed: {e}", key.0, key.1);
                     false
@@ -604,6 +625,12 @@ impl Session {
             expected_revision: None,
         };
         tracing::info!("scheduler: {}/{} unschedulable: {message}", key.0, key.1);
+        self.events.emit(
+            events::involved(Kind::Pod, &pod.object),
+            Severity::Warning,
+            "FailedScheduling",
+            &message,
+        );
         let store = self.store.clone();
         self.in_flight.spawn(async move {
             let _ = store.write(write).await;

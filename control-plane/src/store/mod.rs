@@ -268,6 +268,8 @@ pub struct TokenRecord {
     pub id: uuid::Uuid,
     pub description: String,
     pub cluster_admin: bool,
+    /// May read the metrics, nothing else.
+    pub metrics: bool,
     pub node_name: Option<String>,
     pub roles: Vec<(String, String)>,
     pub created_at: String,
@@ -349,7 +351,12 @@ impl Lease {
 pub enum TokenGrant {
     ClusterAdmin,
     Node(String),
-    Namespace { namespace: String, role: String },
+    Namespace {
+        namespace: String,
+        role: String,
+    },
+    /// Reads the metrics, nothing else.
+    Metrics,
 }
 
 /// Which tokens a query reads.
@@ -371,6 +378,9 @@ pub struct Store {
     connect_deadline: Duration,
     /// Readiness checks sent to the database so far.
     pings: Arc<std::sync::atomic::AtomicU64>,
+    /// The process's metrics: made here because every part of the control
+    /// plane holds the store.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Settings of the connection pool, and the deadlines that keep a silently
@@ -490,7 +500,13 @@ impl Store {
             // every connection before use would cost a round trip per query.
             .test_before_acquire(false)
             .connect_lazy_with(options);
-        let writes = writer::spawn(pool.clone(), keyring.clone(), settings.write_deadline);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let writes = writer::spawn(
+            pool.clone(),
+            keyring.clone(),
+            settings.write_deadline,
+            metrics.clone(),
+        );
         Ok(Self {
             pool,
             writes,
@@ -498,7 +514,13 @@ impl Store {
             leader: LeaderTiming::of(settings.leader_timeout),
             connect_deadline: settings.acquire_timeout,
             pings: Arc::default(),
+            metrics,
         })
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// Rereads the encryption key file if it changed; says whether it did.
@@ -1017,15 +1039,16 @@ impl Store {
         let (cluster_admin, node_name) = match grant {
             TokenGrant::ClusterAdmin => (true, None),
             TokenGrant::Node(node) => (false, Some(node.clone())),
-            TokenGrant::Namespace { .. } => (false, None),
+            TokenGrant::Namespace { .. } | TokenGrant::Metrics => (false, None),
         };
+        let metrics = matches!(grant, TokenGrant::Metrics);
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         if let TokenGrant::Namespace { namespace, .. } = grant {
             quota::admit_token(&mut tx, namespace).await?;
         }
         sqlx::query(
-            "INSERT INTO tokens (id, secret_hash, description, cluster_admin, node_name, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO tokens (id, secret_hash, description, cluster_admin, node_name, expires_at, metrics)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(id)
         .bind(secret_hash)
@@ -1033,6 +1056,7 @@ impl Store {
         .bind(cluster_admin)
         .bind(node_name)
         .bind(expires_at)
+        .bind(metrics)
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
@@ -1099,7 +1123,7 @@ impl Store {
 
     async fn token_rows(&self, filter: TokenFilter) -> Result<Vec<TokenRecord>, StoreError> {
         let mut sql = QueryBuilder::<Postgres>::new(
-            "SELECT t.id, t.description, t.cluster_admin, t.node_name, t.created_at,
+            "SELECT t.id, t.description, t.cluster_admin, t.metrics, t.node_name, t.created_at,
                     t.expires_at, t.last_used_at,
                     COALESCE(array_agg(r.namespace) FILTER (WHERE r.namespace IS NOT NULL), '{}') AS namespaces,
                     COALESCE(array_agg(r.role) FILTER (WHERE r.role IS NOT NULL), '{}') AS roles
@@ -1135,6 +1159,7 @@ impl Store {
                     id: row.get("id"),
                     description: row.get("description"),
                     cluster_admin: row.get("cluster_admin"),
+                    metrics: row.get("metrics"),
                     node_name: row.get("node_name"),
                     roles: namespaces.into_iter().zip(roles).collect(),
                     created_at: created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -1199,6 +1224,11 @@ fn push_field_conditions(sql: &mut QueryBuilder<'_, Postgres>, fields: &FieldSel
             "metadata.namespace" => "namespace",
             "spec.nodeName" => "COALESCE(body #>> '{spec,nodeName}', '')",
             "status.phase" => "COALESCE(body #>> '{status,phase}', '')",
+            "involvedObject.kind" => "COALESCE(body #>> '{involvedObject,kind}', '')",
+            "involvedObject.name" => "COALESCE(body #>> '{involvedObject,name}', '')",
+            "involvedObject.uid" => "COALESCE(body #>> '{involvedObject,uid}', '')",
+            "reason" => "COALESCE(body #>> '{reason}', '')",
+            "type" => "COALESCE(body #>> '{type}', '')",
             // FieldSelector::parse admits only the fields above.
             _ => "NULL",
         };

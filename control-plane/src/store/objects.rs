@@ -38,7 +38,7 @@ pub fn created(kind: Kind, mut object: Value, uid: &str, revision: i64, now: &st
     let initial_status = match kind {
         Kind::Namespace => Some(json!({"phase": "Active"})),
         Kind::Pod => Some(json!({"phase": "Pending", "restartCount": 0})),
-        Kind::Secret | Kind::ConfigMap | Kind::ResourceQuota => None,
+        Kind::Secret | Kind::ConfigMap | Kind::ResourceQuota | Kind::Event => None,
         _ => Some(json!({})),
     };
     if let (Some(status), Some(fields)) = (initial_status, object.as_object_mut()) {

@@ -69,18 +69,21 @@ struct Writer {
     keyring: Arc<Keyring>,
     /// How long a batch may take, client side, before it is abandoned.
     deadline: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub(super) fn spawn(
     pool: PgPool,
     keyring: Arc<Keyring>,
     deadline: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> mpsc::Sender<Pending> {
     let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
     let writer = Writer {
         pool,
         keyring,
         deadline,
+        metrics,
     };
     tokio::spawn(run(writer, receiver));
     sender
@@ -96,7 +99,9 @@ async fn run(writer: Writer, mut receiver: mpsc::Receiver<Pending>) {
             }
         }
         let writes: Vec<&Write> = batch.iter().map(|p| &p.write).collect();
+        let started = std::time::Instant::now();
         let results = commit_with_retry(&writer, &writes).await;
+        writer.metrics.write_batch(writes.len(), started.elapsed());
         for (pending, result) in batch.into_iter().zip(results) {
             let _ = pending.reply.send(result);
         }

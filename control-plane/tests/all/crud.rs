@@ -157,6 +157,10 @@ fn change_desired_state(kind: Kind, object: &mut Value) -> bool {
             object["data"]["greeting"] = json!("hello");
             true
         }
+        Kind::Event => {
+            object["count"] = json!(2);
+            true
+        }
     }
 }
 

@@ -31,6 +31,7 @@ fn config(database_url: &str) -> ServerConfig {
         scheduling: Default::default(),
         controllers: true,
         node_lifecycle: Default::default(),
+        event_ttl: control_plane::events::DEFAULT_TTL,
         api: Default::default(),
     }
 }

@@ -76,6 +76,13 @@ pub fn object(kind: Kind, name: &str) -> Value {
         Kind::ConfigMap => json!({"data": {"greeting": "hi"}}),
         Kind::ResourceQuota => json!({"spec": {"hard": {"pods": "10", "pod.memory": "1Gi"}}}),
         Kind::ServiceAccount => json!({"spec": {"role": "view"}}),
+        Kind::Event => json!({
+            "involvedObject": {"kind": "Pod", "namespace": "default", "name": name, "uid": "u1"},
+            "reason": "Started",
+            "message": "started the pod",
+            "type": "Normal",
+            "source": {"component": "node", "host": "n1"},
+        }),
     };
     for (key, value) in body.as_object().expect("object") {
         object[key] = value.clone();

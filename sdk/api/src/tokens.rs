@@ -4,8 +4,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Asks for a new token. In a namespace's `tokens`, `role` is `admin`,
-/// `edit` or `view`; at the cluster level, `role: cluster-admin` or `node`
-/// (with `nodeName`).
+/// `edit` or `view`; at the cluster level, `role: cluster-admin`, `metrics`
+/// (reads `/metrics`, nothing else) or `node` (with `nodeName`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenRequest {
@@ -58,7 +58,7 @@ pub struct ServiceAccountToken {
 #[serde(rename_all = "camelCase")]
 pub struct TokenInfo {
     pub id: String,
-    /// `cluster-admin`, `node`, or the role in `namespace`.
+    /// `cluster-admin`, `metrics`, `node`, or the role in `namespace`.
     pub role: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,

@@ -2,6 +2,7 @@
 //! [`Client::get_as`]), watches as streams of events and a
 //! [`watcher`] that keeps one going, tokens.
 
+pub mod events;
 pub mod watcher;
 
 use std::time::Duration;

@@ -132,6 +132,9 @@ pub struct NodeContext {
     pub grace: Duration,
     /// Whether the lease is taken for lapsed, and the pods stopped for it.
     pub partition: partition::Partition,
+    /// Tells what happens to this node's pods (pulls, starts, probe
+    /// failures, back-offs), as Events through the API.
+    pub events: skiff_client::events::Recorder,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +248,14 @@ impl Agent {
             ))
         })?;
         let context = Arc::new(NodeContext {
+            events: skiff_client::events::Recorder::start(
+                config.client.clone(),
+                skiff_api::kinds::event::EventSource {
+                    component: "node".into(),
+                    host: config.name.clone(),
+                },
+                Default::default(),
+            ),
             node: config.name.clone(),
             client: config.client.clone(),
             runtimes: Runtimes::new(wasm, linux, registry.clone()),
@@ -308,6 +319,11 @@ impl Agent {
                 lease,
             },
         })
+    }
+
+    /// The node's metrics (served by `wasm-node join --metrics-listen`).
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.context.local_pods.metrics().clone()
     }
 
     /// HTTP pods currently served.

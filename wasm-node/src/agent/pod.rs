@@ -3,6 +3,7 @@
 //! Which runtime runs the pod is the runtimes' business (`super::runtimes`):
 //! the worker only sees an image that starts instances.
 
+use skiff_api::kinds::event::{InvolvedObject, Severity};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -258,6 +259,19 @@ impl Worker {
         self.report();
     }
 
+    /// Tells an Event about this pod.
+    fn tell(&self, severity: Severity, reason: &str, message: &str) {
+        let involved = InvolvedObject {
+            kind: "Pod".into(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+        };
+        self.context
+            .events
+            .emit(involved, severity, reason, message);
+    }
+
     /// Reports a failed pull or start and moves the lifecycle on: a
     /// retryable failure backs off and tries again, a fatal one fails the
     /// pod. True when it will be retried.
@@ -267,6 +281,7 @@ impl Worker {
             Failure::Fatal { reason, message } => (reason, message, false),
         };
         tracing::warn!("{pod}: {message}");
+        self.tell(Severity::Warning, "Failed", &format!("{reason}: {message}"));
         self.set(Some(reason), Some(message));
         self.move_on(if retry {
             Event::PullFailed
@@ -298,6 +313,8 @@ impl Worker {
                     // the reason vanish.
                     if setup_failed.is_none() {
                         self.set(Some("Pulling"), None);
+                        let message = format!("pulling image {}", self.spec.image);
+                        self.tell(Severity::Normal, "Pulling", &message);
                     }
                     let outcome = tokio::select! {
                         outcome = self.pull() => outcome,
@@ -307,6 +324,12 @@ impl Worker {
                         Ok(pulled) => {
                             image = Some(pulled);
                             setup_failed = None;
+                            let message = format!(
+                                "pulled image {} ({})",
+                                self.spec.image,
+                                self.status.digest.as_deref().unwrap_or("no digest")
+                            );
+                            self.tell(Severity::Normal, "Pulled", &message);
                             self.move_on(Event::Pulled);
                         }
                         Err(failure) => {
@@ -340,6 +363,7 @@ impl Worker {
                         Ok(started) => {
                             instance = Some(started);
                             setup_failed = None;
+                            self.tell(Severity::Normal, "Started", "started the pod");
                             self.move_on(Event::Started);
                         }
                         Err(failure) => {
@@ -392,6 +416,12 @@ impl Worker {
                                     }
                                     Verdict::Dead(why) => {
                                         tracing::warn!("{pod}: {why}: restarting");
+                                        self.tell(Severity::Warning, "Unhealthy", &why);
+                                        self.tell(
+                                            Severity::Normal,
+                                            "Killing",
+                                            &format!("restarting the pod: {why}"),
+                                        );
                                         killed_for = Some(why);
                                         instance.kill().await;
                                     }
@@ -408,6 +438,7 @@ impl Worker {
                         .map_or(self.context.grace, |grace| grace.min(self.context.grace));
                     instance.stop(grace).await;
                     let Some(ended) = ended else {
+                        self.tell(Severity::Normal, "Killing", "stopping the pod");
                         self.move_on(Event::Stop);
                         continue;
                     };
@@ -415,6 +446,10 @@ impl Worker {
                     self.set_ready(false);
                     self.status.exit_code = ended.code;
                     let success = killed_for.is_none() && ended.success();
+                    if !success && killed_for.is_none() {
+                        let message = ended.message.as_deref().unwrap_or("exited");
+                        self.tell(Severity::Warning, failure_reason(message), message);
+                    }
                     // Killed for a failed liveness probe: that is why.
                     self.status.message = killed_for.or(ended.message);
                     self.move_on(Event::Exited { success });
@@ -438,6 +473,8 @@ impl Worker {
                             delay.as_millis()
                         ))
                     };
+                    let told = message.as_deref().unwrap_or(reason);
+                    self.tell(Severity::Warning, "BackOff", told);
                     self.set(Some(reason), message);
                     tokio::select! {
                         () = tokio::time::sleep(delay) => self.move_on(Event::BackOffElapsed),
@@ -1023,6 +1060,19 @@ async fn deliver_statuses<F, Fut>(
         if latest.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// The reason of the Event telling a run that failed, from how it ended:
+/// a guest out of fuel or over its memory cap, a Linux pod killed for
+/// memory, or any other failure.
+fn failure_reason(message: &str) -> &'static str {
+    if message.contains("OOMKilled") || message.contains("memory limit") {
+        "OOMKilled"
+    } else if message.contains("out of fuel") {
+        "OutOfFuel"
+    } else {
+        "Failed"
     }
 }
 

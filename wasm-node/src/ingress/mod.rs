@@ -48,6 +48,7 @@ use hyper_util::rt::TokioExecutor;
 use outgoing::{ClientBody, Outgoing};
 use skiff_api::kinds::service::{Endpoint, RouteSpec, ServiceSpec};
 
+use crate::metrics::Metrics;
 pub use crate::runtimes::Backend;
 pub use credentials::{CallerKey, PROXY_KEY_LEN, ProxyAuthError, ProxyKey, SignedCache};
 pub use serve::serve;
@@ -66,20 +67,34 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The HTTP pods this node serves, by name.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct LocalPods {
     /// Each pod's backend, with the uid of the pod that added it.
-    pods: Arc<RwLock<HashMap<PodName, (String, Backend)>>>,
+    pods: Arc<crate::metrics::ServedPods>,
+    /// Their metrics, which go with them.
+    metrics: Arc<Metrics>,
+}
+
+impl Default for LocalPods {
+    fn default() -> Self {
+        let pods = Arc::default();
+        let metrics = Arc::new(Metrics::new(Arc::downgrade(&pods)));
+        Self { pods, metrics }
+    }
 }
 
 impl LocalPods {
     /// Serves pod `uid` under its name, in place of any earlier pod of that
     /// name.
     pub fn add(&self, pod: PodName, uid: &str, backend: Backend) {
-        self.pods
+        let earlier = self
+            .pods
             .write()
             .expect("routes lock")
-            .insert(pod, (uid.to_owned(), backend));
+            .insert(pod.clone(), (uid.to_owned(), backend));
+        if earlier.is_some_and(|(earlier, _)| earlier != uid) {
+            self.metrics.forget(&pod);
+        }
     }
 
     /// Stops serving pod `uid`. A pod re-created under the same name has
@@ -88,9 +103,17 @@ impl LocalPods {
     pub fn remove(&self, pod: &PodName, uid: &str) -> Option<Backend> {
         let mut pods = self.pods.write().expect("routes lock");
         match pods.get(pod) {
-            Some((owner, _)) if owner == uid => pods.remove(pod).map(|(_, backend)| backend),
+            Some((owner, _)) if owner == uid => {
+                self.metrics.forget(pod);
+                pods.remove(pod).map(|(_, backend)| backend)
+            }
             _ => None,
         }
+    }
+
+    /// The metrics of these pods (and of the node's instances).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn get(&self, pod: &PodName) -> Option<Backend> {
@@ -445,7 +468,7 @@ impl Ingress {
         }
         match target {
             HostTarget::Pod(pod) => match self.pods.get(&pod) {
-                Some(backend) => self.serve_local(backend, request).await,
+                Some(backend) => self.serve_local(&pod, backend, request).await,
                 None => {
                     let mut response = text_response(
                         StatusCode::NOT_FOUND,
@@ -523,6 +546,7 @@ impl Ingress {
     /// the pod was missing: that would have its request sent again.
     async fn serve_local<B>(
         &self,
+        pod: &PodName,
         backend: Backend,
         request: http::Request<B>,
     ) -> http::Response<HttpBody>
@@ -530,6 +554,7 @@ impl Ingress {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let timer = self.pods.metrics.request(pod);
         let mut response = match backend {
             Backend::Wasm(app) => app.handle(request).await,
             Backend::Process(addr) => {
@@ -539,6 +564,7 @@ impl Ingress {
             }
         };
         response.headers_mut().remove(POD_MISSING_HEADER);
+        timer.answered(response.status());
         response
     }
 
@@ -613,7 +639,11 @@ impl Ingress {
             let endpoint = &backend.endpoint;
             if endpoint.address == self.config.own_address {
                 match self.pods.get(&backend.pod) {
-                    Some(local) => return self.serve_local(local, rebuild(&parts, attempt)).await,
+                    Some(local) => {
+                        return self
+                            .serve_local(&backend.pod, local, rebuild(&parts, attempt))
+                            .await;
+                    }
                     None => continue,
                 }
             }

@@ -2,6 +2,7 @@
 //! the component's limits, failing only that request when the guest fails.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
@@ -64,6 +65,52 @@ struct Inner {
     spec: InstanceSpec,
     pre: ProxyPre<Host>,
     permits: Arc<Semaphore>,
+    counts: Counts,
+}
+
+/// What an [`HttpApp`]'s instances came to since it was prepared, for
+/// the node's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstanceStats {
+    /// Instances started for requests.
+    pub starts: u64,
+    pub traps: u64,
+    pub timeouts: u64,
+    pub out_of_fuel: u64,
+    /// Instances that went past their memory limit.
+    pub memory_limit: u64,
+}
+
+#[derive(Default)]
+struct Counts {
+    starts: AtomicU64,
+    traps: AtomicU64,
+    timeouts: AtomicU64,
+    out_of_fuel: AtomicU64,
+    memory_limit: AtomicU64,
+}
+
+impl Counts {
+    fn failed(&self, failure: &GuestFailure) {
+        let counter = match failure {
+            GuestFailure::Trap(_) => &self.traps,
+            GuestFailure::Timeout(_) => &self.timeouts,
+            GuestFailure::OutOfFuel(_) => &self.out_of_fuel,
+            GuestFailure::MemoryLimit(_) => &self.memory_limit,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> InstanceStats {
+        InstanceStats {
+            starts: self.starts.load(Ordering::Relaxed),
+            traps: self.traps.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            out_of_fuel: self.out_of_fuel.load(Ordering::Relaxed),
+            memory_limit: self.memory_limit.load(Ordering::Relaxed),
+        }
+    }
 }
 
 type GuestResponse = Result<http::Response<HyperOutgoingBody>, ErrorCode>;
@@ -73,7 +120,12 @@ impl HttpApp {
         let pre = ProxyPre::new(pre)?;
         let permits = Arc::new(Semaphore::new(spec.limits.max_instances as usize));
         Ok(Self {
-            inner: Arc::new(Inner { spec, pre, permits }),
+            inner: Arc::new(Inner {
+                spec,
+                pre,
+                permits,
+                counts: Counts::default(),
+            }),
         })
     }
 
@@ -87,6 +139,11 @@ impl HttpApp {
     /// dropped where it waits. Either way its outbound requests end with it.
     pub fn stop_instances(&self) {
         self.inner.spec.halt.halt();
+    }
+
+    /// What the instances of this app came to so far.
+    pub fn stats(&self) -> InstanceStats {
+        self.inner.counts.read()
     }
 
     /// Requests being handled right now.
@@ -144,6 +201,7 @@ impl HttpApp {
         let task = match self.start(request, sender, permit, what.clone()) {
             Ok(task) => task,
             Err(failure) => {
+                self.inner.counts.failed(&failure);
                 tracing::error!("{name}: {what} failed: {failure}");
                 return failure_response(&failure);
             }
@@ -195,6 +253,7 @@ impl HttpApp {
             .new_response_outparam(sender)
             .map_err(|e| spec.failure(&e))?;
 
+        inner.counts.starts.fetch_add(1, Ordering::Relaxed);
         Ok(tokio::spawn(async move {
             let _permit = permit;
             let spec = &inner.spec;
@@ -226,6 +285,7 @@ impl HttpApp {
                     (failure, detail)
                 }
             };
+            inner.counts.failed(&failure);
             tracing::warn!("{}: {what} failed: {failure}\n{detail}", spec.name);
             Err(failure)
         }))

@@ -35,7 +35,7 @@ use cache::CompileError;
 pub use cache::{ArtifactCache, CacheOutcome, Digest};
 pub use command::CommandApp;
 pub use error::{GuestFailure, LoadError};
-pub use http::{BodyError, HttpApp, HttpBody, text_response};
+pub use http::{BodyError, HttpApp, HttpBody, InstanceStats, text_response};
 pub use limits::{Limits, LimitsError, MemoryLimitExceeded};
 pub use outbound::{
     CALLER_AUTH_HEADER, CALLER_NAMESPACE_HEADER, INTERNAL_HEADERS, PROXY_AUTH_HEADER, named_host,

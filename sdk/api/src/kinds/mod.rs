@@ -5,6 +5,7 @@ pub mod account;
 pub mod cluster;
 pub mod config;
 pub mod deployment;
+pub mod event;
 pub mod pod;
 pub mod quota;
 pub mod service;
@@ -49,10 +50,11 @@ pub enum Kind {
     ConfigMap,
     ResourceQuota,
     ServiceAccount,
+    Event,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -63,6 +65,7 @@ impl Kind {
         Kind::ConfigMap,
         Kind::ResourceQuota,
         Kind::ServiceAccount,
+        Kind::Event,
     ];
 
     pub fn name(self) -> &'static str {
@@ -77,6 +80,7 @@ impl Kind {
             Kind::ConfigMap => "ConfigMap",
             Kind::ResourceQuota => "ResourceQuota",
             Kind::ServiceAccount => "ServiceAccount",
+            Kind::Event => "Event",
         }
     }
 
@@ -93,6 +97,7 @@ impl Kind {
             Kind::ConfigMap => "configmaps",
             Kind::ResourceQuota => "resourcequotas",
             Kind::ServiceAccount => "serviceaccounts",
+            Kind::Event => "events",
         }
     }
 
@@ -108,6 +113,7 @@ impl Kind {
             Kind::ConfigMap => "cm",
             Kind::ResourceQuota => "quota",
             Kind::ServiceAccount => "sa",
+            Kind::Event => "ev",
         }
     }
 
@@ -123,7 +129,11 @@ impl Kind {
     pub fn has_status(self) -> bool {
         !matches!(
             self,
-            Kind::Secret | Kind::ConfigMap | Kind::ResourceQuota | Kind::ServiceAccount
+            Kind::Secret
+                | Kind::ConfigMap
+                | Kind::ResourceQuota
+                | Kind::ServiceAccount
+                | Kind::Event
         )
     }
 
@@ -137,6 +147,15 @@ impl Kind {
                 "status.phase",
             ],
             Kind::Namespace | Kind::Node => &["metadata.name"],
+            Kind::Event => &[
+                "metadata.name",
+                "metadata.namespace",
+                "involvedObject.kind",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "reason",
+                "type",
+            ],
             _ => &["metadata.name", "metadata.namespace"],
         }
     }
@@ -301,6 +320,15 @@ impl Admissible for config::ConfigMap {
     }
 }
 
+impl Admissible for event::Event {
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn validate(&self, v: &mut Validator) {
+        event::Event::validate(self, v);
+    }
+}
+
 /// Checks a submitted object of `kind` and returns it normalised: unknown
 /// fields refused, values validated, defaults filled in.
 pub fn admit(kind: Kind, object: Value) -> Result<Value, AdmitError> {
@@ -316,6 +344,7 @@ pub fn admit(kind: Kind, object: Value) -> Result<Value, AdmitError> {
         Kind::ConfigMap => admit_as::<config::ConfigMap>(object),
         Kind::ResourceQuota => admit_as::<quota::ResourceQuota>(object),
         Kind::ServiceAccount => admit_as::<account::ServiceAccount>(object),
+        Kind::Event => admit_as::<event::Event>(object),
     }
 }
 
@@ -336,7 +365,11 @@ pub fn admit_status(kind: Kind, status: Value) -> Result<Value, AdmitError> {
         }
         Kind::Service => decode_at::<service::ServiceStatus>(status, "status").map(to_value)?,
         Kind::Route => decode_at::<service::RouteStatus>(status, "status").map(to_value)?,
-        Kind::Secret | Kind::ConfigMap | Kind::ResourceQuota | Kind::ServiceAccount => {
+        Kind::Secret
+        | Kind::ConfigMap
+        | Kind::ResourceQuota
+        | Kind::ServiceAccount
+        | Kind::Event => {
             return Err(AdmitError::Shape {
                 field: "status".into(),
                 message: format!("{kind} has no status"),
