@@ -262,7 +262,8 @@ fn state_enforced_constraints(schemas: &mut Value) {
     properties["reason"] = json!({"type": "string", "pattern": "^[A-Za-z0-9]{1,128}$"});
     // Validation counts bytes, OpenAPI characters (of up to 4 bytes).
     properties["message"] = json!({"type": "string", "maxLength": event::MAX_MESSAGE / 4});
-    properties["count"] = json!({"type": "integer", "format": "uint64", "minimum": 1, "default": 1});
+    properties["count"] =
+        json!({"type": "integer", "format": "uint64", "minimum": 1, "default": 1});
     for field in ["firstTimestamp", "lastTimestamp"] {
         properties[field] = json!({"type": "string", "pattern": RFC3339_PATTERN});
     }

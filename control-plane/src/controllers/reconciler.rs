@@ -151,8 +151,13 @@ pub async fn run<C: Controller>(
             .await?;
         }
         queue.promote(Instant::now());
+        // Keys ready now: what the controller is behind by.
+        store.metrics().controller_queue(C::NAME, queue.ready.len());
         if let Some(key) = queue.pop() {
-            match controller.reconcile(&key).await {
+            let started = Instant::now();
+            let outcome = controller.reconcile(&key).await;
+            store.metrics().reconcile(C::NAME, started.elapsed());
+            match outcome {
                 Ok(action) => {
                     queue.failures.remove(&key);
                     if let Action::RequeueAfter(delay) = action {

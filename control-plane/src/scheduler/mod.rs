@@ -10,7 +10,7 @@ pub mod images;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use skiff_api::kinds::cluster::Node;
@@ -26,6 +26,8 @@ use decide::{Decision, NodeState, PlacedPod, PodRequest, Resources};
 use images::{ImageKey, ImageRuntimes, Lookup};
 use skiff_api::kinds::event::Severity;
 use skiff_client::events::{self, Recorder};
+
+use crate::metrics::Attempt;
 
 /// The advisory lock key of the scheduler's leadership.
 const LEADER_KEY: i64 = 0x736b_6966_6673_6368; // "skiffsch"
@@ -74,6 +76,9 @@ struct CachedPod {
     order: QueueKey,
     /// The node whose [`NodeState`] counts this pod, if any.
     counted_on: Option<String>,
+    /// When this term of the scheduler first saw the pod: placement latency
+    /// is measured from here.
+    seen: Instant,
 }
 
 type PodKey = (String, String);
@@ -172,6 +177,9 @@ impl Session {
             if !self.queue.is_empty() && self.in_flight.len() < self.config.max_in_flight {
                 self.schedule();
             }
+            self.store
+                .metrics()
+                .scheduler_queue(self.queue.len() + self.parked.len());
             tokio::select! {
                 event = nodes.recv() => {
                     let event = event.ok_or_else(|| StoreError::Unavailable("node watch ended".into()))?;
@@ -386,7 +394,9 @@ impl Session {
         let previous = self.pods.remove(&key);
         let mut was_parked = false;
         let mut counted_on = None;
+        let mut seen = Instant::now();
         if let Some(previous) = previous {
+            seen = previous.seen;
             self.queue.remove(&previous.order);
             was_parked = self.parked.remove(&previous.order);
             counted_on = previous.counted_on;
@@ -409,6 +419,7 @@ impl Session {
                 spec: pod.spec,
                 order,
                 counted_on,
+                seen,
                 object,
             },
         );
@@ -532,6 +543,9 @@ impl Session {
                     self.bind(key, node, victims);
                 }
                 Decision::Unschedulable(message) => {
+                    self.store
+                        .metrics()
+                        .scheduler_attempt(Attempt::Unschedulable);
                     self.parked.insert(next);
                     if self.reported.get(&key) != Some(&message) {
                         self.report_unschedulable(&key, message);
@@ -565,6 +579,7 @@ impl Session {
             }
         }
         let recorder = self.events.clone();
+        let seen = pod.seen;
         let told = format!("assigned {}/{} to node {node}", key.0, key.1);
         self.assumed.insert(key.clone(), node);
         self.sync(&key, false);
@@ -586,12 +601,19 @@ impl Session {
                     };
                 }
             }
+            let metrics = store.metrics();
             let ok = match store.write(write).await {
                 Ok(_) => {
+                    metrics.scheduler_attempt(Attempt::Bound);
+                    metrics.placement(seen.elapsed());
                     recorder.emit(involved, Severity::Normal, "Scheduled", told);
                     true
                 }
                 Err(e) => {
+                    metrics.scheduler_attempt(match e {
+                        StoreError::Conflict { .. } => Attempt::Conflict,
+                        _ => Attempt::Error,
+                    });
                     tracing::debug!("scheduler: binding {}/{} failed: {e}", key.0, key.1);
                     false
                 }

@@ -155,6 +155,24 @@ fn prometheus_counts_a_pods_requests_from_the_nodes_metrics() {
     .unwrap();
     assert_eq!(plane_text.status, 200, "{}", plane_text.body);
     promtool_check("control plane", &plane_text.body);
+    // The scheduler placed the pod, and the controllers reconciled (the
+    // service accounts controller, at least, the default namespace).
+    for series in [
+        r#"skiff_scheduler_attempts_total{result="bound"} "#,
+        "skiff_scheduler_placement_duration_seconds_count ",
+        r#"skiff_controller_reconcile_duration_seconds_count{controller="serviceaccounts"} "#,
+    ] {
+        let value = plane_text
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix(series))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(
+            value.is_some_and(|v| v >= 1.0),
+            "{series}: {value:?}\n{}",
+            plane_text.body
+        );
+    }
 
     let dir = temp_dir("prometheus");
     let config = [
