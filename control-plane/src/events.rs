@@ -18,7 +18,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 struct StoreSink(Store);
 
 fn admitted(event: Value) -> Result<Value, SinkError> {
-    skiff_api::admit(Kind::Event, event).map_err(|e| SinkError::Other(e.to_string()))
+    skiff_api::admit(Kind::Event, event).map_err(|e| SinkError::Refused(e.to_string()))
 }
 
 impl From<StoreError> for SinkError {
@@ -26,6 +26,10 @@ impl From<StoreError> for SinkError {
         match e {
             StoreError::AlreadyExists(_) => SinkError::AlreadyExists,
             StoreError::Conflict { .. } => SinkError::Conflict,
+            StoreError::NotFound(_)
+            | StoreError::NamespaceNotFound(_)
+            | StoreError::Invalid { .. }
+            | StoreError::UidMismatch(_) => SinkError::Refused(e.to_string()),
             other => SinkError::Other(other.to_string()),
         }
     }
@@ -88,11 +92,17 @@ pub async fn expire(store: Store, ttl: Duration) -> Result<(), StoreError> {
         let mut expired = Vec::new();
         store
             .scan(Kind::Event, |event| {
-                let last = event["lastTimestamp"]
-                    .as_str()
-                    .or(event["metadata"]["creationTimestamp"].as_str())
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-                if last.is_some_and(|t| t < cutoff) {
+                // When it last happened, as told; as stored when the tale
+                // does not parse (admission checks only its shape), so no
+                // Event outlives its ttl by a date nobody can read.
+                let time = |field: &Value| {
+                    field
+                        .as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                };
+                let last = time(&event["lastTimestamp"])
+                    .or_else(|| time(&event["metadata"]["creationTimestamp"]));
+                if last.is_none_or(|t| t < cutoff) {
                     expired.push(event);
                 }
             })

@@ -138,14 +138,20 @@ impl Call<'_> {
                 // What is sent (on a create or an update) must be an Event
                 // of this node's; what is stored (on a read or an update)
                 // too, or it is answered as missing.
-                if matches!(access.verb, Verb::Create | Verb::Update) {
+                let sent = if matches!(access.verb, Verb::Create | Verb::Update) {
                     let sent = parse_json(self.body)?;
                     if !self.event_on(&node, namespace, &sent).await? {
                         return Err(ApiError::Forbidden(format!(
                             "node {node} may tell Events only about itself (in namespace default) or about pods bound to it, with source.host {node}"
                         )));
                     }
-                }
+                    if let Some(problem) = node_event_problem(&sent, chrono::Utc::now()) {
+                        return Err(ApiError::Forbidden(format!("node {node}: {problem}")));
+                    }
+                    Some(sent)
+                } else {
+                    None
+                };
                 if matches!(access.verb, Verb::Get | Verb::Update) {
                     let key = ObjectKey::new(Kind::Event, namespace, access.name.unwrap_or(""));
                     let stored = self.state.store.get(&key).await?;
@@ -155,6 +161,18 @@ impl Call<'_> {
                     };
                     if !ours {
                         return Err(StoreError::NotFound(key).into());
+                    }
+                    // An update replaces only the Event as checked: the
+                    // write names the revision read here.
+                    if let (Some(sent), Some(stored)) = (&sent, &stored) {
+                        let version = |e: &Value| e["metadata"]["resourceVersion"].clone();
+                        if version(sent) != version(stored) {
+                            return Err(ApiError::Conflict(format!(
+                                "Event {}: a node's update must name the resourceVersion it read ({})",
+                                access.name.unwrap_or(""),
+                                version(stored).as_str().unwrap_or("")
+                            )));
+                        }
                     }
                 }
                 Ok(())
@@ -1077,6 +1095,46 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
             );
         }
     }
+}
+
+/// Why an Event a node sends is not one it may store, beyond what it is
+/// about (`Call::event_on`): a node tells Events only as a recorder would,
+/// under the name the happening hashes to (so it cannot take the name of
+/// an Event the control plane tells), with no labels, annotations or
+/// owners, and not from the future (an Event dated ahead would outlive its
+/// expiry). `None` if it may.
+fn node_event_problem(event: &Value, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+    use skiff_api::kinds::event::{Event, event_name};
+    let Ok(told) = serde_json::from_value::<Event>(event.clone()) else {
+        // Admission names what is wrong with its shape.
+        return None;
+    };
+    if told.source.component != "node" {
+        return Some("source.component must be `node`".into());
+    }
+    let expected = event_name(&told.involved_object, &told.reason, &told.source);
+    if told.metadata.name != expected {
+        return Some(format!(
+            "metadata.name must be `{expected}`, the name this happening hashes to"
+        ));
+    }
+    let meta = &told.metadata;
+    if !meta.labels.is_empty() || !meta.annotations.is_empty() || !meta.owner_references.is_empty()
+    {
+        return Some("metadata: a node's Events carry no labels, annotations or owners".into());
+    }
+    let skew = chrono::Duration::minutes(5);
+    for (field, at) in [
+        ("firstTimestamp", &told.first_timestamp),
+        ("lastTimestamp", &told.last_timestamp),
+    ] {
+        if let Ok(at) = chrono::DateTime::parse_from_rfc3339(at)
+            && at > now + skew
+        {
+            return Some(format!("{field} is in the future"));
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use skiff_api::kinds::{account, cluster, config, deployment, event, pod, quota, service};
 use skiff_api::meta::{DeleteOptions, ListMeta, Status};
 use skiff_api::tokens::{TokenInfo, TokenRequest};
-use skiff_api::validate::{DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN};
+use skiff_api::validate::{DNS_LABEL_OR_EMPTY_PATTERN, DNS_SUBDOMAIN_PATTERN};
 use skiff_api::{EventType, Kind};
 
 use super::{AppState, authenticate, client_address};
@@ -256,16 +256,15 @@ fn state_enforced_constraints(schemas: &mut Value) {
     involved["name"] =
         json!({"type": "string", "pattern": DNS_SUBDOMAIN_PATTERN, "maxLength": 253});
     involved["namespace"] =
-        json!({"type": "string", "pattern": DNS_LABEL_PATTERN, "maxLength": 63});
+        json!({"type": "string", "pattern": DNS_LABEL_OR_EMPTY_PATTERN, "maxLength": 63});
     involved["uid"] = json!({"type": "string", "pattern": "^[A-Za-z0-9-]{0,64}$"});
     let properties = &mut schemas["Event"]["properties"];
     properties["reason"] = json!({"type": "string", "pattern": "^[A-Za-z0-9]{1,128}$"});
-    // Validation counts bytes, OpenAPI characters (of up to 4 bytes).
-    properties["message"] = json!({"type": "string", "maxLength": event::MAX_MESSAGE / 4});
+    properties["message"] = json!({"type": "string", "maxLength": event::MAX_MESSAGE});
     properties["count"] =
         json!({"type": "integer", "format": "uint64", "minimum": 1, "default": 1});
     for field in ["firstTimestamp", "lastTimestamp"] {
-        properties[field] = json!({"type": "string", "pattern": RFC3339_PATTERN});
+        properties[field] = json!({"type": "string", "pattern": format!("^$|{RFC3339_PATTERN}")});
     }
     for field in ["component", "host"] {
         schemas["EventSource"]["properties"][field] =

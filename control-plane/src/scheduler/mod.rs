@@ -574,7 +574,8 @@ impl Session {
                     events::involved(Kind::Pod, &cached.object),
                     Severity::Warning,
                     "Preempted",
-                    format!("preempted by {}/{} on node {node}", key.0, key.1),
+                    // Not naming the pod: it may be another tenant's.
+                    format!("preempted on node {node} by a pod of higher priority"),
                 );
             }
         }

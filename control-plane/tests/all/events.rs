@@ -27,6 +27,32 @@ fn event(name: &str, namespace: &str, kind: &str, about: &str, uid: &str, host: 
     })
 }
 
+/// An Event as a node's recorder tells it: under the name the happening
+/// hashes to.
+fn told(namespace: &str, kind: &str, about: &str, uid: &str, host: &str) -> Value {
+    use skiff_api::kinds::event::{EventSource, InvolvedObject, event_name};
+    let involved = InvolvedObject {
+        kind: kind.into(),
+        namespace: if kind == "Node" {
+            String::new()
+        } else {
+            namespace.into()
+        },
+        name: about.into(),
+        uid: uid.into(),
+    };
+    let source = EventSource {
+        component: "node".into(),
+        host: host.into(),
+    };
+    let name = event_name(&involved, "Started", &source);
+    event(&name, namespace, kind, about, uid, host)
+}
+
+fn name_of(event: &Value) -> String {
+    event["metadata"]["name"].as_str().unwrap().to_owned()
+}
+
 fn code<T: std::fmt::Debug>(result: Result<T, skiff_client::ClientError>) -> Option<u16> {
     result.unwrap_err().code()
 }
@@ -51,37 +77,52 @@ async fn nodes_tell_events_only_about_their_pods_and_themselves() {
     let theirs = bound_pod(&admin, "default", "theirs", "n2").await;
 
     // About its own pod, as itself: stored, read back, added to.
-    let told = event("mine-1", "default", "Pod", "mine", &mine, "n1");
-    n1.create(Kind::Event, Some("default"), &told)
+    let mine_told = told("default", "Pod", "mine", &mine, "n1");
+    let mine_name = name_of(&mine_told);
+    n1.create(Kind::Event, Some("default"), &mine_told)
         .await
         .unwrap();
     let mut stored = n1
-        .get(Kind::Event, Some("default"), "mine-1")
+        .get(Kind::Event, Some("default"), &mine_name)
         .await
         .unwrap();
     stored["count"] = json!(2);
-    n1.replace(Kind::Event, Some("default"), "mine-1", &stored)
+    n1.replace(Kind::Event, Some("default"), &mine_name, &stored)
         .await
         .unwrap();
     // About itself, kept in default.
     n1.create(
         Kind::Event,
         Some("default"),
-        &event("n1-1", "default", "Node", "n1", "", "n1"),
+        &told("default", "Node", "n1", "", "n1"),
     )
     .await
     .unwrap();
 
     // A pod bound elsewhere, another node, another host, an earlier pod of
-    // the same name (another uid), a kind it has nothing to do with.
-    let refused = [
-        event("x1", "default", "Pod", "theirs", &theirs, "n1"),
-        event("x2", "default", "Node", "n2", "", "n1"),
-        event("x3", "default", "Pod", "mine", &mine, "n2"),
-        event("x4", "default", "Pod", "mine", "0000-old-uid", "n1"),
-        event("x5", "default", "Deployment", "web", "u", "n1"),
-        event("x6", "default", "Pod", "mine", "", "n1"),
+    // the same name (another uid), a kind it has nothing to do with, no
+    // uid: each under the name it hashes to.
+    let mut refused = vec![
+        told("default", "Pod", "theirs", &theirs, "n1"),
+        told("default", "Node", "n2", "", "n1"),
+        told("default", "Pod", "mine", &mine, "n2"),
+        told("default", "Pod", "mine", "0000-old-uid", "n1"),
+        told("default", "Deployment", "web", "u", "n1"),
+        told("default", "Pod", "mine", "", "n1"),
     ];
+    // About its own pod, but not as a recorder tells it: under another
+    // name (one the control plane's Events could have), as another
+    // component, with labels, dated ahead.
+    let mut renamed = told("default", "Pod", "mine", &mine, "n1");
+    renamed["metadata"]["name"] = json!("mine-squatted");
+    let mut component = told("default", "Pod", "mine", &mine, "n1");
+    component["source"]["component"] = json!("deployment-controller");
+    let mut labelled = told("default", "Pod", "mine", &mine, "n1");
+    labelled["reason"] = json!("Started");
+    labelled["metadata"]["labels"] = json!({"app": "web"});
+    let mut ahead = told("default", "Pod", "mine", &mine, "n1");
+    ahead["lastTimestamp"] = json!("9999-12-31T23:59:59Z");
+    refused.extend([renamed, component, labelled, ahead]);
     for event in &refused {
         assert_eq!(
             code(n1.create(Kind::Event, Some("default"), event).await),
@@ -89,20 +130,37 @@ async fn nodes_tell_events_only_about_their_pods_and_themselves() {
             "{event}"
         );
     }
-    // Nor may it re-point an Event of its own at another pod, or read,
-    // change or list Events it did not tell.
+    // Nor may it re-point an Event of its own at another pod, replace one
+    // without naming the revision it read, or read, change or list Events
+    // it did not tell.
     let mut repointed = n1
-        .get(Kind::Event, Some("default"), "mine-1")
+        .get(Kind::Event, Some("default"), &mine_name)
         .await
         .unwrap();
     repointed["involvedObject"]["name"] = json!("theirs");
     repointed["involvedObject"]["uid"] = json!(theirs);
     assert_eq!(
         code(
-            n1.replace(Kind::Event, Some("default"), "mine-1", &repointed)
+            n1.replace(Kind::Event, Some("default"), &mine_name, &repointed)
                 .await
         ),
         Some(403)
+    );
+    let mut blind = n1
+        .get(Kind::Event, Some("default"), &mine_name)
+        .await
+        .unwrap();
+    blind["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    blind["count"] = json!(3);
+    assert_eq!(
+        code(
+            n1.replace(Kind::Event, Some("default"), &mine_name, &blind)
+                .await
+        ),
+        Some(409)
     );
     admin
         .create(
@@ -137,13 +195,13 @@ async fn nodes_tell_events_only_about_their_pods_and_themselves() {
     );
     assert_eq!(
         code(
-            n1.delete(Kind::Event, Some("default"), "mine-1", None)
+            n1.delete(Kind::Event, Some("default"), &mine_name, None)
                 .await
         ),
         Some(403)
     );
     let stored = admin
-        .get(Kind::Event, Some("default"), "mine-1")
+        .get(Kind::Event, Some("default"), &mine_name)
         .await
         .unwrap();
     assert_eq!(stored["count"], 2);

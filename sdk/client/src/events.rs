@@ -47,6 +47,10 @@ pub enum SinkError {
     AlreadyExists,
     #[error("changed meanwhile")]
     Conflict,
+    /// Refused for good (not allowed, invalid, its namespace or object
+    /// gone): trying again cannot help, so the happening is dropped.
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Other(String),
 }
@@ -58,6 +62,10 @@ impl From<ClientError> for SinkError {
                 SinkError::AlreadyExists
             }
             _ if e.is_conflict() => SinkError::Conflict,
+            // 429 and 5xx may pass; any other refusal will not.
+            ClientError::Api(status) if (400..500).contains(&status.code) && status.code != 429 => {
+                SinkError::Refused(e.to_string())
+            }
             _ => SinkError::Other(e.to_string()),
         }
     }
@@ -180,10 +188,18 @@ async fn run(
             folder.drain()
         };
         for flush in due {
-            if let Err(e) = write(&sink, &source, &flush.name, flush.count, &flush.latest).await {
-                tracing::warn!("cannot write Event {}: {e}", flush.name);
-                if open {
-                    folder.retry(flush, Instant::now());
+            match write(&sink, &source, &flush.name, flush.count, &flush.latest).await {
+                Ok(()) => {}
+                // Such as an Event about a pod deleted meanwhile: retrying
+                // would only spend the pace other Events need.
+                Err(e @ SinkError::Refused(_)) => {
+                    tracing::debug!("Event {} dropped: {e}", flush.name);
+                }
+                Err(e) => {
+                    tracing::warn!("cannot write Event {}: {e}", flush.name);
+                    if open {
+                        folder.retry(flush, Instant::now());
+                    }
                 }
             }
         }
@@ -235,8 +251,18 @@ async fn write(
                 other => other,
             };
         };
+        // Only an Event of this very happening is added to: one that took
+        // its name about something else is not ours to change.
+        let same = ["involvedObject", "reason", "source"]
+            .iter()
+            .all(|field| stored[field] == event[field]);
+        if !same {
+            return Err(SinkError::Refused(format!(
+                "Event {name} exists about something else"
+            )));
+        }
         let mut updated = event.clone();
-        updated["metadata"] = stored["metadata"].clone();
+        updated["metadata"]["resourceVersion"] = stored["metadata"]["resourceVersion"].clone();
         updated["count"] = json!(stored["count"].as_u64().unwrap_or(1).saturating_add(count));
         if let Some(first) = stored["firstTimestamp"].as_str() {
             updated["firstTimestamp"] = json!(first);
@@ -247,4 +273,74 @@ async fn write(
         }
     }
     Err(SinkError::Conflict)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Refuses Events about `refused`, stores the rest; counts attempts.
+    #[derive(Clone, Default)]
+    struct Sink {
+        attempts: Arc<Mutex<Vec<String>>>,
+        refused: String,
+    }
+
+    impl EventSink for Sink {
+        async fn create(&self, _: &str, event: Value) -> Result<(), SinkError> {
+            let about = event["involvedObject"]["name"].as_str().unwrap().to_owned();
+            self.attempts.lock().unwrap().push(about.clone());
+            if about == self.refused {
+                Err(SinkError::Refused("forbidden".into()))
+            } else {
+                Ok(())
+            }
+        }
+        async fn get(&self, _: &str, _: &str) -> Result<Option<Value>, SinkError> {
+            Ok(None)
+        }
+        async fn replace(&self, _: &str, _: &str, _: Value) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    fn pod(name: &str) -> InvolvedObject {
+        InvolvedObject {
+            kind: "Pod".into(),
+            namespace: "default".into(),
+            name: name.into(),
+            uid: "u".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_event_is_dropped_not_retried() {
+        let sink = Sink {
+            refused: "gone".into(),
+            ..Default::default()
+        };
+        let policy = FoldPolicy {
+            first_delay: Duration::from_millis(10),
+            ..Default::default()
+        };
+        let recorder = Recorder::start(sink.clone(), EventSource::default(), policy);
+        recorder.emit(pod("gone"), Severity::Normal, "Killing", "stopping");
+        // A later Event is written, so the first was tried before it.
+        recorder.emit(pod("here"), Severity::Normal, "Started", "started");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sink.attempts.lock().unwrap().contains(&"here".to_owned()) {
+            assert!(Instant::now() < deadline, "never written");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Twenty of its retry delays later, it was still tried once.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let attempts = sink.attempts.lock().unwrap().clone();
+        assert_eq!(
+            attempts.iter().filter(|a| *a == "gone").count(),
+            1,
+            "{attempts:?}"
+        );
+    }
 }

@@ -19,8 +19,8 @@ use crate::validate::{Validator, dns_subdomain, validate_dns_label};
 
 /// Longest `reason`: a CamelCase word, as Kubernetes' reasons are.
 pub const MAX_REASON: usize = 128;
-/// Longest `message`; a recorder cuts longer ones (at a character
-/// boundary) rather than fail to tell.
+/// Longest `message`, in characters (as OpenAPI's `maxLength` counts); a
+/// recorder cuts longer ones rather than fail to tell.
 pub const MAX_MESSAGE: usize = 1024;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -235,16 +235,13 @@ pub fn event_name(involved: &InvolvedObject, reason: &str, source: &EventSource)
     format!("{stem}-{hash:016x}")
 }
 
-/// Cuts `message` to [`MAX_MESSAGE`] bytes at a character boundary.
+/// Cuts `message` to [`MAX_MESSAGE`] characters.
 pub fn cut_message(message: &str) -> String {
-    if message.len() <= MAX_MESSAGE {
+    if message.chars().count() <= MAX_MESSAGE {
         return message.to_owned();
     }
-    let mut end = MAX_MESSAGE - 3;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &message[..end])
+    let kept: String = message.chars().take(MAX_MESSAGE - 3).collect();
+    format!("{kept}...")
 }
 
 /// How repeats are folded and writes paced.
@@ -565,7 +562,8 @@ mod tests {
             ..involved.clone()
         };
         assert_ne!(name, event_name(&other, "BackOff", &source));
-        assert!(cut_message(&"é".repeat(1000)).len() <= MAX_MESSAGE);
+        assert_eq!(cut_message(&"é".repeat(1000)), "é".repeat(1000));
+        assert_eq!(cut_message(&"é".repeat(2000)).chars().count(), MAX_MESSAGE);
     }
 
     #[test]
