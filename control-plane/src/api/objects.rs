@@ -1104,13 +1104,21 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// owners, and not from the future (an Event dated ahead would outlive its
 /// expiry). `None` if it may.
 fn node_event_problem(event: &Value, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
-    use skiff_api::kinds::event::{Event, event_name};
+    use skiff_api::kinds::event::{Event, NODE_REASONS, event_name};
     let Ok(told) = serde_json::from_value::<Event>(event.clone()) else {
         // Admission names what is wrong with its shape.
         return None;
     };
     if told.source.component != "node" {
         return Some("source.component must be `node`".into());
+    }
+    // A fixed set, so a node holds a bounded number of Events per pod.
+    if !NODE_REASONS.contains(&told.reason.as_str()) {
+        return Some(format!(
+            "reason `{}` is not one nodes tell ({})",
+            told.reason,
+            NODE_REASONS.join(", ")
+        ));
     }
     let expected = event_name(&told.involved_object, &told.reason, &told.source);
     if told.metadata.name != expected {

@@ -122,7 +122,18 @@ async fn nodes_tell_events_only_about_their_pods_and_themselves() {
     labelled["metadata"]["labels"] = json!({"app": "web"});
     let mut ahead = told("default", "Pod", "mine", &mine, "n1");
     ahead["lastTimestamp"] = json!("9999-12-31T23:59:59Z");
-    refused.extend([renamed, component, labelled, ahead]);
+    // A reason nodes do not tell, under the name it hashes to: else a node
+    // could make any number of Events about one pod.
+    let mut invented = told("default", "Pod", "mine", &mine, "n1");
+    invented["reason"] = json!("Invented1");
+    {
+        use skiff_api::kinds::event::{EventSource, InvolvedObject, event_name};
+        let involved: InvolvedObject =
+            serde_json::from_value(invented["involvedObject"].clone()).unwrap();
+        let source: EventSource = serde_json::from_value(invented["source"].clone()).unwrap();
+        invented["metadata"]["name"] = json!(event_name(&involved, "Invented1", &source));
+    }
+    refused.extend([renamed, component, labelled, ahead, invented]);
     for event in &refused {
         assert_eq!(
             code(n1.create(Kind::Event, Some("default"), event).await),

@@ -19,6 +19,20 @@ use crate::validate::{Validator, dns_subdomain, validate_dns_label};
 
 /// Longest `reason`: a CamelCase word, as Kubernetes' reasons are.
 pub const MAX_REASON: usize = 128;
+/// The reasons a node tells: with one Event per happening's name, a node
+/// can hold at most these many Events per pod bound to it.
+pub const NODE_REASONS: &[&str] = &[
+    "Pulling",
+    "Pulled",
+    "Started",
+    "Killing",
+    "Unhealthy",
+    "BackOff",
+    "Failed",
+    "OOMKilled",
+    "OutOfFuel",
+];
+
 /// Longest `message`, in characters (as OpenAPI's `maxLength` counts); a
 /// recorder cuts longer ones rather than fail to tell.
 pub const MAX_MESSAGE: usize = 1024;
