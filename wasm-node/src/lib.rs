@@ -14,5 +14,6 @@
 
 pub mod agent;
 pub mod ingress;
+pub mod logs;
 pub mod metrics;
 pub mod runtimes;

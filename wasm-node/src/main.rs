@@ -155,10 +155,21 @@ struct JoinArgs {
     #[arg(long, default_value_t = wasm_node::runtimes::linux::containerd::DEFAULT_PIDS_LIMIT,
           value_parser = clap::value_parser!(u32).range(1..))]
     pod_max_pids: u32,
-    /// The size a Linux pod's log file is rotated at; one rotated file is
-    /// kept (`container.log.1`), so a pod's logs take at most twice this.
-    #[arg(long, default_value = "10Mi", value_parser = parse_bytes)]
-    container_log_max_size: u64,
+    /// The size a pod's log file (`DATA_DIR/logs/NS_NAME_UID/current.log`,
+    /// Wasm and Linux pods alike) is rotated at; one rotated file is kept
+    /// for the current run and for the previous one, so a pod's logs take
+    /// at most four times this.
+    #[arg(long, alias = "container-log-max-size", default_value = "10Mi",
+          value_parser = parse_bytes)]
+    pod_log_max_size: u64,
+    /// Bytes of output per second a pod may log, on average; what a pod
+    /// writes beyond it (and its burst) is dropped, and the drop noted in
+    /// its log.
+    #[arg(long, default_value = "1Mi", value_parser = parse_bytes)]
+    pod_log_rate: u64,
+    /// Bytes a pod may log at once above its rate.
+    #[arg(long, default_value = "4Mi", value_parser = parse_bytes)]
+    pod_log_burst: u64,
 }
 
 fn parse_label(input: &str) -> Result<(String, String), String> {
@@ -316,7 +327,11 @@ async fn join(args: JoinArgs) -> Result<()> {
         snapshotter: args.snapshotter.clone(),
         linux_limits: LinuxLimits {
             pids: args.pod_max_pids,
-            log_max_bytes: args.container_log_max_size,
+        },
+        pod_logs: wasm_node::logs::LogConfig {
+            max_file_bytes: args.pod_log_max_size,
+            rate: args.pod_log_rate,
+            burst: args.pod_log_burst,
         },
     })
     .await?;

@@ -149,7 +149,8 @@ async fn containerd_floor(socket: &Path, image: &str, count: usize) -> Vec<f64> 
         .unpack(namespace, "floor", &image)
         .await
         .expect("unpack");
-    let log = |i: usize| std::env::temp_dir().join(format!("floor-{}-{i}.log", std::process::id()));
+    // A directory per task for its stdout and stderr FIFOs.
+    let log = |i: usize| std::env::temp_dir().join(format!("floor-{}-{i}", std::process::id()));
     let mut took = Vec::with_capacity(count);
     let mut outputs = Vec::with_capacity(count);
     for i in 0..count {
@@ -160,7 +161,10 @@ async fn containerd_floor(socket: &Path, image: &str, count: usize) -> Vec<f64> 
             cwd: "/".into(),
             hostname: id.clone(),
             memory_bytes: Some(32 << 20),
-            log: log(i),
+            output_dir: {
+                std::fs::create_dir_all(log(i)).expect("a directory for the FIFOs");
+                log(i)
+            },
             ..Default::default()
         };
         let started = Instant::now();
@@ -184,7 +188,7 @@ async fn containerd_floor(socket: &Path, image: &str, count: usize) -> Vec<f64> 
         let _ = runtime.wait(namespace, &id).await;
         let _ = runtime.remove_container(namespace, &id).await;
         output.finish(Duration::from_secs(10)).await;
-        let _ = std::fs::remove_file(log(i));
+        let _ = std::fs::remove_dir_all(log(i));
     }
     let _ = runtime.release(namespace, "floor").await;
     took

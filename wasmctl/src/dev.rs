@@ -185,6 +185,7 @@ async fn serve(
         containerd_socket: None,
         snapshotter: "overlayfs".into(),
         linux_limits: Default::default(),
+        pod_logs: Default::default(),
     })
     .await
     .map_err(|e| BadInput(e.to_string()))?;

@@ -243,8 +243,9 @@ fn run_linux(args: &RunArgs) -> Result<ExitCode> {
         }
         env.extend(args.env.iter().cloned());
         env.push(("PORT".into(), args.listen.port().to_string()));
-        let log = std::env::temp_dir().join(format!("{id}.log"));
-        std::fs::write(&log, b"").with_context(|| format!("creating {}", log.display()))?;
+        // The container's stdout and stderr FIFOs, in a directory of this run.
+        let fifos = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&fifos).with_context(|| format!("creating {}", fifos.display()))?;
         let spec = RunSpec {
             args: argv,
             env,
@@ -256,23 +257,20 @@ fn run_linux(args: &RunArgs) -> Result<ExitCode> {
                 .iter()
                 .map(|d| (d.host.clone(), d.guest.clone(), d.read_only))
                 .collect(),
-            log: log.clone(),
+            output_dir: fifos.clone(),
+            output: Some(wasm_node::runtimes::linux::containerd::LogOutput(Arc::new(
+                Print,
+            ))),
             ..Default::default()
         };
         let started = containerd
             .start(namespace, &id, &id, &text, &top, &spec)
             .await?;
-        let mut printed = Printed::default();
         let wait = containerd.wait(namespace, &id);
         tokio::pin!(wait);
-        let exit = loop {
-            tokio::select! {
-                exit = &mut wait => break Some(exit),
-                _ = tokio::signal::ctrl_c() => break None,
-                () = tokio::time::sleep(Duration::from_millis(50)) => {
-                    print_new(&log, &mut printed);
-                }
-            }
+        let exit = tokio::select! {
+            exit = &mut wait => Some(exit),
+            _ = tokio::signal::ctrl_c() => None,
         };
         let exit = match exit {
             Some(exit) => exit?,
@@ -283,10 +281,8 @@ fn run_linux(args: &RunArgs) -> Result<ExitCode> {
         };
         containerd.remove_container(namespace, &id).await?;
         started.log.finish(Duration::from_secs(10)).await;
-        print_new(&log, &mut printed);
         containerd.release(namespace, &id).await?;
-        let _ = std::fs::remove_file(&log);
-        let _ = std::fs::remove_file(wasm_node::runtimes::linux::log::rotated(&log));
+        let _ = std::fs::remove_dir_all(&fifos);
         if exit.oom_killed {
             tracing::warn!("{text}: killed for exceeding its memory limit");
         }
@@ -294,34 +290,23 @@ fn run_linux(args: &RunArgs) -> Result<ExitCode> {
     })?
 }
 
-/// How much of which log file has been printed.
-#[derive(Default)]
-struct Printed {
-    inode: u64,
-    bytes: usize,
-}
+/// A container's output, printed as it comes: its stdout on ours, its
+/// stderr on ours.
+struct Print;
 
-/// Copies what the container wrote to `log` since the last call to our
-/// stdout. When the file is another (rotated at `RunSpec`'s log cap), it
-/// is printed from its start; what the old one got after the last look
-/// is skipped.
-fn print_new(log: &std::path::Path, printed: &mut Printed) {
-    use std::io::Write;
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(metadata), Ok(bytes)) = (std::fs::metadata(log), std::fs::read(log)) else {
-        return;
-    };
-    if metadata.ino() != printed.inode {
-        *printed = Printed {
-            inode: metadata.ino(),
-            bytes: 0,
+impl skiff_wasm::LogSink for Print {
+    fn line(&self, stream: skiff_wasm::LogStream, _request: Option<&[u8]>, text: &[u8]) {
+        use std::io::Write;
+        let _ = match stream {
+            skiff_wasm::LogStream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(text).and_then(|()| out.write_all(b"\n"))
+            }
+            skiff_wasm::LogStream::Stderr => {
+                let mut out = std::io::stderr().lock();
+                out.write_all(text).and_then(|()| out.write_all(b"\n"))
+            }
         };
-    }
-    if bytes.len() > printed.bytes {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(&bytes[printed.bytes..]);
-        let _ = out.flush();
-        printed.bytes = bytes.len();
     }
 }
 

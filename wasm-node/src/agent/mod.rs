@@ -97,6 +97,8 @@ pub struct AgentConfig {
     pub snapshotter: String,
     /// What every Linux pod is held to: processes, log size.
     pub linux_limits: LinuxLimits,
+    /// What each pod's captured output may take: file size, rate.
+    pub pod_logs: crate::logs::LogConfig,
 }
 
 /// What every pod worker of this node shares.
@@ -135,6 +137,8 @@ pub struct NodeContext {
     /// Tells what happens to this node's pods (pulls, starts, probe
     /// failures, back-offs), as Events through the API.
     pub events: skiff_client::events::Recorder,
+    /// Every pod's captured stdout and stderr (`<data-dir>/logs`).
+    pub logs: Arc<crate::logs::NodeLogs>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -273,6 +277,10 @@ impl Agent {
             backoff_cap: config.backoff_cap,
             grace: config.grace,
             partition: partition::Partition::default(),
+            logs: Arc::new(crate::logs::NodeLogs::new(
+                &config.data_dir,
+                config.pod_logs,
+            )),
         });
         remove_unkeyed_pod_dirs(&config.data_dir.join("pods"));
         register(&config, &endpoint, linux_runtime.as_deref()).await?;

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use super::NodeContext;
 use super::lifecycle::{Backoff, Event, State, next};
 use super::probes::{Prober, Verdict};
+use crate::logs::PodLogs;
 use crate::runtimes::{Artifact, Failure, Image, Instance, Launch, PodId};
 use skiff_oci::{self as oci, Credentials};
 use skiff_wasm::{DirGrant, Sandbox, ServiceGateway, Stdio};
@@ -74,6 +75,9 @@ struct Worker {
     reporter: watch::Sender<Option<PodStatus>>,
     /// Keeps the pod's service account token fresh while the pod lives.
     token_refresh: Option<AbortOnDrop>,
+    /// Where the pod's stdout and stderr go; none if its directory could
+    /// not be made (the output is then discarded).
+    logs: Option<Arc<PodLogs>>,
 }
 
 /// A task that ends when its handle is dropped.
@@ -206,7 +210,15 @@ impl Worker {
             uid.clone(),
             latest,
         ));
+        let logs = context
+            .logs
+            .open(&namespace, &name, &uid)
+            .inspect_err(|e| {
+                tracing::warn!("{namespace}/{name}: its log: {e}; its output is discarded")
+            })
+            .ok();
         Self {
+            logs,
             context,
             namespace,
             name,
@@ -343,6 +355,13 @@ impl Worker {
                     // As for pulls, a retried start keeps its failure on show.
                     if setup_failed.is_none() {
                         self.set(Some("Starting"), None);
+                        // A new run (not a retried start): the last run's
+                        // output becomes the previous run's.
+                        if let Some(logs) = &self.logs
+                            && let Err(e) = logs.start_run().await
+                        {
+                            tracing::warn!("{pod}: rotating its log: {e}");
+                        }
                     }
                     let image = image.as_mut().expect("pulled before starting");
                     let started = match self.sandbox().await {
@@ -437,6 +456,11 @@ impl Worker {
                         .borrow()
                         .map_or(self.context.grace, |grace| grace.min(self.context.grace));
                     instance.stop(grace).await;
+                    // The run's last output is in its file before its end
+                    // is reported.
+                    if let Some(logs) = &self.logs {
+                        logs.flush().await;
+                    }
                     let Some(ended) = ended else {
                         self.tell(Severity::Normal, "Killing", "stopping the pod");
                         self.move_on(Event::Stop);
@@ -495,6 +519,10 @@ impl Worker {
             image.release().await;
         }
         self.token_refresh = None;
+        if let Some(logs) = self.logs.take() {
+            logs.close().await;
+            let _ = std::fs::remove_dir_all(logs.dir());
+        }
         let _ = std::fs::remove_dir_all(self.pod_dir());
         let _ = std::fs::remove_dir_all(self.secrets_dir());
         tracing::debug!("{pod} ({}): stopped, its files removed", self.uid);
@@ -772,7 +800,10 @@ impl Worker {
             outbound: Arc::new(outbound),
             services: Some(Arc::new(gateway)),
             denied_addresses: self.context.denied_addresses.clone(),
-            stdio: Stdio::Null,
+            stdio: match &self.logs {
+                Some(logs) => Stdio::Capture(logs.clone()),
+                None => Stdio::Null,
+            },
         })
     }
 

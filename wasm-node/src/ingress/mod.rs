@@ -457,6 +457,7 @@ impl Ingress {
             Err(refusal) => return text_response(StatusCode::FORBIDDEN, refusal),
         };
         strip_internal(request.headers_mut());
+        ensure_request_id(request.headers_mut());
         if !serves(&target, &caller, self.config.serve_cluster_hosts) {
             return text_response(
                 StatusCode::NOT_FOUND,
@@ -778,6 +779,57 @@ fn admits(spec: Option<&ServiceSpec>, namespace: &str, caller: &str) -> bool {
 }
 
 /// Removes every internal header, whatever its case or count.
+/// Gives a request the id its pod's output lines are tagged with (and its
+/// guest sees as `x-request-id`): the client's, when it is 1 to 64 of
+/// `[A-Za-z0-9._-]` (so it stands in a log record as it is), else a new
+/// one. Another node's ingress keeps the id the first one gave.
+fn ensure_request_id(headers: &mut http::HeaderMap) {
+    let mut ids = headers.get_all(skiff_wasm::REQUEST_ID).iter();
+    let valid = match (ids.next(), ids.next()) {
+        (Some(id), None) => crate::logs::is_request_id(id.as_bytes()),
+        _ => false,
+    };
+    if !valid {
+        headers.insert(skiff_wasm::REQUEST_ID, new_request_id());
+    }
+}
+
+/// 16 random hex digits, from a generator per thread seeded once by the
+/// OS: a request costs no system call.
+fn new_request_id() -> http::HeaderValue {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+            let mut seed = [0; 8];
+            // Without the OS's randomness, ids are still unique enough per
+            // thread from the time.
+            if getrandom::fill(&mut seed).is_err() {
+                seed = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+                    .to_le_bytes()[..8]
+                    .try_into()
+                    .unwrap_or_default();
+            }
+            u64::from_le_bytes(seed)
+        });
+    }
+    // splitmix64: a full-period sequence, each output well mixed.
+    let value = STATE.with(|state| {
+        let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(next);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    });
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((value >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    http::HeaderValue::from_bytes(&hex).expect("hex digits are a header value")
+}
+
 fn strip_internal(headers: &mut http::HeaderMap) {
     for name in INTERNAL_HEADERS {
         headers.remove(name);
@@ -850,6 +902,32 @@ pub fn pod_of_host(host: &str) -> Option<PodName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_keeps_a_well_formed_id_and_gets_one_otherwise() {
+        let id = |given: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for value in given {
+                headers.append(skiff_wasm::REQUEST_ID, value.parse().unwrap());
+            }
+            ensure_request_id(&mut headers);
+            let all: Vec<_> = headers.get_all(skiff_wasm::REQUEST_ID).iter().collect();
+            assert_eq!(all.len(), 1);
+            all[0].to_str().unwrap().to_owned()
+        };
+        assert_eq!(id(&["Client-1.a_b"]), "Client-1.a_b");
+        for bad in [
+            &["has space"][..],
+            &["x".repeat(65).as_str()],
+            &["a", "b"],
+            &[],
+        ] {
+            let made = id(bad);
+            assert_eq!(made.len(), 16, "{bad:?} → {made}");
+            assert!(made.bytes().all(|b| b.is_ascii_hexdigit()), "{made}");
+        }
+        assert_ne!(id(&[]), id(&[]), "made ids differ");
+    }
 
     #[test]
     fn pods_are_addressed_by_host() {

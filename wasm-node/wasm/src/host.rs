@@ -64,11 +64,13 @@ pub(crate) struct Admitted {
     _slot: Option<OwnedSemaphorePermit>,
 }
 
-/// Who an instance is for: decides whether it may read the host's stdin.
+/// Who an instance is for: decides whether it may read the host's stdin,
+/// and what its output lines are tagged with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum InstanceRole {
-    /// Serves one HTTP request; never reads stdin.
-    Request,
+pub(crate) enum InstanceRole<'a> {
+    /// Serves one HTTP request (its `x-request-id`, when it has one);
+    /// never reads stdin.
+    Request(Option<&'a http::HeaderValue>),
     /// Runs a command to completion.
     Command,
 }
@@ -124,14 +126,15 @@ impl InstanceSpec {
     pub(crate) fn new_store(
         &self,
         engine: &Engine,
-        role: InstanceRole,
+        role: InstanceRole<'_>,
     ) -> wasmtime::Result<Store<Host>> {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_HOST_RESOURCES);
         let host = Host {
-            wasi: self
-                .sandbox
-                .wasi_ctx(&self.name, role == InstanceRole::Command)?,
+            wasi: match role {
+                InstanceRole::Command => self.sandbox.wasi_ctx(&self.name, true, None)?,
+                InstanceRole::Request(id) => self.sandbox.wasi_ctx(&self.name, false, id)?,
+            },
             http: WasiHttpCtx::new(),
             table,
             outbound: OutboundHooks::new(

@@ -113,6 +113,9 @@ impl Counts {
     }
 }
 
+/// The header naming a request, for the guest and for its output lines.
+pub const REQUEST_ID: &str = "x-request-id";
+
 type GuestResponse = Result<http::Response<HyperOutgoingBody>, ErrorCode>;
 
 impl HttpApp {
@@ -157,7 +160,7 @@ impl HttpApp {
     pub(crate) async fn probe(&self) -> Result<(), GuestFailure> {
         let Inner { spec, pre, .. } = &*self.inner;
         let mut store = spec
-            .new_store(pre.engine(), InstanceRole::Request)
+            .new_store(pre.engine(), InstanceRole::Request(None))
             .map_err(|e| spec.failure(&e))?;
         pre.instantiate_async(&mut store)
             .await
@@ -242,8 +245,11 @@ impl HttpApp {
         let request = request.map(|body| body.map_err(|e| incoming_error(e.into())));
         let inner = self.inner.clone();
         let spec = &inner.spec;
+        // The node's ingress gives every request an id (the client's, when
+        // well-formed); the guest's output lines carry it.
+        let id = request.headers().get(REQUEST_ID);
         let mut store = spec
-            .new_store(inner.pre.engine(), InstanceRole::Request)
+            .new_store(inner.pre.engine(), InstanceRole::Request(id))
             .map_err(|e| spec.failure(&e))?;
         let mut http = store.data_mut().http();
         let request = http

@@ -18,6 +18,7 @@ mod host;
 mod http;
 pub mod limits;
 mod outbound;
+mod output;
 mod sandbox;
 mod send;
 pub mod share;
@@ -35,12 +36,13 @@ use cache::CompileError;
 pub use cache::{ArtifactCache, CacheOutcome, Digest};
 pub use command::CommandApp;
 pub use error::{GuestFailure, LoadError};
-pub use http::{BodyError, HttpApp, HttpBody, InstanceStats, text_response};
+pub use http::{BodyError, HttpApp, HttpBody, InstanceStats, REQUEST_ID, text_response};
 pub use limits::{Limits, LimitsError, MemoryLimitExceeded};
 pub use outbound::{
     CALLER_AUTH_HEADER, CALLER_NAMESPACE_HEADER, INTERNAL_HEADERS, PROXY_AUTH_HEADER, named_host,
     service_of_host,
 };
+pub use output::{LineSplitter, LogSink, LogStream, MAX_LINE};
 pub use sandbox::{DirGrant, DirGrantError, Sandbox, ServiceGateway, Stdio};
 pub use share::{FairShare, ShareConfig, Tenant};
 pub use skiff_api::outbound::{AllowList, AllowRule, AllowRuleError};

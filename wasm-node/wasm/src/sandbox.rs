@@ -8,6 +8,8 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 use skiff_api::outbound::AllowList;
 
+use super::output::{CaptureStream, LogSink, LogStream};
+
 /// The grants of one component.
 #[derive(Debug, Clone, Default)]
 pub struct Sandbox {
@@ -25,8 +27,8 @@ pub struct Sandbox {
     /// them as IP literals, besides loopback, link-local and private ones:
     /// on a node, its own ingress address and the control plane's.
     pub denied_addresses: Arc<[std::net::IpAddr]>,
-    /// Whether the guest's stdio is the host process's (local development)
-    /// or goes nowhere.
+    /// Whether the guest's stdio is the host process's (local development),
+    /// goes to the pod's log (a node) or nowhere.
     pub stdio: Stdio,
 }
 
@@ -62,13 +64,26 @@ impl ServiceGateway {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub enum Stdio {
     /// stdin, stdout and stderr are the host process's own.
     Inherit,
     /// stdin is empty, output is discarded.
     #[default]
     Null,
+    /// stdin is empty; stdout and stderr go, a line at a time, to the sink
+    /// (the pod's log), shared by every instance.
+    Capture(Arc<dyn LogSink>),
+}
+
+impl std::fmt::Debug for Stdio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stdio::Inherit => "Inherit",
+            Stdio::Null => "Null",
+            Stdio::Capture(_) => "Capture",
+        })
+    }
 }
 
 /// A host directory preopened for the guest, written
@@ -135,8 +150,15 @@ impl Sandbox {
     /// Builds the WASI context of one instance from the grants. `argv0` is
     /// the program name a command sees as its first argument; `with_stdin`
     /// says whether an inherited stdio includes stdin (commands) or not
-    /// (concurrent request handlers, which must not compete for it).
-    pub(crate) fn wasi_ctx(&self, argv0: &str, with_stdin: bool) -> std::io::Result<WasiCtx> {
+    /// (concurrent request handlers, which must not compete for it);
+    /// `request` is the id of the request the instance serves, which a
+    /// captured stdio tags its lines with.
+    pub(crate) fn wasi_ctx(
+        &self,
+        argv0: &str,
+        with_stdin: bool,
+        request: Option<&http::HeaderValue>,
+    ) -> std::io::Result<WasiCtx> {
         let mut builder = WasiCtxBuilder::new();
         builder
             .envs(&self.env)
@@ -145,10 +167,26 @@ impl Sandbox {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        if self.stdio == Stdio::Inherit {
-            builder.inherit_stdout().inherit_stderr();
-            if with_stdin {
-                builder.inherit_stdin();
+        match &self.stdio {
+            Stdio::Inherit => {
+                builder.inherit_stdout().inherit_stderr();
+                if with_stdin {
+                    builder.inherit_stdin();
+                }
+            }
+            Stdio::Null => {}
+            Stdio::Capture(sink) => {
+                builder
+                    .stdout(CaptureStream::new(
+                        sink.clone(),
+                        LogStream::Stdout,
+                        request.cloned(),
+                    ))
+                    .stderr(CaptureStream::new(
+                        sink.clone(),
+                        LogStream::Stderr,
+                        request.cloned(),
+                    ));
             }
         }
         for dir in &self.dirs {

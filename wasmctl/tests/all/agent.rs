@@ -84,6 +84,7 @@ fn a_shut_down_agent_stops_serving_and_renewing_its_lease() {
             containerd_socket: None,
             snapshotter: "overlayfs".into(),
             linux_limits: Default::default(),
+            pod_logs: Default::default(),
         })
         .await
         .unwrap();

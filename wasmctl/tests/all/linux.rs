@@ -51,18 +51,41 @@ fn linux_pod_in(namespace: &str, name: &str, image: &str, spec: Value) -> Value 
 /// The pod's log file on the node, and the file it was rotated into.
 fn log_files(cluster: &NodeCluster, pod: &Value) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = cluster.node("linux").data_dir.join(format!(
-        "pods/{}_{}_{}",
+        "logs/{}_{}_{}",
         pod["metadata"]["namespace"].as_str().unwrap(),
         pod["metadata"]["name"].as_str().unwrap(),
         pod["metadata"]["uid"].as_str().unwrap()
     ));
-    (dir.join("container.log"), dir.join("container.log.1"))
+    (dir.join("current.log"), dir.join("current.log.1"))
 }
 
-/// What the pod wrote (its log file, once it has ended).
+/// The records of a log file, as (stream, text): a Linux pod's lines
+/// belong to no request.
+fn records_of(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.splitn(4, ' ').collect();
+            assert!(
+                fields.len() == 4
+                    && chrono::DateTime::parse_from_rfc3339(fields[0]).is_ok()
+                    && ["stdout", "stderr"].contains(&fields[1])
+                    && fields[2] == "-",
+                "not a record of a Linux pod: {line}"
+            );
+            (fields[1].to_owned(), fields[3].to_owned())
+        })
+        .collect()
+}
+
+/// What the pod wrote, a line each (its log file, once it has ended): one
+/// stream's lines in order, the two streams' interleaved as they were read.
 fn log_of(cluster: &NodeCluster, pod: &Value) -> String {
     let (log, _) = log_files(cluster, pod);
-    std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()))
+    let log = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    records_of(&log)
+        .into_iter()
+        .map(|(_, text)| text + "\n")
+        .collect()
 }
 
 fn succeeded(p: &Value) -> bool {
@@ -119,15 +142,19 @@ fn linux_pods_run_log_exit_with_their_code_restart_and_leave_nothing_behind() {
     assert_eq!(exits["status"]["exitCode"], 3, "{exits:#}");
     assert_eq!(exits["status"]["message"], "exited with code 3");
     assert_eq!(exits["spec"]["nodeName"], "linux");
-    let log = cluster.node("linux").data_dir.join(format!(
-        "pods/default_exits_{}/container.log",
-        exits["metadata"]["uid"].as_str().unwrap()
-    ));
+    let (log, _) = log_files(&cluster, &exits);
     let log = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-    // Both streams, each line whole (their order is the shim's).
-    let mut logged: Vec<&str> = log.lines().collect();
+    // Both streams, each line whole and tagged with its stream.
+    let mut logged = records_of(&log);
     logged.sort();
-    assert_eq!(logged, ["hello from linux", "to stderr"], "{log}");
+    assert_eq!(
+        logged,
+        [
+            ("stderr".to_owned(), "to stderr".to_owned()),
+            ("stdout".to_owned(), "hello from linux".to_owned()),
+        ],
+        "{log}"
+    );
 
     let read_only = cluster.wait_pod("read-only", "Failed", |p| p["status"]["phase"] == "Failed");
     assert_eq!(read_only["status"]["exitCode"], 1, "{read_only:#}");
@@ -570,8 +597,10 @@ fn linux_pods_hold_no_capabilities_gain_no_privileges_and_are_filtered_by_seccom
     let log = log_of(&cluster, &granted);
     // Bits 21 (SYS_ADMIN) and 12 (NET_ADMIN), and nothing else.
     assert_eq!(head(&log), status_lines("0000000000201000"), "{log}");
+    // Its two lines went to stderr and stdout: either may be read first.
     assert!(
-        log.contains("unshare: unshare(0x20000): Operation not permitted\nunshare exited 1"),
+        log.contains("unshare: unshare(0x20000): Operation not permitted\n")
+            && log.contains("unshare exited 1\n"),
         "{log}"
     );
     assert!(log.contains("mount: permission denied"), "{log}");
@@ -677,7 +706,8 @@ fn linux_pods_run_as_the_pods_user_and_never_as_root_where_they_must_not() {
         );
         assert_eq!(refused["status"]["restartCount"].as_u64().unwrap_or(0), 0);
         let (log, _) = log_files(&cluster, &refused);
-        assert!(!log.exists(), "{name} never ran, yet it has a log");
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(log.is_empty(), "{name} never ran, yet it has a log: {log}");
     }
     // Refused before anything was made for them: the pods that ran have
     // ended, and nothing of any pod is left running.
@@ -693,7 +723,7 @@ fn linux_pods_run_as_the_pods_user_and_never_as_root_where_they_must_not() {
 #[test]
 fn the_node_caps_a_linux_pods_processes_and_its_log() {
     let (cluster, _containerd) =
-        linux_node(&["--pod-max-pids", "16", "--container-log-max-size", "64Ki"]);
+        linux_node(&["--pod-max-pids", "16", "--pod-log-max-size", "64Ki"]);
     let registry = &cluster.registry.addr;
     // A bounded fork bomb: 64 sleeps, of which the limit lets 15 start (the
     // shell is the 16th process); busybox sh gives up at the first fork
@@ -734,11 +764,15 @@ fn the_node_caps_a_linux_pods_processes_and_its_log() {
     );
     assert!(log.len() <= 64 << 10, "{} bytes", log.len());
     assert!(rotated.len() <= 64 << 10, "{} bytes", rotated.len());
-    // The latest output is kept, in order: the two files are the end of
-    // what the pod wrote.
-    let written: String = (1..=50000).map(|n| format!("{n}\n")).collect();
-    let kept = format!("{rotated}{log}");
-    assert!(kept.len() > 64 << 10, "kept {} bytes", kept.len());
-    assert!(written.ends_with(&kept), "kept {} bytes", kept.len());
-    assert!(kept.ends_with("49999\n50000\n"));
+    // The latest output is kept, in order: the two files end with what
+    // the pod wrote last. (Should the node have fallen behind, lines are
+    // dropped, never reordered; a stderr record then says so.)
+    assert!(rotated.len() + log.len() > 64 << 10, "kept too little");
+    let kept: Vec<u32> = records_of(&format!("{rotated}{log}"))
+        .into_iter()
+        .filter(|(stream, _)| stream == "stdout")
+        .map(|(_, text)| text.parse().unwrap())
+        .collect();
+    assert!(kept.windows(2).all(|w| w[0] < w[1]), "out of order");
+    assert_eq!(kept[kept.len() - 2..], [49999, 50000]);
 }

@@ -17,6 +17,7 @@ mod metrics;
 mod nodes;
 mod oci_limits;
 mod partition;
+mod pod_logs;
 mod registry;
 mod run_command;
 mod serve_http;

@@ -2,6 +2,7 @@
 //! each kind of misbehaviour fails only the request that caused it.
 
 use std::hint::black_box;
+use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use skiff_sdk::{Request, Response, outbound};
@@ -92,6 +93,24 @@ fn handle(request: Request) -> Response {
         // Answers with the request's headers, one `name: value` line each.
         // How many bytes of body arrived: a proxy streaming a large body
         // through is seen to have passed all of it.
+        // Prints `lines` lines to stdout (`TAG i`, padded with `x` to
+        // `size` bytes), then `TAG done` to stderr and `TAG tail` with no
+        // newline to stdout: the host flushes it when the instance ends.
+        "/print" => {
+            let lines: usize = param("lines").and_then(|n| n.parse().ok()).unwrap_or(1);
+            let size: usize = param("size").and_then(|n| n.parse().ok()).unwrap_or(0);
+            let tag = param("tag").unwrap_or_else(|| "line".into());
+            let mut out = std::io::stdout().lock();
+            for i in 0..lines {
+                let line = format!("{tag} {i}");
+                let pad = size.saturating_sub(line.len());
+                let _ = writeln!(out, "{line}{}", "x".repeat(pad));
+            }
+            eprintln!("{tag} done");
+            let _ = write!(out, "{tag} tail");
+            let _ = out.flush();
+            Response::text(200, format!("printed {lines}\n"))
+        }
         "/length" => Response::text(200, format!("{}\n", request.body().len())),
         "/headers" => {
             let lines: String = request

@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use skiff_oci::{Blob, LinuxImage};
 
-use super::log::{DEFAULT_LOG_MAX_BYTES, LogCopy, LogPipe};
+use super::log::{LogCopy, LogPipes};
 use super::seccomp;
 
 /// The runc shim, as containerd names it.
@@ -117,10 +117,20 @@ pub struct RunSpec {
     /// Host directories bind-mounted into the container: (host, container,
     /// read-only).
     pub binds: Vec<(PathBuf, String, bool)>,
-    /// Where stdout and stderr go (through a FIFO the node reads).
-    pub log: PathBuf,
-    /// The size the log file is rotated at.
-    pub log_max_bytes: u64,
+    /// Where the FIFOs of stdout and stderr are made (the node reads them).
+    pub output_dir: PathBuf,
+    /// Where their lines go: the pod's log (nowhere when absent).
+    pub output: Option<LogOutput>,
+}
+
+/// A pod's log, as a run spec holds it.
+#[derive(Clone)]
+pub struct LogOutput(pub std::sync::Arc<dyn skiff_wasm::LogSink>);
+
+impl std::fmt::Debug for LogOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogOutput")
+    }
 }
 
 impl Default for RunSpec {
@@ -138,8 +148,8 @@ impl Default for RunSpec {
             pids_limit: DEFAULT_PIDS_LIMIT,
             read_only_root: false,
             binds: Vec::new(),
-            log: PathBuf::new(),
-            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+            output_dir: PathBuf::new(),
+            output: None,
         }
     }
 }
@@ -512,7 +522,7 @@ impl Containerd {
     }
 
     /// Creates the container `id` on top of snapshot `parent` and starts its
-    /// task, its output copied into `spec.log`.
+    /// task, its output copied into `spec.output`.
     pub async fn start(
         &self,
         namespace: &str,
@@ -522,8 +532,8 @@ impl Containerd {
         parent: &str,
         spec: &RunSpec,
     ) -> Result<Started, ContainerdError> {
-        let pipe = LogPipe::create(&spec.log).map_err(|source| ContainerdError::Io {
-            path: spec.log.clone(),
+        let pipes = LogPipes::create(&spec.output_dir).map_err(|source| ContainerdError::Io {
+            path: spec.output_dir.clone(),
             source,
         })?;
         let rootfs = self
@@ -556,10 +566,8 @@ impl Containerd {
             ))
             .await
             .map_err(call(format!("create container {id}")))?;
-        // Both streams into one FIFO, as they went into one file: the
-        // shim opens it once for each, and a pipe keeps every write of up
-        // to 4 KiB whole, so lines written at once are never interleaved.
-        let fifo = pipe.path().display().to_string();
+        // A FIFO per stream, so each line keeps its stream.
+        let fifo = |stream| pipes.path(stream).display().to_string();
         let mut tasks = TasksClient::new(self.channel.clone());
         tasks
             .create(Self::request(
@@ -568,15 +576,15 @@ impl Containerd {
                 CreateTaskRequest {
                     container_id: id.to_owned(),
                     rootfs,
-                    stdout: fifo.clone(),
-                    stderr: fifo,
+                    stdout: fifo(skiff_wasm::LogStream::Stdout),
+                    stderr: fifo(skiff_wasm::LogStream::Stderr),
                     ..Default::default()
                 },
             ))
             .await
             .map_err(call(format!("create the task of {id}")))?;
         // The shim opened its ends while creating the task.
-        let log = pipe.copy_into(spec.log.clone(), spec.log_max_bytes);
+        let log = pipes.copy_into(spec.output.as_ref().map(|output| output.0.clone()));
         let started = tasks
             .start(Self::request(
                 namespace,

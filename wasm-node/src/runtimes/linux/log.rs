@@ -1,255 +1,189 @@
-//! A Linux pod's stdout and stderr, kept to a size.
+//! A Linux pod's stdout and stderr, on their way to the pod's log.
 //!
 //! containerd's shim can append a task's output to a file itself
 //! (`file://`), but nothing then stops the file growing until the node's
-//! disk is full. So the shim writes both streams into a FIFO instead, and
-//! the node copies what comes out of it into a [`CappedLog`]: a file of at
-//! most `max` bytes that, when full, becomes `<name>.1` (replacing the one
-//! before) while a new file begins. A pod's output thus takes at most
-//! twice the cap on disk, and the latest output is always kept.
+//! disk is full, and the lines would be in no format of ours. So the shim
+//! writes each stream into a FIFO of its own (`stdout.fifo`,
+//! `stderr.fifo`), and the node reads them, splits what comes out into
+//! lines and hands them to the pod's [`LogSink`] (`crate::logs`), tagged
+//! with their stream, like a Wasm guest's: the same files, format, caps and
+//! rate.
 //!
-//! The FIFO is opened for reading before the task is created (the shim's
+//! The FIFOs are opened for reading before the task is created (the shim's
 //! open for writing waits for a reader), and copying starts once the shim
-//! has opened it, so end-of-file means the shim has closed it: the
-//! container's processes are gone and everything they wrote is copied.
-//! Should the node fall behind, the pipe fills and the container's writes
-//! wait: output is slowed, never lost, until it reaches the cap.
+//! has opened them, so end-of-file means the shim has closed them: the
+//! container's processes are gone and everything they wrote is read. The
+//! node stores each chunk before it reads the next, so a disk slower than
+//! the container fills the pipe and slows the container's writes instead
+//! of losing them; a container that logs past its pod's rate loses lines.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use skiff_wasm::{LineSplitter, LogSink, LogStream};
+use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
-/// A pod's log file holds at most this much (10 MiB), as kubelet's
-/// `containerLogMaxSize` does by default.
-pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
-
-/// Bytes read from the FIFO at a time.
+/// Bytes read from a FIFO at a time.
 const CHUNK: usize = 64 << 10;
 
-/// Where a full log file goes: `container.log` → `container.log.1`.
-pub fn rotated(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".1");
-    PathBuf::from(name)
+/// The FIFOs a task's stdout and stderr are written to, in a directory of
+/// the pod's, with the node's reading ends.
+pub struct LogPipes {
+    pipes: Vec<(LogStream, PathBuf, pipe::Receiver)>,
 }
 
-/// A log file that never holds more than `max` bytes.
-pub struct CappedLog {
-    path: PathBuf,
-    file: tokio::fs::File,
-    size: u64,
-    max: u64,
-}
-
-impl CappedLog {
-    /// Opens `path` to append to (a restarted pod's output follows the
-    /// previous run's).
-    pub async fn open(path: &Path, max: u64) -> io::Result<CappedLog> {
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await?;
-        let size = file.metadata().await?.len();
-        Ok(CappedLog {
-            path: path.to_owned(),
-            file,
-            size,
-            max: max.max(1),
-        })
-    }
-
-    /// Appends `bytes`, rotating first when they would not fit: a write
-    /// is split only when it is larger than the cap itself.
-    pub async fn write(&mut self, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
-            if self.size > 0 && self.size + bytes.len() as u64 > self.max {
-                self.rotate().await?;
+impl LogPipes {
+    /// Makes the FIFOs afresh in `dir` (a previous run's may still be
+    /// there) and opens them for reading; nothing is read until
+    /// [`LogPipes::copy_into`].
+    pub fn create(dir: &Path) -> io::Result<LogPipes> {
+        let mut pipes = Vec::new();
+        for stream in [LogStream::Stdout, LogStream::Stderr] {
+            let fifo = dir.join(format!("{}.fifo", stream.as_str()));
+            match std::fs::remove_file(&fifo) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
-            let room = usize::try_from(self.max - self.size).unwrap_or(usize::MAX);
-            let (now, rest) = bytes.split_at(bytes.len().min(room));
-            self.file.write_all(now).await?;
-            self.size += now.len() as u64;
-            bytes = rest;
+            rustix::fs::mkfifoat(
+                rustix::fs::CWD,
+                &fifo,
+                rustix::fs::Mode::from_raw_mode(0o600),
+            )?;
+            let receiver = pipe::OpenOptions::new().open_receiver(&fifo)?;
+            pipes.push((stream, fifo, receiver));
         }
-        Ok(())
+        Ok(LogPipes { pipes })
     }
 
-    async fn rotate(&mut self) -> io::Result<()> {
-        self.file.flush().await?;
-        tokio::fs::rename(&self.path, rotated(&self.path)).await?;
-        self.file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&self.path)
-            .await?;
-        self.size = 0;
-        Ok(())
+    /// What the shim is told to write `stream` to.
+    pub fn path(&self, stream: LogStream) -> &Path {
+        self.pipes
+            .iter()
+            .find(|(s, ..)| *s == stream)
+            .map(|(_, fifo, _)| fifo.as_path())
+            .expect("both streams have a FIFO")
     }
 
-    pub async fn flush(&mut self) -> io::Result<()> {
-        self.file.flush().await
+    /// Copies what comes out of the FIFOs into `sink` (or nowhere: the
+    /// pipes are drained all the same), a line at a time, until the writers
+    /// close them. Call once they have opened them (the task is created):
+    /// before that, a FIFO reads as at its end.
+    pub fn copy_into(self, sink: Option<Arc<dyn LogSink>>) -> LogCopy {
+        let mut tasks = JoinSet::new();
+        let mut fifos = Vec::new();
+        for (stream, fifo, receiver) in self.pipes {
+            tasks.spawn(copy(receiver, stream, sink.clone(), fifo.clone()));
+            fifos.push(fifo);
+        }
+        LogCopy { tasks, fifos }
     }
 }
 
-/// The FIFO a task's stdout and stderr are written to, next to the log
-/// file (`container.log` → `container.fifo`), with the node's reading end.
-pub struct LogPipe {
+async fn copy(
+    mut receiver: pipe::Receiver,
+    stream: LogStream,
+    sink: Option<Arc<dyn LogSink>>,
     fifo: PathBuf,
-    receiver: pipe::Receiver,
-}
-
-impl LogPipe {
-    /// Makes the FIFO afresh (a previous run's may still be there) and
-    /// opens it for reading; nothing is read until [`LogPipe::copy_into`].
-    pub fn create(log: &Path) -> io::Result<LogPipe> {
-        let fifo = log.with_extension("fifo");
-        match std::fs::remove_file(&fifo) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        rustix::fs::mkfifoat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )?;
-        let receiver = pipe::OpenOptions::new().open_receiver(&fifo)?;
-        Ok(LogPipe { fifo, receiver })
-    }
-
-    /// What the shim is told to write stdout and stderr to.
-    pub fn path(&self) -> &Path {
-        &self.fifo
-    }
-
-    /// Copies what comes out of the FIFO into `log`, capped at `max` bytes,
-    /// until the writers close it. Call once they have opened it (the task
-    /// is created): before that, the FIFO reads as at its end.
-    pub fn copy_into(self, log: PathBuf, max: u64) -> LogCopy {
-        let fifo = self.fifo.clone();
-        let task = tokio::spawn(copy(self.receiver, log, max));
-        LogCopy { task, fifo }
-    }
-}
-
-async fn copy(mut receiver: pipe::Receiver, log: PathBuf, max: u64) {
-    let mut file = match CappedLog::open(&log, max).await {
-        Ok(file) => Some(file),
-        Err(e) => {
-            tracing::warn!("{}: {e}; the container's output is dropped", log.display());
-            None
+) {
+    let mut lines = LineSplitter::default();
+    let mut emit = |line: &[u8]| {
+        if let Some(sink) = &sink {
+            sink.line(stream, None, line);
         }
     };
     let mut buffer = vec![0; CHUNK];
     loop {
-        let n = match receiver.read(&mut buffer).await {
+        match receiver.read(&mut buffer).await {
             Ok(0) => break,
-            Ok(n) => n,
+            Ok(n) => {
+                lines.push(&buffer[..n], &mut emit);
+                if let Some(sink) = &sink {
+                    sink.flush().await;
+                }
+            }
             Err(e) => {
-                tracing::warn!("{}: reading the container's output: {e}", log.display());
+                tracing::warn!("{}: reading the container's output: {e}", fifo.display());
                 break;
             }
-        };
-        // A file that cannot be written (a full disk) is given up, but the
-        // pipe is still drained: the container must not stall on it.
-        if let Some(writing) = &mut file
-            && let Err(e) = writing.write(&buffer[..n]).await
-        {
-            tracing::warn!("{}: {e}; the container's output is dropped", log.display());
-            file = None;
         }
     }
-    if let Some(mut file) = file {
-        let _ = file.flush().await;
-    }
+    lines.finish(emit);
 }
 
-/// A running copy from a task's FIFO into its log file.
+/// A running copy from a task's FIFOs into its pod's log.
 pub struct LogCopy {
-    task: JoinHandle<()>,
-    fifo: PathBuf,
+    tasks: JoinSet<()>,
+    fifos: Vec<PathBuf>,
 }
 
 impl LogCopy {
     /// Waits for the copy to reach the end of the output (once the task is
-    /// deleted, the shim has closed the FIFO), at most `within`, and
-    /// removes the FIFO.
+    /// deleted, the shim has closed the FIFOs), at most `within`, and
+    /// removes the FIFOs.
     pub async fn finish(mut self, within: Duration) {
-        if tokio::time::timeout(within, &mut self.task).await.is_err() {
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(within, all).await.is_err() {
             tracing::warn!(
                 "{}: the container's output did not end; its log may lack the last of it",
-                self.fifo.display()
+                self.fifos[0].display()
             );
-            self.task.abort();
+            self.tasks.abort_all();
         }
-        let _ = std::fs::remove_file(&self.fifo);
+        for fifo in &self.fifos {
+            let _ = std::fs::remove_file(fifo);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
 
-    async fn write_all(log: &mut CappedLog, chunks: &[&[u8]]) {
-        for chunk in chunks {
-            log.write(chunk).await.unwrap();
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<(LogStream, String)>>);
+
+    impl LogSink for Collect {
+        fn line(&self, stream: LogStream, request: Option<&[u8]>, text: &[u8]) {
+            assert_eq!(request, None);
+            let text = String::from_utf8_lossy(text).into_owned();
+            self.0.lock().unwrap().push((stream, text));
         }
-        log.flush().await.unwrap();
     }
 
     #[tokio::test]
-    async fn a_log_rotates_before_it_passes_its_cap() {
+    async fn pipes_are_copied_a_line_at_a_time_until_their_writers_close_them() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("container.log");
-        let mut log = CappedLog::open(&path, 10).await.unwrap();
-        write_all(&mut log, &[b"1234\n", b"5678\n", b"abc\n"]).await;
-        // The third line would not fit: the first two went to .1.
-        assert_eq!(std::fs::read(&path).unwrap(), b"abc\n");
-        assert_eq!(std::fs::read(rotated(&path)).unwrap(), b"1234\n5678\n");
-        write_all(&mut log, &[b"0123456789abcdefghijklmno"]).await;
-        // Larger than the cap: split, only the last part kept beside the
-        // last full file.
-        assert_eq!(std::fs::read(&path).unwrap(), b"klmno");
-        assert_eq!(std::fs::read(rotated(&path)).unwrap(), b"abcdefghij");
-    }
-
-    #[tokio::test]
-    async fn a_reopened_log_counts_what_it_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("container.log");
-        std::fs::write(&path, b"12345678").unwrap();
-        let mut log = CappedLog::open(&path, 10).await.unwrap();
-        write_all(&mut log, &[b"9"]).await;
-        assert_eq!(std::fs::read(&path).unwrap(), b"123456789");
-        write_all(&mut log, &[b"ab"]).await;
-        assert_eq!(std::fs::read(&path).unwrap(), b"ab");
-        assert_eq!(std::fs::read(rotated(&path)).unwrap(), b"123456789");
-    }
-
-    #[tokio::test]
-    async fn a_pipe_is_copied_until_its_writers_close_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("container.log");
-        let pipe = LogPipe::create(&log).unwrap();
-        assert_eq!(pipe.path(), dir.path().join("container.fifo"));
-        // Two writers, as the shim opens one for stdout and one for stderr.
-        let mut out = pipe::OpenOptions::new().open_sender(pipe.path()).unwrap();
-        let mut err = pipe::OpenOptions::new().open_sender(pipe.path()).unwrap();
-        let fifo = pipe.path().to_owned();
-        let copy = pipe.copy_into(log.clone(), 1 << 20);
-        out.write_all(b"to stdout\n").await.unwrap();
+        let pipes = LogPipes::create(dir.path()).unwrap();
+        let out_fifo = pipes.path(LogStream::Stdout).to_owned();
+        assert_eq!(out_fifo, dir.path().join("stdout.fifo"));
+        let mut out = pipe::OpenOptions::new().open_sender(&out_fifo).unwrap();
+        let mut err = pipe::OpenOptions::new()
+            .open_sender(pipes.path(LogStream::Stderr))
+            .unwrap();
+        let sink = Arc::new(Collect::default());
+        let copy = pipes.copy_into(Some(sink.clone()));
+        out.write_all(b"to stdout\nunfinished").await.unwrap();
         err.write_all(b"to stderr\n").await.unwrap();
         drop((out, err));
         copy.finish(Duration::from_secs(30)).await;
+        let mut got = sink.0.lock().unwrap().clone();
+        got.sort_by_key(|(stream, _)| stream.as_str());
         assert_eq!(
-            std::fs::read_to_string(&log).unwrap(),
-            "to stdout\nto stderr\n"
+            got,
+            [
+                (LogStream::Stderr, "to stderr".to_owned()),
+                (LogStream::Stdout, "to stdout".to_owned()),
+                (LogStream::Stdout, "unfinished".to_owned()),
+            ]
         );
-        assert!(!fifo.exists(), "the fifo is removed");
+        assert!(!out_fifo.exists(), "the fifos are removed");
     }
 }

@@ -23,7 +23,7 @@ pub mod seccomp;
 pub mod security;
 
 use containerd::{Containerd, ContainerdError, DEFAULT_PIDS_LIMIT, RunSpec, image_defaults};
-use log::{DEFAULT_LOG_MAX_BYTES, LogCopy};
+use log::LogCopy;
 use security::UserError;
 use skiff_oci::LinuxImage;
 use skiff_oci::Reference;
@@ -47,15 +47,12 @@ const MAX_SKELETONS: usize = 256;
 pub struct LinuxLimits {
     /// Processes and threads at once (the pids cgroup's limit).
     pub pids: u32,
-    /// The size the pod's log file is rotated at.
-    pub log_max_bytes: u64,
 }
 
 impl Default for LinuxLimits {
     fn default() -> Self {
         Self {
             pids: DEFAULT_PIDS_LIMIT,
-            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
         }
     }
 }
@@ -370,8 +367,11 @@ fn run_spec(
             .iter()
             .map(|d| (d.host.clone(), d.guest.clone(), d.read_only))
             .collect(),
-        log: launch.dir.join("container.log"),
-        log_max_bytes: limits.log_max_bytes,
+        output_dir: launch.dir.clone(),
+        output: match &launch.sandbox.stdio {
+            skiff_wasm::Stdio::Capture(sink) => Some(containerd::LogOutput(sink.clone())),
+            _ => None,
+        },
     })
 }
 
@@ -459,10 +459,7 @@ mod tests {
             secrets: None,
         };
         let config = serde_json::json!({"config": {"Cmd": ["sh"], "User": image_user}});
-        let limits = LinuxLimits {
-            pids: 64,
-            log_max_bytes: 4096,
-        };
+        let limits = LinuxLimits { pids: 64 };
         run_spec(&launch, config.to_string().as_bytes(), "web", limits)
     }
 
@@ -482,8 +479,8 @@ mod tests {
         let spec = spec_for(&pod, "", dir.path()).unwrap();
         assert_eq!((spec.uid, spec.gid), (1000, 3000));
         assert_eq!(spec.capabilities, ["CAP_NET_RAW"]);
-        assert_eq!((spec.pids_limit, spec.log_max_bytes), (64, 4096));
-        assert_eq!(spec.log, dir.path().join("container.log"));
+        assert_eq!(spec.pids_limit, 64);
+        assert_eq!(spec.output_dir, dir.path());
     }
 
     #[test]
