@@ -15,7 +15,7 @@ use crate::table;
 #[derive(clap::Args)]
 pub struct GetArgs {
     /// pods, deployments, services, routes, secrets, configmaps, namespaces,
-    /// nodes (or their singular or short names).
+    /// nodes, events... (or their singular or short names).
     kind: String,
     /// Objects to show; all when none.
     names: Vec<String>,

@@ -172,7 +172,7 @@ mod tests {
         assert!(error("kind: [unclosed").starts_with("app.yaml: invalid YAML or JSON:"));
         assert_eq!(
             error("apiVersion: skiff.dev/v1\nkind: Gizmo\nmetadata: {name: g}"),
-            "app.yaml: unknown kind `Gizmo` (known kinds: Namespace, Node, Pod, Deployment, Service, Route, Secret, ConfigMap, ResourceQuota, ServiceAccount)"
+            "app.yaml: unknown kind `Gizmo` (known kinds: Namespace, Node, Pod, Deployment, Service, Route, Secret, ConfigMap, ResourceQuota, ServiceAccount, Event)"
         );
         assert_eq!(
             error("kind: Pod\nmetadata: {}"),
