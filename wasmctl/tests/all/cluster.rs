@@ -208,7 +208,7 @@ fn get_prints_tables_and_documents() {
     );
     assert_eq!(
         cluster.fails(&["get", "gizmos"], 2),
-        "error: unknown kind `gizmos`; known kinds: namespaces, nodes, pods, deployments, services, routes, secrets, configmaps, resourcequotas, serviceaccounts"
+        "error: unknown kind `gizmos`; known kinds: namespaces, nodes, pods, deployments, services, routes, secrets, configmaps, resourcequotas, serviceaccounts, events"
     );
 }
 
@@ -744,6 +744,7 @@ fn quotas_show_used_and_hard_in_get_and_describe() {
     let rows: Vec<Vec<&str>> = described
         .lines()
         .skip_while(|l| !l.starts_with("Resource"))
+        .take_while(|l| !l.starts_with("Events:"))
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert_eq!(
