@@ -205,6 +205,9 @@ async fn serve(
         );
     }
     eprintln!("  Data      {}", data.display());
+    // Listen before saying so: a stop sent right after the line must find
+    // the handler, not the default that kills the process mid-start.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     eprintln!("Ctrl-C stops it.");
 
     if let (Some(path), Some(registry)) = (&args.deploy, registry) {
@@ -219,7 +222,6 @@ async fn serve(
         }
     }
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
