@@ -143,6 +143,7 @@ pub(crate) async fn run_on(
         store,
         hub,
         config: config.api.clone(),
+        nodes: Arc::default(),
     };
     let router = api::router(state);
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -7,6 +7,8 @@
 //!   balancing and proxying;
 //! - [`metrics`]: the pods' and the node's metrics, which the ingress
 //!   counts and the engine's apps report;
+//! - [`stats`]: the node's usage samples (`wasmctl top`), which also
+//!   feed the metrics;
 //! - [`runtimes`]: what runs pods, behind one trait: components in wasmtime
 //!   (through the `skiff-wasm` crate), Linux images through containerd;
 //! - OCI registries (resolve, pull, push, cache) are the `skiff-oci`
@@ -17,3 +19,4 @@ pub mod ingress;
 pub mod logs;
 pub mod metrics;
 pub mod runtimes;
+pub mod stats;

@@ -11,13 +11,19 @@
 //! One record a line, CRI-like and parseable ([`LogRecord::parse`]):
 //!
 //! ```text
-//! 2025-01-02T03:04:05.123456789Z stdout 4f2a9c01b7e3d512 the guest's text
+//! 2025-01-02T03:04:05.123456789Z stdout 4bf92f3577b34da6a3ce929d0e0e4736 the guest's text
 //! ```
 //!
 //! the time (RFC 3339, UTC, nanoseconds), the stream, the request the
 //! line belongs to (`-` for none: a command, a probe, a Linux pod) and the
 //! text (invalid UTF-8 replaced). A line longer than [`MAX_LINE`] is split
 //! into several records.
+//!
+//! The request is its `x-request-id`: the client's when it sent a
+//! well-formed one, else the 32 hex digits of its W3C trace id (the
+//! client's `traceparent`, or the trace the ingress started), so a
+//! request's records are found by the trace id its callers and its own
+//! outbound requests carry.
 //!
 //! Writing never waits: a guest's line is formatted into the pod's pending
 //! buffer (bounded, [`PENDING_MAX`]) under a short lock, and a task per pod
@@ -260,6 +266,14 @@ impl PodLogs {
             shared,
             writer,
         })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The pod's log directory.

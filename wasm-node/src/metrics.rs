@@ -6,10 +6,18 @@
 //! ingress; and what the pod's instances came to (starts, traps, timeouts,
 //! out of fuel, over the memory limit), read from the engine at each
 //! scrape. A pod's series go when the ingress stops serving it, so the
-//! label sets stay bounded by the pods the node runs.
+//! label sets stay bounded by the pods the node runs; a request answered
+//! after that (it was in flight) counts nowhere rather than bringing them
+//! back.
+//!
+//! From the node's usage samples ([`crate::stats`], attached with
+//! [`Metrics::attach_node`]): every running pod's CPU time and memory
+//! (Wasm and Linux pods alike; gone at the sample after the pod), the
+//! instance slots and those in use, image pulls by runtime and result,
+//! and hits and misses of the blob, compiled-code and layer caches.
 
 use std::collections::HashMap;
-use std::sync::{RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -24,6 +32,7 @@ use prometheus_client::registry::Registry;
 use skiff_wasm::InstanceStats;
 
 use crate::runtimes::Backend;
+use crate::runtimes::meters::CountsRead;
 
 /// The `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -52,9 +61,52 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PullLabels {
+    runtime: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CacheLabels {
+    cache: &'static str,
+}
+
+/// What the node tells its metrics beyond what its ingress counts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeFigures {
+    /// Pulls and cache lookups since the node started.
+    pub counts: CountsRead,
+    /// Instances the node may run at once, and those alive now.
+    pub instance_slots: u64,
+    pub instances_in_use: u64,
+    /// Every running pod, from the latest sample.
+    pub pods: Vec<PodFigures>,
+}
+
+/// One running pod's usage in the latest sample.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodFigures {
+    pub namespace: String,
+    pub pod: String,
+    /// CPU time used on this node so far.
+    pub cpu_seconds: f64,
+    pub memory_bytes: u64,
+}
+
+/// Where [`NodeFigures`] come from (the node's sampler).
+pub trait NodeSource: Send + Sync {
+    fn figures(&self) -> NodeFigures;
+}
+
+type NodeSlot = Arc<RwLock<Option<Weak<dyn NodeSource>>>>;
+
 /// The node's metric families, registered once per ingress.
 pub struct Metrics {
     registry: Registry,
+    /// The pods served, to tell whether a request's pod still is.
+    pods: Weak<ServedPods>,
+    node: NodeSlot,
     requests: Family<RequestLabels, Counter>,
     latency: Family<PodLabels, Histogram, fn() -> Histogram>,
     in_flight: Family<PodLabels, Gauge>,
@@ -89,9 +141,13 @@ impl Metrics {
             "Requests a pod is answering now (until the response head)",
             in_flight.clone(),
         );
-        registry.register_collector(Box::new(Instances { pods }));
+        registry.register_collector(Box::new(Instances { pods: pods.clone() }));
+        let node: NodeSlot = Arc::default();
+        registry.register_collector(Box::new(NodeCollector { node: node.clone() }));
         Self {
             registry,
+            pods,
+            node,
             requests,
             latency,
             in_flight,
@@ -106,19 +162,66 @@ impl Metrics {
         text
     }
 
+    /// Has the node's figures (pulls, caches, slots, pods' CPU and memory)
+    /// read from `source` at each scrape, for as long as it lives.
+    pub fn attach_node(&self, source: Weak<dyn NodeSource>) {
+        *self.node.write().expect("node metrics lock") = Some(source);
+    }
+
+    /// Runs `count` if pod `pod` is served now (by `uid`, when given),
+    /// under the pods' lock: [`Metrics::forget`] runs under its write lock
+    /// (see `LocalPods::remove`), so a count never brings back the series
+    /// of a pod just forgotten. Gives the uid served.
+    fn while_served(
+        &self,
+        pod: &PodName,
+        uid: Option<&str>,
+        count: impl FnOnce(),
+    ) -> Option<String> {
+        let pods = self.pods.upgrade()?;
+        let pods = pods.read().expect("routes lock");
+        let (served, _) = pods.get(pod)?;
+        if uid.is_some_and(|uid| uid != served) {
+            return None;
+        }
+        count();
+        Some(served.clone())
+    }
+
     /// A request reached pod `pod`: counted in flight until the returned
-    /// guard is given its answer's status.
-    pub(crate) fn request(&self, (namespace, pod): &PodName) -> RequestTimer<'_> {
+    /// guard is given its answer's status. A pod no longer served counts
+    /// nothing.
+    pub(crate) fn request(&self, name: &PodName) -> RequestTimer<'_> {
         let labels = PodLabels {
-            namespace: namespace.clone(),
-            pod: pod.clone(),
+            namespace: name.0.clone(),
+            pod: name.1.clone(),
         };
-        self.in_flight.get_or_create(&labels).inc();
+        let uid = self.while_served(name, None, || {
+            self.in_flight.get_or_create(&labels).inc();
+        });
         RequestTimer {
             metrics: self,
+            pod: name.clone(),
             labels,
+            uid,
             started: std::time::Instant::now(),
         }
+    }
+
+    /// Requests pod `pod` has answered so far (every status class).
+    pub(crate) fn requests_answered(&self, (namespace, pod): &PodName) -> u64 {
+        ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .into_iter()
+            .filter_map(|class| {
+                self.requests
+                    .get(&RequestLabels {
+                        namespace: namespace.clone(),
+                        pod: pod.clone(),
+                        class,
+                    })
+                    .map(|counter| counter.get())
+            })
+            .sum()
     }
 
     fn answered(&self, labels: &PodLabels, status: StatusCode, elapsed: Duration) {
@@ -164,24 +267,36 @@ impl Metrics {
 /// counted as answered).
 pub(crate) struct RequestTimer<'a> {
     metrics: &'a Metrics,
+    pod: PodName,
     labels: PodLabels,
+    /// The pod served when the request arrived; `None` counts nothing.
+    uid: Option<String>,
     started: std::time::Instant,
 }
 
 impl RequestTimer<'_> {
     pub(crate) fn answered(self, status: StatusCode) {
-        self.metrics
-            .answered(&self.labels, status, self.started.elapsed());
+        let Some(uid) = &self.uid else { return };
+        // Only while the same pod is served: one forgotten (or replaced
+        // by a pod of the same name) meanwhile gets no series back.
+        self.metrics.while_served(&self.pod, Some(uid), || {
+            self.metrics
+                .answered(&self.labels, status, self.started.elapsed());
+        });
     }
 }
 
 impl Drop for RequestTimer<'_> {
     fn drop(&mut self) {
-        // `get` rather than `get_or_create`: a pod forgotten meanwhile
-        // keeps no series.
-        if let Some(gauge) = self.metrics.in_flight.get(&self.labels) {
-            gauge.dec();
-        }
+        let Some(uid) = &self.uid else { return };
+        // `get` rather than `get_or_create`, and only for the same pod: a
+        // pod forgotten meanwhile keeps no series, and a newer pod of the
+        // name keeps its own count.
+        self.metrics.while_served(&self.pod, Some(uid), || {
+            if let Some(gauge) = self.metrics.in_flight.get(&self.labels) {
+                gauge.dec();
+            }
+        });
     }
 }
 
@@ -249,5 +364,213 @@ impl Collector for Instances {
             MetricType::Gauge,
         )?)?;
         Ok(())
+    }
+}
+
+/// Hits or misses of one cache in [`CountsRead::cache`].
+type CacheField = fn(&(&'static str, u64, u64)) -> u64;
+
+/// The node's figures, read from its sampler at each scrape; a pod's
+/// series are there while the latest sample has it.
+#[derive(Debug)]
+struct NodeCollector {
+    node: NodeSlot,
+}
+
+impl std::fmt::Debug for dyn NodeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeSource")
+    }
+}
+
+fn gauge_of(value: u64) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let source = self.node.read().expect("node metrics lock").clone();
+        let Some(figures) = source.and_then(|s| s.upgrade()).map(|s| s.figures()) else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "node_image_pulls",
+            "Images downloaded from registries, by runtime and result",
+            None,
+            MetricType::Counter,
+        )?;
+        for &(runtime, result, count) in &figures.counts.pulls {
+            ConstCounter::new(count)
+                .encode(family.encode_family(&PullLabels { runtime, result })?)?;
+        }
+        let caches: [(&str, &str, CacheField); 2] = [
+            (
+                "node_cache_hits",
+                "Lookups the node's caches answered: blob (components), compiled (their code), layers (Linux images in containerd)",
+                |c| c.1,
+            ),
+            (
+                "node_cache_misses",
+                "Lookups the node's caches could not answer (the blob or layers were downloaded, the code compiled)",
+                |c| c.2,
+            ),
+        ];
+        for (name, help, value) in caches {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for cache in &figures.counts.cache {
+                ConstCounter::new(value(cache))
+                    .encode(family.encode_family(&CacheLabels { cache: cache.0 })?)?;
+            }
+        }
+        gauge_of(figures.instance_slots).encode(encoder.encode_descriptor(
+            "node_instance_slots",
+            "Wasm instances this node may run at once",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        gauge_of(figures.instances_in_use).encode(encoder.encode_descriptor(
+            "node_instance_slots_in_use",
+            "Wasm instances alive now (requests, command runs, start-up checks), at the latest sample",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let pod_labels = |p: &PodFigures| PodLabels {
+            namespace: p.namespace.clone(),
+            pod: p.pod.clone(),
+        };
+        let mut family = encoder.encode_descriptor(
+            "pod_cpu_seconds",
+            "CPU time a running pod used on this node: a Linux pod's cgroup, a Wasm pod's instances while polled",
+            None,
+            MetricType::Counter,
+        )?;
+        for pod in &figures.pods {
+            ConstCounter::new(pod.cpu_seconds).encode(family.encode_family(&pod_labels(pod))?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "pod_memory_bytes",
+            "Memory a running pod holds: a Linux pod's cgroup, a Wasm pod's live instances' linear memories",
+            None,
+            MetricType::Gauge,
+        )?;
+        for pod in &figures.pods {
+            gauge_of(pod.memory_bytes).encode(family.encode_family(&pod_labels(pod))?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(uid: &str) -> Arc<ServedPods> {
+        let pods: Arc<ServedPods> = Arc::default();
+        pods.write().unwrap().insert(
+            ("shop".into(), "web".into()),
+            (uid.into(), Backend::Process(([127, 0, 0, 1], 1).into())),
+        );
+        pods
+    }
+
+    fn pod() -> PodName {
+        ("shop".into(), "web".into())
+    }
+
+    #[test]
+    fn a_request_answered_after_its_pod_left_brings_no_series_back() {
+        let pods = served("u1");
+        let metrics = Metrics::new(Arc::downgrade(&pods));
+        let counted = metrics.request(&pod());
+        counted.answered(StatusCode::OK);
+        let late = metrics.request(&pod());
+        let dropped = metrics.request(&pod());
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"skiff_pod_requests_in_flight{namespace="shop",pod="web"} 2"#)
+        );
+        // The pod leaves as `LocalPods::remove` has it leave.
+        {
+            let mut pods = pods.write().unwrap();
+            metrics.forget(&pod());
+            pods.remove(&pod());
+        }
+        late.answered(StatusCode::OK);
+        drop(dropped);
+        let text = metrics.encode();
+        assert!(!text.contains(r#"pod="web""#), "{text}");
+        // Nor does a request that arrives after.
+        metrics.request(&pod()).answered(StatusCode::OK);
+        assert!(!metrics.encode().contains(r#"pod="web""#));
+    }
+
+    #[test]
+    fn a_request_to_a_replaced_pod_counts_for_neither() {
+        let pods = served("u1");
+        let metrics = Metrics::new(Arc::downgrade(&pods));
+        let old = metrics.request(&pod());
+        // A new pod of the same name takes the route (`LocalPods::add`).
+        pods.write().unwrap().insert(
+            pod(),
+            ("u2".into(), Backend::Process(([127, 0, 0, 1], 2).into())),
+        );
+        metrics.forget(&pod());
+        let new = metrics.request(&pod());
+        old.answered(StatusCode::INTERNAL_SERVER_ERROR);
+        new.answered(StatusCode::OK);
+        assert_eq!(metrics.requests_answered(&pod()), 1);
+        let text = metrics.encode();
+        assert!(!text.contains(r#"class="5xx""#), "{text}");
+        assert!(
+            text.contains(r#"skiff_pod_requests_in_flight{namespace="shop",pod="web"} 0"#),
+            "{text}"
+        );
+    }
+
+    struct Figures(NodeFigures);
+
+    impl NodeSource for Figures {
+        fn figures(&self) -> NodeFigures {
+            self.0.clone()
+        }
+    }
+
+    #[test]
+    fn the_nodes_figures_are_exposed_once_attached() {
+        let pods = served("u1");
+        let metrics = Metrics::new(Arc::downgrade(&pods));
+        assert!(!metrics.encode().contains("skiff_node_image_pulls"));
+        let counts = crate::runtimes::meters::Counts::default();
+        counts.pulled(crate::runtimes::meters::PullRuntime::Wasm, true);
+        counts.looked_up(crate::runtimes::meters::Cache::Compiled, true);
+        let source: Arc<dyn NodeSource> = Arc::new(Figures(NodeFigures {
+            counts: counts.read(),
+            instance_slots: 100,
+            instances_in_use: 2,
+            pods: vec![PodFigures {
+                namespace: "shop".into(),
+                pod: "web".into(),
+                cpu_seconds: 1.5,
+                memory_bytes: 4096,
+            }],
+        }));
+        metrics.attach_node(Arc::downgrade(&source));
+        let text = metrics.encode();
+        for line in [
+            r#"skiff_node_image_pulls_total{runtime="wasm",result="success"} 1"#,
+            r#"skiff_node_image_pulls_total{runtime="linux",result="failure"} 0"#,
+            r#"skiff_node_cache_hits_total{cache="compiled"} 1"#,
+            r#"skiff_node_cache_misses_total{cache="blob"} 0"#,
+            "skiff_node_instance_slots 100",
+            "skiff_node_instance_slots_in_use 2",
+            r#"skiff_pod_cpu_seconds_total{namespace="shop",pod="web"} 1.5"#,
+            r#"skiff_pod_memory_bytes{namespace="shop",pod="web"} 4096"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+        // The source gone, so are its series.
+        drop(source);
+        assert!(!metrics.encode().contains("skiff_pod_cpu_seconds"));
     }
 }

@@ -9,6 +9,7 @@ mod delete;
 mod describe;
 mod dev;
 mod get;
+mod logs;
 mod manifests;
 mod node;
 mod policy;
@@ -17,6 +18,7 @@ mod rollout;
 mod run;
 mod table;
 mod tokens;
+mod top;
 
 use std::process::ExitCode;
 
@@ -53,6 +55,11 @@ enum Command {
     Get(get::GetArgs),
     /// Show objects in detail.
     Describe(describe::DescribeArgs),
+    /// Print a pod's output (or a Deployment's, or those -l picks).
+    Logs(logs::LogsArgs),
+    /// Show pods' or nodes' CPU, memory and request rates.
+    #[command(subcommand)]
+    Top(top::TopCommand),
     /// Delete objects by name or by manifest.
     Delete(delete::DeleteArgs),
     /// Create a namespace, a token, a Secret or a ConfigMap.
@@ -112,6 +119,8 @@ fn main() -> ExitCode {
         Command::Apply(args) => apply::run(args).map(|()| ExitCode::SUCCESS),
         Command::Get(args) => get::run(args).map(|()| ExitCode::SUCCESS),
         Command::Describe(args) => describe::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Logs(args) => logs::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Top(command) => top::run(command).map(|()| ExitCode::SUCCESS),
         Command::Delete(args) => delete::run(args).map(|()| ExitCode::SUCCESS),
         Command::Create(command) => create::run(command).map(|()| ExitCode::SUCCESS),
         Command::Rollout(command) => rollout::run(command),

@@ -34,6 +34,9 @@ pub enum ApiError {
         retry_after: u64,
     },
     Unavailable(String),
+    /// A node the request was passed to failed it (unreachable, or an
+    /// answer that is not a node's).
+    BadGateway(String),
     /// The server cannot do what was asked, through no fault of the
     /// caller's (a stored value its keys do not open).
     Internal(String),
@@ -159,6 +162,7 @@ impl IntoResponse for ApiError {
                 m,
                 vec![],
             ),
+            ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "BadGateway", m, vec![]),
             ApiError::Internal(m) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",

@@ -2,10 +2,13 @@
 //! `/apis/skiff.dev/v1/[namespaces/{ns}/]{plural}[/{name}[/status]]`.
 
 mod error;
+mod logs;
+pub mod node_proxy;
 mod objects;
 pub mod openapi;
 mod proxy_key;
 mod tokens;
+mod usage;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -67,6 +70,8 @@ pub struct AppState {
     pub hub: WatchHub,
     pub auth: Arc<Authenticator>,
     pub config: ApiConfig,
+    /// The client of nodes' APIs (logs, usage).
+    pub nodes: Arc<node_proxy::NodeProxy>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -192,6 +197,12 @@ pub enum Target {
     },
     /// A node's lease.
     Lease { node: String },
+    /// `namespaces/{ns}/pods/{name}/log`: the pod's output.
+    PodLog { namespace: String, name: String },
+    /// `nodemetrics`: nodes' usage, asked of the nodes.
+    NodeMetrics,
+    /// `[namespaces/{ns}/]podmetrics`: pods' usage, asked of their nodes.
+    PodMetrics { namespace: Option<String> },
     /// The cluster's proxy key, as node `node` reads it.
     ProxyKey { node: String },
     /// `serviceaccounts/{name}/token`: a new token of the account.
@@ -243,6 +254,11 @@ pub fn parse_target(path: &str) -> Result<Target, ApiError> {
             namespace: None,
             id: Some((*id).to_owned()),
         }),
+        ["nodemetrics"] => Ok(Target::NodeMetrics),
+        ["podmetrics"] => Ok(Target::PodMetrics { namespace: None }),
+        ["namespaces", ns, "podmetrics"] => Ok(Target::PodMetrics {
+            namespace: Some((*ns).to_owned()),
+        }),
         ["namespaces", ns, "tokens"] => Ok(Target::Tokens {
             namespace: Some((*ns).to_owned()),
             id: None,
@@ -283,6 +299,10 @@ pub fn parse_target(path: &str) -> Result<Target, ApiError> {
             let kind = kind_of(plural)?;
             item(kind, scoped(kind, Some(ns))?, name, false)
         }
+        ["namespaces", ns, "pods", name, "log"] => Ok(Target::PodLog {
+            namespace: (*ns).to_owned(),
+            name: (*name).to_owned(),
+        }),
         ["namespaces", ns, "serviceaccounts", name, "token"] => Ok(Target::AccountToken {
             namespace: (*ns).to_owned(),
             name: (*name).to_owned(),
@@ -321,6 +341,9 @@ fn request_labels(request: &Request) -> (&'static str, &'static str) {
     let kind = match &target {
         Some(Target::Collection { kind, .. } | Target::Item { kind, .. }) => kind.plural(),
         Some(Target::Lease { .. }) => "leases",
+        Some(Target::PodLog { .. }) => "podlogs",
+        Some(Target::NodeMetrics) => "nodemetrics",
+        Some(Target::PodMetrics { .. }) => "podmetrics",
         Some(Target::ProxyKey { .. }) => "proxykeys",
         Some(Target::AccountToken { .. }) => "serviceaccounttokens",
         Some(Target::Tokens { .. }) => "tokens",
@@ -402,6 +425,18 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
     };
     match (target, method) {
         (Target::Lease { node }, method) => call.lease(&node, method).await,
+        (Target::PodLog { namespace, name }, Method::GET) => {
+            logs::get(state, &principal, &namespace, &name, &params).await
+        }
+        (Target::NodeMetrics, Method::GET) => usage::nodes(state, &principal).await,
+        (Target::PodMetrics { namespace }, Method::GET) => {
+            usage::pods(state, &principal, namespace.as_deref(), &params).await
+        }
+        (Target::PodLog { .. } | Target::NodeMetrics | Target::PodMetrics { .. }, method) => {
+            Err(ApiError::MethodNotAllowed(format!(
+                "{method} is not allowed here: logs and usage are read with GET"
+            )))
+        }
         (Target::ProxyKey { node }, Method::GET) => proxy_key::get(state, &principal, &node).await,
         (Target::AccountToken { namespace, name }, Method::POST) => {
             tokens::account_token(state, &principal, &namespace, &name, &body).await

@@ -13,9 +13,9 @@ use super::{ApiError, AppState};
 use crate::auth::{Principal, may_read_proxy_key};
 
 /// The name of the key in the cluster's secrets.
-const PROXY_KEY: &str = "proxy-key";
+pub(crate) const PROXY_KEY: &str = "proxy-key";
 /// 256 bits, as long as an HMAC-SHA256: a longer key would add nothing.
-const PROXY_KEY_BYTES: usize = 32;
+pub(crate) const PROXY_KEY_BYTES: usize = 32;
 
 pub async fn get(
     state: &AppState,

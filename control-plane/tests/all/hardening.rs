@@ -751,6 +751,7 @@ async fn a_flood_of_readiness_checks_costs_the_database_a_check_a_second() {
         hub: control_plane::watch::WatchHub::start(store.clone()),
         store: store.clone(),
         config: Default::default(),
+        nodes: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/readyz", listener.local_addr().unwrap());

@@ -13,6 +13,7 @@ mod events;
 mod fuzz_api;
 mod gc;
 mod hardening;
+mod logs;
 mod metrics;
 mod proxy_key;
 mod quota;

@@ -3,6 +3,7 @@
 //! [`watcher`] that keeps one going, tokens.
 
 pub mod events;
+pub mod node_api;
 pub mod watcher;
 
 use std::time::Duration;
@@ -411,6 +412,65 @@ impl Client {
             })?;
             serde_json::from_slice(&line)
                 .map_err(|e| ClientError::Protocol(format!("watch event: {e}")))
+        }))
+    }
+
+    /// Nodes' usage as they sample it (`NodeMetricsList`).
+    pub async fn node_metrics(&self) -> Result<Value> {
+        let url = format!("{}/apis/skiff.dev/v1/nodemetrics", self.base);
+        self.send(self.request(Method::GET, &url)).await
+    }
+
+    /// Pods' usage (`PodMetricsList`) in `namespace`, or in every one.
+    pub async fn pod_metrics(
+        &self,
+        namespace: Option<&str>,
+        label_selector: Option<&str>,
+    ) -> Result<Value> {
+        let url = match namespace {
+            Some(ns) => format!("{}/apis/skiff.dev/v1/namespaces/{ns}/podmetrics", self.base),
+            None => format!("{}/apis/skiff.dev/v1/podmetrics", self.base),
+        };
+        let mut request = self.request(Method::GET, &url);
+        if let Some(selector) = label_selector {
+            request = request.query(&[("labelSelector", selector)]);
+        }
+        self.send(request).await
+    }
+
+    /// A pod's logs, as the lines arrive (one item per line, without its
+    /// newline); with `follow`, the stream lasts as long as the pod.
+    pub async fn logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        options: &node_api::LogOptions,
+    ) -> Result<impl Stream<Item = Result<Vec<u8>>> + use<>> {
+        let mut url = format!(
+            "{}/apis/skiff.dev/v1/namespaces/{namespace}/pods/{name}/log",
+            self.base
+        );
+        let query = options.to_query();
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(&query);
+        }
+        let response = self
+            .request(Method::GET, &url)
+            .send()
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(api_error(status, &bytes));
+        }
+        let server = self.base.clone();
+        Ok(lines(response.bytes_stream()).map(move |line| {
+            line.map_err(|e| ClientError::Connect {
+                server: server.clone(),
+                reason: e.to_string(),
+            })
         }))
     }
 

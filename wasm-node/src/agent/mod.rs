@@ -22,10 +22,12 @@ use skiff_api::kinds::pod::Pod;
 use skiff_api::kinds::service::{Endpoint, RouteSpec, ServiceSpec};
 use skiff_api::meta::namespace_and_name;
 use skiff_client::Client;
+use skiff_client::node_api::NodeApiKey;
 use skiff_client::watcher::{self, Event};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::ingress::node_api::NodeApi;
 use crate::ingress::{
     CallerKey, Ingress, IngressConfig, LocalPods, PROXY_KEY_LEN, PodName, ProxyKey,
 };
@@ -157,6 +159,9 @@ pub enum AgentError {
 pub struct Agent {
     pub endpoint: String,
     context: Arc<NodeContext>,
+    /// The node's usage samples (`wasmctl top`, the pods' CPU and memory
+    /// metrics).
+    stats: Arc<crate::stats::NodeStats>,
     pods: Arc<tokio::sync::Mutex<HashMap<PodName, PodHandle>>>,
     loops: Loops,
 }
@@ -201,14 +206,25 @@ impl Agent {
         };
         let proxy_key = fetch_proxy_key(&config).await?;
         let caller_key = CallerKey::random();
+        let logs = Arc::new(crate::logs::NodeLogs::new(
+            &config.data_dir,
+            config.pod_logs,
+        ));
+        let node_api = Arc::new(NodeApi::new(
+            &config.name,
+            NodeApiKey::new(&proxy_key),
+            logs.clone(),
+            &config.data_dir,
+        ));
         let ingress = Ingress::new(IngressConfig {
             own_address: endpoint.clone(),
-            proxy_key,
+            proxy_key: ProxyKey::new(&proxy_key),
             caller_key: caller_key.clone(),
             serve_cluster_hosts: config
                 .serve_cluster_hosts
                 .unwrap_or_else(|| bound.ip().is_loopback()),
-        });
+        })
+        .with_node_api(node_api.clone());
         let mut gateway = bound;
         if gateway.ip().is_unspecified() {
             gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -277,10 +293,12 @@ impl Agent {
             backoff_cap: config.backoff_cap,
             grace: config.grace,
             partition: partition::Partition::default(),
-            logs: Arc::new(crate::logs::NodeLogs::new(
-                &config.data_dir,
-                config.pod_logs,
-            )),
+            logs,
+        });
+        let stats = crate::stats::NodeStats::for_node(&context, config.max_concurrent_instances);
+        node_api.set_stats({
+            let stats = stats.clone();
+            Arc::new(move || stats.summary())
         });
         remove_unkeyed_pod_dirs(&config.data_dir.join("pods"));
         register(&config, &endpoint, linux_runtime.as_deref()).await?;
@@ -319,6 +337,7 @@ impl Agent {
         Ok(Agent {
             endpoint,
             context,
+            stats,
             pods,
             loops: Loops {
                 followers,
@@ -332,6 +351,12 @@ impl Agent {
     /// The node's metrics (served by `wasm-node join --metrics-listen`).
     pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
         self.context.local_pods.metrics().clone()
+    }
+
+    /// The node's usage samples; [`crate::stats::NodeStats::summary`] is
+    /// what the node API's `/stats` answers.
+    pub fn stats(&self) -> Arc<crate::stats::NodeStats> {
+        self.stats.clone()
     }
 
     /// HTTP pods currently served.
@@ -360,6 +385,7 @@ impl Agent {
         let _ = ingress.await;
         lease.abort();
         let _ = lease.await;
+        self.stats.stop().await;
     }
 }
 
@@ -584,7 +610,7 @@ const PROXY_KEY_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Reads the cluster's proxy key, retrying (with backoff) while the control
 /// plane is unreachable or unavailable; a refusal ends the start at once.
-async fn fetch_proxy_key(config: &AgentConfig) -> Result<ProxyKey, AgentError> {
+async fn fetch_proxy_key(config: &AgentConfig) -> Result<Vec<u8>, AgentError> {
     let fail = |reason: String| AgentError::ProxyKey {
         name: config.name.clone(),
         reason,
@@ -593,7 +619,7 @@ async fn fetch_proxy_key(config: &AgentConfig) -> Result<ProxyKey, AgentError> {
     let mut pause = Duration::from_millis(100);
     loop {
         match config.client.proxy_key(&config.name).await {
-            Ok(key) if key.len() == PROXY_KEY_LEN => return Ok(ProxyKey::new(&key)),
+            Ok(key) if key.len() == PROXY_KEY_LEN => return Ok(key),
             Ok(key) => {
                 return Err(fail(format!(
                     "the key has {} bytes, not {PROXY_KEY_LEN}",

@@ -29,8 +29,16 @@
 //!   request before it goes anywhere, so no guest, process or other node
 //!   sees a credential it did not get from this node; and a pod's answer
 //!   cannot claim [`POD_MISSING_HEADER`] to have its request sent again.
+//!
+//! Every request leaves the ingress in a W3C trace: a client's valid
+//! `traceparent` is continued (same trace id, a new parent-id for this
+//! hop), anything else replaced by a new trace, so a request proxied from
+//! node to node keeps its trace. Its `x-request-id` is the client's when
+//! well-formed, else the trace id: a pod's log records, which carry the
+//! request id, are then found by trace (`ensure_request_id`).
 
 pub mod credentials;
+pub mod node_api;
 mod outgoing;
 mod serve;
 
@@ -248,6 +256,8 @@ pub struct Ingress {
     table: Arc<RwLock<Table>>,
     client: Client<HttpConnector, ClientBody>,
     config: Arc<IngressConfig>,
+    /// What `NODE.node` hosts serve to the control plane, once set.
+    node_api: Option<Arc<node_api::NodeApi>>,
 }
 
 /// What a request's host names.
@@ -301,7 +311,14 @@ impl Ingress {
                 .pool_timer(hyper_util::rt::TokioTimer::new())
                 .build(connector),
             config: Arc::new(config),
+            node_api: None,
         }
+    }
+
+    /// Serves the node API ([`node_api`]) on this node's `NODE.node` host.
+    pub fn with_node_api(mut self, api: Arc<node_api::NodeApi>) -> Self {
+        self.node_api = Some(api);
+        self
     }
 
     /// The credential this node's gateway sends for guests of `namespace`.
@@ -451,6 +468,20 @@ impl Ingress {
             .or_else(|| request.uri().host())
             .unwrap_or_default()
             .to_ascii_lowercase();
+        // Before anything else: the node API's credential is read here
+        // and nowhere else, and no Route may claim a node host.
+        if let Some(node) = skiff_client::node_api::node_of_host(&host) {
+            return match &self.node_api {
+                Some(api) if api.is_self(node) => api.handle(node, &request).await,
+                _ => text_response(
+                    StatusCode::NOT_FOUND,
+                    format!("`{node}.node` is not this node's host\n"),
+                ),
+            };
+        }
+        request
+            .headers_mut()
+            .remove(skiff_client::node_api::NODE_AUTH_HEADER);
         let target = HostTarget::of(&host);
         let caller = match self.caller(&target, request.headers(), SystemTime::now) {
             Ok(caller) => caller,
@@ -778,58 +809,36 @@ fn admits(spec: Option<&ServiceSpec>, namespace: &str, caller: &str) -> bool {
     }
 }
 
-/// Removes every internal header, whatever its case or count.
-/// Gives a request the id its pod's output lines are tagged with (and its
-/// guest sees as `x-request-id`): the client's, when it is 1 to 64 of
-/// `[A-Za-z0-9._-]` (so it stands in a log record as it is), else a new
-/// one. Another node's ingress keeps the id the first one gave.
+/// Gives a request its trace and the id its pod's output lines are tagged
+/// with (and its guest sees as `x-request-id`).
+///
+/// The trace ([`skiff_wasm::trace::continue_or_start`]): a valid W3C
+/// `traceparent` from the client is continued from a span of this hop
+/// (same trace id, new parent-id), anything else dropped for a new trace;
+/// `tracestate` goes along only with a valid `traceparent`, cut to 512
+/// characters.
+///
+/// The id: the client's, when it is 1 to 64 of `[A-Za-z0-9._-]` (so it
+/// stands in a log record as it is); otherwise the trace id, 32 hex
+/// digits, so that a pod's log records are found by trace. Another node's
+/// ingress keeps both the trace id and the id the first one gave.
 fn ensure_request_id(headers: &mut http::HeaderMap) {
+    let trace = skiff_wasm::trace::continue_or_start(headers);
     let mut ids = headers.get_all(skiff_wasm::REQUEST_ID).iter();
     let valid = match (ids.next(), ids.next()) {
         (Some(id), None) => crate::logs::is_request_id(id.as_bytes()),
         _ => false,
     };
     if !valid {
-        headers.insert(skiff_wasm::REQUEST_ID, new_request_id());
+        headers.insert(
+            skiff_wasm::REQUEST_ID,
+            http::HeaderValue::from_bytes(&trace.trace_id())
+                .expect("hex digits are a header value"),
+        );
     }
 }
 
-/// 16 random hex digits, from a generator per thread seeded once by the
-/// OS: a request costs no system call.
-fn new_request_id() -> http::HeaderValue {
-    thread_local! {
-        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
-            let mut seed = [0; 8];
-            // Without the OS's randomness, ids are still unique enough per
-            // thread from the time.
-            if getrandom::fill(&mut seed).is_err() {
-                seed = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_nanos()
-                    .to_le_bytes()[..8]
-                    .try_into()
-                    .unwrap_or_default();
-            }
-            u64::from_le_bytes(seed)
-        });
-    }
-    // splitmix64: a full-period sequence, each output well mixed.
-    let value = STATE.with(|state| {
-        let next = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        state.set(next);
-        let mut z = next;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    });
-    let mut hex = [0u8; 16];
-    for (i, digit) in hex.iter_mut().enumerate() {
-        *digit = b"0123456789abcdef"[((value >> (60 - 4 * i)) & 0xf) as usize];
-    }
-    http::HeaderValue::from_bytes(&hex).expect("hex digits are a header value")
-}
-
+/// Removes every internal header, whatever its case or count.
 fn strip_internal(headers: &mut http::HeaderMap) {
     for name in INTERNAL_HEADERS {
         headers.remove(name);
@@ -923,10 +932,57 @@ mod tests {
             &[],
         ] {
             let made = id(bad);
-            assert_eq!(made.len(), 16, "{bad:?} → {made}");
+            assert_eq!(made.len(), 32, "{bad:?} → {made}");
             assert!(made.bytes().all(|b| b.is_ascii_hexdigit()), "{made}");
         }
         assert_ne!(id(&[]), id(&[]), "made ids differ");
+    }
+
+    #[test]
+    fn a_request_without_an_id_is_named_by_its_trace() {
+        use skiff_wasm::trace::{TRACEPARENT, TRACESTATE, TraceParent};
+        let client = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ensured = |given: &[(&str, &str)]| {
+            let mut headers = http::HeaderMap::new();
+            for (name, value) in given {
+                headers.append(
+                    name.parse::<http::HeaderName>().unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            ensure_request_id(&mut headers);
+            headers
+        };
+        let text = |headers: &http::HeaderMap, name: &str| {
+            headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+        };
+
+        // The client's trace, continued; the id is its trace id.
+        let continued = ensured(&[(TRACEPARENT, client), (TRACESTATE, "a=1")]);
+        let sent = text(&continued, TRACEPARENT).unwrap();
+        assert_ne!(sent, client);
+        assert_eq!(&sent[..36], &client[..36], "same trace: {sent}");
+        assert_eq!(
+            text(&continued, skiff_wasm::REQUEST_ID).unwrap(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(text(&continued, TRACESTATE).unwrap(), "a=1");
+
+        // A client's id is kept beside the trace.
+        let named = ensured(&[(TRACEPARENT, client), (skiff_wasm::REQUEST_ID, "mine")]);
+        assert_eq!(text(&named, skiff_wasm::REQUEST_ID).unwrap(), "mine");
+        assert_eq!(&text(&named, TRACEPARENT).unwrap()[..36], &client[..36]);
+
+        // A new trace names the request too; the bad traceparent and its
+        // tracestate are gone.
+        let upper = client.to_uppercase();
+        let fresh = ensured(&[(TRACEPARENT, &upper), (TRACESTATE, "a=1")]);
+        let trace = TraceParent::parse(fresh[TRACEPARENT].as_bytes()).unwrap();
+        assert_eq!(
+            fresh[skiff_wasm::REQUEST_ID].as_bytes(),
+            &trace.trace_id()[..]
+        );
+        assert!(fresh.get(TRACESTATE).is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! [`linux`] (ordinary images through containerd).
 
 pub mod linux;
+pub mod meters;
 pub mod wasm;
 
 use std::collections::HashMap;
@@ -88,6 +89,7 @@ impl Failure {
 }
 
 /// A pod, as the runtimes name what they make for it.
+#[derive(Debug, Clone)]
 pub struct PodId {
     pub namespace: String,
     pub name: String,
@@ -188,6 +190,9 @@ pub struct Runtimes {
     /// Present when the node has containerd.
     pub linux: Option<linux::LinuxRuntime>,
     registry: Registry,
+    /// The running pods' usage meters and the pull and cache counts, which
+    /// both runtimes keep.
+    pub meters: std::sync::Arc<meters::Meters>,
     /// The kind of every manifest digest seen: a digest names its content,
     /// so the answer never changes.
     kinds: Mutex<HashMap<String, PodRuntime>>,
@@ -195,11 +200,17 @@ pub struct Runtimes {
 
 impl Runtimes {
     pub fn new(
-        wasm: wasm::WasmRuntime,
-        linux: Option<linux::LinuxRuntime>,
+        mut wasm: wasm::WasmRuntime,
+        mut linux: Option<linux::LinuxRuntime>,
         registry: Registry,
     ) -> Self {
+        let meters = std::sync::Arc::new(meters::Meters::default());
+        wasm.meters = meters.clone();
+        if let Some(linux) = &mut linux {
+            linux.meters = meters.clone();
+        }
         Self {
+            meters,
             wasm,
             linux,
             registry,

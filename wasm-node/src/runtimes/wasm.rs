@@ -12,6 +12,7 @@ use skiff_api::quantity::{parse_bytes, parse_duration, parse_fuel};
 use tokio::sync::Notify;
 
 use super::Backend;
+use super::meters::{Cache, Meter, Metered, Meters, PullRuntime};
 use super::{Artifact, Ended, Failure, Image, Instance, Launch, PodId, Runtime};
 use skiff_oci::{BlobCache, CacheError, Registry};
 use skiff_wasm::{
@@ -56,6 +57,8 @@ pub struct WasmRuntime {
     engines: Arc<Engines>,
     blobs: BlobCache,
     registry: Registry,
+    /// Shared with the node's other runtime (set by [`super::Runtimes::new`]).
+    pub(super) meters: Arc<Meters>,
 }
 
 impl WasmRuntime {
@@ -70,6 +73,7 @@ impl WasmRuntime {
             engines: Arc::new(engines),
             blobs,
             registry,
+            meters: Arc::default(),
         }
     }
 
@@ -92,9 +96,14 @@ impl Runtime for WasmRuntime {
                 artifact.credentials.clone(),
                 artifact.resolved.clone(),
             );
+            // Whether this pull downloaded (a miss) or found the
+            // component in the cache, or being downloaded for another pod.
+            let fetched = std::sync::atomic::AtomicBool::new(false);
+            let fetching = &fetched;
             let bytes = self
                 .blobs
                 .get_or_fetch(&artifact.digest, || async move {
+                    fetching.store(true, std::sync::atomic::Ordering::Relaxed);
                     match resolved {
                         Some(resolved) => {
                             registry
@@ -104,13 +113,22 @@ impl Runtime for WasmRuntime {
                         None => registry.pull(&pinned, &credentials).await,
                     }
                 })
-                .await
-                .map_err(|e| match e {
-                    CacheError::Pull(e) => Failure::of_pull(e),
-                    other => Failure::retry("ErrImagePull")(&other),
-                })?;
+                .await;
+            let counts = &self.meters.counts;
+            if fetched.into_inner() {
+                counts.looked_up(Cache::Blob, false);
+                counts.pulled(PullRuntime::Wasm, bytes.is_ok());
+            } else if bytes.is_ok() {
+                counts.looked_up(Cache::Blob, true);
+            }
+            let bytes = bytes.map_err(|e| match e {
+                CacheError::Pull(e) => Failure::of_pull(e),
+                other => Failure::retry("ErrImagePull")(&other),
+            })?;
             Ok(Box::new(WasmImage {
                 share: self.share.clone(),
+                pod: pod.clone(),
+                meters: self.meters.clone(),
                 namespace: pod.namespace.clone(),
                 engines: self.engines.clone(),
                 name: format!("{}@{}", artifact.image, artifact.digest),
@@ -125,6 +143,8 @@ impl Runtime for WasmRuntime {
 /// which serves every restart.
 struct WasmImage {
     share: Arc<FairShare>,
+    pod: PodId,
+    meters: Arc<Meters>,
     namespace: String,
     engines: Arc<Engines>,
     name: String,
@@ -155,6 +175,11 @@ impl Image for WasmImage {
                         .await
                         .map_err(|e| invalid(&e))?
                         .map_err(|e| invalid(&e))?;
+                    let hit = matches!(
+                        component.cache_outcome(),
+                        skiff_wasm::CacheOutcome::Hit | skiff_wasm::CacheOutcome::Shared
+                    );
+                    self.meters.counts.looked_up(Cache::Compiled, hit);
                     loaded.insert(component)
                 }
             };
@@ -171,10 +196,12 @@ impl Image for WasmImage {
                 .map_err(|e| invalid(&e))?;
             Ok(match app {
                 App::Http(app) => Box::new(Served {
+                    _metered: self.meters.register(&self.pod, Meter::Wasm(app.usage())),
                     app,
                     killed: Notify::new(),
                 }) as Box<dyn Instance>,
                 App::Command(app) => Box::new(Run {
+                    _metered: self.meters.register(&self.pod, Meter::Wasm(app.usage())),
                     app,
                     killed: Notify::new(),
                 }),
@@ -199,6 +226,8 @@ const STOP_WAIT: Duration = Duration::from_millis(500);
 struct Served {
     app: HttpApp,
     killed: Notify,
+    /// The run's usage meter, until the run is dropped.
+    _metered: Metered,
 }
 
 impl Instance for Served {
@@ -243,6 +272,8 @@ impl Instance for Served {
 struct Run {
     app: Box<CommandApp>,
     killed: Notify,
+    /// The run's usage meter, until the run is dropped.
+    _metered: Metered,
 }
 
 impl Instance for Run {

@@ -21,6 +21,11 @@ impl CommandApp {
         })
     }
 
+    /// What this app's instances use: CPU time, memory now.
+    pub fn usage(&self) -> std::sync::Arc<crate::usage::Usage> {
+        self.spec.usage.clone()
+    }
+
     /// Runs the command once in a fresh instance and returns its exit code:
     /// 0 on success, 1 when `run` returns an error, or the code the guest
     /// passed to `exit`. A trap or an exceeded limit is a [`GuestFailure`].
@@ -34,6 +39,7 @@ impl CommandApp {
             let command = self.pre.instantiate_async(&mut store).await?;
             command.wasi_cli_run().call_run(&mut store).await
         };
+        let run = spec.usage.timed(run);
         // The epoch deadline stops guest code; this stops a guest blocked in
         // the host (reading stdin, sleeping) past its deadline too.
         match tokio::time::timeout(spec.limits.timeout, run).await {

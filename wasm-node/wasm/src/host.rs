@@ -15,6 +15,7 @@ use super::limits::{InstanceState, Limits, MemoryLimiter};
 use super::outbound::OutboundHooks;
 use super::sandbox::Sandbox;
 use super::share::{Runner, Tenant};
+use super::trace::TraceContext;
 
 /// Host-side resources (open streams, headers, bodies) one instance may hold
 /// at once. They live outside linear memory, so the memory limit does not
@@ -65,12 +66,13 @@ pub(crate) struct Admitted {
 }
 
 /// Who an instance is for: decides whether it may read the host's stdin,
-/// and what its output lines are tagged with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// what its output lines are tagged with, and which trace its outbound
+/// requests continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum InstanceRole<'a> {
-    /// Serves one HTTP request (its `x-request-id`, when it has one);
-    /// never reads stdin.
-    Request(Option<&'a http::HeaderValue>),
+    /// Serves one HTTP request (its `x-request-id` and its trace, when it
+    /// has them); never reads stdin.
+    Request(Option<&'a http::HeaderValue>, Option<TraceContext>),
     /// Runs a command to completion.
     Command,
 }
@@ -85,6 +87,8 @@ pub(crate) struct InstanceSpec {
     pub tenant: Option<Tenant>,
     /// Set when the component's pod stops: its instances end.
     pub halt: Arc<Halt>,
+    /// What its instances use (CPU time, memory), for the node's samples.
+    pub usage: Arc<crate::usage::Usage>,
 }
 
 /// The end of every instance of one component, asked for once (its pod
@@ -130,19 +134,23 @@ impl InstanceSpec {
     ) -> wasmtime::Result<Store<Host>> {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_HOST_RESOURCES);
+        let (wasi, trace) = match role {
+            InstanceRole::Command => (self.sandbox.wasi_ctx(&self.name, true, None)?, None),
+            InstanceRole::Request(id, trace) => {
+                (self.sandbox.wasi_ctx(&self.name, false, id)?, trace)
+            }
+        };
         let host = Host {
-            wasi: match role {
-                InstanceRole::Command => self.sandbox.wasi_ctx(&self.name, true, None)?,
-                InstanceRole::Request(id) => self.sandbox.wasi_ctx(&self.name, false, id)?,
-            },
+            wasi,
             http: WasiHttpCtx::new(),
             table,
             outbound: OutboundHooks::new(
                 self.sandbox.outbound.clone(),
                 self.sandbox.services.clone(),
             )
-            .denying(self.sandbox.denied_addresses.clone()),
-            memory: MemoryLimiter::default(),
+            .denying(self.sandbox.denied_addresses.clone())
+            .continuing(trace),
+            memory: MemoryLimiter::counted(self.usage.clone()),
             runner: Runner::new(self.tenant.clone(), self.limits.timeout, self.halt.clone()),
         };
         let mut store = Store::new(engine, host);

@@ -18,6 +18,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use super::error::{GuestFailure, log_detail};
 use super::host::{Admitted, Host, InstanceRole, InstanceSpec};
 use super::limits::Limits;
+use super::trace::TraceContext;
 
 /// The body of every response the engine produces; the engine's own type,
 /// so that callers never name wasmtime's.
@@ -149,6 +150,11 @@ impl HttpApp {
         self.inner.counts.read()
     }
 
+    /// What this app's instances use: CPU time, memory now.
+    pub fn usage(&self) -> Arc<crate::usage::Usage> {
+        self.inner.spec.usage.clone()
+    }
+
     /// Requests being handled right now.
     pub fn in_flight(&self) -> usize {
         self.inner.spec.limits.max_instances as usize - self.inner.permits.available_permits()
@@ -160,7 +166,7 @@ impl HttpApp {
     pub(crate) async fn probe(&self) -> Result<(), GuestFailure> {
         let Inner { spec, pre, .. } = &*self.inner;
         let mut store = spec
-            .new_store(pre.engine(), InstanceRole::Request(None))
+            .new_store(pre.engine(), InstanceRole::Request(None, None))
             .map_err(|e| spec.failure(&e))?;
         pre.instantiate_async(&mut store)
             .await
@@ -246,10 +252,12 @@ impl HttpApp {
         let inner = self.inner.clone();
         let spec = &inner.spec;
         // The node's ingress gives every request an id (the client's, when
-        // well-formed); the guest's output lines carry it.
+        // well-formed) and a trace; the guest's output lines carry the id,
+        // its outbound requests the trace.
         let id = request.headers().get(REQUEST_ID);
+        let trace = TraceContext::of(request.headers());
         let mut store = spec
-            .new_store(inner.pre.engine(), InstanceRole::Request(id))
+            .new_store(inner.pre.engine(), InstanceRole::Request(id, trace))
             .map_err(|e| spec.failure(&e))?;
         let mut http = store.data_mut().http();
         let request = http
@@ -270,6 +278,8 @@ impl HttpApp {
                     .call_handle(&mut store, request, response_out)
                     .await
             };
+            // Its time in polls is the pod's CPU time (see `usage`).
+            let run = spec.usage.timed(run);
             // The epoch deadline stops guest code that runs too long; this
             // also stops a guest that waits too long in the host (a slow
             // outbound request, a sleep).

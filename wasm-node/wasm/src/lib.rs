@@ -22,6 +22,8 @@ mod output;
 mod sandbox;
 mod send;
 pub mod share;
+pub mod trace;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,6 +49,7 @@ pub use sandbox::{DirGrant, DirGrantError, Sandbox, ServiceGateway, Stdio};
 pub use share::{FairShare, ShareConfig, Tenant};
 pub use skiff_api::outbound::{AllowList, AllowRule, AllowRuleError};
 pub use skiff_api::quantity;
+pub use usage::Usage;
 
 use error::one_line;
 use host::{Host, InstanceSpec};
@@ -302,6 +305,7 @@ impl Engine {
             limits,
             tenant,
             halt: Arc::default(),
+            usage: Arc::default(),
         };
         Ok(match loaded.kind {
             ComponentKind::Http => {

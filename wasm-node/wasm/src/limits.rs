@@ -7,11 +7,13 @@
 //! by a semaphore in front of instantiation. The engine's pooling allocator is
 //! sized from the same numbers in [`pooling_config`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::{Enabled, PoolingAllocationConfig, ResourceLimiter, Store, UpdateDeadline};
 
 use crate::share::{Runner, Tick};
+use crate::usage::Usage;
 
 use skiff_api::quantity::{format_bytes, format_duration};
 
@@ -112,7 +114,9 @@ impl Limits {
     /// [`Runner`], which also makes a long-running guest give up its thread
     /// (see [`crate::share`]).
     pub(crate) fn apply<T: InstanceState>(&self, store: &mut Store<T>) -> wasmtime::Result<()> {
-        *store.data_mut().memory_limiter() = MemoryLimiter::new(self.memory);
+        // The limit is set on the store's own limiter, which keeps the
+        // component's usage counters (see [`crate::usage`]).
+        store.data_mut().memory_limiter().set_limit(self.memory);
         store.limiter(|data| data.memory_limiter());
         if let Some(fuel) = self.fuel {
             store.set_fuel(fuel)?;
@@ -185,9 +189,12 @@ pub(crate) trait InstanceState: Send + 'static {
 #[derive(Debug, Default)]
 pub struct MemoryLimiter {
     limit: usize,
-    /// Bytes of every memory of the instance but the one growing; components
-    /// may hold several memories and the cap is for all of them.
+    /// Bytes of every memory of the instance; components may hold several
+    /// memories and the cap is for all of them.
     in_use: usize,
+    /// The component's usage, told of every change of `in_use` and of the
+    /// instance's end.
+    usage: Option<Arc<Usage>>,
 }
 
 impl MemoryLimiter {
@@ -195,6 +202,31 @@ impl MemoryLimiter {
         Self {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
             in_use: 0,
+            usage: None,
+        }
+    }
+
+    /// A limiter (its limit set later, by [`Limits::apply`]) that counts
+    /// its instance and memory into `usage`.
+    pub(crate) fn counted(usage: Arc<Usage>) -> Self {
+        usage.instance_started();
+        Self {
+            limit: 0,
+            in_use: 0,
+            usage: Some(usage),
+        }
+    }
+
+    fn set_limit(&mut self, limit: u64) {
+        self.limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    }
+}
+
+impl Drop for MemoryLimiter {
+    /// The instance's store is going, with its memories.
+    fn drop(&mut self) {
+        if let Some(usage) = &self.usage {
+            usage.instance_ended(self.in_use as u64);
         }
     }
 }
@@ -219,7 +251,11 @@ impl ResourceLimiter for MemoryLimiter {
                 limit: self.limit,
             }));
         }
+        let before = self.in_use;
         self.in_use = others + desired;
+        if let Some(usage) = &self.usage {
+            usage.memory_changed(before as u64, self.in_use as u64);
+        }
         Ok(true)
     }
 
@@ -307,6 +343,20 @@ mod tests {
             Some(&MemoryLimitExceeded { limit: 10 << 20 })
         );
         assert_eq!(err.to_string(), "guest exceeded its memory limit of 10Mi");
+    }
+
+    #[test]
+    fn a_counted_limiter_reports_its_memories_until_dropped() {
+        let usage = Arc::new(Usage::default());
+        let mut limiter = MemoryLimiter::counted(usage.clone());
+        limiter.set_limit(10 << 20);
+        assert!(limiter.memory_growing(0, 2 << 20, None).unwrap());
+        assert!(limiter.memory_growing(2 << 20, 5 << 20, None).unwrap());
+        // A growth refused changes nothing.
+        assert!(limiter.memory_growing(5 << 20, 11 << 20, None).is_err());
+        assert_eq!((usage.instances(), usage.memory_bytes()), (1, 5 << 20));
+        drop(limiter);
+        assert_eq!((usage.instances(), usage.memory_bytes()), (0, 0));
     }
 
     #[test]

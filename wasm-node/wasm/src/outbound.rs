@@ -9,6 +9,11 @@
 //! allow-list, decides whether the Service admits that caller. Every other
 //! request is sent by `send`, which checks the addresses its host resolves
 //! to (`egress`) before connecting.
+//!
+//! Every request let out, to a Service or elsewhere, carries a W3C
+//! `traceparent` continuing the trace of the request the instance serves
+//! (or a trace of its own), unless the guest set a valid one
+//! ([`trace::propagate`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,6 +23,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 
 use super::sandbox::ServiceGateway;
 use super::send::{self, Egress, Route};
+use super::trace::{self, TraceContext};
 
 /// The namespace of the pod calling a Service, set by the host.
 pub const CALLER_NAMESPACE_HEADER: &str = "skiff-caller-namespace";
@@ -39,6 +45,8 @@ pub(crate) struct OutboundHooks {
     services: Option<Arc<ServiceGateway>>,
     /// Refused like private addresses (see `egress`).
     denied: Arc<[IpAddr]>,
+    /// The trace of the request the instance serves, if any.
+    trace: Option<TraceContext>,
 }
 
 impl OutboundHooks {
@@ -47,6 +55,7 @@ impl OutboundHooks {
             allow,
             services,
             denied: Arc::default(),
+            trace: None,
         }
     }
 
@@ -54,6 +63,12 @@ impl OutboundHooks {
     /// own, its control plane's).
     pub(crate) fn denying(mut self, denied: Arc<[IpAddr]>) -> Self {
         self.denied = denied;
+        self
+    }
+
+    /// Sends every request on in this trace (see [`trace::propagate`]).
+    pub(crate) fn continuing(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
         self
     }
 
@@ -148,6 +163,9 @@ impl WasiHttpHooks for OutboundHooks {
                 denied: self.denied.clone(),
             }),
         };
+        // Only requests that may go out get a trace: a denied one costs
+        // nothing more.
+        trace::propagate(request.headers_mut(), self.trace.as_ref());
         Box::new(send::send(request, options, route))
     }
 }

@@ -248,9 +248,14 @@ fn millis(text: &str) -> f64 {
 
 /// The status of one `GET /` for `host` over `stream` (kept alive).
 pub fn get(stream: &mut BufReader<TcpStream>, host: &str) -> std::io::Result<u16> {
+    get_path(stream, host, "/")
+}
+
+/// The status of one `GET path` for `host` over `stream` (kept alive).
+pub fn get_path(stream: &mut BufReader<TcpStream>, host: &str, path: &str) -> std::io::Result<u16> {
     write!(
         stream.get_mut(),
-        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n\r\n"
     )?;
     let mut line = String::new();
     stream.read_line(&mut line)?;

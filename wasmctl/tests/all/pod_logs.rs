@@ -12,13 +12,13 @@ use crate::support::{http_request, test_guest};
 
 /// One parsed record of a pod's log file.
 #[derive(Debug, Clone, PartialEq)]
-struct Record {
-    stream: String,
-    request: String,
-    text: String,
+pub(crate) struct Record {
+    pub stream: String,
+    pub request: String,
+    pub text: String,
 }
 
-fn records(path: &std::path::Path) -> Vec<Record> {
+pub(crate) fn records(path: &std::path::Path) -> Vec<Record> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .map(|line| {
@@ -45,7 +45,7 @@ fn records(path: &std::path::Path) -> Vec<Record> {
         .collect()
 }
 
-fn log_dir(cluster: &NodeCluster, name: &str) -> PathBuf {
+pub(crate) fn log_dir(cluster: &NodeCluster, name: &str) -> PathBuf {
     let pod = cluster.pod(name);
     let uid = pod["metadata"]["uid"].as_str().unwrap();
     cluster.nodes[0]
@@ -66,7 +66,11 @@ fn print(cluster: &NodeCluster, pod: &str, query: &str, headers: &[(&str, &str)]
 }
 
 /// Waits until the file holds a record satisfying `found`; returns them all.
-fn wait_for(path: &std::path::Path, what: &str, found: impl Fn(&Record) -> bool) -> Vec<Record> {
+pub(crate) fn wait_for(
+    path: &std::path::Path,
+    what: &str,
+    found: impl Fn(&Record) -> bool,
+) -> Vec<Record> {
     let mut last = Vec::new();
     if wait_until(WAIT, || {
         last = records(path);
@@ -136,7 +140,8 @@ fn a_wasm_pods_output_is_kept_per_request_capped_and_kept_for_the_previous_run()
     assert_eq!(got, expected("client-id.1", "one"));
 
     // Without an id (or with one that cannot stand in a record), the
-    // ingress makes one: 16 hex digits, the same on every line.
+    // ingress names the request by its trace id: 32 hex digits, the same
+    // on every line.
     print(
         &cluster,
         "printer",
@@ -146,7 +151,7 @@ fn a_wasm_pods_output_is_kept_per_request_capped_and_kept_for_the_previous_run()
     let got = wait_for(&current, "the tail of two", |r| r.text == "two tail");
     let id = got[5].request.clone();
     assert!(
-        id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
         "{got:#?}"
     );
     assert_eq!(got[5..], expected(&id, "two")[..]);

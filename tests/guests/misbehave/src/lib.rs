@@ -112,6 +112,23 @@ fn handle(request: Request) -> Response {
             Response::text(200, format!("printed {lines}\n"))
         }
         "/length" => Response::text(200, format!("{}\n", request.body().len())),
+        // Prints the trace context it got (`trace <traceparent>`) and, when
+        // `url` is given, fetches it; answers with its `traceparent`,
+        // `tracestate` and `x-request-id` lines, then the upstream's body.
+        "/trace" => {
+            let header = |name: &str| request.header(name).unwrap_or("-").to_owned();
+            println!("trace {}", header("traceparent"));
+            let mut answer = ["traceparent", "tracestate", "x-request-id"]
+                .map(|name| format!("{name}: {}\n", header(name)))
+                .concat();
+            if let Some(url) = param("url") {
+                match outbound::get(&url) {
+                    Ok(upstream) => answer.push_str(&String::from_utf8_lossy(upstream.body())),
+                    Err(e) => return Response::text(502, format!("{e}\n")),
+                }
+            }
+            Response::text(200, answer)
+        }
         "/headers" => {
             let lines: String = request
                 .headers()

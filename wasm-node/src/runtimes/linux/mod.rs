@@ -16,7 +16,9 @@ use skiff_api::kinds::pod::Protocol;
 use skiff_api::quantity::parse_bytes;
 
 use super::Backend;
+use super::meters::{Cache, Meter, Metered, Meters, PullRuntime};
 use super::{Artifact, Ended, Failure, Image, Instance, Launch, PodId, Runtime};
+pub mod cgroup;
 pub mod containerd;
 pub mod log;
 pub mod seccomp;
@@ -37,6 +39,8 @@ pub struct LinuxRuntime {
     /// digest: while containerd still holds the layers (other pods of the
     /// image keep them), a pod starts from these without downloading.
     skeletons: Mutex<HashMap<String, LinuxImage>>,
+    /// Shared with the node's other runtime (set by [`super::Runtimes::new`]).
+    pub(super) meters: std::sync::Arc<Meters>,
 }
 
 /// Skeletons kept at most; past it they are forgotten.
@@ -64,6 +68,7 @@ impl LinuxRuntime {
             registry,
             limits,
             skeletons: Mutex::default(),
+            meters: std::sync::Arc::default(),
         }
     }
 
@@ -96,7 +101,10 @@ impl Runtime for LinuxRuntime {
             // own; the container and its lease are named after this very
             // pod (a pod of the same name later is another).
             let namespace = format!("skiff-{}", pod.namespace);
-            let image = match self.present(&namespace, &artifact.digest).await {
+            let present = self.present(&namespace, &artifact.digest).await;
+            let counts = &self.meters.counts;
+            counts.looked_up(Cache::Layers, present.is_some());
+            let image = match present {
                 Some(skeleton) => skeleton,
                 None => {
                     let (pinned, credentials) = (&artifact.pinned, &artifact.credentials);
@@ -107,8 +115,9 @@ impl Runtime for LinuxRuntime {
                                 .await
                         }
                         None => self.registry.pull_linux(pinned, credentials).await,
-                    }
-                    .map_err(Failure::of_pull)?;
+                    };
+                    counts.pulled(PullRuntime::Linux, image.is_ok());
+                    let image = image.map_err(Failure::of_pull)?;
                     let mut skeletons = self.skeletons.lock().expect("skeletons lock");
                     if skeletons.len() >= MAX_SKELETONS {
                         skeletons.clear();
@@ -129,6 +138,8 @@ impl Runtime for LinuxRuntime {
                 pulled: Some(Box::new(image)),
                 unpacked: None,
                 leased: false,
+                pod: pod.clone(),
+                meters: self.meters.clone(),
             }) as Box<dyn Image>)
         })
     }
@@ -151,6 +162,8 @@ struct ContainerImage {
     /// Whether the pod may hold a lease in containerd (from the first
     /// unpack on, even one that failed halfway).
     leased: bool,
+    pod: PodId,
+    meters: std::sync::Arc<Meters>,
 }
 
 /// A Linux image in containerd: its top snapshot and its config.
@@ -180,6 +193,7 @@ impl Image for ContainerImage {
                         None => {
                             let (pinned, credentials) = &self.artifact;
                             let image = self.registry.pull_linux(pinned, credentials).await;
+                            self.meters.counts.pulled(PullRuntime::Linux, image.is_ok());
                             Box::new(image.map_err(Failure::of_pull)?)
                         }
                     };
@@ -261,6 +275,7 @@ impl Image for ContainerImage {
                 .await
                 .map_err(failed)?;
             Ok(Box::new(Task {
+                _metered: self.meters.register(&self.pod, Meter::Cgroup(id.clone())),
                 containerd: containerd.clone(),
                 namespace: namespace.clone(),
                 id: id.clone(),
@@ -384,6 +399,8 @@ struct Task {
     port: Option<u16>,
     /// Its output on the way to the pod's log file.
     log: LogCopy,
+    /// Its cgroup's usage meter, until the task is dropped.
+    _metered: Metered,
 }
 
 impl Instance for Task {
