@@ -93,6 +93,11 @@ fn handle(request: Request) -> Response {
         // Answers with the request's headers, one `name: value` line each.
         // How many bytes of body arrived: a proxy streaming a large body
         // through is seen to have passed all of it.
+        // One line to stdout, as a typical handler logs a request.
+        "/line" => {
+            println!("served /line");
+            Response::text(200, "ok\n")
+        }
         // Prints `lines` lines to stdout (`TAG i`, padded with `x` to
         // `size` bytes), then `TAG done` to stderr and `TAG tail` with no
         // newline to stdout: the host flushes it when the instance ends.
