@@ -205,7 +205,14 @@ impl NodeStats {
                 ticks.tick().await;
                 // Ends with the stats, should they be dropped unstopped.
                 let Some(stats) = weak.upgrade() else { return };
-                stats.sample(Instant::now());
+                // Off the async workers: a Linux pod's cgroup files are
+                // read synchronously, and may be slow under memory
+                // pressure.
+                let sampled =
+                    tokio::task::spawn_blocking(move || stats.sample(Instant::now())).await;
+                if let Err(e) = sampled {
+                    tracing::warn!("sampling the node's usage failed: {e}");
+                }
             }
         });
         *stats.task.lock().expect("stats task lock") = Some(task);

@@ -52,6 +52,11 @@ pub struct LogsArgs {
     /// Most pods followed at once.
     #[arg(long, value_name = "N", default_value_t = 10)]
     max_log_requests: usize,
+    /// Print lines as the pods wrote them, control characters included
+    /// (by default they are shown escaped, e.g. \x1b, so a pod cannot
+    /// drive the terminal or overwrite other lines).
+    #[arg(long)]
+    raw: bool,
     #[command(flatten)]
     target: Target,
 }
@@ -104,7 +109,7 @@ pub fn run(args: LogsArgs) -> Result<()> {
             let mut all = futures::stream::select_all(streams);
             while let Some((pod, label, line)) = all.next().await {
                 match line {
-                    Ok(line) => print_line(&label, &line)?,
+                    Ok(line) => print_line(&label, &line, args.raw)?,
                     Err(e) => {
                         failed += 1;
                         eprintln!("pod/{pod}: {e}");
@@ -119,7 +124,7 @@ pub fn run(args: LogsArgs) -> Result<()> {
                         let mut lines = std::pin::pin!(lines);
                         while let Some(line) = lines.next().await {
                             match line {
-                                Ok(line) => print_line(&label, &line)?,
+                                Ok(line) => print_line(&label, &line, args.raw)?,
                                 Err(e) => {
                                     failed += 1;
                                     eprintln!("pod/{pod}: {e}");
@@ -145,14 +150,41 @@ pub fn run(args: LogsArgs) -> Result<()> {
     })?
 }
 
-fn print_line(label: &str, line: &[u8]) -> Result<()> {
+fn print_line(label: &str, line: &[u8], raw: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(label.as_bytes())?;
-    out.write_all(line)?;
+    if raw {
+        out.write_all(line)?;
+    } else {
+        out.write_all(escape_controls(line).as_bytes())?;
+    }
     out.write_all(b"\n")?;
     // Followed lines are seen as they come, even through a pipe.
     out.flush()?;
     Ok(())
+}
+
+/// A pod's line with every control character but tab escaped (`\x1b`,
+/// `\u{9b}`): a pod's output is its own, and must not move the cursor,
+/// clear the screen, set the clipboard or pass itself off as another
+/// pod's line by overwriting the `[pod/NAME]` prefix.
+pub fn escape_controls(line: &[u8]) -> std::borrow::Cow<'_, str> {
+    let text = String::from_utf8_lossy(line);
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(c),
+            c if c.is_control() && (c as u32) < 0x80 => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn options(args: &LogsArgs) -> Result<LogOptions> {
@@ -272,5 +304,30 @@ async fn pods(session: &Session, namespace: &str, args: &LogsArgs) -> Result<Vec
             }
             Ok(found)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(escape_controls(b"plain\ttext"), "plain\ttext");
+        assert_eq!(
+            escape_controls(b"\r\x1b[2K[pod/db-0] ok"),
+            "\\x0d\\x1b[2K[pod/db-0] ok"
+        );
+        // C1 controls (CSI as one character), DEL and OSC 52.
+        assert_eq!(
+            escape_controls("a\u{9b}2Jb\x7f".as_bytes()),
+            "a\\u{9b}2Jb\\x7f"
+        );
+        assert_eq!(
+            escape_controls(b"\x1b]52;c;aGk=\x07"),
+            "\\x1b]52;c;aGk=\\x07"
+        );
+        // Invalid UTF-8 is replaced, as the node's records already are.
+        assert_eq!(escape_controls(b"a\xffb"), "a\u{fffd}b");
     }
 }

@@ -146,8 +146,8 @@ fn warn_unavailable(list: &Value) {
     for missing in list["unavailable"].as_array().into_iter().flatten() {
         eprintln!(
             "node {}: no usage: {}",
-            text(&missing["node"]),
-            text(&missing["reason"])
+            crate::logs::escape_controls(text(&missing["node"]).as_bytes()),
+            crate::logs::escape_controls(text(&missing["reason"]).as_bytes())
         );
     }
 }

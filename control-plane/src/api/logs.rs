@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use axum::body::Body;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
 use serde_json::Value;
 use skiff_api::Kind;
 use skiff_client::node_api::{LogOptions, log_path};
@@ -29,6 +30,7 @@ const IGNORED_PARAMS: [&str; 2] = ["container", "pretty"];
 pub async fn get(
     state: &AppState,
     principal: &Principal,
+    caller: [u8; 32],
     namespace: &str,
     name: &str,
     params: &HashMap<String, String>,
@@ -69,13 +71,19 @@ pub async fn get(
         path.push('?');
         path.push_str(&query);
     }
+    // Counted until the answer's body ends or the client goes.
+    let permit = state.nodes.admit_stream(caller)?;
     let lines = state.nodes.get(&state.store, node, &path).await?;
+    let body = lines.map(move |chunk| {
+        let _held = &permit;
+        chunk
+    });
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        Body::from_stream(lines),
+        Body::from_stream(body),
     )
         .into_response())
 }

@@ -426,7 +426,7 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
     match (target, method) {
         (Target::Lease { node }, method) => call.lease(&node, method).await,
         (Target::PodLog { namespace, name }, Method::GET) => {
-            logs::get(state, &principal, &namespace, &name, &params).await
+            logs::get(state, &principal, caller, &namespace, &name, &params).await
         }
         (Target::NodeMetrics, Method::GET) => usage::nodes(state, &principal).await,
         (Target::PodMetrics { namespace }, Method::GET) => {

@@ -9,14 +9,18 @@
 //! unspecified, multicast and broadcast addresses are never dialled, and
 //! redirects are never followed.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::Stream;
 use serde_json::Value;
 use skiff_api::Kind;
-use skiff_client::node_api::{NODE_AUTH_HEADER, NODE_REPLY_HEADER, NodeApiKey, node_host};
+use skiff_client::node_api::{
+    NODE_AUTH_HEADER, NODE_REPLY_HEADER, NodeApiKey, derive_node_key, node_host,
+};
 use tokio::sync::OnceCell;
 
 use super::ApiError;
@@ -30,10 +34,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How much of a node's refusal is read to pass its reason on.
 const REFUSAL_BYTES: usize = 4096;
 
+/// Log answers one token may have streaming at once (followed or slowly
+/// read): each holds a connection to a node and one from the client. Half
+/// what a node serves one namespace at once, so one token alone never
+/// fills a namespace's share on a node.
+pub const MAX_LOG_STREAMS_PER_CLIENT: usize = 16;
+
 /// The API server's client of nodes' APIs.
 pub struct NodeProxy {
     client: reqwest::Client,
-    key: OnceCell<NodeApiKey>,
+    /// Open log answers per caller (a token's hash).
+    streams: Arc<Mutex<HashMap<[u8; 32], usize>>>,
+    /// The cluster's proxy key, which every node's API key derives from.
+    key: OnceCell<Vec<u8>>,
 }
 
 impl Default for NodeProxy {
@@ -53,20 +66,43 @@ impl NodeProxy {
             .expect("a plain HTTP client builds");
         Self {
             client,
+            streams: Arc::default(),
             key: OnceCell::new(),
         }
     }
 
-    async fn key(&self, store: &Store) -> Result<&NodeApiKey, ApiError> {
-        self.key
+    /// Counts a log answer against `caller` until the permit is dropped,
+    /// unless it has [`MAX_LOG_STREAMS_PER_CLIENT`] open already.
+    pub fn admit_stream(&self, caller: [u8; 32]) -> Result<StreamPermit, ApiError> {
+        let mut open = self.streams.lock().expect("log streams lock");
+        let count = open.entry(caller).or_default();
+        if *count >= MAX_LOG_STREAMS_PER_CLIENT {
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "this token has {count} log streams open, the most one token may; end one before starting another"
+                ),
+                retry_after: 5,
+            });
+        }
+        *count += 1;
+        Ok(StreamPermit {
+            open: self.streams.clone(),
+            caller,
+        })
+    }
+
+    /// Node `node`'s API key.
+    async fn key(&self, store: &Store, node: &str) -> Result<NodeApiKey, ApiError> {
+        let cluster = self
+            .key
             .get_or_try_init(|| async {
                 let mut candidate = [0u8; PROXY_KEY_BYTES];
                 getrandom::fill(&mut candidate)
                     .expect("the operating system's random source works");
-                let key = store.cluster_secret(PROXY_KEY, &candidate).await?;
-                Ok::<_, ApiError>(NodeApiKey::new(&key))
+                Ok::<_, ApiError>(store.cluster_secret(PROXY_KEY, &candidate).await?)
             })
-            .await
+            .await?;
+        Ok(NodeApiKey::new(&derive_node_key(cluster, node)))
     }
 
     /// `GET path_and_query` on `node`'s API: the body of its 200 answer as
@@ -79,12 +115,13 @@ impl NodeProxy {
     ) -> Result<impl Stream<Item = reqwest::Result<Bytes>> + use<>, ApiError> {
         let address = ingress_address(store, node).await?;
         let target = dialable(node, &address).await?;
-        let key = self.key(store).await?;
+        let key = self.key(store, node).await?;
         let credential = key.sign(node, "GET", path_and_query, SystemTime::now());
+        // Reasons name the node, never its address: tenants read these,
+        // and may not read Node objects.
         let unreachable = |e: &dyn std::fmt::Display| {
-            ApiError::BadGateway(format!(
-                "node {node} (ingress {address}) did not answer: {e}"
-            ))
+            tracing::warn!("node {node} at {target} ({address}): {e}");
+            ApiError::BadGateway(format!("node {node} did not answer: {e}"))
         };
         let request = self
             .client
@@ -100,19 +137,35 @@ impl NodeProxy {
             .get(NODE_REPLY_HEADER)
             .is_some_and(|reply| key.verify_reply(credential.as_bytes(), reply.as_bytes()));
         if !proven {
+            tracing::warn!(
+                "node {node}'s ingress address {address} ({target}) answered without the node's proof"
+            );
             return Err(ApiError::BadGateway(format!(
-                "node {node}'s ingress address {address} answered, but not as a node of this cluster"
+                "node {node}'s address answered, but not as a node of this cluster"
             )));
         }
         let status = response.status();
         if status.is_success() {
             return Ok(response.bytes_stream());
         }
-        let reason = refusal(response).await;
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|s| s.min(60));
+        let reason = tokio::time::timeout(ANSWER_TIMEOUT, refusal(response))
+            .await
+            .unwrap_or_else(|_| format!("answered {status} but sent no reason in time"));
         let message = format!("node {node}: {reason}");
         Err(match status.as_u16() {
             400 => ApiError::BadRequest(message),
             404 => ApiError::NotFound(message),
+            // The node's caps on readers: the caller may come back.
+            429 => ApiError::TooManyRequests {
+                message,
+                retry_after: retry_after.unwrap_or(1),
+            },
             503 => ApiError::Unavailable(message),
             _ => ApiError::BadGateway(message),
         })
@@ -153,6 +206,24 @@ impl NodeProxy {
     }
 }
 
+/// One open log answer counted against its caller, until dropped.
+pub struct StreamPermit {
+    open: Arc<Mutex<HashMap<[u8; 32], usize>>>,
+    caller: [u8; 32],
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("log streams lock");
+        if let Some(count) = open.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.caller);
+            }
+        }
+    }
+}
+
 /// The ingress address a node registered.
 async fn ingress_address(store: &Store, node: &str) -> Result<String, ApiError> {
     let object: Value = store
@@ -175,9 +246,8 @@ async fn dialable(node: &str, address: &str) -> Result<SocketAddr, ApiError> {
     let resolved: Vec<SocketAddr> = tokio::net::lookup_host(address)
         .await
         .map_err(|e| {
-            ApiError::BadGateway(format!(
-                "node {node}'s ingress address {address} does not resolve: {e}"
-            ))
+            tracing::warn!("node {node}'s ingress address {address} does not resolve: {e}");
+            ApiError::BadGateway(format!("node {node}'s ingress address does not resolve"))
         })?
         .collect();
     resolved
@@ -185,8 +255,9 @@ async fn dialable(node: &str, address: &str) -> Result<SocketAddr, ApiError> {
         .copied()
         .find(|a| may_dial(a.ip()))
         .ok_or_else(|| {
+            tracing::warn!("node {node}'s ingress address {address} is not dialled");
             ApiError::BadGateway(format!(
-                "node {node}'s ingress address {address} is link-local, unspecified, multicast or broadcast: not dialled"
+                "node {node}'s ingress address is link-local, unspecified, multicast or broadcast: not dialled"
             ))
         })
 }

@@ -1,7 +1,8 @@
 //! `GET nodes/{name}/proxykey`: the cluster's proxy key, which every node's
 //! ingress signs the requests it proxies to another node with (and checks
 //! those it receives against). Made on first ask, then the same for every
-//! node and every control-plane process.
+//! node and every control-plane process. With it, the node's own API key
+//! (see `skiff_client::node_api`).
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
@@ -30,5 +31,13 @@ pub async fn get(
     let mut candidate = [0u8; PROXY_KEY_BYTES];
     getrandom::fill(&mut candidate).expect("the operating system's random source works");
     let key = state.store.cluster_secret(PROXY_KEY, &candidate).await?;
-    Ok(Json(json!({"node": node, "key": STANDARD.encode(key)})).into_response())
+    // The node's own API key goes with it: the one the control plane signs
+    // its requests to this node with, and no other node's.
+    let api_key = skiff_client::node_api::derive_node_key(&key, node);
+    Ok(Json(json!({
+        "node": node,
+        "key": STANDARD.encode(key),
+        "apiKey": STANDARD.encode(api_key),
+    }))
+    .into_response())
 }

@@ -39,32 +39,46 @@ fn may_read_all(principal: &Principal) -> bool {
     )
 }
 
-/// Every node's summary, asked at once; failures by node.
+/// Nodes asked at once for one request: a cluster of many nodes is asked
+/// in waves, not all at once.
+const FAN_OUT: usize = 16;
+
+/// Every node's summary (of `namespace`'s pods only, when given), asked
+/// [`FAN_OUT`] at a time; failures by node.
 async fn summaries(
     state: &AppState,
     nodes: impl IntoIterator<Item = String>,
+    namespace: Option<&str>,
 ) -> (Vec<NodeSummary>, Vec<Value>) {
-    let asks = nodes.into_iter().map(|node| async move {
-        let answer = state
-            .nodes
-            .get_bytes(
-                &state.store,
-                &node,
-                STATS_PATH,
-                MAX_SUMMARY_BYTES,
-                NODE_DEADLINE,
-            )
-            .await
-            .and_then(|body| {
-                serde_json::from_slice::<NodeSummary>(&body).map_err(|e| {
-                    ApiError::BadGateway(format!("node {node}: its summary is not one: {e}"))
-                })
-            });
-        (node, answer)
+    use futures::StreamExt as _;
+    // The node answers for that namespace alone: a tenant's question
+    // costs the node, and the control plane, that namespace's share.
+    let path = match namespace {
+        Some(ns) => format!("{STATS_PATH}?namespace={ns}"),
+        None => STATS_PATH.to_owned(),
+    };
+    let asks = nodes.into_iter().map(|node| {
+        let path = path.clone();
+        async move {
+            let answer = state
+                .nodes
+                .get_bytes(&state.store, &node, &path, MAX_SUMMARY_BYTES, NODE_DEADLINE)
+                .await
+                .and_then(|body| {
+                    serde_json::from_slice::<NodeSummary>(&body).map_err(|e| {
+                        ApiError::BadGateway(format!("node {node}: its summary is not one: {e}"))
+                    })
+                });
+            (node, answer)
+        }
     });
+    let answers: Vec<_> = futures::stream::iter(asks)
+        .buffer_unordered(FAN_OUT)
+        .collect()
+        .await;
     let mut found = Vec::new();
     let mut unavailable = Vec::new();
-    for (node, answer) in futures::future::join_all(asks).await {
+    for (node, answer) in answers {
         match answer {
             // A node speaks for itself only: a summary naming another is
             // taken as this node's.
@@ -104,7 +118,7 @@ pub async fn nodes(state: &AppState, principal: &Principal) -> Result<Response, 
             Some((name, node["status"]["allocatable"].clone()))
         })
         .collect();
-    let (found, unavailable) = summaries(state, allocatable.keys().cloned()).await;
+    let (found, unavailable) = summaries(state, allocatable.keys().cloned(), None).await;
     let mut items: Vec<Value> = found
         .into_iter()
         .map(|summary| {
@@ -188,7 +202,7 @@ pub async fn pods(
         );
         nodes.insert(node.to_owned(), ());
     }
-    let (found, unavailable) = summaries(state, nodes.into_keys()).await;
+    let (found, unavailable) = summaries(state, nodes.into_keys(), namespace).await;
     let mut items: Vec<Value> = found
         .iter()
         .flat_map(|summary| summary.pods.iter().map(move |pod| (summary, pod)))

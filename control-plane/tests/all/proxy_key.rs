@@ -35,8 +35,23 @@ async fn the_proxy_key_is_made_once_and_read_only_by_its_node_and_admins() {
         keys[0]
     );
 
+    // Each node's API key is its own: derived from the cluster's key and
+    // its name, never the cluster's key itself.
+    let n1_keys = client(&first, &n1).node_keys("n1").await.unwrap();
+    let n2_keys = client(&second, &n2).node_keys("n2").await.unwrap();
+    assert_eq!(n1_keys.proxy, keys[0]);
+    assert_eq!(n1_keys.api.len(), 32);
+    assert_ne!(n1_keys.api, n1_keys.proxy);
+    assert_ne!(n1_keys.api, n2_keys.api);
+    assert_eq!(
+        n1_keys.api,
+        skiff_client::node_api::derive_node_key(&keys[0], "n1")
+    );
+
     // Another node's key, or a tenant's look: refused.
     let refused = client(&first, &n1).proxy_key("n2").await.unwrap_err();
+    assert_eq!(refused.code(), Some(403), "{refused}");
+    let refused = client(&first, &n1).node_keys("n2").await.unwrap_err();
     assert_eq!(refused.code(), Some(403), "{refused}");
     assert_eq!(
         refused.to_string(),

@@ -16,6 +16,21 @@ use skiff_api::meta::{DeleteOptions, Preconditions};
 use skiff_api::tokens::{ServiceAccountToken, ServiceAccountTokenRequest, TokenInfo, TokenRequest};
 use skiff_api::{Kind, List, Status, WatchEvent};
 
+/// A node's keys, as [`Client::node_keys`] reads them.
+#[derive(Clone)]
+pub struct NodeKeys {
+    /// The cluster's key for requests between nodes.
+    pub proxy: Vec<u8>,
+    /// This node's key for the node API.
+    pub api: Vec<u8>,
+}
+
+impl std::fmt::Debug for NodeKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeKeys(..)")
+    }
+}
+
 /// Where the API is and how to reach it.
 #[derive(Debug, Clone, Default)]
 pub struct ClientConfig {
@@ -406,9 +421,9 @@ impl Client {
         let server = self.base.clone();
         let bytes = response.bytes_stream();
         Ok(lines(bytes).map(move |line| {
-            let line = line.map_err(|e| ClientError::Connect {
+            let line = line.map_err(|reason| ClientError::Connect {
                 server: server.clone(),
-                reason: e.to_string(),
+                reason,
             })?;
             serde_json::from_slice(&line)
                 .map_err(|e| ClientError::Protocol(format!("watch event: {e}")))
@@ -467,9 +482,9 @@ impl Client {
         }
         let server = self.base.clone();
         Ok(lines(response.bytes_stream()).map(move |line| {
-            line.map_err(|e| ClientError::Connect {
+            line.map_err(|reason| ClientError::Connect {
                 server: server.clone(),
-                reason: e.to_string(),
+                reason,
             })
         }))
     }
@@ -555,16 +570,31 @@ impl Client {
     /// requests it proxies to other nodes with. Only the token of node
     /// `node` (or a cluster admin's) may read it.
     pub async fn proxy_key(&self, node: &str) -> Result<Vec<u8>> {
+        Ok(self.node_keys(node).await?.proxy)
+    }
+
+    /// Node `node`'s keys: the cluster's proxy key and the node's own API
+    /// key ([`node_api`]). Only that node's token (or a cluster admin's)
+    /// may read them.
+    pub async fn node_keys(&self, node: &str) -> Result<NodeKeys> {
         use base64::Engine as _;
         #[derive(serde::Deserialize)]
-        struct ProxyKey {
+        #[serde(rename_all = "camelCase")]
+        struct Keys {
             key: String,
+            api_key: String,
         }
         let url = format!("{}/apis/skiff.dev/v1/nodes/{node}/proxykey", self.base);
-        let answer: ProxyKey = self.send(self.request(Method::GET, &url)).await?;
-        base64::engine::general_purpose::STANDARD
-            .decode(answer.key)
-            .map_err(|e| ClientError::Protocol(format!("proxy key: {e}")))
+        let answer: Keys = self.send(self.request(Method::GET, &url)).await?;
+        let decode = |what: &str, text: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| ClientError::Protocol(format!("{what}: {e}")))
+        };
+        Ok(NodeKeys {
+            proxy: decode("proxy key", &answer.key)?,
+            api: decode("node API key", &answer.api_key)?,
+        })
     }
 
     /// The OpenAPI document.
@@ -598,26 +628,40 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
 }
 
 /// Splits a byte stream into lines.
-fn lines<S, E>(bytes: S) -> impl Stream<Item = std::result::Result<Vec<u8>, E>>
+/// The lines of a streamed body (without their newlines); an error says
+/// why the stream broke, or that a line passed [`MAX_LINE_BYTES`].
+fn lines<S, E>(bytes: S) -> impl Stream<Item = std::result::Result<Vec<u8>, String>>
 where
     S: Stream<Item = std::result::Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
 {
+    // `scanned`: how much of the buffer is known to hold no newline, so a
+    // long line arriving in many chunks is scanned once, not once a chunk.
     futures::stream::unfold(
-        (bytes, Vec::new(), false),
-        |(mut bytes, mut buffer, mut done)| async move {
+        (bytes, Vec::new(), 0usize, false),
+        |(mut bytes, mut buffer, mut scanned, mut done)| async move {
             loop {
-                if let Some(at) = buffer.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buffer.drain(..=at).collect();
-                    return Some((Ok(line[..line.len() - 1].to_vec()), (bytes, buffer, done)));
+                if let Some(at) = buffer[scanned..].iter().position(|b| *b == b'\n') {
+                    let end = scanned + at;
+                    let rest = buffer.split_off(end + 1);
+                    let mut line = std::mem::replace(&mut buffer, rest);
+                    line.truncate(end);
+                    return Some((Ok(line), (bytes, buffer, 0, done)));
                 }
+                scanned = buffer.len();
                 if done {
                     return None;
+                }
+                if buffer.len() > MAX_LINE_BYTES {
+                    let error =
+                        format!("the server sent a line longer than {MAX_LINE_BYTES} bytes");
+                    return Some((Err(error), (bytes, Vec::new(), 0, true)));
                 }
                 match bytes.next().await {
                     Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
                     Some(Err(e)) => {
                         done = true;
-                        return Some((Err(e), (bytes, buffer, done)));
+                        return Some((Err(e.to_string()), (bytes, buffer, scanned, done)));
                     }
                     None => done = true,
                 }
@@ -626,13 +670,18 @@ where
     )
 }
 
+/// The longest line (a watch event, a log line) read from the server: far
+/// above any object or log record the API sends, so only a broken or
+/// hostile server reaches it, and the client's memory stays bounded.
+const MAX_LINE_BYTES: usize = 64 << 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn lines_are_split_across_chunks() {
-        let chunks: Vec<std::result::Result<bytes::Bytes, ()>> = vec![
+        let chunks: Vec<std::result::Result<bytes::Bytes, String>> = vec![
             Ok(bytes::Bytes::from_static(b"{\"a\":1}\n{\"b\"")),
             Ok(bytes::Bytes::from_static(b":2}\n")),
             Ok(bytes::Bytes::from_static(b"{\"c\":3}\n")),
@@ -643,6 +692,16 @@ mod tests {
             .map(|l| String::from_utf8(l.unwrap()).unwrap())
             .collect();
         assert_eq!(got, ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"]);
+    }
+
+    #[tokio::test]
+    async fn a_line_without_end_is_cut_off_not_buffered_forever() {
+        let chunk = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+        let endless = futures::stream::repeat(Ok::<_, String>(chunk));
+        let got: Vec<_> = lines(endless).take(2).collect().await;
+        assert_eq!(got.len(), 1, "the stream ends after the error");
+        let error = got[0].as_ref().unwrap_err();
+        assert!(error.contains("longer than"), "{error}");
     }
 
     #[test]

@@ -4,15 +4,18 @@
 //!
 //! A request goes to a node's ingress with the host `NODE.node` and a
 //! credential (`skiff-node-auth: <unix seconds>.<mac>`): an HMAC-SHA256,
-//! under the cluster's proxy key, of the time, the node's name, the method
-//! and the path with its query. So a credential opens one path on one node
+//! under the node's own API key, of the time, the node's name, the method
+//! and the path with its query. A node's API key is derived from the
+//! cluster's proxy key and its name ([`derive_node_key`]); the control
+//! plane derives any node's, a node is given only its own, so a node (or
+//! its stolen token) can forge requests to no other node. So a credential opens one path on one node
 //! for [`FRESHNESS`] either side of the node's clock, and nothing a tenant
 //! holds (a token, a pod's own credentials) makes one. The node answers
 //! with `skiff-node-reply`, an HMAC of the request's credential under the
 //! same key: the control plane relays an answer only when it carries one,
 //! so a Node object whose address was pointed at some other service (by a
 //! node's stolen token, say) never has that service's answers read back
-//! through the API.
+//! through the API: the service does not hold the key.
 //!
 //! The hop is plain HTTP, as the one between nodes: the credential keeps
 //! out everyone who cannot see traffic between control plane and nodes,
@@ -151,6 +154,15 @@ impl NodeApiKey {
             .and_then(decode_mac)
             .is_some_and(|tag| self.reply_mac(credential).verify_slice(&tag).is_ok())
     }
+}
+
+/// Node `node`'s API key: an HMAC of its name under the cluster's proxy
+/// key, so knowing one node's key tells nothing of another's.
+pub fn derive_node_key(cluster_key: &[u8], node: &str) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(cluster_key).expect("HMAC takes keys of any length");
+    mac.update(b"skiff-node-api-key-v1\n");
+    mac.update(node.as_bytes());
+    mac.finalize().into_bytes().into()
 }
 
 fn sensitive(text: String) -> HeaderValue {
@@ -374,6 +386,22 @@ mod tests {
         let under_another_key =
             NodeApiKey::new(&[8; 32]).verify(signed.as_bytes(), "n1", "GET", path, at(1_000_000));
         assert_eq!(under_another_key, Err(NodeAuthError::Mismatch));
+    }
+
+    #[test]
+    fn each_node_has_its_own_key() {
+        let cluster = [7; 32];
+        let n1 = derive_node_key(&cluster, "n1");
+        assert_eq!(n1, derive_node_key(&cluster, "n1"));
+        assert_ne!(n1, derive_node_key(&cluster, "n2"));
+        assert_ne!(n1, derive_node_key(&[8; 32], "n1"));
+        // A credential under n2's key does not open n1.
+        let forged =
+            NodeApiKey::new(&derive_node_key(&cluster, "n2")).sign("n1", "GET", "/stats", at(5));
+        assert_eq!(
+            NodeApiKey::new(&n1).verify(forged.as_bytes(), "n1", "GET", "/stats", at(5)),
+            Err(NodeAuthError::Mismatch)
+        );
     }
 
     #[test]

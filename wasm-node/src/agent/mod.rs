@@ -204,7 +204,7 @@ impl Agent {
             Some(c) => Some(c.version().await.map_err(|e| setup(&e))?),
             None => None,
         };
-        let proxy_key = fetch_proxy_key(&config).await?;
+        let keys = fetch_keys(&config).await?;
         let caller_key = CallerKey::random();
         let logs = Arc::new(crate::logs::NodeLogs::new(
             &config.data_dir,
@@ -212,13 +212,13 @@ impl Agent {
         ));
         let node_api = Arc::new(NodeApi::new(
             &config.name,
-            NodeApiKey::new(&proxy_key),
+            NodeApiKey::new(&keys.api),
             logs.clone(),
             &config.data_dir,
         ));
         let ingress = Ingress::new(IngressConfig {
             own_address: endpoint.clone(),
-            proxy_key: ProxyKey::new(&proxy_key),
+            proxy_key: ProxyKey::new(&keys.proxy),
             caller_key: caller_key.clone(),
             serve_cluster_hosts: config
                 .serve_cluster_hosts
@@ -608,9 +608,10 @@ async fn register(
 /// plane cannot answer (unreachable, or its database away).
 const PROXY_KEY_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Reads the cluster's proxy key, retrying (with backoff) while the control
-/// plane is unreachable or unavailable; a refusal ends the start at once.
-async fn fetch_proxy_key(config: &AgentConfig) -> Result<Vec<u8>, AgentError> {
+/// Reads the cluster's proxy key and this node's API key, retrying (with
+/// backoff) while the control plane is unreachable or unavailable; a
+/// refusal ends the start at once.
+async fn fetch_keys(config: &AgentConfig) -> Result<skiff_client::NodeKeys, AgentError> {
     let fail = |reason: String| AgentError::ProxyKey {
         name: config.name.clone(),
         reason,
@@ -618,12 +619,15 @@ async fn fetch_proxy_key(config: &AgentConfig) -> Result<Vec<u8>, AgentError> {
     let deadline = tokio::time::Instant::now() + PROXY_KEY_PATIENCE;
     let mut pause = Duration::from_millis(100);
     loop {
-        match config.client.proxy_key(&config.name).await {
-            Ok(key) if key.len() == PROXY_KEY_LEN => return Ok(key),
-            Ok(key) => {
+        match config.client.node_keys(&config.name).await {
+            Ok(keys) if keys.proxy.len() == PROXY_KEY_LEN && keys.api.len() == PROXY_KEY_LEN => {
+                return Ok(keys);
+            }
+            Ok(keys) => {
                 return Err(fail(format!(
-                    "the key has {} bytes, not {PROXY_KEY_LEN}",
-                    key.len()
+                    "the keys have {} and {} bytes, not {PROXY_KEY_LEN}",
+                    keys.proxy.len(),
+                    keys.api.len()
                 )));
             }
             Err(e) => {

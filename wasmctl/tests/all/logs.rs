@@ -242,4 +242,81 @@ fn logs_are_read_followed_and_kept_within_their_namespace() {
     for response in [&bare, &refused, &elsewhere] {
         assert!(!response.body.contains("tag"), "{}", response.body);
     }
+
+    // Each node holds an API key of its own: a credential made with it
+    // opens that node's API, while one made with another node's key, or
+    // with the cluster's proxy key every node holds, opens nothing.
+    let keys = |node: &str| {
+        let response = http_request(
+            plane,
+            &plane.to_string(),
+            &format!("/apis/skiff.dev/v1/nodes/{node}/proxykey"),
+            &[(
+                "authorization",
+                &format!("Bearer {}", cluster.cluster.token),
+            )],
+        )
+        .unwrap();
+        assert_eq!(response.status, 200, "{}", response.body);
+        let keys: Value = serde_json::from_str(&response.body).unwrap();
+        let decode = |field: &str| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(keys[field].as_str().unwrap())
+                .unwrap()
+        };
+        (decode("key"), decode("apiKey"))
+    };
+    let (cluster_key, own_key) = keys(node);
+    let (_, other_key) = keys(other_node);
+    let ask_with = |key: &[u8]| {
+        let credential = skiff_client::node_api::NodeApiKey::new(key).sign(
+            node,
+            "GET",
+            &path,
+            std::time::SystemTime::now(),
+        );
+        http_request(
+            printer_ingress,
+            &host,
+            &path,
+            &[("skiff-node-auth", credential.to_str().unwrap())],
+        )
+        .unwrap()
+    };
+    let opened = ask_with(&own_key);
+    assert_eq!(opened.status, 200, "{}", opened.body);
+    assert!(opened.body.contains("tag4 tail"), "{}", opened.body);
+    for key in [&other_key, &cluster_key] {
+        let refused = ask_with(key);
+        assert_eq!(refused.status, 403, "{}", refused.body);
+        assert!(!refused.body.contains("tag"), "{}", refused.body);
+    }
+
+    // One token holds at most 16 log streams through the API at once.
+    let follow = |token: &str| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(plane).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /apis/skiff.dev/v1/namespaces/default/pods/printer/log?follow=true&tailLines=0 HTTP/1.1\r\nHost: {plane}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        let status: u16 = String::from_utf8_lossy(&head[9..12]).parse().unwrap();
+        (stream, status)
+    };
+    let open: Vec<_> = (0..16).map(|_| follow(view.trim())).collect();
+    for (_, status) in &open {
+        assert_eq!(*status, 200);
+    }
+    let (_, refused) = follow(view.trim());
+    assert_eq!(refused, 429);
+    // Another token is not held back by this one's streams.
+    let (_, admin) = follow(&cluster.cluster.token);
+    assert_eq!(admin, 200);
 }

@@ -525,6 +525,32 @@ mod tests {
     }
 
     #[test]
+    fn routes_may_not_claim_the_clusters_own_hosts() {
+        let route = |host: &str| {
+            json!({
+                "apiVersion": "skiff.dev/v1", "kind": "Route",
+                "metadata": {"name": "r", "namespace": "shop"},
+                "spec": {"host": host, "service": "web"},
+            })
+        };
+        for host in ["n1.node", "*.node", "web.shop.pod", "*.svc", "api.shop.svc"] {
+            let got = error_of(Kind::Route, route(host));
+            assert!(
+                got.starts_with("spec.host: hosts under .") && got.contains("the cluster's own"),
+                "{host}: {got}"
+            );
+        }
+        for host in [
+            "shop.example.com",
+            "*.example.com",
+            "node.example.com",
+            "pod",
+        ] {
+            assert!(admit(Kind::Route, route(host)).is_ok(), "{host}");
+        }
+    }
+
+    #[test]
     fn names_labels_and_type_meta_are_checked() {
         let mut object = pod(json!({"image": "x"}));
         object["metadata"]["name"] = json!("Not_A_Label");

@@ -150,6 +150,9 @@ impl ServiceSpec {
     }
 }
 
+/// Last labels of the hosts a node's ingress answers itself.
+const RESERVED_HOST_SUFFIXES: [&str; 3] = ["pod", "svc", "node"];
+
 impl RouteSpec {
     pub fn set_defaults(&mut self) {
         if self.path.is_empty() {
@@ -163,6 +166,17 @@ impl RouteSpec {
             let host = self.host.strip_prefix("*.").unwrap_or(&self.host);
             if let Err(reason) = dns_subdomain(host) {
                 v.error("spec.host", reason);
+            } else if let Some((_, tld)) = self
+                .host
+                .rsplit_once('.')
+                .filter(|(_, tld)| RESERVED_HOST_SUFFIXES.contains(tld))
+            {
+                // Nodes answer these hosts themselves, before any Route
+                // is looked at: such a Route would never be served.
+                v.error(
+                    "spec.host",
+                    format!("hosts under .{tld} are the cluster's own (pods, Services, nodes)"),
+                );
             }
         }
         // Empty is defaulted to `/` after validation.
