@@ -57,6 +57,10 @@ impl Default for NodeProxy {
 
 impl NodeProxy {
     pub fn new() -> Self {
+        // reqwest is built without a default TLS provider: whichever part
+        // of the process builds a client first (in `wasmctl dev`, this one
+        // or the node's) must find it chosen.
+        crate::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()

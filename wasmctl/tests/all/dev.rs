@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use testkit::{spawn_logged, stable_port, wait_until};
 
-use crate::support::{example, http_request, path_str, stderr_of, stdout_of, temp_dir, wasmctl};
+use crate::support::{
+    example, http_request, path_str, stderr_of, stdout_of, temp_dir, test_guest, wasmctl,
+};
 
 struct Dev {
     data: std::path::PathBuf,
@@ -139,6 +141,74 @@ fn dev_runs_a_cluster_deploys_a_component_and_keeps_its_state() {
     let table = stdout_of(&nodes);
     let row = table.lines().nth(1).unwrap_or_default();
     assert!(row.starts_with("dev ") && row.contains("Ready"), "{table}");
+
+    // What a user looks at first works here too: logs, Events, describe,
+    // top and metrics.
+    let ok = |args: &[&str]| {
+        let output = dev.wasmctl(args);
+        assert!(output.status.success(), "{args:?}: {}", stderr_of(&output));
+        stdout_of(&output)
+    };
+    let image = format!("{}/misbehave:v1", dev.registry);
+    ok(&["push", path_str(&test_guest("misbehave")), &image]);
+    let manifest = dev.data.with_extension("printer.json");
+    std::fs::write(
+        &manifest,
+        serde_json::json!({
+            "apiVersion": "skiff.dev/v1", "kind": "Pod",
+            "metadata": {"name": "printer"},
+            "spec": {"image": image},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    ok(&["apply", "-f", path_str(&manifest)]);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            http_request(dev.ingress, "printer.default.pod.localhost", "/print?tag=dev", &[])
+                .is_ok_and(|r| r.status == 200)
+        }),
+        "the printer pod never answered"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || ok(&["logs", "printer"])
+            .contains("dev 0\ndev done\ndev tail\n")),
+        "{}",
+        ok(&["logs", "printer"])
+    );
+    // Events are written a moment after they happen.
+    let mut events = String::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            events = ok(&["get", "events", "--for", "pod/printer"]);
+            ["Scheduled", "Pulled", "Started"]
+                .iter()
+                .all(|reason| events.contains(reason))
+        }),
+        "{events}"
+    );
+    let described = ok(&["describe", "pod", "printer"]);
+    assert!(described.contains("Events:") && described.contains("Started"), "{described}");
+    let mut top = String::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            top = ok(&["top", "pods"]);
+            top.lines().any(|l| l.starts_with("printer ") && l.ends_with(" dev"))
+        }),
+        "{top}"
+    );
+    let nodes = ok(&["top", "nodes"]);
+    assert!(nodes.lines().any(|l| l.starts_with("dev ")), "{nodes}");
+    let metrics = http_request(
+        dev.api,
+        &dev.api.to_string(),
+        "/metrics",
+        &[("Authorization", &format!("Bearer {}", dev.admin_token()))],
+    )
+    .expect("the API answers");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.body.contains("skiff_api_requests_total"));
+    let _ = std::fs::remove_file(&manifest);
 
     // SIGTERM stops everything cleanly; started again on the same data, the
     // pod comes back without being deployed again.
