@@ -25,6 +25,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Register this machine as a node and run the pods bound to it.
+    // A flag given twice takes its last value, as a wrapper script that
+    // appends its own flags expects.
+    #[command(args_override_self = true)]
     Join(JoinArgs),
 }
 
