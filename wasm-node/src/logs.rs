@@ -32,11 +32,12 @@
 //! its rate ([`LogConfig::rate`], with a burst); the next line written
 //! afterwards is preceded by one stderr record saying how much was lost.
 //!
-//! Reading, for whoever serves logs: [`NodeLogs::get`] finds a live pod's
-//! [`PodLogs`]; [`PodLogs::read`] (or [`read_dir`] on the directory, for a
-//! pod without a live writer) returns records of the current or previous
-//! run, optionally the last `n` and those since a time; [`PodLogs::follow`]
-//! yields every chunk of records as it reaches the file.
+//! Reading, for whoever serves logs ([`read`]): [`NodeLogs::get`] finds a
+//! live pod's [`PodLogs`]; [`PodLogs::read`] (or [`read_dir`] on the
+//! directory, for a pod without a live writer) streams records of the
+//! current or previous run in bounded chunks, optionally the last `n` and
+//! those since a time; [`PodLogs::read_and_follow`] goes on with every
+//! record as it reaches the file, each once.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -54,6 +55,9 @@ use tokio::sync::{Notify, broadcast};
 
 pub use skiff_wasm::MAX_LINE;
 
+mod read;
+pub use read::{LogChunks, READ_CHUNK, ReadQuery, read_dir};
+
 /// A log file is rotated at this size by default (10 MiB), as kubelet's
 /// `containerLogMaxSize`.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 10 << 20;
@@ -67,6 +71,17 @@ pub const DEFAULT_BURST: u64 = 4 << 20;
 pub const PENDING_MAX: usize = 1 << 20;
 /// Chunks of records a follower may lag behind before it misses some.
 const FOLLOW_CHUNKS: usize = 256;
+/// How long a pod's writer lets lines gather once woken (10 ms): one
+/// write, one hop to a blocking thread and one chunk for followers for
+/// all of them, rather than a wake-up of the writer and of a thread per
+/// few lines (what capture cost a busy pod's requests most). Unseen by
+/// readers at human speed; explicit flushes (a run's end, a pipe's
+/// chunk) do not wait for it.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
+/// Pending bytes past which the writer stops gathering and writes at once
+/// (a quarter of [`PENDING_MAX`]), so that a burst is not dropped while
+/// the writer waits.
+const GATHER_MAX: usize = PENDING_MAX / 4;
 
 /// How much each pod may log, and keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +199,8 @@ struct Shared {
     pending: Mutex<Pending>,
     /// Wakes the writer task when something is pending.
     wake: Notify,
+    /// Cuts the writer's gathering short: the pending buffer is filling.
+    full: Notify,
     file: tokio::sync::Mutex<LogFile>,
     follow: broadcast::Sender<Bytes>,
 }
@@ -196,6 +213,8 @@ struct Pending {
     dropped: Dropped,
     /// Whether the writer was woken and has not taken the buffer yet.
     woken: bool,
+    /// The date of the latest record, formatted once a second.
+    stamp: Stamp,
 }
 
 impl Pending {
@@ -214,7 +233,7 @@ impl Pending {
             "[skiff: {} bytes of output dropped: {why}]",
             self.dropped.bytes
         );
-        format_record(
+        self.stamp.record(
             &mut self.buf,
             wall,
             LogStream::Stderr,
@@ -251,8 +270,10 @@ impl PodLogs {
                 limit: format!("{}/s", bytes(config.rate)),
                 dropped: Dropped::default(),
                 woken: false,
+                stamp: Stamp::default(),
             }),
             wake: Notify::new(),
+            full: Notify::new(),
             file: tokio::sync::Mutex::new(file),
             follow: broadcast::channel(FOLLOW_CHUNKS).0,
         });
@@ -310,33 +331,6 @@ impl PodLogs {
         self.writer.abort();
     }
 
-    /// Records of the current run or, with `previous`, of the run before
-    /// (an error `NotFound` when there was none), oldest first: those at
-    /// or after `since` when given, then the last `tail_lines` of them
-    /// when given. Records pending in memory are not included; follow to
-    /// get them as they are written.
-    pub async fn read(
-        &self,
-        previous: bool,
-        tail_lines: Option<usize>,
-        since: Option<SystemTime>,
-    ) -> std::io::Result<Vec<LogRecord>> {
-        // Held so that a rotation does not move the files mid-read.
-        let _file = self.shared.file.lock().await;
-        read_dir(&self.dir, previous, tail_lines, since).await
-    }
-
-    /// Every chunk of whole records (newline-terminated lines in the file
-    /// format, parse them with [`LogRecord::parse`]) as it is appended to
-    /// the current run's file. Subscribe before reading, so that nothing is
-    /// missed in between (the first chunks may repeat the read's last
-    /// records: compare times). A follower that falls behind by more than
-    /// 256 chunks gets [`broadcast::error::RecvError::Lagged`]; the
-    /// channel closes when the pod is gone.
-    pub fn follow(&self) -> broadcast::Receiver<Bytes> {
-        self.shared.follow.subscribe()
-    }
-
     fn append(&self, stream: LogStream, request: Option<&[u8]>, text: &[u8]) {
         let (now, wall) = (self.clock)();
         let request = request.filter(|id| is_request_id(id));
@@ -362,10 +356,17 @@ impl PodLogs {
             return;
         }
         pending.tell_dropped(wall);
-        format_record(&mut pending.buf, wall, stream, request, text);
+        let before = pending.buf.len();
+        pending
+            .stamp
+            .record(&mut pending.buf, wall, stream, request, text);
+        // The writer is woken once per batch, when the buffer stops being
+        // empty, and hurried once if the batch grows large meanwhile.
         if !pending.woken {
             pending.woken = true;
             self.shared.wake.notify_one();
+        } else if before < GATHER_MAX && pending.buf.len() >= GATHER_MAX {
+            self.shared.full.notify_one();
         }
     }
 }
@@ -416,6 +417,11 @@ impl Shared {
 async fn write_pending(shared: Arc<Shared>) {
     loop {
         shared.wake.notified().await;
+        // Let the batch gather (see `GATHER`), unless it grows large.
+        tokio::select! {
+            () = tokio::time::sleep(GATHER) => {}
+            () = shared.full.notified() => {}
+        }
         let mut file = shared.file.lock().await;
         if let Err(e) = shared.drain_into(&mut file, None).await {
             // A full disk: this batch is lost; the next may fit.
@@ -451,19 +457,80 @@ pub fn format_record(
     request: Option<&[u8]>,
     text: &[u8],
 ) {
-    let time = DateTime::<Utc>::from(time);
-    // Written field by field: no format string parsed per line.
-    let _ = write!(
-        buf,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z ",
-        time.year(),
-        time.month(),
-        time.day(),
-        time.hour(),
-        time.minute(),
-        time.second(),
-        time.nanosecond() % 1_000_000_000,
-    );
+    Stamp::default().record(buf, time, stream, request, text);
+}
+
+/// A record's time up to its second, `YYYY-MM-DDTHH:MM:SS.`, kept for the
+/// second it stands for: a pod's records are formatted with a copy of it
+/// and their nanoseconds, the calendar worked out once a second rather
+/// than per line.
+#[derive(Debug, Default)]
+struct Stamp {
+    /// Seconds since the epoch `date` is for.
+    second: Option<u64>,
+    date: Vec<u8>,
+}
+
+impl Stamp {
+    /// Appends one record (see [`format_record`]).
+    fn record(
+        &mut self,
+        buf: &mut Vec<u8>,
+        time: SystemTime,
+        stream: LogStream,
+        request: Option<&[u8]>,
+        text: &[u8],
+    ) {
+        self.time(buf, time);
+        finish_record(buf, stream, request, text);
+    }
+
+    /// Appends `time` as RFC 3339 in UTC with nanoseconds, and a space.
+    fn time(&mut self, buf: &mut Vec<u8>, time: SystemTime) {
+        let Ok(since) = time.duration_since(SystemTime::UNIX_EPOCH) else {
+            // Before 1970: a clock set wrong; formatted whole, not kept.
+            let time = DateTime::<Utc>::from(time);
+            let _ = write!(
+                buf,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z ",
+                time.year(),
+                time.month(),
+                time.day(),
+                time.hour(),
+                time.minute(),
+                time.second(),
+                time.nanosecond() % 1_000_000_000,
+            );
+            return;
+        };
+        if self.second != Some(since.as_secs()) {
+            let time = DateTime::<Utc>::from(time);
+            self.date.clear();
+            let _ = write!(
+                self.date,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+                time.year(),
+                time.month(),
+                time.day(),
+                time.hour(),
+                time.minute(),
+                time.second(),
+            );
+            self.second = Some(since.as_secs());
+        }
+        buf.extend_from_slice(&self.date);
+        let mut nanos = since.subsec_nanos();
+        let mut digits = *b"000000000Z ";
+        for digit in digits[..9].iter_mut().rev() {
+            *digit = b'0' + (nanos % 10) as u8;
+            nanos /= 10;
+        }
+        buf.extend_from_slice(&digits);
+    }
+}
+
+/// The rest of a record after its time.
+fn finish_record(buf: &mut Vec<u8>, stream: LogStream, request: Option<&[u8]>, text: &[u8]) {
     buf.extend_from_slice(stream.as_str().as_bytes());
     buf.push(b' ');
     buf.extend_from_slice(request.unwrap_or(b"-"));
@@ -508,37 +575,6 @@ impl LogRecord {
             text: fields.next()?.to_owned(),
         })
     }
-}
-
-/// Reads a pod's log directory (see [`PodLogs::read`]), whether or not a
-/// writer is live.
-pub async fn read_dir(
-    dir: &Path,
-    previous: bool,
-    tail_lines: Option<usize>,
-    since: Option<SystemTime>,
-) -> std::io::Result<Vec<LogRecord>> {
-    let path = dir.join(if previous { PREVIOUS } else { CURRENT });
-    let newer = tokio::fs::read(&path).await?;
-    let older = match tokio::fs::read(rotated(&path)).await {
-        Ok(older) => older,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    let mut records: Vec<LogRecord> = [older, newer]
-        .iter()
-        .flat_map(|bytes| {
-            String::from_utf8_lossy(bytes)
-                .lines()
-                .filter_map(LogRecord::parse)
-                .collect::<Vec<_>>()
-        })
-        .filter(|record| since.is_none_or(|since| record.time >= since))
-        .collect();
-    if let Some(tail) = tail_lines {
-        records.drain(..records.len().saturating_sub(tail));
-    }
-    Ok(records)
 }
 
 /// A token bucket: `rate` bytes a second, up to `burst` at once.
@@ -803,19 +839,22 @@ mod tests {
         let parsed: Vec<_> = followed.lines().filter_map(LogRecord::parse).collect();
         assert_eq!(parsed, records);
         // Reading: the tail, and since a time.
-        let tail = logs.read(false, Some(1), None).await.unwrap();
+        let tail = logs.records(false, Some(1), None).await.unwrap();
         assert_eq!(tail[0].text, "d");
-        let since = logs.read(false, None, Some(records[3].time)).await.unwrap();
+        let since = logs
+            .records(false, None, Some(records[3].time))
+            .await
+            .unwrap();
         assert_eq!(since.len(), 1);
         assert!(
-            logs.read(true, None, None).await.is_err(),
+            logs.records(true, None, None).await.is_err(),
             "no previous run"
         );
         // A drop at the end of a run is told when the run's output is
         // flushed, with no line after it.
         logs.line(LogStream::Stdout, None, &[b'e'; 200]);
         logs.flush().await;
-        let last = logs.read(false, Some(1), None).await.unwrap();
+        let last = logs.records(false, Some(1), None).await.unwrap();
         assert_eq!(
             last[0].text,
             "[skiff: 201 bytes of output dropped: the pod logs faster than 100/s]"
@@ -841,7 +880,7 @@ mod tests {
         logs.start_run().await.unwrap();
         let size = |name: &str| std::fs::metadata(logs.dir().join(name)).unwrap().len();
         assert!(size("previous.log") <= 200 && size("previous.log.1") <= 200);
-        let previous = logs.read(true, None, None).await.unwrap();
+        let previous = logs.records(true, None, None).await.unwrap();
         let texts: Vec<_> = previous.iter().map(|r| r.text.as_str()).collect();
         // Each record is 47 bytes: 4 to a file, whole.
         assert_eq!(
@@ -853,7 +892,7 @@ mod tests {
         logs.line(LogStream::Stderr, None, b"second run");
         logs.start_run().await.unwrap();
         // The older previous run is gone, its rotated part too.
-        let previous = logs.read(true, None, None).await.unwrap();
+        let previous = logs.records(true, None, None).await.unwrap();
         assert_eq!(previous.len(), 1);
         assert!(!logs.dir().join("previous.log.1").exists());
         logs.close().await;

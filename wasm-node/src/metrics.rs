@@ -17,7 +17,7 @@
 //! and hits and misses of the blob, compiled-code and layer caches.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -41,7 +41,57 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 type PodName = (String, String);
 
 /// The ingress's pods, as the collector reads them at a scrape.
-pub(crate) type ServedPods = RwLock<HashMap<PodName, (String, Backend)>>;
+pub(crate) type ServedPods = RwLock<HashMap<PodName, Served>>;
+
+/// One pod the ingress serves: the uid of the pod that added it, what
+/// serves it, and its metric handles.
+pub(crate) struct Served {
+    pub(crate) uid: String,
+    pub(crate) backend: Backend,
+    pub(crate) metrics: Arc<PodMetrics>,
+}
+
+impl Served {
+    pub(crate) fn new(pod: &PodName, uid: &str, backend: Backend) -> Self {
+        Self {
+            uid: uid.to_owned(),
+            backend,
+            metrics: Arc::new(PodMetrics::new(pod)),
+        }
+    }
+}
+
+/// Status classes, in the order of [`PodMetrics::requests`].
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One served pod's series, resolved once: a request then only adds to
+/// atomics, with no label hashed, allocated or looked up. Each handle is
+/// taken from its family the first time it is needed (so a series appears
+/// with its first count, as before), under the pods' read lock and only
+/// while this very entry is served (see [`Metrics::while_served`]).
+/// [`Metrics::forget`] removes the series from their families: handles
+/// still held by requests in flight then count into series no longer
+/// exported, and nothing brings the series back.
+pub(crate) struct PodMetrics {
+    labels: PodLabels,
+    in_flight: OnceLock<Gauge>,
+    latency: OnceLock<Histogram>,
+    requests: [OnceLock<Counter>; 5],
+}
+
+impl PodMetrics {
+    fn new((namespace, pod): &PodName) -> Self {
+        Self {
+            labels: PodLabels {
+                namespace: namespace.clone(),
+                pod: pod.clone(),
+            },
+            in_flight: OnceLock::new(),
+            latency: OnceLock::new(),
+            requests: Default::default(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PodLabels {
@@ -168,49 +218,73 @@ impl Metrics {
         *self.node.write().expect("node metrics lock") = Some(source);
     }
 
-    /// Runs `count` if pod `pod` is served now (by `uid`, when given),
-    /// under the pods' lock: [`Metrics::forget`] runs under its write lock
-    /// (see `LocalPods::remove`), so a count never brings back the series
-    /// of a pod just forgotten. Gives the uid served.
-    fn while_served(
-        &self,
-        pod: &PodName,
-        uid: Option<&str>,
-        count: impl FnOnce(),
-    ) -> Option<String> {
+    /// Runs `count` if `pod`'s entry is served now, under the pods' lock:
+    /// [`Metrics::forget`] runs under its write lock (see
+    /// `LocalPods::remove`), so a series taken here is never one of a pod
+    /// just forgotten. Only the first count of each series of a pod comes
+    /// here; the rest go straight to its handles.
+    fn while_served<T>(&self, pod: &Arc<PodMetrics>, count: impl FnOnce() -> T) -> Option<T> {
         let pods = self.pods.upgrade()?;
         let pods = pods.read().expect("routes lock");
-        let (served, _) = pods.get(pod)?;
-        if uid.is_some_and(|uid| uid != served) {
-            return None;
+        let served = pods.get(&(pod.labels.namespace.clone(), pod.labels.pod.clone()))?;
+        Arc::ptr_eq(&served.metrics, pod).then(count)
+    }
+
+    /// The handle in `slot`, taken from `family` (by `labels`) the first
+    /// time, if the pod is still served then.
+    fn resolve<'p, S, M, C>(
+        &self,
+        pod: &'p Arc<PodMetrics>,
+        slot: &'p OnceLock<M>,
+        family: &Family<S, M, C>,
+        labels: impl FnOnce() -> S,
+    ) -> Option<&'p M>
+    where
+        S: Clone + std::hash::Hash + Eq,
+        M: Clone,
+        C: prometheus_client::metrics::family::MetricConstructor<M>,
+    {
+        if let Some(handle) = slot.get() {
+            return Some(handle);
         }
-        count();
-        Some(served.clone())
+        self.while_served(pod, || {
+            slot.get_or_init(|| family.get_or_create(&labels()).clone())
+        })
     }
 
     /// A request reached pod `pod`: counted in flight until the returned
     /// guard is given its answer's status. A pod no longer served counts
-    /// nothing.
+    /// nothing. (The ingress takes the handles with the backend instead:
+    /// [`Metrics::request_to`].)
+    #[cfg(test)]
     pub(crate) fn request(&self, name: &PodName) -> RequestTimer<'_> {
-        let labels = PodLabels {
-            namespace: name.0.clone(),
-            pod: name.1.clone(),
-        };
-        let uid = self.while_served(name, None, || {
-            self.in_flight.get_or_create(&labels).inc();
+        let pod = self.pods.upgrade().and_then(|pods| {
+            let pods = pods.read().expect("routes lock");
+            pods.get(name).map(|served| served.metrics.clone())
+        });
+        self.request_to(pod)
+    }
+
+    /// [`Metrics::request`] for a pod whose handles the caller took with
+    /// its backend (`None`: no pod served, nothing counted).
+    pub(crate) fn request_to(&self, pod: Option<Arc<PodMetrics>>) -> RequestTimer<'_> {
+        let started = std::time::Instant::now();
+        let pod = pod.and_then(|pod| {
+            let gauge =
+                self.resolve(&pod, &pod.in_flight, &self.in_flight, || pod.labels.clone())?;
+            gauge.inc();
+            Some(pod)
         });
         RequestTimer {
             metrics: self,
-            pod: name.clone(),
-            labels,
-            uid,
-            started: std::time::Instant::now(),
+            pod,
+            started,
         }
     }
 
     /// Requests pod `pod` has answered so far (every status class).
     pub(crate) fn requests_answered(&self, (namespace, pod): &PodName) -> u64 {
-        ["1xx", "2xx", "3xx", "4xx", "5xx"]
+        CLASSES
             .into_iter()
             .filter_map(|class| {
                 self.requests
@@ -224,24 +298,28 @@ impl Metrics {
             .sum()
     }
 
-    fn answered(&self, labels: &PodLabels, status: StatusCode, elapsed: Duration) {
+    fn answered(&self, pod: &Arc<PodMetrics>, status: StatusCode, elapsed: Duration) {
         let class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
         };
-        self.requests
-            .get_or_create(&RequestLabels {
-                namespace: labels.namespace.clone(),
-                pod: labels.pod.clone(),
-                class,
-            })
-            .inc();
-        self.latency
-            .get_or_create(labels)
-            .observe(elapsed.as_secs_f64());
+        let requests = self.resolve(pod, &pod.requests[class], &self.requests, || {
+            RequestLabels {
+                namespace: pod.labels.namespace.clone(),
+                pod: pod.labels.pod.clone(),
+                class: CLASSES[class],
+            }
+        });
+        if let Some(counter) = requests {
+            counter.inc();
+        }
+        let latency = self.resolve(pod, &pod.latency, &self.latency, || pod.labels.clone());
+        if let Some(histogram) = latency {
+            histogram.observe(elapsed.as_secs_f64());
+        }
     }
 
     /// Forgets a pod's series: it is no longer served here.
@@ -252,7 +330,7 @@ impl Metrics {
         };
         self.latency.remove(&labels);
         self.in_flight.remove(&labels);
-        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+        for class in CLASSES {
             self.requests.remove(&RequestLabels {
                 namespace: labels.namespace.clone(),
                 pod: labels.pod.clone(),
@@ -267,36 +345,30 @@ impl Metrics {
 /// counted as answered).
 pub(crate) struct RequestTimer<'a> {
     metrics: &'a Metrics,
-    pod: PodName,
-    labels: PodLabels,
-    /// The pod served when the request arrived; `None` counts nothing.
-    uid: Option<String>,
+    /// The pod served when the request arrived, its in-flight gauge
+    /// raised; `None` counts nothing.
+    pod: Option<Arc<PodMetrics>>,
     started: std::time::Instant,
 }
 
 impl RequestTimer<'_> {
     pub(crate) fn answered(self, status: StatusCode) {
-        let Some(uid) = &self.uid else { return };
-        // Only while the same pod is served: one forgotten (or replaced
-        // by a pod of the same name) meanwhile gets no series back.
-        self.metrics.while_served(&self.pod, Some(uid), || {
-            self.metrics
-                .answered(&self.labels, status, self.started.elapsed());
-        });
+        let Some(pod) = &self.pod else { return };
+        // Into this pod's series only: one forgotten (or replaced by a pod
+        // of the same name) meanwhile keeps them unexported, and a series
+        // not yet taken is taken only while the same pod is served.
+        self.metrics.answered(pod, status, self.started.elapsed());
     }
 }
 
 impl Drop for RequestTimer<'_> {
     fn drop(&mut self) {
-        let Some(uid) = &self.uid else { return };
-        // `get` rather than `get_or_create`, and only for the same pod: a
-        // pod forgotten meanwhile keeps no series, and a newer pod of the
-        // name keeps its own count.
-        self.metrics.while_served(&self.pod, Some(uid), || {
-            if let Some(gauge) = self.metrics.in_flight.get(&self.labels) {
-                gauge.dec();
-            }
-        });
+        // The gauge raised, whatever became of the pod since: a forgotten
+        // pod's is no longer exported, and a newer pod of the name has a
+        // gauge of its own.
+        if let Some(gauge) = self.pod.as_ref().and_then(|pod| pod.in_flight.get()) {
+            gauge.dec();
+        }
     }
 }
 
@@ -316,8 +388,8 @@ impl Collector for Instances {
         let mut stats: Vec<(PodLabels, InstanceStats)> = Vec::new();
         let mut running = 0;
         if let Some(pods) = self.pods.upgrade() {
-            for ((namespace, pod), (_, backend)) in pods.read().expect("routes lock").iter() {
-                if let Backend::Wasm(app) = backend {
+            for ((namespace, pod), served) in pods.read().expect("routes lock").iter() {
+                if let Backend::Wasm(app) = &served.backend {
                     running += app.in_flight();
                     let labels = PodLabels {
                         namespace: namespace.clone(),
@@ -467,8 +539,8 @@ mod tests {
     fn served(uid: &str) -> Arc<ServedPods> {
         let pods: Arc<ServedPods> = Arc::default();
         pods.write().unwrap().insert(
-            ("shop".into(), "web".into()),
-            (uid.into(), Backend::Process(([127, 0, 0, 1], 1).into())),
+            pod(),
+            Served::new(&pod(), uid, Backend::Process(([127, 0, 0, 1], 1).into())),
         );
         pods
     }
@@ -513,7 +585,7 @@ mod tests {
         // A new pod of the same name takes the route (`LocalPods::add`).
         pods.write().unwrap().insert(
             pod(),
-            ("u2".into(), Backend::Process(([127, 0, 0, 1], 2).into())),
+            Served::new(&pod(), "u2", Backend::Process(([127, 0, 0, 1], 2).into())),
         );
         metrics.forget(&pod());
         let new = metrics.request(&pod());

@@ -40,6 +40,9 @@ pub struct LogsArgs {
     /// The run before the last restart.
     #[arg(short, long)]
     previous: bool,
+    /// End each pod's output after this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    limit_bytes: Option<u64>,
     /// Begin each line with its time (RFC 3339).
     #[arg(long)]
     timestamps: bool,
@@ -213,6 +216,9 @@ fn options(args: &LogsArgs) -> Result<LogOptions> {
         )
         .into());
     }
+    if args.limit_bytes == Some(0) {
+        return Err(BadInput("--limit-bytes: must be at least 1".into()).into());
+    }
     if args.max_log_requests == 0 {
         return Err(BadInput("--max-log-requests: must be at least 1".into()).into());
     }
@@ -223,6 +229,7 @@ fn options(args: &LogsArgs) -> Result<LogOptions> {
         previous: args.previous,
         timestamps: args.timestamps,
         request_ids: args.request_ids,
+        limit_bytes: args.limit_bytes,
     })
 }
 

@@ -1,6 +1,6 @@
 //! `GET namespaces/{ns}/pods/{name}/log`: a pod's output, read from its
 //! node through the node API, in Kubernetes' shape (`follow`,
-//! `tailLines`, `sinceSeconds`, `previous`, `timestamps`; and Skiff's
+//! `tailLines`, `sinceSeconds`, `previous`, `timestamps`, `limitBytes`; and Skiff's
 //! `requestIds`, which begins each line with the request or trace it
 //! belongs to).
 //!
@@ -44,11 +44,17 @@ pub async fn get(
         !IGNORED_PARAMS.contains(&name.as_str())
             && !matches!(
                 name.as_str(),
-                "follow" | "tailLines" | "sinceSeconds" | "previous" | "timestamps" | "requestIds"
+                "follow"
+                    | "tailLines"
+                    | "sinceSeconds"
+                    | "previous"
+                    | "timestamps"
+                    | "requestIds"
+                    | "limitBytes"
             )
     }) {
         return Err(ApiError::BadRequest(format!(
-            "query parameter {}: not known for logs (follow, tailLines, sinceSeconds, previous, timestamps, requestIds are)",
+            "query parameter {}: not known for logs (follow, tailLines, sinceSeconds, previous, timestamps, requestIds, limitBytes are)",
             unknown.escape_default()
         )));
     }

@@ -112,7 +112,8 @@ async fn logs_are_read_within_the_namespace_and_relayed_only_from_nodes() {
         ("sinceSeconds=0", "sinceSeconds"),
         ("follow=maybe", "follow"),
         ("follow=true&previous=true", "previous"),
-        ("limitBytes=10", "limitBytes"),
+        ("limitBytes=0", "limitBytes"),
+        ("container=web&since=1", "since"),
     ] {
         let (status, body) = get(&format!("web/log?{query}"), Some(&view)).await;
         assert_eq!(status, 400, "{query}: {body}");

@@ -226,6 +226,8 @@ pub struct LogOptions {
     /// Begin each line with the request (or trace) it belongs to, `-` for
     /// none.
     pub request_ids: bool,
+    /// End the answer after this many bytes (maybe within a line).
+    pub limit_bytes: Option<u64>,
 }
 
 /// Longest `tailLines` or `sinceSeconds` taken: far beyond what a file
@@ -251,6 +253,9 @@ impl LogOptions {
         }
         if let Some(s) = self.since_seconds {
             pairs.push(format!("sinceSeconds={s}"));
+        }
+        if let Some(n) = self.limit_bytes {
+            pairs.push(format!("limitBytes={n}"));
         }
         pairs.join("&")
     }
@@ -291,6 +296,13 @@ impl LogOptions {
                 "timestamps" => options.timestamps = flag()?,
                 "requestIds" => options.request_ids = flag()?,
                 "tailLines" => options.tail_lines = Some(count()?),
+                "limitBytes" => {
+                    let n = count()?;
+                    if n == 0 {
+                        return Err(format!("query parameter {name}: must be at least 1"));
+                    }
+                    options.limit_bytes = Some(n);
+                }
                 "sinceSeconds" => {
                     let n = count()?;
                     if n == 0 {
@@ -454,6 +466,7 @@ mod tests {
             previous: false,
             timestamps: true,
             request_ids: true,
+            limit_bytes: Some(4096),
         };
         let query = options.to_query();
         let parsed = LogOptions::from_params(query.split('&').map(|p| p.split_once('=').unwrap()));
@@ -463,6 +476,7 @@ mod tests {
             (vec![("tailLines", "-1")], "tailLines"),
             (vec![("tailLines", "ten")], "tailLines"),
             (vec![("sinceSeconds", "0")], "sinceSeconds"),
+            (vec![("limitBytes", "0")], "limitBytes"),
             (vec![("sinceSeconds", "99999999999999999")], "sinceSeconds"),
             (vec![("follow", "yes")], "follow"),
             (vec![("follow", "true"), ("previous", "true")], "previous"),

@@ -56,7 +56,7 @@ use hyper_util::rt::TokioExecutor;
 use outgoing::{ClientBody, Outgoing};
 use skiff_api::kinds::service::{Endpoint, RouteSpec, ServiceSpec};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PodMetrics, Served};
 pub use crate::runtimes::Backend;
 pub use credentials::{CallerKey, PROXY_KEY_LEN, ProxyAuthError, ProxyKey, SignedCache};
 pub use serve::serve;
@@ -95,13 +95,19 @@ impl LocalPods {
     /// Serves pod `uid` under its name, in place of any earlier pod of that
     /// name.
     pub fn add(&self, pod: PodName, uid: &str, backend: Backend) {
-        let earlier = self
-            .pods
-            .write()
-            .expect("routes lock")
-            .insert(pod.clone(), (uid.to_owned(), backend));
-        if earlier.is_some_and(|(earlier, _)| earlier != uid) {
-            self.metrics.forget(&pod);
+        let mut pods = self.pods.write().expect("routes lock");
+        match pods.get_mut(&pod) {
+            // The same pod again: its series (and handles) go on.
+            Some(earlier) if earlier.uid == uid => earlier.backend = backend,
+            earlier => {
+                // Forgotten under the write lock, before the new pod's first
+                // request can take a handle on a series about to go.
+                if earlier.is_some() {
+                    self.metrics.forget(&pod);
+                }
+                let served = Served::new(&pod, uid, backend);
+                pods.insert(pod, served);
+            }
         }
     }
 
@@ -111,9 +117,9 @@ impl LocalPods {
     pub fn remove(&self, pod: &PodName, uid: &str) -> Option<Backend> {
         let mut pods = self.pods.write().expect("routes lock");
         match pods.get(pod) {
-            Some((owner, _)) if owner == uid => {
+            Some(served) if served.uid == uid => {
                 self.metrics.forget(pod);
-                pods.remove(pod).map(|(_, backend)| backend)
+                pods.remove(pod).map(|served| served.backend)
             }
             _ => None,
         }
@@ -126,7 +132,14 @@ impl LocalPods {
 
     pub fn get(&self, pod: &PodName) -> Option<Backend> {
         let pods = self.pods.read().expect("routes lock");
-        pods.get(pod).map(|(_, backend)| backend.clone())
+        pods.get(pod).map(|served| served.backend.clone())
+    }
+
+    /// The pod's backend and its metric handles, in one look-up.
+    fn get_served(&self, pod: &PodName) -> Option<(Backend, Arc<PodMetrics>)> {
+        let pods = self.pods.read().expect("routes lock");
+        pods.get(pod)
+            .map(|served| (served.backend.clone(), served.metrics.clone()))
     }
 
     pub fn len(&self) -> usize {
@@ -254,7 +267,9 @@ pub struct IngressConfig {
 pub struct Ingress {
     pub pods: LocalPods,
     table: Arc<RwLock<Table>>,
-    client: Client<HttpConnector, ClientBody>,
+    /// Behind one `Arc`: the ingress is cloned per connection (and per
+    /// request by some callers), and the client is many `Arc`s inside.
+    client: Arc<Client<HttpConnector, ClientBody>>,
     config: Arc<IngressConfig>,
     /// What `NODE.node` hosts serve to the control plane, once set.
     node_api: Option<Arc<node_api::NodeApi>>,
@@ -306,10 +321,12 @@ impl Ingress {
             // Pooled connections to other nodes are let go before the
             // other side's idle deadline (`--listen-header-timeout`, 30s
             // by default) could close one under a request being sent.
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                .pool_timer(hyper_util::rt::TokioTimer::new())
-                .build(connector),
+            client: Arc::new(
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .pool_timer(hyper_util::rt::TokioTimer::new())
+                    .build(connector),
+            ),
             config: Arc::new(config),
             node_api: None,
         }
@@ -479,9 +496,7 @@ impl Ingress {
                 ),
             };
         }
-        request
-            .headers_mut()
-            .remove(skiff_client::node_api::NODE_AUTH_HEADER);
+        request.headers_mut().remove(NODE_AUTH);
         let target = HostTarget::of(&host);
         let caller = match self.caller(&target, request.headers(), SystemTime::now) {
             Ok(caller) => caller,
@@ -499,8 +514,8 @@ impl Ingress {
             );
         }
         match target {
-            HostTarget::Pod(pod) => match self.pods.get(&pod) {
-                Some(backend) => self.serve_local(&pod, backend, request).await,
+            HostTarget::Pod(pod) => match self.pods.get_served(&pod) {
+                Some(served) => self.serve_local(served, request).await,
                 None => {
                     let mut response = text_response(
                         StatusCode::NOT_FOUND,
@@ -578,15 +593,14 @@ impl Ingress {
     /// the pod was missing: that would have its request sent again.
     async fn serve_local<B>(
         &self,
-        pod: &PodName,
-        backend: Backend,
+        (backend, pod): (Backend, Arc<PodMetrics>),
         request: http::Request<B>,
     ) -> http::Response<HttpBody>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let timer = self.pods.metrics.request(pod);
+        let timer = self.pods.metrics.request_to(Some(pod));
         let mut response = match backend {
             Backend::Wasm(app) => app.handle(request).await,
             Backend::Process(addr) => {
@@ -670,11 +684,9 @@ impl Ingress {
             let _in_flight = InFlight::enter(&backend.outstanding);
             let endpoint = &backend.endpoint;
             if endpoint.address == self.config.own_address {
-                match self.pods.get(&backend.pod) {
+                match self.pods.get_served(&backend.pod) {
                     Some(local) => {
-                        return self
-                            .serve_local(&backend.pod, local, rebuild(&parts, attempt))
-                            .await;
+                        return self.serve_local(local, rebuild(&parts, attempt)).await;
                     }
                     None => continue,
                 }
@@ -824,23 +836,34 @@ fn admits(spec: Option<&ServiceSpec>, namespace: &str, caller: &str) -> bool {
 /// ingress keeps both the trace id and the id the first one gave.
 fn ensure_request_id(headers: &mut http::HeaderMap) {
     let trace = skiff_wasm::trace::continue_or_start(headers);
-    let mut ids = headers.get_all(skiff_wasm::REQUEST_ID).iter();
+    let mut ids = headers.get_all(&REQUEST_ID).iter();
     let valid = match (ids.next(), ids.next()) {
         (Some(id), None) => crate::logs::is_request_id(id.as_bytes()),
         _ => false,
     };
     if !valid {
         headers.insert(
-            skiff_wasm::REQUEST_ID,
+            REQUEST_ID,
             http::HeaderValue::from_bytes(&trace.trace_id())
                 .expect("hex digits are a header value"),
         );
     }
 }
 
+/// The headers every request is cleared of, parsed once rather than per
+/// request.
+const NODE_AUTH: http::HeaderName =
+    http::HeaderName::from_static(skiff_client::node_api::NODE_AUTH_HEADER);
+const INTERNAL: [http::HeaderName; INTERNAL_HEADERS.len()] = [
+    http::HeaderName::from_static(INTERNAL_HEADERS[0]),
+    http::HeaderName::from_static(INTERNAL_HEADERS[1]),
+    http::HeaderName::from_static(INTERNAL_HEADERS[2]),
+];
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(skiff_wasm::REQUEST_ID);
+
 /// Removes every internal header, whatever its case or count.
 fn strip_internal(headers: &mut http::HeaderMap) {
-    for name in INTERNAL_HEADERS {
+    for name in &INTERNAL {
         headers.remove(name);
     }
 }

@@ -165,8 +165,13 @@ fn dev_runs_a_cluster_deploys_a_component_and_keeps_its_state() {
     ok(&["apply", "-f", path_str(&manifest)]);
     assert!(
         wait_until(Duration::from_secs(60), || {
-            http_request(dev.ingress, "printer.default.pod.localhost", "/print?tag=dev", &[])
-                .is_ok_and(|r| r.status == 200)
+            http_request(
+                dev.ingress,
+                "printer.default.pod.localhost",
+                "/print?tag=dev",
+                &[],
+            )
+            .is_ok_and(|r| r.status == 200)
         }),
         "the printer pod never answered"
     );
@@ -188,12 +193,16 @@ fn dev_runs_a_cluster_deploys_a_component_and_keeps_its_state() {
         "{events}"
     );
     let described = ok(&["describe", "pod", "printer"]);
-    assert!(described.contains("Events:") && described.contains("Started"), "{described}");
+    assert!(
+        described.contains("Events:") && described.contains("Started"),
+        "{described}"
+    );
     let mut top = String::new();
     assert!(
         wait_until(Duration::from_secs(60), || {
             top = ok(&["top", "pods"]);
-            top.lines().any(|l| l.starts_with("printer ") && l.ends_with(" dev"))
+            top.lines()
+                .any(|l| l.starts_with("printer ") && l.ends_with(" dev"))
         }),
         "{top}"
     );
