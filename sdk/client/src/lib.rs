@@ -407,24 +407,11 @@ impl Client {
         if let Some(t) = options.timeout {
             query.push(("timeoutSeconds", t.as_secs().max(1).to_string()));
         }
-        let response = self
+        let request = self
             .request(Method::GET, &self.url(kind, namespace, None, false))
-            .query(&query)
-            .send()
-            .await
-            .map_err(|e| self.connect_error(e))?;
-        let status = response.status();
-        if !status.is_success() {
-            let bytes = response.bytes().await.unwrap_or_default();
-            return Err(api_error(status, &bytes));
-        }
-        let server = self.base.clone();
-        let bytes = response.bytes_stream();
-        Ok(lines(bytes).map(move |line| {
-            let line = line.map_err(|reason| ClientError::Connect {
-                server: server.clone(),
-                reason,
-            })?;
+            .query(&query);
+        Ok(self.line_stream(request).await?.map(move |line| {
+            let line = line?;
             serde_json::from_slice(&line)
                 .map_err(|e| ClientError::Protocol(format!("watch event: {e}")))
         }))
@@ -470,11 +457,17 @@ impl Client {
             url.push('?');
             url.push_str(&query);
         }
-        let response = self
-            .request(Method::GET, &url)
-            .send()
-            .await
-            .map_err(|e| self.connect_error(e))?;
+        self.line_stream(self.request(Method::GET, &url)).await
+    }
+
+    /// Sends `request` and, when it succeeds, streams its body's lines (a
+    /// watch's events, a log's lines); a broken stream is a `Connect`
+    /// error naming the server.
+    async fn line_stream(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<impl Stream<Item = Result<Vec<u8>>> + use<>> {
+        let response = request.send().await.map_err(|e| self.connect_error(e))?;
         let status = response.status();
         if !status.is_success() {
             let bytes = response.bytes().await.unwrap_or_default();

@@ -171,7 +171,9 @@ fn sensitive(text: String) -> HeaderValue {
     value
 }
 
-fn decode_mac(text: &str) -> Option<[u8; 32]> {
+/// An HMAC-SHA256 in URL-safe base64 without padding, decoded on the
+/// stack; None unless it is exactly that.
+pub fn decode_mac(text: &str) -> Option<[u8; 32]> {
     if text.len() != MAC_TEXT_LEN {
         return None;
     }
@@ -182,7 +184,8 @@ fn decode_mac(text: &str) -> Option<[u8; 32]> {
     }
 }
 
-fn unix_seconds(at: SystemTime) -> u64 {
+/// Whole seconds since the Unix epoch (0 before it).
+pub fn unix_seconds(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 

@@ -36,13 +36,15 @@
 //! and a formatted header.
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use http::HeaderValue;
 use sha2::Sha256;
+
+use skiff_client::node_api::{decode_mac, unix_seconds};
 
 use super::PodName;
 
@@ -53,9 +55,6 @@ pub const FRESHNESS: Duration = Duration::from_secs(30);
 
 /// Length of the cluster's proxy key, in bytes.
 pub const PROXY_KEY_LEN: usize = 32;
-
-/// Length of an HMAC-SHA256 in URL-safe base64 without padding.
-const MAC_TEXT_LEN: usize = 43;
 
 /// Why a proxy credential was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -221,22 +220,6 @@ impl CallerKey {
     }
 }
 
-/// A MAC in URL-safe base64, decoded on the stack.
-fn decode_mac(text: &str) -> Option<[u8; 32]> {
-    if text.len() != MAC_TEXT_LEN {
-        return None;
-    }
-    let mut tag = [0u8; 32];
-    match URL_SAFE_NO_PAD.decode_slice(text, &mut tag) {
-        Ok(32) => Some(tag),
-        _ => None,
-    }
-}
-
-fn unix_seconds(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// `n` in decimal, written into `buffer`.
 fn decimal(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
     let mut at = buffer.len();
@@ -252,6 +235,8 @@ fn decimal(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     fn pod(namespace: &str, name: &str) -> PodName {
@@ -349,7 +334,8 @@ mod tests {
     fn malformed_proxy_credentials_are_refused() {
         let key = ProxyKey::new(&[7; PROXY_KEY_LEN]);
         let web = pod("shop", "web");
-        let tag = "A".repeat(MAC_TEXT_LEN);
+        // A MAC's length in URL-safe base64, of the wrong bytes.
+        let tag = "A".repeat(43);
         for credential in [
             String::new(),
             "forged".into(),

@@ -49,6 +49,15 @@ impl Cluster {
         cluster
     }
 
+    /// The control plane's listening address (its URL is plain HTTP).
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        self.plane
+            .url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the control plane's address")
+    }
+
     pub fn wasmctl(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wasmctl"));
         command

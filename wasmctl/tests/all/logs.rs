@@ -178,13 +178,7 @@ fn logs_are_read_followed_and_kept_within_their_namespace() {
     // Another namespace's token is refused; a view token of the pod's
     // namespace reads.
     cluster.cluster.ok(&["create", "namespace", "other"]);
-    let plane: SocketAddr = cluster
-        .cluster
-        .plane
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
+    let plane = cluster.cluster.api_addr();
     let read_as = |token: &str| {
         http_request(
             plane,

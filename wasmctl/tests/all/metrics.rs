@@ -138,13 +138,7 @@ fn prometheus_counts_a_pods_requests_from_the_nodes_metrics() {
         node_text.body
     );
     promtool_check("node", &node_text.body);
-    let plane: SocketAddr = cluster
-        .cluster
-        .plane
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the control plane's address");
+    let plane = cluster.cluster.api_addr();
     let bearer = format!("Bearer {reader}");
     let plane_text = http_request(
         plane,

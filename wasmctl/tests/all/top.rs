@@ -44,13 +44,7 @@ fn top_shows_what_pods_and_nodes_use_to_those_who_may_see_it() {
             }
         }
     });
-    let plane: SocketAddr = cluster
-        .cluster
-        .plane
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
+    let plane = cluster.cluster.api_addr();
     let admin = cluster.cluster.token.clone();
     let pod_of = |list: &Value, name: &str| -> Option<Value> {
         list["items"]
