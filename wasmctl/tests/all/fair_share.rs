@@ -42,9 +42,9 @@ fn a_spinning_tenant_keeps_to_its_slots_and_others_are_still_served_and_cpu_thro
             &slots,
             "--guest-cpu-slots",
             "1",
-            // The spinning guests hold the machine's cores: a lease of
-            // QUICK's 2 s could lapse under them on a loaded machine and
-            // the node's pods be evicted mid-test. A later flag wins.
+            // The spinning guests hold the machine's cores: even QUICK's
+            // lease could lapse under them on a loaded machine and the
+            // node's pods be evicted mid-test. A later flag wins.
             "--lease-duration",
             "30s",
         ],
