@@ -490,43 +490,42 @@ impl Stamp {
         let Ok(since) = time.duration_since(SystemTime::UNIX_EPOCH) else {
             // Before 1970: a clock set wrong; formatted whole, not kept.
             let time = DateTime::<Utc>::from(time);
-            let _ = write!(
-                buf,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z ",
-                time.year(),
-                time.month(),
-                time.day(),
-                time.hour(),
-                time.minute(),
-                time.second(),
-                time.nanosecond() % 1_000_000_000,
-            );
+            write_date(buf, time);
+            write_nanos(buf, time.nanosecond() % 1_000_000_000);
             return;
         };
         if self.second != Some(since.as_secs()) {
-            let time = DateTime::<Utc>::from(time);
             self.date.clear();
-            let _ = write!(
-                self.date,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
-                time.year(),
-                time.month(),
-                time.day(),
-                time.hour(),
-                time.minute(),
-                time.second(),
-            );
+            write_date(&mut self.date, DateTime::<Utc>::from(time));
             self.second = Some(since.as_secs());
         }
         buf.extend_from_slice(&self.date);
-        let mut nanos = since.subsec_nanos();
-        let mut digits = *b"000000000Z ";
-        for digit in digits[..9].iter_mut().rev() {
-            *digit = b'0' + (nanos % 10) as u8;
-            nanos /= 10;
-        }
-        buf.extend_from_slice(&digits);
+        write_nanos(buf, since.subsec_nanos());
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.`
+fn write_date(buf: &mut Vec<u8>, time: DateTime<Utc>) {
+    let _ = write!(
+        buf,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+        time.year(),
+        time.month(),
+        time.day(),
+        time.hour(),
+        time.minute(),
+        time.second(),
+    );
+}
+
+/// Nine digits of nanoseconds, the `Z` and a space.
+fn write_nanos(buf: &mut Vec<u8>, mut nanos: u32) {
+    let mut digits = *b"000000000Z ";
+    for digit in digits[..9].iter_mut().rev() {
+        *digit = b'0' + (nanos % 10) as u8;
+        nanos /= 10;
+    }
+    buf.extend_from_slice(&digits);
 }
 
 /// The rest of a record after its time.

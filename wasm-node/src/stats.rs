@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use crate::agent::NodeContext;
 use crate::ingress::LocalPods;
 use crate::metrics::{NodeFigures, NodeSource, PodFigures};
-use crate::runtimes::meters::{CountsRead, Meters};
+use crate::runtimes::meters::{CountsRead, Meters, PodUsage};
 
 /// How often the node samples its pods.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
@@ -42,16 +42,8 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// One running pod, as read at one sample.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PodReading {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    /// The pod's current run: its CPU time counts from the run's start.
-    pub run: u64,
-    /// CPU time of the current run so far.
-    pub cpu: Duration,
-    pub memory_bytes: u64,
-    /// Wasm instances alive now.
-    pub instances: u64,
+    /// What its meter says: identity, run, CPU time, memory, instances.
+    pub usage: PodUsage,
     /// Requests answered so far.
     pub requests: u64,
 }
@@ -78,13 +70,7 @@ impl Source for LiveSource {
             .into_iter()
             .map(|usage| PodReading {
                 requests: metrics.requests_answered(&(usage.namespace.clone(), usage.name.clone())),
-                namespace: usage.namespace,
-                name: usage.name,
-                uid: usage.uid,
-                run: usage.run,
-                cpu: usage.cpu,
-                memory_bytes: usage.memory_bytes,
-                instances: usage.instances,
+                usage,
             })
             .collect()
     }
@@ -111,20 +97,21 @@ impl PodSample {
     fn after(before: Option<&PodSample>, reading: PodReading) -> PodSample {
         let Some(before) = before else {
             return PodSample {
-                cpu_total: reading.cpu,
+                cpu_total: reading.usage.cpu,
                 reading,
                 cpu_delta: None,
                 requests_delta: None,
             };
         };
         // A new run's CPU time starts again from zero, within the window.
-        let cpu = if reading.run == before.reading.run {
+        let cpu = if reading.usage.run == before.reading.usage.run {
             reading
+                .usage
                 .cpu
-                .checked_sub(before.reading.cpu)
-                .unwrap_or(reading.cpu)
+                .checked_sub(before.reading.usage.cpu)
+                .unwrap_or(reading.usage.cpu)
         } else {
-            reading.cpu
+            reading.usage.cpu
         };
         // The ingress's count starts again when the pod is served anew.
         let requests = reading
@@ -248,8 +235,11 @@ impl NodeStats {
         let pods = readings
             .into_iter()
             .map(|reading| {
-                let previous = before.as_ref().and_then(|s| s.pods.get(&reading.uid));
-                (reading.uid.clone(), PodSample::after(previous, reading))
+                let previous = before.as_ref().and_then(|s| s.pods.get(&reading.usage.uid));
+                (
+                    reading.usage.uid.clone(),
+                    PodSample::after(previous, reading),
+                )
             })
             .collect();
         samples.previous = before;
@@ -282,14 +272,14 @@ impl NodeStats {
             let reading = &pod.reading;
             let cpu_cores = per_second(pod.cpu_delta.map(|d| d.as_secs_f64()));
             summary.cpu_cores += cpu_cores;
-            summary.memory_bytes += reading.memory_bytes;
-            summary.instances_in_use += reading.instances;
+            summary.memory_bytes += reading.usage.memory_bytes;
+            summary.instances_in_use += reading.usage.instances;
             summary.pods.push(PodSummary {
-                namespace: reading.namespace.clone(),
-                name: reading.name.clone(),
-                uid: reading.uid.clone(),
+                namespace: reading.usage.namespace.clone(),
+                name: reading.usage.name.clone(),
+                uid: reading.usage.uid.clone(),
                 cpu_cores,
-                memory_bytes: reading.memory_bytes,
+                memory_bytes: reading.usage.memory_bytes,
                 requests_per_second: per_second(pod.requests_delta.map(|n| n as f64)),
                 // Nodes meter no fuel (see the module's notes).
                 fuel_per_second: None,
@@ -315,16 +305,16 @@ impl NodeSource for NodeStats {
         let mut pods: HashMap<(&str, &str), PodFigures> = HashMap::new();
         for pod in samples.latest.iter().flat_map(|s| s.pods.values()) {
             let reading = &pod.reading;
-            figures.instances_in_use += reading.instances;
+            figures.instances_in_use += reading.usage.instances;
             let entry = pods
-                .entry((&reading.namespace, &reading.name))
+                .entry((&reading.usage.namespace, &reading.usage.name))
                 .or_insert_with(|| PodFigures {
-                    namespace: reading.namespace.clone(),
-                    pod: reading.name.clone(),
+                    namespace: reading.usage.namespace.clone(),
+                    pod: reading.usage.name.clone(),
                     ..PodFigures::default()
                 });
             entry.cpu_seconds += pod.cpu_total.as_secs_f64();
-            entry.memory_bytes += reading.memory_bytes;
+            entry.memory_bytes += reading.usage.memory_bytes;
         }
         figures.pods = pods.into_values().collect();
         figures
@@ -359,13 +349,15 @@ mod tests {
 
     fn pod(uid: &str, run: u64, cpu_ms: u64, memory: u64, requests: u64) -> PodReading {
         PodReading {
-            namespace: "shop".into(),
-            name: format!("web-{uid}"),
-            uid: uid.into(),
-            run,
-            cpu: Duration::from_millis(cpu_ms),
-            memory_bytes: memory,
-            instances: 1,
+            usage: PodUsage {
+                namespace: "shop".into(),
+                name: format!("web-{uid}"),
+                uid: uid.into(),
+                run,
+                cpu: Duration::from_millis(cpu_ms),
+                memory_bytes: memory,
+                instances: 1,
+            },
             requests,
         }
     }

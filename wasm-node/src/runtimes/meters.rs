@@ -21,7 +21,7 @@ pub enum Meter {
 
 /// One running pod's usage, read now. CPU time counts from the start of
 /// the pod's current run (`run`); the sampler notices a new run by it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PodUsage {
     pub namespace: String,
     pub name: String,
