@@ -141,6 +141,20 @@ async fn logs_are_read_within_the_namespace_and_relayed_only_from_nodes() {
     assert!(!body.contains("internal-secret"), "{body}");
     assert!(hits.load(Ordering::SeqCst) >= 1);
 
+    // Nor can a tenant's Route claim a node's host (or any under .node):
+    // nodes answer those themselves, before any Route.
+    let edit = client(&plane, &token(&admin, Some("default"), "edit", None).await);
+    for host in ["ghost.node", "*.node"] {
+        let mut route = object(Kind::Route, "claims-node");
+        route["spec"]["host"] = json!(host);
+        let refused = edit
+            .create(Kind::Route, Some("default"), &route)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Some(422), "{host}: {refused}");
+        assert!(refused.to_string().contains("spec.host"), "{refused}");
+    }
+
     // A link-local address (where a cloud's metadata service answers) is
     // refused before any connection is made.
     let (status, body) = get("cloud/log", Some(&view)).await;
