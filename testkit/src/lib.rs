@@ -200,10 +200,21 @@ fn build_binary(package: &str, release: bool) -> PathBuf {
         .stderr(Stdio::inherit())
         .output()
         .expect("cargo runs");
-    assert!(output.status.success(), "building {package} failed");
-    for executable in String::from_utf8_lossy(&output.stdout)
+    let messages: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
         .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    if !output.status.success() {
+        // With --message-format=json the compiler's errors go to stdout,
+        // which we captured: show them, or the failure says nothing of why.
+        let rendered: String = messages
+            .iter()
+            .filter_map(|m| m["message"]["rendered"].as_str())
+            .collect();
+        panic!("building {package} failed:\n{rendered}");
+    }
+    for executable in messages
+        .iter()
         .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
     {
         if let Some(name) = executable.file_name().and_then(|f| f.to_str()) {
