@@ -126,6 +126,13 @@ struct JoinArgs {
     /// How long a stopping pod's requests in flight may take.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     grace: Duration,
+    /// Requests the ingress holds for one Service at zero while its first
+    /// pod starts; beyond, 503 with Retry-After.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    hold_requests: u32,
+    /// How long a request held for a Service at zero waits for a pod.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    hold_timeout: Duration,
     #[command(flatten)]
     listener: skiff_serve::Limits,
     /// Largest memory limit a pod may ask for.
@@ -319,6 +326,10 @@ async fn join(args: JoinArgs) -> Result<()> {
         backoff_base: args.backoff,
         backoff_cap: args.backoff_max,
         grace: args.grace,
+        hold: wasm_node::ingress::HoldConfig {
+            max_held: args.hold_requests as usize,
+            max_wait: args.hold_timeout,
+        },
         max_instance_memory: args.max_instance_memory,
         max_concurrent_instances: args.max_concurrency,
         namespace_instances: args.max_concurrency_per_namespace,

@@ -17,6 +17,7 @@
 //! and hits and misses of the blob, compiled-code and layer caches.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
@@ -49,16 +50,34 @@ pub(crate) struct Served {
     pub(crate) uid: String,
     pub(crate) backend: Backend,
     pub(crate) metrics: Arc<PodMetrics>,
+    /// The Deployment that controls the pod, for the autoscaler.
+    pub(crate) deployment: Option<String>,
 }
 
 impl Served {
-    pub(crate) fn new(pod: &PodName, uid: &str, backend: Backend) -> Self {
+    pub(crate) fn new(
+        pod: &PodName,
+        uid: &str,
+        backend: Backend,
+        deployment: Option<String>,
+    ) -> Self {
         Self {
             uid: uid.to_owned(),
             backend,
             metrics: Arc::new(PodMetrics::new(pod)),
+            deployment,
         }
     }
+}
+
+/// A pod's requests on the ingress as the autoscaler samples them: plain
+/// atomics beside the exported series, so that sampling reads no text
+/// and a request adds three numbers.
+#[derive(Debug, Default)]
+pub(crate) struct Load {
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) busy_nanos: AtomicU64,
 }
 
 /// Status classes, in the order of [`PodMetrics::requests`].
@@ -74,6 +93,7 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// exported, and nothing brings the series back.
 pub(crate) struct PodMetrics {
     labels: PodLabels,
+    pub(crate) load: Load,
     in_flight: OnceLock<Gauge>,
     latency: OnceLock<Histogram>,
     requests: [OnceLock<Counter>; 5],
@@ -86,6 +106,7 @@ impl PodMetrics {
                 namespace: namespace.clone(),
                 pod: pod.clone(),
             },
+            load: Load::default(),
             in_flight: OnceLock::new(),
             latency: OnceLock::new(),
             requests: Default::default(),
@@ -273,12 +294,14 @@ impl Metrics {
             let gauge =
                 self.resolve(&pod, &pod.in_flight, &self.in_flight, || pod.labels.clone())?;
             gauge.inc();
+            pod.load.in_flight.fetch_add(1, Ordering::Relaxed);
             Some(pod)
         });
         RequestTimer {
             metrics: self,
             pod,
             started,
+            elapsed: None,
         }
     }
 
@@ -349,26 +372,37 @@ pub(crate) struct RequestTimer<'a> {
     /// raised; `None` counts nothing.
     pod: Option<Arc<PodMetrics>>,
     started: std::time::Instant,
+    /// Taken when the answer came, so the drop need not read the clock.
+    elapsed: Option<Duration>,
 }
 
 impl RequestTimer<'_> {
-    pub(crate) fn answered(self, status: StatusCode) {
+    pub(crate) fn answered(mut self, status: StatusCode) {
         let Some(pod) = &self.pod else { return };
+        let elapsed = self.started.elapsed();
+        self.elapsed = Some(elapsed);
         // Into this pod's series only: one forgotten (or replaced by a pod
         // of the same name) meanwhile keeps them unexported, and a series
         // not yet taken is taken only while the same pod is served.
-        self.metrics.answered(pod, status, self.started.elapsed());
+        self.metrics.answered(pod, status, elapsed);
     }
 }
 
 impl Drop for RequestTimer<'_> {
     fn drop(&mut self) {
+        let Some(pod) = &self.pod else { return };
         // The gauge raised, whatever became of the pod since: a forgotten
         // pod's is no longer exported, and a newer pod of the name has a
         // gauge of its own.
-        if let Some(gauge) = self.pod.as_ref().and_then(|pod| pod.in_flight.get()) {
+        if let Some(gauge) = pod.in_flight.get() {
             gauge.dec();
         }
+        let elapsed = self.elapsed.unwrap_or_else(|| self.started.elapsed());
+        let load = &pod.load;
+        load.busy_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        load.requests.fetch_add(1, Ordering::Relaxed);
+        load.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -540,7 +574,12 @@ mod tests {
         let pods: Arc<ServedPods> = Arc::default();
         pods.write().unwrap().insert(
             pod(),
-            Served::new(&pod(), uid, Backend::Process(([127, 0, 0, 1], 1).into())),
+            Served::new(
+                &pod(),
+                uid,
+                Backend::Process(([127, 0, 0, 1], 1).into()),
+                None,
+            ),
         );
         pods
     }
@@ -585,7 +624,12 @@ mod tests {
         // A new pod of the same name takes the route (`LocalPods::add`).
         pods.write().unwrap().insert(
             pod(),
-            Served::new(&pod(), "u2", Backend::Process(([127, 0, 0, 1], 2).into())),
+            Served::new(
+                &pod(),
+                "u2",
+                Backend::Process(([127, 0, 0, 1], 2).into()),
+                None,
+            ),
         );
         metrics.forget(&pod());
         let new = metrics.request(&pod());

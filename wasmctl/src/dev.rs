@@ -176,6 +176,7 @@ async fn serve(
         backoff_base: Duration::from_secs(2),
         backoff_cap: Duration::from_secs(60),
         grace: Duration::from_secs(10),
+        hold: Default::default(),
         max_instance_memory: 4 << 30,
         max_concurrent_instances: 1000,
         namespace_instances: None,

@@ -70,6 +70,8 @@ enum Command {
     Rollout(rollout::RolloutCommand),
     /// Set a Deployment's number of replicas.
     Scale(rollout::ScaleArgs),
+    /// Have a Deployment's replicas follow its load, down to zero if asked.
+    Autoscale(rollout::AutoscaleArgs),
     /// Set a namespace's tenant policy (cluster admins).
     #[command(subcommand)]
     Set(SetCommand),
@@ -125,6 +127,7 @@ fn main() -> ExitCode {
         Command::Create(command) => create::run(command).map(|()| ExitCode::SUCCESS),
         Command::Rollout(command) => rollout::run(command),
         Command::Scale(args) => rollout::scale(args).map(|()| ExitCode::SUCCESS),
+        Command::Autoscale(args) => rollout::autoscale(args).map(|()| ExitCode::SUCCESS),
         Command::Set(SetCommand::Policy(args)) => policy::set(args).map(|()| ExitCode::SUCCESS),
         Command::Cordon(args) => node::cordon(args, true).map(|()| ExitCode::SUCCESS),
         Command::Uncordon(args) => node::cordon(args, false).map(|()| ExitCode::SUCCESS),

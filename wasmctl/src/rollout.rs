@@ -72,6 +72,33 @@ pub struct ScaleArgs {
     replicas: u32,
 }
 
+#[derive(clap::Args)]
+pub struct AutoscaleArgs {
+    /// `deployment NAME`, `deployment/NAME` or `NAME`.
+    #[arg(num_args = 1..=2, required = true)]
+    target: Vec<String>,
+    #[arg(short, long)]
+    namespace: Option<String>,
+    #[command(flatten)]
+    cluster: Target,
+    /// Fewest replicas; 0 lets the Deployment scale to zero when idle.
+    #[arg(long, default_value_t = 0)]
+    min: u32,
+    /// Most replicas.
+    #[arg(long, required_unless_present = "off")]
+    max: Option<u32>,
+    /// Requests in flight per pod to aim at [default: 100].
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// How long a lower load (or no request at all, for the last pod)
+    /// must last before pods go, e.g. `30s` [default: 30s].
+    #[arg(long, value_parser = parse_timeout)]
+    scale_down_delay: Option<Duration>,
+    /// Stop autoscaling: the replicas stay where the autoscaler left them.
+    #[arg(long, conflicts_with_all = ["max", "concurrency", "scale_down_delay"])]
+    off: bool,
+}
+
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     skiff_api::quantity::parse_duration(text).map_err(|e| e.to_string())
 }
@@ -358,6 +385,57 @@ pub fn scale(args: ScaleArgs) -> Result<()> {
     let target = args.deployment.open()?;
     block_on(target.patch_spec(json!({ "replicas": args.replicas })))??;
     println!("deployment/{} scaled to {}", target.name, args.replicas);
+    Ok(())
+}
+
+/// `wasmctl autoscale deployment NAME --min 0 --max 20 --concurrency 50`:
+/// sets (or with `--off` removes) the Deployment's `spec.autoscaling`.
+pub fn autoscale(args: AutoscaleArgs) -> Result<()> {
+    let name = match args.target.as_slice() {
+        [one] => deployment_name(one)?.to_owned(),
+        [kind, name] => {
+            if parse_kind(kind)? != Kind::Deployment {
+                bail!(BadInput(format!(
+                    "`{kind}`: only deployments are autoscaled"
+                )));
+            }
+            name.clone()
+        }
+        _ => unreachable!("clap takes one or two"),
+    };
+    let deployment = DeploymentArgs {
+        deployment: name,
+        namespace: args.namespace,
+        target: args.cluster,
+    };
+    let target = deployment.open()?;
+    if args.off {
+        block_on(target.patch_spec(json!({ "autoscaling": null })))??;
+        println!("deployment/{} autoscaling off", target.name);
+        return Ok(());
+    }
+    let max = args.max.expect("clap requires --max without --off");
+    if max == 0 || args.min > max {
+        bail!(BadInput(format!(
+            "--min {} --max {max}: max must be at least 1 and at least min",
+            args.min
+        )));
+    }
+    if args.concurrency == Some(0) {
+        bail!(BadInput("--concurrency: must be at least 1".into()));
+    }
+    let mut autoscaling = json!({ "minReplicas": args.min, "maxReplicas": max });
+    if let Some(concurrency) = args.concurrency {
+        autoscaling["targetConcurrency"] = concurrency.into();
+    }
+    if let Some(delay) = args.scale_down_delay {
+        autoscaling["scaleDownDelay"] = skiff_api::quantity::format_duration(delay).into();
+    }
+    block_on(target.patch_spec(json!({ "autoscaling": autoscaling })))??;
+    println!(
+        "deployment/{} autoscaled from {} to {max} replicas",
+        target.name, args.min
+    );
     Ok(())
 }
 

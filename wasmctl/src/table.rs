@@ -60,7 +60,14 @@ pub fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<String> {
         Kind::Namespace => vec!["NAME", "STATUS", "AGE"],
         Kind::Node => vec!["NAME", "STATUS", "AGE"],
         Kind::Pod => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
-        Kind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        Kind::Deployment => vec![
+            "NAME",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "AUTOSCALE",
+            "AGE",
+        ],
         Kind::Service => vec!["NAME", "SELECTOR", "PORTS", "ENDPOINTS", "AGE"],
         Kind::Route => vec!["NAME", "HOST", "PATH", "SERVICE", "AGE"],
         Kind::Secret => vec!["NAME", "TYPE", "DATA", "AGE"],
@@ -79,6 +86,24 @@ pub fn header(kind: Kind, wide: bool, all_namespaces: bool) -> Vec<String> {
         });
     }
     header.into_iter().map(str::to_owned).collect()
+}
+
+/// A Deployment's autoscaling bounds (`0-20`), and `,at-zero` when it
+/// has no replica; `-` when it is scaled by hand.
+fn autoscale(spec: &Value) -> String {
+    let autoscaling = &spec["autoscaling"];
+    if !autoscaling.is_object() {
+        return "-".into();
+    }
+    let bounds = format!(
+        "{}-{}",
+        autoscaling["minReplicas"].as_u64().unwrap_or(0),
+        autoscaling["maxReplicas"].as_u64().unwrap_or(0)
+    );
+    match spec["replicas"].as_u64() {
+        Some(0) => format!("{bounds},at-zero"),
+        _ => bounds,
+    }
 }
 
 /// One object's row, matching [`header`].
@@ -121,6 +146,7 @@ pub fn row(kind: Kind, object: &Value, wide: bool, all_namespaces: bool) -> Vec<
                 format!("{}/{replicas}", n("readyReplicas")),
                 n("updatedReplicas"),
                 n("availableReplicas"),
+                autoscale(&object["spec"]),
                 age,
             ]
         }

@@ -8,7 +8,7 @@ mod objects;
 pub mod openapi;
 mod proxy_key;
 mod tokens;
-mod usage;
+pub(crate) mod usage;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -207,6 +207,8 @@ pub enum Target {
     ProxyKey { node: String },
     /// `serviceaccounts/{name}/token`: a new token of the account.
     AccountToken { namespace: String, name: String },
+    /// `services/{name}/activate`: a Service at zero has a request.
+    Activate { namespace: String, name: String },
     /// `tokens` of a namespace, or of the cluster when `namespace` is None.
     Tokens {
         namespace: Option<String>,
@@ -303,6 +305,10 @@ pub fn parse_target(path: &str) -> Result<Target, ApiError> {
             namespace: (*ns).to_owned(),
             name: (*name).to_owned(),
         }),
+        ["namespaces", ns, "services", name, "activate"] => Ok(Target::Activate {
+            namespace: (*ns).to_owned(),
+            name: (*name).to_owned(),
+        }),
         ["namespaces", ns, "serviceaccounts", name, "token"] => Ok(Target::AccountToken {
             namespace: (*ns).to_owned(),
             name: (*name).to_owned(),
@@ -346,6 +352,7 @@ fn request_labels(request: &Request) -> (&'static str, &'static str) {
         Some(Target::PodMetrics { .. }) => "podmetrics",
         Some(Target::ProxyKey { .. }) => "proxykeys",
         Some(Target::AccountToken { .. }) => "serviceaccounttokens",
+        Some(Target::Activate { .. }) => "activations",
         Some(Target::Tokens { .. }) => "tokens",
         None => "unknown",
     };
@@ -441,6 +448,9 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         (Target::AccountToken { namespace, name }, Method::POST) => {
             tokens::account_token(state, &principal, &namespace, &name, &body).await
         }
+        (Target::Activate { namespace, name }, Method::POST) => {
+            activate(state, &principal, &namespace, &name).await
+        }
         (Target::Tokens { namespace, id }, method) => {
             tokens::handle(state, &principal, namespace, id, method, &body).await
         }
@@ -470,6 +480,38 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         }
         (_, other) => Err(method_not_allowed(&other)),
     }
+}
+
+/// `POST namespaces/{ns}/services/{name}/activate`: a node holds a
+/// request for the Service, which has no ready endpoint; its autoscaled
+/// Deployments at zero get a pod now rather than at the autoscaler's next
+/// look. Nodes may ask for any Service (their ingress serves them all),
+/// tenants with `edit` for their namespace's.
+async fn activate(
+    state: &AppState,
+    principal: &Principal,
+    namespace: &str,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let allowed = match principal {
+        Principal::Node(_) => true,
+        other => other
+            .role_in(namespace)
+            .is_some_and(|role| role >= crate::auth::Role::Edit),
+    };
+    if !allowed {
+        return Err(ApiError::Forbidden(format!(
+            "this token may not start Services in namespace {namespace}"
+        )));
+    }
+    let activated = crate::controllers::autoscaler::activate(&state.store, namespace, name)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "services \"{name}\" not found in namespace {namespace}"
+            ))
+        })?;
+    Ok(axum::Json(serde_json::json!({ "activated": activated })).into_response())
 }
 
 fn method_not_allowed(method: &Method) -> ApiError {

@@ -645,9 +645,15 @@ impl Call<'_> {
             (admit_status(key.kind, status)?, Part::Status)
         } else {
             self.namespace_defaults(key, &mut object).await?;
+            let existing = if key.kind.namespaced() {
+                self.state.store.get(key).await?
+            } else {
+                None
+            };
+            keep_autoscaled_replicas(key.kind, &mut object, existing.as_ref());
             let mut object = admit(key.kind, object)?;
+            check_autoscaled_replicas(key.kind, &object, existing.as_ref())?;
             if key.kind.namespaced() {
-                let existing = self.state.store.get(key).await?;
                 self.tenancy(key, &mut object, existing.as_ref()).await?;
                 // An account's role was judged against what was read: the
                 // write must replace that, not a role changed since.
@@ -805,7 +811,9 @@ impl Call<'_> {
                 )
             } else {
                 self.namespace_defaults(key, &mut patched).await?;
+                keep_autoscaled_replicas(key.kind, &mut patched, Some(&current));
                 let mut object = admit(key.kind, patched)?;
+                check_autoscaled_replicas(key.kind, &object, Some(&current))?;
                 if key.kind.namespaced() {
                     self.tenancy(key, &mut object, Some(&current)).await?;
                 }
@@ -931,6 +939,55 @@ fn police_pod(
 
 /// `dryRun` in a delete's body (Kubernetes' DeleteOptions carry it there
 /// too): only `All` is known.
+/// A write of an autoscaled Deployment that leaves `spec.replicas` out
+/// keeps the count the autoscaler set, rather than the default.
+fn keep_autoscaled_replicas(kind: Kind, object: &mut Value, existing: Option<&Value>) {
+    if kind != Kind::Deployment || !object["spec"]["autoscaling"].is_object() {
+        return;
+    }
+    let Some(existing) = existing.filter(|e| e["spec"]["autoscaling"].is_object()) else {
+        return;
+    };
+    if object["spec"]["replicas"].is_null()
+        && let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.insert("replicas".into(), existing["spec"]["replicas"].clone());
+    }
+}
+
+/// While `spec.autoscaling` is set the autoscaler owns `spec.replicas`: a
+/// caller's write may bring it within new bounds (as admission does) but
+/// not set it, or the autoscaler and the caller would undo each other.
+fn check_autoscaled_replicas(
+    kind: Kind,
+    admitted: &Value,
+    existing: Option<&Value>,
+) -> Result<(), ApiError> {
+    if kind != Kind::Deployment {
+        return Ok(());
+    }
+    let (Some(existing), Ok(autoscaling)) = (
+        existing.filter(|e| e["spec"]["autoscaling"].is_object()),
+        serde_json::from_value::<skiff_api::kinds::deployment::Autoscaling>(
+            admitted["spec"]["autoscaling"].clone(),
+        ),
+    ) else {
+        return Ok(());
+    };
+    let before = existing["spec"]["replicas"].as_u64().unwrap_or(1) as u32;
+    let wanted = admitted["spec"]["replicas"].as_u64().unwrap_or(1) as u32;
+    if wanted != autoscaling.clamp(before) {
+        return Err(ApiError::invalid(
+            "spec.replicas",
+            format!(
+                "the autoscaler sets the replicas of this Deployment (spec.autoscaling: {} to {}); change minReplicas or maxReplicas, or remove spec.autoscaling to scale by hand",
+                autoscaling.min_replicas, autoscaling.max_replicas
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn dry_run_in_body(options: &DeleteOptions) -> Result<bool, ApiError> {
     match options.dry_run.iter().find(|d| *d != "All") {
         Some(other) => Err(ApiError::BadRequest(format!(

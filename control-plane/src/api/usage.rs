@@ -92,7 +92,7 @@ async fn summaries(
     (found, unavailable)
 }
 
-fn error_text(error: ApiError) -> String {
+pub(crate) fn error_text(error: ApiError) -> String {
     match error {
         ApiError::BadGateway(m)
         | ApiError::Unavailable(m)

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 use skiff_api::Kind;
 use skiff_api::kinds::cluster::Node;
+use skiff_api::kinds::deployment::Deployment;
 use skiff_api::kinds::pod::Pod;
 use skiff_api::kinds::service::{Endpoint, Service, ServiceStatus};
 
@@ -20,10 +21,12 @@ pub struct Endpoints {
 impl Controller for Endpoints {
     const NAME: &'static str = "endpoints";
     const KIND: Kind = Kind::Service;
-    const WATCHES: &'static [Kind] = &[Kind::Pod];
+    const WATCHES: &'static [Kind] = &[Kind::Pod, Kind::Deployment];
 
     /// Every Service of the pod's namespace: a pod whose labels changed
-    /// may have left a selector, which its new labels cannot tell.
+    /// may have left a selector, which its new labels cannot tell. The
+    /// same for a Deployment, whose autoscaling decides whether its
+    /// Services scale from zero.
     async fn wakes(&self, _kind: Kind, pod: &Value) -> Result<Vec<ObjectKey>, StoreError> {
         let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
         let services = self
@@ -50,6 +53,8 @@ impl Controller for Endpoints {
             .list(Kind::Pod, in_namespace(&key.namespace))
             .await?;
         let mut status = ServiceStatus::default();
+        // Why a selected pod cannot start, for requests held at zero.
+        let mut failing = None;
         // Each node's own advertised ingress, looked up once per node.
         let mut ingresses: HashMap<String, Option<String>> = HashMap::new();
         if !service.spec.selector.is_empty() {
@@ -74,9 +79,33 @@ impl Controller for Endpoints {
                 let ingress = ingresses.get(node).cloned().flatten();
                 match endpoint_of(&pod, ingress) {
                     Some(endpoint) => status.endpoints.push(endpoint),
-                    None if pod.status.as_ref().is_some_and(|s| s.phase.is_finished()) => {}
-                    None => status.not_ready += 1,
+                    None if pod.status.as_ref().is_some_and(|s| s.phase.is_finished()) => {
+                        failing = failing.or_else(|| cannot_start(&pod));
+                    }
+                    None => {
+                        status.not_ready += 1;
+                        failing = failing.or_else(|| cannot_start(&pod));
+                    }
                 }
+            }
+            status.scales_from_zero = self
+                .store
+                .list(Kind::Deployment, in_namespace(&key.namespace))
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|d| serde_json::from_value::<Deployment>(d).ok())
+                .any(|d| {
+                    d.spec.autoscaling.is_some()
+                        && d.metadata.deletion_timestamp.is_none()
+                        && service
+                            .spec
+                            .selector
+                            .iter()
+                            .all(|(k, v)| d.spec.template.metadata.labels.get(k) == Some(v))
+                });
+            if status.endpoints.is_empty() {
+                status.unavailable_reason = failing;
             }
         }
         status.endpoints.sort();
@@ -130,6 +159,19 @@ fn in_namespace(namespace: &str) -> ListQuery<'_> {
         namespace: Some(namespace),
         ..Default::default()
     }
+}
+
+/// Why `pod` cannot start, when its node says it cannot: the pod's name
+/// and reason alone, never the message (which may name registries and
+/// hosts), since anyone who calls the Service through a Route reads it.
+fn cannot_start(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let reason = status.reason.as_deref()?;
+    let stuck = matches!(
+        reason,
+        "ErrImagePull" | "ImagePullBackOff" | "CrashLoopBackOff"
+    ) || status.phase == skiff_api::kinds::pod::PodPhase::Failed;
+    stuck.then(|| format!("pod {} is in {reason}", pod.metadata.name))
 }
 
 /// Where a Ready pod is served, if it is Ready and bound: its node's

@@ -3,6 +3,7 @@
 //! holding the controllers' advisory lock ([`crate::leader`]).
 
 pub mod accounts;
+pub mod autoscaler;
 pub mod deployments;
 pub mod endpoints;
 pub mod gc;
@@ -34,6 +35,7 @@ pub async fn run(
                 gc::run(store.clone(), hub.clone()),
                 crate::events::expire(store.clone(), event_ttl),
                 nodes::run(store.clone(), nodes),
+                autoscaler::run(store.clone(), crate::events::recorder(&store, "autoscaler")),
                 reconciler::run(
                     store.clone(),
                     hub.clone(),

@@ -549,6 +549,16 @@ impl Client {
         url
     }
 
+    /// Asks for Service `name` in `namespace`, at zero, to be started: the
+    /// autoscaled Deployments behind it get a pod. Answers which were.
+    pub async fn activate_service(&self, namespace: &str, name: &str) -> Result<Value> {
+        let url = format!(
+            "{}/activate",
+            self.url(Kind::Service, Some(namespace), Some(name), false)
+        );
+        self.send(self.request(Method::POST, &url)).await
+    }
+
     /// Renews a node's lease for `duration` from now.
     pub async fn renew_lease(&self, node: &str, duration: Duration) -> Result<Value> {
         let url = format!("{}/apis/skiff.dev/v1/nodes/{node}/lease", self.base);

@@ -363,6 +363,51 @@ pub struct PodSummary {
     pub fuel_per_second: Option<f64>,
 }
 
+/// Where the node API answers with its [`NodeLoad`].
+pub const LOAD_PATH: &str = "/load";
+
+/// The concurrency a node's ingress observes, as the autoscaler samples it
+/// about once a second. Counts are totals since each pod (or the node)
+/// began, so that a sample lost costs no precision: the autoscaler takes
+/// differences between two samples.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLoad {
+    pub pods: Vec<PodLoad>,
+    /// Services at zero this node holds requests for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldLoad>,
+}
+
+/// One HTTP pod's requests on this node's ingress.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodLoad {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The Deployment that controls the pod, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// Requests in the ingress for this pod now, waiting for an instance
+    /// or being served.
+    pub in_flight: u64,
+    /// Requests answered since the pod was served here.
+    pub requests: u64,
+    /// Their time in the ingress, summed, in nanoseconds: over a window,
+    /// its growth divided by the window is the mean concurrency.
+    pub busy_nanos: u64,
+}
+
+/// Requests a node holds for a Service with no ready endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldLoad {
+    pub namespace: String,
+    pub service: String,
+    pub held: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

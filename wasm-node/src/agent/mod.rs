@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use skiff_api::Kind;
 use skiff_api::kinds::cluster::Taint;
 use skiff_api::kinds::pod::Pod;
-use skiff_api::kinds::service::{Endpoint, RouteSpec, ServiceSpec};
+use skiff_api::kinds::service::{RouteSpec, ServiceSpec, ServiceStatus};
 use skiff_api::meta::namespace_and_name;
 use skiff_client::Client;
 use skiff_client::node_api::NodeApiKey;
@@ -81,6 +81,8 @@ pub struct AgentConfig {
     pub backoff_cap: Duration,
     /// How long a stopping pod's requests in flight may take.
     pub grace: Duration,
+    /// How many requests a Service at zero may have held, and how long.
+    pub hold: crate::ingress::HoldConfig,
     /// Largest memory limit a pod may ask for, and instances that may run at
     /// once on the node (the engine's pool).
     pub max_instance_memory: u64,
@@ -224,7 +226,23 @@ impl Agent {
                 .serve_cluster_hosts
                 .unwrap_or_else(|| bound.ip().is_loopback()),
         })
-        .with_node_api(node_api.clone());
+        .with_node_api(node_api.clone())
+        .with_hold_config(config.hold);
+        node_api.set_load(ingress.load_source());
+        ingress.set_activator({
+            let client = config.client.clone();
+            Arc::new(move |namespace: &str, name: &str| {
+                let (client, namespace, name) =
+                    (client.clone(), namespace.to_owned(), name.to_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = client.activate_service(&namespace, &name).await {
+                        tracing::warn!(
+                            "service {namespace}/{name} at zero: cannot have it started: {e}"
+                        );
+                    }
+                });
+            })
+        });
         let mut gateway = bound;
         if gateway.ip().is_unspecified() {
             gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -714,9 +732,8 @@ async fn follow_into_ingress(client: Client, kind: Kind, ingress: Ingress) {
             let (namespace, name) = namespace_and_name(object);
             match kind {
                 Kind::Service => {
-                    let endpoints: Vec<Endpoint> =
-                        serde_json::from_value(object["status"]["endpoints"].clone())
-                            .unwrap_or_default();
+                    let status: ServiceStatus =
+                        serde_json::from_value(object["status"].clone()).unwrap_or_default();
                     // A spec this node cannot read admits no other
                     // namespace: the default is closed.
                     let spec = serde_json::from_value::<ServiceSpec>(object["spec"].clone())
@@ -724,7 +741,7 @@ async fn follow_into_ingress(client: Client, kind: Kind, ingress: Ingress) {
                             tracing::warn!("service {namespace}/{name}: unreadable spec: {e}");
                             ServiceSpec::default()
                         });
-                    ingress.set_service(&namespace, &name, spec, endpoints);
+                    ingress.set_service(&namespace, &name, spec, status);
                 }
                 Kind::Node => ingress.set_node(&name, node_ingress(object)),
                 _ => {

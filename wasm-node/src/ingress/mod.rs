@@ -38,6 +38,7 @@
 //! request id, are then found by trace (`ensure_request_id`).
 
 pub mod credentials;
+mod hold;
 pub mod node_api;
 mod outgoing;
 mod serve;
@@ -54,11 +55,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use outgoing::{ClientBody, Outgoing};
-use skiff_api::kinds::service::{Endpoint, RouteSpec, ServiceSpec};
+use skiff_api::kinds::service::{Endpoint, RouteSpec, ServiceSpec, ServiceStatus};
 
 use crate::metrics::{Metrics, PodMetrics, Served};
 pub use crate::runtimes::Backend;
 pub use credentials::{CallerKey, PROXY_KEY_LEN, ProxyAuthError, ProxyKey, SignedCache};
+pub use hold::{Activator, HoldConfig};
 pub use serve::serve;
 use skiff_wasm::{
     BodyError, CALLER_AUTH_HEADER, CALLER_NAMESPACE_HEADER, HttpBody, INTERNAL_HEADERS,
@@ -94,7 +96,9 @@ impl Default for LocalPods {
 impl LocalPods {
     /// Serves pod `uid` under its name, in place of any earlier pod of that
     /// name.
-    pub fn add(&self, pod: PodName, uid: &str, backend: Backend) {
+    /// `deployment` is the Deployment that controls the pod, if one does
+    /// (what the autoscaler sums the pod's load into).
+    pub fn add(&self, pod: PodName, uid: &str, backend: Backend, deployment: Option<String>) {
         let mut pods = self.pods.write().expect("routes lock");
         match pods.get_mut(&pod) {
             // The same pod again: its series (and handles) go on.
@@ -105,7 +109,7 @@ impl LocalPods {
                 if earlier.is_some() {
                     self.metrics.forget(&pod);
                 }
-                let served = Served::new(&pod, uid, backend);
+                let served = Served::new(&pod, uid, backend, deployment);
                 pods.insert(pod, served);
             }
         }
@@ -146,6 +150,25 @@ impl LocalPods {
         self.pods.read().expect("routes lock").len()
     }
 
+    /// Every served pod's requests so far, for the autoscaler.
+    pub fn load(&self) -> Vec<skiff_client::node_api::PodLoad> {
+        let pods = self.pods.read().expect("routes lock");
+        pods.iter()
+            .map(|((namespace, name), served)| {
+                let load = &served.metrics.load;
+                skiff_client::node_api::PodLoad {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    uid: served.uid.clone(),
+                    deployment: served.deployment.clone(),
+                    in_flight: load.in_flight.load(Ordering::Relaxed),
+                    requests: load.requests.load(Ordering::Relaxed),
+                    busy_nanos: load.busy_nanos.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -171,6 +194,10 @@ struct Backends {
     spec: ServiceSpec,
     endpoints: Vec<Balanced>,
     next: AtomicUsize,
+    /// With no endpoint: hold requests and have a pod started.
+    scales_from_zero: bool,
+    /// Why the Service's pods cannot start, if its status says.
+    unavailable_reason: Option<String>,
 }
 
 impl Backends {
@@ -273,6 +300,8 @@ pub struct Ingress {
     config: Arc<IngressConfig>,
     /// What `NODE.node` hosts serve to the control plane, once set.
     node_api: Option<Arc<node_api::NodeApi>>,
+    /// Requests waiting for Services at zero.
+    holds: Arc<hold::Holds>,
 }
 
 /// What a request's host names.
@@ -329,7 +358,27 @@ impl Ingress {
             ),
             config: Arc::new(config),
             node_api: None,
+            holds: Arc::new(hold::Holds::new(HoldConfig::default())),
         }
+    }
+
+    /// How many requests a Service at zero may have held, and for how long.
+    pub fn with_hold_config(mut self, config: HoldConfig) -> Self {
+        self.holds = Arc::new(hold::Holds::new(config));
+        self
+    }
+
+    /// Who is told when a Service at zero has requests waiting.
+    pub fn set_activator(&self, activator: Activator) {
+        self.holds.set_activator(activator);
+    }
+
+    /// Every served pod's requests, and the requests held for Services at
+    /// zero: what the autoscaler samples. The source holds the pods and
+    /// the holds, not the ingress (which holds the node API it is given to).
+    pub fn load_source(&self) -> node_api::LoadSource {
+        let (pods, holds) = (self.pods.clone(), self.holds.clone());
+        Arc::new(move || load(&pods, &holds))
     }
 
     /// Serves the node API ([`node_api`]) on this node's `NODE.node` host.
@@ -351,12 +400,13 @@ impl Ingress {
         namespace: &str,
         name: &str,
         spec: ServiceSpec,
-        endpoints: Vec<Endpoint>,
+        status: ServiceStatus,
     ) {
         let key = (namespace.to_owned(), name.to_owned());
         let mut table = self.table.write().expect("ingress lock");
         let previous = table.services.get(&key).cloned();
-        let endpoints = endpoints
+        let endpoints = status
+            .endpoints
             .into_iter()
             .filter_map(|endpoint| {
                 let host = skiff_api::validate::dns_label(&endpoint.pod)
@@ -390,8 +440,12 @@ impl Ingress {
                 spec,
                 endpoints,
                 next: AtomicUsize::new(0),
+                scales_from_zero: status.scales_from_zero,
+                unavailable_reason: status.unavailable_reason,
             }),
         );
+        drop(table);
+        self.holds.changed();
     }
 
     /// Records a registered Node's ingress address (none yet: the Node is
@@ -429,6 +483,7 @@ impl Ingress {
             .expect("ingress lock")
             .services
             .remove(&key);
+        self.holds.changed();
     }
 
     pub fn set_route(&self, namespace: &str, name: &str, spec: RouteSpec) {
@@ -456,6 +511,8 @@ impl Ingress {
         let mut table = self.table.write().expect("ingress lock");
         if services {
             table.services.clear();
+            drop(table);
+            self.holds.changed();
         } else {
             table.routes.clear();
         }
@@ -589,6 +646,63 @@ impl Ingress {
         }
     }
 
+    /// Holds a request for a Service at zero until it has an endpoint
+    /// (then its backends), or answers it: the Service holds its most
+    /// already, its pods cannot start (the reason its status gives), it
+    /// went, or it did not start within the wait.
+    async fn wait_for_endpoints(
+        &self,
+        service: &PodName,
+    ) -> Result<Arc<Backends>, http::Response<HttpBody>> {
+        let (namespace, name) = service;
+        let config = self.holds.config();
+        let Some(_held) = self.holds.enter(service) else {
+            return Err(unavailable(format!(
+                "service {namespace}/{name} is starting from zero and holds {} requests already; try again\n",
+                config.max_held
+            )));
+        };
+        let mut changes = self.holds.subscribe();
+        let deadline = tokio::time::Instant::now() + config.max_wait;
+        loop {
+            changes.borrow_and_update();
+            let current = self
+                .table
+                .read()
+                .expect("ingress lock")
+                .services
+                .get(service)
+                .cloned();
+            match current {
+                Some(b) if !b.endpoints.is_empty() => return Ok(b),
+                Some(b) if b.scales_from_zero => {
+                    if let Some(reason) = &b.unavailable_reason {
+                        return Err(unavailable(format!(
+                            "service {namespace}/{name} is at zero and its pods cannot start: {reason}\n"
+                        )));
+                    }
+                }
+                _ => {
+                    return Err(unavailable(format!(
+                        "service {namespace}/{name} has no ready endpoints\n"
+                    )));
+                }
+            }
+            self.holds.ask(service);
+            let wake = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            if tokio::time::timeout_at(wake, changes.changed())
+                .await
+                .is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return Err(unavailable(format!(
+                    "service {namespace}/{name} is starting from zero and had no ready pod within {}s; try again\n",
+                    config.max_wait.as_secs()
+                )));
+            }
+        }
+    }
+
     /// Hands a request to a pod on this node. The pod's answer cannot say
     /// the pod was missing: that would have its request sent again.
     async fn serve_local<B>(
@@ -644,10 +758,22 @@ impl Ingress {
                 ),
             );
         }
-        let Some(backends) = backends.filter(|b| !b.endpoints.is_empty()) else {
-            return unavailable(format!(
-                "service {namespace}/{name} has no ready endpoints\n"
-            ));
+        let backends = match backends {
+            Some(b) if !b.endpoints.is_empty() => b,
+            Some(b) if b.scales_from_zero => {
+                match self
+                    .wait_for_endpoints(&(namespace.clone(), name.clone()))
+                    .await
+                {
+                    Ok(backends) => backends,
+                    Err(refusal) => return refusal,
+                }
+            }
+            _ => {
+                return unavailable(format!(
+                    "service {namespace}/{name} has no ready endpoints\n"
+                ));
+            }
         };
         let (parts, body) = request.into_parts();
         let body = match Outgoing::new(body).await {
@@ -931,6 +1057,32 @@ pub fn pod_of_host(host: &str) -> Option<PodName> {
     named_host(host, "pod")
 }
 
+fn load(pods: &LocalPods, holds: &hold::Holds) -> skiff_client::node_api::NodeLoad {
+    skiff_client::node_api::NodeLoad {
+        pods: pods.load(),
+        held: holds
+            .held()
+            .into_iter()
+            .map(
+                |((namespace, service), held)| skiff_client::node_api::HeldLoad {
+                    namespace,
+                    service,
+                    held: held as u64,
+                },
+            )
+            .collect(),
+    }
+}
+
+/// A Service status with these endpoints Ready.
+#[cfg(test)]
+fn ready(endpoints: Vec<Endpoint>) -> ServiceStatus {
+    ServiceStatus {
+        endpoints,
+        ..ServiceStatus::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1080,7 +1232,7 @@ mod tests {
             "shop",
             "web",
             ServiceSpec::default(),
-            vec![endpoint("a"), endpoint("b"), endpoint("c")],
+            ready(vec![endpoint("a"), endpoint("b"), endpoint("c")]),
         );
         let backends =
             ingress.table.read().unwrap().services[&("shop".to_owned(), "web".to_owned())].clone();
@@ -1097,7 +1249,7 @@ mod tests {
             "shop",
             "web",
             ServiceSpec::default(),
-            vec![endpoint("b"), endpoint("d")],
+            ready(vec![endpoint("b"), endpoint("d")]),
         );
         let backends =
             ingress.table.read().unwrap().services[&("shop".to_owned(), "web".to_owned())].clone();
@@ -1450,7 +1602,7 @@ mod trust_tests {
         let (echo, _stop_echo) = echo_headers().await;
         let b = ingress("127.0.0.1:2", false);
         b.pods
-            .add(name("shop", "web"), "uid-1", Backend::Process(echo));
+            .add(name("shop", "web"), "uid-1", Backend::Process(echo), None);
         let (b_addr, _stop_b) = serve_ingress(b.clone()).await;
         let a = ingress("127.0.0.1:1", false);
         let to_b = Endpoint {
@@ -1458,7 +1610,12 @@ mod trust_tests {
             node: "b".into(),
             address: b_addr.to_string(),
         };
-        a.set_service("shop", "web", ServiceSpec::default(), vec![to_b.clone()]);
+        a.set_service(
+            "shop",
+            "web",
+            ServiceSpec::default(),
+            ready(vec![to_b.clone()]),
+        );
 
         // Until node b is a registered Node, a's ingress sends nothing there.
         let guest = a.caller_credential("shop");
@@ -1544,7 +1701,7 @@ mod trust_tests {
             allowed_callers: vec!["other".into()],
             ..Default::default()
         };
-        a.set_service("shop", "web", admitting, vec![to_b]);
+        a.set_service("shop", "web", admitting, ready(vec![to_b]));
         let (status, body) = text(a.handle(from_other()).await).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(!body.contains("skiff-"), "{body}");
@@ -1569,7 +1726,7 @@ mod trust_tests {
         let ingress = ingress("127.0.0.1:1", true);
         ingress
             .pods
-            .add(name("shop", "web"), "uid-1", Backend::Process(addr));
+            .add(name("shop", "web"), "uid-1", Backend::Process(addr), None);
         let response = ingress.handle(request("web.shop.pod", &[])).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert!(!response.headers().contains_key(POD_MISSING_HEADER));

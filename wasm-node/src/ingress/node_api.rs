@@ -9,6 +9,8 @@
 //!   most [`MAX_LOG_STREAMS_PER_NAMESPACE`] of them.
 //! - `GET /stats`: the node's usage summary, as JSON; `?namespace=NS`, only
 //!   that namespace's (what a tenant's request is answered from).
+//! - `GET /load`: every served pod's requests so far and the requests held
+//!   for Services at zero, as JSON: what the autoscaler samples.
 //!
 //! Every answer, refusals after the credential held included, carries the
 //! reply proof; a request without a credential gets the same 404 as any
@@ -23,8 +25,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt as _;
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt as _;
+use skiff_client::node_api::{LOAD_PATH, NodeLoad, NodeSummary, STATS_PATH};
 use skiff_client::node_api::{LogOptions, NODE_AUTH_HEADER, NODE_REPLY_HEADER, NodeApiKey};
-use skiff_client::node_api::{NodeSummary, STATS_PATH};
 use skiff_wasm::{BodyError, HttpBody, text_response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -43,6 +45,9 @@ pub const MAX_LOG_STREAMS_PER_NAMESPACE: usize = 32;
 /// The usage summary's source, set once the node's sampler runs.
 pub type StatsSource = Arc<dyn Fn() -> NodeSummary + Send + Sync>;
 
+/// The ingress's load, for the autoscaler.
+pub type LoadSource = Arc<dyn Fn() -> NodeLoad + Send + Sync>;
+
 /// What the node API reads from.
 pub struct NodeApi {
     node: String,
@@ -50,6 +55,7 @@ pub struct NodeApi {
     logs: Arc<NodeLogs>,
     data_dir: std::path::PathBuf,
     stats: OnceLock<StatsSource>,
+    load: OnceLock<LoadSource>,
     streams: Arc<Semaphore>,
     namespaces: Arc<NamespaceStreams>,
 }
@@ -67,6 +73,7 @@ impl NodeApi {
             logs,
             data_dir: data_dir.to_owned(),
             stats: OnceLock::new(),
+            load: OnceLock::new(),
             streams: Arc::new(Semaphore::new(MAX_LOG_STREAMS)),
             namespaces: NamespaceStreams::new(MAX_LOG_STREAMS_PER_NAMESPACE),
         }
@@ -75,6 +82,11 @@ impl NodeApi {
     /// Serves `/stats` from `source` from now on.
     pub fn set_stats(&self, source: StatsSource) {
         let _ = self.stats.set(source);
+    }
+
+    /// Serves `/load` from `source` from now on.
+    pub fn set_load(&self, source: LoadSource) {
+        let _ = self.load.set(source);
     }
 
     /// Serves a request for host `node`: the caller already found the host
@@ -139,6 +151,21 @@ impl NodeApi {
                 None => text_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "this node has no usage samples yet\n".into(),
+                ),
+            };
+        }
+        if path == LOAD_PATH {
+            if request.uri().query().is_some_and(|q| !q.is_empty()) {
+                return text_response(
+                    StatusCode::BAD_REQUEST,
+                    format!("{LOAD_PATH} takes no query parameters\n"),
+                );
+            }
+            return match self.load.get() {
+                Some(source) => json_response(&source()),
+                None => text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this node's ingress does not serve yet\n".into(),
                 ),
             };
         }

@@ -77,6 +77,7 @@ fn a_shut_down_agent_stops_serving_and_renewing_its_lease() {
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(1),
             grace: Duration::from_secs(1),
+            hold: Default::default(),
             max_instance_memory: 64 << 20,
             max_concurrent_instances: 10,
             namespace_instances: None,

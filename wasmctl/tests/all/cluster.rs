@@ -163,7 +163,10 @@ fn get_prints_tables_and_documents() {
 
     let table = cluster.ok(&["get", "deployments", "-n", "shop"]);
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines[0], "NAME   READY   UP-TO-DATE   AVAILABLE   AGE");
+    assert_eq!(
+        lines[0],
+        "NAME   READY   UP-TO-DATE   AVAILABLE   AUTOSCALE   AGE"
+    );
     // No node runs its pods, so none is ready; how many the Deployment
     // controller has created by now is a race, so UP-TO-DATE is not read.
     let columns: Vec<&str> = lines[1].split_whitespace().collect();

@@ -16,10 +16,10 @@ use crate::nodes::{NodeCluster, WAIT, pod, push};
 use crate::support::{HttpResponse, http_request, test_guest};
 
 /// The host a Route sends to the `web` Service.
-const WEB_HOST: &str = "web.example.com";
+pub(crate) const WEB_HOST: &str = "web.example.com";
 
 /// A cluster of three nodes with the misbehave guest in its registry.
-fn cluster() -> (NodeCluster, String) {
+pub(crate) fn cluster() -> (NodeCluster, String) {
     let cluster = NodeCluster::start(&[("n1", &[]), ("n2", &[]), ("n3", &[])]);
     let image = format!("{}/misbehave:v1", cluster.registry.addr);
     push(&test_guest("misbehave"), &image);
@@ -27,7 +27,13 @@ fn cluster() -> (NodeCluster, String) {
 }
 
 /// A Deployment of `image` labelled app=`name`, with `env` and more spec.
-fn deployment(name: &str, image: &str, replicas: u32, env: &[(&str, &str)], spec: Value) -> Value {
+pub(crate) fn deployment(
+    name: &str,
+    image: &str,
+    replicas: u32,
+    env: &[(&str, &str)],
+    spec: Value,
+) -> Value {
     let env: Vec<Value> = env
         .iter()
         .map(|(k, v)| json!({"name": k, "value": v}))
@@ -56,7 +62,7 @@ fn deployment(name: &str, image: &str, replicas: u32, env: &[(&str, &str)], spec
     deployment
 }
 
-fn service(name: &str) -> Value {
+pub(crate) fn service(name: &str) -> Value {
     json!({
         "apiVersion": "skiff.dev/v1", "kind": "Service",
         "metadata": {"name": name},
@@ -64,7 +70,7 @@ fn service(name: &str) -> Value {
     })
 }
 
-fn route(name: &str, host: &str) -> Value {
+pub(crate) fn route(name: &str, host: &str) -> Value {
     json!({
         "apiVersion": "skiff.dev/v1", "kind": "Route",
         "metadata": {"name": name},
@@ -73,7 +79,7 @@ fn route(name: &str, host: &str) -> Value {
 }
 
 /// `wasmctl rollout status` to success.
-fn rolled_out(cluster: &NodeCluster, name: &str) -> String {
+pub(crate) fn rolled_out(cluster: &NodeCluster, name: &str) -> String {
     cluster.cluster.ok(&[
         "rollout",
         "status",
@@ -84,7 +90,7 @@ fn rolled_out(cluster: &NodeCluster, name: &str) -> String {
 }
 
 /// The Deployment's pods by name, with their JSON.
-fn pods_of(cluster: &NodeCluster, app: &str) -> BTreeMap<String, Value> {
+pub(crate) fn pods_of(cluster: &NodeCluster, app: &str) -> BTreeMap<String, Value> {
     let list = cluster.json(&["get", "pods", "-l", &format!("app={app}")]);
     list["items"]
         .as_array()
@@ -101,13 +107,13 @@ fn pods_of(cluster: &NodeCluster, app: &str) -> BTreeMap<String, Value> {
 
 /// Sends requests for the web Route through `ingresses` in turn until
 /// stopped, keeping every answer (or failure to get one).
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     worker: JoinHandle<Vec<Result<HttpResponse, String>>>,
 }
 
 impl Load {
-    fn start(ingresses: Vec<SocketAddr>, path: &'static str) -> Load {
+    pub(crate) fn start(ingresses: Vec<SocketAddr>, path: &'static str) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let worker = std::thread::spawn(move || {
@@ -124,14 +130,14 @@ impl Load {
         Load { stop, worker }
     }
 
-    fn finish(self) -> Vec<Result<HttpResponse, String>> {
+    pub(crate) fn finish(self) -> Vec<Result<HttpResponse, String>> {
         self.stop.store(true, Ordering::Relaxed);
         self.worker.join().expect("the load thread")
     }
 }
 
 /// The bodies of the answers; panics on any failed request.
-fn all_succeeded(answers: &[Result<HttpResponse, String>]) -> BTreeMap<String, usize> {
+pub(crate) fn all_succeeded(answers: &[Result<HttpResponse, String>]) -> BTreeMap<String, usize> {
     let mut bodies = BTreeMap::new();
     for (i, answer) in answers.iter().enumerate() {
         match answer {

@@ -23,6 +23,7 @@ mod pod_logs;
 mod registry;
 mod run_command;
 mod serve_http;
+mod serverless;
 mod service_accounts;
 mod slow_clients;
 mod support;

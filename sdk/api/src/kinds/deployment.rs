@@ -37,6 +37,57 @@ pub struct DeploymentSpec {
     pub auto_rollback: Option<bool>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// When set, the autoscaler owns `replicas`: it sets them from the
+    /// concurrency the nodes observe, down to zero if `minReplicas` is 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+}
+
+/// How the autoscaler sizes a Deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Autoscaling {
+    /// At least this many pods, 0 for scale to zero (default 0).
+    #[serde(default)]
+    pub min_replicas: u32,
+    /// At most this many pods.
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_replicas: u32,
+    /// In-flight requests per pod the autoscaler aims at (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_concurrency: Option<u32>,
+    /// How long a lower load must last before pods are removed, and how
+    /// long without any request before the last goes (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay: Option<String>,
+}
+
+/// Default of `spec.autoscaling.targetConcurrency`.
+pub const DEFAULT_TARGET_CONCURRENCY: u32 = 100;
+/// Default of `spec.autoscaling.scaleDownDelay`.
+pub const DEFAULT_SCALE_DOWN_DELAY: &str = "30s";
+/// The longest `scaleDownDelay`.
+pub const MAX_SCALE_DOWN_DELAY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl Autoscaling {
+    pub fn target(&self) -> u32 {
+        self.target_concurrency
+            .unwrap_or(DEFAULT_TARGET_CONCURRENCY)
+            .max(1)
+    }
+
+    pub fn delay(&self) -> std::time::Duration {
+        self.scale_down_delay
+            .as_deref()
+            .and_then(|d| crate::quantity::parse_duration(d).ok())
+            .unwrap_or(std::time::Duration::from_secs(30))
+    }
+
+    /// `n` brought within `minReplicas..=maxReplicas`.
+    pub fn clamp(&self, n: u32) -> u32 {
+        n.clamp(self.min_replicas, self.max_replicas.max(self.min_replicas))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -170,7 +221,24 @@ pub const CHANGE_CAUSE_ANNOTATION: &str = "skiff.dev/change-cause";
 
 impl DeploymentSpec {
     pub fn set_defaults(&mut self) {
-        self.replicas.get_or_insert(1);
+        match &mut self.autoscaling {
+            // A function starts with one pod (it has just been deployed,
+            // someone is about to call it) and the autoscaler goes on from
+            // there.
+            Some(autoscaling) => {
+                autoscaling
+                    .target_concurrency
+                    .get_or_insert(DEFAULT_TARGET_CONCURRENCY);
+                autoscaling
+                    .scale_down_delay
+                    .get_or_insert_with(|| DEFAULT_SCALE_DOWN_DELAY.into());
+                let initial = autoscaling.clamp(self.replicas.unwrap_or(1));
+                self.replicas = Some(initial);
+            }
+            None => {
+                self.replicas.get_or_insert(1);
+            }
+        }
         self.revision_history_limit.get_or_insert(10);
         self.progress_deadline_seconds.get_or_insert(600);
         self.auto_rollback.get_or_insert(true);
@@ -214,6 +282,9 @@ impl DeploymentSpec {
                 "must be empty: the scheduler places pods",
             );
         }
+        if let Some(autoscaling) = &self.autoscaling {
+            autoscaling.validate(v, "spec.autoscaling");
+        }
         if self.progress_deadline_seconds == Some(0) {
             v.error("spec.progressDeadlineSeconds", "must be at least 1");
         }
@@ -242,6 +313,34 @@ impl DeploymentSpec {
                     "spec.strategy.rollingUpdate",
                     "maxSurge and maxUnavailable cannot both be 0",
                 );
+            }
+        }
+    }
+}
+
+impl Autoscaling {
+    pub fn validate(&self, v: &mut Validator, at: &str) {
+        if self.max_replicas == 0 {
+            v.error(format!("{at}.maxReplicas"), "must be at least 1");
+        } else if self.max_replicas > 10_000 {
+            v.error(format!("{at}.maxReplicas"), "must be at most 10000");
+        }
+        if self.min_replicas > self.max_replicas {
+            v.error(
+                format!("{at}.minReplicas"),
+                format!("must not exceed maxReplicas ({})", self.max_replicas),
+            );
+        }
+        if self.target_concurrency == Some(0) {
+            v.error(format!("{at}.targetConcurrency"), "must be at least 1");
+        }
+        if let Some(delay) = &self.scale_down_delay {
+            match crate::quantity::parse_duration(delay) {
+                Err(e) => v.error(format!("{at}.scaleDownDelay"), e.to_string()),
+                Ok(d) if d > MAX_SCALE_DOWN_DELAY => {
+                    v.error(format!("{at}.scaleDownDelay"), "must be at most 1h")
+                }
+                Ok(_) => {}
             }
         }
     }

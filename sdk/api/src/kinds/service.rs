@@ -61,6 +61,16 @@ pub struct ServiceStatus {
     /// Selected pods that are not Ready (yet, or any more).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub not_ready: u32,
+    /// An autoscaled Deployment that may have no pods sits behind the
+    /// Service: with no endpoint, nodes hold its requests and have a pod
+    /// started, rather than answer 503.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scales_from_zero: bool,
+    /// While no selected pod is Ready: why one of them cannot start (its
+    /// image cannot be pulled, it crash-loops), which is what held
+    /// requests are answered with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable_reason: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -1,0 +1,643 @@
+//! The autoscaler: sets the `replicas` of every Deployment with
+//! `spec.autoscaling` from the concurrency its pods see.
+//!
+//! Once a second the leader asks every Ready node's API for its ingress's
+//! load (`/load`): per pod, requests in flight and the running totals of
+//! requests answered and of the time they took; per Service at zero, the
+//! requests held for it. The time taken grows, over a window, by the mean
+//! concurrency times the window (Little's law), which catches requests of
+//! microseconds that a sampled in-flight count would miss. Samples live
+//! in memory only: no durable write but a changed `replicas`.
+//!
+//! [`decide`] is the whole policy, without I/O: a stable window (60 s) and
+//! a panic window (6 s) as Knative's; a burst that wants twice the pods
+//! there are enters panic mode, which scales up at once and never down
+//! for a stable window; a lower load must last `scaleDownDelay` before
+//! pods go, and the last pod goes only after `scaleDownDelay` without any
+//! request. A Service at zero with a request waiting does not wait for
+//! this loop: the node asks the API to activate it ([`activate`]), which
+//! sets one pod at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+use skiff_api::Kind;
+use skiff_api::kinds::deployment::{Autoscaling, Deployment};
+use skiff_api::kinds::event::Severity;
+use skiff_api::kinds::service::Service;
+use skiff_client::events::Recorder;
+use skiff_client::node_api::{LOAD_PATH, NodeLoad};
+
+use crate::api::node_proxy::NodeProxy;
+use crate::store::{ListQuery, ObjectKey, Part, Store, StoreError, Write};
+
+/// How often nodes are sampled and decisions made.
+pub const TICK: Duration = Duration::from_secs(1);
+/// The window the steady load is averaged over.
+pub const STABLE_WINDOW: f64 = 60.0;
+/// The window a burst is seen in.
+pub const PANIC_WINDOW: f64 = 6.0;
+/// A burst that wants this many times the pods there are is a panic.
+pub const PANIC_THRESHOLD: f64 = 2.0;
+/// Annotation the activation stamps on a Deployment it takes off zero
+/// (RFC 3339): a request arrived then, whatever the samples say.
+pub const ACTIVATED_ANNOTATION: &str = "skiff.dev/activated-at";
+
+const MAX_LOAD_BYTES: usize = 4 << 20;
+const NODE_DEADLINE: Duration = Duration::from_millis(800);
+const FAN_OUT: usize = 16;
+
+/// What the autoscaler remembers of one Deployment, in seconds since the
+/// Unix epoch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Window {
+    /// When this process began watching the Deployment: nothing is taken
+    /// away before it has watched for `scaleDownDelay`.
+    pub since: f64,
+    /// Mean concurrency per sample, newest last.
+    pub samples: VecDeque<(f64, f64)>,
+    /// The last time any request was in flight, held or answered.
+    pub last_traffic: Option<f64>,
+    /// Panic mode lasts until then.
+    pub panic_until: Option<f64>,
+    /// What each decision wanted, over the last `scaleDownDelay`.
+    pub wanted: VecDeque<(f64, u32)>,
+}
+
+impl Window {
+    pub fn new(now: f64) -> Self {
+        Self {
+            since: now,
+            ..Self::default()
+        }
+    }
+
+    /// Adds a sample at `now`; any concurrency counts as traffic.
+    pub fn observe(&mut self, now: f64, concurrency: f64, traffic: bool) {
+        self.samples.push_back((now, concurrency));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| *at < now - STABLE_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        if traffic || concurrency > 0.0 {
+            self.last_traffic = Some(now);
+        }
+    }
+
+    fn mean_over(&self, now: f64, window: f64) -> f64 {
+        let recent: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(at, _)| *at > now - window)
+            .map(|(_, c)| *c)
+            .collect();
+        if recent.is_empty() {
+            0.0
+        } else {
+            recent.iter().sum::<f64>() / recent.len() as f64
+        }
+    }
+}
+
+/// The replicas `spec` wants at `now` with `current` running and the
+/// load in `window` (which remembers the decision).
+pub fn decide(spec: &Autoscaling, current: u32, window: &mut Window, now: f64) -> u32 {
+    let target = f64::from(spec.target());
+    let delay = spec.delay().as_secs_f64();
+    let pods_for = |concurrency: f64| (concurrency / target).ceil().min(1e6) as u32;
+    let stable = pods_for(window.mean_over(now, STABLE_WINDOW));
+    let panic = pods_for(window.mean_over(now, PANIC_WINDOW));
+    if f64::from(panic) >= PANIC_THRESHOLD * f64::from(current.max(1)) && panic > current {
+        window.panic_until = Some(now + STABLE_WINDOW);
+    }
+    let panicking = window.panic_until.is_some_and(|until| now < until);
+    let mut wanted = if panicking {
+        panic.max(stable).max(current)
+    } else {
+        stable
+    };
+    // A request within the delay keeps a pod.
+    if window.last_traffic.is_some_and(|at| now - at < delay) {
+        wanted = wanted.max(1);
+    }
+    window.wanted.push_back((now, wanted));
+    while window
+        .wanted
+        .front()
+        .is_some_and(|(at, _)| *at <= now - delay)
+    {
+        window.wanted.pop_front();
+    }
+    // Down only to the most any decision within the delay wanted, and not
+    // at all before this process has watched for the delay.
+    let mut replicas = window
+        .wanted
+        .iter()
+        .map(|(_, n)| *n)
+        .max()
+        .unwrap_or(wanted);
+    if now - window.since < delay {
+        replicas = replicas.max(current);
+    }
+    spec.clamp(replicas)
+}
+
+/// Loads from one node: the answer, or nothing (the node is not counted
+/// this tick).
+type Loads = Vec<(String, NodeLoad)>;
+
+/// Previous totals of one pod on one node: requests, busy time, when.
+type Totals = (u64, u64, f64);
+
+/// The autoscaler's state: one per leadership term.
+pub struct Autoscaler {
+    pub store: Store,
+    pub proxy: Arc<NodeProxy>,
+    pub events: Recorder,
+    windows: HashMap<(String, String), Window>,
+    totals: HashMap<(String, String), Totals>,
+}
+
+/// Runs the autoscaler until an error the store reports.
+pub async fn run(store: Store, events: Recorder) -> Result<(), StoreError> {
+    let mut autoscaler = Autoscaler {
+        store,
+        proxy: Arc::new(NodeProxy::new()),
+        events,
+        windows: HashMap::new(),
+        totals: HashMap::new(),
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        autoscaler.tick().await?;
+    }
+}
+
+fn unix_now() -> f64 {
+    Utc::now().timestamp_micros() as f64 / 1e6
+}
+
+impl Autoscaler {
+    async fn tick(&mut self) -> Result<(), StoreError> {
+        let deployments: Vec<Deployment> = self
+            .store
+            .list(Kind::Deployment, ListQuery::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|d| d["spec"]["autoscaling"].is_object())
+            .filter_map(|d| serde_json::from_value(d).ok())
+            .filter(|d: &Deployment| d.metadata.deletion_timestamp.is_none())
+            .collect();
+        let keys: std::collections::HashSet<(String, String)> = deployments
+            .iter()
+            .map(|d| (d.metadata.namespace.clone(), d.metadata.name.clone()))
+            .collect();
+        self.windows.retain(|key, _| keys.contains(key));
+        if deployments.is_empty() {
+            self.totals.clear();
+            return Ok(());
+        }
+        let loads = self.sample().await?;
+        let now = unix_now();
+        let mut concurrency: HashMap<(String, String), (f64, bool)> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for (node, load) in &loads {
+            for pod in &load.pods {
+                let Some(deployment) = &pod.deployment else {
+                    continue;
+                };
+                let key = (node.clone(), pod.uid.clone());
+                seen.insert(key.clone());
+                let previous = self.totals.insert(key, (pod.requests, pod.busy_nanos, now));
+                let (mean, answered) = match previous {
+                    Some((requests, busy, at)) if now > at => (
+                        pod.busy_nanos.saturating_sub(busy) as f64 / 1e9 / (now - at),
+                        pod.requests > requests,
+                    ),
+                    _ => (0.0, false),
+                };
+                let entry = concurrency
+                    .entry((pod.namespace.clone(), deployment.clone()))
+                    .or_default();
+                entry.0 += mean.max(pod.in_flight as f64);
+                entry.1 |= answered || pod.in_flight > 0;
+            }
+        }
+        self.totals.retain(|key, _| seen.contains(key));
+        for (key, held) in self.held_by_deployment(&loads, &deployments).await? {
+            let entry = concurrency.entry(key).or_default();
+            entry.0 += held as f64;
+            entry.1 = true;
+        }
+        for deployment in &deployments {
+            let key = (
+                deployment.metadata.namespace.clone(),
+                deployment.metadata.name.clone(),
+            );
+            let Some(spec) = &deployment.spec.autoscaling else {
+                continue;
+            };
+            let window = self
+                .windows
+                .entry(key.clone())
+                .or_insert_with(|| Window::new(now));
+            let (load, traffic) = concurrency.get(&key).copied().unwrap_or_default();
+            window.observe(now, load, traffic);
+            if let Some(activated) = deployment
+                .metadata
+                .annotations
+                .get(ACTIVATED_ANNOTATION)
+                .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+            {
+                let at = activated.timestamp_micros() as f64 / 1e6;
+                if window.last_traffic.is_none_or(|last| last < at) {
+                    window.last_traffic = Some(at.min(now));
+                }
+            }
+            let current = deployment.spec.replicas.unwrap_or(1);
+            let wanted = decide(spec, current, window, now);
+            if wanted != current {
+                self.scale(deployment, current, wanted, load).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every Ready node's load, asked of 16 nodes at a time.
+    async fn sample(&self) -> Result<Loads, StoreError> {
+        use futures::StreamExt as _;
+        let nodes = self.store.list(Kind::Node, ListQuery::default()).await?;
+        let names: Vec<String> = nodes
+            .items
+            .iter()
+            .filter(|n| {
+                n["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_owned))
+            .collect();
+        let asks = names.into_iter().map(|node| async move {
+            let answer = self
+                .proxy
+                .get_bytes(&self.store, &node, LOAD_PATH, MAX_LOAD_BYTES, NODE_DEADLINE)
+                .await;
+            match answer.map(|body| serde_json::from_slice::<NodeLoad>(&body)) {
+                Ok(Ok(load)) => Some((node, load)),
+                Ok(Err(e)) => {
+                    tracing::debug!("autoscaler: node {node}'s load is not one: {e}");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        "autoscaler: node {node}: {}",
+                        crate::api::usage::error_text(e)
+                    );
+                    None
+                }
+            }
+        });
+        Ok(futures::stream::iter(asks)
+            .buffer_unordered(FAN_OUT)
+            .filter_map(std::future::ready)
+            .collect()
+            .await)
+    }
+
+    /// Requests nodes hold for Services at zero, counted for each
+    /// autoscaled Deployment behind the Service.
+    async fn held_by_deployment(
+        &self,
+        loads: &Loads,
+        deployments: &[Deployment],
+    ) -> Result<HashMap<(String, String), u64>, StoreError> {
+        let mut held = HashMap::new();
+        for (_, load) in loads {
+            for h in &load.held {
+                let key = ObjectKey::new(Kind::Service, &h.namespace, &h.service);
+                let Some(service) = self.store.get(&key).await? else {
+                    continue;
+                };
+                let Ok(service) = serde_json::from_value::<Service>(service) else {
+                    continue;
+                };
+                for d in deployments
+                    .iter()
+                    .filter(|d| d.metadata.namespace == h.namespace && selects(&service, d))
+                {
+                    *held
+                        .entry((d.metadata.namespace.clone(), d.metadata.name.clone()))
+                        .or_default() += h.held;
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    async fn scale(
+        &self,
+        deployment: &Deployment,
+        from: u32,
+        to: u32,
+        load: f64,
+    ) -> Result<(), StoreError> {
+        let key = ObjectKey::new(
+            Kind::Deployment,
+            &deployment.metadata.namespace,
+            &deployment.metadata.name,
+        );
+        let written = set_replicas(&self.store, &key, |current| {
+            (current["spec"]["replicas"].as_u64() == Some(u64::from(from))).then_some(to)
+        })
+        .await?;
+        if written.is_some() {
+            let object = serde_json::to_value(deployment).expect("a deployment serializes");
+            let (reason, message) = match to {
+                0 => (
+                    "ScaledToZero",
+                    format!(
+                        "no request for {}",
+                        deployment.spec.autoscaling.as_ref().map_or_else(
+                            || "30s".into(),
+                            |a| skiff_api::quantity::format_duration(a.delay())
+                        )
+                    ),
+                ),
+                _ => (
+                    "Scaled",
+                    format!("replicas {from} -> {to}: concurrency {load:.1}"),
+                ),
+            };
+            self.events.emit(
+                skiff_client::events::involved(Kind::Deployment, &object),
+                Severity::Normal,
+                reason,
+                message,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether `service` selects `deployment`'s pods.
+pub fn selects(service: &Service, deployment: &Deployment) -> bool {
+    !service.spec.selector.is_empty()
+        && service
+            .spec
+            .selector
+            .iter()
+            .all(|(k, v)| deployment.spec.template.metadata.labels.get(k) == Some(v))
+}
+
+/// Sets a Deployment's `spec.replicas` to what `decide` says given the
+/// stored object (`None`: leave it), conditionally on the revision read,
+/// retried against a fresh read on a conflict. Answers the count written.
+pub async fn set_replicas(
+    store: &Store,
+    key: &ObjectKey,
+    decide: impl Fn(&Value) -> Option<u32>,
+) -> Result<Option<u32>, StoreError> {
+    set_replicas_with(store, key, |current| decide(current).map(|n| (n, None))).await
+}
+
+/// As [`set_replicas`], with an annotation set in the same write.
+async fn set_replicas_with(
+    store: &Store,
+    key: &ObjectKey,
+    decide: impl Fn(&Value) -> Option<(u32, Option<(&'static str, String)>)>,
+) -> Result<Option<u32>, StoreError> {
+    for _ in 0..5 {
+        let Some(current) = store.get(key).await? else {
+            return Ok(None);
+        };
+        let Some((replicas, annotation)) = decide(&current) else {
+            return Ok(None);
+        };
+        let mut next = current.clone();
+        next["spec"]["replicas"] = replicas.into();
+        if let Some((name, value)) = annotation {
+            if !next["metadata"]["annotations"].is_object() {
+                next["metadata"]["annotations"] = serde_json::json!({});
+            }
+            next["metadata"]["annotations"][name] = value.into();
+        }
+        let write = Write::Update {
+            key: key.clone(),
+            object: next,
+            part: Part::Main,
+            expected_revision: current["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|rv| rv.parse().ok()),
+        };
+        match store.write(write).await {
+            Ok(_) => return Ok(Some(replicas)),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Takes the autoscaled Deployments behind Service `namespace/name` off
+/// zero: each at zero gets `max(1, minReplicas)` replicas and the time,
+/// so the autoscaler keeps the pod for its delay. Answers the names of
+/// those it took off zero.
+pub async fn activate(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let Some(service) = store
+        .get(&ObjectKey::new(Kind::Service, namespace, name))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Ok(service) = serde_json::from_value::<Service>(service) else {
+        return Ok(Some(Vec::new()));
+    };
+    let deployments = store
+        .list(
+            Kind::Deployment,
+            ListQuery {
+                namespace: Some(namespace),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut activated = Vec::new();
+    for deployment in deployments
+        .items
+        .into_iter()
+        .filter_map(|d| serde_json::from_value::<Deployment>(d).ok())
+        .filter(|d| d.spec.autoscaling.is_some() && selects(&service, d))
+    {
+        let key = ObjectKey::new(Kind::Deployment, namespace, &deployment.metadata.name);
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        let written = set_replicas_with(store, &key, |current| {
+            let autoscaling: Autoscaling =
+                serde_json::from_value(current["spec"]["autoscaling"].clone()).ok()?;
+            (current["spec"]["replicas"].as_u64() == Some(0)
+                && current["metadata"]["deletionTimestamp"].is_null())
+            .then(|| {
+                (
+                    autoscaling.clamp(1),
+                    Some((ACTIVATED_ANNOTATION, now.clone())),
+                )
+            })
+        })
+        .await?;
+        if written.is_some() {
+            activated.push(deployment.metadata.name);
+        }
+    }
+    Ok(Some(activated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(min: u32, max: u32, target: u32, delay: &str) -> Autoscaling {
+        Autoscaling {
+            min_replicas: min,
+            max_replicas: max,
+            target_concurrency: Some(target),
+            scale_down_delay: Some(delay.into()),
+        }
+    }
+
+    /// Feeds `load` once a second from `from` to `to` (exclusive),
+    /// deciding each second; answers the replicas after each decision.
+    fn run(
+        spec: &Autoscaling,
+        window: &mut Window,
+        current: &mut u32,
+        from: u32,
+        to: u32,
+        load: f64,
+    ) -> Vec<u32> {
+        (from..to)
+            .map(|t| {
+                let now = f64::from(t);
+                window.observe(now, load, load > 0.0);
+                *current = decide(spec, *current, window, now);
+                *current
+            })
+            .collect()
+    }
+
+    #[test]
+    fn decisions_follow_the_load_as_the_table_says() {
+        struct Case {
+            name: &'static str,
+            spec: Autoscaling,
+            start: u32,
+            /// (seconds, concurrency) phases, one after another from t=100.
+            phases: Vec<(u32, f64)>,
+            /// Replicas at the end of each phase.
+            expect: Vec<u32>,
+        }
+        let cases = [
+            Case {
+                name: "a steady load keeps load/target pods",
+                spec: spec(0, 20, 10, "30s"),
+                start: 1,
+                phases: vec![(90, 45.0)],
+                expect: vec![5],
+            },
+            Case {
+                name: "a burst panics up at once and stays up through a dip",
+                spec: spec(0, 20, 10, "30s"),
+                start: 1,
+                phases: vec![(3, 150.0), (20, 10.0)],
+                expect: vec![15, 15],
+            },
+            Case {
+                name: "a lower load removes pods only after the delay",
+                spec: spec(0, 20, 10, "30s"),
+                start: 1,
+                phases: vec![(120, 80.0), (20, 20.0), (100, 20.0)],
+                expect: vec![8, 8, 2],
+            },
+            Case {
+                name: "idle, a function goes to zero after the delay and not before",
+                spec: spec(0, 20, 10, "30s"),
+                start: 1,
+                phases: vec![(70, 5.0), (25, 0.0), (70, 0.0)],
+                expect: vec![1, 1, 0],
+            },
+            Case {
+                name: "minReplicas holds however idle",
+                spec: spec(2, 20, 10, "5s"),
+                start: 2,
+                phases: vec![(100, 0.0)],
+                expect: vec![2],
+            },
+            Case {
+                name: "maxReplicas caps however busy",
+                spec: spec(0, 4, 10, "5s"),
+                start: 1,
+                phases: vec![(30, 1000.0)],
+                expect: vec![4],
+            },
+            Case {
+                name: "a trickle of tiny requests keeps one pod",
+                spec: spec(0, 20, 100, "10s"),
+                start: 1,
+                phases: vec![(200, 0.001)],
+                expect: vec![1],
+            },
+        ];
+        for case in cases {
+            let mut window = Window::new(100.0);
+            let mut current = case.start;
+            let mut t = 100;
+            let mut ends = Vec::new();
+            for (seconds, load) in &case.phases {
+                let replicas = run(&case.spec, &mut window, &mut current, t, t + seconds, *load);
+                ends.push(*replicas.last().unwrap());
+                t += seconds;
+            }
+            assert_eq!(ends, case.expect, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn a_new_leader_removes_nothing_before_it_watched_for_the_delay() {
+        let spec = spec(0, 20, 10, "30s");
+        let mut window = Window::new(1000.0);
+        let mut current = 6;
+        let replicas = run(&spec, &mut window, &mut current, 1000, 1029, 0.0);
+        assert!(replicas.iter().all(|&r| r == 6), "{replicas:?}");
+        let later = run(&spec, &mut window, &mut current, 1029, 1040, 0.0);
+        assert_eq!(*later.last().unwrap(), 0);
+    }
+
+    #[test]
+    fn an_activation_keeps_its_pod_for_the_delay() {
+        let spec = spec(0, 20, 10, "30s");
+        let mut window = Window::new(0.0);
+        let mut current = 0;
+        run(&spec, &mut window, &mut current, 0, 100, 0.0);
+        assert_eq!(current, 0);
+        // Activated at t=100 (what the annotation tells), no sample yet.
+        window.last_traffic = Some(100.0);
+        current = 1;
+        let replicas = run(&spec, &mut window, &mut current, 100, 129, 0.0);
+        assert!(replicas.iter().all(|&r| r == 1), "{replicas:?}");
+        let later = run(&spec, &mut window, &mut current, 129, 170, 0.0);
+        assert_eq!(*later.last().unwrap(), 0);
+    }
+}

@@ -1,0 +1,332 @@
+//! Functions that scale with their load and down to zero, against real
+//! processes: a control plane on Postgres, two nodes, a registry.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use testkit::wait_until;
+
+use crate::controllers::{
+    Load, WEB_HOST, all_succeeded, deployment, pods_of, rolled_out, route, service,
+};
+use crate::nodes::{NodeCluster, WAIT, push};
+use crate::support::{http_call, http_request, test_guest};
+
+/// Two nodes with the misbehave guest in the registry.
+fn cluster() -> (NodeCluster, String) {
+    let cluster = NodeCluster::start(&[("n1", &[]), ("n2", &[])]);
+    let image = format!("{}/misbehave:v1", cluster.registry.addr);
+    push(&test_guest("misbehave"), &image);
+    (cluster, image)
+}
+
+/// The `web` Deployment of `image` (VERSION `version`), autoscaled as
+/// `autoscaling` says; no readiness probe, so a pod serves as it starts.
+fn function(image: &str, version: &str, autoscaling: Value) -> Value {
+    let mut web = deployment("web", image, 1, &[("VERSION", version)], json!({}));
+    let spec = web["spec"].as_object_mut().unwrap();
+    spec.remove("replicas");
+    spec.insert("autoscaling".into(), autoscaling);
+    web["spec"]["template"]["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("readinessProbe");
+    web
+}
+
+fn replicas(cluster: &NodeCluster) -> u64 {
+    cluster.json(&["get", "deployment", "web"])["spec"]["replicas"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+/// Waits until the Deployment is at zero with no pod left.
+fn wait_for_zero(cluster: &NodeCluster) {
+    let mut last = 0;
+    assert!(
+        wait_until(WAIT, || {
+            last = replicas(cluster);
+            last == 0 && pods_of(cluster, "web").is_empty()
+        }),
+        "web never went to zero (replicas {last}); nodes:\n{}",
+        cluster.nodes.iter().map(|n| n.log()).collect::<String>()
+    );
+}
+
+#[test]
+fn a_function_at_zero_answers_its_first_requests_and_goes_back_to_zero_when_idle() {
+    let (cluster, image) = cluster();
+    let autoscaling = json!({"minReplicas": 0, "maxReplicas": 4, "targetConcurrency": 10, "scaleDownDelay": "2s"});
+    cluster.apply(&[
+        function(&image, "v1", autoscaling.clone()),
+        service("web"),
+        route("web", WEB_HOST),
+    ]);
+    // Deployed, it starts with one pod; nobody calls it, so it goes.
+    wait_for_zero(&cluster);
+    let table = cluster.cluster.ok(&["get", "deployments"]);
+    let row = table.lines().find(|l| l.starts_with("web")).unwrap();
+    assert!(row.contains("0-4,at-zero"), "{table}");
+    let events = cluster
+        .cluster
+        .ok(&["get", "events", "--for", "deployment/web"]);
+    assert!(events.contains("ScaledToZero"), "{events}");
+
+    // The first request, through a Route on a node that may not be where
+    // the pod lands, is held until a pod serves it.
+    let ingress = cluster.node("n2").ingress;
+    let first = http_request(ingress, WEB_HOST, "/env?name=VERSION", &[]).unwrap();
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (200, "v1"),
+        "{first:?}"
+    );
+    assert_eq!(replicas(&cluster), 1);
+
+    // Idle again, it goes back to zero; then many at once are all served.
+    wait_for_zero(&cluster);
+    let ingresses = [cluster.node("n1").ingress, cluster.node("n2").ingress];
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..40)
+            .map(|i| {
+                let ingress = ingresses[i % 2];
+                scope.spawn(move || http_request(ingress, WEB_HOST, "/sleep?ms=50", &[]))
+            })
+            .collect();
+        calls
+            .into_iter()
+            .map(|call| call.join().unwrap().map_err(|e| e.to_string()))
+            .collect()
+    });
+    let bodies = all_succeeded(&answers);
+    assert_eq!(bodies.get("slept 50ms\n"), Some(&40), "{bodies:?}");
+
+    // A new revision rolled out while at zero is what the next request
+    // meets.
+    wait_for_zero(&cluster);
+    cluster.apply(&[function(&image, "v2", autoscaling)]);
+    let next = http_request(ingress, WEB_HOST, "/env?name=VERSION", &[]).unwrap();
+    assert_eq!((next.status, next.body.as_str()), (200, "v2"), "{next:?}");
+}
+
+#[test]
+fn a_steady_load_keeps_load_over_target_pods_and_a_rollout_under_it_loses_nothing() {
+    let (cluster, image) = cluster();
+    let autoscaling = json!({"minReplicas": 0, "maxReplicas": 10, "targetConcurrency": 2, "scaleDownDelay": "30s"});
+    cluster.apply(&[
+        function(&image, "v1", autoscaling.clone()),
+        service("web"),
+        route("web", WEB_HOST),
+    ]);
+    // Six callers, each always waiting on a 200 ms request: a concurrency
+    // of six, three pods' worth.
+    let ingresses = vec![cluster.node("n1").ingress, cluster.node("n2").ingress];
+    // Once both nodes know the Route.
+    for ingress in &ingresses {
+        assert!(wait_until(WAIT, || {
+            http_request(*ingress, WEB_HOST, "/", &[]).is_ok_and(|r| r.status == 200)
+        }));
+    }
+    let loads: Vec<Load> = (0..6)
+        .map(|_| Load::start(ingresses.clone(), "/sleep?ms=200"))
+        .collect();
+    let mut seen = 0;
+    assert!(
+        wait_until(WAIT, || {
+            seen = replicas(&cluster);
+            (3..=4).contains(&seen) && pods_of(&cluster, "web").len() as u64 == seen
+        }),
+        "the load never got its pods: replicas {seen}"
+    );
+    // It stays there (no flapping up to the maximum or down).
+    let steady: Vec<u64> = (0..5)
+        .map(|_| {
+            std::thread::sleep(Duration::from_secs(1));
+            replicas(&cluster)
+        })
+        .collect();
+    assert!(steady.iter().all(|r| (3..=4).contains(r)), "{steady:?}");
+
+    // A rolling update under the load fails no request.
+    cluster.apply(&[function(&image, "v2", autoscaling)]);
+    rolled_out(&cluster, "web");
+    for load in loads {
+        all_succeeded(&load.finish());
+    }
+    let version = http_request(ingresses[0], WEB_HOST, "/env?name=VERSION", &[]).unwrap();
+    assert_eq!(version.body, "v2");
+}
+
+#[test]
+fn a_broken_function_at_zero_answers_its_held_requests_with_the_reason() {
+    let (cluster, _) = cluster();
+    let missing = format!("{}/missing:v1", cluster.registry.addr);
+    cluster.apply(&[
+        function(
+            &missing,
+            "v1",
+            json!({"minReplicas": 0, "maxReplicas": 2, "scaleDownDelay": "2s"}),
+        ),
+        service("web"),
+        route("web", WEB_HOST),
+    ]);
+    wait_for_zero(&cluster);
+    let ingress = cluster.node("n1").ingress;
+    let answer = http_request(ingress, WEB_HOST, "/", &[]).unwrap();
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(
+        answer.body.contains("its pods cannot start")
+            && (answer.body.contains("ErrImagePull") || answer.body.contains("ImagePullBackOff")),
+        "{}",
+        answer.body
+    );
+    // The reason is the pod's state, never the registry's words.
+    assert!(
+        !answer.body.contains(&cluster.registry.addr.to_string()),
+        "{}",
+        answer.body
+    );
+    // Only nodes and editors of the namespace may have a Service started:
+    // a viewer, or an editor of another namespace, may not.
+    cluster.cluster.ok(&["create", "namespace", "other"]);
+    let plane = cluster.cluster.api_addr();
+    let activate_as = |token: &str| {
+        http_call(
+            plane,
+            "POST",
+            &plane.to_string(),
+            "/apis/skiff.dev/v1/namespaces/default/services/web/activate",
+            &[("authorization", &format!("Bearer {}", token.trim()))],
+            "",
+        )
+        .unwrap()
+    };
+    for (namespace, role) in [("default", "view"), ("other", "edit")] {
+        let token =
+            cluster
+                .cluster
+                .ok(&["create", "token", "--namespace", namespace, "--role", role]);
+        let refused = activate_as(&token);
+        assert_eq!(refused.status, 403, "{namespace} {role}: {refused:?}");
+    }
+    let editor = cluster.cluster.ok(&[
+        "create",
+        "token",
+        "--namespace",
+        "default",
+        "--role",
+        "edit",
+    ]);
+    let missing = http_call(
+        plane,
+        "POST",
+        &plane.to_string(),
+        "/apis/skiff.dev/v1/namespaces/default/services/nothing/activate",
+        &[("authorization", &format!("Bearer {}", editor.trim()))],
+        "",
+    )
+    .unwrap();
+    assert_eq!(missing.status, 404, "{missing:?}");
+}
+
+#[test]
+fn the_autoscaler_owns_replicas_and_bad_settings_are_refused() {
+    let (cluster, image) = cluster();
+    cluster.apply(&[deployment("web", &image, 2, &[], json!({}))]);
+    rolled_out(&cluster, "web");
+    // Turned on, the Deployment keeps its two pods (within 1 to 5).
+    let on = cluster.cluster.ok(&[
+        "autoscale",
+        "deployment",
+        "web",
+        "--min",
+        "1",
+        "--max",
+        "5",
+        "--concurrency",
+        "50",
+    ]);
+    assert_eq!(on.trim(), "deployment/web autoscaled from 1 to 5 replicas");
+    let web = cluster.json(&["get", "deployment", "web"]);
+    assert_eq!(web["spec"]["autoscaling"]["targetConcurrency"], 50);
+    assert_eq!(web["spec"]["autoscaling"]["scaleDownDelay"], "30s");
+    assert_eq!(web["spec"]["replicas"], 2);
+    // Scaling by hand is refused while the autoscaler owns the count.
+    let refused = cluster
+        .cluster
+        .fails(&["scale", "deployment/web", "--replicas", "4"], 1);
+    assert!(
+        refused.contains("spec.replicas") && refused.contains("autoscal"),
+        "{refused}"
+    );
+    for (args, field) in [
+        (vec!["--min", "3", "--max", "2"], "max must be at least"),
+        (vec!["--max", "0"], "max must be at least 1"),
+        (vec!["--max", "3", "--concurrency", "0"], "--concurrency"),
+    ] {
+        let mut command = vec!["autoscale", "deployment/web"];
+        command.extend(args);
+        let out = cluster.cluster.fails(&command, 2);
+        assert!(out.contains(field), "{command:?}: {out}");
+    }
+    let unparsed = cluster.cluster.run(&[
+        "autoscale",
+        "deployment/web",
+        "--max",
+        "3",
+        "--scale-down-delay",
+        "soon",
+    ]);
+    assert_eq!(unparsed.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&unparsed.stderr);
+    assert!(stderr.contains("invalid duration `soon`"), "{stderr}");
+    let bad = cluster.json(&["get", "deployment", "web"]);
+    assert_eq!(
+        bad["spec"]["autoscaling"]["maxReplicas"], 5,
+        "nothing half-written"
+    );
+    // Through the API, a bad spec is one 422 naming the field.
+    let mut manifest = deployment("web", &image, 2, &[], json!({}));
+    manifest["spec"]["autoscaling"] =
+        json!({"minReplicas": 4, "maxReplicas": 2, "scaleDownDelay": "2d"});
+    let path = cluster.cluster.manifest("bad.json", &manifest.to_string());
+    let out = cluster.cluster.fails(&["apply", "-f", &path], 2);
+    assert!(out.contains("spec.autoscaling.minReplicas"), "{out}");
+    let plane = cluster.cluster.api_addr();
+    let put = http_call(
+        plane,
+        "PUT",
+        &plane.to_string(),
+        "/apis/skiff.dev/v1/namespaces/default/deployments/web",
+        &[
+            (
+                "authorization",
+                &format!("Bearer {}", cluster.cluster.token),
+            ),
+            ("content-type", "application/json"),
+        ],
+        &manifest.to_string(),
+    )
+    .unwrap();
+    assert_eq!(put.status, 422, "{put:?}");
+    assert!(
+        put.body
+            .contains("spec.autoscaling.minReplicas: must not exceed maxReplicas (2)"),
+        "{}",
+        put.body
+    );
+    assert!(
+        put.body.contains("spec.autoscaling.scaleDownDelay"),
+        "{}",
+        put.body
+    );
+    // Off: the replicas stay where they were, and scale works again.
+    let off = cluster
+        .cluster
+        .ok(&["autoscale", "deployment/web", "--off"]);
+    assert_eq!(off.trim(), "deployment/web autoscaling off");
+    cluster
+        .cluster
+        .ok(&["scale", "deployment/web", "--replicas", "3"]);
+    assert_eq!(replicas(&cluster), 3);
+}
