@@ -12,7 +12,12 @@
 //! CPU-time accounting of instances is part of the engine and runs on
 //! both sides.
 //!
-//! `cargo bench -p wasm-node --bench capture -- PATH/TO/misbehave.wasm [ROUNDS] [SECONDS] [CONCURRENCY]`
+//! With `--http`, the same two sides are served over loopback HTTP by
+//! the listener every node's ingress uses (`skiff_serve`), each on its own
+//! port, and loaded by `wrk` as `bench/run` loads a server: what a client
+//! of a node sees. `bench/capture` runs both modes.
+//!
+//! `cargo bench -p wasm-node --bench capture -- PATH/TO/misbehave.wasm [ROUNDS] [SECONDS] [CONCURRENCY] [--http]`
 //!
 //! On a shared machine the req/s figures swing by tens of percent from
 //! one 3 s window to the next; CPU time per request in each window (e.g.
@@ -82,7 +87,10 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let http = std::env::args().any(|a| a == "--http");
+    let mut args = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench" && a != "--http");
     let path = args
         .next()
         .expect("usage: capture PATH/TO/misbehave.wasm [ROUNDS] [SECONDS] [CONCURRENCY]");
@@ -132,17 +140,23 @@ fn main() {
             ("default".into(), "printer".into()),
             "uid-1",
             Backend::Wasm(on.clone()),
+            None,
         );
         // The ingress alone, its pod's output discarded: the breakdown.
         ingress.pods.add(
             ("default".into(), "quiet".into()),
             "uid-2",
             Backend::Wasm(off.clone()),
+            None,
         );
         // The NodeLogs must outlive the runs: keep it with the pod's logs.
         std::mem::forget(logs);
         (off, on, ingress)
     });
+    if http {
+        runtime.block_on(over_http(off, ingress, rounds, seconds, concurrency));
+        return;
+    }
     let direct = move || {
         let off: HttpApp = off.clone();
         async move {
@@ -221,4 +235,85 @@ fn main() {
         i / b
     );
     println!("  log bytes written while on: {written}");
+}
+
+/// One `wrk` run against `port` with `host` as the Host header: req/s.
+async fn wrk(port: u16, host: &str, seconds: f64, connections: usize) -> f64 {
+    let output = tokio::process::Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}")])
+        .arg(format!("-d{}s", seconds.ceil() as u64))
+        .args(["-H", &format!("Host: {host}")])
+        .arg(format!("http://127.0.0.1:{port}/line"))
+        .output()
+        .await
+        .expect("wrk runs (bench/capture installs it)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "wrk failed or saw errors:\n{text}"
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+/// The two sides over loopback HTTP, each behind the node's listener.
+async fn over_http(
+    off: HttpApp,
+    ingress: Ingress,
+    rounds: usize,
+    seconds: f64,
+    connections: usize,
+) {
+    async fn listen() -> (tokio::net::TcpListener, u16) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        (listener, port)
+    }
+    let options = || skiff_serve::Options::http1(Duration::from_secs(1));
+    let (off_listener, off_port) = listen().await;
+    let (on_listener, on_port) = listen().await;
+    tokio::spawn(skiff_serve::serve(
+        off_listener,
+        options(),
+        move |request| {
+            let off = off.clone();
+            async move { off.handle(request).await }
+        },
+        std::future::pending(),
+    ));
+    tokio::spawn(skiff_serve::serve(
+        on_listener,
+        options(),
+        move |request| {
+            let ingress = ingress.clone();
+            async move { ingress.handle(request).await }
+        },
+        std::future::pending(),
+    ));
+    let host = "printer.default.pod";
+    // Warm both.
+    wrk(off_port, host, 1.0, connections).await;
+    wrk(on_port, host, 1.0, connections).await;
+    let (mut baseline, mut skiff) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let b = wrk(off_port, host, seconds, connections).await;
+        let s = wrk(on_port, host, seconds, connections).await;
+        println!("  round {round}: off {b:.0}, on {s:.0} req/s");
+        baseline.push(b);
+        skiff.push(s);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "capture and metrics on the request path: {rounds} rounds x {seconds}s, wrk with {connections} connections over loopback HTTP; {cores} cores shared by wrk and the servers"
+    );
+    let (b, s) = (median(&mut baseline), median(&mut skiff));
+    println!(
+        "  off (baseline): the component behind the listener, output discarded, nothing counted {b:>9.0} req/s"
+    );
+    println!(
+        "  on: the node's ingress, request id and trace, metrics, output captured        {s:>9.0} req/s"
+    );
+    println!("  on / off: {:.3}x (medians)", s / b);
 }
