@@ -128,7 +128,7 @@ impl Bench {
                     .await,
             );
         }
-        let wasmtime = start_to_first_200(|port| {
+        let wasmtime = start_to_first_200(BASELINE_RUNS, |port| {
             let mut command = Command::new("wasmtime");
             command
                 .args(["serve", "-Scli", "-C", "cache=y", "--addr"])
@@ -136,7 +136,7 @@ impl Bench {
                 .arg(&self.cluster.hello);
             command
         });
-        let run = start_to_first_200(|port| {
+        let run = start_to_first_200(BASELINE_RUNS, |port| {
             let mut command = Command::new(&self.cluster.ctl.binary);
             command
                 .args(["run", path_str(&self.cluster.hello), "--listen"])
@@ -182,7 +182,7 @@ impl Bench {
             let image = format!("{}/padded:v{i}", self.cluster.registry.addr);
             took.push(self.deploy(&format!("pulled-{i}"), &image).await);
         }
-        let cold = start_to_first_200(|port| {
+        let cold = start_to_first_200(BASELINE_RUNS, |port| {
             let mut command = Command::new("wasmtime");
             command
                 .args(["serve", "-Scli", "-C", "cache=n", "--addr"])
@@ -388,22 +388,6 @@ fn answer_all(addr: SocketAddr, hosts: &[String]) -> usize {
     ok.into_inner()
 }
 
-/// Seconds from starting the server `command(port)` builds to its first
-/// 200, over [`BASELINE_RUNS`] runs after one that warms caches.
-fn start_to_first_200(command: impl Fn(u16) -> Command) -> Vec<f64> {
-    (0..=BASELINE_RUNS)
-        .map(|_| {
-            let port = free_port();
-            let started = Instant::now();
-            let _server = spawn_server(command(port));
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            wait_for_200(addr, "localhost", Duration::from_secs(60));
-            started.elapsed().as_secs_f64()
-        })
-        .skip(1)
-        .collect()
-}
-
 fn idle_rss_of_wasmtime_serve(component: &Path) -> f64 {
     let port = free_port();
     let mut command = Command::new("wasmtime");
@@ -425,17 +409,6 @@ fn idle_rss_of_wasmtime_serve(component: &Path) -> f64 {
 /// memory is read.
 fn settle() {
     std::thread::sleep(Duration::from_secs(2));
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 impl Drop for Bench {

@@ -361,3 +361,31 @@ pub fn report(what: &str, seconds: &[f64]) {
         seconds.len()
     );
 }
+
+/// Seconds from starting the server `command(port)` builds to its first
+/// 200, over `runs` runs after one that warms caches.
+pub fn start_to_first_200(runs: usize, command: impl Fn(u16) -> Command) -> Vec<f64> {
+    (0..=runs)
+        .map(|_| {
+            let port = testkit::free_port();
+            let started = Instant::now();
+            let _server = spawn_server(command(port));
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            wait_for_200(addr, "localhost", Duration::from_secs(60));
+            started.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .collect()
+}
+
+/// A process's resident memory, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}

@@ -1,0 +1,277 @@
+//! Serverless figures with real processes (Postgres, a control plane, one
+//! `wasm-node`, a docker-registry; release builds):
+//!
+//! 1. Cold from zero, component cached on the node: hello-http functions
+//!    (autoscaled, `minReplicas: 0`) created at zero; one request each,
+//!    from its sending to its answer through the node's ingress (the
+//!    request is held, the API activates the function, a pod is placed,
+//!    started and reported Ready, its endpoint reaches the node by watch).
+//!    Next to, in the same run: the same request to the same functions now
+//!    warm, and `wasmtime serve` from process start to first 200.
+//! 2. Burst from zero: 1,000 concurrent requests to a function at zero
+//!    with `targetConcurrency: 50`: how many succeed, the time until all
+//!    are answered, and the most pods the autoscaler asked for.
+//! 3. Density at zero: the node's RSS, empty; with every function at zero
+//!    (objects only); and with every function holding an idle pod.
+//!
+//! `cargo bench -p wasmctl --bench serverless [-- COLD [BURST [FUNCTIONS]]]`
+//! (defaults 100, 1,000 and 1,000). Needs `docker-registry` and
+//! `wasmtime` on PATH (bench/serverless installs them).
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use skiff_api::Kind;
+use testkit::Node;
+
+mod common;
+use common::*;
+
+const BASELINE_RUNS: usize = 20;
+
+fn main() {
+    let mut args = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse::<usize>().ok());
+    let cold = args.next().unwrap_or(100);
+    let burst = args.next().unwrap_or(1_000);
+    let functions = args.next().unwrap_or(1_000).max(cold);
+    println!(
+        "serverless: real control plane, node, registry and Postgres; release builds; {}",
+        machine()
+    );
+    let cluster = Cluster::start("skiff-serverless");
+    let node_binary = testkit::release_binary("wasm-node");
+    let node = cluster.ctl.join(
+        &node_binary,
+        &cluster.plane.url,
+        "fast",
+        &["--memory", "512Gi", "--instances", "100000"],
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let bench = Bench { cluster, node };
+    // The node pulls and compiles hello-http once, for every function.
+    runtime.block_on(bench.create("warmup", 1, 50, "60s"));
+    wait_for_200(bench.node.ingress, &host("warmup"), Duration::from_secs(60));
+    settle();
+    let empty = rss_mib(bench.node.pid().expect("node runs"));
+
+    runtime.block_on(async {
+        for i in 0..functions {
+            bench.create(&format!("fn-{i}"), 0, 50, "10m").await;
+        }
+        bench.create("burst", 0, 50, "10m").await;
+    });
+    bench.wait_until_known(&runtime, functions);
+    settle();
+    let at_zero = rss_mib(bench.node.pid().expect("node runs"));
+
+    let cold_times: Vec<f64> = (0..cold)
+        .map(|i| bench.time(&host(&format!("fn-{i}"))))
+        .collect();
+    let warm_times: Vec<f64> = (0..cold)
+        .map(|i| bench.time(&host(&format!("fn-{i}"))))
+        .collect();
+    let wasmtime = start_to_first_200(BASELINE_RUNS, |port| {
+        let mut command = Command::new("wasmtime");
+        command
+            .args(["serve", "-Scli", "-C", "cache=y", "--addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(&bench.cluster.hello);
+        command
+    });
+    println!("cold from zero, component cached on the node ({cold} functions, one request each):");
+    report("function at zero: request -> 200", &cold_times);
+    report("the same functions warm: request -> 200", &warm_times);
+    report("wasmtime serve: start -> first 200", &wasmtime);
+    println!(
+        "  cold p50 / warm p50: {:.1}x; cold p50 / wasmtime serve p50: {:.2}x   (target: cold p50 < 10 ms, p99 < 50 ms)",
+        percentile(&cold_times, 50) / percentile(&warm_times, 50),
+        percentile(&cold_times, 50) / percentile(&wasmtime, 50),
+    );
+
+    bench.burst(&runtime, burst);
+
+    // Every function with an idle pod: the rest are woken 16 at a time.
+    let next = AtomicUsize::new(cold);
+    std::thread::scope(|scope| {
+        for _ in 0..16 {
+            scope.spawn(|| {
+                while let Some(i) =
+                    Some(next.fetch_add(1, Ordering::SeqCst)).filter(|i| *i < functions)
+                {
+                    wait_for_200(
+                        bench.node.ingress,
+                        &host(&format!("fn-{i}")),
+                        Duration::from_secs(60),
+                    );
+                }
+            });
+        }
+    });
+    settle();
+    let idle = rss_mib(bench.node.pid().expect("node runs"));
+    println!("density at zero ({functions} functions, one node):");
+    println!("  node RSS, empty (one warm pod):           {empty:>8.1} MiB");
+    println!(
+        "  node RSS, {functions} functions at zero:      {at_zero:>8.1} MiB   ({:.1} KiB per function)",
+        (at_zero - empty) * 1024.0 / functions as f64
+    );
+    println!(
+        "  node RSS, {functions} functions, idle pod each: {idle:>8.1} MiB   ({:.1} KiB per pod)",
+        (idle - empty) * 1024.0 / functions as f64
+    );
+    println!(
+        "  at zero / with pods: {:.2}x of the memory above the empty node",
+        (at_zero - empty) / (idle - empty)
+    );
+}
+
+struct Bench {
+    cluster: Cluster,
+    node: Node,
+}
+
+fn host(name: &str) -> String {
+    format!("{name}.default.svc")
+}
+
+/// Lets a process finish what a burst of work left behind before its
+/// memory is read.
+fn settle() {
+    std::thread::sleep(Duration::from_secs(2));
+}
+
+impl Bench {
+    /// A hello-http function `name` (Deployment and Service) starting at
+    /// `replicas`, autoscaled from 0 to 50 pods.
+    async fn create(&self, name: &str, replicas: u32, target: u32, delay: &str) {
+        let deployment = json!({
+            "apiVersion": skiff_api::API_VERSION, "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "autoscaling": {"minReplicas": 0, "maxReplicas": 50, "targetConcurrency": target, "scaleDownDelay": delay},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"image": self.cluster.hello_ref, "resources": {"memory": "4Mi"}},
+                },
+            },
+        });
+        let service = json!({
+            "apiVersion": skiff_api::API_VERSION, "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"selector": {"app": name}},
+        });
+        let api = &self.cluster.api;
+        api.create(Kind::Deployment, Some("default"), &deployment)
+            .await
+            .expect("create deployment");
+        api.create(Kind::Service, Some("default"), &service)
+            .await
+            .expect("create service");
+    }
+
+    /// Waits until every Service says it scales from zero, then until
+    /// the node serves a sentinel function made after that: the node's
+    /// watch, in revision order, has then delivered every one of them.
+    fn wait_until_known(&self, runtime: &tokio::runtime::Runtime, functions: usize) {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let services = runtime
+                .block_on(self.cluster.api.list(
+                    Kind::Service,
+                    Some("default"),
+                    &Default::default(),
+                ))
+                .expect("list services");
+            let marked = services
+                .items
+                .iter()
+                .filter(|s| s["status"]["scalesFromZero"] == true)
+                .count();
+            if marked >= functions + 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {marked} Services scale from zero"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        runtime.block_on(self.create("sentinel", 0, 50, "10m"));
+        wait_for_200(
+            self.node.ingress,
+            &host("sentinel"),
+            Duration::from_secs(120),
+        );
+    }
+
+    /// Seconds from sending one request for `host` to its 200.
+    fn time(&self, host: &str) -> f64 {
+        let started = Instant::now();
+        let mut stream = connect(self.node.ingress).expect("ingress");
+        let status = get(&mut stream, host).expect("an answer");
+        let took = started.elapsed().as_secs_f64();
+        assert_eq!(status, 200, "{host}");
+        took
+    }
+
+    fn burst(&self, runtime: &tokio::runtime::Runtime, requests: usize) {
+        let ok = AtomicUsize::new(0);
+        let done = AtomicBool::new(false);
+        let peak = AtomicU64::new(0);
+        let ingress: SocketAddr = self.node.ingress;
+        let started = Instant::now();
+        let took = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !done.load(Ordering::SeqCst) {
+                    if let Ok(d) = runtime.block_on(self.cluster.api.get(
+                        Kind::Deployment,
+                        Some("default"),
+                        "burst",
+                    )) {
+                        peak.fetch_max(
+                            d["spec"]["replicas"].as_u64().unwrap_or(0),
+                            Ordering::SeqCst,
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+            let calls: Vec<_> = (0..requests)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let answered =
+                            connect(ingress).and_then(|mut s| get(&mut s, &host("burst")));
+                        if matches!(answered, Ok(200)) {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
+                })
+                .collect();
+            for call in calls {
+                call.join().expect("a caller");
+            }
+            let took = started.elapsed();
+            // The autoscaler may still be acting on what it sampled.
+            std::thread::sleep(Duration::from_secs(3));
+            done.store(true, Ordering::SeqCst);
+            took
+        });
+        println!("burst from zero ({requests} concurrent requests, targetConcurrency 50):");
+        println!(
+            "  {} of {requests} answered 200; all answered in {:.1} ms; most pods asked for: {}",
+            ok.load(Ordering::SeqCst),
+            took.as_secs_f64() * 1000.0,
+            peak.load(Ordering::SeqCst)
+        );
+    }
+}
