@@ -50,7 +50,7 @@ fn main() {
     println!(
         "control-plane memory under a flood of ~1 MiB objects ({WRITERS} writers) with {WATCHES} watches from before it; release build, Postgres on loopback; {cores} cores"
     );
-    let at_rest = rss_mib(plane.pid());
+    let at_rest = testkit::rss_mib(plane.pid());
     let mut peaks = Vec::new();
     for (round, count) in [n, 2 * n].into_iter().enumerate() {
         let peak = runtime.block_on(flood(&client, plane.pid(), round, count));
@@ -81,7 +81,7 @@ async fn flood(client: &Client, pid: u32, round: usize, count: usize) -> f64 {
         let (done, peak) = (done.clone(), peak.clone());
         move || {
             while !done.load(Ordering::Relaxed) {
-                let kib = (rss_mib(pid) * 1024.0) as u64;
+                let kib = (testkit::rss_mib(pid) * 1024.0) as u64;
                 peak.fetch_max(kib, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -155,15 +155,4 @@ async fn flood(client: &Client, pid: u32, round: usize, count: usize) -> f64 {
     done.store(true, Ordering::Relaxed);
     sampler.join().expect("sampler");
     peak.load(Ordering::Relaxed) as f64 / 1024.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
 }

@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use skiff_client::{Client, ClientConfig};
+#[allow(unused_imports)] // each bench uses its own part
+pub use testkit::rss_mib;
 use testkit::{ControlPlane, Node, Postgres, Registry};
 
 /// A control plane (release build, on a database of its own) with
@@ -376,16 +378,4 @@ pub fn start_to_first_200(runs: usize, command: impl Fn(u16) -> Command) -> Vec<
         })
         .skip(1)
         .collect()
-}
-
-/// A process's resident memory, in MiB.
-pub fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
 }

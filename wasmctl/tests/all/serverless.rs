@@ -113,11 +113,14 @@ fn a_function_at_zero_answers_its_first_requests_and_goes_back_to_zero_when_idle
 fn a_steady_load_keeps_load_over_target_pods_and_a_rollout_under_it_loses_nothing() {
     let (cluster, image) = cluster();
     let autoscaling = json!({"minReplicas": 0, "maxReplicas": 10, "targetConcurrency": 2, "scaleDownDelay": "30s"});
-    cluster.apply(&[
-        function(&image, "v1", autoscaling.clone()),
-        service("web"),
-        route("web", WEB_HOST),
-    ]);
+    // One instance per pod: until the autoscaler has added pods, requests
+    // beyond the instances there are wait their turn rather than fail.
+    let narrow = |version: &str| {
+        let mut web = function(&image, version, autoscaling.clone());
+        web["spec"]["template"]["spec"]["resources"] = json!({"maxInstances": 1});
+        web
+    };
+    cluster.apply(&[narrow("v1"), service("web"), route("web", WEB_HOST)]);
     // Six callers, each always waiting on a 200 ms request: a concurrency
     // of six, three pods' worth.
     let ingresses = vec![cluster.node("n1").ingress, cluster.node("n2").ingress];
@@ -148,7 +151,7 @@ fn a_steady_load_keeps_load_over_target_pods_and_a_rollout_under_it_loses_nothin
     assert!(steady.iter().all(|r| (3..=4).contains(r)), "{steady:?}");
 
     // A rolling update under the load fails no request.
-    cluster.apply(&[function(&image, "v2", autoscaling)]);
+    cluster.apply(&[narrow("v2")]);
     rolled_out(&cluster, "web");
     for load in loads {
         all_succeeded(&load.finish());
