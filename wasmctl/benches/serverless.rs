@@ -11,7 +11,11 @@
 //! 2. Burst from zero: 1,000 concurrent requests to a function at zero
 //!    with `targetConcurrency: 50`: how many succeed, the time until all
 //!    are answered, and the most pods the autoscaler asked for.
-//! 3. Density at zero: the node's RSS, empty; with every function at zero
+//! 3. Step: callers of a function whose requests take 50 ms (five
+//!    instances a pod, `targetConcurrency: 5`) go from 5 to 50; the time
+//!    until the p99 of each half second is back within twice its value
+//!    before the step, and stays there.
+//! 4. Density at zero: the node's RSS, empty; with every function at zero
 //!    (objects only); and with every function holding an idle pod.
 //!
 //! `cargo bench -p wasmctl --bench serverless [-- COLD [BURST [FUNCTIONS]]]`
@@ -97,6 +101,7 @@ fn main() {
     );
 
     bench.burst(&runtime, burst);
+    bench.step(&runtime);
 
     // Every function with an idle pod: the rest are woken 16 at a time.
     let next = AtomicUsize::new(cold);
@@ -224,6 +229,122 @@ impl Bench {
         took
     }
 
+    fn step(&self, runtime: &tokio::runtime::Runtime) {
+        let misbehave = build_component("tests/guests", "misbehave");
+        let image = format!("{}/misbehave:v1", self.cluster.registry.addr);
+        self.cluster
+            .ctl
+            .run(&["push", path_str(&misbehave), &image]);
+        let deployment = json!({
+            "apiVersion": skiff_api::API_VERSION, "kind": "Deployment",
+            "metadata": {"name": "step"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "step"}},
+                "autoscaling": {"minReplicas": 1, "maxReplicas": 50, "targetConcurrency": 5, "scaleDownDelay": "10m"},
+                "template": {
+                    "metadata": {"labels": {"app": "step"}},
+                    "spec": {"image": image, "resources": {"memory": "8Mi", "maxInstances": 5}},
+                },
+            },
+        });
+        let service = json!({
+            "apiVersion": skiff_api::API_VERSION, "kind": "Service",
+            "metadata": {"name": "step"},
+            "spec": {"selector": {"app": "step"}},
+        });
+        runtime.block_on(async {
+            let api = &self.cluster.api;
+            api.create(Kind::Deployment, Some("default"), &deployment)
+                .await
+                .expect("deployment");
+            api.create(Kind::Service, Some("default"), &service)
+                .await
+                .expect("service");
+        });
+        wait_for_200(
+            self.node.ingress,
+            "step.default.svc",
+            Duration::from_secs(60),
+        );
+        let started = Instant::now();
+        let stop = AtomicBool::new(false);
+        const STEADY: f64 = 10.0;
+        const AFTER: f64 = 30.0;
+        let seen: Vec<(f64, f64)> = std::thread::scope(|scope| {
+            let mut handles = callers(
+                scope,
+                self.node.ingress,
+                5,
+                "step.default.svc",
+                started,
+                &stop,
+            );
+            std::thread::sleep(Duration::from_secs_f64(STEADY));
+            handles.extend(callers(
+                scope,
+                self.node.ingress,
+                45,
+                "step.default.svc",
+                started,
+                &stop,
+            ));
+            std::thread::sleep(Duration::from_secs_f64(AFTER));
+            stop.store(true, Ordering::SeqCst);
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("a caller"))
+                .collect()
+        });
+        let window = |from: f64, to: f64| -> Vec<f64> {
+            seen.iter()
+                .filter(|(at, _)| *at >= from && *at < to)
+                .map(|(_, l)| *l)
+                .collect()
+        };
+        // The steady p99 over its last five seconds (the first pods warm).
+        let steady = percentile(&window(STEADY - 5.0, STEADY), 99);
+        let halves: Vec<(f64, f64)> = (0..(AFTER * 2.0) as usize)
+            .map(|i| {
+                let from = STEADY + i as f64 / 2.0;
+                let latencies = window(from, from + 0.5);
+                (
+                    from - STEADY,
+                    if latencies.is_empty() {
+                        f64::INFINITY
+                    } else {
+                        percentile(&latencies, 99)
+                    },
+                )
+            })
+            .collect();
+        let settled = (0..halves.len())
+            .find(|&i| halves[i..].iter().all(|(_, p99)| *p99 <= 2.0 * steady))
+            .map(|i| halves[i].0 + 0.5);
+        let peak = halves.iter().map(|(_, p)| *p).fold(0.0, f64::max);
+        let pods = runtime
+            .block_on(
+                self.cluster
+                    .api
+                    .get(Kind::Deployment, Some("default"), "step"),
+            )
+            .map(|d| d["spec"]["replicas"].as_u64().unwrap_or(0))
+            .unwrap_or(0);
+        println!(
+            "step: 5 -> 50 callers of 50 ms requests (targetConcurrency 5, 5 instances a pod):"
+        );
+        println!(
+            "  steady p99 {:.1} ms; worst half-second p99 after the step {:.1} ms; pods at the end {pods}",
+            steady * 1000.0,
+            peak * 1000.0
+        );
+        match settled {
+            Some(s) => println!(
+                "  p99 back within 2x of steady, and staying there, {s:.1} s after the step   (target < 5 s)"
+            ),
+            None => println!("  p99 not back within 2x of steady in {AFTER} s"),
+        }
+    }
+
     fn burst(&self, runtime: &tokio::runtime::Runtime, requests: usize) {
         let ok = AtomicUsize::new(0);
         let done = AtomicBool::new(false);
@@ -274,4 +395,36 @@ impl Bench {
             peak.load(Ordering::SeqCst)
         );
     }
+}
+
+/// Latencies of `callers` callers looping over `/sleep?ms=50` of `host`
+/// on kept-alive connections to `ingress` until `stop`: (seconds since
+/// `from` at the answer, latency in seconds).
+fn callers<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    ingress: SocketAddr,
+    callers: usize,
+    host: &'static str,
+    from: Instant,
+    stop: &'env AtomicBool,
+) -> Vec<std::thread::ScopedJoinHandle<'scope, Vec<(f64, f64)>>> {
+    (0..callers)
+        .map(|_| {
+            scope.spawn(move || {
+                let mut seen = Vec::new();
+                let mut stream = connect(ingress).expect("ingress");
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    match get_path(&mut stream, host, "/sleep?ms=50") {
+                        Ok(200) => {
+                            seen.push((from.elapsed().as_secs_f64(), sent.elapsed().as_secs_f64()))
+                        }
+                        Ok(status) => panic!("{host}: {status}"),
+                        Err(_) => stream = connect(ingress).expect("ingress"),
+                    }
+                }
+                seen
+            })
+        })
+        .collect()
 }
