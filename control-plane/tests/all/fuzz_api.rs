@@ -118,6 +118,14 @@ def before_call(context, case, **kwargs):
                     if item["name"] in seen:
                         item["name"] = "n%d" % i
                     seen.add(item["name"])
+    # An autoscaled Deployment's minReplicas may not exceed its
+    # maxReplicas, a rule across fields.
+    if isinstance(spec, dict) and isinstance(spec.get("autoscaling"), dict):
+        autoscaling = spec["autoscaling"]
+        low, high = autoscaling.get("minReplicas"), autoscaling.get("maxReplicas")
+        numbers = (int, float)
+        if isinstance(low, numbers) and isinstance(high, numbers) and low > high:
+            autoscaling["minReplicas"] = high
     # A Deployment's pod template must carry the labels its selector
     # matches (the document states the selector as matchLabels).
     if isinstance(spec, dict) and isinstance(spec.get("selector"), dict):

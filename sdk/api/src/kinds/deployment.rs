@@ -47,8 +47,10 @@ pub struct DeploymentSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Autoscaling {
-    /// At least this many pods, 0 for scale to zero (default 0).
+    /// At least this many pods, 0 for scale to zero (default 0); at most
+    /// `maxReplicas`.
     #[serde(default)]
+    #[schemars(range(max = 10000))]
     pub min_replicas: u32,
     /// At most this many pods.
     #[schemars(range(min = 1, max = 10000))]
@@ -59,7 +61,11 @@ pub struct Autoscaling {
     pub target_concurrency: Option<u32>,
     /// How long a lower load must last before pods are removed, and how
     /// long without any request before the last goes (default `30s`).
+    /// At most `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(
+        r"^(0|[1-9][0-9]{0,5}ms|([1-9][0-9]{0,2}|[12][0-9]{3}|3[0-5][0-9]{2}|3600)s?|([1-9]|[1-5][0-9]|60)m|1h)$"
+    ))]
     pub scale_down_delay: Option<String>,
 }
 

@@ -517,6 +517,7 @@ pub struct PodAffinityTerm {
     pub label_selector: LabelSelector,
     pub topology_key: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(max = 63), pattern(crate::validate::DNS_LABEL_PATTERN)))]
     pub namespaces: Vec<String>,
 }
 
