@@ -140,14 +140,12 @@ fn main() {
             ("default".into(), "printer".into()),
             "uid-1",
             Backend::Wasm(on.clone()),
-            None,
         );
         // The ingress alone, its pod's output discarded: the breakdown.
         ingress.pods.add(
             ("default".into(), "quiet".into()),
             "uid-2",
             Backend::Wasm(off.clone()),
-            None,
         );
         // The NodeLogs must outlive the runs: keep it with the pod's logs.
         std::mem::forget(logs);

@@ -50,22 +50,14 @@ pub(crate) struct Served {
     pub(crate) uid: String,
     pub(crate) backend: Backend,
     pub(crate) metrics: Arc<PodMetrics>,
-    /// The Deployment that controls the pod, for the autoscaler.
-    pub(crate) deployment: Option<String>,
 }
 
 impl Served {
-    pub(crate) fn new(
-        pod: &PodName,
-        uid: &str,
-        backend: Backend,
-        deployment: Option<String>,
-    ) -> Self {
+    pub(crate) fn new(pod: &PodName, uid: &str, backend: Backend) -> Self {
         Self {
             uid: uid.to_owned(),
             backend,
             metrics: Arc::new(PodMetrics::new(pod)),
-            deployment,
         }
     }
 }
@@ -574,12 +566,7 @@ mod tests {
         let pods: Arc<ServedPods> = Arc::default();
         pods.write().unwrap().insert(
             pod(),
-            Served::new(
-                &pod(),
-                uid,
-                Backend::Process(([127, 0, 0, 1], 1).into()),
-                None,
-            ),
+            Served::new(&pod(), uid, Backend::Process(([127, 0, 0, 1], 1).into())),
         );
         pods
     }
@@ -624,12 +611,7 @@ mod tests {
         // A new pod of the same name takes the route (`LocalPods::add`).
         pods.write().unwrap().insert(
             pod(),
-            Served::new(
-                &pod(),
-                "u2",
-                Backend::Process(([127, 0, 0, 1], 2).into()),
-                None,
-            ),
+            Served::new(&pod(), "u2", Backend::Process(([127, 0, 0, 1], 2).into())),
         );
         metrics.forget(&pod());
         let new = metrics.request(&pod());

@@ -13,12 +13,15 @@
 //! a panic window (6 s) as Knative's; a burst that wants twice the pods
 //! there are enters panic mode, which scales up at once and never down
 //! for a stable window; a lower load must last `scaleDownDelay` before
-//! pods go, and the last pod goes only after `scaleDownDelay` without any
-//! request. A Service at zero with a request waiting does not wait for
+//! pods go, and the pods go (down to `minReplicas`) once `scaleDownDelay`
+//! has passed without any request. What a node reports counts only for
+//! pods the store binds to that node, attributed to their Deployment by
+//! the store; a node that does not answer leaves its pods' Deployments
+//! unobserved and not scaled down for that tick. A Service at zero with a request waiting does not wait for
 //! this loop: the node asks the API to activate it ([`activate`]), which
 //! sets one pod at once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +50,10 @@ pub const PANIC_THRESHOLD: f64 = 2.0;
 pub const ACTIVATED_ANNOTATION: &str = "skiff.dev/activated-at";
 
 const MAX_LOAD_BYTES: usize = 4 << 20;
+/// Held Services taken from one node's answer, and requests per Service:
+/// what an honest node can hold, so a lying one moves little more.
+const MAX_HELD_ENTRIES: usize = 1000;
+const MAX_HELD_PER_NODE: u64 = 1000;
 const NODE_DEADLINE: Duration = Duration::from_millis(800);
 const FAN_OUT: usize = 16;
 
@@ -115,6 +122,14 @@ pub fn decide(spec: &Autoscaling, current: u32, window: &mut Window, now: f64) -
     let panic = pods_for(window.mean_over(now, PANIC_WINDOW));
     if f64::from(panic) >= PANIC_THRESHOLD * f64::from(current.max(1)) && panic > current {
         window.panic_until = Some(now + STABLE_WINDOW);
+    }
+    // No request for the delay (and watched that long): the last pods go,
+    // whatever the 60 s mean still remembers.
+    let idle = window.last_traffic.is_none_or(|at| now - at >= delay);
+    if idle && now - window.since >= delay {
+        window.wanted.clear();
+        window.panic_until = None;
+        return spec.clamp(0);
     }
     let panicking = window.panic_until.is_some_and(|until| now < until);
     let mut wanted = if panicking {
@@ -197,7 +212,7 @@ impl Autoscaler {
             .filter_map(|d| serde_json::from_value(d).ok())
             .filter(|d: &Deployment| d.metadata.deletion_timestamp.is_none())
             .collect();
-        let keys: std::collections::HashSet<(String, String)> = deployments
+        let keys: HashSet<(String, String)> = deployments
             .iter()
             .map(|d| (d.metadata.namespace.clone(), d.metadata.name.clone()))
             .collect();
@@ -206,38 +221,23 @@ impl Autoscaler {
             self.totals.clear();
             return Ok(());
         }
-        let loads = self.sample().await?;
+        let pods = self.pods_of(&deployments).await?;
+        let (loads, unsampled) = self.sample().await?;
         let now = unix_now();
-        let mut concurrency: HashMap<(String, String), (f64, bool)> = HashMap::new();
-        let mut seen = std::collections::HashSet::new();
-        for (node, load) in &loads {
-            for pod in &load.pods {
-                let Some(deployment) = &pod.deployment else {
-                    continue;
-                };
-                let key = (node.clone(), pod.uid.clone());
-                seen.insert(key.clone());
-                let previous = self.totals.insert(key, (pod.requests, pod.busy_nanos, now));
-                let (mean, answered) = match previous {
-                    Some((requests, busy, at)) if now > at => (
-                        pod.busy_nanos.saturating_sub(busy) as f64 / 1e9 / (now - at),
-                        pod.requests > requests,
-                    ),
-                    _ => (0.0, false),
-                };
-                let entry = concurrency
-                    .entry((pod.namespace.clone(), deployment.clone()))
-                    .or_default();
-                entry.0 += mean.max(pod.in_flight as f64);
-                entry.1 |= answered || pod.in_flight > 0;
-            }
-        }
-        self.totals.retain(|key, _| seen.contains(key));
+        let mut concurrency = concurrency_of(&loads, &pods, &mut self.totals, now);
         for (key, held) in self.held_by_deployment(&loads, &deployments).await? {
             let entry = concurrency.entry(key).or_default();
             entry.0 += held as f64;
             entry.1 = true;
         }
+        // Deployments with a pod on a node that did not answer: what that
+        // node saw is unknown, not nothing, so they are neither observed
+        // nor scaled down this tick.
+        let blind: HashSet<&(String, String)> = pods
+            .values()
+            .filter(|(node, _)| unsampled.contains(node))
+            .map(|(_, deployment)| deployment)
+            .collect();
         for deployment in &deployments {
             let key = (
                 deployment.metadata.namespace.clone(),
@@ -251,7 +251,10 @@ impl Autoscaler {
                 .entry(key.clone())
                 .or_insert_with(|| Window::new(now));
             let (load, traffic) = concurrency.get(&key).copied().unwrap_or_default();
-            window.observe(now, load, traffic);
+            let blinded = blind.contains(&key);
+            if !blinded {
+                window.observe(now, load, traffic);
+            }
             if let Some(activated) = deployment
                 .metadata
                 .annotations
@@ -264,7 +267,10 @@ impl Autoscaler {
                 }
             }
             let current = deployment.spec.replicas.unwrap_or(1);
-            let wanted = decide(spec, current, window, now);
+            let mut wanted = decide(spec, current, window, now);
+            if blinded {
+                wanted = wanted.max(current);
+            }
             if wanted != current {
                 self.scale(deployment, current, wanted, load).await?;
             }
@@ -272,8 +278,61 @@ impl Autoscaler {
         Ok(())
     }
 
+    /// The live pods of `deployments`, by uid: the node each is bound to
+    /// and its Deployment, as the store has them.
+    async fn pods_of(&self, deployments: &[Deployment]) -> Result<Bindings, StoreError> {
+        let owners: HashMap<&str, &Deployment> = deployments
+            .iter()
+            .filter_map(|d| Some((d.metadata.uid.as_deref()?, d)))
+            .collect();
+        let namespaces: HashSet<&str> = deployments
+            .iter()
+            .filter(|d| d.spec.replicas != Some(0))
+            .map(|d| d.metadata.namespace.as_str())
+            .collect();
+        let mut pods = HashMap::new();
+        for namespace in namespaces {
+            let page = self
+                .store
+                .list(
+                    Kind::Pod,
+                    ListQuery {
+                        namespace: Some(namespace),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            for pod in page.items {
+                let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+                let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+                let owner = pod["metadata"]["ownerReferences"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|r| r["kind"] == "Deployment" && r["controller"] == true)
+                    .and_then(|r| owners.get(r["uid"].as_str()?));
+                if let Some(owner) = owner
+                    && !node.is_empty()
+                    && !uid.is_empty()
+                {
+                    pods.insert(
+                        uid.to_owned(),
+                        (
+                            node.to_owned(),
+                            (
+                                owner.metadata.namespace.clone(),
+                                owner.metadata.name.clone(),
+                            ),
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(pods)
+    }
+
     /// Every Ready node's load, asked of 16 nodes at a time.
-    async fn sample(&self) -> Result<Loads, StoreError> {
+    async fn sample(&self) -> Result<(Loads, HashSet<String>), StoreError> {
         use futures::StreamExt as _;
         let nodes = self.store.list(Kind::Node, ListQuery::default()).await?;
         let names: Vec<String> = nodes
@@ -293,25 +352,35 @@ impl Autoscaler {
                 .get_bytes(&self.store, &node, LOAD_PATH, MAX_LOAD_BYTES, NODE_DEADLINE)
                 .await;
             match answer.map(|body| serde_json::from_slice::<NodeLoad>(&body)) {
-                Ok(Ok(load)) => Some((node, load)),
+                Ok(Ok(load)) => Ok((node, load)),
                 Ok(Err(e)) => {
                     tracing::debug!("autoscaler: node {node}'s load is not one: {e}");
-                    None
+                    Err(node)
                 }
                 Err(e) => {
                     tracing::debug!(
                         "autoscaler: node {node}: {}",
                         crate::api::usage::error_text(e)
                     );
-                    None
+                    Err(node)
                 }
             }
         });
-        Ok(futures::stream::iter(asks)
+        let answers: Vec<_> = futures::stream::iter(asks)
             .buffer_unordered(FAN_OUT)
-            .filter_map(std::future::ready)
             .collect()
-            .await)
+            .await;
+        let mut loads = Vec::new();
+        let mut unsampled = HashSet::new();
+        for answer in answers {
+            match answer {
+                Ok(load) => loads.push(load),
+                Err(node) => {
+                    unsampled.insert(node);
+                }
+            }
+        }
+        Ok((loads, unsampled))
     }
 
     /// Requests nodes hold for Services at zero, counted for each
@@ -321,24 +390,40 @@ impl Autoscaler {
         loads: &Loads,
         deployments: &[Deployment],
     ) -> Result<HashMap<(String, String), u64>, StoreError> {
-        let mut held = HashMap::new();
+        // Per Service, what all nodes hold, each node's count capped (a
+        // node holds at most --hold-requests, 1000 by default); read once.
+        let mut per_service: HashMap<(&str, &str), u64> = HashMap::new();
         for (_, load) in loads {
-            for h in &load.held {
-                let key = ObjectKey::new(Kind::Service, &h.namespace, &h.service);
-                let Some(service) = self.store.get(&key).await? else {
-                    continue;
-                };
-                let Ok(service) = serde_json::from_value::<Service>(service) else {
-                    continue;
-                };
-                for d in deployments
-                    .iter()
-                    .filter(|d| d.metadata.namespace == h.namespace && selects(&service, d))
-                {
-                    *held
-                        .entry((d.metadata.namespace.clone(), d.metadata.name.clone()))
-                        .or_default() += h.held;
-                }
+            for h in load.held.iter().take(MAX_HELD_ENTRIES) {
+                *per_service
+                    .entry((h.namespace.as_str(), h.service.as_str()))
+                    .or_default() += h.held.min(MAX_HELD_PER_NODE);
+            }
+        }
+        let mut held = HashMap::new();
+        for ((namespace, name), count) in per_service {
+            let key = ObjectKey::new(Kind::Service, namespace, name);
+            let Some(service) = self.store.get(&key).await? else {
+                continue;
+            };
+            let Ok(service) = serde_json::from_value::<Service>(service) else {
+                continue;
+            };
+            // Only a Service that is at zero holds requests.
+            let at_zero = service
+                .status
+                .as_ref()
+                .is_some_and(|s| s.scales_from_zero && s.endpoints.is_empty());
+            if !at_zero {
+                continue;
+            }
+            for d in deployments
+                .iter()
+                .filter(|d| d.metadata.namespace == namespace && selects(&service, d))
+            {
+                *held
+                    .entry((d.metadata.namespace.clone(), d.metadata.name.clone()))
+                    .or_default() += count;
             }
         }
         Ok(held)
@@ -387,6 +472,53 @@ impl Autoscaler {
         }
         Ok(())
     }
+}
+
+/// Which Deployment (namespace, name) a pod belongs to and the node it is
+/// bound to, by pod uid, as the store has them.
+type Bindings = HashMap<String, (String, (String, String))>;
+
+/// The mean concurrency and whether there was traffic since the last
+/// sample, per Deployment, from the nodes' `loads`; `totals` keeps each
+/// pod's running totals between samples. What a node reports counts only
+/// for pods the store binds to that node, attributed to the Deployment
+/// the store names: a node cannot lend load to anyone else's.
+fn concurrency_of(
+    loads: &Loads,
+    pods: &Bindings,
+    totals: &mut HashMap<(String, String), Totals>,
+    now: f64,
+) -> HashMap<(String, String), (f64, bool)> {
+    let mut concurrency: HashMap<(String, String), (f64, bool)> = HashMap::new();
+    let mut seen = HashSet::new();
+    for (node, load) in loads {
+        for pod in &load.pods {
+            let Some((bound_to, deployment)) = pods.get(&pod.uid) else {
+                continue;
+            };
+            if bound_to != node || !seen.insert((node.clone(), pod.uid.clone())) {
+                continue;
+            }
+            // A pod seen for the first time began at zero, at most a tick
+            // ago.
+            let (requests, busy, at) = totals
+                .insert(
+                    (node.clone(), pod.uid.clone()),
+                    (pod.requests, pod.busy_nanos, now),
+                )
+                .unwrap_or((0, 0, now - TICK.as_secs_f64()));
+            let mean = if now > at {
+                pod.busy_nanos.saturating_sub(busy) as f64 / 1e9 / (now - at)
+            } else {
+                0.0
+            };
+            let entry = concurrency.entry(deployment.clone()).or_default();
+            entry.0 += mean.max(pod.in_flight as f64);
+            entry.1 |= pod.requests > requests || pod.in_flight > 0;
+        }
+    }
+    totals.retain(|key, _| seen.contains(key));
+    concurrency
 }
 
 /// Whether `service` selects `deployment`'s pods.
@@ -579,6 +711,13 @@ mod tests {
                 expect: vec![1, 1, 0],
             },
             Case {
+                name: "the last pod goes the delay after the last request, not a window later",
+                spec: spec(0, 20, 10, "5s"),
+                start: 1,
+                phases: vec![(70, 5.0), (4, 0.0), (2, 0.0)],
+                expect: vec![1, 1, 0],
+            },
+            Case {
                 name: "minReplicas holds however idle",
                 spec: spec(2, 20, 10, "5s"),
                 start: 2,
@@ -612,6 +751,65 @@ mod tests {
             }
             assert_eq!(ends, case.expect, "{}", case.name);
         }
+    }
+
+    #[test]
+    fn a_node_speaks_only_for_the_pods_bound_to_it() {
+        use skiff_client::node_api::PodLoad;
+        let pod = |uid: &str, busy_nanos: u64, in_flight: u64| PodLoad {
+            namespace: "shop".into(),
+            name: format!("pod-{uid}"),
+            uid: uid.into(),
+            in_flight,
+            requests: 10,
+            busy_nanos,
+        };
+        let web = ("shop".to_owned(), "web".to_owned());
+        let theirs = ("bank".to_owned(), "vault".to_owned());
+        let pods: Bindings = [
+            ("u1".to_owned(), ("n1".to_owned(), web.clone())),
+            ("u2".to_owned(), ("n2".to_owned(), theirs.clone())),
+        ]
+        .into();
+        let mut totals = HashMap::new();
+        let loads: Loads = vec![
+            (
+                "n1".into(),
+                NodeLoad {
+                    // Its own pod, a pod bound to n2 and one the store
+                    // does not know, all claiming a huge load.
+                    pods: vec![
+                        pod("u1", 2_000_000_000, 1),
+                        pod("u2", 0, 1_000_000),
+                        pod("u9", 0, 1_000_000),
+                    ],
+                    held: vec![],
+                },
+            ),
+            (
+                "n2".into(),
+                NodeLoad {
+                    pods: vec![pod("u2", 0, 0)],
+                    held: vec![],
+                },
+            ),
+        ];
+        let seen = concurrency_of(&loads, &pods, &mut totals, 100.0);
+        // A pod's first sample counts from zero a tick ago: 2 s busy in 1 s.
+        assert_eq!(seen.get(&web), Some(&(2.0, true)));
+        assert_eq!(seen.get(&theirs).map(|c| c.0), Some(0.0));
+        assert_eq!(seen.len(), 2);
+        // Next second: the growth alone counts.
+        let loads: Loads = vec![(
+            "n1".into(),
+            NodeLoad {
+                pods: vec![pod("u1", 2_500_000_000, 0)],
+                held: vec![],
+            },
+        )];
+        let seen = concurrency_of(&loads, &pods, &mut totals, 101.0);
+        assert_eq!(seen.get(&web), Some(&(0.5, false)));
+        assert_eq!(totals.len(), 1, "pods no longer reported are forgotten");
     }
 
     #[test]

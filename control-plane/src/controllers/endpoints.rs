@@ -96,7 +96,10 @@ impl Controller for Endpoints {
                 .into_iter()
                 .filter_map(|d| serde_json::from_value::<Deployment>(d).ok())
                 .any(|d| {
-                    d.spec.autoscaling.is_some()
+                    d.spec
+                        .autoscaling
+                        .as_ref()
+                        .is_some_and(|a| a.min_replicas == 0)
                         && d.metadata.deletion_timestamp.is_none()
                         && service
                             .spec

@@ -386,9 +386,6 @@ pub struct PodLoad {
     pub namespace: String,
     pub name: String,
     pub uid: String,
-    /// The Deployment that controls the pod, if one does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deployment: Option<String>,
     /// Requests in the ingress for this pod now, waiting for an instance
     /// or being served.
     pub in_flight: u64,

@@ -69,8 +69,6 @@ struct Worker {
     namespace: String,
     name: String,
     uid: String,
-    /// The Deployment that controls the pod, if one does.
-    deployment: Option<String>,
     spec: PodSpec,
     state: State,
     status: Reported,
@@ -205,12 +203,6 @@ impl Worker {
         let namespace = pod.metadata.namespace.clone();
         let name = pod.metadata.name.clone();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let deployment = pod
-            .metadata
-            .owner_references
-            .iter()
-            .find(|r| r.kind == "Deployment" && r.controller == Some(true))
-            .map(|r| r.name.clone());
         tokio::spawn(report_statuses(
             context.clone(),
             namespace.clone(),
@@ -231,7 +223,6 @@ impl Worker {
             namespace,
             name,
             uid,
-            deployment,
             spec: pod.spec,
             state: State::Pending,
             // The digest a tag resolved to is kept: a pod picked up again
@@ -418,12 +409,7 @@ impl Worker {
                         )
                     });
                     if let Some(backend) = backend {
-                        self.context.local_pods.add(
-                            key.clone(),
-                            &self.uid,
-                            backend,
-                            self.deployment.clone(),
-                        );
+                        self.context.local_pods.add(key.clone(), &self.uid, backend);
                         self.status.endpoint = Some(self.context.endpoint.clone());
                     }
                     self.set_ready(prober.as_ref().is_none_or(Prober::ready_at_start));

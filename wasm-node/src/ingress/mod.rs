@@ -96,9 +96,7 @@ impl Default for LocalPods {
 impl LocalPods {
     /// Serves pod `uid` under its name, in place of any earlier pod of that
     /// name.
-    /// `deployment` is the Deployment that controls the pod, if one does
-    /// (what the autoscaler sums the pod's load into).
-    pub fn add(&self, pod: PodName, uid: &str, backend: Backend, deployment: Option<String>) {
+    pub fn add(&self, pod: PodName, uid: &str, backend: Backend) {
         let mut pods = self.pods.write().expect("routes lock");
         match pods.get_mut(&pod) {
             // The same pod again: its series (and handles) go on.
@@ -109,7 +107,7 @@ impl LocalPods {
                 if earlier.is_some() {
                     self.metrics.forget(&pod);
                 }
-                let served = Served::new(&pod, uid, backend, deployment);
+                let served = Served::new(&pod, uid, backend);
                 pods.insert(pod, served);
             }
         }
@@ -160,7 +158,6 @@ impl LocalPods {
                     namespace: namespace.clone(),
                     name: name.clone(),
                     uid: served.uid.clone(),
-                    deployment: served.deployment.clone(),
                     in_flight: load.in_flight.load(Ordering::Relaxed),
                     requests: load.requests.load(Ordering::Relaxed),
                     busy_nanos: load.busy_nanos.load(Ordering::Relaxed),
@@ -682,11 +679,15 @@ impl Ingress {
                         )));
                     }
                 }
-                _ => {
+                Some(_) => {
                     return Err(unavailable(format!(
                         "service {namespace}/{name} has no ready endpoints\n"
                     )));
                 }
+                // Gone from the table: a watch that restarted empties it
+                // before the list fills it again, so wait on; a Service
+                // really deleted ends the wait at its deadline.
+                None => {}
             }
             self.holds.ask(service);
             let wake = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
@@ -765,7 +766,21 @@ impl Ingress {
                     .wait_for_endpoints(&(namespace.clone(), name.clone()))
                     .await
                 {
-                    Ok(backends) => backends,
+                    // Who may call it is asked again: the Service may have
+                    // changed while the request waited.
+                    Ok(backends) => {
+                        if let Some(caller) = caller
+                            && !admits(Some(&backends.spec), &namespace, caller)
+                        {
+                            return text_response(
+                                StatusCode::FORBIDDEN,
+                                format!(
+                                    "service {namespace}/{name} does not admit callers from namespace {caller} (spec.allowedCallers)\n"
+                                ),
+                            );
+                        }
+                        backends
+                    }
                     Err(refusal) => return refusal,
                 }
             }
@@ -1602,7 +1617,7 @@ mod trust_tests {
         let (echo, _stop_echo) = echo_headers().await;
         let b = ingress("127.0.0.1:2", false);
         b.pods
-            .add(name("shop", "web"), "uid-1", Backend::Process(echo), None);
+            .add(name("shop", "web"), "uid-1", Backend::Process(echo));
         let (b_addr, _stop_b) = serve_ingress(b.clone()).await;
         let a = ingress("127.0.0.1:1", false);
         let to_b = Endpoint {
@@ -1726,12 +1741,154 @@ mod trust_tests {
         let ingress = ingress("127.0.0.1:1", true);
         ingress
             .pods
-            .add(name("shop", "web"), "uid-1", Backend::Process(addr), None);
+            .add(name("shop", "web"), "uid-1", Backend::Process(addr));
         let response = ingress.handle(request("web.shop.pod", &[])).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert!(!response.headers().contains_key(POD_MISSING_HEADER));
         // A pod that is really missing still says so.
         let response = ingress.handle(request("api.shop.pod", &[])).await;
         assert!(response.headers().contains_key(POD_MISSING_HEADER));
+    }
+
+    /// Service shop/web scales from zero and has no endpoint; its pod,
+    /// when there is one, is `echo` served on this node.
+    fn at_zero(ingress: &Ingress, spec: ServiceSpec) {
+        ingress.set_service(
+            "shop",
+            "web",
+            spec,
+            ServiceStatus {
+                scales_from_zero: true,
+                ..ServiceStatus::default()
+            },
+        );
+    }
+
+    fn started(ingress: &Ingress, spec: ServiceSpec) {
+        ingress.set_service(
+            "shop",
+            "web",
+            spec,
+            ServiceStatus {
+                scales_from_zero: true,
+                ..ready(vec![Endpoint {
+                    pod: "web".into(),
+                    node: "self".into(),
+                    address: "127.0.0.1:1".into(),
+                }])
+            },
+        );
+    }
+
+    /// Waits until the ingress holds `n` requests for shop/web.
+    async fn held(ingress: &Ingress, n: u64) {
+        let source = ingress.load_source();
+        while source().held.first().map(|h| h.held) != Some(n) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_request_is_served_once_an_endpoint_comes_and_the_activator_was_asked() {
+        let (echo, _stop) = echo_headers().await;
+        let ingress = ingress("127.0.0.1:1", true);
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        ingress.set_activator({
+            let asked = asked.clone();
+            Arc::new(move |namespace: &str, name: &str| {
+                asked.lock().unwrap().push(format!("{namespace}/{name}"));
+            })
+        });
+        at_zero(&ingress, ServiceSpec::default());
+        let call = tokio::spawn({
+            let ingress = ingress.clone();
+            async move { text(ingress.handle(request("web.shop.svc", &[])).await).await }
+        });
+        held(&ingress, 1).await;
+        assert_eq!(*asked.lock().unwrap(), ["shop/web"]);
+        // A watch that restarts empties the table before the list fills
+        // it again: the held request waits through it.
+        ingress.clear(true);
+        tokio::task::yield_now().await;
+        ingress
+            .pods
+            .add(name("shop", "web"), "uid-1", Backend::Process(echo));
+        started(&ingress, ServiceSpec::default());
+        let (status, _) = call.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_service_at_zero_whose_pods_cannot_start_answers_its_held_requests_with_why() {
+        let ingress = ingress("127.0.0.1:1", true);
+        at_zero(&ingress, ServiceSpec::default());
+        let call = tokio::spawn({
+            let ingress = ingress.clone();
+            async move { text(ingress.handle(request("web.shop.svc", &[])).await).await }
+        });
+        held(&ingress, 1).await;
+        ingress.set_service(
+            "shop",
+            "web",
+            ServiceSpec::default(),
+            ServiceStatus {
+                scales_from_zero: true,
+                unavailable_reason: Some("pod web-1 is in ErrImagePull".into()),
+                ..ServiceStatus::default()
+            },
+        );
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("pod web-1 is in ErrImagePull"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_service_holds_at_most_its_share_and_no_request_longer_than_the_wait() {
+        let ingress = ingress("127.0.0.1:1", true).with_hold_config(HoldConfig {
+            max_held: 1,
+            max_wait: Duration::from_millis(300),
+        });
+        at_zero(&ingress, ServiceSpec::default());
+        let first = tokio::spawn({
+            let ingress = ingress.clone();
+            async move { text(ingress.handle(request("web.shop.svc", &[])).await).await }
+        });
+        held(&ingress, 1).await;
+        let (status, body) = text(ingress.handle(request("web.shop.svc", &[])).await).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("holds 1 requests already"), "{body}");
+        let (status, body) = first.await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("had no ready pod within"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_guest_whose_namespace_was_refused_while_it_waited_is_refused() {
+        let (echo, _stop) = echo_headers().await;
+        let ingress = ingress("127.0.0.1:1", false);
+        let admitting = ServiceSpec {
+            allowed_callers: vec!["other".into()],
+            ..ServiceSpec::default()
+        };
+        at_zero(&ingress, admitting);
+        let guest = ingress.caller_credential("other");
+        let call = tokio::spawn({
+            let ingress = ingress.clone();
+            let guest = guest.to_str().unwrap().to_owned();
+            async move {
+                let pairs = [
+                    (CALLER_NAMESPACE_HEADER, "other"),
+                    (CALLER_AUTH_HEADER, guest.as_str()),
+                ];
+                text(ingress.handle(request("web.shop.svc", &pairs)).await).await
+            }
+        });
+        held(&ingress, 1).await;
+        ingress
+            .pods
+            .add(name("shop", "web"), "uid-1", Backend::Process(echo));
+        started(&ingress, ServiceSpec::default());
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     }
 }
