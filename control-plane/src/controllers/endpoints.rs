@@ -23,19 +23,30 @@ impl Controller for Endpoints {
     const KIND: Kind = Kind::Service;
     const WATCHES: &'static [Kind] = &[Kind::Pod, Kind::Deployment];
 
-    /// Every Service of the pod's namespace: a pod whose labels changed
-    /// may have left a selector, which its new labels cannot tell. The
-    /// same for a Deployment, whose autoscaling decides whether its
-    /// Services scale from zero.
-    async fn wakes(&self, _kind: Kind, pod: &Value) -> Result<Vec<ObjectKey>, StoreError> {
-        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+    /// For a pod, every Service of its namespace: a pod whose labels
+    /// changed may have left a selector, which its new labels cannot tell.
+    /// For a Deployment (whose autoscaling decides whether its Services
+    /// scale from zero), only the Services that select its template: a
+    /// namespace of a thousand functions would otherwise reconcile every
+    /// Service on every Deployment write. One that stopped selecting it
+    /// is put right by the resync.
+    async fn wakes(&self, kind: Kind, object: &Value) -> Result<Vec<ObjectKey>, StoreError> {
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
         let services = self
             .store
             .list(Kind::Service, in_namespace(namespace))
             .await?;
+        let template = &object["spec"]["template"]["metadata"]["labels"];
         Ok(services
             .items
             .iter()
+            .filter(|s| {
+                kind != Kind::Deployment
+                    || s["spec"]["selector"].as_object().is_some_and(|selector| {
+                        !selector.is_empty()
+                            && selector.iter().all(|(k, v)| template.get(k) == Some(v))
+                    })
+            })
             .filter_map(|s| s["metadata"]["name"].as_str())
             .map(|name| ObjectKey::new(Kind::Service, namespace, name))
             .collect())
@@ -88,25 +99,32 @@ impl Controller for Endpoints {
                     }
                 }
             }
-            status.scales_from_zero = self
-                .store
-                .list(Kind::Deployment, in_namespace(&key.namespace))
-                .await?
-                .items
-                .into_iter()
-                .filter_map(|d| serde_json::from_value::<Deployment>(d).ok())
-                .any(|d| {
-                    d.spec
-                        .autoscaling
-                        .as_ref()
-                        .is_some_and(|a| a.min_replicas == 0)
-                        && d.metadata.deletion_timestamp.is_none()
-                        && service
-                            .spec
-                            .selector
-                            .iter()
-                            .all(|(k, v)| d.spec.template.metadata.labels.get(k) == Some(v))
-                });
+            // Nodes read it only while there is no endpoint: a Service with
+            // endpoints keeps what it said (no list of every Deployment of
+            // the namespace per reconcile); it is worked out again as its
+            // last endpoint goes, in the same write.
+            status.scales_from_zero = if status.endpoints.is_empty() {
+                self.store
+                    .list(Kind::Deployment, in_namespace(&key.namespace))
+                    .await?
+                    .items
+                    .into_iter()
+                    .filter_map(|d| serde_json::from_value::<Deployment>(d).ok())
+                    .any(|d| {
+                        d.spec
+                            .autoscaling
+                            .as_ref()
+                            .is_some_and(|a| a.min_replicas == 0)
+                            && d.metadata.deletion_timestamp.is_none()
+                            && service
+                                .spec
+                                .selector
+                                .iter()
+                                .all(|(k, v)| d.spec.template.metadata.labels.get(k) == Some(v))
+                    })
+            } else {
+                stored["status"]["scalesFromZero"] == true
+            };
             if status.endpoints.is_empty() {
                 status.unavailable_reason = failing;
             }
