@@ -2,7 +2,9 @@
 //! pods its selector picks, with the ingress of the node serving each, so
 //! that every node can route to them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use skiff_api::Kind;
@@ -16,6 +18,98 @@ use crate::store::{ListQuery, ObjectKey, Part, Store, StoreError, Write};
 
 pub struct Endpoints {
     pub store: Store,
+    /// Per namespace, the pod template labels of its autoscaled
+    /// Deployments that may go to zero, by Deployment name: what decides
+    /// whether a Service scales from zero, kept from Deployment events so
+    /// that a reconcile does not list every Deployment of the namespace
+    /// (a thousand Services of a thousand functions would otherwise read
+    /// a million Deployments on every resync). Read whole again when older
+    /// than [`ZERO_REFRESH`], which catches deletions.
+    zero: Mutex<HashMap<String, ZeroIndex>>,
+}
+
+/// How long a namespace's index of Deployments at zero serves before it
+/// is read whole again.
+const ZERO_REFRESH: Duration = Duration::from_secs(30);
+
+struct ZeroIndex {
+    read_at: Instant,
+    templates: HashMap<String, BTreeMap<String, String>>,
+}
+
+impl Endpoints {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            zero: Mutex::default(),
+        }
+    }
+
+    /// The template labels an autoscaled Deployment that may go to zero
+    /// gives its pods; `None` for any other Deployment.
+    fn zero_template(deployment: &Deployment) -> Option<BTreeMap<String, String>> {
+        let may_go_to_zero = deployment
+            .spec
+            .autoscaling
+            .as_ref()
+            .is_some_and(|a| a.min_replicas == 0)
+            && deployment.metadata.deletion_timestamp.is_none();
+        may_go_to_zero.then(|| deployment.spec.template.metadata.labels.clone())
+    }
+
+    /// Whether an autoscaled Deployment that may go to zero sits behind
+    /// `selector` in `namespace`.
+    async fn scales_from_zero(
+        &self,
+        namespace: &str,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        let fresh = self
+            .zero
+            .lock()
+            .expect("zero index lock")
+            .get(namespace)
+            .is_some_and(|index| index.read_at.elapsed() < ZERO_REFRESH);
+        if !fresh {
+            let templates = self
+                .store
+                .list(Kind::Deployment, in_namespace(namespace))
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|d| serde_json::from_value::<Deployment>(d).ok())
+                .filter_map(|d| Some((d.metadata.name.clone(), Self::zero_template(&d)?)))
+                .collect();
+            self.zero.lock().expect("zero index lock").insert(
+                namespace.to_owned(),
+                ZeroIndex {
+                    read_at: Instant::now(),
+                    templates,
+                },
+            );
+        }
+        let zero = self.zero.lock().expect("zero index lock");
+        Ok(zero.get(namespace).is_some_and(|index| {
+            index
+                .templates
+                .values()
+                .any(|labels| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        }))
+    }
+
+    /// A Deployment changed: its entry in its namespace's index follows.
+    fn note_deployment(&self, object: &Value) {
+        let Ok(deployment) = serde_json::from_value::<Deployment>(object.clone()) else {
+            return;
+        };
+        let mut zero = self.zero.lock().expect("zero index lock");
+        if let Some(index) = zero.get_mut(&deployment.metadata.namespace) {
+            match Self::zero_template(&deployment) {
+                Some(labels) => index.templates.insert(deployment.metadata.name, labels),
+                None => index.templates.remove(&deployment.metadata.name),
+            };
+        }
+    }
 }
 
 impl Controller for Endpoints {
@@ -23,29 +117,41 @@ impl Controller for Endpoints {
     const KIND: Kind = Kind::Service;
     const WATCHES: &'static [Kind] = &[Kind::Pod, Kind::Deployment];
 
-    /// For a pod, every Service of its namespace: a pod whose labels
-    /// changed may have left a selector, which its new labels cannot tell.
-    /// For a Deployment (whose autoscaling decides whether its Services
-    /// scale from zero), only the Services that select its template: a
-    /// namespace of a thousand functions would otherwise reconcile every
-    /// Service on every Deployment write. One that stopped selecting it
-    /// is put right by the resync.
+    /// For a pod, the Services that select it or list it among their
+    /// endpoints (a pod whose labels changed may have left a selector);
+    /// for a Deployment (whose autoscaling decides whether its Services
+    /// scale from zero), the Services that select its template. Not every
+    /// Service of the namespace: with a thousand functions in one, each
+    /// pod's every status write would reconcile a thousand Services. A
+    /// not-ready pod that left a selector is counted out by the resync.
     async fn wakes(&self, kind: Kind, object: &Value) -> Result<Vec<ObjectKey>, StoreError> {
         let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+        if kind == Kind::Deployment {
+            self.note_deployment(object);
+        }
         let services = self
             .store
             .list(Kind::Service, in_namespace(namespace))
             .await?;
-        let template = &object["spec"]["template"]["metadata"]["labels"];
+        let labels = match kind {
+            Kind::Deployment => &object["spec"]["template"]["metadata"]["labels"],
+            _ => &object["metadata"]["labels"],
+        };
+        let pod = object["metadata"]["name"].as_str().unwrap_or_default();
         Ok(services
             .items
             .iter()
             .filter(|s| {
-                kind != Kind::Deployment
-                    || s["spec"]["selector"].as_object().is_some_and(|selector| {
-                        !selector.is_empty()
-                            && selector.iter().all(|(k, v)| template.get(k) == Some(v))
-                    })
+                let selects = s["spec"]["selector"].as_object().is_some_and(|selector| {
+                    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                });
+                // A pod that left a selector is still among the endpoints
+                // the Service lists.
+                let listed = kind == Kind::Pod
+                    && s["status"]["endpoints"]
+                        .as_array()
+                        .is_some_and(|e| e.iter().any(|e| e["pod"] == pod));
+                selects || listed
             })
             .filter_map(|s| s["metadata"]["name"].as_str())
             .map(|name| ObjectKey::new(Kind::Service, namespace, name))
@@ -104,24 +210,8 @@ impl Controller for Endpoints {
             // the namespace per reconcile); it is worked out again as its
             // last endpoint goes, in the same write.
             status.scales_from_zero = if status.endpoints.is_empty() {
-                self.store
-                    .list(Kind::Deployment, in_namespace(&key.namespace))
+                self.scales_from_zero(&key.namespace, &service.spec.selector)
                     .await?
-                    .items
-                    .into_iter()
-                    .filter_map(|d| serde_json::from_value::<Deployment>(d).ok())
-                    .any(|d| {
-                        d.spec
-                            .autoscaling
-                            .as_ref()
-                            .is_some_and(|a| a.min_replicas == 0)
-                            && d.metadata.deletion_timestamp.is_none()
-                            && service
-                                .spec
-                                .selector
-                                .iter()
-                                .all(|(k, v)| d.spec.template.metadata.labels.get(k) == Some(v))
-                    })
             } else {
                 stored["status"]["scalesFromZero"] == true
             };

@@ -51,7 +51,7 @@ pub async fn run(
                         store: store.clone()
                     }
                 ),
-                reconciler::run(store.clone(), hub, endpoints::Endpoints { store }),
+                reconciler::run(store.clone(), hub, endpoints::Endpoints::new(store)),
             )?;
             Ok(())
         }
