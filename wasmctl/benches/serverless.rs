@@ -191,7 +191,7 @@ impl Bench {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let services = runtime
-                .block_on(self.cluster.api.list(
+                .block_on(self.cluster.api.list_all(
                     Kind::Service,
                     Some("default"),
                     &Default::default(),
