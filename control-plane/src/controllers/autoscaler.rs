@@ -179,7 +179,7 @@ pub struct Autoscaler {
     totals: HashMap<(String, String), Totals>,
 }
 
-/// Runs the autoscaler until an error the store reports.
+/// Runs the autoscaler for the leadership term.
 pub async fn run(store: Store, events: Recorder) -> Result<(), StoreError> {
     let mut autoscaler = Autoscaler {
         store,
@@ -192,7 +192,11 @@ pub async fn run(store: Store, events: Recorder) -> Result<(), StoreError> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        autoscaler.tick().await?;
+        // A tick that fails (the store did not answer) is tried again next
+        // second; ending the term would restart every controller with it.
+        if let Err(e) = autoscaler.tick().await {
+            tracing::warn!("autoscaler: {e}; trying again in {TICK:?}");
+        }
     }
 }
 
