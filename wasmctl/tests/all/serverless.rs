@@ -262,6 +262,29 @@ fn the_autoscaler_owns_replicas_and_bad_settings_are_refused() {
         refused.contains("spec.replicas") && refused.contains("autoscal"),
         "{refused}"
     );
+    // So is the whole object written back with another count, the way
+    // around `scale` an API client would try first.
+    let mut stored = cluster.json(&["get", "deployment", "web"]);
+    stored["spec"]["replicas"] = json!(4);
+    let plane = cluster.cluster.api_addr();
+    let put = http_call(
+        plane,
+        "PUT",
+        &plane.to_string(),
+        "/apis/skiff.dev/v1/namespaces/default/deployments/web",
+        &[
+            (
+                "authorization",
+                &format!("Bearer {}", cluster.cluster.token),
+            ),
+            ("content-type", "application/json"),
+        ],
+        &stored.to_string(),
+    )
+    .unwrap();
+    assert_eq!(put.status, 422, "{put:?}");
+    assert!(put.body.contains("spec.replicas"), "{}", put.body);
+    assert_eq!(replicas(&cluster), 2);
     for (args, field) in [
         (vec!["--min", "3", "--max", "2"], "max must be at least"),
         (vec!["--max", "0"], "max must be at least 1"),
