@@ -1,16 +1,18 @@
 //! What log capture and metrics cost on the request path: requests/s of a
 //! guest that prints one line per request, served as a node serves a pod
-//! (through the ingress: request id and trace context, per-pod metrics,
-//! its output captured into the pod's log file), next to the same
-//! component called directly with its output discarded and nothing
-//! counted (the baseline), in the same run, rounds alternating.
+//! (through the ingress: routing, request id and trace context), with
+//! capture and metrics on (per-pod series counted, the line captured into
+//! the pod's log file) and with them off (`wasm-node join` without
+//! `--metrics-listen` and with `--capture-pod-output=false`: no series,
+//! output discarded), in the same run, rounds alternating. The component
+//! called directly, no ingress, is printed beside them for what the
+//! ingress itself costs.
 //!
 //! In process, no network: the ratio is what the node's own work adds,
-//! not diluted by sockets. The "on" side pays for the ingress's routing
-//! too, so the ratio errs against Skiff. The log rate limit is raised so
-//! that every line is written (a dropped line would cost less).
-//! CPU-time accounting of instances is part of the engine and runs on
-//! both sides.
+//! not diluted by sockets. The log rate limit is raised so that every line
+//! is written (a dropped line would cost less). CPU-time accounting of
+//! instances, and the load the autoscaler samples, are part of the engine
+//! and the ingress and run on both sides.
 //!
 //! With `--http`, the same two sides are served over loopback HTTP by
 //! the listener every node's ingress uses (`skiff_serve`), each on its own
@@ -106,7 +108,7 @@ fn main() {
     let engine = skiff_wasm::Engine::new(EngineConfig::for_limits(&limits, None)).unwrap();
     let loaded = engine.load_file(path.as_ref()).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let (off, on, ingress) = runtime.block_on(async {
+    let (off, on, [on_node, off_node, capture_node, metrics_node]) = runtime.block_on(async {
         let App::Http(off) = engine
             .prepare(&loaded, limits, Sandbox::default())
             .await
@@ -130,29 +132,35 @@ fn main() {
         let App::Http(on) = engine.prepare(&loaded, limits, sandbox).await.unwrap() else {
             unreachable!()
         };
-        let ingress = Ingress::new(IngressConfig {
-            own_address: "127.0.0.1:1".into(),
-            proxy_key: ProxyKey::new(&[7; PROXY_KEY_LEN]),
-            caller_key: CallerKey::random(),
-            serve_cluster_hosts: true,
-        });
-        ingress.pods.add(
-            ("default".into(), "printer".into()),
-            "uid-1",
-            Backend::Wasm(on.clone()),
-        );
-        // The ingress alone, its pod's output discarded: the breakdown.
-        ingress.pods.add(
-            ("default".into(), "quiet".into()),
-            "uid-2",
-            Backend::Wasm(off.clone()),
-        );
+        let node = |pod_metrics| {
+            Ingress::new(IngressConfig {
+                own_address: "127.0.0.1:1".into(),
+                proxy_key: ProxyKey::new(&[7; PROXY_KEY_LEN]),
+                caller_key: CallerKey::random(),
+                serve_cluster_hosts: true,
+                pod_metrics,
+            })
+        };
+        let (on_node, off_node) = (node(true), node(false));
+        let pod = || ("default".to_owned(), "printer".to_owned());
+        on_node.pods.add(pod(), "uid-1", Backend::Wasm(on.clone()));
+        off_node
+            .pods
+            .add(pod(), "uid-1", Backend::Wasm(off.clone()));
+        // The breakdown: each of the two alone.
+        let (capture_node, metrics_node) = (node(false), node(true));
+        capture_node
+            .pods
+            .add(pod(), "uid-1", Backend::Wasm(on.clone()));
+        metrics_node
+            .pods
+            .add(pod(), "uid-1", Backend::Wasm(off.clone()));
         // The NodeLogs must outlive the runs: keep it with the pod's logs.
         std::mem::forget(logs);
-        (off, on, ingress)
+        (off, on, [on_node, off_node, capture_node, metrics_node])
     });
     if http {
-        runtime.block_on(over_http(off, ingress, rounds, seconds, concurrency));
+        runtime.block_on(over_http(on_node, off_node, rounds, seconds, concurrency));
         return;
     }
     let direct = move || {
@@ -163,53 +171,38 @@ fn main() {
             response.into_body().collect().await.unwrap();
         }
     };
-    let captured = {
-        let on = on.clone();
+    let through = |node: Ingress| {
         move || {
-            let on: HttpApp = on.clone();
+            let node = node.clone();
             async move {
-                let response = on.handle(request()).await;
+                let response = node.handle(request()).await;
                 assert_eq!(response.status(), 200);
                 response.into_body().collect().await.unwrap();
             }
         }
     };
-    let routed = {
-        let ingress = ingress.clone();
-        move || {
-            let ingress = ingress.clone();
-            async move {
-                let response = ingress.handle(request_for("quiet.default.pod")).await;
-                assert_eq!(response.status(), 200);
-                response.into_body().collect().await.unwrap();
-            }
-        }
-    };
-    let served = move || {
-        let ingress = ingress.clone();
-        async move {
-            let response = ingress.handle(request()).await;
-            assert_eq!(response.status(), 200);
-            response.into_body().collect().await.unwrap();
-        }
-    };
-    // Warm both (compiled code, pools, the log file).
+    let (served_on, served_off) = (through(on_node), through(off_node));
+    let (capture_only, metrics_only) = (through(capture_node), through(metrics_node));
+    // Warm every side (compiled code, pools, the log file).
     runtime.block_on(rate(1.0, concurrency, direct.clone()));
-    runtime.block_on(rate(1.0, concurrency, served.clone()));
-    let (mut baseline, mut skiff) = (Vec::new(), Vec::new());
-    let (mut capture_only, mut ingress_only) = (Vec::new(), Vec::new());
+    runtime.block_on(rate(1.0, concurrency, served_on.clone()));
+    runtime.block_on(rate(1.0, concurrency, served_off.clone()));
+    let mut figures: [Vec<f64>; 5] = Default::default();
     for round in 1..=rounds {
-        let b = runtime.block_on(rate(seconds, concurrency, direct.clone()));
-        let s = runtime.block_on(rate(seconds, concurrency, served.clone()));
-        let c = runtime.block_on(rate(seconds, concurrency, captured.clone()));
-        let i = runtime.block_on(rate(seconds, concurrency, routed.clone()));
+        let r = [
+            runtime.block_on(rate(seconds, concurrency, served_off.clone())),
+            runtime.block_on(rate(seconds, concurrency, served_on.clone())),
+            runtime.block_on(rate(seconds, concurrency, capture_only.clone())),
+            runtime.block_on(rate(seconds, concurrency, metrics_only.clone())),
+            runtime.block_on(rate(seconds, concurrency, direct.clone())),
+        ];
         println!(
-            "  round {round}: off {b:.0}, on {s:.0}, capture only {c:.0}, ingress and metrics only {i:.0} req/s"
+            "  round {round}: off {:.0}, on {:.0}, capture only {:.0}, metrics only {:.0}, component direct {:.0} req/s",
+            r[0], r[1], r[2], r[3], r[4]
         );
-        baseline.push(b);
-        skiff.push(s);
-        capture_only.push(c);
-        ingress_only.push(i);
+        for (figure, value) in figures.iter_mut().zip(r) {
+            figure.push(value);
+        }
     }
     let written = std::fs::read_dir(data.path().join("logs"))
         .unwrap()
@@ -222,15 +215,18 @@ fn main() {
     println!(
         "capture and metrics on the request path: {rounds} rounds x {seconds}s, {concurrency} concurrent callers, in process; {cores} cores"
     );
-    let (b, s) = (median(&mut baseline), median(&mut skiff));
-    println!("  off (baseline): direct call, output discarded, nothing counted   {b:>9.0} req/s");
-    println!("  on: ingress, request id and trace, metrics, output captured      {s:>9.0} req/s");
-    println!("  on / off: {:.3}x (medians)", s / b);
-    let (c, i) = (median(&mut capture_only), median(&mut ingress_only));
+    let [off, on, capture, metrics, direct] = figures.map(|mut f| median(&mut f));
+    println!("  off (baseline): ingress, no per-pod series, output discarded  {off:>9.0} req/s");
+    println!("  on: ingress, per-pod series counted, output captured         {on:>9.0} req/s");
+    println!("  on / off: {:.3}x (medians)", on / off);
     println!(
-        "  breakdown: capture only {c:.0} req/s ({:.3}x), ingress and metrics only {i:.0} req/s ({:.3}x)",
-        c / b,
-        i / b
+        "  breakdown: capture only {capture:.0} req/s ({:.3}x), metrics only {metrics:.0} req/s ({:.3}x)",
+        capture / off,
+        metrics / off
+    );
+    println!(
+        "  for reference, the component called directly (no ingress): {direct:.0} req/s; off / direct {:.3}x",
+        off / direct
     );
     println!("  log bytes written while on: {written}");
 }
@@ -257,39 +253,22 @@ async fn wrk(port: u16, host: &str, seconds: f64, connections: usize) -> f64 {
 }
 
 /// The two sides over loopback HTTP, each behind the node's listener.
-async fn over_http(
-    off: HttpApp,
-    ingress: Ingress,
-    rounds: usize,
-    seconds: f64,
-    connections: usize,
-) {
-    async fn listen() -> (tokio::net::TcpListener, u16) {
+async fn over_http(on: Ingress, off: Ingress, rounds: usize, seconds: f64, connections: usize) {
+    async fn listen(node: Ingress) -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        (listener, port)
+        tokio::spawn(skiff_serve::serve(
+            listener,
+            skiff_serve::Options::http1(Duration::from_secs(1)),
+            move |request| {
+                let node = node.clone();
+                async move { node.handle(request).await }
+            },
+            std::future::pending(),
+        ));
+        port
     }
-    let options = || skiff_serve::Options::http1(Duration::from_secs(1));
-    let (off_listener, off_port) = listen().await;
-    let (on_listener, on_port) = listen().await;
-    tokio::spawn(skiff_serve::serve(
-        off_listener,
-        options(),
-        move |request| {
-            let off = off.clone();
-            async move { off.handle(request).await }
-        },
-        std::future::pending(),
-    ));
-    tokio::spawn(skiff_serve::serve(
-        on_listener,
-        options(),
-        move |request| {
-            let ingress = ingress.clone();
-            async move { ingress.handle(request).await }
-        },
-        std::future::pending(),
-    ));
+    let (on_port, off_port) = (listen(on).await, listen(off).await);
     let host = "printer.default.pod";
     // Warm both.
     wrk(off_port, host, 1.0, connections).await;
@@ -308,10 +287,10 @@ async fn over_http(
     );
     let (b, s) = (median(&mut baseline), median(&mut skiff));
     println!(
-        "  off (baseline): the component behind the listener, output discarded, nothing counted {b:>9.0} req/s"
+        "  off (baseline): the node's ingress, no per-pod series, output discarded {b:>9.0} req/s"
     );
     println!(
-        "  on: the node's ingress, request id and trace, metrics, output captured        {s:>9.0} req/s"
+        "  on: the node's ingress, per-pod series counted, output captured        {s:>9.0} req/s"
     );
     println!("  on / off: {:.3}x (medians)", s / b);
 }

@@ -92,6 +92,9 @@ pub struct LogConfig {
     pub rate: u64,
     /// Bytes a pod may log at once above its rate.
     pub burst: u64,
+    /// Whether pods' output is kept at all; without it, it is discarded
+    /// as written (`wasm-node join --capture-pod-output=false`).
+    pub capture: bool,
 }
 
 impl Default for LogConfig {
@@ -100,6 +103,7 @@ impl Default for LogConfig {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             rate: DEFAULT_RATE,
             burst: DEFAULT_BURST,
+            capture: true,
         }
     }
 }
@@ -798,6 +802,7 @@ mod tests {
             max_file_bytes: 1 << 20,
             rate: 100,
             burst: 100,
+            capture: true,
         };
         let logs = PodLogs::open(tmp.path().join("p"), "ns", "p", config, fake_clock).unwrap();
         let mut follow = logs.follow();

@@ -180,6 +180,12 @@ struct JoinArgs {
     /// Bytes a pod may log at once above its rate.
     #[arg(long, default_value = "4Mi", value_parser = parse_bytes)]
     pod_log_burst: u64,
+    /// Keep what pods write to stdout and stderr, for `wasmctl logs`.
+    /// With `false`, their output is discarded as it is written and
+    /// nothing of it reaches this machine's disk; asking for a pod's logs
+    /// then says so.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    capture_pod_output: bool,
 }
 
 fn parse_label(input: &str) -> Result<(String, String), String> {
@@ -346,7 +352,10 @@ async fn join(args: JoinArgs) -> Result<()> {
             max_file_bytes: args.pod_log_max_size,
             rate: args.pod_log_rate,
             burst: args.pod_log_burst,
+            capture: args.capture_pod_output,
         },
+        // Series nobody can read are not kept.
+        pod_metrics: args.metrics_listen.is_some(),
     })
     .await?;
     eprintln!(

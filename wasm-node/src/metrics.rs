@@ -173,6 +173,9 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<PodLabels, Histogram, fn() -> Histogram>,
     in_flight: Family<PodLabels, Gauge>,
+    /// Whether requests are counted into the per-pod series at all: a node
+    /// that serves no metrics keeps only what the autoscaler samples.
+    per_pod: bool,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -183,8 +186,9 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     /// Families for an ingress serving `pods`; held weakly, so the
-    /// registry does not keep the pods alive.
-    pub(crate) fn new(pods: Weak<ServedPods>) -> Self {
+    /// registry does not keep the pods alive. Without `per_pod`, requests
+    /// add only to each pod's [`Load`], and the request series stay empty.
+    pub(crate) fn new(pods: Weak<ServedPods>, per_pod: bool) -> Self {
         let mut registry = Registry::with_prefix("skiff");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -214,6 +218,7 @@ impl Metrics {
             requests,
             latency,
             in_flight,
+            per_pod,
         }
     }
 
@@ -283,9 +288,11 @@ impl Metrics {
     pub(crate) fn request_to(&self, pod: Option<Arc<PodMetrics>>) -> RequestTimer<'_> {
         let started = std::time::Instant::now();
         let pod = pod.and_then(|pod| {
-            let gauge =
-                self.resolve(&pod, &pod.in_flight, &self.in_flight, || pod.labels.clone())?;
-            gauge.inc();
+            if self.per_pod {
+                let gauge =
+                    self.resolve(&pod, &pod.in_flight, &self.in_flight, || pod.labels.clone())?;
+                gauge.inc();
+            }
             pod.load.in_flight.fetch_add(1, Ordering::Relaxed);
             Some(pod)
         });
@@ -298,6 +305,7 @@ impl Metrics {
     }
 
     /// Requests pod `pod` has answered so far (every status class).
+    #[cfg(test)]
     pub(crate) fn requests_answered(&self, (namespace, pod): &PodName) -> u64 {
         CLASSES
             .into_iter()
@@ -314,6 +322,9 @@ impl Metrics {
     }
 
     fn answered(&self, pod: &Arc<PodMetrics>, status: StatusCode, elapsed: Duration) {
+        if !self.per_pod {
+            return;
+        }
         let class = match status.as_u16() {
             100..=199 => 0,
             200..=299 => 1,
@@ -578,7 +589,7 @@ mod tests {
     #[test]
     fn a_request_answered_after_its_pod_left_brings_no_series_back() {
         let pods = served("u1");
-        let metrics = Metrics::new(Arc::downgrade(&pods));
+        let metrics = Metrics::new(Arc::downgrade(&pods), true);
         let counted = metrics.request(&pod());
         counted.answered(StatusCode::OK);
         let late = metrics.request(&pod());
@@ -606,7 +617,7 @@ mod tests {
     #[test]
     fn a_request_to_a_replaced_pod_counts_for_neither() {
         let pods = served("u1");
-        let metrics = Metrics::new(Arc::downgrade(&pods));
+        let metrics = Metrics::new(Arc::downgrade(&pods), true);
         let old = metrics.request(&pod());
         // A new pod of the same name takes the route (`LocalPods::add`).
         pods.write().unwrap().insert(
@@ -637,7 +648,7 @@ mod tests {
     #[test]
     fn the_nodes_figures_are_exposed_once_attached() {
         let pods = served("u1");
-        let metrics = Metrics::new(Arc::downgrade(&pods));
+        let metrics = Metrics::new(Arc::downgrade(&pods), true);
         assert!(!metrics.encode().contains("skiff_node_image_pulls"));
         let counts = crate::runtimes::meters::Counts::default();
         counts.pulled(crate::runtimes::meters::PullRuntime::Wasm, true);

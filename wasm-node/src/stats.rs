@@ -64,12 +64,13 @@ struct LiveSource {
 
 impl Source for LiveSource {
     fn pods(&self) -> Vec<PodReading> {
-        let metrics = self.local_pods.metrics();
         self.meters
             .read()
             .into_iter()
             .map(|usage| PodReading {
-                requests: metrics.requests_answered(&(usage.namespace.clone(), usage.name.clone())),
+                requests: self
+                    .local_pods
+                    .requests_of(&(usage.namespace.clone(), usage.name.clone())),
                 usage,
             })
             .collect()

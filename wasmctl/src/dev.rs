@@ -187,6 +187,8 @@ async fn serve(
         snapshotter: "overlayfs".into(),
         linux_limits: Default::default(),
         pod_logs: Default::default(),
+        // The local cluster serves no node metrics.
+        pod_metrics: false,
     })
     .await
     .map_err(|e| BadInput(e.to_string()))?;

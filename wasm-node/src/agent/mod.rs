@@ -103,6 +103,9 @@ pub struct AgentConfig {
     pub linux_limits: LinuxLimits,
     /// What each pod's captured output may take: file size, rate.
     pub pod_logs: crate::logs::LogConfig,
+    /// Whether pods' requests are counted into per-pod metric series
+    /// (worth it only where the node's metrics are served).
+    pub pod_metrics: bool,
 }
 
 /// What every pod worker of this node shares.
@@ -225,6 +228,7 @@ impl Agent {
             serve_cluster_hosts: config
                 .serve_cluster_hosts
                 .unwrap_or_else(|| bound.ip().is_loopback()),
+            pod_metrics: config.pod_metrics,
         })
         .with_node_api(node_api.clone())
         .with_hold_config(config.hold);

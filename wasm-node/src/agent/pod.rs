@@ -210,13 +210,17 @@ impl Worker {
             uid.clone(),
             latest,
         ));
-        let logs = context
-            .logs
-            .open(&namespace, &name, &uid)
-            .inspect_err(|e| {
-                tracing::warn!("{namespace}/{name}: its log: {e}; its output is discarded")
-            })
-            .ok();
+        let logs = if context.logs.config().capture {
+            context
+                .logs
+                .open(&namespace, &name, &uid)
+                .inspect_err(|e| {
+                    tracing::warn!("{namespace}/{name}: its log: {e}; its output is discarded")
+                })
+                .ok()
+        } else {
+            None
+        };
         Self {
             logs,
             context,

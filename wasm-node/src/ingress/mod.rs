@@ -85,15 +85,15 @@ pub struct LocalPods {
     metrics: Arc<Metrics>,
 }
 
-impl Default for LocalPods {
-    fn default() -> Self {
+impl LocalPods {
+    /// No pods yet; `per_pod_metrics` says whether their requests are
+    /// counted into exported series too (see [`IngressConfig`]).
+    fn new(per_pod_metrics: bool) -> Self {
         let pods = Arc::default();
-        let metrics = Arc::new(Metrics::new(Arc::downgrade(&pods)));
+        let metrics = Arc::new(Metrics::new(Arc::downgrade(&pods), per_pod_metrics));
         Self { pods, metrics }
     }
-}
 
-impl LocalPods {
     /// Serves pod `uid` under its name, in place of any earlier pod of that
     /// name.
     pub fn add(&self, pod: PodName, uid: &str, backend: Backend) {
@@ -146,6 +146,15 @@ impl LocalPods {
 
     pub fn len(&self) -> usize {
         self.pods.read().expect("routes lock").len()
+    }
+
+    /// The requests pod `pod` has had so far, counted whether or not
+    /// per-pod metrics are.
+    pub fn requests_of(&self, pod: &PodName) -> u64 {
+        let pods = self.pods.read().expect("routes lock");
+        pods.get(pod).map_or(0, |served| {
+            served.metrics.load.requests.load(Ordering::Relaxed)
+        })
     }
 
     /// Every served pod's requests so far, for the autoscaler.
@@ -284,6 +293,11 @@ pub struct IngressConfig {
     /// credential (from outside the cluster, or from a process on this
     /// machine), as on a developer's machine; otherwise only Routes are.
     pub serve_cluster_hosts: bool,
+    /// Whether each pod's requests are counted into exported series (by
+    /// status class, latency, in flight). A node that serves no metrics
+    /// has no reader for them and skips the work; what the autoscaler and
+    /// `wasmctl top` sample is counted either way.
+    pub pod_metrics: bool,
 }
 
 /// The ingress: local pods, and the cluster's Services and Routes.
@@ -342,7 +356,7 @@ impl Ingress {
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         Self {
-            pods: LocalPods::default(),
+            pods: LocalPods::new(config.pod_metrics),
             table: Arc::default(),
             // Pooled connections to other nodes are let go before the
             // other side's idle deadline (`--listen-header-timeout`, 30s
@@ -1200,6 +1214,7 @@ mod tests {
             proxy_key: ProxyKey::new(&[7; PROXY_KEY_LEN]),
             caller_key: CallerKey::random(),
             serve_cluster_hosts,
+            pod_metrics: true,
         })
     }
 
@@ -1371,6 +1386,7 @@ mod trust_tests {
             proxy_key: ProxyKey::new(&PROXY_KEY),
             caller_key: CallerKey::random(),
             serve_cluster_hosts,
+            pod_metrics: true,
         })
     }
 
@@ -1609,6 +1625,38 @@ mod trust_tests {
     }
 
     use tokio::sync::oneshot;
+
+    /// A node that serves no metrics keeps no per-pod series, yet still
+    /// counts what the autoscaler and `wasmctl top` sample; with them on,
+    /// both are counted.
+    #[tokio::test]
+    async fn without_pod_metrics_only_the_sampled_load_is_counted() {
+        let (echo, _stop_echo) = echo_headers().await;
+        for pod_metrics in [false, true] {
+            let node = Ingress::new(IngressConfig {
+                pod_metrics,
+                ..ingress("127.0.0.1:1", true).config.as_ref().clone()
+            });
+            node.pods
+                .add(name("shop", "web"), "uid-1", Backend::Process(echo));
+            for _ in 0..3 {
+                let (status, _) = text(node.handle(request("web.shop.pod", &[])).await).await;
+                assert_eq!(status, StatusCode::OK);
+            }
+            assert_eq!(node.pods.requests_of(&name("shop", "web")), 3);
+            let load = node.pods.load();
+            assert_eq!((load[0].requests, load[0].in_flight), (3, 0));
+            let text = node.pods.metrics().encode();
+            assert_eq!(
+                text.contains(
+                    r#"skiff_pod_requests_total{namespace="shop",pod="web",class="2xx"} 3"#
+                ),
+                pod_metrics,
+                "{text}"
+            );
+            assert_eq!(text.contains(r#"pod="web""#), pod_metrics, "{text}");
+        }
+    }
 
     /// Node a balances Service shop/web to its pod on node b, whose ingress
     /// serves cluster hosts to no one outside.

@@ -210,6 +210,15 @@ impl NodeApi {
         options: LogOptions,
         limit_bytes: Option<u64>,
     ) -> http::Response<HttpBody> {
+        if !self.logs.config().capture {
+            return text_response(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "node {} discards what its pods write (it runs with --capture-pod-output=false): pod {namespace}/{name} has no logs\n",
+                    self.node
+                ),
+            );
+        }
         // The namespace's share first: a tenant at its cap is told so
         // without taking one of the node's.
         let Some(namespace_permit) = self.namespaces.try_acquire(namespace) else {

@@ -86,6 +86,7 @@ fn a_shut_down_agent_stops_serving_and_renewing_its_lease() {
             snapshotter: "overlayfs".into(),
             linux_limits: Default::default(),
             pod_logs: Default::default(),
+            pod_metrics: true,
         })
         .await
         .unwrap();

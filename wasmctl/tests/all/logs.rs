@@ -314,3 +314,29 @@ fn logs_are_read_followed_and_kept_within_their_namespace() {
     let (_, admin) = follow(&cluster.cluster.token);
     assert_eq!(admin, 200);
 }
+
+/// A node started with `--capture-pod-output=false` keeps nothing a pod
+/// writes: the pod still serves, no log file is made for it, and asking
+/// for its logs says why there are none.
+#[test]
+fn a_node_that_discards_pod_output_keeps_none_and_says_so() {
+    let cluster = NodeCluster::start(&[("quiet", &["--capture-pod-output=false"])]);
+    let image = format!("{}/misbehave:v1", cluster.registry.addr);
+    push(&test_guest("misbehave"), &image);
+    cluster.apply(&[pod("printer", &image, json!({}))]);
+    cluster.wait_running("printer");
+    print(cluster.nodes[0].ingress, "printer", "unkept", "quiet.1");
+
+    let refusal = cluster.cluster.fails(&["logs", "printer"], 1);
+    assert!(
+        refusal.contains("node quiet discards what its pods write")
+            && refusal.contains("--capture-pod-output=false")
+            && refusal.contains("pod default/printer has no logs"),
+        "{refusal}"
+    );
+    let logs = cluster.nodes[0].data_dir.join("logs");
+    let kept: Vec<_> = std::fs::read_dir(&logs)
+        .map(|dir| dir.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(kept.is_empty(), "{} holds {kept:?}", logs.display());
+}
