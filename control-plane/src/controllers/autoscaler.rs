@@ -11,8 +11,9 @@
 //!
 //! [`decide`] is the whole policy, without I/O: a stable window (60 s) and
 //! a panic window (6 s) as Knative's; a burst that wants twice the pods
-//! there are enters panic mode, which scales up at once and never down
-//! for a stable window; a lower load must last `scaleDownDelay` before
+//! there are enters panic mode, which scales up at once (to what the
+//! newest sample wants, if more than the panic window's mean) and never
+//! down for a stable window; a lower load must last `scaleDownDelay` before
 //! pods go, and the pods go (down to `minReplicas`) once `scaleDownDelay`
 //! has passed without any request. What a node reports counts only for
 //! pods the store binds to that node, attributed to their Deployment by
@@ -133,7 +134,10 @@ pub fn decide(spec: &Autoscaling, current: u32, window: &mut Window, now: f64) -
     }
     let panicking = window.panic_until.is_some_and(|until| now < until);
     let mut wanted = if panicking {
-        panic.max(stable).max(current)
+        // The newest sample too: a step is in the window's mean only a
+        // sixth at a time, and panic mode is there not to wait for it.
+        let latest = pods_for(window.samples.back().map_or(0.0, |(_, c)| *c));
+        panic.max(stable).max(current).max(latest)
     } else {
         stable
     };
@@ -699,6 +703,20 @@ mod tests {
                 start: 1,
                 phases: vec![(3, 150.0), (20, 10.0)],
                 expect: vec![15, 15],
+            },
+            Case {
+                name: "a 10x step has its pods at the first tick that sees it",
+                spec: spec(0, 20, 5, "30s"),
+                start: 1,
+                phases: vec![(70, 5.0), (1, 50.0), (30, 50.0)],
+                expect: vec![1, 10, 10],
+            },
+            Case {
+                name: "a step of less than twice waits for the windows",
+                spec: spec(0, 20, 10, "30s"),
+                start: 4,
+                phases: vec![(70, 35.0), (1, 60.0)],
+                expect: vec![4, 4],
             },
             Case {
                 name: "a lower load removes pods only after the delay",
