@@ -442,6 +442,7 @@ impl Watch {
                         fields: Some(&self.request.fields),
                         limit: Some(PAGE),
                         after,
+                        json: &[],
                     },
                 )
                 .await;

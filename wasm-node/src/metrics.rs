@@ -17,7 +17,6 @@
 //! and hits and misses of the blob, compiled-code and layer caches.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
@@ -62,14 +61,88 @@ impl Served {
     }
 }
 
-/// A pod's requests on the ingress as the autoscaler samples them: plain
-/// atomics beside the exported series, so that sampling reads no text
-/// and a request adds three numbers.
+/// A pod's requests on the ingress as the autoscaler samples them, beside
+/// the exported series, so that sampling reads no text.
+///
+/// The time requests spent is read as it accrues, the part of those still
+/// in flight included: the autoscaler takes a tick's growth of it as that
+/// tick's mean concurrency (Little's law), and a request counted only when
+/// it ended would put a long wait's every second into the tick it ended
+/// in. The four numbers change together, under a lock a request takes
+/// twice (uncontended but for requests to the same pod at the same time).
 #[derive(Debug, Default)]
 pub(crate) struct Load {
-    pub(crate) in_flight: AtomicU64,
-    pub(crate) requests: AtomicU64,
-    pub(crate) busy_nanos: AtomicU64,
+    state: std::sync::Mutex<LoadState>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct LoadState {
+    in_flight: u64,
+    requests: u64,
+    /// Time of the requests that ended.
+    busy_nanos: u64,
+    /// The sum of the starts of those in flight, since [`load_epoch`].
+    started_nanos: u128,
+}
+
+/// What [`Load::read`] gives: requests in flight, requests so far, and the
+/// time all of them have taken so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LoadRead {
+    pub(crate) in_flight: u64,
+    pub(crate) requests: u64,
+    pub(crate) busy_nanos: u64,
+}
+
+/// The instant request starts are counted from.
+fn load_epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn since_epoch(at: std::time::Instant) -> u128 {
+    at.saturating_duration_since(load_epoch()).as_nanos()
+}
+
+impl Load {
+    fn state(&self) -> std::sync::MutexGuard<'_, LoadState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A request began at `at`.
+    fn begin(&self, at: std::time::Instant) {
+        let at = since_epoch(at);
+        let mut state = self.state();
+        state.in_flight += 1;
+        state.started_nanos += at;
+    }
+
+    /// The request that began at `at` ended, having taken `took`.
+    fn end(&self, at: std::time::Instant, took: Duration) {
+        let at = since_epoch(at);
+        let mut state = self.state();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        state.started_nanos = state.started_nanos.saturating_sub(at);
+        state.requests += 1;
+        state.busy_nanos = state
+            .busy_nanos
+            .saturating_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// The counts at `now`, the time of requests in flight up to `now`
+    /// included.
+    pub(crate) fn read(&self, now: std::time::Instant) -> LoadRead {
+        let state = *self.state();
+        let accrued =
+            (u128::from(state.in_flight) * since_epoch(now)).saturating_sub(state.started_nanos);
+        LoadRead {
+            in_flight: state.in_flight,
+            requests: state.requests,
+            busy_nanos: state
+                .busy_nanos
+                .saturating_add(u64::try_from(accrued).unwrap_or(u64::MAX)),
+        }
+    }
 }
 
 /// Status classes, in the order of [`PodMetrics::requests`].
@@ -293,7 +366,7 @@ impl Metrics {
                     self.resolve(&pod, &pod.in_flight, &self.in_flight, || pod.labels.clone())?;
                 gauge.inc();
             }
-            pod.load.in_flight.fetch_add(1, Ordering::Relaxed);
+            pod.load.begin(started);
             Some(pod)
         });
         RequestTimer {
@@ -401,11 +474,7 @@ impl Drop for RequestTimer<'_> {
             gauge.dec();
         }
         let elapsed = self.elapsed.unwrap_or_else(|| self.started.elapsed());
-        let load = &pod.load;
-        load.busy_nanos
-            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
-        load.requests.fetch_add(1, Ordering::Relaxed);
-        load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        pod.load.end(self.started, elapsed);
     }
 }
 
@@ -612,6 +681,43 @@ mod tests {
         // Nor does a request that arrives after.
         metrics.request(&pod()).answered(StatusCode::OK);
         assert!(!metrics.encode().contains(r#"pod="web""#));
+    }
+
+    #[test]
+    fn time_in_flight_counts_as_it_accrues_and_once() {
+        let load = Load::default();
+        let start = load_epoch() + Duration::from_secs(10);
+        let read = |at: u64| load.read(start + Duration::from_secs(at));
+        load.begin(start);
+        load.begin(start + Duration::from_secs(1));
+        // Two in flight: 2 s and 1 s of them at 2 s.
+        assert_eq!(
+            read(2),
+            LoadRead {
+                in_flight: 2,
+                requests: 0,
+                busy_nanos: 3_000_000_000
+            }
+        );
+        load.end(start, Duration::from_secs(3));
+        // The first took 3 s, the second has 3 s at 4 s.
+        assert_eq!(
+            read(4),
+            LoadRead {
+                in_flight: 1,
+                requests: 1,
+                busy_nanos: 6_000_000_000
+            }
+        );
+        load.end(start + Duration::from_secs(1), Duration::from_secs(4));
+        assert_eq!(
+            read(9),
+            LoadRead {
+                in_flight: 0,
+                requests: 2,
+                busy_nanos: 7_000_000_000
+            }
+        );
     }
 
     #[test]

@@ -302,6 +302,7 @@ impl Call<'_> {
                     fields: Some(&fields),
                     limit: Some(i64::from(limit)),
                     after,
+                    json: &[],
                 },
             )
             .await?;

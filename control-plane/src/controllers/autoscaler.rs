@@ -36,7 +36,7 @@ use skiff_client::events::Recorder;
 use skiff_client::node_api::{LOAD_PATH, NodeLoad};
 
 use crate::api::node_proxy::NodeProxy;
-use crate::store::{ListQuery, ObjectKey, Part, Store, StoreError, Write};
+use crate::store::{JsonFilter, ListQuery, ObjectKey, Part, Store, StoreError, Write};
 
 /// How often nodes are sampled and decisions made.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -57,6 +57,8 @@ const MAX_HELD_ENTRIES: usize = 1000;
 const MAX_HELD_PER_NODE: u64 = 1000;
 const NODE_DEADLINE: Duration = Duration::from_millis(800);
 const FAN_OUT: usize = 16;
+/// Owners asked for in one query of the pods to sample.
+const OWNERS_PER_QUERY: usize = 200;
 
 /// What the autoscaler remembers of one Deployment, in seconds since the
 /// Unix epoch.
@@ -210,9 +212,16 @@ fn unix_now() -> f64 {
 
 impl Autoscaler {
     async fn tick(&mut self) -> Result<(), StoreError> {
+        let autoscaled = serde_json::json!({ "autoscaling": {} });
         let deployments: Vec<Deployment> = self
             .store
-            .list(Kind::Deployment, ListQuery::default())
+            .list(
+                Kind::Deployment,
+                ListQuery {
+                    json: &[JsonFilter::Contains(&["spec"], &autoscaled)],
+                    ..Default::default()
+                },
+            )
             .await?
             .items
             .into_iter()
@@ -293,46 +302,59 @@ impl Autoscaler {
             .iter()
             .filter_map(|d| Some((d.metadata.uid.as_deref()?, d)))
             .collect();
-        let namespaces: HashSet<&str> = deployments
-            .iter()
-            .filter(|d| d.spec.replicas != Some(0))
-            .map(|d| d.metadata.namespace.as_str())
-            .collect();
+        // Only Deployments with pods have pods to sample, and they are
+        // found by owner (the `objects_owners` index), not by listing
+        // namespaces that may hold thousands of functions at zero.
+        let mut active: HashMap<&str, Vec<Value>> = HashMap::new();
+        for d in deployments.iter().filter(|d| d.spec.replicas != Some(0)) {
+            if let Some(uid) = d.metadata.uid.as_deref() {
+                active
+                    .entry(d.metadata.namespace.as_str())
+                    .or_default()
+                    .push(serde_json::json!([{ "uid": uid }]));
+            }
+        }
         let mut pods = HashMap::new();
-        for namespace in namespaces {
-            let page = self
-                .store
-                .list(
-                    Kind::Pod,
-                    ListQuery {
-                        namespace: Some(namespace),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            for pod in page.items {
-                let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
-                let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
-                let owner = pod["metadata"]["ownerReferences"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|r| r["kind"] == "Deployment" && r["controller"] == true)
-                    .and_then(|r| owners.get(r["uid"].as_str()?));
-                if let Some(owner) = owner
-                    && !node.is_empty()
-                    && !uid.is_empty()
-                {
-                    pods.insert(
-                        uid.to_owned(),
-                        (
-                            node.to_owned(),
+        for (namespace, uids) in &active {
+            for uids in uids.chunks(OWNERS_PER_QUERY) {
+                let page = self
+                    .store
+                    .list(
+                        Kind::Pod,
+                        ListQuery {
+                            namespace: Some(namespace),
+                            json: &[JsonFilter::ContainsAny(
+                                &["metadata", "ownerReferences"],
+                                uids,
+                            )],
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                for pod in page.items {
+                    let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+                    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+                    let owner = pod["metadata"]["ownerReferences"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|r| r["kind"] == "Deployment" && r["controller"] == true)
+                        .and_then(|r| owners.get(r["uid"].as_str()?));
+                    if let Some(owner) = owner
+                        && !node.is_empty()
+                        && !uid.is_empty()
+                    {
+                        pods.insert(
+                            uid.to_owned(),
                             (
-                                owner.metadata.namespace.clone(),
-                                owner.metadata.name.clone(),
+                                node.to_owned(),
+                                (
+                                    owner.metadata.namespace.clone(),
+                                    owner.metadata.name.clone(),
+                                ),
                             ),
-                        ),
-                    );
+                        );
+                    }
                 }
             }
         }
@@ -607,11 +629,21 @@ pub async fn activate(
     let Ok(service) = serde_json::from_value::<Service>(service) else {
         return Ok(Some(Vec::new()));
     };
+    if service.spec.selector.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    // The Deployments whose pods the Service selects, picked by Postgres:
+    // not every Deployment of a namespace of a thousand functions.
+    let selector = serde_json::to_value(&service.spec.selector).expect("labels serialize");
     let deployments = store
         .list(
             Kind::Deployment,
             ListQuery {
                 namespace: Some(namespace),
+                json: &[JsonFilter::Contains(
+                    &["spec", "template", "metadata", "labels"],
+                    &selector,
+                )],
                 ..Default::default()
             },
         )

@@ -28,7 +28,7 @@ use super::rollout::{self, Bounds, PodView};
 use skiff_api::kinds::event::{InvolvedObject, Severity};
 use skiff_client::events::Recorder;
 
-use crate::store::{ListQuery, ObjectKey, Part, Store, StoreError, Write};
+use crate::store::{JsonFilter, ListQuery, ObjectKey, Part, Store, StoreError, Write};
 
 pub struct Deployments {
     pub store: Store,
@@ -79,6 +79,9 @@ impl Controller for Deployments {
     }
 }
 
+/// Where an object names its owners.
+const OWNERS: &[&str] = &["metadata", "ownerReferences"];
+
 /// The name of the object of `kind` that controls `object`, if any.
 pub fn controller_of<'a>(object: &'a Value, kind: &str) -> Option<&'a str> {
     object["metadata"]["ownerReferences"]
@@ -92,12 +95,16 @@ impl Deployments {
     /// The live pods the Deployment controls.
     async fn pods_of(&self, deployment: &Deployment) -> Result<Vec<Pod>, StoreError> {
         let uid = deployment.metadata.uid.as_deref().unwrap_or_default();
+        let owned_by = json!([{ "uid": uid }]);
         let page = self
             .store
             .list(
                 Kind::Pod,
                 ListQuery {
                     namespace: Some(&deployment.metadata.namespace),
+                    // Found by owner (the `objects_owners` index answers
+                    // it): a namespace may hold thousands of other pods.
+                    json: &[JsonFilter::Contains(OWNERS, &owned_by)],
                     ..Default::default()
                 },
             )

@@ -3,8 +3,6 @@
 //! that every node can route to them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use skiff_api::Kind;
@@ -12,103 +10,82 @@ use skiff_api::kinds::cluster::Node;
 use skiff_api::kinds::deployment::Deployment;
 use skiff_api::kinds::pod::Pod;
 use skiff_api::kinds::service::{Endpoint, Service, ServiceStatus};
+use skiff_api::selector::Selector;
 
 use super::reconciler::{Action, Controller};
-use crate::store::{ListQuery, ObjectKey, Part, Store, StoreError, Write};
+use crate::store::{JsonFilter, ListQuery, ObjectKey, Part, Store, StoreError, Write};
 
 pub struct Endpoints {
     pub store: Store,
-    /// Per namespace, the pod template labels of its autoscaled
-    /// Deployments that may go to zero, by Deployment name: what decides
-    /// whether a Service scales from zero, kept from Deployment events so
-    /// that a reconcile does not list every Deployment of the namespace
-    /// (a thousand Services of a thousand functions would otherwise read
-    /// a million Deployments on every resync). Read whole again when older
-    /// than [`ZERO_REFRESH`], which catches deletions.
-    zero: Mutex<HashMap<String, ZeroIndex>>,
 }
 
-/// How long a namespace's index of Deployments at zero serves before it
-/// is read whole again.
-const ZERO_REFRESH: Duration = Duration::from_secs(30);
-
-struct ZeroIndex {
-    read_at: Instant,
-    templates: HashMap<String, BTreeMap<String, String>>,
-}
+/// Where a Deployment keeps its pods' labels, and a Service its selector.
+const TEMPLATE_LABELS: &[&str] = &["spec", "template", "metadata", "labels"];
+const SELECTOR: &[&str] = &["spec", "selector"];
+const ENDPOINTS: &[&str] = &["status", "endpoints"];
 
 impl Endpoints {
     pub fn new(store: Store) -> Self {
-        Self {
-            store,
-            zero: Mutex::default(),
-        }
-    }
-
-    /// The template labels an autoscaled Deployment that may go to zero
-    /// gives its pods; `None` for any other Deployment.
-    fn zero_template(deployment: &Deployment) -> Option<BTreeMap<String, String>> {
-        let may_go_to_zero = deployment
-            .spec
-            .autoscaling
-            .as_ref()
-            .is_some_and(|a| a.min_replicas == 0)
-            && deployment.metadata.deletion_timestamp.is_none();
-        may_go_to_zero.then(|| deployment.spec.template.metadata.labels.clone())
+        Self { store }
     }
 
     /// Whether an autoscaled Deployment that may go to zero sits behind
-    /// `selector` in `namespace`.
+    /// `selector` in `namespace`. Postgres picks the Deployments whose
+    /// template the selector selects: with a thousand functions in one
+    /// namespace, a reconcile reads one, not a thousand.
     async fn scales_from_zero(
         &self,
         namespace: &str,
         selector: &BTreeMap<String, String>,
     ) -> Result<bool, StoreError> {
-        let fresh = self
-            .zero
-            .lock()
-            .expect("zero index lock")
-            .get(namespace)
-            .is_some_and(|index| index.read_at.elapsed() < ZERO_REFRESH);
-        if !fresh {
-            let templates = self
-                .store
-                .list(Kind::Deployment, in_namespace(namespace))
-                .await?
-                .items
-                .into_iter()
-                .filter_map(|d| serde_json::from_value::<Deployment>(d).ok())
-                .filter_map(|d| Some((d.metadata.name.clone(), Self::zero_template(&d)?)))
-                .collect();
-            self.zero.lock().expect("zero index lock").insert(
-                namespace.to_owned(),
-                ZeroIndex {
-                    read_at: Instant::now(),
-                    templates,
+        let selector = serde_json::to_value(selector).expect("labels serialize");
+        let behind = self
+            .store
+            .list(
+                Kind::Deployment,
+                ListQuery {
+                    namespace: Some(namespace),
+                    json: &[JsonFilter::Contains(TEMPLATE_LABELS, &selector)],
+                    ..Default::default()
                 },
-            );
-        }
-        let zero = self.zero.lock().expect("zero index lock");
-        Ok(zero.get(namespace).is_some_and(|index| {
-            index
-                .templates
-                .values()
-                .any(|labels| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
-        }))
+            )
+            .await?;
+        Ok(behind
+            .items
+            .into_iter()
+            .filter_map(|d| serde_json::from_value::<Deployment>(d).ok())
+            .any(|d| {
+                d.spec
+                    .autoscaling
+                    .as_ref()
+                    .is_some_and(|a| a.min_replicas == 0)
+                    && d.metadata.deletion_timestamp.is_none()
+            }))
     }
 
-    /// A Deployment changed: its entry in its namespace's index follows.
-    fn note_deployment(&self, object: &Value) {
-        let Ok(deployment) = serde_json::from_value::<Deployment>(object.clone()) else {
-            return;
-        };
-        let mut zero = self.zero.lock().expect("zero index lock");
-        if let Some(index) = zero.get_mut(&deployment.metadata.namespace) {
-            match Self::zero_template(&deployment) {
-                Some(labels) => index.templates.insert(deployment.metadata.name, labels),
-                None => index.templates.remove(&deployment.metadata.name),
-            };
-        }
+    /// The Services of `namespace` matching `filter`, by key.
+    async fn services(
+        &self,
+        namespace: &str,
+        filter: JsonFilter<'_>,
+    ) -> Result<Vec<ObjectKey>, StoreError> {
+        let page = self
+            .store
+            .list(
+                Kind::Service,
+                ListQuery {
+                    namespace: Some(namespace),
+                    json: &[filter],
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(page
+            .items
+            .iter()
+            .filter_map(|s| s["metadata"]["name"].as_str())
+            .map(|name| ObjectKey::new(Kind::Service, namespace, name))
+            .collect())
     }
 }
 
@@ -126,36 +103,26 @@ impl Controller for Endpoints {
     /// not-ready pod that left a selector is counted out by the resync.
     async fn wakes(&self, kind: Kind, object: &Value) -> Result<Vec<ObjectKey>, StoreError> {
         let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
-        if kind == Kind::Deployment {
-            self.note_deployment(object);
-        }
-        let services = self
-            .store
-            .list(Kind::Service, in_namespace(namespace))
-            .await?;
         let labels = match kind {
             Kind::Deployment => &object["spec"]["template"]["metadata"]["labels"],
             _ => &object["metadata"]["labels"],
         };
-        let pod = object["metadata"]["name"].as_str().unwrap_or_default();
-        Ok(services
-            .items
-            .iter()
-            .filter(|s| {
-                let selects = s["spec"]["selector"].as_object().is_some_and(|selector| {
-                    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-                });
-                // A pod that left a selector is still among the endpoints
-                // the Service lists.
-                let listed = kind == Kind::Pod
-                    && s["status"]["endpoints"]
-                        .as_array()
-                        .is_some_and(|e| e.iter().any(|e| e["pod"] == pod));
-                selects || listed
-            })
-            .filter_map(|s| s["metadata"]["name"].as_str())
-            .map(|name| ObjectKey::new(Kind::Service, namespace, name))
-            .collect())
+        let empty = Value::Object(Default::default());
+        let labels = if labels.is_object() { labels } else { &empty };
+        let mut services = self
+            .services(namespace, JsonFilter::WithinNonEmpty(SELECTOR, labels))
+            .await?;
+        if kind == Kind::Pod {
+            // A pod that left a selector is still among the endpoints the
+            // Service lists.
+            let pod = object["metadata"]["name"].as_str().unwrap_or_default();
+            let listed = serde_json::json!([{ "pod": pod }]);
+            services.extend(
+                self.services(namespace, JsonFilter::Contains(ENDPOINTS, &listed))
+                    .await?,
+            );
+        }
+        Ok(services)
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Action, StoreError> {
@@ -165,16 +132,25 @@ impl Controller for Endpoints {
         let Ok(service) = serde_json::from_value::<Service>(stored.clone()) else {
             return Ok(Action::Done);
         };
-        let pods = self
-            .store
-            .list(Kind::Pod, in_namespace(&key.namespace))
-            .await?;
         let mut status = ServiceStatus::default();
         // Why a selected pod cannot start, for requests held at zero.
         let mut failing = None;
         // Each node's own advertised ingress, looked up once per node.
         let mut ingresses: HashMap<String, Option<String>> = HashMap::new();
         if !service.spec.selector.is_empty() {
+            // The selected pods only (the labels' index answers it).
+            let selected = Selector::equal_to(&service.spec.selector);
+            let pods = self
+                .store
+                .list(
+                    Kind::Pod,
+                    ListQuery {
+                        namespace: Some(&key.namespace),
+                        labels: Some(&selected),
+                        ..Default::default()
+                    },
+                )
+                .await?;
             for pod in pods.items {
                 let Ok(pod) = serde_json::from_value::<Pod>(pod) else {
                     continue;
@@ -262,13 +238,6 @@ impl Endpoints {
                 .find(|a| a.address_type == "Ingress")
                 .map(|a| a.address)
         }))
-    }
-}
-
-fn in_namespace(namespace: &str) -> ListQuery<'_> {
-    ListQuery {
-        namespace: Some(namespace),
-        ..Default::default()
     }
 }
 

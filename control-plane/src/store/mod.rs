@@ -207,11 +207,50 @@ fn list_sql<'q>(
     if let Some(fields) = query.fields {
         push_field_conditions(&mut sql, fields);
     }
+    for filter in query.json {
+        let (path, value, operator) = match filter {
+            JsonFilter::ContainsAny(path, values) => {
+                sql.push(" AND (false");
+                for value in *values {
+                    sql.push(" OR ");
+                    push_json_path(&mut sql, path);
+                    sql.push(" @> ").push_bind(value.clone());
+                }
+                sql.push(")");
+                continue;
+            }
+            JsonFilter::Contains(path, value) => (path, value, " @> "),
+            JsonFilter::WithinNonEmpty(path, value) => {
+                sql.push(" AND ");
+                push_json_path(&mut sql, path);
+                sql.push(" <> '{}'::jsonb");
+                (path, value, " <@ ")
+            }
+        };
+        sql.push(" AND ");
+        push_json_path(&mut sql, path);
+        sql.push(operator).push_bind((*value).clone());
+    }
     sql.push(" ORDER BY namespace, name");
     if let Some(limit) = limit {
         sql.push(" LIMIT ").push_bind(limit);
     }
     sql
+}
+
+/// `body #> '{a,b}'`: written out, not bound, so that an index on the same
+/// expression (such as `objects_owners`) answers it. Paths are the control
+/// plane's own constants; one that is not plain keys is bound instead.
+fn push_json_path(sql: &mut QueryBuilder<'_, Postgres>, path: &[&str]) {
+    let plain = path
+        .iter()
+        .all(|key| !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if plain {
+        sql.push(format_args!("body #> '{{{}}}'", path.join(",")));
+    } else {
+        sql.push("body #> ")
+            .push_bind(path.iter().map(|key| key.to_string()).collect::<Vec<_>>());
+    }
 }
 
 /// A page of a list.
@@ -260,6 +299,24 @@ pub struct ListQuery<'a> {
     pub fields: Option<&'a FieldSelector>,
     pub limit: Option<i64>,
     pub after: Option<Continue>,
+    /// Conditions on the stored JSON, all of which must hold; for the
+    /// control plane's own look-ups, which Postgres then answers without
+    /// sending every object of the namespace.
+    pub json: &'a [JsonFilter<'a>],
+}
+
+/// A condition on an object's JSON at a path (keys from the root).
+#[derive(Debug, Clone, Copy)]
+pub enum JsonFilter<'a> {
+    /// The value there contains this one (`@>`): an object has at least
+    /// its keys with their values, an array at least its elements.
+    Contains(&'a [&'a str], &'a Value),
+    /// The value there contains one of these at least (an index on the
+    /// path answers each); none at all holds for nothing.
+    ContainsAny(&'a [&'a str], &'a [Value]),
+    /// The value there is a non-empty object held within this one (`<@`):
+    /// a Service's selector within a pod's labels.
+    WithinNonEmpty(&'a [&'a str], &'a Value),
 }
 
 /// A stored API token's grants.
@@ -1194,9 +1251,22 @@ fn push_label_conditions(sql: &mut QueryBuilder<'_, Postgres>, selector: &Select
     for requirement in selector.requirements() {
         let key = requirement.key.clone();
         match requirement.operator {
+            // As containment, which the labels' GIN index answers: the
+            // controllers look up a Deployment's or a Service's pods this
+            // way, and a namespace may hold thousands of others.
+            Operator::In if !requirement.values.is_empty() => {
+                sql.push(" AND (");
+                for (i, value) in requirement.values.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(" OR ");
+                    }
+                    sql.push("labels @> ")
+                        .push_bind(serde_json::json!({ key.clone(): value }));
+                }
+                sql.push(")");
+            }
             Operator::In => {
-                sql.push(" AND labels ->> ").push_bind(key).push(" = ANY(");
-                sql.push_bind(requirement.values.clone()).push(")");
+                sql.push(" AND false");
             }
             Operator::NotIn => {
                 sql.push(" AND (NOT labels ? ").push_bind(key.clone());

@@ -82,3 +82,99 @@ async fn killing_the_leading_control_plane_hands_the_controllers_over() {
     assert_eq!(status["replicas"], 2, "{status:#}");
     assert_eq!(status["revision"], 1, "{status:#}");
 }
+
+/// The endpoints controller lists a Service's Ready pods among many others
+/// of the namespace, which Postgres picks by selector; a pod relabelled out
+/// of the selector (found then only by the Service's own list of
+/// endpoints) leaves it, and comes back when relabelled in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_follows_the_ready_pods_its_selector_picks_as_their_labels_change() {
+    use serde_json::json;
+    let cluster = Cluster::new();
+    let plane = ControlPlane::start(binary(), &cluster.database_url, &["--no-scheduler"]);
+    let api = client(&plane, &cluster.admin_token);
+    let node = json!({
+        "apiVersion": skiff_api::API_VERSION, "kind": "Node",
+        "metadata": {"name": "n1"},
+        "spec": {},
+    });
+    let mut node = api.create(Kind::Node, None, &node).await.expect("node");
+    node["status"] = json!({
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "addresses": [{"type": "Ingress", "address": "127.0.0.1:9"}],
+    });
+    api.replace_status(Kind::Node, None, "n1", &node)
+        .await
+        .expect("node status");
+    // A Ready pod bound to n1, labelled `app: APP`.
+    let ready_pod = |name: &str, app: &str| {
+        let mut pod = object(Kind::Pod, name);
+        pod["metadata"]["labels"] = json!({ "app": app, "tier": "front" });
+        pod["spec"]["nodeName"] = "n1".into();
+        pod
+    };
+    for (name, app) in [("web-1", "web"), ("web-2", "web"), ("api-1", "api")]
+        .into_iter()
+        .chain((0..20).map(|_| ("", "other")))
+        .enumerate()
+        .map(|(i, (name, app))| {
+            let name = if name.is_empty() {
+                format!("other-{i}")
+            } else {
+                name.to_owned()
+            };
+            (name, app)
+        })
+    {
+        let mut pod = api
+            .create(Kind::Pod, Some("default"), &ready_pod(&name, app))
+            .await
+            .expect("pod");
+        pod["status"] = json!({
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        });
+        api.replace_status(Kind::Pod, Some("default"), &name, &pod)
+            .await
+            .expect("pod status");
+    }
+    let mut service = object(Kind::Service, "web");
+    service["spec"]["selector"] = json!({"app": "web", "tier": "front"});
+    api.create(Kind::Service, Some("default"), &service)
+        .await
+        .expect("service");
+    let endpoints = || async {
+        let service = api
+            .get(Kind::Service, Some("default"), "web")
+            .await
+            .expect("service");
+        service["status"]["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["pod"].as_str().unwrap_or_default().to_owned())
+            .collect::<BTreeSet<String>>()
+    };
+    let both = BTreeSet::from(["web-1".to_owned(), "web-2".to_owned()]);
+    eventually("web's two pods as its endpoints", endpoints, |e| *e == both).await;
+
+    let relabel = |app: &'static str| {
+        let api = &api;
+        async move {
+            api.patch(
+                Kind::Pod,
+                Some("default"),
+                "web-2",
+                &json!({"metadata": {"labels": {"app": app}}}),
+                false,
+            )
+            .await
+            .expect("relabel")
+        }
+    };
+    relabel("moved").await;
+    let one = BTreeSet::from(["web-1".to_owned()]);
+    eventually("web-2 to leave the endpoints", endpoints, |e| *e == one).await;
+    relabel("web").await;
+    eventually("web-2 to come back", endpoints, |e| *e == both).await;
+}

@@ -148,6 +148,29 @@ impl Selector {
         &self.requirements
     }
 
+    /// The selector of equality terms `labels` stands for (a Service's
+    /// selector): each key equal to its value.
+    pub fn equal_to(labels: &BTreeMap<String, String>) -> Self {
+        Self {
+            requirements: labels
+                .iter()
+                .map(|(key, value)| Requirement {
+                    key: key.clone(),
+                    operator: Operator::In,
+                    values: vec![value.clone()],
+                })
+                .collect(),
+        }
+    }
+
+    /// What a structured selector (a Deployment's) selects, as one.
+    pub fn of(selector: &LabelSelector) -> Self {
+        let mut this = Self::equal_to(&selector.match_labels);
+        this.requirements
+            .extend(selector.match_expressions.iter().cloned());
+        this
+    }
+
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
     }

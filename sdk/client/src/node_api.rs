@@ -391,8 +391,9 @@ pub struct PodLoad {
     pub in_flight: u64,
     /// Requests answered since the pod was served here.
     pub requests: u64,
-    /// Their time in the ingress, summed, in nanoseconds: over a window,
-    /// its growth divided by the window is the mean concurrency.
+    /// The time every request spent in the ingress so far, those in
+    /// flight up to now included, in nanoseconds: over a window, its
+    /// growth divided by the window is the mean concurrency within it.
     pub busy_nanos: u64,
 }
 

@@ -153,23 +153,24 @@ impl LocalPods {
     pub fn requests_of(&self, pod: &PodName) -> u64 {
         let pods = self.pods.read().expect("routes lock");
         pods.get(pod).map_or(0, |served| {
-            served.metrics.load.requests.load(Ordering::Relaxed)
+            served.metrics.load.read(std::time::Instant::now()).requests
         })
     }
 
     /// Every served pod's requests so far, for the autoscaler.
     pub fn load(&self) -> Vec<skiff_client::node_api::PodLoad> {
         let pods = self.pods.read().expect("routes lock");
+        let now = std::time::Instant::now();
         pods.iter()
             .map(|((namespace, name), served)| {
-                let load = &served.metrics.load;
+                let load = served.metrics.load.read(now);
                 skiff_client::node_api::PodLoad {
                     namespace: namespace.clone(),
                     name: name.clone(),
                     uid: served.uid.clone(),
-                    in_flight: load.in_flight.load(Ordering::Relaxed),
-                    requests: load.requests.load(Ordering::Relaxed),
-                    busy_nanos: load.busy_nanos.load(Ordering::Relaxed),
+                    in_flight: load.in_flight,
+                    requests: load.requests,
+                    busy_nanos: load.busy_nanos,
                 }
             })
             .collect()
