@@ -269,6 +269,71 @@ async fn quota_admission(
     (median(with), median(without))
 }
 
+/// Pod creates/s of pods naming an owner (as the Deployment controller
+/// writes them) with the `objects_owners` index there and dropped,
+/// alternating round by round: medians of each. The owner is a ConfigMap,
+/// which no controller acts on, so nothing but the creates is written.
+async fn owner_index(
+    api: &Client,
+    database: &str,
+    rounds: usize,
+    clients: usize,
+    per_client: usize,
+) -> (f64, f64) {
+    let owner = api
+        .create(
+            Kind::ConfigMap,
+            Some("default"),
+            &json!({"apiVersion": "skiff.dev/v1", "kind": "ConfigMap",
+                "metadata": {"name": "owner"}, "data": {}}),
+        )
+        .await
+        .expect("owner");
+    let uid = owner["metadata"]["uid"].as_str().expect("uid").to_owned();
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(database)
+        .await
+        .unwrap();
+    let index = |with: bool| {
+        let pool = pool.clone();
+        async move {
+            let sql = if with {
+                "CREATE INDEX IF NOT EXISTS objects_owners ON objects \
+                 USING gin ((body #> '{metadata,ownerReferences}') jsonb_path_ops)"
+            } else {
+                "DROP INDEX IF EXISTS objects_owners"
+            };
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+    };
+    let mut figures = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for (k, with) in [true, false].into_iter().enumerate() {
+            index(with).await;
+            let (api, uid) = (api.clone(), uid.clone());
+            let (count, elapsed, _) = load(clients, per_client, move |c, i| {
+                let api = api.clone();
+                let pod = json!({"apiVersion": "skiff.dev/v1", "kind": "Pod",
+                    "metadata": {"name": format!("o{round}-{k}-{c}-{i}"),
+                        "ownerReferences": [{"apiVersion": "skiff.dev/v1", "kind": "ConfigMap",
+                            "name": "owner", "uid": uid}]},
+                    "spec": {"image": "127.0.0.1:5000/hello:v1"}});
+                async move {
+                    api.create(Kind::Pod, Some("default"), &pod)
+                        .await
+                        .expect("pod");
+                }
+            })
+            .await;
+            figures[k].push(count as f64 / elapsed.as_secs_f64());
+        }
+    }
+    index(true).await;
+    let [with, without] = figures;
+    (median(with), median(without))
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -448,11 +513,10 @@ fn main() {
         .map_or(1.0, |s| s.parse().expect("SCALE is a number"));
     // `quota` measures quota admission alone: a few minutes less per run
     // when that is the figure being worked on.
-    let quota_only = match args.get(1).map(String::as_str) {
-        None => false,
-        Some("quota") => true,
-        Some(other) => panic!("unknown section `{other}`; the one known is `quota`"),
-    };
+    let section = args.get(1).map(String::as_str);
+    if let Some(other) = section.filter(|s| !["quota", "owners"].contains(s)) {
+        panic!("unknown section `{other}`; those known are `quota` and `owners`");
+    }
     let scaled = |n: usize| ((n as f64 * scale).round() as usize).max(1);
 
     let postgres = Postgres::start();
@@ -475,11 +539,25 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let sealed_rounds = 3;
-        if quota_only {
+        if section == Some("quota") {
             let (with_quota, without_quota) =
                 quota_admission(&api, sealed_rounds, CLIENTS, scaled(20)).await;
             print_machine();
             print_quota(sealed_rounds, with_quota, without_quota);
+            return;
+        }
+        if section == Some("owners") {
+            let rounds = 5;
+            let (with, without) =
+                owner_index(&api, &database, rounds, CLIENTS, scaled(20)).await;
+            print_machine();
+            println!(
+                "Pod creates naming an owner with the objects_owners index next to without it, {CLIENTS} clients, median of {rounds} alternating rounds:"
+            );
+            println!(
+                "  with the index {with:>7.0}/s, without {without:>7.0}/s, ratio {:.2}",
+                with / without
+            );
             return;
         }
         let sequential_n = scaled(1000);

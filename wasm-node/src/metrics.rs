@@ -44,11 +44,14 @@ type PodName = (String, String);
 pub(crate) type ServedPods = RwLock<HashMap<PodName, Served>>;
 
 /// One pod the ingress serves: the uid of the pod that added it, what
-/// serves it, and its metric handles.
+/// serves it, and its metric handles; once its worker says it is Ready,
+/// its labels, so that a Service at zero can be served by it before its
+/// endpoint comes back from the control plane.
 pub(crate) struct Served {
     pub(crate) uid: String,
     pub(crate) backend: Backend,
     pub(crate) metrics: Arc<PodMetrics>,
+    pub(crate) ready_with: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl Served {
@@ -57,6 +60,7 @@ impl Served {
             uid: uid.to_owned(),
             backend,
             metrics: Arc::new(PodMetrics::new(pod)),
+            ready_with: None,
         }
     }
 }

@@ -78,6 +78,9 @@ struct Worker {
     /// Where the pod's stdout and stderr go; none if its directory could
     /// not be made (the output is then discarded).
     logs: Option<Arc<PodLogs>>,
+    /// The pod's labels, which the ingress matches a Service at zero's
+    /// selector against once the pod is Ready.
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A task that ends when its handle is dropped.
@@ -224,6 +227,7 @@ impl Worker {
         Self {
             logs,
             context,
+            labels: pod.metadata.labels,
             namespace,
             name,
             uid,
@@ -267,6 +271,12 @@ impl Worker {
 
     fn set_ready(&mut self, ready: bool) {
         self.status.ready.set(ready, &now_rfc3339());
+        self.context.local_pods.set_ready(
+            &(self.namespace.clone(), self.name.clone()),
+            &self.uid,
+            &self.labels,
+            ready,
+        );
     }
 
     fn set(&mut self, reason: Option<&str>, message: Option<String>) {

@@ -53,17 +53,18 @@ struct Waiting {
 pub(super) struct Holds {
     config: HoldConfig,
     waiting: Mutex<HashMap<PodName, Waiting>>,
-    /// Bumped whenever a Service changes, so holders look again.
-    changed: watch::Sender<u64>,
+    /// Bumped whenever a Service changes or a local pod becomes Ready, so
+    /// holders look again.
+    changed: Arc<watch::Sender<u64>>,
     activator: OnceLock<Activator>,
 }
 
 impl Holds {
-    pub(super) fn new(config: HoldConfig) -> Self {
+    pub(super) fn new(config: HoldConfig, changed: Arc<watch::Sender<u64>>) -> Self {
         Self {
             config,
             waiting: Mutex::default(),
-            changed: watch::Sender::new(0),
+            changed,
             activator: OnceLock::new(),
         }
     }
@@ -164,10 +165,13 @@ mod tests {
 
     #[test]
     fn a_service_holds_at_most_its_share_and_a_dropped_hold_frees_its_place() {
-        let holds = Arc::new(Holds::new(HoldConfig {
-            max_held: 2,
-            max_wait: Duration::from_secs(1),
-        }));
+        let holds = Arc::new(Holds::new(
+            HoldConfig {
+                max_held: 2,
+                max_wait: Duration::from_secs(1),
+            },
+            Arc::default(),
+        ));
         let first = holds.enter(&service()).expect("room for one");
         let _second = holds.enter(&service()).expect("room for two");
         assert!(holds.enter(&service()).is_none(), "a third is refused");
@@ -181,7 +185,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_service_is_asked_for_once_a_second_while_requests_wait() {
-        let holds = Arc::new(Holds::new(HoldConfig::default()));
+        let holds = Arc::new(Holds::new(HoldConfig::default(), Arc::default()));
         let asked = Arc::new(AtomicUsize::new(0));
         let counter = asked.clone();
         holds.set_activator(Arc::new(move |namespace, name| {

@@ -43,7 +43,7 @@ pub mod node_api;
 mod outgoing;
 mod serve;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -56,6 +56,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use outgoing::{ClientBody, Outgoing};
 use skiff_api::kinds::service::{Endpoint, RouteSpec, ServiceSpec, ServiceStatus};
+use tokio::sync::watch;
 
 use crate::metrics::{Metrics, PodMetrics, Served};
 pub use crate::runtimes::Backend;
@@ -83,15 +84,66 @@ pub struct LocalPods {
     pods: Arc<crate::metrics::ServedPods>,
     /// Their metrics, which go with them.
     metrics: Arc<Metrics>,
+    /// Told when a pod becomes Ready (shared with the holds: a request
+    /// held for a Service at zero looks again).
+    changed: Arc<watch::Sender<u64>>,
 }
 
 impl LocalPods {
     /// No pods yet; `per_pod_metrics` says whether their requests are
     /// counted into exported series too (see [`IngressConfig`]).
-    fn new(per_pod_metrics: bool) -> Self {
+    fn new(per_pod_metrics: bool, changed: Arc<watch::Sender<u64>>) -> Self {
         let pods = Arc::default();
         let metrics = Arc::new(Metrics::new(Arc::downgrade(&pods), per_pod_metrics));
-        Self { pods, metrics }
+        Self {
+            pods,
+            metrics,
+            changed,
+        }
+    }
+
+    /// Pod `uid`, served under its name, is Ready with `labels` (or no
+    /// longer Ready): requests held for a Service at zero whose selector
+    /// picks it may go to it at once.
+    pub fn set_ready(
+        &self,
+        pod: &PodName,
+        uid: &str,
+        labels: &BTreeMap<String, String>,
+        ready: bool,
+    ) {
+        {
+            let mut pods = self.pods.write().expect("routes lock");
+            let Some(served) = pods.get_mut(pod).filter(|s| s.uid == uid) else {
+                return;
+            };
+            served.ready_with = ready.then(|| labels.clone());
+        }
+        if ready && self.changed.receiver_count() > 0 {
+            self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// A Ready pod of `namespace` on this node that `selector` (not empty)
+    /// picks, if there is one: what the Service's endpoints will list.
+    fn ready_for(
+        &self,
+        namespace: &str,
+        selector: &BTreeMap<String, String>,
+    ) -> Option<(Backend, Arc<PodMetrics>)> {
+        if selector.is_empty() {
+            return None;
+        }
+        let pods = self.pods.read().expect("routes lock");
+        pods.iter()
+            .filter(|((ns, _), _)| ns == namespace)
+            .find(|(_, served)| {
+                served
+                    .ready_with
+                    .as_ref()
+                    .is_some_and(|labels| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            })
+            .map(|(_, served)| (served.backend.clone(), served.metrics.clone()))
     }
 
     /// Serves pod `uid` under its name, in place of any earlier pod of that
@@ -179,6 +231,14 @@ impl LocalPods {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// What a request held for a Service at zero waited for.
+enum Waited {
+    /// The Service has endpoints again.
+    Endpoints(Arc<Backends>),
+    /// A pod of this node it selects is Ready: served here at once.
+    Local((Backend, Arc<PodMetrics>), Arc<Backends>),
 }
 
 /// One Ready pod of a Service and the requests this node has in flight to
@@ -356,8 +416,9 @@ impl Ingress {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
+        let changed = Arc::new(watch::Sender::new(0));
         Self {
-            pods: LocalPods::new(config.pod_metrics),
+            pods: LocalPods::new(config.pod_metrics, changed.clone()),
             table: Arc::default(),
             // Pooled connections to other nodes are let go before the
             // other side's idle deadline (`--listen-header-timeout`, 30s
@@ -370,13 +431,13 @@ impl Ingress {
             ),
             config: Arc::new(config),
             node_api: None,
-            holds: Arc::new(hold::Holds::new(HoldConfig::default())),
+            holds: Arc::new(hold::Holds::new(HoldConfig::default(), changed)),
         }
     }
 
     /// How many requests a Service at zero may have held, and for how long.
     pub fn with_hold_config(mut self, config: HoldConfig) -> Self {
-        self.holds = Arc::new(hold::Holds::new(config));
+        self.holds = Arc::new(hold::Holds::new(config, self.pods.changed.clone()));
         self
     }
 
@@ -659,13 +720,21 @@ impl Ingress {
     }
 
     /// Holds a request for a Service at zero until it has an endpoint
-    /// (then its backends), or answers it: the Service holds its most
-    /// already, its pods cannot start (the reason its status gives), it
-    /// went, or it did not start within the wait.
+    /// (then its backends) or a pod of this node it selects is Ready (then
+    /// that pod, with the Service as it stands), or answers it: the
+    /// Service holds its most already, its pods cannot start (the reason
+    /// its status gives), it went, or it did not start within the wait.
+    ///
+    /// A local pod is taken without waiting for the control plane to list
+    /// it: its status write, the endpoints controller's and the Service's
+    /// way back by watch would otherwise stand between a function started
+    /// from zero on this node and its first request. It is the pod the
+    /// endpoints will list: Ready, in the Service's namespace, picked by
+    /// its selector (labels as the pod had them when it became Ready).
     async fn wait_for_endpoints(
         &self,
         service: &PodName,
-    ) -> Result<Arc<Backends>, http::Response<HttpBody>> {
+    ) -> Result<Waited, http::Response<HttpBody>> {
         let (namespace, name) = service;
         let config = self.holds.config();
         let Some(_held) = self.holds.enter(service) else {
@@ -686,8 +755,11 @@ impl Ingress {
                 .get(service)
                 .cloned();
             match current {
-                Some(b) if !b.endpoints.is_empty() => return Ok(b),
+                Some(b) if !b.endpoints.is_empty() => return Ok(Waited::Endpoints(b)),
                 Some(b) if b.scales_from_zero => {
+                    if let Some(local) = self.pods.ready_for(namespace, &b.spec.selector) {
+                        return Ok(Waited::Local(local, b));
+                    }
                     if let Some(reason) = &b.unavailable_reason {
                         return Err(unavailable(format!(
                             "service {namespace}/{name} is at zero and its pods cannot start: {reason}\n"
@@ -777,26 +849,31 @@ impl Ingress {
         let backends = match backends {
             Some(b) if !b.endpoints.is_empty() => b,
             Some(b) if b.scales_from_zero => {
-                match self
+                let waited = match self
                     .wait_for_endpoints(&(namespace.clone(), name.clone()))
                     .await
                 {
-                    // Who may call it is asked again: the Service may have
-                    // changed while the request waited.
-                    Ok(backends) => {
-                        if let Some(caller) = caller
-                            && !admits(Some(&backends.spec), &namespace, caller)
-                        {
-                            return text_response(
-                                StatusCode::FORBIDDEN,
-                                format!(
-                                    "service {namespace}/{name} does not admit callers from namespace {caller} (spec.allowedCallers)\n"
-                                ),
-                            );
-                        }
-                        backends
-                    }
+                    Ok(waited) => waited,
                     Err(refusal) => return refusal,
+                };
+                // Who may call it is asked again: the Service may have
+                // changed while the request waited.
+                let spec = match &waited {
+                    Waited::Endpoints(backends) | Waited::Local(_, backends) => &backends.spec,
+                };
+                if let Some(caller) = caller
+                    && !admits(Some(spec), &namespace, caller)
+                {
+                    return text_response(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "service {namespace}/{name} does not admit callers from namespace {caller} (spec.allowedCallers)\n"
+                        ),
+                    );
+                }
+                match waited {
+                    Waited::Endpoints(backends) => backends,
+                    Waited::Local(pod, _) => return self.serve_local(pod, request).await,
                 }
             }
             _ => {
@@ -1865,6 +1942,53 @@ mod trust_tests {
         started(&ingress, ServiceSpec::default());
         let (status, _) = call.await.unwrap();
         assert_eq!(status, StatusCode::OK);
+    }
+
+    /// A held request goes to a pod of this node as soon as it is Ready and
+    /// picked by the Service's selector, before any endpoint comes back;
+    /// not to a pod not Ready, of another namespace or not selected.
+    #[tokio::test]
+    async fn a_held_request_goes_to_a_local_pod_once_it_is_ready() {
+        let (echo, _stop) = echo_headers().await;
+        let ingress = ingress("127.0.0.1:1", true);
+        let labels = |app: &str| BTreeMap::from([("app".to_owned(), app.to_owned())]);
+        let spec = ServiceSpec {
+            selector: labels("web"),
+            ..ServiceSpec::default()
+        };
+        at_zero(&ingress, spec);
+        for (pod, ready, app) in [
+            (name("shop", "web-0"), false, "web"),
+            (name("shop", "other"), true, "other"),
+            (name("bank", "web"), true, "web"),
+        ] {
+            ingress
+                .pods
+                .add(pod.clone(), "decoy", Backend::Process(echo));
+            ingress.pods.set_ready(&pod, "decoy", &labels(app), ready);
+        }
+        let call = tokio::spawn({
+            let ingress = ingress.clone();
+            async move { text(ingress.handle(request("web.shop.svc", &[])).await).await }
+        });
+        held(&ingress, 1).await;
+        let web = name("shop", "web-1");
+        ingress
+            .pods
+            .add(web.clone(), "uid-1", Backend::Process(echo));
+        ingress.pods.set_ready(&web, "uid-1", &labels("web"), true);
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let served = |namespace: &str, pod: &str| ingress.pods.requests_of(&name(namespace, pod));
+        assert_eq!(
+            [
+                served("shop", "web-1"),
+                served("shop", "web-0"),
+                served("shop", "other"),
+                served("bank", "web")
+            ],
+            [1, 0, 0, 0]
+        );
     }
 
     #[tokio::test]
