@@ -504,13 +504,18 @@ async fn activate(
             "this token may not start Services in namespace {namespace}"
         )));
     }
-    let activated = crate::controllers::autoscaler::activate(&state.store, namespace, name)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "services \"{name}\" not found in namespace {namespace}"
-            ))
-        })?;
+    let by_node = match principal {
+        Principal::Node(node) => Some(node.as_str()),
+        _ => None,
+    };
+    let activated =
+        crate::controllers::autoscaler::activate(&state.store, namespace, name, by_node)
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "services \"{name}\" not found in namespace {namespace}"
+                ))
+            })?;
     Ok(axum::Json(serde_json::json!({ "activated": activated })).into_response())
 }
 

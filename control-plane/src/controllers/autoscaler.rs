@@ -49,6 +49,10 @@ pub const PANIC_THRESHOLD: f64 = 2.0;
 /// Annotation the activation stamps on a Deployment it takes off zero
 /// (RFC 3339): a request arrived then, whatever the samples say.
 pub const ACTIVATED_ANNOTATION: &str = "skiff.dev/activated-at";
+/// Annotation the activation stamps with the node that asked (removed when
+/// a tenant asked): the Deployment's first pod from zero prefers it, so
+/// that the node holding the requests serves them itself.
+pub const ACTIVATED_ON_ANNOTATION: &str = "skiff.dev/activated-on";
 
 const MAX_LOAD_BYTES: usize = 4 << 20;
 /// Held Services taken from one node's answer, and requests per Service:
@@ -569,29 +573,41 @@ pub async fn set_replicas(
     key: &ObjectKey,
     decide: impl Fn(&Value) -> Option<u32>,
 ) -> Result<Option<u32>, StoreError> {
-    set_replicas_with(store, key, |current| decide(current).map(|n| (n, None))).await
+    set_replicas_with(store, key, |current| {
+        decide(current).map(|n| (n, Vec::new()))
+    })
+    .await
 }
 
-/// As [`set_replicas`], with an annotation set in the same write.
+/// Annotations to set (`Some`) or remove (`None`) with a replica count.
+type Annotations = Vec<(&'static str, Option<String>)>;
+
+/// As [`set_replicas`], with annotations set in the same write.
 async fn set_replicas_with(
     store: &Store,
     key: &ObjectKey,
-    decide: impl Fn(&Value) -> Option<(u32, Option<(&'static str, String)>)>,
+    decide: impl Fn(&Value) -> Option<(u32, Annotations)>,
 ) -> Result<Option<u32>, StoreError> {
     for _ in 0..5 {
         let Some(current) = store.get(key).await? else {
             return Ok(None);
         };
-        let Some((replicas, annotation)) = decide(&current) else {
+        let Some((replicas, annotations)) = decide(&current) else {
             return Ok(None);
         };
         let mut next = current.clone();
         next["spec"]["replicas"] = replicas.into();
-        if let Some((name, value)) = annotation {
+        for (name, value) in annotations {
             if !next["metadata"]["annotations"].is_object() {
                 next["metadata"]["annotations"] = serde_json::json!({});
             }
-            next["metadata"]["annotations"][name] = value.into();
+            let stamped = next["metadata"]["annotations"]
+                .as_object_mut()
+                .expect("made an object above");
+            match value {
+                Some(value) => stamped.insert(name.to_owned(), value.into()),
+                None => stamped.remove(name),
+            };
         }
         let write = Write::Update {
             key: key.clone(),
@@ -613,12 +629,14 @@ async fn set_replicas_with(
 
 /// Takes the autoscaled Deployments behind Service `namespace/name` off
 /// zero: each at zero gets `max(1, minReplicas)` replicas and the time,
-/// so the autoscaler keeps the pod for its delay. Answers the names of
-/// those it took off zero.
+/// so the autoscaler keeps the pod for its delay, and the node that asked
+/// (`by_node`), which its first pod prefers. Answers the names of those it
+/// took off zero.
 pub async fn activate(
     store: &Store,
     namespace: &str,
     name: &str,
+    by_node: Option<&str>,
 ) -> Result<Option<Vec<String>>, StoreError> {
     let Some(service) = store
         .get(&ObjectKey::new(Kind::Service, namespace, name))
@@ -665,7 +683,10 @@ pub async fn activate(
             .then(|| {
                 (
                     autoscaling.clamp(1),
-                    Some((ACTIVATED_ANNOTATION, now.clone())),
+                    vec![
+                        (ACTIVATED_ANNOTATION, Some(now.clone())),
+                        (ACTIVATED_ON_ANNOTATION, by_node.map(str::to_owned)),
+                    ],
                 )
             })
         })

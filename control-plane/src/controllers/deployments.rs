@@ -21,7 +21,7 @@ use skiff_api::Kind;
 use skiff_api::kinds::deployment::{
     CHANGE_CAUSE_ANNOTATION, Deployment, DeploymentStatus, Revision, TEMPLATE_HASH_LABEL,
 };
-use skiff_api::kinds::pod::{Condition, Pod, PodPhase};
+use skiff_api::kinds::pod::{Condition, PREFERRED_NODE_ANNOTATION, Pod, PodPhase};
 
 use super::reconciler::{Action, Controller};
 use super::rollout::{self, Bounds, PodView};
@@ -69,6 +69,7 @@ impl Controller for Deployments {
         Executor {
             store: &self.store,
             events: &self.events,
+            from_zero: pods.is_empty(),
             deployment: &deployment,
             revision: stored["metadata"]["resourceVersion"]
                 .as_str()
@@ -417,6 +418,8 @@ struct Executor<'a> {
     deployment: &'a Deployment,
     /// The Deployment's revision as read, which the status write expects.
     revision: Option<i64>,
+    /// Whether it had no live pod: a pod made now is its first from zero.
+    from_zero: bool,
 }
 
 impl Executor<'_> {
@@ -471,6 +474,16 @@ impl Executor<'_> {
         labels.insert(TEMPLATE_HASH_LABEL.into(), revision.template_hash.clone());
         let mut annotations = revision.template.metadata.annotations.clone();
         annotations.insert(REVISION_ANNOTATION.into(), revision.revision.to_string());
+        // Off zero at a node's request: that node holds the requests, and
+        // serves them itself if the pod runs there.
+        if let Some(node) = d
+            .metadata
+            .annotations
+            .get(super::autoscaler::ACTIVATED_ON_ANNOTATION)
+            .filter(|_| self.from_zero)
+        {
+            annotations.insert(PREFERRED_NODE_ANNOTATION.into(), node.clone());
+        }
         let prefix: String = d.metadata.name.chars().take(63 - 12).collect();
         let name = format!(
             "{}-{}-{}",

@@ -73,6 +73,8 @@ pub struct PodRequest<'a> {
     /// The runtime the pod needs: its own `runtime`, or its image's.
     pub runtime: Option<PodRuntime>,
     pub request: Resources,
+    /// The node it would rather run on (its `skiff.dev/preferred-node`).
+    pub preferred_node: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,6 +357,9 @@ fn score(pod: &PodRequest<'_>, node: &NodeState, topology: &Topology<'_>) -> i64
     };
     // Preference weights (1 to 100) count in percentage points.
     let weight = |w: i32| i64::from(w) * 100;
+    if pod.preferred_node == Some(node.name.as_str()) {
+        score += weight(100);
+    }
     if let Some(affinity) = &pod.spec.affinity {
         if let Some(node_affinity) = &affinity.node_affinity {
             for preferred in &node_affinity.preferred {
@@ -506,6 +511,16 @@ mod tests {
         memory_mi: u64,
         nodes: &[NodeState],
     ) -> Decision {
+        place_preferring(spec, labels, memory_mi, nodes, None)
+    }
+
+    fn place_preferring(
+        spec: &PodSpec,
+        labels: &BTreeMap<String, String>,
+        memory_mi: u64,
+        nodes: &[NodeState],
+        preferred_node: Option<&str>,
+    ) -> Decision {
         let pod = PodRequest {
             namespace: "shop",
             name: "new",
@@ -517,6 +532,7 @@ mod tests {
                 instances: 1,
                 cpu: 0,
             },
+            preferred_node,
         };
         decide(&pod, nodes)
     }
@@ -537,6 +553,37 @@ mod tests {
         assert_eq!(
             place(&spec(json!({"placement": "Spread"})), &none, 64, &nodes),
             bind("a")
+        );
+    }
+
+    /// A preferred node wins among those the pod fits, whatever the
+    /// placement would choose; one it does not fit is passed over.
+    #[test]
+    fn a_preferred_node_wins_where_the_pod_fits() {
+        let nodes = [
+            node("a", 1024, 100),
+            node("b", 1024, 700),
+            node("c", 1024, 1000),
+        ];
+        let none = BTreeMap::new();
+        let spread = spec(json!({"placement": "Spread"}));
+        assert_eq!(place(&spread, &none, 64, &nodes), bind("a"));
+        assert_eq!(
+            place_preferring(&spread, &none, 64, &nodes, Some("b")),
+            bind("b")
+        );
+        assert_eq!(
+            place_preferring(&spec(json!({})), &none, 64, &nodes, Some("a")),
+            bind("a")
+        );
+        // c has 24Mi left: the pod goes where bin packing puts it.
+        assert_eq!(
+            place_preferring(&spec(json!({})), &none, 64, &nodes, Some("c")),
+            bind("b")
+        );
+        assert_eq!(
+            place_preferring(&spec(json!({})), &none, 64, &nodes, Some("nowhere")),
+            bind("b")
         );
     }
 

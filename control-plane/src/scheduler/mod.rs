@@ -527,6 +527,9 @@ impl Session {
                 spec: &pod.spec,
                 runtime,
                 request: pod.placed.request,
+                preferred_node: pod.object["metadata"]["annotations"]
+                    [skiff_api::kinds::pod::PREFERRED_NODE_ANNOTATION]
+                    .as_str(),
             };
             match decide::decide(&request, &self.nodes) {
                 Decision::Bind(node) => self.bind(key, node, Vec::new()),

@@ -15,6 +15,12 @@ use super::Object;
 
 pub type Pod = Object<PodSpec, PodStatus>;
 
+/// Annotation naming the node a pod would rather run on, among those it
+/// fits: the scheduler weighs it as a node affinity preference of the
+/// greatest weight. The Deployment controller sets it on a function's
+/// first pod from zero, for the node that holds its requests.
+pub const PREFERRED_NODE_ANNOTATION: &str = "skiff.dev/preferred-node";
+
 /// Defaults applied to a pod's resources when it names none.
 pub const DEFAULT_MEMORY: &str = "128Mi";
 pub const DEFAULT_TIMEOUT: &str = "30s";
