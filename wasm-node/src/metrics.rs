@@ -44,14 +44,14 @@ type PodName = (String, String);
 pub(crate) type ServedPods = RwLock<HashMap<PodName, Served>>;
 
 /// One pod the ingress serves: the uid of the pod that added it, what
-/// serves it, and its metric handles; once its worker says it is Ready,
-/// its labels, so that a Service at zero can be served by it before its
-/// endpoint comes back from the control plane.
+/// serves it, its metric handles, and whether its worker says it is Ready
+/// (so that a Service at zero can be served by it before its endpoint
+/// comes back from the control plane).
 pub(crate) struct Served {
     pub(crate) uid: String,
     pub(crate) backend: Backend,
     pub(crate) metrics: Arc<PodMetrics>,
-    pub(crate) ready_with: Option<std::collections::BTreeMap<String, String>>,
+    pub(crate) ready: bool,
 }
 
 impl Served {
@@ -60,7 +60,7 @@ impl Served {
             uid: uid.to_owned(),
             backend,
             metrics: Arc::new(PodMetrics::new(pod)),
-            ready_with: None,
+            ready: false,
         }
     }
 }
@@ -74,9 +74,12 @@ impl Served {
 /// it ended would put a long wait's every second into the tick it ended
 /// in. The four numbers change together, under a lock a request takes
 /// twice (uncontended but for requests to the same pod at the same time).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Load {
     state: std::sync::Mutex<LoadState>,
+    /// When the pod began to be served here, since [`load_epoch`]: the
+    /// window of its first sample.
+    began_nanos: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -96,6 +99,10 @@ pub(crate) struct LoadRead {
     pub(crate) in_flight: u64,
     pub(crate) requests: u64,
     pub(crate) busy_nanos: u64,
+    /// When it was read, and when the pod began to be served here, since
+    /// [`load_epoch`].
+    pub(crate) at_nanos: u64,
+    pub(crate) began_nanos: u64,
 }
 
 /// The instant request starts are counted from.
@@ -109,6 +116,13 @@ fn since_epoch(at: std::time::Instant) -> u128 {
 }
 
 impl Load {
+    fn new() -> Self {
+        Self {
+            state: Default::default(),
+            began_nanos: u64::try_from(since_epoch(std::time::Instant::now())).unwrap_or(0),
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, LoadState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -133,18 +147,25 @@ impl Load {
             .saturating_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
     }
 
-    /// The counts at `now`, the time of requests in flight up to `now`
-    /// included.
-    pub(crate) fn read(&self, now: std::time::Instant) -> LoadRead {
-        let state = *self.state();
-        let accrued =
-            (u128::from(state.in_flight) * since_epoch(now)).saturating_sub(state.started_nanos);
+    /// The counts now, the time of requests in flight up to now included.
+    pub(crate) fn read(&self) -> LoadRead {
+        self.read_at(std::time::Instant::now)
+    }
+
+    /// The counts at the time `now` gives, read under the lock: a request
+    /// that began after it cannot be counted with less time than it had.
+    fn read_at(&self, now: impl FnOnce() -> std::time::Instant) -> LoadRead {
+        let state = self.state();
+        let now = since_epoch(now());
+        let accrued = (u128::from(state.in_flight) * now).saturating_sub(state.started_nanos);
         LoadRead {
             in_flight: state.in_flight,
             requests: state.requests,
             busy_nanos: state
                 .busy_nanos
                 .saturating_add(u64::try_from(accrued).unwrap_or(u64::MAX)),
+            at_nanos: u64::try_from(now).unwrap_or(u64::MAX),
+            began_nanos: self.began_nanos,
         }
     }
 }
@@ -175,7 +196,7 @@ impl PodMetrics {
                 namespace: namespace.clone(),
                 pod: pod.clone(),
             },
-            load: Load::default(),
+            load: Load::new(),
             in_flight: OnceLock::new(),
             latency: OnceLock::new(),
             requests: Default::default(),
@@ -689,9 +710,12 @@ mod tests {
 
     #[test]
     fn time_in_flight_counts_as_it_accrues_and_once() {
-        let load = Load::default();
+        let load = Load {
+            state: Default::default(),
+            began_nanos: 10_000_000_000,
+        };
         let start = load_epoch() + Duration::from_secs(10);
-        let read = |at: u64| load.read(start + Duration::from_secs(at));
+        let read = |at: u64| load.read_at(|| start + Duration::from_secs(at));
         load.begin(start);
         load.begin(start + Duration::from_secs(1));
         // Two in flight: 2 s and 1 s of them at 2 s.
@@ -700,7 +724,9 @@ mod tests {
             LoadRead {
                 in_flight: 2,
                 requests: 0,
-                busy_nanos: 3_000_000_000
+                busy_nanos: 3_000_000_000,
+                at_nanos: 12_000_000_000,
+                began_nanos: 10_000_000_000,
             }
         );
         load.end(start, Duration::from_secs(3));
@@ -710,7 +736,9 @@ mod tests {
             LoadRead {
                 in_flight: 1,
                 requests: 1,
-                busy_nanos: 6_000_000_000
+                busy_nanos: 6_000_000_000,
+                at_nanos: 14_000_000_000,
+                began_nanos: 10_000_000_000,
             }
         );
         load.end(start + Duration::from_secs(1), Duration::from_secs(4));
@@ -719,7 +747,9 @@ mod tests {
             LoadRead {
                 in_flight: 0,
                 requests: 2,
-                busy_nanos: 7_000_000_000
+                busy_nanos: 7_000_000_000,
+                at_nanos: 19_000_000_000,
+                began_nanos: 10_000_000_000,
             }
         );
     }

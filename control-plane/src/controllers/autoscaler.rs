@@ -533,21 +533,37 @@ fn concurrency_of(
             if bound_to != node || !seen.insert((node.clone(), pod.uid.clone())) {
                 continue;
             }
-            // A pod seen for the first time began at zero, at most a tick
-            // ago.
+            // The window is the node's own time between its readings when
+            // it says (the way a sample takes varies), else ours.
+            let read_at = if pod.at_nanos > 0 {
+                pod.at_nanos as f64 / 1e9
+            } else {
+                now
+            };
+            // A pod seen for the first time began at zero when the node
+            // began to serve it (if the node says; else a tick ago): its
+            // first seconds are not one tick's load.
+            let began = if pod.at_nanos > 0 && pod.began_nanos > 0 {
+                pod.began_nanos as f64 / 1e9
+            } else {
+                read_at - TICK.as_secs_f64()
+            };
             let (requests, busy, at) = totals
                 .insert(
                     (node.clone(), pod.uid.clone()),
-                    (pod.requests, pod.busy_nanos, now),
+                    (pod.requests, pod.busy_nanos, read_at),
                 )
-                .unwrap_or((0, 0, now - TICK.as_secs_f64()));
-            let mean = if now > at {
-                pod.busy_nanos.saturating_sub(busy) as f64 / 1e9 / (now - at)
+                .unwrap_or((0, 0, began));
+            let mean = if read_at > at {
+                pod.busy_nanos.saturating_sub(busy) as f64 / 1e9 / (read_at - at)
             } else {
                 0.0
             };
             let entry = concurrency.entry(deployment.clone()).or_default();
-            entry.0 += mean.max(pod.in_flight as f64);
+            // The mean alone: the time of requests in flight is in it as
+            // it accrues, and adding each pod's instantaneous count where
+            // it is higher would count requests moving between pods twice.
+            entry.0 += mean;
             entry.1 |= pod.requests > requests || pod.in_flight > 0;
         }
     }
@@ -838,6 +854,8 @@ mod tests {
             in_flight,
             requests: 10,
             busy_nanos,
+            at_nanos: 0,
+            began_nanos: 0,
         };
         let web = ("shop".to_owned(), "web".to_owned());
         let theirs = ("bank".to_owned(), "vault".to_owned());
@@ -885,6 +903,45 @@ mod tests {
         let seen = concurrency_of(&loads, &pods, &mut totals, 101.0);
         assert_eq!(seen.get(&web), Some(&(0.5, false)));
         assert_eq!(totals.len(), 1, "pods no longer reported are forgotten");
+    }
+
+    /// The window is the node's time between its readings: a sample that
+    /// reached the autoscaler late (or a tick that ran late) does not
+    /// read as a burst or a lull.
+    #[test]
+    fn a_pods_concurrency_is_taken_over_the_nodes_own_time() {
+        use skiff_client::node_api::PodLoad;
+        let web = ("shop".to_owned(), "web".to_owned());
+        let pods: Bindings = [("u1".to_owned(), ("n1".to_owned(), web.clone()))].into();
+        let sample = |busy_s: u64, at_s: u64| -> Loads {
+            vec![(
+                "n1".into(),
+                NodeLoad {
+                    pods: vec![PodLoad {
+                        namespace: "shop".into(),
+                        name: "web-1".into(),
+                        uid: "u1".into(),
+                        in_flight: 6,
+                        requests: 100,
+                        busy_nanos: busy_s * 1_000_000_000,
+                        at_nanos: at_s * 1_000_000_000,
+                        began_nanos: 40_000_000_000,
+                    }],
+                    held: vec![],
+                },
+            )]
+        };
+        let mut totals = HashMap::new();
+        // First seen 10 s after the node began serving it: 60 s of time
+        // in those 10 s, not in one tick.
+        let seen = concurrency_of(&sample(60, 50), &pods, &mut totals, 100.0);
+        assert_eq!(seen.get(&web), Some(&(6.0, true)));
+        // Six in flight all along: 6 s of time per second of the node's,
+        // though our ticks were 0.6 s and then 1.4 s apart.
+        let seen = concurrency_of(&sample(66, 51), &pods, &mut totals, 100.6);
+        assert_eq!(seen.get(&web), Some(&(6.0, true)));
+        let seen = concurrency_of(&sample(72, 52), &pods, &mut totals, 102.0);
+        assert_eq!(seen.get(&web), Some(&(6.0, true)));
     }
 
     #[test]

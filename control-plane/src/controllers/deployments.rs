@@ -80,6 +80,28 @@ impl Controller for Deployments {
     }
 }
 
+/// The node a pod made now should prefer: the one whose held requests
+/// took the Deployment off zero just now (within [`ACTIVATION_FRESH`]),
+/// while it has no live pod. A Deployment scaled up from zero otherwise
+/// (by hand, by `minReplicas`) places its pods as they ask.
+fn preferred_node(deployment: &Deployment, from_zero: bool, now: DateTime<Utc>) -> Option<String> {
+    use super::autoscaler::{ACTIVATED_ANNOTATION, ACTIVATED_ON_ANNOTATION};
+    let annotations = &deployment.metadata.annotations;
+    let activated = annotations
+        .get(ACTIVATED_ANNOTATION)
+        .and_then(|at| DateTime::parse_from_rfc3339(at).ok())?;
+    let fresh = now.signed_duration_since(activated) < ACTIVATION_FRESH;
+    annotations
+        .get(ACTIVATED_ON_ANNOTATION)
+        .filter(|_| from_zero && fresh)
+        .cloned()
+}
+
+/// How long after an activation its node is still preferred: the pod is
+/// normally made within milliseconds; a reconcile much later is another
+/// reason to scale.
+const ACTIVATION_FRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
 /// Where an object names its owners.
 const OWNERS: &[&str] = &["metadata", "ownerReferences"];
 
@@ -433,10 +455,14 @@ impl Executor<'_> {
             );
             self.tell(Severity::Warning, "ProgressDeadlineExceeded", failure);
         }
+        // Only the first pod from zero prefers the node that asked for it.
+        let mut preferred = preferred_node(self.deployment, self.from_zero, Utc::now());
         for step in plan.steps {
             match step {
                 Step::DeletePod { name, uid } => self.delete_pod(&name, uid).await?,
-                Step::CreatePod(revision) => self.create_pod(&revision).await?,
+                Step::CreatePod(revision) => {
+                    self.create_pod(&revision, preferred.take()).await?;
+                }
                 Step::WriteStatus => {
                     if !self.write_status(&plan.status).await? {
                         return Ok(Action::Done);
@@ -468,7 +494,11 @@ impl Executor<'_> {
         }
     }
 
-    async fn create_pod(&self, revision: &Revision) -> Result<(), StoreError> {
+    async fn create_pod(
+        &self,
+        revision: &Revision,
+        preferred_node: Option<String>,
+    ) -> Result<(), StoreError> {
         let d = self.deployment;
         let mut labels = revision.template.metadata.labels.clone();
         labels.insert(TEMPLATE_HASH_LABEL.into(), revision.template_hash.clone());
@@ -476,13 +506,8 @@ impl Executor<'_> {
         annotations.insert(REVISION_ANNOTATION.into(), revision.revision.to_string());
         // Off zero at a node's request: that node holds the requests, and
         // serves them itself if the pod runs there.
-        if let Some(node) = d
-            .metadata
-            .annotations
-            .get(super::autoscaler::ACTIVATED_ON_ANNOTATION)
-            .filter(|_| self.from_zero)
-        {
-            annotations.insert(PREFERRED_NODE_ANNOTATION.into(), node.clone());
+        if let Some(node) = preferred_node {
+            annotations.insert(PREFERRED_NODE_ANNOTATION.into(), node);
         }
         let prefix: String = d.metadata.name.chars().take(63 - 12).collect();
         let name = format!(
@@ -993,6 +1018,32 @@ mod tests {
         assert_eq!(stable.template, template("app:v1"));
         let failure = plan.status.history[1].failure.as_deref().unwrap();
         assert!(failure.starts_with("progress deadline exceeded: 0 of 1 pods of revision 2"));
+    }
+
+    #[test]
+    fn only_a_fresh_activation_from_zero_prefers_its_node() {
+        use crate::controllers::autoscaler::{ACTIVATED_ANNOTATION, ACTIVATED_ON_ANNOTATION};
+        let activated = |second: i64, on: Option<&str>| {
+            changed(&deployment(1, "a"), |d| {
+                let annotations = &mut d.metadata.annotations;
+                annotations.insert(
+                    ACTIVATED_ANNOTATION.into(),
+                    at(second).to_rfc3339_opts(SecondsFormat::Millis, true),
+                );
+                if let Some(node) = on {
+                    annotations.insert(ACTIVATED_ON_ANNOTATION.into(), node.into());
+                }
+            })
+        };
+        let by_n2 = activated(100, Some("n2"));
+        assert_eq!(preferred_node(&by_n2, true, at(101)), Some("n2".into()));
+        // Pods already there: a scale-up, not a start from zero.
+        assert_eq!(preferred_node(&by_n2, false, at(101)), None);
+        // Long after: some other reason to scale.
+        assert_eq!(preferred_node(&by_n2, true, at(200)), None);
+        // A tenant's activation names no node.
+        assert_eq!(preferred_node(&activated(100, None), true, at(101)), None);
+        assert_eq!(preferred_node(&deployment(1, "a"), true, at(101)), None);
     }
 
     #[test]

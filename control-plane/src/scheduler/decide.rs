@@ -357,7 +357,15 @@ fn score(pod: &PodRequest<'_>, node: &NodeState, topology: &Topology<'_>) -> i64
     };
     // Preference weights (1 to 100) count in percentage points.
     let weight = |w: i32| i64::from(w) * 100;
-    if pod.preferred_node == Some(node.name.as_str()) {
+    let soft_taints = node
+        .taints
+        .iter()
+        .filter(|t| {
+            t.effect == TaintEffect::PreferNoSchedule && !tolerated(t, &pod.spec.tolerations)
+        })
+        .count() as i64;
+    // Not on a node that asks pods to stay away, which it would outweigh.
+    if pod.preferred_node == Some(node.name.as_str()) && soft_taints == 0 {
         score += weight(100);
     }
     if let Some(affinity) = &pod.spec.affinity {
@@ -391,13 +399,6 @@ fn score(pod: &PodRequest<'_>, node: &NodeState, topology: &Topology<'_>) -> i64
             }
         }
     }
-    let soft_taints = node
-        .taints
-        .iter()
-        .filter(|t| {
-            t.effect == TaintEffect::PreferNoSchedule && !tolerated(t, &pod.spec.tolerations)
-        })
-        .count() as i64;
     score - 10_000 * soft_taints
 }
 
@@ -583,6 +584,17 @@ mod tests {
         );
         assert_eq!(
             place_preferring(&spec(json!({})), &none, 64, &nodes, Some("nowhere")),
+            bind("b")
+        );
+        // A node that asks pods to stay away is not preferred over it.
+        let mut tainted = nodes.clone();
+        tainted[0].taints.push(Taint {
+            key: "spot".into(),
+            value: String::new(),
+            effect: TaintEffect::PreferNoSchedule,
+        });
+        assert_eq!(
+            place_preferring(&spread, &none, 64, &tainted, Some("a")),
             bind("b")
         );
     }

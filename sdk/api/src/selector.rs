@@ -163,14 +163,6 @@ impl Selector {
         }
     }
 
-    /// What a structured selector (a Deployment's) selects, as one.
-    pub fn of(selector: &LabelSelector) -> Self {
-        let mut this = Self::equal_to(&selector.match_labels);
-        this.requirements
-            .extend(selector.match_expressions.iter().cloned());
-        this
-    }
-
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
     }

@@ -395,6 +395,16 @@ pub struct PodLoad {
     /// flight up to now included, in nanoseconds: over a window, its
     /// growth divided by the window is the mean concurrency within it.
     pub busy_nanos: u64,
+    /// When these were read, in nanoseconds on the node's own monotonic
+    /// clock (only differences mean anything): the window to divide by,
+    /// whatever the sample's way to the reader took. 0 from nodes that do
+    /// not say.
+    #[serde(default)]
+    pub at_nanos: u64,
+    /// When the pod began to be served on the node, on the same clock:
+    /// the window of the first sample that sees it.
+    #[serde(default)]
+    pub began_nanos: u64,
 }
 
 /// Requests a node holds for a Service with no ready endpoint.

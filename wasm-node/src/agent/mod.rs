@@ -718,6 +718,7 @@ async fn follow_pods(
                     let mut pods = pods.lock().await;
                     context.partition.forget(&key);
                     if let Some(handle) = pods.remove(&key) {
+                        context.local_pods.forget_bound(&handle.uid);
                         tokio::spawn(handle.stop());
                     }
                 }
@@ -800,6 +801,11 @@ async fn ensure(
     }
     let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
     let uid = pod.metadata.uid.clone().unwrap_or_default();
+    context.local_pods.note_bound(
+        &uid,
+        &pod.metadata.labels,
+        pod.metadata.deletion_timestamp.is_some(),
+    );
     let mut pods = pods.lock().await;
     if pods.get(&key).is_some_and(|h| h.uid == uid) {
         return;
@@ -845,6 +851,7 @@ async fn reconcile(
             .collect()
     };
     for handle in gone {
+        context.local_pods.forget_bound(&handle.uid);
         tokio::spawn(handle.stop());
     }
     for pod in current {

@@ -78,9 +78,6 @@ struct Worker {
     /// Where the pod's stdout and stderr go; none if its directory could
     /// not be made (the output is then discarded).
     logs: Option<Arc<PodLogs>>,
-    /// The pod's labels, which the ingress matches a Service at zero's
-    /// selector against once the pod is Ready.
-    labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A task that ends when its handle is dropped.
@@ -227,7 +224,6 @@ impl Worker {
         Self {
             logs,
             context,
-            labels: pod.metadata.labels,
             namespace,
             name,
             uid,
@@ -274,7 +270,6 @@ impl Worker {
         self.context.local_pods.set_ready(
             &(self.namespace.clone(), self.name.clone()),
             &self.uid,
-            &self.labels,
             ready,
         );
     }

@@ -87,6 +87,16 @@ pub struct LocalPods {
     /// Told when a pod becomes Ready (shared with the holds: a request
     /// held for a Service at zero looks again).
     changed: Arc<watch::Sender<u64>>,
+    /// The labels of the pods bound to this node and whether they are
+    /// being deleted, by uid, as the API has them now: what a held
+    /// request's Service selects among the Ready ones.
+    bound: Arc<RwLock<HashMap<String, BoundPod>>>,
+}
+
+/// A pod bound to this node, as the API has it now.
+struct BoundPod {
+    labels: BTreeMap<String, String>,
+    deleting: bool,
 }
 
 impl LocalPods {
@@ -99,33 +109,56 @@ impl LocalPods {
             pods,
             metrics,
             changed,
+            bound: Arc::default(),
         }
     }
 
-    /// Pod `uid`, served under its name, is Ready with `labels` (or no
-    /// longer Ready): requests held for a Service at zero whose selector
-    /// picks it may go to it at once.
-    pub fn set_ready(
-        &self,
-        pod: &PodName,
-        uid: &str,
-        labels: &BTreeMap<String, String>,
-        ready: bool,
-    ) {
+    /// Pod `uid`, served under its name, is Ready (or no longer): requests
+    /// held for a Service at zero whose selector picks it may go to it at
+    /// once.
+    pub fn set_ready(&self, pod: &PodName, uid: &str, ready: bool) {
         {
             let mut pods = self.pods.write().expect("routes lock");
             let Some(served) = pods.get_mut(pod).filter(|s| s.uid == uid) else {
                 return;
             };
-            served.ready_with = ready.then(|| labels.clone());
+            served.ready = ready;
         }
-        if ready && self.changed.receiver_count() > 0 {
+        if ready {
+            self.wake();
+        }
+    }
+
+    /// Pod `uid` is bound here with these labels, being deleted or not:
+    /// told on every change the node's watch brings, so that a pod
+    /// relabelled out of a selector, or on its way out, takes no more of
+    /// that Service's held requests.
+    pub fn note_bound(&self, uid: &str, labels: &BTreeMap<String, String>, deleting: bool) {
+        self.bound.write().expect("bound lock").insert(
+            uid.to_owned(),
+            BoundPod {
+                labels: labels.clone(),
+                deleting,
+            },
+        );
+        self.wake();
+    }
+
+    /// Pod `uid` is no longer bound here.
+    pub fn forget_bound(&self, uid: &str) {
+        self.bound.write().expect("bound lock").remove(uid);
+    }
+
+    /// Has requests held for Services at zero look again.
+    fn wake(&self) {
+        if self.changed.receiver_count() > 0 {
             self.changed.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
     /// A Ready pod of `namespace` on this node that `selector` (not empty)
-    /// picks, if there is one: what the Service's endpoints will list.
+    /// picks by its labels as the API has them now, not being deleted, if
+    /// there is one: what the Service's endpoints will list.
     fn ready_for(
         &self,
         namespace: &str,
@@ -135,13 +168,13 @@ impl LocalPods {
             return None;
         }
         let pods = self.pods.read().expect("routes lock");
+        let bound = self.bound.read().expect("bound lock");
         pods.iter()
-            .filter(|((ns, _), _)| ns == namespace)
+            .filter(|((ns, _), served)| ns == namespace && served.ready)
             .find(|(_, served)| {
-                served
-                    .ready_with
-                    .as_ref()
-                    .is_some_and(|labels| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                bound.get(&served.uid).is_some_and(|pod| {
+                    !pod.deleting && selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+                })
             })
             .map(|(_, served)| (served.backend.clone(), served.metrics.clone()))
     }
@@ -204,18 +237,16 @@ impl LocalPods {
     /// per-pod metrics are.
     pub fn requests_of(&self, pod: &PodName) -> u64 {
         let pods = self.pods.read().expect("routes lock");
-        pods.get(pod).map_or(0, |served| {
-            served.metrics.load.read(std::time::Instant::now()).requests
-        })
+        pods.get(pod)
+            .map_or(0, |served| served.metrics.load.read().requests)
     }
 
     /// Every served pod's requests so far, for the autoscaler.
     pub fn load(&self) -> Vec<skiff_client::node_api::PodLoad> {
         let pods = self.pods.read().expect("routes lock");
-        let now = std::time::Instant::now();
         pods.iter()
             .map(|((namespace, name), served)| {
-                let load = served.metrics.load.read(now);
+                let load = served.metrics.load.read();
                 skiff_client::node_api::PodLoad {
                     namespace: namespace.clone(),
                     name: name.clone(),
@@ -223,6 +254,8 @@ impl LocalPods {
                     in_flight: load.in_flight,
                     requests: load.requests,
                     busy_nanos: load.busy_nanos,
+                    at_nanos: load.at_nanos,
+                    began_nanos: load.began_nanos,
                 }
             })
             .collect()
@@ -1946,7 +1979,8 @@ mod trust_tests {
 
     /// A held request goes to a pod of this node as soon as it is Ready and
     /// picked by the Service's selector, before any endpoint comes back;
-    /// not to a pod not Ready, of another namespace or not selected.
+    /// not to a pod not Ready, of another namespace, not selected, being
+    /// deleted, or relabelled out of the selector after it became Ready.
     #[tokio::test]
     async fn a_held_request_goes_to_a_local_pod_once_it_is_ready() {
         let (echo, _stop) = echo_headers().await;
@@ -1957,26 +1991,33 @@ mod trust_tests {
             ..ServiceSpec::default()
         };
         at_zero(&ingress, spec);
-        for (pod, ready, app) in [
-            (name("shop", "web-0"), false, "web"),
-            (name("shop", "other"), true, "other"),
-            (name("bank", "web"), true, "web"),
+        for (pod, ready, app, deleting) in [
+            (name("shop", "web-0"), false, "web", false),
+            (name("shop", "other"), true, "other", false),
+            (name("bank", "web"), true, "web", false),
+            (name("shop", "leaving"), true, "web", true),
+            (name("shop", "moved"), true, "web", false),
         ] {
-            ingress
-                .pods
-                .add(pod.clone(), "decoy", Backend::Process(echo));
-            ingress.pods.set_ready(&pod, "decoy", &labels(app), ready);
+            let uid = format!("uid-{}-{}", pod.0, pod.1);
+            ingress.pods.note_bound(&uid, &labels(app), deleting);
+            ingress.pods.add(pod.clone(), &uid, Backend::Process(echo));
+            ingress.pods.set_ready(&pod, &uid, ready);
         }
+        // Relabelled out of the selector after it became Ready.
+        ingress
+            .pods
+            .note_bound("uid-shop-moved", &labels("elsewhere"), false);
         let call = tokio::spawn({
             let ingress = ingress.clone();
             async move { text(ingress.handle(request("web.shop.svc", &[])).await).await }
         });
         held(&ingress, 1).await;
         let web = name("shop", "web-1");
+        ingress.pods.note_bound("uid-1", &labels("web"), false);
         ingress
             .pods
             .add(web.clone(), "uid-1", Backend::Process(echo));
-        ingress.pods.set_ready(&web, "uid-1", &labels("web"), true);
+        ingress.pods.set_ready(&web, "uid-1", true);
         let (status, body) = call.await.unwrap();
         assert_eq!(status, StatusCode::OK, "{body}");
         let served = |namespace: &str, pod: &str| ingress.pods.requests_of(&name(namespace, pod));
@@ -1985,9 +2026,11 @@ mod trust_tests {
                 served("shop", "web-1"),
                 served("shop", "web-0"),
                 served("shop", "other"),
-                served("bank", "web")
+                served("bank", "web"),
+                served("shop", "leaving"),
+                served("shop", "moved"),
             ],
-            [1, 0, 0, 0]
+            [1, 0, 0, 0, 0, 0]
         );
     }
 

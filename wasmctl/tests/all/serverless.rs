@@ -164,7 +164,13 @@ fn a_steady_load_keeps_load_over_target_pods_and_a_rollout_under_it_loses_nothin
             replicas(&cluster)
         })
         .collect();
-    assert!(steady.iter().all(|r| (3..=4).contains(r)), "{steady:?}");
+    assert!(
+        steady.iter().all(|r| (3..=4).contains(r)),
+        "{steady:?} {}",
+        cluster
+            .cluster
+            .ok(&["get", "events", "--for", "deployment/web"])
+    );
 
     // A rolling update under the load fails no request.
     cluster.apply(&[narrow("v2")]);
