@@ -347,6 +347,8 @@ impl Bench {
 
     fn burst(&self, runtime: &tokio::runtime::Runtime, requests: usize) {
         let ok = AtomicUsize::new(0);
+        // What the others got: a status, or why there was none.
+        let others = std::sync::Mutex::new(std::collections::BTreeMap::<String, usize>::new());
         let done = AtomicBool::new(false);
         let peak = AtomicU64::new(0);
         let ingress: SocketAddr = self.node.ingress;
@@ -372,8 +374,17 @@ impl Bench {
                     scope.spawn(|| {
                         let answered =
                             connect(ingress).and_then(|mut s| get(&mut s, &host("burst")));
-                        if matches!(answered, Ok(200)) {
-                            ok.fetch_add(1, Ordering::SeqCst);
+                        match answered {
+                            Ok(200) => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            other => {
+                                let what = match other {
+                                    Ok(status) => format!("status {status}"),
+                                    Err(e) => format!("no answer: {e}"),
+                                };
+                                *others.lock().unwrap().entry(what).or_default() += 1;
+                            }
                         }
                     })
                 })
@@ -394,6 +405,9 @@ impl Bench {
             took.as_secs_f64() * 1000.0,
             peak.load(Ordering::SeqCst)
         );
+        for (what, n) in others.into_inner().unwrap() {
+            println!("  {n} got {what}");
+        }
     }
 }
 
