@@ -93,19 +93,8 @@ async fn a_service_follows_the_ready_pods_its_selector_picks_as_their_labels_cha
     let cluster = Cluster::new();
     let plane = ControlPlane::start(binary(), &cluster.database_url, &["--no-scheduler"]);
     let api = client(&plane, &cluster.admin_token);
-    let node = json!({
-        "apiVersion": skiff_api::API_VERSION, "kind": "Node",
-        "metadata": {"name": "n1"},
-        "spec": {},
-    });
-    let mut node = api.create(Kind::Node, None, &node).await.expect("node");
-    node["status"] = json!({
-        "conditions": [{"type": "Ready", "status": "True"}],
-        "addresses": [{"type": "Ingress", "address": "127.0.0.1:9"}],
-    });
-    api.replace_status(Kind::Node, None, "n1", &node)
-        .await
-        .expect("node status");
+    let ingress = json!({"addresses": [{"type": "Ingress", "address": "127.0.0.1:9"}]});
+    crate::support::ready_node(&api, "n1", ingress).await;
     // A Ready pod bound to n1, labelled `app: APP`.
     let ready_pod = |name: &str, app: &str| {
         let mut pod = object(Kind::Pod, name);

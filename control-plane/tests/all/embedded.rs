@@ -76,22 +76,8 @@ fn client(url: &str, token: &str) -> Client {
 }
 
 async fn create_node(api: &Client) {
-    let node = json!({
-        "apiVersion": skiff_api::API_VERSION, "kind": "Node",
-        "metadata": {"name": "n1"},
-        "spec": {},
-    });
-    let mut node = api.create(Kind::Node, None, &node).await.expect("node");
-    node["status"] = json!({
-        "allocatable": {"memory": "1Gi", "instances": 10},
-        "conditions": [{"type": "Ready", "status": "True"}],
-    });
-    api.replace_status(Kind::Node, None, "n1", &node)
-        .await
-        .expect("node status");
-    api.renew_lease("n1", Duration::from_secs(600))
-        .await
-        .expect("lease");
+    let allocatable = json!({"allocatable": {"memory": "1Gi", "instances": 10}});
+    crate::support::ready_node(api, "n1", allocatable).await;
 }
 
 async fn create_pod(api: &Client, name: &str) {

@@ -14,22 +14,8 @@ use crate::support::{Cluster, binary, client, eventually};
 
 /// A node with room for four 128Mi instances, its lease current.
 async fn small_node(api: &Client) {
-    let node = json!({
-        "apiVersion": skiff_api::API_VERSION, "kind": "Node",
-        "metadata": {"name": "small"},
-        "spec": {},
-    });
-    let mut node = api.create(Kind::Node, None, &node).await.expect("node");
-    node["status"] = json!({
-        "allocatable": {"memory": "512Mi", "instances": 10},
-        "conditions": [{"type": "Ready", "status": "True"}],
-    });
-    api.replace_status(Kind::Node, None, "small", &node)
-        .await
-        .expect("node status");
-    api.renew_lease("small", Duration::from_secs(600))
-        .await
-        .expect("lease");
+    let allocatable = json!({"allocatable": {"memory": "512Mi", "instances": 10}});
+    crate::support::ready_node(api, "small", allocatable).await;
 }
 
 async fn create_pod(api: &Client, name: &str, memory: &str, priority: i32) {

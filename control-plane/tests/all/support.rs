@@ -103,6 +103,25 @@ pub fn revision_of(object: &Value) -> i64 {
 
 /// Reads `state` every 50 ms until `done` holds of it and returns it;
 /// fails after 20 s naming `what` and the last state read.
+/// Registers Node `name` and reports it Ready with `status` besides, its
+/// lease current for ten minutes.
+pub async fn ready_node(api: &Client, name: &str, mut status: Value) {
+    let node = json!({
+        "apiVersion": skiff_api::API_VERSION, "kind": "Node",
+        "metadata": {"name": name},
+        "spec": {},
+    });
+    let mut node = api.create(Kind::Node, None, &node).await.expect("node");
+    status["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+    node["status"] = status;
+    api.replace_status(Kind::Node, None, name, &node)
+        .await
+        .expect("node status");
+    api.renew_lease(name, std::time::Duration::from_secs(600))
+        .await
+        .expect("lease");
+}
+
 pub async fn eventually<T, Fut>(
     what: &str,
     mut state: impl FnMut() -> Fut,
