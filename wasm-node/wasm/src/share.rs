@@ -368,6 +368,12 @@ impl Runner {
         }
         let slot = self.turn.clone();
         Tick::WaitTurn(Box::pin(async move {
+            // Wasmtime suspends the guest's fiber only if this future is
+            // pending: a turn free right away would let a lone long runner
+            // keep its worker thread for good, and with it whatever the
+            // executor queued behind it there (the pod's stop, another
+            // request), which no other worker can take. So it yields first.
+            tokio::task::yield_now().await;
             if let Some(budget) = &tenant.budget {
                 budget.earned().await;
             }
@@ -452,6 +458,32 @@ mod tests {
         // b gets a turn once its lease has run out.
         let turn = tokio::time::timeout(Duration::from_secs(5), share.turn(&b)).await;
         assert!(turn.is_ok(), "b never got a turn");
+        assert_eq!(share.turns_held(), 1);
+    }
+
+    /// A long runner gives its worker thread back at every tick, even when
+    /// a turn is free at once.
+    #[tokio::test]
+    async fn a_long_runner_yields_its_thread_even_with_a_free_turn() {
+        let share = share(1);
+        let halt = Arc::new(crate::host::Halt::default());
+        let mut runner = Runner::new(Some(share.tenant("a", None)), Duration::from_secs(60), halt);
+        runner.started -= EPOCH_TICK * 2;
+        let Tick::WaitTurn(mut wait) = runner.tick() else {
+            panic!("a guest past its first tick waits for a turn");
+        };
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(
+            wait.as_mut().poll(&mut cx).is_pending(),
+            "the guest kept its thread"
+        );
+        assert_eq!(
+            share.turns_held(),
+            0,
+            "the turn is asked for after the yield"
+        );
+        wait.await;
         assert_eq!(share.turns_held(), 1);
     }
 

@@ -111,57 +111,76 @@ fn a_shut_down_agent_stops_serving_and_renewing_its_lease() {
 /// A deleted pod's requests get the node's grace (1 s here) to finish and
 /// are then ended, not left to run to the pod's own timeout (10 minutes
 /// here) acting on the world while the pod is gone: a guest spinning in
-/// its own code and one waiting in the host on an outbound request alike.
+/// its own code and one waiting in the host on an outbound request alike,
+/// whichever of them came first. A lone spinning guest must not keep its
+/// worker thread from the rest of the node: that hid the second request,
+/// and then the pod's stop, behind it.
 #[test]
 fn a_deleted_pods_requests_are_ended_once_its_grace_is_over() {
     let cluster = NodeCluster::start(&[("n1", &[])]);
     let image = format!("{}/misbehave:v1", cluster.registry.addr);
     push(&test_guest("misbehave"), &image);
     let upstream = Upstream::start("late", Duration::from_secs(600));
-    cluster.apply(&[pod(
-        "long",
-        &image,
-        json!({
-            "resources": {"timeout": "10m"},
-            "allowOutbound": [upstream.addr.to_string()],
-        }),
-    )]);
-    cluster.wait_running("long");
     let ingress = cluster.node("n1").ingress;
-    let ask = |path: String| {
-        std::thread::spawn(move || {
-            let response = http_request(ingress, "long.default.pod", &path, &[]);
-            (response, Instant::now())
-        })
-    };
-    // Sent first: by the time the second reaches the upstream, it spins.
-    let spinning = ask("/loop".into());
-    let waiting = ask(format!("/fetch?url=http://{}/", upstream.addr));
-    assert!(
-        wait_until(WAIT, || upstream.hits() == 1),
-        "the outbound request never went out"
-    );
-
-    let deleted = Instant::now();
-    cluster.cluster.ok(&["delete", "pod", "long"]);
-    for (what, request) in [("/loop", spinning), ("/fetch", waiting)] {
-        let (response, answered) = request.join().unwrap();
-        let took = answered.saturating_duration_since(deleted);
-        // Grace, plus the deletion reaching the node: far below the pod's
-        // timeout, and below the client's own read timeout.
+    for (name, spin_first) in [("spin-first", true), ("fetch-first", false)] {
+        cluster.apply(&[pod(
+            name,
+            &image,
+            json!({
+                "resources": {"timeout": "10m"},
+                "allowOutbound": [upstream.addr.to_string()],
+            }),
+        )]);
+        cluster.wait_running(name);
+        let host = format!("{name}.default.pod");
+        let ask = |path: String| {
+            let host = host.clone();
+            std::thread::spawn(move || {
+                let response = http_request(ingress, &host, &path, &[]);
+                (response, Instant::now())
+            })
+        };
+        let hits = upstream.hits();
+        let fetch = format!("/fetch?url=http://{}/", upstream.addr);
+        let (spinning, waiting) = if spin_first {
+            // By the time the second reaches the upstream, the first spins.
+            let spinning = ask("/loop".into());
+            (spinning, ask(fetch))
+        } else {
+            let waiting = ask(fetch);
+            assert!(
+                wait_until(WAIT, || upstream.hits() == hits + 1),
+                "{name}: the outbound request never went out"
+            );
+            (ask("/loop".into()), waiting)
+        };
         assert!(
-            took < Duration::from_secs(15),
-            "{what} went on for {took:?} after its pod was deleted: {response:?}\n{}",
+            wait_until(WAIT, || upstream.hits() == hits + 1),
+            "{name}: the outbound request never went out\n{}",
             cluster.node("n1").log()
         );
-        // Its answer, if the head was not sent yet, says why.
-        if let Ok(response) = response {
-            assert_eq!(response.status, 503, "{what}: {}", response.body);
+
+        let deleted = Instant::now();
+        cluster.cluster.ok(&["delete", "pod", name]);
+        for (what, request) in [("/loop", spinning), ("/fetch", waiting)] {
+            let (response, answered) = request.join().unwrap();
+            let took = answered.saturating_duration_since(deleted);
+            // Grace, plus the deletion reaching the node: far below the
+            // pod's timeout, and below the client's own read timeout.
             assert!(
-                response.body.contains("the pod stopped"),
-                "{what}: {}",
-                response.body
+                took < Duration::from_secs(15),
+                "{name}: {what} went on for {took:?} after its pod was deleted: {response:?}\n{}",
+                cluster.node("n1").log()
             );
+            // Its answer, if the head was not sent yet, says why.
+            if let Ok(response) = response {
+                assert_eq!(response.status, 503, "{name}: {what}: {}", response.body);
+                assert!(
+                    response.body.contains("the pod stopped"),
+                    "{name}: {what}: {}",
+                    response.body
+                );
+            }
         }
     }
 }
