@@ -611,27 +611,11 @@ async fn set_replicas_with(
         let Some((replicas, annotations)) = decide(&current) else {
             return Ok(None);
         };
-        let mut next = current.clone();
-        next["spec"]["replicas"] = replicas.into();
-        for (name, value) in annotations {
-            if !next["metadata"]["annotations"].is_object() {
-                next["metadata"]["annotations"] = serde_json::json!({});
-            }
-            let stamped = next["metadata"]["annotations"]
-                .as_object_mut()
-                .expect("made an object above");
-            match value {
-                Some(value) => stamped.insert(name.to_owned(), value.into()),
-                None => stamped.remove(name),
-            };
-        }
         let write = Write::Update {
             key: key.clone(),
-            object: next,
+            object: with_replicas(&current, replicas, annotations),
             part: Part::Main,
-            expected_revision: current["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|rv| rv.parse().ok()),
+            expected_revision: revision_of(&current),
         };
         match store.write(write).await {
             Ok(_) => return Ok(Some(replicas)),
@@ -641,6 +625,31 @@ async fn set_replicas_with(
         }
     }
     Ok(None)
+}
+
+/// `current` with `replicas` and `annotations` set.
+fn with_replicas(current: &Value, replicas: u32, annotations: Annotations) -> Value {
+    let mut next = current.clone();
+    next["spec"]["replicas"] = replicas.into();
+    for (name, value) in annotations {
+        if !next["metadata"]["annotations"].is_object() {
+            next["metadata"]["annotations"] = serde_json::json!({});
+        }
+        let stamped = next["metadata"]["annotations"]
+            .as_object_mut()
+            .expect("made an object above");
+        match value {
+            Some(value) => stamped.insert(name.to_owned(), value.into()),
+            None => stamped.remove(name),
+        };
+    }
+    next
+}
+
+fn revision_of(object: &Value) -> Option<i64> {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|rv| rv.parse().ok())
 }
 
 /// Takes the autoscaled Deployments behind Service `namespace/name` off
@@ -690,28 +699,106 @@ pub async fn activate(
         .filter(|d| d.spec.autoscaling.is_some() && selects(&service, d))
     {
         let key = ObjectKey::new(Kind::Deployment, namespace, &deployment.metadata.name);
-        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-        let written = set_replicas_with(store, &key, |current| {
-            let autoscaling: Autoscaling =
-                serde_json::from_value(current["spec"]["autoscaling"].clone()).ok()?;
-            (current["spec"]["replicas"].as_u64() == Some(0)
-                && current["metadata"]["deletionTimestamp"].is_null())
-            .then(|| {
-                (
-                    autoscaling.clamp(1),
-                    vec![
-                        (ACTIVATED_ANNOTATION, Some(now.clone())),
-                        (ACTIVATED_ON_ANNOTATION, by_node.map(str::to_owned)),
-                    ],
-                )
-            })
-        })
-        .await?;
-        if written.is_some() {
+        if take_off_zero(store, &key, by_node).await? {
             activated.push(deployment.metadata.name);
         }
     }
     Ok(Some(activated))
+}
+
+/// Sets a Deployment at zero to `max(1, minReplicas)` and writes its first
+/// pods in the same transaction, as its controller would make them (the
+/// first preferring `by_node`): the controller's round trip by watch would
+/// otherwise stand between a request held at zero and its pod. Whether it
+/// was at zero and was taken off it.
+async fn take_off_zero(
+    store: &Store,
+    key: &ObjectKey,
+    by_node: Option<&str>,
+) -> Result<bool, StoreError> {
+    for _ in 0..5 {
+        let Some(current) = store.get(key).await? else {
+            return Ok(false);
+        };
+        let Ok(autoscaling) =
+            serde_json::from_value::<Autoscaling>(current["spec"]["autoscaling"].clone())
+        else {
+            return Ok(false);
+        };
+        if current["spec"]["replicas"].as_u64() != Some(0)
+            || !current["metadata"]["deletionTimestamp"].is_null()
+        {
+            return Ok(false);
+        }
+        let now = Utc::now();
+        let next = with_replicas(
+            &current,
+            autoscaling.clamp(1),
+            vec![
+                (
+                    ACTIVATED_ANNOTATION,
+                    Some(now.to_rfc3339_opts(SecondsFormat::Millis, true)),
+                ),
+                (ACTIVATED_ON_ANNOTATION, by_node.map(str::to_owned)),
+            ],
+        );
+        let update = Write::Update {
+            key: key.clone(),
+            object: next.clone(),
+            part: Part::Main,
+            expected_revision: revision_of(&current),
+        };
+        let first = first_pods(store, &next, now).await?;
+        let grouped = !first.is_empty();
+        let write = if grouped {
+            let creates = first
+                .into_iter()
+                .map(|(key, object)| Write::Create { key, object });
+            Write::All(std::iter::once(update.clone()).chain(creates).collect())
+        } else {
+            update.clone()
+        };
+        let outcome = match store.write(write).await {
+            // A pod refused (its namespace's quota, a name taken by
+            // chance): the controller makes the pods as it always does,
+            // and tells why it cannot.
+            Err(
+                refused @ (StoreError::QuotaExceeded(_)
+                | StoreError::AlreadyExists(_)
+                | StoreError::Invalid { .. }),
+            ) if grouped => {
+                tracing::debug!(
+                    "activation of {key}: its first pod is left to the controller: {refused}"
+                );
+                store.write(update).await
+            }
+            other => other,
+        };
+        match outcome {
+            Ok(_) => return Ok(true),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(StoreError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// The pods the Deployment controller would make for `deployment` (as it
+/// is about to be written) now.
+async fn first_pods(
+    store: &Store,
+    deployment: &Value,
+    now: DateTime<Utc>,
+) -> Result<Vec<(ObjectKey, Value)>, StoreError> {
+    use super::deployments;
+    let Ok(deployment) = serde_json::from_value::<Deployment>(deployment.clone()) else {
+        return Ok(Vec::new());
+    };
+    let pods = deployments::pods_of(store, &deployment).await?;
+    let plan = deployments::plan(&deployment, &pods, now);
+    let preferred = deployments::preferred_node(&deployment, pods.is_empty(), now);
+    Ok(deployments::pods_to_create(&deployment, &plan, preferred))
 }
 
 #[cfg(test)]

@@ -84,7 +84,11 @@ impl Controller for Deployments {
 /// took the Deployment off zero just now (within [`ACTIVATION_FRESH`]),
 /// while it has no live pod. A Deployment scaled up from zero otherwise
 /// (by hand, by `minReplicas`) places its pods as they ask.
-fn preferred_node(deployment: &Deployment, from_zero: bool, now: DateTime<Utc>) -> Option<String> {
+pub fn preferred_node(
+    deployment: &Deployment,
+    from_zero: bool,
+    now: DateTime<Utc>,
+) -> Option<String> {
     use super::autoscaler::{ACTIVATED_ANNOTATION, ACTIVATED_ON_ANNOTATION};
     let annotations = &deployment.metadata.annotations;
     let activated = annotations
@@ -115,35 +119,100 @@ pub fn controller_of<'a>(object: &'a Value, kind: &str) -> Option<&'a str> {
 }
 
 impl Deployments {
-    /// The live pods the Deployment controls.
     async fn pods_of(&self, deployment: &Deployment) -> Result<Vec<Pod>, StoreError> {
-        let uid = deployment.metadata.uid.as_deref().unwrap_or_default();
-        let owned_by = json!([{ "uid": uid }]);
-        let page = self
-            .store
-            .list(
-                Kind::Pod,
-                ListQuery {
-                    namespace: Some(&deployment.metadata.namespace),
-                    // Found by owner (the `objects_owners` index answers
-                    // it): a namespace may hold thousands of other pods.
-                    json: &[JsonFilter::Contains(OWNERS, &owned_by)],
-                    ..Default::default()
-                },
-            )
-            .await?;
-        Ok(page
-            .items
-            .into_iter()
-            .filter(|p| {
-                p["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
-            })
-            .filter_map(|p| serde_json::from_value::<Pod>(p).ok())
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .collect())
+        pods_of(&self.store, deployment).await
     }
+}
+
+/// The live pods `deployment` controls.
+pub async fn pods_of(store: &Store, deployment: &Deployment) -> Result<Vec<Pod>, StoreError> {
+    let uid = deployment.metadata.uid.as_deref().unwrap_or_default();
+    let owned_by = json!([{ "uid": uid }]);
+    let page = store
+        .list(
+            Kind::Pod,
+            ListQuery {
+                namespace: Some(&deployment.metadata.namespace),
+                // Found by owner (the `objects_owners` index answers
+                // it): a namespace may hold thousands of other pods.
+                json: &[JsonFilter::Contains(OWNERS, &owned_by)],
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(page
+        .items
+        .into_iter()
+        .filter(|p| {
+            p["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+        })
+        .filter_map(|p| serde_json::from_value::<Pod>(p).ok())
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect())
+}
+
+/// The pods `plan` creates for `deployment`, as they are to be written:
+/// the first of them preferring `preferred_node`, as made now.
+pub fn pods_to_create(
+    deployment: &Deployment,
+    plan: &Plan,
+    mut preferred_node: Option<String>,
+) -> Vec<(ObjectKey, Value)> {
+    plan.steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::CreatePod(revision) => {
+                Some(pod_object(deployment, revision, preferred_node.take()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A new pod of `revision` of `d`, under a fresh name.
+fn pod_object(
+    d: &Deployment,
+    revision: &Revision,
+    preferred_node: Option<String>,
+) -> (ObjectKey, Value) {
+    let mut labels = revision.template.metadata.labels.clone();
+    labels.insert(TEMPLATE_HASH_LABEL.into(), revision.template_hash.clone());
+    let mut annotations = revision.template.metadata.annotations.clone();
+    annotations.insert(REVISION_ANNOTATION.into(), revision.revision.to_string());
+    // Off zero at a node's request: that node holds the requests, and
+    // serves them itself if the pod runs there.
+    if let Some(node) = preferred_node {
+        annotations.insert(PREFERRED_NODE_ANNOTATION.into(), node);
+    }
+    let prefix: String = d.metadata.name.chars().take(63 - 12).collect();
+    let name = format!(
+        "{}-{}-{}",
+        prefix.trim_end_matches('-'),
+        &revision.template_hash[..5],
+        random_suffix()
+    );
+    let pod = json!({
+        "apiVersion": skiff_api::API_VERSION,
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": d.metadata.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [{
+                "apiVersion": skiff_api::API_VERSION,
+                "kind": "Deployment",
+                "name": d.metadata.name,
+                "uid": d.metadata.uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": revision.template.spec,
+    });
+    (ObjectKey::new(Kind::Pod, &d.metadata.namespace, &name), pod)
 }
 
 /// The hash that names a template's revision: the same template always
@@ -499,43 +568,8 @@ impl Executor<'_> {
         revision: &Revision,
         preferred_node: Option<String>,
     ) -> Result<(), StoreError> {
-        let d = self.deployment;
-        let mut labels = revision.template.metadata.labels.clone();
-        labels.insert(TEMPLATE_HASH_LABEL.into(), revision.template_hash.clone());
-        let mut annotations = revision.template.metadata.annotations.clone();
-        annotations.insert(REVISION_ANNOTATION.into(), revision.revision.to_string());
-        // Off zero at a node's request: that node holds the requests, and
-        // serves them itself if the pod runs there.
-        if let Some(node) = preferred_node {
-            annotations.insert(PREFERRED_NODE_ANNOTATION.into(), node);
-        }
-        let prefix: String = d.metadata.name.chars().take(63 - 12).collect();
-        let name = format!(
-            "{}-{}-{}",
-            prefix.trim_end_matches('-'),
-            &revision.template_hash[..5],
-            random_suffix()
-        );
-        let pod = json!({
-            "apiVersion": skiff_api::API_VERSION,
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "namespace": d.metadata.namespace,
-                "labels": labels,
-                "annotations": annotations,
-                "ownerReferences": [{
-                    "apiVersion": skiff_api::API_VERSION,
-                    "kind": "Deployment",
-                    "name": d.metadata.name,
-                    "uid": d.metadata.uid,
-                    "controller": true,
-                    "blockOwnerDeletion": true,
-                }],
-            },
-            "spec": revision.template.spec,
-        });
-        let key = ObjectKey::new(Kind::Pod, &d.metadata.namespace, &name);
+        let (key, pod) = pod_object(self.deployment, revision, preferred_node);
+        let name = key.name.clone();
         match self.store.write(Write::Create { key, object: pod }).await {
             Ok(_) => {
                 let message = format!("created pod {name} (revision {})", revision.revision);

@@ -44,6 +44,10 @@ pub enum Write {
         expected_revision: Option<i64>,
         expected_uid: Option<String>,
     },
+    /// These writes together or none of them: the first refused (a
+    /// conflict, a quota...) undoes those before it and is the answer.
+    /// Answers an array of what each wrote. Groups do not nest.
+    All(Vec<Write>),
 }
 
 pub(super) struct Pending {
@@ -272,7 +276,47 @@ async fn apply(
             expected_revision,
             expected_uid,
         } => delete(tx, key, *expected_revision, expected_uid.as_deref(), batch).await,
+        Write::All(writes) => all(tx, writes, batch).await,
     }
+}
+
+/// A group of writes, all or none, under a savepoint of the batch's
+/// transaction: the batch's other writes stand whatever becomes of it.
+async fn all(
+    tx: &mut Transaction<'_, Postgres>,
+    writes: &[Write],
+    batch: &mut Batch<'_>,
+) -> Result<Result<Value, StoreError>, sqlx::Error> {
+    sqlx::query("SAVEPOINT write_group")
+        .execute(&mut **tx)
+        .await?;
+    let (revision, namespaces) = (batch.revision, batch.namespaces.clone());
+    let mut written = Vec::with_capacity(writes.len());
+    for write in writes {
+        let outcome = match write {
+            Write::All(_) => Err(StoreError::Invalid {
+                field: "write".into(),
+                message: "write groups do not nest".into(),
+            }),
+            // Boxed: the call is recursive through `apply`.
+            write => Box::pin(apply(tx, write, batch)).await?,
+        };
+        match outcome {
+            Ok(object) => written.push(object),
+            Err(refused) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT write_group")
+                    .execute(&mut **tx)
+                    .await?;
+                batch.revision = revision;
+                batch.namespaces = namespaces;
+                return Ok(Err(refused));
+            }
+        }
+    }
+    sqlx::query("RELEASE SAVEPOINT write_group")
+        .execute(&mut **tx)
+        .await?;
+    Ok(Ok(Value::Array(written)))
 }
 
 /// A created object and its change.

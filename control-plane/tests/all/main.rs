@@ -2,6 +2,7 @@
 //! on a real Postgres (started by the harness unless `DATABASE_URL` is set),
 //! driven over HTTP by the real client.
 
+mod activation;
 mod auth;
 mod bad_input;
 mod concurrency;

@@ -1,0 +1,141 @@
+//! Taking a function off zero: the activation writes the Deployment's
+//! replicas and its first pod in one transaction, so that no controller
+//! round trip stands between a held request and its pod. These control
+//! planes run without controllers or scheduler: whatever pod exists after
+//! the activation answered, the activation wrote.
+
+use serde_json::{Value, json};
+use skiff_api::Kind;
+use skiff_client::Client;
+
+use crate::support::{Cluster, client};
+
+fn function(name: &str) -> (Value, Value) {
+    let deployment = json!({
+        "apiVersion": skiff_api::API_VERSION, "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "autoscaling": {"minReplicas": 0, "maxReplicas": 5},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"image": "127.0.0.1:5000/hello:v1", "resources": {"memory": "16Mi"}},
+            },
+        },
+    });
+    let service = json!({
+        "apiVersion": skiff_api::API_VERSION, "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}},
+    });
+    (deployment, service)
+}
+
+async fn deploy(api: &Client, namespace: &str, name: &str) -> Value {
+    let (deployment, service) = function(name);
+    let created = api
+        .create(Kind::Deployment, Some(namespace), &deployment)
+        .await
+        .unwrap();
+    api.create(Kind::Service, Some(namespace), &service)
+        .await
+        .unwrap();
+    created
+}
+
+async fn pods(api: &Client, namespace: &str) -> Vec<Value> {
+    api.list(Kind::Pod, Some(namespace), &Default::default())
+        .await
+        .unwrap()
+        .items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_activation_writes_the_first_pod_with_the_replicas() {
+    let cluster = Cluster::new();
+    let plane = cluster.serve(&[]);
+    let admin = client(&plane, &cluster.admin_token);
+    let created = deploy(&admin, "default", "fn").await;
+
+    let answer = admin.activate_service("default", "fn").await.unwrap();
+    assert_eq!(answer["activated"], json!(["fn"]));
+    let deployment = admin
+        .get(Kind::Deployment, Some("default"), "fn")
+        .await
+        .unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    let pods = pods(&admin, "default").await;
+    assert_eq!(pods.len(), 1, "{pods:#?}");
+    let pod = &pods[0];
+    // As the Deployment controller makes its pods: owned, labelled with
+    // the template's hash, annotated with the revision.
+    let owner = &pod["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "Deployment");
+    assert_eq!(owner["uid"], created["metadata"]["uid"]);
+    assert_eq!(owner["controller"], true);
+    assert_eq!(pod["metadata"]["labels"]["app"], "fn");
+    assert!(
+        pod["metadata"]["labels"]["skiff.dev/template-hash"].is_string(),
+        "{pod:#}"
+    );
+    assert_eq!(pod["metadata"]["annotations"]["skiff.dev/revision"], "1");
+    assert_eq!(pod["spec"]["resources"]["memory"], "16Mi");
+    // One transaction: the pod's revision follows the Deployment's.
+    let revision = |o: &Value| {
+        o["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+    };
+    assert_eq!(revision(pod), revision(&deployment) + 1);
+
+    // Off zero now: asking again changes nothing.
+    let again = admin.activate_service("default", "fn").await.unwrap();
+    assert_eq!(again["activated"], json!([]));
+    assert_eq!(self::pods(&admin, "default").await.len(), 1);
+}
+
+/// A pod the namespace's quota refuses is not written, and takes the
+/// replicas down with it neither: the Deployment is off zero, and its
+/// controller makes (and reports on) the pods as it always does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_pod_the_quota_refuses_leaves_the_replicas_set_and_nothing_counted() {
+    let cluster = Cluster::new();
+    let plane = cluster.serve(&[]);
+    let admin = client(&plane, &cluster.admin_token);
+    admin
+        .create(
+            Kind::Namespace,
+            None,
+            &json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace",
+                "metadata": {"name": "capped"}, "spec": {}}),
+        )
+        .await
+        .unwrap();
+    admin
+        .create(
+            Kind::ResourceQuota,
+            Some("capped"),
+            &json!({"apiVersion": skiff_api::API_VERSION, "kind": "ResourceQuota",
+                "metadata": {"name": "caps"}, "spec": {"hard": {"pods": "0"}}}),
+        )
+        .await
+        .unwrap();
+    deploy(&admin, "capped", "fn").await;
+
+    let answer = admin.activate_service("capped", "fn").await.unwrap();
+    assert_eq!(answer["activated"], json!(["fn"]));
+    let deployment = admin
+        .get(Kind::Deployment, Some("capped"), "fn")
+        .await
+        .unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert!(pods(&admin, "capped").await.is_empty());
+    let quota = admin
+        .get(Kind::ResourceQuota, Some("capped"), "caps")
+        .await
+        .unwrap();
+    assert_eq!(quota["status"]["used"]["pods"], "0", "{quota:#}");
+}
