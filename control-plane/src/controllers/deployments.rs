@@ -528,7 +528,11 @@ impl Executor<'_> {
         let mut preferred = preferred_node(self.deployment, self.from_zero, Utc::now());
         for step in plan.steps {
             match step {
-                Step::DeletePod { name, uid } => self.delete_pod(&name, uid).await?,
+                Step::DeletePod { name, uid } => {
+                    if !self.delete_pod(&name, uid).await? {
+                        return Ok(Action::Done);
+                    }
+                }
                 Step::CreatePod(revision) => {
                     self.create_pod(&revision, preferred.take()).await?;
                 }
@@ -582,11 +586,27 @@ impl Executor<'_> {
         }
     }
 
-    async fn delete_pod(&self, name: &str, uid: Option<String>) -> Result<(), StoreError> {
-        let write = Write::Delete {
+    /// Whether the plan goes on: not once the Deployment changed since it
+    /// was read (its change brings the controller back).
+    async fn delete_pod(&self, name: &str, uid: Option<String>) -> Result<bool, StoreError> {
+        let delete = Write::Delete {
             key: ObjectKey::new(Kind::Pod, &self.deployment.metadata.namespace, name),
             expected_revision: None,
             expected_uid: uid,
+        };
+        // Only while the Deployment is as read: its pods were listed after
+        // it, so a pod made since with a change of it (an activation
+        // writes the replicas and the first pod together) would otherwise
+        // be taken for one too many.
+        let write = match self.revision {
+            Some(revision) => Write::All(vec![
+                Write::Unchanged {
+                    key: key_of(self.deployment),
+                    expected_revision: revision,
+                },
+                delete,
+            ]),
+            None => delete,
         };
         match self.store.write(write).await {
             Ok(_) => {
@@ -595,9 +615,10 @@ impl Executor<'_> {
                     "SuccessfulDelete",
                     &format!("deleted pod {name}"),
                 );
-                Ok(())
+                Ok(true)
             }
-            Err(StoreError::NotFound(_) | StoreError::UidMismatch(_)) => Ok(()),
+            Err(StoreError::NotFound(_) | StoreError::UidMismatch(_)) => Ok(true),
+            Err(StoreError::Conflict { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }

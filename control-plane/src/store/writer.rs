@@ -44,6 +44,13 @@ pub enum Write {
         expected_revision: Option<i64>,
         expected_uid: Option<String>,
     },
+    /// Writes nothing: refused (a conflict) unless the object is still at
+    /// `expected_revision`. In a group, makes the others conditional on
+    /// an object they do not change. Answers null.
+    Unchanged {
+        key: ObjectKey,
+        expected_revision: i64,
+    },
     /// These writes together or none of them: the first refused (a
     /// conflict, a quota...) undoes those before it and is the answer.
     /// Answers an array of what each wrote. Groups do not nest.
@@ -276,6 +283,15 @@ async fn apply(
             expected_revision,
             expected_uid,
         } => delete(tx, key, *expected_revision, expected_uid.as_deref(), batch).await,
+        Write::Unchanged {
+            key,
+            expected_revision,
+        } => Ok(load(tx, key).await?.map_or_else(
+            || Err(StoreError::NotFound(key.clone())),
+            |existing| {
+                check_revision(key, &existing, Some(*expected_revision)).map(|()| Value::Null)
+            },
+        )),
         Write::All(writes) => all(tx, writes, batch).await,
     }
 }

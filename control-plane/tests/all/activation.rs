@@ -139,3 +139,87 @@ async fn a_first_pod_the_quota_refuses_leaves_the_replicas_set_and_nothing_count
         .unwrap();
     assert_eq!(quota["status"]["used"]["pods"], "0", "{quota:#}");
 }
+
+/// A group of writes is all or none, and `Unchanged` makes it conditional
+/// on an object it does not change: what the activation and the
+/// Deployment controller's deletions rely on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_group_is_all_or_none() {
+    use control_plane::encryption::Keyring;
+    use control_plane::store::{ObjectKey, Part, Store, StoreError, Write};
+
+    let cluster = Cluster::new();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    Keyring::create_file(&keys).unwrap();
+    let store = Store::connect(
+        &cluster.database_url,
+        &Default::default(),
+        std::sync::Arc::new(Keyring::load(&keys).unwrap()),
+    )
+    .unwrap();
+    let key = |name: &str| ObjectKey::new(Kind::ConfigMap, "default", name);
+    let config_map = |name: &str, value: &str| {
+        json!({"apiVersion": skiff_api::API_VERSION, "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default"}, "data": {"k": value}})
+    };
+    let create = |name: &str| Write::Create {
+        key: key(name),
+        object: config_map(name, "v"),
+    };
+    let revision = |o: &Value| {
+        o["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+    };
+    let a = store.write(create("a")).await.unwrap();
+
+    // Conditional on `a` as it is: both written.
+    let unchanged = |expected_revision| Write::Unchanged {
+        key: key("a"),
+        expected_revision,
+    };
+    let both = store
+        .write(Write::All(vec![unchanged(revision(&a)), create("b")]))
+        .await
+        .unwrap();
+    assert_eq!(both.as_array().unwrap().len(), 2);
+    assert!(store.get(&key("b")).await.unwrap().is_some());
+
+    // `a` changed since: nothing written, and the conflict is the answer.
+    let update = |value: &str, expected_revision| Write::Update {
+        key: key("a"),
+        object: config_map("a", value),
+        part: Part::Main,
+        expected_revision,
+    };
+    let changed = store.write(update("w", None)).await.unwrap();
+    let refused = store
+        .write(Write::All(vec![unchanged(revision(&a)), create("c")]))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict { .. })),
+        "{refused:?}"
+    );
+    assert!(store.get(&key("c")).await.unwrap().is_none());
+
+    // A write refused after one that went through undoes it.
+    let refused = store
+        .write(Write::All(vec![
+            update("x", Some(revision(&changed))),
+            create("b"),
+        ]))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::AlreadyExists(_))),
+        "{refused:?}"
+    );
+    let now = store.get(&key("a")).await.unwrap().unwrap();
+    assert_eq!(now["data"]["k"], "w");
+    assert_eq!(revision(&now), revision(&changed));
+    // And the revisions it took are handed out again, with no gap.
+    let next = store.write(create("d")).await.unwrap();
+    assert_eq!(revision(&next), revision(&changed) + 1);
+}
