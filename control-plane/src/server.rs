@@ -144,6 +144,7 @@ pub(crate) async fn run_on(
         hub,
         config: config.api.clone(),
         nodes: Arc::default(),
+        known_runtimes: config.scheduling.known_runtimes.clone(),
     };
     let router = api::router(state);
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -72,6 +72,8 @@ pub struct AppState {
     pub config: ApiConfig,
     /// The client of nodes' APIs (logs, usage).
     pub nodes: Arc<node_proxy::NodeProxy>,
+    /// What this process's scheduler learnt of images' runtimes.
+    pub known_runtimes: crate::scheduler::images::KnownRuntimes,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -508,14 +510,19 @@ async fn activate(
         Principal::Node(node) => Some(node.as_str()),
         _ => None,
     };
-    let activated =
-        crate::controllers::autoscaler::activate(&state.store, namespace, name, by_node)
-            .await?
-            .ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "services \"{name}\" not found in namespace {namespace}"
-                ))
-            })?;
+    let activated = crate::controllers::autoscaler::activate(
+        &state.store,
+        &state.known_runtimes,
+        namespace,
+        name,
+        by_node,
+    )
+    .await?
+    .ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "services \"{name}\" not found in namespace {namespace}"
+        ))
+    })?;
     Ok(axum::Json(serde_json::json!({ "activated": activated })).into_response())
 }
 

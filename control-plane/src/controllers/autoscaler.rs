@@ -22,7 +22,7 @@
 //! this loop: the node asks the API to activate it ([`activate`]), which
 //! sets one pod at once.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,11 +31,13 @@ use serde_json::Value;
 use skiff_api::Kind;
 use skiff_api::kinds::deployment::{Autoscaling, Deployment};
 use skiff_api::kinds::event::Severity;
+use skiff_api::kinds::pod::{LINUX_RUNTIME_LABEL, PREFERRED_NODE_ANNOTATION, PodSpec};
 use skiff_api::kinds::service::Service;
 use skiff_client::events::Recorder;
 use skiff_client::node_api::{LOAD_PATH, NodeLoad};
 
 use crate::api::node_proxy::NodeProxy;
+use crate::scheduler::images::{ImageKey, KnownRuntimes};
 use crate::store::{JsonFilter, ListQuery, ObjectKey, Part, Store, StoreError, Write};
 
 /// How often nodes are sampled and decisions made.
@@ -659,6 +661,7 @@ fn revision_of(object: &Value) -> Option<i64> {
 /// took off zero.
 pub async fn activate(
     store: &Store,
+    known: &KnownRuntimes,
     namespace: &str,
     name: &str,
     by_node: Option<&str>,
@@ -699,7 +702,7 @@ pub async fn activate(
         .filter(|d| d.spec.autoscaling.is_some() && selects(&service, d))
     {
         let key = ObjectKey::new(Kind::Deployment, namespace, &deployment.metadata.name);
-        if take_off_zero(store, &key, by_node).await? {
+        if take_off_zero(store, known, &key, by_node).await? {
             activated.push(deployment.metadata.name);
         }
     }
@@ -713,6 +716,7 @@ pub async fn activate(
 /// was at zero and was taken off it.
 async fn take_off_zero(
     store: &Store,
+    known: &KnownRuntimes,
     key: &ObjectKey,
     by_node: Option<&str>,
 ) -> Result<bool, StoreError> {
@@ -748,7 +752,14 @@ async fn take_off_zero(
             part: Part::Main,
             expected_revision: revision_of(&current),
         };
-        let first = first_pods(store, &next, now).await?;
+        let mut first = first_pods(store, &next, now).await?;
+        // The first pod (the one preferring the node) bound there too, if
+        // the scheduler would put it there: another round trip saved.
+        if let (Some(node), Some((key, pod))) = (by_node, first.first_mut())
+            && binds_here(store, known, &key.namespace, pod, node).await?
+        {
+            pod["spec"]["nodeName"] = node.into();
+        }
         let grouped = !first.is_empty();
         let write = if grouped {
             let creates = first
@@ -782,6 +793,49 @@ async fn take_off_zero(
         }
     }
     Ok(false)
+}
+
+/// Whether the scheduler would bind `pod` (of `namespace`, not yet
+/// written) to `node`, the node it prefers, whatever the other nodes are
+/// ([`decide::binds_to_preferred`]), judged from the store's view of that
+/// node. A pod that does not name its runtime needs the scheduler to have
+/// learnt its image's, unless the node runs both. Between this read and
+/// the write the scheduler may place another pod there from its cache:
+/// as two schedulers would, the two may then overcommit the node's
+/// requests by one pod for the moment.
+async fn binds_here(
+    store: &Store,
+    known: &KnownRuntimes,
+    namespace: &str,
+    pod: &Value,
+    node: &str,
+) -> Result<bool, StoreError> {
+    use crate::scheduler::{self, decide};
+    let Ok(spec) = serde_json::from_value::<PodSpec>(pod["spec"].clone()) else {
+        return Ok(false);
+    };
+    let labels: BTreeMap<String, String> =
+        serde_json::from_value(pod["metadata"]["labels"].clone()).unwrap_or_default();
+    let Some(state) = scheduler::node_state(store, node).await? else {
+        return Ok(false);
+    };
+    let runtime = spec
+        .runtime
+        .or_else(|| known.get(&ImageKey::of(namespace, &spec)));
+    let runs_both = state.labels.get(LINUX_RUNTIME_LABEL).map(String::as_str) == Some("true");
+    if runtime.is_none() && !runs_both {
+        return Ok(false);
+    }
+    let request = decide::PodRequest {
+        namespace,
+        name: pod["metadata"]["name"].as_str().unwrap_or_default(),
+        labels: &labels,
+        spec: &spec,
+        runtime,
+        request: scheduler::request_of(&spec),
+        preferred_node: pod["metadata"]["annotations"][PREFERRED_NODE_ANNOTATION].as_str(),
+    };
+    Ok(decide::binds_to_preferred(&request, &state))
 }
 
 /// The pods the Deployment controller would make for `deployment` (as it

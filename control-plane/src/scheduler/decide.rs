@@ -129,6 +129,33 @@ impl Misfit {
     }
 }
 
+/// Whether [`decide`] would bind `pod` to `node`, its preferred node,
+/// whatever the other nodes are: it fits there without preempting, no
+/// soft taint there keeps it away, and nothing in it weighs other nodes
+/// (pod affinity or anti-affinity, preferred node affinity), so the
+/// preference outscores any other node. Lets a pod be bound by whoever
+/// knows this one node, without the scheduler's view of all of them.
+pub fn binds_to_preferred(pod: &PodRequest<'_>, node: &NodeState) -> bool {
+    if pod.preferred_node != Some(node.name.as_str()) {
+        return false;
+    }
+    if let Some(affinity) = &pod.spec.affinity
+        && (affinity.pod_affinity.is_some()
+            || affinity.pod_anti_affinity.is_some()
+            || affinity
+                .node_affinity
+                .as_ref()
+                .is_some_and(|a| !a.preferred.is_empty()))
+    {
+        return false;
+    }
+    let soft_taint = node
+        .taints
+        .iter()
+        .any(|t| t.effect == TaintEffect::PreferNoSchedule && !tolerated(t, &pod.spec.tolerations));
+    !soft_taint && decide(pod, std::slice::from_ref(node)) == Decision::Bind(node.name.clone())
+}
+
 /// Decides where `pod` goes among `nodes`.
 pub fn decide(pod: &PodRequest<'_>, nodes: &[NodeState]) -> Decision {
     let topology = Topology::of(nodes);
@@ -597,6 +624,63 @@ mod tests {
             place_preferring(&spread, &none, 64, &tainted, Some("a")),
             bind("b")
         );
+    }
+
+    /// A node binds a pod preferring it on its own only where the whole
+    /// scheduler would have put it too.
+    #[test]
+    fn a_preferred_node_binds_alone_only_where_decide_would() {
+        let none = BTreeMap::new();
+        let binds = |spec: &PodSpec, node: &NodeState, memory_mi: u64, preferred: &str| {
+            let pod = PodRequest {
+                namespace: "shop",
+                name: "new",
+                labels: &none,
+                spec,
+                runtime: spec.runtime,
+                request: Resources {
+                    memory: memory_mi * MI,
+                    instances: 1,
+                    cpu: 0,
+                },
+                preferred_node: Some(preferred),
+            };
+            binds_to_preferred(&pod, node)
+        };
+        let plain = spec(json!({}));
+        let a = node("a", 1024, 100);
+        assert!(binds(&plain, &a, 64, "a"));
+        assert!(!binds(&plain, &a, 64, "b"), "another node is preferred");
+        assert!(!binds(&plain, &a, 1000, "a"), "it does not fit");
+        let mut cordoned = a.clone();
+        cordoned.unschedulable = true;
+        assert!(!binds(&plain, &cordoned, 64, "a"));
+        let mut soft = a.clone();
+        soft.taints.push(Taint {
+            key: "spot".into(),
+            value: String::new(),
+            effect: TaintEffect::PreferNoSchedule,
+        });
+        assert!(!binds(&plain, &soft, 64, "a"), "a soft taint keeps it away");
+        let tolerant = spec(json!({"tolerations": [{"key": "spot", "operator": "Exists"}]}));
+        assert!(binds(&tolerant, &soft, 64, "a"));
+        // What weighs other nodes needs the scheduler's view of them.
+        for affinity in [
+            json!({"podAntiAffinity": {"required": [{"labelSelector": {"matchLabels": {"app": "x"}}, "topologyKey": "zone"}]}}),
+            json!({"podAffinity": {"preferred": [{"weight": 1, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "x"}}, "topologyKey": "zone"}}]}}),
+            json!({"nodeAffinity": {"preferred": [{"weight": 100, "preference": {"matchExpressions": [{"key": "disk", "operator": "Exists"}]}}]}}),
+        ] {
+            let spec = spec(json!({"affinity": affinity}));
+            assert!(!binds(&spec, &a, 64, "a"), "{affinity}");
+        }
+        // A required node affinity is a filter, which this node passes.
+        let required = spec(
+            json!({"affinity": {"nodeAffinity": {"required": [{"matchExpressions": [{"key": "zone", "operator": "Exists"}]}]}}}),
+        );
+        let mut zoned = a.clone();
+        zoned.labels.insert("zone".into(), "z1".into());
+        assert!(binds(&required, &zoned, 64, "a"));
+        assert!(!binds(&required, &a, 64, "a"));
     }
 
     #[test]

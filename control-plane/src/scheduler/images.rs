@@ -10,6 +10,7 @@
 //! that pulls it reports the precise error, as it would for any pull.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use skiff_api::Kind;
@@ -62,7 +63,33 @@ struct Answer {
     expires: Option<Instant>,
 }
 
+/// The runtimes the scheduler has learnt images need, shared with the
+/// rest of its process: an activation binds a first pod itself only when
+/// it knows the runtime the pod needs. Filled only by the scheduler's
+/// lookups (so only in the process that leads it), and as fresh as they.
+#[derive(Debug, Clone, Default)]
+pub struct KnownRuntimes(Arc<RwLock<HashMap<ImageKey, PodRuntime>>>);
+
+impl KnownRuntimes {
+    pub fn get(&self, key: &ImageKey) -> Option<PodRuntime> {
+        self.0
+            .read()
+            .expect("known runtimes lock")
+            .get(key)
+            .copied()
+    }
+
+    fn set(&self, key: &ImageKey, runtime: Option<PodRuntime>) {
+        let mut known = self.0.write().expect("known runtimes lock");
+        match runtime {
+            Some(runtime) => known.insert(key.clone(), runtime),
+            None => known.remove(key),
+        };
+    }
+}
+
 pub struct ImageRuntimes {
+    known: KnownRuntimes,
     registry: Registry,
     store: Store,
     answers: HashMap<ImageKey, Answer>,
@@ -71,8 +98,9 @@ pub struct ImageRuntimes {
 }
 
 impl ImageRuntimes {
-    pub fn new(store: Store, insecure_registries: &[String]) -> Self {
+    pub fn new(store: Store, insecure_registries: &[String], known: KnownRuntimes) -> Self {
         Self {
+            known,
             registry: Registry::new(insecure_registries),
             store,
             answers: HashMap::new(),
@@ -135,6 +163,7 @@ impl ImageRuntimes {
                     }
                 }
             };
+            self.known.set(&key, answer.runtime);
             self.answers.insert(key.clone(), answer);
             return key;
         }

@@ -43,6 +43,9 @@ pub struct SchedulerConfig {
     /// Registries (host:port) read over plain HTTP when looking up which
     /// runtime an image needs; loopback ones always are.
     pub insecure_registries: Vec<String>,
+    /// Where the scheduler tells the rest of its process what it learnt
+    /// of images' runtimes.
+    pub known_runtimes: images::KnownRuntimes,
 }
 
 impl Default for SchedulerConfig {
@@ -52,6 +55,7 @@ impl Default for SchedulerConfig {
             retry: Duration::from_secs(5),
             max_in_flight: 256,
             insecure_registries: Vec::new(),
+            known_runtimes: Default::default(),
         }
     }
 }
@@ -140,6 +144,7 @@ struct Session {
 impl Session {
     fn new(store: Store, hub: WatchHub, config: SchedulerConfig) -> Self {
         let insecure_registries = config.insecure_registries.clone();
+        let known_runtimes = config.known_runtimes.clone();
         Self {
             store: store.clone(),
             hub,
@@ -156,7 +161,7 @@ impl Session {
             reported: HashMap::new(),
             in_flight: JoinSet::new(),
             events: crate::events::recorder(&store, "scheduler"),
-            images: ImageRuntimes::new(store, &insecure_registries),
+            images: ImageRuntimes::new(store, &insecure_registries, known_runtimes),
             awaiting: HashMap::new(),
         }
     }
@@ -284,18 +289,7 @@ impl Session {
         let Ok(node) = serde_json::from_value::<Node>(object) else {
             return;
         };
-        let allocatable = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
-        let allocatable = Resources {
-            memory: allocatable
-                .and_then(|a| a.memory.as_deref())
-                .and_then(|m| parse_bytes(m).ok())
-                .unwrap_or(0),
-            instances: allocatable.and_then(|a| a.instances).map_or(0, u64::from),
-            cpu: allocatable
-                .and_then(|a| a.cpu.as_deref())
-                .and_then(parse_millicores)
-                .unwrap_or(0),
-        };
+        let allocatable = allocatable_of(&node);
         let name = node.metadata.name;
         // Any change to a node may make room or lift a restriction.
         self.wake = true;
@@ -663,6 +657,54 @@ impl Session {
             Outcome::Reported
         });
     }
+}
+
+/// What a node's status says it has room for.
+fn allocatable_of(node: &Node) -> Resources {
+    let allocatable = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+    Resources {
+        memory: allocatable
+            .and_then(|a| a.memory.as_deref())
+            .and_then(|m| parse_bytes(m).ok())
+            .unwrap_or(0),
+        instances: allocatable.and_then(|a| a.instances).map_or(0, u64::from),
+        cpu: allocatable
+            .and_then(|a| a.cpu.as_deref())
+            .and_then(parse_millicores)
+            .unwrap_or(0),
+    }
+}
+
+/// Node `name` as the scheduler would see it, read from the store now,
+/// for a placement on that one node outside the scheduler: its labels,
+/// taints, lease and room, and what the pods bound to it and not finished
+/// request. Not the pods themselves: [`decide::binds_to_preferred`] needs
+/// none.
+pub async fn node_state(store: &Store, name: &str) -> Result<Option<NodeState>, StoreError> {
+    let Some(object) = store.get(&ObjectKey::new(Kind::Node, "", name)).await? else {
+        return Ok(None);
+    };
+    let Ok(node) = serde_json::from_value::<Node>(object) else {
+        return Ok(None);
+    };
+    let (ready, resources) = store.node_load(name).await?;
+    let requested = resources
+        .into_iter()
+        .filter_map(|r| serde_json::from_value(json!({"image": "-", "resources": r})).ok())
+        .fold(
+            Resources::default(),
+            |sum, spec: skiff_api::kinds::pod::PodSpec| sum.plus(request_of(&spec)),
+        );
+    Ok(Some(NodeState {
+        name: name.to_owned(),
+        allocatable: allocatable_of(&node),
+        labels: node.metadata.labels,
+        taints: node.spec.taints,
+        unschedulable: node.spec.unschedulable,
+        ready,
+        requested,
+        pods: Vec::new(),
+    }))
 }
 
 fn place(node: &mut NodeState, pod: PlacedPod) {

@@ -598,6 +598,32 @@ impl Store {
         Ok(ChangeListener { listener })
     }
 
+    /// Whether node `name`'s lease is current, and the `resources` of the
+    /// pods bound to it that have not finished; one round trip.
+    pub async fn node_load(&self, name: &str) -> Result<(bool, Vec<Value>), StoreError> {
+        let row = sqlx::query(
+            "SELECT coalesce((SELECT now() < renewed_at + duration_ms * interval '1 millisecond' \
+                              FROM leases WHERE node = $1), false) AS ready, \
+                    coalesce((SELECT jsonb_agg(coalesce(body #> '{spec,resources}', '{}')) \
+                              FROM objects WHERE kind = 'Pod' \
+                              AND body #>> '{spec,nodeName}' = $1 \
+                              AND coalesce(body #>> '{status,phase}', '') \
+                                  NOT IN ('Succeeded', 'Failed')), '[]') AS resources",
+        )
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_unavailable(&e))?;
+        let resources: Value = row.get("resources");
+        Ok((
+            row.get("ready"),
+            match resources {
+                Value::Array(items) => items,
+                _ => Vec::new(),
+            },
+        ))
+    }
+
     /// How many pods are bound to each node that has any.
     pub async fn bound_pods_per_node(&self) -> Result<Vec<(String, i64)>, StoreError> {
         sqlx::query_as(

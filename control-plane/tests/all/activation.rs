@@ -8,10 +8,15 @@ use serde_json::{Value, json};
 use skiff_api::Kind;
 use skiff_client::Client;
 
-use crate::support::{Cluster, client};
+use crate::auth::token;
+use crate::support::{Cluster, client, ready_node};
 
 fn function(name: &str) -> (Value, Value) {
-    let deployment = json!({
+    function_with(name, json!({"memory": "16Mi"}), None)
+}
+
+fn function_with(name: &str, resources: Value, runtime: Option<&str>) -> (Value, Value) {
+    let mut deployment = json!({
         "apiVersion": skiff_api::API_VERSION, "kind": "Deployment",
         "metadata": {"name": name},
         "spec": {
@@ -20,10 +25,13 @@ fn function(name: &str) -> (Value, Value) {
             "autoscaling": {"minReplicas": 0, "maxReplicas": 5},
             "template": {
                 "metadata": {"labels": {"app": name}},
-                "spec": {"image": "127.0.0.1:5000/hello:v1", "resources": {"memory": "16Mi"}},
+                "spec": {"image": "127.0.0.1:5000/hello:v1", "resources": resources},
             },
         },
     });
+    if let Some(runtime) = runtime {
+        deployment["spec"]["template"]["spec"]["runtime"] = runtime.into();
+    }
     let service = json!({
         "apiVersion": skiff_api::API_VERSION, "kind": "Service",
         "metadata": {"name": name},
@@ -33,7 +41,14 @@ fn function(name: &str) -> (Value, Value) {
 }
 
 async fn deploy(api: &Client, namespace: &str, name: &str) -> Value {
-    let (deployment, service) = function(name);
+    deploy_function(api, namespace, function(name)).await
+}
+
+async fn deploy_function(
+    api: &Client,
+    namespace: &str,
+    (deployment, service): (Value, Value),
+) -> Value {
     let created = api
         .create(Kind::Deployment, Some(namespace), &deployment)
         .await
@@ -222,4 +237,160 @@ async fn a_write_group_is_all_or_none() {
     // And the revisions it took are handed out again, with no gap.
     let next = store.write(create("d")).await.unwrap();
     assert_eq!(revision(&next), revision(&changed) + 1);
+}
+
+/// Asked by a node, the activation binds the first pod to it when the
+/// scheduler would have: it fits what the node's lease, status and bound
+/// pods say, and its runtime is one the node runs. Otherwise the pod is
+/// written unbound, for the scheduler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_fits_the_first_pod_has_it_bound_by_the_activation() {
+    let cluster = Cluster::new();
+    let plane = cluster.serve(&[]);
+    let admin = client(&plane, &cluster.admin_token);
+    // Pods here may be Linux ones: a Restricted namespace (the default's
+    // level) would make every pod a component.
+    admin
+        .create(
+            Kind::Namespace,
+            None,
+            &json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace",
+                "metadata": {"name": "open"}, "spec": {"policy": {"podSecurity": "Privileged"}}}),
+        )
+        .await
+        .unwrap();
+    let room = json!({"allocatable": {"memory": "1Gi", "instances": 10}});
+    for name in ["wasm", "full"] {
+        ready_node(&admin, name, room.clone()).await;
+    }
+    ready_node(&admin, "both", room.clone()).await;
+    let mut both = admin.get(Kind::Node, None, "both").await.unwrap();
+    both["metadata"]["labels"] = json!({"skiff.dev/runtime-linux": "true"});
+    admin
+        .replace(Kind::Node, None, "both", &both)
+        .await
+        .unwrap();
+    // Registered, but its lease was never renewed: not Ready.
+    admin
+        .create(
+            Kind::Node,
+            None,
+            &json!({"apiVersion": skiff_api::API_VERSION, "kind": "Node",
+                "metadata": {"name": "lapsed"}, "spec": {}}),
+        )
+        .await
+        .unwrap();
+    let as_node = async |name: &str| client(&plane, &token(&admin, None, "node", Some(name)).await);
+    let bound = async |function: &str| {
+        let pods = pods(&admin, "open").await;
+        let pod = pods
+            .iter()
+            .find(|p| p["metadata"]["labels"]["app"] == function)
+            .unwrap_or_else(|| panic!("no pod of {function}: {pods:#?}"));
+        pod["spec"]["nodeName"].as_str().map(str::to_owned)
+    };
+    let memory = |m: &str| json!({"memory": m});
+
+    // A Wasm pod on a node with room: bound there, in the same write.
+    deploy_function(
+        &admin,
+        "open",
+        function_with("fits", memory("16Mi"), Some("Wasm")),
+    )
+    .await;
+    as_node("wasm")
+        .await
+        .activate_service("open", "fits")
+        .await
+        .unwrap();
+    assert_eq!(bound("fits").await.as_deref(), Some("wasm"));
+
+    // Its runtime unknown (no scheduler here has looked its image up): a
+    // node without containerd may not run it; one with it runs either.
+    deploy_function(
+        &admin,
+        "open",
+        function_with("unknown", memory("16Mi"), None),
+    )
+    .await;
+    as_node("wasm")
+        .await
+        .activate_service("open", "unknown")
+        .await
+        .unwrap();
+    assert_eq!(bound("unknown").await, None);
+    deploy_function(
+        &admin,
+        "open",
+        function_with("either", memory("16Mi"), None),
+    )
+    .await;
+    as_node("both")
+        .await
+        .activate_service("open", "either")
+        .await
+        .unwrap();
+    assert_eq!(bound("either").await.as_deref(), Some("both"));
+
+    // Too big for the node, or the node not Ready: left to the scheduler.
+    deploy_function(
+        &admin,
+        "open",
+        function_with("big", memory("2Gi"), Some("Wasm")),
+    )
+    .await;
+    as_node("wasm")
+        .await
+        .activate_service("open", "big")
+        .await
+        .unwrap();
+    assert_eq!(bound("big").await, None);
+    deploy_function(
+        &admin,
+        "open",
+        function_with("away", memory("16Mi"), Some("Wasm")),
+    )
+    .await;
+    as_node("lapsed")
+        .await
+        .activate_service("open", "away")
+        .await
+        .unwrap();
+    assert_eq!(bound("away").await, None);
+
+    // What the node's pods request counts, until they finish.
+    let mut hog = json!({"apiVersion": skiff_api::API_VERSION, "kind": "Pod",
+        "metadata": {"name": "hog"},
+        "spec": {"image": "127.0.0.1:5000/hog:v1", "nodeName": "full",
+                 "resources": {"memory": "1000Mi"}}});
+    hog = admin.create(Kind::Pod, Some("open"), &hog).await.unwrap();
+    deploy_function(
+        &admin,
+        "open",
+        function_with("crowded", memory("64Mi"), Some("Wasm")),
+    )
+    .await;
+    as_node("full")
+        .await
+        .activate_service("open", "crowded")
+        .await
+        .unwrap();
+    assert_eq!(bound("crowded").await, None);
+    hog["status"] = json!({"phase": "Succeeded"});
+    admin
+        .replace_status(Kind::Pod, Some("open"), "hog", &hog)
+        .await
+        .unwrap();
+    deploy_function(
+        &admin,
+        "open",
+        function_with("after", memory("64Mi"), Some("Wasm")),
+    )
+    .await;
+    as_node("full")
+        .await
+        .activate_service("open", "after")
+        .await
+        .unwrap();
+    assert_eq!(bound("after").await.as_deref(), Some("full"));
 }
