@@ -138,13 +138,17 @@ pub(crate) async fn run_on(
         config.retain_changes,
         config.compaction_interval,
     ));
+    let activations = Arc::new(crate::controllers::autoscaler::Activations::new(
+        &store,
+        config.scheduling.known_runtimes.clone(),
+    ));
     let state = AppState {
         auth: Arc::new(Authenticator::new(store.clone(), config.token_cache_ttl)),
         store,
         hub,
         config: config.api.clone(),
         nodes: Arc::default(),
-        known_runtimes: config.scheduling.known_runtimes.clone(),
+        activations,
     };
     let router = api::router(state);
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -72,8 +72,8 @@ pub struct AppState {
     pub config: ApiConfig,
     /// The client of nodes' APIs (logs, usage).
     pub nodes: Arc<node_proxy::NodeProxy>,
-    /// What this process's scheduler learnt of images' runtimes.
-    pub known_runtimes: crate::scheduler::images::KnownRuntimes,
+    /// What activations of Services at zero keep between calls.
+    pub activations: Arc<crate::controllers::autoscaler::Activations>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -512,7 +512,7 @@ async fn activate(
     };
     let activated = crate::controllers::autoscaler::activate(
         &state.store,
-        &state.known_runtimes,
+        &state.activations,
         namespace,
         name,
         by_node,

@@ -654,6 +654,56 @@ fn revision_of(object: &Value) -> Option<i64> {
         .and_then(|rv| rv.parse().ok())
 }
 
+/// What activations keep between calls in one process.
+pub struct Activations {
+    /// Image runtimes this process's scheduler learnt.
+    known: KnownRuntimes,
+    /// Nodes an activation of this process is binding a pod to right now,
+    /// from its read of the node to its write: another activation does
+    /// not bind there meanwhile (its pod goes to the scheduler), so two
+    /// never take the same room.
+    binding: std::sync::Mutex<HashSet<String>>,
+    events: Recorder,
+}
+
+impl Activations {
+    pub fn new(store: &Store, known: KnownRuntimes) -> Self {
+        Self {
+            known,
+            binding: Default::default(),
+            events: crate::events::recorder(store, "activator"),
+        }
+    }
+
+    /// Node `node` to bind to, unless another activation is binding there.
+    fn claim(&self, node: &str) -> Option<Claim<'_>> {
+        self.binding
+            .lock()
+            .expect("binding lock")
+            .insert(node.to_owned())
+            .then(|| Claim {
+                activations: self,
+                node: node.to_owned(),
+            })
+    }
+}
+
+/// A node claimed for one binding, given back when dropped.
+struct Claim<'a> {
+    activations: &'a Activations,
+    node: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.activations
+            .binding
+            .lock()
+            .expect("binding lock")
+            .remove(&self.node);
+    }
+}
+
 /// Takes the autoscaled Deployments behind Service `namespace/name` off
 /// zero: each at zero gets `max(1, minReplicas)` replicas and the time,
 /// so the autoscaler keeps the pod for its delay, and the node that asked
@@ -661,7 +711,7 @@ fn revision_of(object: &Value) -> Option<i64> {
 /// took off zero.
 pub async fn activate(
     store: &Store,
-    known: &KnownRuntimes,
+    activations: &Activations,
     namespace: &str,
     name: &str,
     by_node: Option<&str>,
@@ -702,7 +752,7 @@ pub async fn activate(
         .filter(|d| d.spec.autoscaling.is_some() && selects(&service, d))
     {
         let key = ObjectKey::new(Kind::Deployment, namespace, &deployment.metadata.name);
-        if take_off_zero(store, known, &key, by_node).await? {
+        if take_off_zero(store, activations, &key, by_node).await? {
             activated.push(deployment.metadata.name);
         }
     }
@@ -716,7 +766,7 @@ pub async fn activate(
 /// was at zero and was taken off it.
 async fn take_off_zero(
     store: &Store,
-    known: &KnownRuntimes,
+    activations: &Activations,
     key: &ObjectKey,
     by_node: Option<&str>,
 ) -> Result<bool, StoreError> {
@@ -754,11 +804,15 @@ async fn take_off_zero(
         };
         let mut first = first_pods(store, &next, now).await?;
         // The first pod (the one preferring the node) bound there too, if
-        // the scheduler would put it there: another round trip saved.
+        // the scheduler would put it there: another round trip saved. The
+        // claim lasts until the write is done.
+        let mut claim = None;
         if let (Some(node), Some((key, pod))) = (by_node, first.first_mut())
-            && binds_here(store, known, &key.namespace, pod, node).await?
+            && let Some(claimed) = activations.claim(node)
+            && binds_here(store, &activations.known, &key.namespace, pod, node).await?
         {
             pod["spec"]["nodeName"] = node.into();
+            claim = Some(claimed);
         }
         let grouped = !first.is_empty();
         let write = if grouped {
@@ -785,8 +839,15 @@ async fn take_off_zero(
             }
             other => other,
         };
+        drop(claim);
         match outcome {
-            Ok(_) => return Ok(true),
+            Ok(written) => {
+                // The group answers what each write wrote: the Deployment,
+                // then its pods.
+                let written = written.as_array().cloned().unwrap_or_default();
+                tell_written(&activations.events, written.first(), written.get(1..));
+                return Ok(true);
+            }
             Err(StoreError::Conflict { .. }) => continue,
             Err(StoreError::NotFound(_)) => return Ok(false),
             Err(e) => return Err(e),
@@ -795,14 +856,46 @@ async fn take_off_zero(
     Ok(false)
 }
 
+/// The Events the controller and the scheduler would have told of pods
+/// the activation wrote for them.
+fn tell_written(events: &Recorder, deployment: Option<&Value>, pods: Option<&[Value]>) {
+    use skiff_client::events::involved;
+    let (Some(deployment), Some(pods)) = (deployment, pods) else {
+        return;
+    };
+    for pod in pods {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let revision = pod["metadata"]["annotations"][super::deployments::REVISION_ANNOTATION]
+            .as_str()
+            .unwrap_or_default();
+        events.emit(
+            involved(Kind::Deployment, deployment),
+            Severity::Normal,
+            "SuccessfulCreate",
+            format!("created pod {name} (revision {revision}) on activation"),
+        );
+        if let Some(node) = pod["spec"]["nodeName"].as_str() {
+            let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+            events.emit(
+                involved(Kind::Pod, pod),
+                Severity::Normal,
+                "Scheduled",
+                format!("assigned {namespace}/{name} to node {node}, which activated it"),
+            );
+        }
+    }
+}
+
 /// Whether the scheduler would bind `pod` (of `namespace`, not yet
 /// written) to `node`, the node it prefers, whatever the other nodes are
 /// ([`decide::binds_to_preferred`]), judged from the store's view of that
 /// node. A pod that does not name its runtime needs the scheduler to have
-/// learnt its image's, unless the node runs both. Between this read and
-/// the write the scheduler may place another pod there from its cache:
-/// as two schedulers would, the two may then overcommit the node's
-/// requests by one pod for the moment.
+/// learnt its image's, unless the node runs both. Activations of one
+/// process do not race for a node (see [`Activations`]), but the
+/// scheduler's bindings in flight, another process's activation, or a
+/// preemption between its deletions and its binding are not in this
+/// read: as two schedulers would, they may overcommit the node's requests
+/// by what they bind at that moment.
 async fn binds_here(
     store: &Store,
     known: &KnownRuntimes,

@@ -617,6 +617,9 @@ impl Executor<'_> {
                 );
                 Ok(true)
             }
+            // The Deployment gone (the group's precondition): nothing more
+            // to do for it.
+            Err(StoreError::NotFound(key)) if key.kind == Kind::Deployment => Ok(false),
             Err(StoreError::NotFound(_) | StoreError::UidMismatch(_)) => Ok(true),
             Err(StoreError::Conflict { .. }) => Ok(false),
             Err(e) => Err(e),

@@ -392,8 +392,10 @@ fn score(pod: &PodRequest<'_>, node: &NodeState, topology: &Topology<'_>) -> i64
         })
         .count() as i64;
     // Not on a node that asks pods to stay away, which it would outweigh.
+    // One more than a weight of 100: it wins even the tie with a node
+    // whose utilisation scores the most there is.
     if pod.preferred_node == Some(node.name.as_str()) && soft_taints == 0 {
-        score += weight(100);
+        score += weight(100) + 1;
     }
     if let Some(affinity) = &pod.spec.affinity {
         if let Some(node_affinity) = &affinity.node_affinity {
@@ -611,6 +613,17 @@ mod tests {
         );
         assert_eq!(
             place_preferring(&spec(json!({})), &none, 64, &nodes, Some("nowhere")),
+            bind("b")
+        );
+        // Preferred, even when bin packing would fill another node to the
+        // brim, which scores the most utilisation can.
+        // (Ties go to the first name, here the full node's.)
+        // b is so large that the pod moves its utilisation by nothing.
+        let mut brim = [node("a", 1024, 960), node("b", 10_000_000, 0)];
+        brim[0].requested.instances = brim[0].allocatable.instances - 1;
+        brim[1].allocatable.instances = 1_000_000;
+        assert_eq!(
+            place_preferring(&spec(json!({})), &none, 64, &brim, Some("b")),
             bind("b")
         );
         // A node that asks pods to stay away is not preferred over it.

@@ -66,23 +66,29 @@ struct Answer {
 /// The runtimes the scheduler has learnt images need, shared with the
 /// rest of its process: an activation binds a first pod itself only when
 /// it knows the runtime the pod needs. Filled only by the scheduler's
-/// lookups (so only in the process that leads it), and as fresh as they.
+/// lookups (so only in the process that leads it), and trusted no longer
+/// than the scheduler trusts them: a tag's answer for [`TAG_TTL`]. The
+/// scheduler asks again only for pods it places, and an activation that
+/// binds a function's pods itself keeps them from it.
 #[derive(Debug, Clone, Default)]
-pub struct KnownRuntimes(Arc<RwLock<HashMap<ImageKey, PodRuntime>>>);
+pub struct KnownRuntimes(Arc<RwLock<HashMap<ImageKey, Known>>>);
+
+/// A runtime learnt, and until when it holds (`None`: for good).
+type Known = (PodRuntime, Option<Instant>);
 
 impl KnownRuntimes {
     pub fn get(&self, key: &ImageKey) -> Option<PodRuntime> {
-        self.0
-            .read()
-            .expect("known runtimes lock")
-            .get(key)
-            .copied()
+        let known = self.0.read().expect("known runtimes lock");
+        let (runtime, expires) = known.get(key)?;
+        expires
+            .is_none_or(|e| Instant::now() < e)
+            .then_some(*runtime)
     }
 
-    fn set(&self, key: &ImageKey, runtime: Option<PodRuntime>) {
+    fn set(&self, key: &ImageKey, answer: &Answer) {
         let mut known = self.0.write().expect("known runtimes lock");
-        match runtime {
-            Some(runtime) => known.insert(key.clone(), runtime),
+        match answer.runtime {
+            Some(runtime) => known.insert(key.clone(), (runtime, answer.expires)),
             None => known.remove(key),
         };
     }
@@ -163,7 +169,7 @@ impl ImageRuntimes {
                     }
                 }
             };
-            self.known.set(&key, answer.runtime);
+            self.known.set(&key, &answer);
             self.answers.insert(key.clone(), answer);
             return key;
         }
@@ -214,4 +220,32 @@ async fn secret_credentials(
         .collect();
     Credentials::from_secret(&format!("{namespace}/{name}"), &data, registry)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_learnt_runtime_is_known_until_its_answer_expires() {
+        let known = KnownRuntimes::default();
+        let key = |image: &str| ImageKey {
+            image: image.into(),
+            secret: String::new(),
+        };
+        let answer = |runtime, expires| Answer { runtime, expires };
+        let now = Instant::now();
+        known.set(
+            &key("r/a:v1"),
+            &answer(Some(PodRuntime::Wasm), Some(now + TAG_TTL)),
+        );
+        known.set(&key("r/b:v1"), &answer(Some(PodRuntime::Linux), Some(now)));
+        known.set(&key("r/c@sha256:00"), &answer(Some(PodRuntime::Wasm), None));
+        assert_eq!(known.get(&key("r/a:v1")), Some(PodRuntime::Wasm));
+        assert_eq!(known.get(&key("r/b:v1")), None, "expired");
+        assert_eq!(known.get(&key("r/c@sha256:00")), Some(PodRuntime::Wasm));
+        // A lookup that failed forgets what was known.
+        known.set(&key("r/a:v1"), &answer(None, Some(now + TAG_TTL)));
+        assert_eq!(known.get(&key("r/a:v1")), None);
+    }
 }

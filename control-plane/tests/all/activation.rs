@@ -394,3 +394,82 @@ async fn a_node_that_fits_the_first_pod_has_it_bound_by_the_activation() {
         .unwrap();
     assert_eq!(bound("after").await.as_deref(), Some("full"));
 }
+
+/// Activations that a node asks for at once never bind more than the
+/// node has room for between them; the pods that would not fit, or whose
+/// activation found the node being bound to, go to the scheduler. And
+/// what the activation wrote is told as the controller and the scheduler
+/// would have told it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activations_at_once_never_bind_beyond_a_nodes_room() {
+    let cluster = Cluster::new();
+    let plane = cluster.serve(&[]);
+    let admin = client(&plane, &cluster.admin_token);
+    // Room for one pod of 48Mi.
+    ready_node(
+        &admin,
+        "small",
+        json!({"allocatable": {"memory": "64Mi", "instances": 10}}),
+    )
+    .await;
+    let names: Vec<String> = (0..8).map(|i| format!("fn-{i}")).collect();
+    for name in &names {
+        deploy_function(
+            &admin,
+            "default",
+            function_with(name, json!({"memory": "48Mi"}), Some("Wasm")),
+        )
+        .await;
+    }
+    let node = client(&plane, &token(&admin, None, "node", Some("small")).await);
+    let asked: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let (node, name) = (node.clone(), name.clone());
+            tokio::spawn(async move { node.activate_service("default", &name).await })
+        })
+        .collect();
+    for answer in asked {
+        assert_eq!(
+            answer.await.unwrap().unwrap()["activated"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+    let pods = pods(&admin, "default").await;
+    assert_eq!(pods.len(), 8, "{pods:#?}");
+    let bound: Vec<&Value> = pods
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == "small")
+        .collect();
+    assert!(bound.len() <= 1, "{bound:#?}");
+
+    // Told: a SuccessfulCreate for each, a Scheduled for the one bound.
+    let events = |reason: &'static str| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .list(Kind::Event, Some("default"), &Default::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| e["reason"] == reason)
+                .count()
+        }
+    };
+    crate::support::eventually(
+        "a SuccessfulCreate per pod",
+        || events("SuccessfulCreate"),
+        |n| *n == 8,
+    )
+    .await;
+    crate::support::eventually(
+        "a Scheduled per bound pod",
+        || events("Scheduled"),
+        |n| *n == bound.len(),
+    )
+    .await;
+}

@@ -752,7 +752,10 @@ async fn a_flood_of_readiness_checks_costs_the_database_a_check_a_second() {
         store: store.clone(),
         config: Default::default(),
         nodes: Default::default(),
-        known_runtimes: Default::default(),
+        activations: Arc::new(control_plane::controllers::autoscaler::Activations::new(
+            &store,
+            Default::default(),
+        )),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/readyz", listener.local_addr().unwrap());
