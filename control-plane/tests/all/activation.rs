@@ -280,8 +280,19 @@ async fn a_node_that_fits_the_first_pod_has_it_bound_by_the_activation() {
         )
         .await
         .unwrap();
-    let as_node = async |name: &str| client(&plane, &token(&admin, None, "node", Some(name)).await);
-    let bound = async |function: &str| {
+    // Deploys `function` at zero, has `node` activate it, and answers
+    // where its first pod was written bound to.
+    let placed = async |function: &str, memory: &str, runtime: Option<&str>, node: &str| {
+        deploy_function(
+            &admin,
+            "open",
+            function_with(function, json!({"memory": memory}), runtime),
+        )
+        .await;
+        client(&plane, &token(&admin, None, "node", Some(node)).await)
+            .activate_service("open", function)
+            .await
+            .unwrap();
         let pods = pods(&admin, "open").await;
         let pod = pods
             .iter()
@@ -289,74 +300,23 @@ async fn a_node_that_fits_the_first_pod_has_it_bound_by_the_activation() {
             .unwrap_or_else(|| panic!("no pod of {function}: {pods:#?}"));
         pod["spec"]["nodeName"].as_str().map(str::to_owned)
     };
-    let memory = |m: &str| json!({"memory": m});
+    let wasm = Some("Wasm");
 
     // A Wasm pod on a node with room: bound there, in the same write.
-    deploy_function(
-        &admin,
-        "open",
-        function_with("fits", memory("16Mi"), Some("Wasm")),
-    )
-    .await;
-    as_node("wasm")
-        .await
-        .activate_service("open", "fits")
-        .await
-        .unwrap();
-    assert_eq!(bound("fits").await.as_deref(), Some("wasm"));
-
+    assert_eq!(
+        placed("fits", "16Mi", wasm, "wasm").await.as_deref(),
+        Some("wasm")
+    );
     // Its runtime unknown (no scheduler here has looked its image up): a
     // node without containerd may not run it; one with it runs either.
-    deploy_function(
-        &admin,
-        "open",
-        function_with("unknown", memory("16Mi"), None),
-    )
-    .await;
-    as_node("wasm")
-        .await
-        .activate_service("open", "unknown")
-        .await
-        .unwrap();
-    assert_eq!(bound("unknown").await, None);
-    deploy_function(
-        &admin,
-        "open",
-        function_with("either", memory("16Mi"), None),
-    )
-    .await;
-    as_node("both")
-        .await
-        .activate_service("open", "either")
-        .await
-        .unwrap();
-    assert_eq!(bound("either").await.as_deref(), Some("both"));
-
+    assert_eq!(placed("unknown", "16Mi", None, "wasm").await, None);
+    assert_eq!(
+        placed("either", "16Mi", None, "both").await.as_deref(),
+        Some("both")
+    );
     // Too big for the node, or the node not Ready: left to the scheduler.
-    deploy_function(
-        &admin,
-        "open",
-        function_with("big", memory("2Gi"), Some("Wasm")),
-    )
-    .await;
-    as_node("wasm")
-        .await
-        .activate_service("open", "big")
-        .await
-        .unwrap();
-    assert_eq!(bound("big").await, None);
-    deploy_function(
-        &admin,
-        "open",
-        function_with("away", memory("16Mi"), Some("Wasm")),
-    )
-    .await;
-    as_node("lapsed")
-        .await
-        .activate_service("open", "away")
-        .await
-        .unwrap();
-    assert_eq!(bound("away").await, None);
+    assert_eq!(placed("big", "2Gi", wasm, "wasm").await, None);
+    assert_eq!(placed("away", "16Mi", wasm, "lapsed").await, None);
 
     // What the node's pods request counts, until they finish.
     let mut hog = json!({"apiVersion": skiff_api::API_VERSION, "kind": "Pod",
@@ -364,35 +324,16 @@ async fn a_node_that_fits_the_first_pod_has_it_bound_by_the_activation() {
         "spec": {"image": "127.0.0.1:5000/hog:v1", "nodeName": "full",
                  "resources": {"memory": "1000Mi"}}});
     hog = admin.create(Kind::Pod, Some("open"), &hog).await.unwrap();
-    deploy_function(
-        &admin,
-        "open",
-        function_with("crowded", memory("64Mi"), Some("Wasm")),
-    )
-    .await;
-    as_node("full")
-        .await
-        .activate_service("open", "crowded")
-        .await
-        .unwrap();
-    assert_eq!(bound("crowded").await, None);
+    assert_eq!(placed("crowded", "64Mi", wasm, "full").await, None);
     hog["status"] = json!({"phase": "Succeeded"});
     admin
         .replace_status(Kind::Pod, Some("open"), "hog", &hog)
         .await
         .unwrap();
-    deploy_function(
-        &admin,
-        "open",
-        function_with("after", memory("64Mi"), Some("Wasm")),
-    )
-    .await;
-    as_node("full")
-        .await
-        .activate_service("open", "after")
-        .await
-        .unwrap();
-    assert_eq!(bound("after").await.as_deref(), Some("full"));
+    assert_eq!(
+        placed("after", "64Mi", wasm, "full").await.as_deref(),
+        Some("full")
+    );
 }
 
 /// Activations that a node asks for at once never bind more than the
