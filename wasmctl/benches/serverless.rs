@@ -405,8 +405,20 @@ impl Bench {
             took.as_secs_f64() * 1000.0,
             peak.load(Ordering::SeqCst)
         );
-        for (what, n) in others.into_inner().unwrap() {
+        let others = others.into_inner().unwrap();
+        for (what, n) in &others {
             println!("  {n} got {what}");
+        }
+        // What the node said of it, when it failed requests.
+        if !others.is_empty() {
+            let log = self.node.log();
+            let said: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .collect();
+            for line in &said[said.len().saturating_sub(10)..] {
+                println!("  node: {line}");
+            }
         }
     }
 }
