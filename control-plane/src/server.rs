@@ -82,7 +82,7 @@ pub async fn open_store(
 
 /// Serves until `shutdown` completes.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let listener = TcpListener::bind(config.listen)
+    let listener = skiff_serve::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let store = open_store(

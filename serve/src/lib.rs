@@ -47,6 +47,28 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// refusals themselves a resource to exhaust).
 const MAX_REFUSING: usize = 256;
 
+/// The listen backlog asked for; the kernel takes at most
+/// `net.core.somaxconn` of it (4096 on current Linux).
+const BACKLOG: u32 = 65_535;
+
+/// A listener on `addr` with the deepest accept queue the kernel allows,
+/// as the listeners of every server here should have: a burst of new
+/// connections (a thousand callers of a function at zero at once) beyond
+/// the usual 1024 overflows it, and the kernel then drops handshakes or
+/// resets connections before this process ever sees them.
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's and tokio's own `bind`: a restarted server may take its
+    // port back while old connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// How long a refused connection gets to send its request (so the 503 is
 /// read as an answer, not lost to a reset) and to take the answer.
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(1);

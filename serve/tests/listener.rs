@@ -449,3 +449,60 @@ async fn a_request_head_too_large_is_refused_not_buffered() {
     let (answer, _) = until_closed(&mut stream, Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 }
+
+/// A burst of connections the server has not accepted yet waits in the
+/// kernel's accept queue, however large, up to what the kernel allows:
+/// 1,500 at once (more than the usual backlog of 1024) all get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_usual_backlog_waits_to_be_accepted() {
+    skiff_serve::raise_open_files_limit();
+    let listener = skiff_serve::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The backlog asked for, as the kernel took it: `ss` shows it as the
+    // listening socket's Send-Q, and what waits to be accepted as Recv-Q.
+    let queue = || {
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .expect("ss runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let fields: Vec<u64> = text
+            .split_whitespace()
+            .skip(1)
+            .take(2)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        (fields[0], fields[1])
+    };
+    let somaxconn: u64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (_, backlog) = queue();
+    assert_eq!(backlog, somaxconn.min(65_535));
+    assert!(backlog >= 1_500, "this machine's somaxconn is {somaxconn}");
+
+    const BURST: usize = 1_500;
+    let mut clients = Vec::with_capacity(BURST);
+    for _ in 0..BURST {
+        clients.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    let (waiting, _) = queue();
+    assert_eq!(
+        waiting, BURST as u64,
+        "connections lost before being accepted"
+    );
+    // And each is a live connection once accepted.
+    for client in &mut clients {
+        client.write_all(b"x").await.unwrap();
+    }
+    for _ in 0..BURST {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        assert_eq!(&byte, b"x");
+    }
+}

@@ -112,7 +112,7 @@ async fn serve(
     database_url: &str,
     registry: Option<&Registry>,
 ) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.api)
+    let listener = skiff_serve::bind(args.api)
         .await
         .map_err(|e| BadInput(format!("cannot listen on {} for the API: {e}", args.api)))?;
     let api_url = format!("http://{}", listener.local_addr()?);

@@ -175,7 +175,7 @@ async fn serve(app: HttpApp, args: &RunArgs) -> Result<ExitCode> {
             "arguments after `--` are for command components; an HTTP component gets none"
         );
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = skiff_serve::bind(args.listen)
         .await
         .map_err(|e| BadInput(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr()?;

@@ -184,7 +184,7 @@ impl Agent {
     /// Registers the node, starts its ingress, lease and pod loops, and
     /// returns once it serves.
     pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
-        let listener = tokio::net::TcpListener::bind(config.ingress)
+        let listener = skiff_serve::bind(config.ingress)
             .await
             .map_err(|e| AgentError::Listen(config.ingress, e))?;
         let bound = listener
