@@ -551,7 +551,17 @@ mod tests {
         nodes: &[NodeState],
         preferred_node: Option<&str>,
     ) -> Decision {
-        let pod = PodRequest {
+        decide(&request(spec, labels, memory_mi, preferred_node), nodes)
+    }
+
+    /// Pod `shop/new` asking for `memory_mi` MiB and one instance slot.
+    fn request<'a>(
+        spec: &'a PodSpec,
+        labels: &'a BTreeMap<String, String>,
+        memory_mi: u64,
+        preferred_node: Option<&'a str>,
+    ) -> PodRequest<'a> {
+        PodRequest {
             namespace: "shop",
             name: "new",
             labels,
@@ -563,8 +573,7 @@ mod tests {
                 cpu: 0,
             },
             preferred_node,
-        };
-        decide(&pod, nodes)
+        }
     }
 
     fn bind(name: &str) -> Decision {
@@ -645,20 +654,7 @@ mod tests {
     fn a_preferred_node_binds_alone_only_where_decide_would() {
         let none = BTreeMap::new();
         let binds = |spec: &PodSpec, node: &NodeState, memory_mi: u64, preferred: &str| {
-            let pod = PodRequest {
-                namespace: "shop",
-                name: "new",
-                labels: &none,
-                spec,
-                runtime: spec.runtime,
-                request: Resources {
-                    memory: memory_mi * MI,
-                    instances: 1,
-                    cpu: 0,
-                },
-                preferred_node: Some(preferred),
-            };
-            binds_to_preferred(&pod, node)
+            binds_to_preferred(&request(spec, &none, memory_mi, Some(preferred)), node)
         };
         let plain = spec(json!({}));
         let a = node("a", 1024, 100);

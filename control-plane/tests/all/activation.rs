@@ -59,6 +59,15 @@ async fn deploy_function(
     created
 }
 
+async fn create_namespace(admin: &Client, name: &str, spec: Value) {
+    let namespace = json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace",
+        "metadata": {"name": name}, "spec": spec});
+    admin
+        .create(Kind::Namespace, None, &namespace)
+        .await
+        .unwrap();
+}
+
 async fn pods(api: &Client, namespace: &str) -> Vec<Value> {
     api.list(Kind::Pod, Some(namespace), &Default::default())
         .await
@@ -120,15 +129,7 @@ async fn a_first_pod_the_quota_refuses_leaves_the_replicas_set_and_nothing_count
     let cluster = Cluster::new();
     let plane = cluster.serve(&[]);
     let admin = client(&plane, &cluster.admin_token);
-    admin
-        .create(
-            Kind::Namespace,
-            None,
-            &json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace",
-                "metadata": {"name": "capped"}, "spec": {}}),
-        )
-        .await
-        .unwrap();
+    create_namespace(&admin, "capped", json!({})).await;
     admin
         .create(
             Kind::ResourceQuota,
@@ -250,15 +251,12 @@ async fn a_node_that_fits_the_first_pod_has_it_bound_by_the_activation() {
     let admin = client(&plane, &cluster.admin_token);
     // Pods here may be Linux ones: a Restricted namespace (the default's
     // level) would make every pod a component.
-    admin
-        .create(
-            Kind::Namespace,
-            None,
-            &json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace",
-                "metadata": {"name": "open"}, "spec": {"policy": {"podSecurity": "Privileged"}}}),
-        )
-        .await
-        .unwrap();
+    create_namespace(
+        &admin,
+        "open",
+        json!({"policy": {"podSecurity": "Privileged"}}),
+    )
+    .await;
     let room = json!({"allocatable": {"memory": "1Gi", "instances": 10}});
     for name in ["wasm", "full"] {
         ready_node(&admin, name, room.clone()).await;
@@ -280,8 +278,10 @@ async fn a_node_that_fits_the_first_pod_has_it_bound_by_the_activation() {
         )
         .await
         .unwrap();
-    // Deploys `function` at zero, has `node` activate it, and answers
-    // where its first pod was written bound to.
+    // Deploys `function` at zero, has `node` (or, without one, a tenant
+    // editor of the namespace) activate it, and answers where its first
+    // pod was written bound to.
+    let editor = token(&admin, Some("open"), "edit", None).await;
     let placed = async |function: &str, memory: &str, runtime: Option<&str>, node: &str| {
         deploy_function(
             &admin,
@@ -289,7 +289,11 @@ async fn a_node_that_fits_the_first_pod_has_it_bound_by_the_activation() {
             function_with(function, json!({"memory": memory}), runtime),
         )
         .await;
-        client(&plane, &token(&admin, None, "node", Some(node)).await)
+        let asker = match node {
+            "" => editor.clone(),
+            node => token(&admin, None, "node", Some(node)).await,
+        };
+        client(&plane, &asker)
             .activate_service("open", function)
             .await
             .unwrap();
@@ -317,6 +321,9 @@ async fn a_node_that_fits_the_first_pod_has_it_bound_by_the_activation() {
     // Too big for the node, or the node not Ready: left to the scheduler.
     assert_eq!(placed("big", "2Gi", wasm, "wasm").await, None);
     assert_eq!(placed("away", "16Mi", wasm, "lapsed").await, None);
+    // A tenant's activation names no node: however much room there is,
+    // its pod is the scheduler's to place.
+    assert_eq!(placed("tenant", "16Mi", wasm, "").await, None);
 
     // What the node's pods request counts, until they finish.
     let mut hog = json!({"apiVersion": skiff_api::API_VERSION, "kind": "Pod",
