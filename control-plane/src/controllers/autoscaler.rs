@@ -745,14 +745,14 @@ pub async fn activate(
         )
         .await?;
     let mut activated = Vec::new();
-    for deployment in deployments
+    for (deployment, listed) in deployments
         .items
         .into_iter()
-        .filter_map(|d| serde_json::from_value::<Deployment>(d).ok())
-        .filter(|d| d.spec.autoscaling.is_some() && selects(&service, d))
+        .filter_map(|d| Some((serde_json::from_value::<Deployment>(d.clone()).ok()?, d)))
+        .filter(|(d, _)| d.spec.autoscaling.is_some() && selects(&service, d))
     {
         let key = ObjectKey::new(Kind::Deployment, namespace, &deployment.metadata.name);
-        if take_off_zero(store, activations, &key, by_node).await? {
+        if take_off_zero(store, activations, &key, listed, by_node).await? {
             activated.push(deployment.metadata.name);
         }
     }
@@ -768,11 +768,19 @@ async fn take_off_zero(
     store: &Store,
     activations: &Activations,
     key: &ObjectKey,
+    listed: Value,
     by_node: Option<&str>,
 ) -> Result<bool, StoreError> {
+    // The Deployment as listed serves the first try (the write is
+    // conditional on its revision); a conflict reads it again.
+    let mut listed = Some(listed);
     for _ in 0..5 {
-        let Some(current) = store.get(key).await? else {
-            return Ok(false);
+        let current = match listed.take() {
+            Some(current) => current,
+            None => match store.get(key).await? {
+                Some(current) => current,
+                None => return Ok(false),
+            },
         };
         let Ok(autoscaling) =
             serde_json::from_value::<Autoscaling>(current["spec"]["autoscaling"].clone())
@@ -802,17 +810,25 @@ async fn take_off_zero(
             part: Part::Main,
             expected_revision: revision_of(&current),
         };
-        let mut first = first_pods(store, &next, now).await?;
         // The first pod (the one preferring the node) bound there too, if
         // the scheduler would put it there: another round trip saved. The
-        // claim lasts until the write is done.
-        let mut claim = None;
-        if let (Some(node), Some((key, pod))) = (by_node, first.first_mut())
-            && let Some(claimed) = activations.claim(node)
-            && binds_here(store, &activations.known, &key.namespace, pod, node).await?
-        {
-            pod["spec"]["nodeName"] = node.into();
-            claim = Some(claimed);
+        // claim lasts from the node's read until the write is done; the
+        // node is read while the pods are.
+        let mut claim = by_node.and_then(|node| activations.claim(node));
+        let node_state = async {
+            match &claim {
+                Some(claimed) => crate::scheduler::node_state(store, &claimed.node).await,
+                None => Ok(None),
+            }
+        };
+        let (mut first, node_state) = tokio::try_join!(first_pods(store, &next, now), node_state)?;
+        match (node_state, first.first_mut()) {
+            (Some(state), Some((key, pod)))
+                if binds_here(&activations.known, &key.namespace, pod, &state) =>
+            {
+                pod["spec"]["nodeName"] = state.name.into();
+            }
+            _ => claim = None,
         }
         let grouped = !first.is_empty();
         let write = if grouped {
@@ -887,37 +903,33 @@ fn tell_written(events: &Recorder, deployment: Option<&Value>, pods: Option<&[Va
 }
 
 /// Whether the scheduler would bind `pod` (of `namespace`, not yet
-/// written) to `node`, the node it prefers, whatever the other nodes are
-/// ([`decide::binds_to_preferred`]), judged from the store's view of that
-/// node. A pod that does not name its runtime needs the scheduler to have
+/// written) to the node it prefers, whatever the other nodes are
+/// ([`decide::binds_to_preferred`]), judged from `state`, the store's view
+/// of that node. A pod that does not name its runtime needs the scheduler to have
 /// learnt its image's, unless the node runs both. Activations of one
 /// process do not race for a node (see [`Activations`]), but the
 /// scheduler's bindings in flight, another process's activation, or a
 /// preemption between its deletions and its binding are not in this
 /// read: as two schedulers would, they may overcommit the node's requests
 /// by what they bind at that moment.
-async fn binds_here(
-    store: &Store,
+fn binds_here(
     known: &KnownRuntimes,
     namespace: &str,
     pod: &Value,
-    node: &str,
-) -> Result<bool, StoreError> {
+    state: &crate::scheduler::decide::NodeState,
+) -> bool {
     use crate::scheduler::{self, decide};
     let Ok(spec) = serde_json::from_value::<PodSpec>(pod["spec"].clone()) else {
-        return Ok(false);
+        return false;
     };
     let labels: BTreeMap<String, String> =
         serde_json::from_value(pod["metadata"]["labels"].clone()).unwrap_or_default();
-    let Some(state) = scheduler::node_state(store, node).await? else {
-        return Ok(false);
-    };
     let runtime = spec
         .runtime
         .or_else(|| known.get(&ImageKey::of(namespace, &spec)));
     let runs_both = state.labels.get(LINUX_RUNTIME_LABEL).map(String::as_str) == Some("true");
     if runtime.is_none() && !runs_both {
-        return Ok(false);
+        return false;
     }
     let request = decide::PodRequest {
         namespace,
@@ -928,7 +940,7 @@ async fn binds_here(
         request: scheduler::request_of(&spec),
         preferred_node: pod["metadata"]["annotations"][PREFERRED_NODE_ANNOTATION].as_str(),
     };
-    Ok(decide::binds_to_preferred(&request, &state))
+    decide::binds_to_preferred(&request, state)
 }
 
 /// The pods the Deployment controller would make for `deployment` (as it

@@ -681,13 +681,12 @@ fn allocatable_of(node: &Node) -> Resources {
 /// request. Not the pods themselves: [`decide::binds_to_preferred`] needs
 /// none.
 pub async fn node_state(store: &Store, name: &str) -> Result<Option<NodeState>, StoreError> {
-    let Some(object) = store.get(&ObjectKey::new(Kind::Node, "", name)).await? else {
+    // Two reads at once: the node, and what its pods request.
+    let key = ObjectKey::new(Kind::Node, "", name);
+    let (object, (ready, resources)) = tokio::try_join!(store.get(&key), store.node_load(name))?;
+    let Some(Ok(node)) = object.map(serde_json::from_value::<Node>) else {
         return Ok(None);
     };
-    let Ok(node) = serde_json::from_value::<Node>(object) else {
-        return Ok(None);
-    };
-    let (ready, resources) = store.node_load(name).await?;
     let requested = resources
         .into_iter()
         .filter_map(|r| serde_json::from_value(json!({"image": "-", "resources": r})).ok())
