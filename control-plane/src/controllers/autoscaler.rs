@@ -28,17 +28,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
-use skiff_api::Kind;
 use skiff_api::kinds::deployment::{Autoscaling, Deployment};
 use skiff_api::kinds::event::Severity;
 use skiff_api::kinds::pod::{LINUX_RUNTIME_LABEL, PREFERRED_NODE_ANNOTATION, PodSpec};
 use skiff_api::kinds::service::Service;
+use skiff_api::meta::namespace_and_name;
+use skiff_api::{EventType, Kind, WatchEvent};
 use skiff_client::events::Recorder;
 use skiff_client::node_api::{LOAD_PATH, NodeLoad};
 
 use crate::api::node_proxy::NodeProxy;
 use crate::scheduler::images::{ImageKey, KnownRuntimes};
 use crate::store::{JsonFilter, ListQuery, ObjectKey, Part, Store, StoreError, Write};
+use crate::watch::{self, WatchHub};
 
 /// How often nodes are sampled and decisions made.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -192,7 +194,16 @@ pub struct Autoscaler {
 }
 
 /// Runs the autoscaler for the leadership term.
-pub async fn run(store: Store, events: Recorder) -> Result<(), StoreError> {
+pub async fn run(store: Store, hub: WatchHub, events: Recorder) -> Result<(), StoreError> {
+    // The autoscaled Deployments are kept from a watch, not listed and
+    // parsed every second: with thousands of functions (most at zero) the
+    // list was the tick's largest cost, and a CPU spike a second for every
+    // request arriving meanwhile.
+    let mut autoscaled = Autoscaled::default();
+    let revision = store
+        .scan(Kind::Deployment, |object| autoscaled.put(&object))
+        .await?;
+    let (_watch, mut changes) = watch::follow_kinds(&store, &hub, &[Kind::Deployment], revision);
     let mut autoscaler = Autoscaler {
         store,
         proxy: Arc::new(NodeProxy::new()),
@@ -203,12 +214,70 @@ pub async fn run(store: Store, events: Recorder) -> Result<(), StoreError> {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        // A tick that fails (the store did not answer) is tried again next
-        // second; ending the term would restart every controller with it.
-        if let Err(e) = autoscaler.tick().await {
-            tracing::warn!("autoscaler: {e}; trying again in {TICK:?}");
+        tokio::select! {
+            change = changes.recv() => {
+                let (_, event) = change.ok_or_else(|| {
+                    StoreError::Unavailable("autoscaler: the Deployment watch ended".into())
+                })?;
+                autoscaled.apply(&event)?;
+            }
+            _ = tick.tick() => {
+                // Everything that happened before the tick is in its view.
+                while let Ok((_, event)) = changes.try_recv() {
+                    autoscaled.apply(&event)?;
+                }
+                // A tick that fails (the store did not answer) is tried
+                // again next second; ending the term would restart every
+                // controller with it.
+                if let Err(e) = autoscaler.tick(&autoscaled).await {
+                    tracing::warn!("autoscaler: {e}; trying again in {TICK:?}");
+                }
+            }
         }
+    }
+}
+
+/// The autoscaled Deployments not being deleted, by namespace and name,
+/// as the Deployment watch last told of them.
+#[derive(Default)]
+struct Autoscaled(BTreeMap<(String, String), Deployment>);
+
+impl Autoscaled {
+    /// Takes in a Deployment as stored: kept while it autoscales and is
+    /// not being deleted, forgotten otherwise.
+    fn put(&mut self, object: &Value) {
+        let key = namespace_and_name(object);
+        let kept = object["spec"]["autoscaling"].is_object()
+            && object["metadata"]["deletionTimestamp"].is_null();
+        match kept
+            .then(|| serde_json::from_value::<Deployment>(object.clone()).ok())
+            .flatten()
+        {
+            Some(deployment) => {
+                self.0.insert(key, deployment);
+            }
+            None => {
+                self.0.remove(&key);
+            }
+        }
+    }
+
+    fn apply(&mut self, event: &WatchEvent<Value>) -> Result<(), StoreError> {
+        match event.event_type {
+            EventType::Added | EventType::Modified => self.put(&event.object),
+            EventType::Deleted => {
+                self.0.remove(&namespace_and_name(&event.object));
+            }
+            EventType::Bookmark => {}
+            // As for the reconcilers: the term ends and the next starts
+            // from a fresh list.
+            EventType::Error => {
+                return Err(StoreError::Unavailable(
+                    "autoscaler: the Deployment watch failed".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -217,29 +286,9 @@ fn unix_now() -> f64 {
 }
 
 impl Autoscaler {
-    async fn tick(&mut self) -> Result<(), StoreError> {
-        let autoscaled = serde_json::json!({ "autoscaling": {} });
-        let deployments: Vec<Deployment> = self
-            .store
-            .list(
-                Kind::Deployment,
-                ListQuery {
-                    json: &[JsonFilter::Contains(&["spec"], &autoscaled)],
-                    ..Default::default()
-                },
-            )
-            .await?
-            .items
-            .into_iter()
-            .filter(|d| d["spec"]["autoscaling"].is_object())
-            .filter_map(|d| serde_json::from_value(d).ok())
-            .filter(|d: &Deployment| d.metadata.deletion_timestamp.is_none())
-            .collect();
-        let keys: HashSet<(String, String)> = deployments
-            .iter()
-            .map(|d| (d.metadata.namespace.clone(), d.metadata.name.clone()))
-            .collect();
-        self.windows.retain(|key, _| keys.contains(key));
+    async fn tick(&mut self, autoscaled: &Autoscaled) -> Result<(), StoreError> {
+        let deployments: Vec<&Deployment> = autoscaled.0.values().collect();
+        self.windows.retain(|key, _| autoscaled.0.contains_key(key));
         if deployments.is_empty() {
             self.totals.clear();
             return Ok(());
@@ -303,10 +352,10 @@ impl Autoscaler {
 
     /// The live pods of `deployments`, by uid: the node each is bound to
     /// and its Deployment, as the store has them.
-    async fn pods_of(&self, deployments: &[Deployment]) -> Result<Bindings, StoreError> {
+    async fn pods_of(&self, deployments: &[&Deployment]) -> Result<Bindings, StoreError> {
         let owners: HashMap<&str, &Deployment> = deployments
             .iter()
-            .filter_map(|d| Some((d.metadata.uid.as_deref()?, d)))
+            .filter_map(|d| Some((d.metadata.uid.as_deref()?, *d)))
             .collect();
         // Only Deployments with pods have pods to sample, and they are
         // found by owner (the `objects_owners` index), not by listing
@@ -424,7 +473,7 @@ impl Autoscaler {
     async fn held_by_deployment(
         &self,
         loads: &Loads,
-        deployments: &[Deployment],
+        deployments: &[&Deployment],
     ) -> Result<HashMap<(String, String), u64>, StoreError> {
         // Per Service, what all nodes hold, each node's count capped (a
         // node holds at most --hold-requests, 1000 by default); read once.
@@ -963,6 +1012,71 @@ async fn first_pods(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Deployment as the watch would carry it.
+    fn stored(name: &str, autoscaling: bool, deleting: bool) -> Value {
+        let mut object = serde_json::json!({
+            "apiVersion": skiff_api::API_VERSION, "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "fns", "uid": format!("uid-{name}")},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}}, "spec": {"image": "r/f:1"}},
+            },
+        });
+        if autoscaling {
+            object["spec"]["autoscaling"] = serde_json::json!({"minReplicas": 0, "maxReplicas": 3});
+        }
+        if deleting {
+            object["metadata"]["deletionTimestamp"] = "2026-12-06T00:00:00Z".into();
+        }
+        object
+    }
+
+    fn event(event_type: EventType, object: Value) -> WatchEvent<Value> {
+        WatchEvent { event_type, object }
+    }
+
+    #[test]
+    fn the_autoscaled_deployments_follow_the_watch() {
+        let mut autoscaled = Autoscaled::default();
+        let names = |a: &Autoscaled| a.0.keys().map(|(_, n)| n.clone()).collect::<Vec<_>>();
+        autoscaled.put(&stored("a", true, false));
+        autoscaled.put(&stored("fixed", false, false));
+        autoscaled.put(&stored("gone", true, true));
+        assert_eq!(
+            names(&autoscaled),
+            ["a"],
+            "only those that autoscale, not being deleted"
+        );
+        autoscaled
+            .apply(&event(EventType::Added, stored("b", true, false)))
+            .unwrap();
+        autoscaled
+            .apply(&event(EventType::Modified, stored("fixed", true, false)))
+            .unwrap();
+        assert_eq!(names(&autoscaled), ["a", "b", "fixed"]);
+        // Autoscaling taken off, a deletion begun, a deletion done.
+        autoscaled
+            .apply(&event(EventType::Modified, stored("fixed", false, false)))
+            .unwrap();
+        autoscaled
+            .apply(&event(EventType::Modified, stored("a", true, true)))
+            .unwrap();
+        autoscaled
+            .apply(&event(EventType::Deleted, stored("b", true, false)))
+            .unwrap();
+        assert!(names(&autoscaled).is_empty(), "{:?}", names(&autoscaled));
+        autoscaled
+            .apply(&event(EventType::Bookmark, Value::Null))
+            .unwrap();
+        assert!(
+            autoscaled
+                .apply(&event(EventType::Error, Value::Null))
+                .is_err(),
+            "a failed watch ends the term, which starts again from a list"
+        );
+    }
 
     fn spec(min: u32, max: u32, target: u32, delay: &str) -> Autoscaling {
         Autoscaling {

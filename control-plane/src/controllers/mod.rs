@@ -35,7 +35,11 @@ pub async fn run(
                 gc::run(store.clone(), hub.clone()),
                 crate::events::expire(store.clone(), event_ttl),
                 nodes::run(store.clone(), nodes),
-                autoscaler::run(store.clone(), crate::events::recorder(&store, "autoscaler")),
+                autoscaler::run(
+                    store.clone(),
+                    hub.clone(),
+                    crate::events::recorder(&store, "autoscaler")
+                ),
                 reconciler::run(
                     store.clone(),
                     hub.clone(),
