@@ -269,13 +269,32 @@ async fn quota_admission(
     (median(with), median(without))
 }
 
+/// An index of `objects` a section weighs: its name and what creates it.
+struct Index {
+    name: &'static str,
+    create: &'static str,
+}
+
+const OWNERS_INDEX: Index = Index {
+    name: "objects_owners",
+    create: "CREATE INDEX IF NOT EXISTS objects_owners ON objects \
+             USING gin ((body #> '{metadata,ownerReferences}') jsonb_path_ops)",
+};
+
+const TEMPLATE_LABELS_INDEX: Index = Index {
+    name: "objects_template_labels",
+    create: "CREATE INDEX IF NOT EXISTS objects_template_labels ON objects \
+             USING gin ((body #> '{spec,template,metadata,labels}') jsonb_path_ops)",
+};
+
 /// Pod creates/s of pods naming an owner (as the Deployment controller
-/// writes them) with the `objects_owners` index there and dropped,
-/// alternating round by round: medians of each. The owner is a ConfigMap,
-/// which no controller acts on, so nothing but the creates is written.
-async fn owner_index(
+/// writes them) with `index` there and dropped, alternating round by
+/// round: medians of each. The owner is a ConfigMap, which no controller
+/// acts on, so nothing but the creates is written.
+async fn index_cost(
     api: &Client,
     database: &str,
+    index: &Index,
     rounds: usize,
     clients: usize,
     per_client: usize,
@@ -295,22 +314,21 @@ async fn owner_index(
         .connect(database)
         .await
         .unwrap();
-    let index = |with: bool| {
+    let set_index = |with: bool| {
         let pool = pool.clone();
         async move {
             let sql = if with {
-                "CREATE INDEX IF NOT EXISTS objects_owners ON objects \
-                 USING gin ((body #> '{metadata,ownerReferences}') jsonb_path_ops)"
+                index.create.to_owned()
             } else {
-                "DROP INDEX IF EXISTS objects_owners"
+                format!("DROP INDEX IF EXISTS {}", index.name)
             };
-            sqlx::query(sql).execute(&pool).await.unwrap();
+            sqlx::query(&sql).execute(&pool).await.unwrap();
         }
     };
     let mut figures = [Vec::new(), Vec::new()];
     for round in 0..rounds {
         for (k, with) in [true, false].into_iter().enumerate() {
-            index(with).await;
+            set_index(with).await;
             let (api, uid) = (api.clone(), uid.clone());
             let (count, elapsed, _) = load(clients, per_client, move |c, i| {
                 let api = api.clone();
@@ -329,7 +347,7 @@ async fn owner_index(
             figures[k].push(count as f64 / elapsed.as_secs_f64());
         }
     }
-    index(true).await;
+    set_index(true).await;
     let [with, without] = figures;
     (median(with), median(without))
 }
@@ -514,8 +532,10 @@ fn main() {
     // `quota` measures quota admission alone: a few minutes less per run
     // when that is the figure being worked on.
     let section = args.get(1).map(String::as_str);
-    if let Some(other) = section.filter(|s| !["quota", "owners"].contains(s)) {
-        panic!("unknown section `{other}`; those known are `quota` and `owners`");
+    if let Some(other) = section.filter(|s| !["quota", "owners", "template-labels"].contains(s)) {
+        panic!(
+            "unknown section `{other}`; those known are `quota`, `owners` and `template-labels`"
+        );
     }
     let scaled = |n: usize| ((n as f64 * scale).round() as usize).max(1);
 
@@ -546,13 +566,20 @@ fn main() {
             print_quota(sealed_rounds, with_quota, without_quota);
             return;
         }
-        if section == Some("owners") {
+        for (section_name, index) in [
+            ("owners", &OWNERS_INDEX),
+            ("template-labels", &TEMPLATE_LABELS_INDEX),
+        ] {
+            if section != Some(section_name) {
+                continue;
+            }
             let rounds = 5;
             let (with, without) =
-                owner_index(&api, &database, rounds, CLIENTS, scaled(20)).await;
+                index_cost(&api, &database, index, rounds, CLIENTS, scaled(20)).await;
             print_machine();
             println!(
-                "Pod creates naming an owner with the objects_owners index next to without it, {CLIENTS} clients, median of {rounds} alternating rounds:"
+                "Pod creates naming an owner with the {} index next to without it, {CLIENTS} clients, median of {rounds} alternating rounds:",
+                index.name
             );
             println!(
                 "  with the index {with:>7.0}/s, without {without:>7.0}/s, ratio {:.2}",

@@ -187,8 +187,20 @@ fn list_sql<'q>(
     after: Option<&Continue>,
     limit: Option<i64>,
 ) -> QueryBuilder<'q, Postgres> {
-    let mut sql =
-        QueryBuilder::<Postgres>::new("SELECT namespace, name, body FROM objects WHERE kind = ");
+    prefixed_list_sql("", kind, query, after, limit)
+}
+
+/// [`list_sql`] after `prefix` (such as `EXPLAIN `).
+fn prefixed_list_sql<'q>(
+    prefix: &str,
+    kind: Kind,
+    query: &ListQuery<'_>,
+    after: Option<&Continue>,
+    limit: Option<i64>,
+) -> QueryBuilder<'q, Postgres> {
+    let mut sql = QueryBuilder::<Postgres>::new(format!(
+        "{prefix}SELECT namespace, name, body FROM objects WHERE kind = "
+    ));
     sql.push_bind(kind.name());
     if let Some(namespace) = query.namespace {
         sql.push(" AND namespace = ")
@@ -705,6 +717,37 @@ impl Store {
     /// asked for in growing batches (as [`Store::changes_after`] does), so
     /// the database does not send rows past the budget only to have them
     /// dropped.
+    /// The plan Postgres makes for the list `query` (`EXPLAIN`), one line
+    /// of it per line: for tests that an index answers a lookup.
+    #[doc(hidden)]
+    pub async fn explain_list(
+        &self,
+        kind: Kind,
+        query: ListQuery<'_>,
+    ) -> Result<String, StoreError> {
+        let rows = prefixed_list_sql("EXPLAIN ", kind, &query, None, None)
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_unavailable(&e))?;
+        Ok(rows
+            .iter()
+            .map(|row| row.get::<String, _>(0))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    /// Updates the planner's statistics of every table (`ANALYZE`), as
+    /// autovacuum does after enough changes: for tests of plans.
+    #[doc(hidden)]
+    pub async fn analyze(&self) -> Result<(), StoreError> {
+        sqlx::query("ANALYZE")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_unavailable(&e))?;
+        Ok(())
+    }
+
     pub async fn list(&self, kind: Kind, query: ListQuery<'_>) -> Result<Page, StoreError> {
         use futures::TryStreamExt;
         let unavailable = |e: sqlx::Error| db_unavailable(&e);

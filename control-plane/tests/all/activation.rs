@@ -421,3 +421,55 @@ async fn activations_at_once_never_bind_beyond_a_nodes_room() {
     )
     .await;
 }
+
+/// A Service's Deployments are found by their template's labels through
+/// `objects_template_labels`, not by reading every Deployment of the
+/// namespace: an activation in a namespace of hundreds of functions reads
+/// one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_deployments_are_looked_up_by_index() {
+    use control_plane::encryption::Keyring;
+    use control_plane::store::{JsonFilter, ListQuery, ObjectKey, Store, Write};
+
+    let cluster = Cluster::new();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    Keyring::create_file(&keys).unwrap();
+    let store = Store::connect(
+        &cluster.database_url,
+        &Default::default(),
+        std::sync::Arc::new(Keyring::load(&keys).unwrap()),
+    )
+    .unwrap();
+    let creates = (0..300)
+        .map(|i| {
+            let (mut deployment, _) = function(&format!("fn-{i}"));
+            deployment["metadata"]["namespace"] = "default".into();
+            Write::Create {
+                key: ObjectKey::new(Kind::Deployment, "default", &format!("fn-{i}")),
+                object: deployment,
+            }
+        })
+        .collect();
+    store.write(Write::All(creates)).await.unwrap();
+    store.analyze().await.unwrap();
+    let selector = json!({"app": "fn-7"});
+    let filter = [JsonFilter::Contains(
+        &["spec", "template", "metadata", "labels"],
+        &selector,
+    )];
+    let query = || ListQuery {
+        namespace: Some("default"),
+        json: &filter,
+        ..Default::default()
+    };
+    let plan = store.explain_list(Kind::Deployment, query()).await.unwrap();
+    assert!(plan.contains("objects_template_labels"), "{plan}");
+    let found = store.list(Kind::Deployment, query()).await.unwrap();
+    let names: Vec<&str> = found
+        .items
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fn-7"]);
+}

@@ -24,6 +24,8 @@ pub struct Cluster {
     pub api: Client,
     pub hello: PathBuf,
     pub hello_ref: String,
+    /// The control plane's database.
+    pub database: String,
     /// Scratch space, `name` and the process id under the temp directory.
     pub work: PathBuf,
 }
@@ -67,6 +69,7 @@ impl Cluster {
             api,
             hello,
             hello_ref,
+            database,
             work,
         }
     }
