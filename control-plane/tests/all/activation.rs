@@ -156,24 +156,31 @@ async fn a_first_pod_the_quota_refuses_leaves_the_replicas_set_and_nothing_count
     assert_eq!(quota["status"]["used"]["pods"], "0", "{quota:#}");
 }
 
-/// A group of writes is all or none, and `Unchanged` makes it conditional
-/// on an object it does not change: what the activation and the
-/// Deployment controller's deletions rely on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_group_is_all_or_none() {
+/// A store of the cluster's database, as a control plane opens it, with
+/// the directory holding its key (kept while the store is used).
+fn store_of(cluster: &Cluster) -> (control_plane::store::Store, tempfile::TempDir) {
     use control_plane::encryption::Keyring;
-    use control_plane::store::{ObjectKey, Part, Store, StoreError, Write};
-
-    let cluster = Cluster::new();
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     Keyring::create_file(&keys).unwrap();
-    let store = Store::connect(
+    let store = control_plane::store::Store::connect(
         &cluster.database_url,
         &Default::default(),
         std::sync::Arc::new(Keyring::load(&keys).unwrap()),
     )
     .unwrap();
+    (store, dir)
+}
+
+/// A group of writes is all or none, and `Unchanged` makes it conditional
+/// on an object it does not change: what the activation and the
+/// Deployment controller's deletions rely on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_group_is_all_or_none() {
+    use control_plane::store::{ObjectKey, Part, StoreError, Write};
+
+    let cluster = Cluster::new();
+    let (store, _keys) = store_of(&cluster);
     let key = |name: &str| ObjectKey::new(Kind::ConfigMap, "default", name);
     let config_map = |name: &str, value: &str| {
         json!({"apiVersion": skiff_api::API_VERSION, "kind": "ConfigMap",
@@ -428,19 +435,10 @@ async fn activations_at_once_never_bind_beyond_a_nodes_room() {
 /// one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_services_deployments_are_looked_up_by_index() {
-    use control_plane::encryption::Keyring;
-    use control_plane::store::{JsonFilter, ListQuery, ObjectKey, Store, Write};
+    use control_plane::store::{JsonFilter, ListQuery, ObjectKey, Write};
 
     let cluster = Cluster::new();
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    Keyring::create_file(&keys).unwrap();
-    let store = Store::connect(
-        &cluster.database_url,
-        &Default::default(),
-        std::sync::Arc::new(Keyring::load(&keys).unwrap()),
-    )
-    .unwrap();
+    let (store, _keys) = store_of(&cluster);
     let creates = (0..300)
         .map(|i| {
             let (mut deployment, _) = function(&format!("fn-{i}"));
