@@ -222,13 +222,17 @@ pub async fn run(store: Store, hub: WatchHub, events: Recorder) -> Result<(), St
                 autoscaled.apply(&event)?;
             }
             _ = tick.tick() => {
-                // Everything that happened before the tick is in its view.
+                // What the watch has delivered so far is in the tick's
+                // view; what is still on its way is not, so a scale is
+                // conditional on the Deployment being the one decided on
+                // (see `Autoscaler::scale`).
                 while let Ok((_, event)) = changes.try_recv() {
                     autoscaled.apply(&event)?;
                 }
                 // A tick that fails (the store did not answer) is tried
-                // again next second; ending the term would restart every
-                // controller with it.
+                // again next second: ending the term for it would restart
+                // every controller. A failed watch does end it, as for the
+                // reconcilers, and the next term starts from a fresh scan.
                 if let Err(e) = autoscaler.tick(&autoscaled).await {
                     tracing::warn!("autoscaler: {e}; trying again in {TICK:?}");
                 }
@@ -527,7 +531,7 @@ impl Autoscaler {
             &deployment.metadata.name,
         );
         let written = set_replicas(&self.store, &key, |current| {
-            (current["spec"]["replicas"].as_u64() == Some(u64::from(from))).then_some(to)
+            decided_on(current, deployment, from).then_some(to)
         })
         .await?;
         if written.is_some() {
@@ -557,6 +561,20 @@ impl Autoscaler {
         }
         Ok(())
     }
+}
+
+/// Whether `current`, the Deployment as stored now, is still the one a
+/// decision was made on (`decided`, at `from` replicas): not only its
+/// replica count, since the watch the decision read may be behind an
+/// activation (a new activation time), the end of its autoscaling, or its
+/// replacement under the same name.
+fn decided_on(current: &Value, decided: &Deployment, from: u32) -> bool {
+    let activated = decided.metadata.annotations.get(ACTIVATED_ANNOTATION);
+    current["metadata"]["uid"].as_str() == decided.metadata.uid.as_deref()
+        && current["spec"]["autoscaling"].is_object()
+        && current["metadata"]["annotations"][ACTIVATED_ANNOTATION].as_str()
+            == activated.map(String::as_str)
+        && current["spec"]["replicas"].as_u64() == Some(u64::from(from))
 }
 
 /// Which Deployment (namespace, name) a pod belongs to and the node it is
@@ -1035,6 +1053,37 @@ mod tests {
 
     fn event(event_type: EventType, object: Value) -> WatchEvent<Value> {
         WatchEvent { event_type, object }
+    }
+
+    #[test]
+    fn a_scale_applies_only_to_the_deployment_decided_on() {
+        let mut seen = stored("f", true, false);
+        seen["spec"]["replicas"] = 1.into();
+        seen["metadata"]["annotations"] = serde_json::json!({ACTIVATED_ANNOTATION: "t1"});
+        let decided: Deployment = serde_json::from_value(seen.clone()).unwrap();
+        assert!(decided_on(&seen, &decided, 1));
+        assert!(!decided_on(&seen, &decided, 2), "another replica count");
+        let mut activated_since = seen.clone();
+        activated_since["metadata"]["annotations"][ACTIVATED_ANNOTATION] = "t2".into();
+        assert!(
+            !decided_on(&activated_since, &decided, 1),
+            "activated since"
+        );
+        let mut fixed_since = seen.clone();
+        fixed_since["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("autoscaling");
+        assert!(
+            !decided_on(&fixed_since, &decided, 1),
+            "no longer autoscaled"
+        );
+        let mut replaced = seen.clone();
+        replaced["metadata"]["uid"] = "another".into();
+        assert!(
+            !decided_on(&replaced, &decided, 1),
+            "made anew under the name"
+        );
     }
 
     #[test]

@@ -706,17 +706,6 @@ impl Store {
             .map_err(|e| db_unavailable(&e))
     }
 
-    /// Lists objects of `kind`, ordered by namespace and name, with the
-    /// revision the list reflects. Later pages are read as of their own
-    /// request; the revision reported stays that of the first page.
-    ///
-    /// A page with a `limit` also stops at about [`LIST_PAGE_BYTES`] of
-    /// stored objects (but holds at least one), with a `next` position as
-    /// any short page has: a list of large objects costs its reader a few
-    /// MiB at a time, not `limit` objects of up to 1 MiB each. Rows are
-    /// asked for in growing batches (as [`Store::changes_after`] does), so
-    /// the database does not send rows past the budget only to have them
-    /// dropped.
     /// The plan Postgres makes for the list `query` (`EXPLAIN`), one line
     /// of it per line: for tests that an index answers a lookup.
     #[doc(hidden)]
@@ -748,6 +737,17 @@ impl Store {
         Ok(())
     }
 
+    /// Lists objects of `kind`, ordered by namespace and name, with the
+    /// revision the list reflects. Later pages are read as of their own
+    /// request; the revision reported stays that of the first page.
+    ///
+    /// A page with a `limit` also stops at about [`LIST_PAGE_BYTES`] of
+    /// stored objects (but holds at least one), with a `next` position as
+    /// any short page has: a list of large objects costs its reader a few
+    /// MiB at a time, not `limit` objects of up to 1 MiB each. Rows are
+    /// asked for in growing batches (as [`Store::changes_after`] does), so
+    /// the database does not send rows past the budget only to have them
+    /// dropped.
     pub async fn list(&self, kind: Kind, query: ListQuery<'_>) -> Result<Page, StoreError> {
         use futures::TryStreamExt;
         let unavailable = |e: sqlx::Error| db_unavailable(&e);
