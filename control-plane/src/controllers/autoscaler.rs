@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize as _;
 use serde_json::Value;
 use skiff_api::kinds::deployment::{Autoscaling, Deployment};
 use skiff_api::kinds::event::Severity;
@@ -253,10 +254,8 @@ impl Autoscaled {
         let key = namespace_and_name(object);
         let kept = object["spec"]["autoscaling"].is_object()
             && object["metadata"]["deletionTimestamp"].is_null();
-        match kept
-            .then(|| serde_json::from_value::<Deployment>(object.clone()).ok())
-            .flatten()
-        {
+        // Read from the object as it is: no copy of every change.
+        match kept.then(|| Deployment::deserialize(object).ok()).flatten() {
             Some(deployment) => {
                 self.0.insert(key, deployment);
             }
@@ -815,7 +814,7 @@ pub async fn activate(
     for (deployment, listed) in deployments
         .items
         .into_iter()
-        .filter_map(|d| Some((serde_json::from_value::<Deployment>(d.clone()).ok()?, d)))
+        .filter_map(|d| Some((Deployment::deserialize(&d).ok()?, d)))
         .filter(|(d, _)| d.spec.autoscaling.is_some() && selects(&service, d))
     {
         let key = ObjectKey::new(Kind::Deployment, namespace, &deployment.metadata.name);
