@@ -17,13 +17,18 @@ use crate::nodes::{NodeCluster, WAIT, pod, push};
 use crate::support::{Upstream, http_request, temp_dir, test_guest};
 
 /// Checks `condition` every 50 ms until it holds; fails naming `what`
-/// after 20 s.
-async fn eventually<Fut: Future<Output = bool>>(what: &str, mut condition: impl FnMut() -> Fut) {
+/// after 20 s, with the control plane's log.
+async fn eventually<Fut: Future<Output = bool>>(
+    cluster: &Cluster,
+    what: &str,
+    mut condition: impl FnMut() -> Fut,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !condition().await {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
+            "timed out waiting until {what}; the control plane's log:\n{}",
+            cluster.plane.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -97,11 +102,11 @@ fn a_shut_down_agent_stops_serving_and_renewing_its_lease() {
         assert_eq!(ready(&client, "embedded").await.0, "True");
 
         agent.shutdown().await;
-        eventually("the ingress refuses connections", || async {
+        eventually(&cluster, "the ingress refuses connections", || async {
             tokio::net::TcpStream::connect(ingress).await.is_err()
         })
         .await;
-        eventually("the node's lease lapses", || async {
+        eventually(&cluster, "the node's lease lapses", || async {
             ready(&client, "embedded").await == ("False".into(), "NodeLeaseExpired".into())
         })
         .await;
