@@ -332,10 +332,16 @@ impl Worker {
                     // A retry keeps the last failure on show until the pull
                     // ends one way or the other: a reader should never see
                     // the reason vanish.
+                    // What the node already holds, and may use without
+                    // asking the registry, is not pulled: an Event saying
+                    // so would be one more write on every cold start.
+                    let present = self.already_present();
                     if setup_failed.is_none() {
                         self.set(Some("Pulling"), None);
-                        let message = format!("pulling image {}", self.spec.image);
-                        self.tell(Severity::Normal, "Pulling", &message);
+                        if !present {
+                            let message = format!("pulling image {}", self.spec.image);
+                            self.tell(Severity::Normal, "Pulling", &message);
+                        }
                     }
                     let outcome = tokio::select! {
                         outcome = self.pull() => outcome,
@@ -345,11 +351,15 @@ impl Worker {
                         Ok(pulled) => {
                             image = Some(pulled);
                             setup_failed = None;
-                            let message = format!(
-                                "pulled image {} ({})",
-                                self.spec.image,
-                                self.status.digest.as_deref().unwrap_or("no digest")
-                            );
+                            let digest = self.status.digest.as_deref().unwrap_or("no digest");
+                            let message = if present {
+                                format!(
+                                    "image {} ({digest}) already present on the node",
+                                    self.spec.image
+                                )
+                            } else {
+                                format!("pulled image {} ({digest})", self.spec.image)
+                            };
                             self.tell(Severity::Normal, "Pulled", &message);
                             self.move_on(Event::Pulled);
                         }
@@ -556,6 +566,42 @@ impl Worker {
             .join(format!("{}_{}_{}", self.namespace, self.name, self.uid))
     }
 
+    /// The key under which the node remembers what it pulled an image as:
+    /// per namespace and pull secret, as only those may reuse it.
+    fn known(&self) -> (String, String, String) {
+        (
+            self.namespace.clone(),
+            self.spec.image_pull_secret.clone().unwrap_or_default(),
+            self.spec.image.clone(),
+        )
+    }
+
+    /// Whether the image's pull policy lets what the node pulled before be
+    /// used without asking the registry.
+    fn reuses(&self) -> bool {
+        self.spec
+            .image_pull_policy
+            .unwrap_or_else(|| ImagePullPolicy::default_for(&self.spec.image))
+            == ImagePullPolicy::IfNotPresent
+    }
+
+    /// Whether the pull will neither ask the registry nor download: the
+    /// policy reuses, the node pulled the image for this namespace and
+    /// secret, and the component is still in its cache (one evicted since
+    /// is downloaded again, which is a pull). Linux images always count as
+    /// pulled, as containerd is asked for their layers.
+    fn already_present(&self) -> bool {
+        self.status.digest.is_none()
+            && self.reuses()
+            && self
+                .context
+                .pulled
+                .lock()
+                .expect("pulled lock")
+                .get(&self.known())
+                .is_some_and(|digest| self.context.runtimes.wasm.holds(digest))
+    }
+
     /// Resolves the image to a digest (recorded in the status) and pulls
     /// it with the runtime its media types call for.
     async fn pull(&mut self) -> Result<Box<dyn Image>, Failure> {
@@ -568,16 +614,8 @@ impl Worker {
         // used as it is. Otherwise the registry is asked, even for a digest
         // reference: what the node holds is shared by every pod, and only
         // the registry's answer shows this pod may read the image.
-        let known = (
-            self.namespace.clone(),
-            self.spec.image_pull_secret.clone().unwrap_or_default(),
-            self.spec.image.clone(),
-        );
-        let reuse = self
-            .spec
-            .image_pull_policy
-            .unwrap_or_else(|| ImagePullPolicy::default_for(&self.spec.image))
-            == ImagePullPolicy::IfNotPresent;
+        let known = self.known();
+        let reuse = self.reuses();
         // What the registry said of the reference, when it was asked: the
         // pull goes on from it rather than asking again.
         let mut resolved = None;

@@ -58,11 +58,27 @@ fn the_scheduler_and_nodes_tell_what_happened_and_a_crash_loop_is_one_event() {
     ]);
 
     // The scheduler: placed, and why not.
-    let fine = wait_events(&cluster, "fine", "Scheduled, Pulled and Started", |e| {
-        ["Scheduled", "Pulled", "Started"]
-            .iter()
-            .all(|r| !with_reason(e, r).is_empty())
-    });
+    let fine = wait_events(
+        &cluster,
+        "fine",
+        "Scheduled, Pulling, Pulled and Started",
+        |e| {
+            ["Scheduled", "Pulling", "Pulled", "Started"]
+                .iter()
+                .all(|r| !with_reason(e, r).is_empty())
+        },
+    );
+    let pulled = with_reason(&fine, "Pulled")[0];
+    assert!(
+        pulled["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("pulled image {}", cluster.hello)),
+        "{pulled:#}"
+    );
+    // A second pod of the image the node holds pulls nothing, and says so;
+    // its Events are read at the end, after later ones of the same node.
+    cluster.apply(&[pod("again", &cluster.hello, json!({}))]);
     let scheduled = with_reason(&fine, "Scheduled")[0];
     assert_eq!(scheduled["type"], "Normal");
     assert_eq!(scheduled["source"]["component"], "scheduler");
@@ -131,6 +147,22 @@ fn the_scheduler_and_nodes_tell_what_happened_and_a_crash_loop_is_one_event() {
         "{backoff:#}"
     );
     assert!(backoff["lastTimestamp"].as_str() >= backoff["firstTimestamp"].as_str());
+
+    let again = wait_events(&cluster, "again", "Pulled and Started", |e| {
+        ["Pulled", "Started"]
+            .iter()
+            .all(|r| !with_reason(e, r).is_empty())
+    });
+    assert!(with_reason(&again, "Pulling").is_empty(), "{again:#?}");
+    let pulled = with_reason(&again, "Pulled")[0];
+    assert_eq!(
+        pulled["message"],
+        format!(
+            "image {} ({}) already present on the node",
+            cluster.hello, cluster.hello_digest
+        ),
+        "{pulled:#}"
+    );
 
     // As people see them.
     let table = cluster
