@@ -523,7 +523,11 @@ async fn activate(
             "services \"{name}\" not found in namespace {namespace}"
         ))
     })?;
-    Ok(axum::Json(serde_json::json!({ "activated": activated })).into_response())
+    Ok(axum::Json(serde_json::json!({
+        "activated": activated.names,
+        "pods": activated.bound,
+    }))
+    .into_response())
 }
 
 fn method_not_allowed(method: &Method) -> ApiError {

@@ -770,18 +770,29 @@ impl Drop for Claim<'_> {
     }
 }
 
+/// What an activation did.
+#[derive(Debug, Default)]
+pub struct Activated {
+    /// The Deployments it took off zero.
+    pub names: Vec<String>,
+    /// The pods it wrote bound to the node that asked, as stored: that
+    /// node may start them from this answer rather than wait for its
+    /// watch to bring them.
+    pub bound: Vec<Value>,
+}
+
 /// Takes the autoscaled Deployments behind Service `namespace/name` off
 /// zero: each at zero gets `max(1, minReplicas)` replicas and the time,
 /// so the autoscaler keeps the pod for its delay, and the node that asked
-/// (`by_node`), which its first pod prefers. Answers the names of those it
-/// took off zero.
+/// (`by_node`), which its first pod prefers. `None` if there is no such
+/// Service.
 pub async fn activate(
     store: &Store,
     activations: &Activations,
     namespace: &str,
     name: &str,
     by_node: Option<&str>,
-) -> Result<Option<Vec<String>>, StoreError> {
+) -> Result<Option<Activated>, StoreError> {
     let Some(service) = store
         .get(&ObjectKey::new(Kind::Service, namespace, name))
         .await?
@@ -789,10 +800,10 @@ pub async fn activate(
         return Ok(None);
     };
     let Ok(service) = serde_json::from_value::<Service>(service) else {
-        return Ok(Some(Vec::new()));
+        return Ok(Some(Activated::default()));
     };
     if service.spec.selector.is_empty() {
-        return Ok(Some(Vec::new()));
+        return Ok(Some(Activated::default()));
     }
     // The Deployments whose pods the Service selects, picked by Postgres:
     // not every Deployment of a namespace of a thousand functions.
@@ -810,7 +821,7 @@ pub async fn activate(
             },
         )
         .await?;
-    let mut activated = Vec::new();
+    let mut activated = Activated::default();
     for (deployment, listed) in deployments
         .items
         .into_iter()
@@ -818,8 +829,9 @@ pub async fn activate(
         .filter(|(d, _)| d.spec.autoscaling.is_some() && selects(&service, d))
     {
         let key = ObjectKey::new(Kind::Deployment, namespace, &deployment.metadata.name);
-        if take_off_zero(store, activations, &key, listed, by_node).await? {
-            activated.push(deployment.metadata.name);
+        if let Some(bound) = take_off_zero(store, activations, &key, listed, by_node).await? {
+            activated.names.push(deployment.metadata.name);
+            activated.bound.extend(bound);
         }
     }
     Ok(Some(activated))
@@ -828,15 +840,16 @@ pub async fn activate(
 /// Sets a Deployment at zero to `max(1, minReplicas)` and writes its first
 /// pods in the same transaction, as its controller would make them (the
 /// first preferring `by_node`): the controller's round trip by watch would
-/// otherwise stand between a request held at zero and its pod. Whether it
-/// was at zero and was taken off it.
+/// otherwise stand between a request held at zero and its pod. `None`
+/// unless it was at zero and was taken off it; then the pods written bound
+/// to `by_node`.
 async fn take_off_zero(
     store: &Store,
     activations: &Activations,
     key: &ObjectKey,
     listed: Value,
     by_node: Option<&str>,
-) -> Result<bool, StoreError> {
+) -> Result<Option<Vec<Value>>, StoreError> {
     // The Deployment as listed serves the first try (the write is
     // conditional on its revision); a conflict reads it again.
     let mut listed = Some(listed);
@@ -845,18 +858,18 @@ async fn take_off_zero(
             Some(current) => current,
             None => match store.get(key).await? {
                 Some(current) => current,
-                None => return Ok(false),
+                None => return Ok(None),
             },
         };
         let Ok(autoscaling) =
             serde_json::from_value::<Autoscaling>(current["spec"]["autoscaling"].clone())
         else {
-            return Ok(false);
+            return Ok(None);
         };
         if current["spec"]["replicas"].as_u64() != Some(0)
             || !current["metadata"]["deletionTimestamp"].is_null()
         {
-            return Ok(false);
+            return Ok(None);
         }
         let now = Utc::now();
         let next = with_replicas(
@@ -925,24 +938,33 @@ async fn take_off_zero(
         match outcome {
             Ok(written) => {
                 // The group answers what each write wrote: the Deployment,
-                // then its pods.
-                let written = written.as_array().cloned().unwrap_or_default();
-                tell_written(&activations.events, written.first(), written.get(1..));
-                return Ok(true);
+                // then its pods (a lone update answers the Deployment).
+                let written = match written {
+                    Value::Array(written) => written,
+                    _ => Vec::new(),
+                };
+                let pods = written.get(1..).unwrap_or_default();
+                tell_written(&activations.events, written.first(), pods);
+                let bound = pods
+                    .iter()
+                    .filter(|pod| by_node.is_some() && pod["spec"]["nodeName"].as_str() == by_node)
+                    .cloned()
+                    .collect();
+                return Ok(Some(bound));
             }
             Err(StoreError::Conflict { .. }) => continue,
-            Err(StoreError::NotFound(_)) => return Ok(false),
+            Err(StoreError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// The Events the controller and the scheduler would have told of pods
 /// the activation wrote for them.
-fn tell_written(events: &Recorder, deployment: Option<&Value>, pods: Option<&[Value]>) {
+fn tell_written(events: &Recorder, deployment: Option<&Value>, pods: &[Value]) {
     use skiff_client::events::involved;
-    let (Some(deployment), Some(pods)) = (deployment, pods) else {
+    let Some(deployment) = deployment else {
         return;
     };
     for pod in pods {

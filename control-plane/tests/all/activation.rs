@@ -287,7 +287,8 @@ async fn a_node_that_fits_the_first_pod_has_it_bound_by_the_activation() {
         .unwrap();
     // Deploys `function` at zero, has `node` (or, without one, a tenant
     // editor of the namespace) activate it, and answers where its first
-    // pod was written bound to.
+    // pod was written bound to. The activation's answer carries that pod,
+    // as stored, when it was bound to the node asking, and no pod else.
     let editor = token(&admin, Some("open"), "edit", None).await;
     let placed = async |function: &str, memory: &str, runtime: Option<&str>, node: &str| {
         deploy_function(
@@ -300,7 +301,7 @@ async fn a_node_that_fits_the_first_pod_has_it_bound_by_the_activation() {
             "" => editor.clone(),
             node => token(&admin, None, "node", Some(node)).await,
         };
-        client(&plane, &asker)
+        let answer = client(&plane, &asker)
             .activate_service("open", function)
             .await
             .unwrap();
@@ -309,6 +310,13 @@ async fn a_node_that_fits_the_first_pod_has_it_bound_by_the_activation() {
             .iter()
             .find(|p| p["metadata"]["labels"]["app"] == function)
             .unwrap_or_else(|| panic!("no pod of {function}: {pods:#?}"));
+        let bound_here = !node.is_empty() && pod["spec"]["nodeName"] == node;
+        let expected: Vec<Value> = if bound_here {
+            vec![pod.clone()]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(answer["pods"], json!(expected), "{function}");
         pod["spec"]["nodeName"].as_str().map(str::to_owned)
     };
     let wasm = Some("Wasm");

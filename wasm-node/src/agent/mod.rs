@@ -8,7 +8,7 @@ mod partition;
 pub mod pod;
 pub mod probes;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -146,6 +146,55 @@ pub struct NodeContext {
     pub events: skiff_client::events::Recorder,
     /// Every pod's captured stdout and stderr (`<data-dir>/logs`).
     pub logs: Arc<crate::logs::NodeLogs>,
+    /// What the pod watch told of deletions, which a pod started from an
+    /// activation's answer is checked against.
+    pub deletions: Deletions,
+}
+
+/// Deletions the pod watch delivered, kept so that a pod started from an
+/// activation's answer (before the watch brings it) is never one the
+/// watch has already taken away: deleted by an event (its uid is here) or
+/// missing from a relist (one happened since the activation was asked).
+/// Every later deletion reaches the started pod's worker as usual.
+#[derive(Default)]
+pub struct Deletions {
+    relists: std::sync::atomic::AtomicU64,
+    gone: Mutex<(HashSet<String>, VecDeque<String>)>,
+}
+
+/// Deleted uids remembered: far more than pods can be deleted between an
+/// activation's write and its answer.
+const GONE_KEPT: usize = 4096;
+
+impl Deletions {
+    /// Relists so far; an activation notes it when it asks.
+    pub fn relists(&self) -> u64 {
+        self.relists.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn relisted(&self) {
+        self.relists
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn deleted(&self, uid: &str) {
+        let mut gone = self.gone.lock().expect("deletions lock");
+        let (set, order) = &mut *gone;
+        if set.insert(uid.to_owned()) {
+            order.push_back(uid.to_owned());
+        }
+        while order.len() > GONE_KEPT {
+            if let Some(oldest) = order.pop_front() {
+                set.remove(&oldest);
+            }
+        }
+    }
+
+    /// Whether pod `uid`, answered to an activation asked when the watch
+    /// had relisted `relists` times, may start from the answer.
+    fn may_start(&self, uid: &str, relists: u64) -> bool {
+        self.relists() == relists && !self.gone.lock().expect("deletions lock").0.contains(uid)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,20 +282,6 @@ impl Agent {
         .with_node_api(node_api.clone())
         .with_hold_config(config.hold);
         node_api.set_load(ingress.load_source());
-        ingress.set_activator({
-            let client = config.client.clone();
-            Arc::new(move |namespace: &str, name: &str| {
-                let (client, namespace, name) =
-                    (client.clone(), namespace.to_owned(), name.to_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = client.activate_service(&namespace, &name).await {
-                        tracing::warn!(
-                            "service {namespace}/{name} at zero: cannot have it started: {e}"
-                        );
-                    }
-                });
-            })
-        });
         let mut gateway = bound;
         if gateway.ip().is_unspecified() {
             gateway.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -316,6 +351,7 @@ impl Agent {
             grace: config.grace,
             partition: partition::Partition::default(),
             logs,
+            deletions: Deletions::default(),
         });
         let stats = crate::stats::NodeStats::for_node(&context, config.max_concurrent_instances);
         node_api.set_stats({
@@ -332,6 +368,32 @@ impl Agent {
                 ingress.clone(),
             ));
         }
+        let pods: Arc<tokio::sync::Mutex<HashMap<PodName, PodHandle>>> = Arc::default();
+        ingress.set_activator({
+            let (context, pods) = (context.clone(), pods.clone());
+            Arc::new(move |namespace: &str, name: &str| {
+                let (context, pods) = (context.clone(), pods.clone());
+                let (namespace, name) = (namespace.to_owned(), name.to_owned());
+                tokio::spawn(async move {
+                    let relists = context.deletions.relists();
+                    match context.client.activate_service(&namespace, &name).await {
+                        Ok(answer) => {
+                            // The pods written bound here start now: the
+                            // watch would bring them a hop later.
+                            let bound = answer["pods"].as_array().cloned().unwrap_or_default();
+                            for pod in bound {
+                                if let Ok(pod) = serde_json::from_value::<Pod>(pod) {
+                                    start_answered(&context, &pods, pod, relists).await;
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(
+                            "service {namespace}/{name} at zero: cannot have it started: {e}"
+                        ),
+                    }
+                });
+            })
+        });
         let (stop_ingress, ingress_stopped) = oneshot::channel();
         let options = skiff_serve::Options {
             limits: config.listener.clone(),
@@ -349,7 +411,6 @@ impl Agent {
                 let _ = ingress_stopped.await;
             },
         ));
-        let pods: Arc<tokio::sync::Mutex<HashMap<PodName, PodHandle>>> = Arc::default();
         let lease = tokio::spawn(partition::keep_lease(
             config.clone(),
             context.clone(),
@@ -702,6 +763,10 @@ async fn follow_pods(
         async move {
             match event {
                 Event::Restarted(items) => {
+                    // Counted before the pods are looked at: a pod started
+                    // from an answer after this either sees the count move
+                    // or is stopped by the reconcile if the list lacks it.
+                    context.deletions.relisted();
                     let current = items
                         .into_iter()
                         .filter_map(|p| serde_json::from_value(p).ok())
@@ -716,6 +781,9 @@ async fn follow_pods(
                 Event::Deleted(object) => {
                     let key = namespace_and_name(&object);
                     let mut pods = pods.lock().await;
+                    if let Some(uid) = object["metadata"]["uid"].as_str() {
+                        context.deletions.deleted(uid);
+                    }
                     context.partition.forget(&key);
                     if let Some(handle) = pods.remove(&key) {
                         context.local_pods.forget_bound(&handle.uid);
@@ -799,7 +867,6 @@ async fn ensure(
     if pod.spec.node_name != context.node {
         return;
     }
-    let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     context.local_pods.note_bound(
         &uid,
@@ -807,6 +874,41 @@ async fn ensure(
         pod.metadata.deletion_timestamp.is_some(),
     );
     let mut pods = pods.lock().await;
+    run_worker(context, &mut pods, pod).await;
+}
+
+/// Starts `pod`, which an activation this node asked for wrote bound here,
+/// from the activation's answer, unless the watch already told of it:
+/// brought it (its worker runs), deleted it, or relisted since `relists`
+/// (the list may have lacked it). What the watch tells afterwards reaches
+/// the worker as for any pod.
+async fn start_answered(
+    context: &Arc<NodeContext>,
+    pods: &tokio::sync::Mutex<HashMap<PodName, PodHandle>>,
+    pod: Pod,
+    relists: u64,
+) {
+    if pod.spec.node_name != context.node {
+        return;
+    }
+    let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    // Under the pods' lock, which the watch's deletions take too.
+    let mut pods = pods.lock().await;
+    if !context.deletions.may_start(&uid, relists) || pods.get(&key).is_some_and(|h| h.uid == uid) {
+        return;
+    }
+    context
+        .local_pods
+        .note_bound(&uid, &pod.metadata.labels, false);
+    run_worker(context, &mut pods, pod).await;
+}
+
+/// Runs a worker for `pod` unless one runs for it already, stopping the
+/// worker of an older pod of its name.
+async fn run_worker(context: &Arc<NodeContext>, pods: &mut HashMap<PodName, PodHandle>, pod: Pod) {
+    let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
     if pods.get(&key).is_some_and(|h| h.uid == uid) {
         return;
     }
@@ -862,6 +964,28 @@ async fn reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pod_the_watch_deleted_or_a_relist_may_have_missed_does_not_start_from_an_answer() {
+        let deletions = Deletions::default();
+        let asked = deletions.relists();
+        assert!(deletions.may_start("a", asked));
+        deletions.deleted("a");
+        assert!(!deletions.may_start("a", asked), "deleted by the watch");
+        assert!(deletions.may_start("b", asked), "another pod");
+        deletions.relisted();
+        assert!(!deletions.may_start("b", asked), "relisted since the ask");
+        let asked = deletions.relists();
+        assert!(deletions.may_start("b", asked), "asked after the relist");
+        // Bounded: the oldest deletions are forgotten first.
+        for n in 0..GONE_KEPT {
+            deletions.deleted(&format!("later-{n}"));
+        }
+        assert!(deletions.may_start("a", asked), "forgotten");
+        assert!(!deletions.may_start("later-0", asked));
+        let gone = deletions.gone.lock().unwrap();
+        assert_eq!((gone.0.len(), gone.1.len()), (GONE_KEPT, GONE_KEPT));
+    }
 
     #[tokio::test]
     async fn the_ingress_and_the_control_plane_are_the_nodes_own_addresses() {
