@@ -918,7 +918,8 @@ async fn take_off_zero(
         } else {
             update.clone()
         };
-        let outcome = match store.write(write).await {
+        // Urgent: requests are held until it is done.
+        let outcome = match store.write_urgent(write).await {
             // A pod refused (its namespace's quota, a name taken by
             // chance): the controller makes the pods as it always does,
             // and tells why it cannot.
@@ -930,7 +931,7 @@ async fn take_off_zero(
                 tracing::debug!(
                     "activation of {key}: its first pod is left to the controller: {refused}"
                 );
-                store.write(update).await
+                store.write_urgent(update).await
             }
             other => other,
         };

@@ -657,9 +657,24 @@ impl Store {
     /// Performs a write; the result is the object as stored (for a delete,
     /// as it was deleted).
     pub async fn write(&self, write: Write) -> Result<Value, StoreError> {
+        self.send_write(write, false).await
+    }
+
+    /// [`Store::write`] for a write someone waits on (a request held
+    /// until a function at zero has its pod): committed in a batch of
+    /// its own, ahead of the writes queued with it.
+    pub async fn write_urgent(&self, write: Write) -> Result<Value, StoreError> {
+        self.send_write(write, true).await
+    }
+
+    async fn send_write(&self, write: Write, urgent: bool) -> Result<Value, StoreError> {
         let (reply, outcome) = oneshot::channel();
         self.writes
-            .send(writer::Pending { write, reply })
+            .send(writer::Pending {
+                write,
+                reply,
+                urgent,
+            })
             .await
             .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
         outcome

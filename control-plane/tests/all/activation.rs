@@ -247,6 +247,92 @@ async fn a_write_group_is_all_or_none() {
     assert_eq!(revision(&next), revision(&changed) + 1);
 }
 
+/// Groups committed in one batch stand or fall each on its own: one
+/// refused after its first write undoes only that write, not the groups
+/// before or after it in the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_in_one_batch_fall_alone() {
+    use control_plane::store::{ObjectKey, StoreError, Write};
+
+    let cluster = Cluster::new();
+    let (store, _keys) = store_of(&cluster);
+    let key = |name: &str| ObjectKey::new(Kind::ConfigMap, "default", name);
+    let create = |name: &str| Write::Create {
+        key: key(name),
+        object: json!({"apiVersion": skiff_api::API_VERSION, "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default"}}),
+    };
+    store.write(create("taken")).await.unwrap();
+    // Sent together, in this order (the writer takes what is queued into
+    // one batch): every third group is refused at its second write.
+    let groups = (0..30).map(|n| {
+        let second = if n % 3 == 1 {
+            create("taken")
+        } else {
+            create(&format!("second-{n}"))
+        };
+        store.write(Write::All(vec![create(&format!("first-{n}")), second]))
+    });
+    let outcomes = futures::future::join_all(groups).await;
+    for (n, outcome) in outcomes.iter().enumerate() {
+        let first = store.get(&key(&format!("first-{n}"))).await.unwrap();
+        if n % 3 == 1 {
+            assert!(
+                matches!(outcome, Err(StoreError::AlreadyExists(_))),
+                "{n}: {outcome:?}"
+            );
+            assert!(first.is_none(), "{n}: its first write is undone");
+        } else {
+            assert!(outcome.is_ok(), "{n}: {outcome:?}");
+            assert!(first.is_some(), "{n}");
+            assert!(
+                store
+                    .get(&key(&format!("second-{n}")))
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+        }
+    }
+}
+
+/// An urgent write (an activation's) is committed ahead of the writes
+/// queued with it, not after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_urgent_write_goes_ahead_of_those_queued_with_it() {
+    use control_plane::store::{ObjectKey, Write};
+
+    let cluster = Cluster::new();
+    let (store, _keys) = store_of(&cluster);
+    let create = |name: &str| Write::Create {
+        key: ObjectKey::new(Kind::ConfigMap, "default", name),
+        object: json!({"apiVersion": skiff_api::API_VERSION, "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default"}}),
+    };
+    // Queued in this order: sixty writes, then the urgent one. In order,
+    // the urgent one would take the last revision.
+    let mut writes: Vec<futures::future::BoxFuture<'_, _>> = (0..60)
+        .map(|n| Box::pin(store.write(create(&format!("queued-{n}")))) as _)
+        .collect();
+    writes.push(Box::pin(store.write_urgent(create("urgent"))));
+    let written = futures::future::join_all(writes).await;
+    let revisions: Vec<i64> = written
+        .iter()
+        .map(|w| {
+            w.as_ref().unwrap()["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let (urgent, queued) = revisions.split_last().unwrap();
+    assert!(
+        urgent < queued.iter().max().unwrap(),
+        "the urgent write took revision {urgent}, after every queued one: {queued:?}"
+    );
+}
+
 /// Asked by a node, the activation binds the first pod to it when the
 /// scheduler would have: it fits what the node's lease, status and bound
 /// pods say, and its runtime is one the node runs. Otherwise the pod is
