@@ -60,7 +60,8 @@ pub enum Write {
 pub(super) struct Pending {
     pub write: Write,
     pub reply: oneshot::Sender<Result<Value, StoreError>>,
-    /// Someone waits on it: committed ahead of the others queued with it.
+    /// Someone waits on it: committed ahead of the writes taken from the
+    /// queue with it (a batch already committing is not overtaken).
     pub urgent: bool,
 }
 

@@ -764,8 +764,13 @@ async fn follow_pods(
             match event {
                 Event::Restarted(items) => {
                     // Counted before the pods are looked at: a pod started
-                    // from an answer after this either sees the count move
-                    // or is stopped by the reconcile if the list lacks it.
+                    // from an answer after this sees the count move; one
+                    // started before is stopped by the reconcile if the
+                    // list lacks it. Known gap: a list read before the
+                    // activation's write but handled after the answer
+                    // stops such a pod, and the watch then starts it again
+                    // (a second start, the first worker still in its
+                    // grace); the list's revision would tell the two apart.
                     context.deletions.relisted();
                     let current = items
                         .into_iter()
