@@ -273,7 +273,7 @@ async fn follow(
     let mut header = true;
     while let Some(event) = events.next().await {
         let (event_type, object) = match event? {
-            Event::Restarted(items) => {
+            Event::Restarted { items, .. } => {
                 print_objects(
                     kind,
                     &items,

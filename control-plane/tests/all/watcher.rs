@@ -81,7 +81,7 @@ async fn a_watcher_lists_follows_and_resumes_where_it_was() {
     };
     let mut events = Box::pin(watcher::watcher(api_a.clone(), Kind::ConfigMap, config));
     match next(&mut events).await {
-        Event::Restarted(items) => assert_eq!(names(&items), ["before"]),
+        Event::Restarted { items, .. } => assert_eq!(names(&items), ["before"]),
         other => panic!("expected the list first, got {other:?}"),
     }
 
@@ -142,7 +142,7 @@ async fn a_watcher_whose_revision_was_compacted_relists_everything() {
     };
     let mut events = Box::pin(watcher::watcher(api_a.clone(), Kind::ConfigMap, config));
     match next(&mut events).await {
-        Event::Restarted(items) => assert_eq!(names(&items), ["kept-1"]),
+        Event::Restarted { items, .. } => assert_eq!(names(&items), ["kept-1"]),
         other => panic!("expected the list first, got {other:?}"),
     }
     let listed = api_a
@@ -174,7 +174,7 @@ async fn a_watcher_whose_revision_was_compacted_relists_everything() {
 
     restart(&cluster, &mut a);
     match next(&mut events).await {
-        Event::Restarted(items) => assert_eq!(names(&items), ["kept-1", "kept-2"]),
+        Event::Restarted { items, .. } => assert_eq!(names(&items), ["kept-1", "kept-2"]),
         other => panic!("expected a relist, got {other:?}"),
     }
     create(&api_a, &config_map("kept-3", "kept")).await;

@@ -37,7 +37,12 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// The full list, after a (re)list: whatever is not in it is gone.
-    Restarted(Vec<Value>),
+    /// `revision` is the list's: what it shows is the state then, and the
+    /// changes yielded next are those after it.
+    Restarted {
+        items: Vec<Value>,
+        revision: String,
+    },
     Added(Value),
     Modified(Value),
     Deleted(Value),
@@ -108,9 +113,12 @@ impl Next {
 fn transition(step: Step) -> Next {
     match step {
         Step::Listed(Ok(list)) => Next::to(State::InitListed {
-            revision: list.metadata.resource_version,
+            revision: list.metadata.resource_version.clone(),
         })
-        .yielding(Event::Restarted(list.items)),
+        .yielding(Event::Restarted {
+            items: list.items,
+            revision: list.metadata.resource_version,
+        }),
         Step::Listed(Err(error)) => Next::failed(State::Empty, error),
         Step::WatchOpened {
             revision,
@@ -336,9 +344,9 @@ mod tests {
         let name = |o: &Value| o["metadata"]["name"].as_str().unwrap_or("?").to_owned();
         match output {
             None => "-".into(),
-            Some(Ok(Event::Restarted(items))) => {
+            Some(Ok(Event::Restarted { items, revision })) => {
                 let names: Vec<String> = items.iter().map(name).collect();
-                format!("Restarted[{}]", names.join(","))
+                format!("Restarted[{}]@{revision}", names.join(","))
             }
             Some(Ok(Event::Added(o))) => format!("Added {}", name(o)),
             Some(Ok(Event::Modified(o))) => format!("Modified {}", name(o)),
@@ -354,14 +362,14 @@ mod tests {
                 "a list restarts from its revision",
                 Step::Listed(list("7", &["a", "b"])),
                 listed("7"),
-                "Restarted[a,b]",
+                "Restarted[a,b]@7",
                 false,
             ),
             (
                 "an empty list restarts with nothing",
                 Step::Listed(list("3", &[])),
                 listed("3"),
-                "Restarted[]",
+                "Restarted[]@3",
                 false,
             ),
             (

@@ -8,7 +8,7 @@ mod partition;
 pub mod pod;
 pub mod probes;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -146,55 +146,49 @@ pub struct NodeContext {
     pub events: skiff_client::events::Recorder,
     /// Every pod's captured stdout and stderr (`<data-dir>/logs`).
     pub logs: Arc<crate::logs::NodeLogs>,
-    /// What the pod watch told of deletions, which a pod started from an
-    /// activation's answer is checked against.
-    pub deletions: Deletions,
+    /// How far the pod watch has told this node, which a pod started from
+    /// an activation's answer is checked against.
+    pub pod_watch: PodWatchPosition,
 }
 
-/// Deletions the pod watch delivered, kept so that a pod started from an
-/// activation's answer (before the watch brings it) is never one the
-/// watch has already taken away: deleted by an event (its uid is here) or
-/// missing from a relist (one happened since the activation was asked).
-/// Every later deletion reaches the started pod's worker as usual.
+/// The revision through which the pod watch has told this node what
+/// became of its pods: that of its last list, or of the last change it
+/// delivered. A pod an activation's answer names at revision R starts
+/// from the answer only while this is below R: the watch then still has
+/// R, and every later change of the pod, to deliver (the watcher resumes
+/// from its list), so a deletion reaches the worker as for any pod. At or
+/// past R, the watch has told of the pod already (brought it, or a list
+/// that lacked it), and the answer is stale.
 #[derive(Default)]
-pub struct Deletions {
-    relists: std::sync::atomic::AtomicU64,
-    gone: Mutex<(HashSet<String>, VecDeque<String>)>,
+pub struct PodWatchPosition(std::sync::atomic::AtomicI64);
+
+impl PodWatchPosition {
+    fn at(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Notes that the watch told of `revision` (a resourceVersion that
+    /// does not parse tells nothing).
+    fn reached(&self, revision: &str) {
+        if let Ok(revision) = revision.parse::<i64>() {
+            self.0
+                .fetch_max(revision, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
-/// Deleted uids remembered: far more than pods can be deleted between an
-/// activation's write and its answer.
-const GONE_KEPT: usize = 4096;
+/// Whether a pod an activation answered at `revision` starts from the
+/// answer, the pod watch being at `watch_at`.
+fn starts_from_answer(watch_at: i64, revision: i64) -> bool {
+    watch_at < revision
+}
 
-impl Deletions {
-    /// Relists so far; an activation notes it when it asks.
-    pub fn relists(&self) -> u64 {
-        self.relists.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn relisted(&self) {
-        self.relists
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn deleted(&self, uid: &str) {
-        let mut gone = self.gone.lock().expect("deletions lock");
-        let (set, order) = &mut *gone;
-        if set.insert(uid.to_owned()) {
-            order.push_back(uid.to_owned());
-        }
-        while order.len() > GONE_KEPT {
-            if let Some(oldest) = order.pop_front() {
-                set.remove(&oldest);
-            }
-        }
-    }
-
-    /// Whether pod `uid`, answered to an activation asked when the watch
-    /// had relisted `relists` times, may start from the answer.
-    fn may_start(&self, uid: &str, relists: u64) -> bool {
-        self.relists() == relists && !self.gone.lock().expect("deletions lock").0.contains(uid)
-    }
+/// Whether a relist at `listed_at` predates a pod started from an
+/// activation's answer at `answered`: then the list's silence about it
+/// (or an older pod of its name in it) says nothing, and the watch,
+/// resuming from the list, brings what becomes of it.
+fn listed_before(listed_at: i64, answered: Option<i64>) -> bool {
+    answered.is_some_and(|revision| revision > listed_at)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -351,7 +345,7 @@ impl Agent {
             grace: config.grace,
             partition: partition::Partition::default(),
             logs,
-            deletions: Deletions::default(),
+            pod_watch: PodWatchPosition::default(),
         });
         let stats = crate::stats::NodeStats::for_node(&context, config.max_concurrent_instances);
         node_api.set_stats({
@@ -375,7 +369,6 @@ impl Agent {
                 let (context, pods) = (context.clone(), pods.clone());
                 let (namespace, name) = (namespace.to_owned(), name.to_owned());
                 tokio::spawn(async move {
-                    let relists = context.deletions.relists();
                     match context.client.activate_service(&namespace, &name).await {
                         Ok(answer) => {
                             // The pods written bound here start now: the
@@ -383,7 +376,7 @@ impl Agent {
                             let bound = answer["pods"].as_array().cloned().unwrap_or_default();
                             for pod in bound {
                                 if let Ok(pod) = serde_json::from_value::<Pod>(pod) {
-                                    start_answered(&context, &pods, pod, relists).await;
+                                    start_answered(&context, &pods, pod).await;
                                 }
                             }
                         }
@@ -762,33 +755,32 @@ async fn follow_pods(
         let (context, pods) = (context.clone(), pods.clone());
         async move {
             match event {
-                Event::Restarted(items) => {
-                    // Counted before the pods are looked at: a pod started
-                    // from an answer after this sees the count move; one
-                    // started before is stopped by the reconcile if the
-                    // list lacks it. Known gap: a list read before the
-                    // activation's write but handled after the answer
-                    // stops such a pod, and the watch then starts it again
-                    // (a second start, the first worker still in its
-                    // grace); the list's revision would tell the two apart.
-                    context.deletions.relisted();
+                Event::Restarted { items, revision } => {
+                    // Noted before the pods are looked at: an answer read
+                    // after this is checked against the list; a pod started
+                    // from one before is kept by the reconcile if the list
+                    // predates it.
+                    context.pod_watch.reached(&revision);
+                    let listed_at = revision.parse().unwrap_or(i64::MAX);
                     let current = items
                         .into_iter()
                         .filter_map(|p| serde_json::from_value(p).ok())
                         .collect();
-                    reconcile(&context, &pods, current).await;
+                    reconcile(&context, &pods, current, listed_at).await;
                 }
                 Event::Added(object) | Event::Modified(object) => {
+                    reached(&context, &object);
                     if let Ok(pod) = serde_json::from_value::<Pod>(object) {
                         ensure(&context, &pods, pod).await;
                     }
                 }
                 Event::Deleted(object) => {
+                    // Before the pod is taken away, not after: an answer
+                    // checked once its worker is gone must see that the
+                    // watch is past the pod.
+                    reached(&context, &object);
                     let key = namespace_and_name(&object);
                     let mut pods = pods.lock().await;
-                    if let Some(uid) = object["metadata"]["uid"].as_str() {
-                        context.deletions.deleted(uid);
-                    }
                     context.partition.forget(&key);
                     if let Some(handle) = pods.remove(&key) {
                         context.local_pods.forget_bound(&handle.uid);
@@ -799,6 +791,13 @@ async fn follow_pods(
         }
     })
     .await;
+}
+
+/// Notes how far the pod watch has told, from a change it delivered.
+fn reached(context: &NodeContext, object: &Value) {
+    if let Some(revision) = object["metadata"]["resourceVersion"].as_str() {
+        context.pod_watch.reached(revision);
+    }
 }
 
 /// Keeps the ingress's Services (their specs, with who may call them, and
@@ -830,7 +829,7 @@ async fn follow_into_ingress(client: Client, kind: Kind, ingress: Ingress) {
             }
         };
         match event {
-            Event::Restarted(items) => {
+            Event::Restarted { items, .. } => {
                 match kind {
                     Kind::Node => ingress.clear_nodes(),
                     _ => ingress.clear(kind == Kind::Service),
@@ -879,39 +878,50 @@ async fn ensure(
         pod.metadata.deletion_timestamp.is_some(),
     );
     let mut pods = pods.lock().await;
-    run_worker(context, &mut pods, pod).await;
+    run_worker(context, &mut pods, pod, None).await;
 }
 
 /// Starts `pod`, which an activation this node asked for wrote bound here,
-/// from the activation's answer, unless the watch already told of it:
-/// brought it (its worker runs), deleted it, or relisted since `relists`
-/// (the list may have lacked it). What the watch tells afterwards reaches
-/// the worker as for any pod.
+/// from the activation's answer, unless the pod watch has told of it
+/// already (see [`PodWatchPosition`]). What the watch tells afterwards
+/// reaches the worker as for any pod.
 async fn start_answered(
     context: &Arc<NodeContext>,
     pods: &tokio::sync::Mutex<HashMap<PodName, PodHandle>>,
     pod: Pod,
-    relists: u64,
 ) {
+    let revision = pod
+        .metadata
+        .resource_version
+        .as_deref()
+        .and_then(|r| r.parse::<i64>().ok());
+    let Some(revision) = revision else {
+        return;
+    };
     if pod.spec.node_name != context.node {
         return;
     }
-    let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    // Under the pods' lock, which the watch's deletions take too.
+    // Under the pods' lock, which the watch's changes are applied under.
     let mut pods = pods.lock().await;
-    if !context.deletions.may_start(&uid, relists) || pods.get(&key).is_some_and(|h| h.uid == uid) {
+    if !starts_from_answer(context.pod_watch.at(), revision) {
         return;
     }
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
     context
         .local_pods
         .note_bound(&uid, &pod.metadata.labels, false);
-    run_worker(context, &mut pods, pod).await;
+    run_worker(context, &mut pods, pod, Some(revision)).await;
 }
 
 /// Runs a worker for `pod` unless one runs for it already, stopping the
-/// worker of an older pod of its name.
-async fn run_worker(context: &Arc<NodeContext>, pods: &mut HashMap<PodName, PodHandle>, pod: Pod) {
+/// worker of an older pod of its name; `answered` is the pod's revision
+/// when it starts from an activation's answer.
+async fn run_worker(
+    context: &Arc<NodeContext>,
+    pods: &mut HashMap<PodName, PodHandle>,
+    pod: Pod,
+    answered: Option<i64>,
+) {
     let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     if pods.get(&key).is_some_and(|h| h.uid == uid) {
@@ -926,14 +936,19 @@ async fn run_worker(context: &Arc<NodeContext>, pods: &mut HashMap<PodName, PodH
         return;
     }
     context.partition.forget(&key);
-    pods.insert(key, pod::spawn(context.clone(), pod));
+    let mut handle = pod::spawn(context.clone(), pod);
+    handle.answered = answered;
+    pods.insert(key, handle);
 }
 
-/// Brings the workers in line with the full list of pods bound here.
+/// Brings the workers in line with the full list of pods bound here, as
+/// of revision `listed_at`; pods started from an activation's answer
+/// after it are left to the watch.
 async fn reconcile(
     context: &Arc<NodeContext>,
     pods: &tokio::sync::Mutex<HashMap<PodName, PodHandle>>,
     current: Vec<Pod>,
+    listed_at: i64,
 ) {
     let wanted: HashMap<PodName, String> = current
         .iter()
@@ -944,25 +959,34 @@ async fn reconcile(
             )
         })
         .collect();
-    let gone: Vec<PodHandle> = {
+    let (gone, newer): (Vec<PodHandle>, HashSet<PodName>) = {
         let mut pods = pods.lock().await;
         context.partition.retain(&wanted);
-        let stale: Vec<PodName> = pods
+        let newer: HashSet<PodName> = pods
             .iter()
-            .filter(|(key, handle)| wanted.get(*key) != Some(&handle.uid))
+            .filter(|(_, handle)| listed_before(listed_at, handle.answered))
             .map(|(key, _)| key.clone())
             .collect();
-        stale
+        let stale: Vec<PodName> = pods
+            .iter()
+            .filter(|(key, handle)| !newer.contains(*key) && wanted.get(*key) != Some(&handle.uid))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let gone = stale
             .into_iter()
             .filter_map(|key| pods.remove(&key))
-            .collect()
+            .collect();
+        (gone, newer)
     };
     for handle in gone {
         context.local_pods.forget_bound(&handle.uid);
         tokio::spawn(handle.stop());
     }
     for pod in current {
-        ensure(context, pods, pod).await;
+        let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
+        if !newer.contains(&key) {
+            ensure(context, pods, pod).await;
+        }
     }
 }
 
@@ -971,25 +995,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_pod_the_watch_deleted_or_a_relist_may_have_missed_does_not_start_from_an_answer() {
-        let deletions = Deletions::default();
-        let asked = deletions.relists();
-        assert!(deletions.may_start("a", asked));
-        deletions.deleted("a");
-        assert!(!deletions.may_start("a", asked), "deleted by the watch");
-        assert!(deletions.may_start("b", asked), "another pod");
-        deletions.relisted();
-        assert!(!deletions.may_start("b", asked), "relisted since the ask");
-        let asked = deletions.relists();
-        assert!(deletions.may_start("b", asked), "asked after the relist");
-        // Bounded: the oldest deletions are forgotten first.
-        for n in 0..GONE_KEPT {
-            deletions.deleted(&format!("later-{n}"));
-        }
-        assert!(deletions.may_start("a", asked), "forgotten");
-        assert!(!deletions.may_start("later-0", asked));
-        let gone = deletions.gone.lock().unwrap();
-        assert_eq!((gone.0.len(), gone.1.len()), (GONE_KEPT, GONE_KEPT));
+    fn a_pod_starts_from_an_answer_only_while_the_watch_has_not_told_of_it() {
+        let position = PodWatchPosition::default();
+        position.reached("10");
+        // Written at 11: the watch has it (and any deletion) still to come.
+        assert!(starts_from_answer(position.at(), 11));
+        // The watch brought it, or a list at or after it showed what
+        // became of it: the answer is stale.
+        position.reached("11");
+        assert!(!starts_from_answer(position.at(), 11));
+        position.reached("9");
+        position.reached("not a revision");
+        assert_eq!(position.at(), 11, "the position only moves on");
+        // A relist that lacks a pod started from an answer: at or after its
+        // revision the pod is gone; before it, the list knew nothing of it.
+        assert!(listed_before(10, Some(11)));
+        assert!(!listed_before(11, Some(11)));
+        assert!(!listed_before(12, Some(11)));
+        assert!(!listed_before(10, None), "a pod the watch brought");
     }
 
     #[tokio::test]

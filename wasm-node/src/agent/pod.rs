@@ -31,6 +31,9 @@ pub struct PodHandle {
     pub uid: String,
     /// What to do with the pod while the node is cut off.
     pub partition_policy: PartitionPolicy,
+    /// The pod's revision when it was started from an activation's answer
+    /// rather than by the watch (see `agent::PodWatchPosition`).
+    pub answered: Option<i64>,
     /// Set to the grace in-flight requests get, to stop the worker.
     stop: watch::Sender<Option<Duration>>,
     task: tokio::task::JoinHandle<()>,
@@ -59,6 +62,7 @@ pub fn spawn(context: Arc<NodeContext>, pod: Pod) -> PodHandle {
     PodHandle {
         uid,
         partition_policy,
+        answered: None,
         stop,
         task,
     }
