@@ -900,7 +900,11 @@ async fn take_off_zero(
                 None => Ok(None),
             }
         };
-        let (mut first, node_state) = tokio::try_join!(first_pods(store, &next, now), node_state)?;
+        let (first, node_state) = tokio::try_join!(first_pods(store, &next, now), node_state)?;
+        let FirstPods {
+            creates: mut first,
+            status,
+        } = first;
         match (node_state, first.first_mut()) {
             (Some(state), Some((key, pod)))
                 if binds_here(&activations.known, &key.namespace, pod, &state) =>
@@ -910,11 +914,25 @@ async fn take_off_zero(
             _ => claim = None,
         }
         let grouped = !first.is_empty();
+        let created = first.len();
         let write = if grouped {
             let creates = first
                 .into_iter()
                 .map(|(key, object)| Write::Create { key, object });
-            Write::All(std::iter::once(update.clone()).chain(creates).collect())
+            // The status last: the group answers the Deployment, then its
+            // pods, then the status.
+            let status = status.map(|object| Write::Update {
+                key: key.clone(),
+                object,
+                part: Part::Status,
+                expected_revision: None,
+            });
+            Write::All(
+                std::iter::once(update.clone())
+                    .chain(creates)
+                    .chain(status)
+                    .collect(),
+            )
         } else {
             update.clone()
         };
@@ -944,7 +962,7 @@ async fn take_off_zero(
                     Value::Array(written) => written,
                     _ => Vec::new(),
                 };
-                let pods = written.get(1..).unwrap_or_default();
+                let pods = written.get(1..1 + created).unwrap_or_default();
                 tell_written(&activations.events, written.first(), pods);
                 let bound = pods
                     .iter()
@@ -1038,15 +1056,52 @@ async fn first_pods(
     store: &Store,
     deployment: &Value,
     now: DateTime<Utc>,
-) -> Result<Vec<(ObjectKey, Value)>, StoreError> {
+) -> Result<FirstPods, StoreError> {
     use super::deployments;
-    let Ok(deployment) = serde_json::from_value::<Deployment>(deployment.clone()) else {
-        return Ok(Vec::new());
+    let Ok(deployment) = Deployment::deserialize(deployment) else {
+        return Ok(FirstPods::default());
     };
     let pods = deployments::pods_of(store, &deployment).await?;
     let plan = deployments::plan(&deployment, &pods, now);
     let preferred = deployments::preferred_node(&deployment, pods.is_empty(), now);
-    Ok(deployments::pods_to_create(&deployment, &plan, preferred))
+    let creates = deployments::pods_to_create(&deployment, &plan, preferred);
+    let status = status_with(&deployment, pods, &creates, now);
+    Ok(FirstPods { creates, status })
+}
+
+/// The pods an activation writes, and the Deployment's status to write
+/// with them.
+#[derive(Default)]
+struct FirstPods {
+    creates: Vec<(ObjectKey, Value)>,
+    status: Option<Value>,
+}
+
+/// The status the Deployment controller will find for `deployment` once
+/// `creates` are written beside its `pods` (the replicas' change moves
+/// the generation), if it differs from the stored one: written in the
+/// activation's group, the controller's first look then has nothing to
+/// write, one write fewer on every cold start. Should the two differ
+/// after all, the controller writes its own, as it would have.
+fn status_with(
+    deployment: &Deployment,
+    mut pods: Vec<skiff_api::kinds::pod::Pod>,
+    creates: &[(ObjectKey, Value)],
+    now: DateTime<Utc>,
+) -> Option<Value> {
+    if creates.is_empty() {
+        return None;
+    }
+    let mut written = deployment.clone();
+    written.metadata.generation = written.metadata.generation.map(|g| g + 1);
+    pods.extend(
+        creates
+            .iter()
+            .filter_map(|(_, pod)| skiff_api::kinds::pod::Pod::deserialize(pod).ok()),
+    );
+    let status = super::deployments::plan(&written, &pods, now).status;
+    (deployment.status.as_ref() != Some(&status))
+        .then(|| serde_json::to_value(status).expect("a status serializes"))
 }
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ async fn the_activation_writes_the_first_pod_with_the_replicas() {
     );
     assert_eq!(pod["metadata"]["annotations"]["skiff.dev/revision"], "1");
     assert_eq!(pod["spec"]["resources"]["memory"], "16Mi");
-    // One transaction: the pod's revision follows the Deployment's.
+    // One transaction: the pod's revision follows the replicas' change.
     let revision = |o: &Value| {
         o["metadata"]["resourceVersion"]
             .as_str()
@@ -113,7 +113,27 @@ async fn the_activation_writes_the_first_pod_with_the_replicas() {
             .parse::<i64>()
             .unwrap()
     };
-    assert_eq!(revision(pod), revision(&deployment) + 1);
+    assert_eq!(revision(pod), revision(&deployment) - 1);
+    // Then the Deployment's status, as its controller will find it: its
+    // first look has nothing to write and no pod to make.
+    let stored: skiff_api::kinds::deployment::Deployment =
+        serde_json::from_value(deployment.clone()).unwrap();
+    let status = stored.status.clone().expect("a status was written");
+    assert_eq!(
+        (
+            status.replicas,
+            status.updated_replicas,
+            status.ready_replicas
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(status.observed_generation, stored.metadata.generation);
+    let plan = control_plane::controllers::deployments::plan(
+        &stored,
+        &[serde_json::from_value(pod.clone()).unwrap()],
+        chrono::Utc::now(),
+    );
+    assert!(plan.steps.is_empty(), "{:?}", plan.steps);
 
     // Off zero now: asking again changes nothing.
     let again = admin.activate_service("default", "fn").await.unwrap();
