@@ -183,12 +183,13 @@ fn starts_from_answer(watch_at: i64, revision: i64) -> bool {
     watch_at < revision
 }
 
-/// Whether a relist at `listed_at` predates a pod started from an
-/// activation's answer at `answered`: then the list's silence about it
-/// (or an older pod of its name in it) says nothing, and the watch,
-/// resuming from the list, brings what becomes of it.
-fn listed_before(listed_at: i64, answered: Option<i64>) -> bool {
-    answered.is_some_and(|revision| revision > listed_at)
+/// Whether a relist at `listed_at` predates a pod whose worker started
+/// from what was read of it at revision `seen` outside the watch (an
+/// activation's answer, the partition's read): then the list's silence
+/// about it (or an older pod of its name in it) says nothing, and the
+/// watch, resuming from the list, brings what becomes of it.
+fn listed_before(listed_at: i64, seen: Option<i64>) -> bool {
+    seen.is_some_and(|revision| revision > listed_at)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -780,9 +781,15 @@ async fn follow_pods(
                     // watch is past the pod.
                     reached(&context, &object);
                     let key = namespace_and_name(&object);
+                    let deleted = object["metadata"]["uid"].as_str();
                     let mut pods = pods.lock().await;
                     context.partition.forget(&key);
-                    if let Some(handle) = pods.remove(&key) {
+                    // Only the pod deleted: a newer one of its name (started
+                    // from an activation's answer) is not stopped for it.
+                    let this = pods
+                        .get(&key)
+                        .is_some_and(|handle| deleted.is_none_or(|uid| handle.uid == uid));
+                    if let Some(handle) = this.then(|| pods.remove(&key)).flatten() {
                         context.local_pods.forget_bound(&handle.uid);
                         tokio::spawn(handle.stop());
                     }
@@ -914,13 +921,13 @@ async fn start_answered(
 }
 
 /// Runs a worker for `pod` unless one runs for it already, stopping the
-/// worker of an older pod of its name; `answered` is the pod's revision
-/// when it starts from an activation's answer.
+/// worker of an older pod of its name; `seen` is the pod's revision when
+/// it starts from an activation's answer.
 async fn run_worker(
     context: &Arc<NodeContext>,
     pods: &mut HashMap<PodName, PodHandle>,
     pod: Pod,
-    answered: Option<i64>,
+    seen: Option<i64>,
 ) {
     let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
     let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -937,7 +944,7 @@ async fn run_worker(
     }
     context.partition.forget(&key);
     let mut handle = pod::spawn(context.clone(), pod);
-    handle.answered = answered;
+    handle.seen_outside_watch = seen;
     pods.insert(key, handle);
 }
 
@@ -964,7 +971,7 @@ async fn reconcile(
         context.partition.retain(&wanted);
         let newer: HashSet<PodName> = pods
             .iter()
-            .filter(|(_, handle)| listed_before(listed_at, handle.answered))
+            .filter(|(_, handle)| listed_before(listed_at, handle.seen_outside_watch))
             .map(|(key, _)| key.clone())
             .collect();
         let stale: Vec<PodName> = pods

@@ -290,8 +290,18 @@ async fn heal(context: &Arc<NodeContext>, pods: &Pods) {
         }) else {
             continue;
         };
-        pods.entry(key)
-            .or_insert_with(|| pod::spawn(context.clone(), pod));
+        // Read here, not from the watch: a relist older than this read
+        // must leave it to the watch (see `PodWatchPosition`).
+        let seen = pod
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|r| r.parse().ok());
+        pods.entry(key).or_insert_with(|| {
+            let mut handle = pod::spawn(context.clone(), pod);
+            handle.seen_outside_watch = seen;
+            handle
+        });
     }
 }
 

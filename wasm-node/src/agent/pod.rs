@@ -31,9 +31,11 @@ pub struct PodHandle {
     pub uid: String,
     /// What to do with the pod while the node is cut off.
     pub partition_policy: PartitionPolicy,
-    /// The pod's revision when it was started from an activation's answer
-    /// rather than by the watch (see `agent::PodWatchPosition`).
-    pub answered: Option<i64>,
+    /// The pod's revision when its worker was started from what was read
+    /// outside the pod watch (an activation's answer, the partition's
+    /// read on renewal): a relist older than it knows nothing of the pod
+    /// (see `agent::PodWatchPosition`).
+    pub seen_outside_watch: Option<i64>,
     /// Set to the grace in-flight requests get, to stop the worker.
     stop: watch::Sender<Option<Duration>>,
     task: tokio::task::JoinHandle<()>,
@@ -62,7 +64,7 @@ pub fn spawn(context: Arc<NodeContext>, pod: Pod) -> PodHandle {
     PodHandle {
         uid,
         partition_policy,
-        answered: None,
+        seen_outside_watch: None,
         stop,
         task,
     }
