@@ -177,6 +177,14 @@ impl PodWatchPosition {
     }
 }
 
+/// Keeps any pod from starting from an activation's answer from now on.
+fn stop_starting_from_answers(context: &NodeContext) {
+    context
+        .pod_watch
+        .0
+        .store(i64::MAX, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Whether a pod an activation answered at `revision` starts from the
 /// answer, the pod watch being at `watch_at`.
 fn starts_from_answer(watch_at: i64, revision: i64) -> bool {
@@ -452,7 +460,10 @@ impl Agent {
             ingress,
             lease,
         } = self.loops;
-        // First, so that no worker starts while the others stop.
+        // First, so that no worker starts while the others stop: neither
+        // by the watch nor from an activation's answer still on its way
+        // (as if the watch had told of every pod, no answer starts one).
+        stop_starting_from_answers(&self.context);
         followers.shutdown().await;
         let mut pods = self.pods.lock().await;
         for (_, handle) in pods.drain() {
