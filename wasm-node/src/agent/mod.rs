@@ -167,6 +167,12 @@ impl PodWatchPosition {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Keeps any pod from starting from an activation's answer from now
+    /// on, as if the watch had told of every revision.
+    fn close(&self) {
+        self.0.store(i64::MAX, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Notes that the watch told of `revision` (a resourceVersion that
     /// does not parse tells nothing).
     fn reached(&self, revision: &str) {
@@ -175,14 +181,6 @@ impl PodWatchPosition {
                 .fetch_max(revision, std::sync::atomic::Ordering::SeqCst);
         }
     }
-}
-
-/// Keeps any pod from starting from an activation's answer from now on.
-fn stop_starting_from_answers(context: &NodeContext) {
-    context
-        .pod_watch
-        .0
-        .store(i64::MAX, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// Whether a pod an activation answered at `revision` starts from the
@@ -463,7 +461,7 @@ impl Agent {
         // First, so that no worker starts while the others stop: neither
         // by the watch nor from an activation's answer still on its way
         // (as if the watch had told of every pod, no answer starts one).
-        stop_starting_from_answers(&self.context);
+        self.context.pod_watch.close();
         followers.shutdown().await;
         let mut pods = self.pods.lock().await;
         for (_, handle) in pods.drain() {
