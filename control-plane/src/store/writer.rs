@@ -7,7 +7,7 @@
 //! (fsync) instead of queueing for one each.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +55,19 @@ pub enum Write {
     /// conflict, a quota...) undoes those before it and is the answer.
     /// Answers an array of what each wrote. Groups do not nest.
     All(Vec<Write>),
+}
+
+impl Write {
+    /// The object it writes; a group has none of its own.
+    fn key(&self) -> Option<&ObjectKey> {
+        match self {
+            Write::Create { key, .. }
+            | Write::Update { key, .. }
+            | Write::Delete { key, .. }
+            | Write::Unchanged { key, .. } => Some(key),
+            Write::All(_) => None,
+        }
+    }
 }
 
 pub(super) struct Pending {
@@ -213,6 +226,11 @@ struct Batch<'k> {
     /// Namespaces seen to exist in this transaction, so a batch of creates
     /// in one namespace checks it once.
     namespaces: HashSet<String>,
+    /// Objects as this transaction wrote them (`None`: deleted), so a
+    /// later write of the same object in the batch (an activation's
+    /// Deployment, then its status) need not read back what it wrote.
+    /// Secrets are not kept: they are stored sealed.
+    written: HashMap<ObjectKey, Option<Value>>,
 }
 
 /// Commits a batch within the writer's deadline. Past it, the connection
@@ -257,10 +275,25 @@ async fn commit_on(
         revision: start,
         now: now_rfc3339(),
         namespaces: HashSet::new(),
+        written: HashMap::new(),
     };
     let mut results = Vec::with_capacity(writes.len());
+    let alone = writes.len() == 1;
     for write in writes {
-        results.push(apply(&mut tx, write, &mut batch).await.map_err(before)?);
+        let result = match write {
+            // A group alone in its batch needs no savepoint of its own:
+            // refused, the whole transaction is rolled back.
+            Write::All(group) if alone => all(&mut tx, group, &mut batch, false).await,
+            write => apply(&mut tx, write, &mut batch).await,
+        }
+        .map_err(before)?;
+        if alone && result.is_err() {
+            // Nothing of a refused write may stand, and nothing else is
+            // in the batch: dropped, the transaction is rolled back
+            // (sent with the connection's next use), no COMMIT awaited.
+            return Ok(vec![result]);
+        }
+        results.push(result);
     }
     if batch.revision != start {
         // NOTIFY is delivered at commit, so listeners never see a revision
@@ -304,26 +337,31 @@ async fn apply(
         Write::Unchanged {
             key,
             expected_revision,
-        } => Ok(load(tx, key).await?.map_or_else(
+        } => Ok(load(tx, key, batch).await?.map_or_else(
             || Err(StoreError::NotFound(key.clone())),
             |existing| {
                 check_revision(key, &existing, Some(*expected_revision)).map(|()| Value::Null)
             },
         )),
-        Write::All(writes) => all(tx, writes, batch).await,
+        Write::All(writes) => all(tx, writes, batch, true).await,
     }
 }
 
 /// A group of writes, all or none, under a savepoint of the batch's
-/// transaction: the batch's other writes stand whatever becomes of it.
+/// transaction (with `savepoint`): the batch's other writes stand
+/// whatever becomes of it. Without one, the caller rolls the transaction
+/// back if the group is refused.
 async fn all(
     tx: &mut Transaction<'_, Postgres>,
     writes: &[Write],
     batch: &mut Batch<'_>,
+    savepoint: bool,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
-    sqlx::query("SAVEPOINT write_group")
-        .execute(&mut **tx)
-        .await?;
+    if savepoint {
+        sqlx::query("SAVEPOINT write_group")
+            .execute(&mut **tx)
+            .await?;
+    }
     let (revision, namespaces) = (batch.revision, batch.namespaces.clone());
     let mut written = Vec::with_capacity(writes.len());
     for write in writes {
@@ -337,12 +375,19 @@ async fn all(
         };
         match outcome {
             Ok(object) => written.push(object),
+            Err(refused) if !savepoint => return Ok(Err(refused)),
             Err(refused) => {
                 sqlx::query("ROLLBACK TO SAVEPOINT write_group")
                     .execute(&mut **tx)
                     .await?;
                 batch.revision = revision;
                 batch.namespaces = namespaces;
+                // What the group wrote is undone: read again if wanted.
+                for write in writes {
+                    if let Some(key) = write.key() {
+                        batch.written.remove(key);
+                    }
+                }
                 return Ok(Err(refused));
             }
         }
@@ -381,7 +426,7 @@ async fn create(
     batch: &mut Batch<'_>,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
     if key.kind.namespaced() && !batch.namespaces.contains(&key.namespace) {
-        if load(tx, &ObjectKey::namespace(&key.namespace))
+        if load(tx, &ObjectKey::namespace(&key.namespace), batch)
             .await?
             .is_none()
         {
@@ -428,6 +473,7 @@ async fn create(
         return Ok(Err(StoreError::AlreadyExists(key.clone())));
     }
     batch.revision = next;
+    batch.remember(key, Some(&object));
     Ok(Ok(object))
 }
 
@@ -439,7 +485,7 @@ async fn update(
     expected: Option<i64>,
     batch: &mut Batch<'_>,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
-    let existing = match load_expected(tx, key, expected, batch.keyring).await? {
+    let existing = match load_expected(tx, key, expected, batch).await? {
         Ok(existing) => existing,
         Err(refused) => return Ok(Err(refused)),
     };
@@ -483,6 +529,7 @@ async fn update(
     .execute(&mut **tx)
     .await?;
     batch.revision = next;
+    batch.remember(key, Some(&object));
     Ok(Ok(object))
 }
 
@@ -493,7 +540,7 @@ async fn delete(
     expected_uid: Option<&str>,
     batch: &mut Batch<'_>,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
-    let existing = match load_expected(tx, key, expected, batch.keyring).await? {
+    let existing = match load_expected(tx, key, expected, batch).await? {
         Ok(existing) => existing,
         Err(refused) => return Ok(Err(refused)),
     };
@@ -504,6 +551,9 @@ async fn delete(
     }
     if key.kind == Kind::Namespace {
         batch.namespaces.remove(&key.name);
+        batch
+            .written
+            .retain(|member, _| member.namespace != key.name);
         // Its tokens' roles go with it (they are bound to its uid anyway,
         // so a namespace created under the name later never revives them);
         // a token left with no role at all goes too.
@@ -565,6 +615,7 @@ async fn delete(
         super::quota::forget_if_unquoted(tx, &key.namespace).await?;
     }
     batch.revision += 1;
+    batch.remember(key, None);
     let object = objects::deleted(&existing, batch.revision, &batch.now);
     record_change(
         tx,
@@ -583,21 +634,31 @@ async fn load_expected(
     tx: &mut Transaction<'_, Postgres>,
     key: &ObjectKey,
     expected: Option<i64>,
-    keyring: &Keyring,
+    batch: &mut Batch<'_>,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
-    let Some(existing) = load(tx, key).await? else {
+    let Some(existing) = load(tx, key, batch).await? else {
         return Ok(Err(StoreError::NotFound(key.clone())));
     };
     if let Err(refused) = check_revision(key, &existing, expected) {
         return Ok(Err(refused));
     }
     if key.kind == Kind::Secret {
-        return Ok(keyring.unseal_secret(existing).map_err(StoreError::from));
+        return Ok(batch
+            .keyring
+            .unseal_secret(existing)
+            .map_err(StoreError::from));
     }
     Ok(Ok(existing))
 }
 
 impl Batch<'_> {
+    /// Notes `object` as this transaction wrote it under `key`.
+    fn remember(&mut self, key: &ObjectKey, object: Option<&Value>) {
+        if key.kind != Kind::Secret {
+            self.written.insert(key.clone(), object.cloned());
+        }
+    }
+
     /// `object` as it is stored: a Secret sealed whole, whatever fields it
     /// came with (so none can pass as already sealed), anything else as
     /// it is.
@@ -643,16 +704,30 @@ fn stored_revision(object: &Value) -> i64 {
         .unwrap_or_default()
 }
 
+/// The object stored under `key`, as this transaction has it.
 async fn load(
     tx: &mut Transaction<'_, Postgres>,
     key: &ObjectKey,
+    batch: &mut Batch<'_>,
 ) -> Result<Option<Value>, sqlx::Error> {
-    sqlx::query_scalar("SELECT body FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
-        .bind(key.kind.name())
-        .bind(&key.namespace)
-        .bind(&key.name)
-        .fetch_optional(&mut **tx)
-        .await
+    if let Some(written) = batch.written.get(key) {
+        return Ok(written.clone());
+    }
+    let stored: Option<Value> = sqlx::query_scalar(
+        "SELECT body FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3",
+    )
+    .bind(key.kind.name())
+    .bind(&key.namespace)
+    .bind(&key.name)
+    .fetch_optional(&mut **tx)
+    .await?;
+    // An object of a namespace shows that namespace exists: deleting one
+    // deletes its objects in the same transaction, and every write holds
+    // the revision lock. The batch's next create there need not ask.
+    if stored.is_some() && key.kind.namespaced() {
+        batch.namespaces.insert(key.namespace.clone());
+    }
+    Ok(stored)
 }
 
 async fn record_change(

@@ -316,6 +316,249 @@ async fn groups_in_one_batch_fall_alone() {
     }
 }
 
+/// A write after a group undone in its batch finds the objects as they
+/// were before the group, not as the group wrote them: the writer keeps
+/// what a batch wrote (so a second write of an object need not read it
+/// back) and must forget what a group's rollback undid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_a_group_undone_in_its_batch_finds_what_was_before() {
+    use control_plane::store::{ObjectKey, Part, Write};
+
+    let cluster = Cluster::new();
+    let (store, _keys) = store_of(&cluster);
+    let key = |name: &str| ObjectKey::new(Kind::ConfigMap, "default", name);
+    let config_map = |name: &str, value: &str| {
+        json!({"apiVersion": skiff_api::API_VERSION, "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default"}, "data": {"k": value}})
+    };
+    let update = |name: &str, value: &str, expected: &Value| Write::Update {
+        key: key(name),
+        object: config_map(name, value),
+        part: Part::Main,
+        expected_revision: expected["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|rv| rv.parse().ok()),
+    };
+    store
+        .write(Write::Create {
+            key: key("taken"),
+            object: config_map("taken", "v"),
+        })
+        .await
+        .unwrap();
+    let mut originals = Vec::new();
+    for n in 0..20 {
+        let name = format!("cm-{n}");
+        let object = config_map(&name, "before");
+        originals.push(
+            store
+                .write(Write::Create {
+                    key: key(&name),
+                    object,
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    // Sent together, so most pairs share a batch: each group updates its
+    // object and is then refused; the write after it expects the object
+    // at the revision it had before the group.
+    let writes = originals.iter().enumerate().flat_map(|(n, original)| {
+        let name = format!("cm-{n}");
+        let group = Write::All(vec![
+            update(&name, "undone", original),
+            Write::Create {
+                key: key("taken"),
+                object: config_map("taken", "again"),
+            },
+        ]);
+        [
+            store.write(group),
+            store.write(update(&name, "after", original)),
+        ]
+    });
+    let outcomes = futures::future::join_all(writes).await;
+    for (n, pair) in outcomes.chunks(2).enumerate() {
+        assert!(
+            pair[0].is_err(),
+            "cm-{n}: the group is refused: {:?}",
+            pair[0]
+        );
+        assert!(pair[1].is_ok(), "cm-{n}: the write after it: {:?}", pair[1]);
+        let stored = store.get(&key(&format!("cm-{n}"))).await.unwrap().unwrap();
+        assert_eq!(stored["data"]["k"], "after", "cm-{n}");
+    }
+}
+
+/// A group's second write of an object finds it as the first wrote it,
+/// and a namespace deleted in a batch exists no more for the writes after
+/// it there, though an object read earlier in the batch showed it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_in_one_group_see_each_other() {
+    use control_plane::store::{ObjectKey, Part, StoreError, Write};
+
+    let cluster = Cluster::new();
+    let (store, _keys) = store_of(&cluster);
+    let namespace = json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace",
+        "metadata": {"name": "doomed"}});
+    store
+        .write(Write::Create {
+            key: ObjectKey::namespace("doomed"),
+            object: namespace,
+        })
+        .await
+        .unwrap();
+    let key = |name: &str| ObjectKey::new(Kind::ConfigMap, "doomed", name);
+    let config_map = |name: &str, value: &str| {
+        json!({"apiVersion": skiff_api::API_VERSION, "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "doomed"}, "data": {"k": value}})
+    };
+    let created = store
+        .write(Write::Create {
+            key: key("a"),
+            object: config_map("a", "1"),
+        })
+        .await
+        .unwrap();
+    let revision = |o: &Value| -> i64 {
+        o["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let update = |value: &str, expected_revision| Write::Update {
+        key: key("a"),
+        object: config_map("a", value),
+        part: Part::Main,
+        expected_revision,
+    };
+    // The second update expects the revision the first one wrote.
+    let written = store
+        .write(Write::All(vec![
+            update("2", Some(revision(&created))),
+            update("3", Some(revision(&created) + 1)),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(written[1]["data"]["k"], "3");
+    assert_eq!(revision(&written[1]), revision(&created) + 2);
+    // And refuses one that expects the revision before it.
+    let stale = store
+        .write(Write::All(vec![
+            update("4", Some(revision(&written[1]))),
+            update("5", Some(revision(&written[1]))),
+        ]))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+
+    // Reading `a` shows the namespace exists; deleting the namespace then
+    // takes that along: nothing is created in it afterwards.
+    let refused = store
+        .write(Write::All(vec![
+            update("6", None),
+            Write::Delete {
+                key: ObjectKey::namespace("doomed"),
+                expected_revision: None,
+                expected_uid: None,
+            },
+            Write::Create {
+                key: key("b"),
+                object: config_map("b", "1"),
+            },
+        ]))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::NamespaceNotFound(_))),
+        "{refused:?}"
+    );
+    // Nor are its objects, even one the batch wrote before.
+    let refused = store
+        .write(Write::All(vec![
+            update("6", None),
+            Write::Delete {
+                key: ObjectKey::namespace("doomed"),
+                expected_revision: None,
+                expected_uid: None,
+            },
+            update("9", None),
+        ]))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::NotFound(_))),
+        "{refused:?}"
+    );
+    // Nor is an object's update found once it is deleted.
+    let refused = store
+        .write(Write::All(vec![
+            update("7", None),
+            Write::Delete {
+                key: key("a"),
+                expected_revision: None,
+                expected_uid: None,
+            },
+            update("7", None),
+        ]))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::NotFound(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.get(&key("a")).await.unwrap().unwrap()["data"]["k"],
+        "3"
+    );
+}
+
+/// A list with no limit carries the revision it reflects, read in the
+/// same snapshot as its objects, even when nothing matches; its objects
+/// come in namespace and name order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_list_carries_the_revision_of_its_objects() {
+    use control_plane::store::{ListQuery, ObjectKey, Write};
+
+    let cluster = Cluster::new();
+    let (store, _keys) = store_of(&cluster);
+    let empty = store
+        .list(Kind::ConfigMap, ListQuery::default())
+        .await
+        .unwrap();
+    assert!(empty.items.is_empty());
+    assert_eq!(empty.revision, store.current_revision().await.unwrap());
+    for name in ["c", "a", "b"] {
+        store
+            .write(Write::Create {
+                key: ObjectKey::new(Kind::ConfigMap, "default", name),
+                object: json!({"apiVersion": skiff_api::API_VERSION, "kind": "ConfigMap",
+                    "metadata": {"name": name, "namespace": "default"}}),
+            })
+            .await
+            .unwrap();
+    }
+    let listed = store
+        .list(Kind::ConfigMap, ListQuery::default())
+        .await
+        .unwrap();
+    let names: Vec<&str> = listed
+        .items
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(listed.revision, store.current_revision().await.unwrap());
+    assert!(listed.revision > empty.revision);
+    // Still the revision when the kind has nothing.
+    let none = store
+        .list(Kind::Secret, ListQuery::default())
+        .await
+        .unwrap();
+    assert!(none.items.is_empty());
+    assert_eq!(none.revision, listed.revision);
+}
+
 /// An urgent write (an activation's) is committed ahead of the writes
 /// queued with it, not after them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
