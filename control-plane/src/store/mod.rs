@@ -19,7 +19,7 @@ use skiff_api::Kind;
 use skiff_api::selector::{FieldSelector, Operator, Selector};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::encryption::{EncryptionError, Keyring, cluster_secret_context};
 pub use accounts::{AccountTokenGrant, AccountTokenRecord};
@@ -438,7 +438,7 @@ enum TokenFilter {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
-    writes: mpsc::Sender<writer::Pending>,
+    writes: writer::Lanes,
     /// Seals Secrets and cluster secrets on their way in, opens them on
     /// their way out: nothing of them is stored in plaintext.
     keyring: Arc<Keyring>,
@@ -661,20 +661,20 @@ impl Store {
     }
 
     /// [`Store::write`] for a write someone waits on (a request held
-    /// until a function at zero has its pod): committed in a batch of
-    /// its own, ahead of the writes queued with it.
+    /// until a function at zero has its pod): committed in a lane of its
+    /// own, ahead of the writes queued in the usual one.
     pub async fn write_urgent(&self, write: Write) -> Result<Value, StoreError> {
         self.send_write(write, true).await
     }
 
     async fn send_write(&self, write: Write, urgent: bool) -> Result<Value, StoreError> {
         let (reply, outcome) = oneshot::channel();
-        self.writes
-            .send(writer::Pending {
-                write,
-                reply,
-                urgent,
-            })
+        let lane = if urgent {
+            &self.writes.urgent
+        } else {
+            &self.writes.usual
+        };
+        lane.send(writer::Pending { write, reply })
             .await
             .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
         outcome

@@ -5,6 +5,11 @@
 //! revision N has seen everything before it. Batching is what keeps this
 //! fast: concurrent writers share one lock acquisition and one commit
 //! (fsync) instead of queueing for one each.
+//!
+//! Writes someone waits on (an activation's, while requests are held at
+//! zero) have a lane and a task of their own: their batch begins at once
+//! and waits on the revision lock, not behind the queue nor for the
+//! batch in progress to be answered.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -73,9 +78,14 @@ impl Write {
 pub(super) struct Pending {
     pub write: Write,
     pub reply: oneshot::Sender<Result<Value, StoreError>>,
-    /// Someone waits on it: committed ahead of the writes taken from the
-    /// queue with it (a batch already committing is not overtaken).
-    pub urgent: bool,
+}
+
+/// Where writes are sent: the usual lane, and that of writes someone
+/// waits on.
+#[derive(Clone)]
+pub(super) struct Lanes {
+    pub usual: mpsc::Sender<Pending>,
+    pub urgent: mpsc::Sender<Pending>,
 }
 
 /// How a batch went wrong as a whole.
@@ -91,6 +101,7 @@ enum BatchError {
 }
 
 /// What every batch is committed with.
+#[derive(Clone)]
 struct Writer {
     pool: PgPool,
     keyring: Arc<Keyring>,
@@ -104,16 +115,18 @@ pub(super) fn spawn(
     keyring: Arc<Keyring>,
     deadline: Duration,
     metrics: Arc<crate::metrics::Metrics>,
-) -> mpsc::Sender<Pending> {
-    let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
+) -> Lanes {
+    let (usual, usual_queue) = mpsc::channel(4 * MAX_BATCH);
+    let (urgent, urgent_queue) = mpsc::channel(MAX_BATCH);
     let writer = Writer {
         pool,
         keyring,
         deadline,
         metrics,
     };
-    tokio::spawn(run(writer, receiver));
-    sender
+    tokio::spawn(run(writer.clone(), usual_queue));
+    tokio::spawn(run(writer, urgent_queue));
+    Lanes { usual, urgent }
 }
 
 async fn run(writer: Writer, mut receiver: mpsc::Receiver<Pending>) {
@@ -125,17 +138,7 @@ async fn run(writer: Writer, mut receiver: mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
-        // Urgent writes go first, in a batch of their own: a batch's time
-        // grows with what is in it, and Events or statuses queued with an
-        // activation need not make a held request wait. The rest follow
-        // at once, in the order they came.
-        let (urgent, rest): (Vec<Pending>, Vec<Pending>) =
-            queued.into_iter().partition(|p| p.urgent);
-        for batch in [urgent, rest] {
-            if !batch.is_empty() {
-                commit_batch(&writer, batch).await;
-            }
-        }
+        commit_batch(&writer, queued).await;
     }
 }
 
