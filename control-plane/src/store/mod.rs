@@ -669,14 +669,13 @@ impl Store {
 
     async fn send_write(&self, write: Write, urgent: bool) -> Result<Value, StoreError> {
         let (reply, outcome) = oneshot::channel();
-        let lane = if urgent {
-            &self.writes.urgent
-        } else {
-            &self.writes.usual
-        };
-        lane.send(writer::Pending { write, reply })
+        if !self
+            .writes
+            .send(writer::Pending { write, reply }, urgent)
             .await
-            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        {
+            return Err(StoreError::Unavailable("the store is shutting down".into()));
+        }
         outcome
             .await
             .unwrap_or_else(|_| Err(StoreError::Unavailable("the write was dropped".into())))

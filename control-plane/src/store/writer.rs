@@ -8,18 +8,20 @@
 //!
 //! Writes someone waits on (an activation's, while requests are held at
 //! zero) have a lane and a task of their own: their batch begins at once
-//! and waits on the revision lock, not behind the queue nor for the
-//! batch in progress to be answered.
+//! and waits on the revision lock, not for the usual lane's batch in
+//! progress to be answered; and the usual lane begins no batch while
+//! they are waiting, so they are not behind the writes queued with them.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
 use skiff_api::Kind;
 use sqlx::{PgPool, Postgres, Row, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::objects::{self, Part};
 use super::{ObjectKey, StoreError, db_unavailable, now_rfc3339};
@@ -84,8 +86,53 @@ pub(super) struct Pending {
 /// waits on.
 #[derive(Clone)]
 pub(super) struct Lanes {
-    pub usual: mpsc::Sender<Pending>,
-    pub urgent: mpsc::Sender<Pending>,
+    usual: mpsc::Sender<Pending>,
+    urgent: mpsc::Sender<Pending>,
+    gate: Arc<UrgentGate>,
+}
+
+/// Urgent writes sent and not yet committed, which the usual lane lets go
+/// first.
+#[derive(Default)]
+struct UrgentGate {
+    pending: AtomicUsize,
+    /// Told when an urgent batch is done.
+    done: Notify,
+}
+
+impl Lanes {
+    /// Queues `pending` in its lane; `false` if the writer is gone.
+    pub async fn send(&self, pending: Pending, urgent: bool) -> bool {
+        if !urgent {
+            return self.usual.send(pending).await.is_ok();
+        }
+        self.gate.pending.fetch_add(1, Ordering::SeqCst);
+        let sent = self.urgent.send(pending).await.is_ok();
+        if !sent {
+            self.gate.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+        sent
+    }
+}
+
+impl UrgentGate {
+    /// Waits, if urgent writes are pending, for the urgent lane's next
+    /// batch to be done: for one batch only, so that a stream of them
+    /// never stops the usual lane, and no longer than `deadline` (a batch
+    /// takes no longer), so that it never hangs on a lane gone.
+    async fn let_pass(&self, deadline: Duration) {
+        let done = self.done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if self.pending.load(Ordering::SeqCst) > 0 {
+            let _ = tokio::time::timeout(deadline, done).await;
+        }
+    }
+
+    fn passed(&self, n: usize) {
+        self.pending.fetch_sub(n, Ordering::SeqCst);
+        self.done.notify_waiters();
+    }
 }
 
 /// How a batch went wrong as a whole.
@@ -124,12 +171,25 @@ pub(super) fn spawn(
         deadline,
         metrics,
     };
-    tokio::spawn(run(writer.clone(), usual_queue));
-    tokio::spawn(run(writer, urgent_queue));
-    Lanes { usual, urgent }
+    let gate = Arc::new(UrgentGate::default());
+    tokio::spawn(run(writer.clone(), usual_queue, Lane::Usual(gate.clone())));
+    tokio::spawn(run(writer, urgent_queue, Lane::Urgent(gate.clone())));
+    Lanes {
+        usual,
+        urgent,
+        gate,
+    }
 }
 
-async fn run(writer: Writer, mut receiver: mpsc::Receiver<Pending>) {
+/// Which lane a writer task serves.
+enum Lane {
+    /// Lets urgent writes pending go first.
+    Usual(Arc<UrgentGate>),
+    /// Tells the usual lane when its writes are done.
+    Urgent(Arc<UrgentGate>),
+}
+
+async fn run(writer: Writer, mut receiver: mpsc::Receiver<Pending>, lane: Lane) {
     while let Some(first) = receiver.recv().await {
         let mut queued = vec![first];
         while queued.len() < MAX_BATCH {
@@ -138,7 +198,17 @@ async fn run(writer: Writer, mut receiver: mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&writer, queued).await;
+        match &lane {
+            Lane::Usual(gate) => {
+                gate.let_pass(writer.deadline).await;
+                commit_batch(&writer, queued).await;
+            }
+            Lane::Urgent(gate) => {
+                let n = queued.len();
+                commit_batch(&writer, queued).await;
+                gate.passed(n);
+            }
+        }
     }
 }
 
