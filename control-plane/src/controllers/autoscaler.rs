@@ -793,48 +793,76 @@ pub async fn activate(
     name: &str,
     by_node: Option<&str>,
 ) -> Result<Option<Activated>, StoreError> {
-    let Some(service) = store
-        .get(&ObjectKey::new(Kind::Service, namespace, name))
-        .await?
-    else {
+    // Requests wait on every read here, so they are made at once: the
+    // Service, its Deployments and their pods in one statement, and the
+    // node that asked beside it. The node is claimed before it is read,
+    // so that no other activation of this process binds there between
+    // this read and the write (see `Activations`).
+    let (backends, (claim, node_state)) = tokio::try_join!(
+        store.service_backends(namespace, name),
+        claim_and_read(store, activations, by_node)
+    )?;
+    let Some(backends) = backends else {
         return Ok(None);
     };
-    let Ok(service) = serde_json::from_value::<Service>(service) else {
+    let Ok(service) = serde_json::from_value::<Service>(backends.service) else {
         return Ok(Some(Activated::default()));
     };
     if service.spec.selector.is_empty() {
         return Ok(Some(Activated::default()));
     }
-    // The Deployments whose pods the Service selects, picked by Postgres:
-    // not every Deployment of a namespace of a thousand functions.
-    let selector = serde_json::to_value(&service.spec.selector).expect("labels serialize");
-    let deployments = store
-        .list(
-            Kind::Deployment,
-            ListQuery {
-                namespace: Some(namespace),
-                json: &[JsonFilter::Contains(
-                    &["spec", "template", "metadata", "labels"],
-                    &selector,
-                )],
-                ..Default::default()
-            },
-        )
-        .await?;
+    // The node as read serves the first Deployment's first try; any
+    // other claims and reads it again.
+    let mut node = claim.map(|claim| (claim, node_state));
     let mut activated = Activated::default();
-    for (deployment, listed) in deployments
-        .items
+    for (deployment, listed, pods) in backends
+        .deployments
         .into_iter()
-        .filter_map(|d| Some((Deployment::deserialize(&d).ok()?, d)))
-        .filter(|(d, _)| d.spec.autoscaling.is_some() && selects(&service, d))
+        .filter_map(|(d, pods)| Some((Deployment::deserialize(&d).ok()?, d, pods)))
+        .filter(|(d, _, _)| d.spec.autoscaling.is_some() && selects(&service, d))
     {
         let key = ObjectKey::new(Kind::Deployment, namespace, &deployment.metadata.name);
-        if let Some(bound) = take_off_zero(store, activations, &key, listed, by_node).await? {
+        let read = Read {
+            deployment: listed,
+            pods,
+            node: node.take(),
+        };
+        if let Some(bound) = take_off_zero(store, activations, &key, read, by_node).await? {
             activated.names.push(deployment.metadata.name);
             activated.bound.extend(bound);
         }
     }
     Ok(Some(activated))
+}
+
+/// Node `by_node` claimed for a binding (unless another activation is
+/// binding there), and then its state as stored.
+async fn claim_and_read<'a>(
+    store: &Store,
+    activations: &'a Activations,
+    by_node: Option<&str>,
+) -> Result<
+    (
+        Option<Claim<'a>>,
+        Option<crate::scheduler::decide::NodeState>,
+    ),
+    StoreError,
+> {
+    let Some(claim) = by_node.and_then(|node| activations.claim(node)) else {
+        return Ok((None, None));
+    };
+    let state = crate::scheduler::node_state(store, &claim.node).await?;
+    Ok((Some(claim), state))
+}
+
+/// What an activation read of a Deployment before its first try.
+struct Read<'a> {
+    deployment: Value,
+    /// The pods it owns, read with it.
+    pods: Vec<Value>,
+    /// The node that asked, claimed, and its state (`None`: not found);
+    /// `None` if it is to be claimed and read with the first try.
+    node: Option<(Claim<'a>, Option<crate::scheduler::decide::NodeState>)>,
 }
 
 /// Sets a Deployment at zero to `max(1, minReplicas)` and writes its first
@@ -843,21 +871,25 @@ pub async fn activate(
 /// otherwise stand between a request held at zero and its pod. `None`
 /// unless it was at zero and was taken off it; then the pods written bound
 /// to `by_node`.
-async fn take_off_zero(
+async fn take_off_zero<'a>(
     store: &Store,
-    activations: &Activations,
+    activations: &'a Activations,
     key: &ObjectKey,
-    listed: Value,
+    read: Read<'a>,
     by_node: Option<&str>,
 ) -> Result<Option<Vec<Value>>, StoreError> {
-    // The Deployment as listed serves the first try (the write is
-    // conditional on its revision); a conflict reads it again.
-    let mut listed = Some(listed);
+    // What the activation read serves the first try (the write is
+    // conditional on the Deployment's revision); a conflict reads again.
+    let mut read = Some(read);
     for _ in 0..5 {
-        let current = match listed.take() {
-            Some(current) => current,
+        let (current, pods, node) = match read.take() {
+            Some(Read {
+                deployment,
+                pods,
+                node,
+            }) => (deployment, Some(pods), node),
             None => match store.get(key).await? {
-                Some(current) => current,
+                Some(current) => (current, None, None),
                 None => return Ok(None),
             },
         };
@@ -891,16 +923,18 @@ async fn take_off_zero(
         };
         // The first pod (the one preferring the node) bound there too, if
         // the scheduler would put it there: another round trip saved. The
-        // claim lasts from the node's read until the write is done; the
-        // node is read while the pods are.
-        let mut claim = by_node.and_then(|node| activations.claim(node));
-        let node_state = async {
-            match &claim {
-                Some(claimed) => crate::scheduler::node_state(store, &claimed.node).await,
-                None => Ok(None),
-            }
+        // claim lasts from the node's read until the write is done. A
+        // retry claims and reads the node again, beside the pods.
+        let (first, (mut claim, node_state)) = match node {
+            Some((claim, state)) => (
+                first_pods(store, &next, pods, now).await?,
+                (Some(claim), state),
+            ),
+            None => tokio::try_join!(
+                first_pods(store, &next, pods, now),
+                claim_and_read(store, activations, by_node)
+            )?,
         };
-        let (first, node_state) = tokio::try_join!(first_pods(store, &next, now), node_state)?;
         let FirstPods {
             creates: mut first,
             status,
@@ -1051,17 +1085,22 @@ fn binds_here(
 }
 
 /// The pods the Deployment controller would make for `deployment` (as it
-/// is about to be written) now.
+/// is about to be written) now, beside `pods` (those stored, read with
+/// it; read now if not given).
 async fn first_pods(
     store: &Store,
     deployment: &Value,
+    pods: Option<Vec<Value>>,
     now: DateTime<Utc>,
 ) -> Result<FirstPods, StoreError> {
     use super::deployments;
     let Ok(deployment) = Deployment::deserialize(deployment) else {
         return Ok(FirstPods::default());
     };
-    let pods = deployments::pods_of(store, &deployment).await?;
+    let pods = match pods {
+        Some(pods) => deployments::owned_pods(&deployment, pods),
+        None => deployments::pods_of(store, &deployment).await?,
+    };
     let plan = deployments::plan(&deployment, &pods, now);
     let preferred = deployments::preferred_node(&deployment, pods.is_empty(), now);
     let creates = deployments::pods_to_create(&deployment, &plan, preferred);

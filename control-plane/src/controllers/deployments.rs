@@ -140,9 +140,14 @@ pub async fn pods_of(store: &Store, deployment: &Deployment) -> Result<Vec<Pod>,
             },
         )
         .await?;
-    Ok(page
-        .items
-        .into_iter()
+    Ok(owned_pods(deployment, page.items))
+}
+
+/// Of `pods` (stored objects), those `deployment` owns that are not being
+/// deleted.
+pub fn owned_pods(deployment: &Deployment, pods: Vec<Value>) -> Vec<Pod> {
+    let uid = deployment.metadata.uid.as_deref().unwrap_or_default();
+    pods.into_iter()
         .filter(|p| {
             p["metadata"]["ownerReferences"]
                 .as_array()
@@ -150,7 +155,7 @@ pub async fn pods_of(store: &Store, deployment: &Deployment) -> Result<Vec<Pod>,
         })
         .filter_map(|p| serde_json::from_value::<Pod>(p).ok())
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect())
+        .collect()
 }
 
 /// The pods `plan` creates for `deployment`, as they are to be written:

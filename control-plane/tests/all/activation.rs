@@ -786,28 +786,61 @@ async fn activations_at_once_never_bind_beyond_a_nodes_room() {
     .await;
 }
 
-/// A Service's Deployments are found by their template's labels through
-/// `objects_template_labels`, not by reading every Deployment of the
-/// namespace: an activation in a namespace of hundreds of functions reads
-/// one.
+/// The Deployments a Service selects are found by index, not by reading
+/// every Deployment of a namespace of many functions; so are their pods,
+/// and the activation reads all of it in one statement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_services_deployments_are_looked_up_by_index() {
     use control_plane::store::{JsonFilter, ListQuery, ObjectKey, Write};
 
     let cluster = Cluster::new();
     let (store, _keys) = store_of(&cluster);
-    let creates = (0..300)
-        .map(|i| {
-            let (mut deployment, _) = function(&format!("fn-{i}"));
-            deployment["metadata"]["namespace"] = "default".into();
-            Write::Create {
-                key: ObjectKey::new(Kind::Deployment, "default", &format!("fn-{i}")),
-                object: deployment,
-            }
+    let mut creates = Vec::new();
+    for i in 0..300 {
+        let name = format!("fn-{i}");
+        let (mut deployment, mut service) = function(&name);
+        deployment["metadata"]["namespace"] = "default".into();
+        service["metadata"]["namespace"] = "default".into();
+        creates.push(Write::Create {
+            key: ObjectKey::new(Kind::Deployment, "default", &name),
+            object: deployment,
+        });
+        creates.push(Write::Create {
+            key: ObjectKey::new(Kind::Service, "default", &name),
+            object: service,
+        });
+    }
+    let written = store.write(Write::All(creates)).await.unwrap();
+    // A pod of each Deployment, two of fn-7's (one being deleted), and
+    // one with fn-7's labels that it does not own.
+    let pod = |name: &str, app: &str, owner: Option<&Value>| {
+        let mut pod = json!({"apiVersion": skiff_api::API_VERSION, "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+            "spec": {"image": "127.0.0.1:5000/hello:v1"}});
+        if let Some(owner) = owner {
+            pod["metadata"]["ownerReferences"] = json!([{"apiVersion": skiff_api::API_VERSION,
+                "kind": "Deployment", "name": owner["metadata"]["name"],
+                "uid": owner["metadata"]["uid"], "controller": true}]);
+        }
+        Write::Create {
+            key: ObjectKey::new(Kind::Pod, "default", name),
+            object: pod,
+        }
+    };
+    let deployments: Vec<&Value> = written.as_array().unwrap().iter().step_by(2).collect();
+    let mut pods: Vec<Write> = deployments
+        .iter()
+        .map(|d| {
+            let name = d["metadata"]["name"].as_str().unwrap();
+            pod(&format!("{name}-a"), name, Some(d))
         })
         .collect();
-    store.write(Write::All(creates)).await.unwrap();
+    pods.push(pod("fn-7-b", "fn-7", Some(deployments[7])));
+    pods.push(pod("fn-7-stray", "fn-7", None));
+    store.write(Write::All(pods)).await.unwrap();
     store.analyze().await.unwrap();
+
+    // The endpoints controller's lookup.
     let selector = json!({"app": "fn-7"});
     let filter = [JsonFilter::Contains(
         &["spec", "template", "metadata", "labels"],
@@ -827,4 +860,51 @@ async fn a_services_deployments_are_looked_up_by_index() {
         .map(|d| d["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["fn-7"]);
+
+    // The activation's.
+    let plan = store
+        .explain_service_backends("default", "fn-7")
+        .await
+        .unwrap();
+    assert!(plan.contains("objects_template_labels"), "{plan}");
+    assert!(plan.contains("objects_owners"), "{plan}");
+    let backends = store
+        .service_backends("default", "fn-7")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(backends.service["metadata"]["name"], "fn-7");
+    let found: Vec<(&str, Vec<&str>)> = backends
+        .deployments
+        .iter()
+        .map(|(d, pods)| {
+            let pods = pods.iter().map(|p| p["metadata"]["name"].as_str().unwrap());
+            (d["metadata"]["name"].as_str().unwrap(), pods.collect())
+        })
+        .collect();
+    assert_eq!(found, [("fn-7", vec!["fn-7-a", "fn-7-b"])]);
+    // No such Service; a Service that selects nothing.
+    assert!(
+        store
+            .service_backends("default", "nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut empty = function("empty").1;
+    empty["metadata"]["namespace"] = "default".into();
+    empty["spec"]["selector"] = json!({});
+    store
+        .write(Write::Create {
+            key: ObjectKey::new(Kind::Service, "default", "empty"),
+            object: empty,
+        })
+        .await
+        .unwrap();
+    let backends = store
+        .service_backends("default", "empty")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(backends.deployments.is_empty());
 }
