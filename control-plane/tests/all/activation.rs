@@ -786,6 +786,43 @@ async fn activations_at_once_never_bind_beyond_a_nodes_room() {
     .await;
 }
 
+/// Every GIN index of `objects` takes its entries into the index itself:
+/// a pending list would be read whole by every search until vacuum merged
+/// it, and every write adds to it (the activation's read took 3.1 ms
+/// instead of 0.2 ms among 1,000 functions just created).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_gin_index_of_objects_keeps_a_pending_list() {
+    let cluster = Cluster::new();
+    let (_store, _keys) = store_of(&cluster);
+    let db = sqlx::PgPool::connect(&cluster.database_url).await.unwrap();
+    let indexes: Vec<(String, Option<Vec<String>>)> = sqlx::query_as(
+        "SELECT c.relname::text, c.reloptions::text[] FROM pg_index i
+         JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+         WHERE i.indrelid = 'objects'::regclass AND a.amname = 'gin' ORDER BY 1",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let names: Vec<&str> = indexes.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "objects_labels",
+            "objects_owners",
+            "objects_template_labels"
+        ]
+    );
+    for (name, options) in &indexes {
+        assert!(
+            options
+                .iter()
+                .flatten()
+                .any(|option| option == "fastupdate=off"),
+            "{name}: {options:?}"
+        );
+    }
+}
+
 /// The Deployments a Service selects are found by index, not by reading
 /// every Deployment of a namespace of many functions; so are their pods,
 /// and the activation reads all of it in one statement.
