@@ -294,7 +294,7 @@ const TEMPLATE_LABELS_INDEX: Setting = Setting {
 };
 
 const GIN_WITHOUT_PENDING_LISTS: Setting = Setting {
-    name: "GIN indexes without pending lists",
+    name: "no pending list in the GIN indexes (fastupdate off)",
     on: "ALTER INDEX objects_labels SET (fastupdate = off);
          ALTER INDEX objects_owners SET (fastupdate = off);
          ALTER INDEX objects_template_labels SET (fastupdate = off);",
