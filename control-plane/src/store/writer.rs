@@ -106,12 +106,32 @@ impl Lanes {
         if !urgent {
             return self.usual.send(pending).await.is_ok();
         }
-        self.gate.pending.fetch_add(1, Ordering::SeqCst);
+        // Counted before it is queued, so the usual lane cannot begin a
+        // batch between the two; uncounted again if it never is (the
+        // writer gone, or the caller gone while the lane was full).
+        let counted = Counted::new(&self.gate);
         let sent = self.urgent.send(pending).await.is_ok();
-        if !sent {
-            self.gate.pending.fetch_sub(1, Ordering::SeqCst);
+        if sent {
+            // The urgent lane uncounts it once it is committed.
+            std::mem::forget(counted);
         }
         sent
+    }
+}
+
+/// An urgent write counted as pending until it is queued.
+struct Counted<'g>(&'g UrgentGate);
+
+impl<'g> Counted<'g> {
+    fn new(gate: &'g UrgentGate) -> Self {
+        gate.pending.fetch_add(1, Ordering::SeqCst);
+        Self(gate)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -830,4 +850,68 @@ fn labels_of(object: &Value) -> Value {
         .get("labels")
         .cloned()
         .unwrap_or_else(|| Value::Object(Default::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending() -> Pending {
+        Pending {
+            write: Write::Unchanged {
+                key: ObjectKey::new(Kind::ConfigMap, "default", "x"),
+                expected_revision: 1,
+            },
+            reply: oneshot::channel().0,
+        }
+    }
+
+    /// An urgent write whose caller goes away while the lane is full is
+    /// not left counted: the usual lane would otherwise wait on every
+    /// batch for an urgent one that never comes.
+    #[tokio::test]
+    async fn an_urgent_write_never_queued_is_not_left_pending() {
+        let (usual, _usual_queue) = mpsc::channel(1);
+        let (urgent, _urgent_queue) = mpsc::channel(1);
+        let lanes = Lanes {
+            usual,
+            urgent,
+            gate: Arc::default(),
+        };
+        assert!(lanes.send(pending(), true).await, "queued");
+        assert_eq!(lanes.gate.pending.load(Ordering::SeqCst), 1);
+        // The lane is full: this one waits, and its caller gives up.
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), lanes.send(pending(), true)).await;
+        assert!(gave_up.is_err(), "the lane was full");
+        assert_eq!(lanes.gate.pending.load(Ordering::SeqCst), 1);
+        // Once the queued one is committed, nothing holds the usual lane.
+        lanes.gate.passed(1);
+        assert_eq!(lanes.gate.pending.load(Ordering::SeqCst), 0);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            lanes.gate.let_pass(Duration::from_secs(60)),
+        )
+        .await
+        .expect("nothing pending: the usual lane goes at once");
+    }
+
+    /// The usual lane waits for the urgent batch pending, and goes on
+    /// when it is done.
+    #[tokio::test]
+    async fn the_usual_lane_waits_for_the_urgent_batch_pending() {
+        let gate = Arc::new(UrgentGate::default());
+        gate.pending.fetch_add(1, Ordering::SeqCst);
+        let mut waiting = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.let_pass(Duration::from_secs(60)).await }
+        });
+        let early = tokio::time::timeout(Duration::from_millis(50), &mut waiting).await;
+        assert!(early.is_err(), "it waits while one is pending");
+        gate.passed(1);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("it goes on once the urgent batch is done")
+            .unwrap();
+    }
 }
