@@ -826,6 +826,25 @@ impl Store {
             .join("\n"))
     }
 
+    /// The indexes of the `objects` table using access method `method`
+    /// (such as `gin`), each with its storage options: for tests of how
+    /// the schema keeps them.
+    #[doc(hidden)]
+    pub async fn object_indexes(
+        &self,
+        method: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        sqlx::query_as(
+            "SELECT c.relname::text, coalesce(c.reloptions::text[], '{}') FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+             WHERE i.indrelid = 'objects'::regclass AND a.amname = $1 ORDER BY 1",
+        )
+        .bind(method)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_unavailable(&e))
+    }
+
     /// Updates the planner's statistics of every table (`ANALYZE`), as
     /// autovacuum does after enough changes: for tests of plans.
     #[doc(hidden)]
