@@ -283,6 +283,14 @@ const SERVICE_BACKENDS: &str = "
     WHERE s.kind = 'Service' AND s.namespace = $1 AND s.name = $2
     ORDER BY d.name";
 
+/// The rows of an `EXPLAIN`, a line each.
+fn plan_text(rows: &[sqlx::postgres::PgRow]) -> String {
+    rows.iter()
+        .map(|row| row.get::<String, _>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// What [`Store::service_backends`] found.
 #[derive(Debug)]
 pub struct ServiceBackends {
@@ -799,11 +807,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_unavailable(&e))?;
-        Ok(rows
-            .iter()
-            .map(|row| row.get::<String, _>(0))
-            .collect::<Vec<_>>()
-            .join("\n"))
+        Ok(plan_text(&rows))
     }
 
     /// The plan Postgres makes for the list `query` (`EXPLAIN`), one line
@@ -819,11 +823,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_unavailable(&e))?;
-        Ok(rows
-            .iter()
-            .map(|row| row.get::<String, _>(0))
-            .collect::<Vec<_>>()
-            .join("\n"))
+        Ok(plan_text(&rows))
     }
 
     /// The indexes of the `objects` table using access method `method`

@@ -192,6 +192,12 @@ fn store_of(cluster: &Cluster) -> (control_plane::store::Store, tempfile::TempDi
     (store, dir)
 }
 
+/// ConfigMap `name` of `default` holding `value`.
+fn config_map(name: &str, value: &str) -> Value {
+    json!({"apiVersion": skiff_api::API_VERSION, "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "default"}, "data": {"k": value}})
+}
+
 /// A group of writes is all or none, and `Unchanged` makes it conditional
 /// on an object it does not change: what the activation and the
 /// Deployment controller's deletions rely on.
@@ -202,10 +208,6 @@ async fn a_write_group_is_all_or_none() {
     let cluster = Cluster::new();
     let (store, _keys) = store_of(&cluster);
     let key = |name: &str| ObjectKey::new(Kind::ConfigMap, "default", name);
-    let config_map = |name: &str, value: &str| {
-        json!({"apiVersion": skiff_api::API_VERSION, "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": "default"}, "data": {"k": value}})
-    };
     let create = |name: &str| Write::Create {
         key: key(name),
         object: config_map(name, "v"),
@@ -327,10 +329,6 @@ async fn a_write_after_a_group_undone_in_its_batch_finds_what_was_before() {
     let cluster = Cluster::new();
     let (store, _keys) = store_of(&cluster);
     let key = |name: &str| ObjectKey::new(Kind::ConfigMap, "default", name);
-    let config_map = |name: &str, value: &str| {
-        json!({"apiVersion": skiff_api::API_VERSION, "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": "default"}, "data": {"k": value}})
-    };
     let update = |name: &str, value: &str, expected: &Value| Write::Update {
         key: key(name),
         object: config_map(name, value),
@@ -455,16 +453,17 @@ async fn writes_in_one_group_see_each_other() {
         "{stale:?}"
     );
 
+    let delete_namespace = || Write::Delete {
+        key: ObjectKey::namespace("doomed"),
+        expected_revision: None,
+        expected_uid: None,
+    };
     // Reading `a` shows the namespace exists; deleting the namespace then
     // takes that along: nothing is created in it afterwards.
     let refused = store
         .write(Write::All(vec![
             update("6", None),
-            Write::Delete {
-                key: ObjectKey::namespace("doomed"),
-                expected_revision: None,
-                expected_uid: None,
-            },
+            delete_namespace(),
             Write::Create {
                 key: key("b"),
                 object: config_map("b", "1"),
@@ -479,11 +478,7 @@ async fn writes_in_one_group_see_each_other() {
     let refused = store
         .write(Write::All(vec![
             update("6", None),
-            Write::Delete {
-                key: ObjectKey::namespace("doomed"),
-                expected_revision: None,
-                expected_uid: None,
-            },
+            delete_namespace(),
             update("9", None),
         ]))
         .await;
