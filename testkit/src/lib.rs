@@ -601,3 +601,48 @@ pub fn rss_mib(pid: u32) -> f64 {
         })
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
+
+/// The fields of `/proc/PID/stat` after the command name, which may hold
+/// spaces; `[0]` is the state (field 3 in proc(5)).
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// Clock ticks in a second as `/proc` counts CPU time (USER_HZ, 100 on
+/// every Linux architecture).
+const TICKS: f64 = 100.0;
+
+/// CPU time (user and system) a process has used so far, in seconds, from
+/// `/proc` (NaN if it is gone).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    stat_fields(pid)
+        .filter(|f| f.len() > 12)
+        .map_or(f64::NAN, |f| (f[11] + f[12]) as f64 / TICKS)
+}
+
+/// CPU time used so far by every Postgres process on the machine, in
+/// seconds: live ones, and backends that have ended (their postmaster
+/// reaped them, so their time is in its children's).
+pub fn postgres_cpu_seconds() -> f64 {
+    let mut ticks = 0;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return f64::NAN;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim() == "postgres");
+        if let Some(f) = stat_fields(pid).filter(|f| is_postgres && f.len() > 14) {
+            ticks += f[11] + f[12] + f[13] + f[14];
+        }
+    }
+    ticks as f64 / TICKS
+}

@@ -35,6 +35,9 @@ mod common;
 use common::*;
 
 const BASELINE_RUNS: usize = 20;
+/// How long idle CPU is measured: the period at which controllers look at
+/// every object again, so one whole resync falls in it.
+const IDLE: Duration = Duration::from_secs(30);
 
 fn main() {
     let mut args = std::env::args()
@@ -65,6 +68,7 @@ fn main() {
     wait_for_200(bench.node.ingress, &host("warmup"), Duration::from_secs(60));
     settle();
     let empty = rss_mib(bench.node.pid().expect("node runs"));
+    let idle_empty = bench.idle_cpu();
 
     runtime.block_on(async {
         for i in 0..functions {
@@ -80,6 +84,10 @@ fn main() {
     testkit::Postgres::analyze(&bench.cluster.database);
     settle();
     let at_zero = rss_mib(bench.node.pid().expect("node runs"));
+    let idle_at_zero = bench.idle_cpu();
+    println!("idle CPU over {IDLE:?} (one resync of every controller), share of one core:");
+    println!("  one warm function:              {idle_empty}");
+    println!("  + {functions} functions at zero:     {idle_at_zero}");
 
     let cold_times: Vec<f64> = (0..cold)
         .map(|i| bench.time(&host(&format!("fn-{i}"))))
@@ -158,7 +166,45 @@ fn settle() {
     std::thread::sleep(Duration::from_secs(2));
 }
 
+/// CPU used while nothing is asked of the cluster, as shares of one core.
+struct IdleCpu {
+    plane: f64,
+    node: f64,
+    postgres: f64,
+}
+
+impl std::fmt::Display for IdleCpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "control plane {:>5.1}%, node {:>5.1}%, Postgres {:>5.1}%",
+            self.plane * 100.0,
+            self.node * 100.0,
+            self.postgres * 100.0
+        )
+    }
+}
+
 impl Bench {
+    /// CPU the control plane, the node and Postgres use over [`IDLE`]
+    /// with no request made.
+    fn idle_cpu(&self) -> IdleCpu {
+        let plane = self.cluster.plane.pid();
+        let node = self.node.pid().expect("node runs");
+        let before = (
+            testkit::cpu_seconds(plane),
+            testkit::cpu_seconds(node),
+            testkit::postgres_cpu_seconds(),
+        );
+        std::thread::sleep(IDLE);
+        let seconds = IDLE.as_secs_f64();
+        IdleCpu {
+            plane: (testkit::cpu_seconds(plane) - before.0) / seconds,
+            node: (testkit::cpu_seconds(node) - before.1) / seconds,
+            postgres: (testkit::postgres_cpu_seconds() - before.2) / seconds,
+        }
+    }
+
     /// A hello-http function `name` (Deployment and Service) starting at
     /// `replicas`, autoscaled from 0 to 50 pods.
     async fn create(&self, name: &str, replicas: u32, target: u32, delay: &str) {
