@@ -915,11 +915,13 @@ async fn take_off_zero<'a>(
                 (ACTIVATED_ON_ANNOTATION, by_node.map(str::to_owned)),
             ],
         );
-        let update = Write::Update {
+        // Conditional on the Deployment as read: the batch need not read
+        // it again.
+        let update = |object: Value, part: Part| Write::UpdateRead {
             key: key.clone(),
-            object: next.clone(),
-            part: Part::Main,
-            expected_revision: revision_of(&current),
+            object,
+            part,
+            read: current.clone(),
         };
         // The first pod (the one preferring the node) bound there too, if
         // the scheduler would put it there: another round trip saved. The
@@ -953,22 +955,20 @@ async fn take_off_zero<'a>(
             let creates = first
                 .into_iter()
                 .map(|(key, object)| Write::Create { key, object });
-            // The status last: the group answers the Deployment, then its
-            // pods, then the status.
-            let status = status.map(|object| Write::Update {
-                key: key.clone(),
-                object,
-                part: Part::Status,
-                expected_revision: None,
-            });
-            Write::All(
-                std::iter::once(update.clone())
-                    .chain(creates)
-                    .chain(status)
-                    .collect(),
-            )
+            // The status the pods make in the Deployment's own change: one
+            // write and one watch event fewer. The group answers the
+            // Deployment, then its pods.
+            let deployment = match status {
+                Some(status) => {
+                    let mut next = next.clone();
+                    next["status"] = status;
+                    update(next, Part::MainAndStatus)
+                }
+                None => update(next.clone(), Part::Main),
+            };
+            Write::All(std::iter::once(deployment).chain(creates).collect())
         } else {
-            update.clone()
+            update(next.clone(), Part::Main)
         };
         // Urgent: requests are held until it is done.
         let outcome = match store.write_urgent(write).await {
@@ -983,7 +983,7 @@ async fn take_off_zero<'a>(
                 tracing::debug!(
                     "activation of {key}: its first pod is left to the controller: {refused}"
                 );
-                store.write_urgent(update).await
+                store.write_urgent(update(next, Part::Main)).await
             }
             other => other,
         };

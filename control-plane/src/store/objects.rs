@@ -16,6 +16,11 @@ pub enum Part {
     Main,
     /// Only `status` (everything else is kept as stored).
     Status,
+    /// `Main` and `status` at once: for the control plane's own writes that
+    /// change what an object declares and report on it in one change (an
+    /// activation's replicas and the status they make), never for a
+    /// client's.
+    MainAndStatus,
     /// Marks the object deleted in the foreground: `deletionTimestamp` (the
     /// incoming value, unless already set) and the `foregroundDeletion`
     /// finalizer; the garbage collector deletes it once its dependents are
@@ -58,9 +63,15 @@ pub fn updated(
     revision: i64,
 ) -> Result<Option<Value>, StoreError> {
     let mut next = match part {
-        Part::Main => {
+        Part::Main | Part::MainAndStatus => {
+            let status = (part == Part::MainAndStatus)
+                .then(|| incoming["status"].clone())
+                .filter(|status| !status.is_null());
             let mut next = incoming;
             keep_server_fields(existing, &mut next);
+            if let Some(status) = status {
+                next["status"] = status;
+            }
             if kind == Kind::Pod {
                 check_pod_update(existing, &mut next)?;
             }

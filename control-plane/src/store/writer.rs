@@ -46,6 +46,16 @@ pub enum Write {
         /// stored.
         expected_revision: Option<i64>,
     },
+    /// An update of `read`, the object as the caller read it from the
+    /// store, conditional on its resourceVersion: as `Update` with that
+    /// revision expected, but the batch need not read the object again
+    /// (a round trip fewer) unless what is stored is not `read` after all.
+    UpdateRead {
+        key: ObjectKey,
+        object: Value,
+        part: Part,
+        read: Value,
+    },
     Delete {
         key: ObjectKey,
         expected_revision: Option<i64>,
@@ -70,6 +80,7 @@ impl Write {
         match self {
             Write::Create { key, .. }
             | Write::Update { key, .. }
+            | Write::UpdateRead { key, .. }
             | Write::Delete { key, .. }
             | Write::Unchanged { key, .. } => Some(key),
             Write::All(_) => None,
@@ -422,6 +433,12 @@ async fn apply(
             part,
             expected_revision,
         } => update(tx, key, object.clone(), *part, *expected_revision, batch).await,
+        Write::UpdateRead {
+            key,
+            object,
+            part,
+            read,
+        } => update_read(tx, key, object, *part, read, batch).await,
         Write::Delete {
             key,
             expected_revision,
@@ -624,6 +641,83 @@ async fn update(
     batch.revision = next;
     batch.remember(key, Some(&object));
     Ok(Ok(object))
+}
+
+/// The stored object and its change, if the object is still at
+/// `$8` with body `$7` (what the update is from).
+const UPDATE_READ: &str = "WITH o AS (
+        UPDATE objects SET resource_version = $4, labels = $5, body = $6
+        WHERE kind = $1 AND namespace = $2 AND name = $3
+          AND resource_version = $8 AND body = $7
+        RETURNING 1
+    )
+    INSERT INTO changes (revision, kind, namespace, name, type, object, previous)
+    SELECT $4, $1, $2, $3, 'MODIFIED', $6, $7 FROM o";
+
+/// `Write::UpdateRead`: the update computed from `read` and applied only
+/// if the stored object is exactly `read` (its revision and its body, so
+/// a caller's copy changed since it was read cannot pass for the stored
+/// one). Anything else takes `update`'s way, which reads what is stored:
+/// a conflict, a missing object, an object this batch wrote already, a
+/// Secret (stored sealed), and the writes that look at more than the
+/// object (a Route's host, a Deployment's new template against quotas).
+async fn update_read(
+    tx: &mut Transaction<'_, Postgres>,
+    key: &ObjectKey,
+    incoming: &Value,
+    part: Part,
+    read: &Value,
+    batch: &mut Batch<'_>,
+) -> Result<Result<Value, StoreError>, sqlx::Error> {
+    if let Some(written) = update_as_read(tx, key, incoming, part, read, batch).await? {
+        return Ok(Ok(written));
+    }
+    let expected = Some(stored_revision(read));
+    update(tx, key, incoming.clone(), part, expected, batch).await
+}
+
+/// `update_read`'s way without reading: the object written, or `None`
+/// when it takes `update`'s way instead.
+async fn update_as_read(
+    tx: &mut Transaction<'_, Postgres>,
+    key: &ObjectKey,
+    incoming: &Value,
+    part: Part,
+    read: &Value,
+    batch: &mut Batch<'_>,
+) -> Result<Option<Value>, sqlx::Error> {
+    if matches!(key.kind, Kind::Secret | Kind::Route) || batch.written.contains_key(key) {
+        return Ok(None);
+    }
+    let next = batch.revision + 1;
+    // Nothing to change, or refused: decided against what is stored.
+    let Ok(Some(object)) = objects::updated(key.kind, read, incoming.clone(), part, next) else {
+        return Ok(None);
+    };
+    if key.kind == Kind::Deployment && object["spec"]["template"] != read["spec"]["template"] {
+        return Ok(None);
+    }
+    let updated = sqlx::query(UPDATE_READ)
+        .bind(key.kind.name())
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .bind(next)
+        .bind(labels_of(&object))
+        .bind(&object)
+        .bind(read)
+        .bind(stored_revision(read))
+        .execute(&mut **tx)
+        .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(None);
+    }
+    // It exists, so its namespace does (see `load`).
+    if key.kind.namespaced() {
+        batch.namespaces.insert(key.namespace.clone());
+    }
+    batch.revision = next;
+    batch.remember(key, Some(&object));
+    Ok(Some(object))
 }
 
 async fn delete(

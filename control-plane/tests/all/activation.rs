@@ -9,7 +9,7 @@ use skiff_api::Kind;
 use skiff_client::Client;
 
 use crate::auth::token;
-use crate::support::{Cluster, client, ready_node};
+use crate::support::{Cluster, client, ready_node, revision_of};
 
 fn function(name: &str) -> (Value, Value) {
     function_with(name, json!({"memory": "16Mi"}), None)
@@ -113,9 +113,12 @@ async fn the_activation_writes_the_first_pod_with_the_replicas() {
             .parse::<i64>()
             .unwrap()
     };
-    assert_eq!(revision(pod), revision(&deployment) - 1);
-    // Then the Deployment's status, as its controller will find it: its
-    // first look has nothing to write and no pod to make.
+    // One transaction: the Deployment's change, its replicas and the
+    // status they make in one (it is not written again after its pod),
+    // then the pod.
+    assert_eq!(revision(pod), revision(&deployment) + 1);
+    // The status is as its controller will find it: its first look has
+    // nothing to write and no pod to make.
     let stored: skiff_api::kinds::deployment::Deployment =
         serde_json::from_value(deployment.clone()).unwrap();
     let status = stored.status.clone().expect("a status was written");
@@ -267,6 +270,94 @@ async fn a_write_group_is_all_or_none() {
     // And the revisions it took are handed out again, with no gap.
     let next = store.write(create("d")).await.unwrap();
     assert_eq!(revision(&next), revision(&changed) + 1);
+}
+
+/// An update of the object as the caller read it is written without the
+/// batch reading it again, and means what an update conditional on its
+/// revision means: refused once the object changed or went, and never
+/// taken from a copy changed since it was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_of_what_was_read_is_conditional_on_it() {
+    use control_plane::store::{ObjectKey, Part, StoreError, Write};
+
+    let cluster = Cluster::new();
+    let (store, _keys) = store_of(&cluster);
+    let key = |name: &str| ObjectKey::new(Kind::ConfigMap, "default", name);
+    let update = |read: &Value, value: &str| {
+        let mut object = read.clone();
+        object["data"]["k"] = value.into();
+        Write::UpdateRead {
+            key: key(read["metadata"]["name"].as_str().unwrap()),
+            object,
+            part: Part::Main,
+            read: read.clone(),
+        }
+    };
+    let read = store
+        .write(Write::Create {
+            key: key("a"),
+            object: config_map("a", "v"),
+        })
+        .await
+        .unwrap();
+    let written = store.write(update(&read, "w")).await.unwrap();
+    assert_eq!(written["data"]["k"], "w");
+    assert_eq!(revision_of(&written), revision_of(&read) + 1);
+    let stored = store.get(&key("a")).await.unwrap().unwrap();
+    assert_eq!(stored, written);
+    // The change watchers get names what it was.
+    let changes = |after: &Value| {
+        let store = store.clone();
+        let after = revision_of(after);
+        async move {
+            store
+                .changes_after(after, 10, 1 << 20)
+                .await
+                .unwrap()
+                .changes
+        }
+    };
+    let after_read = changes(&read).await;
+    assert_eq!(after_read.len(), 1, "{after_read:?}");
+    assert_eq!(after_read[0].object, written);
+    assert_eq!(after_read[0].previous.as_ref(), Some(&read));
+
+    // From a read the object has moved on from: a conflict, nothing written.
+    let stale = store.write(update(&read, "x")).await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    assert_eq!(store.get(&key("a")).await.unwrap().unwrap(), written);
+
+    // A copy changed since it was read, at the stored revision: what is
+    // stored decides, so the server's fields stay the server's.
+    let mut tampered = written.clone();
+    tampered["metadata"]["uid"] = "not-its-uid".into();
+    tampered["metadata"]["creationTimestamp"] = "1970-01-01T00:00:00Z".into();
+    let through = store.write(update(&tampered, "y")).await.unwrap();
+    assert_eq!(through["data"]["k"], "y");
+    assert_eq!(through["metadata"]["uid"], written["metadata"]["uid"]);
+    assert_eq!(
+        through["metadata"]["creationTimestamp"],
+        written["metadata"]["creationTimestamp"]
+    );
+    let after_written = changes(&written).await;
+    assert_eq!(after_written.len(), 1, "{after_written:?}");
+    assert_eq!(after_written[0].previous.as_ref(), Some(&written));
+
+    // Gone: not found, and nothing is made again.
+    store
+        .write(Write::Delete {
+            key: key("a"),
+            expected_revision: None,
+            expected_uid: None,
+        })
+        .await
+        .unwrap();
+    let gone = store.write(update(&through, "z")).await;
+    assert!(matches!(gone, Err(StoreError::NotFound(_))), "{gone:?}");
+    assert!(store.get(&key("a")).await.unwrap().is_none());
 }
 
 /// Groups committed in one batch stand or fall each on its own: one
