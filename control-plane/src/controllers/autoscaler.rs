@@ -679,11 +679,11 @@ async fn set_replicas_with(
         let Some((replicas, annotations)) = decide(&current) else {
             return Ok(None);
         };
-        let write = Write::Update {
+        let write = Write::UpdateRead {
             key: key.clone(),
             object: with_replicas(&current, replicas, annotations),
             part: Part::Main,
-            expected_revision: revision_of(&current),
+            read: current,
         };
         match store.write(write).await {
             Ok(_) => return Ok(Some(replicas)),
@@ -712,12 +712,6 @@ fn with_replicas(current: &Value, replicas: u32, annotations: Annotations) -> Va
         };
     }
     next
-}
-
-fn revision_of(object: &Value) -> Option<i64> {
-    object["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|rv| rv.parse().ok())
 }
 
 /// What activations keep between calls in one process.

@@ -662,13 +662,11 @@ impl Executor<'_> {
         let mut next = current.clone();
         next["spec"]["template"] =
             serde_json::to_value(&stable.template).expect("template serializes");
-        let write = Write::Update {
+        let write = Write::UpdateRead {
             key: key_of(d),
             object: next,
             part: Part::Main,
-            expected_revision: current["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|rv| rv.parse().ok()),
+            read: current,
         };
         match self.store.write(write).await {
             Ok(_) | Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => Ok(()),

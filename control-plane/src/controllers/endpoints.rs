@@ -201,13 +201,11 @@ impl Controller for Endpoints {
         if current == status {
             return Ok(Action::Done);
         }
-        let write = Write::Update {
+        let write = Write::UpdateRead {
             key: key.clone(),
             object: serde_json::to_value(&status).expect("status serializes"),
             part: Part::Status,
-            expected_revision: stored["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|rv| rv.parse().ok()),
+            read: stored,
         };
         match self.store.write(write).await {
             // A conflict is a newer Service, whose event brings us back.

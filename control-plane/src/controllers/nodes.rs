@@ -199,13 +199,11 @@ async fn set_ready(
     }));
     status["conditions"] = json!(conditions);
     let name = node["metadata"]["name"].as_str().unwrap_or_default();
-    let write = Write::Update {
+    let write = Write::UpdateRead {
         key: ObjectKey::new(Kind::Node, "", name),
         object: status,
         part: Part::Status,
-        expected_revision: node["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|rv| rv.parse().ok()),
+        read: node.clone(),
     };
     match store.write(write).await {
         Ok(_) | Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => Ok(()),

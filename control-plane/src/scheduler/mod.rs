@@ -72,7 +72,6 @@ pub async fn run(store: Store, hub: WatchHub, config: SchedulerConfig) {
 /// What the scheduler knows of a pod.
 struct CachedPod {
     object: Value,
-    revision: i64,
     node: String,
     phase: PodPhase,
     placed: PlacedPod,
@@ -358,12 +357,6 @@ impl Session {
             return;
         };
         let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
-        let revision = pod
-            .metadata
-            .resource_version
-            .as_deref()
-            .and_then(|rv| rv.parse().ok())
-            .unwrap_or_default();
         let phase = pod.status.as_ref().map(|s| s.phase).unwrap_or_default();
         if let Some(message) = pod
             .status
@@ -400,7 +393,6 @@ impl Session {
         self.pods.insert(
             key.clone(),
             CachedPod {
-                revision,
                 node: pod.spec.node_name.clone(),
                 phase,
                 placed: PlacedPod {
@@ -558,11 +550,13 @@ impl Session {
         let pod = &self.pods[&key];
         let mut object = pod.object.clone();
         object["spec"]["nodeName"] = json!(node);
-        let write = Write::Update {
+        // The pod as the watch brought it is the pod as stored at its
+        // revision: the batch need not read it again.
+        let write = Write::UpdateRead {
             key: ObjectKey::new(Kind::Pod, &key.0, &key.1),
             object,
             part: Part::Main,
-            expected_revision: Some(pod.revision),
+            read: pod.object.clone(),
         };
         let involved = events::involved(Kind::Pod, &pod.object);
         for victim in &victims {
