@@ -235,6 +235,8 @@ pub(super) struct Admission {
     pub refused: Option<StoreError>,
     /// Whether its namespace's usage is kept in rows the create must move.
     pub kept: bool,
+    /// Whether its namespace has quotas or usage rows.
+    pub quoted: bool,
 }
 
 /// Whether creating `object` at `key` fits its namespace's quotas.
@@ -250,6 +252,7 @@ pub(super) async fn admit(
         return Ok(Admission {
             refused: None,
             kept: false,
+            quoted: false,
         });
     }
     let Quotas {
@@ -281,7 +284,11 @@ pub(super) async fn admit(
             .err()
             .map(|e| StoreError::QuotaExceeded(e.to_string()))
     };
-    Ok(Admission { refused, kept })
+    Ok(Admission {
+        quoted: kept || !caps.is_empty(),
+        refused,
+        kept,
+    })
 }
 
 /// The per-pod caps against a pod's spec or a Deployment's template.

@@ -14,8 +14,8 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -183,6 +183,8 @@ enum BatchError {
 struct Writer {
     pool: PgPool,
     keyring: Arc<Keyring>,
+    /// Namespaces a create found quotas in (see `create`).
+    quoted: Arc<Mutex<HashSet<String>>>,
     /// How long a batch may take, client side, before it is abandoned.
     deadline: Duration,
     metrics: Arc<crate::metrics::Metrics>,
@@ -199,6 +201,7 @@ pub(super) fn spawn(
     let writer = Writer {
         pool,
         keyring,
+        quoted: Arc::default(),
         deadline,
         metrics,
     };
@@ -323,6 +326,12 @@ fn unknown_outcome(n: usize, error: &sqlx::Error) -> Vec<Result<Value, StoreErro
 /// State of one batch transaction.
 struct Batch<'k> {
     keyring: &'k Keyring,
+    /// Namespaces a create found quotas in, in this process: their
+    /// creates of counted kinds read the quotas at once rather than first
+    /// trying the insert that holds only where there are none. A hint
+    /// (a wrong one costs a round trip, never an outcome); it grows with
+    /// the namespaces that ever had a quota.
+    quoted: &'k Mutex<HashSet<String>>,
     /// The last revision handed out.
     revision: i64,
     /// Timestamp for everything written in the batch.
@@ -351,7 +360,7 @@ async fn commit(
         .await
         .map_err(BatchError::BeforeCommit)?;
     let mut committing = false;
-    let batch = commit_on(&mut connection, &writer.keyring, writes, &mut committing);
+    let batch = commit_on(&mut connection, writer, writes, &mut committing);
     match tokio::time::timeout(writer.deadline, batch).await {
         Ok(outcome) => outcome,
         Err(_) => {
@@ -363,7 +372,7 @@ async fn commit(
 
 async fn commit_on(
     connection: &mut sqlx::PgConnection,
-    keyring: &Keyring,
+    writer: &Writer,
     writes: &[&Write],
     committing: &mut bool,
 ) -> Result<Vec<Result<Value, StoreError>>, BatchError> {
@@ -375,7 +384,8 @@ async fn commit_on(
         .await
         .map_err(before)?;
     let mut batch = Batch {
-        keyring,
+        keyring: &writer.keyring,
+        quoted: &writer.quoted,
         revision: start,
         now: now_rfc3339(),
         namespaces: HashSet::new(),
@@ -529,12 +539,39 @@ const INSERT_COUNTED: &str = "WITH o AS (
     INSERT INTO changes (revision, kind, namespace, name, type, object)
     SELECT $5, $1, $2, $3, 'ADDED', $7 FROM o";
 
+/// `INSERT`, only if the namespace exists (unless `$8`: known to) and
+/// has no quotas or quota usage (unless `$9`: the kind is not counted).
+const INSERT_AT_ONCE: &str = "WITH o AS (
+        INSERT INTO objects (kind, namespace, name, uid, resource_version, labels, body)
+        SELECT $1, $2, $3, $4, $5, $6, $7
+        WHERE ($8 OR EXISTS (SELECT 1 FROM objects
+                             WHERE kind = 'Namespace' AND namespace = '' AND name = $2))
+          AND ($9 OR (NOT EXISTS (SELECT 1 FROM objects
+                                  WHERE kind = 'ResourceQuota' AND namespace = $2)
+                      AND NOT EXISTS (SELECT 1 FROM quota_usage WHERE namespace = $2)))
+        ON CONFLICT DO NOTHING RETURNING 1
+    )
+    INSERT INTO changes (revision, kind, namespace, name, type, object)
+    SELECT $5, $1, $2, $3, 'ADDED', $7 FROM o";
+
 async fn create(
     tx: &mut Transaction<'_, Postgres>,
     key: &ObjectKey,
     object: Value,
     batch: &mut Batch<'_>,
 ) -> Result<Result<Value, StoreError>, sqlx::Error> {
+    let counted = skiff_api::kinds::quota::COUNTED.contains(&key.kind);
+    // One round trip where it can be: the insert itself checks that the
+    // namespace exists and that no quota applies. What it does not
+    // insert (a name taken, a namespace missing, quotas to admit
+    // against) takes the way below, which says why.
+    let quoted = counted && batch.is_quoted(&key.namespace);
+    if key.kind != Kind::Route
+        && !quoted
+        && let Some(created) = create_at_once(tx, key, &object, counted, batch).await?
+    {
+        return Ok(Ok(created));
+    }
     if key.kind.namespaced() && !batch.namespaces.contains(&key.namespace) {
         if load(tx, &ObjectKey::namespace(&key.namespace), batch)
             .await?
@@ -550,6 +587,9 @@ async fn create(
         return Ok(Err(claimed));
     }
     let admission = super::quota::admit(tx, key, &object, true).await?;
+    if admission.quoted {
+        batch.note_quoted(&key.namespace);
+    }
     if let Some(refused) = admission.refused {
         return Ok(Err(refused));
     }
@@ -585,6 +625,42 @@ async fn create(
     batch.revision = next;
     batch.remember(key, Some(&object));
     Ok(Ok(object))
+}
+
+/// `create`'s way in one statement: the object written, or `None` when
+/// nothing was (see `INSERT_AT_ONCE`).
+async fn create_at_once(
+    tx: &mut Transaction<'_, Postgres>,
+    key: &ObjectKey,
+    object: &Value,
+    counted: bool,
+    batch: &mut Batch<'_>,
+) -> Result<Option<Value>, sqlx::Error> {
+    let known = !key.kind.namespaced() || batch.namespaces.contains(&key.namespace);
+    let uid = uuid::Uuid::new_v4();
+    let next = batch.revision + 1;
+    let object = objects::created(key.kind, object.clone(), &uid.to_string(), next, &batch.now);
+    let inserted = sqlx::query(INSERT_AT_ONCE)
+        .bind(key.kind.name())
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .bind(uid)
+        .bind(next)
+        .bind(labels_of(&object))
+        .bind(&*batch.sealed(key.kind, &object))
+        .bind(known)
+        .bind(!counted)
+        .execute(&mut **tx)
+        .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(None);
+    }
+    if key.kind.namespaced() {
+        batch.namespaces.insert(key.namespace.clone());
+    }
+    batch.revision = next;
+    batch.remember(key, Some(&object));
+    Ok(Some(object))
 }
 
 async fn update(
@@ -839,6 +915,17 @@ async fn load_expected(
 }
 
 impl Batch<'_> {
+    fn is_quoted(&self, namespace: &str) -> bool {
+        self.quoted.lock().expect("quoted lock").contains(namespace)
+    }
+
+    fn note_quoted(&self, namespace: &str) {
+        let mut quoted = self.quoted.lock().expect("quoted lock");
+        if !quoted.contains(namespace) {
+            quoted.insert(namespace.to_owned());
+        }
+    }
+
     /// Notes `object` as this transaction wrote it under `key`.
     fn remember(&mut self, key: &ObjectKey, object: Option<&Value>) {
         if key.kind != Kind::Secret {

@@ -360,6 +360,97 @@ async fn an_update_of_what_was_read_is_conditional_on_it() {
     assert!(store.get(&key("a")).await.unwrap().is_none());
 }
 
+/// A create the insert itself checks (its namespace exists, no quota
+/// applies) still meets a missing namespace, a name taken and a quota,
+/// in a process that never saw the quota before as in one that did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_in_one_statement_still_meets_its_namespace_and_quotas() {
+    use control_plane::store::{ObjectKey, StoreError, Write};
+
+    let cluster = Cluster::new();
+    let (store, keys) = store_of(&cluster);
+    let create = |kind: Kind, namespace: &str, name: &str, extra: Value| {
+        let mut object = json!({"apiVersion": skiff_api::API_VERSION, "kind": kind.name(),
+            "metadata": {"name": name, "namespace": namespace}});
+        if let (Some(object), Some(extra)) = (object.as_object_mut(), extra.as_object()) {
+            object.extend(extra.clone());
+        }
+        Write::Create {
+            key: ObjectKey::new(kind, namespace, name),
+            object,
+        }
+    };
+    let config_map =
+        |namespace: &str, name: &str| create(Kind::ConfigMap, namespace, name, json!({}));
+
+    let nowhere = store.write(config_map("nowhere", "a")).await;
+    assert!(
+        matches!(nowhere, Err(StoreError::NamespaceNotFound(_))),
+        "{nowhere:?}"
+    );
+    store.write(config_map("default", "a")).await.unwrap();
+    let taken = store.write(config_map("default", "a")).await;
+    assert!(
+        matches!(taken, Err(StoreError::AlreadyExists(_))),
+        "{taken:?}"
+    );
+
+    store
+        .write(Write::Create {
+            key: ObjectKey::namespace("capped"),
+            object: json!({"apiVersion": skiff_api::API_VERSION, "kind": "Namespace",
+                "metadata": {"name": "capped"}}),
+        })
+        .await
+        .unwrap();
+    store
+        .write(create(
+            Kind::ResourceQuota,
+            "capped",
+            "caps",
+            json!({"spec": {"hard": {"configmaps": "1"}}}),
+        ))
+        .await
+        .unwrap();
+    store.write(config_map("capped", "first")).await.unwrap();
+    let over = store.write(config_map("capped", "second")).await;
+    assert!(
+        matches!(over, Err(StoreError::QuotaExceeded(_))),
+        "{over:?}"
+    );
+    // Another process, which has not met the quota yet.
+    let other = control_plane::store::Store::connect(
+        &cluster.database_url,
+        &Default::default(),
+        std::sync::Arc::new(
+            control_plane::encryption::Keyring::load(&keys.path().join("keys")).unwrap(),
+        ),
+    )
+    .unwrap();
+    let over = other.write(config_map("capped", "second")).await;
+    assert!(
+        matches!(over, Err(StoreError::QuotaExceeded(_))),
+        "{over:?}"
+    );
+    assert!(
+        store
+            .get(&ObjectKey::new(Kind::ConfigMap, "capped", "second"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Kinds no quota counts are not held up by one.
+    store
+        .write(create(
+            Kind::Event,
+            "capped",
+            "e",
+            json!({"reason": "Checked"}),
+        ))
+        .await
+        .unwrap();
+}
+
 /// Groups committed in one batch stand or fall each on its own: one
 /// refused after its first write undoes only that write, not the groups
 /// before or after it in the batch.
