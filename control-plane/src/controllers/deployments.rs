@@ -71,6 +71,7 @@ impl Controller for Deployments {
             events: &self.events,
             from_zero: pods.is_empty(),
             deployment: &deployment,
+            stored: &stored,
             revision: stored["metadata"]["resourceVersion"]
                 .as_str()
                 .and_then(|rv| rv.parse().ok()),
@@ -512,7 +513,9 @@ struct Executor<'a> {
     store: &'a Store,
     events: &'a Recorder,
     deployment: &'a Deployment,
-    /// The Deployment's revision as read, which the status write expects.
+    /// The Deployment as read, which the status write is conditional on.
+    stored: &'a Value,
+    /// Its revision, which the pods' deletions are conditional on.
     revision: Option<i64>,
     /// Whether it had no live pod: a pod made now is its first from zero.
     from_zero: bool,
@@ -558,11 +561,11 @@ impl Executor<'_> {
     async fn write_status(&self, status: &DeploymentStatus) -> Result<bool, StoreError> {
         let written = self
             .store
-            .write(Write::Update {
+            .write(Write::UpdateRead {
                 key: key_of(self.deployment),
                 object: serde_json::to_value(status).expect("status serializes"),
                 part: Part::Status,
-                expected_revision: self.revision,
+                read: self.stored.clone(),
             })
             .await;
         match written {
