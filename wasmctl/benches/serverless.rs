@@ -35,8 +35,9 @@ mod common;
 use common::*;
 
 const BASELINE_RUNS: usize = 20;
-/// How long idle CPU is measured: the period at which controllers look at
-/// every object again, so one whole resync falls in it.
+/// How long idle CPU is measured. Controllers look at every object again
+/// over a period of minutes, spread evenly, so any such window shows the
+/// steady share of that, and the autoscaler's ticks.
 const IDLE: Duration = Duration::from_secs(30);
 
 fn main() {
@@ -85,7 +86,7 @@ fn main() {
     settle();
     let at_zero = rss_mib(bench.node.pid().expect("node runs"));
     let idle_at_zero = bench.idle_cpu();
-    println!("idle CPU over {IDLE:?} (one resync of every controller), share of one core:");
+    println!("idle CPU over {IDLE:?} (no request), share of one core:");
     println!("  one warm function:              {idle_empty}");
     println!("  + {functions} functions at zero:     {idle_at_zero}");
 
