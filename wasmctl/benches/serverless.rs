@@ -125,11 +125,7 @@ fn main() {
                 while let Some(i) =
                     Some(next.fetch_add(1, Ordering::SeqCst)).filter(|i| *i < functions)
                 {
-                    wait_for_200(
-                        bench.node.ingress,
-                        &host(&format!("fn-{i}")),
-                        Duration::from_secs(60),
-                    );
+                    bench.wake(&runtime, &format!("fn-{i}"));
                 }
             });
         }
@@ -187,6 +183,39 @@ impl std::fmt::Display for IdleCpu {
 }
 
 impl Bench {
+    /// Waits for function `name` to answer 200; if it does not within a
+    /// minute, fails with what the store says of it and the processes'
+    /// last log lines.
+    fn wake(&self, runtime: &tokio::runtime::Runtime, name: &str) {
+        let Err(last) = answers_200(self.node.ingress, &host(name), Duration::from_secs(60)) else {
+            return;
+        };
+        let api = &self.cluster.api;
+        let (deployment, service, pods) = runtime.block_on(async {
+            let get = |kind| api.get(kind, Some("default"), name);
+            let pods = api
+                .list_all(Kind::Pod, Some("default"), &Default::default())
+                .await
+                .map(|pods| {
+                    pods.items
+                        .into_iter()
+                        .filter(|p| p["metadata"]["labels"]["app"] == name)
+                        .collect::<Vec<_>>()
+                });
+            (get(Kind::Deployment).await, get(Kind::Service).await, pods)
+        });
+        let tail = |log: String| {
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        panic!(
+            "{name} never answered 200 (last: {last})\ndeployment: {deployment:#?}\n\
+             service: {service:#?}\npods: {pods:#?}\nnode log:\n{}\ncontrol plane log:\n{}",
+            tail(self.node.log()),
+            tail(self.cluster.plane.log()),
+        );
+    }
+
     /// CPU the control plane, the node and Postgres use over [`IDLE`]
     /// with no request made.
     fn idle_cpu(&self) -> IdleCpu {

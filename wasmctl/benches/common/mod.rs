@@ -310,23 +310,34 @@ pub fn connect(addr: SocketAddr) -> std::io::Result<BufReader<TcpStream>> {
 
 /// Polls `addr` every millisecond until `host` answers 200.
 pub fn wait_for_200(addr: SocketAddr, host: &str, timeout: Duration) {
+    if let Err(last) = answers_200(addr, host, timeout) {
+        panic!("{host} never answered 200 on {addr} (last: {last})");
+    }
+}
+
+/// Asks `host` until it answers 200 or `timeout` passes; then what it
+/// answered last (a status, or the connection's error).
+pub fn answers_200(addr: SocketAddr, host: &str, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut connection = None;
+    let mut last = String::from("no answer");
     loop {
         if connection.is_none() {
             connection = connect(addr).ok();
         }
         if let Some(stream) = connection.as_mut() {
             match get(stream, host) {
-                Ok(200) => return,
-                Ok(_) => {}
-                Err(_) => connection = None,
+                Ok(200) => return Ok(()),
+                Ok(status) => last = status.to_string(),
+                Err(e) => {
+                    last = e.to_string();
+                    connection = None;
+                }
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "{host} never answered 200 on {addr}"
-        );
+        if Instant::now() >= deadline {
+            return Err(last);
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
 }

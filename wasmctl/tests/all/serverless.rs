@@ -10,7 +10,7 @@ use crate::controllers::{
     Load, WEB_HOST, all_succeeded, deployment, pods_of, rolled_out, route, service,
 };
 use crate::nodes::{NodeCluster, WAIT, push};
-use crate::support::{http_call, http_request, test_guest};
+use crate::support::{http_call, http_request, repo_root, test_guest};
 
 /// Two nodes with the misbehave guest in the registry.
 fn cluster() -> (NodeCluster, String) {
@@ -34,21 +34,21 @@ fn function(image: &str, version: &str, autoscaling: Value) -> Value {
     web
 }
 
-fn replicas(cluster: &NodeCluster) -> u64 {
-    cluster.json(&["get", "deployment", "web"])["spec"]["replicas"]
+fn replicas(cluster: &NodeCluster, name: &str) -> u64 {
+    cluster.json(&["get", "deployment", name])["spec"]["replicas"]
         .as_u64()
         .unwrap_or(u64::MAX)
 }
 
-/// Waits until the Deployment is at zero with no pod left.
-fn wait_for_zero(cluster: &NodeCluster) {
+/// Waits until Deployment `name` is at zero with no pod left.
+fn wait_for_zero(cluster: &NodeCluster, name: &str) {
     let mut last = 0;
     assert!(
         wait_until(WAIT, || {
-            last = replicas(cluster);
-            last == 0 && pods_of(cluster, "web").is_empty()
+            last = replicas(cluster, name);
+            last == 0 && pods_of(cluster, name).is_empty()
         }),
-        "web never went to zero (replicas {last}); nodes:\n{}",
+        "{name} never went to zero (replicas {last}); nodes:\n{}",
         cluster.nodes.iter().map(|n| n.log()).collect::<String>()
     );
 }
@@ -63,7 +63,7 @@ fn a_function_at_zero_answers_its_first_requests_and_goes_back_to_zero_when_idle
         route("web", WEB_HOST),
     ]);
     // Deployed, it starts with one pod; nobody calls it, so it goes.
-    wait_for_zero(&cluster);
+    wait_for_zero(&cluster, "web");
     let table = cluster.cluster.ok(&["get", "deployments"]);
     let row = table.lines().find(|l| l.starts_with("web")).unwrap();
     assert!(row.contains("0-4,at-zero"), "{table}");
@@ -75,7 +75,7 @@ fn a_function_at_zero_answers_its_first_requests_and_goes_back_to_zero_when_idle
     // The first request, through a Route, is held until a pod serves it;
     // the pod goes to the node that held it (whichever node that is).
     for held_on in ["n2", "n1"] {
-        wait_for_zero(&cluster);
+        wait_for_zero(&cluster, "web");
         let ingress = cluster.node(held_on).ingress;
         let first = http_request(ingress, WEB_HOST, "/env?name=VERSION", &[]).unwrap();
         assert_eq!(
@@ -83,7 +83,7 @@ fn a_function_at_zero_answers_its_first_requests_and_goes_back_to_zero_when_idle
             (200, "v1"),
             "{first:?}"
         );
-        assert_eq!(replicas(&cluster), 1);
+        assert_eq!(replicas(&cluster, "web"), 1);
         let pods = pods_of(&cluster, "web");
         let placed: Vec<_> = pods
             .values()
@@ -100,7 +100,7 @@ fn a_function_at_zero_answers_its_first_requests_and_goes_back_to_zero_when_idle
     }
 
     // Idle again, it goes back to zero; then many at once are all served.
-    wait_for_zero(&cluster);
+    wait_for_zero(&cluster, "web");
     let ingresses = [cluster.node("n1").ingress, cluster.node("n2").ingress];
     let answers: Vec<_> = std::thread::scope(|scope| {
         let calls: Vec<_> = (0..40)
@@ -119,10 +119,40 @@ fn a_function_at_zero_answers_its_first_requests_and_goes_back_to_zero_when_idle
 
     // A new revision rolled out while at zero is what the next request
     // meets.
-    wait_for_zero(&cluster);
+    wait_for_zero(&cluster, "web");
     cluster.apply(&[function(&image, "v2", autoscaling)]);
     let next = http_request(ingresses[1], WEB_HOST, "/env?name=VERSION", &[]).unwrap();
     assert_eq!((next.status, next.body.as_str()), (200, "v2"), "{next:?}");
+}
+
+/// The example manifest `examples/function.yaml`, as written but for its
+/// image (hello-http, pushed to the test registry) and a shorter
+/// scale-down delay: idle, it goes to zero, and its Route answers from
+/// there.
+#[test]
+fn the_example_function_goes_to_zero_and_answers_from_it() {
+    const IMAGE: &str = "registry.example.com/fn/hello:v1";
+    const DELAY: &str = "scaleDownDelay: 30s";
+    let cluster = NodeCluster::start(&[("n1", &[])]);
+    let text = std::fs::read_to_string(repo_root().join("examples/function.yaml")).unwrap();
+    assert!(text.contains(IMAGE) && text.contains(DELAY), "{text}");
+    let text = text
+        .replace(IMAGE, &cluster.hello)
+        .replace(DELAY, "scaleDownDelay: 1s");
+    let applied = cluster.cluster.ok(&[
+        "apply",
+        "-f",
+        &cluster.cluster.manifest("function.yaml", &text),
+    ]);
+    assert_eq!(applied.lines().count(), 3, "{applied}");
+    wait_for_zero(&cluster, "hello");
+    let answer = http_request(cluster.node("n1").ingress, "hello.example.com", "/", &[]).unwrap();
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "Hello, world! (GET /)\n"),
+        "{answer:?}"
+    );
+    assert_eq!(replicas(&cluster, "hello"), 1);
 }
 
 #[test]
@@ -152,7 +182,7 @@ fn a_steady_load_keeps_load_over_target_pods_and_a_rollout_under_it_loses_nothin
     let mut seen = 0;
     assert!(
         wait_until(WAIT, || {
-            seen = replicas(&cluster);
+            seen = replicas(&cluster, "web");
             (3..=4).contains(&seen) && pods_of(&cluster, "web").len() as u64 == seen
         }),
         "the load never got its pods: replicas {seen}"
@@ -161,7 +191,7 @@ fn a_steady_load_keeps_load_over_target_pods_and_a_rollout_under_it_loses_nothin
     let steady: Vec<u64> = (0..5)
         .map(|_| {
             std::thread::sleep(Duration::from_secs(1));
-            replicas(&cluster)
+            replicas(&cluster, "web")
         })
         .collect();
     assert!(
@@ -195,7 +225,7 @@ fn a_broken_function_at_zero_answers_its_held_requests_with_the_reason() {
         service("web"),
         route("web", WEB_HOST),
     ]);
-    wait_for_zero(&cluster);
+    wait_for_zero(&cluster, "web");
     let ingress = cluster.node("n1").ingress;
     let answer = http_request(ingress, WEB_HOST, "/", &[]).unwrap();
     assert_eq!(answer.status, 503, "{answer:?}");
@@ -306,7 +336,7 @@ fn the_autoscaler_owns_replicas_and_bad_settings_are_refused() {
     .unwrap();
     assert_eq!(put.status, 422, "{put:?}");
     assert!(put.body.contains("spec.replicas"), "{}", put.body);
-    assert_eq!(replicas(&cluster), 2);
+    assert_eq!(replicas(&cluster, "web"), 2);
     for (args, field) in [
         (vec!["--min", "3", "--max", "2"], "max must be at least"),
         (vec!["--max", "0"], "max must be at least 1"),
@@ -376,5 +406,5 @@ fn the_autoscaler_owns_replicas_and_bad_settings_are_refused() {
     cluster
         .cluster
         .ok(&["scale", "deployment/web", "--replicas", "3"]);
-    assert_eq!(replicas(&cluster), 3);
+    assert_eq!(replicas(&cluster, "web"), 3);
 }
