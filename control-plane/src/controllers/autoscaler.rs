@@ -175,7 +175,18 @@ pub fn decide(spec: &Autoscaling, current: u32, window: &mut Window, now: f64) -
     if now - window.since < delay {
         replicas = replicas.max(current);
     }
-    spec.clamp(replicas)
+    let decided = spec.clamp(replicas);
+    if current == 0 {
+        // Off zero for load is the activation's to do: a node holding
+        // requests asks for it at once, and it writes the first pod with
+        // the replicas. Scaling up here on the same held requests raced
+        // it, and a Deployment taken off zero this way had its first pod
+        // only once the Deployment controller came to it: over a minute,
+        // behind thousands of functions waking. `minReplicas` raised is
+        // still decided here.
+        return decided.min(spec.clamp(0));
+    }
+    decided
 }
 
 /// Loads from one node: the answer, or nothing (the node is not counted
@@ -346,6 +357,7 @@ impl Autoscaler {
             if blinded {
                 wanted = wanted.max(current);
             }
+
             if wanted != current {
                 self.scale(deployment, current, wanted, load).await?;
             }
@@ -1326,6 +1338,20 @@ mod tests {
                 start: 1,
                 phases: vec![(70, 5.0), (4, 0.0), (2, 0.0)],
                 expect: vec![1, 1, 0],
+            },
+            Case {
+                name: "load alone does not take a function off zero: its activation does",
+                spec: spec(0, 20, 10, "30s"),
+                start: 0,
+                phases: vec![(10, 45.0), (10, 500.0)],
+                expect: vec![0, 0],
+            },
+            Case {
+                name: "minReplicas raised takes a function off zero",
+                spec: spec(2, 20, 10, "5s"),
+                start: 0,
+                phases: vec![(1, 0.0)],
+                expect: vec![2],
             },
             Case {
                 name: "minReplicas holds however idle",
