@@ -655,11 +655,7 @@ async fn create_at_once(
     if inserted.rows_affected() == 0 {
         return Ok(None);
     }
-    if key.kind.namespaced() {
-        batch.namespaces.insert(key.namespace.clone());
-    }
-    batch.revision = next;
-    batch.remember(key, Some(&object));
+    batch.wrote_in_namespace(key, next, &object);
     Ok(Some(object))
 }
 
@@ -787,12 +783,7 @@ async fn update_as_read(
     if updated.rows_affected() == 0 {
         return Ok(None);
     }
-    // It exists, so its namespace does (see `load`).
-    if key.kind.namespaced() {
-        batch.namespaces.insert(key.namespace.clone());
-    }
-    batch.revision = next;
-    batch.remember(key, Some(&object));
+    batch.wrote_in_namespace(key, next, &object);
     Ok(Some(object))
 }
 
@@ -915,6 +906,17 @@ async fn load_expected(
 }
 
 impl Batch<'_> {
+    /// Notes `object` written under `key` at revision `next` by a
+    /// statement that held only where its namespace exists (an object of
+    /// a namespace shows it exists; see `load`).
+    fn wrote_in_namespace(&mut self, key: &ObjectKey, next: i64, object: &Value) {
+        if key.kind.namespaced() {
+            self.namespaces.insert(key.namespace.clone());
+        }
+        self.revision = next;
+        self.remember(key, Some(object));
+    }
+
     fn is_quoted(&self, namespace: &str) -> bool {
         self.quoted.lock().expect("quoted lock").contains(namespace)
     }
