@@ -72,9 +72,6 @@ impl Controller for Deployments {
             from_zero: pods.is_empty(),
             deployment: &deployment,
             stored: &stored,
-            revision: stored["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|rv| rv.parse().ok()),
         }
         .execute(plan)
         .await
@@ -513,10 +510,9 @@ struct Executor<'a> {
     store: &'a Store,
     events: &'a Recorder,
     deployment: &'a Deployment,
-    /// The Deployment as read, which the status write is conditional on.
+    /// The Deployment as read, which the status write (and, by its
+    /// revision, the pods' deletions) is conditional on.
     stored: &'a Value,
-    /// Its revision, which the pods' deletions are conditional on.
-    revision: Option<i64>,
     /// Whether it had no live pod: a pod made now is its first from zero.
     from_zero: bool,
 }
@@ -606,7 +602,8 @@ impl Executor<'_> {
         // it, so a pod made since with a change of it (an activation
         // writes the replicas and the first pod together) would otherwise
         // be taken for one too many.
-        let write = match self.revision {
+        let revision = self.deployment.metadata.resource_version.as_deref();
+        let write = match revision.and_then(|rv| rv.parse().ok()) {
             Some(revision) => Write::All(vec![
                 Write::Unchanged {
                     key: key_of(self.deployment),
