@@ -81,6 +81,13 @@ ensure_prometheus() {
   ensure_packages prometheus
 }
 
+# Chromium and its WebDriver: the dashboard's tests drive a real headless
+# browser.
+ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
+  ensure_packages chromium chromium-driver
+}
+
 # wasmtime-cli at the version the workspace pins: the benchmarks' baseline.
 ensure_wasmtime_cli() {
   local version

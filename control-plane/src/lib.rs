@@ -16,6 +16,7 @@ pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod ui;
 pub mod watch;
 
 /// Sets up a fresh cluster in an empty, migrated database: the `default`

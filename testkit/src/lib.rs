@@ -5,6 +5,8 @@
 //! containerd with busybox images for the Linux runtime.
 //! Nothing here is a fake.
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -197,6 +197,10 @@ async fn serve(
     eprintln!("Skiff dev cluster is up (context \"dev\" is now current):");
     eprintln!("  API       {api_url}          try: wasmctl get nodes");
     eprintln!(
+        "  Dashboard {api_url}/ui/       sign in with the token in {}",
+        data.join("admin-token").display()
+    );
+    eprintln!(
         "  Ingress   http://{}    pods answer at http://NAME.NAMESPACE.pod.localhost:{}/",
         agent.endpoint,
         args.ingress.port()

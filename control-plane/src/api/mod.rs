@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics))
+        .merge(crate::ui::router())
         .route(
             "/apis/skiff.dev/v1/{*path}",
             axum::routing::any(objects_or_tokens),
@@ -184,6 +185,38 @@ pub async fn authenticate(
         .ok_or(ApiError::Unauthorized)
 }
 
+/// What `principal` is, in the terms the API's roles use: a cluster
+/// admin, roles per namespace (a token's or a ServiceAccount's), a node,
+/// or a metrics reader. It tells callers nothing their token could not
+/// find out by trying.
+fn whoami(principal: &Principal) -> serde_json::Value {
+    use serde_json::json;
+    let roles = |roles: &std::collections::BTreeMap<String, crate::auth::Role>| {
+        roles
+            .iter()
+            .map(|(namespace, role)| (namespace.clone(), json!(role.as_str())))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let (kind, namespaces, node) = match principal {
+        Principal::ClusterAdmin => ("cluster-admin", serde_json::Map::new(), None),
+        Principal::Namespaced(r) => ("token", roles(r), None),
+        Principal::Account(r) => ("serviceaccount", roles(r), None),
+        Principal::Node(name) => ("node", serde_json::Map::new(), Some(name.as_str())),
+        Principal::MetricsReader => ("metrics", serde_json::Map::new(), None),
+    };
+    let mut answer = json!({
+        "apiVersion": skiff_api::API_VERSION,
+        "kind": "Whoami",
+        "principal": kind,
+        "clusterAdmin": matches!(principal, Principal::ClusterAdmin),
+        "namespaces": namespaces,
+    });
+    if let Some(node) = node {
+        answer["node"] = json!(node);
+    }
+    answer
+}
+
 /// What a path under `/apis/skiff.dev/v1/` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -211,6 +244,9 @@ pub enum Target {
     AccountToken { namespace: String, name: String },
     /// `services/{name}/activate`: a Service at zero has a request.
     Activate { namespace: String, name: String },
+    /// `whoami`: what the caller's token is and may do (the dashboard
+    /// shows only the actions it allows).
+    Whoami,
     /// `tokens` of a namespace, or of the cluster when `namespace` is None.
     Tokens {
         namespace: Option<String>,
@@ -258,6 +294,7 @@ pub fn parse_target(path: &str) -> Result<Target, ApiError> {
             namespace: None,
             id: Some((*id).to_owned()),
         }),
+        ["whoami"] => Ok(Target::Whoami),
         ["nodemetrics"] => Ok(Target::NodeMetrics),
         ["podmetrics"] => Ok(Target::PodMetrics { namespace: None }),
         ["namespaces", ns, "podmetrics"] => Ok(Target::PodMetrics {
@@ -356,6 +393,7 @@ fn request_labels(request: &Request) -> (&'static str, &'static str) {
         Some(Target::AccountToken { .. }) => "serviceaccounttokens",
         Some(Target::Activate { .. }) => "activations",
         Some(Target::Tokens { .. }) => "tokens",
+        Some(Target::Whoami) => "whoami",
         None => "unknown",
     };
     let watching = || {
@@ -438,14 +476,19 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
             logs::get(state, &principal, caller, &namespace, &name, &params).await
         }
         (Target::NodeMetrics, Method::GET) => usage::nodes(state, &principal).await,
+        (Target::Whoami, Method::GET) => Ok(axum::Json(whoami(&principal)).into_response()),
         (Target::PodMetrics { namespace }, Method::GET) => {
             usage::pods(state, &principal, namespace.as_deref(), &params).await
         }
-        (Target::PodLog { .. } | Target::NodeMetrics | Target::PodMetrics { .. }, method) => {
-            Err(ApiError::MethodNotAllowed(format!(
-                "{method} is not allowed here: logs and usage are read with GET"
-            )))
-        }
+        (
+            Target::PodLog { .. }
+            | Target::NodeMetrics
+            | Target::PodMetrics { .. }
+            | Target::Whoami,
+            method,
+        ) => Err(ApiError::MethodNotAllowed(format!(
+            "{method} is not allowed here: logs, usage and whoami are read with GET"
+        ))),
         (Target::ProxyKey { node }, Method::GET) => proxy_key::get(state, &principal, &node).await,
         (Target::AccountToken { namespace, name }, Method::POST) => {
             tokens::account_token(state, &principal, &namespace, &name, &body).await

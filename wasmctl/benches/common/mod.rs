@@ -22,6 +22,8 @@ pub struct Cluster {
     pub registry: Registry,
     pub plane: ControlPlane,
     pub api: Client,
+    /// The cluster admin's token.
+    pub admin: String,
     pub hello: PathBuf,
     pub hello_ref: String,
     /// The control plane's database.
@@ -67,6 +69,7 @@ impl Cluster {
             registry,
             plane,
             api,
+            admin,
             hello,
             hello_ref,
             database,

@@ -261,10 +261,23 @@ fn dev_starts_afresh_when_its_data_directory_was_removed() {
 
     // A new user's way to start over: the data directory goes, nothing else.
     std::fs::remove_dir_all(&dev.data).expect("removing the data directory");
-    let (child, _) = dev.start(&[], "Ctrl-C stops it.");
+    let (child, _, log) = spawn_logged(dev.command(&[]), "Ctrl-C stops it.", "wasmctl dev");
+    let log = log.lock().unwrap().clone();
+    let dashboard = log
+        .lines()
+        .find_map(|line| line.strip_prefix("  Dashboard "))
+        .unwrap_or_else(|| panic!("no Dashboard line:\n{log}"));
     let second = dev.admin_token();
     assert_ne!(first, second, "a new cluster has a new admin token");
     assert_eq!(dev.api_status("namespaces", &second), 200);
+    // The dashboard is where it says, and says where to find its token.
+    let url = format!("http://{}/ui/", dev.api);
+    assert!(dashboard.trim_start().starts_with(&url), "{dashboard}");
+    assert!(dashboard.contains("admin-token"), "{dashboard}");
+    let page =
+        http_request(dev.api, &dev.api.to_string(), "/ui/", &[]).expect("the dashboard answers");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("/ui/app.js"), "{}", page.body);
     assert_eq!(
         dev.api_status("namespaces", &first),
         401,

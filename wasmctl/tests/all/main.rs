@@ -7,6 +7,7 @@ mod bad_input;
 mod cache;
 mod cluster;
 mod controllers;
+mod dashboard;
 mod dev;
 mod egress;
 mod events;

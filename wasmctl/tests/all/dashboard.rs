@@ -1,0 +1,292 @@
+//! The dashboard at `/ui`, in a real headless Chromium against a cluster
+//! of real processes (Postgres, control plane, a node, a registry): signing
+//! in, following the cluster live, acting within the token's role, and
+//! what a hostile tenant can put in front of a cluster admin.
+
+use serde_json::{Value, json};
+use testkit::browser::Browser;
+use testkit::wait_until;
+
+use crate::controllers::deployment;
+use crate::nodes::{NodeCluster, WAIT, pod, push};
+use crate::support::{http_request, test_guest};
+
+/// Markup a tenant can write where the dashboard shows text: run, it
+/// would mark the page; shown as text, it is only text.
+const ANNOTATION_ATTACK: &str = "<img src=x onerror=\"window.pwned='annotation'\">";
+const LOG_ATTACK: &str =
+    "<script>window.pwned='log'</script><img src=y onerror=\"window.pwned='log'\">";
+
+fn sign_in(browser: &Browser, token: &str) {
+    browser.goto("/ui");
+    browser.type_into("#token", token);
+    browser.click("#signin-button");
+}
+
+fn replicas(cluster: &NodeCluster, namespace: &str, name: &str) -> u64 {
+    cluster.json(&["get", "deployment", name, "-n", namespace])["spec"]["replicas"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Nothing of the tenant's markup ran or became an element.
+fn assert_nothing_ran(browser: &Browser) {
+    let state = browser.run(
+        "return {pwned: window.pwned || null, images: document.querySelectorAll('img').length, scripts: document.querySelectorAll('main script').length};",
+        vec![],
+    );
+    assert_eq!(
+        state,
+        json!({"pwned": null, "images": 0, "scripts": 0}),
+        "markup from the cluster ran in the page"
+    );
+}
+
+#[test]
+fn the_dashboard_signs_in_follows_the_cluster_live_and_acts_for_an_admin() {
+    let cluster = NodeCluster::start(&[("ui-1", &[])]);
+    let printer_image = format!("{}/misbehave:v1", cluster.registry.addr);
+    push(&test_guest("misbehave"), &printer_image);
+    let mut web = deployment("web", &cluster.hello, 1, &[], json!({}));
+    web["metadata"]["annotations"] = json!({"note": ANNOTATION_ATTACK});
+    cluster.apply(&[web, pod("printer", &printer_image, json!({}))]);
+    cluster.wait_running("printer");
+
+    // The page itself answers without a token, under a policy that runs
+    // its own script only.
+    let plane = cluster.cluster.api_addr();
+    let page = http_request(plane, &plane.to_string(), "/ui/", &[]).expect("the page");
+    assert_eq!(page.status, 200);
+    let policy = page.header("content-security-policy").unwrap_or_default();
+    assert!(
+        policy.contains("script-src 'self'") && !policy.contains("unsafe"),
+        "{policy}"
+    );
+
+    let browser = Browser::start(&cluster.cluster.plane.url);
+    sign_in(&browser, &cluster.cluster.token);
+    // The token is kept in the tab, not in the address or a cookie.
+    browser.wait_present("#signout");
+    let kept = browser.run(
+        "return {session: sessionStorage.getItem('skiff.token'), cookie: document.cookie, href: location.href};",
+        vec![],
+    );
+    assert_eq!(kept["session"], json!(cluster.cluster.token));
+    assert_eq!(kept["cookie"], json!(""));
+    assert!(
+        !kept["href"]
+            .as_str()
+            .unwrap()
+            .contains(&cluster.cluster.token)
+    );
+
+    // Overview: the node with its state and usage, the Deployment.
+    browser.wait_for("#nodes tr[data-node='ui-1']", "node ui-1, ready", |t| {
+        t.iter()
+            .any(|row| row.contains("Ready") && !row.contains("NotReady"))
+    });
+    browser.wait_for(
+        "#nodes tr[data-node='ui-1'] .usage-text",
+        "the node's usage",
+        |t| t.iter().any(|text| text.contains(" of ")),
+    );
+    browser.wait_for(
+        "#deployments tr[data-deployment='default/web']",
+        "Deployment web",
+        |t| t.iter().any(|row| row.contains("1/1")),
+    );
+    browser.wait_for(
+        "#pods-by-phase dd[data-phase='Running']",
+        "running pods",
+        |t| {
+            t.first()
+                .is_some_and(|n| n.parse::<u32>().unwrap_or(0) >= 2)
+        },
+    );
+    browser.screenshot("overview");
+
+    // The pod list follows a scale made elsewhere, without a reload.
+    browser.goto("/ui/#/list/pods?ns=default&l=app%3Dweb");
+    browser.wait_for("#list tbody tr", "web's one pod", |rows| rows.len() == 1);
+    let marker = browser.run(
+        "document.getElementById('list').dataset.marker = 'same page'; return null;",
+        vec![],
+    );
+    assert_eq!(marker, Value::Null);
+    cluster
+        .cluster
+        .ok(&["scale", "deployment/web", "--replicas", "3"]);
+    browser.wait_for("#list tbody tr", "web's three pods, running", |rows| {
+        rows.len() == 3 && rows.iter().all(|row| row.contains("Running"))
+    });
+    let same = browser.run(
+        "return document.getElementById('list').dataset.marker;",
+        vec![],
+    );
+    assert_eq!(
+        same,
+        json!("same page"),
+        "the list was rebuilt, not followed"
+    );
+    browser.screenshot("pods");
+
+    // Scaled from the page, seen through the API; the page follows.
+    browser.goto("/ui/#/object/deployments/default/web");
+    browser.wait_for("#dependents tbody tr", "web's three pods", |rows| {
+        rows.len() == 3
+    });
+    browser.type_into("#scale-replicas", "2");
+    browser.click("#scale");
+    assert!(
+        wait_until(WAIT, || replicas(&cluster, "default", "web") == 2),
+        "the scale from the page never reached the API"
+    );
+    browser.wait_for("#dependents tbody tr", "web's two pods", |rows| {
+        rows.len() == 2
+    });
+    browser.wait_for("#status", "the scale's confirmation", |t| {
+        t.iter().any(|s| s.contains("scaled to 2"))
+    });
+    // A tenant's annotation is shown as the text it is.
+    browser.wait_for("#summary", "the annotation as text", |t| {
+        t.iter().any(|s| s.contains(ANNOTATION_ATTACK))
+    });
+    assert_nothing_ran(&browser);
+    browser.screenshot("deployment");
+
+    // A pod's logs, followed while requests arrive; its limits.
+    browser.goto("/ui/#/object/pods/default/printer");
+    browser.wait_present("#follow");
+    browser.click("#follow");
+    browser.wait_for("#logs-state", "following", |t| {
+        t.iter().any(|s| s.contains("Following"))
+    });
+    let ingress = cluster.nodes[0].ingress;
+    let tag = |text: &str| {
+        text.bytes()
+            .map(|b| format!("%{b:02X}"))
+            .collect::<String>()
+    };
+    for request in 0..3 {
+        let path = format!("/print?lines=1&tag={}", tag(&format!("request-{request}")));
+        let answer =
+            http_request(ingress, "printer.default.pod", &path, &[]).expect("the ingress answers");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let path = format!("/print?lines=1&tag={}", tag(LOG_ATTACK));
+    let answer =
+        http_request(ingress, "printer.default.pod", &path, &[]).expect("the ingress answers");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    browser.wait_for("#logs", "the requests' lines, as they come", |t| {
+        t.iter().any(|logs| {
+            logs.contains("request-0 0")
+                && logs.contains("request-2 0")
+                && logs.contains(LOG_ATTACK)
+        })
+    });
+    assert_nothing_ran(&browser);
+    browser.wait_for(
+        "#summary dd[data-limit='memory']",
+        "the pod's memory limit",
+        |t| !t.is_empty(),
+    );
+    browser.screenshot("pod");
+
+    // Signing out forgets the token.
+    browser.click("#signout");
+    browser.wait_present("#token");
+    let forgotten = browser.run("return sessionStorage.getItem('skiff.token');", vec![]);
+    assert_eq!(forgotten, Value::Null);
+}
+
+#[test]
+fn a_view_token_is_offered_no_action_and_refused_one_and_a_bad_token_gets_nothing() {
+    let cluster = NodeCluster::start(&[("ui-v", &[])]);
+    cluster.cluster.ok(&["create", "namespace", "shop"]);
+    let mut web = deployment("web", &cluster.hello, 1, &[], json!({}));
+    web["metadata"]["namespace"] = json!("shop");
+    cluster.apply(&[web]);
+    cluster.cluster.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "keys",
+        "-n",
+        "shop",
+        "--from-literal",
+        "password=hunter2",
+    ]);
+    let view = cluster
+        .cluster
+        .ok(&["create", "token", "-n", "shop", "--role", "view"]);
+    let view = view.trim();
+
+    let browser = Browser::start(&cluster.cluster.plane.url);
+    // A token the cluster never issued: refused at the door, kept nowhere.
+    sign_in(&browser, "skf_not-a-token-of-this-cluster");
+    browser.wait_for("#signin-error", "the refusal", |t| {
+        t.iter().any(|s| s.contains("refused"))
+    });
+    let kept = browser.run("return sessionStorage.getItem('skiff.token');", vec![]);
+    assert_eq!(kept, Value::Null);
+    assert_eq!(
+        browser.count("nav"),
+        0,
+        "a refused token sees the dashboard"
+    );
+
+    sign_in(&browser, view);
+    browser.wait_for("#who", "the role", |t| {
+        t.iter().any(|s| s.contains("shop: view"))
+    });
+    // No cluster-wide view for a namespace's token, no Secrets for `view`.
+    let links = browser.texts("nav a");
+    assert!(links.iter().any(|link| link == "Deployments"), "{links:?}");
+    assert!(
+        links
+            .iter()
+            .all(|link| link != "Nodes" && link != "Secrets"),
+        "{links:?}"
+    );
+    browser.wait_for(
+        "#deployments tr[data-deployment='shop/web']",
+        "Deployment web in shop",
+        |t| !t.is_empty(),
+    );
+    browser.goto("/ui/#/object/deployments/shop/web");
+    browser.wait_for("#summary", "the Deployment", |t| {
+        t.iter().any(|s| s.contains("wanted"))
+    });
+    browser.wait_present("#yaml pre");
+    assert_eq!(
+        browser.count("#actions button, #actions input"),
+        0,
+        "a view token is offered actions: {:?}",
+        browser.texts("#actions")
+    );
+    // Trying anyway, from the page with the token it holds: the API refuses.
+    let tried = browser.run_async(
+        "const done = arguments[arguments.length - 1];
+         fetch('/apis/skiff.dev/v1/namespaces/shop/deployments/web', {
+           method: 'PATCH',
+           headers: {Authorization: 'Bearer ' + sessionStorage.getItem('skiff.token'),
+                     'Content-Type': 'application/merge-patch+json'},
+           body: JSON.stringify({spec: {replicas: 5}}),
+         }).then((r) => done(r.status), (e) => done(String(e)));",
+        vec![],
+    );
+    assert_eq!(tried, json!(403));
+    assert_eq!(replicas(&cluster, "shop", "web"), 1);
+
+    // Secrets: neither listed nor their values shown.
+    browser.goto("/ui/#/list/secrets?ns=shop");
+    browser.wait_for(".state .error", "the API's refusal", |t| {
+        t.iter()
+            .any(|s| s.contains("403") || s.to_lowercase().contains("may not"))
+    });
+    assert!(
+        !browser.texts("main").concat().contains("hunter2"),
+        "a Secret's value reached a view token's page"
+    );
+    browser.screenshot("view-token");
+}
