@@ -13,7 +13,7 @@ const MAX_BACKOFF_MS = 10000;
 // Usage and request rates are sampled (the nodes do not stream them).
 const METRICS_PERIOD_MS = 5000;
 const CHART_SAMPLES = 60;
-const LOG_LINES_KEPT = 2000;
+const LOG_CHARS_KEPT = 1 << 20;
 
 const KINDS = [
   {kind: 'Node', plural: 'nodes', title: 'Nodes', namespaced: false},
@@ -142,7 +142,11 @@ async function readLines(response, onLine) {
   let buffered = '';
   for (;;) {
     const {value, done} = await reader.read();
-    if (done) return;
+    if (done) {
+      // A last line without its newline is still a line.
+      if (buffered) onLine(buffered);
+      return;
+    }
     buffered += value;
     let end;
     while ((end = buffered.indexOf('\n')) >= 0) {
@@ -363,11 +367,18 @@ function toYaml(value) {
   const lines = [];
   const isMap = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
   const filled = (v) => (Array.isArray(v) ? v.length > 0 : isMap(v) && Object.keys(v).length > 0);
+  // Characters that are invisible or change the direction of what
+  // follows are written as escapes: a tenant's text must not be able to
+  // make one line read as another.
+  const hidden = /[\u007f-\u009f\u00ad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g;
+  const quoted = (v) => JSON.stringify(v).replace(hidden, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0'));
   const plain = (v) => {
     if (v === null) return 'null';
     if (typeof v !== 'string') return String(v);
-    if (v === '' || /^[\s\-?:,[\]{}#&*!|>'"%@`~]|[\s:]$|: | #|[\u0000-\u001f\u007f]/.test(v) ||
-        /^(true|false|yes|no|on|off|null|[-+.]?[0-9].*)$/i.test(v)) return JSON.stringify(v);
+    if (v === '' || /^[\s\-?:,[\]{}#&*!|>'"%@`~]|[\s:]$|: | #|[\u0000-\u001f]/.test(v) || v.search(hidden) >= 0 ||
+        /^(true|false|yes|no|on|off|null|[-+.]?[0-9].*)$/i.test(v)) {
+      return quoted(v);
+    }
     return v;
   };
   const inline = (v) => (Array.isArray(v) ? '[]' : isMap(v) ? '{}' : plain(v));
@@ -433,7 +444,12 @@ function parseHash() {
   const raw = location.hash.replace(/^#\/?/, '');
   const [path, search] = raw.split('?');
   const params = new URLSearchParams(search || '');
-  return {parts: path.split('/').filter(Boolean).map(decodeURIComponent), params};
+  try {
+    return {parts: path.split('/').filter(Boolean).map(decodeURIComponent), params};
+  } catch (_) {
+    // Not an address this page made: shown as one that names nothing.
+    return {parts: ['not-found'], params};
+  }
 }
 
 function setParams(parts, params) {
@@ -785,14 +801,26 @@ function listView(main, info, params) {
   const tbody = h('tbody', {});
   const state = h('div', {class: 'state'});
   const count = h('span', {class: 'count', id: 'count'});
-  main.append(h('h1', {}, info.title, ' ', count), info.namespaced ? scope.element : scope.element.lastChild ? h('div', {class: 'filters'}, scope.element.lastChild) : null, state,
+  append(main, [h('h1', {}, info.title, ' ', count), info.namespaced ? scope.element : scope.element.lastChild ? h('div', {class: 'filters'}, scope.element.lastChild) : null, state,
     h('table', {class: 'list', id: 'list', 'data-kind': info.plural},
       h('thead', {}, h('tr', {}, h('th', {scope: 'col'}, 'Name'), showNamespace ? h('th', {scope: 'col'}, 'Namespace') : null,
         columns.map(([title]) => h('th', {scope: 'col'}, title)), h('th', {scope: 'col'}, 'Age'))),
-      tbody));
+      tbody)]);
   // Rows are kept by key and only the changed ones rebuilt: a list of a
   // thousand pods stays live under a stream of changes.
   const rows = new Map();
+  // The rows' keys in order, to find where a new one goes.
+  let order = [];
+  const position = (key) => {
+    let low = 0;
+    let high = order.length;
+    while (low < high) {
+      const middle = (low + high) >> 1;
+      if (order[middle] < key) low = middle + 1;
+      else high = middle;
+    }
+    return low;
+  };
   const rowOf = (object) => h('tr', {'data-name': object.metadata.name, 'data-namespace': object.metadata.namespace || ''},
     h('th', {scope: 'row'}, objectLink(info.plural, object)),
     showNamespace ? h('td', {}, object.metadata.namespace) : null,
@@ -805,9 +833,12 @@ function listView(main, info, params) {
     if (changed === null) {
       clear(tbody);
       rows.clear();
+      order = [];
       for (const object of live.sorted()) {
         const row = rowOf(object);
-        rows.set(Live.keyOf(object), row);
+        const key = Live.keyOf(object);
+        rows.set(key, row);
+        order.push(key);
         tbody.append(row);
       }
     } else {
@@ -815,7 +846,10 @@ function listView(main, info, params) {
         const object = live.items.get(key);
         const old = rows.get(key);
         if (!object) {
-          if (old) old.remove();
+          if (old) {
+            old.remove();
+            order.splice(position(key), 1);
+          }
           rows.delete(key);
           continue;
         }
@@ -826,11 +860,9 @@ function listView(main, info, params) {
           continue;
         }
         // In order of key, as listed.
-        let before = null;
-        for (const [other, element] of rows) {
-          if (other > key && (!before || other < before[0])) before = [other, element];
-        }
-        tbody.insertBefore(row, before ? before[1] : null);
+        const at = position(key);
+        order.splice(at, 0, key);
+        tbody.insertBefore(row, at + 1 < order.length ? rows.get(order[at + 1]) : null);
       }
     }
     count.textContent = live.loaded ? '(' + live.items.size + ')' : '';
@@ -857,8 +889,8 @@ function detailView(main, info, namespace, name) {
   let summary; let conditionsOf; let ownerList; let yaml;
   const object = new Live(info.plural, {namespace, fieldSelector: 'metadata.name=' + name}, () => {
     const current = object.items.get((info.namespaced ? namespace : '') + '/' + name);
-    clear(header).append(h('h1', {}, info.kind + ' ', h('span', {class: 'name'}, name)),
-      info.namespaced ? h('p', {class: 'muted'}, 'in namespace ' + namespace) : null);
+    append(clear(header), [h('h1', {}, info.kind + ' ', h('span', {class: 'name'}, name)),
+      info.namespaced ? h('p', {class: 'muted'}, 'in namespace ' + namespace) : null]);
     const problem = liveState(object);
     if (problem) return header.append(problem);
     if (!current) {
@@ -996,9 +1028,14 @@ function secretValues(element, secret) {
     for (const key of keys) {
       let text;
       try {
-        text = new TextDecoder('utf-8', {fatal: true}).decode(Uint8Array.from(atob(secret.data[key]), (c) => c.charCodeAt(0)));
+        const raw = atob(secret.data[key]);
+        try {
+          text = new TextDecoder('utf-8', {fatal: true}).decode(Uint8Array.from(raw, (c) => c.charCodeAt(0)));
+        } catch (_) {
+          text = '(' + raw.length + ' bytes, not text)';
+        }
       } catch (_) {
-        text = '(' + atob(secret.data[key]).length + ' bytes, not text)';
+        text = '(not base64)';
       }
       out.append(h('dt', {}, key), h('dd', {}, h('code', {}, text)));
     }
@@ -1038,12 +1075,27 @@ function podExtras(body, section, pod) {
         {headers: headers({Accept: 'text/plain'}), cache: 'no-store', credentials: 'omit', signal: controller.signal});
       if (!response.ok) throw await errorOf(response);
       let lines = 0;
-      await readLines(response, (line) => {
+      // Lines are drawn once a frame, however fast a guest prints, and
+      // only the latest LOG_CHARS_KEPT characters are kept.
+      let pending = [];
+      const draw = () => {
+        if (!pending.length) return;
         const atEnd = output.scrollTop + output.clientHeight >= output.scrollHeight - 4;
-        output.append(document.createTextNode(line + '\n'));
-        if (++lines > LOG_LINES_KEPT) output.firstChild.remove();
+        output.append(document.createTextNode(pending.join('')));
+        pending = [];
+        let kept = output.textContent.length;
+        while (kept > LOG_CHARS_KEPT && output.firstChild) {
+          kept -= output.firstChild.textContent.length;
+          output.firstChild.remove();
+        }
         if (atEnd) output.scrollTop = output.scrollHeight;
+      };
+      await readLines(response, (line) => {
+        lines++;
+        if (!pending.length) requestAnimationFrame(draw);
+        pending.push(line + '\n');
       });
+      draw();
       note.textContent = following ? 'The log ended.' : (lines ? '' : 'No output yet.');
     } catch (error) {
       if (error.name !== 'AbortError') note.textContent = error.message;
@@ -1056,19 +1108,25 @@ function podExtras(body, section, pod) {
   onLeave(stop);
 
   const fillChart = section('requests', 'Requests');
-  const chart = h('div', {class: 'chart', id: 'request-chart'});
-  const caption = h('p', {class: 'muted'});
-  fillChart(chart, caption);
-  const samples = [];
+  const rateChart = h('div', {class: 'chart', id: 'request-chart'});
+  const timeChart = h('div', {class: 'chart', id: 'response-chart'});
+  const caption = h('p', {class: 'muted', id: 'requests-state'});
+  fillChart(h('div', {class: 'charts'}, rateChart, timeChart), caption);
+  const rates = [];
+  const times = [];
   const sample = async () => {
     try {
       const metrics = await api('namespaces/' + encodeURIComponent(namespace) + '/podmetrics');
       const mine = metrics.items.find((item) => item.name === name);
-      samples.push(mine ? mine.requestsPerSecond : null);
-      if (samples.length > CHART_SAMPLES) samples.shift();
-      drawChart(chart, samples);
+      rates.push(mine ? mine.requestsPerSecond : null);
+      times.push(mine && typeof mine.meanResponseSeconds === 'number' ? mine.meanResponseSeconds * 1000 : null);
+      if (rates.length > CHART_SAMPLES) rates.shift();
+      if (times.length > CHART_SAMPLES) times.shift();
+      drawChart(rateChart, rates, 'requests a second', (v) => v.toFixed(1) + '/s');
+      drawChart(timeChart, times, 'mean time to answer', (v) => v.toFixed(1) + ' ms');
       caption.textContent = mine
-        ? 'Requests a second, sampled every ' + METRICS_PERIOD_MS / 1000 + ' s since this page opened; now ' + mine.requestsPerSecond.toFixed(1) + '.'
+        ? 'Sampled every ' + METRICS_PERIOD_MS / 1000 + ' s since this page opened: now ' + mine.requestsPerSecond.toFixed(1) +
+          ' requests a second' + (typeof mine.meanResponseSeconds === 'number' ? ', answered in ' + (mine.meanResponseSeconds * 1000).toFixed(1) + ' ms on average.' : '.')
         : 'The pod\'s node reports no figures for it yet.';
     } catch (error) {
       caption.textContent = 'Request figures are unavailable: ' + error.message;
@@ -1079,18 +1137,19 @@ function podExtras(body, section, pod) {
   onLeave(() => clearInterval(timer));
 }
 
-function drawChart(element, samples) {
+function drawChart(element, samples, title, format) {
   const width = 600;
   const height = 120;
   const known = samples.filter((s) => s !== null);
-  const top = Math.max(1, ...known);
-  const chart = svg('svg', {viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': 'Requests a second: ' + known.map((s) => s.toFixed(1)).join(', ')});
+  const top = Math.max(known.length ? 0 : 1, ...known) || 1;
+  const chart = svg('svg', {viewBox: `0 0 ${width} ${height}`, role: 'img',
+    'aria-label': title + ': ' + known.map(format).join(', ')});
   chart.append(svg('line', {x1: 0, y1: height - 1, x2: width, y2: height - 1, class: 'axis'}));
   const step = width / (CHART_SAMPLES - 1);
   const points = samples.map((s, i) => s === null ? null : `${(i * step).toFixed(1)},${(height - 4 - (s / top) * (height - 20)).toFixed(1)}`).filter(Boolean);
   if (points.length) chart.append(svg('polyline', {points: points.join(' '), class: 'line'}));
   const label = svg('text', {x: 4, y: 12, class: 'label'});
-  label.textContent = 'peak ' + top.toFixed(1) + '/s';
+  label.textContent = title + (known.length ? ', peak ' + format(Math.max(...known)) : '');
   chart.append(label);
   clear(element).append(chart);
 }
@@ -1131,7 +1190,25 @@ function renderActions(element, info, object) {
       run(pause, 'deployment/' + object.metadata.name + (paused ? ' paused' : ' resumed'), () => patch({spec: {paused}}));
     });
     const undo = h('button', {type: 'button', id: 'undo'}, 'Undo rollout');
-    undo.addEventListener('click', () => run(undo, 'deployment/' + object.metadata.name + ' rolled back', () => rollBack(path)));
+    undo.addEventListener('click', async () => {
+      // What it goes back to is shown first: an older template may run
+      // another image, as another service account.
+      let back;
+      try {
+        back = await previousRevision(path);
+      } catch (error) {
+        if (error.status !== 401) announce(error.message, 'bad');
+        return;
+      }
+      const spec = back.revision.template.spec || {};
+      confirmThen('Roll deployment ' + object.metadata.name + ' back to revision ' + back.revision.revision +
+        ': image ' + (spec.image || '?') + ', service account ' + (spec.serviceAccountName || 'default') + '?', 'Roll back',
+      () => run(undo, 'deployment/' + object.metadata.name + ' rolled back to revision ' + back.revision.revision, () => {
+        // Written whole, conditional on the version read.
+        back.deployment.spec.template = back.revision.template;
+        return api(path, {method: 'PUT', contentType: 'application/json', body: back.deployment});
+      }));
+    });
     element.append(pause, undo);
   }
   if (info.plural === 'nodes') {
@@ -1168,17 +1245,16 @@ function updateActions(element, info, object) {
   }
 }
 
-// As `wasmctl rollout undo`: the previous revision's template, written
-// whole and conditional on the version read.
-async function rollBack(path) {
+// As `wasmctl rollout undo`: the revision before the current one, and
+// the Deployment as read (the write is conditional on it).
+async function previousRevision(path) {
   const deployment = await api(path);
   const status = deployment.status || {};
-  const previous = (status.history || [])
+  const revision = (status.history || [])
     .filter((r) => status.revision === undefined || r.revision < status.revision)
     .sort((a, b) => b.revision - a.revision)[0];
-  if (!previous) throw new ApiError(400, 'this Deployment has no revision before the current one');
-  deployment.spec.template = previous.template;
-  return api(path, {method: 'PUT', contentType: 'application/json', body: deployment});
+  if (!revision) throw new ApiError(400, 'this Deployment has no revision before the current one');
+  return {deployment, revision};
 }
 
 // As `wasmctl drain`: cordon, then every pod off the node: owned pods are

@@ -162,7 +162,11 @@ impl Browser {
             return;
         }
         let page = self.texts("main, #app");
-        panic!("the page never showed {what} ({css}): {last:?}\npage: {page:?}");
+        let state = self.run(
+            "return {url: location.href, ready: document.readyState, signedIn: sessionStorage.getItem('skiff.token') !== null, pending: performance.getEntriesByType('resource').filter((r) => r.responseEnd === 0).map((r) => r.name)};",
+            vec![],
+        );
+        panic!("the page never showed {what} ({css}): {last:?}\npage: {page:?}\nstate: {state}");
     }
 
     /// Waits for an element matching `css` to exist.

@@ -99,6 +99,8 @@ pub(crate) struct LoadRead {
     pub(crate) in_flight: u64,
     pub(crate) requests: u64,
     pub(crate) busy_nanos: u64,
+    /// The time of the requests that ended, alone.
+    pub(crate) answered_nanos: u64,
     /// When it was read, and when the pod began to be served here, since
     /// [`load_epoch`].
     pub(crate) at_nanos: u64,
@@ -164,6 +166,7 @@ impl Load {
             busy_nanos: state
                 .busy_nanos
                 .saturating_add(u64::try_from(accrued).unwrap_or(u64::MAX)),
+            answered_nanos: state.busy_nanos,
             at_nanos: u64::try_from(now).unwrap_or(u64::MAX),
             began_nanos: self.began_nanos,
         }
@@ -725,6 +728,7 @@ mod tests {
                 in_flight: 2,
                 requests: 0,
                 busy_nanos: 3_000_000_000,
+                answered_nanos: 0,
                 at_nanos: 12_000_000_000,
                 began_nanos: 10_000_000_000,
             }
@@ -737,6 +741,7 @@ mod tests {
                 in_flight: 1,
                 requests: 1,
                 busy_nanos: 6_000_000_000,
+                answered_nanos: 3_000_000_000,
                 at_nanos: 14_000_000_000,
                 began_nanos: 10_000_000_000,
             }
@@ -748,6 +753,7 @@ mod tests {
                 in_flight: 0,
                 requests: 2,
                 busy_nanos: 7_000_000_000,
+                answered_nanos: 7_000_000_000,
                 at_nanos: 19_000_000_000,
                 began_nanos: 10_000_000_000,
             }

@@ -46,6 +46,8 @@ pub struct PodReading {
     pub usage: PodUsage,
     /// Requests answered so far.
     pub requests: u64,
+    /// The time those requests took, together.
+    pub answered: Duration,
 }
 
 /// What the sampler reads the node from.
@@ -67,11 +69,15 @@ impl Source for LiveSource {
         self.meters
             .read()
             .into_iter()
-            .map(|usage| PodReading {
-                requests: self
+            .map(|usage| {
+                let (requests, answered) = self
                     .local_pods
-                    .requests_of(&(usage.namespace.clone(), usage.name.clone())),
-                usage,
+                    .answered_of(&(usage.namespace.clone(), usage.name.clone()));
+                PodReading {
+                    usage,
+                    requests,
+                    answered,
+                }
             })
             .collect()
     }
@@ -91,6 +97,7 @@ struct PodSample {
     /// Since the sample before; `None` when the pod was not in it.
     cpu_delta: Option<Duration>,
     requests_delta: Option<u64>,
+    answered_delta: Option<Duration>,
 }
 
 impl PodSample {
@@ -102,6 +109,7 @@ impl PodSample {
                 reading,
                 cpu_delta: None,
                 requests_delta: None,
+                answered_delta: None,
             };
         };
         // A new run's CPU time starts again from zero, within the window.
@@ -115,15 +123,19 @@ impl PodSample {
             reading.usage.cpu
         };
         // The ingress's count starts again when the pod is served anew.
-        let requests = reading
-            .requests
-            .checked_sub(before.reading.requests)
-            .unwrap_or(reading.requests);
+        let (requests, answered) = match reading.requests.checked_sub(before.reading.requests) {
+            Some(requests) => (
+                requests,
+                reading.answered.saturating_sub(before.reading.answered),
+            ),
+            None => (reading.requests, reading.answered),
+        };
         PodSample {
             cpu_total: before.cpu_total + cpu,
             reading,
             cpu_delta: Some(cpu),
             requests_delta: Some(requests),
+            answered_delta: Some(answered),
         }
     }
 }
@@ -282,6 +294,12 @@ impl NodeStats {
                 cpu_cores,
                 memory_bytes: reading.usage.memory_bytes,
                 requests_per_second: per_second(pod.requests_delta.map(|n| n as f64)),
+                mean_response_seconds: match (pod.requests_delta, pod.answered_delta) {
+                    (Some(requests), Some(answered)) if requests > 0 => {
+                        Some(answered.as_secs_f64() / requests as f64)
+                    }
+                    _ => None,
+                },
                 // Nodes meter no fuel (see the module's notes).
                 fuel_per_second: None,
             });
@@ -360,6 +378,8 @@ mod tests {
                 instances: 1,
             },
             requests,
+            // 20 ms a request.
+            answered: Duration::from_millis(20 * requests),
         }
     }
 
@@ -399,6 +419,11 @@ mod tests {
         let a = by_uid("a");
         assert!((a.cpu_cores - 0.5).abs() < 1e-9, "{a:?}");
         assert!((a.requests_per_second - 10.0).abs() < 1e-9, "{a:?}");
+        // The window's 50 requests took 1 s together: 20 ms each.
+        let mean = a.mean_response_seconds.expect("a mean time");
+        assert!((mean - 0.020).abs() < 1e-9, "{a:?}");
+        // No request in the window, no mean (not a mean of zero).
+        assert_eq!(by_uid("b").mean_response_seconds, None);
         assert_eq!(a.fuel_per_second, None);
         assert!((by_uid("b").cpu_cores - 0.2).abs() < 1e-9);
         // Not in the window's first sample: no rate.

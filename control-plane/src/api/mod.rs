@@ -97,6 +97,18 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async {
             ApiError::NotFound("the server could not find the requested resource".into())
         })
+        // No browser takes an answer of this server for anything but what
+        // its Content-Type says: a tenant's text in a JSON or plain-text
+        // answer is never sniffed into a page on the dashboard's origin.
+        .layer(axum::middleware::map_response(
+            |mut response: Response| async {
+                response.headers_mut().insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    axum::http::HeaderValue::from_static("nosniff"),
+                );
+                response
+            },
+        ))
         .with_state(state)
 }
 

@@ -218,6 +218,7 @@ pub async fn pods(
                     "cpuCores": pod.cpu_cores,
                     "memoryBytes": pod.memory_bytes,
                     "requestsPerSecond": pod.requests_per_second,
+                    "meanResponseSeconds": pod.mean_response_seconds,
                     "fuelPerSecond": pod.fuel_per_second,
                 })
             })

@@ -358,6 +358,10 @@ pub struct PodSummary {
     pub memory_bytes: u64,
     /// Requests served per second.
     pub requests_per_second: f64,
+    /// The mean time to answer those requests, in seconds; none without a
+    /// request in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_response_seconds: Option<f64>,
     /// Fuel consumed per second, where the node meters fuel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel_per_second: Option<f64>,

@@ -236,9 +236,16 @@ impl LocalPods {
     /// The requests pod `pod` has had so far, counted whether or not
     /// per-pod metrics are.
     pub fn requests_of(&self, pod: &PodName) -> u64 {
+        self.answered_of(pod).0
+    }
+
+    /// A served pod's requests answered so far, and the time they took.
+    pub fn answered_of(&self, pod: &PodName) -> (u64, Duration) {
         let pods = self.pods.read().expect("routes lock");
-        pods.get(pod)
-            .map_or(0, |served| served.metrics.load.read().requests)
+        pods.get(pod).map_or((0, Duration::ZERO), |served| {
+            let load = served.metrics.load.read();
+            (load.requests, Duration::from_nanos(load.answered_nanos))
+        })
     }
 
     /// Every served pod's requests so far, for the autoscaler.

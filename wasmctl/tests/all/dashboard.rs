@@ -3,6 +3,9 @@
 //! in, following the cluster live, acting within the token's role, and
 //! what a hostile tenant can put in front of a cluster admin.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::{Value, json};
 use testkit::browser::Browser;
 use testkit::wait_until;
@@ -27,6 +30,24 @@ fn replicas(cluster: &NodeCluster, namespace: &str, name: &str) -> u64 {
     cluster.json(&["get", "deployment", name, "-n", namespace])["spec"]["replicas"]
         .as_u64()
         .unwrap()
+}
+
+fn paused(cluster: &NodeCluster) -> bool {
+    cluster.json(&["get", "deployment", "web"])["spec"]["paused"] == json!(true)
+}
+
+fn unschedulable(cluster: &NodeCluster) -> bool {
+    cluster.json(&["get", "node", "ui-1"])["spec"]["unschedulable"] == json!(true)
+}
+
+/// How many pods are bound to `node`.
+fn bound_to(cluster: &NodeCluster, node: &str) -> usize {
+    cluster.json(&["get", "pods"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == json!(node))
+        .count()
 }
 
 /// Nothing of the tenant's markup ran or became an element.
@@ -190,7 +211,126 @@ fn the_dashboard_signs_in_follows_the_cluster_live_and_acts_for_an_admin() {
         "the pod's memory limit",
         |t| !t.is_empty(),
     );
+    // Its request rate and time to answer, as the node samples them, while
+    // requests of 50 ms keep coming.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = http_request(ingress, "printer.default.pod", "/sleep?ms=50", &[]);
+            }
+        }
+    });
+    browser.wait_for(
+        "#requests-state",
+        "the pod's requests and their time",
+        |t| {
+            t.iter()
+                .any(|s| s.contains("requests a second") && s.contains("ms on average"))
+        },
+    );
+    let caption = browser.texts("#requests-state").concat();
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    // Requests of 50 ms take 50 ms and more, not less.
+    let mean: f64 = caption
+        .split("answered in ")
+        .nth(1)
+        .and_then(|rest| rest.split(" ms").next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no mean time in: {caption}"));
+    assert!((50.0..5000.0).contains(&mean), "{caption}");
     browser.screenshot("pod");
+
+    // A rollout paused and resumed from the page; the button follows.
+    browser.goto("/ui/#/object/deployments/default/web");
+    browser.wait_for("#pause", "the pause button", |t| t == ["Pause rollout"]);
+    browser.click("#pause");
+    assert!(
+        wait_until(WAIT, || paused(&cluster)),
+        "the pause never reached the API"
+    );
+    browser.wait_for("#pause", "the resume button", |t| t == ["Resume rollout"]);
+    browser.click("#pause");
+    assert!(
+        wait_until(WAIT, || !paused(&cluster)),
+        "the resume never reached the API"
+    );
+
+    // Delete asks first: cancelled, nothing goes; confirmed, it goes.
+    cluster
+        .cluster
+        .ok(&["create", "configmap", "doomed", "--from-literal", "k=v"]);
+    browser.goto("/ui/#/object/configmaps/default/doomed");
+    browser.click("#delete");
+    browser.wait_for("#confirm-question", "the question", |t| {
+        t.iter().any(|q| q.contains("configmap doomed"))
+    });
+    browser.click("#confirm-cancel");
+    assert_eq!(browser.count("#confirm"), 0);
+    assert!(
+        cluster
+            .cluster
+            .run(&["get", "configmap", "doomed"])
+            .status
+            .success()
+    );
+    browser.click("#delete");
+    browser.click("#confirm-yes");
+    assert!(
+        wait_until(WAIT, || !cluster
+            .cluster
+            .run(&["get", "configmap", "doomed"])
+            .status
+            .success()),
+        "the confirmed delete never reached the API"
+    );
+    browser.wait_for("main .error", "the object gone", |t| {
+        t.iter().any(|s| s.contains("does not exist"))
+    });
+
+    // A node cordoned and uncordoned, then drained: every pod off it.
+    browser.goto("/ui/#/object/nodes/-/ui-1");
+    browser.wait_for("#cordon", "the cordon button", |t| t == ["Cordon"]);
+    browser.click("#cordon");
+    assert!(
+        wait_until(WAIT, || unschedulable(&cluster)),
+        "never cordoned"
+    );
+    browser.wait_for("#cordon", "the uncordon button", |t| t == ["Uncordon"]);
+    browser.click("#cordon");
+    assert!(
+        wait_until(WAIT, || !unschedulable(&cluster)),
+        "never uncordoned"
+    );
+    browser.wait_for("#dependents tbody tr", "the node's pods", |rows| {
+        rows.len() == 3
+    });
+    browser.click("#drain");
+    browser.click("#confirm-yes");
+    assert!(
+        wait_until(WAIT, || unschedulable(&cluster)
+            && bound_to(&cluster, "ui-1") == 0),
+        "the drain left pods on the node"
+    );
+    browser.wait_for(".dependents", "no pod left on the node", |t| {
+        t.iter().any(|s| s.contains("None."))
+    });
+    // The bare pod was recreated, unbound, rather than lost.
+    assert!(
+        wait_until(WAIT, || {
+            let pods = cluster.json(&["get", "pods", "-l", "app=printer"]);
+            pods["items"].as_array().is_some_and(|items| {
+                items.len() == 1
+                    && items[0]["spec"]["nodeName"]
+                        .as_str()
+                        .unwrap_or("")
+                        .is_empty()
+            })
+        }),
+        "the drained bare pod was not recreated unbound"
+    );
 
     // Signing out forgets the token.
     browser.click("#signout");
@@ -253,6 +393,8 @@ fn a_view_token_is_offered_no_action_and_refused_one_and_a_bad_token_gets_nothin
         "Deployment web in shop",
         |t| !t.is_empty(),
     );
+    // The tab keeps the token across a new load of the page.
+    browser.goto_url("about:blank");
     browser.goto("/ui/#/object/deployments/shop/web");
     browser.wait_for("#summary", "the Deployment", |t| {
         t.iter().any(|s| s.contains("wanted"))
