@@ -1301,6 +1301,13 @@ function confirmThen(question, verb, then) {
 // ---- Start ---------------------------------------------------------------
 
 window.addEventListener('hashchange', route);
+// Leaving the page ends its watches at once: a page kept for the back
+// button would otherwise hold its connections, and a browser allows six
+// to one origin, which the next page then waits for.
+window.addEventListener('pagehide', leave);
+window.addEventListener('pageshow', (event) => {
+  if (event.persisted && session.who) route();
+});
 document.addEventListener('keydown', (event) => {
   // `/` jumps to the label filter, as in many consoles.
   if (event.key === '/' && !/^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName)) {

@@ -163,7 +163,7 @@ impl Browser {
         }
         let page = self.texts("main, #app");
         let state = self.run(
-            "return {url: location.href, ready: document.readyState, signedIn: sessionStorage.getItem('skiff.token') !== null, pending: performance.getEntriesByType('resource').filter((r) => r.responseEnd === 0).map((r) => r.name)};",
+            "return {url: location.href, ready: document.readyState, signedIn: sessionStorage.getItem('skiff.token') !== null};",
             vec![],
         );
         panic!("the page never showed {what} ({css}): {last:?}\npage: {page:?}\nstate: {state}");

@@ -125,6 +125,15 @@ fn the_dashboard_signs_in_follows_the_cluster_live_and_acts_for_an_admin() {
         },
     );
     browser.screenshot("overview");
+    // Loaded again in the tab (the token kept), the overview comes back
+    // whole: the page it replaced let go of its connections.
+    browser.goto_url("about:blank");
+    browser.goto("/ui/#/overview");
+    browser.wait_for(
+        "#deployments tr[data-deployment='default/web']",
+        "Deployment web, after a new load",
+        |t| !t.is_empty(),
+    );
 
     // The pod list follows a scale made elsewhere, without a reload.
     browser.goto("/ui/#/list/pods?ns=default&l=app%3Dweb");
