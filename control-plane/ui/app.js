@@ -532,6 +532,8 @@ function showShell() {
   const nav = h('nav', {'aria-label': 'Views'},
     h('ul', {},
       h('li', {}, h('a', {href: '#/overview', 'data-view': 'overview'}, 'Overview')),
+      session.who.clusterAdmin || namespacesOf().some(mayWrite)
+        ? h('li', {}, h('a', {href: '#/apply', 'data-view': 'apply'}, 'Apply')) : null,
       // Secrets only for tokens that may read some (not `view`).
       KINDS.filter((k) => (k.namespaced || session.who.clusterAdmin) &&
         (k.plural !== 'secrets' || session.who.clusterAdmin || namespacesOf().some(mayWrite)))
@@ -559,12 +561,13 @@ function route() {
   const main = clear(document.getElementById('main'));
   const view = parts[0] || 'overview';
   for (const link of document.querySelectorAll('nav a')) {
-    const current = link.dataset.view === (view === 'overview' ? 'overview' : parts[1]);
+    const current = link.dataset.view === (view === 'overview' || view === 'apply' ? view : parts[1]);
     if (current) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
   clear(document.getElementById('status'));
   if (view === 'overview') return overview(main, params);
+  if (view === 'apply') return applyView(main, params);
   if (view === 'list' && BY_PLURAL.has(parts[1])) return listView(main, BY_PLURAL.get(parts[1]), params);
   if (view === 'object' && BY_PLURAL.has(parts[1]) && parts.length === 4) {
     return detailView(main, BY_PLURAL.get(parts[1]), parts[2] === '-' ? '' : parts[2], parts[3]);
@@ -754,6 +757,64 @@ function eventTable(events) {
         h('td', {class: 'message'}, e.message || ''),
         h('td', {class: 'num'}, String(e.count || 1)));
     })));
+}
+
+// ---- Apply ---------------------------------------------------------------
+
+// A manifest applied as `wasmctl apply` applies it, by the API's
+// `manifests` call (which reads the YAML); previewed first with nothing
+// written.
+function applyView(main, params) {
+  const scope = filters(['apply'], params, {labels: false});
+  const text = h('textarea', {id: 'manifest', rows: 16, spellcheck: 'false', autocomplete: 'off',
+    placeholder: 'apiVersion: skiff.dev/v1\nkind: Deployment\nmetadata: {name: web}\n...'});
+  const preview = h('button', {type: 'button', id: 'preview'}, 'Preview (dry run)');
+  const apply = h('button', {type: 'button', id: 'apply'}, 'Apply');
+  const results = h('div', {id: 'apply-results', 'aria-live': 'polite'});
+  append(main, [h('h1', {}, 'Apply a manifest'), scope.element,
+    h('label', {for: 'manifest', class: 'block'}, 'YAML or JSON, one object or several separated by ---; objects that name no namespace go to ' +
+      (scope.namespace || 'default') + '.'),
+    text, h('div', {class: 'actions'}, preview, apply), results]);
+  const send = async (dryRun) => {
+    const response = await fetch(API + 'manifests' + query({dryRun: dryRun ? 'All' : '', namespace: scope.namespace || 'default'}), {
+      method: 'POST', headers: headers({'Content-Type': 'application/yaml'}), body: text.value, cache: 'no-store', credentials: 'omit',
+    });
+    if (response.status === 401) {
+      signOut('The API no longer accepts this token: sign in again.');
+      throw new ApiError(401, 'unauthorized');
+    }
+    if (!response.ok) throw await errorOf(response);
+    const result = await response.json();
+    const failed = result.items.filter((item) => item.action === 'failed').length;
+    clear(results).append(h('table', {},
+      h('thead', {}, h('tr', {}, ['Object', 'Namespace', dryRun ? 'Would be' : 'Result', 'Changes'].map((t) => h('th', {scope: 'col'}, t)))),
+      h('tbody', {}, result.items.map((item) => {
+        const target = BY_KIND.get(item.kind);
+        const label = item.kind.toLowerCase() + '/' + item.name;
+        return h('tr', {'data-action': item.action, 'data-name': item.name},
+          h('th', {scope: 'row'}, target && item.action !== 'failed' && !dryRun ? h('a', {href: hrefOf(target.plural, item.namespace, item.name)}, label) : label),
+          h('td', {}, item.namespace || ''),
+          h('td', {}, badge(item.action, item.action === 'failed' ? 'bad' : item.action === 'unchanged' ? '' : 'ok')),
+          h('td', {class: 'message'}, item.action === 'failed' ? (item.code + ': ' + (item.message || '')) : (item.changes || []).join(', ')));
+      }))));
+    return {count: result.items.length, failed};
+  };
+  const run = async (button, dryRun) => {
+    button.disabled = true;
+    try {
+      const {count, failed} = await send(dryRun);
+      announce((dryRun ? 'Dry run: ' : 'Applied: ') + (count - failed) + ' of ' + count + ' objects' + (dryRun ? ' would apply' : ''), failed ? 'bad' : 'ok');
+    } catch (error) {
+      if (error.status !== 401) {
+        clear(results).append(h('p', {class: 'error', role: 'alert'}, error.message));
+      }
+    } finally {
+      button.disabled = false;
+    }
+  };
+  preview.addEventListener('click', () => run(preview, true));
+  apply.addEventListener('click', () => confirmThen('Apply this manifest' + (scope.namespace ? ' (default namespace ' + scope.namespace + ')' : '') + '?', 'Apply', () => run(apply, false)));
+  text.focus();
 }
 
 // ---- Lists ---------------------------------------------------------------

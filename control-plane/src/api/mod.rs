@@ -3,6 +3,7 @@
 
 mod error;
 mod logs;
+mod manifests;
 pub mod node_proxy;
 mod objects;
 pub mod openapi;
@@ -256,6 +257,8 @@ pub enum Target {
     AccountToken { namespace: String, name: String },
     /// `services/{name}/activate`: a Service at zero has a request.
     Activate { namespace: String, name: String },
+    /// `manifests`: objects applied as `wasmctl apply` applies them.
+    Manifests,
     /// `whoami`: what the caller's token is and may do (the dashboard
     /// shows only the actions it allows).
     Whoami,
@@ -307,6 +310,7 @@ pub fn parse_target(path: &str) -> Result<Target, ApiError> {
             id: Some((*id).to_owned()),
         }),
         ["whoami"] => Ok(Target::Whoami),
+        ["manifests"] => Ok(Target::Manifests),
         ["nodemetrics"] => Ok(Target::NodeMetrics),
         ["podmetrics"] => Ok(Target::PodMetrics { namespace: None }),
         ["namespaces", ns, "podmetrics"] => Ok(Target::PodMetrics {
@@ -406,6 +410,7 @@ fn request_labels(request: &Request) -> (&'static str, &'static str) {
         Some(Target::Activate { .. }) => "activations",
         Some(Target::Tokens { .. }) => "tokens",
         Some(Target::Whoami) => "whoami",
+        Some(Target::Manifests) => "manifests",
         None => "unknown",
     };
     let watching = || {
@@ -473,7 +478,7 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
     // Keyed by the token, not the principal: tokens are what is handed out.
     let caller = crate::auth::token_hash(bearer(request.headers()).unwrap_or_default());
     let method = request.method().clone();
-    let body = read_body(request).await?;
+    let body = read_body(request, matches!(target, Target::Manifests)).await?;
     refuse_nul_bytes(&body)?;
     let call = objects::Call {
         state,
@@ -489,6 +494,10 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         }
         (Target::NodeMetrics, Method::GET) => usage::nodes(state, &principal).await,
         (Target::Whoami, Method::GET) => Ok(axum::Json(whoami(&principal)).into_response()),
+        (Target::Manifests, Method::POST) => manifests::apply(&call).await,
+        (Target::Manifests, method) => Err(ApiError::MethodNotAllowed(format!(
+            "{method} is not allowed here: a manifest is applied with POST"
+        ))),
         (Target::PodMetrics { namespace }, Method::GET) => {
             usage::pods(state, &principal, namespace.as_deref(), &params).await
         }
@@ -607,8 +616,9 @@ fn body_error(error: &axum::Error) -> ApiError {
     ApiError::TooLarge("request body is larger than 1Mi; objects are limited to 1Mi".into())
 }
 
-/// The request body, refused beyond [`MAX_OBJECT_BYTES`].
-async fn read_body(request: Request) -> Result<bytes::Bytes, ApiError> {
+/// The request body, refused beyond [`MAX_OBJECT_BYTES`]; YAML only where
+/// `yaml` says a manifest is taken.
+async fn read_body(request: Request, yaml: bool) -> Result<bytes::Bytes, ApiError> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -624,6 +634,11 @@ async fn read_body(request: Request) -> Result<bytes::Bytes, ApiError> {
             content_type.as_str(),
             "application/json" | "application/merge-patch+json" | ""
         )
+        && !(yaml
+            && matches!(
+                content_type.as_str(),
+                "application/yaml" | "application/x-yaml"
+            ))
     {
         return Err(ApiError::UnsupportedMediaType(format!(
             "content type {content_type} is not supported; send application/json"

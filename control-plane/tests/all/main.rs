@@ -15,6 +15,7 @@ mod fuzz_api;
 mod gc;
 mod hardening;
 mod logs;
+mod manifests;
 mod metrics;
 mod proxy_key;
 mod quota;

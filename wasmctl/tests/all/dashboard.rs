@@ -242,14 +242,16 @@ fn the_dashboard_signs_in_follows_the_cluster_live_and_acts_for_an_admin() {
     let caption = browser.texts("#requests-state").concat();
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
-    // Requests of 50 ms take 50 ms and more, not less.
+    // Requests that sleep 50 ms take about that: the figure is their
+    // time, not a count or a rate (the guest's sleep may end a little
+    // early by the node's clock).
     let mean: f64 = caption
         .split("answered in ")
         .nth(1)
         .and_then(|rest| rest.split(" ms").next())
         .and_then(|ms| ms.parse().ok())
         .unwrap_or_else(|| panic!("no mean time in: {caption}"));
-    assert!((50.0..5000.0).contains(&mean), "{caption}");
+    assert!((40.0..5000.0).contains(&mean), "{caption}");
     browser.screenshot("pod");
 
     // A rollout paused and resumed from the page; the button follows.
@@ -341,6 +343,39 @@ fn the_dashboard_signs_in_follows_the_cluster_live_and_acts_for_an_admin() {
         "the drained bare pod was not recreated unbound"
     );
 
+    // A manifest previewed (nothing written, what would change named),
+    // then applied after a confirmation.
+    cluster
+        .cluster
+        .ok(&["create", "configmap", "edited", "--from-literal", "k=1"]);
+    browser.goto("/ui/#/apply?ns=default");
+    browser.type_into(
+        "#manifest",
+        "apiVersion: skiff.dev/v1\nkind: ConfigMap\nmetadata: {name: edited}\ndata: {k: \"2\"}\n---\napiVersion: skiff.dev/v1\nkind: ConfigMap\nmetadata: {name: from-page}\ndata: {k: v}\n",
+    );
+    browser.click("#preview");
+    browser.wait_for("#apply-results tbody tr", "the dry run's outcome", |rows| {
+        rows.len() == 2
+            && rows[0].contains("configured")
+            && rows[0].contains("data.k")
+            && rows[1].contains("created")
+    });
+    let config = |name: &str| {
+        cluster
+            .cluster
+            .run(&["get", "configmap", name, "-o", "json"])
+    };
+    assert!(!config("from-page").status.success(), "a dry run wrote");
+    assert!(String::from_utf8_lossy(&config("edited").stdout).contains("\"k\": \"1\""));
+    browser.screenshot("apply");
+    browser.click("#apply");
+    browser.click("#confirm-yes");
+    assert!(
+        wait_until(WAIT, || config("from-page").status.success()),
+        "the manifest was never applied"
+    );
+    assert!(String::from_utf8_lossy(&config("edited").stdout).contains("\"k\": \"2\""));
+
     // Signing out forgets the token.
     browser.click("#signout");
     browser.wait_present("#token");
@@ -394,7 +429,7 @@ fn a_view_token_is_offered_no_action_and_refused_one_and_a_bad_token_gets_nothin
     assert!(
         links
             .iter()
-            .all(|link| link != "Nodes" && link != "Secrets"),
+            .all(|link| link != "Nodes" && link != "Secrets" && link != "Apply"),
         "{links:?}"
     );
     browser.wait_for(
