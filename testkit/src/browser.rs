@@ -193,6 +193,14 @@ impl Browser {
             .unwrap_or_else(|e| panic!("type into {css}: {e}"));
     }
 
+    /// Types `text` into whatever has the focus (WebDriver's key codes,
+    /// such as Enter `\u{e007}`, included).
+    pub fn keys(&self, text: &str) {
+        self.runtime
+            .block_on(async { self.client().active_element().await?.send_keys(text).await })
+            .unwrap_or_else(|e| panic!("typing into the focused element: {e}"));
+    }
+
     pub fn count(&self, css: &str) -> usize {
         self.texts(css).len()
     }

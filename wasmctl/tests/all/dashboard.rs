@@ -20,11 +20,18 @@ const ANNOTATION_ATTACK: &str = "<img src=x onerror=\"window.pwned='annotation'\
 const LOG_ATTACK: &str =
     "<script>window.pwned='log'</script><img src=y onerror=\"window.pwned='log'\">";
 
+/// Signs in from the keyboard: the token field has the focus when the
+/// page opens, and Enter sends it.
 fn sign_in(browser: &Browser, token: &str) {
     browser.goto("/ui");
-    browser.type_into("#token", token);
-    browser.click("#signin-button");
+    browser.wait_present("#token");
+    browser.keys(token);
+    browser.keys(ENTER);
 }
+
+/// WebDriver's Enter and Escape keys.
+const ENTER: &str = "\u{e007}";
+const ESCAPE: &str = "\u{e00c}";
 
 fn replicas(cluster: &NodeCluster, namespace: &str, name: &str) -> u64 {
     cluster.json(&["get", "deployment", name, "-n", namespace])["spec"]["replicas"]
@@ -269,6 +276,36 @@ fn the_dashboard_signs_in_follows_the_cluster_live_and_acts_for_an_admin() {
         "the resume never reached the API"
     );
 
+    // A new revision, then undone from the page: the question names what
+    // it goes back to.
+    let mut v2 = deployment("web", &cluster.hello, 2, &[("VERSION", "2")], json!({}));
+    v2["metadata"]["annotations"] = json!({"note": ANNOTATION_ATTACK});
+    cluster.apply(&[v2]);
+    assert!(
+        wait_until(WAIT, || {
+            cluster.json(&["get", "deployment", "web"])["status"]["revision"] == json!(2)
+        }),
+        "web never reached revision 2"
+    );
+    browser.click("#undo");
+    browser.wait_for("#confirm-question", "the undo's question", |t| {
+        t.iter().any(|q| {
+            q.contains("back to revision 1")
+                && q.contains(&cluster.hello)
+                && q.contains("service account default")
+        })
+    });
+    browser.click("#confirm-yes");
+    assert!(
+        wait_until(WAIT, || {
+            let web = cluster.json(&["get", "deployment", "web"]);
+            web["spec"]["template"]["spec"]["env"]
+                .as_array()
+                .is_none_or(|env| env.iter().all(|e| e["name"] != "VERSION"))
+        }),
+        "the undo never reached the API"
+    );
+
     // Delete asks first: cancelled, nothing goes; confirmed, it goes.
     cluster
         .cluster
@@ -278,7 +315,8 @@ fn the_dashboard_signs_in_follows_the_cluster_live_and_acts_for_an_admin() {
     browser.wait_for("#confirm-question", "the question", |t| {
         t.iter().any(|q| q.contains("configmap doomed"))
     });
-    browser.click("#confirm-cancel");
+    // Escape answers no, as Cancel does.
+    browser.keys(ESCAPE);
     assert_eq!(browser.count("#confirm"), 0);
     assert!(
         cluster
