@@ -317,7 +317,7 @@ fn the_dashboard_signs_in_follows_the_cluster_live_and_acts_for_an_admin() {
     });
     // Escape answers no, as Cancel does.
     browser.keys(ESCAPE);
-    assert_eq!(browser.count("#confirm"), 0);
+    browser.wait_for("#confirm", "the question answered", |t| t.is_empty());
     assert!(
         cluster
             .cluster
