@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use testkit::browser::Browser;
 use testkit::wait_until;
 
-use crate::controllers::deployment;
+use crate::controllers::{deployment, rolled_out};
 use crate::nodes::{NodeCluster, WAIT, pod, push};
 use crate::support::{http_request, test_guest};
 
@@ -305,6 +305,8 @@ fn the_dashboard_signs_in_follows_the_cluster_live_and_acts_for_an_admin() {
         }),
         "the undo never reached the API"
     );
+    // Its rollout done, web has its two pods again.
+    rolled_out(&cluster, "web");
 
     // Delete asks first: cancelled, nothing goes; confirmed, it goes.
     cluster
