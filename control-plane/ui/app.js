@@ -99,21 +99,26 @@ async function errorOf(response) {
   return new ApiError(response.status, text.trim() || response.statusText);
 }
 
-async function api(path, options = {}) {
-  const init = {
-    method: options.method || 'GET',
-    headers: headers(options.contentType ? {'Content-Type': options.contentType} : {}),
-    cache: 'no-store',
-    credentials: 'omit',
-    signal: options.signal,
-  };
-  if (options.body !== undefined) init.body = JSON.stringify(options.body);
-  const response = await fetch(API + path, init);
+// Every call of the API once signed in: the token, nothing cached, no
+// cookie; a 401 signs out, any other failure is thrown as an ApiError.
+async function request(path, init) {
+  const response = await fetch(API + path, Object.assign({cache: 'no-store', credentials: 'omit'}, init, {headers: headers(init.headers)}));
   if (response.status === 401) {
     signOut('The API no longer accepts this token: sign in again.');
     throw new ApiError(401, 'unauthorized');
   }
   if (!response.ok) throw await errorOf(response);
+  return response;
+}
+
+// A call answered with JSON; `body` is sent as JSON.
+async function api(path, options = {}) {
+  const response = await request(path, {
+    method: options.method || 'GET',
+    headers: options.contentType ? {'Content-Type': options.contentType} : {},
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+    signal: options.signal,
+  });
   return response.json();
 }
 
@@ -224,14 +229,9 @@ class Live {
   }
 
   async follow() {
-    const response = await fetch(API + this.path({
+    const response = await request(this.path({
       watch: 'true', resourceVersion: this.revision, allowWatchBookmarks: 'true',
-    }), {headers: headers(), cache: 'no-store', credentials: 'omit', signal: this.abort.signal});
-    if (response.status === 401) {
-      signOut('The API no longer accepts this token: sign in again.');
-      throw new ApiError(401, 'unauthorized');
-    }
-    if (!response.ok) throw await errorOf(response);
+    }), {signal: this.abort.signal});
     await readLines(response, (line) => {
       if (line.trim()) this.apply(JSON.parse(line));
     });
@@ -577,28 +577,32 @@ function route() {
 
 // The namespace and label filters of a view, kept in its address.
 function filters(parts, params, options) {
-  const namespace = currentNamespace(params);
-  const select = h('select', {id: 'namespace', 'aria-label': 'Namespace', onchange: () => {
-    if (select.value) params.set('ns', select.value);
-    else params.delete('ns');
-    setParams(parts, params);
-  }});
-  if (session.who.clusterAdmin) select.append(h('option', {value: ''}, 'All namespaces'));
-  const known = new Set(namespacesOf());
-  if (namespace) known.add(namespace);
-  const fill = (names) => {
-    for (const name of [...names].sort()) {
-      if (![...select.options].some((o) => o.value === name)) select.append(h('option', {value: name}, name));
+  const namespace = options.namespaces === false ? '' : currentNamespace(params);
+  const controls = [];
+  // Cluster-scoped kinds have no namespace to choose.
+  if (options.namespaces !== false) {
+    const select = h('select', {id: 'namespace', 'aria-label': 'Namespace', onchange: () => {
+      if (select.value) params.set('ns', select.value);
+      else params.delete('ns');
+      setParams(parts, params);
+    }});
+    if (session.who.clusterAdmin) select.append(h('option', {value: ''}, 'All namespaces'));
+    const known = new Set(namespacesOf());
+    if (namespace) known.add(namespace);
+    const fill = (names) => {
+      for (const name of [...names].sort()) {
+        if (![...select.options].some((o) => o.value === name)) select.append(h('option', {value: name}, name));
+      }
+      select.value = namespace;
+    };
+    fill(known);
+    if (session.who.clusterAdmin) {
+      // Read once, not watched: a browser has six connections to this
+      // origin, and the view's own watches need them more.
+      api('namespaces' + query({limit: 500})).then((list) => fill(list.items.map((n) => n.metadata.name)), () => {});
     }
-    select.value = namespace;
-  };
-  fill(known);
-  if (session.who.clusterAdmin) {
-    // Read once, not watched: a browser has six connections to this
-    // origin, and the view's own watches need them more.
-    api('namespaces' + query({limit: 500})).then((list) => fill(list.items.map((n) => n.metadata.name)), () => {});
+    controls.push(h('label', {class: 'filter'}, 'Namespace ', select));
   }
-  const controls = [h('label', {class: 'filter'}, 'Namespace ', select)];
   if (options.labels) {
     const labels = h('input', {id: 'labels', type: 'search', placeholder: 'app=web,tier!=db',
       value: params.get('l') || '', 'aria-label': 'Label selector', spellcheck: 'false'});
@@ -776,14 +780,9 @@ function applyView(main, params) {
       (scope.namespace || 'default') + '.'),
     text, h('div', {class: 'actions'}, preview, apply), results]);
   const send = async (dryRun) => {
-    const response = await fetch(API + 'manifests' + query({dryRun: dryRun ? 'All' : '', namespace: scope.namespace || 'default'}), {
-      method: 'POST', headers: headers({'Content-Type': 'application/yaml'}), body: text.value, cache: 'no-store', credentials: 'omit',
+    const response = await request('manifests' + query({dryRun: dryRun ? 'All' : '', namespace: scope.namespace || 'default'}), {
+      method: 'POST', headers: {'Content-Type': 'application/yaml'}, body: text.value,
     });
-    if (response.status === 401) {
-      signOut('The API no longer accepts this token: sign in again.');
-      throw new ApiError(401, 'unauthorized');
-    }
-    if (!response.ok) throw await errorOf(response);
     const result = await response.json();
     const failed = result.items.filter((item) => item.action === 'failed').length;
     clear(results).append(h('table', {},
@@ -855,14 +854,14 @@ const COLUMNS = {
 };
 
 function listView(main, info, params) {
-  const scope = filters(['list', info.plural], params, {labels: true});
-  const namespace = info.namespaced ? scope.namespace : '';
+  const scope = filters(['list', info.plural], params, {labels: true, namespaces: info.namespaced});
+  const namespace = scope.namespace;
   const columns = COLUMNS[info.plural] || [];
   const showNamespace = info.namespaced && !namespace;
   const tbody = h('tbody', {});
   const state = h('div', {class: 'state'});
   const count = h('span', {class: 'count', id: 'count'});
-  append(main, [h('h1', {}, info.title, ' ', count), info.namespaced ? scope.element : scope.element.lastChild ? h('div', {class: 'filters'}, scope.element.lastChild) : null, state,
+  append(main, [h('h1', {}, info.title, ' ', count), scope.element, state,
     h('table', {class: 'list', id: 'list', 'data-kind': info.plural},
       h('thead', {}, h('tr', {}, h('th', {scope: 'col'}, 'Name'), showNamespace ? h('th', {scope: 'col'}, 'Namespace') : null,
         columns.map(([title]) => h('th', {scope: 'col'}, title)), h('th', {scope: 'col'}, 'Age'))),
@@ -1132,9 +1131,8 @@ function podExtras(body, section, pod) {
     clear(output);
     note.textContent = following ? 'Following…' : '';
     try {
-      const response = await fetch(API + path + query({tailLines: 200, follow: following ? 'true' : ''}),
-        {headers: headers({Accept: 'text/plain'}), cache: 'no-store', credentials: 'omit', signal: controller.signal});
-      if (!response.ok) throw await errorOf(response);
+      const response = await request(path + query({tailLines: 200, follow: following ? 'true' : ''}),
+        {headers: {Accept: 'text/plain'}, signal: controller.signal});
       let lines = 0;
       // Lines are drawn once a frame, however fast a guest prints, and
       // only the latest LOG_CHARS_KEPT characters are kept.

@@ -106,8 +106,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+/// What an [`ApiError`] answers: its code, reason, message and causes.
+pub struct Parts {
+    pub code: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+    pub causes: Vec<StatusCause>,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// The error as the parts of its `Status` (for an answer that reports
+    /// several outcomes, such as a manifest's objects).
+    pub fn parts(self) -> Parts {
         let mut retry_after = None;
         let (code, reason, message, causes) = match self {
             ApiError::Unauthorized => (
@@ -170,6 +181,25 @@ impl IntoResponse for ApiError {
                 vec![],
             ),
         };
+        Parts {
+            code,
+            reason,
+            message,
+            causes,
+            retry_after,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let Parts {
+            code,
+            reason,
+            message,
+            causes,
+            mut retry_after,
+        } = self.parts();
         let mut status = Status::failure(code.as_u16(), reason, message);
         if !causes.is_empty() {
             status.details = Some(StatusDetails {

@@ -151,15 +151,10 @@ pub async fn apply(call: &Call<'_>) -> Result<Response, ApiError> {
                 item["changes"] = json!(changes);
             }
             Err(error) => {
-                let response = error.into_response();
-                let code = response.status().as_u16();
-                let body = axum::body::to_bytes(response.into_body(), MAX_OBJECT_BYTES)
-                    .await
-                    .unwrap_or_default();
-                let status: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let parts = error.parts();
                 item["action"] = json!("failed");
-                item["code"] = json!(code);
-                item["message"] = status["message"].clone();
+                item["code"] = json!(parts.code.as_u16());
+                item["message"] = json!(parts.message);
             }
         }
         items.push(item);

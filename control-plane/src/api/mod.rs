@@ -640,8 +640,13 @@ async fn read_body(request: Request, yaml: bool) -> Result<bytes::Bytes, ApiErro
                 "application/yaml" | "application/x-yaml"
             ))
     {
+        let send = if yaml {
+            "application/yaml or application/json"
+        } else {
+            "application/json"
+        };
         return Err(ApiError::UnsupportedMediaType(format!(
-            "content type {content_type} is not supported; send application/json"
+            "content type {content_type} is not supported; send {send}"
         )));
     }
     Ok(bytes)

@@ -138,6 +138,79 @@ async fn a_manifest_is_previewed_then_applied_under_the_callers_roles() {
     }
     let keys = admin.get(Kind::Secret, Some("shop"), "keys").await.unwrap();
     assert_eq!(keys["data"]["password"], json!("aHVudGVyMg=="));
+
+    // An edit token of shop reaching into default, by a document's
+    // namespace or by the manifest's: refused, nothing written there.
+    let edit = token(&admin, Some("shop"), "edit", None).await;
+    let intruder = "apiVersion: skiff.dev/v1\nkind: ConfigMap\nmetadata: {name: planted, namespace: default}\ndata: {a: b}\n";
+    let bare =
+        "apiVersion: skiff.dev/v1\nkind: ConfigMap\nmetadata: {name: planted}\ndata: {a: b}\n";
+    for (query, manifest) in [("?namespace=shop", intruder), ("?namespace=default", bare)] {
+        let (status, answer) = send(&plane.url, &edit, query, manifest).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            actions(&answer),
+            [pair("failed", "default/planted")],
+            "{answer}"
+        );
+        assert_eq!(answer["items"][0]["code"], json!(403), "{answer}");
+    }
+    assert!(
+        admin
+            .get(Kind::ConfigMap, Some("default"), "planted")
+            .await
+            .is_err()
+    );
+    // In its own namespace the same token applies.
+    let (_, own) = send(&plane.url, &edit, "?namespace=shop", bare).await;
+    assert_eq!(actions(&own), [pair("created", "shop/planted")], "{own}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_tells_a_token_what_it_is_and_tells_nothing_without_one() {
+    let cluster = Cluster::new();
+    let plane = cluster.serve(&[]);
+    let admin = client(&plane, &cluster.admin_token);
+    let url = format!("{}/apis/skiff.dev/v1/whoami", plane.url);
+    let ask = |token: Option<String>| {
+        let mut request = http_client().get(&url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.expect("the server answers");
+            let nosniff = response.headers().get("x-content-type-options").cloned();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, body, nosniff)
+        }
+    };
+    let (status, body, nosniff) = ask(Some(cluster.admin_token.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["clusterAdmin"], json!(true));
+    assert_eq!(
+        nosniff.as_ref().map(|v| v.to_str().unwrap()),
+        Some("nosniff")
+    );
+    let view = token(&admin, Some("default"), "view", None).await;
+    let (_, body, _) = ask(Some(view)).await;
+    assert_eq!(body["clusterAdmin"], json!(false));
+    assert_eq!(body["namespaces"], json!({"default": "view"}));
+    // No token, a made-up one: 401 and nothing about anyone, still nosniff.
+    for token in [None, Some("skf_made-up".to_owned())] {
+        let (status, body, nosniff) = ask(token).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.get("namespaces").is_none(), "{body}");
+        assert!(nosniff.is_some());
+    }
+    // Read only.
+    let response = http_client()
+        .post(&url)
+        .bearer_auth(&cluster.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

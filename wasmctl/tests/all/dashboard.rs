@@ -39,6 +39,21 @@ fn replicas(cluster: &NodeCluster, namespace: &str, name: &str) -> u64 {
         .unwrap()
 }
 
+/// Presses the two-way button at `css` twice: labelled `labels[0]`, it
+/// turns `on()` true through the API and is relabelled `labels[1]` as the
+/// page follows; pressed again, it turns it back.
+fn toggle(browser: &Browser, css: &str, labels: [&str; 2], on: impl Fn() -> bool) {
+    for (label, wanted) in [(labels[0], true), (labels[1], false)] {
+        browser.wait_for(css, label, |t| t == [label]);
+        browser.click(css);
+        assert!(
+            wait_until(WAIT, || on() == wanted),
+            "{label} from the page never reached the API"
+        );
+    }
+    browser.wait_for(css, labels[0], |t| t == [labels[0]]);
+}
+
 fn paused(cluster: &NodeCluster) -> bool {
     cluster.json(&["get", "deployment", "web"])["spec"]["paused"] == json!(true)
 }
@@ -263,17 +278,11 @@ fn the_dashboard_signs_in_follows_the_cluster_live_and_acts_for_an_admin() {
 
     // A rollout paused and resumed from the page; the button follows.
     browser.goto("/ui/#/object/deployments/default/web");
-    browser.wait_for("#pause", "the pause button", |t| t == ["Pause rollout"]);
-    browser.click("#pause");
-    assert!(
-        wait_until(WAIT, || paused(&cluster)),
-        "the pause never reached the API"
-    );
-    browser.wait_for("#pause", "the resume button", |t| t == ["Resume rollout"]);
-    browser.click("#pause");
-    assert!(
-        wait_until(WAIT, || !paused(&cluster)),
-        "the resume never reached the API"
+    toggle(
+        &browser,
+        "#pause",
+        ["Pause rollout", "Resume rollout"],
+        || paused(&cluster),
     );
 
     // A new revision, then undone from the page: the question names what
@@ -343,18 +352,9 @@ fn the_dashboard_signs_in_follows_the_cluster_live_and_acts_for_an_admin() {
 
     // A node cordoned and uncordoned, then drained: every pod off it.
     browser.goto("/ui/#/object/nodes/-/ui-1");
-    browser.wait_for("#cordon", "the cordon button", |t| t == ["Cordon"]);
-    browser.click("#cordon");
-    assert!(
-        wait_until(WAIT, || unschedulable(&cluster)),
-        "never cordoned"
-    );
-    browser.wait_for("#cordon", "the uncordon button", |t| t == ["Uncordon"]);
-    browser.click("#cordon");
-    assert!(
-        wait_until(WAIT, || !unschedulable(&cluster)),
-        "never uncordoned"
-    );
+    toggle(&browser, "#cordon", ["Cordon", "Uncordon"], || {
+        unschedulable(&cluster)
+    });
     browser.wait_for("#dependents tbody tr", "the node's pods", |rows| {
         rows.len() == 3
     });
