@@ -1262,11 +1262,8 @@ function renderActions(element, info, object) {
       const spec = back.revision.template.spec || {};
       confirmThen('Roll deployment ' + object.metadata.name + ' back to revision ' + back.revision.revision +
         ': image ' + (spec.image || '?') + ', service account ' + (spec.serviceAccountName || 'default') + '?', 'Roll back',
-      () => run(undo, 'deployment/' + object.metadata.name + ' rolled back to revision ' + back.revision.revision, () => {
-        // Written whole, conditional on the version read.
-        back.deployment.spec.template = back.revision.template;
-        return api(path, {method: 'PUT', contentType: 'application/json', body: back.deployment});
-      }));
+      () => run(undo, 'deployment/' + object.metadata.name + ' rolled back to revision ' + back.revision.revision,
+        () => rollBackTo(path, back.revision)));
     });
     element.append(pause, undo);
   }
@@ -1314,6 +1311,26 @@ async function previousRevision(path) {
     .sort((a, b) => b.revision - a.revision)[0];
   if (!revision) throw new ApiError(400, 'this Deployment has no revision before the current one');
   return {deployment, revision};
+}
+
+// Writes the revision that was asked about, whole and conditional on a
+// fresh read: the controllers change the Deployment's status while the
+// question is open, and a write conditional on the first read would fail
+// on that alone. If what the revision before the current one is has changed
+// meanwhile, nothing is written: the answer was to another question.
+async function rollBackTo(path, asked) {
+  for (let attempt = 0; ; attempt++) {
+    const now = await previousRevision(path);
+    if (now.revision.revision !== asked.revision || JSON.stringify(now.revision.template) !== JSON.stringify(asked.template)) {
+      throw new ApiError(409, 'the Deployment changed while the question was open: undo again to see what it goes back to now');
+    }
+    now.deployment.spec.template = asked.template;
+    try {
+      return await api(path, {method: 'PUT', contentType: 'application/json', body: now.deployment});
+    } catch (error) {
+      if (error.status !== 409 || attempt >= 4) throw error;
+    }
+  }
 }
 
 // As `wasmctl drain`: cordon, then every pod off the node: owned pods are

@@ -289,7 +289,7 @@ fn the_dashboard_signs_in_follows_the_cluster_live_and_acts_for_an_admin() {
     // it goes back to.
     let mut v2 = deployment("web", &cluster.hello, 2, &[("VERSION", "2")], json!({}));
     v2["metadata"]["annotations"] = json!({"note": ANNOTATION_ATTACK});
-    cluster.apply(&[v2]);
+    cluster.apply(&[v2.clone()]);
     assert!(
         wait_until(WAIT, || {
             cluster.json(&["get", "deployment", "web"])["status"]["revision"] == json!(2)
@@ -304,6 +304,11 @@ fn the_dashboard_signs_in_follows_the_cluster_live_and_acts_for_an_admin() {
                 && q.contains("service account default")
         })
     });
+    // While the question is open the Deployment changes, as the
+    // controllers change its status: the undo still goes through, since
+    // what it goes back to is the same.
+    v2["metadata"]["labels"] = json!({"touched": "while-asked"});
+    cluster.apply(&[v2]);
     browser.click("#confirm-yes");
     assert!(
         wait_until(WAIT, || {
