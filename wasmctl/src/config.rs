@@ -153,6 +153,14 @@ pub enum ConfigCommand {
     DeleteContext { name: String },
     /// Print the config with tokens redacted.
     View,
+    /// Print a kubeconfig for a context (the current one by default), for
+    /// kubectl and Kubernetes client libraries: `wasmctl config kubeconfig
+    /// > ~/.kube/config`. It holds the context's token.
+    Kubeconfig {
+        /// The context to write; the current one when not given.
+        #[arg(long)]
+        context: Option<String>,
+    },
 }
 
 pub fn run(command: ConfigCommand, explicit: Option<&Path>) -> Result<()> {
@@ -267,6 +275,10 @@ pub fn run(command: ConfigCommand, explicit: Option<&Path>) -> Result<()> {
             config.save(&path)?;
             eprintln!("deleted context \"{name}\"");
         }
+        ConfigCommand::Kubeconfig { context } => {
+            let context = config.context(context.as_deref())?;
+            print!("{}", kubeconfig(context)?);
+        }
         ConfigCommand::View => {
             for context in &mut config.contexts {
                 context.token = "REDACTED".into();
@@ -275,4 +287,39 @@ pub fn run(command: ConfigCommand, explicit: Option<&Path>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `context` as a kubeconfig, self-contained: the CA is embedded, so the
+/// file works wherever it is copied. Refused for a server on plain HTTP:
+/// kubectl sends no token there, and every call would be refused.
+fn kubeconfig(context: &Context) -> Result<String> {
+    use base64::Engine as _;
+    if !context.server.starts_with("https://") {
+        return Err(BadInput(format!(
+            "context `{}` reaches {} over plain HTTP, and kubectl sends no token there: serve the API over TLS (as `wasmctl dev` does) and set the context's server to https://",
+            context.name, context.server
+        ))
+        .into());
+    }
+    let mut cluster = serde_json::json!({"server": context.server});
+    if let Some(ca) = &context.certificate_authority {
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("reading the certificate authority {}", ca.display()))?;
+        cluster["certificate-authority-data"] =
+            base64::engine::general_purpose::STANDARD.encode(pem).into();
+    }
+    if context.insecure_skip_tls_verify {
+        cluster["insecure-skip-tls-verify"] = true.into();
+    }
+    let name = &context.name;
+    let document = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": cluster}],
+        "users": [{"name": name, "user": {"token": context.token}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name, "namespace": context.namespace}}],
+        "current-context": name,
+        "preferences": {},
+    });
+    Ok(serde_yaml_ng::to_string(&document)?)
 }

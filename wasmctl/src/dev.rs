@@ -54,8 +54,9 @@ pub struct DevArgs {
 
 /// What `wasmctl dev` keeps in its data directory; `--reset` removes these
 /// and nothing else, so a data directory shared with other files is safe.
-const STATE: [&str; 7] = [
+const STATE: [&str; 8] = [
     "admin-token",
+    "tls",
     "node-token",
     "postgres",
     "postgres-location",
@@ -115,13 +116,20 @@ async fn serve(
     let listener = skiff_serve::bind(args.api)
         .await
         .map_err(|e| BadInput(format!("cannot listen on {} for the API: {e}", args.api)))?;
-    let api_url = format!("http://{}", listener.local_addr()?);
+    control_plane::tls::install_crypto_provider();
+    let api_url = format!("https://{}", listener.local_addr()?);
+    // Served over TLS, as every Kubernetes client wants: kubectl sends no
+    // token over plain HTTP. The cluster's own CA, made once and kept with
+    // its state, signs the certificate; the context trusts only it.
+    let tls = dev_tls(data, args.api)?;
+    let ca_pem = std::fs::read(&tls.ca_cert)
+        .with_context(|| format!("reading {}", tls.ca_cert.display()))?;
     let config = ServerConfig {
         database_url: database_url.to_owned(),
         // Beside the cluster's other state, outside the database.
         encryption_key_file: data.join("encryption.key"),
         listen: args.api,
-        tls: None,
+        tls: Some((tls.server_cert.clone(), tls.server_key.clone())),
         listener: Default::default(),
         pool: Default::default(),
         retain_changes: 100_000,
@@ -146,6 +154,7 @@ async fn serve(
         Client::new(&ClientConfig {
             server: api_url.clone(),
             token: token.to_owned(),
+            ca_pem: Some(ca_pem.clone()),
             ..Default::default()
         })
     };
@@ -192,7 +201,7 @@ async fn serve(
     })
     .await
     .map_err(|e| BadInput(e.to_string()))?;
-    write_context(&api_url, &admin_token)?;
+    write_context(&api_url, &admin_token, &tls.ca_cert)?;
 
     eprintln!("Skiff dev cluster is up (context \"dev\" is now current):");
     eprintln!("  API       {api_url}          try: wasmctl get nodes");
@@ -200,6 +209,11 @@ async fn serve(
         "  Dashboard {api_url}/ui/       sign in with the token in {}",
         data.join("admin-token").display()
     );
+    eprintln!(
+        "  CA        {}    the cluster's certificate authority (a browser warns until it is trusted)",
+        tls.ca_cert.display()
+    );
+    eprintln!("  kubectl   wasmctl config kubeconfig > ~/.kube/config");
     eprintln!(
         "  Ingress   http://{}    pods answer at http://NAME.NAMESPACE.pod.localhost:{}/",
         agent.endpoint,
@@ -343,7 +357,29 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-fn write_context(server: &str, token: &str) -> Result<()> {
+/// The dev cluster's CA and server certificate, made on its first start
+/// for the address the API listens on (and localhost), kept after.
+fn dev_tls(data: &Path, api: SocketAddr) -> Result<control_plane::tls::Generated> {
+    let dir = data.join("tls");
+    let kept = control_plane::tls::Generated {
+        ca_cert: dir.join("ca.crt"),
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
+    };
+    if kept.ca_cert.exists() && kept.server_cert.exists() && kept.server_key.exists() {
+        return Ok(kept);
+    }
+    let mut names = vec![api.ip().to_string()];
+    if api.ip().is_unspecified() {
+        // Bound to every address: the machine's name reaches it too.
+        if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+            names.push(host.trim().to_owned());
+        }
+    }
+    control_plane::tls::generate(&dir, &names)
+}
+
+fn write_context(server: &str, token: &str, ca: &Path) -> Result<()> {
     let path = config::path(None)?;
     let mut config = Config::load(&path)?;
     config.contexts.retain(|c| c.name != "dev");
@@ -352,7 +388,7 @@ fn write_context(server: &str, token: &str) -> Result<()> {
         server: server.to_owned(),
         token: token.to_owned(),
         namespace: "default".into(),
-        certificate_authority: None,
+        certificate_authority: Some(ca.to_owned()),
         insecure_skip_tls_verify: false,
     });
     config.current_context = "dev".into();

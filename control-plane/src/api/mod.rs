@@ -1,6 +1,7 @@
 //! The REST API, in Kubernetes' conventions:
 //! `/apis/skiff.dev/v1/[namespaces/{ns}/]{plural}[/{name}[/status]]`.
 
+mod discovery;
 mod error;
 mod logs;
 mod manifests;
@@ -8,6 +9,7 @@ pub mod node_proxy;
 mod objects;
 pub mod openapi;
 mod proxy_key;
+mod table;
 mod tokens;
 pub(crate) mod usage;
 
@@ -91,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics))
         .merge(crate::ui::router())
+        .merge(discovery::router())
         .route(
             "/apis/skiff.dev/v1/{*path}",
             axum::routing::any(objects_or_tokens),
@@ -478,6 +481,17 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
     // Keyed by the token, not the principal: tokens are what is handed out.
     let caller = crate::auth::token_hash(bearer(request.headers()).unwrap_or_default());
     let method = request.method().clone();
+    // Tables and metadata are views of reads of objects; everything else
+    // answers as it always does.
+    let view = match (&target, &method) {
+        (Target::Collection { .. } | Target::Item { status: false, .. }, &Method::GET) => {
+            table::View::negotiate(
+                request.headers(),
+                params.get("includeObject").map(String::as_str),
+            )?
+        }
+        _ => table::View::Objects,
+    };
     let body = read_body(request, matches!(target, Target::Manifests)).await?;
     refuse_nul_bytes(&body)?;
     let call = objects::Call {
@@ -486,6 +500,7 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         caller,
         params: &params,
         body: &body,
+        view,
     };
     match (target, method) {
         (Target::Lease { node }, method) => call.lease(&node, method).await,

@@ -15,8 +15,9 @@ use skiff_api::kinds::pod::PodSpec;
 use skiff_api::meta::{DeleteOptions, ListMeta, PropagationPolicy};
 use skiff_api::selector::{FieldSelector, Selector};
 use skiff_api::validate::FieldError;
-use skiff_api::{API_VERSION, Kind, admit, admit_status, policy};
+use skiff_api::{EventType, Kind, admit, admit_status, policy};
 
+use super::table::{self, View};
 use super::{
     ApiError, AppState, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_OBJECT_BYTES,
     MAX_WATCH_TIMEOUT_SECONDS,
@@ -67,6 +68,9 @@ pub struct Call<'a> {
     pub caller: [u8; 32],
     pub params: &'a HashMap<String, String>,
     pub body: &'a [u8],
+    /// What reads answer with: objects, or a Table or metadata for
+    /// Kubernetes clients that ask for one.
+    pub view: View,
 }
 
 impl Call<'_> {
@@ -221,7 +225,10 @@ impl Call<'_> {
     pub async fn get(&self, key: &ObjectKey) -> Result<Response, ApiError> {
         self.authorize(self.access(Verb::Get, key, false)).await?;
         match self.state.store.get(key).await? {
-            Some(object) => Ok(Json(self.shown(key.kind, object).await?).into_response()),
+            Some(object) => {
+                let object = self.shown(key.kind, object).await?;
+                Ok(Json(table::one(self.view, key.kind, object)).into_response())
+            }
             None => Err(StoreError::NotFound(key.clone()).into()),
         }
     }
@@ -310,16 +317,12 @@ impl Call<'_> {
         for object in page.items {
             items.push(self.shown(kind, object).await?);
         }
-        Ok(Json(skiff_api::List {
-            api_version: API_VERSION.into(),
-            kind: format!("{}List", kind.name()),
-            metadata: ListMeta {
-                resource_version: page.revision.to_string(),
-                continue_token: page.next.map(|c| continue_token(&c)),
-            },
-            items,
-        })
-        .into_response())
+        let list = ListMeta {
+            resource_version: page.revision.to_string(),
+            continue_token: page.next.map(|c| continue_token(&c)),
+        };
+        let list = serde_json::to_value(list).expect("list metadata serialises");
+        Ok(Json(table::many(self.view, kind, items, list)).into_response())
     }
 
     async fn watch(
@@ -383,17 +386,36 @@ impl Call<'_> {
         );
         // The permit lives as long as the response body: the watch counts
         // against its token until the client hangs up or the watch ends.
-        let stream = futures::stream::unfold((lines, permit), |(mut lines, permit)| async move {
-            let event = lines.recv().await?;
-            let mut line = serde_json::to_vec(&event).expect("events serialise");
-            line.push(b'\n');
-            Some((
-                Ok::<_, std::io::Error>(bytes::Bytes::from(line)),
-                (lines, permit),
-            ))
-        });
+        // Bookmarks only for clients that asked for them, as Kubernetes
+        // sends them: kubectl prints every event it is sent.
+        let bookmarks = matches!(
+            self.params.get("allowWatchBookmarks").map(String::as_str),
+            Some("true" | "1")
+        );
+        let view = self.view;
+        let stream =
+            futures::stream::unfold((lines, permit), move |(mut lines, permit)| async move {
+                let mut event = lines.recv().await?;
+                while event.event_type == EventType::Bookmark && !bookmarks {
+                    event = lines.recv().await?;
+                }
+                if matches!(
+                    event.event_type,
+                    EventType::Added | EventType::Modified | EventType::Deleted
+                ) {
+                    event.object = table::one(view, kind, event.object);
+                }
+                let mut line = serde_json::to_vec(&event).expect("events serialise");
+                line.push(b'\n');
+                Some((
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(line)),
+                    (lines, permit),
+                ))
+            });
         Ok((
-            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            // Kubernetes clients pick the decoder of a watch by this type,
+            // and know JSON; each line is one event all the same.
+            [(header::CONTENT_TYPE, "application/json")],
             Body::from_stream(stream),
         )
             .into_response())

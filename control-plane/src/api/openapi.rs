@@ -522,6 +522,18 @@ fn add_kind_paths(paths: &mut Map<String, Value>, kind: Kind) {
             json!({"type": "boolean"}),
         ),
         parameter(
+            "allowWatchBookmarks",
+            "query",
+            "watch: send BOOKMARK events, which carry only the revision the watch has reached",
+            json!({"type": "boolean"}),
+        ),
+        parameter(
+            "includeObject",
+            "query",
+            "with a Table: what each row carries besides its cells",
+            json!({"type": "string", "enum": ["None", "Metadata", "Object"]}),
+        ),
+        parameter(
             "resourceVersion",
             "query",
             "watch: resume after this revision (410 if compacted)",
@@ -541,10 +553,9 @@ fn add_kind_paths(paths: &mut Map<String, Value>, kind: Kind) {
             "responses": errors(
                 Map::from_iter([
                     ("200".to_owned(), json!({
-                        "description": "a list, or with watch=true a stream of WatchEvents",
+                        "description": "a list; with watch=true a stream of WatchEvents ({type, object}), one JSON object a line; with Accept naming `as=Table;g=meta.k8s.io` a Table of the kind's columns",
                         "content": {
                             "application/json": {"schema": schema_ref(&format!("{name}List"))},
-                            "application/x-ndjson": {"schema": {"type": "object", "properties": {"type": schema_ref("EventType"), "object": object}}},
                         },
                     })),
                 ]),

@@ -394,7 +394,12 @@ impl Client {
         namespace: Option<&str>,
         options: &WatchOptions,
     ) -> Result<impl Stream<Item = Result<WatchEvent<Value>>> + use<>> {
-        let mut query: Vec<(&str, String)> = vec![("watch", "true".into())];
+        // Bookmarks let a resumed watch start where this one got to, even
+        // when nothing it selects changed meanwhile.
+        let mut query: Vec<(&str, String)> = vec![
+            ("watch", "true".into()),
+            ("allowWatchBookmarks", "true".into()),
+        ];
         if let Some(rv) = &options.resource_version {
             query.push(("resourceVersion", rv.clone()));
         }

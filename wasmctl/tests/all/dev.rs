@@ -10,7 +10,7 @@ use std::time::Duration;
 use testkit::{spawn_logged, stable_port, wait_until};
 
 use crate::support::{
-    example, http_request, path_str, stderr_of, stdout_of, temp_dir, test_guest, wasmctl,
+    example, http_request, https_get, path_str, stderr_of, stdout_of, temp_dir, test_guest, wasmctl,
 };
 
 struct Dev {
@@ -62,17 +62,21 @@ impl Dev {
             .to_owned()
     }
 
-    /// The status of the API's answer to a GET of `path` with `token`.
-    fn api_status(&self, path: &str, token: &str) -> u16 {
-        let bearer = format!("Bearer {token}");
-        http_request(
-            self.api,
-            &self.api.to_string(),
-            &format!("/apis/skiff.dev/v1/{path}"),
-            &[("Authorization", &bearer)],
+    /// The API's answer to a GET of `path` with `token`, over TLS trusting
+    /// only the cluster's CA.
+    fn api_get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        https_get(
+            &format!("https://{}{path}", self.api),
+            &self.data.join("tls/ca.crt"),
+            token,
         )
         .expect("the API answers")
-        .status
+    }
+
+    /// The status of the API's answer to a GET of `path` with `token`.
+    fn api_status(&self, path: &str, token: &str) -> u16 {
+        self.api_get(&format!("/apis/skiff.dev/v1/{path}"), Some(token))
+            .0
     }
 
     /// `wasmctl ARGS` on the context this cluster wrote.
@@ -208,15 +212,9 @@ fn dev_runs_a_cluster_deploys_a_component_and_keeps_its_state() {
     );
     let nodes = ok(&["top", "nodes"]);
     assert!(nodes.lines().any(|l| l.starts_with("dev ")), "{nodes}");
-    let metrics = http_request(
-        dev.api,
-        &dev.api.to_string(),
-        "/metrics",
-        &[("Authorization", &format!("Bearer {}", dev.admin_token()))],
-    )
-    .expect("the API answers");
-    assert_eq!(metrics.status, 200);
-    assert!(metrics.body.contains("skiff_api_requests_total"));
+    let (status, metrics) = dev.api_get("/metrics", Some(&dev.admin_token()));
+    assert_eq!(status, 200);
+    assert!(metrics.contains("skiff_api_requests_total"));
     let _ = std::fs::remove_file(&manifest);
 
     // SIGTERM stops everything cleanly; started again on the same data, the
@@ -271,13 +269,17 @@ fn dev_starts_afresh_when_its_data_directory_was_removed() {
     assert_ne!(first, second, "a new cluster has a new admin token");
     assert_eq!(dev.api_status("namespaces", &second), 200);
     // The dashboard is where it says, and says where to find its token.
-    let url = format!("http://{}/ui/", dev.api);
+    let url = format!("https://{}/ui/", dev.api);
     assert!(dashboard.trim_start().starts_with(&url), "{dashboard}");
     assert!(dashboard.contains("admin-token"), "{dashboard}");
-    let page =
-        http_request(dev.api, &dev.api.to_string(), "/ui/", &[]).expect("the dashboard answers");
-    assert_eq!(page.status, 200);
-    assert!(page.body.contains("/ui/app.js"), "{}", page.body);
+    let (status, page) = dev.api_get("/ui/", None);
+    assert_eq!(status, 200);
+    assert!(page.contains("/ui/app.js"), "{page}");
+    // Plain HTTP is not served: a token would cross the wire in clear.
+    assert!(
+        http_request(dev.api, &dev.api.to_string(), "/ui/", &[]).map_or(true, |r| r.status >= 400),
+        "the API answered plain HTTP"
+    );
     assert_eq!(
         dev.api_status("namespaces", &first),
         401,

@@ -510,3 +510,28 @@ impl CountingProxy {
         self.requests.lock().unwrap().clone()
     }
 }
+
+/// A GET of `url` (https://…) trusting only the CA in `ca`, with `token`
+/// as bearer when given: the status and body.
+pub fn https_get(url: &str, ca: &Path, token: Option<&str>) -> reqwest::Result<(u16, String)> {
+    control_plane::tls::install_crypto_provider();
+    let pem = std::fs::read(ca).expect("the CA is readable");
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("the CA is PEM");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .tls_certs_only(certs)
+            .timeout(HTTP_TIMEOUT)
+            .build()?;
+        let mut request = client.get(url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await?))
+    })
+}

@@ -101,7 +101,8 @@ impl Kind {
         }
     }
 
-    fn short_name(self) -> &'static str {
+    /// The short name `wasmctl` and kubectl take: `po`, `deploy`.
+    pub fn short_name(self) -> &'static str {
         match self {
             Kind::Namespace => "ns",
             Kind::Node => "no",
