@@ -17,6 +17,8 @@ pub enum ApiError {
     BadRequest(String),
     MethodNotAllowed(String),
     UnsupportedMediaType(String),
+    /// No form the caller accepts is one this server writes.
+    NotAcceptable(String),
     Invalid {
         message: String,
         causes: Vec<StatusCause>,
@@ -137,6 +139,7 @@ impl ApiError {
                 m,
                 vec![],
             ),
+            ApiError::NotAcceptable(m) => (StatusCode::NOT_ACCEPTABLE, "NotAcceptable", m, vec![]),
             ApiError::UnsupportedMediaType(m) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "UnsupportedMediaType",

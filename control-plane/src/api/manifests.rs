@@ -222,7 +222,7 @@ async fn apply_one(
     Ok(("configured", changes))
 }
 
-async fn body_of(response: Response) -> Result<Value, ApiError> {
+pub(super) async fn body_of(response: Response) -> Result<Value, ApiError> {
     if response.status() != StatusCode::OK && response.status() != StatusCode::CREATED {
         return Err(ApiError::Internal(format!(
             "an apply step answered {}",

@@ -1,14 +1,16 @@
 //! The REST API, in Kubernetes' conventions:
 //! `/apis/skiff.dev/v1/[namespaces/{ns}/]{plural}[/{name}[/status]]`.
 
-mod discovery;
+pub(crate) mod discovery;
 mod error;
+mod kube_openapi;
 mod logs;
 mod manifests;
 pub mod node_proxy;
 mod objects;
 pub mod openapi;
 mod proxy_key;
+mod scale;
 mod table;
 mod tokens;
 pub(crate) mod usage;
@@ -94,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::ui::router())
         .merge(discovery::router())
+        .merge(kube_openapi::router())
         .route(
             "/apis/skiff.dev/v1/{*path}",
             axum::routing::any(objects_or_tokens),
@@ -258,6 +261,8 @@ pub enum Target {
     ProxyKey { node: String },
     /// `serviceaccounts/{name}/token`: a new token of the account.
     AccountToken { namespace: String, name: String },
+    /// `deployments/{name}/scale`: its replicas as a `Scale`.
+    Scale { namespace: String, name: String },
     /// `services/{name}/activate`: a Service at zero has a request.
     Activate { namespace: String, name: String },
     /// `manifests`: objects applied as `wasmctl apply` applies them.
@@ -363,6 +368,10 @@ pub fn parse_target(path: &str) -> Result<Target, ApiError> {
             namespace: (*ns).to_owned(),
             name: (*name).to_owned(),
         }),
+        ["namespaces", ns, "deployments", name, "scale"] => Ok(Target::Scale {
+            namespace: (*ns).to_owned(),
+            name: (*name).to_owned(),
+        }),
         ["namespaces", ns, "services", name, "activate"] => Ok(Target::Activate {
             namespace: (*ns).to_owned(),
             name: (*name).to_owned(),
@@ -411,6 +420,7 @@ fn request_labels(request: &Request) -> (&'static str, &'static str) {
         Some(Target::ProxyKey { .. }) => "proxykeys",
         Some(Target::AccountToken { .. }) => "serviceaccounttokens",
         Some(Target::Activate { .. }) => "activations",
+        Some(Target::Scale { .. }) => "deployments",
         Some(Target::Tokens { .. }) => "tokens",
         Some(Target::Whoami) => "whoami",
         Some(Target::Manifests) => "manifests",
@@ -494,6 +504,18 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
     };
     let body = read_body(request, matches!(target, Target::Manifests)).await?;
     refuse_nul_bytes(&body)?;
+    // Writes of objects may drop the fields their kind does not have
+    // rather than be refused for them, as the caller chooses.
+    let (body, dropped) = match (&target, &method) {
+        (Target::Collection { kind, .. }, &Method::POST)
+        | (Target::Item { kind, .. }, &Method::PUT | &Method::PATCH) => {
+            let validation = kube_openapi::FieldValidation::parse(
+                params.get("fieldValidation").map(String::as_str),
+            )?;
+            drop_unknown_fields(*kind, validation, body)?
+        }
+        _ => (body, Vec::new()),
+    };
     let call = objects::Call {
         state,
         principal: &principal,
@@ -502,19 +524,66 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         body: &body,
         view,
     };
+    let mut response = answer(&call, target, method, &body).await?;
+    for field in dropped {
+        // RFC 7234's warning form, as Kubernetes sends it; kubectl prints
+        // each.
+        let warning = format!("299 - \"unknown field \\\"{field}\\\"\"");
+        if let Ok(value) = axum::http::HeaderValue::from_str(&warning) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    Ok(response)
+}
+
+/// The body of a write with the fields its kind does not have dropped,
+/// and their paths, when `validation` says to drop them; as it came
+/// otherwise (admission then refuses such a field, naming it).
+fn drop_unknown_fields(
+    kind: Kind,
+    validation: kube_openapi::FieldValidation,
+    body: bytes::Bytes,
+) -> Result<(bytes::Bytes, Vec<String>), ApiError> {
+    if validation == kube_openapi::FieldValidation::Strict {
+        return Ok((body, Vec::new()));
+    }
+    let Ok(mut object) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        // Not JSON: the handler refuses it as such.
+        return Ok((body, Vec::new()));
+    };
+    let dropped = kube_openapi::prune_unknown(kind, &mut object);
+    if dropped.is_empty() {
+        return Ok((body, Vec::new()));
+    }
+    let body = serde_json::to_vec(&object).expect("JSON serialises");
+    let dropped = match validation {
+        kube_openapi::FieldValidation::Warn => dropped,
+        _ => Vec::new(),
+    };
+    Ok((body.into(), dropped))
+}
+
+/// The answer to a call whose target, caller and body are known.
+async fn answer(
+    call: &objects::Call<'_>,
+    target: Target,
+    method: Method,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let (state, principal, caller, params) = (call.state, call.principal, call.caller, call.params);
     match (target, method) {
         (Target::Lease { node }, method) => call.lease(&node, method).await,
         (Target::PodLog { namespace, name }, Method::GET) => {
-            logs::get(state, &principal, caller, &namespace, &name, &params).await
+            logs::get(state, principal, caller, &namespace, &name, params).await
         }
-        (Target::NodeMetrics, Method::GET) => usage::nodes(state, &principal).await,
-        (Target::Whoami, Method::GET) => Ok(axum::Json(whoami(&principal)).into_response()),
-        (Target::Manifests, Method::POST) => manifests::apply(&call).await,
+        (Target::NodeMetrics, Method::GET) => usage::nodes(state, principal).await,
+        (Target::Whoami, Method::GET) => Ok(axum::Json(whoami(principal)).into_response()),
+        (Target::Manifests, Method::POST) => manifests::apply(call).await,
         (Target::Manifests, method) => Err(ApiError::MethodNotAllowed(format!(
             "{method} is not allowed here: a manifest is applied with POST"
         ))),
         (Target::PodMetrics { namespace }, Method::GET) => {
-            usage::pods(state, &principal, namespace.as_deref(), &params).await
+            usage::pods(state, principal, namespace.as_deref(), params).await
         }
         (
             Target::PodLog { .. }
@@ -525,15 +594,18 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         ) => Err(ApiError::MethodNotAllowed(format!(
             "{method} is not allowed here: logs, usage and whoami are read with GET"
         ))),
-        (Target::ProxyKey { node }, Method::GET) => proxy_key::get(state, &principal, &node).await,
+        (Target::ProxyKey { node }, Method::GET) => proxy_key::get(state, principal, &node).await,
         (Target::AccountToken { namespace, name }, Method::POST) => {
-            tokens::account_token(state, &principal, &namespace, &name, &body).await
+            tokens::account_token(state, principal, &namespace, &name, body).await
+        }
+        (Target::Scale { namespace, name }, method) => {
+            scale::handle(call, &namespace, &name, &method).await
         }
         (Target::Activate { namespace, name }, Method::POST) => {
-            activate(state, &principal, &namespace, &name).await
+            activate(state, principal, &namespace, &name).await
         }
         (Target::Tokens { namespace, id }, method) => {
-            tokens::handle(state, &principal, namespace, id, method, &body).await
+            tokens::handle(state, principal, namespace, id, method, body).await
         }
         (Target::Collection { kind, namespace }, Method::GET) => {
             call.list_or_watch(kind, namespace).await

@@ -563,8 +563,15 @@ fn add_kind_paths(paths: &mut Map<String, Value>, kind: Kind) {
             ),
         })
     };
+    let field_validation = parameter(
+        "fieldValidation",
+        "query",
+        "what a field this kind does not have gets: Strict (default) refuses the write, Warn drops it and says so in a Warning header, Ignore drops it",
+        json!({"type": "string", "enum": ["Strict", "Warn", "Ignore"]}),
+    );
     let create_op = json!({
         "summary": format!("Create a {name}"),
+        "parameters": [field_validation],
         "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref(&create_schema(kind))}}},
         "responses": errors(Map::from_iter([("201".to_owned(), object_response("created", object.clone()))]), &["400", "401", "403", "404", "409", "413", "422"]),
     });
@@ -586,11 +593,13 @@ fn add_kind_paths(paths: &mut Map<String, Value>, kind: Kind) {
         };
         ops.insert("put".into(), json!({
             "summary": format!("Replace a {what}; a stale metadata.resourceVersion gets 409"),
+            "parameters": [field_validation],
             "requestBody": {"required": true, "content": {"application/json": {"schema": body}}},
             "responses": errors(Map::from_iter([("200".to_owned(), object_response("the stored object", object.clone()))]), &["400", "401", "403", "404", "409", "413", "422"]),
         }));
         ops.insert("patch".into(), json!({
             "summary": format!("Patch a {what} with a JSON merge patch (RFC 7386)"),
+            "parameters": [field_validation],
             "requestBody": {"required": true, "content": {"application/merge-patch+json": {"schema": {"type": "object"}}}},
             "responses": errors(Map::from_iter([("200".to_owned(), object_response("the stored object", object.clone()))]), &["400", "401", "403", "404", "409", "413", "422"]),
         }));

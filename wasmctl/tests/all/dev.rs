@@ -13,16 +13,16 @@ use crate::support::{
     example, http_request, https_get, path_str, stderr_of, stdout_of, temp_dir, test_guest, wasmctl,
 };
 
-struct Dev {
-    data: std::path::PathBuf,
-    config: std::path::PathBuf,
-    api: SocketAddr,
-    ingress: SocketAddr,
-    registry: SocketAddr,
+pub struct Dev {
+    pub data: std::path::PathBuf,
+    pub config: std::path::PathBuf,
+    pub api: SocketAddr,
+    pub ingress: SocketAddr,
+    pub registry: SocketAddr,
 }
 
 impl Dev {
-    fn new() -> Dev {
+    pub fn new() -> Dev {
         let data = temp_dir("dev");
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         Dev {
@@ -34,7 +34,7 @@ impl Dev {
         }
     }
 
-    fn command(&self, extra: &[&str]) -> Command {
+    pub fn command(&self, extra: &[&str]) -> Command {
         let mut command = wasmctl();
         command
             .args(["dev", "--data-dir", path_str(&self.data)])
@@ -49,13 +49,13 @@ impl Dev {
 
     /// Starts it and waits for the line starting with `ready`; returns the
     /// process and the rest of that line.
-    fn start(&self, extra: &[&str], ready: &str) -> (Child, String) {
+    pub fn start(&self, extra: &[&str], ready: &str) -> (Child, String) {
         let (child, rest, _log) = spawn_logged(self.command(extra), ready, "wasmctl dev");
         (child, rest)
     }
 
     /// The admin token this start of it wrote into the data directory.
-    fn admin_token(&self) -> String {
+    pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.data.join("admin-token"))
             .expect("the admin token is kept in the data directory")
             .trim()
@@ -64,7 +64,7 @@ impl Dev {
 
     /// The API's answer to a GET of `path` with `token`, over TLS trusting
     /// only the cluster's CA.
-    fn api_get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+    pub fn api_get(&self, path: &str, token: Option<&str>) -> (u16, String) {
         https_get(
             &format!("https://{}{path}", self.api),
             &self.data.join("tls/ca.crt"),
@@ -74,13 +74,13 @@ impl Dev {
     }
 
     /// The status of the API's answer to a GET of `path` with `token`.
-    fn api_status(&self, path: &str, token: &str) -> u16 {
+    pub fn api_status(&self, path: &str, token: &str) -> u16 {
         self.api_get(&format!("/apis/skiff.dev/v1/{path}"), Some(token))
             .0
     }
 
     /// `wasmctl ARGS` on the context this cluster wrote.
-    fn wasmctl(&self, args: &[&str]) -> std::process::Output {
+    pub fn wasmctl(&self, args: &[&str]) -> std::process::Output {
         wasmctl()
             .args(args)
             .env("WASMCTL_CONFIG", &self.config)
@@ -88,7 +88,7 @@ impl Dev {
             .expect("wasmctl runs")
     }
 
-    fn get(&self, path: &str) -> Option<(u16, String)> {
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
         http_request(self.ingress, "hello-http.default.pod.localhost", path, &[])
             .ok()
             .map(|r| (r.status, r.body))
@@ -108,7 +108,7 @@ impl Drop for Dev {
     }
 }
 
-fn stop(mut child: Child) {
+pub fn stop(mut child: Child) {
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -13,6 +13,7 @@ mod egress;
 mod events;
 mod fair_share;
 mod ingress_trust;
+mod kubectl;
 mod linux;
 mod logs;
 mod metrics;

