@@ -358,6 +358,51 @@ fn kubectl_drives_a_dev_cluster_through_its_kubeconfig() {
     assert_eq!(web["metadata"]["labels"]["team"], "edge");
     assert_eq!(web["metadata"]["annotations"]["owner"], "ops");
     assert_eq!(web["spec"]["replicas"], 2);
+    // create and replace take a manifest whole.
+    let settings = "apiVersion: skiff.dev/v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  colour: blue\n";
+    let created = kubectl.run(&["create", "-f", "-"], Some(settings));
+    assert!(created.status.success(), "{}", stderr_of(&created));
+    assert_eq!(
+        stdout_of(&created).trim(),
+        "configmap.skiff.dev/settings created"
+    );
+    let again = kubectl.run(&["create", "-f", "-"], Some(settings));
+    assert!(!again.status.success());
+    assert!(
+        stderr_of(&again).contains("AlreadyExists"),
+        "{}",
+        stderr_of(&again)
+    );
+    let replaced = kubectl.run(
+        &["replace", "-f", "-"],
+        Some(&settings.replace("blue", "red")),
+    );
+    assert!(replaced.status.success(), "{}", stderr_of(&replaced));
+    assert_eq!(
+        kubectl.json(&["get", "cm", "settings"])["data"]["colour"],
+        "red"
+    );
+    // kubectl edit, with an editor that changes one label.
+    let edited = kubectl
+        .command(&["edit", "deploy", "web"])
+        .env("KUBE_EDITOR", "sed -i s/edge/core/")
+        .output()
+        .unwrap();
+    assert!(edited.status.success(), "{}", stderr_of(&edited));
+    assert_eq!(stdout_of(&edited).trim(), "deployment.skiff.dev/web edited");
+    let web = kubectl.json(&["get", "deploy", "web"]);
+    assert_eq!(web["metadata"]["labels"]["team"], "core");
+    // `get all`: what runs and what serves.
+    let all = kubectl.ok(&["get", "all"]);
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("deployment.skiff.dev/web ")),
+        "{all}"
+    );
+    assert!(
+        all.lines().any(|l| l.starts_with("pod.skiff.dev/web-")),
+        "{all}"
+    );
     let yaml = kubectl.ok(&["get", "deploy", "web", "-o", "yaml"]);
     let parsed: Value = serde_yaml_ng::from_str(&yaml).expect("kubectl prints YAML");
     assert_eq!(parsed["metadata"]["uid"], web["metadata"]["uid"]);
@@ -376,9 +421,11 @@ fn kubectl_drives_a_dev_cluster_through_its_kubeconfig() {
         "{explained}"
     );
 
-    // Delete; its pods follow.
+    // Delete in the foreground: the Deployment goes once its pods have.
     assert_eq!(
-        kubectl.ok(&["delete", "deploy", "web"]).trim(),
+        kubectl
+            .ok(&["delete", "deploy", "web", "--cascade=foreground"])
+            .trim(),
         "deployment.skiff.dev \"web\" deleted"
     );
     assert!(
@@ -388,6 +435,12 @@ fn kubectl_drives_a_dev_cluster_through_its_kubeconfig() {
                 .is_some_and(Vec::is_empty)
         }),
         "web's pods stayed"
+    );
+    let gone = kubectl.run(&["get", "deploy", "web"], None);
+    assert!(
+        !gone.status.success() && stderr_of(&gone).contains("NotFound"),
+        "{}",
+        stderr_of(&gone)
     );
     stop(child);
 }
