@@ -40,6 +40,8 @@ const STATUS_VERBS: [&str; 3] = ["get", "patch", "update"];
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/version", get(version))
+        // The Python client asks with a trailing slash.
+        .route("/version/", get(version))
         .route("/api", get(core))
         .route("/apis", get(groups))
         .route("/apis/skiff.dev", get(group))

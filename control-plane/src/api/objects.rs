@@ -901,9 +901,15 @@ impl Call<'_> {
             expect_revision(key, &current, expected_revision)?;
             return Ok(Json(current).into_response());
         }
-        if options.propagation_policy == Some(PropagationPolicy::Foreground) {
+        let marking = match options.propagation_policy {
+            Some(PropagationPolicy::Foreground) => Some(Part::ForegroundDeletion),
+            Some(PropagationPolicy::Orphan) => Some(Part::OrphanDeletion),
+            Some(PropagationPolicy::Background) | None => None,
+        };
+        if let Some(part) = marking {
             // Marked now, deleted by the garbage collector once its
-            // dependents are gone.
+            // dependents are gone (foreground) or no longer its own
+            // (orphan).
             if let Some(uid) = &preconditions.uid {
                 let current = self.state.store.get(key).await?;
                 if current.is_some_and(|c| c["metadata"]["uid"].as_str() != Some(uid)) {
@@ -916,7 +922,7 @@ impl Call<'_> {
                 .write(Write::Update {
                     key: key.clone(),
                     object: json!(crate::store::now_rfc3339()),
-                    part: Part::ForegroundDeletion,
+                    part,
                     expected_revision,
                 })
                 .await?;

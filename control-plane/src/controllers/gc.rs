@@ -2,8 +2,10 @@
 //! `ownerReferences` name is gone (background propagation: the owner goes
 //! first, its dependents after), or is being deleted in the foreground
 //! (then the owner, marked with `foregroundDeletion`, is deleted once its
-//! last dependent has gone). Deletions cascade, since a dependent's
-//! deletion is in turn seen as an owner's.
+//! last dependent has gone), and deletes an owner marked `orphan` once it
+//! has taken the owner's references off its dependents, which stay.
+//! Deletions cascade, since a dependent's deletion is in turn seen as an
+//! owner's.
 //!
 //! It follows every kind by watch and keeps a graph of owners and
 //! dependents. The watches of different kinds are not ordered with one
@@ -15,10 +17,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
-use skiff_api::meta::{deleting_in_foreground, namespace_and_name};
+use skiff_api::meta::{deleting_in_foreground, namespace_and_name, orphaning};
 use skiff_api::{EventType, Kind};
 
-use crate::store::{ObjectKey, Store, StoreError, Write};
+use crate::store::{ObjectKey, Part, Store, StoreError, Write};
 use crate::watch::{self, WatchHub};
 
 /// How often every dependent with a missing owner is checked again, for
@@ -41,6 +43,9 @@ struct Graph {
     /// Uids of objects being deleted in the foreground: to their dependents
     /// they count as gone.
     deleting: HashSet<String>,
+    /// Uids of objects being deleted with their dependents orphaned: alive
+    /// to their dependents until their references are off them.
+    orphaning: HashSet<String>,
     /// Dependents and the owners they name.
     owners: HashMap<ObjectKey, (String, Vec<Owner>)>,
     /// Owner uid → its dependents.
@@ -65,6 +70,9 @@ impl Graph {
             self.deleting.insert(uid.clone());
             woken.push(key.clone());
             woken.extend(self.dependents.get(&uid).into_iter().flatten().cloned());
+        } else if orphaning(object) {
+            self.orphaning.insert(uid.clone());
+            woken.push(key.clone());
         }
         if owners.is_empty() {
             return woken;
@@ -95,6 +103,7 @@ impl Graph {
         };
         self.live.remove(&uid);
         self.deleting.remove(&uid);
+        self.orphaning.remove(&uid);
         let mut woken = HashSet::new();
         if let Some((_, owners)) = self.owners.remove(key) {
             for owner in owners {
@@ -124,7 +133,7 @@ impl Graph {
         let deleting = self
             .uids
             .iter()
-            .filter(|(_, uid)| self.deleting.contains(*uid))
+            .filter(|(_, uid)| self.deleting.contains(*uid) || self.orphaning.contains(*uid))
             .map(|(key, _)| key);
         orphans.chain(deleting)
     }
@@ -220,6 +229,12 @@ async fn collect(store: &Store, graph: &Graph, key: &ObjectKey) -> Result<(), St
         }
         return Ok(());
     }
+    if graph.orphaning.contains(uid) {
+        for dependent in graph.dependents.get(uid).into_iter().flatten() {
+            disown(store, dependent, uid).await?;
+        }
+        return delete(store, key, uid, "its dependents are orphaned").await;
+    }
     let Some((_, owners)) = graph.owners.get(key) else {
         return Ok(());
     };
@@ -235,6 +250,52 @@ async fn collect(store: &Store, graph: &Graph, key: &ObjectKey) -> Result<(), St
         }
     }
     delete(store, key, uid, "its owners are gone").await
+}
+
+/// Takes the reference to the owner with `owner_uid` off `key`, as a
+/// write conditional on the version read (read again on a lost race).
+async fn disown(store: &Store, key: &ObjectKey, owner_uid: &str) -> Result<(), StoreError> {
+    for _ in 0..5 {
+        let Some(mut object) = store.get(key).await? else {
+            return Ok(());
+        };
+        let revision = object["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|rv| rv.parse().ok());
+        let Some(references) = object["metadata"]["ownerReferences"].as_array_mut() else {
+            return Ok(());
+        };
+        let before = references.len();
+        references.retain(|r| r["uid"].as_str() != Some(owner_uid));
+        if references.len() == before {
+            return Ok(());
+        }
+        if references.is_empty()
+            && let Some(meta) = object["metadata"].as_object_mut()
+        {
+            meta.remove("ownerReferences");
+        }
+        match store
+            .write(Write::Update {
+                key: key.clone(),
+                object,
+                part: Part::Main,
+                expected_revision: revision,
+            })
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(StoreError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "{} {}/{} kept changing while its owner's reference was taken off",
+        key.kind.name(),
+        key.namespace,
+        key.name
+    )))
 }
 
 /// Deletes `key` if it is still the object with `uid`.

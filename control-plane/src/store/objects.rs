@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 use skiff_api::Kind;
-use skiff_api::meta::{FOREGROUND_FINALIZER, deleting_in_foreground};
+use skiff_api::meta::{FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
 
 use super::StoreError;
 
@@ -26,6 +26,10 @@ pub enum Part {
     /// finalizer; the garbage collector deletes it once its dependents are
     /// gone.
     ForegroundDeletion,
+    /// As `ForegroundDeletion`, with the `orphan` finalizer: the garbage
+    /// collector takes the object's references off its dependents, then
+    /// deletes it, and they stay.
+    OrphanDeletion,
 }
 
 /// The stored form of a newly created object: identity and bookkeeping set
@@ -85,22 +89,8 @@ pub fn updated(
             next["status"] = incoming;
             next
         }
-        Part::ForegroundDeletion => {
-            let mut next = existing.clone();
-            let meta = &mut next["metadata"];
-            if !meta["deletionTimestamp"].is_string() {
-                meta["deletionTimestamp"] = incoming;
-            }
-            if !deleting_in_foreground(&next) {
-                let mut finalizers = next["metadata"]["finalizers"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                finalizers.push(json!(FOREGROUND_FINALIZER));
-                next["metadata"]["finalizers"] = json!(finalizers);
-            }
-            next
-        }
+        Part::ForegroundDeletion => mark_deleted(existing, incoming, FOREGROUND_FINALIZER),
+        Part::OrphanDeletion => mark_deleted(existing, incoming, ORPHAN_FINALIZER),
     };
     next["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"].clone();
     if &next == existing {
@@ -108,6 +98,23 @@ pub fn updated(
     }
     next["metadata"]["resourceVersion"] = json!(revision.to_string());
     Ok(Some(next))
+}
+
+/// The object marked deleted (`deletionTimestamp`, the incoming value
+/// unless already set) and held by `finalizer` until the garbage collector
+/// has done what it stands for.
+fn mark_deleted(existing: &Value, incoming: Value, finalizer: &str) -> Value {
+    let mut next = existing.clone();
+    let meta = &mut next["metadata"];
+    if !meta["deletionTimestamp"].is_string() {
+        meta["deletionTimestamp"] = incoming;
+    }
+    let mut finalizers = meta["finalizers"].as_array().cloned().unwrap_or_default();
+    if !finalizers.iter().any(|f| f == finalizer) {
+        finalizers.push(json!(finalizer));
+    }
+    meta["finalizers"] = json!(finalizers);
+    next
 }
 
 /// The stored object as it is reported deleted.

@@ -70,6 +70,17 @@ pub struct ObjectMeta {
 
 /// The finalizer of an object deleted in the foreground.
 pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// The finalizer of an object deleted with its dependents left in place.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+/// Whether an object (in its JSON form) is being deleted with its
+/// dependents orphaned: still there until its references are off them.
+pub fn orphaning(object: &serde_json::Value) -> bool {
+    object["metadata"]["deletionTimestamp"].is_string()
+        && object["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == ORPHAN_FINALIZER))
+}
 
 /// Whether an object (in its JSON form) is being deleted in the
 /// foreground: still there, waiting for its dependents to go.
@@ -236,7 +247,8 @@ pub struct DeleteOptions {
     pub preconditions: Option<Preconditions>,
     /// `Background` (default): the object goes at once, its dependents
     /// after. `Foreground`: the dependents go first, the object stays
-    /// (marked deleted) until they have.
+    /// (marked deleted) until they have. `Orphan`: the dependents stay,
+    /// their references to the object taken off before it goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub propagation_policy: Option<PropagationPolicy>,
     /// `["All"]`: every check of the delete, without deleting.
@@ -250,6 +262,8 @@ pub enum PropagationPolicy {
     #[default]
     Background,
     Foreground,
+    /// The object goes; its dependents stay, no longer owned.
+    Orphan,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]

@@ -421,6 +421,40 @@ fn kubectl_drives_a_dev_cluster_through_its_kubeconfig() {
         "{explained}"
     );
 
+    // Delete orphaning the dependents: the Deployment goes, its pods stay,
+    // no longer owned.
+    let keep = deployment(&image, 1, "keep", "")
+        .replace("name: web", "name: keep")
+        .replace("app: web", "app: keep");
+    applied(&keep);
+    assert!(
+        wait_until(WAIT, || kubectl.json(&["get", "deploy", "keep"])["status"]
+            ["readyReplicas"]
+            == 1),
+        "keep never had a ready pod"
+    );
+    assert_eq!(
+        kubectl
+            .ok(&["delete", "deploy", "keep", "--cascade=orphan"])
+            .trim(),
+        "deployment.skiff.dev \"keep\" deleted"
+    );
+    assert!(
+        wait_until(WAIT, || !kubectl
+            .run(&["get", "deploy", "keep"], None)
+            .status
+            .success()),
+        "keep was never deleted"
+    );
+    let kept = kubectl.json(&["get", "pods", "-l", "app=keep"]);
+    let kept = kept["items"].as_array().unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        kept[0]["metadata"].get("ownerReferences").is_none(),
+        "{:?}",
+        kept[0]
+    );
+
     // Delete in the foreground: the Deployment goes once its pods have.
     assert_eq!(
         kubectl
@@ -441,6 +475,131 @@ fn kubectl_drives_a_dev_cluster_through_its_kubeconfig() {
         !gone.status.success() && stderr_of(&gone).contains("NotFound"),
         "{}",
         stderr_of(&gone)
+    );
+    stop(child);
+}
+
+/// The official Python client (`kubernetes` from PyPI), installed once into
+/// a virtualenv of the build's.
+fn python_with_kubernetes() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kubernetes-venv");
+        let python = venv.join("bin/python");
+        let ready = |python: &Path| {
+            Command::new(python)
+                .args(["-c", "import kubernetes"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ready(&python) {
+            let made = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .expect("python3 runs");
+            assert!(
+                made.success(),
+                "creating a virtualenv for the Python client"
+            );
+            let installed = Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "kubernetes"])
+                .status()
+                .expect("pip runs");
+            assert!(
+                installed.success(),
+                "installing the kubernetes client from PyPI"
+            );
+        }
+        python
+    })
+}
+
+/// What the script does, as a user of the client would: the server's
+/// version, discovery through the dynamic client, a create, a list, a
+/// merge patch and a watch from the list's revision that sees it, and a
+/// create refused for a field the kind does not have. It prints what it
+/// saw as JSON; the test judges it.
+const PYTHON_CLIENT: &str = r#"
+import json, sys
+from kubernetes import client, config, dynamic, watch
+from kubernetes.client.rest import ApiException
+
+config.load_kube_config(config_file=sys.argv[1])
+seen = {"version": client.VersionApi().get_code().git_version}
+dyn = dynamic.DynamicClient(client.ApiClient())
+deployments = dyn.resources.get(api_version="skiff.dev/v1", kind="Deployment")
+seen["deployments"] = [deployments.name, deployments.namespaced, deployments.short_names]
+api = client.CustomObjectsApi()
+group, version = "skiff.dev", "v1"
+made = api.create_namespaced_custom_object(group, version, "default", "configmaps", {
+    "apiVersion": "skiff.dev/v1", "kind": "ConfigMap",
+    "metadata": {"name": "from-python"}, "data": {"colour": "blue"}})
+seen["created"] = made["metadata"]["resourceVersion"]
+listed = api.list_namespaced_custom_object(group, version, "default", "configmaps")
+seen["listed"] = [item["metadata"]["name"] for item in listed["items"]]
+api.patch_namespaced_custom_object(group, version, "default", "configmaps", "from-python",
+                                   {"data": {"colour": "red"}})
+stream = watch.Watch().stream(api.list_namespaced_custom_object, group, version, "default",
+                              "configmaps", resource_version=listed["metadata"]["resourceVersion"],
+                              timeout_seconds=60)
+for event in stream:
+    if event["object"]["metadata"]["name"] == "from-python":
+        seen["watched"] = [event["type"], event["object"]["data"]["colour"]]
+        break
+seen["dynamic_list"] = [d.metadata.name for d in deployments.get(namespace="default").items]
+try:
+    api.create_namespaced_custom_object(group, version, "default", "configmaps", {
+        "apiVersion": "skiff.dev/v1", "kind": "ConfigMap",
+        "metadata": {"name": "typo"}, "dataa": {"colour": "blue"}})
+    seen["typo"] = "created"
+except ApiException as e:
+    seen["typo"] = [e.status, json.loads(e.body)["message"]]
+print(json.dumps(seen))
+"#;
+
+#[test]
+fn the_python_client_discovers_lists_watches_and_writes() {
+    let dev = Dev::new();
+    let (child, _) = dev.start(&[], "Ctrl-C stops it.");
+    let output = wasmctl()
+        .args(["config", "kubeconfig"])
+        .env("WASMCTL_CONFIG", &dev.config)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let config = dev.data.with_extension("kubeconfig");
+    std::fs::write(&config, stdout_of(&output)).unwrap();
+    let ran = Command::new(python_with_kubernetes())
+        .args(["-c", PYTHON_CLIENT])
+        .arg(&config)
+        .output()
+        .expect("python runs");
+    assert!(ran.status.success(), "{}", stderr_of(&ran));
+    let seen: Value = serde_json::from_str(stdout_of(&ran).trim()).expect("the script prints JSON");
+    assert!(
+        seen["version"]
+            .as_str()
+            .is_some_and(|v| v.contains("skiff")),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["deployments"],
+        serde_json::json!(["deployments", true, ["deploy"]])
+    );
+    assert!(
+        seen["created"].as_str().is_some_and(|rv| !rv.is_empty()),
+        "{seen}"
+    );
+    assert_eq!(seen["listed"], serde_json::json!(["from-python"]));
+    assert_eq!(seen["watched"], serde_json::json!(["MODIFIED", "red"]));
+    assert_eq!(seen["dynamic_list"], serde_json::json!([]));
+    assert_eq!(seen["typo"][0], 422, "{seen}");
+    assert!(
+        seen["typo"][1]
+            .as_str()
+            .is_some_and(|m| m.contains("dataa")),
+        "{seen}"
     );
     stop(child);
 }
