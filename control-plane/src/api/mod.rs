@@ -525,15 +525,48 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         view,
     };
     let mut response = answer(&call, target, method, &body).await?;
-    for field in dropped {
-        // RFC 7234's warning form, as Kubernetes sends it; kubectl prints
-        // each.
-        let warning = format!("299 - \"unknown field \\\"{field}\\\"\"");
+    for warning in warnings(&dropped) {
         if let Ok(value) = axum::http::HeaderValue::from_str(&warning) {
             response.headers_mut().append(header::WARNING, value);
         }
     }
     Ok(response)
+}
+
+/// Most `Warning` headers one answer carries: a body of a million unknown
+/// fields gets a bounded answer.
+const MAX_WARNINGS: usize = 10;
+
+/// The `Warning` headers naming dropped fields, as Kubernetes words them
+/// (RFC 7234's form; kubectl prints each), at most [`MAX_WARNINGS`] and a
+/// last one counting the rest. A field's name is the caller's text: its
+/// quotes and backslashes are escaped and anything outside printable ASCII
+/// is written as `\u{..}`, so it stays inside its quoted string.
+fn warnings(dropped: &[String]) -> Vec<String> {
+    let quoted = |text: &str| {
+        text.chars()
+            .map(|c| match c {
+                '"' | '\\' => format!("\\{c}"),
+                ' '..='~' => c.to_string(),
+                other => other.escape_unicode().to_string(),
+            })
+            .collect::<String>()
+    };
+    let mut warnings: Vec<String> = dropped
+        .iter()
+        .take(MAX_WARNINGS)
+        .map(|field| {
+            let text = format!("unknown field \"{}\"", quoted(field));
+            format!("299 - \"{}\"", quoted(&text))
+        })
+        .collect();
+    if dropped.len() > MAX_WARNINGS {
+        warnings.push(format!(
+            "299 - \"and {} more unknown fields\"",
+            dropped.len() - MAX_WARNINGS
+        ));
+    }
+    warnings
 }
 
 /// The body of a write with the fields its kind does not have dropped,
@@ -835,6 +868,27 @@ mod tests {
         for (path, want) in cases {
             assert_eq!(parse_target(path).unwrap(), want, "{path}");
         }
+    }
+
+    #[test]
+    fn warnings_stay_inside_their_quotes_and_are_bounded() {
+        let odd = ["spec.a\"b", "spec.c\\d", "spec.\u{7}\n\u{e9}"].map(String::from);
+        let warnings = warnings(&odd);
+        assert_eq!(warnings[0], r#"299 - "unknown field \"spec.a\\\"b\"""#);
+        for warning in &warnings {
+            assert!(
+                axum::http::HeaderValue::from_str(warning).is_ok(),
+                "{warning}"
+            );
+            assert!(warning.is_ascii(), "{warning}");
+        }
+        let many: Vec<String> = (0..1000).map(|i| format!("f{i}")).collect();
+        let warnings = super::warnings(&many);
+        assert_eq!(warnings.len(), MAX_WARNINGS + 1);
+        assert_eq!(
+            warnings.last().unwrap(),
+            "299 - \"and 990 more unknown fields\""
+        );
     }
 
     #[test]

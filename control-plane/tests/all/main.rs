@@ -14,6 +14,7 @@ mod events;
 mod fuzz_api;
 mod gc;
 mod hardening;
+mod kube_api;
 mod logs;
 mod manifests;
 mod metrics;

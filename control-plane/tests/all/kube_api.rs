@@ -1,0 +1,278 @@
+//! What Kubernetes clients are served besides objects, as a hostile or
+//! merely mistaken tenant meets it: the scale subresource under the
+//! Deployment's roles, Tables under the list's, dropped fields named in a
+//! bounded set of warnings, and discovery only with a token.
+
+use serde_json::{Value, json};
+use skiff_api::Kind;
+
+use crate::auth::token;
+use crate::support::{Cluster, client, http_client};
+
+const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+
+/// A request's status, headers and JSON answer.
+async fn call(
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    accept: Option<&str>,
+    body: Option<(&str, Value)>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = http_client().request(method, url).bearer_auth(token);
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    if let Some((content_type, body)) = body {
+        request = request
+            .header("content-type", content_type)
+            .body(body.to_string());
+    }
+    let response = request.send().await.expect("the server answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (
+        status,
+        headers,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_tables_and_dropped_fields_keep_to_the_callers_roles() {
+    let cluster = Cluster::new();
+    let plane = cluster.serve(&[]);
+    let admin = client(&plane, &cluster.admin_token);
+    for ns in ["shop", "rival"] {
+        let namespace =
+            json!({"apiVersion": "skiff.dev/v1", "kind": "Namespace", "metadata": {"name": ns}});
+        admin
+            .create(Kind::Namespace, None, &namespace)
+            .await
+            .unwrap();
+    }
+    let web = json!({
+        "apiVersion": "skiff.dev/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"image": "reg.example/web:v1"}}},
+    });
+    admin
+        .create(Kind::Deployment, Some("shop"), &web)
+        .await
+        .unwrap();
+    let viewer = token(&admin, Some("shop"), "view", None).await;
+    let editor = token(&admin, Some("shop"), "edit", None).await;
+    let rival = token(&admin, Some("rival"), "admin", None).await;
+    let scale = format!(
+        "{}/apis/skiff.dev/v1/namespaces/shop/deployments/web/scale",
+        plane.url
+    );
+    let patch = |replicas: u64| {
+        Some((
+            "application/merge-patch+json",
+            json!({"spec": {"replicas": replicas}}),
+        ))
+    };
+
+    // A view token reads the scale and may not write it; another
+    // namespace's token may not even read it, and learns nothing.
+    let (status, _, read) = call(reqwest::Method::GET, scale.clone(), &viewer, None, None).await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["kind"], "Scale");
+    assert_eq!(read["spec"]["replicas"], 1);
+    assert_eq!(read["status"]["selector"], "app=web");
+    let (status, _, _) = call(
+        reqwest::Method::PATCH,
+        scale.clone(),
+        &viewer,
+        None,
+        patch(5),
+    )
+    .await;
+    assert_eq!(status, 403);
+    for method in [reqwest::Method::GET, reqwest::Method::PATCH] {
+        let (status, _, _) = call(method, scale.clone(), &rival, None, patch(5)).await;
+        assert_eq!(status, 403);
+    }
+    let missing = scale.replace("/web/", "/nothing/");
+    let (status, _, _) = call(reqwest::Method::GET, missing, &rival, None, None).await;
+    assert_eq!(
+        status, 403,
+        "a missing Deployment answers as a forbidden one"
+    );
+
+    // An edit token scales; a stale version is a conflict; a Scale naming
+    // another Deployment, or a negative count, is refused; nothing else
+    // of the Deployment moves.
+    let before = admin
+        .get(Kind::Deployment, Some("shop"), "web")
+        .await
+        .unwrap();
+    let (status, _, scaled) = call(
+        reqwest::Method::PATCH,
+        scale.clone(),
+        &editor,
+        None,
+        patch(3),
+    )
+    .await;
+    assert_eq!(status, 200, "{scaled}");
+    assert_eq!(scaled["spec"]["replicas"], 3);
+    let mut stale = read.clone();
+    stale["spec"]["replicas"] = json!(4);
+    let (status, _, _) = call(
+        reqwest::Method::PUT,
+        scale.clone(),
+        &editor,
+        None,
+        Some(("application/json", stale.clone())),
+    )
+    .await;
+    assert_eq!(status, 409);
+    let mut other = scaled.clone();
+    other["metadata"]["name"] = json!("api");
+    let (status, _, answer) = call(
+        reqwest::Method::PUT,
+        scale.clone(),
+        &editor,
+        None,
+        Some(("application/json", other)),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    let (status, _, answer) = call(
+        reqwest::Method::PATCH,
+        scale.clone(),
+        &editor,
+        None,
+        Some((
+            "application/merge-patch+json",
+            json!({"spec": {"replicas": -1}}),
+        )),
+    )
+    .await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spec.replicas"),
+        "{answer}"
+    );
+    let stored = admin
+        .get(Kind::Deployment, Some("shop"), "web")
+        .await
+        .unwrap();
+    assert_eq!(stored["spec"]["replicas"], 3);
+    assert_eq!(stored["spec"]["template"], before["spec"]["template"]);
+
+    // Tables: the list's roles. A view token gets pods as a Table, not
+    // Secrets; a rival gets neither.
+    let pods = format!(
+        "{}/apis/skiff.dev/v1/namespaces/shop/deployments",
+        plane.url
+    );
+    let (status, _, table) = call(
+        reqwest::Method::GET,
+        pods.clone(),
+        &viewer,
+        Some(TABLE),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{table}");
+    assert_eq!(table["kind"], "Table");
+    assert_eq!(table["rows"][0]["cells"][0], "web");
+    assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    let secrets = format!("{}/apis/skiff.dev/v1/namespaces/shop/secrets", plane.url);
+    let (status, _, _) = call(reqwest::Method::GET, secrets, &viewer, Some(TABLE), None).await;
+    assert_eq!(status, 403);
+    let (status, _, _) = call(reqwest::Method::GET, pods, &rival, Some(TABLE), None).await;
+    assert_eq!(status, 403);
+
+    // Dropped fields: named in warnings, a bounded number of them, each a
+    // header value however odd the name.
+    let mut noisy = json!({"apiVersion": "skiff.dev/v1", "kind": "ConfigMap",
+                           "metadata": {"name": "noisy"}, "data": {"k": "v"}});
+    for i in 0..50 {
+        noisy[format!("extra\"{i}\n")] = json!(i);
+    }
+    let configmaps = format!("{}/apis/skiff.dev/v1/namespaces/shop/configmaps", plane.url);
+    let (status, headers, created) = call(
+        reqwest::Method::POST,
+        format!("{configmaps}?fieldValidation=Warn"),
+        &editor,
+        None,
+        Some(("application/json", noisy.clone())),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let warnings: Vec<&str> = headers
+        .get_all("warning")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 11, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("299 - \"unknown field \\\"extra\\\\\\\""),
+        "{warnings:?}"
+    );
+    assert_eq!(warnings[10], "299 - \"and 40 more unknown fields\"");
+    assert!(
+        created
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| !k.starts_with("extra"))
+    );
+    // Strict, the default, refuses the same body and writes nothing.
+    noisy["metadata"]["name"] = json!("strict");
+    let (status, _, refused) = call(
+        reqwest::Method::POST,
+        configmaps.clone(),
+        &editor,
+        None,
+        Some(("application/json", noisy)),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        admin
+            .get(Kind::ConfigMap, Some("shop"), "strict")
+            .await
+            .is_err()
+    );
+    let (status, _, answer) = call(
+        reqwest::Method::POST,
+        format!("{configmaps}?fieldValidation=Lax"),
+        &editor,
+        None,
+        Some(("application/json", json!({}))),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("fieldValidation: "),
+        "{answer}"
+    );
+
+    // Discovery and the documents: any token, and only with one.
+    for path in [
+        "/version",
+        "/api",
+        "/apis",
+        "/apis/skiff.dev/v1",
+        "/openapi/v3",
+        "/openapi/v2",
+    ] {
+        let url = format!("{}{path}", plane.url);
+        let (status, _, _) = call(reqwest::Method::GET, url.clone(), &rival, None, None).await;
+        assert_eq!(status, 200, "{path}");
+        let (status, _, _) = call(reqwest::Method::GET, url, "not-a-token", None, None).await;
+        assert_eq!(status, 401, "{path}");
+    }
+}
