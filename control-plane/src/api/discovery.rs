@@ -14,7 +14,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use skiff_api::Kind;
 
-use super::{ApiError, AppState, authenticate, client_address};
+use super::{AppState, accept_ranges, signed_in};
 
 /// The group and version Skiff's own kinds are served under.
 pub const GROUP: &str = "skiff.dev";
@@ -186,13 +186,7 @@ fn group_version() -> Value {
 
 /// Which aggregated form `Accept` asks for first, if any.
 fn aggregated_version(headers: &HeaderMap) -> Option<(&'static str, &'static str)> {
-    let accept = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','));
-    for range in accept {
-        let parameters: Vec<&str> = range.split(';').map(str::trim).collect();
+    for parameters in accept_ranges(headers) {
         let has = |p: &str| parameters.contains(&p);
         if !matches!(parameters.first(), Some(&"application/json")) {
             continue;
@@ -227,15 +221,6 @@ fn aggregated(api_version: &str, content_type: &'static str, items: Vec<Value>) 
         .headers_mut()
         .insert(header::VARY, HeaderValue::from_static("Accept"));
     response
-}
-
-/// The request's headers once its token is known good. The request is
-/// taken apart first: its body is not shared across an await.
-async fn signed_in(state: &AppState, request: Request) -> Result<HeaderMap, ApiError> {
-    let client = client_address(&request);
-    let (parts, _) = request.into_parts();
-    authenticate(state, &parts.headers, client).await?;
-    Ok(parts.headers)
 }
 
 /// `/version`: the Kubernetes API level and this build.

@@ -20,7 +20,7 @@ use sha2::Digest;
 use skiff_api::Kind;
 
 use super::discovery::{GROUP, VERSION};
-use super::{ApiError, AppState, Target, authenticate, client_address, parse_target};
+use super::{ApiError, AppState, Target, accept_ranges, parse_target, signed_in};
 
 const PREFIX: &str = "/apis/skiff.dev/v1/";
 
@@ -116,13 +116,6 @@ fn repoint(value: &mut Value) {
     }
 }
 
-async fn signed_in(state: &AppState, request: Request) -> Result<HeaderMap, ApiError> {
-    let client = client_address(&request);
-    let (parts, _) = request.into_parts();
-    authenticate(state, &parts.headers, client).await?;
-    Ok(parts.headers)
-}
-
 fn json_answer(value: &Value) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -134,12 +127,9 @@ fn json_answer(value: &Value) -> Response {
 /// Whether `Accept` takes JSON (or says nothing); a client asking only for
 /// the protobuf form gets a 406 it can act on, not JSON it cannot parse.
 fn takes_json(headers: &HeaderMap) -> bool {
-    let ranges: Vec<&str> = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|r| r.split(';').next().unwrap_or_default().trim())
+    let ranges: Vec<&str> = accept_ranges(headers)
+        .into_iter()
+        .map(|range| range.first().copied().unwrap_or_default())
         .collect();
     ranges.is_empty()
         || ranges

@@ -168,6 +168,28 @@ impl Readiness {
     }
 }
 
+/// The media ranges of a request's `Accept`, in order, each split into
+/// its media type and its parameters (`as=Table`), trimmed.
+pub(crate) fn accept_ranges(headers: &HeaderMap) -> Vec<Vec<&str>> {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|range| range.split(';').map(str::trim).collect())
+        .collect()
+}
+
+/// The request's headers once its token is known good (for answers that
+/// read nothing else of it). The request is taken apart first: its body
+/// is not shared across an await.
+pub(crate) async fn signed_in(state: &AppState, request: Request) -> Result<HeaderMap, ApiError> {
+    let client = client_address(&request);
+    let (parts, _) = request.into_parts();
+    authenticate(state, &parts.headers, client).await?;
+    Ok(parts.headers)
+}
+
 /// The bearer token of a request, if it has one.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers

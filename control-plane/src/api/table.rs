@@ -3,7 +3,7 @@
 //! says), or only the objects' metadata (`PartialObjectMetadata`). The
 //! columns are `wasmctl get`'s, from [`skiff_api::columns`].
 
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use serde_json::{Value, json};
 use skiff_api::Kind;
 use skiff_api::columns;
@@ -49,13 +49,8 @@ impl View {
                 )));
             }
         };
-        let accept = headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','));
-        for range in accept {
-            let mut parts = range.split(';').map(str::trim);
+        for range in super::accept_ranges(headers) {
+            let mut parts = range.into_iter();
             let media = parts.next().unwrap_or_default();
             let (mut as_, mut group, mut version) = ("", "", "");
             for parameter in parts {
@@ -176,7 +171,7 @@ pub fn many(view: View, kind: Kind, objects: Vec<Value>, list: Value) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderValue, header};
 
     use super::*;
 
