@@ -6,6 +6,7 @@
 pub mod addresses;
 pub mod columns;
 pub mod kinds;
+pub mod kube;
 pub mod meta;
 pub mod outbound;
 pub mod policy;
