@@ -7,14 +7,14 @@
 //! token, as every other answer of this API but health does.
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 use skiff_api::Kind;
 
-use super::{AppState, accept_ranges, signed_in};
+use super::{ApiError, AppState, accept_ranges, signed_in};
 
 /// The group and version Skiff's own kinds are served under.
 pub const GROUP: &str = "skiff.dev";
@@ -43,9 +43,235 @@ pub fn router() -> Router<AppState> {
         // The Python client asks with a trailing slash.
         .route("/version/", get(version))
         .route("/api", get(core))
+        .route("/api/v1", get(core_resources))
         .route("/apis", get(groups))
-        .route("/apis/skiff.dev", get(group))
-        .route("/apis/skiff.dev/v1", get(resources))
+        .route("/apis/{group}", get(group))
+        .route("/apis/{group}/{version}", get(group_resources))
+}
+
+/// A group-version this server serves: Kubernetes' core (`""`, `v1`),
+/// `apps/v1`, and Skiff's own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Core,
+    Apps,
+    /// `metrics.k8s.io/v1beta1`: what pods and nodes use (`kubectl top`).
+    Metrics,
+    Skiff,
+}
+
+impl Served {
+    /// The groups under `/apis`, in the order clients prefer them: a
+    /// Kubernetes kind's own group before Skiff's for the same name.
+    const GROUPS: [Served; 3] = [Served::Apps, Served::Metrics, Served::Skiff];
+
+    fn group(self) -> &'static str {
+        match self {
+            Served::Core => "",
+            Served::Apps => "apps",
+            Served::Metrics => "metrics.k8s.io",
+            Served::Skiff => GROUP,
+        }
+    }
+
+    fn group_version(self) -> &'static str {
+        match self {
+            Served::Core => "v1",
+            Served::Apps => "apps/v1",
+            Served::Metrics => "metrics.k8s.io/v1beta1",
+            Served::Skiff => "skiff.dev/v1",
+        }
+    }
+
+    fn named(group: &str) -> Option<Served> {
+        Served::GROUPS.into_iter().find(|g| g.group() == group)
+    }
+
+    /// The kinds it serves.
+    fn kinds(self) -> Vec<Kind> {
+        Kind::ALL
+            .into_iter()
+            .filter(|kind| match self {
+                Served::Skiff => true,
+                Served::Metrics => false,
+                _ => {
+                    skiff_api::kube::kube_kind(*kind).map(|(gv, _)| gv)
+                        == Some(self.group_version())
+                }
+            })
+            .collect()
+    }
+
+    /// `kubectl get all` lists this category: what runs and what serves,
+    /// once, in Kubernetes' groups where a kind is in both.
+    fn categories(self, kind: Kind) -> Vec<&'static str> {
+        match (self, kind) {
+            (Served::Skiff, Kind::Route)
+            | (Served::Core | Served::Apps, Kind::Pod | Kind::Deployment | Kind::Service) => {
+                vec!["all"]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Its resources: each kind's, then those with no kind of their own.
+    fn resources(self) -> Vec<Resource> {
+        let mut resources: Vec<Resource> = self
+            .kinds()
+            .into_iter()
+            .map(|kind| Resource {
+                plural: kind.plural(),
+                singular: kind.name().to_ascii_lowercase(),
+                namespaced: kind.namespaced(),
+                kind: kind.name(),
+                verbs: &OBJECT_VERBS,
+                // A kind Kubernetes has is reached by its short name in
+                // Kubernetes' group; in Skiff's, as `pods.skiff.dev`.
+                short_names: if self == Served::Skiff && skiff_api::kube::kube_kind(kind).is_some()
+                {
+                    Vec::new()
+                } else {
+                    short_names(kind)
+                },
+                categories: self.categories(kind),
+                subresources: subresources(kind),
+            })
+            .collect();
+        if self == Served::Metrics {
+            for (plural, kind, namespaced) in [
+                ("nodes", "NodeMetrics", false),
+                ("pods", "PodMetrics", true),
+            ] {
+                resources.push(Resource {
+                    plural,
+                    singular: String::new(),
+                    namespaced,
+                    kind,
+                    verbs: &["get", "list"],
+                    short_names: Vec::new(),
+                    categories: Vec::new(),
+                    subresources: Vec::new(),
+                });
+            }
+        }
+        if self == Served::Apps {
+            resources.push(Resource {
+                plural: "replicasets",
+                singular: "replicaset".into(),
+                namespaced: true,
+                kind: "ReplicaSet",
+                verbs: &["get", "list"],
+                short_names: vec!["rs"],
+                categories: vec!["all"],
+                subresources: Vec::new(),
+            });
+        }
+        resources
+    }
+
+    /// Its resources, plain: an `APIResourceList`.
+    fn resource_list(self) -> Value {
+        let mut list = Vec::new();
+        for resource in self.resources() {
+            list.push(json!({
+                "name": resource.plural,
+                "singularName": resource.singular,
+                "namespaced": resource.namespaced,
+                "kind": resource.kind,
+                "verbs": resource.verbs,
+                "shortNames": resource.short_names,
+                "categories": resource.categories,
+            }));
+            for sub in &resource.subresources {
+                let mut entry = json!({
+                    "name": format!("{}/{}", resource.plural, sub.name),
+                    "singularName": "",
+                    "namespaced": resource.namespaced,
+                    "kind": resource.kind,
+                    "verbs": sub.verbs,
+                });
+                if let Some((group, version, answer)) = sub.answers {
+                    entry["group"] = json!(group);
+                    entry["version"] = json!(version);
+                    entry["kind"] = json!(answer);
+                }
+                list.push(entry);
+            }
+        }
+        json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": self.group_version(),
+            "resources": list,
+        })
+    }
+
+    /// The group in the aggregated form: its resources with their
+    /// subresources inline.
+    fn aggregated(self, api_version: &str) -> Value {
+        let (group, version) = match self.group_version().split_once('/') {
+            Some((group, version)) => (group, version),
+            None => ("", self.group_version()),
+        };
+        let resources: Vec<Value> = self
+            .resources()
+            .into_iter()
+            .map(|resource| {
+                let subresources: Vec<Value> = resource
+                    .subresources
+                    .iter()
+                    .map(|sub| {
+                        let (g, v, answer) = sub.answers.unwrap_or((group, version, resource.kind));
+                        json!({
+                            "subresource": sub.name,
+                            "responseKind": {"group": g, "version": v, "kind": answer},
+                            "verbs": sub.verbs,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "resource": resource.plural,
+                    "responseKind": {"group": group, "version": version, "kind": resource.kind},
+                    "scope": if resource.namespaced { "Namespaced" } else { "Cluster" },
+                    "singularResource": resource.singular,
+                    "verbs": resource.verbs,
+                    "shortNames": resource.short_names,
+                    "categories": resource.categories,
+                    "subresources": subresources,
+                })
+            })
+            .collect();
+        json!({
+            "kind": "APIGroupDiscovery",
+            "apiVersion": api_version,
+            "metadata": {"name": group},
+            "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
+        })
+    }
+
+    fn version_entry(self) -> Value {
+        let version = self.group_version().rsplit('/').next().unwrap_or_default();
+        json!({"groupVersion": self.group_version(), "version": version})
+    }
+
+    fn api_group(self) -> Value {
+        json!({
+            "name": self.group(),
+            "versions": [self.version_entry()],
+            "preferredVersion": self.version_entry(),
+        })
+    }
+}
+
+struct Resource {
+    plural: &'static str,
+    singular: String,
+    namespaced: bool,
+    kind: &'static str,
+    verbs: &'static [&'static str],
+    short_names: Vec<&'static str>,
+    categories: Vec<&'static str>,
+    subresources: Vec<Subresource>,
 }
 
 /// A subresource of a kind: its name, verbs, and the kind it answers with
@@ -90,98 +316,6 @@ fn short_names(kind: Kind) -> Vec<&'static str> {
     } else {
         vec![short]
     }
-}
-
-/// `kubectl get all` lists the kinds in this category: what runs and
-/// what serves.
-fn categories(kind: Kind) -> Vec<&'static str> {
-    match kind {
-        Kind::Pod | Kind::Deployment | Kind::Service | Kind::Route => vec!["all"],
-        _ => Vec::new(),
-    }
-}
-
-fn singular(kind: Kind) -> String {
-    kind.name().to_ascii_lowercase()
-}
-
-/// `/apis/skiff.dev/v1`, plain: an `APIResourceList`.
-fn resource_list() -> Value {
-    let mut resources = Vec::new();
-    for kind in Kind::ALL {
-        resources.push(json!({
-            "name": kind.plural(),
-            "singularName": singular(kind),
-            "namespaced": kind.namespaced(),
-            "kind": kind.name(),
-            "verbs": OBJECT_VERBS,
-            "shortNames": short_names(kind),
-            "categories": categories(kind),
-        }));
-        for sub in subresources(kind) {
-            let mut resource = json!({
-                "name": format!("{}/{}", kind.plural(), sub.name),
-                "singularName": "",
-                "namespaced": kind.namespaced(),
-                "kind": kind.name(),
-                "verbs": sub.verbs,
-            });
-            if let Some((group, version, answer)) = sub.answers {
-                resource["group"] = json!(group);
-                resource["version"] = json!(version);
-                resource["kind"] = json!(answer);
-            }
-            resources.push(resource);
-        }
-    }
-    json!({
-        "kind": "APIResourceList",
-        "apiVersion": "v1",
-        "groupVersion": format!("{GROUP}/{VERSION}"),
-        "resources": resources,
-    })
-}
-
-/// Skiff's group in the aggregated form: its resources with their
-/// subresources inline.
-fn aggregated_group(api_version: &str) -> Value {
-    let resources: Vec<Value> = Kind::ALL
-        .into_iter()
-        .map(|kind| {
-            let subresources: Vec<Value> = subresources(kind)
-                .into_iter()
-                .map(|sub| {
-                    let (group, version, answer) =
-                        sub.answers.unwrap_or((GROUP, VERSION, kind.name()));
-                    json!({
-                        "subresource": sub.name,
-                        "responseKind": {"group": group, "version": version, "kind": answer},
-                        "verbs": sub.verbs,
-                    })
-                })
-                .collect();
-            json!({
-                "resource": kind.plural(),
-                "responseKind": {"group": GROUP, "version": VERSION, "kind": kind.name()},
-                "scope": if kind.namespaced() { "Namespaced" } else { "Cluster" },
-                "singularResource": singular(kind),
-                "verbs": OBJECT_VERBS,
-                "shortNames": short_names(kind),
-                "categories": categories(kind),
-                "subresources": subresources,
-            })
-        })
-        .collect();
-    json!({
-        "kind": "APIGroupDiscovery",
-        "apiVersion": api_version,
-        "metadata": {"name": GROUP},
-        "versions": [{"version": VERSION, "resources": resources, "freshness": "Current"}],
-    })
-}
-
-fn group_version() -> Value {
-    json!({"groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION})
 }
 
 /// Which aggregated form `Accept` asks for first, if any.
@@ -251,17 +385,28 @@ fn go_arch() -> &'static str {
     }
 }
 
-/// `/api`: the legacy core group. Skiff's kinds live in `skiff.dev`, so
-/// it has no version; clients skip a core group without one.
+/// `/api`: the legacy core group's one version.
 async fn core(State(state): State<AppState>, request: Request) -> Response {
     let headers = match signed_in(&state, request).await {
         Ok(headers) => headers,
         Err(error) => return error.into_response(),
     };
     if let Some((api_version, content_type)) = aggregated_version(&headers) {
-        return aggregated(api_version, content_type, Vec::new());
+        return aggregated(
+            api_version,
+            content_type,
+            vec![Served::Core.aggregated(api_version)],
+        );
     }
-    axum::Json(json!({"kind": "APIVersions", "versions": []})).into_response()
+    axum::Json(json!({"kind": "APIVersions", "versions": ["v1"]})).into_response()
+}
+
+/// `/api/v1`: the core group's resources.
+async fn core_resources(State(state): State<AppState>, request: Request) -> Response {
+    if let Err(error) = signed_in(&state, request).await {
+        return error.into_response();
+    }
+    axum::Json(Served::Core.resource_list()).into_response()
 }
 
 /// `/apis`: the groups.
@@ -271,45 +416,57 @@ async fn groups(State(state): State<AppState>, request: Request) -> Response {
         Err(error) => return error.into_response(),
     };
     if let Some((api_version, content_type)) = aggregated_version(&headers) {
-        return aggregated(
-            api_version,
-            content_type,
-            vec![aggregated_group(api_version)],
-        );
+        let items = Served::GROUPS
+            .iter()
+            .map(|g| g.aggregated(api_version))
+            .collect();
+        return aggregated(api_version, content_type, items);
     }
-    axum::Json(json!({
-        "kind": "APIGroupList",
-        "apiVersion": "v1",
-        "groups": [{
-            "name": GROUP,
-            "versions": [group_version()],
-            "preferredVersion": group_version(),
-        }],
-    }))
+    let groups: Vec<Value> = Served::GROUPS.iter().map(|g| g.api_group()).collect();
+    axum::Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+        .into_response()
+}
+
+fn unknown_group(path: &str) -> Response {
+    ApiError::NotFound(format!(
+        "the server could not find the requested resource: {path}"
+    ))
     .into_response()
 }
 
-/// `/apis/skiff.dev`: the group alone.
-async fn group(State(state): State<AppState>, request: Request) -> Response {
+/// `/apis/{group}`: one group.
+async fn group(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    request: Request,
+) -> Response {
     if let Err(error) = signed_in(&state, request).await {
         return error.into_response();
     }
-    axum::Json(json!({
-        "kind": "APIGroup",
-        "apiVersion": "v1",
-        "name": GROUP,
-        "versions": [group_version()],
-        "preferredVersion": group_version(),
-    }))
-    .into_response()
+    match Served::named(&group) {
+        Some(served) => {
+            let mut answer = served.api_group();
+            answer["kind"] = json!("APIGroup");
+            answer["apiVersion"] = json!("v1");
+            axum::Json(answer).into_response()
+        }
+        None => unknown_group(&group),
+    }
 }
 
-/// `/apis/skiff.dev/v1`: the group's resources.
-async fn resources(State(state): State<AppState>, request: Request) -> Response {
+/// `/apis/{group}/{version}`: a group's resources.
+async fn group_resources(
+    State(state): State<AppState>,
+    Path((group, version)): Path<(String, String)>,
+    request: Request,
+) -> Response {
     if let Err(error) = signed_in(&state, request).await {
         return error.into_response();
     }
-    axum::Json(resource_list()).into_response()
+    match Served::named(&group).filter(|g| g.group_version() == format!("{group}/{version}")) {
+        Some(served) => axum::Json(served.resource_list()).into_response(),
+        None => unknown_group(&format!("{group}/{version}")),
+    }
 }
 
 #[cfg(test)]
@@ -340,7 +497,7 @@ mod tests {
 
     #[test]
     fn every_kind_is_listed_once_with_its_subresources() {
-        let list = resource_list();
+        let list = Served::Skiff.resource_list();
         let names: Vec<&str> = list["resources"]
             .as_array()
             .unwrap()

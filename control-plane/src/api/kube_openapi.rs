@@ -29,6 +29,8 @@ pub fn router() -> Router<AppState> {
         .route("/openapi/v2", get(v2))
         .route("/openapi/v3", get(v3_root))
         .route("/openapi/v3/apis/skiff.dev/v1", get(v3_group))
+        .route("/openapi/v3/api/v1", get(v3_core))
+        .route("/openapi/v3/apis/apps/v1", get(v3_apps))
 }
 
 fn gvk(kind: &str) -> Value {
@@ -74,15 +76,85 @@ fn group_document() -> &'static Value {
     })
 }
 
+/// The document of Kubernetes' own kinds in `group_version` (`v1`,
+/// `apps/v1`): each kind's schema names only what it is and where Skiff's
+/// fields are described (`kubectl explain pods.skiff.dev`), and each of its
+/// writes takes `fieldValidation`, so that kubectl leaves validation to
+/// the server, which checks every field of these kinds as it converts them.
+fn kube_document(group_version: &'static str) -> Value {
+    let (group, version) = group_version.split_once('/').unwrap_or(("", group_version));
+    let prefix = if group.is_empty() {
+        "/api/v1".to_owned()
+    } else {
+        format!("/apis/{group_version}")
+    };
+    let mut schemas = Map::new();
+    let mut paths = Map::new();
+    let field_validation = json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string", "enum": ["Strict", "Warn", "Ignore"]}});
+    for kind in Kind::ALL {
+        let Some((served, name)) = skiff_api::kube::kube_kind(kind) else {
+            continue;
+        };
+        if served != group_version {
+            continue;
+        }
+        let mark = json!({"group": group, "version": version, "kind": name});
+        schemas.insert(
+            format!("{}.{name}", group_version.replace('/', ".")),
+            json!({
+                "type": "object",
+                "description": format!("Skiff's {name}, in the shape of Kubernetes' {group_version} {name}; its fields are described by `kubectl explain {}.skiff.dev`.", kind.plural()),
+                "x-kubernetes-group-version-kind": [mark],
+            }),
+        );
+        let write = |summary: String| {
+            json!({"summary": summary, "parameters": [field_validation], "x-kubernetes-group-version-kind": mark,
+                   "responses": {"200": {"description": "the stored object"}}})
+        };
+        let item = if kind.namespaced() {
+            format!(
+                "{prefix}/namespaces/{{namespace}}/{}/{{name}}",
+                kind.plural()
+            )
+        } else {
+            format!("{prefix}/{}/{{name}}", kind.plural())
+        };
+        paths.insert(
+            item,
+            json!({"put": write(format!("Replace a {name}")), "patch": write(format!("Patch a {name}"))}),
+        );
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Skiff", "version": version},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}
+
+fn core_document() -> &'static Value {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    DOCUMENT.get_or_init(|| kube_document("v1"))
+}
+
+fn apps_document() -> &'static Value {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    DOCUMENT.get_or_init(|| kube_document("apps/v1"))
+}
+
+fn hash_of(document: &Value) -> String {
+    let bytes = serde_json::to_vec(document).expect("the document serialises");
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
+}
+
 /// Its hash, which the root names: clients keep a document until it
 /// changes.
 fn group_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
-    HASH.get_or_init(|| {
-        let bytes = serde_json::to_vec(group_document()).expect("the document serialises");
-        let digest = sha2::Sha256::digest(&bytes);
-        digest.iter().map(|b| format!("{b:02X}")).collect()
-    })
+    HASH.get_or_init(|| hash_of(group_document()))
 }
 
 /// Swagger 2.0: the definitions of every schema (references pointed at
@@ -161,7 +233,31 @@ async fn v3_root(State(state): State<AppState>, request: Request) -> Response {
         format!("apis/{GROUP}/{VERSION}"),
         json!({"serverRelativeURL": format!("/openapi/v3/apis/{GROUP}/{VERSION}?hash={}", group_hash())}),
     );
+    paths.insert(
+        "api/v1".into(),
+        json!({"serverRelativeURL": format!("/openapi/v3/api/v1?hash={}", hash_of(core_document()))}),
+    );
+    paths.insert(
+        "apis/apps/v1".into(),
+        json!({"serverRelativeURL": format!("/openapi/v3/apis/apps/v1?hash={}", hash_of(apps_document()))}),
+    );
     json_answer(&json!({"paths": paths}))
+}
+
+async fn v3_core(State(state): State<AppState>, request: Request) -> Response {
+    match signed_in(&state, request).await {
+        Ok(headers) if takes_json(&headers) => json_answer(core_document()),
+        Ok(_) => not_acceptable(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn v3_apps(State(state): State<AppState>, request: Request) -> Response {
+    match signed_in(&state, request).await {
+        Ok(headers) if takes_json(&headers) => json_answer(apps_document()),
+        Ok(_) => not_acceptable(),
+        Err(error) => error.into_response(),
+    }
 }
 
 async fn v3_group(State(state): State<AppState>, request: Request) -> Response {

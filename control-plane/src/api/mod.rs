@@ -3,6 +3,7 @@
 
 pub(crate) mod discovery;
 mod error;
+mod kube;
 mod kube_openapi;
 mod logs;
 mod manifests;
@@ -97,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::ui::router())
         .merge(discovery::router())
         .merge(kube_openapi::router())
+        .merge(kube::router())
         .route(
             "/apis/skiff.dev/v1/{*path}",
             axum::routing::any(objects_or_tokens),
@@ -412,8 +414,14 @@ pub fn parse_target(path: &str) -> Result<Target, ApiError> {
 
 async fn objects_or_tokens(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
-    let (verb, kind) = request_labels(&request);
-    let response = match dispatch(&state, request).await {
+    let path = request
+        .uri()
+        .path()
+        .strip_prefix("/apis/skiff.dev/v1/")
+        .unwrap_or_default()
+        .to_owned();
+    let (verb, kind) = request_labels(&request, &path);
+    let response = match serve(&state, request, path, table::Dialect::Skiff).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
@@ -426,12 +434,7 @@ async fn objects_or_tokens(State(state): State<AppState>, request: Request) -> R
 
 /// The verb and kind a request is counted under: both from fixed sets, so
 /// no caller can grow the metrics by the paths it makes up.
-fn request_labels(request: &Request) -> (&'static str, &'static str) {
-    let path = request
-        .uri()
-        .path()
-        .strip_prefix("/apis/skiff.dev/v1/")
-        .unwrap_or_default();
+fn request_labels(request: &Request, path: &str) -> (&'static str, &'static str) {
     let target = parse_target(path).ok();
     let kind = match &target {
         Some(Target::Collection { kind, .. } | Target::Item { kind, .. }) => kind.plural(),
@@ -488,14 +491,16 @@ async fn metrics(State(state): State<AppState>, request: Request) -> Response {
         .into_response()
 }
 
-async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {
+/// Serves a request for `path` (under a group's prefix), its objects
+/// shown and written in `dialect`'s shape.
+async fn serve(
+    state: &AppState,
+    request: Request,
+    path: String,
+    dialect: table::Dialect,
+) -> Result<Response, ApiError> {
+    let kube = dialect == table::Dialect::Kube;
     let principal = authenticate(state, request.headers(), client_address(&request)).await?;
-    let path = request
-        .uri()
-        .path()
-        .strip_prefix("/apis/skiff.dev/v1/")
-        .unwrap_or_default()
-        .to_owned();
     let target = parse_target(&path)?;
     let params: HashMap<String, String> = Query::try_from_uri(request.uri())
         .map(|Query(params)| params)
@@ -524,11 +529,41 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         }
         _ => table::View::Objects,
     };
-    let body = read_body(request, matches!(target, Target::Manifests)).await?;
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
+        .unwrap_or_default();
+    let body = read_body(
+        request,
+        matches!(target, Target::Manifests),
+        kube && method == Method::PATCH,
+    )
+    .await?;
     refuse_nul_bytes(&body)?;
+    // Objects written in the Kubernetes shape are Skiff's from here on.
+    let (body, mut notes) = match (&target, &method) {
+        (Target::Collection { kind, .. }, &Method::POST)
+        | (
+            Target::Item {
+                kind,
+                status: false,
+                ..
+            },
+            &Method::PUT,
+        ) if kube => kube::body_in(*kind, body)?,
+        (Target::Item { status: true, .. }, &Method::PUT | &Method::PATCH) if kube => {
+            return Err(ApiError::MethodNotAllowed(
+                "status is written by Skiff's own components, through /apis/skiff.dev/v1".into(),
+            ));
+        }
+        _ => (body, Vec::new()),
+    };
     // Writes of objects may drop the fields their kind does not have
     // rather than be refused for them, as the caller chooses.
     let (body, dropped) = match (&target, &method) {
+        (Target::Item { .. }, &Method::PATCH) if kube => (body, Vec::new()),
         (Target::Collection { kind, .. }, &Method::POST)
         | (Target::Item { kind, .. }, &Method::PUT | &Method::PATCH) => {
             let validation = kube_openapi::FieldValidation::parse(
@@ -545,9 +580,37 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         params: &params,
         body: &body,
         view,
+        dialect,
     };
-    let mut response = answer(&call, target, method, &body).await?;
-    for warning in warnings(&dropped) {
+    let mut response = match (&target, &method) {
+        (
+            Target::Item {
+                kind,
+                namespace,
+                name,
+                ..
+            },
+            &Method::PATCH,
+        ) if kube => {
+            let key = crate::store::ObjectKey::new(*kind, namespace.as_deref().unwrap_or(""), name);
+            let (response, patched_notes) = kube::patch(&call, &key, &content_type).await?;
+            notes.extend(patched_notes);
+            response
+        }
+        (Target::Collection { kind, .. } | Target::Item { kind, .. }, m)
+            if kube && m != Method::GET =>
+        {
+            let kind = *kind;
+            kube::answer_out(kind, answer(&call, target, method, &body).await?).await?
+        }
+        _ => answer(&call, target, method, &body).await?,
+    };
+    notes.extend(
+        dropped
+            .iter()
+            .map(|field| format!("unknown field \"{}\"", quoted(field))),
+    );
+    for warning in warnings(&notes) {
         if let Ok(value) = axum::http::HeaderValue::from_str(&warning) {
             response.headers_mut().append(header::WARNING, value);
         }
@@ -559,36 +622,35 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
 /// fields gets a bounded answer.
 const MAX_WARNINGS: usize = 10;
 
-/// The `Warning` headers naming dropped fields, as Kubernetes words them
-/// (RFC 7234's form; kubectl prints each), at most [`MAX_WARNINGS`] and a
-/// last one counting the rest. A field's name is the caller's text: its
-/// quotes and backslashes are escaped and anything outside printable ASCII
-/// is written as `\u{..}`, so it stays inside its quoted string.
-fn warnings(dropped: &[String]) -> Vec<String> {
-    let quoted = |text: &str| {
-        text.chars()
-            .map(|c| match c {
-                '"' | '\\' => format!("\\{c}"),
-                ' '..='~' => c.to_string(),
-                other => other.escape_unicode().to_string(),
-            })
-            .collect::<String>()
-    };
-    let mut warnings: Vec<String> = dropped
+/// `Warning` headers, as Kubernetes words them (RFC 7234's form; kubectl
+/// prints each), at most [`MAX_WARNINGS`] and a last one counting the
+/// rest. A text holds the caller's words (a field's name): its quotes and
+/// backslashes are escaped and anything outside printable ASCII is written
+/// as `\u{..}`, so it stays inside its quoted string.
+fn warnings(texts: &[String]) -> Vec<String> {
+    let mut warnings: Vec<String> = texts
         .iter()
         .take(MAX_WARNINGS)
-        .map(|field| {
-            let text = format!("unknown field \"{}\"", quoted(field));
-            format!("299 - \"{}\"", quoted(&text))
-        })
+        .map(|text| format!("299 - \"{}\"", quoted(text)))
         .collect();
-    if dropped.len() > MAX_WARNINGS {
+    if texts.len() > MAX_WARNINGS {
         warnings.push(format!(
-            "299 - \"and {} more unknown fields\"",
-            dropped.len() - MAX_WARNINGS
+            "299 - \"and {} more warnings\"",
+            texts.len() - MAX_WARNINGS
         ));
     }
     warnings
+}
+
+/// `text` escaped to sit inside a quoted string of a header.
+fn quoted(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' => format!("\\{c}"),
+            ' '..='~' => c.to_string(),
+            other => other.escape_unicode().to_string(),
+        })
+        .collect()
 }
 
 /// The body of a write with the fields its kind does not have dropped,
@@ -760,7 +822,7 @@ fn body_error(error: &axum::Error) -> ApiError {
 
 /// The request body, refused beyond [`MAX_OBJECT_BYTES`]; YAML only where
 /// `yaml` says a manifest is taken.
-async fn read_body(request: Request, yaml: bool) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(request: Request, yaml: bool, patches: bool) -> Result<bytes::Bytes, ApiError> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -781,6 +843,7 @@ async fn read_body(request: Request, yaml: bool) -> Result<bytes::Bytes, ApiErro
                 content_type.as_str(),
                 "application/yaml" | "application/x-yaml"
             ))
+        && !patches
     {
         let send = if yaml {
             "application/yaml or application/json"
@@ -895,7 +958,11 @@ mod tests {
     #[test]
     fn warnings_stay_inside_their_quotes_and_are_bounded() {
         let odd = ["spec.a\"b", "spec.c\\d", "spec.\u{7}\n\u{e9}"].map(String::from);
-        let warnings = warnings(&odd);
+        let texts: Vec<String> = odd
+            .iter()
+            .map(|f| format!("unknown field \"{}\"", quoted(f)))
+            .collect();
+        let warnings = warnings(&texts);
         assert_eq!(warnings[0], r#"299 - "unknown field \"spec.a\\\"b\"""#);
         for warning in &warnings {
             assert!(
@@ -907,10 +974,7 @@ mod tests {
         let many: Vec<String> = (0..1000).map(|i| format!("f{i}")).collect();
         let warnings = super::warnings(&many);
         assert_eq!(warnings.len(), MAX_WARNINGS + 1);
-        assert_eq!(
-            warnings.last().unwrap(),
-            "299 - \"and 990 more unknown fields\""
-        );
+        assert_eq!(warnings.last().unwrap(), "299 - \"and 990 more warnings\"");
     }
 
     #[test]

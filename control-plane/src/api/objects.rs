@@ -17,7 +17,7 @@ use skiff_api::selector::{FieldSelector, Selector};
 use skiff_api::validate::FieldError;
 use skiff_api::{EventType, Kind, admit, admit_status, policy};
 
-use super::table::{self, View};
+use super::table::{self, Dialect, View};
 use super::{
     ApiError, AppState, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_OBJECT_BYTES,
     MAX_WATCH_TIMEOUT_SECONDS,
@@ -71,6 +71,8 @@ pub struct Call<'a> {
     /// What reads answer with: objects, or a Table or metadata for
     /// Kubernetes clients that ask for one.
     pub view: View,
+    /// The shape objects are shown in.
+    pub dialect: Dialect,
 }
 
 impl Call<'_> {
@@ -227,7 +229,7 @@ impl Call<'_> {
         match self.state.store.get(key).await? {
             Some(object) => {
                 let object = self.shown(key.kind, object).await?;
-                Ok(Json(table::one(self.view, key.kind, object)).into_response())
+                Ok(Json(table::one(self.view, self.dialect, key.kind, object)).into_response())
             }
             None => Err(StoreError::NotFound(key.clone()).into()),
         }
@@ -322,7 +324,7 @@ impl Call<'_> {
             continue_token: page.next.map(|c| continue_token(&c)),
         };
         let list = serde_json::to_value(list).expect("list metadata serialises");
-        Ok(Json(table::many(self.view, kind, items, list)).into_response())
+        Ok(Json(table::many(self.view, self.dialect, kind, items, list)).into_response())
     }
 
     async fn watch(
@@ -392,7 +394,7 @@ impl Call<'_> {
             self.params.get("allowWatchBookmarks").map(String::as_str),
             Some("true" | "1")
         );
-        let view = self.view;
+        let (view, dialect) = (self.view, self.dialect);
         let stream =
             futures::stream::unfold((lines, permit), move |(mut lines, permit)| async move {
                 let mut event = lines.recv().await?;
@@ -403,7 +405,7 @@ impl Call<'_> {
                     event.event_type,
                     EventType::Added | EventType::Modified | EventType::Deleted
                 ) {
-                    event.object = table::one(view, kind, event.object);
+                    event.object = table::one(view, dialect, kind, event.object);
                 }
                 let mut line = serde_json::to_vec(&event).expect("events serialise");
                 line.push(b'\n');

@@ -12,7 +12,7 @@ use skiff_api::Kind;
 use super::ApiError;
 use super::manifests::body_of;
 use super::objects::Call;
-use super::table::View;
+use super::table::{Dialect, View};
 use crate::store::ObjectKey;
 
 /// The Deployment's Scale.
@@ -50,6 +50,7 @@ fn scale_of(deployment: &Value) -> Value {
 async fn deployment(call: &Call<'_>, key: &ObjectKey) -> Result<Value, ApiError> {
     let read = Call {
         view: View::Objects,
+        dialect: Dialect::Skiff,
         ..*call
     };
     body_of(read.get(key).await?).await
@@ -111,6 +112,7 @@ pub async fn handle(
     let write = Call {
         body: &body,
         view: View::Objects,
+        dialect: Dialect::Skiff,
         ..*call
     };
     let stored = body_of(write.patch(&key, false).await?).await?;

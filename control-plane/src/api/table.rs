@@ -110,18 +110,27 @@ fn partial(version: &str, object: &Value) -> Value {
     })
 }
 
-/// `objects` as a Table; `list` is the list's metadata (resourceVersion,
-/// continue), empty for one object.
-pub fn table(kind: Kind, version: &str, include: Include, objects: &[Value], list: Value) -> Value {
+/// `objects` (as stored) as a Table, each row's object in `dialect`'s
+/// shape; `list` is the list's metadata (resourceVersion, continue), empty
+/// for one object. The cells are the stored object's, so both shapes show
+/// the same columns.
+pub fn table(
+    kind: Kind,
+    version: &str,
+    include: Include,
+    dialect: Dialect,
+    objects: Vec<Value>,
+    list: Value,
+) -> Value {
     let now = chrono::Utc::now();
     let rows: Vec<Value> = objects
-        .iter()
+        .into_iter()
         .map(|object| {
-            let mut row = json!({"cells": columns::cells(kind, object, now)});
+            let mut row = json!({"cells": columns::cells(kind, &object, now)});
             match include {
                 Include::None => {}
-                Include::Metadata => row["object"] = partial(version, object),
-                Include::Object => row["object"] = object.clone(),
+                Include::Metadata => row["object"] = partial(version, &object),
+                Include::Object => row["object"] = dialect.show(kind, object),
             }
             row
         })
@@ -135,31 +144,54 @@ pub fn table(kind: Kind, version: &str, include: Include, objects: &[Value], lis
     })
 }
 
+/// Which shape objects are shown (and written) in: Skiff's own, or as
+/// the Kubernetes kind each is also served as (`/api/v1`, `/apis/apps/v1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Skiff,
+    Kube,
+}
+
+impl Dialect {
+    /// `object`, a stored object of `kind`, in this dialect's shape.
+    pub fn show(self, kind: Kind, object: Value) -> Value {
+        match self {
+            Dialect::Skiff => object,
+            Dialect::Kube => skiff_api::kube::to_kube(kind, object),
+        }
+    }
+
+    /// The apiVersion and kind of a list of `kind` in this dialect.
+    fn list_kind(self, kind: Kind) -> (&'static str, String) {
+        match (self, skiff_api::kube::kube_kind(kind)) {
+            (Dialect::Kube, Some((api_version, name))) => (api_version, format!("{name}List")),
+            _ => (skiff_api::API_VERSION, format!("{}List", kind.name())),
+        }
+    }
+}
+
 /// One object as its view shows it.
-pub fn one(view: View, kind: Kind, object: Value) -> Value {
+pub fn one(view: View, dialect: Dialect, kind: Kind, object: Value) -> Value {
     match view {
-        View::Objects => object,
-        View::Table { version, include } => table(
-            kind,
-            version,
-            include,
-            std::slice::from_ref(&object),
-            json!({}),
-        ),
+        View::Objects => dialect.show(kind, object),
+        View::Table { version, include } => {
+            table(kind, version, include, dialect, vec![object], json!({}))
+        }
         View::Metadata { version } => partial(version, &object),
     }
 }
 
 /// A list as its view shows it; `list` is the list's metadata.
-pub fn many(view: View, kind: Kind, objects: Vec<Value>, list: Value) -> Value {
+pub fn many(view: View, dialect: Dialect, kind: Kind, objects: Vec<Value>, list: Value) -> Value {
+    let (api_version, list_kind) = dialect.list_kind(kind);
     match view {
         View::Objects => json!({
-            "apiVersion": skiff_api::API_VERSION,
-            "kind": format!("{}List", kind.name()),
+            "apiVersion": api_version,
+            "kind": list_kind,
             "metadata": list,
-            "items": objects,
+            "items": objects.into_iter().map(|o| dialect.show(kind, o)).collect::<Vec<_>>(),
         }),
-        View::Table { version, include } => table(kind, version, include, &objects, list),
+        View::Table { version, include } => table(kind, version, include, dialect, objects, list),
         View::Metadata { version } => json!({
             "kind": "PartialObjectMetadataList",
             "apiVersion": format!("meta.k8s.io/{version}"),
@@ -230,7 +262,8 @@ mod tests {
             Kind::Pod,
             "v1",
             Include::Metadata,
-            &pods,
+            Dialect::Skiff,
+            pods.to_vec(),
             json!({"resourceVersion": "7"}),
         );
         let columns = t["columnDefinitions"].as_array().unwrap().len();

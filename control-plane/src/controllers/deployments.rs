@@ -480,11 +480,15 @@ fn adopt_template(deployment: &Deployment, status: &mut DeploymentStatus, stamp:
         template_hash: hash,
         template: spec.template.clone(),
         created: stamp.to_owned(),
-        change_cause: deployment
-            .metadata
-            .annotations
-            .get(CHANGE_CAUSE_ANNOTATION)
-            .cloned(),
+        // Skiff's annotation, or Kubernetes' (what `kubectl annotate` and
+        // `kubectl rollout history` know).
+        change_cause: [
+            CHANGE_CAUSE_ANNOTATION,
+            skiff_api::kube::CHANGE_CAUSE_ANNOTATION,
+        ]
+        .iter()
+        .find_map(|key| deployment.metadata.annotations.get(*key))
+        .cloned(),
         failure: None,
     });
     status.revision = Some(next);

@@ -1507,6 +1507,7 @@ fn push_field_conditions(sql: &mut QueryBuilder<'_, Postgres>, fields: &FieldSel
             "involvedObject.kind" => "COALESCE(body #>> '{involvedObject,kind}', '')",
             "involvedObject.name" => "COALESCE(body #>> '{involvedObject,name}', '')",
             "involvedObject.uid" => "COALESCE(body #>> '{involvedObject,uid}', '')",
+            "involvedObject.namespace" => "COALESCE(body #>> '{involvedObject,namespace}', '')",
             "reason" => "COALESCE(body #>> '{reason}', '')",
             "type" => "COALESCE(body #>> '{type}', '')",
             // FieldSelector::parse admits only the fields above.

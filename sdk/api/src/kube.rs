@@ -25,6 +25,11 @@ pub const SPEC_ANNOTATION: &str = "skiff.dev/spec";
 pub const CONTAINER_NAME_ANNOTATION: &str = "skiff.dev/container-name";
 /// The container's name when none was given.
 pub const DEFAULT_CONTAINER: &str = "main";
+/// Kubernetes fields a pod was written with that mean nothing here
+/// (container ports, resource requests, DNS policy...), kept as JSON so
+/// the object reads back as written: `kubectl apply` then finds nothing
+/// to change.
+pub const KEPT_ANNOTATION: &str = "skiff.dev/kubernetes-only";
 /// The revision a Deployment is at, as kubectl reads it.
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 /// What a revision changed, as kubectl shows it in `rollout history`.
@@ -387,6 +392,11 @@ fn template_from_kube(
     warnings: &mut Vec<String>,
 ) -> Value {
     let mut template = template.clone();
+    // Kubernetes' clients write a template's metadata with the fields of
+    // any object's, empty (`creationTimestamp: null`).
+    if let Some(meta) = template["metadata"].as_object_mut() {
+        meta.retain(|_, value| !value.is_null());
+    }
     let mut annotations = annotations_of(&template["metadata"]);
     let spec = pod_spec_from_kube(
         &template["spec"],
@@ -405,6 +415,13 @@ fn template_from_kube(
 fn pod_spec_to_kube(spec: &Value, annotations: &mut Map<String, Value>) -> Value {
     let mut rest = spec.as_object().cloned().unwrap_or_default();
     let mut take = |field: &str| rest.remove(field).filter(|v| !v.is_null());
+    let kept = annotations
+        .remove(KEPT_ANNOTATION)
+        .and_then(|k| {
+            k.as_str()
+                .and_then(|k| serde_json::from_str::<Value>(k).ok())
+        })
+        .unwrap_or(Value::Null);
     let mut container = Map::new();
     let name = annotations
         .remove(CONTAINER_NAME_ANNOTATION)
@@ -500,6 +517,21 @@ fn pod_spec_to_kube(spec: &Value, annotations: &mut Map<String, Value>) -> Value
             pod.insert(field.into(), value);
         }
     }
+    for (key, value) in kept["container"].as_object().into_iter().flatten() {
+        if key == "resources" {
+            let resources = container.entry("resources").or_insert_with(|| json!({}));
+            for (part, values) in value.as_object().into_iter().flatten() {
+                resources[part] = values.clone();
+            }
+        } else {
+            container
+                .entry(key.clone())
+                .or_insert_with(|| value.clone());
+        }
+    }
+    for (key, value) in kept["pod"].as_object().into_iter().flatten() {
+        pod.entry(key.clone()).or_insert_with(|| value.clone());
+    }
     pod.insert("containers".into(), json!([container]));
     rest.retain(|_, v| !v.is_null());
     if !rest.is_empty() {
@@ -522,6 +554,9 @@ fn pod_spec_from_kube(
 ) -> Value {
     let mut skiff =
         take_spec_annotation(annotations, &format!("{at}.metadata.annotations"), errors);
+    annotations.remove(KEPT_ANNOTATION);
+    let mut kept_pod = Map::new();
+    let mut kept_container = Map::new();
     let mut resources = skiff
         .remove("resources")
         .and_then(|r| r.as_object().cloned())
@@ -634,6 +669,7 @@ fn pod_spec_from_kube(
             | "subdomain" => {
                 if !value.is_null() {
                     warnings.push(format!("{field} is ignored: Skiff has no such setting"));
+                    kept_pod.insert(key.clone(), value.clone());
                 }
             }
             _ => errors.push(FieldError::new(&field, "is not supported by Skiff")),
@@ -671,7 +707,16 @@ fn pod_spec_from_kube(
                         ));
                     }
                 }
-                probe.retain(|k, _| !matches!(k.as_str(), "exec" | "tcpSocket" | "grpc" | "successThreshold" | "terminationGracePeriodSeconds"));
+                probe.retain(|k, _| {
+                    !matches!(
+                        k.as_str(),
+                        "exec"
+                            | "tcpSocket"
+                            | "grpc"
+                            | "successThreshold"
+                            | "terminationGracePeriodSeconds"
+                    )
+                });
                 skiff.insert(key.clone(), Value::Object(probe));
             }
             "resources" => {
@@ -689,10 +734,16 @@ fn pod_spec_from_kube(
                                 }
                             }
                         }
-                        "requests" => warnings.push(format!(
-                            "{field}.requests is ignored: Skiff places and limits pods by their limits"
+                        "requests" => {
+                            warnings.push(format!(
+                                "{field}.requests is ignored: Skiff places and limits pods by their limits"
+                            ));
+                            kept_container.insert("resources".into(), json!({"requests": values}));
+                        }
+                        other => errors.push(FieldError::new(
+                            &format!("{field}.{other}"),
+                            "is not supported by Skiff",
                         )),
-                        other => errors.push(FieldError::new(&format!("{field}.{other}"), "is not supported by Skiff")),
                     }
                 }
             }
@@ -704,23 +755,30 @@ fn pod_spec_from_kube(
                 }
                 security_from_kube(&mut context, &field, errors);
                 if !context.is_empty() {
-                    let merged = skiff
-                        .entry("securityContext")
-                        .or_insert_with(|| json!({}));
+                    let merged = skiff.entry("securityContext").or_insert_with(|| json!({}));
                     if let Some(merged) = merged.as_object_mut() {
                         merged.extend(context);
                     }
                 }
             }
-            "ports" => warnings.push(format!(
-                "{field} is ignored: a component serves HTTP on the pod's own port, and Services name theirs"
-            )),
+            "ports" => {
+                warnings.push(format!(
+                    "{field} is ignored: a component serves HTTP on the pod's own port, and Services name theirs"
+                ));
+                kept_container.insert(key.clone(), value.clone());
+            }
             "terminationMessagePath" | "terminationMessagePolicy" => {}
             _ => errors.push(FieldError::new(&field, "is not supported by Skiff")),
         }
     }
     if !resources.is_empty() {
         skiff.insert("resources".into(), Value::Object(resources));
+    }
+    if !kept_pod.is_empty() || !kept_container.is_empty() {
+        annotations.insert(
+            KEPT_ANNOTATION.into(),
+            json!(json!({"pod": kept_pod, "container": kept_container}).to_string()),
+        );
     }
     // Each mount with its volume: Skiff's volumes are where they mount.
     let mut volumes = Vec::new();
@@ -881,6 +939,110 @@ fn plain(value: &Value) -> String {
     }
 }
 
+/// Applies a strategic merge patch (what kubectl sends for Kubernetes'
+/// own kinds) to `target`, in the parts Skiff's kinds use: maps merge as
+/// in a JSON merge patch; lists of objects with a merge key (`name`, or a
+/// port's `containerPort` or `port`) merge element by element; other lists
+/// are replaced; the directives `$patch` (`replace`, `delete`),
+/// `$retainKeys` and `$deleteFromPrimitiveList/` are honoured, and
+/// `$setElementOrder/` (only an order) is skipped.
+pub fn strategic_merge(target: &mut Value, patch: &Value) {
+    let Some(patch) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    match patch.get("$patch").and_then(Value::as_str) {
+        Some("replace") => {
+            let mut replaced = patch.clone();
+            replaced.remove("$patch");
+            *target = Value::Object(replaced);
+            return;
+        }
+        Some("delete") => {
+            *target = Value::Null;
+            return;
+        }
+        _ => {}
+    }
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let fields = target.as_object_mut().expect("made an object");
+    if let Some(keep) = patch.get("$retainKeys").and_then(Value::as_array) {
+        fields.retain(|key, _| keep.iter().any(|k| k == key) || patch.contains_key(key));
+    }
+    for (key, value) in patch {
+        if key == "$patch" || key == "$retainKeys" || key.starts_with("$setElementOrder/") {
+            continue;
+        }
+        if let Some(list) = key.strip_prefix("$deleteFromPrimitiveList/") {
+            if let (Some(Value::Array(items)), Some(gone)) =
+                (fields.get_mut(list), value.as_array())
+            {
+                items.retain(|item| !gone.contains(item));
+            }
+            continue;
+        }
+        match value {
+            Value::Null => {
+                fields.remove(key);
+            }
+            Value::Object(_) => {
+                let slot = fields.entry(key.clone()).or_insert(Value::Null);
+                strategic_merge(slot, value);
+                if slot.is_null() {
+                    fields.remove(key);
+                }
+            }
+            Value::Array(items) => {
+                let merge_key = merge_key(items);
+                match (merge_key, fields.get_mut(key)) {
+                    (Some(merge_key), Some(Value::Array(current))) => {
+                        merge_list(current, items, merge_key);
+                    }
+                    _ => {
+                        let items: Vec<Value> = items
+                            .iter()
+                            .filter(|i| i.get("$patch").is_none())
+                            .cloned()
+                            .collect();
+                        fields.insert(key.clone(), Value::Array(items));
+                    }
+                }
+            }
+            other => {
+                fields.insert(key.clone(), other.clone());
+            }
+        }
+    }
+}
+
+/// The key elements of a patched list are matched by, if they are objects
+/// that have one.
+fn merge_key(items: &[Value]) -> Option<&'static str> {
+    ["name", "containerPort", "port"]
+        .into_iter()
+        .find(|key| !items.is_empty() && items.iter().all(|i| i.get(*key).is_some()))
+}
+
+fn merge_list(current: &mut Vec<Value>, patch: &[Value], key: &str) {
+    for item in patch {
+        let at = current.iter().position(|c| c.get(key) == item.get(key));
+        match (item.get("$patch").and_then(Value::as_str), at) {
+            (Some("delete"), Some(at)) => {
+                current.remove(at);
+            }
+            (Some("delete"), None) => {}
+            (_, Some(at)) => strategic_merge(&mut current[at], item),
+            (_, None) => {
+                let mut added = Value::Null;
+                strategic_merge(&mut added, item);
+                current.push(added);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1024,12 +1186,66 @@ mod tests {
         .unwrap();
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert_eq!(skiff["spec"]["resources"]["memory"], "128Mi");
+        // They read back as written.
+        let shown = to_kube(Kind::Pod, skiff.clone());
+        let container = &shown["spec"]["containers"][0];
+        assert_eq!(container["ports"], json!([{"containerPort": 80}]));
+        assert_eq!(
+            container["resources"],
+            json!({"requests": {"cpu": "100m"}, "limits": {"memory": "128Mi"}})
+        );
+        assert!(
+            shown["metadata"]["annotations"]
+                .get(KEPT_ANNOTATION)
+                .is_none()
+        );
         assert_eq!(
             skiff["metadata"]["annotations"][CONTAINER_NAME_ANNOTATION],
             "web"
         );
         let wrong = json!({"apiVersion": "apps/v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [{"name": "a", "image": "i"}]}});
         assert!(from_kube(Kind::Pod, wrong).is_err());
+    }
+
+    #[test]
+    fn strategic_merge_patches_merge_containers_by_name_and_honour_directives() {
+        let mut pod = json!({"spec": {"containers": [{"name": "web", "image": "a", "env": [{"name": "A", "value": "1"}]}],
+                                      "tolerations": [{"key": "x"}]},
+                             "metadata": {"labels": {"app": "web", "tier": "front"}, "finalizers": ["f1", "f2"]}});
+        strategic_merge(
+            &mut pod,
+            &json!({
+                "$setElementOrder/containers": [{"name": "web"}],
+                "spec": {"containers": [{"name": "web", "image": "b", "env": [{"name": "B", "value": "2"}]}],
+                         "tolerations": [{"key": "y"}]},
+                "metadata": {"labels": {"tier": null, "team": "edge"}, "$deleteFromPrimitiveList/finalizers": ["f1"]},
+            }),
+        );
+        assert_eq!(pod["spec"]["containers"].as_array().unwrap().len(), 1);
+        assert_eq!(pod["spec"]["containers"][0]["image"], "b");
+        assert_eq!(
+            pod["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(pod["spec"]["tolerations"], json!([{"key": "y"}]));
+        assert_eq!(
+            pod["metadata"]["labels"],
+            json!({"app": "web", "team": "edge"})
+        );
+        assert_eq!(pod["metadata"]["finalizers"], json!(["f2"]));
+        strategic_merge(
+            &mut pod,
+            &json!({"spec": {"containers": [{"name": "web", "$patch": "delete"}]}}),
+        );
+        assert_eq!(pod["spec"]["containers"], json!([]));
+        strategic_merge(
+            &mut pod,
+            &json!({"metadata": {"labels": {"$patch": "replace", "only": "this"}}}),
+        );
+        assert_eq!(pod["metadata"]["labels"], json!({"only": "this"}));
     }
 
     #[test]

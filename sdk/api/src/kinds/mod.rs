@@ -153,6 +153,7 @@ impl Kind {
                 "metadata.namespace",
                 "involvedObject.kind",
                 "involvedObject.name",
+                "involvedObject.namespace",
                 "involvedObject.uid",
                 "reason",
                 "type",
