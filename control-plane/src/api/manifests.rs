@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -222,18 +221,20 @@ async fn apply_one(
     Ok(("configured", changes))
 }
 
+/// The JSON of a successful answer of another handler, which this call
+/// goes on from; any other answer is this server's failure.
 pub(super) async fn body_of(response: Response) -> Result<Value, ApiError> {
-    if response.status() != StatusCode::OK && response.status() != StatusCode::CREATED {
+    if !response.status().is_success() {
         return Err(ApiError::Internal(format!(
-            "an apply step answered {}",
+            "a step of the call answered {}",
             response.status()
         )));
     }
     let bytes = axum::body::to_bytes(response.into_body(), 2 * MAX_OBJECT_BYTES)
         .await
-        .map_err(|e| ApiError::Internal(format!("reading an apply step's answer: {e}")))?;
+        .map_err(|e| ApiError::Internal(format!("reading a step's answer: {e}")))?;
     serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::Internal(format!("an apply step's answer: {e}")))
+        .map_err(|e| ApiError::Internal(format!("a step's answer: {e}")))
 }
 
 /// The fields that differ between two versions of an object, as dotted

@@ -184,15 +184,10 @@ fn kubectl_drives_a_dev_cluster_through_its_kubeconfig() {
     );
     let resources = rows(&kubectl.ok(&["api-resources"]));
     for wanted in [
-        [
-            "deployments",
-            "deploy",
-            "skiff.dev/v1",
-            "true",
-            "Deployment",
-        ],
-        ["pods", "po", "skiff.dev/v1", "true", "Pod"],
-        ["nodes", "no", "skiff.dev/v1", "false", "Node"],
+        ["deployments", "deploy", "apps/v1", "true", "Deployment"],
+        ["pods", "po", "v1", "true", "Pod"],
+        ["routes", "rt", "skiff.dev/v1", "true", "Route"],
+        ["nodes", "no", "v1", "false", "Node"],
     ] {
         assert!(
             resources.contains(&wanted.map(String::from).to_vec()),
@@ -333,7 +328,7 @@ fn kubectl_drives_a_dev_cluster_through_its_kubeconfig() {
         kubectl
             .ok(&["scale", "deploy", "web", "--replicas=2"])
             .trim(),
-        "deployment.skiff.dev/web scaled"
+        "deployment.apps/web scaled"
     );
     let modified = watched
         .recv_timeout(WAIT)
@@ -389,20 +384,16 @@ fn kubectl_drives_a_dev_cluster_through_its_kubeconfig() {
         .output()
         .unwrap();
     assert!(edited.status.success(), "{}", stderr_of(&edited));
-    assert_eq!(stdout_of(&edited).trim(), "deployment.skiff.dev/web edited");
+    assert_eq!(stdout_of(&edited).trim(), "deployment.apps/web edited");
     let web = kubectl.json(&["get", "deploy", "web"]);
     assert_eq!(web["metadata"]["labels"]["team"], "core");
     // `get all`: what runs and what serves.
     let all = kubectl.ok(&["get", "all"]);
     assert!(
-        all.lines()
-            .any(|l| l.starts_with("deployment.skiff.dev/web ")),
+        all.lines().any(|l| l.starts_with("deployment.apps/web ")),
         "{all}"
     );
-    assert!(
-        all.lines().any(|l| l.starts_with("pod.skiff.dev/web-")),
-        "{all}"
-    );
+    assert!(all.lines().any(|l| l.starts_with("pod/web-")), "{all}");
     let yaml = kubectl.ok(&["get", "deploy", "web", "-o", "yaml"]);
     let parsed: Value = serde_yaml_ng::from_str(&yaml).expect("kubectl prints YAML");
     assert_eq!(parsed["metadata"]["uid"], web["metadata"]["uid"]);
@@ -415,7 +406,11 @@ fn kubectl_drives_a_dev_cluster_through_its_kubeconfig() {
             .any(|l| l.starts_with("Name:") && l.ends_with(" web")),
         "{described}"
     );
-    let explained = kubectl.ok(&["explain", "deployments.spec.replicas"]);
+    let explained = kubectl.ok(&[
+        "explain",
+        "deployments.spec.replicas",
+        "--api-version=skiff.dev/v1",
+    ]);
     assert!(
         explained.contains("GROUP:      skiff.dev") && explained.contains("FIELD: replicas"),
         "{explained}"
@@ -437,7 +432,7 @@ fn kubectl_drives_a_dev_cluster_through_its_kubeconfig() {
         kubectl
             .ok(&["delete", "deploy", "keep", "--cascade=orphan"])
             .trim(),
-        "deployment.skiff.dev \"keep\" deleted"
+        "deployment.apps \"keep\" deleted"
     );
     assert!(
         wait_until(WAIT, || !kubectl
@@ -460,7 +455,7 @@ fn kubectl_drives_a_dev_cluster_through_its_kubeconfig() {
         kubectl
             .ok(&["delete", "deploy", "web", "--cascade=foreground"])
             .trim(),
-        "deployment.skiff.dev \"web\" deleted"
+        "deployment.apps \"web\" deleted"
     );
     assert!(
         wait_until(WAIT, || {
@@ -585,7 +580,7 @@ fn the_python_client_discovers_lists_watches_and_writes() {
     );
     assert_eq!(
         seen["deployments"],
-        serde_json::json!(["deployments", true, ["deploy"]])
+        serde_json::json!(["deployments", true, []])
     );
     assert!(
         seen["created"].as_str().is_some_and(|rv| !rv.is_empty()),
