@@ -233,8 +233,7 @@ pub(super) async fn body_of(response: Response) -> Result<Value, ApiError> {
     let bytes = axum::body::to_bytes(response.into_body(), 2 * MAX_OBJECT_BYTES)
         .await
         .map_err(|e| ApiError::Internal(format!("reading a step's answer: {e}")))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::Internal(format!("a step's answer: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(format!("a step's answer: {e}")))
 }
 
 /// The fields that differ between two versions of an object, as dotted

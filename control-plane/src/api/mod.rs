@@ -845,6 +845,11 @@ async fn read_body(request: Request, yaml: bool, patches: bool) -> Result<bytes:
             ))
         && !patches
     {
+        if content_type == "application/vnd.kubernetes.protobuf" {
+            return Err(ApiError::UnsupportedMediaType(
+                "Kubernetes' protobuf encoding is not served, only JSON: `kubectl create <kind>` sends protobuf; write the object as YAML and `kubectl apply -f` it".into(),
+            ));
+        }
         let send = if yaml {
             "application/yaml or application/json"
         } else {
