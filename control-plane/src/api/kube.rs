@@ -283,10 +283,17 @@ pub async fn patch(
     let form = match content_type {
         "application/merge-patch+json" | "application/json" | "" => Form::Merge,
         "application/strategic-merge-patch+json" => Form::Strategic,
-        "application/json-patch+json" => Form::Json(
-            serde_json::from_slice(call.body)
-                .map_err(|e| ApiError::BadRequest(format!("JSON patch: {e}")))?,
-        ),
+        "application/json-patch+json" => {
+            let operations: json_patch::Patch = serde_json::from_slice(call.body)
+                .map_err(|e| ApiError::BadRequest(format!("JSON patch: {e}")))?;
+            if operations.0.len() > MAX_JSON_PATCH_OPERATIONS {
+                return Err(ApiError::BadRequest(format!(
+                    "JSON patch: {} operations; at most {MAX_JSON_PATCH_OPERATIONS} are taken",
+                    operations.0.len()
+                )));
+            }
+            Form::Json(operations)
+        }
         "application/apply-patch+yaml" | "application/apply-patch+json" => {
             return Err(ApiError::UnsupportedMediaType(
                 "server-side apply is not served: apply client-side (kubectl apply without --server-side)".into(),
@@ -323,9 +330,7 @@ pub async fn patch(
         match &form {
             Form::Merge => merge_patch(&mut shown, &merge),
             Form::Strategic => strategic_merge(&mut shown, &merge),
-            Form::Json(operations) => json_patch::patch(&mut shown, operations).map_err(|e| {
-                ApiError::invalid("body", format!("the JSON patch does not apply: {e}"))
-            })?,
+            Form::Json(operations) => apply_json_patch(&mut shown, operations)?,
         }
         let named = shown["metadata"]["resourceVersion"] != read;
         if shown["metadata"]["resourceVersion"].is_null() {
@@ -344,6 +349,36 @@ pub async fn patch(
         }
     }
     unreachable!("the loop returns")
+}
+
+/// Most operations one JSON patch may hold: each may copy what the object
+/// holds, so the object is measured after each that adds.
+const MAX_JSON_PATCH_OPERATIONS: usize = 100;
+
+/// Applies a JSON patch an operation at a time, refusing it once the
+/// object grows past the largest one stored: `copy` doubles what it
+/// copies, and a hundred doublings would fit in no machine.
+fn apply_json_patch(object: &mut Value, operations: &json_patch::Patch) -> Result<(), ApiError> {
+    for (index, operation) in operations.0.iter().enumerate() {
+        json_patch::patch(object, std::slice::from_ref(operation)).map_err(|e| {
+            ApiError::invalid(
+                &format!("body[{index}]"),
+                format!("the JSON patch does not apply: {e}"),
+            )
+        })?;
+        let grows = matches!(
+            operation,
+            json_patch::PatchOperation::Copy(_) | json_patch::PatchOperation::Add(_)
+        );
+        if grows
+            && serde_json::to_vec(object).map_or(usize::MAX, |b| b.len()) > super::MAX_OBJECT_BYTES
+        {
+            return Err(ApiError::TooLarge(format!(
+                "body[{index}]: the patched object is larger than 1Mi; objects are limited to 1Mi"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `replicasets`: each Deployment's revisions as ReplicaSets, read-only,

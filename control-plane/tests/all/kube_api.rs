@@ -276,3 +276,194 @@ async fn scale_tables_and_dropped_fields_keep_to_the_callers_roles() {
         assert_eq!(status, 401, "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_views_hold_the_same_line_as_skiffs_own() {
+    let cluster = Cluster::new();
+    let plane = cluster.serve(&[]);
+    let admin = client(&plane, &cluster.admin_token);
+    for ns in ["shop", "rival"] {
+        let namespace =
+            json!({"apiVersion": "skiff.dev/v1", "kind": "Namespace", "metadata": {"name": ns}});
+        admin
+            .create(Kind::Namespace, None, &namespace)
+            .await
+            .unwrap();
+    }
+    let viewer = token(&admin, Some("shop"), "view", None).await;
+    let editor = token(&admin, Some("shop"), "edit", None).await;
+    let rival = token(&admin, Some("rival"), "admin", None).await;
+    let url = |path: &str| format!("{}{path}", plane.url);
+
+    // A Deployment written in Kubernetes' shape is Skiff's Deployment.
+    let web = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": "reg.example/web:v1"}]}}},
+    });
+    let deployments = url("/apis/apps/v1/namespaces/shop/deployments");
+    let (status, _, created) = call(
+        reqwest::Method::POST,
+        deployments.clone(),
+        &editor,
+        None,
+        Some(("application/json", web.clone())),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["apiVersion"], "apps/v1");
+    let stored = admin
+        .get(Kind::Deployment, Some("shop"), "web")
+        .await
+        .unwrap();
+    assert_eq!(
+        stored["spec"]["template"]["spec"]["image"],
+        "reg.example/web:v1"
+    );
+    assert_eq!(
+        stored["metadata"]["resourceVersion"],
+        created["metadata"]["resourceVersion"]
+    );
+
+    // Other namespaces' tokens get nothing through any of the views, and
+    // a view token writes nothing.
+    for path in [
+        "/api/v1/namespaces/shop/pods",
+        "/apis/apps/v1/namespaces/shop/deployments/web",
+        "/apis/apps/v1/namespaces/shop/replicasets",
+        "/apis/metrics.k8s.io/v1beta1/namespaces/shop/pods",
+        "/apis/apps/v1/namespaces/shop/deployments/web/scale",
+    ] {
+        let (status, _, _) = call(reqwest::Method::GET, url(path), &rival, None, None).await;
+        assert_eq!(status, 403, "{path}");
+    }
+    let item = url("/apis/apps/v1/namespaces/shop/deployments/web");
+    let label = Some((
+        "application/strategic-merge-patch+json",
+        json!({"metadata": {"labels": {"x": "y"}}}),
+    ));
+    let (status, _, _) = call(
+        reqwest::Method::PATCH,
+        item.clone(),
+        &viewer,
+        None,
+        label.clone(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _, patched) =
+        call(reqwest::Method::PATCH, item.clone(), &editor, None, label).await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["metadata"]["labels"]["x"], "y");
+    // Status is Skiff's components' to write.
+    let (status, _, _) = call(
+        reqwest::Method::PUT,
+        format!("{item}/status"),
+        &editor,
+        None,
+        Some(("application/json", created.clone())),
+    )
+    .await;
+    assert_eq!(status, 405);
+
+    // A JSON patch that doubles the object again and again is refused
+    // once it outgrows an object, and one of too many operations at once;
+    // neither writes anything.
+    let bomb: Vec<Value> =
+        std::iter::once(json!({"op": "add", "path": "/metadata/x", "value": ["x".repeat(1000)]}))
+            .chain((0..40).flat_map(|_| {
+                [
+                    json!({"op": "copy", "from": "/metadata/x", "path": "/metadata/y"}),
+                    json!({"op": "copy", "from": "/metadata/y", "path": "/metadata/x/-"}),
+                ]
+            }))
+            .collect();
+    let (status, _, answer) = call(
+        reqwest::Method::PATCH,
+        item.clone(),
+        &editor,
+        None,
+        Some(("application/json-patch+json", json!(bomb))),
+    )
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    let many: Vec<Value> = (0..101)
+        .map(|_| json!({"op": "test", "path": "/kind", "value": "Deployment"}))
+        .collect();
+    let (status, _, _) = call(
+        reqwest::Method::PATCH,
+        item.clone(),
+        &editor,
+        None,
+        Some(("application/json-patch+json", json!(many))),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let after = admin
+        .get(Kind::Deployment, Some("shop"), "web")
+        .await
+        .unwrap();
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        patched["metadata"]["resourceVersion"]
+    );
+
+    // What is kept for display cannot make a pod look like what it is
+    // not: limits, privileges and host access written into the annotation
+    // are not shown.
+    let forged = json!({"container": {"resources": {"limits": {"memory": "4Gi"}}, "securityContext": {"privileged": true},
+                                      "image": "elsewhere"},
+                        "pod": {"hostNetwork": true}});
+    let pod = json!({"apiVersion": "skiff.dev/v1", "kind": "Pod",
+                     "metadata": {"name": "p", "annotations": {"skiff.dev/kubernetes-only": forged.to_string()}},
+                     "spec": {"image": "reg.example/web:v1", "resources": {"memory": "64Mi"}}});
+    admin.create(Kind::Pod, Some("shop"), &pod).await.unwrap();
+    let (status, _, shown) = call(
+        reqwest::Method::GET,
+        url("/api/v1/namespaces/shop/pods/p"),
+        &viewer,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{shown}");
+    let container = &shown["spec"]["containers"][0];
+    assert_eq!(container["resources"]["limits"]["memory"], "64Mi");
+    assert_eq!(container["image"], "reg.example/web:v1");
+    assert!(container.get("securityContext").is_none(), "{shown}");
+    assert!(shown["spec"].get("hostNetwork").is_none(), "{shown}");
+
+    // A Kubernetes Pod that asks for more than Skiff gives is refused by
+    // field, as is a Service of a type Skiff has not.
+    let pods = url("/api/v1/namespaces/shop/pods");
+    let privileged = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "root"},
+        "spec": {"hostPID": true, "containers": [{"name": "c", "image": "i", "securityContext": {"privileged": true}}]}});
+    let (status, _, answer) = call(
+        reqwest::Method::POST,
+        pods,
+        &editor,
+        None,
+        Some(("application/json", privileged)),
+    )
+    .await;
+    assert_eq!(status, 422, "{answer}");
+    let fields: Vec<&str> = answer["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.hostPID",
+            "spec.containers[0].securityContext.privileged"
+        ],
+        "{answer}"
+    );
+    let (status, _, _) = call(reqwest::Method::POST, url("/api/v1/namespaces/shop/services"), &editor, None,
+        Some(("application/json", json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer"}})))).await;
+    assert_eq!(status, 422);
+    assert!(admin.get(Kind::Pod, Some("shop"), "root").await.is_err());
+}

@@ -30,6 +30,18 @@ pub const DEFAULT_CONTAINER: &str = "main";
 /// the object reads back as written: `kubectl apply` then finds nothing
 /// to change.
 pub const KEPT_ANNOTATION: &str = "skiff.dev/kubernetes-only";
+/// Pod fields Kubernetes fills in or that mean nothing here: accepted,
+/// kept for display, not acted on.
+const IGNORED_POD_FIELDS: [&str; 8] = [
+    "dnsPolicy",
+    "schedulerName",
+    "enableServiceLinks",
+    "preemptionPolicy",
+    "priorityClassName",
+    "terminationGracePeriodSeconds",
+    "hostname",
+    "subdomain",
+];
 /// The revision a Deployment is at, as kubectl reads it.
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 /// What a revision changed, as kubectl shows it in `rollout history`.
@@ -517,20 +529,23 @@ fn pod_spec_to_kube(spec: &Value, annotations: &mut Map<String, Value>) -> Value
             pod.insert(field.into(), value);
         }
     }
-    for (key, value) in kept["container"].as_object().into_iter().flatten() {
-        if key == "resources" {
-            let resources = container.entry("resources").or_insert_with(|| json!({}));
-            for (part, values) in value.as_object().into_iter().flatten() {
-                resources[part] = values.clone();
-            }
-        } else {
-            container
-                .entry(key.clone())
-                .or_insert_with(|| value.clone());
-        }
+    // Only what is kept for display, in the places it was taken from: an
+    // annotation is the writer's to set, and must never make the shown
+    // object claim limits, privileges or images it does not have.
+    if let Some(ports) = kept["container"].get("ports").filter(|p| p.is_array()) {
+        container.insert("ports".into(), ports.clone());
+    }
+    if let Some(requests) = kept["container"]["resources"]
+        .get("requests")
+        .filter(|r| r.is_object())
+    {
+        let resources = container.entry("resources").or_insert_with(|| json!({}));
+        resources["requests"] = requests.clone();
     }
     for (key, value) in kept["pod"].as_object().into_iter().flatten() {
-        pod.entry(key.clone()).or_insert_with(|| value.clone());
+        if IGNORED_POD_FIELDS.contains(&key.as_str()) {
+            pod.entry(key.clone()).or_insert_with(|| value.clone());
+        }
     }
     pod.insert("containers".into(), json!([container]));
     rest.retain(|_, v| !v.is_null());
@@ -659,14 +674,7 @@ fn pod_spec_from_kube(
                 }
             }
             // What Kubernetes itself fills in, and what means nothing here.
-            "dnsPolicy"
-            | "schedulerName"
-            | "enableServiceLinks"
-            | "preemptionPolicy"
-            | "priorityClassName"
-            | "terminationGracePeriodSeconds"
-            | "hostname"
-            | "subdomain" => {
+            ignored if IGNORED_POD_FIELDS.contains(&ignored) => {
                 if !value.is_null() {
                     warnings.push(format!("{field} is ignored: Skiff has no such setting"));
                     kept_pod.insert(key.clone(), value.clone());
@@ -1025,22 +1033,41 @@ fn merge_key(items: &[Value]) -> Option<&'static str> {
         .find(|key| !items.is_empty() && items.iter().all(|i| i.get(*key).is_some()))
 }
 
+/// Merges `patch` into `current` element by element, matched on `key`; in
+/// time linear in both (a patch and an object may each hold many thousand
+/// elements).
 fn merge_list(current: &mut Vec<Value>, patch: &[Value], key: &str) {
+    let mut slots: Vec<Option<Value>> = std::mem::take(current).into_iter().map(Some).collect();
+    let mut at: std::collections::HashMap<String, usize> = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| Some((item.as_ref()?.get(key)?.to_string(), i)))
+        .collect();
     for item in patch {
-        let at = current.iter().position(|c| c.get(key) == item.get(key));
-        match (item.get("$patch").and_then(Value::as_str), at) {
-            (Some("delete"), Some(at)) => {
-                current.remove(at);
+        let Some(id) = item.get(key).map(Value::to_string) else {
+            continue;
+        };
+        let found = at.get(&id).copied();
+        match (item.get("$patch").and_then(Value::as_str), found) {
+            (Some("delete"), Some(i)) => {
+                slots[i] = None;
+                at.remove(&id);
             }
             (Some("delete"), None) => {}
-            (_, Some(at)) => strategic_merge(&mut current[at], item),
+            (_, Some(i)) => {
+                if let Some(slot) = slots[i].as_mut() {
+                    strategic_merge(slot, item);
+                }
+            }
             (_, None) => {
                 let mut added = Value::Null;
                 strategic_merge(&mut added, item);
-                current.push(added);
+                at.insert(id, slots.len());
+                slots.push(Some(added));
             }
         }
     }
+    *current = slots.into_iter().flatten().collect();
 }
 
 #[cfg(test)]
