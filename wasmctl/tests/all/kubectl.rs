@@ -552,6 +552,37 @@ try:
     seen["typo"] = "created"
 except ApiException as e:
     seen["typo"] = [e.status, json.loads(e.body)["message"]]
+# The same objects through Kubernetes' own groups, with the typed APIs.
+core, apps = client.CoreV1Api(), client.AppsV1Api()
+typed = core.create_namespaced_config_map("default", client.V1ConfigMap(
+    metadata=client.V1ObjectMeta(name="typed"), data={"colour": "green"}))
+seen["typed"] = [typed.api_version, typed.kind]
+seen["core_list"] = sorted(c.metadata.name for c in core.list_namespaced_config_map("default").items)
+seen["same_version"] = (core.read_namespaced_config_map("from-python", "default").metadata.resource_version
+    == api.get_namespaced_custom_object(group, version, "default", "configmaps", "from-python")["metadata"]["resourceVersion"])
+listed = core.list_namespaced_config_map("default")
+api.patch_namespaced_custom_object(group, version, "default", "configmaps", "typed", {"data": {"colour": "teal"}})
+for event in watch.Watch().stream(core.list_namespaced_config_map, "default",
+                                  resource_version=listed.metadata.resource_version, timeout_seconds=60):
+    if event["object"].metadata.name == "typed":
+        seen["core_watched"] = [event["type"], event["object"].data["colour"]]
+        break
+made = apps.create_namespaced_deployment("default", {
+    "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "typed"},
+    "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "typed"}},
+             "template": {"metadata": {"labels": {"app": "typed"}},
+                          "spec": {"containers": [{"name": "server", "image": "reg.example/typed:v1"}]}}}})
+seen["apps"] = [made.api_version, made.spec.template.spec.containers[0].name]
+seen["skiff_image"] = api.get_namespaced_custom_object(group, version, "default", "deployments", "typed")["spec"]["template"]["spec"]["image"]
+try:
+    apps.create_namespaced_deployment("default", {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "two"},
+        "spec": {"selector": {"matchLabels": {"app": "two"}},
+                 "template": {"metadata": {"labels": {"app": "two"}},
+                              "spec": {"containers": [{"name": "a", "image": "i"}, {"name": "b", "image": "j"}]}}}})
+    seen["two"] = "created"
+except ApiException as e:
+    seen["two"] = [e.status, json.loads(e.body)["message"]]
 print(json.dumps(seen))
 "#;
 
@@ -596,6 +627,25 @@ fn the_python_client_discovers_lists_watches_and_writes() {
         seen["typo"][1]
             .as_str()
             .is_some_and(|m| m.contains("dataa")),
+        "{seen}"
+    );
+    assert_eq!(seen["typed"], serde_json::json!(["v1", "ConfigMap"]));
+    assert_eq!(
+        seen["core_list"],
+        serde_json::json!(["from-python", "typed"])
+    );
+    assert_eq!(seen["same_version"], true);
+    assert_eq!(
+        seen["core_watched"],
+        serde_json::json!(["MODIFIED", "teal"])
+    );
+    assert_eq!(seen["apps"], serde_json::json!(["apps/v1", "server"]));
+    assert_eq!(seen["skiff_image"], "reg.example/typed:v1");
+    assert_eq!(seen["two"][0], 422, "{seen}");
+    assert!(
+        seen["two"][1]
+            .as_str()
+            .is_some_and(|m| m.starts_with("spec.template.spec.containers[1]: is not supported")),
         "{seen}"
     );
     stop(child);
