@@ -25,6 +25,11 @@ pub enum ApiError {
     },
     AlreadyExists(String),
     Conflict(String),
+    /// A server-side apply would change fields other managers own.
+    ManagerConflict {
+        message: String,
+        causes: Vec<StatusCause>,
+    },
     Gone(String),
     TooLarge(String),
     /// The request body did not arrive in time.
@@ -151,6 +156,9 @@ impl ApiError {
             }
             ApiError::AlreadyExists(m) => (StatusCode::CONFLICT, "AlreadyExists", m, vec![]),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "Conflict", m, vec![]),
+            ApiError::ManagerConflict { message, causes } => {
+                (StatusCode::CONFLICT, "Conflict", message, causes)
+            }
             ApiError::Gone(m) => (StatusCode::GONE, "Gone", m, vec![]),
             ApiError::TooLarge(m) => (
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -234,7 +234,7 @@ pub fn body_in(kind: Kind, body: bytes::Bytes) -> Result<(bytes::Bytes, Vec<Stri
     ))
 }
 
-fn invalid(errors: Vec<FieldError>) -> ApiError {
+pub(super) fn invalid(errors: Vec<FieldError>) -> ApiError {
     let mut message = errors.first().map(ToString::to_string).unwrap_or_default();
     if errors.len() > 1 {
         message.push_str(&format!(" (and {} more)", errors.len() - 1));
@@ -293,11 +293,6 @@ pub async fn patch(
                 )));
             }
             Form::Json(operations)
-        }
-        "application/apply-patch+yaml" | "application/apply-patch+json" => {
-            return Err(ApiError::UnsupportedMediaType(
-                "server-side apply is not served: apply client-side (kubectl apply without --server-side)".into(),
-            ));
         }
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(

@@ -1,6 +1,7 @@
 //! The REST API, in Kubernetes' conventions:
 //! `/apis/skiff.dev/v1/[namespaces/{ns}/]{plural}[/{name}[/status]]`.
 
+mod apply;
 pub(crate) mod discovery;
 mod error;
 mod kube;
@@ -535,12 +536,18 @@ async fn serve(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
         .unwrap_or_default();
-    let body = read_body(
-        request,
-        matches!(target, Target::Manifests),
-        kube && method == Method::PATCH,
-    )
-    .await?;
+    // Kubernetes' patch types where they are served: server-side apply
+    // on either path, strategic and JSON patches on Kubernetes' own kinds.
+    let patches: &[&str] = match (&method, kube) {
+        (&Method::PATCH, true) => &[
+            "application/apply-patch+yaml",
+            "application/strategic-merge-patch+json",
+            "application/json-patch+json",
+        ],
+        (&Method::PATCH, false) => &["application/apply-patch+yaml"],
+        _ => &[],
+    };
+    let body = read_body(request, matches!(target, Target::Manifests), patches).await?;
     refuse_nul_bytes(&body)?;
     // Objects written in the Kubernetes shape are Skiff's from here on.
     let (body, mut notes) = match (&target, &method) {
@@ -563,7 +570,11 @@ async fn serve(
     // Writes of objects may drop the fields their kind does not have
     // rather than be refused for them, as the caller chooses.
     let (body, dropped) = match (&target, &method) {
-        (Target::Item { .. }, &Method::PATCH) if kube => (body, Vec::new()),
+        (Target::Item { .. }, &Method::PATCH)
+            if kube || content_type == "application/apply-patch+yaml" =>
+        {
+            (body, Vec::new())
+        }
         (Target::Collection { kind, .. }, &Method::POST)
         | (Target::Item { kind, .. }, &Method::PUT | &Method::PATCH) => {
             let validation = kube_openapi::FieldValidation::parse(
@@ -583,6 +594,18 @@ async fn serve(
         dialect,
     };
     let mut response = match (&target, &method) {
+        (
+            Target::Item {
+                kind,
+                namespace,
+                name,
+                status: false,
+            },
+            &Method::PATCH,
+        ) if content_type == "application/apply-patch+yaml" => {
+            let key = crate::store::ObjectKey::new(*kind, namespace.as_deref().unwrap_or(""), name);
+            apply::server_side(&call, &key).await?
+        }
         (
             Target::Item {
                 kind,
@@ -822,7 +845,11 @@ fn body_error(error: &axum::Error) -> ApiError {
 
 /// The request body, refused beyond [`MAX_OBJECT_BYTES`]; YAML only where
 /// `yaml` says a manifest is taken.
-async fn read_body(request: Request, yaml: bool, patches: bool) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(
+    request: Request,
+    yaml: bool,
+    patches: &[&str],
+) -> Result<bytes::Bytes, ApiError> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -843,7 +870,7 @@ async fn read_body(request: Request, yaml: bool, patches: bool) -> Result<bytes:
                 content_type.as_str(),
                 "application/yaml" | "application/x-yaml"
             ))
-        && !patches
+        && !patches.contains(&content_type.as_str())
     {
         if content_type == "application/vnd.kubernetes.protobuf" {
             return Err(ApiError::UnsupportedMediaType(

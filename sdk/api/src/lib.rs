@@ -4,6 +4,7 @@
 //! rules. No I/O here.
 
 pub mod addresses;
+pub mod apply;
 pub mod columns;
 pub mod kinds;
 pub mod kube;

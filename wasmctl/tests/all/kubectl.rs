@@ -988,3 +988,89 @@ trait Pipe: Sized {
 }
 
 impl Pipe for Output {}
+
+#[test]
+fn server_side_apply_keeps_each_managers_fields_and_names_conflicts() {
+    let dev = Dev::new();
+    let (child, _) = dev.start(&[], "Ctrl-C stops it.");
+    let output = wasmctl()
+        .args(["config", "kubeconfig"])
+        .env("WASMCTL_CONFIG", &dev.config)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let home = dev.data.with_extension("kube");
+    std::fs::create_dir_all(&home).unwrap();
+    let config = home.join("config");
+    std::fs::write(&config, stdout_of(&output)).unwrap();
+    let kubectl = Kubectl { config };
+    let image = format!("{}/misbehave:v1", dev.registry);
+    let manifest = kubernetes_manifest(&image);
+    let server_side = |manifest: &str, extra: &[&str]| {
+        let mut args = vec!["--server-side"];
+        args.extend(extra);
+        kubectl.apply(manifest, &args)
+    };
+
+    // Applied twice by kubectl, the manager it names by default.
+    for _ in 0..2 {
+        let applied = server_side(&manifest, &[]);
+        assert!(applied.status.success(), "{}", stderr_of(&applied));
+        assert_eq!(
+            stdout_of(&applied).lines().collect::<Vec<_>>(),
+            [
+                "deployment.apps/printer serverside-applied",
+                "service/printer serverside-applied"
+            ]
+        );
+    }
+    // Another manager changing a field kubectl owns is refused, by field;
+    // the same values are shared without a word.
+    let scaled = manifest.replace("replicas: 2", "replicas: 3");
+    let refused = server_side(&scaled, &["--field-manager=ci"]);
+    assert!(!refused.status.success());
+    let stderr = stderr_of(&refused);
+    assert!(
+        stderr.contains("conflict with \"kubectl\": .spec.replicas"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(".spec.template"), "{stderr}");
+    assert_eq!(
+        kubectl.json(&["get", "deploy", "printer"])["spec"]["replicas"],
+        2
+    );
+    // Forced, it takes the field over, and kubectl is now the one refused.
+    let forced = server_side(&scaled, &["--field-manager=ci", "--force-conflicts"]);
+    assert!(forced.status.success(), "{}", stderr_of(&forced));
+    assert_eq!(
+        kubectl.json(&["get", "deploy", "printer"])["spec"]["replicas"],
+        3
+    );
+    let back = server_side(&manifest, &[]);
+    assert!(!back.status.success());
+    assert!(
+        stderr_of(&back).contains("conflict with \"ci\": .spec.replicas"),
+        "{}",
+        stderr_of(&back)
+    );
+
+    // A field a manager stops naming goes, when no one else owns it.
+    let settings = |data: &str| {
+        format!(
+            "apiVersion: skiff.dev/v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n{data}"
+        )
+    };
+    let applied = server_side(&settings("  a: \"1\"\n  b: \"2\"\n"), &[]);
+    assert!(applied.status.success(), "{}", stderr_of(&applied));
+    assert_eq!(
+        stdout_of(&applied).trim(),
+        "configmap.skiff.dev/settings serverside-applied"
+    );
+    let applied = server_side(&settings("  a: \"1\"\n"), &[]);
+    assert!(applied.status.success(), "{}", stderr_of(&applied));
+    assert_eq!(
+        kubectl.json(&["get", "configmaps.skiff.dev", "settings"])["data"],
+        serde_json::json!({"a": "1"})
+    );
+    stop(child);
+}
