@@ -55,6 +55,8 @@ pub fn router() -> Router<AppState> {
 enum Served {
     Core,
     Apps,
+    /// `networking.k8s.io/v1`: Routes, as Ingresses.
+    Networking,
     /// `metrics.k8s.io/v1beta1`: what pods and nodes use (`kubectl top`).
     Metrics,
     Skiff,
@@ -63,12 +65,18 @@ enum Served {
 impl Served {
     /// The groups under `/apis`, in the order clients prefer them: a
     /// Kubernetes kind's own group before Skiff's for the same name.
-    const GROUPS: [Served; 3] = [Served::Apps, Served::Metrics, Served::Skiff];
+    const GROUPS: [Served; 4] = [
+        Served::Apps,
+        Served::Networking,
+        Served::Metrics,
+        Served::Skiff,
+    ];
 
     fn group(self) -> &'static str {
         match self {
             Served::Core => "",
             Served::Apps => "apps",
+            Served::Networking => "networking.k8s.io",
             Served::Metrics => "metrics.k8s.io",
             Served::Skiff => GROUP,
         }
@@ -78,6 +86,7 @@ impl Served {
         match self {
             Served::Core => "v1",
             Served::Apps => "apps/v1",
+            Served::Networking => "networking.k8s.io/v1",
             Served::Metrics => "metrics.k8s.io/v1beta1",
             Served::Skiff => "skiff.dev/v1",
         }
@@ -106,8 +115,7 @@ impl Served {
     /// once, in Kubernetes' groups where a kind is in both.
     fn categories(self, kind: Kind) -> Vec<&'static str> {
         match (self, kind) {
-            (Served::Skiff, Kind::Route)
-            | (Served::Core | Served::Apps, Kind::Pod | Kind::Deployment | Kind::Service) => {
+            (Served::Core | Served::Apps, Kind::Pod | Kind::Deployment | Kind::Service) => {
                 vec!["all"]
             }
             _ => Vec::new(),
@@ -119,19 +127,29 @@ impl Served {
         let mut resources: Vec<Resource> = self
             .kinds()
             .into_iter()
-            .map(|kind| Resource {
-                plural: kind.plural(),
-                singular: kind.name().to_ascii_lowercase(),
+            .map(|kind| {
+                let (plural, name) = match (self, skiff_api::kube::kube_kind(kind)) {
+                    (Served::Skiff, _) | (_, None) => (kind.plural(), kind.name()),
+                    (_, Some((_, name))) => (skiff_api::kube::kube_plural(kind), name),
+                };
+                (kind, plural, name)
+            })
+            .map(|(kind, plural, name)| Resource {
+                plural,
+                singular: name.to_ascii_lowercase(),
                 namespaced: kind.namespaced(),
-                kind: kind.name(),
+                kind: name,
                 verbs: &OBJECT_VERBS,
                 // A kind Kubernetes has is reached by its short name in
                 // Kubernetes' group; in Skiff's, as `pods.skiff.dev`.
-                short_names: if self == Served::Skiff && skiff_api::kube::kube_kind(kind).is_some()
-                {
-                    Vec::new()
-                } else {
-                    short_names(kind)
+                short_names: match self {
+                    Served::Skiff
+                        if skiff_api::kube::kube_kind(kind).is_some() && kind != Kind::Route =>
+                    {
+                        Vec::new()
+                    }
+                    Served::Networking => vec!["ing"],
+                    _ => short_names(kind),
                 },
                 categories: self.categories(kind),
                 subresources: subresources(kind),

@@ -33,6 +33,17 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/{*path}", any(core))
         .route("/apis/apps/v1/{*path}", any(apps))
         .route("/apis/metrics.k8s.io/v1beta1/{*path}", any(metrics))
+        .route("/apis/networking.k8s.io/v1/{*path}", any(networking))
+}
+
+async fn networking(State(state): State<AppState>, request: Request) -> Response {
+    serve(
+        state,
+        request,
+        "/apis/networking.k8s.io/v1/",
+        "networking.k8s.io/v1",
+    )
+    .await
 }
 
 /// `metrics.k8s.io`: what pods and nodes use, as the nodes sample it, in
@@ -144,12 +155,14 @@ async fn apps(State(state): State<AppState>, request: Request) -> Response {
 
 async fn serve(state: AppState, request: Request, prefix: &str, group_version: &str) -> Response {
     let started = Instant::now();
-    let path = request
-        .uri()
-        .path()
-        .strip_prefix(prefix)
-        .unwrap_or_default()
-        .to_owned();
+    let path = skiff_path(
+        request
+            .uri()
+            .path()
+            .strip_prefix(prefix)
+            .unwrap_or_default(),
+        group_version,
+    );
     let (verb, kind) = super::request_labels(&request, &path);
     let answer = match route(&path, group_version) {
         Ok(Route::Objects) => super::serve(&state, request, path, Dialect::Kube).await,
@@ -164,6 +177,26 @@ async fn serve(state: AppState, request: Request, prefix: &str, group_version: &
         .metrics()
         .api_request(verb, kind, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// The path of the same request under `skiff.dev`: Kubernetes' plural of
+/// a kind whose name differs (`ingresses`) becomes Skiff's (`routes`).
+fn skiff_path(path: &str, group_version: &str) -> String {
+    if group_version != "networking.k8s.io/v1" {
+        return path.to_owned();
+    }
+    let mut segments: Vec<&str> = path.split('/').collect();
+    let plural = match segments.as_slice() {
+        ["namespaces", _, ..] => 2,
+        _ => 0,
+    };
+    if segments.get(plural) == Some(&skiff_api::kube::kube_plural(Kind::Route)) {
+        segments[plural] = Kind::Route.plural();
+    } else if segments.get(plural) == Some(&Kind::Route.plural()) {
+        // Kubernetes' group has no `routes`.
+        segments[plural] = "";
+    }
+    segments.join("/")
 }
 
 enum Route {
@@ -501,6 +534,17 @@ mod tests {
 
     #[test]
     fn each_group_serves_its_own_kinds() {
+        let ingresses = skiff_path("namespaces/shop/ingresses/web", "networking.k8s.io/v1");
+        assert_eq!(ingresses, "namespaces/shop/routes/web");
+        assert!(matches!(
+            route(&ingresses, "networking.k8s.io/v1"),
+            Ok(Route::Objects)
+        ));
+        let routes = skiff_path("namespaces/shop/routes", "networking.k8s.io/v1");
+        assert!(matches!(
+            route(&routes, "networking.k8s.io/v1"),
+            Err(ApiError::NotFound(_))
+        ));
         assert!(matches!(
             route("namespaces/shop/pods", "v1"),
             Ok(Route::Objects)

@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/openapi/v3/apis/skiff.dev/v1", get(v3_group))
         .route("/openapi/v3/api/v1", get(v3_core))
         .route("/openapi/v3/apis/apps/v1", get(v3_apps))
+        .route("/openapi/v3/apis/networking.k8s.io/v1", get(v3_networking))
 }
 
 fn gvk(kind: &str) -> Value {
@@ -103,7 +104,7 @@ fn kube_document(group_version: &'static str) -> Value {
             format!("{}.{name}", group_version.replace('/', ".")),
             json!({
                 "type": "object",
-                "description": format!("Skiff's {name}, in the shape of Kubernetes' {group_version} {name}; its fields are described by `kubectl explain {}.skiff.dev`.", kind.plural()),
+                "description": format!("Skiff's {}, in the shape of Kubernetes' {group_version} {name}; its fields are described by `kubectl explain {}.skiff.dev`.", kind.name(), kind.plural()),
                 "x-kubernetes-group-version-kind": [mark],
             }),
         );
@@ -111,13 +112,11 @@ fn kube_document(group_version: &'static str) -> Value {
             json!({"summary": summary, "parameters": [field_validation], "x-kubernetes-group-version-kind": mark,
                    "responses": {"200": {"description": "the stored object"}}})
         };
+        let plural = skiff_api::kube::kube_plural(kind);
         let item = if kind.namespaced() {
-            format!(
-                "{prefix}/namespaces/{{namespace}}/{}/{{name}}",
-                kind.plural()
-            )
+            format!("{prefix}/namespaces/{{namespace}}/{plural}/{{name}}")
         } else {
-            format!("{prefix}/{}/{{name}}", kind.plural())
+            format!("{prefix}/{plural}/{{name}}")
         };
         paths.insert(
             item,
@@ -140,6 +139,11 @@ fn core_document() -> &'static Value {
 fn apps_document() -> &'static Value {
     static DOCUMENT: OnceLock<Value> = OnceLock::new();
     DOCUMENT.get_or_init(|| kube_document("apps/v1"))
+}
+
+fn networking_document() -> &'static Value {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    DOCUMENT.get_or_init(|| kube_document("networking.k8s.io/v1"))
 }
 
 fn hash_of(document: &Value) -> String {
@@ -217,11 +221,7 @@ fn not_acceptable() -> Response {
 }
 
 async fn v2(State(state): State<AppState>, request: Request) -> Response {
-    match signed_in(&state, request).await {
-        Ok(headers) if takes_json(&headers) => json_answer(v2_document()),
-        Ok(_) => not_acceptable(),
-        Err(error) => error.into_response(),
-    }
+    document_answer(&state, request, v2_document()).await
 }
 
 async fn v3_root(State(state): State<AppState>, request: Request) -> Response {
@@ -241,31 +241,36 @@ async fn v3_root(State(state): State<AppState>, request: Request) -> Response {
         "apis/apps/v1".into(),
         json!({"serverRelativeURL": format!("/openapi/v3/apis/apps/v1?hash={}", hash_of(apps_document()))}),
     );
+    paths.insert(
+        "apis/networking.k8s.io/v1".into(),
+        json!({"serverRelativeURL": format!("/openapi/v3/apis/networking.k8s.io/v1?hash={}", hash_of(networking_document()))}),
+    );
     json_answer(&json!({"paths": paths}))
 }
 
 async fn v3_core(State(state): State<AppState>, request: Request) -> Response {
-    match signed_in(&state, request).await {
-        Ok(headers) if takes_json(&headers) => json_answer(core_document()),
+    document_answer(&state, request, core_document()).await
+}
+
+async fn v3_networking(State(state): State<AppState>, request: Request) -> Response {
+    document_answer(&state, request, networking_document()).await
+}
+
+/// A document, to a signed-in caller that takes JSON.
+async fn document_answer(state: &AppState, request: Request, document: &Value) -> Response {
+    match signed_in(state, request).await {
+        Ok(headers) if takes_json(&headers) => json_answer(document),
         Ok(_) => not_acceptable(),
         Err(error) => error.into_response(),
     }
 }
 
 async fn v3_apps(State(state): State<AppState>, request: Request) -> Response {
-    match signed_in(&state, request).await {
-        Ok(headers) if takes_json(&headers) => json_answer(apps_document()),
-        Ok(_) => not_acceptable(),
-        Err(error) => error.into_response(),
-    }
+    document_answer(&state, request, apps_document()).await
 }
 
 async fn v3_group(State(state): State<AppState>, request: Request) -> Response {
-    match signed_in(&state, request).await {
-        Ok(headers) if takes_json(&headers) => json_answer(group_document()),
-        Ok(_) => not_acceptable(),
-        Err(error) => error.into_response(),
-    }
+    document_answer(&state, request, group_document()).await
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ const OUTBOUND_ANNOTATION: &str = "skiff.dev/allow-outbound";
 pub fn kube_kind(kind: Kind) -> Option<(&'static str, &'static str)> {
     Some(match kind {
         Kind::Deployment => ("apps/v1", "Deployment"),
-        Kind::Route => return None,
+        Kind::Route => ("networking.k8s.io/v1", "Ingress"),
         Kind::Pod => ("v1", "Pod"),
         Kind::Namespace => ("v1", "Namespace"),
         Kind::Node => ("v1", "Node"),
@@ -73,6 +73,14 @@ pub fn kube_kind(kind: Kind) -> Option<(&'static str, &'static str)> {
         Kind::ServiceAccount => ("v1", "ServiceAccount"),
         Kind::Event => ("v1", "Event"),
     })
+}
+
+/// The plural Kubernetes serves `kind` under, where it is not Skiff's.
+pub fn kube_plural(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Route => "ingresses",
+        other => other.plural(),
+    }
 }
 
 /// The stored object `object` of `kind` in its Kubernetes shape.
@@ -169,20 +177,53 @@ pub fn to_kube(kind: Kind, mut object: Value) -> Value {
             object["spec"] = spec;
         }
         Kind::Event => {
-            if let Some(involved) = object["involvedObject"]["kind"]
+            if let Some((api_version, name)) = object["involvedObject"]["kind"]
                 .as_str()
                 .and_then(Kind::from_name)
                 .and_then(kube_kind)
             {
-                object["involvedObject"]["apiVersion"] = json!(involved.0);
+                object["involvedObject"]["apiVersion"] = json!(api_version);
+                object["involvedObject"]["kind"] = json!(name);
+            }
+        }
+        Kind::Route => {
+            let spec = object["spec"].take();
+            let mut backend = json!({"service": {"name": spec["service"]}});
+            if let Some(port) = spec["port"].as_u64() {
+                backend["service"]["port"] = json!({"number": port});
+            }
+            let path = spec["path"]
+                .as_str()
+                .filter(|p| !p.is_empty())
+                .unwrap_or("/");
+            let mut rule = json!({"http": {"paths": [{"path": path, "pathType": "Prefix", "backend": backend}]}});
+            if let Some(host) = spec["host"].as_str().filter(|h| !h.is_empty()) {
+                rule["host"] = json!(host);
+            }
+            let mut kube_spec = json!({"rules": [rule]});
+            let mut annotations = annotations_of(&object["metadata"]);
+            let kept = annotations
+                .remove(KEPT_ANNOTATION)
+                .and_then(|k| {
+                    k.as_str()
+                        .and_then(|k| serde_json::from_str::<Value>(k).ok())
+                })
+                .unwrap_or(Value::Null);
+            // Only the class, in its own place (see pods' kept fields).
+            if let Some(class) = kept["ingressClassName"].as_str() {
+                kube_spec["ingressClassName"] = json!(class);
+            }
+            set_annotations(&mut object["metadata"], annotations);
+            object["spec"] = kube_spec;
+            if let Some(fields) = object.as_object_mut() {
+                fields.remove("status");
             }
         }
         Kind::Node
         | Kind::Secret
         | Kind::ConfigMap
         | Kind::ResourceQuota
-        | Kind::ServiceAccount
-        | Kind::Route => {}
+        | Kind::ServiceAccount => {}
     }
     object
 }
@@ -284,13 +325,32 @@ pub fn from_kube(kind: Kind, mut object: Value) -> Result<(Value, Vec<String>), 
             if object["involvedObject"]["apiVersion"].is_string() {
                 object["involvedObject"]["apiVersion"] = json!(crate::API_VERSION);
             }
+            // The one kind whose Kubernetes name is not Skiff's.
+            if object["involvedObject"]["kind"] == "Ingress" {
+                object["involvedObject"]["kind"] = json!(Kind::Route.name());
+            }
+        }
+        Kind::Route => {
+            let spec = object["spec"].take();
+            let mut annotations = annotations_of(&object["metadata"]);
+            annotations.remove(KEPT_ANNOTATION);
+            if let Some(class) = spec["ingressClassName"].as_str() {
+                annotations.insert(
+                    KEPT_ANNOTATION.into(),
+                    json!(json!({"ingressClassName": class}).to_string()),
+                );
+            }
+            set_annotations(&mut object["metadata"], annotations);
+            object["spec"] = route_from_ingress(&spec, &mut errors, &mut warnings);
+            if let Some(fields) = object.as_object_mut() {
+                fields.remove("status");
+            }
         }
         Kind::Node
         | Kind::Secret
         | Kind::ConfigMap
         | Kind::ResourceQuota
-        | Kind::ServiceAccount
-        | Kind::Route => {}
+        | Kind::ServiceAccount => {}
     }
     if errors.is_empty() {
         Ok((object, warnings))
@@ -912,6 +972,98 @@ fn service_spec_from_kube(
     }
 }
 
+/// An Ingress's one rule of one path as a Route.
+fn route_from_ingress(
+    spec: &Value,
+    errors: &mut Vec<FieldError>,
+    warnings: &mut Vec<String>,
+) -> Value {
+    let mut route = Map::new();
+    for key in spec.as_object().into_iter().flatten().map(|(k, _)| k) {
+        match key.as_str() {
+            "rules" => {}
+            "ingressClassName" => warnings.push(
+                "spec.ingressClassName is ignored: every node's ingress serves every route".into(),
+            ),
+            "tls" => errors.push(FieldError::new(
+                "spec.tls",
+                "is not supported: TLS is terminated in front of the nodes' ingress",
+            )),
+            _ => errors.push(FieldError::new(
+                &format!("spec.{key}"),
+                "is not supported by Skiff",
+            )),
+        }
+    }
+    let rules = spec["rules"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let rule = match rules {
+        [one] => one,
+        [] => {
+            errors.push(FieldError::new(
+                "spec.rules",
+                "must hold exactly one rule: a Route is one host and path",
+            ));
+            return Value::Object(route);
+        }
+        _ => {
+            errors.push(FieldError::new(
+                "spec.rules[1]",
+                "is not supported: a Route is one host and path; write one Ingress each",
+            ));
+            return Value::Object(route);
+        }
+    };
+    if let Some(host) = rule["host"].as_str() {
+        route.insert("host".into(), json!(host));
+    }
+    let paths = rule["http"]["paths"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let [path] = paths else {
+        errors.push(FieldError::new(
+            "spec.rules[0].http.paths",
+            "must hold exactly one path: a Route is one host and path; write one Ingress each",
+        ));
+        return Value::Object(route);
+    };
+    match path["pathType"].as_str() {
+        None | Some("Prefix") => {}
+        Some("ImplementationSpecific") => warnings.push(
+            "spec.rules[0].http.paths[0].pathType ImplementationSpecific is served as Prefix"
+                .into(),
+        ),
+        Some(other) => errors.push(FieldError::new(
+            "spec.rules[0].http.paths[0].pathType",
+            format!("`{other}` is not supported: routes match path prefixes"),
+        )),
+    }
+    if let Some(prefix) = path["path"].as_str().filter(|p| *p != "/") {
+        route.insert("path".into(), json!(prefix));
+    }
+    let service = &path["backend"]["service"];
+    if service.is_null() {
+        errors.push(FieldError::new(
+            "spec.rules[0].http.paths[0].backend.service",
+            "is required: a Route sends requests to a Service",
+        ));
+    }
+    route.insert("service".into(), service["name"].clone());
+    if let Some(port) = service["port"]["number"].as_u64() {
+        route.insert("port".into(), json!(port));
+    }
+    if service["port"].get("name").is_some() {
+        errors.push(FieldError::new(
+            "spec.rules[0].http.paths[0].backend.service.port.name",
+            "is not supported: name the port by number",
+        ));
+    }
+    Value::Object(route)
+}
+
 /// A pod's status with what Kubernetes clients read of its container.
 fn pod_status_to_kube(status: &mut Value, container: Value, image: Value) {
     let ready = status["conditions"]
@@ -1273,6 +1425,29 @@ mod tests {
             &json!({"metadata": {"labels": {"$patch": "replace", "only": "this"}}}),
         );
         assert_eq!(pod["metadata"]["labels"], json!({"only": "this"}));
+    }
+
+    #[test]
+    fn a_route_is_an_ingress_of_one_rule() {
+        let stored = json!({"apiVersion": "skiff.dev/v1", "kind": "Route", "metadata": {"name": "r"},
+            "spec": {"host": "shop.example", "path": "/api", "service": "web", "port": 80}});
+        let kube = to_kube(Kind::Route, stored.clone());
+        assert_eq!(kube["apiVersion"], "networking.k8s.io/v1");
+        assert_eq!(
+            kube["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"]["number"],
+            80
+        );
+        let (back, _) = from_kube(Kind::Route, kube).unwrap();
+        assert_eq!(back, stored);
+        let two = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "r"},
+            "spec": {"tls": [{}], "rules": [{"http": {"paths": [{"path": "/", "backend": {"service": {"name": "a"}}},
+                                                                {"path": "/b", "backend": {"service": {"name": "b"}}}]}}]}});
+        let fields: Vec<String> = from_kube(Kind::Route, two)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["spec.tls", "spec.rules[0].http.paths"]);
     }
 
     #[test]

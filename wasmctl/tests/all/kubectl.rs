@@ -763,6 +763,55 @@ fn kubernetes_manifests_run_and_kubectl_rolls_logs_tops_and_describes_them() {
         kubectl.ok(&["logs", "-l", "app=printer", "--tail=-1"])
     );
 
+    // An Ingress is a Route: applied twice, it answers for its host.
+    let ingress = "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: printer
+spec:
+  ingressClassName: skiff
+  rules:
+  - host: printer.example
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend:
+          service:
+            name: printer
+            port:
+              number: 80
+";
+    for expected in ["created", "unchanged"] {
+        let applied = kubectl.apply(ingress, &[]);
+        assert_eq!(
+            stdout_of(&applied).trim(),
+            format!("ingress.networking.k8s.io/printer {expected}"),
+            "{}",
+            stderr_of(&applied)
+        );
+    }
+    assert!(
+        wait_until(WAIT, || http_request(
+            dev.ingress,
+            "printer.example",
+            "/print?tag=ing",
+            &[]
+        )
+        .is_ok_and(|r| r.status == 200)),
+        "the Ingress's host never answered"
+    );
+    let route = kubectl.json(&["get", "routes", "printer"]);
+    assert_eq!(route["spec"]["host"], "printer.example");
+    let tls = ingress.replace("  rules:", "  tls:\n  - hosts: [printer.example]\n  rules:");
+    let refused = kubectl.apply(&tls, &[]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr_of(&refused).contains("spec.tls"),
+        "{}",
+        stderr_of(&refused)
+    );
+
     // One object, two views: the same uid and version, and a change made
     // through one is seen by a watch through the other.
     let apps = kubectl.json(&["get", "deploy", "printer"]);
