@@ -392,6 +392,132 @@ async fn secrets_next_to_config_maps(
     figures.map(|[secrets, config_maps]| (median(secrets), median(config_maps)))
 }
 
+/// Requests of one kind through Kubernetes' view (a Table, or the `v1`
+/// shape) and through Skiff's own path, alternating round by round: what
+/// a Kubernetes client pays for the conversion, next to what a Skiff
+/// client pays for the same call. Returns (what, view/s, own/s).
+async fn kube_views(
+    url: &str,
+    token: &str,
+    rounds: usize,
+    clients: usize,
+    per_client: usize,
+) -> Vec<(&'static str, f64, f64)> {
+    let http = reqwest::Client::new();
+    let pod = |name: String| {
+        json!({"apiVersion": "skiff.dev/v1", "kind": "Pod", "metadata": {"name": name},
+               "spec": {"image": "reg.example/web:v1", "nodeName": "nowhere"}})
+    };
+    let own = format!("{url}/apis/skiff.dev/v1/namespaces/default/pods");
+    let view = format!("{url}/api/v1/namespaces/default/pods");
+    // 500 pods to list and read.
+    let (seeded, _, _) = {
+        let (http, own, token) = (http.clone(), own.clone(), token.to_owned());
+        load(clients, 500 / clients + 1, move |c, i| {
+            let (http, own, token, pod) = (
+                http.clone(),
+                own.clone(),
+                token.clone(),
+                pod(format!("seed-{c}-{i}")),
+            );
+            async move {
+                let response = http
+                    .post(&own)
+                    .bearer_auth(&token)
+                    .json(&pod)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 201);
+            }
+        })
+        .await
+    };
+    assert!(seeded >= 500);
+    type Case = (&'static str, String, String, Option<&'static str>, bool);
+    let table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+    let cases: [Case; 4] = [
+        (
+            "get a pod, v1 shape",
+            format!("{view}/seed-0-0"),
+            format!("{own}/seed-0-0"),
+            None,
+            false,
+        ),
+        (
+            "get a pod, as a Table",
+            format!("{own}/seed-0-0"),
+            format!("{own}/seed-0-0"),
+            Some(table),
+            false,
+        ),
+        (
+            "list 500 pods, v1 shape",
+            format!("{view}?limit=500"),
+            format!("{own}?limit=500"),
+            None,
+            false,
+        ),
+        (
+            "create a pod, v1 shape",
+            view.clone(),
+            own.clone(),
+            None,
+            true,
+        ),
+    ];
+    let mut results = Vec::new();
+    for (what, view_url, own_url, accept, create) in cases {
+        let per = if what.starts_with("list") {
+            per_client.div_ceil(10)
+        } else {
+            per_client
+        };
+        let mut view_rates = Vec::new();
+        let mut own_rates = Vec::new();
+        for round in 0..rounds {
+            for (v, target) in [(true, &view_url), (false, &own_url)] {
+                let (http, target, token) = (http.clone(), target.clone(), token.to_owned());
+                let accept = if v { accept } else { None };
+                let (count, elapsed, _) = load(clients, per, move |c, i| {
+                    let (http, target, token) = (http.clone(), target.clone(), token.clone());
+                    async move {
+                        let request = if create {
+                            let name = format!("{}-{round}-{c}-{i}", if v { "view" } else { "own" });
+                            let body = if v {
+                                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                                       "spec": {"nodeName": "nowhere", "containers": [{"name": "main", "image": "reg.example/web:v1"}]}})
+                            } else {
+                                json!({"apiVersion": "skiff.dev/v1", "kind": "Pod", "metadata": {"name": name},
+                                       "spec": {"image": "reg.example/web:v1", "nodeName": "nowhere"}})
+                            };
+                            http.post(&target).json(&body)
+                        } else {
+                            http.get(&target)
+                        };
+                        let mut request = request.bearer_auth(&token);
+                        if let Some(accept) = accept {
+                            request = request.header("accept", accept);
+                        }
+                        let response = request.send().await.unwrap();
+                        assert!(response.status().is_success(), "{}", response.status());
+                        response.bytes().await.unwrap();
+                    }
+                })
+                .await;
+                let rate = count as f64 / elapsed.as_secs_f64();
+                if v {
+                    view_rates.push(rate)
+                } else {
+                    own_rates.push(rate)
+                }
+            }
+        }
+        results.push((what, median(view_rates), median(own_rates)));
+    }
+    results
+}
+
 /// Postgres alone: one INSERT committed per write, same durability.
 async fn raw_writes(url: &str, label: &str, clients: usize, per_client: usize) -> Figures {
     let pool = PgPoolOptions::new()
@@ -544,11 +670,11 @@ fn main() {
     // `quota` measures quota admission alone: a few minutes less per run
     // when that is the figure being worked on.
     let section = args.get(1).map(String::as_str);
-    if let Some(other) =
-        section.filter(|s| !["quota", "owners", "template-labels", "gin-pending"].contains(s))
+    if let Some(other) = section
+        .filter(|s| !["quota", "owners", "template-labels", "gin-pending", "kube"].contains(s))
     {
         panic!(
-            "unknown section `{other}`; those known are `quota`, `owners`, `template-labels` and `gin-pending`"
+            "unknown section `{other}`; those known are `quota`, `owners`, `template-labels`, `gin-pending` and `kube`"
         );
     }
     let scaled = |n: usize| ((n as f64 * scale).round() as usize).max(1);
@@ -562,7 +688,7 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let api = Client::new(&ClientConfig {
         server: plane.url.clone(),
-        token,
+        token: token.clone(),
         ..Default::default()
     })
     .unwrap();
@@ -573,6 +699,18 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let sealed_rounds = 3;
+        if section == Some("kube") {
+            let rounds = 5;
+            let figures = kube_views(&plane.url, &token, rounds, CLIENTS, scaled(20)).await;
+            print_machine();
+            println!(
+                "Kubernetes' views next to Skiff's own path, {CLIENTS} clients, median of {rounds} alternating rounds (requests/s):"
+            );
+            for (what, view, own) in figures {
+                println!("  {what:<44} {view:>7.0}/s, Skiff's path {own:>7.0}/s, ratio {:.2}", view / own);
+            }
+            return;
+        }
         if section == Some("quota") {
             let (with_quota, without_quota) =
                 quota_admission(&api, sealed_rounds, CLIENTS, scaled(20)).await;
