@@ -38,11 +38,24 @@ async fn call(
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_tables_and_dropped_fields_keep_to_the_callers_roles() {
+/// Tokens of the two tenants the tests use: `shop`'s viewer and editor,
+/// and an admin of `rival`, a namespace of its own.
+struct Tokens {
+    viewer: String,
+    editor: String,
+    rival: String,
+}
+
+/// A control plane, its admin, and the tenants' tokens.
+async fn setting() -> (Cluster, testkit::ControlPlane, skiff_client::Client, Tokens) {
     let cluster = Cluster::new();
     let plane = cluster.serve(&[]);
     let admin = client(&plane, &cluster.admin_token);
+    let tokens = tenants(&admin).await;
+    (cluster, plane, admin, tokens)
+}
+
+async fn tenants(admin: &skiff_client::Client) -> Tokens {
     for ns in ["shop", "rival"] {
         let namespace =
             json!({"apiVersion": "skiff.dev/v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -51,6 +64,21 @@ async fn scale_tables_and_dropped_fields_keep_to_the_callers_roles() {
             .await
             .unwrap();
     }
+    Tokens {
+        viewer: token(admin, Some("shop"), "view", None).await,
+        editor: token(admin, Some("shop"), "edit", None).await,
+        rival: token(admin, Some("rival"), "admin", None).await,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_tables_and_dropped_fields_keep_to_the_callers_roles() {
+    let (_cluster, plane, admin, tokens) = setting().await;
+    let Tokens {
+        viewer,
+        editor,
+        rival,
+    } = tokens;
     let web = json!({
         "apiVersion": "skiff.dev/v1", "kind": "Deployment",
         "metadata": {"name": "web", "namespace": "shop"},
@@ -61,9 +89,6 @@ async fn scale_tables_and_dropped_fields_keep_to_the_callers_roles() {
         .create(Kind::Deployment, Some("shop"), &web)
         .await
         .unwrap();
-    let viewer = token(&admin, Some("shop"), "view", None).await;
-    let editor = token(&admin, Some("shop"), "edit", None).await;
-    let rival = token(&admin, Some("rival"), "admin", None).await;
     let scale = format!(
         "{}/apis/skiff.dev/v1/namespaces/shop/deployments/web/scale",
         plane.url
@@ -279,20 +304,12 @@ async fn scale_tables_and_dropped_fields_keep_to_the_callers_roles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubernetes_views_hold_the_same_line_as_skiffs_own() {
-    let cluster = Cluster::new();
-    let plane = cluster.serve(&[]);
-    let admin = client(&plane, &cluster.admin_token);
-    for ns in ["shop", "rival"] {
-        let namespace =
-            json!({"apiVersion": "skiff.dev/v1", "kind": "Namespace", "metadata": {"name": ns}});
-        admin
-            .create(Kind::Namespace, None, &namespace)
-            .await
-            .unwrap();
-    }
-    let viewer = token(&admin, Some("shop"), "view", None).await;
-    let editor = token(&admin, Some("shop"), "edit", None).await;
-    let rival = token(&admin, Some("rival"), "admin", None).await;
+    let (_cluster, plane, admin, tokens) = setting().await;
+    let Tokens {
+        viewer,
+        editor,
+        rival,
+    } = tokens;
     let url = |path: &str| format!("{}{path}", plane.url);
 
     // A Deployment written in Kubernetes' shape is Skiff's Deployment.

@@ -202,22 +202,14 @@ pub fn to_kube(kind: Kind, mut object: Value) -> Value {
             }
             let mut kube_spec = json!({"rules": [rule]});
             let mut annotations = annotations_of(&object["metadata"]);
-            let kept = annotations
-                .remove(KEPT_ANNOTATION)
-                .and_then(|k| {
-                    k.as_str()
-                        .and_then(|k| serde_json::from_str::<Value>(k).ok())
-                })
-                .unwrap_or(Value::Null);
+            let kept = take_kept(&mut annotations);
             // Only the class, in its own place (see pods' kept fields).
             if let Some(class) = kept["ingressClassName"].as_str() {
                 kube_spec["ingressClassName"] = json!(class);
             }
             set_annotations(&mut object["metadata"], annotations);
             object["spec"] = kube_spec;
-            if let Some(fields) = object.as_object_mut() {
-                fields.remove("status");
-            }
+            drop_status(&mut object);
         }
         Kind::Node
         | Kind::Secret
@@ -261,9 +253,7 @@ pub fn from_kube(kind: Kind, mut object: Value) -> Result<(Value, Vec<String>), 
             set_annotations(&mut object["metadata"], annotations);
             object["spec"] = spec;
             // Written by the nodes alone.
-            if let Some(fields) = object.as_object_mut() {
-                fields.remove("status");
-            }
+            drop_status(&mut object);
         }
         Kind::Deployment => {
             let mut annotations = annotations_of(&object["metadata"]);
@@ -293,9 +283,7 @@ pub fn from_kube(kind: Kind, mut object: Value) -> Result<(Value, Vec<String>), 
             );
             spec["template"] = template;
             object["spec"] = spec;
-            if let Some(fields) = object.as_object_mut() {
-                fields.remove("status");
-            }
+            drop_status(&mut object);
         }
         Kind::Namespace => {
             let mut annotations = annotations_of(&object["metadata"]);
@@ -317,9 +305,7 @@ pub fn from_kube(kind: Kind, mut object: Value) -> Result<(Value, Vec<String>), 
                 }
             }
             object["spec"] = spec;
-            if let Some(fields) = object.as_object_mut() {
-                fields.remove("status");
-            }
+            drop_status(&mut object);
         }
         Kind::Event => {
             if object["involvedObject"]["apiVersion"].is_string() {
@@ -342,9 +328,7 @@ pub fn from_kube(kind: Kind, mut object: Value) -> Result<(Value, Vec<String>), 
             }
             set_annotations(&mut object["metadata"], annotations);
             object["spec"] = route_from_ingress(&spec, &mut errors, &mut warnings);
-            if let Some(fields) = object.as_object_mut() {
-                fields.remove("status");
-            }
+            drop_status(&mut object);
         }
         Kind::Node
         | Kind::Secret
@@ -411,6 +395,22 @@ pub fn replica_sets(deployment: &Value) -> Vec<Value> {
             })
         })
         .collect()
+}
+
+/// What a `skiff.dev/kubernetes-only` annotation keeps (removed from the
+/// annotations); `null` when there is none or it is not JSON.
+fn take_kept(annotations: &mut Map<String, Value>) -> Value {
+    annotations
+        .remove(KEPT_ANNOTATION)
+        .and_then(|k| k.as_str().and_then(|k| serde_json::from_str(k).ok()))
+        .unwrap_or(Value::Null)
+}
+
+/// A status is written by Skiff's own components, never through a view.
+fn drop_status(object: &mut Value) {
+    if let Some(fields) = object.as_object_mut() {
+        fields.remove("status");
+    }
 }
 
 fn annotations_of(meta: &Value) -> Map<String, Value> {
@@ -487,13 +487,7 @@ fn template_from_kube(
 fn pod_spec_to_kube(spec: &Value, annotations: &mut Map<String, Value>) -> Value {
     let mut rest = spec.as_object().cloned().unwrap_or_default();
     let mut take = |field: &str| rest.remove(field).filter(|v| !v.is_null());
-    let kept = annotations
-        .remove(KEPT_ANNOTATION)
-        .and_then(|k| {
-            k.as_str()
-                .and_then(|k| serde_json::from_str::<Value>(k).ok())
-        })
-        .unwrap_or(Value::Null);
+    let kept = take_kept(annotations);
     let mut container = Map::new();
     let name = annotations
         .remove(CONTAINER_NAME_ANNOTATION)

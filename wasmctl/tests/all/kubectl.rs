@@ -106,6 +106,45 @@ impl Kubectl {
     }
 }
 
+impl Kubectl {
+    /// kubectl with the kubeconfig `wasmctl config kubeconfig` writes for
+    /// `dev`'s context, and a home of its own (its discovery cache).
+    fn of(dev: &Dev) -> Kubectl {
+        let output = wasmctl()
+            .args(["config", "kubeconfig"])
+            .env("WASMCTL_CONFIG", &dev.config)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr_of(&output));
+        let home = dev.data.with_extension("kube");
+        std::fs::create_dir_all(&home).unwrap();
+        let config = home.join("config");
+        std::fs::write(&config, stdout_of(&output)).unwrap();
+        Kubectl { config }
+    }
+
+    /// `kubectl ARGS` left running (a watch); its lines as they come, and
+    /// the process, to kill.
+    fn watch(&self, args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (seen, watched) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if seen.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, watched)
+    }
+}
+
 /// The words of each line: a table compared without its padding.
 fn rows(table: &str) -> Vec<Vec<String>> {
     table
@@ -158,22 +197,12 @@ fn kubectl_drives_a_dev_cluster_through_its_kubeconfig() {
 
     // One command writes the kubeconfig; it holds the CA, so it works
     // wherever it is copied.
-    let output = wasmctl()
-        .args(["config", "kubeconfig"])
-        .env("WASMCTL_CONFIG", &dev.config)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr_of(&output));
-    let kubeconfig = stdout_of(&output);
+    let kubectl = Kubectl::of(&dev);
+    let kubeconfig = std::fs::read_to_string(&kubectl.config).unwrap();
     assert!(
         kubeconfig.contains("certificate-authority-data:"),
         "{kubeconfig}"
     );
-    let home = dev.data.with_extension("kube");
-    std::fs::create_dir_all(&home).unwrap();
-    let config = home.join("config");
-    std::fs::write(&config, &kubeconfig).unwrap();
-    let kubectl = Kubectl { config };
 
     // Discovery: the server's version, and Skiff's kinds with their
     // short names.
@@ -299,21 +328,8 @@ fn kubectl_drives_a_dev_cluster_through_its_kubeconfig() {
     );
 
     // A watch sees the scale go through, as an event with Skiff's columns.
-    let mut watch = kubectl
-        .command(&["get", "deploy", "web", "-w", "--output-watch-events"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
-    let (seen, watched) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if seen.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut watch, watched) =
+        kubectl.watch(&["get", "deploy", "web", "-w", "--output-watch-events"]);
     let header = watched
         .recv_timeout(WAIT)
         .expect("the watch prints its header");
@@ -590,17 +606,10 @@ print(json.dumps(seen))
 fn the_python_client_discovers_lists_watches_and_writes() {
     let dev = Dev::new();
     let (child, _) = dev.start(&[], "Ctrl-C stops it.");
-    let output = wasmctl()
-        .args(["config", "kubeconfig"])
-        .env("WASMCTL_CONFIG", &dev.config)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr_of(&output));
-    let config = dev.data.with_extension("kubeconfig");
-    std::fs::write(&config, stdout_of(&output)).unwrap();
+    let kubectl = Kubectl::of(&dev);
     let ran = Command::new(python_with_kubernetes())
         .args(["-c", PYTHON_CLIENT])
-        .arg(&config)
+        .arg(&kubectl.config)
         .output()
         .expect("python runs");
     assert!(ran.status.success(), "{}", stderr_of(&ran));
@@ -699,17 +708,7 @@ spec:
 fn kubernetes_manifests_run_and_kubectl_rolls_logs_tops_and_describes_them() {
     let dev = Dev::new();
     let (child, _) = dev.start(&[], "Ctrl-C stops it.");
-    let output = wasmctl()
-        .args(["config", "kubeconfig"])
-        .env("WASMCTL_CONFIG", &dev.config)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr_of(&output));
-    let home = dev.data.with_extension("kube");
-    std::fs::create_dir_all(&home).unwrap();
-    let config = home.join("config");
-    std::fs::write(&config, stdout_of(&output)).unwrap();
-    let kubectl = Kubectl { config };
+    let kubectl = Kubectl::of(&dev);
     let v1 = format!("{}/misbehave:v1", dev.registry);
     let v2 = format!("{}/misbehave:v2", dev.registry);
     for image in [&v1, &v2] {
@@ -828,27 +827,13 @@ spec:
         "printer"
     );
     assert_eq!(skiff["spec"]["template"]["spec"]["image"], v1.as_str());
-    let mut watch = kubectl
-        .command(&[
-            "get",
-            "deployments.skiff.dev",
-            "printer",
-            "-w",
-            "--output-watch-events",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
-    let (seen, watched) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if seen.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut watch, watched) = kubectl.watch(&[
+        "get",
+        "deployments.skiff.dev",
+        "printer",
+        "-w",
+        "--output-watch-events",
+    ]);
     let header = watched
         .recv_timeout(WAIT)
         .expect("the watch prints its header");
@@ -1042,17 +1027,7 @@ impl Pipe for Output {}
 fn server_side_apply_keeps_each_managers_fields_and_names_conflicts() {
     let dev = Dev::new();
     let (child, _) = dev.start(&[], "Ctrl-C stops it.");
-    let output = wasmctl()
-        .args(["config", "kubeconfig"])
-        .env("WASMCTL_CONFIG", &dev.config)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr_of(&output));
-    let home = dev.data.with_extension("kube");
-    std::fs::create_dir_all(&home).unwrap();
-    let config = home.join("config");
-    std::fs::write(&config, stdout_of(&output)).unwrap();
-    let kubectl = Kubectl { config };
+    let kubectl = Kubectl::of(&dev);
     let image = format!("{}/misbehave:v1", dev.registry);
     let manifest = kubernetes_manifest(&image);
     let server_side = |manifest: &str, extra: &[&str]| {
