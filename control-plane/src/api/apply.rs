@@ -8,7 +8,7 @@
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use skiff_api::apply::apply;
+use skiff_api::apply::{Refusal, apply};
 use skiff_api::meta::StatusCause;
 
 use super::ApiError;
@@ -21,6 +21,8 @@ use crate::store::ObjectKey;
 const MAX_MANAGER: usize = 128;
 
 pub async fn server_side(call: &Call<'_>, key: &ObjectKey) -> Result<Response, ApiError> {
+    // Nothing of the body is read for a caller who may not write here.
+    call.may_patch(key).await?;
     let manager = call
         .params
         .get("fieldManager")
@@ -45,11 +47,15 @@ pub async fn server_side(call: &Call<'_>, key: &ObjectKey) -> Result<Response, A
             )));
         }
     };
-    let config: Value = serde_yaml_ng::from_slice(call.body)
-        .map_err(|e| ApiError::BadRequest(format!("body: not a YAML or JSON object: {e}")))?;
-    if !config.is_object() {
+    let text = std::str::from_utf8(call.body)
+        .map_err(|_| ApiError::BadRequest("body: not UTF-8 text".into()))?;
+    // YAML's aliases are expanded within a bound, never without one.
+    let config: Value =
+        skiff_api::validate::bounded_document(serde_yaml_ng::Deserializer::from_str(text))
+            .map_err(|e| ApiError::BadRequest(format!("body: not a YAML or JSON object: {e}")))?;
+    if !config.is_object() || !config["metadata"].is_object() {
         return Err(ApiError::BadRequest(
-            "body: an apply is a whole object".into(),
+            "body: an apply is a whole object, with its metadata".into(),
         ));
     }
     if config["metadata"]["name"].as_str() != Some(key.name.as_str()) {
@@ -78,25 +84,7 @@ pub async fn server_side(call: &Call<'_>, key: &ObjectKey) -> Result<Response, A
             Err(error) => return Err(error),
         };
         let shown = current.clone().map(|c| call.dialect.show(key.kind, c));
-        let mut applied =
-            apply(shown.as_ref(), config.clone(), manager, force).map_err(|conflicts| {
-                let listed: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
-                ApiError::ManagerConflict {
-                    message: format!(
-                        "Apply failed with {} conflict{}: {}; apply with force to take them over",
-                        conflicts.len(),
-                        if conflicts.len() == 1 { "" } else { "s" },
-                        listed.join("; ")
-                    ),
-                    causes: conflicts
-                        .into_iter()
-                        .map(|c| StatusCause {
-                            field: c.field,
-                            message: format!("conflict with \"{}\"", c.manager),
-                        })
-                        .collect(),
-                }
-            })?;
+        let mut applied = apply(shown.as_ref(), config.clone(), manager, force).map_err(refused)?;
         if call.dialect == Dialect::Kube {
             applied = skiff_api::kube::from_kube(key.kind, applied)
                 .map_err(super::kube::invalid)?
@@ -128,4 +116,33 @@ pub async fn server_side(call: &Call<'_>, key: &ObjectKey) -> Result<Response, A
         }
     }
     unreachable!("the loop returns")
+}
+
+/// An apply refused: conflicts are a 409 naming each field and its
+/// manager; too many fields, a 413.
+fn refused(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::TooManyFields => ApiError::TooLarge(format!(
+            "body: more than {} fields in one apply",
+            skiff_api::apply::MAX_FIELDS
+        )),
+        Refusal::Conflicts(conflicts) => {
+            let listed: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+            ApiError::ManagerConflict {
+                message: format!(
+                    "Apply failed with {} conflict{}: {}; apply with force to take them over",
+                    conflicts.len(),
+                    if conflicts.len() == 1 { "" } else { "s" },
+                    listed.join("; ")
+                ),
+                causes: conflicts
+                    .into_iter()
+                    .map(|c| StatusCause {
+                        field: skiff_api::apply::dotted(&c.field),
+                        message: format!("conflict with \"{}\"", c.manager),
+                    })
+                    .collect(),
+            }
+        }
+    }
 }

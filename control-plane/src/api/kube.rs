@@ -313,6 +313,8 @@ pub async fn patch(
         Strategic,
         Json(json_patch::Patch),
     }
+    // Nothing of the body is read for a caller who may not write here.
+    call.may_patch(key).await?;
     let form = match content_type {
         "application/merge-patch+json" | "application/json" | "" => Form::Merge,
         "application/strategic-merge-patch+json" => Form::Strategic,
@@ -360,6 +362,7 @@ pub async fn patch(
             Form::Strategic => strategic_merge(&mut shown, &merge),
             Form::Json(operations) => apply_json_patch(&mut shown, operations)?,
         }
+        skiff_api::kube::well_formed(&shown).map_err(invalid)?;
         let named = shown["metadata"]["resourceVersion"] != read;
         if shown["metadata"]["resourceVersion"].is_null() {
             shown["metadata"]["resourceVersion"] = read;
@@ -383,11 +386,42 @@ pub async fn patch(
 /// holds, so the object is measured after each that adds.
 const MAX_JSON_PATCH_OPERATIONS: usize = 100;
 
+/// Deepest an object a patch makes may be nested: far beyond any object of
+/// these kinds, far within what recursive code walks safely.
+const MAX_DEPTH: usize = 64;
+
+/// How deeply `value` is nested, walked without recursion (the object may
+/// be deeper than a recursive walk survives).
+fn depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value, 1)];
+    while let Some((value, level)) = pending.pop() {
+        deepest = deepest.max(level);
+        match value {
+            Value::Array(items) => pending.extend(items.iter().map(|v| (v, level + 1))),
+            Value::Object(fields) => pending.extend(fields.values().map(|v| (v, level + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Applies a JSON patch an operation at a time, refusing it once the
 /// object grows past the largest one stored: `copy` doubles what it
 /// copies, and a hundred doublings would fit in no machine.
 fn apply_json_patch(object: &mut Value, operations: &json_patch::Patch) -> Result<(), ApiError> {
     for (index, operation) in operations.0.iter().enumerate() {
+        // A copy into what it copies nests the object in itself: a few of
+        // them make it deeper than any stack that walks it.
+        if let json_patch::PatchOperation::Copy(copy) = operation {
+            let (from, path) = (copy.from.to_string(), copy.path.to_string());
+            if path == from || path.starts_with(&format!("{from}/")) {
+                return Err(ApiError::invalid(
+                    &format!("body[{index}].path"),
+                    "copies a value into itself",
+                ));
+            }
+        }
         json_patch::patch(object, std::slice::from_ref(operation)).map_err(|e| {
             ApiError::invalid(
                 &format!("body[{index}]"),
@@ -398,6 +432,12 @@ fn apply_json_patch(object: &mut Value, operations: &json_patch::Patch) -> Resul
             operation,
             json_patch::PatchOperation::Copy(_) | json_patch::PatchOperation::Add(_)
         );
+        if depth(object) > MAX_DEPTH {
+            return Err(ApiError::invalid(
+                &format!("body[{index}]"),
+                format!("the patched object is nested more than {MAX_DEPTH} deep"),
+            ));
+        }
         if grows
             && serde_json::to_vec(object).map_or(usize::MAX, |b| b.len()) > super::MAX_OBJECT_BYTES
         {
@@ -443,21 +483,42 @@ async fn replica_set_answer(
         params.get("includeObject").map(String::as_str),
     )?;
     let caller = crate::auth::token_hash(bearer(request.headers()).unwrap_or_default());
-    let list_params = HashMap::from([("limit".to_owned(), super::MAX_LIST_LIMIT.to_string())]);
-    let call = Call {
-        state,
-        principal: &principal,
-        caller,
-        params: &list_params,
-        body: &[],
-        view: View::Objects,
-        dialect: Dialect::Skiff,
-    };
-    let listed = body_of(
-        call.list_or_watch(Kind::Deployment, namespace.clone())
-            .await?,
-    )
-    .await?;
+    // Every Deployment, a page at a time.
+    let mut deployments = Vec::new();
+    let mut next: Option<String> = None;
+    let mut revision = Value::Null;
+    loop {
+        let mut list_params =
+            HashMap::from([("limit".to_owned(), super::DEFAULT_LIST_LIMIT.to_string())]);
+        if let Some(token) = next.take() {
+            list_params.insert("continue".to_owned(), token);
+        }
+        let call = Call {
+            state,
+            principal: &principal,
+            caller,
+            params: &list_params,
+            body: &[],
+            view: View::Objects,
+            dialect: Dialect::Skiff,
+        };
+        let mut page = body_of(
+            call.list_or_watch(Kind::Deployment, namespace.clone())
+                .await?,
+        )
+        .await?;
+        if revision.is_null() {
+            revision = page["metadata"]["resourceVersion"].clone();
+        }
+        if let Some(items) = page["items"].as_array_mut() {
+            deployments.append(items);
+        }
+        match page["metadata"]["continue"].as_str() {
+            Some(token) => next = Some(token.to_owned()),
+            None => break,
+        }
+    }
+    let listed = json!({"items": deployments, "metadata": {"resourceVersion": revision}});
     let mut sets: Vec<Value> = listed["items"]
         .as_array()
         .into_iter()

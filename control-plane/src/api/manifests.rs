@@ -15,7 +15,6 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use skiff_api::{API_VERSION, Kind};
 
@@ -44,7 +43,8 @@ fn documents(body: &[u8], namespace: &str) -> Result<Vec<Document>, ApiError> {
     let mut found = Vec::new();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let at = index + 1;
-        let value = Value::deserialize(document)
+        // Aliases are expanded within a bound, never without one.
+        let value = skiff_api::validate::bounded_document(document)
             .map_err(|e| ApiError::BadRequest(format!("manifest document {at}: {e}")))?;
         if value.is_null() {
             // An empty document (`---` twice) holds nothing to apply.
@@ -230,7 +230,9 @@ pub(super) async fn body_of(response: Response) -> Result<Value, ApiError> {
             response.status()
         )));
     }
-    let bytes = axum::body::to_bytes(response.into_body(), 2 * MAX_OBJECT_BYTES)
+    // A handler's answer is an object or a page of a list (a page stops at
+    // about 4 MiB), never more than this.
+    let bytes = axum::body::to_bytes(response.into_body(), 16 * MAX_OBJECT_BYTES)
         .await
         .map_err(|e| ApiError::Internal(format!("reading a step's answer: {e}")))?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(format!("a step's answer: {e}")))

@@ -224,6 +224,14 @@ impl Call<'_> {
         }
     }
 
+    /// Checks the caller may patch `key`, before any work is done for a
+    /// patch that is read, converted or merged outside `patch` (server-side
+    /// apply, Kubernetes' patch types): a caller who may not write costs
+    /// only this check.
+    pub async fn may_patch(&self, key: &ObjectKey) -> Result<(), ApiError> {
+        self.authorize(self.access(Verb::Patch, key, false)).await
+    }
+
     pub async fn get(&self, key: &ObjectKey) -> Result<Response, ApiError> {
         self.authorize(self.access(Verb::Get, key, false)).await?;
         match self.state.store.get(key).await? {

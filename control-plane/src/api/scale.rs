@@ -69,6 +69,13 @@ pub async fn handle(
         Method::PUT => {
             let scale: Value = serde_json::from_slice(call.body)
                 .map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
+            if !scale.is_object() || !scale["metadata"].is_null() && !scale["metadata"].is_object()
+            {
+                return Err(ApiError::invalid(
+                    "body",
+                    "a Scale is an object, its metadata one too",
+                ));
+            }
             check_identity(&scale, namespace, name)?;
             scale
         }
@@ -82,6 +89,12 @@ pub async fn handle(
             }
             let mut scale = scale_of(&deployment(call, &key).await?);
             super::objects::merge_patch(&mut scale, &patch);
+            if !scale["metadata"].is_object() || !scale["spec"].is_object() {
+                return Err(ApiError::invalid(
+                    "body",
+                    "a Scale's metadata and spec are objects",
+                ));
+            }
             check_identity(&scale, namespace, name)?;
             // Conditional only if the caller made it so.
             if patch["metadata"].get("resourceVersion").is_none() {

@@ -483,4 +483,99 @@ async fn the_kubernetes_views_hold_the_same_line_as_skiffs_own() {
         Some(("application/json", json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer"}})))).await;
     assert_eq!(status, 422);
     assert!(admin.get(Kind::Pod, Some("shop"), "root").await.is_err());
+
+    // A view token's patches and applies are refused before their bodies
+    // are read: nonsense gets the same 403 as sense.
+    for (content_type, body) in [
+        ("application/apply-patch+yaml", "{not yaml"),
+        ("application/strategic-merge-patch+json", "{not json"),
+    ] {
+        let response = http_client()
+            .patch(format!("{item}?fieldManager=m"))
+            .bearer_auth(&viewer)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 403, "{content_type}");
+    }
+    // An alias bomb applied is refused before it expands.
+    let list = vec!["x"; 1000].join(", ");
+    let aliases = vec!["*a"; 2000].join(", ");
+    let bomb = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: bomb}}\na: &a [{list}]\nb: [{aliases}]\n"
+    );
+    let response = http_client()
+        .patch(url(
+            "/api/v1/namespaces/shop/configmaps/bomb?fieldManager=m",
+        ))
+        .bearer_auth(&editor)
+        .header("content-type", "application/apply-patch+yaml")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert!(response.text().await.unwrap().contains("aliases expanded"));
+    // A JSON patch copying a value into itself is refused.
+    let (status, _, answer) = call(
+        reqwest::Method::PATCH,
+        item.clone(),
+        &editor,
+        None,
+        Some((
+            "application/json-patch+json",
+            json!([{"op": "copy", "from": "/spec", "path": "/spec/template/spec/x"}]),
+        )),
+    )
+    .await;
+    assert_eq!(status, 422, "{answer}");
+    // Bodies of the wrong shape are the caller's mistake, never a 5xx.
+    let configmaps = url("/api/v1/namespaces/shop/configmaps");
+    for (method, target, content_type, body) in [
+        (
+            reqwest::Method::POST,
+            configmaps.clone(),
+            "application/json",
+            json!([]),
+        ),
+        (
+            reqwest::Method::POST,
+            url("/apis/apps/v1/namespaces/shop/deployments"),
+            "application/json",
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "s"}, "spec": "x"}),
+        ),
+        (
+            reqwest::Method::PATCH,
+            item.clone(),
+            "application/merge-patch+json",
+            json!({"metadata": 1}),
+        ),
+        (
+            reqwest::Method::PATCH,
+            item.clone(),
+            "application/json-patch+json",
+            json!([{"op": "replace", "path": "", "value": []}]),
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("{item}/scale"),
+            "application/merge-patch+json",
+            json!({"metadata": "x"}),
+        ),
+    ] {
+        let (status, _, answer) = call(
+            method.clone(),
+            target.clone(),
+            &editor,
+            None,
+            Some((content_type, body.clone())),
+        )
+        .await;
+        assert!(
+            (400..500).contains(&status),
+            "{method} {target} {body}: {status} {answer}"
+        );
+    }
 }

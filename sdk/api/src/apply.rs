@@ -5,9 +5,11 @@
 //! forced, naming each conflict.
 //!
 //! A field is a leaf of the object: a scalar, a list (lists are owned
-//! whole) or an empty map. Ownership is kept per object in the
-//! [`MANAGED_ANNOTATION`] annotation as `{manager: [".spec.replicas", ...]}`.
-//! Only applies take ownership: other writes (a scale, a label) take none.
+//! whole) or an empty map, named by its JSON pointer (keys such as
+//! `app.kubernetes.io/name` hold dots and slashes). Ownership is kept per
+//! object in the [`MANAGED_ANNOTATION`] annotation as
+//! `{manager: ["/spec/replicas", ...]}`. Only applies take ownership:
+//! other writes (a scale, a label) take none.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,11 +20,17 @@ pub const MANAGED_ANNOTATION: &str = "skiff.dev/managed-fields";
 
 /// Fields of every object that no manager owns: what the object is.
 const IDENTITY: [&str; 4] = [
-    ".apiVersion",
-    ".kind",
-    ".metadata.name",
-    ".metadata.namespace",
+    "/apiVersion",
+    "/kind",
+    "/metadata/name",
+    "/metadata/namespace",
 ];
+
+/// Most fields one apply may name, and the most bytes their paths may take
+/// together: an object of 1 MiB has far fewer, and a deep one would
+/// otherwise cost its depth in memory for every field.
+pub const MAX_FIELDS: usize = 10_000;
+const MAX_PATH_BYTES: usize = 1 << 20;
 
 /// Each manager's fields.
 pub type Owners = BTreeMap<String, BTreeSet<String>>;
@@ -31,13 +39,33 @@ pub type Owners = BTreeMap<String, BTreeSet<String>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
     pub manager: String,
+    /// The field's JSON pointer.
     pub field: String,
 }
 
 impl std::fmt::Display for Conflict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "conflict with \"{}\": {}", self.manager, self.field)
+        write!(
+            f,
+            "conflict with \"{}\": {}",
+            self.manager,
+            dotted(&self.field)
+        )
     }
+}
+
+/// Why an apply was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Fields other managers own, with other values.
+    Conflicts(Vec<Conflict>),
+    /// The config names more fields than an apply may.
+    TooManyFields,
+}
+
+/// A field's path as people read it: `.spec.replicas`.
+pub fn dotted(pointer: &str) -> String {
+    keys(pointer).map(|key| format!(".{key}")).collect()
 }
 
 /// The owners an object records.
@@ -55,7 +83,7 @@ pub fn apply(
     mut config: Value,
     manager: &str,
     force: bool,
-) -> Result<Value, Vec<Conflict>> {
+) -> Result<Value, Refusal> {
     if let Some(fields) = config.as_object_mut() {
         // The main resource's apply sets no status.
         fields.remove("status");
@@ -75,7 +103,8 @@ pub fn apply(
     }
     let mut owners = current.map(owners_of).unwrap_or_default();
     let mut applied = BTreeMap::new();
-    leaves(&config, "", &mut applied);
+    let mut path_bytes = 0;
+    leaves(&config, "", &mut applied, &mut path_bytes)?;
     for identity in IDENTITY {
         applied.remove(identity);
     }
@@ -98,7 +127,7 @@ pub fn apply(
         }
     }
     if !conflicts.is_empty() && !force {
-        return Err(conflicts);
+        return Err(Refusal::Conflicts(conflicts));
     }
     let mut object = match current {
         Some(current) => current.clone(),
@@ -151,27 +180,42 @@ fn agrees(current: &Value, applied: &Value) -> bool {
     }
 }
 
-/// Every leaf of `value` by its path (`.spec.replicas`).
-fn leaves<'a>(value: &'a Value, at: &str, found: &mut BTreeMap<String, &'a Value>) {
+/// Every leaf of `value` by its JSON pointer (`/spec/replicas`), within
+/// [`MAX_FIELDS`] and [`MAX_PATH_BYTES`].
+fn leaves<'a>(
+    value: &'a Value,
+    at: &str,
+    found: &mut BTreeMap<String, &'a Value>,
+    path_bytes: &mut usize,
+) -> Result<(), Refusal> {
     match value.as_object() {
         Some(fields) if !fields.is_empty() => {
             for (key, field) in fields {
-                leaves(field, &format!("{at}.{key}"), found);
+                let escaped = key.replace('~', "~0").replace('/', "~1");
+                leaves(field, &format!("{at}/{escaped}"), found, path_bytes)?;
             }
         }
         _ if !at.is_empty() => {
+            *path_bytes += at.len();
+            if found.len() >= MAX_FIELDS || *path_bytes > MAX_PATH_BYTES {
+                return Err(Refusal::TooManyFields);
+            }
             found.insert(at.to_owned(), value);
         }
         _ => {}
     }
+    Ok(())
 }
 
-fn keys(path: &str) -> impl Iterator<Item = &str> {
-    path.split('.').skip(1)
+/// A pointer's keys, unescaped.
+fn keys(path: &str) -> impl Iterator<Item = String> + '_ {
+    path.split('/')
+        .skip(1)
+        .map(|key| key.replace("~1", "/").replace("~0", "~"))
 }
 
 fn at<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
-    keys(path).try_fold(value, |value, key| value.get(key))
+    keys(path).try_fold(value, |value, key| value.get(&key))
 }
 
 fn set(object: &mut Value, path: &str, value: Value) {
@@ -183,26 +227,26 @@ fn set(object: &mut Value, path: &str, value: Value) {
         slot = slot
             .as_object_mut()
             .expect("made an object")
-            .entry(key.to_owned())
+            .entry(key)
             .or_insert(Value::Null);
     }
     *slot = value;
 }
 
 fn remove(object: &mut Value, path: &str) {
-    let parts: Vec<&str> = keys(path).collect();
+    let parts: Vec<String> = keys(path).collect();
     let Some((last, parents)) = parts.split_last() else {
         return;
     };
     let mut slot = object;
     for key in parents {
-        match slot.get_mut(*key) {
+        match slot.get_mut(key) {
             Some(next) => slot = next,
             None => return,
         }
     }
     if let Some(fields) = slot.as_object_mut() {
-        fields.remove(*last);
+        fields.remove(last);
     }
 }
 
@@ -223,7 +267,7 @@ mod tests {
         assert_eq!(
             owners_of(&first)["alice"],
             BTreeSet::from(
-                [".metadata.labels.app", ".spec.ports", ".spec.replicas"].map(String::from)
+                ["/metadata/labels/app", "/spec/ports", "/spec/replicas"].map(String::from)
             )
         );
         // The same values: shared, no conflict.
@@ -239,12 +283,16 @@ mod tests {
             json!({"app": "web", "tier": "front"})
         );
         // Another value for a field alice owns: a conflict, named.
-        let conflicts = apply(Some(&shared), config(5, json!({})), "bob", false).unwrap_err();
+        let Err(Refusal::Conflicts(conflicts)) =
+            apply(Some(&shared), config(5, json!({})), "bob", false)
+        else {
+            panic!("no conflict");
+        };
         assert_eq!(
             conflicts,
             [Conflict {
                 manager: "alice".into(),
-                field: ".spec.replicas".into()
+                field: "/spec/replicas".into()
             }]
         );
         assert_eq!(
@@ -254,7 +302,7 @@ mod tests {
         // Forced: bob takes it; alice no longer owns it.
         let forced = apply(Some(&shared), config(5, json!({})), "bob", true).unwrap();
         assert_eq!(forced["spec"]["replicas"], 5);
-        assert!(!owners_of(&forced)["alice"].contains(".spec.replicas"));
+        assert!(!owners_of(&forced)["alice"].contains("/spec/replicas"));
         // bob stopped naming tier: it goes, as no one else owns it; app
         // stays, alice's.
         assert_eq!(forced["metadata"]["labels"], json!({"app": "web"}));
@@ -275,10 +323,36 @@ mod tests {
         let mut other = mine;
         other["spec"]["containers"][0]["image"] = json!("b");
         assert_eq!(
-            apply(Some(&defaulted), other, "bob", false)
-                .unwrap_err()
-                .len(),
+            match apply(Some(&defaulted), other, "bob", false) {
+                Err(Refusal::Conflicts(c)) => c.len(),
+                _ => 0,
+            },
             1
+        );
+    }
+
+    #[test]
+    fn keys_with_dots_and_slashes_are_fields_of_their_own() {
+        let labels = json!({"app.kubernetes.io/name": "web", "a~b": "c"});
+        let first = apply(None, config(1, labels.clone()), "alice", false).unwrap();
+        assert_eq!(first["metadata"]["labels"], labels);
+        let dropped = apply(Some(&first), config(1, json!({"a~b": "c"})), "alice", false).unwrap();
+        assert_eq!(dropped["metadata"]["labels"], json!({"a~b": "c"}));
+        assert_eq!(
+            dotted("/metadata/labels/app.kubernetes.io~1name"),
+            ".metadata.labels.app.kubernetes.io/name"
+        );
+    }
+
+    #[test]
+    fn an_apply_of_too_many_fields_is_refused() {
+        let data: Map<String, Value> = (0..=MAX_FIELDS)
+            .map(|i| (format!("k{i}"), json!("v")))
+            .collect();
+        let many = json!({"metadata": {"name": "big"}, "data": data});
+        assert_eq!(
+            apply(None, many, "alice", false).unwrap_err(),
+            Refusal::TooManyFields
         );
     }
 

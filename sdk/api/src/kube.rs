@@ -224,6 +224,7 @@ pub fn to_kube(kind: Kind, mut object: Value) -> Value {
 /// was accepted but means nothing here (for `Warning` headers); or every
 /// field Skiff cannot take, with why.
 pub fn from_kube(kind: Kind, mut object: Value) -> Result<(Value, Vec<String>), Vec<FieldError>> {
+    well_formed(&object)?;
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     if let Some((api_version, name)) = kube_kind(kind) {
@@ -338,6 +339,35 @@ pub fn from_kube(kind: Kind, mut object: Value) -> Result<(Value, Vec<String>), 
     }
     if errors.is_empty() {
         Ok((object, warnings))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Refuses what no conversion can work with: an object that is not a map,
+/// or whose `metadata`, `spec` or a Deployment's `spec.template` (or its
+/// `metadata` and `spec`) is there but not one.
+pub fn well_formed(object: &Value) -> Result<(), Vec<FieldError>> {
+    if !object.is_object() {
+        return Err(vec![FieldError::new("body", "must be an object")]);
+    }
+    let mut errors = Vec::new();
+    for (field, value) in [
+        ("metadata", &object["metadata"]),
+        ("spec", &object["spec"]),
+        ("spec.template", &object["spec"]["template"]),
+        (
+            "spec.template.metadata",
+            &object["spec"]["template"]["metadata"],
+        ),
+        ("spec.template.spec", &object["spec"]["template"]["spec"]),
+    ] {
+        if !value.is_null() && !value.is_object() {
+            errors.push(FieldError::new(field, "must be an object"));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
     } else {
         Err(errors)
     }
@@ -1123,7 +1153,8 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) {
     }
     let fields = target.as_object_mut().expect("made an object");
     if let Some(keep) = patch.get("$retainKeys").and_then(Value::as_array) {
-        fields.retain(|key, _| keep.iter().any(|k| k == key) || patch.contains_key(key));
+        let keep: std::collections::HashSet<&str> = keep.iter().filter_map(Value::as_str).collect();
+        fields.retain(|key, _| keep.contains(key.as_str()) || patch.contains_key(key));
     }
     for (key, value) in patch {
         if key == "$patch" || key == "$retainKeys" || key.starts_with("$setElementOrder/") {
@@ -1133,7 +1164,9 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) {
             if let (Some(Value::Array(items)), Some(gone)) =
                 (fields.get_mut(list), value.as_array())
             {
-                items.retain(|item| !gone.contains(item));
+                let gone: std::collections::HashSet<String> =
+                    gone.iter().map(Value::to_string).collect();
+                items.retain(|item| !gone.contains(&item.to_string()));
             }
             continue;
         }
@@ -1376,6 +1409,19 @@ mod tests {
             skiff["metadata"]["annotations"][CONTAINER_NAME_ANNOTATION],
             "web"
         );
+        for shapeless in [
+            json!([]),
+            json!("x"),
+            json!({"metadata": 1}),
+            json!({"spec": "x"}),
+            json!({"spec": {"template": []}}),
+        ] {
+            assert!(
+                from_kube(Kind::Deployment, shapeless.clone()).is_err(),
+                "{shapeless}"
+            );
+            assert!(from_kube(Kind::Pod, shapeless).is_err());
+        }
         let wrong = json!({"apiVersion": "apps/v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [{"name": "a", "image": "i"}]}});
         assert!(from_kube(Kind::Pod, wrong).is_err());
     }

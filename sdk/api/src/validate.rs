@@ -294,3 +294,128 @@ mod tests {
         );
     }
 }
+
+/// Most values (maps, lists and scalars, counted after YAML's aliases are
+/// expanded) a document of an object may hold: far beyond any object of
+/// 1 MiB, far below what exhausts memory.
+pub const MAX_DOCUMENT_VALUES: usize = 1_000_000;
+
+/// Reads one YAML (or JSON) document into a JSON value, refusing it once
+/// it holds more than [`MAX_DOCUMENT_VALUES`] values: a few kilobytes of
+/// anchors and aliases would otherwise expand to billions of them before
+/// any size check could look.
+pub fn bounded_document<'de, D: serde::Deserializer<'de>>(
+    document: D,
+) -> Result<serde_json::Value, D::Error> {
+    let mut budget = MAX_DOCUMENT_VALUES;
+    serde::de::DeserializeSeed::deserialize(Bounded(&mut budget), document)
+}
+
+struct Bounded<'a>(&'a mut usize);
+
+impl Bounded<'_> {
+    fn spend<E: serde::de::Error>(&mut self) -> Result<(), E> {
+        if *self.0 == 0 {
+            return Err(E::custom(format!(
+                "more than {MAX_DOCUMENT_VALUES} values (aliases expanded); objects are limited to 1Mi"
+            )));
+        }
+        *self.0 -= 1;
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Bounded<'_> {
+    type Value = serde_json::Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Bounded<'_> {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a YAML or JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(mut self, v: bool) -> Result<Self::Value, E> {
+        self.spend()?;
+        Ok(v.into())
+    }
+    fn visit_i64<E: serde::de::Error>(mut self, v: i64) -> Result<Self::Value, E> {
+        self.spend()?;
+        Ok(v.into())
+    }
+    fn visit_u64<E: serde::de::Error>(mut self, v: u64) -> Result<Self::Value, E> {
+        self.spend()?;
+        Ok(v.into())
+    }
+    fn visit_f64<E: serde::de::Error>(mut self, v: f64) -> Result<Self::Value, E> {
+        self.spend()?;
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+    fn visit_str<E: serde::de::Error>(mut self, v: &str) -> Result<Self::Value, E> {
+        self.spend()?;
+        Ok(v.into())
+    }
+    fn visit_string<E: serde::de::Error>(mut self, v: String) -> Result<Self::Value, E> {
+        self.spend()?;
+        Ok(v.into())
+    }
+    fn visit_unit<E: serde::de::Error>(mut self) -> Result<Self::Value, E> {
+        self.spend()?;
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        self.visit_unit()
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        mut self,
+        mut seq: A,
+    ) -> Result<Self::Value, A::Error> {
+        self.spend()?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Bounded(&mut *self.0))? {
+            items.push(item);
+        }
+        Ok(items.into())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        mut self,
+        mut map: A,
+    ) -> Result<Self::Value, A::Error> {
+        self.spend()?;
+        let mut fields = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(Bounded(&mut *self.0))?;
+            fields.insert(key, value);
+        }
+        Ok(fields.into())
+    }
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    #[test]
+    fn an_alias_bomb_is_refused_before_it_expands() {
+        // Two thousand aliases of a list of a thousand: two million
+        // values from 10 KB of text (and few enough aliases for the
+        // parser's own limit to let through).
+        let list = vec!["x"; 1000].join(", ");
+        let aliases = vec!["*a"; 2000].join(", ");
+        let bomb = format!("a: &a [{list}]\nb: [{aliases}]\n");
+        let error =
+            super::bounded_document(serde_yaml_ng::Deserializer::from_str(&bomb)).unwrap_err();
+        assert!(
+            error.to_string().contains("values (aliases expanded)"),
+            "{error}"
+        );
+        let fine =
+            super::bounded_document(serde_yaml_ng::Deserializer::from_str("a: &a [1]\nb: *a\n"))
+                .unwrap();
+        assert_eq!(fine["b"], serde_json::json!([1]));
+    }
+}
