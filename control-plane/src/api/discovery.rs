@@ -490,12 +490,7 @@ async fn group_resources(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn accept(value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::ACCEPT, HeaderValue::from_str(value).unwrap());
-        headers
-    }
+    use crate::api::accept_header as accept;
 
     #[test]
     fn kubectl_is_answered_in_the_form_it_asks_for_first() {

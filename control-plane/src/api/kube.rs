@@ -540,7 +540,7 @@ async fn replica_set_answer(
     }
     let list = json!({"resourceVersion": listed["metadata"]["resourceVersion"]});
     let answer = match (view, name.is_some()) {
-        (View::Table { version, include }, _) => replica_set_table(&sets, version, include, list),
+        (View::Table { version, include }, _) => replica_set_table(sets, version, include, list),
         (_, true) => sets.remove(0),
         _ => {
             json!({"apiVersion": "apps/v1", "kind": "ReplicaSetList", "metadata": list, "items": sets})
@@ -549,43 +549,51 @@ async fn replica_set_answer(
     Ok(Json(answer).into_response())
 }
 
-fn replica_set_table(sets: &[Value], version: &str, include: Include, list: Value) -> Value {
+/// The columns `kubectl get replicasets` shows.
+const REPLICA_SET_COLUMNS: [skiff_api::columns::Column; 4] = [
+    skiff_api::columns::Column {
+        name: "Name",
+        priority: 0,
+        description: "The Deployment and its revision's template hash.",
+    },
+    skiff_api::columns::Column {
+        name: "Desired",
+        priority: 0,
+        description: "Pods of this revision the Deployment wants.",
+    },
+    skiff_api::columns::Column {
+        name: "Revision",
+        priority: 0,
+        description: "The Deployment's revision it is.",
+    },
+    skiff_api::columns::Column {
+        name: "Age",
+        priority: 0,
+        description: "Time since the revision was made.",
+    },
+];
+
+fn replica_set_table(sets: Vec<Value>, version: &str, include: Include, list: Value) -> Value {
     let now = chrono::Utc::now();
-    let column = |name: &str, description: &str| {
-        json!({"name": name, "type": "string", "format": if name == "Name" { "name" } else { "" },
-               "description": description, "priority": 0})
+    let plain = |value: &Value| {
+        value
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_owned)
     };
-    let rows: Vec<Value> = sets
-        .iter()
+    let rows = sets
+        .into_iter()
         .map(|set| {
-            let mut row = json!({"cells": [
-                set["metadata"]["name"],
-                set["spec"]["replicas"].to_string(),
-                set["metadata"]["annotations"][skiff_api::kube::REVISION_ANNOTATION],
+            let cells = vec![
+                plain(&set["metadata"]["name"]),
+                plain(&set["spec"]["replicas"]),
+                plain(&set["metadata"]["annotations"][skiff_api::kube::REVISION_ANNOTATION]),
                 skiff_api::columns::age(set["metadata"]["creationTimestamp"].as_str(), now),
-            ]});
-            match include {
-                Include::None => {}
-                Include::Metadata => {
-                    row["object"] = json!({"kind": "PartialObjectMetadata",
-                        "apiVersion": format!("meta.k8s.io/{version}"), "metadata": set["metadata"]});
-                }
-                Include::Object => row["object"] = set.clone(),
-            }
-            row
+            ];
+            (cells, set)
         })
         .collect();
-    json!({
-        "kind": "Table",
-        "apiVersion": format!("meta.k8s.io/{version}"),
-        "metadata": list,
-        "columnDefinitions": [
-            column("Name", "The Deployment and its revision's template hash."),
-            column("Desired", "Pods of this revision the Deployment wants."),
-            column("Revision", "The Deployment's revision it is."),
-            column("Age", "Time since the revision was made."),
-        ],
-        "rows": rows,
+    super::table::assemble(version, include, list, &REPLICA_SET_COLUMNS, rows, |set| {
+        set
     })
 }
 

@@ -183,6 +183,17 @@ pub(crate) fn accept_ranges(headers: &HeaderMap) -> Vec<Vec<&str>> {
         .collect()
 }
 
+/// Headers holding only `Accept: value`, for tests of negotiation.
+#[cfg(test)]
+pub(crate) fn accept_header(value: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::ACCEPT,
+        axum::http::HeaderValue::from_str(value).unwrap(),
+    );
+    headers
+}
+
 /// The request's headers once its token is known good (for answers that
 /// read nothing else of it). The request is taken apart first: its body
 /// is not shared across an await.

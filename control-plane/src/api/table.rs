@@ -86,10 +86,10 @@ impl View {
     }
 }
 
-/// The column definitions of `kind`'s tables.
-fn column_definitions(kind: Kind) -> Vec<Value> {
-    columns::columns(kind)
-        .into_iter()
+/// Column definitions, as a Table states them.
+fn column_definitions(columns: &[columns::Column]) -> Vec<Value> {
+    columns
+        .iter()
         .map(|c| {
             json!({
                 "name": c.name,
@@ -123,14 +123,39 @@ pub fn table(
     list: Value,
 ) -> Value {
     let now = chrono::Utc::now();
-    let rows: Vec<Value> = objects
+    let rows = objects
         .into_iter()
-        .map(|object| {
-            let mut row = json!({"cells": columns::cells(kind, &object, now)});
+        .map(|object| (columns::cells(kind, &object, now), object))
+        .collect();
+    assemble(
+        version,
+        include,
+        list,
+        &columns::columns(kind),
+        rows,
+        |object| dialect.show(kind, object),
+    )
+}
+
+/// A Table of `columns` and `rows` (each its cells and its object); `show`
+/// turns an object into the shape a row carries whole, and is called only
+/// when the caller asked for whole objects.
+pub fn assemble(
+    version: &str,
+    include: Include,
+    list: Value,
+    columns: &[columns::Column],
+    rows: Vec<(Vec<String>, Value)>,
+    show: impl Fn(Value) -> Value,
+) -> Value {
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|(cells, object)| {
+            let mut row = json!({"cells": cells});
             match include {
                 Include::None => {}
                 Include::Metadata => row["object"] = partial(version, &object),
-                Include::Object => row["object"] = dialect.show(kind, object),
+                Include::Object => row["object"] = show(object),
             }
             row
         })
@@ -139,7 +164,7 @@ pub fn table(
         "kind": "Table",
         "apiVersion": format!("meta.k8s.io/{version}"),
         "metadata": list,
-        "columnDefinitions": column_definitions(kind),
+        "columnDefinitions": column_definitions(columns),
         "rows": rows,
     })
 }
@@ -203,15 +228,8 @@ pub fn many(view: View, dialect: Dialect, kind: Kind, objects: Vec<Value>, list:
 
 #[cfg(test)]
 mod tests {
-    use axum::http::{HeaderValue, header};
-
     use super::*;
-
-    fn accept(value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::ACCEPT, HeaderValue::from_str(value).unwrap());
-        headers
-    }
+    use crate::api::accept_header as accept;
 
     #[test]
     fn kubectl_gets_a_table_and_everyone_else_json() {

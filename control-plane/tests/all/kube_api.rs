@@ -484,6 +484,40 @@ async fn the_kubernetes_views_hold_the_same_line_as_skiffs_own() {
     assert_eq!(status, 422);
     assert!(admin.get(Kind::Pod, Some("shop"), "root").await.is_err());
 
+    // Skiff's own fields carried in the Kubernetes shape (a volume, or the
+    // `skiff.dev/spec` annotation) meet the namespace's pod security as
+    // they would on Skiff's path: a host path is refused, by field, both
+    // ways, and nothing is created.
+    let host_path_pods = [
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "host-a"},
+               "spec": {"containers": [{"name": "c", "image": "i", "volumeMounts": [{"name": "h", "mountPath": "/h"}]}],
+                        "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}}),
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "host-b", "annotations": {"skiff.dev/spec":
+                   json!({"volumes": [{"name": "h", "mountPath": "/h", "hostPath": {"path": "/"}}]}).to_string()}},
+               "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+    ];
+    for pod in host_path_pods {
+        let name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+        let (status, _, answer) = call(
+            reqwest::Method::POST,
+            url("/api/v1/namespaces/shop/pods"),
+            &editor,
+            None,
+            Some(("application/json", pod)),
+        )
+        .await;
+        assert_eq!(status, 403, "{name}: {answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("hostPath"),
+            "{answer}"
+        );
+        assert!(admin.get(Kind::Pod, Some("shop"), &name).await.is_err());
+    }
+
     // A view token's patches and applies are refused before their bodies
     // are read: nonsense gets the same 403 as sense.
     for (content_type, body) in [
